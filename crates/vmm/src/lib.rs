@@ -1,0 +1,10 @@
+//! The monitor: guest memory, host CPU entry/exit, the virtual CPU and its emulation,
+//! devices, loaders and the `scan` census.
+
+pub mod addr;
+pub mod devices;
+pub mod hostcpu;
+pub mod loader;
+pub mod memory;
+pub mod scan;
+pub mod vcpu;

@@ -1,0 +1,1 @@
+//! Guest RAM and the reserved guest linear address space.
