@@ -628,3 +628,61 @@ fn debian_kernel_census_is_plausible() {
     let in_text = sites.iter().all(|s| hex(&s["address"]) >= 0xc000_0000);
     assert!(in_text, "the kernel is linked above 3 GiB");
 }
+
+#[test]
+fn without_section_headers_the_executable_segment_is_scanned() {
+    let mut data = std::fs::read(fixture()).unwrap();
+    // e_shoff (0x20), e_shnum (0x30) and e_shstrndx (0x32) of an ELF32 header.
+    data[0x20..0x24].fill(0);
+    data[0x30..0x34].fill(0);
+    let path = scratch().join("no-sections.elf");
+    std::fs::write(&path, &data).unwrap();
+    let report = json(&["scan", path_str(&path)]);
+    let regions = report["regions"].as_array().unwrap();
+    assert_eq!(regions.len(), 1, "{regions:?}");
+    assert!(regions[0]["name"].as_str().unwrap().starts_with("segment "));
+    // Recursive descent from the entry alone reaches every function through the calls
+    // in `start`, so the census is the same as with symbols.
+    assert_eq!(sensitive_census(&report), expected_census());
+    assert!(report["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s.get("symbol").is_none()));
+    let err = failure(&["scan", path_str(&path), "--truth"], 1);
+    assert_mentions(&err, &["no function symbols"]);
+}
+
+/// Corrupting header and table bytes must give an error or a report, never a crash.
+#[test]
+fn mutated_images_never_crash_the_scanner() {
+    let data = std::fs::read(fixture()).unwrap();
+    let bz = bzimage(&compress("gzip", &data), data.len());
+    // A fixed xorshift sequence keeps the cases reproducible.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let parsed = Elf::parse(&data).unwrap();
+    let shoff = parsed.header.e_shoff as usize;
+    for case in 0..2000 {
+        let (mut bytes, hot) = if case % 4 == 3 {
+            (bz.clone(), 0x1f0..0x260)
+        } else if case % 2 == 0 {
+            (data.clone(), 0..0x100)
+        } else {
+            (data.clone(), shoff..data.len())
+        };
+        for _ in 0..1 + next() % 4 {
+            let at = hot.start + (next() as usize) % (hot.end - hot.start);
+            bytes[at] = next() as u8;
+        }
+        if let Ok(image) = vmm::image::parse(bytes, None) {
+            let scan = vmm::scan::scan_image(&image);
+            let _ = vmm::scan::truth::measure(&scan);
+        }
+    }
+}
