@@ -28,6 +28,8 @@ pub struct Report {
     pub invalid_bytes: u64,
     /// Reached instruction starts that lie inside another reached instruction.
     pub overlapping_starts: usize,
+    /// Symbols naming code (functions and labels in executable sections).
+    pub symbols: usize,
     /// Each executable region scanned.
     pub regions: Vec<RegionReport>,
     /// Instructions per class name, innocuous ones included.
@@ -176,6 +178,7 @@ impl Report {
             instructions: scan.census.instructions,
             invalid_bytes: scan.census.invalid_bytes,
             overlapping_starts: scan.regions.iter().map(|r| r.overlaps.len()).sum(),
+            symbols: image.symbols.symbols().len(),
             regions,
             census: scan
                 .census
@@ -233,6 +236,7 @@ impl Report {
             self.regions.len(),
             names.join(", ")
         )?;
+        writeln!(out, "symbols       {}", self.symbols)?;
         writeln!(out, "bytes         {}", self.bytes)?;
         writeln!(out, "instructions  {}", self.instructions)?;
         writeln!(out, "invalid bytes {}", self.invalid_bytes)?;
@@ -255,8 +259,10 @@ impl Report {
         }
         if let Some(top) = &self.top {
             writeln!(out)?;
-            if top.is_empty() {
-                writeln!(out, "top symbols: none (no symbol holds a patch site)")?;
+            if self.symbols == 0 {
+                writeln!(out, "top symbols: none, the image carries no symbols")?;
+            } else if top.is_empty() {
+                writeln!(out, "top symbols: none, no symbol holds a patch site")?;
             } else {
                 writeln!(out, "{:<40} {:>11}", "symbol", "patch sites")?;
                 for t in top {
