@@ -8,6 +8,7 @@ use rewriter::{Action, Class};
 use serde::Serialize;
 
 use super::{ImageScan, Truth};
+use crate::addr::GuestLinear;
 use crate::image::BzImageInfo;
 
 /// The whole result of one scan.
@@ -130,7 +131,7 @@ impl Report {
             if action == Action::None {
                 continue;
             }
-            let symbol = image.symbols.lookup(crate::addr::GuestLinear(site.address));
+            let symbol = image.symbols.lookup(GuestLinear(site.address));
             if let (Some(sym), Action::Patch) = (symbol, action) {
                 *per_symbol.entry(sym.symbol.name.as_str()).or_default() += 1;
             }
@@ -288,7 +289,7 @@ impl Report {
                 t.precision * 100.0,
                 t.recall * 100.0
             )?;
-            let hex = |v: &[crate::addr::GuestLinear]| {
+            let hex = |v: &[GuestLinear]| {
                 v.iter()
                     .map(|a| format!("{:#x}", a.raw()))
                     .collect::<Vec<_>>()
