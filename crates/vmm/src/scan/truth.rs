@@ -45,7 +45,7 @@ fn hex_list<S: serde::Serializer>(addrs: &[GuestLinear], s: S) -> Result<S::Ok, 
 /// The true starts of the sized functions of `image`, sorted and unique, with the
 /// merged `[start, end)` ranges they cover, the number of functions measured and the
 /// number skipped.
-fn ground_truth(image: &Image) -> (Vec<u32>, Vec<(u32, u32)>, usize, usize) {
+fn ground_truth(image: &Image) -> (Vec<u32>, Vec<(u64, u64)>, usize, usize) {
     let mut starts = Vec::new();
     let mut ranges = Vec::new();
     let (mut measured, mut skipped) = (0, 0);
@@ -63,13 +63,15 @@ fn ground_truth(image: &Image) -> (Vec<u32>, Vec<(u32, u32)>, usize, usize) {
             continue;
         };
         measured += 1;
-        ranges.push((func.start.raw(), func.start.raw() + func.size));
+        // A function may end exactly at 4 GiB, so ends are 64-bit.
+        let start = u64::from(func.start.raw());
+        ranges.push((start, start + u64::from(func.size)));
         linear_sweep(bytes, func.start.raw(), &mut starts);
     }
     starts.sort_unstable();
     starts.dedup();
     ranges.sort_unstable();
-    let mut merged: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
     for (start, end) in ranges {
         match merged.last_mut() {
             Some(last) if start <= last.1 => last.1 = last.1.max(end),
@@ -118,6 +120,7 @@ pub fn measure(scan: &ImageScan<'_>) -> Option<Truth> {
         return None;
     }
     let in_functions = |addr: u32| {
+        let addr = u64::from(addr);
         let idx = ranges.partition_point(|&(start, _)| start <= addr);
         idx > 0 && addr < ranges[idx - 1].1
     };
@@ -156,6 +159,42 @@ pub fn measure(scan: &ImageScan<'_>) -> Option<Truth> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::{CodeRegion, Format, Symbol, SymbolKind, SymbolTable};
+    use crate::scan::scan_image;
+
+    #[test]
+    fn function_ending_at_4gib_is_measured() {
+        let base = 0xffff_fff0u32;
+        // Sixteen one-byte instructions: pushfd, then nops, then ret.
+        let mut bytes = vec![0x90u8; 16];
+        bytes[0] = 0x9c;
+        bytes[15] = 0xc3;
+        let image = Image {
+            format: Format::Raw,
+            symbols: SymbolTable::new(
+                vec![Symbol {
+                    name: "top".into(),
+                    start: GuestLinear(base),
+                    size: 16,
+                    kind: SymbolKind::Function,
+                }],
+                &[(u64::from(base), 1 << 32)],
+            ),
+            regions: vec![CodeRegion {
+                name: "top".into(),
+                base: GuestLinear(base),
+                bytes,
+                entries: vec![GuestLinear(base)],
+            }],
+            bzimage: None,
+        };
+        let truth = measure(&scan_image(&image)).expect("one sized function");
+        assert_eq!(
+            (truth.functions, truth.true_starts, truth.matched),
+            (1, 16, 16)
+        );
+        assert_eq!((truth.precision, truth.recall), (1.0, 1.0));
+    }
 
     #[test]
     fn linear_sweep_steps_over_bad_bytes() {
