@@ -1,0 +1,411 @@
+//! Rewriting sensitive instructions into traps, and undoing it (ARCHITECTURE §5).
+//!
+//! Each [`Action::Patch`] site gets [`TRAP_BYTE`] as its first byte; the rest of the
+//! instruction is left alone (it is never executed: the trap fires first, and the
+//! monitor resumes after the whole original instruction). The [`PatchTable`] remembers,
+//! per trap byte, the original bytes and the decoded instruction the monitor emulates.
+
+use std::collections::BTreeMap;
+
+use iced_x86::{Decoder, DecoderOptions, Instruction};
+use thiserror::Error;
+
+use crate::class::{Action, Class, TRAP_BYTE};
+use crate::scan::{BufferMemory, CodeMemory, PageScan, Site, MAX_INSTRUCTION_LEN, PAGE_SIZE};
+
+/// Writes guest code.
+pub trait CodeMemoryMut: CodeMemory {
+    /// Copies `data` to `addr` and returns how many bytes were writable (short at the end
+    /// of writable memory, 0 if none).
+    fn write(&mut self, addr: u32, data: &[u8]) -> usize;
+}
+
+impl CodeMemoryMut for BufferMemory {
+    fn write(&mut self, addr: u32, data: &[u8]) -> usize {
+        let Some(start) = addr
+            .checked_sub(self.base)
+            .and_then(|o| usize::try_from(o).ok())
+        else {
+            return 0;
+        };
+        if start >= self.bytes.len() {
+            return 0;
+        }
+        let n = data.len().min(self.bytes.len() - start);
+        self.bytes[start..start + n].copy_from_slice(&data[..n]);
+        n
+    }
+}
+
+/// One patched instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Patch {
+    /// Address of the instruction, where the trap byte now is.
+    pub address: u32,
+    /// Length of the original instruction (1–15).
+    pub length: u8,
+    /// The instruction's original bytes; only the first `length` are meaningful.
+    pub original: [u8; MAX_INSTRUCTION_LEN],
+    /// Its class (always one whose action is [`Action::Patch`]).
+    pub class: Class,
+    /// The original instruction decoded at `address`: what the monitor emulates.
+    pub instruction: Instruction,
+}
+
+impl Patch {
+    /// The original bytes of the instruction.
+    pub fn original_bytes(&self) -> &[u8] {
+        &self.original[..usize::from(self.length)]
+    }
+}
+
+/// Why a site could not be patched.
+#[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
+pub enum PatchError {
+    /// The instruction's bytes could not all be read.
+    #[error("cannot read the {length}-byte instruction at {address:#010x}")]
+    Unreadable {
+        /// Address of the instruction.
+        address: u32,
+        /// Its length according to the scan.
+        length: u8,
+    },
+    /// Memory no longer holds the instruction the scan found there; rescan the page.
+    #[error("the bytes at {address:#010x} no longer hold the scanned {} instruction", class.name())]
+    Stale {
+        /// Address of the instruction.
+        address: u32,
+        /// What the scan said was there.
+        class: Class,
+    },
+    /// The address is already patched, as a different instruction than the scan found:
+    /// the scan was made of different bytes than the ones patched earlier.
+    #[error("{address:#010x} is already patched as {} but the scan found {}", existing.name(), found.name())]
+    Conflict {
+        /// Address of the instruction.
+        address: u32,
+        /// The class recorded in the table.
+        existing: Class,
+        /// The class in the scan.
+        found: Class,
+    },
+    /// The trap byte could not be written.
+    #[error("cannot write the trap byte at {address:#010x}")]
+    WriteFailed {
+        /// Address of the instruction.
+        address: u32,
+    },
+}
+
+/// The patches in force, keyed by the address of their trap byte in whatever address
+/// space the caller uses (the engine uses guest-physical addresses).
+#[derive(Clone, Debug, Default)]
+pub struct PatchTable {
+    patches: BTreeMap<u32, Patch>,
+}
+
+impl PatchTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Patches every [`Action::Patch`] site of `scan` and returns how many sites were
+    /// newly patched.
+    ///
+    /// Patching is idempotent: a site already in the table with the same class is left
+    /// as it is, so the trap byte is never recorded as an original. Scan a page that may
+    /// already hold patches through [`PatchTable::unpatched`], so that the scan sees the
+    /// original instructions and boundaries.
+    ///
+    /// # Errors
+    ///
+    /// The first site that cannot be patched stops the operation (sites patched before
+    /// it stay patched and recorded): see [`PatchError`].
+    pub fn patch(
+        &mut self,
+        mem: &mut impl CodeMemoryMut,
+        scan: &PageScan,
+    ) -> Result<usize, PatchError> {
+        self.patch_sites(mem, scan.patch_sites())
+    }
+
+    /// [`PatchTable::patch`] for any sites (e.g. those of a region scan); sites whose
+    /// action is not [`Action::Patch`] are skipped.
+    ///
+    /// # Errors
+    ///
+    /// As for [`PatchTable::patch`].
+    pub fn patch_sites<'s>(
+        &mut self,
+        mem: &mut impl CodeMemoryMut,
+        sites: impl IntoIterator<Item = &'s Site>,
+    ) -> Result<usize, PatchError> {
+        let mut patched = 0;
+        for site in sites {
+            if site.class.action() != Action::Patch {
+                continue;
+            }
+            if let Some(existing) = self.patches.get(&site.address) {
+                if existing.class == site.class && existing.length == site.length {
+                    continue;
+                }
+                return Err(PatchError::Conflict {
+                    address: site.address,
+                    existing: existing.class,
+                    found: site.class,
+                });
+            }
+            let patch = self.original_of(mem, site)?;
+            if mem.write(site.address, &[TRAP_BYTE]) != 1 {
+                return Err(PatchError::WriteFailed {
+                    address: site.address,
+                });
+            }
+            self.patches.insert(site.address, patch);
+            patched += 1;
+        }
+        Ok(patched)
+    }
+
+    /// Reads the site's original bytes and checks they still decode to what was scanned.
+    fn original_of(&self, mem: &impl CodeMemory, site: &Site) -> Result<Patch, PatchError> {
+        let length = site.length;
+        let len = usize::from(length);
+        let mut original = [0u8; MAX_INSTRUCTION_LEN];
+        if len == 0
+            || len > MAX_INSTRUCTION_LEN
+            || mem.read(site.address, &mut original[..len]) < len
+        {
+            return Err(PatchError::Unreadable {
+                address: site.address,
+                length,
+            });
+        }
+        // A patch of an overlapping instruction may lie inside this one.
+        self.overlay_originals(site.address, &mut original[..len]);
+        let instruction = Decoder::with_ip(
+            32,
+            &original[..len],
+            u64::from(site.address),
+            DecoderOptions::NONE,
+        )
+        .decode();
+        if instruction.code() != site.instruction.code() || instruction.len() != len {
+            return Err(PatchError::Stale {
+                address: site.address,
+                class: site.class,
+            });
+        }
+        Ok(Patch {
+            address: site.address,
+            length,
+            original,
+            class: site.class,
+            instruction,
+        })
+    }
+
+    /// The patch whose trap byte is at `addr`.
+    pub fn lookup(&self, addr: u32) -> Option<&Patch> {
+        self.patches.get(&addr)
+    }
+
+    /// What memory held at `addr` before it was patched, if `addr` holds a trap byte this
+    /// table wrote.
+    pub fn original_byte(&self, addr: u32) -> Option<u8> {
+        self.patches.get(&addr).map(|p| p.original[0])
+    }
+
+    /// Replaces the trap bytes in `buf`, read from memory at `addr`, by the original
+    /// bytes: what a guest reading its own code must see.
+    pub fn overlay_originals(&self, addr: u32, buf: &mut [u8]) {
+        if buf.is_empty() {
+            return;
+        }
+        let last = u64::from(addr) + buf.len() as u64 - 1;
+        let last = u32::try_from(last).unwrap_or(u32::MAX);
+        for (&at, patch) in self.patches.range(addr..=last) {
+            buf[(at - addr) as usize] = patch.original[0];
+        }
+    }
+
+    /// Restores every patched byte of the page containing `page` and drops its entries;
+    /// returns how many were restored. A byte that cannot be written keeps its entry, so
+    /// the table still describes memory.
+    pub fn revert_page(&mut self, mem: &mut impl CodeMemoryMut, page: u32) -> usize {
+        let first = page & !(PAGE_SIZE - 1);
+        let addrs: Vec<u32> = self
+            .patches
+            .range(first..=first | (PAGE_SIZE - 1))
+            .map(|(&a, _)| a)
+            .collect();
+        let mut restored = 0;
+        for addr in addrs {
+            let byte = self.patches[&addr].original[0];
+            if mem.write(addr, &[byte]) == 1 {
+                self.patches.remove(&addr);
+                restored += 1;
+            }
+        }
+        restored
+    }
+
+    /// Whether the page containing `page` holds any patch.
+    pub fn is_patched(&self, page: u32) -> bool {
+        let first = page & !(PAGE_SIZE - 1);
+        self.patches
+            .range(first..=first | (PAGE_SIZE - 1))
+            .next()
+            .is_some()
+    }
+
+    /// Number of patches in force.
+    pub fn len(&self) -> usize {
+        self.patches.len()
+    }
+
+    /// Whether no patch is in force.
+    pub fn is_empty(&self) -> bool {
+        self.patches.is_empty()
+    }
+
+    /// The patches in force, by address.
+    pub fn iter(&self) -> impl Iterator<Item = &Patch> {
+        self.patches.values()
+    }
+
+    /// A view of `mem` with every trap byte of this table replaced by its original: scan
+    /// through it to see the guest's own code.
+    pub fn unpatched<'a, M: CodeMemory>(&'a self, mem: &'a M) -> Unpatched<'a, M> {
+        Unpatched { mem, table: self }
+    }
+}
+
+/// Memory as it was before patching (see [`PatchTable::unpatched`]).
+#[derive(Debug)]
+pub struct Unpatched<'a, M> {
+    mem: &'a M,
+    table: &'a PatchTable,
+}
+
+impl<M: CodeMemory> CodeMemory for Unpatched<'_, M> {
+    fn read(&self, addr: u32, buf: &mut [u8]) -> usize {
+        let n = self.mem.read(addr, buf).min(buf.len());
+        self.table.overlay_originals(addr, &mut buf[..n]);
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scan::scan_page;
+
+    const BASE: u32 = 0x20_0000;
+
+    fn memory(code: &[u8]) -> BufferMemory {
+        let mut bytes = vec![0x90; 2 * PAGE_SIZE as usize];
+        bytes[..code.len()].copy_from_slice(code);
+        BufferMemory::new(BASE, bytes)
+    }
+
+    // pushf; mov ax, ds; cli; popf; ret
+    const CODE: &[u8] = &[0x9C, 0x66, 0x8C, 0xD8, 0xFA, 0x9D, 0xC3];
+
+    #[test]
+    fn patch_lookup_overlay_revert() {
+        let mut mem = memory(CODE);
+        let before = mem.clone();
+        let scan = scan_page(&mem, BASE, &[BASE]);
+        let mut table = PatchTable::new();
+        assert_eq!(table.patch(&mut mem, &scan), Ok(3));
+        assert_eq!(&mem.bytes[..7], &[0xCC, 0xCC, 0x8C, 0xD8, 0xFA, 0xCC, 0xC3]);
+        let p = table.lookup(BASE + 1).expect("mov from ds is patched");
+        assert_eq!(p.class, Class::MovFromSreg);
+        assert_eq!(p.original_bytes(), &[0x66, 0x8C, 0xD8]);
+        assert_eq!(table.original_byte(BASE + 5), Some(0x9D));
+        assert_eq!(table.original_byte(BASE + 4), None);
+        let mut buf = [0u8; 7];
+        table.unpatched(&mem).read(BASE, &mut buf);
+        assert_eq!(buf, CODE);
+        assert!(table.is_patched(BASE + 0x123) && !table.is_patched(BASE + PAGE_SIZE));
+        assert_eq!(table.revert_page(&mut mem, BASE), 3);
+        assert_eq!(mem, before);
+        assert!(table.is_empty() && !table.is_patched(BASE));
+    }
+
+    #[test]
+    fn patching_twice_is_idempotent() {
+        let mut mem = memory(CODE);
+        let mut table = PatchTable::new();
+        let scan = scan_page(&mem, BASE, &[BASE]);
+        table.patch(&mut mem, &scan).unwrap();
+        let patched = mem.clone();
+        // Rescanning through the unpatched view finds the same sites: nothing new.
+        let rescan = scan_page(&table.unpatched(&mem), BASE, &[BASE]);
+        assert_eq!(rescan, scan);
+        assert_eq!(table.patch(&mut mem, &rescan), Ok(0));
+        // Re-applying the old scan also leaves memory and originals alone.
+        assert_eq!(table.patch(&mut mem, &scan), Ok(0));
+        assert_eq!(mem, patched);
+        assert!(table.iter().all(|p| p.original[0] != TRAP_BYTE));
+    }
+
+    #[test]
+    fn stale_scan_is_refused() {
+        let mut mem = memory(CODE);
+        let scan = scan_page(&mem, BASE, &[BASE]);
+        mem.bytes[0] = 0x90;
+        let mut table = PatchTable::new();
+        assert_eq!(
+            table.patch(&mut mem, &scan),
+            Err(PatchError::Stale {
+                address: BASE,
+                class: Class::Pushf
+            })
+        );
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn conflicting_rescan_is_refused() {
+        let mut mem = memory(CODE);
+        let mut table = PatchTable::new();
+        let scan = scan_page(&mem, BASE, &[BASE]);
+        table.patch(&mut mem, &scan).unwrap();
+        let mut other = scan_page(&table.unpatched(&mem), BASE, &[BASE]);
+        other.sites[0].class = Class::Popf;
+        assert!(matches!(
+            table.patch(&mut mem, &other),
+            Err(PatchError::Conflict {
+                address: BASE,
+                existing: Class::Pushf,
+                found: Class::Popf
+            })
+        ));
+    }
+
+    #[test]
+    fn read_only_memory_fails_cleanly() {
+        struct ReadOnly(BufferMemory);
+        impl CodeMemory for ReadOnly {
+            fn read(&self, addr: u32, buf: &mut [u8]) -> usize {
+                self.0.read(addr, buf)
+            }
+        }
+        impl CodeMemoryMut for ReadOnly {
+            fn write(&mut self, _: u32, _: &[u8]) -> usize {
+                0
+            }
+        }
+        let mut mem = ReadOnly(memory(CODE));
+        let scan = scan_page(&mem, BASE, &[BASE]);
+        let mut table = PatchTable::new();
+        assert_eq!(
+            table.patch(&mut mem, &scan),
+            Err(PatchError::WriteFailed { address: BASE })
+        );
+        assert!(table.is_empty());
+    }
+}

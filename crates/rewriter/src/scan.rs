@@ -1,0 +1,587 @@
+//! Finding instruction boundaries in guest code (ARCHITECTURE §5).
+//!
+//! In-place rewriting is only safe on real instruction starts: a trap byte written into
+//! the middle of an instruction changes that instruction. Boundaries are found the way
+//! a careful disassembler does it:
+//!
+//! 1. *Recursive descent* from the known entry points, following direct jumps, branches
+//!    and calls that stay inside the scanned range. These starts are certain (execution
+//!    reaches them) as long as the entry points are.
+//! 2. A *linear sweep* over whatever the descent did not reach, synchronised on the
+//!    starts already known: a sweep decode that would run over a known start is
+//!    discarded and the sweep resynchronises one byte further on.
+//!
+//! Bytes that do not decode end a descent path; in the sweep they are counted and
+//! skipped one at a time.
+
+use std::collections::BTreeMap;
+
+use iced_x86::{Code, Decoder, DecoderOptions, Instruction};
+
+use crate::class::{classify, flow_of, Action, Class, Flow};
+
+/// Size of a guest page.
+pub const PAGE_SIZE: u32 = 4096;
+
+/// Longest IA-32 instruction, in bytes; longer encodings raise #GP.
+pub const MAX_INSTRUCTION_LEN: usize = 15;
+
+/// Reads guest code.
+pub trait CodeMemory {
+    /// Copies up to `buf.len()` bytes at `addr` into `buf` and returns how many were
+    /// readable: short at the end of readable memory, 0 if none.
+    fn read(&self, addr: u32, buf: &mut [u8]) -> usize;
+}
+
+impl<M: CodeMemory + ?Sized> CodeMemory for &M {
+    fn read(&self, addr: u32, buf: &mut [u8]) -> usize {
+        (**self).read(addr, buf)
+    }
+}
+
+/// Guest code held in one contiguous buffer at a base address; everything outside it is
+/// unreadable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BufferMemory {
+    /// Address of `bytes[0]`.
+    pub base: u32,
+    /// The memory's contents.
+    pub bytes: Vec<u8>,
+}
+
+impl BufferMemory {
+    /// Memory holding `bytes` at `base`.
+    pub fn new(base: u32, bytes: Vec<u8>) -> Self {
+        Self { base, bytes }
+    }
+
+    fn range(&self, addr: u32, len: usize) -> Option<std::ops::Range<usize>> {
+        let start = usize::try_from(addr.checked_sub(self.base)?).ok()?;
+        if start >= self.bytes.len() {
+            return None;
+        }
+        Some(start..self.bytes.len().min(start.saturating_add(len)))
+    }
+}
+
+impl CodeMemory for BufferMemory {
+    fn read(&self, addr: u32, buf: &mut [u8]) -> usize {
+        match self.range(addr, buf.len()) {
+            Some(r) => {
+                let n = r.len();
+                buf[..n].copy_from_slice(&self.bytes[r]);
+                n
+            }
+            None => 0,
+        }
+    }
+}
+
+/// One instruction that is not [`Class::Innocuous`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Site {
+    /// Address of its first byte.
+    pub address: u32,
+    /// Its length in bytes (1–15).
+    pub length: u8,
+    /// Its class.
+    pub class: Class,
+    /// The decoded instruction (IP = `address`).
+    pub instruction: Instruction,
+}
+
+/// The result of scanning one guest page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageScan {
+    /// Address of the page (4 KiB aligned).
+    pub page: u32,
+    /// Instruction starts inside the page, sorted.
+    pub starts: Vec<u32>,
+    /// The instructions inside the page that are not innocuous, sorted by address; those
+    /// whose action is [`Action::Patch`] are what the patcher rewrites.
+    pub sites: Vec<Site>,
+    /// Direct branch targets, and fall-through addresses, of reached code that lie
+    /// outside the page; sorted, without duplicates.
+    pub exits: Vec<u32>,
+    /// One past the last byte the found instructions occupy: at least the page end, more
+    /// when an instruction straddles it (the scan then depends on the next page's bytes).
+    /// A `u64` because the page end of the top page is 2^32.
+    pub straddle_end: u64,
+    /// Offsets at which the sweep found no valid instruction (one per byte skipped), plus
+    /// reached addresses that did not decode.
+    pub invalid_bytes: usize,
+    /// Reached instruction starts that lie inside another reached instruction (code that
+    /// jumps into the middle of an instruction). Patching either may change the other.
+    pub overlaps: Vec<u32>,
+}
+
+impl PageScan {
+    /// Sites whose action is [`Action::Patch`].
+    pub fn patch_sites(&self) -> impl Iterator<Item = &Site> {
+        self.sites
+            .iter()
+            .filter(|s| s.class.action() == Action::Patch)
+    }
+
+    /// Whether `addr` is a known instruction start inside this page.
+    pub fn is_start(&self, addr: u32) -> bool {
+        self.starts.binary_search(&addr).is_ok()
+    }
+}
+
+/// The result of scanning a whole region (an ELF text section, a kernel image).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegionScan {
+    /// Address of the region's first byte.
+    pub base: u32,
+    /// Length of the region in bytes.
+    pub len: usize,
+    /// Instruction starts, sorted.
+    pub starts: Vec<u32>,
+    /// The instructions that are not innocuous, sorted by address.
+    pub sites: Vec<Site>,
+    /// Direct branch targets and fall-through addresses of reached code outside the
+    /// region; sorted, without duplicates.
+    pub exits: Vec<u32>,
+    /// Bytes where no valid instruction could be decoded.
+    pub invalid_bytes: usize,
+    /// Reached instruction starts that lie inside another reached instruction.
+    pub overlaps: Vec<u32>,
+}
+
+/// Scans the 4 KiB page at `page` (rounded down to a page boundary), starting the
+/// recursive descent at those `entries` that lie inside it.
+///
+/// Reads up to 14 bytes past the page end through `mem` for an instruction that
+/// straddles into the next page; an instruction that cannot be read completely is
+/// invalid. An instruction that starts in the previous page and ends in this one is not
+/// this page's business: its tail bytes are swept like any other gap unless an entry
+/// point says otherwise.
+pub fn scan_page(mem: &impl CodeMemory, page: u32, entries: &[u32]) -> PageScan {
+    let page = page & !(PAGE_SIZE - 1);
+    const BUF: usize = PAGE_SIZE as usize + MAX_INSTRUCTION_LEN - 1;
+    let mut buf = [0u8; BUF];
+    // Code cannot run past 4 GiB (the flat segment's limit), so neither may a read.
+    let room = (1u64 << 32) - u64::from(page);
+    let want = BUF.min(usize::try_from(room).unwrap_or(BUF));
+    let got = mem.read(page, &mut buf[..want]).min(want);
+    let limit = got.min(PAGE_SIZE as usize);
+    let mut lengths = [0u8; PAGE_SIZE as usize];
+    let mut core = Core::new(&buf[..got], page, &mut lengths[..limit]);
+    core.run(entries);
+    let straddle_end = u64::from(page) + core.max_end.max(PAGE_SIZE as usize) as u64;
+    let out = core.finish();
+    PageScan {
+        page,
+        starts: out.starts,
+        sites: out.sites,
+        exits: out.exits,
+        straddle_end,
+        invalid_bytes: out.invalid_bytes,
+        overlaps: out.overlaps,
+    }
+}
+
+/// Scans a whole region of code at `base` with the same algorithm as [`scan_page`]:
+/// recursive descent from `entries` (those inside the region), then a synchronised
+/// sweep. Bytes beyond 4 GiB are ignored. Instructions may not extend past the region.
+pub fn scan_region(bytes: &[u8], base: u32, entries: &[u32]) -> RegionScan {
+    let room = (1u64 << 32) - u64::from(base);
+    let bytes = &bytes[..bytes.len().min(usize::try_from(room).unwrap_or(usize::MAX))];
+    let mut lengths = vec![0u8; bytes.len()];
+    let mut core = Core::new(bytes, base, &mut lengths);
+    core.run(entries);
+    let out = core.finish();
+    RegionScan {
+        base,
+        len: bytes.len(),
+        starts: out.starts,
+        sites: out.sites,
+        exits: out.exits,
+        invalid_bytes: out.invalid_bytes,
+        overlaps: out.overlaps,
+    }
+}
+
+struct CoreOutput {
+    starts: Vec<u32>,
+    sites: Vec<Site>,
+    exits: Vec<u32>,
+    invalid_bytes: usize,
+    overlaps: Vec<u32>,
+}
+
+/// The boundary finder shared by pages and regions.
+///
+/// `bytes` may extend past `lengths.len()`: instructions may *start* only at offsets
+/// below `lengths.len()` but may read into the rest (the next page's first bytes).
+struct Core<'a> {
+    base: u32,
+    /// Length of the instruction starting at each offset, 0 where none is known. Doubles
+    /// as the start bitmap and lets the sweep step over known instructions.
+    lengths: &'a mut [u8],
+    decoder: Decoder<'a>,
+    instr: Instruction,
+    sites: Vec<Site>,
+    exits: Vec<u32>,
+    overlaps: Vec<u32>,
+    invalid_bytes: usize,
+    max_end: usize,
+    work: Vec<usize>,
+}
+
+impl<'a> Core<'a> {
+    fn new(bytes: &'a [u8], base: u32, lengths: &'a mut [u8]) -> Self {
+        Self {
+            base,
+            lengths,
+            decoder: Decoder::with_ip(32, bytes, u64::from(base), DecoderOptions::NONE),
+            instr: Instruction::default(),
+            sites: Vec::new(),
+            exits: Vec::new(),
+            overlaps: Vec::new(),
+            invalid_bytes: 0,
+            max_end: 0,
+            work: Vec::new(),
+        }
+    }
+
+    fn run(&mut self, entries: &[u32]) {
+        for &entry in entries {
+            if let Some(offset) = self.offset_of(entry) {
+                self.descend(offset);
+            }
+        }
+        self.sweep();
+    }
+
+    /// The offset of `addr` if an instruction may start there.
+    fn offset_of(&self, addr: u32) -> Option<usize> {
+        let offset = usize::try_from(addr.wrapping_sub(self.base)).ok()?;
+        (offset < self.lengths.len()).then_some(offset)
+    }
+
+    fn address_of(&self, offset: usize) -> Option<u32> {
+        u32::try_from(u64::from(self.base) + offset as u64).ok()
+    }
+
+    /// Decodes at `offset`; returns the length, or `None` for invalid or truncated bytes.
+    fn decode_at(&mut self, offset: usize) -> Option<usize> {
+        // `offset` < lengths.len() <= bytes.len(), so repositioning cannot fail.
+        self.decoder.set_position(offset).ok()?;
+        self.decoder.set_ip(u64::from(self.base) + offset as u64);
+        self.decoder.decode_out(&mut self.instr);
+        if self.instr.code() == Code::INVALID {
+            None
+        } else {
+            Some(self.instr.len())
+        }
+    }
+
+    /// Records the instruction just decoded at `offset` and returns its class.
+    fn record(&mut self, offset: usize, len: usize) -> Class {
+        // Lengths are 1..=15, so they fit the byte.
+        self.lengths[offset] = len as u8;
+        self.max_end = self.max_end.max(offset + len);
+        let class = classify(&self.instr);
+        if class != Class::Innocuous {
+            self.sites.push(Site {
+                address: self.instr.ip32(),
+                length: len as u8,
+                class,
+                instruction: self.instr,
+            });
+        }
+        class
+    }
+
+    /// Whether a known instruction covers `offset` without starting there, or starts
+    /// strictly inside `offset..offset + len`.
+    fn overlaps_known(&self, offset: usize, len: usize) -> bool {
+        let inside =
+            (offset + 1..(offset + len).min(self.lengths.len())).any(|o| self.lengths[o] != 0);
+        inside
+            || (1..MAX_INSTRUCTION_LEN.min(offset + 1))
+                .any(|back| usize::from(self.lengths[offset - back]) > back)
+    }
+
+    fn exit(&mut self, offset: usize) {
+        if let Some(addr) = self.address_of(offset) {
+            self.exits.push(addr);
+        }
+    }
+
+    fn target(&mut self, target: u32) -> Option<usize> {
+        let t = self.offset_of(target);
+        if t.is_none() {
+            self.exits.push(target);
+        }
+        t
+    }
+
+    fn descend(&mut self, entry: usize) {
+        self.work.push(entry);
+        while let Some(mut offset) = self.work.pop() {
+            loop {
+                if offset >= self.lengths.len() {
+                    self.exit(offset);
+                    break;
+                }
+                if self.lengths[offset] != 0 {
+                    break;
+                }
+                let Some(len) = self.decode_at(offset) else {
+                    self.invalid_bytes += 1;
+                    break;
+                };
+                if self.overlaps_known(offset, len) {
+                    if let Some(addr) = self.address_of(offset) {
+                        self.overlaps.push(addr);
+                    }
+                }
+                let class = self.record(offset, len);
+                match flow_of(&self.instr, class) {
+                    Flow::Sequential | Flow::IndirectCall => offset += len,
+                    Flow::Branch(t) | Flow::Call(t) => {
+                        if let Some(t) = self.target(t) {
+                            self.work.push(t);
+                        }
+                        offset += len;
+                    }
+                    Flow::Jump(t) => match self.target(t) {
+                        Some(t) => offset = t,
+                        None => break,
+                    },
+                    Flow::Return | Flow::Indirect | Flow::Stop => break,
+                }
+            }
+        }
+    }
+
+    fn sweep(&mut self) {
+        let mut offset = 0;
+        while offset < self.lengths.len() {
+            let known = self.lengths[offset];
+            if known != 0 {
+                offset += usize::from(known);
+                continue;
+            }
+            match self.decode_at(offset) {
+                None => {
+                    self.invalid_bytes += 1;
+                    offset += 1;
+                }
+                Some(len) => {
+                    let end = (offset + len).min(self.lengths.len());
+                    if self.lengths[offset + 1..end].iter().any(|&l| l != 0) {
+                        // Runs over a start the descent proved: this decode is out of
+                        // step with the real instruction stream.
+                        offset += 1;
+                    } else {
+                        self.record(offset, len);
+                        offset += len;
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish(mut self) -> CoreOutput {
+        let base = self.base;
+        let starts = self
+            .lengths
+            .iter()
+            .enumerate()
+            .filter(|(_, &l)| l != 0)
+            .map(|(o, _)| base.wrapping_add(o as u32))
+            .collect();
+        self.sites.sort_unstable_by_key(|s| s.address);
+        self.exits.sort_unstable();
+        self.exits.dedup();
+        self.overlaps.sort_unstable();
+        self.overlaps.dedup();
+        CoreOutput {
+            starts,
+            sites: self.sites,
+            exits: self.exits,
+            invalid_bytes: self.invalid_bytes,
+            overlaps: self.overlaps,
+        }
+    }
+}
+
+/// Counts of what a scan found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Census {
+    /// Bytes scanned.
+    pub bytes: u64,
+    /// Instructions decoded.
+    pub instructions: u64,
+    /// Bytes where no valid instruction could be decoded.
+    pub invalid_bytes: u64,
+    /// Instructions per class (classes with no instruction are absent).
+    pub classes: BTreeMap<Class, u64>,
+    /// Instructions per action (actions with no instruction are absent).
+    pub actions: BTreeMap<Action, u64>,
+}
+
+impl Census {
+    /// The census of one region scan.
+    pub fn from_region(scan: &RegionScan) -> Self {
+        Self::build(
+            scan.len as u64,
+            scan.starts.len(),
+            &scan.sites,
+            scan.invalid_bytes,
+        )
+    }
+
+    /// The census of one page scan.
+    pub fn from_page(scan: &PageScan) -> Self {
+        Self::build(
+            u64::from(PAGE_SIZE),
+            scan.starts.len(),
+            &scan.sites,
+            scan.invalid_bytes,
+        )
+    }
+
+    fn build(bytes: u64, instructions: usize, sites: &[Site], invalid: usize) -> Self {
+        let mut census = Census {
+            bytes,
+            instructions: instructions as u64,
+            invalid_bytes: invalid as u64,
+            ..Census::default()
+        };
+        let innocuous = instructions.saturating_sub(sites.len()) as u64;
+        if innocuous > 0 {
+            census.classes.insert(Class::Innocuous, innocuous);
+            census.actions.insert(Action::None, innocuous);
+        }
+        for site in sites {
+            *census.classes.entry(site.class).or_default() += 1;
+            *census.actions.entry(site.class.action()).or_default() += 1;
+        }
+        census
+    }
+
+    /// Adds another census to this one (e.g. several text sections of one image).
+    pub fn add(&mut self, other: &Census) {
+        self.bytes += other.bytes;
+        self.instructions += other.instructions;
+        self.invalid_bytes += other.invalid_bytes;
+        for (class, n) in &other.classes {
+            *self.classes.entry(*class).or_default() += n;
+        }
+        for (action, n) in &other.actions {
+            *self.actions.entry(*action).or_default() += n;
+        }
+    }
+
+    /// Instructions of `class`.
+    pub fn class_count(&self, class: Class) -> u64 {
+        self.classes.get(&class).copied().unwrap_or(0)
+    }
+
+    /// Instructions whose class has `action`.
+    pub fn action_count(&self, action: Action) -> u64 {
+        self.actions.get(&action).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page_with(code: &[(u32, &[u8])], fill: u8) -> BufferMemory {
+        let mut bytes = vec![fill; 3 * PAGE_SIZE as usize];
+        for (offset, c) in code {
+            bytes[*offset as usize..*offset as usize + c.len()].copy_from_slice(c);
+        }
+        BufferMemory::new(0x10_0000, bytes)
+    }
+
+    #[test]
+    fn descent_follows_branches_and_finds_sites() {
+        // 0x1000: pushf; jmp +2; (2 bytes of junk that would desync a sweep); popf; ret
+        let mem = page_with(
+            &[(0x1000, &[0x9C, 0xEB, 0x02, 0x0F, 0x01, 0x9D, 0xC3])],
+            0x90,
+        );
+        let scan = scan_page(&mem, 0x10_1000, &[0x10_1000]);
+        assert_eq!(scan.page, 0x10_1000);
+        let patch: Vec<_> = scan.patch_sites().map(|s| (s.address, s.class)).collect();
+        assert_eq!(patch, [(0x10_1000, Class::Pushf), (0x10_1005, Class::Popf)]);
+        assert!(scan.is_start(0x10_1001) && scan.is_start(0x10_1006));
+        assert_eq!(scan.straddle_end, 0x10_2000);
+        assert!(scan.exits.is_empty());
+    }
+
+    #[test]
+    fn sweep_is_synchronised_on_descent_starts() {
+        // Sweep from 0 would decode `B8 xx xx xx xx` (mov eax, imm32) over the real
+        // start at 1 that the descent proves.
+        let mem = page_with(&[(0x1000, &[0xB8, 0x9C, 0x90, 0x90, 0x90, 0xC3])], 0x90);
+        let scan = scan_page(&mem, 0x10_1000, &[0x10_1001]);
+        assert!(scan.is_start(0x10_1001));
+        assert_eq!(
+            scan.patch_sites().map(|s| s.address).collect::<Vec<_>>(),
+            [0x10_1001]
+        );
+        let without = scan_page(&mem, 0x10_1000, &[]);
+        assert!(!without.is_start(0x10_1001));
+        assert_eq!(without.patch_sites().count(), 0);
+    }
+
+    #[test]
+    fn straddling_instruction_reads_next_page_and_exits_are_reported() {
+        // `mov eax, imm32` starting 2 bytes before the page end, then falls through.
+        let mem = page_with(
+            &[
+                (0x1FFE, &[0xB8, 1, 2, 3, 4]),
+                (0x1000, &[0xE9, 0xF9, 0x0F, 0, 0]),
+            ],
+            0xCC,
+        );
+        let scan = scan_page(&mem, 0x10_1000, &[0x10_1000]);
+        assert_eq!(scan.straddle_end, 0x10_2003);
+        assert!(scan.is_start(0x10_1FFE));
+        assert!(scan.exits.contains(&0x10_2003));
+        // Unreadable next page: the straddler is invalid and the page end is the end.
+        let short = BufferMemory::new(0x10_1000, mem.bytes[0x1000..0x2000].to_vec());
+        let scan = scan_page(&short, 0x10_1000, &[0x10_1000]);
+        assert!(!scan.is_start(0x10_1FFE));
+        assert_eq!(scan.straddle_end, 0x10_2000);
+    }
+
+    #[test]
+    fn jumps_out_of_the_page_are_exits() {
+        let mem = page_with(&[(0x1000, &[0xE9, 0xFB, 0x0F, 0, 0])], 0xCC);
+        let scan = scan_page(&mem, 0x10_1000, &[0x10_1000]);
+        assert_eq!(scan.exits, [0x10_2000]);
+    }
+
+    #[test]
+    fn top_page_does_not_wrap() {
+        let mem = BufferMemory::new(0xFFFF_F000, vec![0x90; PAGE_SIZE as usize]);
+        let scan = scan_page(&mem, 0xFFFF_F000, &[0xFFFF_F000]);
+        assert_eq!(scan.starts.len(), PAGE_SIZE as usize);
+        assert_eq!(scan.straddle_end, 1 << 32);
+        assert!(scan.exits.is_empty());
+    }
+
+    #[test]
+    fn census_counts_classes_and_actions() {
+        let code = [0x9C, 0x9D, 0xFA, 0x90, 0x90, 0x0F, 0xFF];
+        let scan = scan_region(&code, 0x1000, &[]);
+        let census = Census::from_region(&scan);
+        assert_eq!(census.instructions, 5);
+        assert_eq!(census.class_count(Class::Pushf), 1);
+        assert_eq!(census.class_count(Class::Cli), 1);
+        assert_eq!(census.action_count(Action::Patch), 2);
+        assert_eq!(census.action_count(Action::Trap), 1);
+        assert_eq!(census.action_count(Action::None), 2);
+        // 0F FF needs a ModRM byte that the region does not have.
+        assert_eq!(census.invalid_bytes, 2);
+    }
+}
