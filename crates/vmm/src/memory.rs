@@ -1,1 +1,595 @@
 //! Guest RAM and the reserved guest linear address space.
+//!
+//! Guest physical memory is one memfd ([`GuestRam`]). The monitor reaches it through its own
+//! shared mapping above 4 GiB; the guest reaches it through *linear* mappings of the same
+//! memfd placed in the low 4 GiB of the process ([`LinearSpace`]), which is reserved at
+//! start-up so that nothing else (heap, libraries, thread stacks) can ever land where guest
+//! code can address it.
+
+use std::ffi::c_void;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::addr::{GuestLinear, GuestPhys, PAGE_SIZE};
+
+/// Smallest guest RAM accepted: real-mode low memory plus room for a kernel.
+pub const MIN_RAM_SIZE: u64 = 1 << 20;
+/// One past the largest guest RAM: guest physical addresses are 32 bits.
+pub const MAX_RAM_SIZE: u64 = 1 << 32;
+/// The top of the guest linear address space (exclusive).
+pub const LINEAR_TOP: u64 = 1 << 32;
+/// The lowest address the host lets a process map (`vm.mmap_min_addr` on this host kind);
+/// guest linear page 0 stays unmapped anyway, so the reservation starts here.
+pub const LINEAR_RESERVE_START: u64 = PAGE_SIZE as u64;
+
+/// What went wrong with guest memory.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// The requested RAM size is not usable.
+    #[error("guest RAM size {size:#x} is invalid: it must be a multiple of 4 KiB, at least 1 MiB and below 4 GiB")]
+    BadRamSize {
+        /// The rejected size in bytes.
+        size: u64,
+    },
+    /// memfd_create or ftruncate failed.
+    #[error("cannot create the guest RAM memfd")]
+    Memfd(#[source] io::Error),
+    /// The monitor's view of guest RAM could not be mapped.
+    #[error("cannot map the monitor's view of guest RAM")]
+    MapView(#[source] io::Error),
+    /// The monitor's view landed below 4 GiB, where the guest could reach it.
+    #[error("the monitor's view of guest RAM landed at {addr:#x}, below 4 GiB")]
+    ViewTooLow {
+        /// Where the host placed the view.
+        addr: usize,
+    },
+    /// An access to guest physical memory left guest RAM.
+    #[error("guest physical access at {addr} of {len} bytes is outside guest RAM")]
+    OutOfBounds {
+        /// Start of the access.
+        addr: GuestPhys,
+        /// Length of the access.
+        len: usize,
+    },
+    /// Another `LinearSpace` already reserves the low 4 GiB of this process.
+    #[error("the guest linear address space is already reserved in this process")]
+    AlreadyReserved,
+    /// Something already lives in the low 4 GiB, so the reservation failed.
+    #[error("cannot reserve the low 4 GiB for the guest linear address space (is something already mapped there?)")]
+    Reserve(#[source] io::Error),
+    /// A linear range is not page-aligned, empty, or leaves the 32-bit space.
+    #[error("linear range {lin} + {len:#x} is not a non-empty, page-aligned range below 4 GiB")]
+    BadLinearRange {
+        /// Start of the range.
+        lin: GuestLinear,
+        /// Length of the range.
+        len: u32,
+    },
+    /// Guest linear page 0 is never mapped: accesses there are emulated.
+    #[error("linear range {lin} + {len:#x} touches guest linear page 0, which is never mapped")]
+    NullPage {
+        /// Start of the range.
+        lin: GuestLinear,
+        /// Length of the range.
+        len: u32,
+    },
+    /// The physical side of a mapping is not page-aligned or leaves guest RAM.
+    #[error("physical range {gpa} + {len:#x} is not page-aligned or leaves guest RAM")]
+    BadPhysRange {
+        /// Start of the range.
+        gpa: GuestPhys,
+        /// Length of the range.
+        len: u32,
+    },
+    /// `protect` was asked for a range that is not (entirely) mapped.
+    #[error("linear range {lin} + {len:#x} is not entirely mapped")]
+    NotMapped {
+        /// Start of the range.
+        lin: GuestLinear,
+        /// Length of the range.
+        len: u32,
+    },
+    /// mmap, mprotect or the re-reservation failed.
+    #[error("host {op} failed for linear range {lin} + {len:#x}")]
+    Host {
+        /// The host call that failed.
+        op: &'static str,
+        /// Start of the range.
+        lin: GuestLinear,
+        /// Length of the range.
+        len: u32,
+        /// The host error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Guest physical memory: one memfd, seen by the monitor through a shared mapping above
+/// 4 GiB.
+///
+/// The guest sees the same pages through linear mappings ([`LinearSpace::map`]), so the
+/// accessors copy through raw pointers and never hand out references that could be held
+/// across a guest run (except [`GuestRam::as_mut_slice`], whose `&mut self` borrow forbids
+/// that).
+#[derive(Debug)]
+pub struct GuestRam {
+    fd: OwnedFd,
+    view: NonNull<u8>,
+    size: usize,
+}
+
+// SAFETY: the view is a plain shared mapping owned by this value; moving it to another
+// thread moves the only handle. It is deliberately not `Sync`: unsynchronised copies from
+// two threads would race.
+unsafe impl Send for GuestRam {}
+
+impl GuestRam {
+    /// Creates `size` bytes of zeroed guest RAM.
+    ///
+    /// # Errors
+    /// [`MemoryError::BadRamSize`] unless `size` is a multiple of 4 KiB, ≥ 1 MiB and < 4 GiB;
+    /// [`MemoryError::Memfd`] / [`MemoryError::MapView`] when the host refuses;
+    /// [`MemoryError::ViewTooLow`] if the host put the monitor's view below 4 GiB.
+    pub fn new(size: u64) -> Result<Self, MemoryError> {
+        if size & u64::from(PAGE_SIZE - 1) != 0 || !(MIN_RAM_SIZE..MAX_RAM_SIZE).contains(&size) {
+            return Err(MemoryError::BadRamSize { size });
+        }
+        let fd = create_memfd(size).map_err(MemoryError::Memfd)?;
+        let size = size as usize;
+        let view = map_view(&fd, size).map_err(MemoryError::MapView)?;
+        let ram = Self { fd, view, size };
+        if (ram.view.as_ptr() as u64) < LINEAR_TOP {
+            return Err(MemoryError::ViewTooLow {
+                addr: ram.view.as_ptr() as usize,
+            });
+        }
+        Ok(ram)
+    }
+
+    /// Size of guest RAM in bytes.
+    pub fn size(&self) -> u64 {
+        self.size as u64
+    }
+
+    /// The memfd backing guest RAM (for linear mappings).
+    pub fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    /// Host address of the monitor's view (always ≥ 4 GiB).
+    pub fn host_base(&self) -> usize {
+        self.view.as_ptr() as usize
+    }
+
+    /// All of guest RAM as one mutable slice, for loaders. The borrow ends before any guest
+    /// run can start, since running the guest needs the monitor's other state anyway.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: the view maps `size` bytes for the lifetime of `self`; `&mut self` makes
+        // this the only live reference created through this value.
+        unsafe { std::slice::from_raw_parts_mut(self.view.as_ptr(), self.size) }
+    }
+
+    fn check(&self, addr: GuestPhys, len: usize) -> Result<usize, MemoryError> {
+        let start = addr.raw() as usize;
+        match start.checked_add(len) {
+            Some(end) if end <= self.size => Ok(start),
+            _ => Err(MemoryError::OutOfBounds { addr, len }),
+        }
+    }
+
+    /// Copies guest RAM at `addr` into `buf`.
+    ///
+    /// # Errors
+    /// [`MemoryError::OutOfBounds`] if the range leaves guest RAM.
+    pub fn read(&self, addr: GuestPhys, buf: &mut [u8]) -> Result<(), MemoryError> {
+        let off = self.check(addr, buf.len())?;
+        // SAFETY: `check` proved `off + buf.len() <= size`, inside the live view; `buf` is a
+        // distinct monitor buffer (the view is never borrowed), so the ranges do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.view.as_ptr().add(off), buf.as_mut_ptr(), buf.len())
+        };
+        Ok(())
+    }
+
+    /// Copies `data` into guest RAM at `addr`.
+    ///
+    /// # Errors
+    /// [`MemoryError::OutOfBounds`] if the range leaves guest RAM.
+    pub fn write(&self, addr: GuestPhys, data: &[u8]) -> Result<(), MemoryError> {
+        let off = self.check(addr, data.len())?;
+        // SAFETY: as in `read`, the destination lies inside the live, writable view and does
+        // not overlap `data`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.view.as_ptr().add(off), data.len())
+        };
+        Ok(())
+    }
+
+    /// Reads one byte.
+    ///
+    /// # Errors
+    /// [`MemoryError::OutOfBounds`] if `addr` is outside guest RAM.
+    pub fn read_u8(&self, addr: GuestPhys) -> Result<u8, MemoryError> {
+        let mut b = [0; 1];
+        self.read(addr, &mut b)?;
+        Ok(b[0])
+    }
+
+    /// Reads a little-endian u16 (any alignment).
+    ///
+    /// # Errors
+    /// [`MemoryError::OutOfBounds`] if the two bytes are not all inside guest RAM.
+    pub fn read_u16(&self, addr: GuestPhys) -> Result<u16, MemoryError> {
+        let mut b = [0; 2];
+        self.read(addr, &mut b)?;
+        Ok(u16::from_le_bytes(b))
+    }
+
+    /// Reads a little-endian u32 (any alignment).
+    ///
+    /// # Errors
+    /// [`MemoryError::OutOfBounds`] if the four bytes are not all inside guest RAM.
+    pub fn read_u32(&self, addr: GuestPhys) -> Result<u32, MemoryError> {
+        let mut b = [0; 4];
+        self.read(addr, &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    /// Writes one byte.
+    ///
+    /// # Errors
+    /// [`MemoryError::OutOfBounds`] if `addr` is outside guest RAM.
+    pub fn write_u8(&self, addr: GuestPhys, v: u8) -> Result<(), MemoryError> {
+        self.write(addr, &[v])
+    }
+
+    /// Writes a little-endian u16 (any alignment).
+    ///
+    /// # Errors
+    /// [`MemoryError::OutOfBounds`] if the two bytes are not all inside guest RAM.
+    pub fn write_u16(&self, addr: GuestPhys, v: u16) -> Result<(), MemoryError> {
+        self.write(addr, &v.to_le_bytes())
+    }
+
+    /// Writes a little-endian u32 (any alignment).
+    ///
+    /// # Errors
+    /// [`MemoryError::OutOfBounds`] if the four bytes are not all inside guest RAM.
+    pub fn write_u32(&self, addr: GuestPhys, v: u32) -> Result<(), MemoryError> {
+        self.write(addr, &v.to_le_bytes())
+    }
+}
+
+impl Drop for GuestRam {
+    fn drop(&mut self) {
+        // SAFETY: `view`/`size` describe the mapping made in `new`, which nothing else
+        // references once `self` is dropped.
+        unsafe { libc::munmap(self.view.as_ptr().cast(), self.size) };
+    }
+}
+
+fn create_memfd(size: u64) -> io::Result<OwnedFd> {
+    // SAFETY: the name is a NUL-terminated literal; the call has no memory side effects.
+    let raw = unsafe { libc::memfd_create(c"vmm-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a freshly created descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ftruncate on an owned memfd; `size` < 4 GiB fits off_t.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+fn map_view(fd: &OwnedFd, size: usize) -> io::Result<NonNull<u8>> {
+    // SAFETY: a fresh shared mapping chosen by the kernel (no MAP_FIXED), so it cannot
+    // replace any existing mapping.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    NonNull::new(p.cast()).ok_or_else(|| io::Error::from(io::ErrorKind::AddrNotAvailable))
+}
+
+/// Host protection of a linear mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Prot {
+    /// Loads allowed.
+    pub read: bool,
+    /// Stores allowed (on x86 this implies loads).
+    pub write: bool,
+    /// Instruction fetch allowed.
+    pub exec: bool,
+}
+
+impl Prot {
+    /// No access.
+    pub const NONE: Self = Self::new(false, false, false);
+    /// Read-only data.
+    pub const R: Self = Self::new(true, false, false);
+    /// Read-write data.
+    pub const RW: Self = Self::new(true, true, false);
+    /// Read and execute (scanned code).
+    pub const RX: Self = Self::new(true, false, true);
+    /// Execute only (through protection keys where the host has them).
+    pub const X: Self = Self::new(false, false, true);
+    /// Everything.
+    pub const RWX: Self = Self::new(true, true, true);
+
+    /// A protection from its three flags.
+    pub const fn new(read: bool, write: bool, exec: bool) -> Self {
+        Self { read, write, exec }
+    }
+
+    fn to_host(self) -> libc::c_int {
+        let mut p = libc::PROT_NONE;
+        if self.read {
+            p |= libc::PROT_READ;
+        }
+        if self.write {
+            p |= libc::PROT_WRITE;
+        }
+        if self.exec {
+            p |= libc::PROT_EXEC;
+        }
+        p
+    }
+}
+
+/// Only one reservation of the low 4 GiB can exist per process.
+static RESERVED: AtomicBool = AtomicBool::new(false);
+
+const LINEAR_PAGES: usize = (LINEAR_TOP / PAGE_SIZE as u64) as usize;
+
+/// The guest linear address space: the low 4 GiB of this process, reserved PROT_NONE at
+/// creation; guest RAM pages are mapped into it and taken back out, never leaving a hole.
+///
+/// Process-global: at most one exists at a time.
+#[derive(Debug)]
+pub struct LinearSpace {
+    /// One bit per linear page: set while a run of the memfd is mapped there. `protect`
+    /// must never turn the anonymous PROT_NONE reservation into accessible memory.
+    mapped: Vec<u64>,
+}
+
+impl LinearSpace {
+    /// Reserves `[4096, 4 GiB)` with PROT_NONE, MAP_NORESERVE and MAP_FIXED_NOREPLACE.
+    ///
+    /// # Errors
+    /// [`MemoryError::AlreadyReserved`] if another `LinearSpace` lives in this process;
+    /// [`MemoryError::Reserve`] if anything is already mapped in that range.
+    pub fn reserve() -> Result<Self, MemoryError> {
+        if RESERVED.swap(true, Ordering::AcqRel) {
+            return Err(MemoryError::AlreadyReserved);
+        }
+        let len = (LINEAR_TOP - LINEAR_RESERVE_START) as usize;
+        match reserve_fixed(
+            LINEAR_RESERVE_START as usize,
+            len,
+            libc::MAP_FIXED_NOREPLACE,
+        ) {
+            Ok(()) => Ok(Self {
+                mapped: vec![0; LINEAR_PAGES / 64],
+            }),
+            Err(e) => {
+                RESERVED.store(false, Ordering::Release);
+                Err(MemoryError::Reserve(e))
+            }
+        }
+    }
+
+    fn check_linear(lin: GuestLinear, len: u32) -> Result<(), MemoryError> {
+        let end = u64::from(lin.raw()) + u64::from(len);
+        if len == 0 || lin.page_offset() != 0 || len & (PAGE_SIZE - 1) != 0 || end > LINEAR_TOP {
+            return Err(MemoryError::BadLinearRange { lin, len });
+        }
+        if u64::from(lin.raw()) < LINEAR_RESERVE_START {
+            return Err(MemoryError::NullPage { lin, len });
+        }
+        Ok(())
+    }
+
+    fn pages(lin: GuestLinear, len: u32) -> std::ops::Range<usize> {
+        let first = (lin.raw() / PAGE_SIZE) as usize;
+        first..first + (len / PAGE_SIZE) as usize
+    }
+
+    fn set_mapped(&mut self, lin: GuestLinear, len: u32, on: bool) {
+        for p in Self::pages(lin, len) {
+            if on {
+                self.mapped[p / 64] |= 1 << (p % 64);
+            } else {
+                self.mapped[p / 64] &= !(1 << (p % 64));
+            }
+        }
+    }
+
+    /// Whether the page holding `lin` currently maps guest RAM.
+    pub fn is_mapped(&self, lin: GuestLinear) -> bool {
+        let p = (lin.raw() / PAGE_SIZE) as usize;
+        self.mapped[p / 64] & (1 << (p % 64)) != 0
+    }
+
+    /// Maps guest RAM `[gpa, gpa + len)` at `[lin, lin + len)` with one shared mmap,
+    /// replacing whatever was there.
+    ///
+    /// # Errors
+    /// [`MemoryError::BadLinearRange`], [`MemoryError::NullPage`] or
+    /// [`MemoryError::BadPhysRange`] for invalid ranges; [`MemoryError::Host`] if mmap fails.
+    pub fn map(
+        &mut self,
+        lin: GuestLinear,
+        ram: &GuestRam,
+        gpa: GuestPhys,
+        len: u32,
+        prot: Prot,
+    ) -> Result<(), MemoryError> {
+        Self::check_linear(lin, len)?;
+        if gpa.page_offset() != 0 || u64::from(gpa.raw()) + u64::from(len) > ram.size() {
+            return Err(MemoryError::BadPhysRange { gpa, len });
+        }
+        map_fixed_shared(lin, len, prot, ram, gpa).map_err(|source| MemoryError::Host {
+            op: "mmap",
+            lin,
+            len,
+            source,
+        })?;
+        self.set_mapped(lin, len, true);
+        Ok(())
+    }
+
+    /// Changes the protection of a mapped linear range.
+    ///
+    /// # Errors
+    /// [`MemoryError::NotMapped`] unless every page of the range maps guest RAM; range
+    /// errors as for [`LinearSpace::map`]; [`MemoryError::Host`] if mprotect fails.
+    pub fn protect(&mut self, lin: GuestLinear, len: u32, prot: Prot) -> Result<(), MemoryError> {
+        Self::check_linear(lin, len)?;
+        if !Self::pages(lin, len).all(|p| self.mapped[p / 64] & (1 << (p % 64)) != 0) {
+            return Err(MemoryError::NotMapped { lin, len });
+        }
+        // SAFETY: the range lies inside the reservation and only covers memfd mappings this
+        // value made; the monitor holds no references into the low 4 GiB.
+        let rc = unsafe {
+            libc::mprotect(
+                lin.raw() as usize as *mut c_void,
+                len as usize,
+                prot.to_host(),
+            )
+        };
+        if rc != 0 {
+            return Err(MemoryError::Host {
+                op: "mprotect",
+                lin,
+                len,
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Returns a linear range to the PROT_NONE reservation (never leaving a hole another
+    /// mapping could fill). Unmapping pages that were not mapped is allowed.
+    ///
+    /// # Errors
+    /// Range errors as for [`LinearSpace::map`]; [`MemoryError::Host`] if the host refuses.
+    pub fn unmap(&mut self, lin: GuestLinear, len: u32) -> Result<(), MemoryError> {
+        Self::check_linear(lin, len)?;
+        reserve_fixed(lin.raw() as usize, len as usize, libc::MAP_FIXED).map_err(|source| {
+            MemoryError::Host {
+                op: "mmap(PROT_NONE)",
+                lin,
+                len,
+                source,
+            }
+        })?;
+        self.set_mapped(lin, len, false);
+        Ok(())
+    }
+}
+
+impl Drop for LinearSpace {
+    fn drop(&mut self) {
+        let len = (LINEAR_TOP - LINEAR_RESERVE_START) as usize;
+        // SAFETY: the whole range is this value's reservation; nothing else may map there.
+        unsafe { libc::munmap(LINEAR_RESERVE_START as usize as *mut c_void, len) };
+        RESERVED.store(false, Ordering::Release);
+    }
+}
+
+/// Places an anonymous PROT_NONE, MAP_NORESERVE mapping at exactly `addr`.
+fn reserve_fixed(addr: usize, len: usize, fixed: libc::c_int) -> io::Result<()> {
+    // SAFETY: callers pass ranges inside [4096, 4 GiB), which belong to the reservation
+    // (MAP_FIXED) or must be empty (MAP_FIXED_NOREPLACE); no Rust object lives there.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut c_void,
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | fixed,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    if p as usize != addr {
+        // A kernel without MAP_FIXED_NOREPLACE treats it as a hint; give the stray back.
+        // SAFETY: `p` is the mapping just created and referenced by nothing.
+        unsafe { libc::munmap(p, len) };
+        return Err(io::Error::from(io::ErrorKind::AddrInUse));
+    }
+    Ok(())
+}
+
+fn map_fixed_shared(
+    lin: GuestLinear,
+    len: u32,
+    prot: Prot,
+    ram: &GuestRam,
+    gpa: GuestPhys,
+) -> io::Result<()> {
+    // SAFETY: the linear range was validated to lie inside the reservation this process
+    // owns; MAP_FIXED only replaces reservation or earlier guest mappings there.
+    let p = unsafe {
+        libc::mmap(
+            lin.raw() as usize as *mut c_void,
+            len as usize,
+            prot.to_host(),
+            libc::MAP_SHARED | libc::MAP_FIXED,
+            ram.fd().as_raw_fd(),
+            libc::off_t::from(gpa.raw()),
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ram_size_is_validated() {
+        for bad in [0, 4096, MIN_RAM_SIZE + 1, MIN_RAM_SIZE - 4096, MAX_RAM_SIZE] {
+            assert!(matches!(
+                GuestRam::new(bad),
+                Err(MemoryError::BadRamSize { size }) if size == bad
+            ));
+        }
+    }
+
+    #[test]
+    fn ram_accessors_round_trip_and_check_bounds() {
+        let mut ram = GuestRam::new(MIN_RAM_SIZE).unwrap();
+        assert!(ram.host_base() as u64 >= LINEAR_TOP);
+        ram.write_u32(GuestPhys(0x1001), 0xdead_beef).unwrap();
+        assert_eq!(ram.read_u32(GuestPhys(0x1001)).unwrap(), 0xdead_beef);
+        assert_eq!(ram.read_u16(GuestPhys(0x1003)).unwrap(), 0xdead);
+        assert_eq!(ram.read_u8(GuestPhys(0x1001)).unwrap(), 0xef);
+        ram.write_u16(GuestPhys(0xffffe), 0x1234).unwrap();
+        assert_eq!(ram.as_mut_slice()[0xfffff], 0x12);
+        let end = GuestPhys(MIN_RAM_SIZE as u32 - 2);
+        assert!(matches!(
+            ram.read_u32(end),
+            Err(MemoryError::OutOfBounds { addr, len: 4 }) if addr == end
+        ));
+        assert!(ram.write(GuestPhys(u32::MAX), &[1, 2]).is_err());
+    }
+}

@@ -1,1 +1,572 @@
-//! (module under construction)
+//! Running guest code on the host CPU: LDT mirrors, entry into compat mode and the exit
+//! path through signals, the seccomp backstop, CPUID faulting and the vCPU timer.
+//!
+//! # Using it from a run loop
+//! ```no_run
+//! use vmm::hostcpu::{self, ldt, GuestContext, HostCpu, ExitKind};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // On the vCPU thread, before the first guest instruction:
+//! let mut cpu = HostCpu::new()?;
+//! hostcpu::seccomp::install_guest_syscall_trap()?;
+//! let _ = hostcpu::cpuid::enable_cpuid_faulting(); // else CPUID must be rewritten
+//! ldt::set_ldt_entry(1, &ldt::LdtDescriptor::flat_code32())?;
+//! ldt::set_ldt_entry(2, &ldt::LdtDescriptor::flat_data32())?;
+//! let mut ctx = GuestContext {
+//!     cs: ldt::ldt_selector(1),
+//!     ss: ldt::ldt_selector(2),
+//!     ds: ldt::ldt_selector(2),
+//!     es: ldt::ldt_selector(2),
+//!     eip: 0x10_0000,
+//!     esp: 0x9_0000,
+//!     ..GuestContext::default()
+//! };
+//! loop {
+//!     let exit = cpu.run(&mut ctx);
+//!     match exit.kind {
+//!         ExitKind::Fault { vector: 13, .. } => { /* emulate at ctx.eip */ }
+//!         ExitKind::Async { .. } => { /* timer tick or kick */ }
+//!         _ => break,
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+
+pub mod cpuid;
+mod entry;
+pub mod ldt;
+pub mod seccomp;
+mod signals;
+pub mod timer;
+
+use std::cell::Cell;
+use std::io;
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+use std::sync::atomic::Ordering;
+
+use entry::{CpuBlock, Landing};
+pub use entry::{GuestContext, XsaveArea, XSAVE_AREA_SIZE};
+
+use crate::addr::GuestLinear;
+use timer::{kick_signal, timer_signal, Kicker};
+
+/// The host's 64-bit user code selector (`__USER_CS`). Guest code running with it has
+/// escaped compat mode.
+pub const HOST_CS64: u16 = 0x33;
+/// The host's 32-bit user code selector (`__USER32_CS`), a GDT selector guests can reach.
+pub const HOST_CS32: u16 = 0x23;
+/// The host's user data selector (`__USER_DS`), the monitor's SS.
+pub const HOST_SS64: u16 = 0x2b;
+
+/// Vector of a page fault.
+pub const VECTOR_PF: u8 = 14;
+/// Vector of a general-protection fault (privileged instructions, CPUID when faulting).
+pub const VECTOR_GP: u8 = 13;
+/// Vector of an invalid opcode.
+pub const VECTOR_UD: u8 = 6;
+/// Vector of a breakpoint (INT3).
+pub const VECTOR_BP: u8 = 3;
+/// Vector of a divide error.
+pub const VECTOR_DE: u8 = 0;
+
+/// si_code of a seccomp SIGSYS.
+const SYS_SECCOMP: i32 = 1;
+
+/// EFLAGS bits the guest owns on the host CPU: CF, PF, AF, ZF, SF, TF, DF, OF, RF, AC, ID.
+/// IF, IOPL, NT, VM, VIF and VIP are virtual (kept by the vCPU).
+pub const GUEST_EFLAGS_MASK: u32 = 0x0025_0dd5;
+/// Bits forced on at entry: reserved bit 1 and IF (the host CPU never runs with IF clear at
+/// CPL 3).
+pub const FORCED_EFLAGS: u32 = 0x0000_0202;
+
+/// Upper bound of the XSAVE components the monitor saves: everything the host enabled
+/// except AMX tile state (bits 17, 18), which would need permission and 8 KiB.
+const XCR0_EXCLUDED: u64 = (1 << 17) | (1 << 18);
+/// `AT_HWCAP2` bit for a kernel that lets user code use RD/WRFSBASE.
+const HWCAP2_FSGSBASE: u64 = 1 << 1;
+
+/// Why the host CPU cannot run guests on this thread.
+#[derive(Debug, thiserror::Error)]
+pub enum HostCpuError {
+    /// The kernel does not allow RD/WRFSBASE from user mode.
+    #[error("the host kernel does not enable FSGSBASE; the exit path needs WRFSBASE")]
+    NoFsgsbase,
+    /// The CPU or kernel lacks XSAVE.
+    #[error("the host has no OS-enabled XSAVE")]
+    NoXsave,
+    /// The host's extended state does not fit [`XsaveArea`].
+    #[error(
+        "the host's XSAVE image needs {size} bytes, more than {}",
+        XSAVE_AREA_SIZE
+    )]
+    XsaveTooLarge {
+        /// Bytes needed.
+        size: usize,
+    },
+    /// This thread already has a `HostCpu`.
+    #[error("this thread already has a HostCpu")]
+    AlreadyOnThread,
+    /// Too many vCPU threads.
+    #[error("at most {} vCPU threads are supported", signals::MAX_VCPUS)]
+    TooManyVcpus,
+    /// sigaltstack, sigaction or the signal mask could not be set up.
+    #[error("cannot set up exit signal handling")]
+    Signals(#[source] io::Error),
+    /// The seccomp filter was refused.
+    #[error("cannot install the seccomp filter")]
+    Seccomp(#[source] seccompiler::Error),
+    /// The monitor allowlist is longer than one BPF program can express.
+    #[error("{len} allowlisted syscalls is more than the filter supports")]
+    AllowlistTooLong {
+        /// The list's length.
+        len: usize,
+    },
+}
+
+/// A segment register, to name the one an entry refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum SegReg {
+    Cs,
+    Ss,
+    Ds,
+    Es,
+    Fs,
+    Gs,
+}
+
+/// Why the guest could not be entered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadEntry {
+    /// A selector in the context is not an LDT selector with RPL 3 (or null, for data).
+    Selector {
+        /// Which register.
+        reg: SegReg,
+        /// The refused selector.
+        sel: u16,
+    },
+    /// Loading the segments or the `iretq` faulted (a mirror not present, wrong type, ...).
+    Faulted {
+        /// The x86 vector.
+        vector: u8,
+        /// The error code (the selector for segment faults).
+        error_code: u32,
+    },
+}
+
+/// What ended a guest run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitKind {
+    /// A guest exception other than a page fault: #GP (vector 13) for privileged
+    /// instructions, `INT n`, CPUID with faulting on; #BP (3, EIP after the INT3); #UD (6);
+    /// #DE (0); #DB (1); ...
+    Fault {
+        /// The x86 vector (`trapno`).
+        vector: u8,
+        /// The error code the CPU pushed (0 where the vector has none).
+        error_code: u32,
+    },
+    /// A page fault on the host's mapping of the guest linear space. The P bit reflects the
+    /// *host* page table; compute the guest's error code from the guest page tables.
+    PageFault {
+        /// The faulting linear address (CR2).
+        addr: GuestLinear,
+        /// The host error code (W = bit 1, U = bit 2, I = bit 4).
+        error_code: u32,
+    },
+    /// A syscall instruction trapped by the seccomp filter (SIGSYS); EIP is after the
+    /// instruction and EAX holds the number again.
+    Syscall {
+        /// The syscall number as the host kernel decoded it.
+        nr: i32,
+    },
+    /// The vCPU timer or a kick; the guest can be resumed as is.
+    Async {
+        /// [`timer::timer_signal`] or [`timer::kick_signal`].
+        signo: i32,
+    },
+    /// Guest code ran with the host's 64-bit code selector: stop the VM.
+    Escape {
+        /// Where it was caught.
+        rip: u64,
+    },
+    /// The guest was not entered (or not completely); the context is unchanged.
+    BadEntry(BadEntry),
+    /// Any other signal in guest context (for instance one sent with kill).
+    Signal,
+}
+
+/// The result of [`HostCpu::run`]: the classified exit plus the raw facts it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    /// What happened.
+    pub kind: ExitKind,
+    /// The host signal (0 when the guest was not entered).
+    pub signo: i32,
+    /// Its si_code.
+    pub si_code: i32,
+    /// `uc_mcontext` trapno (the x86 vector of a fault; stale for sent signals).
+    pub trapno: u64,
+    /// `uc_mcontext` err (the error code; stale for sent signals).
+    pub err: u64,
+    /// si_addr: the fault address, or the syscall's address for SIGSYS.
+    pub addr: u64,
+    /// The interrupted CS.
+    pub cs: u16,
+    /// The interrupted RIP (full 64 bits).
+    pub rip: u64,
+}
+
+impl Exit {
+    fn not_entered(kind: ExitKind, signo: i32) -> Self {
+        Self {
+            kind,
+            signo,
+            si_code: 0,
+            trapno: 0,
+            err: 0,
+            addr: 0,
+            cs: 0,
+            rip: 0,
+        }
+    }
+}
+
+thread_local! {
+    static HOSTCPU_ON_THREAD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The host CPU state of one vCPU thread: its altstack, exit handler registration and the
+/// monitor state saved across guest runs. Bound to the thread that created it.
+#[derive(Debug)]
+pub struct HostCpu {
+    block: NonNull<CpuBlock>,
+    altstack: signals::AltStack,
+    slot: usize,
+    kicker: Kicker,
+    _thread_bound: PhantomData<*mut ()>,
+}
+
+impl HostCpu {
+    /// Prepares the calling thread to run guest code: checks FSGSBASE and XSAVE, installs
+    /// the altstack and the exit signal handlers, unblocks the exit signals.
+    ///
+    /// Run guest code only after [`seccomp::install_guest_syscall_trap`].
+    ///
+    /// # Errors
+    /// [`HostCpuError`] says what the host lacks or refused.
+    pub fn new() -> Result<Self, HostCpuError> {
+        if HOSTCPU_ON_THREAD.with(|c| c.get()) {
+            return Err(HostCpuError::AlreadyOnThread);
+        }
+        // SAFETY: getauxval has no preconditions.
+        if unsafe { libc::getauxval(libc::AT_HWCAP2) } & HWCAP2_FSGSBASE == 0 {
+            return Err(HostCpuError::NoFsgsbase);
+        }
+        let mask = xsave_mask()?;
+        let (fsbase, gsbase) = entry::read_fs_gs_base();
+        let block = NonNull::from(Box::leak(Box::new(CpuBlock::new(mask, fsbase, gsbase))));
+        let altstack = match signals::AltStack::new() {
+            Ok(a) => a,
+            Err(e) => {
+                free_block(block);
+                return Err(HostCpuError::Signals(e));
+            }
+        };
+        let Some(slot) = signals::register(altstack.base(), block.as_ptr()) else {
+            drop(altstack);
+            free_block(block);
+            return Err(HostCpuError::TooManyVcpus);
+        };
+        let cpu = Self {
+            block,
+            altstack,
+            slot,
+            kicker: Kicker::for_current_thread(),
+            _thread_bound: PhantomData,
+        };
+        HOSTCPU_ON_THREAD.with(|c| c.set(true));
+        signals::install_handlers().map_err(HostCpuError::Signals)?;
+        signals::unblock_exit_signals().map_err(HostCpuError::Signals)?;
+        Ok(cpu)
+    }
+
+    /// A handle other threads can use to interrupt this vCPU, and to aim a
+    /// [`timer::VcpuTimer`] at it.
+    pub fn kicker(&self) -> Kicker {
+        self.kicker
+    }
+
+    /// Whether a timer or kick signal arrived while the monitor ran; clears the mark.
+    /// [`HostCpu::run`] checks it too, so a run loop need not.
+    pub fn take_pending(&self) -> bool {
+        self.block_ref().pending.swap(0, Ordering::AcqRel) != 0
+    }
+
+    fn block_ref(&self) -> &CpuBlock {
+        // SAFETY: the block lives until Drop; the handler only writes its atomics and the
+        // landing fields, and only while `run` holds `&mut self`.
+        unsafe { self.block.as_ref() }
+    }
+
+    /// Runs the guest from `ctx` until the next exit and stores the guest's registers,
+    /// selectors and extended state back into `ctx` (for a guest exit). Resuming is calling
+    /// `run` again, with `ctx.eip` wherever the monitor wants the guest to continue.
+    ///
+    /// Returns at once with [`ExitKind::Async`] if a timer or kick arrived since the last
+    /// run, and with [`ExitKind::BadEntry`] if `ctx` names selectors the guest may not run
+    /// with. `ctx.eflags` is sanitised first (see [`GUEST_EFLAGS_MASK`]).
+    pub fn run(&mut self, ctx: &mut GuestContext) -> Exit {
+        if let Err(bad) = check_selectors(ctx) {
+            return Exit::not_entered(ExitKind::BadEntry(bad), 0);
+        }
+        if self.take_pending() {
+            let signo = self.block_ref().pending_signo.load(Ordering::Relaxed);
+            return Exit::not_entered(ExitKind::Async { signo }, signo);
+        }
+        ctx.eflags = (ctx.eflags & GUEST_EFLAGS_MASK) | FORCED_EFLAGS;
+        let ctx_ptr: *mut GuestContext = ctx;
+        let block = self.block.as_ptr();
+        // SAFETY: `block` is this thread's live block; the handler writes it only during
+        // `enter`, which we are about to call with `&mut self` held.
+        unsafe {
+            (*block).ctx = ctx_ptr;
+            (*block).landing = Landing::EarlyPending;
+            (*block).running.store(true, Ordering::Release);
+        }
+        // SAFETY: `block` is registered for this thread (HostCpu is !Send) and its ctx is
+        // `ctx_ptr`, derived from the exclusive borrow `ctx`; the selectors were checked.
+        unsafe { entry::enter(block, ctx_ptr) };
+        // SAFETY: the guest run is over; the handler touches only atomics from now on.
+        let (landing, raw) = unsafe {
+            (*block).running.store(false, Ordering::Release);
+            (*block).ctx = std::ptr::null_mut();
+            ((*block).landing, (*block).raw)
+        };
+        match landing {
+            Landing::EarlyPending => {
+                self.take_pending();
+                let signo = self.block_ref().pending_signo.load(Ordering::Relaxed);
+                Exit::not_entered(ExitKind::Async { signo }, signo)
+            }
+            Landing::AsyncInWindow => {
+                Exit::not_entered(ExitKind::Async { signo: raw.signo }, raw.signo)
+            }
+            Landing::EntryFault | Landing::Guest => {
+                let kind = if landing == Landing::EntryFault {
+                    ExitKind::BadEntry(BadEntry::Faulted {
+                        vector: raw.trapno as u8,
+                        error_code: raw.err as u32,
+                    })
+                } else {
+                    classify(&raw)
+                };
+                Exit {
+                    kind,
+                    signo: raw.signo,
+                    si_code: raw.si_code,
+                    trapno: raw.trapno,
+                    err: raw.err,
+                    addr: raw.addr,
+                    cs: raw.cs,
+                    rip: raw.rip,
+                }
+            }
+        }
+    }
+}
+
+impl Drop for HostCpu {
+    fn drop(&mut self) {
+        signals::unregister(self.slot);
+        HOSTCPU_ON_THREAD.with(|c| c.set(false));
+        // The altstack field is dropped after this body, disabling it first is not
+        // needed: the table no longer names it, and the block goes last.
+        let _ = &self.altstack;
+        free_block(self.block);
+    }
+}
+
+fn free_block(block: NonNull<CpuBlock>) {
+    // SAFETY: `block` came from Box::leak in `new` and is no longer registered.
+    drop(unsafe { Box::from_raw(block.as_ptr()) });
+}
+
+/// Classifies a guest exit from the raw signal facts.
+fn classify(raw: &entry::RawExit) -> ExitKind {
+    if raw.cs == HOST_CS64 {
+        return ExitKind::Escape { rip: raw.rip };
+    }
+    if raw.signo == timer_signal() || raw.signo == kick_signal() {
+        return ExitKind::Async { signo: raw.signo };
+    }
+    if raw.signo == libc::SIGSYS && raw.si_code == SYS_SECCOMP {
+        return ExitKind::Syscall { nr: raw.syscall_nr };
+    }
+    let fault = matches!(
+        raw.signo,
+        libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGTRAP
+    );
+    // si_code > 0: generated by the CPU, not sent by a process.
+    if fault && raw.si_code > 0 && raw.trapno < 32 {
+        if raw.trapno == u64::from(VECTOR_PF) {
+            if let Ok(addr) = u32::try_from(raw.addr) {
+                return ExitKind::PageFault {
+                    addr: GuestLinear(addr),
+                    error_code: raw.err as u32,
+                };
+            }
+            return ExitKind::Signal;
+        }
+        return ExitKind::Fault {
+            vector: raw.trapno as u8,
+            error_code: raw.err as u32,
+        };
+    }
+    ExitKind::Signal
+}
+
+/// CS and SS must be LDT mirrors at RPL 3; data selectors LDT mirrors at RPL 3 or null.
+/// GDT selectors would run the guest with the host's own segments.
+fn check_selectors(ctx: &GuestContext) -> Result<(), BadEntry> {
+    let ldt_rpl3 = |s: u16| s & 7 == 7;
+    for (reg, sel, may_be_null) in [
+        (SegReg::Cs, ctx.cs, false),
+        (SegReg::Ss, ctx.ss, false),
+        (SegReg::Ds, ctx.ds, true),
+        (SegReg::Es, ctx.es, true),
+        (SegReg::Fs, ctx.fs, true),
+        (SegReg::Gs, ctx.gs, true),
+    ] {
+        if !(ldt_rpl3(sel) || (may_be_null && sel & !3 == 0)) {
+            return Err(BadEntry::Selector { reg, sel });
+        }
+    }
+    Ok(())
+}
+
+/// The XSAVE component mask (XCR0 minus AMX), after checking the image fits.
+fn xsave_mask() -> Result<u64, HostCpuError> {
+    // With CPUID faulting already on, the exit handler emulates this CPUID.
+    let leaf1 = std::arch::x86_64::__cpuid(1);
+    if leaf1.ecx & (1 << 27) == 0 {
+        return Err(HostCpuError::NoXsave);
+    }
+    let xcr0: u64;
+    // SAFETY: OSXSAVE is set, so XGETBV(0) is allowed at CPL 3.
+    unsafe {
+        let (lo, hi): (u32, u32);
+        std::arch::asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags));
+        xcr0 = u64::from(hi) << 32 | u64::from(lo);
+    }
+    let mask = xcr0 & !XCR0_EXCLUDED;
+    // Standard format: component i lives at CPUID(0xD, i).EBX, size EAX; x87/SSE in the
+    // 576-byte legacy region and header.
+    let mut size = 576usize;
+    for i in 2..63 {
+        if mask & (1 << i) != 0 {
+            // Leaf 0xD exists when OSXSAVE is set.
+            let c = std::arch::x86_64::__cpuid_count(0xd, i);
+            size = size.max(c.ebx as usize + c.eax as usize);
+        }
+    }
+    if size > XSAVE_AREA_SIZE {
+        return Err(HostCpuError::XsaveTooLarge { size });
+    }
+    Ok(mask)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(signo: i32, si_code: i32, trapno: u64, err: u64) -> entry::RawExit {
+        entry::RawExit {
+            signo,
+            si_code,
+            trapno,
+            err,
+            addr: 0x1234,
+            rip: 0x10_0000,
+            cs: 0x0f,
+            syscall_nr: 4,
+        }
+    }
+
+    #[test]
+    fn exits_are_classified_from_signal_facts() {
+        assert_eq!(
+            classify(&raw(libc::SIGSEGV, 0x80, 13, 0)),
+            ExitKind::Fault {
+                vector: 13,
+                error_code: 0
+            }
+        );
+        assert_eq!(
+            classify(&raw(libc::SIGSEGV, 1, 14, 6)),
+            ExitKind::PageFault {
+                addr: GuestLinear(0x1234),
+                error_code: 6
+            }
+        );
+        assert_eq!(
+            classify(&raw(libc::SIGSYS, 1, 0, 0)),
+            ExitKind::Syscall { nr: 4 }
+        );
+        assert_eq!(classify(&raw(libc::SIGSEGV, 0, 13, 0)), ExitKind::Signal);
+        let t = timer_signal();
+        assert_eq!(classify(&raw(t, -2, 0, 0)), ExitKind::Async { signo: t });
+        let mut esc = raw(libc::SIGSEGV, 0x80, 13, 0);
+        esc.cs = HOST_CS64;
+        assert_eq!(classify(&esc), ExitKind::Escape { rip: 0x10_0000 });
+    }
+
+    #[test]
+    fn selectors_must_be_ldt_rpl3() {
+        let ok = GuestContext {
+            cs: 0x0f,
+            ss: 0x17,
+            ds: 0x17,
+            es: 0,
+            fs: 3,
+            gs: 0x1f,
+            ..Default::default()
+        };
+        assert_eq!(check_selectors(&ok), Ok(()));
+        let host = GuestContext {
+            cs: HOST_CS64,
+            ..ok.clone()
+        };
+        assert_eq!(
+            check_selectors(&host),
+            Err(BadEntry::Selector {
+                reg: SegReg::Cs,
+                sel: HOST_CS64
+            })
+        );
+        let rpl0 = GuestContext {
+            ds: 0x14,
+            ..ok.clone()
+        };
+        assert_eq!(
+            check_selectors(&rpl0),
+            Err(BadEntry::Selector {
+                reg: SegReg::Ds,
+                sel: 0x14
+            })
+        );
+        let null_ss = GuestContext { ss: 0, ..ok };
+        assert!(check_selectors(&null_ss).is_err());
+    }
+
+    #[test]
+    fn eflags_mask_keeps_only_guest_bits() {
+        // IF, IOPL, NT, VM, VIF, VIP are virtual.
+        for bit in [9, 12, 13, 14, 17, 19, 20] {
+            assert_eq!(GUEST_EFLAGS_MASK & (1 << bit), 0, "bit {bit}");
+        }
+        for bit in [0, 2, 4, 6, 7, 8, 10, 11, 16, 18, 21] {
+            assert_ne!(GUEST_EFLAGS_MASK & (1 << bit), 0, "bit {bit}");
+        }
+    }
+}

@@ -1,0 +1,378 @@
+//! Entering the guest and landing back: the register state the guest owns, and the
+//! assembly that switches between the monitor's 64-bit context and guest compat-mode code.
+//!
+//! `vmm_hostcpu_enter` saves the monitor's callee-saved registers, stack pointer, FS/GS
+//! bases and extended state, loads the guest's extended state, data segments and general
+//! registers, clears every register the guest does not own and `iretq`s into compat mode.
+//! The exit signal handler redirects the signal frame to `vmm_hostcpu_landing`, which runs
+//! after `sigreturn` on the monitor's stack: it saves the guest's extended state (restored
+//! from the signal frame by `sigreturn`), restores the monitor's and returns from
+//! `vmm_hostcpu_enter` as an ordinary function would.
+
+use std::mem::offset_of;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8};
+
+/// Bytes reserved for one XSAVE image. The host's enabled components (AVX-512 included)
+/// need about 2.7 KiB; [`HostCpu::new`](super::HostCpu::new) refuses hosts that need more.
+pub const XSAVE_AREA_SIZE: usize = 4096;
+
+/// Offset of MXCSR in the legacy (FXSAVE) region.
+const MXCSR_OFFSET: usize = 24;
+/// Offset of the XSAVE header's XSTATE_BV.
+const XSTATE_BV_OFFSET: usize = 512;
+/// Offset of XMM0 in the legacy region.
+const XMM0_OFFSET: usize = 160;
+/// MXCSR after reset: all SIMD exceptions masked, round to nearest.
+const MXCSR_DEFAULT: u32 = 0x1f80;
+/// x87 control word after FNINIT.
+const FCW_DEFAULT: u16 = 0x037f;
+
+/// A standard-format XSAVE image of the guest's x87/SSE/AVX state.
+///
+/// Its bytes are only ever written by XSAVE or by [`XsaveArea::default`], so XRSTOR can
+/// never fault on it.
+#[repr(C, align(64))]
+#[derive(Clone)]
+pub struct XsaveArea {
+    bytes: [u8; XSAVE_AREA_SIZE],
+}
+
+impl Default for XsaveArea {
+    /// The state after reset: every component in its init configuration (XSTATE_BV = 0),
+    /// MXCSR 0x1F80.
+    fn default() -> Self {
+        let mut bytes = [0u8; XSAVE_AREA_SIZE];
+        bytes[0..2].copy_from_slice(&FCW_DEFAULT.to_le_bytes());
+        bytes[MXCSR_OFFSET..MXCSR_OFFSET + 4].copy_from_slice(&MXCSR_DEFAULT.to_le_bytes());
+        Self { bytes }
+    }
+}
+
+impl std::fmt::Debug for XsaveArea {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XsaveArea")
+            .field("xstate_bv", &format_args!("{:#x}", self.xstate_bv()))
+            .field("mxcsr", &format_args!("{:#x}", self.mxcsr()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl XsaveArea {
+    /// The raw image (legacy region, XSAVE header, extended components).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// XSTATE_BV: which components hold non-init state.
+    pub fn xstate_bv(&self) -> u64 {
+        u64::from_le_bytes(
+            self.bytes[XSTATE_BV_OFFSET..XSTATE_BV_OFFSET + 8]
+                .try_into()
+                .unwrap_or_default(),
+        )
+    }
+
+    /// The guest's MXCSR.
+    pub fn mxcsr(&self) -> u32 {
+        u32::from_le_bytes(
+            self.bytes[MXCSR_OFFSET..MXCSR_OFFSET + 4]
+                .try_into()
+                .unwrap_or_default(),
+        )
+    }
+
+    /// The guest's XMM register `i` (0–7 in compat mode), or 0 while SSE state is in its
+    /// init configuration.
+    pub fn xmm(&self, i: usize) -> u128 {
+        if i >= 16 || self.xstate_bv() & 2 == 0 {
+            return 0;
+        }
+        let off = XMM0_OFFSET + 16 * i;
+        u128::from_le_bytes(self.bytes[off..off + 16].try_into().unwrap_or_default())
+    }
+}
+
+/// The guest registers the host CPU runs with.
+///
+/// Segment selectors are *host* selectors: the LDT mirrors of the guest's segments
+/// ([`ldt_selector`](super::ldt::ldt_selector)); CS and SS must be LDT selectors with RPL 3,
+/// data selectors LDT selectors with RPL 3 or null. EFLAGS holds only what the guest owns:
+/// on entry IF is forced on and IOPL, NT, VM, VIF, VIP cleared (the virtual ones live in
+/// the vCPU).
+#[repr(C, align(64))]
+#[derive(Debug, Clone, Default)]
+#[allow(missing_docs)]
+pub struct GuestContext {
+    pub eax: u32,
+    pub ebx: u32,
+    pub ecx: u32,
+    pub edx: u32,
+    pub esi: u32,
+    pub edi: u32,
+    pub ebp: u32,
+    pub esp: u32,
+    pub eip: u32,
+    pub eflags: u32,
+    pub cs: u16,
+    pub ss: u16,
+    pub ds: u16,
+    pub es: u16,
+    pub fs: u16,
+    pub gs: u16,
+    /// The guest's x87/SSE/AVX state; the guest owns the real FPU while it runs.
+    pub fpu: XsaveArea,
+}
+
+/// Why `vmm_hostcpu_enter` returned (written before entry and by the signal handler).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Landing {
+    /// Work was pending at entry; the guest did not run.
+    EarlyPending = 0,
+    /// A signal interrupted guest code.
+    Guest = 1,
+    /// An asynchronous signal hit between loading guest state and `iretq`.
+    AsyncInWindow = 2,
+    /// Loading the guest's segments or the `iretq` faulted.
+    EntryFault = 3,
+}
+
+/// The raw facts of one exit, as the handler found them.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+pub(crate) struct RawExit {
+    pub signo: i32,
+    pub si_code: i32,
+    pub trapno: u64,
+    pub err: u64,
+    pub addr: u64,
+    pub rip: u64,
+    pub cs: u16,
+    pub syscall_nr: i32,
+}
+
+/// Per-vCPU-thread state shared by the entry assembly, the signal handler and `HostCpu`.
+/// The handler finds it through the altstack table, never through TLS.
+#[repr(C, align(64))]
+pub(crate) struct CpuBlock {
+    pub host_xsave: XsaveArea,
+    pub host_rsp: u64,
+    pub host_fsbase: u64,
+    pub host_gsbase: u64,
+    pub xsave_mask_lo: u32,
+    pub xsave_mask_hi: u32,
+    pub host_ds: u16,
+    pub host_es: u16,
+    pub host_fs: u16,
+    pub host_gs: u16,
+    /// DS, ES, FS, GS as the handler prologue found them.
+    pub guest_sel: [u16; 4],
+    /// Set by an asynchronous signal that landed in monitor code.
+    pub pending: AtomicU8,
+    pub pending_signo: AtomicI32,
+    /// True between entry and landing.
+    pub running: AtomicBool,
+    pub landing: Landing,
+    pub ctx: *mut GuestContext,
+    pub raw: RawExit,
+}
+
+impl CpuBlock {
+    pub fn new(xsave_mask: u64, host_fsbase: u64, host_gsbase: u64) -> Self {
+        Self {
+            host_xsave: XsaveArea::default(),
+            host_rsp: 0,
+            host_fsbase,
+            host_gsbase,
+            xsave_mask_lo: xsave_mask as u32,
+            xsave_mask_hi: (xsave_mask >> 32) as u32,
+            host_ds: 0,
+            host_es: 0,
+            host_fs: 0,
+            host_gs: 0,
+            guest_sel: [0; 4],
+            pending: AtomicU8::new(0),
+            pending_signo: AtomicI32::new(0),
+            running: AtomicBool::new(false),
+            landing: Landing::EarlyPending,
+            ctx: std::ptr::null_mut(),
+            raw: RawExit::default(),
+        }
+    }
+}
+
+pub(crate) const OFF_SEL_DS: usize = offset_of!(CpuBlock, guest_sel);
+pub(crate) const OFF_HOST_FSBASE: usize = offset_of!(CpuBlock, host_fsbase);
+pub(crate) const OFF_HOST_GSBASE: usize = offset_of!(CpuBlock, host_gsbase);
+
+std::arch::global_asm!(
+    ".text",
+    ".p2align 4",
+    ".globl vmm_hostcpu_enter",
+    ".type vmm_hostcpu_enter,@function",
+    // rdi = *mut CpuBlock, rsi = *mut GuestContext
+    "vmm_hostcpu_enter:",
+    "push rbp",
+    "push rbx",
+    "push r12",
+    "push r13",
+    "push r14",
+    "push r15",
+    "push rdi",
+    "push rsi",
+    "mov [rdi + {host_rsp}], rsp",
+    "rdfsbase rax",
+    "mov [rdi + {host_fsbase}], rax",
+    "rdgsbase rax",
+    "mov [rdi + {host_gsbase}], rax",
+    "mov word ptr [rdi + {host_ds}], ds",
+    "mov word ptr [rdi + {host_es}], es",
+    "mov word ptr [rdi + {host_fs}], fs",
+    "mov word ptr [rdi + {host_gs}], gs",
+    "mov eax, [rdi + {mask_lo}]",
+    "mov edx, [rdi + {mask_hi}]",
+    "xsave64 [rdi + {host_xsave}]",
+    "xrstor64 [rsi + {fpu}]",
+    // From here on the FPU holds guest state: a signal redirected to the landing pad saves
+    // it into the context unchanged.
+    ".globl vmm_hostcpu_window_begin",
+    "vmm_hostcpu_window_begin:",
+    "cmp byte ptr [rdi + {pending}], 0",
+    "jne vmm_hostcpu_landing",
+    "movzx eax, word ptr [rsi + {ss}]",
+    "push rax",
+    "mov eax, [rsi + {esp}]",
+    "push rax",
+    "mov eax, [rsi + {eflags}]",
+    "push rax",
+    "movzx eax, word ptr [rsi + {cs}]",
+    "push rax",
+    "mov eax, [rsi + {eip}]",
+    "push rax",
+    "mov ds, word ptr [rsi + {ds}]",
+    "mov es, word ptr [rsi + {es}]",
+    "mov fs, word ptr [rsi + {fs}]",
+    "mov gs, word ptr [rsi + {gs}]",
+    // Nothing of the monitor may stay visible should guest code ever reach 64-bit mode:
+    // 32-bit loads zero the upper halves, R8-R15 are cleared.
+    "xor r8d, r8d",
+    "xor r9d, r9d",
+    "xor r10d, r10d",
+    "xor r11d, r11d",
+    "xor r12d, r12d",
+    "xor r13d, r13d",
+    "xor r14d, r14d",
+    "xor r15d, r15d",
+    "mov eax, [rsi + {eax}]",
+    "mov ebx, [rsi + {ebx}]",
+    "mov ecx, [rsi + {ecx}]",
+    "mov edx, [rsi + {edx}]",
+    "mov edi, [rsi + {edi}]",
+    "mov ebp, [rsi + {ebp}]",
+    "mov esi, [rsi + {esi}]",
+    "iretq",
+    ".globl vmm_hostcpu_window_end",
+    "vmm_hostcpu_window_end:",
+    ".size vmm_hostcpu_enter, . - vmm_hostcpu_enter",
+    "",
+    ".p2align 4",
+    ".globl vmm_hostcpu_landing",
+    ".type vmm_hostcpu_landing,@function",
+    // Reached by sigreturn (RSP = saved host_rsp, RFLAGS = 0x202) or by the pending jump.
+    "vmm_hostcpu_landing:",
+    "mov rsi, [rsp]",
+    "mov rdi, [rsp + 8]",
+    "mov eax, [rdi + {mask_lo}]",
+    "mov edx, [rdi + {mask_hi}]",
+    "xsave64 [rsi + {fpu}]",
+    "xrstor64 [rdi + {host_xsave}]",
+    "mov ds, word ptr [rdi + {host_ds}]",
+    "mov es, word ptr [rdi + {host_es}]",
+    // Selector first: loading it overwrites the base, which then gets the host's back.
+    "mov fs, word ptr [rdi + {host_fs}]",
+    "mov rax, [rdi + {host_fsbase}]",
+    "wrfsbase rax",
+    "mov gs, word ptr [rdi + {host_gs}]",
+    "mov rax, [rdi + {host_gsbase}]",
+    "wrgsbase rax",
+    "add rsp, 16",
+    "pop r15",
+    "pop r14",
+    "pop r13",
+    "pop r12",
+    "pop rbx",
+    "pop rbp",
+    "ret",
+    ".size vmm_hostcpu_landing, . - vmm_hostcpu_landing",
+    host_rsp = const offset_of!(CpuBlock, host_rsp),
+    host_fsbase = const offset_of!(CpuBlock, host_fsbase),
+    host_gsbase = const offset_of!(CpuBlock, host_gsbase),
+    host_ds = const offset_of!(CpuBlock, host_ds),
+    host_es = const offset_of!(CpuBlock, host_es),
+    host_fs = const offset_of!(CpuBlock, host_fs),
+    host_gs = const offset_of!(CpuBlock, host_gs),
+    mask_lo = const offset_of!(CpuBlock, xsave_mask_lo),
+    mask_hi = const offset_of!(CpuBlock, xsave_mask_hi),
+    host_xsave = const offset_of!(CpuBlock, host_xsave),
+    pending = const offset_of!(CpuBlock, pending),
+    fpu = const offset_of!(GuestContext, fpu),
+    eax = const offset_of!(GuestContext, eax),
+    ebx = const offset_of!(GuestContext, ebx),
+    ecx = const offset_of!(GuestContext, ecx),
+    edx = const offset_of!(GuestContext, edx),
+    esi = const offset_of!(GuestContext, esi),
+    edi = const offset_of!(GuestContext, edi),
+    ebp = const offset_of!(GuestContext, ebp),
+    esp = const offset_of!(GuestContext, esp),
+    eip = const offset_of!(GuestContext, eip),
+    eflags = const offset_of!(GuestContext, eflags),
+    cs = const offset_of!(GuestContext, cs),
+    ss = const offset_of!(GuestContext, ss),
+    ds = const offset_of!(GuestContext, ds),
+    es = const offset_of!(GuestContext, es),
+    fs = const offset_of!(GuestContext, fs),
+    gs = const offset_of!(GuestContext, gs),
+);
+
+extern "C" {
+    fn vmm_hostcpu_enter(block: *mut CpuBlock, ctx: *mut GuestContext);
+    fn vmm_hostcpu_landing();
+    fn vmm_hostcpu_window_begin();
+    fn vmm_hostcpu_window_end();
+}
+
+/// Address of the landing pad the handler redirects guest exits to.
+pub(crate) fn landing_pad() -> u64 {
+    vmm_hostcpu_landing as *const () as usize as u64
+}
+
+/// `[begin, end)` of the entry instructions that run with guest state half loaded.
+pub(crate) fn entry_window() -> std::ops::Range<u64> {
+    vmm_hostcpu_window_begin as *const () as usize as u64
+        ..vmm_hostcpu_window_end as *const () as usize as u64
+}
+
+/// Runs the guest described by `*ctx` until the next signal.
+///
+/// # Safety
+/// `block` must be the calling thread's registered, live `CpuBlock` (its altstack table
+/// entry lets the handler find it) with `block.ctx == ctx`; `ctx` must be valid for writes
+/// and its selectors validated (LDT, RPL 3) so the guest cannot run with host segments.
+pub(crate) unsafe fn enter(block: *mut CpuBlock, ctx: *mut GuestContext) {
+    // SAFETY: the caller upholds the contract above; the assembly returns like an ordinary
+    // SysV function: callee-saved registers, FS/GS bases, segment registers and the whole
+    // extended state (MXCSR, x87 control word included) are restored by the landing pad,
+    // and DF is clear (the handler redirects with RFLAGS = 0x202).
+    unsafe { vmm_hostcpu_enter(block, ctx) }
+}
+
+/// The calling thread's FS and GS bases.
+pub(crate) fn read_fs_gs_base() -> (u64, u64) {
+    let (fs, gs): (u64, u64);
+    // SAFETY: RDFSBASE/RDGSBASE only read registers; HostCpu::new checked that the kernel
+    // enabled FSGSBASE before calling this.
+    unsafe {
+        std::arch::asm!("rdfsbase {}", "rdgsbase {}", out(reg) fs, out(reg) gs, options(nomem, nostack, preserves_flags))
+    };
+    (fs, gs)
+}

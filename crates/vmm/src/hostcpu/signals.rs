@@ -1,0 +1,529 @@
+//! The exit signal handler and the per-thread alternate signal stack.
+//!
+//! Every exit signal runs `vmm_hostcpu_signal_entry` on the vCPU thread's altstack with all
+//! signals masked. Its assembly prologue finds the thread's [`CpuBlock`] from RSP (the
+//! altstack is aligned to its size and registered in [`VCPU_TABLE`]), restores the host FS
+//! and GS bases (the guest may have loaded FS/GS; Rust TLS and errno live behind FS) and
+//! records the live DS/ES/FS/GS selectors, which the 64-bit sigcontext does not carry.
+//! Only then does Rust run.
+
+use std::ffi::c_void;
+use std::io;
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use super::entry::{
+    entry_window, landing_pad, CpuBlock, Landing, OFF_HOST_FSBASE, OFF_HOST_GSBASE, OFF_SEL_DS,
+};
+use super::timer::{kick_signal, timer_signal};
+use super::{cpuid, HOST_CS64, HOST_SS64};
+
+/// Size and alignment of a vCPU thread's altstack region (its lowest page is a guard).
+pub(crate) const ALTSTACK_SIZE: usize = 64 * 1024;
+const GUARD_SIZE: usize = 4096;
+/// How many vCPU threads can exist at once.
+pub(crate) const MAX_VCPUS: usize = 16;
+
+/// One registered vCPU thread: the base of its altstack region and its block.
+#[repr(C)]
+pub(crate) struct Slot {
+    altstack: AtomicUsize,
+    block: AtomicPtr<CpuBlock>,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY_SLOT: Slot = Slot {
+    altstack: AtomicUsize::new(0),
+    block: AtomicPtr::new(std::ptr::null_mut()),
+};
+
+/// Read by the handler prologue without locks or TLS.
+pub(crate) static VCPU_TABLE: [Slot; MAX_VCPUS] = [EMPTY_SLOT; MAX_VCPUS];
+static TABLE_LOCK: Mutex<()> = Mutex::new(());
+
+/// Registers a vCPU thread; returns its slot index, or `None` when the table is full.
+pub(crate) fn register(altstack: usize, block: *mut CpuBlock) -> Option<usize> {
+    let _g = TABLE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let i = VCPU_TABLE
+        .iter()
+        .position(|s| s.altstack.load(Ordering::Acquire) == 0)?;
+    // Block first: the prologue trusts the block of a slot whose base matches.
+    VCPU_TABLE[i].block.store(block, Ordering::Release);
+    VCPU_TABLE[i].altstack.store(altstack, Ordering::Release);
+    Some(i)
+}
+
+/// Forgets slot `i` (the thread's altstack must already be disabled).
+pub(crate) fn unregister(i: usize) {
+    let _g = TABLE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    VCPU_TABLE[i].altstack.store(0, Ordering::Release);
+    VCPU_TABLE[i]
+        .block
+        .store(std::ptr::null_mut(), Ordering::Release);
+}
+
+std::arch::global_asm!(
+    ".text",
+    ".p2align 4",
+    ".globl vmm_hostcpu_signal_entry",
+    ".type vmm_hostcpu_signal_entry,@function",
+    // rdi = signo, rsi = siginfo, rdx = ucontext; RSP = 8 mod 16.
+    "vmm_hostcpu_signal_entry:",
+    "mov rax, rsp",
+    "and rax, {align_mask}",
+    "lea r10, [rip + {table}]",
+    "mov ecx, {slots}",
+    "2:",
+    "cmp [r10], rax",
+    "je 3f",
+    "add r10, {slot_size}",
+    "dec ecx",
+    "jnz 2b",
+    // Not a vCPU altstack: this thread never ran guest code, its FS is its own.
+    "sub rsp, 8",
+    "call {foreign}",
+    "add rsp, 8",
+    "ret",
+    "3:",
+    "mov rcx, [r10 + 8]",
+    // Keep the interrupted bases: a signal that only marks work pending must return to
+    // code that may already run with guest bases (the entry sequence).
+    "rdfsbase r8",
+    "rdgsbase r9",
+    "push r8",
+    "push r9",
+    "push rcx",
+    "mov rax, [rcx + {host_fsbase}]",
+    "wrfsbase rax",
+    "mov rax, [rcx + {host_gsbase}]",
+    "wrgsbase rax",
+    "mov word ptr [rcx + {sel}], ds",
+    "mov word ptr [rcx + {sel} + 2], es",
+    "mov word ptr [rcx + {sel} + 4], fs",
+    "mov word ptr [rcx + {sel} + 6], gs",
+    "call {vcpu}",
+    "pop rcx",
+    "pop r9",
+    "pop r8",
+    "wrgsbase r9",
+    "wrfsbase r8",
+    "ret",
+    ".size vmm_hostcpu_signal_entry, . - vmm_hostcpu_signal_entry",
+    align_mask = const -(ALTSTACK_SIZE as i64),
+    table = sym VCPU_TABLE,
+    slots = const MAX_VCPUS,
+    slot_size = const std::mem::size_of::<Slot>(),
+    host_fsbase = const OFF_HOST_FSBASE,
+    host_gsbase = const OFF_HOST_GSBASE,
+    sel = const OFF_SEL_DS,
+    foreign = sym on_foreign_signal,
+    vcpu = sym on_vcpu_signal,
+);
+
+extern "C" {
+    fn vmm_hostcpu_signal_entry(signo: libc::c_int, info: *mut libc::siginfo_t, uc: *mut c_void);
+}
+
+/// The signals that end a guest run.
+pub(crate) fn exit_signals() -> [libc::c_int; 8] {
+    [
+        libc::SIGSEGV,
+        libc::SIGBUS,
+        libc::SIGTRAP,
+        libc::SIGILL,
+        libc::SIGFPE,
+        libc::SIGSYS,
+        timer_signal(),
+        kick_signal(),
+    ]
+}
+
+/// Installs the exit handler for every exit signal (process-wide; idempotent).
+///
+/// No SA_RESTART: a timer or kick must interrupt a monitor blocked in a syscall (a guest
+/// HLT waits for the next event that way).
+pub(crate) fn install_handlers() -> io::Result<()> {
+    for sig in exit_signals() {
+        // SAFETY: sigaction is plain data; zero is a valid start. The handler is the
+        // assembly entry above, which follows the SA_SIGINFO calling convention.
+        let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+        sa.sa_sigaction = vmm_hostcpu_signal_entry as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+        // SAFETY: sa_mask is a field of the live local.
+        unsafe { libc::sigfillset(&mut sa.sa_mask) };
+        // SAFETY: `sa` is a valid sigaction; the old action is not needed.
+        if unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Makes sure the calling thread can receive the exit signals.
+pub(crate) fn unblock_exit_signals() -> io::Result<()> {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a live local for all three calls.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for sig in exit_signals() {
+            libc::sigaddset(&mut set, sig);
+        }
+    }
+    // SAFETY: `set` is initialised; the old mask is not needed.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+/// An altstack region aligned to its size, with a guard page at the bottom.
+#[derive(Debug)]
+pub(crate) struct AltStack {
+    base: usize,
+}
+
+impl AltStack {
+    /// Maps the region and makes it the calling thread's signal stack.
+    pub(crate) fn new() -> io::Result<Self> {
+        let base = map_aligned_region()?;
+        let stack = Self { base };
+        let ss = libc::stack_t {
+            ss_sp: (base + GUARD_SIZE) as *mut c_void,
+            ss_flags: 0,
+            ss_size: ALTSTACK_SIZE - GUARD_SIZE,
+        };
+        // SAFETY: `ss` describes memory this value owns for its whole life; Drop disables
+        // the altstack before unmapping it.
+        if unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stack)
+    }
+
+    /// The aligned base the handler prologue compares against.
+    pub(crate) fn base(&self) -> usize {
+        self.base
+    }
+}
+
+impl Drop for AltStack {
+    fn drop(&mut self) {
+        let off = libc::stack_t {
+            ss_sp: std::ptr::null_mut(),
+            ss_flags: libc::SS_DISABLE,
+            ss_size: 0,
+        };
+        // SAFETY: disabling the calling thread's altstack (HostCpu is !Send, so this is the
+        // thread that installed it); then the region is unused and can be unmapped.
+        unsafe {
+            libc::sigaltstack(&off, std::ptr::null_mut());
+            libc::munmap(self.base as *mut c_void, ALTSTACK_SIZE);
+        }
+    }
+}
+
+fn map_aligned_region() -> io::Result<usize> {
+    let len = 2 * ALTSTACK_SIZE;
+    // SAFETY: a fresh anonymous mapping chosen by the kernel.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let start = p as usize;
+    let base = (start + ALTSTACK_SIZE - 1) & !(ALTSTACK_SIZE - 1);
+    // SAFETY: the head and tail trimmed here are parts of the mapping just made; the guard
+    // page lies inside the kept region.
+    unsafe {
+        if base > start {
+            libc::munmap(p, base - start);
+        }
+        let tail = base + ALTSTACK_SIZE;
+        if start + len > tail {
+            libc::munmap(tail as *mut c_void, start + len - tail);
+        }
+        libc::mprotect(base as *mut c_void, GUARD_SIZE, libc::PROT_NONE);
+    }
+    Ok(base)
+}
+
+// Fields of the kernel's siginfo_t on x86-64.
+const SI_CODE_OFFSET: usize = 8;
+const SI_ADDR_OFFSET: usize = 16;
+const SI_SYSCALL_OFFSET: usize = 24;
+
+/// # Safety
+/// `info` points to a kernel-provided siginfo_t (128 bytes).
+unsafe fn siginfo_i32(info: *const libc::siginfo_t, off: usize) -> i32 {
+    // SAFETY: the offset lies within the 128-byte siginfo the kernel wrote.
+    unsafe { info.cast::<u8>().add(off).cast::<i32>().read_unaligned() }
+}
+
+/// # Safety
+/// As [`siginfo_i32`].
+unsafe fn siginfo_u64(info: *const libc::siginfo_t, off: usize) -> u64 {
+    // SAFETY: the offset lies within the 128-byte siginfo the kernel wrote.
+    unsafe { info.cast::<u8>().add(off).cast::<u64>().read_unaligned() }
+}
+
+fn is_async(signo: libc::c_int) -> bool {
+    signo == timer_signal() || signo == kick_signal()
+}
+
+fn is_fault_signal(signo: libc::c_int) -> bool {
+    matches!(
+        signo,
+        libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGTRAP
+    )
+}
+
+const CPUID_OPCODE: [u8; 2] = [0x0f, 0xa2];
+const TRAP_GP: i64 = 13;
+
+/// Rust half of the handler for a thread with a registered block; FS/GS are the host's.
+///
+/// # Safety
+/// Called only by the prologue with the kernel's siginfo/ucontext and the thread's live
+/// block.
+unsafe extern "C" fn on_vcpu_signal(
+    signo: libc::c_int,
+    info: *mut libc::siginfo_t,
+    uc: *mut c_void,
+    block: *mut CpuBlock,
+) {
+    // SAFETY: the kernel passes a valid ucontext for SA_SIGINFO handlers; nothing else
+    // references it while the handler runs.
+    let uc = unsafe { &mut *uc.cast::<libc::ucontext_t>() };
+    // SAFETY: the prologue found `block` in the table; it outlives the registration.
+    let b = unsafe { &mut *block };
+    // SAFETY: `info` is the kernel's siginfo.
+    let si_code = unsafe { siginfo_i32(info, SI_CODE_OFFSET) };
+    let g = &mut uc.uc_mcontext.gregs;
+    let rip = g[libc::REG_RIP as usize] as u64;
+    let cs = g[libc::REG_CSGSFS as usize] as u16;
+    let in_monitor = cs == HOST_CS64 && rip >= 1 << 32;
+
+    if in_monitor {
+        let running = b.running.load(Ordering::Relaxed);
+        if running && entry_window().contains(&rip) {
+            if is_async(signo) {
+                b.raw.signo = signo;
+                b.landing = Landing::AsyncInWindow;
+                redirect(uc, b);
+                return;
+            }
+            if is_fault_signal(signo) && si_code > 0 {
+                record_raw(b, uc, info, signo, si_code);
+                b.landing = Landing::EntryFault;
+                redirect(uc, b);
+                return;
+            }
+        }
+        if is_async(signo) {
+            b.pending_signo.store(signo, Ordering::Relaxed);
+            b.pending.store(1, Ordering::Release);
+            return;
+        }
+        if signo == libc::SIGSEGV
+            && g[libc::REG_TRAPNO as usize] == TRAP_GP
+            && is_cpuid_at(rip)
+            && emulate_monitor_cpuid(g)
+        {
+            return;
+        }
+        die(signo, si_code, rip);
+        return;
+    }
+
+    if !b.running.load(Ordering::Relaxed) || b.ctx.is_null() {
+        die(signo, si_code, rip);
+        return;
+    }
+    // SAFETY: while `running`, `ctx` is the context `HostCpu::run` entered with, borrowed
+    // mutably for the whole run and not touched by the monitor until landing.
+    let ctx = unsafe { &mut *b.ctx };
+    ctx.eax = g[libc::REG_RAX as usize] as u32;
+    ctx.ebx = g[libc::REG_RBX as usize] as u32;
+    ctx.ecx = g[libc::REG_RCX as usize] as u32;
+    ctx.edx = g[libc::REG_RDX as usize] as u32;
+    ctx.esi = g[libc::REG_RSI as usize] as u32;
+    ctx.edi = g[libc::REG_RDI as usize] as u32;
+    ctx.ebp = g[libc::REG_RBP as usize] as u32;
+    ctx.esp = g[libc::REG_RSP as usize] as u32;
+    ctx.eip = rip as u32;
+    ctx.eflags = g[libc::REG_EFL as usize] as u32;
+    ctx.cs = cs;
+    ctx.ss = (g[libc::REG_CSGSFS as usize] as u64 >> 48) as u16;
+    [ctx.ds, ctx.es, ctx.fs, ctx.gs] = b.guest_sel;
+    record_raw(b, uc, info, signo, si_code);
+    b.landing = Landing::Guest;
+    redirect(uc, b);
+}
+
+fn record_raw(
+    b: &mut CpuBlock,
+    uc: &libc::ucontext_t,
+    info: *const libc::siginfo_t,
+    signo: libc::c_int,
+    si_code: i32,
+) {
+    let g = &uc.uc_mcontext.gregs;
+    b.raw.signo = signo;
+    b.raw.si_code = si_code;
+    b.raw.trapno = g[libc::REG_TRAPNO as usize] as u64;
+    b.raw.err = g[libc::REG_ERR as usize] as u64;
+    b.raw.rip = g[libc::REG_RIP as usize] as u64;
+    b.raw.cs = g[libc::REG_CSGSFS as usize] as u16;
+    // SAFETY: `info` is the kernel's siginfo; si_addr and the SIGSYS syscall number are at
+    // fixed offsets (meaningless but readable for other signals).
+    unsafe {
+        b.raw.addr = siginfo_u64(info, SI_ADDR_OFFSET);
+        b.raw.syscall_nr = siginfo_i32(info, SI_SYSCALL_OFFSET);
+    }
+}
+
+/// uc_flags bits (asm/ucontext.h): the frame carries SS, and sigreturn must restore it as is.
+const UC_SIGCONTEXT_SS: libc::c_ulong = 0x2;
+const UC_STRICT_RESTORE_SS: libc::c_ulong = 0x4;
+/// RFLAGS for the monitor after landing: IF (the host forces it anyway) and reserved bit 1;
+/// DF, TF and AC clear as Rust code expects.
+const HOST_RFLAGS: i64 = 0x202;
+
+/// Rewrites the frame so that sigreturn lands on the landing pad on the monitor's stack.
+fn redirect(uc: &mut libc::ucontext_t, b: &CpuBlock) {
+    let g = &mut uc.uc_mcontext.gregs;
+    g[libc::REG_RIP as usize] = landing_pad() as i64;
+    g[libc::REG_RSP as usize] = b.host_rsp as i64;
+    g[libc::REG_EFL as usize] = HOST_RFLAGS;
+    g[libc::REG_CSGSFS as usize] = (i64::from(HOST_SS64) << 48) | i64::from(HOST_CS64);
+    uc.uc_flags |= UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS;
+}
+
+/// Whether the monitor instruction at `rip` (which just raised #GP) is a CPUID.
+fn is_cpuid_at(rip: u64) -> bool {
+    // SAFETY: `rip` is in monitor code, mapped and readable (it was being executed); a #GP
+    // is raised only after the whole instruction was fetched, so both bytes are mapped.
+    unsafe { std::ptr::read_unaligned(rip as *const [u8; 2]) == CPUID_OPCODE }
+}
+
+/// Answers a CPUID the monitor itself executed while CPUID faulting is on (std and
+/// libraries probe features lazily). Returns false if faulting could not be switched.
+fn emulate_monitor_cpuid(g: &mut [libc::greg_t; 23]) -> bool {
+    if cpuid::set_cpuid_faulting(false).is_err() {
+        return false;
+    }
+    let leaf = g[libc::REG_RAX as usize] as u32;
+    let sub = g[libc::REG_RCX as usize] as u32;
+    // CPUID is unprivileged and faulting is off for this thread right now.
+    let r = std::arch::x86_64::__cpuid_count(leaf, sub);
+    let restored = cpuid::set_cpuid_faulting(true).is_ok();
+    g[libc::REG_RAX as usize] = i64::from(r.eax);
+    g[libc::REG_RBX as usize] = i64::from(r.ebx);
+    g[libc::REG_RCX as usize] = i64::from(r.ecx);
+    g[libc::REG_RDX as usize] = i64::from(r.edx);
+    g[libc::REG_RIP as usize] += 2;
+    restored
+}
+
+/// Rust half of the handler on threads that never run guest code.
+///
+/// # Safety
+/// Called only by the prologue with the kernel's siginfo/ucontext.
+unsafe extern "C" fn on_foreign_signal(
+    signo: libc::c_int,
+    info: *mut libc::siginfo_t,
+    uc: *mut c_void,
+) {
+    if is_async(signo) {
+        // A timer or kick aimed at a vCPU that is gone; nothing to do.
+        return;
+    }
+    // SAFETY: kernel-provided siginfo and ucontext.
+    let (si_code, rip) = unsafe {
+        (
+            siginfo_i32(info, SI_CODE_OFFSET),
+            (*uc.cast::<libc::ucontext_t>()).uc_mcontext.gregs[libc::REG_RIP as usize] as u64,
+        )
+    };
+    die(signo, si_code, rip);
+}
+
+/// A fault in monitor code is a monitor bug: say so, restore the default action and
+/// re-raise, so the process dies with the original signal instead of swallowing it.
+fn die(signo: libc::c_int, si_code: i32, rip: u64) {
+    let mut msg = MsgBuf::default();
+    msg.push(b"vmm: fatal signal ");
+    msg.push_dec(i64::from(signo));
+    msg.push(b" (si_code ");
+    msg.push_dec(i64::from(si_code));
+    msg.push(b") in monitor code at 0x");
+    msg.push_hex(rip);
+    msg.push(b"\n");
+    // SAFETY: async-signal-safe calls with valid arguments; the message is a live local.
+    unsafe {
+        libc::write(2, msg.buf.as_ptr().cast(), msg.len);
+        libc::signal(signo, libc::SIG_DFL);
+        libc::syscall(libc::SYS_tgkill, libc::getpid(), libc::gettid(), signo);
+    }
+}
+
+/// A fixed buffer for formatting without allocating (the handler must not allocate).
+struct MsgBuf {
+    buf: [u8; 128],
+    len: usize,
+}
+
+impl Default for MsgBuf {
+    fn default() -> Self {
+        Self {
+            buf: [0; 128],
+            len: 0,
+        }
+    }
+}
+
+impl MsgBuf {
+    fn push(&mut self, s: &[u8]) {
+        for &c in s {
+            if self.len < self.buf.len() {
+                self.buf[self.len] = c;
+                self.len += 1;
+            }
+        }
+    }
+
+    fn push_dec(&mut self, v: i64) {
+        if v < 0 {
+            self.push(b"-");
+        }
+        let mut digits = [0u8; 20];
+        let mut n = v.unsigned_abs();
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.push(&digits[i..]);
+    }
+
+    fn push_hex(&mut self, v: u64) {
+        for i in 0..16 {
+            let nib = (v >> (60 - 4 * i)) & 0xf;
+            self.push(&[b"0123456789abcdef"[nib as usize]]);
+        }
+    }
+}
