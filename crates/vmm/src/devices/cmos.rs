@@ -40,6 +40,16 @@ const REG_D_VRT: u8 = 0x80;
 /// 12-hour mode: PM flag in the hours register.
 const HOUR_PM: u8 = 0x80;
 const SECS_PER_DAY: i64 = 86_400;
+/// Memory size bytes (low byte first), as the PC BIOS and QEMU lay them out.
+const REG_BASE_MEMORY: u8 = 0x15;
+const REG_EXT_MEMORY: u8 = 0x17;
+const REG_EXT_MEMORY_POST: u8 = 0x30;
+const REG_HIGH_MEMORY: u8 = 0x34;
+const BASE_MEMORY_KIB: u64 = 640;
+const KIB: u64 = 1024;
+const ONE_MIB: u64 = 1 << 20;
+const SIXTEEN_MIB: u64 = 16 << 20;
+const CHUNK_64K: u64 = 64 << 10;
 
 /// A calendar date and time (UTC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +152,25 @@ impl<W: WallClock> Cmos<W> {
     pub fn set_ram(&mut self, index: u8, value: u8) {
         if let Some(b) = self.ram.get_mut(usize::from(index)) {
             *b = value;
+        }
+    }
+
+    /// Records the guest's RAM size where PC firmware leaves it and some kernels look:
+    /// base memory (0x15–0x16, KiB), extended memory above 1 MiB (0x17–0x18 and
+    /// 0x30–0x31, KiB, at most 65535) and memory above 16 MiB (0x34–0x35, 64 KiB units).
+    pub fn set_memory_size(&mut self, ram_bytes: u64) {
+        let clamp = |v: u64| u16::try_from(v).unwrap_or(u16::MAX).to_le_bytes();
+        let base_kib = (ram_bytes / KIB).min(BASE_MEMORY_KIB);
+        let ext_kib = ram_bytes.saturating_sub(ONE_MIB) / KIB;
+        let above_16m = ram_bytes.saturating_sub(SIXTEEN_MIB) / CHUNK_64K;
+        for (index, value) in [
+            (REG_BASE_MEMORY, clamp(base_kib)),
+            (REG_EXT_MEMORY, clamp(ext_kib)),
+            (REG_EXT_MEMORY_POST, clamp(ext_kib)),
+            (REG_HIGH_MEMORY, clamp(above_16m)),
+        ] {
+            self.set_ram(index, value[0]);
+            self.set_ram(index + 1, value[1]);
         }
     }
 
@@ -331,6 +360,21 @@ mod tests {
         bus.write(CMOS_BASE + 1, 1, 0xab);
         assert_eq!(reg(&mut bus, 0x40), 0xab);
         assert_eq!(reg(&mut bus, 0x7f), 0);
+    }
+
+    #[test]
+    fn memory_size_bytes() {
+        let mut cmos = Cmos::new(FakeWallClock::default());
+        cmos.set_memory_size(32 << 20);
+        let word = |c: &mut Cmos<FakeWallClock>, i: u8| {
+            u16::from(c.read_register(i)) | u16::from(c.read_register(i + 1)) << 8
+        };
+        assert_eq!(word(&mut cmos, 0x15), 640);
+        assert_eq!(word(&mut cmos, 0x17), 31 * 1024);
+        assert_eq!(word(&mut cmos, 0x30), 31 * 1024);
+        assert_eq!(word(&mut cmos, 0x34), 256); // 16 MiB in 64 KiB units
+        cmos.set_memory_size(1 << 30);
+        assert_eq!(word(&mut cmos, 0x17), 0xffff);
     }
 
     #[test]

@@ -550,6 +550,26 @@ mod tests {
         assert_eq!(p.acknowledge(), Some(0x30));
     }
 
+    /// Linux's `mask_and_ack_8259A` and `i8259A_irq_real`: mask, check ISR through OCW3,
+    /// specific EOI to the slave and to the master's cascade input.
+    #[test]
+    fn linux_mask_and_ack_of_a_slave_irq() {
+        let (mut bus, pic) = platform();
+        linux_init(&mut bus);
+        bus.write(SLAVE_DATA, 1, !(1 << 6)); // IRQ 14
+        pic.lock().unwrap().set_irq(14, true);
+        assert_eq!(pic.lock().unwrap().acknowledge(), Some(0x3e));
+        bus.read(SLAVE_DATA, 1);
+        bus.write(SLAVE_DATA, 1, 0xff);
+        bus.write(SLAVE_CMD, 1, 0x0b);
+        assert_eq!(bus.read(SLAVE_CMD, 1) & (1 << 6), 1 << 6, "the IRQ is real");
+        bus.write(SLAVE_CMD, 1, 0x0a);
+        bus.write(SLAVE_CMD, 1, 0x60 + 6);
+        bus.write(MASTER_CMD, 1, 0x60 + 2);
+        let p = pic.lock().unwrap();
+        assert_eq!((p.master.isr, p.slave.isr), (0, 0));
+    }
+
     #[test]
     fn xv6_init_uses_auto_eoi() {
         let (mut bus, pic) = platform();

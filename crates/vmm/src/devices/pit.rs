@@ -641,15 +641,15 @@ mod tests {
         r.bus.write(CH0, 1, latch >> 8);
         let mut pit = r.pit.lock().unwrap();
         let deadline = pit.next_deadline_ns().unwrap();
-        // 11932 / 1.193182 MHz = 10.000 ms (within one input clock).
-        assert!(deadline.abs_diff(10_000_168) < 900, "{deadline}");
-        assert_eq!(pit.poll(deadline - 1000), 0);
+        // 11932 clocks at 1.193182 MHz: 10_000_150.9 ns, rounded up to the first
+        // nanosecond at which the last clock has elapsed.
+        assert_eq!(deadline, 10_000_151);
+        assert_eq!(pit.poll(deadline - 1), 0);
         assert_eq!(r.line.rising_edges(), 0);
         assert_eq!(pit.poll(deadline), 1);
         assert_eq!(r.line.rising_edges(), 1);
         // Next period; three periods late counts three edges but one interrupt.
-        let next = pit.next_deadline_ns().unwrap();
-        assert!(next.abs_diff(2 * deadline) < 900);
+        assert_eq!(pit.next_deadline_ns(), Some(ns_for(2 * 11932)));
         assert_eq!(pit.poll(deadline * 4 + 10), 3);
         assert_eq!(r.line.rising_edges(), 2);
         assert!(pit.next_deadline_ns().unwrap() > deadline * 4);
