@@ -275,8 +275,9 @@ impl PitChannel {
     }
 
     fn load(&mut self, raw: u16, now: u64) {
+        // Digits above 9 in a BCD count are undefined on the part; keep the count in range.
         let value = if self.bcd {
-            bcd_to_bin(raw)
+            bcd_to_bin(raw) % BCD_RANGE
         } else {
             u64::from(raw)
         };
@@ -669,6 +670,43 @@ mod tests {
         assert_eq!(pit.next_deadline_ns(), None);
         assert_eq!(pit.poll(d + NS_PER_SEC), 0);
         assert_eq!(r.line.rising_edges(), 1);
+    }
+
+    /// Linux's i8253 clockevent in one-shot state: mode 4, then a delta per event.
+    #[test]
+    fn mode4_strobe_fires_once_a_clock_after_terminal_count() {
+        let mut r = rig();
+        r.bus.write(CTRL, 1, 0x38);
+        r.bus.write(CH0, 1, 50);
+        r.bus.write(CH0, 1, 0);
+        let mut pit = r.pit.lock().unwrap();
+        assert_eq!(pit.next_deadline_ns(), Some(ns_for(51)));
+        assert_eq!(pit.poll(ns_for(51) - 1), 0);
+        assert_eq!(pit.poll(ns_for(51)), 1);
+        assert_eq!(pit.next_deadline_ns(), None);
+        drop(pit);
+        // The next event re-arms by writing a new count.
+        r.clock.set(ns_for(100));
+        r.bus.write(CH0, 1, 10);
+        r.bus.write(CH0, 1, 0);
+        assert_eq!(
+            r.pit.lock().unwrap().next_deadline_ns(),
+            Some(ns_for(100) + ns_for(11))
+        );
+    }
+
+    #[test]
+    fn invalid_bcd_digits_stay_in_range() {
+        let mut r = rig();
+        r.bus.write(CTRL, 1, 0x35); // mode 2, BCD
+        r.bus.write(CH0, 1, 0xff);
+        r.bus.write(CH0, 1, 0xff);
+        // No period longer than the BCD counter's 10000 states.
+        let deadline = r.pit.lock().unwrap().next_deadline_ns().unwrap();
+        assert!(deadline <= ns_for(BCD_RANGE), "{deadline}");
+        r.clock.set(ns_for(3));
+        let v = read16(&mut r.bus, CH0);
+        assert!(v <= 0x9999 && (v & 0xf) <= 9, "{v:#x}");
     }
 
     #[test]
