@@ -1,0 +1,1 @@
+//! Exception and interrupt delivery through the guest IDT, and IRET.
