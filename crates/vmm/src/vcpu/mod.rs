@@ -17,6 +17,7 @@ pub mod emulate;
 pub mod exit;
 pub mod interrupts;
 pub mod segments;
+pub mod stack;
 pub mod state;
 
 #[cfg(test)]
@@ -24,8 +25,8 @@ pub(crate) mod testbus;
 
 use crate::addr::GuestLinear;
 
-//EMU
-//INT
+pub use emulate::{emulate, Emulated, Unsupported};
+pub use interrupts::{deliver, DeliveryError, Event};
 pub use segments::{load_segment, mirror_of, MirrorDescriptor};
 pub use state::{SegReg, Segment, VcpuState};
 

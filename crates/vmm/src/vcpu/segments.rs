@@ -230,7 +230,7 @@ mod tests {
     use crate::vcpu::testbus::{TestBus, GDT};
 
     fn setup() -> (VcpuState, TestBus) {
-        let mut bus = TestBus::new();
+        let bus = TestBus::new();
         let s = bus.protected_state();
         (s, bus)
     }

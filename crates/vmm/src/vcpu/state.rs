@@ -103,8 +103,9 @@ pub mod cr4 {
     /// OS supports unmasked SIMD exceptions.
     pub const OSXMMEXCPT: u32 = 1 << 10;
     /// The bits the CPU model supports (see `cpuid`): VME/PVI are not offered (no
-    /// virtual-8086 support), nor anything past OSXMMEXCPT.
-    pub const SUPPORTED: u32 = TSD | DE | PSE | PAE | MCE | PGE | PCE | OSFXSR | OSXMMEXCPT;
+    /// virtual-8086 support), nor MCE (no machine-check architecture), nor anything past
+    /// OSXMMEXCPT.
+    pub const SUPPORTED: u32 = TSD | DE | PSE | PAE | PGE | PCE | OSFXSR | OSXMMEXCPT;
 }
 
 /// The six segment registers, numbered as the ModRM `reg` field and iced number them.
@@ -315,6 +316,10 @@ pub struct Msrs {
     pub mcg_status: u64,
     /// IA32_EFER. The model has neither long mode nor NX, so it stays 0.
     pub efer: u64,
+    /// IA32_PERFEVTSEL0/1. Stored only: no event is counted.
+    pub perf_evtsel: [u64; 2],
+    /// IA32_PMC0/1 as last written (they do not count, see `perf_evtsel`).
+    pub perf_ctr: [u64; 2],
 }
 
 impl Default for Msrs {
@@ -336,6 +341,8 @@ impl Default for Msrs {
             mtrr_fixed: [0; 11],
             mcg_status: 0,
             efer: 0,
+            perf_evtsel: [0; 2],
+            perf_ctr: [0; 2],
         }
     }
 }
@@ -396,6 +403,8 @@ pub struct VcpuState {
     /// Interrupts are inhibited until after the next instruction (after STI with IF
     /// previously 0, MOV SS, POP SS).
     pub interrupt_shadow: bool,
+    /// The CPU model CPUID reports.
+    pub cpu_model: crate::vcpu::emulate::cpuid::CpuModel,
 }
 
 /// DR6 value at reset (SDM Vol. 3B §17.2.3: reserved bits read as 1).
@@ -436,6 +445,7 @@ impl VcpuState {
             msr: Msrs::default(),
             halted: false,
             interrupt_shadow: false,
+            cpu_model: crate::vcpu::emulate::cpuid::CpuModel::default(),
         }
     }
 
