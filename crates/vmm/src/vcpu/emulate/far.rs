@@ -1,0 +1,299 @@
+//! Far CALL/JMP/RET, IRET, SYSENTER and SYSEXIT: control transfers that load CS.
+
+use super::operands::{read_mem, rm_operand, Rm};
+use super::{peek, push, release, Ctx, Outcome, Res, Stop, Unsupported};
+use crate::vcpu::descriptor::{selector, system_type, TYPE_ACCESSED};
+use crate::vcpu::interrupts::{check_return_cs, check_return_ss, null_inaccessible_data_segments};
+use crate::vcpu::segments::{fetch_descriptor, set_accessed};
+use crate::vcpu::stack::adjust_sp;
+use crate::vcpu::state::{eflags, gpr, SegReg, Segment, VcpuState};
+use crate::vcpu::{Effects, Fault, GuestBus};
+use iced_x86::{Code, Instruction, Mnemonic};
+
+/// Far JMP/CALL forms (direct pointer or memory far pointer).
+pub(crate) fn is_far(i: &Instruction) -> bool {
+    matches!(
+        i.code(),
+        Code::Jmp_ptr1616 | Code::Jmp_ptr1632 | Code::Jmp_m1616 | Code::Jmp_m1632
+            | Code::Call_ptr1616 | Code::Call_ptr1632 | Code::Call_m1616 | Code::Call_m1632
+    )
+}
+
+/// The target of a far JMP/CALL to a code segment at the current privilege (SDM Vol. 2A
+/// JMP/CALL, "far jump/call to a conforming or non-conforming code segment"). Call
+/// gates, TSS and task gates are reported as unsupported.
+fn far_target(s: &VcpuState, bus: &mut impl GuestBus, sel: u16, eip: u32) -> Result<Segment, Stop> {
+    if !s.protected() || s.v86() {
+        let mut cs = *s.sreg(SegReg::Cs);
+        cs.selector = sel;
+        cs.base = u32::from(sel) << 4;
+        if eip > cs.limit {
+            return Err(Fault::gp0().into());
+        }
+        return Ok(cs);
+    }
+    if selector::is_null(sel) {
+        return Err(Fault::gp0().into());
+    }
+    let code = selector::error_code(sel);
+    let r = fetch_descriptor(s, bus, sel)?.ok_or(Fault::gp(code))?;
+    let d = r.desc;
+    let cpl = s.cpl();
+    if !d.s {
+        return Err(match d.typ {
+            system_type::CALL_GATE16 | system_type::CALL_GATE32 => Stop::Unsupported(Unsupported::CallGate),
+            system_type::TASK_GATE | system_type::TSS16_AVAILABLE | system_type::TSS32_AVAILABLE => {
+                Stop::Unsupported(Unsupported::TaskSwitch)
+            }
+            _ => Fault::gp(code).into(),
+        });
+    }
+    if !d.is_code() {
+        return Err(Fault::gp(code).into());
+    }
+    if d.is_conforming_code() {
+        if d.dpl > cpl {
+            return Err(Fault::gp(code).into());
+        }
+    } else if selector::rpl(sel) > cpl || d.dpl != cpl {
+        return Err(Fault::gp(code).into());
+    }
+    if !d.present {
+        return Err(Fault::np(code).into());
+    }
+    let mut d = d;
+    d.typ |= TYPE_ACCESSED;
+    // CS.RPL becomes the CPL: conforming code does not change privilege.
+    let cs = Segment::from_descriptor((sel & 0xfffc) | u16::from(cpl), &d);
+    if eip > cs.limit {
+        return Err(Fault::gp0().into());
+    }
+    set_accessed(bus, &r)?;
+    Ok(cs)
+}
+
+/// JMP/CALL far, direct (ptr16:16/ptr16:32) or indirect (m16:16/m16:32). CALL pushes
+/// CS (zero-extended to 32 bits with a 32-bit operand size) and the return EIP; the
+/// stack is checked before the target is committed.
+pub(crate) fn jmp_call(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
+    let i = cx.instr;
+    let op32 = matches!(i.code(), Code::Jmp_ptr1632 | Code::Jmp_m1632 | Code::Call_ptr1632 | Code::Call_m1632);
+    let size = if op32 { 4 } else { 2 };
+    let (sel, mut eip) = match rm_operand(s, i, 0) {
+        Some(Rm::Mem(seg, off)) => {
+            let eip = read_mem(s, bus, seg, off, size)?;
+            let sel = read_mem(s, bus, seg, off.wrapping_add(size), 2)? as u16;
+            (sel, eip)
+        }
+        Some(Rm::Reg(_)) => return Err(Fault::ud().into()),
+        None => (i.far_branch_selector(), if op32 { i.far_branch32() } else { u32::from(i.far_branch16()) }),
+    };
+    if !op32 {
+        eip &= 0xffff;
+    }
+    let cs = far_target(s, bus, sel, eip)?;
+    if i.mnemonic() == Mnemonic::Call {
+        let old_cs = u32::from(s.sreg(SegReg::Cs).selector);
+        push(s, bus, &[old_cs, cx.next_eip], size)?;
+    }
+    *s.sreg_mut(SegReg::Cs) = cs;
+    s.eip = eip;
+    s.eflags &= !eflags::RF;
+    Ok(Outcome::Jumped(Effects::segment(SegReg::Cs)))
+}
+
+/// RET far [imm16] (SDM Vol. 2B RET): same privilege, or to an outer level popping
+/// ESP and SS too; `imm16` bytes of parameters are released on each stack. Returning
+/// outward nulls data segment registers the new CPL may not use.
+pub(crate) fn retf(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
+    let i = cx.instr;
+    let op32 = matches!(i.code(), Code::Retfd | Code::Retfd_imm16);
+    let size = if op32 { 4 } else { 2 };
+    let imm = if matches!(i.code(), Code::Retfd_imm16 | Code::Retfw_imm16) { u32::from(i.immediate16()) } else { 0 };
+    let v = peek(s, bus, 0, 2, size)?;
+    let eip = if op32 { v[0] } else { v[0] & 0xffff };
+    let sel = v[1] as u16;
+    if !s.protected() || s.v86() {
+        let cs = far_target(s, bus, sel, eip)?;
+        *s.sreg_mut(SegReg::Cs) = cs;
+        s.eip = eip;
+        release(s, 2 * size + imm);
+        return Ok(Outcome::Jumped(Effects::segment(SegReg::Cs)));
+    }
+    let cpl = s.cpl();
+    let (cs, cs_ref) = check_return_cs(s, bus, sel)?;
+    let rpl = selector::rpl(sel);
+    let mut effects = Effects::segment(SegReg::Cs);
+    if rpl > cpl {
+        let w = peek(s, bus, 2 * size + imm, 2, size)?;
+        let (ss, ss_ref) = check_return_ss(s, bus, w[1] as u16, rpl)?;
+        if eip > cs.limit {
+            return Err(Fault::gp0().into());
+        }
+        set_accessed(bus, &cs_ref)?;
+        set_accessed(bus, &ss_ref)?;
+        *s.sreg_mut(SegReg::Cs) = cs;
+        *s.sreg_mut(SegReg::Ss) = ss;
+        let esp = if op32 { w[0] } else { w[0] & 0xffff };
+        s.gpr[gpr::ESP] = adjust_sp(if ss.db { esp } else { (s.gpr[gpr::ESP] & 0xffff_0000) | esp }, imm as i32, ss.db);
+        effects = effects.merge(Effects::segment(SegReg::Ss));
+        effects.cpl_changed = true;
+        effects = effects.merge(null_inaccessible_data_segments(s, rpl));
+    } else {
+        if eip > cs.limit {
+            return Err(Fault::gp0().into());
+        }
+        set_accessed(bus, &cs_ref)?;
+        *s.sreg_mut(SegReg::Cs) = cs;
+        release(s, 2 * size + imm);
+    }
+    s.eip = eip;
+    Ok(Outcome::Jumped(effects))
+}
+
+/// IRET/IRETD, see [`crate::vcpu::interrupts`].
+pub(crate) fn iret(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
+    let op32 = cx.instr.mnemonic() == Mnemonic::Iretd;
+    let e = crate::vcpu::interrupts::iret(s, bus, op32)?;
+    Ok(Outcome::Jumped(e))
+}
+
+/// SYSENTER (SDM Vol. 2B): #GP(0) in real mode or when IA32_SYSENTER_CS is null; enters
+/// CPL 0 with flat CS = SYSENTER_CS and SS = SYSENTER_CS + 8, ESP/EIP from the MSRs, and
+/// clears VM, IF and RF.
+pub(crate) fn sysenter(s: &mut VcpuState) -> Res {
+    let cs = s.msr.sysenter_cs as u16 & 0xfffc;
+    if !s.protected() || cs == 0 {
+        return Err(Fault::gp0().into());
+    }
+    let was = s.cpl();
+    *s.sreg_mut(SegReg::Cs) = Segment::flat(cs, 0xb, 0);
+    *s.sreg_mut(SegReg::Ss) = Segment::flat(cs.wrapping_add(8), 0x3, 0);
+    s.gpr[gpr::ESP] = s.msr.sysenter_esp;
+    s.eip = s.msr.sysenter_eip;
+    s.eflags &= !(eflags::VM | eflags::IF | eflags::RF);
+    let mut e = Effects::segment(SegReg::Cs).merge(Effects::segment(SegReg::Ss));
+    e.cpl_changed = was != 0;
+    Ok(Outcome::Jumped(e))
+}
+
+/// SYSEXIT (SDM Vol. 2B): CPL 0 in protected mode and a non-null IA32_SYSENTER_CS, else
+/// #GP(0); returns to CPL 3 with flat CS = SYSENTER_CS + 16 and SS = SYSENTER_CS + 24
+/// (RPL 3), EIP = EDX, ESP = ECX.
+pub(crate) fn sysexit(s: &mut VcpuState) -> Res {
+    let cs = s.msr.sysenter_cs as u16 & 0xfffc;
+    if !s.protected() || s.cpl() != 0 || cs == 0 {
+        return Err(Fault::gp0().into());
+    }
+    *s.sreg_mut(SegReg::Cs) = Segment::flat(cs.wrapping_add(16) | 3, 0xb, 3);
+    *s.sreg_mut(SegReg::Ss) = Segment::flat(cs.wrapping_add(24) | 3, 0x3, 3);
+    s.gpr[gpr::ESP] = s.gpr[gpr::ECX];
+    s.eip = s.gpr[gpr::EDX];
+    let mut e = Effects::segment(SegReg::Cs).merge(Effects::segment(SegReg::Ss));
+    e.cpl_changed = true;
+    Ok(Outcome::Jumped(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::vcpu::descriptor::Descriptor;
+    use crate::vcpu::emulate::test_util::{decode_at, exec};
+    use crate::vcpu::emulate::{emulate, Emulated, Unsupported};
+    use crate::vcpu::state::gpr;
+    use crate::vcpu::testbus::TestBus;
+    use crate::vcpu::{Fault, SegReg};
+
+    #[test]
+    fn far_jmp_direct_and_checks() {
+        let mut bus = TestBus::new();
+        let mut s = bus.protected_state();
+        // jmp 0x50:0x1234 (16-bit code segment 0x50, 32-bit operand).
+        let i = decode_at(&[0xea, 0x34, 0x12, 0, 0, 0x50, 0], s.eip);
+        emulate(&mut s, &mut bus, &i).unwrap();
+        assert_eq!((s.sreg(SegReg::Cs).selector, s.eip), (0x50, 0x1234));
+        assert!(!s.code_32());
+        let mut s = bus.protected_state();
+        // To a data segment: #GP(sel); beyond the 64 KiB limit of 0x50: #GP(0).
+        let i = decode_at(&[0xea, 0, 0, 0, 0, 0x10, 0], s.eip);
+        assert_eq!(emulate(&mut s, &mut bus, &i), Err(Fault::gp(0x10)));
+        let i = decode_at(&[0xea, 0, 0, 1, 0, 0x50, 0], s.eip);
+        assert_eq!(emulate(&mut s, &mut bus, &i), Err(Fault::gp0()));
+        // To DPL-3 non-conforming code from CPL 0: #GP.
+        let i = decode_at(&[0xea, 0, 0, 0, 0, 0x1b, 0], s.eip);
+        assert_eq!(emulate(&mut s, &mut bus, &i), Err(Fault::gp(0x18)));
+        // Call gate: reported.
+        bus.set_gdt(0x58, Descriptor { typ: 12, s: false, present: true, ..Descriptor::default() });
+        let i = decode_at(&[0xea, 0, 0, 0, 0, 0x58, 0], s.eip);
+        assert_eq!(emulate(&mut s, &mut bus, &i), Ok(Emulated::Unsupported(Unsupported::CallGate)));
+    }
+
+    #[test]
+    fn far_call_then_retf_imm() {
+        let mut bus = TestBus::new();
+        let mut s = bus.protected_state();
+        let esp = s.gpr[gpr::ESP];
+        // call far [0x600] with m16:32 = 0x08:0x4000
+        bus.write_u32(0x600, 0x4000);
+        bus.write_u16(0x604, 0x08);
+        let i = decode_at(&[0xff, 0x1d, 0x00, 0x06, 0x00, 0x00], s.eip);
+        emulate(&mut s, &mut bus, &i).unwrap();
+        assert_eq!(s.eip, 0x4000);
+        assert_eq!(bus.read_u32(esp - 4), 0x08);
+        assert_eq!(bus.read_u32(esp - 8), 0x7006);
+        // retf 8
+        let i = decode_at(&[0xca, 0x08, 0x00], s.eip);
+        emulate(&mut s, &mut bus, &i).unwrap();
+        assert_eq!(s.eip, 0x7006);
+        assert_eq!(s.gpr[gpr::ESP], esp + 8);
+    }
+
+    #[test]
+    fn retf_to_user_and_bad_ss() {
+        let mut bus = TestBus::new();
+        let mut s = bus.protected_state();
+        let esp = 0x8000;
+        s.gpr[gpr::ESP] = esp;
+        for (k, v) in [0x1000u32, 0x1b, 0x7000, 0x23].iter().enumerate() {
+            bus.write_u32(esp + 4 * k as u32, *v);
+        }
+        let i = decode_at(&[0xcb], s.eip);
+        let mut t = s.clone();
+        let r = emulate(&mut t, &mut bus, &i).unwrap();
+        assert!(matches!(r, Emulated::Done(e) if e.cpl_changed));
+        assert_eq!((t.cpl(), t.eip, t.gpr[gpr::ESP]), (3, 0x1000, 0x7000));
+        assert!(!t.sreg(SegReg::Ds).present);
+        // SS RPL mismatching the CS RPL: #GP(ss).
+        bus.write_u32(esp + 12, 0x20);
+        assert_eq!(emulate(&mut s, &mut bus, &i), Err(Fault::gp(0x20)));
+        // CS with lower RPL than CPL from user mode: #GP(cs).
+        let mut u = bus.protected_state();
+        bus.enter_user(&mut u);
+        u.gpr[gpr::ESP] = esp;
+        bus.write_u32(esp + 4, 0x08);
+        assert_eq!(emulate(&mut u, &mut bus, &i), Err(Fault::gp(0x08)));
+    }
+
+    #[test]
+    fn sysenter_sysexit() {
+        let mut bus = TestBus::new();
+        let mut s = bus.protected_state();
+        bus.enter_user(&mut s);
+        let i = decode_at(&[0x0f, 0x34], s.eip);
+        assert_eq!(emulate(&mut s, &mut bus, &i), Err(Fault::gp0()));
+        s.msr.sysenter_cs = 0x08;
+        s.msr.sysenter_esp = 0x9000;
+        s.msr.sysenter_eip = 0xc000_0000;
+        s.eflags |= crate::vcpu::state::eflags::IF;
+        emulate(&mut s, &mut bus, &i).unwrap();
+        assert_eq!((s.cpl(), s.eip, s.gpr[gpr::ESP]), (0, 0xc000_0000, 0x9000));
+        assert_eq!(s.sreg(SegReg::Ss).selector, 0x10);
+        assert_eq!(s.eflags & crate::vcpu::state::eflags::IF, 0);
+        s.gpr[gpr::ECX] = 0x7ff0;
+        s.gpr[gpr::EDX] = 0x1234;
+        exec(&mut s, &mut bus, &[0x0f, 0x35]).unwrap();
+        assert_eq!((s.cpl(), s.eip, s.gpr[gpr::ESP]), (3, 0x1234, 0x7ff0));
+        assert_eq!(s.sreg(SegReg::Ss).selector, 0x23);
+        // SYSEXIT from CPL 3: #GP(0).
+        assert_eq!(exec(&mut s, &mut bus, &[0x0f, 0x35]), Err(Fault::gp0()));
+    }
+}

@@ -1,0 +1,263 @@
+//! Emulation of one guest instruction against the vCPU state, one file per instruction
+//! group. [`emulate`] is precise: when the instruction faults, the state is left exactly
+//! as it was (registers are computed on a copy and committed on success), except for
+//! REP string I/O, which faults with the completed iterations committed as hardware does.
+
+pub mod cpuid;
+pub mod ctrl;
+pub mod far;
+pub mod flags;
+pub mod io;
+pub mod msr;
+pub mod operands;
+pub mod sreg;
+pub mod tables;
+
+use super::interrupts::{Event, SoftwareKind};
+use super::stack::{adjust_sp, peek_frame, push_frame};
+use super::state::{eflags, gpr, VcpuState};
+use super::{Effects, Exception, Fault, GuestBus};
+use iced_x86::{Instruction, Mnemonic};
+
+/// Operations the emulator recognises but does not implement; the run loop stops the
+/// VM with a diagnostic rather than let the guest continue with wrong state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unsupported {
+    /// A hardware task switch (IRET with NT = 1, far JMP/CALL to a TSS or task gate).
+    #[error("hardware task switching is not supported")]
+    TaskSwitch,
+    /// Entering or running virtual-8086 mode.
+    #[error("virtual-8086 mode is not supported")]
+    Virtual8086,
+    /// A far CALL/JMP through a call gate.
+    #[error("far transfers through call gates are not supported")]
+    CallGate,
+    /// An instruction the emulator does not handle (it is neither rewritten nor
+    /// privileged, so it should never reach the emulator).
+    #[error("instruction {0:?} is not emulated")]
+    Instruction(Mnemonic),
+}
+
+/// The result of [`emulate`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Emulated {
+    /// The instruction completed; EIP points past it (or at the branch target).
+    Done(Effects),
+    /// The instruction raises a software interrupt (INT n, INT3, INTO with OF = 1,
+    /// INT1): pass `event` to [`crate::vcpu::deliver`]. EIP still points at the
+    /// instruction; the event holds the return address.
+    Deliver(Event),
+    /// The instruction needs a feature that is not emulated; nothing was changed.
+    Unsupported(Unsupported),
+}
+
+/// How a handler ended, before the common EIP/RF/shadow bookkeeping.
+pub(crate) enum Outcome {
+    /// Advance EIP past the instruction.
+    Next(Effects),
+    /// The handler set EIP itself (far branches, IRET, SYSENTER, an unfinished REP).
+    Jumped(Effects),
+    /// Raise a software interrupt.
+    Deliver(Event),
+}
+
+/// Why a handler stopped early.
+pub(crate) enum Stop {
+    /// A fault; nothing is committed.
+    Fault(Fault),
+    /// A fault after partial progress that must be committed (REP string I/O).
+    FaultCommit(Fault),
+    /// Not emulated.
+    Unsupported(Unsupported),
+}
+
+impl From<Fault> for Stop {
+    fn from(f: Fault) -> Self {
+        Stop::Fault(f)
+    }
+}
+
+pub(crate) type Res = Result<Outcome, Stop>;
+
+/// What handlers need to know about the instruction besides its operands.
+pub(crate) struct Ctx<'a> {
+    /// The decoded instruction.
+    pub instr: &'a Instruction,
+    /// EIP of the next instruction (wrapped to 16 bits in a 16-bit code segment).
+    pub next_eip: u32,
+}
+
+/// Executes the one instruction at `state.eip`, decoded from the guest's original bytes,
+/// with the architectural result a bare-metal CPU at the guest's virtual CPL produces.
+///
+/// # Errors
+/// The fault the instruction raises; the run loop delivers it with
+/// [`crate::vcpu::deliver`]`(Event::Exception(fault))`. EIP still points at the
+/// instruction.
+pub fn emulate(state: &mut VcpuState, bus: &mut impl GuestBus, instr: &Instruction) -> Result<Emulated, Fault> {
+    let mut s = state.clone();
+    let mut next_eip = s.eip.wrapping_add(instr.len() as u32);
+    if !s.code_32() {
+        next_eip &= 0xffff;
+    }
+    // The shadow covers exactly one instruction; handlers that create one set it again.
+    s.interrupt_shadow = false;
+    let cx = Ctx { instr, next_eip };
+    match dispatch(&mut s, bus, &cx) {
+        Ok(Outcome::Next(e)) => {
+            s.eip = next_eip;
+            s.eflags &= !eflags::RF;
+            *state = s;
+            Ok(Emulated::Done(e))
+        }
+        Ok(Outcome::Jumped(e)) => {
+            *state = s;
+            Ok(Emulated::Done(e))
+        }
+        Ok(Outcome::Deliver(ev)) => Ok(Emulated::Deliver(ev)),
+        Err(Stop::Fault(f)) => Err(f),
+        Err(Stop::FaultCommit(f)) => {
+            *state = s;
+            Err(f)
+        }
+        Err(Stop::Unsupported(u)) => Ok(Emulated::Unsupported(u)),
+    }
+}
+
+fn dispatch(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
+    use Mnemonic as M;
+    let i = cx.instr;
+    match i.mnemonic() {
+        M::Pushf | M::Pushfd => flags::pushf(s, bus, cx),
+        M::Popf | M::Popfd => flags::popf(s, bus, cx),
+        M::Cli => flags::cli(s),
+        M::Sti => flags::sti(s),
+        M::Sgdt | M::Sidt => tables::store_table(s, bus, cx),
+        M::Sldt | M::Str => tables::store_selector(s, bus, cx),
+        M::Smsw => tables::smsw(s, bus, cx),
+        M::Lgdt | M::Lidt => tables::load_table(s, bus, cx),
+        M::Lldt => tables::lldt(s, bus, cx),
+        M::Ltr => tables::ltr(s, bus, cx),
+        M::Lmsw => tables::lmsw(s, bus, cx),
+        M::Lar | M::Lsl => tables::lar_lsl(s, bus, cx),
+        M::Verr | M::Verw => tables::verr_verw(s, bus, cx),
+        M::Mov if sreg::is_sreg_mov(i) => sreg::mov(s, bus, cx),
+        M::Mov if ctrl::is_cr_dr_mov(i) => ctrl::mov(s, cx),
+        M::Push | M::Pop if sreg::is_sreg_push_pop(i) => sreg::push_pop(s, bus, cx),
+        M::Lds | M::Les | M::Lfs | M::Lgs | M::Lss => sreg::load_far_pointer(s, bus, cx),
+        M::Jmp | M::Call if far::is_far(i) => far::jmp_call(s, bus, cx),
+        M::Retf => far::retf(s, bus, cx),
+        M::Iret | M::Iretd => far::iret(s, bus, cx),
+        M::Sysenter => far::sysenter(s),
+        M::Sysexit => far::sysexit(s),
+        M::Syscall | M::Sysret => Err(Fault::ud().into()),
+        M::Hlt => ctrl::hlt(s),
+        M::Clts => ctrl::clts(s),
+        M::Invd | M::Wbinvd => ctrl::cache(s),
+        M::Invlpg => ctrl::invlpg(s, cx),
+        M::In | M::Out | M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw | M::Outsd => io::emulate(s, bus, cx),
+        M::Rdmsr => msr::rdmsr(s, bus),
+        M::Wrmsr => msr::wrmsr(s, bus),
+        M::Rdpmc => msr::rdpmc(s),
+        M::Rdtsc => msr::rdtsc(s, bus),
+        M::Cpuid => cpuid::emulate(s),
+        M::Int => Ok(software(i.immediate8(), SoftwareKind::IntN, cx)),
+        M::Int3 => Ok(software(Exception::BP, SoftwareKind::Int3, cx)),
+        M::Int1 => Ok(software(Exception::DB, SoftwareKind::Int1, cx)),
+        M::Into => {
+            if s.eflags & eflags::OF != 0 {
+                Ok(software(Exception::OF, SoftwareKind::Into, cx))
+            } else {
+                Ok(Outcome::Next(Effects::NONE))
+            }
+        }
+        // Undefined encodings (MOV CS, LOCK on the wrong instruction...) decode as INVALID.
+        M::Ud0 | M::Ud1 | M::Ud2 | M::INVALID => Err(Fault::ud().into()),
+        m => Err(Stop::Unsupported(Unsupported::Instruction(m))),
+    }
+}
+
+fn software(vector: u8, kind: SoftwareKind, cx: &Ctx<'_>) -> Outcome {
+    Outcome::Deliver(Event::Software { vector, kind, next_eip: cx.next_eip })
+}
+
+/// Privileged instructions: #GP(0) unless CPL 0 (SDM Vol. 3A §5.9).
+pub(crate) fn require_cpl0(s: &VcpuState) -> Result<(), Stop> {
+    if s.cpl() != 0 {
+        return Err(Fault::gp0().into());
+    }
+    Ok(())
+}
+
+/// Instructions that exist only in protected mode (#UD in real mode, SDM Vol. 2).
+pub(crate) fn require_protected(s: &VcpuState) -> Result<(), Stop> {
+    if !s.protected() || s.v86() {
+        return Err(Fault::ud().into());
+    }
+    Ok(())
+}
+
+/// Pushes `values` of `size` bytes on the current stack; #SS(0) on a limit violation.
+pub(crate) fn push(s: &mut VcpuState, bus: &mut impl GuestBus, values: &[u32], size: u32) -> Result<(), Fault> {
+    let ss = *s.sreg(super::state::SegReg::Ss);
+    let user = s.cpl() == 3;
+    s.gpr[gpr::ESP] = push_frame(bus, &ss, s.gpr[gpr::ESP], values, size, user, Fault::ss(0))?;
+    Ok(())
+}
+
+/// Reads `n` values of `size` bytes from the top of the stack without popping them.
+pub(crate) fn peek(s: &VcpuState, bus: &mut impl GuestBus, skip: u32, n: usize, size: u32) -> Result<Vec<u32>, Fault> {
+    let ss = *s.sreg(super::state::SegReg::Ss);
+    let esp = adjust_sp(s.gpr[gpr::ESP], skip as i32, ss.db);
+    peek_frame(bus, &ss, esp, n, size, s.cpl() == 3, Fault::ss(0))
+}
+
+/// Moves ESP (SP on a 16-bit stack) up by `bytes`.
+pub(crate) fn release(s: &mut VcpuState, bytes: u32) {
+    let big = s.stack_32();
+    s.gpr[gpr::ESP] = adjust_sp(s.gpr[gpr::ESP], bytes as i32, big);
+}
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    use crate::vcpu::testbus::TestBus;
+    use crate::vcpu::{Emulated, Fault, VcpuState};
+    use iced_x86::{Decoder, DecoderOptions, Instruction};
+
+    /// Decodes `bytes` at the state's EIP and emulates the instruction.
+    pub fn exec(s: &mut VcpuState, bus: &mut TestBus, bytes: &[u8]) -> Result<Emulated, Fault> {
+        let i = decode_at(bytes, s.eip);
+        super::emulate(s, bus, &i)
+    }
+
+    /// Decodes one instruction of 32-bit code at `ip`.
+    pub fn decode_at(bytes: &[u8], ip: u32) -> Instruction {
+        Decoder::with_ip(32, bytes, u64::from(ip), DecoderOptions::NONE).decode()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_util::decode_at;
+    use super::*;
+    use crate::vcpu::testbus::TestBus;
+
+    #[test]
+    fn software_interrupts_become_events() {
+        let bus0 = TestBus::new();
+        let mut s = bus0.protected_state();
+        let mut bus = bus0;
+        let r = emulate(&mut s, &mut bus, &decode_at(&[0xcd, 0x80], 0x7000)).unwrap();
+        assert_eq!(r, Emulated::Deliver(Event::Software { vector: 0x80, kind: SoftwareKind::IntN, next_eip: 0x7002 }));
+        assert_eq!(s.eip, 0x7000);
+        // INTO without OF is a no-op.
+        let r = emulate(&mut s, &mut bus, &decode_at(&[0xce], 0x7000)).unwrap();
+        assert_eq!(r, Emulated::Done(Effects::NONE));
+        assert_eq!(s.eip, 0x7001);
+        assert_eq!(emulate(&mut s, &mut bus, &decode_at(&[0x0f, 0x0b], 0x7001)), Err(Fault::ud()));
+        assert_eq!(emulate(&mut s, &mut bus, &decode_at(&[0x0f, 0x05], 0x7001)), Err(Fault::ud()));
+        // Something that never needs emulation is reported, not guessed.
+        let r = emulate(&mut s, &mut bus, &decode_at(&[0x90], 0x7001)).unwrap();
+        assert_eq!(r, Emulated::Unsupported(Unsupported::Instruction(Mnemonic::Nop)));
+    }
+}

@@ -1,0 +1,290 @@
+//! Model-specific registers and counters: RDMSR, WRMSR, RDPMC, RDTSC.
+
+use super::{require_cpl0, Outcome, Res};
+use crate::vcpu::state::{cr4, gpr, VcpuState};
+use crate::vcpu::{Effects, Fault, GuestBus};
+
+/// MSR numbers the CPU model implements (SDM Vol. 4).
+pub mod index {
+    /// IA32_TIME_STAMP_COUNTER.
+    pub const TSC: u32 = 0x10;
+    /// IA32_PLATFORM_ID.
+    pub const PLATFORM_ID: u32 = 0x17;
+    /// IA32_APIC_BASE.
+    pub const APIC_BASE: u32 = 0x1b;
+    /// IA32_FEATURE_CONTROL.
+    pub const FEATURE_CONTROL: u32 = 0x3a;
+    /// IA32_BIOS_SIGN_ID (microcode revision).
+    pub const BIOS_SIGN_ID: u32 = 0x8b;
+    /// IA32_PMC0, IA32_PMC1.
+    pub const PMC0: u32 = 0xc1;
+    /// IA32_MTRRCAP.
+    pub const MTRRCAP: u32 = 0xfe;
+    /// IA32_SYSENTER_CS.
+    pub const SYSENTER_CS: u32 = 0x174;
+    /// IA32_SYSENTER_ESP.
+    pub const SYSENTER_ESP: u32 = 0x175;
+    /// IA32_SYSENTER_EIP.
+    pub const SYSENTER_EIP: u32 = 0x176;
+    /// IA32_MCG_CAP.
+    pub const MCG_CAP: u32 = 0x179;
+    /// IA32_MCG_STATUS.
+    pub const MCG_STATUS: u32 = 0x17a;
+    /// IA32_PERFEVTSEL0, IA32_PERFEVTSEL1.
+    pub const PERFEVTSEL0: u32 = 0x186;
+    /// IA32_MISC_ENABLE.
+    pub const MISC_ENABLE: u32 = 0x1a0;
+    /// IA32_MTRR_PHYSBASE0 (the variable MTRRs run to 0x20F).
+    pub const MTRR_PHYSBASE0: u32 = 0x200;
+    /// IA32_MTRR_FIX64K_00000.
+    pub const MTRR_FIX64K: u32 = 0x250;
+    /// IA32_MTRR_FIX16K_80000, _A0000.
+    pub const MTRR_FIX16K: u32 = 0x258;
+    /// IA32_MTRR_FIX4K_C0000 .. _F8000.
+    pub const MTRR_FIX4K: u32 = 0x268;
+    /// IA32_PAT.
+    pub const PAT: u32 = 0x277;
+    /// IA32_MTRR_DEF_TYPE.
+    pub const MTRR_DEF_TYPE: u32 = 0x2ff;
+    /// IA32_EFER.
+    pub const EFER: u32 = 0xc000_0080;
+}
+
+/// IA32_MTRRCAP: 8 variable ranges, fixed ranges, write-combining (SDM Vol. 3A §11.11.1).
+const MTRRCAP_VALUE: u64 = 8 | (1 << 8) | (1 << 10);
+/// IA32_FEATURE_CONTROL: locked with VMX disabled, as firmware leaves a CPU without VMX.
+const FEATURE_CONTROL_VALUE: u64 = 1;
+
+fn fixed_mtrr_slot(msr: u32) -> Option<usize> {
+    match msr {
+        index::MTRR_FIX64K => Some(0),
+        0x258 | 0x259 => Some(1 + (msr - index::MTRR_FIX16K) as usize),
+        0x268..=0x26f => Some(3 + (msr - index::MTRR_FIX4K) as usize),
+        _ => None,
+    }
+}
+
+/// Memory types valid in PAT entries and MTRRs (UC, WC, WT, WP, WB; PAT also UC-).
+fn valid_mem_type(t: u64, pat: bool) -> bool {
+    matches!(t, 0 | 1 | 4 | 5 | 6) || (pat && t == 7)
+}
+
+/// The value of MSR `msr`, or `None` when the model has no such MSR.
+pub fn read(s: &VcpuState, host_tsc: u64, msr: u32) -> Option<u64> {
+    let m = &s.msr;
+    Some(match msr {
+        index::TSC => host_tsc.wrapping_add(m.tsc_offset),
+        index::PLATFORM_ID | index::BIOS_SIGN_ID | index::MCG_CAP => 0,
+        index::APIC_BASE => m.apic_base,
+        index::FEATURE_CONTROL => FEATURE_CONTROL_VALUE,
+        0xc1 | 0xc2 => m.perf_ctr[(msr - index::PMC0) as usize],
+        index::MTRRCAP => MTRRCAP_VALUE,
+        index::SYSENTER_CS => u64::from(m.sysenter_cs),
+        index::SYSENTER_ESP => u64::from(m.sysenter_esp),
+        index::SYSENTER_EIP => u64::from(m.sysenter_eip),
+        index::MCG_STATUS => m.mcg_status,
+        0x186 | 0x187 => m.perf_evtsel[(msr - index::PERFEVTSEL0) as usize],
+        index::MISC_ENABLE => m.misc_enable,
+        0x200..=0x20f => m.mtrr_var[(msr - index::MTRR_PHYSBASE0) as usize],
+        index::PAT => m.pat,
+        index::MTRR_DEF_TYPE => m.mtrr_def_type,
+        index::EFER => m.efer,
+        _ => fixed_mtrr_slot(msr).map(|i| m.mtrr_fixed[i])?,
+    })
+}
+
+/// Writes MSR `msr`; `Err` (#GP(0)) for an unknown or read-only MSR or a value with
+/// reserved bits set. Returns the effects (a TSC write).
+///
+/// # Errors
+/// #GP(0) as above.
+pub fn write(s: &mut VcpuState, host_tsc: u64, msr: u32, v: u64) -> Result<Effects, Fault> {
+    let m = &mut s.msr;
+    let gp = Err(Fault::gp0());
+    match msr {
+        index::TSC => {
+            m.tsc_offset = v.wrapping_sub(host_tsc);
+            return Ok(Effects { tsc_written: true, ..Effects::NONE });
+        }
+        // Writing the microcode signature MSR is how software asks for it; it reads 0.
+        index::BIOS_SIGN_ID => {}
+        index::APIC_BASE => {
+            // Base (bits 12..35), EN (11), BSP (8, read-only).
+            if v & !0xf_ffff_f900 != 0 {
+                return gp;
+            }
+            m.apic_base = (v & !(1 << 8)) | (m.apic_base & (1 << 8));
+        }
+        0xc1 | 0xc2 => m.perf_ctr[(msr - index::PMC0) as usize] = v & 0xff_ffff_ffff,
+        index::SYSENTER_CS => m.sysenter_cs = v as u32,
+        index::SYSENTER_ESP => m.sysenter_esp = v as u32,
+        index::SYSENTER_EIP => m.sysenter_eip = v as u32,
+        index::MCG_STATUS => {
+            if v != 0 {
+                return gp;
+            }
+            m.mcg_status = 0;
+        }
+        0x186 | 0x187 => {
+            if v >> 32 != 0 {
+                return gp;
+            }
+            m.perf_evtsel[(msr - index::PERFEVTSEL0) as usize] = v;
+        }
+        index::MISC_ENABLE => m.misc_enable = v,
+        0x200..=0x20f => {
+            let i = (msr - index::MTRR_PHYSBASE0) as usize;
+            // PHYSBASE: type in bits 0..7, base 12..35; PHYSMASK: valid bit 11, mask 12..35.
+            let bad = if i % 2 == 0 { v & !0xf_ffff_f0ff != 0 || !valid_mem_type(v & 0xff, false) } else { v & !0xf_ffff_f800 != 0 };
+            if bad {
+                return gp;
+            }
+            m.mtrr_var[i] = v;
+        }
+        index::PAT => {
+            if (0..8).any(|k| !valid_mem_type((v >> (8 * k)) & 0xff, true)) {
+                return gp;
+            }
+            m.pat = v;
+        }
+        index::MTRR_DEF_TYPE => {
+            if v & !0xcff != 0 || !valid_mem_type(v & 0xff, false) {
+                return gp;
+            }
+            m.mtrr_def_type = v;
+        }
+        index::EFER => {
+            if v != 0 {
+                return gp;
+            }
+        }
+        _ => match fixed_mtrr_slot(msr) {
+            Some(i) if (0..8).all(|k| valid_mem_type((v >> (8 * k)) & 0xff, false)) => m.mtrr_fixed[i] = v,
+            _ => return gp,
+        },
+    }
+    Ok(Effects::NONE)
+}
+
+/// RDMSR: CPL 0; EDX:EAX = MSR[ECX]; #GP(0) for an MSR the model does not have.
+pub(crate) fn rdmsr(s: &mut VcpuState, bus: &mut impl GuestBus) -> Res {
+    require_cpl0(s)?;
+    let v = read(s, bus.host_tsc(), s.gpr[gpr::ECX]).ok_or(Fault::gp0())?;
+    s.gpr[gpr::EAX] = v as u32;
+    s.gpr[gpr::EDX] = (v >> 32) as u32;
+    Ok(Outcome::Next(Effects::NONE))
+}
+
+/// WRMSR: CPL 0; MSR[ECX] = EDX:EAX with the checks of [`write`].
+pub(crate) fn wrmsr(s: &mut VcpuState, bus: &mut impl GuestBus) -> Res {
+    require_cpl0(s)?;
+    let v = u64::from(s.gpr[gpr::EDX]) << 32 | u64::from(s.gpr[gpr::EAX]);
+    let e = write(s, bus.host_tsc(), s.gpr[gpr::ECX], v)?;
+    Ok(Outcome::Next(e))
+}
+
+/// RDPMC: allowed at CPL 0 or with CR4.PCE; counters 0 and 1 exist (P6 has two), any
+/// other ECX is #GP(0). The counters do not count events (see [`crate::vcpu::state::Msrs`]).
+pub(crate) fn rdpmc(s: &mut VcpuState) -> Res {
+    if s.protected() && s.cpl() != 0 && s.cr4 & cr4::PCE == 0 {
+        return Err(Fault::gp0().into());
+    }
+    let n = s.gpr[gpr::ECX];
+    if n > 1 {
+        return Err(Fault::gp0().into());
+    }
+    let v = s.msr.perf_ctr[n as usize];
+    s.gpr[gpr::EAX] = v as u32;
+    s.gpr[gpr::EDX] = (v >> 32) as u32 & 0xff;
+    Ok(Outcome::Next(Effects::NONE))
+}
+
+/// RDTSC (it reaches the emulator only when the run loop traps it): #GP(0) at CPL > 0
+/// with CR4.TSD; EDX:EAX = host TSC + the guest's offset.
+pub(crate) fn rdtsc(s: &mut VcpuState, bus: &mut impl GuestBus) -> Res {
+    if s.protected() && s.cpl() != 0 && s.cr4 & cr4::TSD != 0 {
+        return Err(Fault::gp0().into());
+    }
+    let v = bus.host_tsc().wrapping_add(s.msr.tsc_offset);
+    s.gpr[gpr::EAX] = v as u32;
+    s.gpr[gpr::EDX] = (v >> 32) as u32;
+    Ok(Outcome::Next(Effects::NONE))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::vcpu::emulate::test_util::{decode_at, exec};
+    use crate::vcpu::emulate::{emulate, Emulated};
+    use crate::vcpu::state::{cr4, gpr};
+    use crate::vcpu::testbus::TestBus;
+    use crate::vcpu::Fault;
+
+    const RDMSR: [u8; 2] = [0x0f, 0x32];
+    const WRMSR: [u8; 2] = [0x0f, 0x30];
+
+    #[test]
+    fn sysenter_msrs_and_unknown() {
+        let mut bus = TestBus::new();
+        let mut s = bus.protected_state();
+        s.gpr[gpr::ECX] = 0x174;
+        s.gpr[gpr::EAX] = 0x60;
+        s.gpr[gpr::EDX] = 0;
+        exec(&mut s, &mut bus, &WRMSR).unwrap();
+        assert_eq!(s.msr.sysenter_cs, 0x60);
+        s.gpr[gpr::EAX] = 0;
+        exec(&mut s, &mut bus, &RDMSR).unwrap();
+        assert_eq!(s.gpr[gpr::EAX], 0x60);
+        s.gpr[gpr::ECX] = 0x1234_5678;
+        assert_eq!(exec(&mut s, &mut bus, &RDMSR), Err(Fault::gp0()));
+        // MTRRCAP is read-only.
+        s.gpr[gpr::ECX] = 0xfe;
+        assert_eq!(exec(&mut s, &mut bus, &WRMSR), Err(Fault::gp0()));
+        bus.enter_user(&mut s);
+        s.gpr[gpr::ECX] = 0x174;
+        assert_eq!(exec(&mut s, &mut bus, &RDMSR), Err(Fault::gp0()));
+    }
+
+    #[test]
+    fn tsc_write_records_offset() {
+        let mut bus = TestBus::new();
+        let mut s = bus.protected_state();
+        bus.tsc = 5000;
+        s.gpr[gpr::ECX] = 0x10;
+        s.gpr[gpr::EAX] = 100;
+        s.gpr[gpr::EDX] = 0;
+        let r = exec(&mut s, &mut bus, &WRMSR).unwrap();
+        assert!(matches!(r, Emulated::Done(e) if e.tsc_written));
+        bus.tsc = 5100;
+        exec(&mut s, &mut bus, &[0x0f, 0x31]).unwrap(); // rdtsc
+        assert_eq!((s.gpr[gpr::EAX], s.gpr[gpr::EDX]), (200, 0));
+    }
+
+    #[test]
+    fn pat_validation() {
+        let mut bus = TestBus::new();
+        let mut s = bus.protected_state();
+        s.gpr[gpr::ECX] = 0x277;
+        s.gpr[gpr::EAX] = 0x0007_0402; // type 2 is reserved
+        s.gpr[gpr::EDX] = 0;
+        assert_eq!(exec(&mut s, &mut bus, &WRMSR), Err(Fault::gp0()));
+        s.gpr[gpr::EAX] = 0x0007_0401;
+        exec(&mut s, &mut bus, &WRMSR).unwrap();
+        assert_eq!(s.msr.pat, 0x0007_0401);
+    }
+
+    #[test]
+    fn rdpmc_rules() {
+        let mut bus = TestBus::new();
+        let mut s = bus.protected_state();
+        bus.enter_user(&mut s);
+        s.gpr[gpr::ECX] = 1;
+        let i = decode_at(&[0x0f, 0x33], s.eip);
+        assert_eq!(emulate(&mut s, &mut bus, &i), Err(Fault::gp0()));
+        s.cr4 |= cr4::PCE;
+        s.msr.perf_ctr[1] = 0x12_3456_789a;
+        emulate(&mut s, &mut bus, &i).unwrap();
+        assert_eq!((s.gpr[gpr::EAX], s.gpr[gpr::EDX]), (0x3456_789a, 0x12));
+        s.gpr[gpr::ECX] = 2;
+        assert_eq!(emulate(&mut s, &mut bus, &i), Err(Fault::gp0()));
+    }
+}

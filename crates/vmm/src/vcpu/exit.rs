@@ -1,0 +1,1 @@
+//! What an exit means.

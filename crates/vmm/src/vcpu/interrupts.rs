@@ -1,0 +1,727 @@
+//! Exception and interrupt delivery through the guest IDT (SDM Vol. 3A, §6.12, and the
+//! INT n/INTO/INT3 pseudo-code in Vol. 2A), the double-fault rules (§6.15, Table 6-5), and
+//! IRET (Vol. 2A, "IRET/IRETD").
+
+use super::descriptor::{selector, system_type, Gate, TYPE_ACCESSED};
+use super::emulate::{Stop, Unsupported};
+use super::segments::{fetch_descriptor, read_u64, set_accessed};
+use super::stack::{adjust_sp, peek_frame, push_frame};
+use super::state::{eflags, gpr, SegReg, Segment, VcpuState};
+use super::{Effects, Exception, Fault, GuestBus};
+use crate::addr::GuestLinear;
+
+/// Which instruction raised a software interrupt; it decides the privilege check and
+/// what counts as the return address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SoftwareKind {
+    /// INT n (CD ib): gate DPL must be ≥ CPL.
+    IntN,
+    /// INT3 (CC): like INT n with vector 3.
+    Int3,
+    /// INTO (CE) with OF = 1: like INT n with vector 4.
+    Into,
+    /// INT1/ICEBP (F1): delivered like a hardware #DB, without the DPL check.
+    Int1,
+}
+
+/// An event to deliver to the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// An exception raised by the instruction at `state.eip` (faults) — the pushed return
+    /// address is `state.eip`, so for trap-class exceptions the caller advances EIP first.
+    Exception(Fault),
+    /// A maskable hardware interrupt (EXT = 1 in delivery error codes). The caller checks
+    /// the virtual IF and the interrupt shadow before delivering it.
+    External(u8),
+    /// A non-maskable interrupt (vector 2, EXT = 1).
+    Nmi,
+    /// A software interrupt from the instruction at `state.eip`; `next_eip` is the address
+    /// of the following instruction, which is what the frame holds.
+    Software {
+        /// The vector.
+        vector: u8,
+        /// The instruction form.
+        kind: SoftwareKind,
+        /// Return address pushed in the frame.
+        next_eip: u32,
+    },
+}
+
+impl Event {
+    /// The vector delivered.
+    pub const fn vector(&self) -> u8 {
+        match self {
+            Event::Exception(f) => f.vector,
+            Event::External(v) => *v,
+            Event::Nmi => Exception::NMI,
+            Event::Software { vector, .. } => *vector,
+        }
+    }
+
+    /// EXT: the event is external to the program (hardware interrupt, NMI, exception, or
+    /// INT1), SDM Vol. 3A §6.13.
+    const fn ext(&self) -> u32 {
+        match self {
+            Event::Software { kind: SoftwareKind::Int1, .. } => 1,
+            Event::Software { .. } => 0,
+            _ => 1,
+        }
+    }
+
+    fn class(&self) -> Class {
+        match self {
+            Event::Exception(f) => match f.vector {
+                Exception::PF => Class::PageFault,
+                Exception::DF => Class::DoubleFault,
+                0 | 10..=13 => Class::Contributory,
+                _ => Class::Benign,
+            },
+            _ => Class::Benign,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Benign,
+    Contributory,
+    PageFault,
+    DoubleFault,
+}
+
+/// Why an event could not be delivered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    /// A fault while delivering #DF: the processor shuts down.
+    #[error("triple fault: {description}")]
+    TripleFault {
+        /// Which events led to the shutdown, for the register dump.
+        description: String,
+    },
+    /// The IDT entry is a task gate; hardware task switching is not emulated.
+    #[error("vector {vector:#x} goes through a task gate; hardware task switching is not supported")]
+    TaskGate {
+        /// The vector.
+        vector: u8,
+    },
+    /// Delivery from or to virtual-8086 mode is not emulated.
+    #[error("interrupt delivery in virtual-8086 mode is not supported (vector {vector:#x})")]
+    Virtual8086 {
+        /// The vector.
+        vector: u8,
+    },
+}
+
+enum Fail {
+    Fault(Fault),
+    Error(DeliveryError),
+}
+
+impl From<Fault> for Fail {
+    fn from(f: Fault) -> Self {
+        Fail::Fault(f)
+    }
+}
+
+/// Delivers `event` to the guest: on success the state is at the first instruction of
+/// the handler with the frame pushed, the halted flag and the interrupt shadow cleared.
+///
+/// A fault during delivery is itself delivered, escalating to #DF(0) per SDM Vol. 3A
+/// Table 6-5 (contributory after contributory, contributory or #PF after #PF); a fault
+/// while delivering #DF is a triple fault.
+///
+/// # Errors
+/// [`DeliveryError::TripleFault`], or an unsupported gate/mode; the state then still
+/// holds the registers of the failed attempt's starting point, for the dump.
+pub fn deliver(
+    state: &mut VcpuState,
+    bus: &mut impl GuestBus,
+    event: Event,
+) -> Result<Effects, DeliveryError> {
+    let mut current = event;
+    let mut history = Vec::new();
+    loop {
+        history.push(describe(&current));
+        match deliver_once(state, bus, &current) {
+            Ok(e) => return Ok(e),
+            Err(Fail::Error(e)) => return Err(e),
+            Err(Fail::Fault(f)) => {
+                let first = current.class();
+                let second = Event::Exception(f).class();
+                let escalate = matches!(
+                    (first, second),
+                    (Class::Contributory, Class::Contributory)
+                        | (Class::PageFault, Class::Contributory | Class::PageFault)
+                );
+                if first == Class::DoubleFault || history.len() > 8 {
+                    history.push(describe(&Event::Exception(f)));
+                    return Err(DeliveryError::TripleFault { description: history.join(" -> ") });
+                }
+                current = if escalate {
+                    Event::Exception(Fault::with_code(Exception::DF, 0))
+                } else {
+                    Event::Exception(f)
+                };
+            }
+        }
+    }
+}
+
+fn describe(e: &Event) -> String {
+    match e {
+        Event::Exception(f) => match f.error_code {
+            Some(c) => format!("exception {:#x} (error {:#x})", f.vector, c),
+            None => format!("exception {:#x}", f.vector),
+        },
+        Event::External(v) => format!("interrupt {v:#x}"),
+        Event::Nmi => "NMI".to_string(),
+        Event::Software { vector, .. } => format!("INT {vector:#x}"),
+    }
+}
+
+fn deliver_once(state: &mut VcpuState, bus: &mut impl GuestBus, ev: &Event) -> Result<Effects, Fail> {
+    let vector = ev.vector();
+    if let Event::Exception(Fault { cr2: Some(a), .. }) = ev {
+        state.cr2 = a.raw();
+    }
+    let (return_eip, error_code) = match ev {
+        Event::Software { next_eip, .. } => (*next_eip, None),
+        Event::Exception(f) if Exception::has_error_code(f.vector) => (state.eip, f.error_code),
+        _ => (state.eip, None),
+    };
+    if !state.protected() {
+        return deliver_real(state, bus, vector, return_eip).map_err(Fail::Fault);
+    }
+    if state.v86() {
+        return Err(Fail::Error(DeliveryError::Virtual8086 { vector }));
+    }
+    let ext = ev.ext();
+    let idt_code = u32::from(vector) * 8 + 2 + ext;
+    if u32::from(vector) * 8 + 7 > u32::from(state.idtr.limit) {
+        return Err(Fault::gp(idt_code).into());
+    }
+    let gate = Gate::decode(read_u64(bus, GuestLinear(state.idtr.base.wrapping_add(u32::from(vector) * 8)))?);
+    let is_int_gate = match gate.typ {
+        system_type::INT_GATE16 | system_type::INT_GATE32 => true,
+        system_type::TRAP_GATE16 | system_type::TRAP_GATE32 => false,
+        system_type::TASK_GATE if !gate.s => {
+            // Checked like any gate before the task switch would happen.
+            return if !gate.present {
+                Err(Fault::np(idt_code).into())
+            } else {
+                Err(Fail::Error(DeliveryError::TaskGate { vector }))
+            };
+        }
+        _ => return Err(Fault::gp(idt_code).into()),
+    };
+    if gate.s {
+        return Err(Fault::gp(idt_code).into());
+    }
+    let cpl = state.cpl();
+    if let Event::Software { kind: SoftwareKind::IntN | SoftwareKind::Int3 | SoftwareKind::Into, .. } = ev {
+        if gate.dpl < cpl {
+            return Err(Fault::gp(u32::from(vector) * 8 + 2).into());
+        }
+    }
+    if !gate.present {
+        return Err(Fault::np(idt_code).into());
+    }
+    let sel = gate.selector;
+    if selector::is_null(sel) {
+        return Err(Fault::gp(ext).into());
+    }
+    let cs_code = selector::error_code(sel) + ext;
+    let cs_ref = fetch_descriptor(state, bus, sel)?.ok_or(Fault::gp(cs_code))?;
+    let csd = cs_ref.desc;
+    if !csd.is_code() || csd.dpl > cpl {
+        return Err(Fault::gp(cs_code).into());
+    }
+    if !csd.present {
+        return Err(Fault::np(cs_code).into());
+    }
+    let size = if gate.is_32() { 4 } else { 2 };
+    let target = if gate.is_32() { gate.offset } else { gate.offset & 0xffff };
+    let inner = !csd.is_conforming_code() && csd.dpl < cpl;
+    let new_cpl = if inner { csd.dpl } else { cpl };
+    let mut new_cs = Segment::from_descriptor((sel & 0xfffc) | u16::from(new_cpl), &csd);
+    new_cs.typ |= TYPE_ACCESSED;
+    if target > new_cs.limit {
+        return Err(Fault::gp(ext).into());
+    }
+    let mut frame = Vec::with_capacity(6);
+    let old_ss = *state.sreg(SegReg::Ss);
+    let old_esp = state.gpr[gpr::ESP];
+    let user = new_cpl == 3;
+    let mut effects = Effects::segment(SegReg::Cs);
+    let (ss_cache, ss_ref, esp) = if inner {
+        let (ss_sel, esp) = read_tss_stack(state, bus, new_cpl, ext)?;
+        let ss_code = selector::error_code(ss_sel) + ext;
+        if selector::is_null(ss_sel) {
+            return Err(Fault::ts(ext).into());
+        }
+        let ss_ref = fetch_descriptor(state, bus, ss_sel)?.ok_or(Fault::ts(ss_code))?;
+        let ssd = ss_ref.desc;
+        if selector::rpl(ss_sel) != new_cpl || ssd.dpl != new_cpl || !ssd.is_writable_data() {
+            return Err(Fault::ts(ss_code).into());
+        }
+        if !ssd.present {
+            return Err(Fault::ss(ss_code).into());
+        }
+        let mut cache = Segment::from_descriptor(ss_sel, &ssd);
+        cache.typ |= TYPE_ACCESSED;
+        frame.push(u32::from(old_ss.selector));
+        frame.push(old_esp);
+        effects = effects.merge(Effects::segment(SegReg::Ss));
+        effects.cpl_changed = true;
+        (cache, Some((ss_ref, ss_code)), esp)
+    } else {
+        (old_ss, None, old_esp)
+    };
+    frame.push(state.eflags);
+    frame.push(u32::from(state.sreg(SegReg::Cs).selector));
+    frame.push(return_eip);
+    if let Some(code) = error_code {
+        frame.push(code);
+    }
+    let stack_fault = match ss_ref {
+        Some((_, code)) => Fault::ss(code),
+        None => Fault::ss(ext),
+    };
+    if size == 2 {
+        for v in &mut frame {
+            *v &= 0xffff;
+        }
+    }
+    let new_esp = push_frame(bus, &ss_cache, esp, &frame, size, user, stack_fault)?;
+    set_accessed(bus, &cs_ref)?;
+    if let Some((r, _)) = ss_ref {
+        set_accessed(bus, &r)?;
+    }
+    *state.sreg_mut(SegReg::Ss) = ss_cache;
+    *state.sreg_mut(SegReg::Cs) = new_cs;
+    state.gpr[gpr::ESP] = new_esp;
+    state.eip = target;
+    state.eflags &= !(eflags::TF | eflags::NT | eflags::RF | eflags::VM);
+    if is_int_gate {
+        state.eflags &= !eflags::IF;
+    }
+    state.halted = false;
+    state.interrupt_shadow = false;
+    Ok(effects)
+}
+
+/// SS:ESP for privilege level `pl` from the current TSS (SDM Vol. 3A §7.2.1, Figure 7-2;
+/// 16-bit TSS §7.6).
+fn read_tss_stack(state: &VcpuState, bus: &mut impl GuestBus, pl: u8, ext: u32) -> Result<(u16, u32), Fault> {
+    let tr = &state.tr;
+    let code = selector::error_code(tr.selector) + ext;
+    let is32 = match tr.typ {
+        system_type::TSS32_AVAILABLE | system_type::TSS32_BUSY => true,
+        system_type::TSS16_AVAILABLE | system_type::TSS16_BUSY => false,
+        _ => return Err(Fault::ts(code)),
+    };
+    if !tr.present || selector::is_null(tr.selector) {
+        return Err(Fault::ts(code));
+    }
+    let pl = u32::from(pl);
+    let (esp_off, ss_off, esp_len) = if is32 { (8 * pl + 4, 8 * pl + 8, 4) } else { (4 * pl + 2, 4 * pl + 4, 2) };
+    if ss_off + 1 > tr.limit {
+        return Err(Fault::ts(code));
+    }
+    let mut esp = [0u8; 4];
+    bus.read_linear(GuestLinear(tr.base.wrapping_add(esp_off)), &mut esp[..esp_len], false)?;
+    let mut ss = [0u8; 2];
+    bus.read_linear(GuestLinear(tr.base.wrapping_add(ss_off)), &mut ss, false)?;
+    Ok((u16::from_le_bytes(ss), u32::from_le_bytes(esp)))
+}
+
+/// Real-address-mode delivery through the IVT (SDM Vol. 3A §20.1.4).
+fn deliver_real(state: &mut VcpuState, bus: &mut impl GuestBus, vector: u8, ret: u32) -> Result<Effects, Fault> {
+    let off = u32::from(vector) * 4;
+    if off + 3 > u32::from(state.idtr.limit) {
+        return Err(Fault::gp0());
+    }
+    let mut b = [0u8; 4];
+    bus.read_linear(GuestLinear(state.idtr.base.wrapping_add(off)), &mut b, false)?;
+    let ip = u32::from(u16::from_le_bytes([b[0], b[1]]));
+    let cs = u16::from_le_bytes([b[2], b[3]]);
+    let ss = *state.sreg(SegReg::Ss);
+    let frame = [state.eflags & 0xffff, u32::from(state.sreg(SegReg::Cs).selector), ret & 0xffff];
+    let esp = push_frame(bus, &ss, state.gpr[gpr::ESP], &frame, 2, false, Fault::ss(0))?;
+    state.gpr[gpr::ESP] = esp;
+    let c = state.sreg_mut(SegReg::Cs);
+    c.selector = cs;
+    c.base = u32::from(cs) << 4;
+    state.eip = ip;
+    state.eflags &= !(eflags::IF | eflags::TF | eflags::AC | eflags::RF);
+    state.halted = false;
+    state.interrupt_shadow = false;
+    Ok(Effects::segment(SegReg::Cs))
+}
+
+/// The EFLAGS IRET/POPF may change, given the old CPL and IOPL and the operand size
+/// (SDM Vol. 2A IRET, Vol. 2B POPF): status flags, TF, DF, NT, AC, ID and RF always (RF
+/// not for POPF); IF only when CPL ≤ IOPL; IOPL only at CPL 0; VIF/VIP at CPL 0 with
+/// 32-bit operands; VM never here (a return to virtual-8086 mode is handled apart).
+pub(crate) fn merge_eflags(old: u32, popped: u32, cpl: u8, iopl: u8, op32: bool, allow_rf: bool) -> u32 {
+    let mut mask = eflags::STATUS | eflags::TF | eflags::DF | eflags::NT | eflags::AC | eflags::ID;
+    if allow_rf {
+        mask |= eflags::RF;
+    }
+    if cpl <= iopl {
+        mask |= eflags::IF;
+    }
+    if cpl == 0 {
+        mask |= eflags::IOPL;
+        if allow_rf {
+            mask |= eflags::VIF | eflags::VIP;
+        }
+    }
+    if !op32 {
+        mask &= 0xffff;
+    }
+    ((old & !mask) | (popped & mask)) & eflags::IMPLEMENTED | eflags::FIXED1
+}
+
+/// IRET/IRETD (`op32`): return from an interrupt at the same or an outer privilege level,
+/// with every check on the popped CS and SS. DS/ES/FS/GS whose DPL is below the new CPL
+/// are nulled (SDM Vol. 2A IRET, RETURN-TO-OUTER-PRIVILEGE-LEVEL).
+///
+/// With EFLAGS.NT = 1 IRET is a task return; hardware task switching is not emulated and
+/// is reported as [`Unsupported::TaskSwitch`] rather than faked. A return to
+/// virtual-8086 mode is likewise [`Unsupported::Virtual8086`].
+///
+/// # Errors
+/// The faults the SDM lists: #SS(0) when the frame is outside SS, #GP(0) for a null CS
+/// or SS or an EIP beyond the limit, #GP(selector) for a bad CS/SS descriptor, #NP(CS),
+/// #SS(SS) for not-present segments, #PF from the bus.
+pub(crate) fn iret(state: &mut VcpuState, bus: &mut impl GuestBus, op32: bool) -> Result<Effects, Stop> {
+    let size = if op32 { 4 } else { 2 };
+    let cpl = state.cpl();
+    let user = cpl == 3;
+    let ss = *state.sreg(SegReg::Ss);
+    let esp = state.gpr[gpr::ESP];
+    if !state.protected() {
+        let v = peek_frame(bus, &ss, esp, 3, size, false, Fault::ss(0))?;
+        let cs = v[1] as u16;
+        let eip = if op32 { v[0] } else { v[0] & 0xffff };
+        if eip > state.sreg(SegReg::Cs).limit {
+            return Err(Fault::gp0().into());
+        }
+        state.eip = eip;
+        let c = state.sreg_mut(SegReg::Cs);
+        c.selector = cs;
+        c.base = u32::from(cs) << 4;
+        let mask = if op32 { eflags::IMPLEMENTED & !(eflags::VM | eflags::VIF | eflags::VIP) } else { 0xffff };
+        state.eflags = ((state.eflags & !mask) | (v[2] & mask)) & eflags::IMPLEMENTED | eflags::FIXED1;
+        state.gpr[gpr::ESP] = adjust_sp(esp, 3 * size as i32, ss.db);
+        return Ok(Effects::segment(SegReg::Cs));
+    }
+    if state.v86() {
+        return Err(Stop::Unsupported(Unsupported::Virtual8086));
+    }
+    if state.eflags & eflags::NT != 0 {
+        return Err(Stop::Unsupported(Unsupported::TaskSwitch));
+    }
+    let v = peek_frame(bus, &ss, esp, 3, size, user, Fault::ss(0))?;
+    let new_eip = v[0];
+    let cs_sel = v[1] as u16;
+    let popped_flags = if op32 { v[2] } else { (state.eflags & 0xffff_0000) | v[2] };
+    if op32 && cpl == 0 && popped_flags & eflags::VM != 0 {
+        return Err(Stop::Unsupported(Unsupported::Virtual8086));
+    }
+    let (new_cs, cs_ref) = check_return_cs(state, bus, cs_sel)?;
+    let rpl = selector::rpl(cs_sel);
+    let mut effects = Effects::segment(SegReg::Cs);
+    let mut outer = None;
+    if rpl > cpl {
+        let w = peek_frame(bus, &ss, adjust_sp(esp, 3 * size as i32, ss.db), 2, size, user, Fault::ss(0))?;
+        let new_ss = check_return_ss(state, bus, w[1] as u16, rpl)?;
+        outer = Some((new_ss, w[0]));
+    }
+    if new_eip > new_cs.limit {
+        return Err(Fault::gp0().into());
+    }
+    set_accessed(bus, &cs_ref)?;
+    if let Some(((_, r), _)) = outer {
+        set_accessed(bus, &r)?;
+    }
+    state.eflags = merge_eflags(state.eflags, popped_flags, cpl, state.iopl(), op32, true);
+    *state.sreg_mut(SegReg::Cs) = new_cs;
+    state.eip = new_eip;
+    match outer {
+        Some(((ss_cache, _), new_esp)) => {
+            *state.sreg_mut(SegReg::Ss) = ss_cache;
+            state.gpr[gpr::ESP] = if op32 || ss_cache.db { new_esp } else { (esp & 0xffff_0000) | (new_esp & 0xffff) };
+            effects = effects.merge(Effects::segment(SegReg::Ss));
+            effects.cpl_changed = true;
+            effects = effects.merge(null_inaccessible_data_segments(state, rpl));
+        }
+        None => state.gpr[gpr::ESP] = adjust_sp(esp, 3 * size as i32, ss.db),
+    }
+    Ok(effects)
+}
+
+/// The checks on a CS popped by IRET or RET far (SDM Vol. 2A IRET, RET): returns the new
+/// cache (RPL becomes the CPL) and the descriptor to mark accessed.
+pub(crate) fn check_return_cs(
+    state: &VcpuState,
+    bus: &mut impl GuestBus,
+    sel: u16,
+) -> Result<(Segment, super::segments::DescriptorRef), Fault> {
+    if selector::is_null(sel) {
+        return Err(Fault::gp0());
+    }
+    let code = selector::error_code(sel);
+    let r = fetch_descriptor(state, bus, sel)?.ok_or(Fault::gp(code))?;
+    let d = r.desc;
+    let rpl = selector::rpl(sel);
+    if !d.is_code() || rpl < state.cpl() {
+        return Err(Fault::gp(code));
+    }
+    if d.is_conforming_code() {
+        if d.dpl > rpl {
+            return Err(Fault::gp(code));
+        }
+    } else if d.dpl != rpl {
+        return Err(Fault::gp(code));
+    }
+    if !d.present {
+        return Err(Fault::np(code));
+    }
+    let mut d = d;
+    d.typ |= TYPE_ACCESSED;
+    Ok((Segment::from_descriptor(sel, &d), r))
+}
+
+/// The checks on an SS popped by IRET or RET far to an outer level `rpl`.
+pub(crate) fn check_return_ss(
+    state: &VcpuState,
+    bus: &mut impl GuestBus,
+    sel: u16,
+    rpl: u8,
+) -> Result<(Segment, super::segments::DescriptorRef), Fault> {
+    if selector::is_null(sel) {
+        return Err(Fault::gp0());
+    }
+    let code = selector::error_code(sel);
+    let r = fetch_descriptor(state, bus, sel)?.ok_or(Fault::gp(code))?;
+    let d = r.desc;
+    if selector::rpl(sel) != rpl || !d.is_writable_data() || d.dpl != rpl {
+        return Err(Fault::gp(code));
+    }
+    if !d.present {
+        return Err(Fault::ss(code));
+    }
+    let mut d = d;
+    d.typ |= TYPE_ACCESSED;
+    Ok((Segment::from_descriptor(sel, &d), r))
+}
+
+/// After a return to an outer level: DS, ES, FS, GS that the new CPL may not use (data or
+/// non-conforming code with DPL < CPL) are loaded with a null selector.
+pub(crate) fn null_inaccessible_data_segments(state: &mut VcpuState, new_cpl: u8) -> Effects {
+    let mut e = Effects::NONE;
+    for r in [SegReg::Es, SegReg::Ds, SegReg::Fs, SegReg::Gs] {
+        let s = state.sreg(r);
+        let restricted = s.s && (!s.is_code() || !s.is_conforming());
+        if s.present && restricted && s.dpl < new_cpl {
+            *state.sreg_mut(r) = Segment::null(0);
+            e = e.merge(Effects::segment(r));
+        }
+    }
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vcpu::testbus::{int_gate, TestBus, KSTACK, USTACK};
+
+    const HANDLER: u32 = 0x5_0000;
+
+    fn setup() -> (VcpuState, TestBus) {
+        let mut bus = TestBus::new();
+        for v in 0..=255u8 {
+            bus.set_gate(v, int_gate(0x08, HANDLER + u32::from(v), system_type::INT_GATE32, 0));
+        }
+        bus.set_gate(0x80, int_gate(0x08, HANDLER + 0x80, system_type::TRAP_GATE32, 3));
+        let s = bus.protected_state();
+        (s, bus)
+    }
+
+    #[test]
+    fn kernel_to_kernel_interrupt_gate() {
+        let (mut s, mut bus) = setup();
+        s.eflags |= eflags::IF | eflags::TF;
+        s.gpr[gpr::ESP] = 0x8800;
+        let e = deliver(&mut s, &mut bus, Event::External(0x20)).unwrap();
+        assert_eq!(s.eip, HANDLER + 0x20);
+        assert_eq!(s.gpr[gpr::ESP], 0x8800 - 12);
+        assert_eq!(bus.read_u32(0x8800 - 4), eflags::FIXED1 | eflags::IF | eflags::TF);
+        assert_eq!(bus.read_u32(0x8800 - 8), 0x08);
+        assert_eq!(bus.read_u32(0x8800 - 12), 0x7000);
+        assert_eq!(s.eflags & (eflags::IF | eflags::TF), 0);
+        assert!(!e.cpl_changed);
+    }
+
+    #[test]
+    fn user_to_kernel_switches_to_tss_stack_with_error_code() {
+        let (mut s, mut bus) = setup();
+        bus.enter_user(&mut s);
+        s.eflags |= eflags::IF;
+        let e = deliver(&mut s, &mut bus, Event::Exception(Fault::gp(0x1234))).unwrap();
+        assert!(e.cpl_changed && e.segment_dirty(SegReg::Ss));
+        assert_eq!(s.cpl(), 0);
+        assert_eq!(s.sreg(SegReg::Ss).selector, 0x10);
+        assert_eq!(s.gpr[gpr::ESP], KSTACK - 24);
+        let f: Vec<u32> = (1..=6).map(|i| bus.read_u32(KSTACK - 4 * i)).collect();
+        assert_eq!(f, vec![0x23, USTACK, eflags::FIXED1 | eflags::IF, 0x1b, 0x7000, 0x1234]);
+        // And IRET (after discarding the error code) returns to user mode.
+        s.gpr[gpr::ESP] += 4;
+        let e = iret(&mut s, &mut bus, true).map_err(|_| ()).unwrap();
+        assert!(e.cpl_changed);
+        assert_eq!(s.cpl(), 3);
+        assert_eq!(s.gpr[gpr::ESP], USTACK);
+        assert_eq!(s.eip, 0x7000);
+        assert_ne!(s.eflags & eflags::IF, 0);
+    }
+
+    #[test]
+    fn page_fault_sets_cr2_and_pushes_code() {
+        let (mut s, mut bus) = setup();
+        deliver(&mut s, &mut bus, Event::Exception(Fault::page_fault(GuestLinear(0xdead_b000), 6))).unwrap();
+        assert_eq!(s.cr2, 0xdead_b000);
+        assert_eq!(bus.read_u32(KSTACK - 16), 6);
+    }
+
+    #[test]
+    fn software_int_from_user_checks_gate_dpl() {
+        let (mut s, mut bus) = setup();
+        bus.enter_user(&mut s);
+        s.eip = 0x7000;
+        // DPL-3 trap gate at 0x80 works and keeps IF.
+        s.eflags |= eflags::IF;
+        let mut t = s.clone();
+        deliver(&mut t, &mut bus, Event::Software { vector: 0x80, kind: SoftwareKind::IntN, next_eip: 0x7002 }).unwrap();
+        assert_eq!(t.eip, HANDLER + 0x80);
+        assert_ne!(t.eflags & eflags::IF, 0);
+        assert_eq!(bus.read_u32(KSTACK - 20), 0x7002);
+        // DPL-0 gate: #GP(vector*8+2), delivered through vector 13 with the INT's EIP.
+        deliver(&mut s, &mut bus, Event::Software { vector: 0x30, kind: SoftwareKind::IntN, next_eip: 0x7002 }).unwrap();
+        assert_eq!(s.eip, HANDLER + 13);
+        assert_eq!(bus.read_u32(KSTACK - 24), 0x30 * 8 + 2);
+        assert_eq!(bus.read_u32(KSTACK - 20), 0x7000);
+    }
+
+    #[test]
+    fn not_present_gate_gives_np_with_ext() {
+        let (mut s, mut bus) = setup();
+        let mut g = int_gate(0x08, HANDLER, system_type::INT_GATE32, 0);
+        g.present = false;
+        bus.set_gate(0x21, g);
+        deliver(&mut s, &mut bus, Event::External(0x21)).unwrap();
+        assert_eq!(s.eip, HANDLER + 11);
+        assert_eq!(bus.read_u32(KSTACK - 16), 0x21 * 8 + 2 + 1);
+    }
+
+    #[test]
+    fn contributory_during_contributory_is_double_fault_then_triple() {
+        let (mut s, mut bus) = setup();
+        // #GP's gate points at a null selector: #GP during #GP delivery → #DF(0).
+        bus.set_gate(13, int_gate(0, HANDLER, system_type::INT_GATE32, 0));
+        let mut t = s.clone();
+        deliver(&mut t, &mut bus, Event::Exception(Fault::gp0())).unwrap();
+        assert_eq!(t.eip, HANDLER + 8);
+        assert_eq!(bus.read_u32(KSTACK - 16), 0);
+        // And with #DF broken too: triple fault.
+        bus.set_gate(8, int_gate(0x40, HANDLER, system_type::INT_GATE32, 0));
+        match deliver(&mut s, &mut bus, Event::Exception(Fault::gp0())) {
+            Err(DeliveryError::TripleFault { description }) => {
+                assert!(description.contains("exception 0x8"), "{description}");
+            }
+            other => panic!("expected triple fault, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn idt_limit_and_benign_chain() {
+        let (mut s, mut bus) = setup();
+        s.idtr.limit = 0x7f; // vectors 0..15 only
+        // External 0x20 beyond limit: #GP(0x20*8+2+1), benign first → plain #GP.
+        deliver(&mut s, &mut bus, Event::External(0x20)).unwrap();
+        assert_eq!(s.eip, HANDLER + 13);
+        assert_eq!(bus.read_u32(KSTACK - 16), 0x103);
+    }
+
+    #[test]
+    fn task_gate_is_reported() {
+        let (mut s, mut bus) = setup();
+        bus.set_gate(8, int_gate(0x28, 0, system_type::TASK_GATE, 0));
+        assert_eq!(
+            deliver(&mut s, &mut bus, Event::Exception(Fault::with_code(8, 0))),
+            Err(DeliveryError::TaskGate { vector: 8 })
+        );
+    }
+
+    #[test]
+    fn iret_checks_popped_cs() {
+        let (mut s, mut bus) = setup();
+        s.gpr[gpr::ESP] = 0x8000;
+        bus.write_u32(0x8000, 0x1234);
+        bus.write_u32(0x8004, 0x40); // not-present data: not code → #GP(0x40)
+        bus.write_u32(0x8008, eflags::FIXED1);
+        let before = s.clone();
+        assert!(matches!(iret(&mut s, &mut bus, true), Err(Stop::Fault(f)) if f == Fault::gp(0x40)));
+        bus.write_u32(0x8004, 0x00);
+        assert!(matches!(iret(&mut s, &mut bus, true), Err(Stop::Fault(f)) if f == Fault::gp0()));
+        assert_eq!(s, before);
+        // Same privilege return works and IOPL is writable at CPL 0.
+        bus.write_u32(0x8004, 0x08);
+        bus.write_u32(0x8008, eflags::FIXED1 | eflags::IOPL | eflags::ZF);
+        iret(&mut s, &mut bus, true).map_err(|_| ()).unwrap();
+        assert_eq!(s.eip, 0x1234);
+        assert_eq!(s.iopl(), 3);
+        assert_eq!(s.gpr[gpr::ESP], 0x800c);
+    }
+
+    #[test]
+    fn iret_to_user_nulls_kernel_data_segments() {
+        let (mut s, mut bus) = setup();
+        s.gpr[gpr::ESP] = 0x8000;
+        for (i, v) in [0x4000u32, 0x1b, eflags::FIXED1 | eflags::IOPL, 0x7ff0, 0x23].iter().enumerate() {
+            bus.write_u32(0x8000 + 4 * i as u32, *v);
+        }
+        let e = iret(&mut s, &mut bus, true).map_err(|_| ()).unwrap();
+        assert_eq!(s.cpl(), 3);
+        assert!(!s.sreg(SegReg::Ds).present && s.sreg(SegReg::Ds).selector == 0);
+        assert!(e.segment_dirty(SegReg::Ds));
+        // IOPL was changeable (old CPL 0).
+        assert_eq!(s.iopl(), 3);
+        // From CPL 3, IRET cannot raise IOPL or clear IF beyond IOPL rules.
+        assert_eq!(merge_eflags(eflags::FIXED1, eflags::IOPL | eflags::IF, 3, 0, true, true), eflags::FIXED1);
+    }
+
+    #[test]
+    fn iret_with_nt_is_unsupported() {
+        let (mut s, mut bus) = setup();
+        s.eflags |= eflags::NT;
+        assert!(matches!(iret(&mut s, &mut bus, true), Err(Stop::Unsupported(Unsupported::TaskSwitch))));
+    }
+
+    #[test]
+    fn real_mode_ivt_delivery() {
+        let mut s = VcpuState::reset();
+        let mut bus = TestBus::new();
+        s.idtr.base = 0;
+        bus.write_u16(0x21 * 4, 0x1234);
+        bus.write_u16(0x21 * 4 + 2, 0x2000);
+        s.gpr[gpr::ESP] = 0x1000;
+        s.eflags |= eflags::IF;
+        deliver(&mut s, &mut bus, Event::Software { vector: 0x21, kind: SoftwareKind::IntN, next_eip: 0xfff2 }).unwrap();
+        assert_eq!(s.sreg(SegReg::Cs).base, 0x20000);
+        assert_eq!(s.eip, 0x1234);
+        assert_eq!(bus.read_u16(0xffa), 0xfff2);
+        assert_eq!(s.eflags & eflags::IF, 0);
+    }
+}

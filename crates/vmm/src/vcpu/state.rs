@@ -1,0 +1,565 @@
+//! Architectural state of the virtual CPU: what the guest observes, independent of how
+//! the host runs it.
+
+use super::descriptor::Descriptor;
+
+/// EFLAGS bits (SDM Vol. 1, §3.4.3).
+pub mod eflags {
+    /// Carry.
+    pub const CF: u32 = 1 << 0;
+    /// Reserved, always 1.
+    pub const FIXED1: u32 = 1 << 1;
+    /// Parity.
+    pub const PF: u32 = 1 << 2;
+    /// Auxiliary carry.
+    pub const AF: u32 = 1 << 4;
+    /// Zero.
+    pub const ZF: u32 = 1 << 6;
+    /// Sign.
+    pub const SF: u32 = 1 << 7;
+    /// Trap (single step).
+    pub const TF: u32 = 1 << 8;
+    /// Interrupt enable.
+    pub const IF: u32 = 1 << 9;
+    /// Direction.
+    pub const DF: u32 = 1 << 10;
+    /// Overflow.
+    pub const OF: u32 = 1 << 11;
+    /// I/O privilege level (2 bits).
+    pub const IOPL: u32 = 3 << 12;
+    /// Shift of the IOPL field.
+    pub const IOPL_SHIFT: u32 = 12;
+    /// Nested task.
+    pub const NT: u32 = 1 << 14;
+    /// Resume.
+    pub const RF: u32 = 1 << 16;
+    /// Virtual-8086 mode.
+    pub const VM: u32 = 1 << 17;
+    /// Alignment check.
+    pub const AC: u32 = 1 << 18;
+    /// Virtual interrupt flag.
+    pub const VIF: u32 = 1 << 19;
+    /// Virtual interrupt pending.
+    pub const VIP: u32 = 1 << 20;
+    /// CPUID available.
+    pub const ID: u32 = 1 << 21;
+    /// The arithmetic status flags.
+    pub const STATUS: u32 = CF | PF | AF | ZF | SF | OF;
+    /// Every bit a P6-class CPU implements; the others read as 0.
+    pub const IMPLEMENTED: u32 =
+        STATUS | FIXED1 | TF | IF | DF | IOPL | NT | RF | VM | AC | VIF | VIP | ID;
+}
+
+/// CR0 bits (SDM Vol. 3A, §2.5).
+pub mod cr0 {
+    /// Protection enable.
+    pub const PE: u32 = 1 << 0;
+    /// Monitor coprocessor.
+    pub const MP: u32 = 1 << 1;
+    /// x87 emulation.
+    pub const EM: u32 = 1 << 2;
+    /// Task switched.
+    pub const TS: u32 = 1 << 3;
+    /// Extension type (hard-wired 1 on P6).
+    pub const ET: u32 = 1 << 4;
+    /// Numeric error.
+    pub const NE: u32 = 1 << 5;
+    /// Write protect.
+    pub const WP: u32 = 1 << 16;
+    /// Alignment mask.
+    pub const AM: u32 = 1 << 18;
+    /// Not write-through.
+    pub const NW: u32 = 1 << 29;
+    /// Cache disable.
+    pub const CD: u32 = 1 << 30;
+    /// Paging.
+    pub const PG: u32 = 1 << 31;
+    /// Bits that may be set; writing any other bit is #GP(0).
+    pub const DEFINED: u32 = PE | MP | EM | TS | ET | NE | WP | AM | NW | CD | PG;
+}
+
+/// CR4 bits (SDM Vol. 3A, §2.5).
+pub mod cr4 {
+    /// Virtual-8086 mode extensions.
+    pub const VME: u32 = 1 << 0;
+    /// Protected-mode virtual interrupts.
+    pub const PVI: u32 = 1 << 1;
+    /// Time stamp disable.
+    pub const TSD: u32 = 1 << 2;
+    /// Debugging extensions.
+    pub const DE: u32 = 1 << 3;
+    /// Page size extensions.
+    pub const PSE: u32 = 1 << 4;
+    /// Physical address extension.
+    pub const PAE: u32 = 1 << 5;
+    /// Machine-check enable.
+    pub const MCE: u32 = 1 << 6;
+    /// Page global enable.
+    pub const PGE: u32 = 1 << 7;
+    /// Performance-monitoring counter enable.
+    pub const PCE: u32 = 1 << 8;
+    /// OS supports FXSAVE/FXRSTOR.
+    pub const OSFXSR: u32 = 1 << 9;
+    /// OS supports unmasked SIMD exceptions.
+    pub const OSXMMEXCPT: u32 = 1 << 10;
+    /// The bits the CPU model supports (see `cpuid`): VME/PVI are not offered (no
+    /// virtual-8086 support), nor MCE (no machine-check architecture), nor anything past
+    /// OSXMMEXCPT.
+    pub const SUPPORTED: u32 = TSD | DE | PSE | PAE | PGE | PCE | OSFXSR | OSXMMEXCPT;
+}
+
+/// The six segment registers, numbered as the ModRM `reg` field and iced number them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SegReg {
+    /// ES.
+    Es = 0,
+    /// CS.
+    Cs = 1,
+    /// SS.
+    Ss = 2,
+    /// DS.
+    Ds = 3,
+    /// FS.
+    Fs = 4,
+    /// GS.
+    Gs = 5,
+}
+
+impl SegReg {
+    /// All six, in encoding order.
+    pub const ALL: [SegReg; 6] =
+        [SegReg::Es, SegReg::Cs, SegReg::Ss, SegReg::Ds, SegReg::Fs, SegReg::Gs];
+
+    /// The segment register an iced register names, if it is one.
+    pub fn from_iced(reg: iced_x86::Register) -> Option<Self> {
+        use iced_x86::Register as R;
+        Some(match reg {
+            R::ES => SegReg::Es,
+            R::CS => SegReg::Cs,
+            R::SS => SegReg::Ss,
+            R::DS => SegReg::Ds,
+            R::FS => SegReg::Fs,
+            R::GS => SegReg::Gs,
+            _ => return None,
+        })
+    }
+}
+
+/// The hidden part of a segment register (the "descriptor cache"), with the limit already
+/// expanded to bytes. Also used for LDTR and TR.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Segment {
+    /// The guest-visible selector, including its RPL.
+    pub selector: u16,
+    /// Linear base address.
+    pub base: u32,
+    /// Byte-granular limit (G already applied).
+    pub limit: u32,
+    /// Descriptor type field (bits 40..43).
+    pub typ: u8,
+    /// S: 1 for code/data, 0 for system descriptors.
+    pub s: bool,
+    /// Descriptor privilege level.
+    pub dpl: u8,
+    /// Present. A null selector loaded in protected mode leaves the register unusable,
+    /// which is represented as `present == false`.
+    pub present: bool,
+    /// Default operation size / big (D/B).
+    pub db: bool,
+    /// Granularity as loaded (the limit is already expanded).
+    pub g: bool,
+    /// Available for software.
+    pub avl: bool,
+    /// 64-bit code (always clear for an IA-32 guest, kept for completeness).
+    pub l: bool,
+}
+
+impl Segment {
+    /// The cache contents after loading `selector` with `desc` (SDM Vol. 3A, §3.4.3).
+    pub fn from_descriptor(selector: u16, desc: &Descriptor) -> Self {
+        Self {
+            selector,
+            base: desc.base,
+            limit: desc.byte_limit(),
+            typ: desc.typ,
+            s: desc.s,
+            dpl: desc.dpl,
+            present: desc.present,
+            db: desc.db,
+            g: desc.g,
+            avl: desc.avl,
+            l: desc.l,
+        }
+    }
+
+    /// A real-mode segment: base = selector × 16, 64 KiB limit, read/write data.
+    pub const fn real_mode(selector: u16) -> Self {
+        Self {
+            selector,
+            base: (selector as u32) << 4,
+            limit: 0xffff,
+            typ: 0x3,
+            s: true,
+            dpl: 0,
+            present: true,
+            db: false,
+            g: false,
+            avl: false,
+            l: false,
+        }
+    }
+
+    /// A flat 4 GiB segment of the given type and DPL (Multiboot, SYSENTER/SYSEXIT).
+    pub const fn flat(selector: u16, typ: u8, dpl: u8) -> Self {
+        Self {
+            selector,
+            base: 0,
+            limit: 0xffff_ffff,
+            typ,
+            s: true,
+            dpl,
+            present: true,
+            db: true,
+            g: true,
+            avl: false,
+            l: false,
+        }
+    }
+
+    /// An unusable register (null selector loaded in protected mode).
+    pub const fn null(selector: u16) -> Self {
+        Self {
+            selector,
+            base: 0,
+            limit: 0,
+            typ: 0,
+            s: false,
+            dpl: 0,
+            present: false,
+            db: false,
+            g: false,
+            avl: false,
+            l: false,
+        }
+    }
+
+    /// Code segment (S=1, type bit 3).
+    pub const fn is_code(&self) -> bool {
+        self.s && self.typ & 8 != 0
+    }
+    /// Conforming code segment.
+    pub const fn is_conforming(&self) -> bool {
+        self.is_code() && self.typ & 4 != 0
+    }
+    /// Writable data segment.
+    pub const fn is_writable_data(&self) -> bool {
+        self.s && self.typ & 8 == 0 && self.typ & 2 != 0
+    }
+    /// Readable: any data segment, or code with the R bit.
+    pub const fn is_readable(&self) -> bool {
+        self.s && (self.typ & 8 == 0 || self.typ & 2 != 0)
+    }
+    /// Expand-down data segment.
+    pub const fn is_expand_down(&self) -> bool {
+        self.s && self.typ & 8 == 0 && self.typ & 4 != 0
+    }
+
+    /// Whether the `len`-byte access at `offset` lies within the limit (SDM Vol. 3A,
+    /// §5.3: expand-down segments hold offsets above the limit, up to 0xFFFF or
+    /// 0xFFFFFFFF by the B flag).
+    pub fn contains(&self, offset: u32, len: u32) -> bool {
+        let Some(last) = offset.checked_add(len.saturating_sub(1)) else {
+            return false;
+        };
+        if self.is_expand_down() {
+            let top = if self.db { u32::MAX } else { 0xffff };
+            offset > self.limit && last <= top
+        } else {
+            last <= self.limit
+        }
+    }
+}
+
+/// A descriptor-table register (GDTR, IDTR).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TableReg {
+    /// Linear base.
+    pub base: u32,
+    /// Byte limit.
+    pub limit: u16,
+}
+
+/// Model-specific registers the CPU model implements (see `emulate::msr`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Msrs {
+    /// IA32_SYSENTER_CS.
+    pub sysenter_cs: u32,
+    /// IA32_SYSENTER_ESP.
+    pub sysenter_esp: u32,
+    /// IA32_SYSENTER_EIP.
+    pub sysenter_eip: u32,
+    /// Guest TSC = host TSC + this (wrapping); changed by WRMSR to IA32_TIME_STAMP_COUNTER.
+    pub tsc_offset: u64,
+    /// IA32_APIC_BASE.
+    pub apic_base: u64,
+    /// IA32_PAT.
+    pub pat: u64,
+    /// IA32_MISC_ENABLE.
+    pub misc_enable: u64,
+    /// IA32_MTRR_DEF_TYPE.
+    pub mtrr_def_type: u64,
+    /// Variable-range MTRRs: PHYSBASE0/PHYSMASK0 .. 7, interleaved as in the MSR space.
+    pub mtrr_var: [u64; 16],
+    /// Fixed-range MTRRs (64K_00000, 16K_80000, 16K_A0000, 4K_C0000 .. 4K_F8000).
+    pub mtrr_fixed: [u64; 11],
+    /// IA32_MCG_STATUS.
+    pub mcg_status: u64,
+    /// IA32_EFER. The model has neither long mode nor NX, so it stays 0.
+    pub efer: u64,
+    /// IA32_PERFEVTSEL0/1. Stored only: no event is counted.
+    pub perf_evtsel: [u64; 2],
+    /// IA32_PMC0/1 as last written (they do not count, see `perf_evtsel`).
+    pub perf_ctr: [u64; 2],
+}
+
+impl Default for Msrs {
+    fn default() -> Self {
+        Self {
+            sysenter_cs: 0,
+            sysenter_esp: 0,
+            sysenter_eip: 0,
+            tsc_offset: 0,
+            // BSP flag, APIC globally enabled, default base 0xFEE00000 (SDM Vol. 3A §10.4.4).
+            apic_base: 0xfee0_0000 | (1 << 8) | (1 << 11),
+            // Power-on PAT value (SDM Vol. 3A §11.12.4).
+            pat: 0x0007_0406_0007_0406,
+            // Fast strings enabled, as firmware leaves it.
+            misc_enable: 1,
+            // MTRRs enabled, default type write-back: all RAM cacheable without setup.
+            mtrr_def_type: (1 << 11) | 6,
+            mtrr_var: [0; 16],
+            mtrr_fixed: [0; 11],
+            mcg_status: 0,
+            efer: 0,
+            perf_evtsel: [0; 2],
+            perf_ctr: [0; 2],
+        }
+    }
+}
+
+/// General-purpose register numbers, in ModRM encoding order.
+pub mod gpr {
+    /// EAX.
+    pub const EAX: usize = 0;
+    /// ECX.
+    pub const ECX: usize = 1;
+    /// EDX.
+    pub const EDX: usize = 2;
+    /// EBX.
+    pub const EBX: usize = 3;
+    /// ESP.
+    pub const ESP: usize = 4;
+    /// EBP.
+    pub const EBP: usize = 5;
+    /// ESI.
+    pub const ESI: usize = 6;
+    /// EDI.
+    pub const EDI: usize = 7;
+}
+
+/// The complete architectural state of one virtual IA-32 processor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VcpuState {
+    /// EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI (index with [`gpr`]).
+    pub gpr: [u32; 8],
+    /// Instruction pointer (offset in CS).
+    pub eip: u32,
+    /// The full architectural EFLAGS, including the virtual IF and IOPL.
+    pub eflags: u32,
+    /// Segment registers, indexed by `SegReg as usize`.
+    pub seg: [Segment; 6],
+    /// CR0.
+    pub cr0: u32,
+    /// CR2 (last page-fault address).
+    pub cr2: u32,
+    /// CR3.
+    pub cr3: u32,
+    /// CR4.
+    pub cr4: u32,
+    /// GDTR.
+    pub gdtr: TableReg,
+    /// IDTR.
+    pub idtr: TableReg,
+    /// LDTR (selector and cache).
+    pub ldtr: Segment,
+    /// TR (selector and cache).
+    pub tr: Segment,
+    /// DR0..DR7 (DR4/DR5 are aliases of DR6/DR7 and never stored).
+    pub dr: [u32; 8],
+    /// Model-specific registers.
+    pub msr: Msrs,
+    /// HLT executed; cleared by the next delivered interrupt.
+    pub halted: bool,
+    /// Interrupts are inhibited until after the next instruction (after STI with IF
+    /// previously 0, MOV SS, POP SS).
+    pub interrupt_shadow: bool,
+    /// The CPU model CPUID reports.
+    pub cpu_model: crate::vcpu::emulate::cpuid::CpuModel,
+}
+
+/// DR6 value at reset (SDM Vol. 3B §17.2.3: reserved bits read as 1).
+pub const DR6_INIT: u32 = 0xffff_0ff0;
+/// DR7 value at reset (bit 10 reads as 1).
+pub const DR7_INIT: u32 = 0x0000_0400;
+
+impl VcpuState {
+    /// The state at power-on (SDM Vol. 3A, Table 9-1): real mode, CS:IP = F000:FFF0 with
+    /// CS base 0xFFFF0000.
+    pub fn reset() -> Self {
+        let mut cs = Segment::real_mode(0xf000);
+        cs.base = 0xffff_0000;
+        cs.typ = 0xb;
+        let mut ldtr = Segment::null(0);
+        ldtr.typ = 2;
+        ldtr.present = true;
+        ldtr.limit = 0xffff;
+        let mut tr = Segment::null(0);
+        tr.typ = 0xb;
+        tr.present = true;
+        tr.limit = 0xffff;
+        let ds = Segment::real_mode(0);
+        Self {
+            gpr: [0; 8],
+            eip: 0xfff0,
+            eflags: eflags::FIXED1,
+            seg: [ds, cs, ds, ds, ds, ds],
+            cr0: cr0::ET | cr0::CD | cr0::NW,
+            cr2: 0,
+            cr3: 0,
+            cr4: 0,
+            gdtr: TableReg { base: 0, limit: 0xffff },
+            idtr: TableReg { base: 0, limit: 0xffff },
+            ldtr,
+            tr,
+            dr: [0, 0, 0, 0, 0, 0, DR6_INIT, DR7_INIT],
+            msr: Msrs::default(),
+            halted: false,
+            interrupt_shadow: false,
+            cpu_model: crate::vcpu::emulate::cpuid::CpuModel::default(),
+        }
+    }
+
+    /// The machine state a Multiboot v1 loader hands to the kernel (Multiboot spec §3.2):
+    /// EAX = magic, EBX = info address, CS a flat 4 GiB 32-bit execute/read segment
+    /// (selector 0x08, CPL 0), DS/ES/FS/GS/SS flat 4 GiB read/write (selector 0x10), CR0 =
+    /// PE|ET with paging off, IF = 0. GDTR/IDTR are undefined by the spec (the kernel must
+    /// set up its own) and are left empty; ESP is undefined and left 0.
+    pub fn multiboot_entry(entry: u32, eax: u32, ebx: u32) -> Self {
+        let mut s = Self::reset();
+        s.gpr = [0; 8];
+        s.gpr[gpr::EAX] = eax;
+        s.gpr[gpr::EBX] = ebx;
+        s.eip = entry;
+        s.eflags = eflags::FIXED1;
+        let data = Segment::flat(0x10, 0x3, 0);
+        s.seg = [data, Segment::flat(0x08, 0xb, 0), data, data, data, data];
+        s.cr0 = cr0::PE | cr0::ET;
+        s.gdtr = TableReg { base: 0, limit: 0 };
+        s.idtr = TableReg { base: 0, limit: 0 };
+        s.ldtr = Segment::null(0);
+        s
+    }
+
+    /// Protected mode is on (CR0.PE).
+    pub const fn protected(&self) -> bool {
+        self.cr0 & cr0::PE != 0
+    }
+
+    /// Virtual-8086 mode (EFLAGS.VM in protected mode).
+    pub const fn v86(&self) -> bool {
+        self.protected() && self.eflags & eflags::VM != 0
+    }
+
+    /// The current privilege level: CS.RPL in protected mode, 3 in virtual-8086 mode,
+    /// 0 in real mode.
+    pub const fn cpl(&self) -> u8 {
+        if !self.protected() {
+            0
+        } else if self.eflags & eflags::VM != 0 {
+            3
+        } else {
+            (self.seg[SegReg::Cs as usize].selector & 3) as u8
+        }
+    }
+
+    /// EFLAGS.IOPL.
+    pub const fn iopl(&self) -> u8 {
+        ((self.eflags & eflags::IOPL) >> eflags::IOPL_SHIFT) as u8
+    }
+
+    /// A segment register's cache.
+    pub fn sreg(&self, reg: SegReg) -> &Segment {
+        &self.seg[reg as usize]
+    }
+
+    /// A segment register's cache, mutably.
+    pub fn sreg_mut(&mut self, reg: SegReg) -> &mut Segment {
+        &mut self.seg[reg as usize]
+    }
+
+    /// The stack pointer as the current stack's address size sees it (SS.B).
+    pub const fn stack_32(&self) -> bool {
+        self.seg[SegReg::Ss as usize].db
+    }
+
+    /// The code segment's default operand size is 32 bits (CS.D).
+    pub const fn code_32(&self) -> bool {
+        self.seg[SegReg::Cs as usize].db
+    }
+
+    /// Sets EFLAGS.ZF to `z`.
+    pub fn set_zf(&mut self, z: bool) {
+        if z {
+            self.eflags |= eflags::ZF;
+        } else {
+            self.eflags &= !eflags::ZF;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multiboot_entry_is_flat_protected_cpl0() {
+        let s = VcpuState::multiboot_entry(0x10_0000, 0x2bad_b002, 0x9000);
+        assert_eq!(s.eip, 0x10_0000);
+        assert_eq!(s.gpr[gpr::EAX], 0x2bad_b002);
+        assert_eq!(s.gpr[gpr::EBX], 0x9000);
+        assert!(s.protected());
+        assert_eq!(s.cpl(), 0);
+        assert_eq!(s.eflags & eflags::IF, 0);
+        assert_eq!(s.cr0 & cr0::PG, 0);
+        let cs = s.sreg(SegReg::Cs);
+        assert!(cs.is_code() && cs.db && cs.limit == u32::MAX && cs.base == 0);
+        for r in [SegReg::Ds, SegReg::Es, SegReg::Fs, SegReg::Gs, SegReg::Ss] {
+            assert!(s.sreg(r).is_writable_data());
+            assert_eq!(s.sreg(r).limit, u32::MAX);
+        }
+    }
+
+    #[test]
+    fn expand_down_limits() {
+        let mut s = Segment::flat(0x10, 0x7, 0); // expand-down, writable
+        s.limit = 0xfff;
+        s.db = false;
+        assert!(!s.contains(0xfff, 1));
+        assert!(s.contains(0x1000, 4));
+        assert!(s.contains(0xfffe, 2));
+        assert!(!s.contains(0xffff, 2));
+        let up = Segment::flat(0x10, 0x3, 0);
+        assert!(up.contains(0xffff_fffc, 4));
+        assert!(!up.contains(0xffff_fffd, 4));
+    }
+}
