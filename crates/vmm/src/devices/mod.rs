@@ -43,9 +43,11 @@ pub use clock::{Clock, MonotonicClock, SystemWallClock, WallClock};
 pub use cmos::{Cmos, CMOS_BASE, CMOS_PORT_LEN};
 pub use debug_exit::{DebugExit, ExitRequest, DEBUG_EXIT_BASE, DEBUG_EXIT_LEN};
 pub use irq::{IrqLine, PicLine};
-pub use pic::{register_pic, DualPic, ELCR_BASE, PIC_CASCADE_IRQ, PIC_MASTER_BASE, PIC_SLAVE_BASE};
+pub use pic::{
+    register_pic, DualPic, Pic8259, ELCR_BASE, PIC_CASCADE_IRQ, PIC_MASTER_BASE, PIC_SLAVE_BASE,
+};
 pub use pit::{
-    register_pit, Pit, PIT_BASE, PIT_CHANNELS, PIT_FREQUENCY_HZ, PIT_IRQ, PIT_PORT_LEN,
+    register_pit, Pit, PitChannel, PIT_BASE, PIT_CHANNELS, PIT_FREQUENCY_HZ, PIT_IRQ, PIT_PORT_LEN,
     SYSTEM_CONTROL_PORT_B,
 };
 pub use post::{PostPort, POST_PORT};
