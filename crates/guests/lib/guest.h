@@ -100,6 +100,7 @@ void puts(const char *s);
 int vsnprintf(char *buf, int size, const char *fmt, va_list ap);
 int printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 const char *cmdline(void);
+bool cmdline_has(const char *word);
 
 /* kvm-unit-tests style reporting */
 void report(bool ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -131,6 +132,8 @@ extern volatile u32 fault_resume_eip, fault_insn_eip;
 void expect_fault(int vector);
 void fault_clear(void);
 bool fault_seen(int vector, u32 error);
+void catch_begin(int vector);
+bool catch_end(int vector, u32 error);
 /* Wraps one faulting instruction: records its address, and where the handler resumes. */
 #define FAULT_ASM(insn)                                                                        \
 	"movl $8881f, fault_insn_eip\n\t"                                                      \

@@ -57,6 +57,22 @@ bool fault_seen(int vector, u32 error)
 	       last_fault.error == error && last_fault.eip == fault_insn_eip;
 }
 
+/* Catch exactly one fault of `vector` raised by a FAULT_ASM() instruction. */
+void catch_begin(int vector)
+{
+	fault_clear();
+	expect_fault(vector);
+}
+
+/* Stop catching; true if exactly one fault with this vector and error code came from the
+ * wrapped instruction. */
+bool catch_end(int vector, u32 error)
+{
+	handle_exception(vector, NULL);
+	fault_resume_eip = 0;
+	return fault_seen(vector, error);
+}
+
 void return_to_kernel(u32 value) __attribute__((noreturn));
 
 static void syscall_handler(struct frame *f)

@@ -13,6 +13,23 @@ static const char *command_line = "";
 
 const char *cmdline(void) { return command_line; }
 
+/* True if `word` is one of the space-separated words of the kernel command line. */
+bool cmdline_has(const char *word)
+{
+	unsigned long n = strlen(word);
+	for (const char *p = command_line; *p;) {
+		while (*p == ' ')
+			p++;
+		const char *end = p;
+		while (*end && *end != ' ')
+			end++;
+		if ((unsigned long)(end - p) == n && !strncmp(p, word, n))
+			return true;
+		p = end;
+	}
+	return false;
+}
+
 void guest_start(u32 magic, const u32 *mbi)
 {
 	serial_init();
