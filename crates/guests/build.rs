@@ -48,7 +48,11 @@ fn sources(dir: &Path, exts: &[&str]) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = fs::read_dir(dir)
         .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", dir.display())))
         .map(|e| e.expect("directory entry").path())
-        .filter(|p| p.extension().and_then(|e| e.to_str()).is_some_and(|e| exts.contains(&e)))
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| exts.contains(&e))
+        })
         .collect();
     v.sort();
     v
@@ -90,7 +94,10 @@ fn description(src: &Path) -> String {
     let first = text.lines().next().unwrap_or_default().trim();
     match first.strip_prefix("/*").and_then(|s| s.strip_suffix("*/")) {
         Some(d) => d.trim().to_string(),
-        None => fail(&format!("{}: first line must be a /* description */ comment", src.display())),
+        None => fail(&format!(
+            "{}: first line must be a /* description */ comment",
+            src.display()
+        )),
     }
 }
 
@@ -126,23 +133,40 @@ fn main() {
         if ext == "h" || ext == "ld" {
             continue;
         }
-        let stem = src.file_stem().and_then(|s| s.to_str()).expect("utf-8 name");
+        let stem = src
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .expect("utf-8 name");
         let obj = out.join(format!("lib-{stem}-{ext}.o"));
         compile(&src, &obj, &lib_dir);
         lib_objs.push(obj);
     }
 
-    let mut table = String::from("/// Every guest kernel this crate builds.\npub static GUESTS: &[Guest] = &[\n");
+    let mut table = String::from(
+        "/// Every guest kernel this crate builds.\npub static GUESTS: &[Guest] = &[\n",
+    );
     let mut names = Vec::new();
     for src in sources(&kernels_dir, &["c"]) {
         println!("cargo:rerun-if-changed={}", src.display());
-        let name = src.file_stem().and_then(|s| s.to_str()).expect("utf-8 name").to_string();
+        let name = src
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .expect("utf-8 name")
+            .to_string();
         let obj = out.join(format!("kernel-{name}.o"));
         compile(&src, &obj, &lib_dir);
         let elf = out.join(format!("{name}.elf"));
         run(
             Command::new("ld")
-                .args(["-m", "elf_i386", "-nostdlib", "--build-id=none", "-z", "noexecstack", "-T"])
+                .args([
+                    "-m",
+                    "elf_i386",
+                    "-nostdlib",
+                    "--build-id=none",
+                    "-z",
+                    "noexecstack",
+                    "-T",
+                ])
                 .arg(&script)
                 .arg("-o")
                 .arg(&elf)

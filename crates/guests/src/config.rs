@@ -49,7 +49,11 @@ pub enum ConfigError {
     UnknownKey { line: usize, key: String },
     /// A number that does not parse.
     #[error("line {line}: `{key}` must be an integer, found `{value}`")]
-    BadNumber { line: usize, key: String, value: String },
+    BadNumber {
+        line: usize,
+        key: String,
+        value: String,
+    },
     /// Two sections with the same name.
     #[error("line {line}: test [{name}] is defined twice")]
     Duplicate { line: usize, name: String },
@@ -65,7 +69,9 @@ struct Partial {
 }
 
 fn finish(p: Partial) -> Result<TestEntry, ConfigError> {
-    let file = p.file.ok_or_else(|| ConfigError::MissingFile { name: p.name.clone() })?;
+    let file = p.file.ok_or_else(|| ConfigError::MissingFile {
+        name: p.name.clone(),
+    })?;
     Ok(TestEntry { file, ..p.entry })
 }
 
@@ -88,7 +94,10 @@ pub fn parse_config(text: &str) -> Result<Vec<TestEntry>, ConfigError> {
             }
             let name = name.trim().to_string();
             if entries.iter().any(|e| e.name == name) {
-                return Err(ConfigError::Duplicate { line: line_no, name });
+                return Err(ConfigError::Duplicate {
+                    line: line_no,
+                    name,
+                });
             }
             current = Some(Partial {
                 name: name.clone(),
@@ -106,11 +115,17 @@ pub fn parse_config(text: &str) -> Result<Vec<TestEntry>, ConfigError> {
             continue;
         }
         let Some((key, value)) = line.split_once('=') else {
-            return Err(ConfigError::Syntax { line: line_no, text: line.to_string() });
+            return Err(ConfigError::Syntax {
+                line: line_no,
+                text: line.to_string(),
+            });
         };
         let (key, value) = (key.trim(), value.trim());
         let Some(p) = current.as_mut() else {
-            return Err(ConfigError::OutsideSection { line: line_no, text: line.to_string() });
+            return Err(ConfigError::OutsideSection {
+                line: line_no,
+                text: line.to_string(),
+            });
         };
         let number = |v: &str| -> Result<i64, ConfigError> {
             v.parse().map_err(|_| ConfigError::BadNumber {
@@ -137,7 +152,12 @@ pub fn parse_config(text: &str) -> Result<Vec<TestEntry>, ConfigError> {
             "expect_exit" => {
                 p.entry.expect_exit = i32::try_from(number(value)?).map_err(|_| bad(value))?;
             }
-            _ => return Err(ConfigError::UnknownKey { line: line_no, key: key.to_string() }),
+            _ => {
+                return Err(ConfigError::UnknownKey {
+                    line: line_no,
+                    key: key.to_string(),
+                })
+            }
         }
     }
     if let Some(p) = current.take() {
@@ -160,7 +180,10 @@ mod tests {
         assert_eq!(e[0].file, "a.elf");
         assert_eq!(e[0].groups, vec!["x", "y"]);
         assert_eq!(e[0].timeout, 10);
-        assert_eq!(e[0].append, "quiet=1", "only the first '=' separates key and value");
+        assert_eq!(
+            e[0].append, "quiet=1",
+            "only the first '=' separates key and value"
+        );
         assert_eq!(e[0].expect_exit, DEFAULT_EXPECT_EXIT);
         assert_eq!(e[1].timeout, DEFAULT_TIMEOUT);
         assert_eq!(e[1].expect_exit, 3);
@@ -171,23 +194,39 @@ mod tests {
     fn rejects_malformed_input_with_line_numbers() {
         assert_eq!(
             parse_config("file = a.elf\n"),
-            Err(ConfigError::OutsideSection { line: 1, text: "file = a.elf".into() })
+            Err(ConfigError::OutsideSection {
+                line: 1,
+                text: "file = a.elf".into()
+            })
         );
         assert_eq!(
             parse_config("[a]\nfile = a.elf\nsmp 2\n"),
-            Err(ConfigError::Syntax { line: 3, text: "smp 2".into() })
+            Err(ConfigError::Syntax {
+                line: 3,
+                text: "smp 2".into()
+            })
         );
         assert_eq!(
             parse_config("[a]\nfile = a.elf\ncolour = red\n"),
-            Err(ConfigError::UnknownKey { line: 3, key: "colour".into() })
+            Err(ConfigError::UnknownKey {
+                line: 3,
+                key: "colour".into()
+            })
         );
         assert_eq!(
             parse_config("[a]\nfile = a.elf\ntimeout = soon\n"),
-            Err(ConfigError::BadNumber { line: 3, key: "timeout".into(), value: "soon".into() })
+            Err(ConfigError::BadNumber {
+                line: 3,
+                key: "timeout".into(),
+                value: "soon".into()
+            })
         );
         assert_eq!(
             parse_config("[a]\nfile = a.elf\n[a]\nfile = b.elf\n"),
-            Err(ConfigError::Duplicate { line: 3, name: "a".into() })
+            Err(ConfigError::Duplicate {
+                line: 3,
+                name: "a".into()
+            })
         );
         assert_eq!(
             parse_config("[a]\ngroups = x\n[b]\nfile = b.elf\n"),

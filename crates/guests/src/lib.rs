@@ -84,7 +84,12 @@ mod tests {
         assert!(!entries.is_empty());
         for e in &entries {
             let stem = e.file.trim_end_matches(".elf");
-            assert!(find(stem).is_some(), "[{}] names unbuilt kernel {}", e.name, e.file);
+            assert!(
+                find(stem).is_some(),
+                "[{}] names unbuilt kernel {}",
+                e.name,
+                e.file
+            );
         }
     }
 }

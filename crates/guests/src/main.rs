@@ -9,7 +9,12 @@ fn usage() -> ExitCode {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["list"] => {
             for g in guests::all() {
                 println!("{} {}", g.name, g.path);
@@ -23,7 +28,10 @@ fn main() -> ExitCode {
             }
             None => {
                 let known: Vec<&str> = guests::all().iter().map(|g| g.name).collect();
-                eprintln!("guests: no guest called {name:?}; built guests: {}", known.join(", "));
+                eprintln!(
+                    "guests: no guest called {name:?}; built guests: {}",
+                    known.join(", ")
+                );
                 ExitCode::FAILURE
             }
         },
