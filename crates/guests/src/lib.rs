@@ -4,9 +4,11 @@
 //! host gcc in 32-bit freestanding mode. They are Multiboot v1 ELF kernels that report
 //! kvm-unit-tests style lines on the serial port and end through the debug-exit port 0xF4,
 //! so QEMU and the monitor run them the same way. [`report`] parses their output and
-//! [`config`] reads `tests.cfg`, which lists how each test kernel is run.
+//! [`config`] reads `tests.cfg`, which lists how each test kernel is run; [`qemu`] runs
+//! a kernel under QEMU, the reference the monitor is compared with.
 
 pub mod config;
+pub mod qemu;
 pub mod report;
 
 pub use config::{parse_config, ConfigError, TestEntry};
