@@ -9,11 +9,22 @@ static void user_main(void)
 	user_return(0x600d);
 }
 
+#define MULTIBOOT_LOADER_MAGIC 0x2badb002
+#define MBI_FLAG_MEM (1u << 0)
+
 int main(u32 magic, const void *mbi)
 {
-	(void)mbi;
+	const u32 *info = mbi;
 	printf("demo guest: a 32-bit kernel booted by Multiboot (magic %x)\n", magic);
 	printf("command line: \"%s\"\n", cmdline());
+
+	report_prefix_push("multiboot");
+	report(magic == MULTIBOOT_LOADER_MAGIC, "loader magic 0x2badb002");
+	bool mem = magic == MULTIBOOT_LOADER_MAGIC && info && (info[0] & MBI_FLAG_MEM);
+	if (mem)
+		printf("  memory: %u KiB below 1 MiB, %u KiB above\n", info[1], info[2]);
+	report(mem && info[2] > 0, "memory information (requested by the header flags)");
+	report_prefix_pop();
 
 	report_prefix_push("sensitive");
 	struct pseudo_descriptor g;
