@@ -71,12 +71,14 @@ static void test_faults(void)
 	catch_begin(BP_VECTOR);
 	asm volatile("movl $8882f, %0\n\t" FAULT_ASM("int3") : "=m"(next));
 	handle_exception(BP_VECTOR, NULL);
+	fault_resume_eip = 0;
 	report(last_fault.count == 1 && last_fault.vector == BP_VECTOR && last_fault.eip == next &&
 		       last_fault.cs == KERNEL_CS,
 	       "#BP from INT3: vector 3, EIP after the instruction");
 	catch_begin(BP_VECTOR);
 	asm volatile("movl $8882f, %0\n\t" FAULT_ASM("int $3") : "=m"(next));
 	handle_exception(BP_VECTOR, NULL);
+	fault_resume_eip = 0;
 	report(last_fault.count == 1 && last_fault.vector == BP_VECTOR && last_fault.eip == next,
 	       "#BP from INT 3 (CD 03)");
 	catch_begin(4);
@@ -86,6 +88,7 @@ static void test_faults(void)
 		     :
 		     : "eax", "cc");
 	handle_exception(4, NULL);
+	fault_resume_eip = 0;
 	report(last_fault.count == 1 && last_fault.vector == 4 && last_fault.eip == next,
 	       "#OF from INTO with OF set");
 
