@@ -224,7 +224,7 @@ u32 far_ret_imm(void);
 u32 iret_same_level(u32 eflags);
 struct far_ptr jmp_target, call_target;
 
-/* Each helper reports the CS seen at the far target in far_cs_seen and returns the CS it
+/* Each routine reports the CS seen at the far target in far_cs_seen and returns the CS it
  * is back on afterwards. */
 asm(".text\n"
     "far_jmp_direct:\n\t"
