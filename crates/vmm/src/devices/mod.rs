@@ -5,6 +5,20 @@
 //! goes. The run loop owns one [`PortBus`] that maps port ranges to devices; IN/OUT exits
 //! are forwarded to [`PortBus::read`] and [`PortBus::write`].
 //!
+//! How the run loop drives the platform:
+//! - IN/OUT exit: [`PortBus::read`] / [`PortBus::write`]; a write returning
+//!   [`PortAction::Exit`] ends the run with [`ExitRequest::status`] as the host status.
+//! - Interrupts: devices drive [`PicLine`]s into the shared [`DualPic`]. Before entering
+//!   the guest, if its virtual IF is set and [`DualPic::has_pending`], take the vector
+//!   from [`DualPic::acknowledge`] and deliver it through the guest IDT.
+//! - Time: arm the host timer for [`Pit::next_deadline_ns`] (same clock as the PIT's) and
+//!   call [`Pit::poll`] after every exit and timer signal; a guest HLT sleeps until that
+//!   deadline or host input.
+//! - Input: bytes read from stdin go to [`SerialPort::enqueue_input`]; keep what did not fit.
+//!
+//! Lock order: a device's own lock, then the PIC's (devices raise interrupts while the
+//! bus holds their lock). Never access the bus or lock the PIT while holding the PIC.
+//!
 //! Typical platform assembly (single vCPU thread):
 //!
 //! ```
@@ -43,9 +57,11 @@ pub use clock::{Clock, MonotonicClock, SystemWallClock, WallClock};
 pub use cmos::{Cmos, CMOS_BASE, CMOS_PORT_LEN};
 pub use debug_exit::{DebugExit, ExitRequest, DEBUG_EXIT_BASE, DEBUG_EXIT_LEN};
 pub use irq::{IrqLine, PicLine};
-pub use pic::{register_pic, DualPic, ELCR_BASE, PIC_CASCADE_IRQ, PIC_MASTER_BASE, PIC_SLAVE_BASE};
+pub use pic::{
+    register_pic, DualPic, Pic8259, ELCR_BASE, PIC_CASCADE_IRQ, PIC_MASTER_BASE, PIC_SLAVE_BASE,
+};
 pub use pit::{
-    register_pit, Pit, PIT_BASE, PIT_CHANNELS, PIT_FREQUENCY_HZ, PIT_IRQ, PIT_PORT_LEN,
+    register_pit, Pit, PitChannel, PIT_BASE, PIT_CHANNELS, PIT_FREQUENCY_HZ, PIT_IRQ, PIT_PORT_LEN,
     SYSTEM_CONTROL_PORT_B,
 };
 pub use post::{PostPort, POST_PORT};

@@ -318,11 +318,17 @@ impl DualPic {
     }
 
     /// The interrupt-acknowledge cycle: returns the vector to deliver and moves the
-    /// request into service. `None` if INTR is not asserted (the CPU would not run an
-    /// INTA cycle). If the master passes the cascade input but the slave's request has
-    /// gone (masked or, for a level input, deasserted), the slave answers with its IRQ 15
-    /// vector without setting anything in service, as the real part does; the master's
-    /// IRQ 2 stays in service, which is why drivers send the master an EOI for it.
+    /// request into service.
+    ///
+    /// `None` if INTR is not asserted: the CPU samples INTR when it can take an interrupt
+    /// and runs no INTA cycle if it is low. On hardware a request withdrawn *during* the
+    /// INTA cycle gives the spurious IRQ 7 vector; here nothing runs between the sample and
+    /// the acknowledge, so that race cannot happen and `None` is the faithful answer.
+    /// The cascade keeps its real spurious case: the master latches the slave's edge on
+    /// input 2, so if the slave's request has gone by the INTA (masked, or a level input
+    /// deasserted) the slave answers with its IRQ 15 vector and sets nothing in service,
+    /// while the master's IRQ 2 stays in service, which is why drivers send the master an
+    /// EOI for a spurious IRQ 15.
     pub fn acknowledge(&mut self) -> Option<u8> {
         let line = self.master.pending_line(true)?;
         let vector = if line == PIC_CASCADE_IRQ {

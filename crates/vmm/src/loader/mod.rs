@@ -7,8 +7,6 @@
 
 pub mod multiboot;
 
-pub use multiboot::{load_multiboot, BootInfo, LoadError, MULTIBOOT_BOOTLOADER_MAGIC};
-
 /// End of conventional memory available to the OS: 639 KiB, the last KiB being the
 /// extended BIOS data area on a PC.
 pub const LOW_MEMORY_END: u32 = 0x9_fc00;

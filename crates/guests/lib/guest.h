@@ -1,0 +1,227 @@
+/* Shared library of the project's 32-bit test and demo guest kernels. */
+#ifndef GUEST_H
+#define GUEST_H
+
+#include <stdarg.h>
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+typedef int s32;
+typedef _Bool bool;
+#define true 1
+#define false 0
+#define NULL ((void *)0)
+
+/* Selectors of the library GDT; 0x33 (the host's 64-bit code selector) is outside it. */
+#define KERNEL_CS 0x08
+#define KERNEL_DS 0x10
+#define USER_CS (0x18 | 3)
+#define USER_DS (0x20 | 3)
+#define TSS_SEL 0x28
+#define GDT_BASE_ENTRIES 6
+#define GDT_MAX_ENTRIES 16
+
+#define EFLAGS_CF (1u << 0)
+#define EFLAGS_FIXED1 (1u << 1)
+#define EFLAGS_TF (1u << 8)
+#define EFLAGS_IF (1u << 9)
+#define EFLAGS_DF (1u << 10)
+#define EFLAGS_IOPL (3u << 12)
+
+#define CR0_PE (1u << 0)
+#define CR0_TS (1u << 3)
+#define CR0_ET (1u << 4)
+#define CR4_PSE (1u << 4)
+#define CR4_PCE (1u << 8)
+
+#define MSR_SYSENTER_CS 0x174
+#define MSR_SYSENTER_ESP 0x175
+#define MSR_SYSENTER_EIP 0x176
+
+#define DE_VECTOR 0
+#define DB_VECTOR 1
+#define BP_VECTOR 3
+#define UD_VECTOR 6
+#define NP_VECTOR 11
+#define GP_VECTOR 13
+#define PF_VECTOR 14
+#define IRQ_BASE 0x20
+#define SYSCALL_VECTOR 0x80
+
+/* The syscall number the library's INT 0x80 handler takes as "leave user mode". It is no
+ * host syscall number, so a leak to the host could never be mistaken for it. */
+#define SYS_RETURN_TO_KERNEL 0x4b524554
+
+#define SERIAL_PORT 0x3f8
+#define SERIAL_SCRATCH (SERIAL_PORT + 7)
+#define DEBUG_EXIT_PORT 0xf4
+#define PIT_HZ 1193182u
+
+/* Register frame built by the interrupt stubs (lib/entry.S); handlers may modify it. */
+struct frame {
+	u32 gs, fs, es, ds;
+	u32 edi, esi, ebp, esp_at_pusha, ebx, edx, ecx, eax;
+	u32 vector, error;
+	u32 eip, cs, eflags;
+	u32 user_esp, user_ss; /* only present when the interrupt came from CPL 3 */
+};
+
+struct descriptor {
+	u32 lo, hi;
+};
+
+struct pseudo_descriptor {
+	u16 limit;
+	u32 base;
+} __attribute__((packed));
+
+struct tss32 {
+	u32 link, esp0, ss0, esp1, ss1, esp2, ss2, cr3, eip, eflags;
+	u32 eax, ecx, edx, ebx, esp, ebp, esi, edi;
+	u32 es, cs, ss, ds, fs, gs, ldt;
+	u16 trap, iomap_base;
+} __attribute__((packed));
+
+typedef void (*handler_fn)(struct frame *f);
+
+/* libc subset */
+void *memset(void *d, int c, unsigned long n);
+void *memcpy(void *d, const void *s, unsigned long n);
+int memcmp(const void *a, const void *b, unsigned long n);
+unsigned long strlen(const char *s);
+int strncmp(const char *a, const char *b, unsigned long n);
+
+/* console */
+void serial_init(void);
+void putchar(char c);
+void puts(const char *s);
+int vsnprintf(char *buf, int size, const char *fmt, va_list ap);
+int printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+const char *cmdline(void);
+bool cmdline_has(const char *word);
+
+/* kvm-unit-tests style reporting */
+void report(bool ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void report_skip(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void report_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void report_prefix_push(const char *prefix);
+void report_prefix_pop(void);
+int report_summary(void);
+void exit(int code) __attribute__((noreturn));
+
+/* descriptor tables */
+extern struct descriptor gdt[GDT_MAX_ENTRIES];
+extern struct tss32 tss;
+struct descriptor make_segment(u32 base, u32 limit, u8 access, u8 flags);
+void gdt_load(unsigned entries);
+void idt_set_gate(int vector, u32 offset, u16 selector, u8 type, u8 dpl);
+void idt_load_default(void);
+u32 idt_stub(int vector);
+extern struct descriptor idt[256];
+void handle_exception(int vector, handler_fn fn);
+handler_fn get_handler(int vector);
+
+/* faults a test provokes on purpose: see lib/fault.c */
+struct fault_record {
+	u32 count, vector, error, eip, cs;
+};
+extern volatile struct fault_record last_fault;
+extern volatile u32 fault_resume_eip, fault_insn_eip;
+void expect_fault(int vector);
+void fault_clear(void);
+bool fault_seen(int vector, u32 error);
+void catch_begin(int vector);
+bool catch_end(int vector, u32 error);
+/* Wraps one faulting instruction: records its address, and where the handler resumes. */
+#define FAULT_ASM(insn)                                                                        \
+	"movl $8881f, fault_insn_eip\n\t"                                                      \
+	"movl $8882f, fault_resume_eip\n"                                                      \
+	"8881:\n\t" insn "\n"                                                                  \
+	"8882:\n\t"
+
+/* ring 3 */
+u32 run_user(void (*fn)(void), u32 eflags);
+void user_return(u32 value) __attribute__((noreturn));
+typedef void (*syscall_hook_fn)(struct frame *f);
+void set_syscall_hook(syscall_hook_fn fn);
+
+/* PIC / PIT */
+void pic_remap(void);
+void pic_mask_all(void);
+void pic_unmask(int irq);
+void pic_mask(int irq);
+void pic_eoi(int irq);
+void pit_start(u32 hz);
+void pit_stop(void);
+extern volatile u32 pit_ticks;
+void watchdog_arm(u32 ticks, const char *what);
+void watchdog_disarm(void);
+
+/* instructions */
+static inline void outb(u8 v, u16 port) { asm volatile("outb %0, %1" ::"a"(v), "Nd"(port)); }
+static inline void outw(u16 v, u16 port) { asm volatile("outw %0, %1" ::"a"(v), "Nd"(port)); }
+static inline void outl(u32 v, u16 port) { asm volatile("outl %0, %1" ::"a"(v), "Nd"(port)); }
+static inline u8 inb(u16 port)
+{
+	u8 v;
+	asm volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
+	return v;
+}
+static inline void cli(void) { asm volatile("cli" ::: "memory"); }
+static inline void sti(void) { asm volatile("sti" ::: "memory"); }
+static inline u32 read_eflags(void)
+{
+	u32 f;
+	asm volatile("pushfl; popl %0" : "=r"(f)::"memory");
+	return f;
+}
+static inline void write_eflags(u32 f) { asm volatile("pushl %0; popfl" ::"r"(f) : "memory", "cc"); }
+#define DEFINE_READ_CR(n)                                                                      \
+	static inline u32 read_cr##n(void)                                                     \
+	{                                                                                      \
+		u32 v;                                                                         \
+		asm volatile("mov %%cr" #n ", %0" : "=r"(v));                                  \
+		return v;                                                                      \
+	}                                                                                      \
+	static inline void write_cr##n(u32 v) { asm volatile("mov %0, %%cr" #n ::"r"(v) : "memory"); }
+DEFINE_READ_CR(0)
+DEFINE_READ_CR(2)
+DEFINE_READ_CR(3)
+DEFINE_READ_CR(4)
+static inline u64 rdmsr(u32 msr)
+{
+	u32 lo, hi;
+	asm volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(msr));
+	return ((u64)hi << 32) | lo;
+}
+static inline void wrmsr(u32 msr, u64 v)
+{
+	asm volatile("wrmsr" ::"c"(msr), "a"((u32)v), "d"((u32)(v >> 32)) : "memory");
+}
+static inline u64 rdtsc(void)
+{
+	u32 lo, hi;
+	asm volatile("rdtsc" : "=a"(lo), "=d"(hi));
+	return ((u64)hi << 32) | lo;
+}
+struct cpuid_result {
+	u32 a, b, c, d;
+};
+static inline struct cpuid_result cpuid(u32 leaf)
+{
+	struct cpuid_result r;
+	asm volatile("cpuid" : "=a"(r.a), "=b"(r.b), "=c"(r.c), "=d"(r.d) : "a"(leaf), "c"(0));
+	return r;
+}
+#define READ_SREG(s)                                                                           \
+	({                                                                                     \
+		u16 _v;                                                                        \
+		asm volatile("mov %%" #s ", %0" : "=r"(_v));                                   \
+		_v;                                                                            \
+	})
+
+int main(u32 magic, const void *mbi);
+
+#endif
