@@ -9,3 +9,4 @@ pub mod loader;
 pub mod memory;
 pub mod scan;
 pub mod vcpu;
+pub mod vm;

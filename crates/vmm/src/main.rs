@@ -7,11 +7,20 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use vmm::addr::GuestLinear;
 use vmm::scan::{self, ScanError, ScanOptions};
+use vmm::vm::{spawn_stdin_reader, RunOutcome, Vm, VmConfig};
 
 /// Exit status for a file that could not be scanned.
 const EXIT_INPUT_ERROR: u8 = 1;
-/// Exit status for a command line that cannot work, the same clap uses.
+/// Exit status for a command line that cannot work, the same clap uses; also for a
+/// kernel or memory size `vmm run` cannot use (odd statuses belong to the guest's
+/// debug-exit port).
 const EXIT_USAGE_ERROR: u8 = 2;
+/// Exit status when the monitor itself could not run the guest on this host.
+const EXIT_MONITOR_ERROR: u8 = 3;
+/// Number of trap sites `--stats` lists.
+const STATS_TOP_SITES: usize = 10;
+/// The smallest guest RAM `vmm run` accepts: a kernel loads at 1 MiB.
+const MIN_MEM_SIZE: u64 = 2 << 20;
 
 /// Runs unmodified 32-bit x86 guest kernels natively inside a Linux process.
 #[derive(Debug, Parser)]
@@ -31,6 +40,50 @@ enum Command {
     /// Exit status: 0 on success, 1 when the file cannot be scanned, 2 for a command line
     /// that cannot work (such as raw code without --base).
     Scan(ScanArgs),
+    /// Boot a Multiboot v1 guest kernel and run it natively until it stops.
+    ///
+    /// Without --kernel a built-in demo guest runs. The guest's serial port (COM1) is
+    /// this terminal. The exit status is the guest's debug-exit status
+    /// ((value << 1) | 1, written to port 0xF4, as QEMU's isa-debug-exit gives it), 0 when
+    /// the guest halts with interrupts disabled, 2 for a kernel or memory size that
+    /// cannot be used, 3 when the host cannot run guests, 4 when the guest failed
+    /// (triple fault, escape attempt, unsupported feature; a register dump is printed).
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The guest kernel: a Multiboot v1 image (ELF32 or a.out kludge).
+    #[arg(long, value_name = "FILE")]
+    kernel: Option<PathBuf>,
+    /// The kernel command line.
+    #[arg(long, value_name = "STR", default_value = "")]
+    append: String,
+    /// Guest RAM: bytes, or with a K, M or G suffix (binary units). At least 2M, below 4G.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "128M")]
+    mem: u64,
+    /// Print exit counts per reason and the hottest trap sites at exit (to stderr).
+    #[arg(long)]
+    stats: bool,
+    /// Write the same statistics as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    stats_json: Option<PathBuf>,
+}
+
+/// Parses a memory size: bytes, or a number with a K/M/G suffix (KiB, MiB, GiB).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("expected a size such as 128M, 1G or 4194304, got {text:?}"))?;
+    n.checked_mul(1 << shift).ok_or_else(|| format!("size {text:?} is too large"))
 }
 
 #[derive(Debug, Args)]
@@ -68,6 +121,117 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Scan(args) => scan_command(&args),
+        Command::Run(args) => run_command(args),
+    }
+}
+
+/// Prints an error with its chain of causes on one line.
+fn print_error(err: &dyn std::error::Error) {
+    let mut msg = format!("vmm: error: {err}");
+    let mut source = err.source();
+    while let Some(s) = source {
+        msg.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    eprintln!("{msg}");
+}
+
+fn run_command(args: RunArgs) -> ExitCode {
+    if args.mem < MIN_MEM_SIZE {
+        eprintln!("vmm: error: --mem {} is too small: a guest needs at least 2M", args.mem);
+        return ExitCode::from(EXIT_USAGE_ERROR);
+    }
+    let (kernel, kernel_name) = match &args.kernel {
+        Some(path) => match std::fs::read(path) {
+            Ok(bytes) => (bytes, path.display().to_string()),
+            Err(e) => {
+                eprintln!("vmm: error: cannot read kernel {}: {e}", path.display());
+                return ExitCode::from(EXIT_USAGE_ERROR);
+            }
+        },
+        None => (guests::demo_kernel().to_vec(), "the built-in demo guest".to_string()),
+    };
+    let config = VmConfig {
+        mem_size: args.mem,
+        kernel,
+        kernel_name,
+        cmdline: args.append.clone(),
+        serial_out: Box::new(io::stdout()),
+    };
+    let mut vm = match Vm::new(config) {
+        Ok(vm) => vm,
+        Err(e) => {
+            print_error(&e);
+            return ExitCode::from(EXIT_USAGE_ERROR);
+        }
+    };
+    let terminal = TerminalMode::enter();
+    let input = vm.serial_input();
+    let result = vm.run(|kicker| {
+        if let Err(e) = spawn_stdin_reader(input, kicker) {
+            eprintln!("vmm: warning: no serial input: {e}");
+        }
+    });
+    drop(terminal);
+    let _ = io::stdout().flush();
+    let outcome = match result {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            print_error(&e);
+            return ExitCode::from(EXIT_MONITOR_ERROR);
+        }
+    };
+    match &outcome {
+        RunOutcome::DebugExit { .. } => {}
+        RunOutcome::Shutdown { reason } => eprintln!("vmm: {reason}"),
+        RunOutcome::GuestFailure { reason, dump } => {
+            eprintln!("vmm: guest stopped: {reason}\n{dump}");
+        }
+    }
+    if args.stats {
+        eprint!("{}", vm.stats().render(&vm.counters(), STATS_TOP_SITES));
+    }
+    if let Some(path) = &args.stats_json {
+        let json = vm.stats().to_json(&vm.counters(), STATS_TOP_SITES);
+        if let Err(e) = std::fs::write(path, format!("{json:#}\n")) {
+            eprintln!("vmm: error: cannot write {}: {e}", path.display());
+            return ExitCode::from(EXIT_USAGE_ERROR);
+        }
+    }
+    ExitCode::from(outcome.exit_code() as u8)
+}
+
+/// The host terminal in the mode a serial console wants (no line buffering, no echo;
+/// Ctrl-C still stops the monitor), restored when dropped. Only when stdin is a terminal.
+struct TerminalMode {
+    saved: Option<nix::sys::termios::Termios>,
+}
+
+impl TerminalMode {
+    fn enter() -> Self {
+        use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+        let stdin = io::stdin();
+        let Ok(saved) = tcgetattr(&stdin) else {
+            return Self { saved: None };
+        };
+        let mut raw = saved.clone();
+        raw.local_flags.remove(LocalFlags::ICANON | LocalFlags::ECHO);
+        if tcsetattr(&stdin, SetArg::TCSANOW, &raw).is_err() {
+            return Self { saved: None };
+        }
+        Self { saved: Some(saved) }
+    }
+}
+
+impl Drop for TerminalMode {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.saved {
+            let _ = nix::sys::termios::tcsetattr(
+                io::stdin(),
+                nix::sys::termios::SetArg::TCSANOW,
+                saved,
+            );
+        }
     }
 }
 
@@ -125,6 +289,16 @@ mod tests {
         assert!(parse_address("-1").is_err());
         assert!(parse_address("0x").is_err());
         assert!(parse_address("ten").is_err());
+    }
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_size("128M"), Ok(128 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999999G").is_err());
     }
 
     #[test]

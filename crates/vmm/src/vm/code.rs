@@ -1,0 +1,322 @@
+//! Scan-before-execute over guest RAM (ARCHITECTURE.md §5).
+//!
+//! RAM is mapped without execute permission. The first instruction fetch from a page
+//! faults; the page is scanned from the fetch address (plus every entry point learnt for
+//! it), its sensitive instructions are patched into traps, and it becomes executable and
+//! read-only. A guest write to a scanned page faults; the page goes back to writable,
+//! non-executable, and when it is next executed its code is compared with what was
+//! scanned: changed code (loaded or self-modifying) is rescanned, and a page that only
+//! had data written next to its code is made executable again without a rescan.
+//!
+//! Addresses here are guest-physical: with paging off they equal the linear addresses
+//! the host mapping uses.
+
+use std::collections::{HashMap, HashSet};
+
+use rewriter::{scan_page, CodeMemory, CodeMemoryMut, PatchError, PatchTable, TRAP_BYTE};
+
+use crate::addr::{GuestLinear, GuestPhys, PAGE_SIZE};
+use crate::memory::{GuestRam, LinearSpace, MemoryError, Prot};
+
+/// Guest RAM seen as code by the rewriter.
+#[derive(Debug)]
+pub struct RamCode<'a>(pub &'a GuestRam);
+
+impl CodeMemory for RamCode<'_> {
+    fn read(&self, addr: u32, buf: &mut [u8]) -> usize {
+        let avail = self.0.size().saturating_sub(u64::from(addr));
+        let n = buf.len().min(usize::try_from(avail).unwrap_or(usize::MAX));
+        match self.0.read(GuestPhys(addr), &mut buf[..n]) {
+            Ok(()) => n,
+            Err(_) => 0,
+        }
+    }
+}
+
+impl CodeMemoryMut for RamCode<'_> {
+    fn write(&mut self, addr: u32, data: &[u8]) -> usize {
+        let avail = self.0.size().saturating_sub(u64::from(addr));
+        let n = data.len().min(usize::try_from(avail).unwrap_or(usize::MAX));
+        match self.0.write(GuestPhys(addr), &data[..n]) {
+            Ok(()) => n,
+            Err(_) => 0,
+        }
+    }
+}
+
+/// Why a page could not be made executable.
+#[derive(Debug, thiserror::Error)]
+pub enum CodeError {
+    /// The patcher refused a site.
+    #[error("patching page {page:#010x}")]
+    Patch {
+        /// The page.
+        page: u32,
+        /// What the patcher said.
+        #[source]
+        source: PatchError,
+    },
+    /// The host mapping could not be changed.
+    #[error("changing the host mapping of page {page:#010x}")]
+    Map {
+        /// The page.
+        page: u32,
+        /// What the mapping layer said.
+        #[source]
+        source: MemoryError,
+    },
+}
+
+/// Counters for `--stats`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CodeStats {
+    /// Pages scanned for the first time.
+    pub pages_scanned: u64,
+    /// Scans of pages that had been scanned before and whose code changed since.
+    pub rescans: u64,
+    /// Scanned pages parked (made writable) because the guest wrote to them.
+    pub parks: u64,
+    /// Parked pages made executable again without a rescan: the write did not touch
+    /// their code.
+    pub rearms: u64,
+}
+
+/// A scanned page's code as it was right after patching: every byte that belongs to an
+/// instruction the scan decoded, through the end of the last one (which may straddle into
+/// the next page). Data bytes between the code are not part of it, so writes to data
+/// that shares a page with code do not force a rescan.
+#[derive(Debug)]
+struct Snapshot {
+    /// `(offset from the page, bytes)` runs of code.
+    runs: Vec<(u32, Box<[u8]>)>,
+}
+
+impl Snapshot {
+    fn take(ram: &GuestRam, page: u32, starts: &[u32], end: u64) -> Self {
+        let mut bytes = vec![0u8; end.saturating_sub(u64::from(page)) as usize];
+        let n = RamCode(ram).read(page, &mut bytes);
+        bytes.truncate(n);
+        let mut runs: Vec<(u32, Box<[u8]>)> = Vec::new();
+        let mut run: Option<(u32, u32)> = None;
+        for &start in starts {
+            let off = start - page;
+            let len = instruction_len(&bytes, off);
+            match run {
+                Some((s, e)) if off <= e => run = Some((s, e.max(off + len))),
+                Some((s, e)) => {
+                    runs.push((s, bytes[s as usize..e as usize].into()));
+                    run = Some((off, off + len));
+                }
+                None => run = Some((off, off + len)),
+            }
+        }
+        if let Some((s, e)) = run {
+            let e = e.min(bytes.len() as u32);
+            runs.push((s, bytes[s as usize..e as usize].into()));
+        }
+        Self { runs }
+    }
+
+    fn straddles(&self) -> bool {
+        self.runs.last().is_some_and(|(off, b)| off + b.len() as u32 > PAGE_SIZE)
+    }
+
+    fn unchanged(&self, ram: &GuestRam, page: u32) -> bool {
+        self.runs.iter().all(|(off, bytes)| {
+            let mut now = vec![0u8; bytes.len()];
+            RamCode(ram).read(page + off, &mut now) == bytes.len() && now[..] == bytes[..]
+        })
+    }
+
+    fn byte(&self, off: u32) -> Option<u8> {
+        self.runs.iter().find_map(|(start, b)| {
+            off.checked_sub(*start).and_then(|i| b.get(i as usize).copied())
+        })
+    }
+}
+
+/// The length of the instruction at `off` in `bytes` (1 if it does not decode: the scan
+/// only reports starts it decoded, so that does not happen in practice).
+fn instruction_len(bytes: &[u8], off: u32) -> u32 {
+    let tail = bytes.get(off as usize..).unwrap_or(&[]);
+    let mut decoder = iced_x86::Decoder::new(32, tail, iced_x86::DecoderOptions::NONE);
+    let instr = decoder.decode();
+    if instr.is_invalid() {
+        1
+    } else {
+        instr.len() as u32
+    }
+}
+
+/// The scan state of guest RAM and the patch table.
+///
+/// A scanned page is *armed* (executable, read-only) or *parked* (writable, not
+/// executable, patches still in place). A write to an armed page parks it; the next
+/// fetch from a parked page compares it with its snapshot: unchanged code is armed again
+/// at once, changed code has its untouched trap bytes restored and is rescanned.
+#[derive(Debug, Default)]
+pub struct CodePages {
+    /// Armed pages.
+    armed: HashMap<u32, Snapshot>,
+    /// Parked pages.
+    parked: HashMap<u32, Snapshot>,
+    /// Pages that have ever been scanned (to tell rescans from first scans).
+    ever_scanned: HashSet<u32>,
+    /// Entry points learnt for each page: fetch addresses and direct branch targets from
+    /// other pages. A rescan starts from all of them.
+    entries: HashMap<u32, Vec<u32>>,
+    /// The patches in force, keyed by guest-physical address.
+    pub patches: PatchTable,
+    /// Counters.
+    pub stats: CodeStats,
+}
+
+fn page_of(addr: u32) -> u32 {
+    addr & !(PAGE_SIZE - 1)
+}
+
+fn map_err(page: u32) -> impl FnOnce(MemoryError) -> CodeError {
+    move |source| CodeError::Map { page, source }
+}
+
+/// Drops a page's patch entries, restoring an original byte only where the trap byte is
+/// still there and was there at scan time: a byte the guest rewrote is the guest's.
+struct Reconcile<'a> {
+    ram: &'a GuestRam,
+    page: u32,
+    snapshot: &'a Snapshot,
+}
+
+impl CodeMemory for Reconcile<'_> {
+    fn read(&self, addr: u32, buf: &mut [u8]) -> usize {
+        RamCode(self.ram).read(addr, buf)
+    }
+}
+
+impl CodeMemoryMut for Reconcile<'_> {
+    fn write(&mut self, addr: u32, data: &[u8]) -> usize {
+        let off = addr - self.page;
+        let mut now = [0u8; 1];
+        let unchanged = RamCode(self.ram).read(addr, &mut now) == 1
+            && now[0] == TRAP_BYTE
+            && self.snapshot.byte(off as u32) == Some(TRAP_BYTE);
+        if unchanged {
+            RamCode(self.ram).write(addr, data);
+        }
+        data.len()
+    }
+}
+
+impl CodePages {
+    /// Whether `addr`'s page is scanned and executable.
+    pub fn is_armed(&self, addr: u32) -> bool {
+        self.armed.contains_key(&page_of(addr))
+    }
+
+    fn learn_entry(&mut self, addr: u32) {
+        let list = self.entries.entry(page_of(addr)).or_default();
+        if !list.contains(&addr) {
+            list.push(addr);
+        }
+    }
+
+    /// A fetch from a page that is not executable: arm it again if it is parked and its
+    /// code is unchanged; otherwise scan it, patch it, and map it execute + read-only.
+    ///
+    /// # Errors
+    /// [`CodeError`] when patching or remapping failed (a monitor-side failure).
+    pub fn on_fetch(
+        &mut self,
+        ram: &GuestRam,
+        space: &mut LinearSpace,
+        fetch: u32,
+    ) -> Result<(), CodeError> {
+        let page = page_of(fetch);
+        self.learn_entry(fetch);
+        if let Some(snapshot) = self.parked.remove(&page) {
+            if snapshot.unchanged(ram, page) {
+                self.stats.rearms += 1;
+                space.protect(GuestLinear(page), PAGE_SIZE, Prot::RX).map_err(map_err(page))?;
+                self.armed.insert(page, snapshot);
+                return Ok(());
+            }
+            let mut reconcile = Reconcile { ram, page, snapshot: &snapshot };
+            self.patches.revert_page(&mut reconcile, page);
+        }
+        let entries = self.entries.get(&page).cloned().unwrap_or_default();
+        let scan = {
+            let mem = RamCode(ram);
+            scan_page(&self.patches.unpatched(&mem), page, &entries)
+        };
+        self.patches
+            .patch(&mut RamCode(ram), &scan)
+            .map_err(|source| CodeError::Patch { page, source })?;
+        for &target in &scan.exits {
+            if page_of(target) != page {
+                self.learn_entry(target);
+            }
+        }
+        if self.ever_scanned.insert(page) {
+            self.stats.pages_scanned += 1;
+        } else {
+            self.stats.rescans += 1;
+        }
+        let snapshot = Snapshot::take(ram, page, &scan.starts, scan.straddle_end);
+        self.armed.insert(page, snapshot);
+        space.protect(GuestLinear(page), PAGE_SIZE, Prot::RX).map_err(map_err(page))
+    }
+
+    /// A write to `addr` in an armed page: park the page (writable, not executable), and
+    /// the previous page too when its last instruction runs into this one.
+    ///
+    /// # Errors
+    /// [`CodeError::Map`] when the host mapping could not be changed.
+    pub fn on_write(
+        &mut self,
+        space: &mut LinearSpace,
+        addr: u32,
+    ) -> Result<(), CodeError> {
+        let page = page_of(addr);
+        self.park(space, page, Prot::RW)?;
+        if let Some(prev) = page.checked_sub(PAGE_SIZE) {
+            if self.armed.get(&prev).is_some_and(Snapshot::straddles) {
+                self.park(space, prev, Prot::R)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn park(&mut self, space: &mut LinearSpace, page: u32, prot: Prot) -> Result<(), CodeError> {
+        let Some(snapshot) = self.armed.remove(&page) else {
+            return Ok(());
+        };
+        self.parked.insert(page, snapshot);
+        self.stats.parks += 1;
+        space.protect(GuestLinear(page), PAGE_SIZE, prot).map_err(map_err(page))
+    }
+
+    /// Makes a parked page writable *and* executable, patches in place, so that the one
+    /// instruction that writes to its own page can be single-stepped.
+    ///
+    /// # Errors
+    /// [`CodeError::Map`] when the host mapping could not be changed.
+    pub fn open_for_step(&mut self, space: &mut LinearSpace, page: u32) -> Result<(), CodeError> {
+        space.protect(GuestLinear(page), PAGE_SIZE, Prot::RWX).map_err(map_err(page))
+    }
+
+    /// Ends a single step: the page goes back to writable, not executable.
+    ///
+    /// # Errors
+    /// [`CodeError::Map`] when the host mapping could not be changed.
+    pub fn close_after_step(&mut self, space: &mut LinearSpace, page: u32) -> Result<(), CodeError> {
+        space.protect(GuestLinear(page), PAGE_SIZE, Prot::RW).map_err(map_err(page))
+    }
+
+    /// Copies guest RAM at `addr` into `buf` as the guest wrote it: trap bytes replaced by
+    /// the originals. Returns how many bytes were readable.
+    pub fn read_original(&self, ram: &GuestRam, addr: u32, buf: &mut [u8]) -> usize {
+        let n = RamCode(ram).read(addr, buf);
+        self.patches.overlay_originals(addr, &mut buf[..n]);
+        n
+    }
+}

@@ -1,0 +1,135 @@
+//! Host LDT mirrors of the guest's segment registers (ARCHITECTURE.md §4).
+//!
+//! Each guest segment register has its own host LDT slot. The slot holds the mirror of the
+//! descriptor the register's cache was loaded from (DPL forced to 3 by the host), and the
+//! host selector of that slot is what the CPU runs with. `modify_ldt` is a syscall, so a
+//! slot is rewritten only when the mirror changed.
+
+use crate::hostcpu::ldt::{self, LdtDescriptor, LdtError, SegmentKind};
+use crate::hostcpu::GuestContext;
+use crate::vcpu::{mirror_of, MirrorDescriptor, SegReg, VcpuState};
+
+/// Host LDT slot of the first mirror; slot 0 stays empty so that no guest state can ever
+/// be confused with a null selector.
+const FIRST_SLOT: u16 = 1;
+
+/// The host selector that loads the mirror slot of `reg`.
+pub const fn mirror_selector(reg: SegReg) -> u16 {
+    ldt::ldt_selector(FIRST_SLOT + reg as u16)
+}
+
+/// What is installed in each mirror slot, so unchanged mirrors cost no syscall.
+#[derive(Debug, Default)]
+pub struct Mirrors {
+    installed: [Option<LdtDescriptor>; 6],
+    /// The host selector each register runs with.
+    selectors: [u16; 6],
+    /// modify_ldt calls made (for --stats).
+    pub writes: u64,
+}
+
+/// The host descriptor for a mirror. Conforming code becomes non-conforming: the host
+/// refuses conforming LDT code segments, and at a single host privilege level the two
+/// behave alike.
+pub fn host_descriptor(m: &MirrorDescriptor) -> LdtDescriptor {
+    let (limit, limit_in_pages) = m.encoded_limit();
+    let kind = if m.code {
+        SegmentKind::Code { readable: m.readable }
+    } else {
+        SegmentKind::Data { writable: m.writable, expand_down: m.expand_down_or_conforming }
+    };
+    LdtDescriptor {
+        base: m.base,
+        limit,
+        limit_in_pages,
+        seg_32bit: m.db,
+        kind,
+        present: m.present,
+        useable: false,
+    }
+}
+
+impl Mirrors {
+    /// Installs the mirrors of the registers in `dirty` (bit `SegReg as u8`) for the
+    /// guest's current CPL and stores the host selectors in `ctx`. A data register whose
+    /// mirror is not present runs with the null selector, so any access through it faults
+    /// natively (#GP), as it would for the guest.
+    ///
+    /// # Errors
+    /// The host refused an LDT write.
+    pub fn sync(
+        &mut self,
+        state: &VcpuState,
+        dirty: u8,
+        user_clamp: Option<u32>,
+        ctx: &mut GuestContext,
+    ) -> Result<(), LdtError> {
+        let cpl = state.cpl();
+        for reg in SegReg::ALL {
+            if dirty & (1 << reg as u8) == 0 {
+                continue;
+            }
+            let m = mirror_of(state.sreg(reg), cpl, user_clamp);
+            let selector = if m.present || matches!(reg, SegReg::Cs | SegReg::Ss) {
+                let desc = host_descriptor(&m);
+                let slot = &mut self.installed[reg as usize];
+                if *slot != Some(desc) {
+                    ldt::set_ldt_entry(FIRST_SLOT + reg as u16, &desc)?;
+                    *slot = Some(desc);
+                    self.writes += 1;
+                }
+                mirror_selector(reg)
+            } else {
+                0
+            };
+            self.selectors[reg as usize] = selector;
+        }
+        self.apply(ctx);
+        Ok(())
+    }
+
+    /// Stores the host selectors of all six registers in `ctx`. Done before every entry:
+    /// a segment load the rewriter missed must not outlive the exit that follows it.
+    pub fn apply(&self, ctx: &mut GuestContext) {
+        let s = &self.selectors;
+        ctx.es = s[SegReg::Es as usize];
+        ctx.cs = s[SegReg::Cs as usize];
+        ctx.ss = s[SegReg::Ss as usize];
+        ctx.ds = s[SegReg::Ds as usize];
+        ctx.fs = s[SegReg::Fs as usize];
+        ctx.gs = s[SegReg::Gs as usize];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flat_segments_mirror_to_flat_host_descriptors() {
+        let state = VcpuState::multiboot_entry(0x10_0000, 0, 0);
+        let code = host_descriptor(&mirror_of(state.sreg(SegReg::Cs), 0, None));
+        assert_eq!(code, LdtDescriptor::flat_code32());
+        let data = host_descriptor(&mirror_of(state.sreg(SegReg::Ds), 0, None));
+        assert_eq!(data, LdtDescriptor::flat_data32());
+    }
+
+    #[test]
+    fn user_clamp_cuts_the_limit_below_the_kernel() {
+        let mut state = VcpuState::multiboot_entry(0x10_0000, 0, 0);
+        state.sreg_mut(SegReg::Cs).selector = 0x1b;
+        let m = mirror_of(state.sreg(SegReg::Ds), 3, Some(0xc000_0000));
+        let d = host_descriptor(&m);
+        assert!(d.limit_in_pages);
+        assert_eq!(d.limit, 0xbffff);
+    }
+
+    #[test]
+    fn selectors_are_distinct_ldt_rpl3() {
+        let sels: Vec<u16> = SegReg::ALL.iter().map(|r| mirror_selector(*r)).collect();
+        for (i, s) in sels.iter().enumerate() {
+            assert_eq!(s & 7, 7, "LDT, RPL 3");
+            assert!(!sels[..i].contains(s));
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! The PC platform of a VM: the port bus and the devices on it, the timer that drives
+//! the PIT, and serial input from the host.
+
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
+
+use crate::devices::{
+    register_pic, register_pit, BusError, Clock, Cmos, DebugExit, DualPic, MonotonicClock,
+    PicLine, Pit, PortBus, PostPort, SerialPort, SystemWallClock, CMOS_BASE, CMOS_PORT_LEN,
+    COM1_BASE, COM1_IRQ, DEBUG_EXIT_BASE, DEBUG_EXIT_LEN, PIT_IRQ, POST_PORT, SERIAL_PORT_LEN,
+};
+use crate::hostcpu::timer::Kicker;
+
+use super::lock;
+
+/// The system PIT, counting host monotonic time.
+pub type SystemPit = Pit<MonotonicClock, PicLine>;
+/// COM1, writing to wherever the VM's serial output goes.
+pub type Com1 = SerialPort<PicLine, Box<dyn Write + Send>>;
+
+/// The devices of one VM.
+pub struct Platform {
+    /// The port bus the emulator's IN/OUT reach.
+    pub ports: PortBus,
+    /// The 8259A pair.
+    pub pic: Arc<Mutex<DualPic>>,
+    /// The 8254.
+    pub pit: Arc<Mutex<SystemPit>>,
+    /// COM1.
+    pub serial: Arc<Mutex<Com1>>,
+}
+
+impl Platform {
+    /// Builds the PC devices: PIC pair, PIT (with port B), COM1, CMOS/RTC, the
+    /// debug-exit port at 0xF4 and the POST port.
+    ///
+    /// # Errors
+    /// [`BusError`] if two devices claim the same ports (a monitor bug).
+    pub fn new(
+        clock: MonotonicClock,
+        serial_out: Box<dyn Write + Send>,
+        ram_size: u64,
+    ) -> Result<Self, BusError> {
+        let pic = Arc::new(Mutex::new(DualPic::new()));
+        let pit = Arc::new(Mutex::new(Pit::new(clock, PicLine::new(&pic, PIT_IRQ))));
+        let serial = Arc::new(Mutex::new(SerialPort::new(PicLine::new(&pic, COM1_IRQ), serial_out)));
+        let mut cmos = Cmos::new(SystemWallClock);
+        cmos.set_memory_size(ram_size);
+        let mut ports = PortBus::new();
+        register_pic(&mut ports, &pic)?;
+        register_pit(&mut ports, &pit)?;
+        ports.insert(COM1_BASE, SERIAL_PORT_LEN, serial.clone())?;
+        ports.insert(DEBUG_EXIT_BASE, DEBUG_EXIT_LEN, Arc::new(Mutex::new(DebugExit::new())))?;
+        ports.insert(POST_PORT, 1, Arc::new(Mutex::new(PostPort::new())))?;
+        ports.insert(CMOS_BASE, CMOS_PORT_LEN, Arc::new(Mutex::new(cmos)))?;
+        Ok(Self { ports, pic, pit, serial })
+    }
+
+    /// Advances the PIT to the clock's present (raising IRQ 0 on the PIC for its edges).
+    pub fn poll(&self, clock: &MonotonicClock) {
+        lock(&self.pit).poll(clock.now_ns());
+    }
+
+    /// A handle that feeds COM1 from another thread.
+    pub fn serial_input(&self) -> SerialInput {
+        SerialInput { serial: self.serial.clone() }
+    }
+}
+
+/// Feeds bytes into COM1's receiver from another thread.
+#[derive(Clone)]
+pub struct SerialInput {
+    serial: Arc<Mutex<Com1>>,
+}
+
+impl std::fmt::Debug for SerialInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SerialInput")
+    }
+}
+
+impl SerialInput {
+    /// Queues as much of `bytes` as the receive FIFO takes; returns how many it took.
+    pub fn feed(&self, bytes: &[u8]) -> usize {
+        lock(&self.serial).enqueue_input(bytes)
+    }
+}
+
+/// Reads the host's standard input on a thread of its own and feeds it to COM1, kicking
+/// the vCPU so the receive interrupt is delivered promptly. Ends at end of input.
+pub fn spawn_stdin_reader(input: SerialInput, vcpu: Kicker) -> std::io::Result<()> {
+    std::thread::Builder::new().name("serial-stdin".into()).spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = [0u8; 256];
+        loop {
+            let n = match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let mut rest = &buf[..n];
+            while !rest.is_empty() {
+                let took = input.feed(rest);
+                rest = &rest[took..];
+                let _ = vcpu.kick();
+                if took == 0 {
+                    // The FIFO is full: the guest has not drained it yet.
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
+        }
+    })?;
+    Ok(())
+}
