@@ -3,6 +3,7 @@
 
 mod access;
 pub mod code;
+mod confine;
 pub mod context;
 mod exits;
 pub mod guest_bus;
@@ -238,7 +239,8 @@ impl Vm {
     ///
     /// Before the first guest instruction the seccomp backstop is installed (it is never
     /// lifted: every later thread of the process inherits it) and CPUID faulting is turned
-    /// on.
+    /// on where the host has it. `on_start` runs next (to start device threads); then every
+    /// thread of the process is held to the monitor's syscall allowlist for good.
     ///
     /// # Errors
     /// [`VmError`] for monitor-side failures; guest misbehaviour is a [`RunOutcome`].
@@ -248,6 +250,7 @@ impl Vm {
         self.cpuid_faulting = hostcpu::cpuid::enable_cpuid_faulting().is_ok();
         let timer = VcpuTimer::new(&cpu.kicker())?;
         on_start(cpu.kicker());
+        confine::install_monitor_allowlist()?;
         self.mirrors.sync(&self.state, 0x3f, None, &mut self.ctx)?;
         loop {
             self.platform.poll(&self.clock);

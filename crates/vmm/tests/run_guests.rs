@@ -1,0 +1,176 @@
+//! `vmm run` as a user runs it: every guest kernel of the repository boots natively
+//! under the monitor and its own checks pass; statistics, bad input and a triple-faulting
+//! guest behave as documented.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use guests::{parse_config, parse_report, tests_cfg};
+
+const VMM: &str = env!("CARGO_BIN_EXE_vmm");
+/// Exit status of coreutils `timeout` when it had to stop the command.
+const TIMED_OUT: i32 = 124;
+
+/// `vmm run` under coreutils `timeout`, so a hung guest cannot hang the suite.
+fn vmm_with_timeout(timeout_s: u32) -> Command {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["--kill-after=5", &timeout_s.to_string(), VMM, "run"]);
+    cmd
+}
+
+fn vmm() -> Command {
+    vmm_with_timeout(60)
+}
+
+/// A finished run: exit status and stdout followed by stderr.
+struct Run {
+    status: Option<i32>,
+    output: String,
+}
+
+fn run(mut cmd: Command) -> Run {
+    let out = cmd.stdin(Stdio::null()).output().expect("vmm starts");
+    let status = out.status.code();
+    assert_ne!(status, Some(TIMED_OUT), "vmm timed out");
+    let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
+    output.push_str(&String::from_utf8_lossy(&out.stderr));
+    Run { status, output }
+}
+
+fn kernel(name: &str) -> &'static str {
+    guests::find(name).unwrap_or_else(|| panic!("no built guest {name}")).path
+}
+
+/// Every kernel in tests.cfg, run one after another (each VM reserves the low 4 GiB of
+/// its own process, so they could run in parallel; the machine has two cores).
+#[test]
+fn every_test_kernel_passes_under_vmm() {
+    let entries = parse_config(tests_cfg()).expect("tests.cfg parses");
+    assert!(entries.len() >= 4);
+    let mut failures = Vec::new();
+    for entry in &entries {
+        let name = entry.file.strip_suffix(".elf").unwrap_or(&entry.file);
+        let mut cmd = vmm_with_timeout(entry.timeout);
+        cmd.args(["--kernel", kernel(name), "--append", &entry.append]);
+        let out = run(cmd);
+        let report = parse_report(&out.output);
+        let status = out.status;
+        println!(
+            "{name:<12} {:>4} passed {:>3} failed {:>3} skipped  exit {status:?}",
+            report.passed, report.failed, report.skipped
+        );
+        if status != Some(entry.expect_exit) || !report.all_passed() || report.passed == 0 {
+            let failed: Vec<_> = report
+                .checks
+                .iter()
+                .filter(|(_, o)| *o == guests::Outcome::Fail)
+                .map(|(n, _)| n.clone())
+                .collect();
+            failures.push(format!(
+                "{name}: exit {status:?} (expected {}), failed checks {failed:?}\n{}",
+                entry.expect_exit, out.output
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn demo_guest_runs_without_arguments_and_prints_stats() {
+    let json = std::env::temp_dir().join(format!("vmm-stats-{}.json", std::process::id()));
+    let mut cmd = vmm();
+    cmd.args(["--stats", "--stats-json"]).arg(&json);
+    let out = run(cmd);
+    assert_eq!(out.status, Some(1), "{}", out.output);
+    let report = parse_report(&out.output);
+    assert!(report.all_passed() && report.passed > 0, "{}", out.output);
+    // Serial output and the statistics both reach the combined output.
+    for row in ["exits by reason", "rewrite_trap", "port_io", "total", "top trap sites"] {
+        assert!(out.output.contains(row), "no {row:?} in:\n{}", out.output);
+    }
+    let text = std::fs::read_to_string(&json).expect("stats JSON written");
+    let _ = std::fs::remove_file(&json);
+    let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    assert!(v["exits"]["rewrite_trap"].as_u64().unwrap_or(0) > 0, "{text}");
+    assert!(v["total_exits"].as_u64().unwrap_or(0) > 0, "{text}");
+    assert!(v["counters"]["pages_scanned"].as_u64().unwrap_or(0) > 0, "{text}");
+}
+
+/// The status and combined output of `vmm run ARGS`.
+fn run_args(args: &[&str]) -> (Option<i32>, String) {
+    let mut cmd = vmm();
+    cmd.args(args);
+    let out = run(cmd);
+    (out.status, out.output)
+}
+
+#[test]
+fn bad_input_is_refused_with_a_clear_error() {
+    let dir = std::env::temp_dir().join(format!("vmm-bad-input-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let garbage = dir.join("garbage.bin");
+    std::fs::write(&garbage, vec![0x5au8; 20_000]).unwrap();
+    let missing = dir.join("no-such-kernel.elf");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--kernel".into(), path(&missing)], "no-such-kernel.elf"),
+        (vec!["--kernel".into(), path(&garbage)], "garbage.bin"),
+        (vec!["--mem".into(), "1M".into()], "too small"),
+        (vec!["--mem".into(), "4G".into()], "below 4 GiB"),
+        (vec!["--mem".into(), "lots".into()], "size"),
+        (vec!["--mem".into(), "3000000".into()], "multiple of 4 KiB"),
+    ];
+    for (args, needle) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (status, output) = run_args(&args);
+        assert_eq!(status, Some(2), "{args:?}: {output}");
+        assert!(output.contains("error"), "{args:?}: {output}");
+        assert!(output.contains(needle), "{args:?} should mention {needle:?}: {output}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn path(p: &std::path::Path) -> String {
+    p.display().to_string()
+}
+
+/// A Multiboot kernel (a.out kludge) that loads an empty IDT and executes INT3: the
+/// breakpoint cannot be delivered (#GP), nor can the #GP (#DF), nor the #DF — a triple
+/// fault.
+fn triple_fault_kernel() -> Vec<u8> {
+    const BASE: u32 = 0x10_0000;
+    const MAGIC: u32 = 0x1bad_b002;
+    const AOUT_KLUDGE: u32 = 1 << 16;
+    let mut image = Vec::new();
+    for word in [
+        MAGIC,
+        AOUT_KLUDGE,
+        0u32.wrapping_sub(MAGIC.wrapping_add(AOUT_KLUDGE)),
+        BASE,        // header_addr
+        BASE,        // load_addr
+        0,           // load_end_addr: the whole file
+        0,           // bss_end_addr: none
+        BASE + 0x20, // entry_addr
+    ] {
+        image.extend_from_slice(&word.to_le_bytes());
+    }
+    // lidt [BASE + 0x40]; int3; jmp $
+    image.extend_from_slice(&[0x0f, 0x01, 0x1d]);
+    image.extend_from_slice(&(BASE + 0x40).to_le_bytes());
+    image.extend_from_slice(&[0xcc, 0xeb, 0xfe]);
+    image.resize(0x40, 0x90);
+    // IDTR image: limit 0, base 0.
+    image.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    image
+}
+
+#[test]
+fn triple_fault_stops_with_a_register_dump() {
+    let file: PathBuf = std::env::temp_dir().join(format!("vmm-triple-{}.bin", std::process::id()));
+    std::fs::write(&file, triple_fault_kernel()).unwrap();
+    let (status, output) = run_args(&["--kernel", &path(&file)]);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(status, Some(4), "{output}");
+    assert!(output.contains("triple fault"), "{output}");
+    assert!(output.contains("EIP=00100027"), "the dump shows the faulting INT3: {output}");
+    assert!(output.contains("IDT=00000000/0000"), "{output}");
+}
