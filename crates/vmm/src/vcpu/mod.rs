@@ -94,11 +94,19 @@ pub struct Fault {
 impl Fault {
     /// A fault without error code (e.g. #UD, #DE).
     pub const fn new(vector: u8) -> Self {
-        Self { vector, error_code: None, cr2: None }
+        Self {
+            vector,
+            error_code: None,
+            cr2: None,
+        }
     }
     /// A fault with error code.
     pub const fn with_code(vector: u8, code: u32) -> Self {
-        Self { vector, error_code: Some(code), cr2: None }
+        Self {
+            vector,
+            error_code: Some(code),
+            cr2: None,
+        }
     }
     /// #GP with the given error code.
     pub const fn gp(code: u32) -> Self {
@@ -126,7 +134,11 @@ impl Fault {
     }
     /// #PF at `addr` with the page-fault error code (P, W/R, U/S, RSVD, I/D bits).
     pub const fn page_fault(addr: GuestLinear, code: u32) -> Self {
-        Self { vector: Exception::PF, error_code: Some(code), cr2: Some(addr) }
+        Self {
+            vector: Exception::PF,
+            error_code: Some(code),
+            cr2: Some(addr),
+        }
     }
 }
 

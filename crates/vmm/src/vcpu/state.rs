@@ -127,8 +127,14 @@ pub enum SegReg {
 
 impl SegReg {
     /// All six, in encoding order.
-    pub const ALL: [SegReg; 6] =
-        [SegReg::Es, SegReg::Cs, SegReg::Ss, SegReg::Ds, SegReg::Fs, SegReg::Gs];
+    pub const ALL: [SegReg; 6] = [
+        SegReg::Es,
+        SegReg::Cs,
+        SegReg::Ss,
+        SegReg::Ds,
+        SegReg::Fs,
+        SegReg::Gs,
+    ];
 
     /// The segment register an iced register names, if it is one.
     pub fn from_iced(reg: iced_x86::Register) -> Option<Self> {
@@ -437,8 +443,14 @@ impl VcpuState {
             cr2: 0,
             cr3: 0,
             cr4: 0,
-            gdtr: TableReg { base: 0, limit: 0xffff },
-            idtr: TableReg { base: 0, limit: 0xffff },
+            gdtr: TableReg {
+                base: 0,
+                limit: 0xffff,
+            },
+            idtr: TableReg {
+                base: 0,
+                limit: 0xffff,
+            },
             ldtr,
             tr,
             dr: [0, 0, 0, 0, 0, 0, DR6_INIT, DR7_INIT],

@@ -10,7 +10,10 @@ use iced_x86::{Code, Instruction, Register};
 
 /// MOV to or from a control or debug register.
 pub(crate) fn is_cr_dr_mov(i: &Instruction) -> bool {
-    matches!(i.code(), Code::Mov_r32_cr | Code::Mov_cr_r32 | Code::Mov_r32_dr | Code::Mov_dr_r32)
+    matches!(
+        i.code(),
+        Code::Mov_r32_cr | Code::Mov_cr_r32 | Code::Mov_r32_dr | Code::Mov_dr_r32
+    )
 }
 
 /// CR0 bits whose change alters how guest linear addresses translate.
@@ -30,7 +33,11 @@ const DR7_WRITABLE: u32 = 0xffff_23ff;
 pub(crate) fn mov(s: &mut VcpuState, cx: &Ctx<'_>) -> Res {
     let i = cx.instr;
     let to_reg = matches!(i.code(), Code::Mov_r32_cr | Code::Mov_r32_dr);
-    let (gpr, special) = if to_reg { (i.op_register(0), i.op_register(1)) } else { (i.op_register(1), i.op_register(0)) };
+    let (gpr, special) = if to_reg {
+        (i.op_register(0), i.op_register(1))
+    } else {
+        (i.op_register(1), i.op_register(0))
+    };
     require_cpl0(s)?;
     let mut e = Effects::NONE;
     if special.is_cr() {
@@ -49,7 +56,9 @@ pub(crate) fn mov(s: &mut VcpuState, cx: &Ctx<'_>) -> Res {
             match n {
                 0 => {
                     let new = (v & cr0::DEFINED) | cr0::ET;
-                    if (new & cr0::PG != 0 && new & cr0::PE == 0) || (new & cr0::NW != 0 && new & cr0::CD == 0) {
+                    if (new & cr0::PG != 0 && new & cr0::PE == 0)
+                        || (new & cr0::NW != 0 && new & cr0::CD == 0)
+                    {
                         return Err(Fault::gp0().into());
                     }
                     e.paging_mode_changed = (new ^ s.cr0) & CR0_PAGING != 0;
@@ -101,7 +110,10 @@ pub(crate) fn mov(s: &mut VcpuState, cx: &Ctx<'_>) -> Res {
 pub(crate) fn hlt(s: &mut VcpuState) -> Res {
     require_cpl0(s)?;
     s.halted = true;
-    Ok(Outcome::Next(Effects { halted: true, ..Effects::NONE }))
+    Ok(Outcome::Next(Effects {
+        halted: true,
+        ..Effects::NONE
+    }))
 }
 
 /// CLTS: CPL 0; clears CR0.TS.
@@ -114,7 +126,10 @@ pub(crate) fn clts(s: &mut VcpuState) -> Res {
 /// INVD/WBINVD: CPL 0; host memory is coherent, the flush is reported for tracing.
 pub(crate) fn cache(s: &mut VcpuState) -> Res {
     require_cpl0(s)?;
-    Ok(Outcome::Next(Effects { cache_flush: true, ..Effects::NONE }))
+    Ok(Outcome::Next(Effects {
+        cache_flush: true,
+        ..Effects::NONE
+    }))
 }
 
 /// INVLPG m: CPL 0; invalidates the translation of the operand's linear address
@@ -125,7 +140,10 @@ pub(crate) fn invlpg(s: &mut VcpuState, cx: &Ctx<'_>) -> Res {
     };
     require_cpl0(s)?;
     let addr = GuestLinear(s.sreg(seg).base.wrapping_add(off));
-    Ok(Outcome::Next(Effects { invlpg: Some(addr), ..Effects::NONE }))
+    Ok(Outcome::Next(Effects {
+        invlpg: Some(addr),
+        ..Effects::NONE
+    }))
 }
 
 #[cfg(test)]
@@ -153,7 +171,10 @@ mod tests {
         assert_eq!(emulate(&mut s, &mut bus, &i), Err(Fault::gp0()));
         // mov eax, cr0 (0F 20 C0) from CPL 3: #GP(0).
         bus.enter_user(&mut s);
-        assert_eq!(exec(&mut s, &mut bus, &[0x0f, 0x20, 0xc0]), Err(Fault::gp0()));
+        assert_eq!(
+            exec(&mut s, &mut bus, &[0x0f, 0x20, 0xc0]),
+            Err(Fault::gp0())
+        );
     }
 
     #[test]
@@ -172,7 +193,13 @@ mod tests {
         assert_eq!(emulate(&mut s, &mut bus, &i), Err(Fault::gp0()));
         s.gpr[gpr::EAX] = 0x1000;
         let r = exec(&mut s, &mut bus, &[0x0f, 0x01, 0x38]).unwrap(); // invlpg [eax]
-        assert_eq!(r, Emulated::Done(Effects { invlpg: Some(GuestLinear(0x1000)), ..Effects::NONE }));
+        assert_eq!(
+            r,
+            Emulated::Done(Effects {
+                invlpg: Some(GuestLinear(0x1000)),
+                ..Effects::NONE
+            })
+        );
     }
 
     #[test]
@@ -188,7 +215,10 @@ mod tests {
         exec(&mut s, &mut bus, &[0x0f, 0x23, 0xf0]).unwrap();
         assert_eq!(s.dr[6], 0xffff_0ff0);
         s.cr4 |= cr4::DE;
-        assert_eq!(exec(&mut s, &mut bus, &[0x0f, 0x21, 0xe9]), Err(Fault::ud()));
+        assert_eq!(
+            exec(&mut s, &mut bus, &[0x0f, 0x21, 0xe9]),
+            Err(Fault::ud())
+        );
     }
 
     #[test]

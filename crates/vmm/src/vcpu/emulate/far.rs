@@ -14,8 +14,14 @@ use iced_x86::{Code, Instruction, Mnemonic};
 pub(crate) fn is_far(i: &Instruction) -> bool {
     matches!(
         i.code(),
-        Code::Jmp_ptr1616 | Code::Jmp_ptr1632 | Code::Jmp_m1616 | Code::Jmp_m1632
-            | Code::Call_ptr1616 | Code::Call_ptr1632 | Code::Call_m1616 | Code::Call_m1632
+        Code::Jmp_ptr1616
+            | Code::Jmp_ptr1632
+            | Code::Jmp_m1616
+            | Code::Jmp_m1632
+            | Code::Call_ptr1616
+            | Code::Call_ptr1632
+            | Code::Call_m1616
+            | Code::Call_m1632
     )
 }
 
@@ -41,10 +47,12 @@ fn far_target(s: &VcpuState, bus: &mut impl GuestBus, sel: u16, eip: u32) -> Res
     let cpl = s.cpl();
     if !d.s {
         return Err(match d.typ {
-            system_type::CALL_GATE16 | system_type::CALL_GATE32 => Stop::Unsupported(Unsupported::CallGate),
-            system_type::TASK_GATE | system_type::TSS16_AVAILABLE | system_type::TSS32_AVAILABLE => {
-                Stop::Unsupported(Unsupported::TaskSwitch)
+            system_type::CALL_GATE16 | system_type::CALL_GATE32 => {
+                Stop::Unsupported(Unsupported::CallGate)
             }
+            system_type::TASK_GATE
+            | system_type::TSS16_AVAILABLE
+            | system_type::TSS32_AVAILABLE => Stop::Unsupported(Unsupported::TaskSwitch),
             _ => Fault::gp(code).into(),
         });
     }
@@ -77,7 +85,10 @@ fn far_target(s: &VcpuState, bus: &mut impl GuestBus, sel: u16, eip: u32) -> Res
 /// stack is checked before the target is committed.
 pub(crate) fn jmp_call(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
     let i = cx.instr;
-    let op32 = matches!(i.code(), Code::Jmp_ptr1632 | Code::Jmp_m1632 | Code::Call_ptr1632 | Code::Call_m1632);
+    let op32 = matches!(
+        i.code(),
+        Code::Jmp_ptr1632 | Code::Jmp_m1632 | Code::Call_ptr1632 | Code::Call_m1632
+    );
     let size = if op32 { 4 } else { 2 };
     let (sel, mut eip) = match rm_operand(s, i, 0) {
         Some(Rm::Mem(seg, off)) => {
@@ -86,7 +97,14 @@ pub(crate) fn jmp_call(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>)
             (sel, eip)
         }
         Some(Rm::Reg(_)) => return Err(Fault::ud().into()),
-        None => (i.far_branch_selector(), if op32 { i.far_branch32() } else { u32::from(i.far_branch16()) }),
+        None => (
+            i.far_branch_selector(),
+            if op32 {
+                i.far_branch32()
+            } else {
+                u32::from(i.far_branch16())
+            },
+        ),
     };
     if !op32 {
         eip &= 0xffff;
@@ -109,7 +127,11 @@ pub(crate) fn retf(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> 
     let i = cx.instr;
     let op32 = matches!(i.code(), Code::Retfd | Code::Retfd_imm16);
     let size = if op32 { 4 } else { 2 };
-    let imm = if matches!(i.code(), Code::Retfd_imm16 | Code::Retfw_imm16) { u32::from(i.immediate16()) } else { 0 };
+    let imm = if matches!(i.code(), Code::Retfd_imm16 | Code::Retfw_imm16) {
+        u32::from(i.immediate16())
+    } else {
+        0
+    };
     let v = peek(s, bus, 0, 2, size)?;
     let eip = if op32 { v[0] } else { v[0] & 0xffff };
     let sel = v[1] as u16;
@@ -135,7 +157,15 @@ pub(crate) fn retf(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> 
         *s.sreg_mut(SegReg::Cs) = cs;
         *s.sreg_mut(SegReg::Ss) = ss;
         let esp = if op32 { w[0] } else { w[0] & 0xffff };
-        s.gpr[gpr::ESP] = adjust_sp(if ss.db { esp } else { (s.gpr[gpr::ESP] & 0xffff_0000) | esp }, imm as i32, ss.db);
+        s.gpr[gpr::ESP] = adjust_sp(
+            if ss.db {
+                esp
+            } else {
+                (s.gpr[gpr::ESP] & 0xffff_0000) | esp
+            },
+            imm as i32,
+            ss.db,
+        );
         effects = effects.merge(Effects::segment(SegReg::Ss));
         effects.cpl_changed = true;
         effects = effects.merge(null_inaccessible_data_segments(s, rpl));
@@ -222,9 +252,20 @@ mod tests {
         let i = decode_at(&[0xea, 0, 0, 0, 0, 0x1b, 0], s.eip);
         assert_eq!(emulate(&mut s, &mut bus, &i), Err(Fault::gp(0x18)));
         // Call gate: reported.
-        bus.set_gdt(0x58, Descriptor { typ: 12, s: false, present: true, ..Descriptor::default() });
+        bus.set_gdt(
+            0x58,
+            Descriptor {
+                typ: 12,
+                s: false,
+                present: true,
+                ..Descriptor::default()
+            },
+        );
         let i = decode_at(&[0xea, 0, 0, 0, 0, 0x58, 0], s.eip);
-        assert_eq!(emulate(&mut s, &mut bus, &i), Ok(Emulated::Unsupported(Unsupported::CallGate)));
+        assert_eq!(
+            emulate(&mut s, &mut bus, &i),
+            Ok(Emulated::Unsupported(Unsupported::CallGate))
+        );
     }
 
     #[test]

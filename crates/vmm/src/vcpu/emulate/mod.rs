@@ -94,7 +94,11 @@ pub(crate) struct Ctx<'a> {
 /// The fault the instruction raises; the run loop delivers it with
 /// [`crate::vcpu::deliver`]`(Event::Exception(fault))`. EIP still points at the
 /// instruction.
-pub fn emulate(state: &mut VcpuState, bus: &mut impl GuestBus, instr: &Instruction) -> Result<Emulated, Fault> {
+pub fn emulate(
+    state: &mut VcpuState,
+    bus: &mut impl GuestBus,
+    instr: &Instruction,
+) -> Result<Emulated, Fault> {
     let mut s = state.clone();
     let mut next_eip = s.eip.wrapping_add(instr.len() as u32);
     if !s.code_32() {
@@ -155,7 +159,9 @@ fn dispatch(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
         M::Clts => ctrl::clts(s),
         M::Invd | M::Wbinvd => ctrl::cache(s),
         M::Invlpg => ctrl::invlpg(s, cx),
-        M::In | M::Out | M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw | M::Outsd => io::emulate(s, bus, cx),
+        M::In | M::Out | M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw | M::Outsd => {
+            io::emulate(s, bus, cx)
+        }
         M::Rdmsr => msr::rdmsr(s, bus),
         M::Wrmsr => msr::wrmsr(s, bus),
         M::Rdpmc => msr::rdpmc(s),
@@ -178,7 +184,11 @@ fn dispatch(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
 }
 
 fn software(vector: u8, kind: SoftwareKind, cx: &Ctx<'_>) -> Outcome {
-    Outcome::Deliver(Event::Software { vector, kind, next_eip: cx.next_eip })
+    Outcome::Deliver(Event::Software {
+        vector,
+        kind,
+        next_eip: cx.next_eip,
+    })
 }
 
 /// Privileged instructions: #GP(0) unless CPL 0 (SDM Vol. 3A §5.9).
@@ -198,7 +208,12 @@ pub(crate) fn require_protected(s: &VcpuState) -> Result<(), Stop> {
 }
 
 /// Pushes `values` of `size` bytes on the current stack; #SS(0) on a limit violation.
-pub(crate) fn push(s: &mut VcpuState, bus: &mut impl GuestBus, values: &[u32], size: u32) -> Result<(), Fault> {
+pub(crate) fn push(
+    s: &mut VcpuState,
+    bus: &mut impl GuestBus,
+    values: &[u32],
+    size: u32,
+) -> Result<(), Fault> {
     let ss = *s.sreg(super::state::SegReg::Ss);
     let user = s.cpl() == 3;
     s.gpr[gpr::ESP] = push_frame(bus, &ss, s.gpr[gpr::ESP], values, size, user, Fault::ss(0))?;
@@ -206,7 +221,13 @@ pub(crate) fn push(s: &mut VcpuState, bus: &mut impl GuestBus, values: &[u32], s
 }
 
 /// Reads `n` values of `size` bytes from the top of the stack without popping them.
-pub(crate) fn peek(s: &VcpuState, bus: &mut impl GuestBus, skip: u32, n: usize, size: u32) -> Result<Vec<u32>, Fault> {
+pub(crate) fn peek(
+    s: &VcpuState,
+    bus: &mut impl GuestBus,
+    skip: u32,
+    n: usize,
+    size: u32,
+) -> Result<Vec<u32>, Fault> {
     let ss = *s.sreg(super::state::SegReg::Ss);
     let esp = adjust_sp(s.gpr[gpr::ESP], skip as i32, ss.db);
     peek_frame(bus, &ss, esp, n, size, s.cpl() == 3, Fault::ss(0))
@@ -248,16 +269,32 @@ mod tests {
         let mut s = bus0.protected_state();
         let mut bus = bus0;
         let r = emulate(&mut s, &mut bus, &decode_at(&[0xcd, 0x80], 0x7000)).unwrap();
-        assert_eq!(r, Emulated::Deliver(Event::Software { vector: 0x80, kind: SoftwareKind::IntN, next_eip: 0x7002 }));
+        assert_eq!(
+            r,
+            Emulated::Deliver(Event::Software {
+                vector: 0x80,
+                kind: SoftwareKind::IntN,
+                next_eip: 0x7002
+            })
+        );
         assert_eq!(s.eip, 0x7000);
         // INTO without OF is a no-op.
         let r = emulate(&mut s, &mut bus, &decode_at(&[0xce], 0x7000)).unwrap();
         assert_eq!(r, Emulated::Done(Effects::NONE));
         assert_eq!(s.eip, 0x7001);
-        assert_eq!(emulate(&mut s, &mut bus, &decode_at(&[0x0f, 0x0b], 0x7001)), Err(Fault::ud()));
-        assert_eq!(emulate(&mut s, &mut bus, &decode_at(&[0x0f, 0x05], 0x7001)), Err(Fault::ud()));
+        assert_eq!(
+            emulate(&mut s, &mut bus, &decode_at(&[0x0f, 0x0b], 0x7001)),
+            Err(Fault::ud())
+        );
+        assert_eq!(
+            emulate(&mut s, &mut bus, &decode_at(&[0x0f, 0x05], 0x7001)),
+            Err(Fault::ud())
+        );
         // Something that never needs emulation is reported, not guessed.
         let r = emulate(&mut s, &mut bus, &decode_at(&[0x90], 0x7001)).unwrap();
-        assert_eq!(r, Emulated::Unsupported(Unsupported::Instruction(Mnemonic::Nop)));
+        assert_eq!(
+            r,
+            Emulated::Unsupported(Unsupported::Instruction(Mnemonic::Nop))
+        );
     }
 }

@@ -21,7 +21,11 @@ fn mem_operand(s: &VcpuState, cx: &Ctx<'_>) -> Result<(crate::vcpu::SegReg, u32)
 /// done here. Not privileged (the CPU model has no UMIP).
 pub(crate) fn store_table(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
     let (seg, off) = mem_operand(s, cx)?;
-    let t = if cx.instr.mnemonic() == Mnemonic::Sgdt { s.gdtr } else { s.idtr };
+    let t = if cx.instr.mnemonic() == Mnemonic::Sgdt {
+        s.gdtr
+    } else {
+        s.idtr
+    };
     let op16 = matches!(cx.instr.code(), Code::Sgdt_m1632_16 | Code::Sidt_m1632_16);
     let base = if op16 { t.base & 0x00ff_ffff } else { t.base };
     // Check both parts before writing either, so a fault leaves memory untouched.
@@ -47,7 +51,11 @@ fn store16(s: &mut VcpuState, bus: &mut impl GuestBus, rm: Rm, v: u16) -> Result
 /// SLDT/STR r/m: the LDTR or TR selector. Only in protected mode.
 pub(crate) fn store_selector(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
     require_protected(s)?;
-    let v = if cx.instr.mnemonic() == Mnemonic::Sldt { s.ldtr.selector } else { s.tr.selector };
+    let v = if cx.instr.mnemonic() == Mnemonic::Sldt {
+        s.ldtr.selector
+    } else {
+        s.tr.selector
+    };
     let rm = rm_operand(s, cx.instr, 0).ok_or(Fault::ud())?;
     store16(s, bus, rm, v)?;
     Ok(Outcome::Next(Effects::NONE))
@@ -79,11 +87,19 @@ pub(crate) fn load_table(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_
     } else {
         s.idtr = t;
     }
-    Ok(Outcome::Next(Effects { descriptor_tables_changed: true, ..Effects::NONE }))
+    Ok(Outcome::Next(Effects {
+        descriptor_tables_changed: true,
+        ..Effects::NONE
+    }))
 }
 
-fn read_selector_operand(s: &VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Result<u16, Fault> {
-    let rm = rm_operand(s, cx.instr, if cx.instr.op_count() == 2 { 1 } else { 0 }).ok_or(Fault::ud())?;
+fn read_selector_operand(
+    s: &VcpuState,
+    bus: &mut impl GuestBus,
+    cx: &Ctx<'_>,
+) -> Result<u16, Fault> {
+    let rm =
+        rm_operand(s, cx.instr, if cx.instr.op_count() == 2 { 1 } else { 0 }).ok_or(Fault::ud())?;
     Ok(read_rm(s, bus, rm, 2)? as u16)
 }
 
@@ -93,7 +109,10 @@ pub(crate) fn lldt(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> 
     require_protected(s)?;
     require_cpl0(s)?;
     let sel = read_selector_operand(s, bus, cx)?;
-    let effects = Effects { descriptor_tables_changed: true, ..Effects::NONE };
+    let effects = Effects {
+        descriptor_tables_changed: true,
+        ..Effects::NONE
+    };
     if selector::is_null(sel) {
         s.ldtr = Segment::null(sel);
         return Ok(Outcome::Next(effects));
@@ -128,7 +147,12 @@ pub(crate) fn ltr(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> R
     }
     let r = fetch_descriptor(s, bus, sel)?.ok_or(Fault::gp(code))?;
     let mut d = r.desc;
-    if d.s || !matches!(d.typ, system_type::TSS16_AVAILABLE | system_type::TSS32_AVAILABLE) {
+    if d.s
+        || !matches!(
+            d.typ,
+            system_type::TSS16_AVAILABLE | system_type::TSS32_AVAILABLE
+        )
+    {
         return Err(Fault::gp(code).into());
     }
     if !d.present {
@@ -139,7 +163,10 @@ pub(crate) fn ltr(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> R
     bus.read_linear(r.addr.wrapping_add(5), &mut byte, false)?;
     bus.write_linear(r.addr.wrapping_add(5), &[byte[0] | TYPE_TSS_BUSY], false)?;
     s.tr = Segment::from_descriptor(sel, &d);
-    Ok(Outcome::Next(Effects { descriptor_tables_changed: true, ..Effects::NONE }))
+    Ok(Outcome::Next(Effects {
+        descriptor_tables_changed: true,
+        ..Effects::NONE
+    }))
 }
 
 /// LMSW r/m16: CPL 0; loads CR0[3:0] (PE, MP, EM, TS) but can set PE, never clear it.
@@ -148,17 +175,26 @@ pub(crate) fn lmsw(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> 
     let v = read_selector_operand(s, bus, cx)?;
     let old = s.cr0;
     s.cr0 = (old & !0xf) | u32::from(v & 0xf) | (old & cr0::PE);
-    let e = Effects { paging_mode_changed: (old ^ s.cr0) & cr0::PE != 0, ..Effects::NONE };
+    let e = Effects {
+        paging_mode_changed: (old ^ s.cr0) & cr0::PE != 0,
+        ..Effects::NONE
+    };
     Ok(Outcome::Next(e))
 }
 
 /// The descriptor `sel` names if LAR/LSL/VERR/VERW may see it: not null, inside its
 /// table, and (unless conforming code) DPL ≥ CPL and DPL ≥ RPL.
-fn visible(s: &VcpuState, bus: &mut impl GuestBus, sel: u16) -> Result<Option<crate::vcpu::descriptor::Descriptor>, Fault> {
+fn visible(
+    s: &VcpuState,
+    bus: &mut impl GuestBus,
+    sel: u16,
+) -> Result<Option<crate::vcpu::descriptor::Descriptor>, Fault> {
     if selector::is_null(sel) {
         return Ok(None);
     }
-    let Some(r) = fetch_descriptor(s, bus, sel)? else { return Ok(None) };
+    let Some(r) = fetch_descriptor(s, bus, sel)? else {
+        return Ok(None);
+    };
     let d = r.desc;
     if !d.is_conforming_code() && (d.dpl < s.cpl() || d.dpl < selector::rpl(sel)) {
         return Ok(None);
@@ -186,7 +222,11 @@ pub(crate) fn lar_lsl(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) 
     s.set_zf(ok.is_some());
     if let Some(d) = ok {
         let dst = cx.instr.op_register(0);
-        let v = if lar { ((d.encode() >> 32) as u32) & 0x00f0_ff00 } else { d.byte_limit() };
+        let v = if lar {
+            ((d.encode() >> 32) as u32) & 0x00f0_ff00
+        } else {
+            d.byte_limit()
+        };
         write_gpr(s, dst, v);
     }
     Ok(Outcome::Next(Effects::NONE))
