@@ -141,7 +141,10 @@ fn run_instruction(state: &mut VcpuState, bus: &mut impl GuestBus, instr: &Instr
     let single_step = state.eflags & eflags::TF != 0;
     match emulate(state, bus, instr) {
         Ok(Emulated::Done(e)) => {
-            if single_step {
+            // MOV SS / POP SS hold off debug traps too, for one instruction (SDM Vol. 3A
+            // §6.8.3); the shadow of STI does not hold off single-step traps.
+            let held_off = state.interrupt_shadow && e.segment_dirty(super::SegReg::Ss);
+            if single_step && !held_off {
                 state.dr[6] |= DR6_BS;
                 return deliver_event(state, bus, Event::Exception(Fault::new(Exception::DB)), e);
             }

@@ -6,7 +6,7 @@
 //! mirror, flush shadow mappings, block on HLT...) is returned as [`Effects`].
 //!
 //! Entry points:
-//! - [`emulate`] executes one decoded instruction against the state,
+//! - [`emulate()`] executes one decoded instruction against the state,
 //! - [`deliver`] delivers an exception or interrupt through the guest IDT,
 //! - [`load_segment`] loads a data or stack segment register with all hardware checks,
 //! - [`mirror_of`] describes the host LDT entry that backs a guest segment,
@@ -27,7 +27,7 @@ use crate::addr::GuestLinear;
 
 pub use emulate::{emulate, Emulated, Unsupported};
 pub use interrupts::{deliver, DeliveryError, Event};
-pub use segments::{load_segment, mirror_of, MirrorDescriptor};
+pub use segments::{load_segment, mirror_of, mirrors, MirrorDescriptor};
 pub use state::{SegReg, Segment, VcpuState};
 
 /// Exception vectors (SDM Vol. 3A, Table 6-1).
@@ -216,6 +216,14 @@ impl Effects {
     /// Whether the mirror of `reg` must be reinstalled.
     pub const fn segment_dirty(&self, reg: SegReg) -> bool {
         self.segments_dirty & (1 << reg as u8) != 0
+    }
+
+    /// The segment registers whose mirror must be reinstalled; all six when the CPL
+    /// changed, since the user clamp of every mirror depends on it.
+    pub fn dirty_segments(&self) -> impl Iterator<Item = SegReg> + '_ {
+        SegReg::ALL
+            .into_iter()
+            .filter(move |&r| self.cpl_changed || self.segment_dirty(r))
     }
 
     /// Both sets of effects.

@@ -227,6 +227,12 @@ pub fn mirror_of(seg: &Segment, cpl: u8, user_limit_clamp: Option<u32>) -> Mirro
     m
 }
 
+/// The mirrors of all six segment registers for the state's current CPL, indexed by
+/// `SegReg as usize`.
+pub fn mirrors(state: &VcpuState, user_limit_clamp: Option<u32>) -> [MirrorDescriptor; 6] {
+    SegReg::ALL.map(|r| mirror_of(state.sreg(r), state.cpl(), user_limit_clamp))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,5 +370,13 @@ mod tests {
         let code = Segment::flat(0x08, 0xb, 0);
         let mc = mirror_of(&code, 0, None);
         assert!(mc.code && mc.readable && !mc.writable && mc.db);
+        let mut s = VcpuState::multiboot_entry(0, 0, 0);
+        let mut bus = TestBus::new();
+        s.gdtr.base = GDT;
+        s.gdtr.limit = 0xff;
+        load_segment(&mut s, &mut bus, SegReg::Fs, 0).unwrap();
+        let all = mirrors(&s, Some(0xc000_0000));
+        assert!(all[SegReg::Cs as usize].code && !all[SegReg::Fs as usize].present);
+        assert_eq!(all[SegReg::Ds as usize].limit, u32::MAX);
     }
 }
