@@ -29,9 +29,6 @@ pub enum Unsupported {
     /// Entering or running virtual-8086 mode.
     #[error("virtual-8086 mode is not supported")]
     Virtual8086,
-    /// A far CALL/JMP through a call gate.
-    #[error("far transfers through call gates are not supported")]
-    CallGate,
     /// An instruction the emulator does not handle (it is neither rewritten nor
     /// privileged, so it should never reach the emulator).
     #[error("instruction {0:?} is not emulated")]
