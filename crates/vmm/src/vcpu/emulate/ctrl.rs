@@ -200,6 +200,11 @@ mod tests {
                 ..Effects::NONE
             })
         );
+        bus.enter_user(&mut s);
+        assert_eq!(
+            exec(&mut s, &mut bus, &[0x0f, 0x01, 0x38]),
+            Err(Fault::gp0())
+        );
     }
 
     #[test]

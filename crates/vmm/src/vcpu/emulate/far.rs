@@ -496,6 +496,43 @@ mod tests {
     }
 
     #[test]
+    fn real_mode_far_jmp_call_retf_iret() {
+        let mut bus = TestBus::new();
+        let mut s = crate::vcpu::VcpuState::reset();
+        s.idtr.base = 0;
+        *s.sreg_mut(SegReg::Cs) = crate::vcpu::state::Segment::real_mode(0x0100);
+        s.eip = 0x10;
+        s.gpr[gpr::ESP] = 0x2000;
+        // call far 0x2000:0x0030 (16-bit code)
+        let i = crate::vcpu::emulate::test_util::decode16_at(&[0x9a, 0x30, 0x00, 0x00, 0x20], 0x10);
+        emulate(&mut s, &mut bus, &i).unwrap();
+        assert_eq!((s.sreg(SegReg::Cs).base, s.eip), (0x20000, 0x30));
+        assert_eq!((bus.read_u16(0x1ffe), bus.read_u16(0x1ffc)), (0x0100, 0x15));
+        // retf
+        let i = crate::vcpu::emulate::test_util::decode16_at(&[0xcb], 0x30);
+        emulate(&mut s, &mut bus, &i).unwrap();
+        assert_eq!(
+            (s.sreg(SegReg::Cs).selector, s.eip, s.gpr[gpr::ESP]),
+            (0x0100, 0x15, 0x2000)
+        );
+        // iret pops IP, CS, FLAGS.
+        s.gpr[gpr::ESP] = 0x1ffa;
+        bus.write_u16(0x1ffa, 0x0040);
+        bus.write_u16(0x1ffc, 0x0300);
+        bus.write_u16(0x1ffe, 0x0202);
+        let i = crate::vcpu::emulate::test_util::decode16_at(&[0xcf], 0x15);
+        emulate(&mut s, &mut bus, &i).unwrap();
+        assert_eq!((s.sreg(SegReg::Cs).base, s.eip), (0x3000, 0x40));
+        assert_ne!(s.eflags & crate::vcpu::state::eflags::IF, 0);
+        // A far jump past the 64 KiB real-mode limit with a 32-bit offset: #GP(0).
+        let i = crate::vcpu::emulate::test_util::decode16_at(
+            &[0x66, 0xea, 0x00, 0x00, 0x01, 0x00, 0x00, 0x20],
+            0x40,
+        );
+        assert_eq!(emulate(&mut s, &mut bus, &i), Err(Fault::gp0()));
+    }
+
+    #[test]
     fn sysenter_sysexit() {
         let mut bus = TestBus::new();
         let mut s = bus.protected_state();

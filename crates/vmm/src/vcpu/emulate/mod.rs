@@ -248,6 +248,11 @@ pub(crate) mod test_util {
         super::emulate(s, bus, &i)
     }
 
+    /// Decodes one instruction of 16-bit code at `ip`.
+    pub fn decode16_at(bytes: &[u8], ip: u32) -> Instruction {
+        Decoder::with_ip(16, bytes, u64::from(ip), DecoderOptions::NONE).decode()
+    }
+
     /// Decodes one instruction of 32-bit code at `ip`.
     pub fn decode_at(bytes: &[u8], ip: u32) -> Instruction {
         Decoder::with_ip(32, bytes, u64::from(ip), DecoderOptions::NONE).decode()

@@ -385,6 +385,18 @@ mod tests {
         s.gpr[gpr::EAX] = 0xfff0 | cr0::MP;
         exec(&mut s, &mut bus, &[0x0f, 0x01, 0xf0]).unwrap(); // lmsw ax
         assert_eq!(s.cr0, cr0::PE | cr0::ET | cr0::MP);
+        // From real mode LMSW can enter protected mode.
+        let mut r = VcpuState::reset();
+        r.eip = 0x7000;
+        r.gpr[gpr::EAX] = 1;
+        let e = exec(&mut r, &mut bus, &[0x0f, 0x01, 0xf0]).unwrap();
+        assert!(matches!(e, Emulated::Done(e) if e.paging_mode_changed));
+        assert!(r.protected());
+        bus.enter_user(&mut s);
+        assert_eq!(
+            exec(&mut s, &mut bus, &[0x0f, 0x01, 0xf0]),
+            Err(Fault::gp0())
+        );
     }
 
     #[test]
@@ -442,5 +454,12 @@ mod tests {
         s.gpr[gpr::EAX] = 0x800;
         exec(&mut s, &mut bus, &[0x0f, 0x00, 0xe8]).unwrap();
         assert_eq!(s.eflags & eflags::ZF, 0);
+        // Not available in real mode.
+        let mut r = VcpuState::reset();
+        r.eip = 0x7000;
+        assert_eq!(
+            exec(&mut r, &mut bus, &[0x0f, 0x00, 0xe0]),
+            Err(Fault::ud())
+        );
     }
 }
