@@ -850,6 +850,32 @@ mod tests {
         ));
     }
 
+    proptest::proptest! {
+        /// Arbitrary gate and code-segment descriptor bits never panic the monitor: the
+        /// result is a delivered event or a clean error.
+        #[test]
+        fn delivery_is_total(gate in proptest::prelude::any::<u64>(),
+                             code in proptest::prelude::any::<u64>(),
+                             vector in proptest::prelude::any::<u8>(),
+                             user in proptest::prelude::any::<bool>(),
+                             soft in proptest::prelude::any::<bool>()) {
+            let (mut s, mut bus) = setup();
+            if user {
+                bus.enter_user(&mut s);
+            }
+            bus.write_u64(crate::vcpu::testbus::IDT + u32::from(vector) * 8, gate);
+            bus.write_u64(crate::vcpu::testbus::GDT + 0x58, code);
+            let ev = if soft {
+                Event::Software { vector, kind: SoftwareKind::IntN, next_eip: 0x7002 }
+            } else {
+                Event::External(vector)
+            };
+            if deliver(&mut s, &mut bus, ev).is_ok() {
+                proptest::prop_assert!(s.sreg(SegReg::Cs).is_code());
+            }
+        }
+    }
+
     #[test]
     fn real_mode_ivt_delivery() {
         let mut s = VcpuState::reset();

@@ -151,6 +151,9 @@ pub fn check_segment_load(
 }
 
 /// The host LDT entry (always DPL 3) that backs a guest segment while the guest runs.
+/// There is deliberately no L flag: a mirror is never a 64-bit code segment, whatever the
+/// guest descriptor's bit 53 says (it is reserved on IA-32), so guest code cannot reach
+/// 64-bit mode through its own descriptors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MirrorDescriptor {
     /// Linear base, copied from the guest.
@@ -337,6 +340,26 @@ mod tests {
         );
         // Conforming readable code (0x48, DPL 0) is allowed into a data register.
         load_segment(&mut s, &mut bus, SegReg::Es, 0x4b).unwrap();
+    }
+
+    proptest::proptest! {
+        /// Any selector and any descriptor bits: no panic, and a fault changes nothing.
+        #[test]
+        fn loads_are_total_and_precise(sel in proptest::prelude::any::<u16>(),
+                                       raw in proptest::prelude::any::<u64>(),
+                                       reg in 0usize..6, user in proptest::prelude::any::<bool>()) {
+            let (mut s, mut bus) = setup();
+            if user {
+                bus.enter_user(&mut s);
+            }
+            bus.write_u64(GDT + 0x58, raw);
+            bus.write_u64(GDT + 0x60, raw);
+            let before = s.clone();
+            match load_segment(&mut s, &mut bus, SegReg::ALL[reg], sel) {
+                Ok(_) => proptest::prop_assert_eq!(s.seg[reg].selector, sel),
+                Err(_) => proptest::prop_assert_eq!(&s, &before),
+            }
+        }
     }
 
     #[test]

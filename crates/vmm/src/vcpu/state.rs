@@ -479,6 +479,9 @@ impl VcpuState {
         s.gdtr = TableReg { base: 0, limit: 0 };
         s.idtr = TableReg { base: 0, limit: 0 };
         s.ldtr = Segment::null(0);
+        // No TSS until the kernel loads one: I/O-bitmap and stack-switch lookups fault
+        // cleanly instead of reading a TSS at linear 0.
+        s.tr = Segment::null(0);
         s
     }
 
