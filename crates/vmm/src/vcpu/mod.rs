@@ -11,6 +11,16 @@
 //! - [`load_segment`] loads a data or stack segment register with all hardware checks,
 //! - [`mirror_of`] describes the host LDT entry that backs a guest segment,
 //! - [`exit::handle`] maps a classified exit to emulation or delivery.
+//!
+//! Faults are precise: a faulting instruction leaves the state as it was (REP string I/O
+//! keeps its completed iterations, as hardware does). Guest-controlled values never
+//! panic the monitor; what is not emulated is reported as [`Unsupported`] or
+//! [`DeliveryError`] so the run loop can stop the VM with a diagnostic.
+//!
+//! Not emulated: hardware task switching (task gates, far transfers to a TSS, IRET with
+//! NT = 1), virtual-8086 mode, DR7.GD general-detect faults, counting performance
+//! counters (the PMC MSRs hold what was written), loading PAE PDPTEs on MOV CR3 (the
+//! shadow-paging code reads them from guest memory).
 
 pub mod descriptor;
 pub mod emulate;
@@ -87,7 +97,7 @@ pub struct Fault {
     pub vector: u8,
     /// Error code pushed on delivery, `None` for vectors without one.
     pub error_code: Option<u32>,
-    /// For #PF: the faulting linear address the run loop writes to CR2 on delivery.
+    /// For #PF: the faulting linear address; [`deliver`] writes it to CR2.
     pub cr2: Option<GuestLinear>,
 }
 

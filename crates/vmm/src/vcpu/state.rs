@@ -495,15 +495,17 @@ impl VcpuState {
         self.protected() && self.eflags & eflags::VM != 0
     }
 
-    /// The current privilege level: CS.RPL in protected mode, 3 in virtual-8086 mode,
-    /// 0 in real mode.
+    /// The current privilege level: 0 in real mode, 3 in virtual-8086 mode, and in
+    /// protected mode the DPL of SS, which always equals the CPL (every SS load checks
+    /// DPL = CPL). Unlike CS.RPL it stays right in the window after CR0.PE is set from
+    /// real mode with an arbitrary CS value, where the processor still runs at CPL 0.
     pub const fn cpl(&self) -> u8 {
         if !self.protected() {
             0
         } else if self.eflags & eflags::VM != 0 {
             3
         } else {
-            (self.seg[SegReg::Cs as usize].selector & 3) as u8
+            self.seg[SegReg::Ss as usize].dpl
         }
     }
 
@@ -562,6 +564,14 @@ mod tests {
             assert!(s.sreg(r).is_writable_data());
             assert_eq!(s.sreg(r).limit, u32::MAX);
         }
+    }
+
+    #[test]
+    fn cpl_after_entering_protected_mode_is_zero() {
+        let mut s = VcpuState::reset();
+        *s.sreg_mut(SegReg::Cs) = Segment::real_mode(0x1003);
+        s.cr0 |= cr0::PE;
+        assert_eq!(s.cpl(), 0);
     }
 
     #[test]
