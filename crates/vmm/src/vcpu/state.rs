@@ -461,20 +461,16 @@ impl VcpuState {
         }
     }
 
-    /// The machine state a Multiboot v1 loader hands to the kernel (Multiboot spec §3.2):
-    /// EAX = magic, EBX = info address, CS a flat 4 GiB 32-bit execute/read segment
-    /// (selector 0x08, CPL 0), DS/ES/FS/GS/SS flat 4 GiB read/write (selector 0x10), CR0 =
-    /// PE|ET with paging off, IF = 0. GDTR/IDTR are undefined by the spec (the kernel must
-    /// set up its own) and are left empty; ESP is undefined and left 0.
-    pub fn multiboot_entry(entry: u32, eax: u32, ebx: u32) -> Self {
+    /// Flat 32-bit protected mode at CPL 0 with paging off and IF = 0, as boot protocols
+    /// enter a kernel: CS = `code_sel` (4 GiB execute/read), DS/ES/FS/GS/SS = `data_sel`
+    /// (4 GiB read/write), CR0 = PE|ET, EIP = `entry`, all GPRs 0. GDTR, IDTR, LDTR and
+    /// TR are empty; the loader sets GDTR when its protocol requires a GDT in memory.
+    pub fn flat_protected(entry: u32, code_sel: u16, data_sel: u16) -> Self {
         let mut s = Self::reset();
-        s.gpr = [0; 8];
-        s.gpr[gpr::EAX] = eax;
-        s.gpr[gpr::EBX] = ebx;
         s.eip = entry;
         s.eflags = eflags::FIXED1;
-        let data = Segment::flat(0x10, 0x3, 0);
-        s.seg = [data, Segment::flat(0x08, 0xb, 0), data, data, data, data];
+        let data = Segment::flat(data_sel, 0x3, 0);
+        s.seg = [data, Segment::flat(code_sel, 0xb, 0), data, data, data, data];
         s.cr0 = cr0::PE | cr0::ET;
         s.gdtr = TableReg { base: 0, limit: 0 };
         s.idtr = TableReg { base: 0, limit: 0 };
@@ -482,6 +478,18 @@ impl VcpuState {
         // No TSS until the kernel loads one: I/O-bitmap and stack-switch lookups fault
         // cleanly instead of reading a TSS at linear 0.
         s.tr = Segment::null(0);
+        s
+    }
+
+    /// The machine state a Multiboot v1 loader hands to the kernel (Multiboot spec §3.2):
+    /// EAX = magic, EBX = info address, CS a flat 4 GiB 32-bit execute/read segment
+    /// (selector 0x08, CPL 0), DS/ES/FS/GS/SS flat 4 GiB read/write (selector 0x10), CR0 =
+    /// PE|ET with paging off, IF = 0. GDTR/IDTR are undefined by the spec (the kernel must
+    /// set up its own) and are left empty; ESP is undefined and left 0.
+    pub fn multiboot_entry(entry: u32, eax: u32, ebx: u32) -> Self {
+        let mut s = Self::flat_protected(entry, 0x08, 0x10);
+        s.gpr[gpr::EAX] = eax;
+        s.gpr[gpr::EBX] = ebx;
         s
     }
 

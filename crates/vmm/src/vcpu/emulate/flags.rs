@@ -26,10 +26,8 @@ pub(crate) fn popf(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> 
     let op32 = cx.instr.mnemonic() == Mnemonic::Popfd;
     let size = if op32 { 4 } else { 2 };
     let v = peek(s, bus, 0, 1, size)?[0];
-    let mut new = merge_eflags(s.eflags, v, s.cpl(), s.iopl(), op32, false);
-    // POPF cannot change VIF/VIP even at CPL 0 (unlike IRET).
-    new = (new & !(eflags::VIF | eflags::VIP)) | (s.eflags & (eflags::VIF | eflags::VIP));
-    s.eflags = new;
+    // `allow_rf = false`: POPF changes neither RF nor, even at CPL 0, VIF/VIP.
+    s.eflags = merge_eflags(s.eflags, v, s.cpl(), s.iopl(), op32, false);
     release(s, size);
     Ok(Outcome::Next(Effects::NONE))
 }
