@@ -785,6 +785,52 @@ mod tests {
     }
 
     #[test]
+    fn sixteen_bit_gate_pushes_words_and_iretw_returns() {
+        let (mut s, mut bus) = setup();
+        bus.set_gate(0x40, int_gate(0x50, 0x1234, system_type::TRAP_GATE16, 0));
+        s.gpr[gpr::ESP] = 0x8800;
+        s.eip = 0x0001_7000;
+        deliver(&mut s, &mut bus, Event::External(0x40)).unwrap();
+        assert_eq!((s.sreg(SegReg::Cs).selector, s.eip), (0x50, 0x1234));
+        assert_eq!(s.gpr[gpr::ESP], 0x8800 - 6);
+        assert_eq!(bus.read_u16(0x8800 - 2), eflags::FIXED1 as u16);
+        assert_eq!(bus.read_u16(0x8800 - 4), 0x08);
+        assert_eq!(bus.read_u16(0x8800 - 6), 0x7000, "IP truncated to 16 bits");
+        // IRET with a 16-bit operand size pops the three words back.
+        bus.write_u16(0x8800 - 6, 0x2000);
+        iret(&mut s, &mut bus, false).map_err(|_| ()).unwrap();
+        assert_eq!(
+            (s.sreg(SegReg::Cs).selector, s.eip, s.gpr[gpr::ESP]),
+            (0x08, 0x2000, 0x8800)
+        );
+    }
+
+    #[test]
+    fn inner_delivery_checks_the_tss_stack() {
+        let (mut s, mut bus) = setup();
+        bus.enter_user(&mut s);
+        // SS0 names a DPL-3 segment: #TS(SS0), which itself needs the same stack: the
+        // contributory pair escalates to #DF, whose delivery fails again: triple fault.
+        bus.write_u32(crate::vcpu::testbus::TSS + 8, 0x20);
+        let r = deliver(&mut s, &mut bus, Event::External(0x20));
+        assert!(matches!(r, Err(DeliveryError::TripleFault { .. })), "{r:?}");
+        // A TSS too short for SS0:ESP0: #TS(TR).
+        let (mut s, mut bus) = setup();
+        bus.enter_user(&mut s);
+        s.tr.limit = 8;
+        let r = deliver(&mut s, &mut bus, Event::External(0x20));
+        match r {
+            Err(DeliveryError::TripleFault { description }) => {
+                assert!(
+                    description.contains("exception 0xa (error 0x29)"),
+                    "{description}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn task_gate_is_reported() {
         let (mut s, mut bus) = setup();
         bus.set_gate(8, int_gate(0x28, 0, system_type::TASK_GATE, 0));

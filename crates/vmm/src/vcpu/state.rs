@@ -470,7 +470,14 @@ impl VcpuState {
         s.eip = entry;
         s.eflags = eflags::FIXED1;
         let data = Segment::flat(data_sel, 0x3, 0);
-        s.seg = [data, Segment::flat(code_sel, 0xb, 0), data, data, data, data];
+        s.seg = [
+            data,
+            Segment::flat(code_sel, 0xb, 0),
+            data,
+            data,
+            data,
+            data,
+        ];
         s.cr0 = cr0::PE | cr0::ET;
         s.gdtr = TableReg { base: 0, limit: 0 };
         s.idtr = TableReg { base: 0, limit: 0 };
