@@ -27,7 +27,10 @@ pub enum Exit {
     /// The host raised #GP at `state.eip`: a privileged or IOPL-sensitive instruction, an
     /// INT n whose host gate has DPL 0 (the error code then names the IDT entry), or a
     /// protection violation of the mirrors. `instr` is the instruction decoded from guest
-    /// memory at `state.eip`, if the run loop could read it.
+    /// memory at `state.eip`, if the run loop could read it. An instruction the emulator
+    /// does not handle (or no instruction) means a genuine protection violation: the guest
+    /// gets #GP(0). A run loop that wants a clamped-mirror violation seen as the #PF a
+    /// supervisor page would give passes [`Exit::Exception`] instead.
     GeneralProtection {
         /// The host error code.
         error_code: u32,
@@ -101,7 +104,14 @@ pub fn handle(state: &mut VcpuState, bus: &mut impl GuestBus, exit: &Exit) -> Ac
                 );
             }
             match instr {
-                Some(i) => run_instruction(state, bus, i),
+                Some(i) => match run_instruction(state, bus, i) {
+                    // An ordinary instruction faulted natively (e.g. past a clamped mirror
+                    // limit): nothing to emulate, the host's #GP stands for the guest.
+                    Action::Stop(StopReason::Unsupported(Unsupported::Instruction(_))) => {
+                        deliver_event(state, bus, Event::Exception(Fault::gp0()), Effects::NONE)
+                    }
+                    a => a,
+                },
                 // Nothing to emulate: a protection violation the guest sees as #GP(0).
                 None => deliver_event(state, bus, Event::Exception(Fault::gp0()), Effects::NONE),
             }
@@ -246,6 +256,20 @@ mod tests {
         assert_eq!(s.eip, HANDLER + 13);
         assert_eq!(bus.read_u32(KSTACK - 20), 0x7000, "faulting EIP pushed");
         assert_eq!(bus.read_u32(KSTACK - 24), 0, "error code 0");
+    }
+
+    #[test]
+    fn native_gp_on_ordinary_instruction_is_reflected() {
+        let (mut s, mut bus) = setup();
+        bus.enter_user(&mut s);
+        // mov eax, [0xc0000000] faulting on a clamped mirror.
+        let a = trap(&mut s, &mut bus, &[0xa1, 0x00, 0x00, 0x00, 0xc0]);
+        assert!(matches!(a, Action::Resume(_)));
+        assert_eq!(s.eip, HANDLER + 13);
+        // The same instruction at a patched site is a monitor inconsistency: stop.
+        let (mut s, mut bus) = setup();
+        let a = patch(&mut s, &mut bus, &[0xa1, 0x00, 0x00, 0x00, 0xc0]);
+        assert!(matches!(a, Action::Stop(StopReason::Unsupported(_))));
     }
 
     #[test]
