@@ -18,9 +18,10 @@
 //! [`DeliveryError`] so the run loop can stop the VM with a diagnostic.
 //!
 //! Not emulated: hardware task switching (task gates, far transfers to a TSS, IRET with
-//! NT = 1), virtual-8086 mode, DR7.GD general-detect faults, counting performance
-//! counters (the PMC MSRs hold what was written), loading PAE PDPTEs on MOV CR3 (the
-//! shadow-paging code reads them from guest memory).
+//! NT = 1), virtual-8086 mode, the breakpoints DR0–DR3 describe (the registers are kept;
+//! triggering them is up to the run loop), counting performance counters (the PMC MSRs
+//! hold what was written), loading PAE PDPTEs on MOV CR3 (the shadow-paging code reads
+//! them from guest memory).
 
 pub mod descriptor;
 pub mod emulate;

@@ -2,10 +2,10 @@
 //! WBINVD/INVD, HLT.
 
 use super::operands::{read_gpr, rm_operand, write_gpr, Rm};
-use super::{require_cpl0, Ctx, Outcome, Res};
+use super::{require_cpl0, Ctx, Outcome, Res, Stop};
 use crate::addr::GuestLinear;
 use crate::vcpu::state::{cr0, cr4, VcpuState, DR6_INIT, DR7_INIT};
-use crate::vcpu::{Effects, Fault};
+use crate::vcpu::{Effects, Exception, Fault};
 use iced_x86::{Code, Instruction, Register};
 
 /// MOV to or from a control or debug register.
@@ -22,6 +22,10 @@ const CR0_PAGING: u32 = cr0::PG | cr0::WP | cr0::PE;
 const CR4_PAGING: u32 = cr4::PSE | cr4::PAE | cr4::PGE;
 /// DR6 bits a write can change on P6 (B0-B3, BD, BS, BT); the others read as 1.
 const DR6_WRITABLE: u32 = 0xe00f;
+/// DR7.GD: general detect enable.
+const DR7_GD: u32 = 1 << 13;
+/// DR6.BD: the #DB came from general detect.
+const DR6_BD: u32 = 1 << 13;
 /// DR7 bits a write can change (bits 11, 12, 14, 15 read as 0, bit 10 as 1).
 const DR7_WRITABLE: u32 = 0xffff_23ff;
 
@@ -29,7 +33,7 @@ const DR7_WRITABLE: u32 = 0xffff_23ff;
 /// CPL 0. CR0: the reserved bits of CR0[31:0] are ignored as the SDM says (§2.5), ET is
 /// hard-wired to 1; PG without PE, or NW without CD, is #GP(0). CR4: any bit the CPU
 /// model does not offer is #GP(0). CR1, CR5–CR7: #UD. DR4/DR5 alias DR6/DR7 unless
-/// CR4.DE, which makes them #UD. DR7.GD (general detect) is not emulated.
+/// CR4.DE, which makes them #UD. With DR7.GD set any MOV DRn is a #DB fault.
 pub(crate) fn mov(s: &mut VcpuState, cx: &Ctx<'_>) -> Res {
     let i = cx.instr;
     let to_reg = matches!(i.code(), Code::Mov_r32_cr | Code::Mov_r32_dr);
@@ -82,6 +86,13 @@ pub(crate) fn mov(s: &mut VcpuState, cx: &Ctx<'_>) -> Res {
             }
         }
         return Ok(Outcome::Next(e));
+    }
+    if s.dr[7] & DR7_GD != 0 {
+        // General detect (SDM Vol. 3B §17.2.4): a fault-class #DB before the access, with
+        // DR6.BD set and GD cleared so the handler can use the debug registers itself.
+        s.dr[6] |= DR6_BD;
+        s.dr[7] &= !DR7_GD;
+        return Err(Stop::FaultCommit(Fault::new(Exception::DB)));
     }
     let mut n = special as usize - Register::DR0 as usize;
     if n == 4 || n == 5 {
@@ -219,6 +230,16 @@ mod tests {
         // mov dr6, eax keeps the reserved ones.
         exec(&mut s, &mut bus, &[0x0f, 0x23, 0xf0]).unwrap();
         assert_eq!(s.dr[6], 0xffff_0ff0);
+        // General detect: the next MOV DRn faults with #DB, DR6.BD set and GD cleared.
+        s.gpr[gpr::EAX] = 1 << 13;
+        exec(&mut s, &mut bus, &[0x0f, 0x23, 0xf8]).unwrap(); // mov dr7, eax
+        let eip = s.eip;
+        let r = exec(&mut s, &mut bus, &[0x0f, 0x21, 0xc1]); // mov ecx, dr0
+        assert_eq!(r, Err(Fault::new(crate::vcpu::Exception::DB)));
+        assert_eq!(
+            (s.eip, s.dr[7] & (1 << 13), s.dr[6] & (1 << 13)),
+            (eip, 0, 1 << 13)
+        );
         s.cr4 |= cr4::DE;
         assert_eq!(
             exec(&mut s, &mut bus, &[0x0f, 0x21, 0xe9]),
