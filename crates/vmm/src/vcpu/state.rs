@@ -559,6 +559,70 @@ impl VcpuState {
     }
 }
 
+impl std::fmt::Display for VcpuState {
+    /// A register dump for diagnostics (triple faults, unsupported operations).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let g = &self.gpr;
+        writeln!(
+            f,
+            "EAX={:08x} EBX={:08x} ECX={:08x} EDX={:08x} ESI={:08x} EDI={:08x} EBP={:08x} ESP={:08x}",
+            g[gpr::EAX], g[gpr::EBX], g[gpr::ECX], g[gpr::EDX],
+            g[gpr::ESI], g[gpr::EDI], g[gpr::EBP], g[gpr::ESP]
+        )?;
+        writeln!(
+            f,
+            "EIP={:08x} EFL={:08x} CPL={} IOPL={} IF={} HLT={} SHADOW={}",
+            self.eip,
+            self.eflags,
+            self.cpl(),
+            self.iopl(),
+            u8::from(self.eflags & eflags::IF != 0),
+            u8::from(self.halted),
+            u8::from(self.interrupt_shadow)
+        )?;
+        let names = ["ES", "CS", "SS", "DS", "FS", "GS"];
+        for (name, s) in names.iter().zip(self.seg.iter()) {
+            writeln!(f, "{name} ={}", SegDump(s))?;
+        }
+        writeln!(f, "LDT={}", SegDump(&self.ldtr))?;
+        writeln!(f, "TR ={}", SegDump(&self.tr))?;
+        writeln!(f, "GDT=     {:08x} {:08x}", self.gdtr.base, self.gdtr.limit)?;
+        writeln!(f, "IDT=     {:08x} {:08x}", self.idtr.base, self.idtr.limit)?;
+        writeln!(
+            f,
+            "CR0={:08x} CR2={:08x} CR3={:08x} CR4={:08x}",
+            self.cr0, self.cr2, self.cr3, self.cr4
+        )?;
+        write!(
+            f,
+            "DR0={:08x} DR1={:08x} DR2={:08x} DR3={:08x} DR6={:08x} DR7={:08x}",
+            self.dr[0], self.dr[1], self.dr[2], self.dr[3], self.dr[6], self.dr[7]
+        )
+    }
+}
+
+/// One segment register as a dump line: selector, base, limit, type, DPL and flags.
+struct SegDump<'a>(&'a Segment);
+
+impl std::fmt::Display for SegDump<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.0;
+        write!(
+            f,
+            "{:04x} {:08x} {:08x} type={:x} s={} dpl={} p={} db={} g={}",
+            s.selector,
+            s.base,
+            s.limit,
+            s.typ,
+            u8::from(s.s),
+            s.dpl,
+            u8::from(s.present),
+            u8::from(s.db),
+            u8::from(s.g)
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -587,6 +651,16 @@ mod tests {
         *s.sreg_mut(SegReg::Cs) = Segment::real_mode(0x1003);
         s.cr0 |= cr0::PE;
         assert_eq!(s.cpl(), 0);
+    }
+
+    #[test]
+    fn register_dump_names_the_state() {
+        let s = VcpuState::multiboot_entry(0x0010_0000, 0x2bad_b002, 0x9500);
+        let d = s.to_string();
+        assert!(d.contains("EAX=2badb002"), "{d}");
+        assert!(d.contains("EIP=00100000"), "{d}");
+        assert!(d.contains("CS =0008 00000000 ffffffff type=b"), "{d}");
+        assert!(d.contains("CR0=00000011"), "{d}");
     }
 
     #[test]
