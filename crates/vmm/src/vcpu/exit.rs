@@ -1,1 +1,389 @@
-//! What an exit means.
+//! What an exit means: the run loop classifies the host signal (vector, error code,
+//! patch table) into an [`Exit`], and [`handle`] turns it into emulation or delivery
+//! against the vCPU state. This is the pure half of exit handling: a function from
+//! (exit, state) to (action, state), tested without running a guest.
+
+use super::emulate::{emulate, Emulated, Unsupported};
+use super::interrupts::{deliver, DeliveryError, Event, SoftwareKind};
+use super::state::{eflags, VcpuState};
+use super::{Effects, Exception, Fault, GuestBus};
+use iced_x86::Instruction;
+
+/// DR6.BS: the #DB was a single-step trap.
+const DR6_BS: u32 = 1 << 14;
+/// Error-code bit IDT (SDM Vol. 3A §6.13): the selector index refers to an IDT gate.
+const ERROR_CODE_IDT: u32 = 1 << 1;
+
+/// A classified exit. In every case the run loop has already copied the guest registers
+/// into the state; `state.eip` is where the host reported the exit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// The one-byte trap of a patched site fired at `state.eip`; `original` is the
+    /// instruction the patch replaced, decoded from its original bytes.
+    Patched {
+        /// The original instruction.
+        original: Instruction,
+    },
+    /// The host raised #GP at `state.eip`: a privileged or IOPL-sensitive instruction, an
+    /// INT n whose host gate has DPL 0 (the error code then names the IDT entry), or a
+    /// protection violation of the mirrors. `instr` is the instruction decoded from guest
+    /// memory at `state.eip`, if the run loop could read it. An instruction the emulator
+    /// does not handle (or no instruction) means a genuine protection violation: the guest
+    /// gets #GP(0). A run loop that wants a clamped-mirror violation seen as the #PF a
+    /// supervisor page would give passes [`Exit::Exception`] instead.
+    GeneralProtection {
+        /// The host error code.
+        error_code: u32,
+        /// The instruction at `state.eip`.
+        instr: Option<Instruction>,
+    },
+    /// A software interrupt that the host already executed (INT3 and INTO give a host
+    /// trap, INT 0x80 a seccomp SIGSYS): `state.eip` is past the `len`-byte instruction.
+    SoftwareInterrupt {
+        /// The vector.
+        vector: u8,
+        /// Length of the instruction that raised it.
+        len: u8,
+    },
+    /// An exception the guest raised that it must see as is (#DE, #UD, #NM, #MF, #XM,
+    /// #AC, a true #PF with CR2 and the guest error code...), at `state.eip`.
+    Exception(Fault),
+    /// A virtual hardware interrupt is pending.
+    Interrupt {
+        /// The vector.
+        vector: u8,
+    },
+}
+
+/// Why the VM must stop.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StopReason {
+    /// An event could not be delivered (triple fault, task gate...).
+    #[error(transparent)]
+    Delivery(#[from] DeliveryError),
+    /// The guest used a feature that is not emulated.
+    #[error(transparent)]
+    Unsupported(#[from] Unsupported),
+}
+
+/// What the run loop does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Apply the effects and re-enter the guest.
+    Resume(Effects),
+    /// Apply the effects, then block until an interrupt is pending (the guest executed
+    /// HLT; deliver the interrupt with [`Exit::Interrupt`] and resume).
+    Halt(Effects),
+    /// The interrupt cannot be taken now (virtual IF = 0 or the interrupt shadow); keep it
+    /// pending and re-enter the guest.
+    InterruptBlocked,
+    /// Stop the VM with this diagnostic.
+    Stop(StopReason),
+}
+
+/// Handles one exit against the state. Guest faults become guest exceptions; only what
+/// the monitor cannot represent stops the VM.
+pub fn handle(state: &mut VcpuState, bus: &mut impl GuestBus, exit: &Exit) -> Action {
+    match exit {
+        Exit::Patched { original } => run_instruction(state, bus, original),
+        Exit::GeneralProtection { error_code, instr } => {
+            if error_code & ERROR_CODE_IDT != 0 {
+                // INT n through a host gate of DPL 0: the instruction did not execute.
+                let vector = (error_code >> 3) as u8;
+                let len = instr.as_ref().map_or(2, |i| i.len() as u32);
+                let next_eip = state.eip.wrapping_add(len);
+                return deliver_event(
+                    state,
+                    bus,
+                    Event::Software {
+                        vector,
+                        kind: SoftwareKind::IntN,
+                        next_eip,
+                    },
+                    Effects::NONE,
+                );
+            }
+            match instr {
+                Some(i) => match run_instruction(state, bus, i) {
+                    // An ordinary instruction faulted natively (e.g. past a clamped mirror
+                    // limit): nothing to emulate, the host's #GP stands for the guest.
+                    Action::Stop(StopReason::Unsupported(Unsupported::Instruction(_))) => {
+                        deliver_event(state, bus, Event::Exception(Fault::gp0()), Effects::NONE)
+                    }
+                    a => a,
+                },
+                // Nothing to emulate: a protection violation the guest sees as #GP(0).
+                None => deliver_event(state, bus, Event::Exception(Fault::gp0()), Effects::NONE),
+            }
+        }
+        Exit::SoftwareInterrupt { vector, len } => {
+            let next_eip = state.eip;
+            state.eip = next_eip.wrapping_sub(u32::from(*len));
+            let kind = match (*vector, *len) {
+                (Exception::BP, 1) => SoftwareKind::Int3,
+                (Exception::OF, 1) => SoftwareKind::Into,
+                _ => SoftwareKind::IntN,
+            };
+            deliver_event(
+                state,
+                bus,
+                Event::Software {
+                    vector: *vector,
+                    kind,
+                    next_eip,
+                },
+                Effects::NONE,
+            )
+        }
+        Exit::Exception(f) => deliver_event(state, bus, Event::Exception(*f), Effects::NONE),
+        Exit::Interrupt { vector } => {
+            if state.eflags & eflags::IF == 0 || state.interrupt_shadow {
+                return Action::InterruptBlocked;
+            }
+            deliver_event(state, bus, Event::External(*vector), Effects::NONE)
+        }
+    }
+}
+
+/// Emulates `instr`, then delivers what it raised; a single-step #DB follows an
+/// instruction that started with TF = 1 (SDM Vol. 3B §17.3.1.4).
+fn run_instruction(state: &mut VcpuState, bus: &mut impl GuestBus, instr: &Instruction) -> Action {
+    let single_step = state.eflags & eflags::TF != 0;
+    match emulate(state, bus, instr) {
+        Ok(Emulated::Done(e)) => {
+            // MOV SS / POP SS hold off debug traps too, for one instruction (SDM Vol. 3A
+            // §6.8.3); the shadow of STI does not hold off single-step traps.
+            let held_off = state.interrupt_shadow && e.segment_dirty(super::SegReg::Ss);
+            if single_step && !held_off {
+                state.dr[6] |= DR6_BS;
+                return deliver_event(state, bus, Event::Exception(Fault::new(Exception::DB)), e);
+            }
+            if e.halted {
+                Action::Halt(e)
+            } else {
+                Action::Resume(e)
+            }
+        }
+        Ok(Emulated::Deliver(ev)) => deliver_event(state, bus, ev, Effects::NONE),
+        Ok(Emulated::Unsupported(u)) => Action::Stop(u.into()),
+        Err(f) => deliver_event(state, bus, Event::Exception(f), Effects::NONE),
+    }
+}
+
+fn deliver_event(
+    state: &mut VcpuState,
+    bus: &mut impl GuestBus,
+    ev: Event,
+    before: Effects,
+) -> Action {
+    match deliver(state, bus, ev) {
+        Ok(e) => {
+            let mut e = before.merge(e);
+            e.halted = false;
+            Action::Resume(e)
+        }
+        Err(d) => Action::Stop(d.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vcpu::descriptor::system_type;
+    use crate::vcpu::emulate::test_util::decode_at;
+    use crate::vcpu::state::gpr;
+    use crate::vcpu::testbus::{int_gate, TestBus, KSTACK};
+    use crate::vcpu::SegReg;
+
+    const HANDLER: u32 = 0x5_0000;
+
+    fn patch(s: &mut VcpuState, bus: &mut TestBus, bytes: &[u8]) -> Action {
+        let original = decode_at(bytes, s.eip);
+        handle(s, bus, &Exit::Patched { original })
+    }
+
+    fn trap(s: &mut VcpuState, bus: &mut TestBus, bytes: &[u8]) -> Action {
+        let instr = Some(decode_at(bytes, s.eip));
+        handle(
+            s,
+            bus,
+            &Exit::GeneralProtection {
+                error_code: 0,
+                instr,
+            },
+        )
+    }
+
+    fn setup() -> (VcpuState, TestBus) {
+        let mut bus = TestBus::new();
+        for v in 0..=255u8 {
+            bus.set_gate(
+                v,
+                int_gate(0x08, HANDLER + u32::from(v), system_type::INT_GATE32, 0),
+            );
+        }
+        bus.set_gate(
+            0x80,
+            int_gate(0x08, HANDLER + 0x80, system_type::TRAP_GATE32, 3),
+        );
+        bus.set_gate(3, int_gate(0x08, HANDLER + 3, system_type::TRAP_GATE32, 3));
+        let s = bus.protected_state();
+        (s, bus)
+    }
+
+    #[test]
+    fn patched_popf_is_emulated_and_resumes() {
+        let (mut s, mut bus) = setup();
+        let esp = s.gpr[gpr::ESP] - 4;
+        s.gpr[gpr::ESP] = esp;
+        bus.write_u32(esp, eflags::FIXED1 | eflags::IF);
+        let a = patch(&mut s, &mut bus, &[0x9d]);
+        assert_eq!(a, Action::Resume(Effects::NONE));
+        assert_ne!(s.eflags & eflags::IF, 0);
+        assert_eq!(s.eip, 0x7001);
+    }
+
+    #[test]
+    fn privileged_instruction_from_user_becomes_guest_gp() {
+        let (mut s, mut bus) = setup();
+        bus.enter_user(&mut s);
+        let exit = Exit::GeneralProtection {
+            error_code: 0,
+            instr: Some(decode_at(&[0xf4], s.eip)),
+        };
+        let a = handle(&mut s, &mut bus, &exit);
+        assert!(matches!(a, Action::Resume(e) if e.cpl_changed));
+        assert_eq!(s.eip, HANDLER + 13);
+        assert_eq!(bus.read_u32(KSTACK - 20), 0x7000, "faulting EIP pushed");
+        assert_eq!(bus.read_u32(KSTACK - 24), 0, "error code 0");
+    }
+
+    #[test]
+    fn native_gp_on_ordinary_instruction_is_reflected() {
+        let (mut s, mut bus) = setup();
+        bus.enter_user(&mut s);
+        // mov eax, [0xc0000000] faulting on a clamped mirror.
+        let a = trap(&mut s, &mut bus, &[0xa1, 0x00, 0x00, 0x00, 0xc0]);
+        assert!(matches!(a, Action::Resume(_)));
+        assert_eq!(s.eip, HANDLER + 13);
+        // The same instruction at a patched site is a monitor inconsistency: stop.
+        let (mut s, mut bus) = setup();
+        let a = patch(&mut s, &mut bus, &[0xa1, 0x00, 0x00, 0x00, 0xc0]);
+        assert!(matches!(a, Action::Stop(StopReason::Unsupported(_))));
+    }
+
+    #[test]
+    fn hlt_in_kernel_halts_then_interrupt_wakes() {
+        let (mut s, mut bus) = setup();
+        s.eflags |= eflags::IF;
+        let a = trap(&mut s, &mut bus, &[0xf4]);
+        assert!(matches!(a, Action::Halt(e) if e.halted));
+        assert!(s.halted);
+        let a = handle(&mut s, &mut bus, &Exit::Interrupt { vector: 0x20 });
+        assert!(matches!(a, Action::Resume(_)));
+        assert!(!s.halted);
+        assert_eq!(s.eip, HANDLER + 0x20);
+        assert_eq!(bus.read_u32(KSTACK - 12), 0x7001, "returns after HLT");
+    }
+
+    #[test]
+    fn interrupt_blocked_by_if_and_shadow() {
+        let (mut s, mut bus) = setup();
+        assert_eq!(
+            handle(&mut s, &mut bus, &Exit::Interrupt { vector: 0x20 }),
+            Action::InterruptBlocked
+        );
+        // STI sets the shadow: still blocked right after it.
+        trap(&mut s, &mut bus, &[0xfb]);
+        assert_eq!(
+            handle(&mut s, &mut bus, &Exit::Interrupt { vector: 0x20 }),
+            Action::InterruptBlocked
+        );
+        s.interrupt_shadow = false;
+        assert!(matches!(
+            handle(&mut s, &mut bus, &Exit::Interrupt { vector: 0x20 }),
+            Action::Resume(_)
+        ));
+    }
+
+    #[test]
+    fn int_n_from_gp_error_code_and_from_sigsys() {
+        let (mut s, mut bus) = setup();
+        bus.enter_user(&mut s);
+        let mut t = s.clone();
+        // INT 0x80 as a host #GP naming IDT entry 0x80.
+        let exit = Exit::GeneralProtection {
+            error_code: (0x80 << 3) | 2,
+            instr: None,
+        };
+        assert!(matches!(handle(&mut t, &mut bus, &exit), Action::Resume(_)));
+        assert_eq!(t.eip, HANDLER + 0x80);
+        assert_eq!(bus.read_u32(KSTACK - 20), 0x7002);
+        // The same INT 0x80 after a SIGSYS: EIP already past it.
+        s.eip = 0x7002;
+        handle(
+            &mut s,
+            &mut bus,
+            &Exit::SoftwareInterrupt {
+                vector: 0x80,
+                len: 2,
+            },
+        );
+        assert_eq!(s, t);
+        // INT 0x30 from user mode hits a DPL-0 gate: #GP(0x30*8+2) with the INT's EIP.
+        let mut u = bus.protected_state();
+        bus.enter_user(&mut u);
+        u.eip = 0x7002;
+        handle(
+            &mut u,
+            &mut bus,
+            &Exit::SoftwareInterrupt {
+                vector: 0x30,
+                len: 2,
+            },
+        );
+        assert_eq!(u.eip, HANDLER + 13);
+        assert_eq!(bus.read_u32(KSTACK - 24), 0x182);
+        assert_eq!(bus.read_u32(KSTACK - 20), 0x7000);
+    }
+
+    #[test]
+    fn guest_exceptions_are_reflected() {
+        let (mut s, mut bus) = setup();
+        let a = handle(
+            &mut s,
+            &mut bus,
+            &Exit::Exception(Fault::new(Exception::DE)),
+        );
+        assert!(matches!(a, Action::Resume(e) if e.segment_dirty(SegReg::Cs)));
+        assert_eq!(s.eip, HANDLER);
+        assert_eq!(bus.read_u32(KSTACK - 12), 0x7000);
+    }
+
+    #[test]
+    fn single_step_after_emulated_instruction() {
+        let (mut s, mut bus) = setup();
+        s.eflags |= eflags::TF;
+        patch(&mut s, &mut bus, &[0xfa]);
+        assert_eq!(s.eip, HANDLER + 1);
+        assert_ne!(s.dr[6] & DR6_BS, 0);
+        assert_eq!(bus.read_u32(KSTACK - 12), 0x7001);
+    }
+
+    #[test]
+    fn unsupported_and_triple_fault_stop() {
+        let (mut s, mut bus) = setup();
+        s.eflags |= eflags::NT;
+        let a = patch(&mut s, &mut bus, &[0xcf]);
+        assert_eq!(
+            a,
+            Action::Stop(StopReason::Unsupported(Unsupported::TaskSwitch))
+        );
+        s.idtr.limit = 0;
+        let a = handle(&mut s, &mut bus, &Exit::Exception(Fault::ud()));
+        assert!(matches!(
+            a,
+            Action::Stop(StopReason::Delivery(DeliveryError::TripleFault { .. }))
+        ));
+    }
+}

@@ -62,7 +62,10 @@ impl Event {
     /// INT1), SDM Vol. 3A §6.13.
     const fn ext(&self) -> u32 {
         match self {
-            Event::Software { kind: SoftwareKind::Int1, .. } => 1,
+            Event::Software {
+                kind: SoftwareKind::Int1,
+                ..
+            } => 1,
             Event::Software { .. } => 0,
             _ => 1,
         }
@@ -99,7 +102,9 @@ pub enum DeliveryError {
         description: String,
     },
     /// The IDT entry is a task gate; hardware task switching is not emulated.
-    #[error("vector {vector:#x} goes through a task gate; hardware task switching is not supported")]
+    #[error(
+        "vector {vector:#x} goes through a task gate; hardware task switching is not supported"
+    )]
     TaskGate {
         /// The vector.
         vector: u8,
@@ -155,7 +160,9 @@ pub fn deliver(
                 );
                 if first == Class::DoubleFault || history.len() > 8 {
                     history.push(describe(&Event::Exception(f)));
-                    return Err(DeliveryError::TripleFault { description: history.join(" -> ") });
+                    return Err(DeliveryError::TripleFault {
+                        description: history.join(" -> "),
+                    });
                 }
                 current = if escalate {
                     Event::Exception(Fault::with_code(Exception::DF, 0))
@@ -179,7 +186,11 @@ fn describe(e: &Event) -> String {
     }
 }
 
-fn deliver_once(state: &mut VcpuState, bus: &mut impl GuestBus, ev: &Event) -> Result<Effects, Fail> {
+fn deliver_once(
+    state: &mut VcpuState,
+    bus: &mut impl GuestBus,
+    ev: &Event,
+) -> Result<Effects, Fail> {
     let vector = ev.vector();
     if let Event::Exception(Fault { cr2: Some(a), .. }) = ev {
         state.cr2 = a.raw();
@@ -200,7 +211,10 @@ fn deliver_once(state: &mut VcpuState, bus: &mut impl GuestBus, ev: &Event) -> R
     if u32::from(vector) * 8 + 7 > u32::from(state.idtr.limit) {
         return Err(Fault::gp(idt_code).into());
     }
-    let gate = Gate::decode(read_u64(bus, GuestLinear(state.idtr.base.wrapping_add(u32::from(vector) * 8)))?);
+    let gate = Gate::decode(read_u64(
+        bus,
+        GuestLinear(state.idtr.base.wrapping_add(u32::from(vector) * 8)),
+    )?);
     let is_int_gate = match gate.typ {
         system_type::INT_GATE16 | system_type::INT_GATE32 => true,
         system_type::TRAP_GATE16 | system_type::TRAP_GATE32 => false,
@@ -218,7 +232,11 @@ fn deliver_once(state: &mut VcpuState, bus: &mut impl GuestBus, ev: &Event) -> R
         return Err(Fault::gp(idt_code).into());
     }
     let cpl = state.cpl();
-    if let Event::Software { kind: SoftwareKind::IntN | SoftwareKind::Int3 | SoftwareKind::Into, .. } = ev {
+    if let Event::Software {
+        kind: SoftwareKind::IntN | SoftwareKind::Int3 | SoftwareKind::Into,
+        ..
+    } = ev
+    {
         if gate.dpl < cpl {
             return Err(Fault::gp(u32::from(vector) * 8 + 2).into());
         }
@@ -240,7 +258,11 @@ fn deliver_once(state: &mut VcpuState, bus: &mut impl GuestBus, ev: &Event) -> R
         return Err(Fault::np(cs_code).into());
     }
     let size = if gate.is_32() { 4 } else { 2 };
-    let target = if gate.is_32() { gate.offset } else { gate.offset & 0xffff };
+    let target = if gate.is_32() {
+        gate.offset
+    } else {
+        gate.offset & 0xffff
+    };
     let inner = !csd.is_conforming_code() && csd.dpl < cpl;
     let new_cpl = if inner { csd.dpl } else { cpl };
     let mut new_cs = Segment::from_descriptor((sel & 0xfffc) | u16::from(new_cpl), &csd);
@@ -312,7 +334,12 @@ fn deliver_once(state: &mut VcpuState, bus: &mut impl GuestBus, ev: &Event) -> R
 
 /// SS:ESP for privilege level `pl` from the current TSS (SDM Vol. 3A §7.2.1, Figure 7-2;
 /// 16-bit TSS §7.6).
-fn read_tss_stack(state: &VcpuState, bus: &mut impl GuestBus, pl: u8, ext: u32) -> Result<(u16, u32), Fault> {
+fn read_tss_stack(
+    state: &VcpuState,
+    bus: &mut impl GuestBus,
+    pl: u8,
+    ext: u32,
+) -> Result<(u16, u32), Fault> {
     let tr = &state.tr;
     let code = selector::error_code(tr.selector) + ext;
     let is32 = match tr.typ {
@@ -324,30 +351,59 @@ fn read_tss_stack(state: &VcpuState, bus: &mut impl GuestBus, pl: u8, ext: u32) 
         return Err(Fault::ts(code));
     }
     let pl = u32::from(pl);
-    let (esp_off, ss_off, esp_len) = if is32 { (8 * pl + 4, 8 * pl + 8, 4) } else { (4 * pl + 2, 4 * pl + 4, 2) };
+    let (esp_off, ss_off, esp_len) = if is32 {
+        (8 * pl + 4, 8 * pl + 8, 4)
+    } else {
+        (4 * pl + 2, 4 * pl + 4, 2)
+    };
     if ss_off + 1 > tr.limit {
         return Err(Fault::ts(code));
     }
     let mut esp = [0u8; 4];
-    bus.read_linear(GuestLinear(tr.base.wrapping_add(esp_off)), &mut esp[..esp_len], false)?;
+    bus.read_linear(
+        GuestLinear(tr.base.wrapping_add(esp_off)),
+        &mut esp[..esp_len],
+        false,
+    )?;
     let mut ss = [0u8; 2];
     bus.read_linear(GuestLinear(tr.base.wrapping_add(ss_off)), &mut ss, false)?;
     Ok((u16::from_le_bytes(ss), u32::from_le_bytes(esp)))
 }
 
 /// Real-address-mode delivery through the IVT (SDM Vol. 3A §20.1.4).
-fn deliver_real(state: &mut VcpuState, bus: &mut impl GuestBus, vector: u8, ret: u32) -> Result<Effects, Fault> {
+fn deliver_real(
+    state: &mut VcpuState,
+    bus: &mut impl GuestBus,
+    vector: u8,
+    ret: u32,
+) -> Result<Effects, Fault> {
     let off = u32::from(vector) * 4;
     if off + 3 > u32::from(state.idtr.limit) {
         return Err(Fault::gp0());
     }
     let mut b = [0u8; 4];
-    bus.read_linear(GuestLinear(state.idtr.base.wrapping_add(off)), &mut b, false)?;
+    bus.read_linear(
+        GuestLinear(state.idtr.base.wrapping_add(off)),
+        &mut b,
+        false,
+    )?;
     let ip = u32::from(u16::from_le_bytes([b[0], b[1]]));
     let cs = u16::from_le_bytes([b[2], b[3]]);
     let ss = *state.sreg(SegReg::Ss);
-    let frame = [state.eflags & 0xffff, u32::from(state.sreg(SegReg::Cs).selector), ret & 0xffff];
-    let esp = push_frame(bus, &ss, state.gpr[gpr::ESP], &frame, 2, false, Fault::ss(0))?;
+    let frame = [
+        state.eflags & 0xffff,
+        u32::from(state.sreg(SegReg::Cs).selector),
+        ret & 0xffff,
+    ];
+    let esp = push_frame(
+        bus,
+        &ss,
+        state.gpr[gpr::ESP],
+        &frame,
+        2,
+        false,
+        Fault::ss(0),
+    )?;
     state.gpr[gpr::ESP] = esp;
     let c = state.sreg_mut(SegReg::Cs);
     c.selector = cs;
@@ -363,7 +419,14 @@ fn deliver_real(state: &mut VcpuState, bus: &mut impl GuestBus, vector: u8, ret:
 /// (SDM Vol. 2A IRET, Vol. 2B POPF): status flags, TF, DF, NT, AC, ID and RF always (RF
 /// not for POPF); IF only when CPL ≤ IOPL; IOPL only at CPL 0; VIF/VIP at CPL 0 with
 /// 32-bit operands; VM never here (a return to virtual-8086 mode is handled apart).
-pub(crate) fn merge_eflags(old: u32, popped: u32, cpl: u8, iopl: u8, op32: bool, allow_rf: bool) -> u32 {
+pub(crate) fn merge_eflags(
+    old: u32,
+    popped: u32,
+    cpl: u8,
+    iopl: u8,
+    op32: bool,
+    allow_rf: bool,
+) -> u32 {
     let mut mask = eflags::STATUS | eflags::TF | eflags::DF | eflags::NT | eflags::AC | eflags::ID;
     if allow_rf {
         mask |= eflags::RF;
@@ -395,7 +458,11 @@ pub(crate) fn merge_eflags(old: u32, popped: u32, cpl: u8, iopl: u8, op32: bool,
 /// The faults the SDM lists: #SS(0) when the frame is outside SS, #GP(0) for a null CS
 /// or SS or an EIP beyond the limit, #GP(selector) for a bad CS/SS descriptor, #NP(CS),
 /// #SS(SS) for not-present segments, #PF from the bus.
-pub(crate) fn iret(state: &mut VcpuState, bus: &mut impl GuestBus, op32: bool) -> Result<Effects, Stop> {
+pub(crate) fn iret(
+    state: &mut VcpuState,
+    bus: &mut impl GuestBus,
+    op32: bool,
+) -> Result<Effects, Stop> {
     let size = if op32 { 4 } else { 2 };
     let cpl = state.cpl();
     let user = cpl == 3;
@@ -412,8 +479,13 @@ pub(crate) fn iret(state: &mut VcpuState, bus: &mut impl GuestBus, op32: bool) -
         let c = state.sreg_mut(SegReg::Cs);
         c.selector = cs;
         c.base = u32::from(cs) << 4;
-        let mask = if op32 { eflags::IMPLEMENTED & !(eflags::VM | eflags::VIF | eflags::VIP) } else { 0xffff };
-        state.eflags = ((state.eflags & !mask) | (v[2] & mask)) & eflags::IMPLEMENTED | eflags::FIXED1;
+        let mask = if op32 {
+            eflags::IMPLEMENTED & !(eflags::VM | eflags::VIF | eflags::VIP)
+        } else {
+            0xffff
+        };
+        state.eflags =
+            ((state.eflags & !mask) | (v[2] & mask)) & eflags::IMPLEMENTED | eflags::FIXED1;
         state.gpr[gpr::ESP] = adjust_sp(esp, 3 * size as i32, ss.db);
         return Ok(Effects::segment(SegReg::Cs));
     }
@@ -426,7 +498,11 @@ pub(crate) fn iret(state: &mut VcpuState, bus: &mut impl GuestBus, op32: bool) -
     let v = peek_frame(bus, &ss, esp, 3, size, user, Fault::ss(0))?;
     let new_eip = v[0];
     let cs_sel = v[1] as u16;
-    let popped_flags = if op32 { v[2] } else { (state.eflags & 0xffff_0000) | v[2] };
+    let popped_flags = if op32 {
+        v[2]
+    } else {
+        (state.eflags & 0xffff_0000) | v[2]
+    };
     if op32 && cpl == 0 && popped_flags & eflags::VM != 0 {
         return Err(Stop::Unsupported(Unsupported::Virtual8086));
     }
@@ -435,7 +511,15 @@ pub(crate) fn iret(state: &mut VcpuState, bus: &mut impl GuestBus, op32: bool) -
     let mut effects = Effects::segment(SegReg::Cs);
     let mut outer = None;
     if rpl > cpl {
-        let w = peek_frame(bus, &ss, adjust_sp(esp, 3 * size as i32, ss.db), 2, size, user, Fault::ss(0))?;
+        let w = peek_frame(
+            bus,
+            &ss,
+            adjust_sp(esp, 3 * size as i32, ss.db),
+            2,
+            size,
+            user,
+            Fault::ss(0),
+        )?;
         let new_ss = check_return_ss(state, bus, w[1] as u16, rpl)?;
         outer = Some((new_ss, w[0]));
     }
@@ -452,7 +536,11 @@ pub(crate) fn iret(state: &mut VcpuState, bus: &mut impl GuestBus, op32: bool) -
     match outer {
         Some(((ss_cache, _), new_esp)) => {
             *state.sreg_mut(SegReg::Ss) = ss_cache;
-            state.gpr[gpr::ESP] = if op32 || ss_cache.db { new_esp } else { (esp & 0xffff_0000) | (new_esp & 0xffff) };
+            state.gpr[gpr::ESP] = if op32 || ss_cache.db {
+                new_esp
+            } else {
+                (esp & 0xffff_0000) | (new_esp & 0xffff)
+            };
             effects = effects.merge(Effects::segment(SegReg::Ss));
             effects.cpl_changed = true;
             effects = effects.merge(null_inaccessible_data_segments(state, rpl));
@@ -543,9 +631,15 @@ mod tests {
     fn setup() -> (VcpuState, TestBus) {
         let mut bus = TestBus::new();
         for v in 0..=255u8 {
-            bus.set_gate(v, int_gate(0x08, HANDLER + u32::from(v), system_type::INT_GATE32, 0));
+            bus.set_gate(
+                v,
+                int_gate(0x08, HANDLER + u32::from(v), system_type::INT_GATE32, 0),
+            );
         }
-        bus.set_gate(0x80, int_gate(0x08, HANDLER + 0x80, system_type::TRAP_GATE32, 3));
+        bus.set_gate(
+            0x80,
+            int_gate(0x08, HANDLER + 0x80, system_type::TRAP_GATE32, 3),
+        );
         let s = bus.protected_state();
         (s, bus)
     }
@@ -558,7 +652,10 @@ mod tests {
         let e = deliver(&mut s, &mut bus, Event::External(0x20)).unwrap();
         assert_eq!(s.eip, HANDLER + 0x20);
         assert_eq!(s.gpr[gpr::ESP], 0x8800 - 12);
-        assert_eq!(bus.read_u32(0x8800 - 4), eflags::FIXED1 | eflags::IF | eflags::TF);
+        assert_eq!(
+            bus.read_u32(0x8800 - 4),
+            eflags::FIXED1 | eflags::IF | eflags::TF
+        );
         assert_eq!(bus.read_u32(0x8800 - 8), 0x08);
         assert_eq!(bus.read_u32(0x8800 - 12), 0x7000);
         assert_eq!(s.eflags & (eflags::IF | eflags::TF), 0);
@@ -576,7 +673,17 @@ mod tests {
         assert_eq!(s.sreg(SegReg::Ss).selector, 0x10);
         assert_eq!(s.gpr[gpr::ESP], KSTACK - 24);
         let f: Vec<u32> = (1..=6).map(|i| bus.read_u32(KSTACK - 4 * i)).collect();
-        assert_eq!(f, vec![0x23, USTACK, eflags::FIXED1 | eflags::IF, 0x1b, 0x7000, 0x1234]);
+        assert_eq!(
+            f,
+            vec![
+                0x23,
+                USTACK,
+                eflags::FIXED1 | eflags::IF,
+                0x1b,
+                0x7000,
+                0x1234
+            ]
+        );
         // And IRET (after discarding the error code) returns to user mode.
         s.gpr[gpr::ESP] += 4;
         let e = iret(&mut s, &mut bus, true).map_err(|_| ()).unwrap();
@@ -590,7 +697,12 @@ mod tests {
     #[test]
     fn page_fault_sets_cr2_and_pushes_code() {
         let (mut s, mut bus) = setup();
-        deliver(&mut s, &mut bus, Event::Exception(Fault::page_fault(GuestLinear(0xdead_b000), 6))).unwrap();
+        deliver(
+            &mut s,
+            &mut bus,
+            Event::Exception(Fault::page_fault(GuestLinear(0xdead_b000), 6)),
+        )
+        .unwrap();
         assert_eq!(s.cr2, 0xdead_b000);
         assert_eq!(bus.read_u32(KSTACK - 16), 6);
     }
@@ -603,12 +715,30 @@ mod tests {
         // DPL-3 trap gate at 0x80 works and keeps IF.
         s.eflags |= eflags::IF;
         let mut t = s.clone();
-        deliver(&mut t, &mut bus, Event::Software { vector: 0x80, kind: SoftwareKind::IntN, next_eip: 0x7002 }).unwrap();
+        deliver(
+            &mut t,
+            &mut bus,
+            Event::Software {
+                vector: 0x80,
+                kind: SoftwareKind::IntN,
+                next_eip: 0x7002,
+            },
+        )
+        .unwrap();
         assert_eq!(t.eip, HANDLER + 0x80);
         assert_ne!(t.eflags & eflags::IF, 0);
         assert_eq!(bus.read_u32(KSTACK - 20), 0x7002);
         // DPL-0 gate: #GP(vector*8+2), delivered through vector 13 with the INT's EIP.
-        deliver(&mut s, &mut bus, Event::Software { vector: 0x30, kind: SoftwareKind::IntN, next_eip: 0x7002 }).unwrap();
+        deliver(
+            &mut s,
+            &mut bus,
+            Event::Software {
+                vector: 0x30,
+                kind: SoftwareKind::IntN,
+                next_eip: 0x7002,
+            },
+        )
+        .unwrap();
         assert_eq!(s.eip, HANDLER + 13);
         assert_eq!(bus.read_u32(KSTACK - 24), 0x30 * 8 + 2);
         assert_eq!(bus.read_u32(KSTACK - 20), 0x7000);
@@ -648,10 +778,56 @@ mod tests {
     fn idt_limit_and_benign_chain() {
         let (mut s, mut bus) = setup();
         s.idtr.limit = 0x7f; // vectors 0..15 only
-        // External 0x20 beyond limit: #GP(0x20*8+2+1), benign first → plain #GP.
+                             // External 0x20 beyond limit: #GP(0x20*8+2+1), benign first → plain #GP.
         deliver(&mut s, &mut bus, Event::External(0x20)).unwrap();
         assert_eq!(s.eip, HANDLER + 13);
         assert_eq!(bus.read_u32(KSTACK - 16), 0x103);
+    }
+
+    #[test]
+    fn sixteen_bit_gate_pushes_words_and_iretw_returns() {
+        let (mut s, mut bus) = setup();
+        bus.set_gate(0x40, int_gate(0x50, 0x1234, system_type::TRAP_GATE16, 0));
+        s.gpr[gpr::ESP] = 0x8800;
+        s.eip = 0x0001_7000;
+        deliver(&mut s, &mut bus, Event::External(0x40)).unwrap();
+        assert_eq!((s.sreg(SegReg::Cs).selector, s.eip), (0x50, 0x1234));
+        assert_eq!(s.gpr[gpr::ESP], 0x8800 - 6);
+        assert_eq!(bus.read_u16(0x8800 - 2), eflags::FIXED1 as u16);
+        assert_eq!(bus.read_u16(0x8800 - 4), 0x08);
+        assert_eq!(bus.read_u16(0x8800 - 6), 0x7000, "IP truncated to 16 bits");
+        // IRET with a 16-bit operand size pops the three words back.
+        bus.write_u16(0x8800 - 6, 0x2000);
+        iret(&mut s, &mut bus, false).map_err(|_| ()).unwrap();
+        assert_eq!(
+            (s.sreg(SegReg::Cs).selector, s.eip, s.gpr[gpr::ESP]),
+            (0x08, 0x2000, 0x8800)
+        );
+    }
+
+    #[test]
+    fn inner_delivery_checks_the_tss_stack() {
+        let (mut s, mut bus) = setup();
+        bus.enter_user(&mut s);
+        // SS0 names a DPL-3 segment: #TS(SS0), which itself needs the same stack: the
+        // contributory pair escalates to #DF, whose delivery fails again: triple fault.
+        bus.write_u32(crate::vcpu::testbus::TSS + 8, 0x20);
+        let r = deliver(&mut s, &mut bus, Event::External(0x20));
+        assert!(matches!(r, Err(DeliveryError::TripleFault { .. })), "{r:?}");
+        // A TSS too short for SS0:ESP0: #TS(TR).
+        let (mut s, mut bus) = setup();
+        bus.enter_user(&mut s);
+        s.tr.limit = 8;
+        let r = deliver(&mut s, &mut bus, Event::External(0x20));
+        match r {
+            Err(DeliveryError::TripleFault { description }) => {
+                assert!(
+                    description.contains("exception 0xa (error 0x29)"),
+                    "{description}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -672,7 +848,9 @@ mod tests {
         bus.write_u32(0x8004, 0x40); // not-present data: not code → #GP(0x40)
         bus.write_u32(0x8008, eflags::FIXED1);
         let before = s.clone();
-        assert!(matches!(iret(&mut s, &mut bus, true), Err(Stop::Fault(f)) if f == Fault::gp(0x40)));
+        assert!(
+            matches!(iret(&mut s, &mut bus, true), Err(Stop::Fault(f)) if f == Fault::gp(0x40))
+        );
         bus.write_u32(0x8004, 0x00);
         assert!(matches!(iret(&mut s, &mut bus, true), Err(Stop::Fault(f)) if f == Fault::gp0()));
         assert_eq!(s, before);
@@ -689,7 +867,10 @@ mod tests {
     fn iret_to_user_nulls_kernel_data_segments() {
         let (mut s, mut bus) = setup();
         s.gpr[gpr::ESP] = 0x8000;
-        for (i, v) in [0x4000u32, 0x1b, eflags::FIXED1 | eflags::IOPL, 0x7ff0, 0x23].iter().enumerate() {
+        for (i, v) in [0x4000u32, 0x1b, eflags::FIXED1 | eflags::IOPL, 0x7ff0, 0x23]
+            .iter()
+            .enumerate()
+        {
             bus.write_u32(0x8000 + 4 * i as u32, *v);
         }
         let e = iret(&mut s, &mut bus, true).map_err(|_| ()).unwrap();
@@ -699,14 +880,46 @@ mod tests {
         // IOPL was changeable (old CPL 0).
         assert_eq!(s.iopl(), 3);
         // From CPL 3, IRET cannot raise IOPL or clear IF beyond IOPL rules.
-        assert_eq!(merge_eflags(eflags::FIXED1, eflags::IOPL | eflags::IF, 3, 0, true, true), eflags::FIXED1);
+        assert_eq!(
+            merge_eflags(eflags::FIXED1, eflags::IOPL | eflags::IF, 3, 0, true, true),
+            eflags::FIXED1
+        );
     }
 
     #[test]
     fn iret_with_nt_is_unsupported() {
         let (mut s, mut bus) = setup();
         s.eflags |= eflags::NT;
-        assert!(matches!(iret(&mut s, &mut bus, true), Err(Stop::Unsupported(Unsupported::TaskSwitch))));
+        assert!(matches!(
+            iret(&mut s, &mut bus, true),
+            Err(Stop::Unsupported(Unsupported::TaskSwitch))
+        ));
+    }
+
+    proptest::proptest! {
+        /// Arbitrary gate and code-segment descriptor bits never panic the monitor: the
+        /// result is a delivered event or a clean error.
+        #[test]
+        fn delivery_is_total(gate in proptest::prelude::any::<u64>(),
+                             code in proptest::prelude::any::<u64>(),
+                             vector in proptest::prelude::any::<u8>(),
+                             user in proptest::prelude::any::<bool>(),
+                             soft in proptest::prelude::any::<bool>()) {
+            let (mut s, mut bus) = setup();
+            if user {
+                bus.enter_user(&mut s);
+            }
+            bus.write_u64(crate::vcpu::testbus::IDT + u32::from(vector) * 8, gate);
+            bus.write_u64(crate::vcpu::testbus::GDT + 0x58, code);
+            let ev = if soft {
+                Event::Software { vector, kind: SoftwareKind::IntN, next_eip: 0x7002 }
+            } else {
+                Event::External(vector)
+            };
+            if deliver(&mut s, &mut bus, ev).is_ok() {
+                proptest::prop_assert!(s.sreg(SegReg::Cs).is_code());
+            }
+        }
     }
 
     #[test]
@@ -718,7 +931,16 @@ mod tests {
         bus.write_u16(0x21 * 4 + 2, 0x2000);
         s.gpr[gpr::ESP] = 0x1000;
         s.eflags |= eflags::IF;
-        deliver(&mut s, &mut bus, Event::Software { vector: 0x21, kind: SoftwareKind::IntN, next_eip: 0xfff2 }).unwrap();
+        deliver(
+            &mut s,
+            &mut bus,
+            Event::Software {
+                vector: 0x21,
+                kind: SoftwareKind::IntN,
+                next_eip: 0xfff2,
+            },
+        )
+        .unwrap();
         assert_eq!(s.sreg(SegReg::Cs).base, 0x20000);
         assert_eq!(s.eip, 0x1234);
         assert_eq!(bus.read_u16(0xffa), 0xfff2);

@@ -6,11 +6,22 @@
 //! mirror, flush shadow mappings, block on HLT...) is returned as [`Effects`].
 //!
 //! Entry points:
-//! - [`emulate`] executes one decoded instruction against the state,
+//! - [`emulate()`] executes one decoded instruction against the state,
 //! - [`deliver`] delivers an exception or interrupt through the guest IDT,
 //! - [`load_segment`] loads a data or stack segment register with all hardware checks,
 //! - [`mirror_of`] describes the host LDT entry that backs a guest segment,
 //! - [`exit::handle`] maps a classified exit to emulation or delivery.
+//!
+//! Faults are precise: a faulting instruction leaves the state as it was (REP string I/O
+//! keeps its completed iterations, as hardware does). Guest-controlled values never
+//! panic the monitor; what is not emulated is reported as [`Unsupported`] or
+//! [`DeliveryError`] so the run loop can stop the VM with a diagnostic.
+//!
+//! Not emulated: hardware task switching (task gates, far transfers to a TSS, IRET with
+//! NT = 1), virtual-8086 mode, the breakpoints DR0–DR3 describe (the registers are kept;
+//! triggering them is up to the run loop), counting performance counters (the PMC MSRs
+//! hold what was written), loading PAE PDPTEs on MOV CR3 (the shadow-paging code reads
+//! them from guest memory).
 
 pub mod descriptor;
 pub mod emulate;
@@ -27,7 +38,7 @@ use crate::addr::GuestLinear;
 
 pub use emulate::{emulate, Emulated, Unsupported};
 pub use interrupts::{deliver, DeliveryError, Event};
-pub use segments::{load_segment, mirror_of, MirrorDescriptor};
+pub use segments::{load_segment, mirror_of, mirrors, MirrorDescriptor};
 pub use state::{SegReg, Segment, VcpuState};
 
 /// Exception vectors (SDM Vol. 3A, Table 6-1).
@@ -87,18 +98,26 @@ pub struct Fault {
     pub vector: u8,
     /// Error code pushed on delivery, `None` for vectors without one.
     pub error_code: Option<u32>,
-    /// For #PF: the faulting linear address the run loop writes to CR2 on delivery.
+    /// For #PF: the faulting linear address; [`deliver`] writes it to CR2.
     pub cr2: Option<GuestLinear>,
 }
 
 impl Fault {
     /// A fault without error code (e.g. #UD, #DE).
     pub const fn new(vector: u8) -> Self {
-        Self { vector, error_code: None, cr2: None }
+        Self {
+            vector,
+            error_code: None,
+            cr2: None,
+        }
     }
     /// A fault with error code.
     pub const fn with_code(vector: u8, code: u32) -> Self {
-        Self { vector, error_code: Some(code), cr2: None }
+        Self {
+            vector,
+            error_code: Some(code),
+            cr2: None,
+        }
     }
     /// #GP with the given error code.
     pub const fn gp(code: u32) -> Self {
@@ -126,7 +145,11 @@ impl Fault {
     }
     /// #PF at `addr` with the page-fault error code (P, W/R, U/S, RSVD, I/D bits).
     pub const fn page_fault(addr: GuestLinear, code: u32) -> Self {
-        Self { vector: Exception::PF, error_code: Some(code), cr2: Some(addr) }
+        Self {
+            vector: Exception::PF,
+            error_code: Some(code),
+            cr2: Some(addr),
+        }
     }
 }
 
@@ -204,6 +227,14 @@ impl Effects {
     /// Whether the mirror of `reg` must be reinstalled.
     pub const fn segment_dirty(&self, reg: SegReg) -> bool {
         self.segments_dirty & (1 << reg as u8) != 0
+    }
+
+    /// The segment registers whose mirror must be reinstalled; all six when the CPL
+    /// changed, since the user clamp of every mirror depends on it.
+    pub fn dirty_segments(&self) -> impl Iterator<Item = SegReg> + '_ {
+        SegReg::ALL
+            .into_iter()
+            .filter(move |&r| self.cpl_changed || self.segment_dirty(r))
     }
 
     /// Both sets of effects.

@@ -41,7 +41,10 @@ pub fn fetch_descriptor(
     }
     let addr = GuestLinear(base.wrapping_add(offset));
     let raw = read_u64(bus, addr)?;
-    Ok(Some(DescriptorRef { desc: Descriptor::decode(raw), addr }))
+    Ok(Some(DescriptorRef {
+        desc: Descriptor::decode(raw),
+        addr,
+    }))
 }
 
 /// Reads 8 bytes of guest memory as an implicit supervisor access.
@@ -60,9 +63,9 @@ pub fn set_accessed(bus: &mut impl GuestBus, d: &DescriptorRef) -> Result<(), Fa
     if d.desc.typ & TYPE_ACCESSED != 0 {
         return Ok(());
     }
-    let byte = 0x80 * u8::from(d.desc.present)
-        | (d.desc.dpl & 3) << 5
-        | u8::from(d.desc.s) << 4
+    let byte = (u8::from(d.desc.present) << 7)
+        | ((d.desc.dpl & 3) << 5)
+        | (u8::from(d.desc.s) << 4)
         | d.desc.typ
         | TYPE_ACCESSED;
     bus.write_linear(d.addr.wrapping_add(5), &[byte], false)
@@ -148,6 +151,9 @@ pub fn check_segment_load(
 }
 
 /// The host LDT entry (always DPL 3) that backs a guest segment while the guest runs.
+/// There is deliberately no L flag: a mirror is never a 64-bit code segment, whatever the
+/// guest descriptor's bit 53 says (it is reserved on IA-32), so guest code cannot reach
+/// 64-bit mode through its own descriptors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MirrorDescriptor {
     /// Linear base, copied from the guest.
@@ -224,6 +230,12 @@ pub fn mirror_of(seg: &Segment, cpl: u8, user_limit_clamp: Option<u32>) -> Mirro
     m
 }
 
+/// The mirrors of all six segment registers for the state's current CPL, indexed by
+/// `SegReg as usize`.
+pub fn mirrors(state: &VcpuState, user_limit_clamp: Option<u32>) -> [MirrorDescriptor; 6] {
+    SegReg::ALL.map(|r| mirror_of(state.sreg(r), state.cpl(), user_limit_clamp))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,7 +266,10 @@ mod tests {
         load_segment(&mut s, &mut bus, SegReg::Fs, 0x3).unwrap();
         assert!(!s.sreg(SegReg::Fs).present);
         assert_eq!(s.sreg(SegReg::Fs).selector, 3);
-        assert_eq!(load_segment(&mut s, &mut bus, SegReg::Ss, 0), Err(Fault::gp0()));
+        assert_eq!(
+            load_segment(&mut s, &mut bus, SegReg::Ss, 0),
+            Err(Fault::gp0())
+        );
     }
 
     #[test]
@@ -262,20 +277,47 @@ mod tests {
         let (mut s, mut bus) = setup();
         let before = s.clone();
         // Beyond the GDT limit.
-        assert_eq!(load_segment(&mut s, &mut bus, SegReg::Ds, 0x400), Err(Fault::gp(0x400)));
+        assert_eq!(
+            load_segment(&mut s, &mut bus, SegReg::Ds, 0x400),
+            Err(Fault::gp(0x400))
+        );
         // LDT with no LDT loaded.
-        assert_eq!(load_segment(&mut s, &mut bus, SegReg::Ds, 0x0f), Err(Fault::gp(0xc)));
+        assert_eq!(
+            load_segment(&mut s, &mut bus, SegReg::Ds, 0x0f),
+            Err(Fault::gp(0xc))
+        );
         // Execute-only code segment (0x38) into DS.
-        assert_eq!(load_segment(&mut s, &mut bus, SegReg::Ds, 0x38), Err(Fault::gp(0x38)));
+        assert_eq!(
+            load_segment(&mut s, &mut bus, SegReg::Ds, 0x38),
+            Err(Fault::gp(0x38))
+        );
         // A TSS descriptor (0x28) is a system segment.
-        assert_eq!(load_segment(&mut s, &mut bus, SegReg::Es, 0x28), Err(Fault::gp(0x28)));
+        assert_eq!(
+            load_segment(&mut s, &mut bus, SegReg::Es, 0x28),
+            Err(Fault::gp(0x28))
+        );
         // Not-present data (0x40): #NP, and #SS for SS.
-        assert_eq!(load_segment(&mut s, &mut bus, SegReg::Gs, 0x40), Err(Fault::np(0x40)));
-        assert_eq!(load_segment(&mut s, &mut bus, SegReg::Ss, 0x40), Err(Fault::ss(0x40)));
+        assert_eq!(
+            load_segment(&mut s, &mut bus, SegReg::Gs, 0x40),
+            Err(Fault::np(0x40))
+        );
+        assert_eq!(
+            load_segment(&mut s, &mut bus, SegReg::Ss, 0x40),
+            Err(Fault::ss(0x40))
+        );
         // SS with RPL != CPL, and a read-only... DPL-3 data as SS at CPL 0.
-        assert_eq!(load_segment(&mut s, &mut bus, SegReg::Ss, 0x13), Err(Fault::gp(0x10)));
-        assert_eq!(load_segment(&mut s, &mut bus, SegReg::Ss, 0x20), Err(Fault::gp(0x20)));
-        assert_eq!(load_segment(&mut s, &mut bus, SegReg::Cs, 0x08), Err(Fault::ud()));
+        assert_eq!(
+            load_segment(&mut s, &mut bus, SegReg::Ss, 0x13),
+            Err(Fault::gp(0x10))
+        );
+        assert_eq!(
+            load_segment(&mut s, &mut bus, SegReg::Ss, 0x20),
+            Err(Fault::gp(0x20))
+        );
+        assert_eq!(
+            load_segment(&mut s, &mut bus, SegReg::Cs, 0x08),
+            Err(Fault::ud())
+        );
         assert_eq!(s, before);
     }
 
@@ -284,14 +326,40 @@ mod tests {
         let (mut s, mut bus) = setup();
         bus.enter_user(&mut s);
         // Kernel data (DPL 0) from CPL 3.
-        assert_eq!(load_segment(&mut s, &mut bus, SegReg::Ds, 0x13), Err(Fault::gp(0x10)));
+        assert_eq!(
+            load_segment(&mut s, &mut bus, SegReg::Ds, 0x13),
+            Err(Fault::gp(0x10))
+        );
         // User data with RPL 3 works, also into SS.
         load_segment(&mut s, &mut bus, SegReg::Ds, 0x23).unwrap();
         load_segment(&mut s, &mut bus, SegReg::Ss, 0x23).unwrap();
         // Readable kernel code (non-conforming) is refused.
-        assert_eq!(load_segment(&mut s, &mut bus, SegReg::Es, 0x0b), Err(Fault::gp(0x8)));
+        assert_eq!(
+            load_segment(&mut s, &mut bus, SegReg::Es, 0x0b),
+            Err(Fault::gp(0x8))
+        );
         // Conforming readable code (0x48, DPL 0) is allowed into a data register.
         load_segment(&mut s, &mut bus, SegReg::Es, 0x4b).unwrap();
+    }
+
+    proptest::proptest! {
+        /// Any selector and any descriptor bits: no panic, and a fault changes nothing.
+        #[test]
+        fn loads_are_total_and_precise(sel in proptest::prelude::any::<u16>(),
+                                       raw in proptest::prelude::any::<u64>(),
+                                       reg in 0usize..6, user in proptest::prelude::any::<bool>()) {
+            let (mut s, mut bus) = setup();
+            if user {
+                bus.enter_user(&mut s);
+            }
+            bus.write_u64(GDT + 0x58, raw);
+            bus.write_u64(GDT + 0x60, raw);
+            let before = s.clone();
+            match load_segment(&mut s, &mut bus, SegReg::ALL[reg], sel) {
+                Ok(_) => proptest::prop_assert_eq!(s.seg[reg].selector, sel),
+                Err(_) => proptest::prop_assert_eq!(&s, &before),
+            }
+        }
     }
 
     #[test]
@@ -325,5 +393,13 @@ mod tests {
         let code = Segment::flat(0x08, 0xb, 0);
         let mc = mirror_of(&code, 0, None);
         assert!(mc.code && mc.readable && !mc.writable && mc.db);
+        let mut s = VcpuState::multiboot_entry(0, 0, 0);
+        let mut bus = TestBus::new();
+        s.gdtr.base = GDT;
+        s.gdtr.limit = 0xff;
+        load_segment(&mut s, &mut bus, SegReg::Fs, 0).unwrap();
+        let all = mirrors(&s, Some(0xc000_0000));
+        assert!(all[SegReg::Cs as usize].code && !all[SegReg::Fs as usize].present);
+        assert_eq!(all[SegReg::Ds as usize].limit, u32::MAX);
     }
 }

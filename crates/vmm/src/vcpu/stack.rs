@@ -89,7 +89,11 @@ pub fn peek_frame(
             return Err(fault);
         }
         let mut b = [0u8; 4];
-        bus.read_linear(GuestLinear(ss.base.wrapping_add(off)), &mut b[..size as usize], user)?;
+        bus.read_linear(
+            GuestLinear(ss.base.wrapping_add(off)),
+            &mut b[..size as usize],
+            user,
+        )?;
         out.push(u32::from_le_bytes(b));
     }
     Ok(out)

@@ -127,8 +127,14 @@ pub enum SegReg {
 
 impl SegReg {
     /// All six, in encoding order.
-    pub const ALL: [SegReg; 6] =
-        [SegReg::Es, SegReg::Cs, SegReg::Ss, SegReg::Ds, SegReg::Fs, SegReg::Gs];
+    pub const ALL: [SegReg; 6] = [
+        SegReg::Es,
+        SegReg::Cs,
+        SegReg::Ss,
+        SegReg::Ds,
+        SegReg::Fs,
+        SegReg::Gs,
+    ];
 
     /// The segment register an iced register names, if it is one.
     pub fn from_iced(reg: iced_x86::Register) -> Option<Self> {
@@ -437,8 +443,14 @@ impl VcpuState {
             cr2: 0,
             cr3: 0,
             cr4: 0,
-            gdtr: TableReg { base: 0, limit: 0xffff },
-            idtr: TableReg { base: 0, limit: 0xffff },
+            gdtr: TableReg {
+                base: 0,
+                limit: 0xffff,
+            },
+            idtr: TableReg {
+                base: 0,
+                limit: 0xffff,
+            },
             ldtr,
             tr,
             dr: [0, 0, 0, 0, 0, 0, DR6_INIT, DR7_INIT],
@@ -449,24 +461,42 @@ impl VcpuState {
         }
     }
 
+    /// Flat 32-bit protected mode at CPL 0 with paging off and IF = 0, as boot protocols
+    /// enter a kernel: CS = `code_sel` (4 GiB execute/read), DS/ES/FS/GS/SS = `data_sel`
+    /// (4 GiB read/write), CR0 = PE|ET, EIP = `entry`, all GPRs 0. GDTR, IDTR, LDTR and
+    /// TR are empty; the loader sets GDTR when its protocol requires a GDT in memory.
+    pub fn flat_protected(entry: u32, code_sel: u16, data_sel: u16) -> Self {
+        let mut s = Self::reset();
+        s.eip = entry;
+        s.eflags = eflags::FIXED1;
+        let data = Segment::flat(data_sel, 0x3, 0);
+        s.seg = [
+            data,
+            Segment::flat(code_sel, 0xb, 0),
+            data,
+            data,
+            data,
+            data,
+        ];
+        s.cr0 = cr0::PE | cr0::ET;
+        s.gdtr = TableReg { base: 0, limit: 0 };
+        s.idtr = TableReg { base: 0, limit: 0 };
+        s.ldtr = Segment::null(0);
+        // No TSS until the kernel loads one: I/O-bitmap and stack-switch lookups fault
+        // cleanly instead of reading a TSS at linear 0.
+        s.tr = Segment::null(0);
+        s
+    }
+
     /// The machine state a Multiboot v1 loader hands to the kernel (Multiboot spec §3.2):
     /// EAX = magic, EBX = info address, CS a flat 4 GiB 32-bit execute/read segment
     /// (selector 0x08, CPL 0), DS/ES/FS/GS/SS flat 4 GiB read/write (selector 0x10), CR0 =
     /// PE|ET with paging off, IF = 0. GDTR/IDTR are undefined by the spec (the kernel must
     /// set up its own) and are left empty; ESP is undefined and left 0.
     pub fn multiboot_entry(entry: u32, eax: u32, ebx: u32) -> Self {
-        let mut s = Self::reset();
-        s.gpr = [0; 8];
+        let mut s = Self::flat_protected(entry, 0x08, 0x10);
         s.gpr[gpr::EAX] = eax;
         s.gpr[gpr::EBX] = ebx;
-        s.eip = entry;
-        s.eflags = eflags::FIXED1;
-        let data = Segment::flat(0x10, 0x3, 0);
-        s.seg = [data, Segment::flat(0x08, 0xb, 0), data, data, data, data];
-        s.cr0 = cr0::PE | cr0::ET;
-        s.gdtr = TableReg { base: 0, limit: 0 };
-        s.idtr = TableReg { base: 0, limit: 0 };
-        s.ldtr = Segment::null(0);
         s
     }
 
@@ -480,15 +510,17 @@ impl VcpuState {
         self.protected() && self.eflags & eflags::VM != 0
     }
 
-    /// The current privilege level: CS.RPL in protected mode, 3 in virtual-8086 mode,
-    /// 0 in real mode.
+    /// The current privilege level: 0 in real mode, 3 in virtual-8086 mode, and in
+    /// protected mode the DPL of SS, which always equals the CPL (every SS load checks
+    /// DPL = CPL). Unlike CS.RPL it stays right in the window after CR0.PE is set from
+    /// real mode with an arbitrary CS value, where the processor still runs at CPL 0.
     pub const fn cpl(&self) -> u8 {
         if !self.protected() {
             0
         } else if self.eflags & eflags::VM != 0 {
             3
         } else {
-            (self.seg[SegReg::Cs as usize].selector & 3) as u8
+            self.seg[SegReg::Ss as usize].dpl
         }
     }
 
@@ -527,6 +559,70 @@ impl VcpuState {
     }
 }
 
+impl std::fmt::Display for VcpuState {
+    /// A register dump for diagnostics (triple faults, unsupported operations).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let g = &self.gpr;
+        writeln!(
+            f,
+            "EAX={:08x} EBX={:08x} ECX={:08x} EDX={:08x} ESI={:08x} EDI={:08x} EBP={:08x} ESP={:08x}",
+            g[gpr::EAX], g[gpr::EBX], g[gpr::ECX], g[gpr::EDX],
+            g[gpr::ESI], g[gpr::EDI], g[gpr::EBP], g[gpr::ESP]
+        )?;
+        writeln!(
+            f,
+            "EIP={:08x} EFL={:08x} CPL={} IOPL={} IF={} HLT={} SHADOW={}",
+            self.eip,
+            self.eflags,
+            self.cpl(),
+            self.iopl(),
+            u8::from(self.eflags & eflags::IF != 0),
+            u8::from(self.halted),
+            u8::from(self.interrupt_shadow)
+        )?;
+        let names = ["ES", "CS", "SS", "DS", "FS", "GS"];
+        for (name, s) in names.iter().zip(self.seg.iter()) {
+            writeln!(f, "{name} ={}", SegDump(s))?;
+        }
+        writeln!(f, "LDT={}", SegDump(&self.ldtr))?;
+        writeln!(f, "TR ={}", SegDump(&self.tr))?;
+        writeln!(f, "GDT=     {:08x} {:08x}", self.gdtr.base, self.gdtr.limit)?;
+        writeln!(f, "IDT=     {:08x} {:08x}", self.idtr.base, self.idtr.limit)?;
+        writeln!(
+            f,
+            "CR0={:08x} CR2={:08x} CR3={:08x} CR4={:08x}",
+            self.cr0, self.cr2, self.cr3, self.cr4
+        )?;
+        write!(
+            f,
+            "DR0={:08x} DR1={:08x} DR2={:08x} DR3={:08x} DR6={:08x} DR7={:08x}",
+            self.dr[0], self.dr[1], self.dr[2], self.dr[3], self.dr[6], self.dr[7]
+        )
+    }
+}
+
+/// One segment register as a dump line: selector, base, limit, type, DPL and flags.
+struct SegDump<'a>(&'a Segment);
+
+impl std::fmt::Display for SegDump<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.0;
+        write!(
+            f,
+            "{:04x} {:08x} {:08x} type={:x} s={} dpl={} p={} db={} g={}",
+            s.selector,
+            s.base,
+            s.limit,
+            s.typ,
+            u8::from(s.s),
+            s.dpl,
+            u8::from(s.present),
+            u8::from(s.db),
+            u8::from(s.g)
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -547,6 +643,24 @@ mod tests {
             assert!(s.sreg(r).is_writable_data());
             assert_eq!(s.sreg(r).limit, u32::MAX);
         }
+    }
+
+    #[test]
+    fn cpl_after_entering_protected_mode_is_zero() {
+        let mut s = VcpuState::reset();
+        *s.sreg_mut(SegReg::Cs) = Segment::real_mode(0x1003);
+        s.cr0 |= cr0::PE;
+        assert_eq!(s.cpl(), 0);
+    }
+
+    #[test]
+    fn register_dump_names_the_state() {
+        let s = VcpuState::multiboot_entry(0x0010_0000, 0x2bad_b002, 0x9500);
+        let d = s.to_string();
+        assert!(d.contains("EAX=2badb002"), "{d}");
+        assert!(d.contains("EIP=00100000"), "{d}");
+        assert!(d.contains("CS =0008 00000000 ffffffff type=b"), "{d}");
+        assert!(d.contains("CR0=00000011"), "{d}");
     }
 
     #[test]

@@ -51,11 +51,26 @@ pub fn flat(typ: u8, dpl: u8) -> Descriptor {
 }
 
 pub fn system(base: u32, limit: u32, typ: u8) -> Descriptor {
-    Descriptor { base, limit, typ, s: false, dpl: 0, present: true, ..Default::default() }
+    Descriptor {
+        base,
+        limit,
+        typ,
+        s: false,
+        dpl: 0,
+        present: true,
+        ..Default::default()
+    }
 }
 
 pub fn int_gate(sel: u16, offset: u32, typ: u8, dpl: u8) -> Gate {
-    Gate { offset, selector: sel, typ, dpl, present: true, ..Default::default() }
+    Gate {
+        offset,
+        selector: sel,
+        typ,
+        dpl,
+        present: true,
+        ..Default::default()
+    }
 }
 
 impl TestBus {
@@ -75,9 +90,23 @@ impl TestBus {
             (0x28, system(TSS, IOMAP + 0x2000, 11)),
             (0x30, system(LDT, 0x17, 2)),
             (0x38, flat(0x9, 0)),
-            (0x40, Descriptor { present: false, ..flat(0x3, 0) }),
+            (
+                0x40,
+                Descriptor {
+                    present: false,
+                    ..flat(0x3, 0)
+                },
+            ),
             (0x48, flat(0xf, 0)),
-            (0x50, Descriptor { db: false, limit: 0xffff, g: false, ..flat(0xb, 0) }),
+            (
+                0x50,
+                Descriptor {
+                    db: false,
+                    limit: 0xffff,
+                    g: false,
+                    ..flat(0xb, 0)
+                },
+            ),
         ];
         for (sel, d) in gdt {
             b.write_u64(GDT + u32::from(sel), d.encode());
@@ -96,8 +125,14 @@ impl TestBus {
     /// Kernel (CPL 0) flat protected-mode state using the tables above.
     pub fn protected_state(&self) -> VcpuState {
         let mut s = VcpuState::multiboot_entry(0x10_0000 - 0x100, 0, 0);
-        s.gdtr = TableReg { base: GDT, limit: 0xff };
-        s.idtr = TableReg { base: IDT, limit: 0x7ff };
+        s.gdtr = TableReg {
+            base: GDT,
+            limit: 0xff,
+        };
+        s.idtr = TableReg {
+            base: IDT,
+            limit: 0x7ff,
+        };
         let mut tss = Descriptor::decode(self.read_u64(GDT + 0x28));
         tss.typ = 11;
         s.tr = Segment::from_descriptor(0x28, &tss);
@@ -148,7 +183,13 @@ impl TestBus {
         self.ram[a..a + 2].copy_from_slice(&v.to_le_bytes());
     }
 
-    fn check(&self, addr: GuestLinear, len: usize, write: bool, user: bool) -> Result<usize, Fault> {
+    fn check(
+        &self,
+        addr: GuestLinear,
+        len: usize,
+        write: bool,
+        user: bool,
+    ) -> Result<usize, Fault> {
         let a = addr.raw();
         for (i, _) in (0..len).enumerate() {
             let x = a.wrapping_add(i as u32);

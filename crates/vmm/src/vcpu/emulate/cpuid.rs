@@ -65,20 +65,27 @@ pub struct CpuModel {
 
 impl Default for CpuModel {
     fn default() -> Self {
-        Self { leaf1_ecx: 0, leaf1_edx: LEAF1_EDX }
+        Self {
+            leaf1_ecx: 0,
+            leaf1_edx: LEAF1_EDX,
+        }
     }
 }
 
 impl CpuModel {
     /// The model plus the pass-through extensions the host reports in its own CPUID.1:ECX.
     pub fn with_host_ecx(host_ecx: u32) -> Self {
-        Self { leaf1_ecx: host_ecx & LEAF1_ECX_PASSTHROUGH, ..Self::default() }
+        Self {
+            leaf1_ecx: host_ecx & LEAF1_ECX_PASSTHROUGH,
+            ..Self::default()
+        }
     }
 
     /// EAX, EBX, ECX, EDX for `leaf` (the model has no sub-leaves). Leaves beyond the
     /// highest basic leaf answer like the highest basic leaf, as Intel processors do.
     pub fn query(&self, leaf: u32) -> [u32; 4] {
-        let word = |i: usize| u32::from_le_bytes([BRAND[i], BRAND[i + 1], BRAND[i + 2], BRAND[i + 3]]);
+        let word =
+            |i: usize| u32::from_le_bytes([BRAND[i], BRAND[i + 1], BRAND[i + 2], BRAND[i + 3]]);
         match leaf {
             // "GenuineIntel" in EBX, EDX, ECX.
             0 => [MAX_BASIC_LEAF, 0x756e_6547, 0x6c65_746e, 0x4965_6e69],

@@ -2,10 +2,11 @@
 
 use super::operands::{read_mem, rm_operand, Rm};
 use super::{peek, push, release, Ctx, Outcome, Res, Stop, Unsupported};
-use crate::vcpu::descriptor::{selector, system_type, TYPE_ACCESSED};
+use crate::addr::GuestLinear;
+use crate::vcpu::descriptor::{selector, system_type, Gate, TYPE_ACCESSED};
 use crate::vcpu::interrupts::{check_return_cs, check_return_ss, null_inaccessible_data_segments};
 use crate::vcpu::segments::{fetch_descriptor, set_accessed};
-use crate::vcpu::stack::adjust_sp;
+use crate::vcpu::stack::{adjust_sp, push_frame};
 use crate::vcpu::state::{eflags, gpr, SegReg, Segment, VcpuState};
 use crate::vcpu::{Effects, Fault, GuestBus};
 use iced_x86::{Code, Instruction, Mnemonic};
@@ -14,15 +15,34 @@ use iced_x86::{Code, Instruction, Mnemonic};
 pub(crate) fn is_far(i: &Instruction) -> bool {
     matches!(
         i.code(),
-        Code::Jmp_ptr1616 | Code::Jmp_ptr1632 | Code::Jmp_m1616 | Code::Jmp_m1632
-            | Code::Call_ptr1616 | Code::Call_ptr1632 | Code::Call_m1616 | Code::Call_m1632
+        Code::Jmp_ptr1616
+            | Code::Jmp_ptr1632
+            | Code::Jmp_m1616
+            | Code::Jmp_m1632
+            | Code::Call_ptr1616
+            | Code::Call_ptr1632
+            | Code::Call_m1616
+            | Code::Call_m1632
     )
 }
 
-/// The target of a far JMP/CALL to a code segment at the current privilege (SDM Vol. 2A
-/// JMP/CALL, "far jump/call to a conforming or non-conforming code segment"). Call
-/// gates, TSS and task gates are reported as unsupported.
-fn far_target(s: &VcpuState, bus: &mut impl GuestBus, sel: u16, eip: u32) -> Result<Segment, Stop> {
+/// What a far JMP/CALL selector leads to.
+enum FarTarget {
+    /// A code segment at the current privilege (conforming or not).
+    Direct(Segment),
+    /// A call gate: handled by [`through_gate`].
+    Gate(Gate),
+}
+
+/// Resolves the target of a far JMP/CALL (SDM Vol. 2A JMP/CALL): a code segment, checked
+/// for "far jump/call to a conforming or non-conforming code segment", or a call gate.
+/// TSS and task gates are reported as unsupported.
+fn far_target(
+    s: &VcpuState,
+    bus: &mut impl GuestBus,
+    sel: u16,
+    eip: u32,
+) -> Result<FarTarget, Stop> {
     if !s.protected() || s.v86() {
         let mut cs = *s.sreg(SegReg::Cs);
         cs.selector = sel;
@@ -30,7 +50,7 @@ fn far_target(s: &VcpuState, bus: &mut impl GuestBus, sel: u16, eip: u32) -> Res
         if eip > cs.limit {
             return Err(Fault::gp0().into());
         }
-        return Ok(cs);
+        return Ok(FarTarget::Direct(cs));
     }
     if selector::is_null(sel) {
         return Err(Fault::gp0().into());
@@ -40,13 +60,22 @@ fn far_target(s: &VcpuState, bus: &mut impl GuestBus, sel: u16, eip: u32) -> Res
     let d = r.desc;
     let cpl = s.cpl();
     if !d.s {
-        return Err(match d.typ {
-            system_type::CALL_GATE16 | system_type::CALL_GATE32 => Stop::Unsupported(Unsupported::CallGate),
-            system_type::TASK_GATE | system_type::TSS16_AVAILABLE | system_type::TSS32_AVAILABLE => {
-                Stop::Unsupported(Unsupported::TaskSwitch)
+        return match d.typ {
+            system_type::CALL_GATE16 | system_type::CALL_GATE32 => {
+                let gate = Gate::decode(d.encode());
+                if gate.dpl < cpl || gate.dpl < selector::rpl(sel) {
+                    return Err(Fault::gp(code).into());
+                }
+                if !gate.present {
+                    return Err(Fault::np(code).into());
+                }
+                Ok(FarTarget::Gate(gate))
             }
-            _ => Fault::gp(code).into(),
-        });
+            system_type::TASK_GATE
+            | system_type::TSS16_AVAILABLE
+            | system_type::TSS32_AVAILABLE => Err(Stop::Unsupported(Unsupported::TaskSwitch)),
+            _ => Err(Fault::gp(code).into()),
+        };
     }
     if !d.is_code() {
         return Err(Fault::gp(code).into());
@@ -69,7 +98,7 @@ fn far_target(s: &VcpuState, bus: &mut impl GuestBus, sel: u16, eip: u32) -> Res
         return Err(Fault::gp0().into());
     }
     set_accessed(bus, &r)?;
-    Ok(cs)
+    Ok(FarTarget::Direct(cs))
 }
 
 /// JMP/CALL far, direct (ptr16:16/ptr16:32) or indirect (m16:16/m16:32). CALL pushes
@@ -77,7 +106,10 @@ fn far_target(s: &VcpuState, bus: &mut impl GuestBus, sel: u16, eip: u32) -> Res
 /// stack is checked before the target is committed.
 pub(crate) fn jmp_call(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
     let i = cx.instr;
-    let op32 = matches!(i.code(), Code::Jmp_ptr1632 | Code::Jmp_m1632 | Code::Call_ptr1632 | Code::Call_m1632);
+    let op32 = matches!(
+        i.code(),
+        Code::Jmp_ptr1632 | Code::Jmp_m1632 | Code::Call_ptr1632 | Code::Call_m1632
+    );
     let size = if op32 { 4 } else { 2 };
     let (sel, mut eip) = match rm_operand(s, i, 0) {
         Some(Rm::Mem(seg, off)) => {
@@ -86,13 +118,24 @@ pub(crate) fn jmp_call(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>)
             (sel, eip)
         }
         Some(Rm::Reg(_)) => return Err(Fault::ud().into()),
-        None => (i.far_branch_selector(), if op32 { i.far_branch32() } else { u32::from(i.far_branch16()) }),
+        None => (
+            i.far_branch_selector(),
+            if op32 {
+                i.far_branch32()
+            } else {
+                u32::from(i.far_branch16())
+            },
+        ),
     };
     if !op32 {
         eip &= 0xffff;
     }
-    let cs = far_target(s, bus, sel, eip)?;
-    if i.mnemonic() == Mnemonic::Call {
+    let call = i.mnemonic() == Mnemonic::Call;
+    let cs = match far_target(s, bus, sel, eip)? {
+        FarTarget::Direct(cs) => cs,
+        FarTarget::Gate(gate) => return through_gate(s, bus, cx, gate, call),
+    };
+    if call {
         let old_cs = u32::from(s.sreg(SegReg::Cs).selector);
         push(s, bus, &[old_cs, cx.next_eip], size)?;
     }
@@ -102,6 +145,118 @@ pub(crate) fn jmp_call(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>)
     Ok(Outcome::Jumped(Effects::segment(SegReg::Cs)))
 }
 
+/// JMP or CALL through a call gate (SDM Vol. 2A CALL, "CALL-GATE"): the gate's code
+/// segment may be more privileged; a CALL to a more privileged non-conforming segment
+/// switches to the TSS stack of that level and copies `param_count` parameters from the
+/// caller's stack. The gate's size decides the size of everything pushed.
+fn through_gate(
+    s: &mut VcpuState,
+    bus: &mut impl GuestBus,
+    cx: &Ctx<'_>,
+    gate: Gate,
+    call: bool,
+) -> Res {
+    let cpl = s.cpl();
+    let sel = gate.selector;
+    if selector::is_null(sel) {
+        return Err(Fault::gp0().into());
+    }
+    let code = selector::error_code(sel);
+    let r = fetch_descriptor(s, bus, sel)?.ok_or(Fault::gp(code))?;
+    let d = r.desc;
+    if !d.is_code() || d.dpl > cpl {
+        return Err(Fault::gp(code).into());
+    }
+    if !call && !d.is_conforming_code() && d.dpl != cpl {
+        return Err(Fault::gp(code).into());
+    }
+    if !d.present {
+        return Err(Fault::np(code).into());
+    }
+    let size = if gate.is_32() { 4 } else { 2 };
+    let eip = if gate.is_32() {
+        gate.offset
+    } else {
+        gate.offset & 0xffff
+    };
+    let inner = call && !d.is_conforming_code() && d.dpl < cpl;
+    let new_cpl = if inner { d.dpl } else { cpl };
+    let mut dd = d;
+    dd.typ |= TYPE_ACCESSED;
+    let cs = Segment::from_descriptor((sel & 0xfffc) | u16::from(new_cpl), &dd);
+    if eip > cs.limit {
+        return Err(Fault::gp0().into());
+    }
+    let old_cs = u32::from(s.sreg(SegReg::Cs).selector);
+    let mut effects = Effects::segment(SegReg::Cs);
+    if inner {
+        let (ss_sel, esp) = tss_stack(s, bus, new_cpl)?;
+        if selector::is_null(ss_sel) {
+            return Err(Fault::ts(0).into());
+        }
+        let ss_code = selector::error_code(ss_sel);
+        let ss_ref = fetch_descriptor(s, bus, ss_sel)?.ok_or(Fault::ts(ss_code))?;
+        let ssd = ss_ref.desc;
+        if selector::rpl(ss_sel) != new_cpl || ssd.dpl != new_cpl || !ssd.is_writable_data() {
+            return Err(Fault::ts(ss_code).into());
+        }
+        if !ssd.present {
+            return Err(Fault::ss(ss_code).into());
+        }
+        let mut ssd = ssd;
+        ssd.typ |= TYPE_ACCESSED;
+        let new_ss = Segment::from_descriptor(ss_sel, &ssd);
+        let params = peek(s, bus, 0, usize::from(gate.param_count), size)?;
+        let mut frame = vec![u32::from(s.sreg(SegReg::Ss).selector), s.gpr[gpr::ESP]];
+        frame.extend(params.iter().rev());
+        frame.push(old_cs);
+        frame.push(cx.next_eip);
+        let new_esp = push_frame(
+            bus,
+            &new_ss,
+            esp,
+            &frame,
+            size,
+            new_cpl == 3,
+            Fault::ss(ss_code),
+        )?;
+        set_accessed(bus, &ss_ref)?;
+        *s.sreg_mut(SegReg::Ss) = new_ss;
+        s.gpr[gpr::ESP] = new_esp;
+        effects = effects.merge(Effects::segment(SegReg::Ss));
+        effects.cpl_changed = true;
+    } else if call {
+        push(s, bus, &[old_cs, cx.next_eip], size)?;
+    }
+    set_accessed(bus, &r)?;
+    *s.sreg_mut(SegReg::Cs) = cs;
+    s.eip = eip;
+    s.eflags &= !eflags::RF;
+    Ok(Outcome::Jumped(effects))
+}
+
+/// SS:ESP for privilege level `pl` from the current 32-bit TSS; #TS(TR) when the TSS
+/// cannot hold them.
+fn tss_stack(s: &VcpuState, bus: &mut impl GuestBus, pl: u8) -> Result<(u16, u32), Fault> {
+    let tr = &s.tr;
+    let code = selector::error_code(tr.selector);
+    if !tr.present
+        || !matches!(
+            tr.typ,
+            system_type::TSS32_AVAILABLE | system_type::TSS32_BUSY
+        )
+        || 8 * u32::from(pl) + 9 > tr.limit
+    {
+        return Err(Fault::ts(code));
+    }
+    let mut b = [0u8; 4];
+    let base = tr.base.wrapping_add(8 * u32::from(pl) + 4);
+    bus.read_linear(GuestLinear(base), &mut b, false)?;
+    let esp = u32::from_le_bytes(b);
+    bus.read_linear(GuestLinear(base.wrapping_add(4)), &mut b[..2], false)?;
+    Ok((u16::from_le_bytes([b[0], b[1]]), esp))
+}
+
 /// RET far [imm16] (SDM Vol. 2B RET): same privilege, or to an outer level popping
 /// ESP and SS too; `imm16` bytes of parameters are released on each stack. Returning
 /// outward nulls data segment registers the new CPL may not use.
@@ -109,12 +264,18 @@ pub(crate) fn retf(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> 
     let i = cx.instr;
     let op32 = matches!(i.code(), Code::Retfd | Code::Retfd_imm16);
     let size = if op32 { 4 } else { 2 };
-    let imm = if matches!(i.code(), Code::Retfd_imm16 | Code::Retfw_imm16) { u32::from(i.immediate16()) } else { 0 };
+    let imm = if matches!(i.code(), Code::Retfd_imm16 | Code::Retfw_imm16) {
+        u32::from(i.immediate16())
+    } else {
+        0
+    };
     let v = peek(s, bus, 0, 2, size)?;
     let eip = if op32 { v[0] } else { v[0] & 0xffff };
     let sel = v[1] as u16;
     if !s.protected() || s.v86() {
-        let cs = far_target(s, bus, sel, eip)?;
+        let FarTarget::Direct(cs) = far_target(s, bus, sel, eip)? else {
+            return Err(Fault::gp0().into());
+        };
         *s.sreg_mut(SegReg::Cs) = cs;
         s.eip = eip;
         release(s, 2 * size + imm);
@@ -135,7 +296,15 @@ pub(crate) fn retf(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> 
         *s.sreg_mut(SegReg::Cs) = cs;
         *s.sreg_mut(SegReg::Ss) = ss;
         let esp = if op32 { w[0] } else { w[0] & 0xffff };
-        s.gpr[gpr::ESP] = adjust_sp(if ss.db { esp } else { (s.gpr[gpr::ESP] & 0xffff_0000) | esp }, imm as i32, ss.db);
+        s.gpr[gpr::ESP] = adjust_sp(
+            if ss.db {
+                esp
+            } else {
+                (s.gpr[gpr::ESP] & 0xffff_0000) | esp
+            },
+            imm as i32,
+            ss.db,
+        );
         effects = effects.merge(Effects::segment(SegReg::Ss));
         effects.cpl_changed = true;
         effects = effects.merge(null_inaccessible_data_segments(s, rpl));
@@ -196,11 +365,12 @@ pub(crate) fn sysexit(s: &mut VcpuState) -> Res {
 
 #[cfg(test)]
 mod tests {
-    use crate::vcpu::descriptor::Descriptor;
+    use crate::vcpu::descriptor::{Descriptor, Gate};
     use crate::vcpu::emulate::test_util::{decode_at, exec};
     use crate::vcpu::emulate::{emulate, Emulated, Unsupported};
     use crate::vcpu::state::gpr;
     use crate::vcpu::testbus::TestBus;
+    use crate::vcpu::testbus::USTACK;
     use crate::vcpu::{Fault, SegReg};
 
     #[test]
@@ -221,10 +391,15 @@ mod tests {
         // To DPL-3 non-conforming code from CPL 0: #GP.
         let i = decode_at(&[0xea, 0, 0, 0, 0, 0x1b, 0], s.eip);
         assert_eq!(emulate(&mut s, &mut bus, &i), Err(Fault::gp(0x18)));
-        // Call gate: reported.
-        bus.set_gdt(0x58, Descriptor { typ: 12, s: false, present: true, ..Descriptor::default() });
-        let i = decode_at(&[0xea, 0, 0, 0, 0, 0x58, 0], s.eip);
-        assert_eq!(emulate(&mut s, &mut bus, &i), Ok(Emulated::Unsupported(Unsupported::CallGate)));
+        // A TSS: task switches are reported, not faked.
+        let i = decode_at(&[0xea, 0, 0, 0, 0, 0x28, 0], s.eip);
+        bus.set_gdt(0x58, crate::vcpu::testbus::system(0x4000, 0x67, 9));
+        let i2 = decode_at(&[0xea, 0, 0, 0, 0, 0x58, 0], s.eip);
+        assert_eq!(emulate(&mut s, &mut bus, &i), Err(Fault::gp(0x28)));
+        assert_eq!(
+            emulate(&mut s, &mut bus, &i2),
+            Ok(Emulated::Unsupported(Unsupported::TaskSwitch))
+        );
     }
 
     #[test]
@@ -271,6 +446,90 @@ mod tests {
         u.gpr[gpr::ESP] = esp;
         bus.write_u32(esp + 4, 0x08);
         assert_eq!(emulate(&mut u, &mut bus, &i), Err(Fault::gp(0x08)));
+    }
+
+    #[test]
+    fn call_gate_to_kernel_copies_parameters_and_retf_returns() {
+        let mut bus = TestBus::new();
+        let gate = Gate {
+            offset: 0x4000,
+            selector: 0x08,
+            param_count: 2,
+            typ: 12,
+            dpl: 3,
+            present: true,
+            ..Gate::default()
+        };
+        bus.set_gdt(0x58, Descriptor::decode(gate.encode()));
+        let mut s = bus.protected_state();
+        bus.enter_user(&mut s);
+        s.gpr[gpr::ESP] = USTACK - 8;
+        bus.write_u32(USTACK - 8, 0x1111);
+        bus.write_u32(USTACK - 4, 0x2222);
+        // call 0x5b:0 (the offset is ignored for a gate)
+        let r = exec(&mut s, &mut bus, &[0x9a, 0, 0, 0, 0, 0x5b, 0]).unwrap();
+        assert!(matches!(r, Emulated::Done(e) if e.cpl_changed));
+        assert_eq!(
+            (s.cpl(), s.eip, s.sreg(SegReg::Ss).selector),
+            (0, 0x4000, 0x10)
+        );
+        let f: Vec<u32> = (0..6)
+            .map(|k| bus.read_u32(s.gpr[gpr::ESP] + 4 * k))
+            .collect();
+        assert_eq!(f, vec![0x7007, 0x1b, 0x1111, 0x2222, USTACK - 8, 0x23]);
+        // retf 8 back to user mode releases the parameters on both stacks.
+        exec(&mut s, &mut bus, &[0xca, 0x08, 0x00]).unwrap();
+        assert_eq!((s.cpl(), s.eip, s.gpr[gpr::ESP]), (3, 0x7007, USTACK));
+        // A DPL-0 gate cannot be used from CPL 3.
+        bus.set_gdt(0x58, Descriptor::decode(Gate { dpl: 0, ..gate }.encode()));
+        s.eip = 0x7000;
+        assert_eq!(
+            exec(&mut s, &mut bus, &[0x9a, 0, 0, 0, 0, 0x5b, 0]),
+            Err(Fault::gp(0x58))
+        );
+        // JMP through a gate to more privileged code: #GP(code selector).
+        bus.set_gdt(0x58, Descriptor::decode(gate.encode()));
+        assert_eq!(
+            exec(&mut s, &mut bus, &[0xea, 0, 0, 0, 0, 0x5b, 0]),
+            Err(Fault::gp(0x08))
+        );
+    }
+
+    #[test]
+    fn real_mode_far_jmp_call_retf_iret() {
+        let mut bus = TestBus::new();
+        let mut s = crate::vcpu::VcpuState::reset();
+        s.idtr.base = 0;
+        *s.sreg_mut(SegReg::Cs) = crate::vcpu::state::Segment::real_mode(0x0100);
+        s.eip = 0x10;
+        s.gpr[gpr::ESP] = 0x2000;
+        // call far 0x2000:0x0030 (16-bit code)
+        let i = crate::vcpu::emulate::test_util::decode16_at(&[0x9a, 0x30, 0x00, 0x00, 0x20], 0x10);
+        emulate(&mut s, &mut bus, &i).unwrap();
+        assert_eq!((s.sreg(SegReg::Cs).base, s.eip), (0x20000, 0x30));
+        assert_eq!((bus.read_u16(0x1ffe), bus.read_u16(0x1ffc)), (0x0100, 0x15));
+        // retf
+        let i = crate::vcpu::emulate::test_util::decode16_at(&[0xcb], 0x30);
+        emulate(&mut s, &mut bus, &i).unwrap();
+        assert_eq!(
+            (s.sreg(SegReg::Cs).selector, s.eip, s.gpr[gpr::ESP]),
+            (0x0100, 0x15, 0x2000)
+        );
+        // iret pops IP, CS, FLAGS.
+        s.gpr[gpr::ESP] = 0x1ffa;
+        bus.write_u16(0x1ffa, 0x0040);
+        bus.write_u16(0x1ffc, 0x0300);
+        bus.write_u16(0x1ffe, 0x0202);
+        let i = crate::vcpu::emulate::test_util::decode16_at(&[0xcf], 0x15);
+        emulate(&mut s, &mut bus, &i).unwrap();
+        assert_eq!((s.sreg(SegReg::Cs).base, s.eip), (0x3000, 0x40));
+        assert_ne!(s.eflags & crate::vcpu::state::eflags::IF, 0);
+        // A far jump past the 64 KiB real-mode limit with a 32-bit offset: #GP(0).
+        let i = crate::vcpu::emulate::test_util::decode16_at(
+            &[0x66, 0xea, 0x00, 0x00, 0x01, 0x00, 0x00, 0x20],
+            0x40,
+        );
+        assert_eq!(emulate(&mut s, &mut bus, &i), Err(Fault::gp0()));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! PUSHF/POPF (16- and 32-bit) and CLI/STI, against the virtual EFLAGS.
 
-use super::{push, peek, release, Ctx, Outcome, Res};
+use super::{peek, push, release, Ctx, Outcome, Res};
 use crate::vcpu::interrupts::merge_eflags;
 use crate::vcpu::state::{eflags, VcpuState};
 use crate::vcpu::{Effects, Fault, GuestBus};
@@ -26,10 +26,8 @@ pub(crate) fn popf(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> 
     let op32 = cx.instr.mnemonic() == Mnemonic::Popfd;
     let size = if op32 { 4 } else { 2 };
     let v = peek(s, bus, 0, 1, size)?[0];
-    let mut new = merge_eflags(s.eflags, v, s.cpl(), s.iopl(), op32, false);
-    // POPF cannot change VIF/VIP even at CPL 0 (unlike IRET).
-    new = (new & !(eflags::VIF | eflags::VIP)) | (s.eflags & (eflags::VIF | eflags::VIP));
-    s.eflags = new;
+    // `allow_rf = false`: POPF changes neither RF nor, even at CPL 0, VIF/VIP.
+    s.eflags = merge_eflags(s.eflags, v, s.cpl(), s.iopl(), op32, false);
     release(s, size);
     Ok(Outcome::Next(Effects::NONE))
 }
@@ -74,14 +72,21 @@ mod tests {
     fn pushf_shows_virtual_flags_without_vm_rf() {
         let mut bus = TestBus::new();
         let mut s = bus.protected_state();
-        s.eflags = eflags::FIXED1 | eflags::IF | eflags::IOPL | eflags::RF | eflags::AC | eflags::CF;
+        s.eflags =
+            eflags::FIXED1 | eflags::IF | eflags::IOPL | eflags::RF | eflags::AC | eflags::CF;
         exec(&mut s, &mut bus, &PUSHFD).unwrap();
         let esp = s.gpr[gpr::ESP];
-        assert_eq!(bus.read_u32(esp), eflags::FIXED1 | eflags::IF | eflags::IOPL | eflags::AC | eflags::CF);
+        assert_eq!(
+            bus.read_u32(esp),
+            eflags::FIXED1 | eflags::IF | eflags::IOPL | eflags::AC | eflags::CF
+        );
         assert_eq!(s.eip, 0x7001);
         exec(&mut s, &mut bus, &PUSHFW).unwrap();
         assert_eq!(s.gpr[gpr::ESP], esp - 2);
-        assert_eq!(bus.read_u16(esp - 2), (eflags::FIXED1 | eflags::IF | eflags::IOPL | eflags::CF) as u16);
+        assert_eq!(
+            bus.read_u16(esp - 2),
+            (eflags::FIXED1 | eflags::IF | eflags::IOPL | eflags::CF) as u16
+        );
     }
 
     fn popf_at(cpl3: bool, iopl: u32, image: u32, code: &[u8]) -> u32 {
@@ -103,16 +108,34 @@ mod tests {
 
     #[test]
     fn popf_privilege_rules() {
-        let all = eflags::IF | eflags::IOPL | eflags::ZF | eflags::VM | eflags::RF | eflags::VIF | 0x8000_0000;
+        let all = eflags::IF
+            | eflags::IOPL
+            | eflags::ZF
+            | eflags::VM
+            | eflags::RF
+            | eflags::VIF
+            | 0x8000_0000;
         // CPL 0: IF and IOPL change, VM/RF/VIF and reserved bits do not.
-        assert_eq!(popf_at(false, 0, all, &POPFD), eflags::FIXED1 | eflags::IF | eflags::IOPL | eflags::ZF);
+        assert_eq!(
+            popf_at(false, 0, all, &POPFD),
+            eflags::FIXED1 | eflags::IF | eflags::IOPL | eflags::ZF
+        );
         // CPL 3, IOPL 3: IF changes, IOPL does not.
-        assert_eq!(popf_at(true, 3, eflags::IF | eflags::ZF, &POPFD), eflags::FIXED1 | eflags::IOPL | eflags::IF | eflags::ZF);
+        assert_eq!(
+            popf_at(true, 3, eflags::IF | eflags::ZF, &POPFD),
+            eflags::FIXED1 | eflags::IOPL | eflags::IF | eflags::ZF
+        );
         assert_eq!(popf_at(true, 3, 0, &POPFD), eflags::FIXED1 | eflags::IOPL);
         // CPL 3, IOPL 0: neither, silently.
-        assert_eq!(popf_at(true, 0, eflags::IF | eflags::IOPL | eflags::CF, &POPFD), eflags::FIXED1 | eflags::CF);
+        assert_eq!(
+            popf_at(true, 0, eflags::IF | eflags::IOPL | eflags::CF, &POPFD),
+            eflags::FIXED1 | eflags::CF
+        );
         // 16-bit POPF leaves the high half alone.
-        assert_eq!(popf_at(false, 0, 0xffff_0000 | eflags::DF, &POPFW), eflags::FIXED1 | eflags::DF);
+        assert_eq!(
+            popf_at(false, 0, 0xffff_0000 | eflags::DF, &POPFW),
+            eflags::FIXED1 | eflags::DF
+        );
     }
 
     #[test]

@@ -21,7 +21,13 @@ fn check_io(s: &VcpuState, bus: &mut impl GuestBus, port: u16, size: u32) -> Res
         return Ok(());
     }
     let tr = &s.tr;
-    if !tr.present || !matches!(tr.typ, system_type::TSS32_AVAILABLE | system_type::TSS32_BUSY) || tr.limit < 103 {
+    if !tr.present
+        || !matches!(
+            tr.typ,
+            system_type::TSS32_AVAILABLE | system_type::TSS32_BUSY
+        )
+        || tr.limit < 103
+    {
         return Err(Fault::gp0());
     }
     let mut b = [0u8; 2];
@@ -85,12 +91,19 @@ fn string(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
     let (idx, src_seg) = if input {
         (gpr::EDI, SegReg::Es)
     } else {
-        (gpr::ESI, SegReg::from_iced(i.memory_segment()).unwrap_or(SegReg::Ds))
+        (
+            gpr::ESI,
+            SegReg::from_iced(i.memory_segment()).unwrap_or(SegReg::Ds),
+        )
     };
     let port = read_gpr(s, Register::DX) as u16;
     let rep = i.has_rep_prefix() || i.has_repe_prefix() || i.has_repne_prefix();
     let mask = if a16 { 0xffff } else { u32::MAX };
-    let step = if s.eflags & eflags::DF != 0 { size.wrapping_neg() } else { size };
+    let step = if s.eflags & eflags::DF != 0 {
+        size.wrapping_neg()
+    } else {
+        size
+    };
     let mut count = if rep { s.gpr[gpr::ECX] & mask } else { 1 };
     if rep && count == 0 {
         return Ok(Outcome::Next(Effects::NONE));
@@ -110,7 +123,11 @@ fn string(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
         };
         if let Err(f) = r {
             // Iterations already done stay done; EIP stays on the instruction.
-            return Err(if done > 0 { Stop::FaultCommit(f) } else { Stop::Fault(f) });
+            return Err(if done > 0 {
+                Stop::FaultCommit(f)
+            } else {
+                Stop::Fault(f)
+            });
         }
         s.gpr[idx] = (s.gpr[idx] & !mask) | (off.wrapping_add(step) & mask);
         count -= 1;
@@ -127,8 +144,8 @@ fn string(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
 
 #[cfg(test)]
 mod tests {
-    use crate::vcpu::emulate::test_util::{decode_at, exec};
     use crate::vcpu::emulate::emulate;
+    use crate::vcpu::emulate::test_util::{decode_at, exec};
     use crate::vcpu::state::{eflags, gpr};
     use crate::vcpu::testbus::{TestBus, IOMAP, TSS};
     use crate::vcpu::{Fault, SegReg};

@@ -29,9 +29,6 @@ pub enum Unsupported {
     /// Entering or running virtual-8086 mode.
     #[error("virtual-8086 mode is not supported")]
     Virtual8086,
-    /// A far CALL/JMP through a call gate.
-    #[error("far transfers through call gates are not supported")]
-    CallGate,
     /// An instruction the emulator does not handle (it is neither rewritten nor
     /// privileged, so it should never reach the emulator).
     #[error("instruction {0:?} is not emulated")]
@@ -94,7 +91,11 @@ pub(crate) struct Ctx<'a> {
 /// The fault the instruction raises; the run loop delivers it with
 /// [`crate::vcpu::deliver`]`(Event::Exception(fault))`. EIP still points at the
 /// instruction.
-pub fn emulate(state: &mut VcpuState, bus: &mut impl GuestBus, instr: &Instruction) -> Result<Emulated, Fault> {
+pub fn emulate(
+    state: &mut VcpuState,
+    bus: &mut impl GuestBus,
+    instr: &Instruction,
+) -> Result<Emulated, Fault> {
     let mut s = state.clone();
     let mut next_eip = s.eip.wrapping_add(instr.len() as u32);
     if !s.code_32() {
@@ -155,7 +156,9 @@ fn dispatch(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
         M::Clts => ctrl::clts(s),
         M::Invd | M::Wbinvd => ctrl::cache(s),
         M::Invlpg => ctrl::invlpg(s, cx),
-        M::In | M::Out | M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw | M::Outsd => io::emulate(s, bus, cx),
+        M::In | M::Out | M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw | M::Outsd => {
+            io::emulate(s, bus, cx)
+        }
         M::Rdmsr => msr::rdmsr(s, bus),
         M::Wrmsr => msr::wrmsr(s, bus),
         M::Rdpmc => msr::rdpmc(s),
@@ -178,7 +181,11 @@ fn dispatch(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
 }
 
 fn software(vector: u8, kind: SoftwareKind, cx: &Ctx<'_>) -> Outcome {
-    Outcome::Deliver(Event::Software { vector, kind, next_eip: cx.next_eip })
+    Outcome::Deliver(Event::Software {
+        vector,
+        kind,
+        next_eip: cx.next_eip,
+    })
 }
 
 /// Privileged instructions: #GP(0) unless CPL 0 (SDM Vol. 3A §5.9).
@@ -198,7 +205,12 @@ pub(crate) fn require_protected(s: &VcpuState) -> Result<(), Stop> {
 }
 
 /// Pushes `values` of `size` bytes on the current stack; #SS(0) on a limit violation.
-pub(crate) fn push(s: &mut VcpuState, bus: &mut impl GuestBus, values: &[u32], size: u32) -> Result<(), Fault> {
+pub(crate) fn push(
+    s: &mut VcpuState,
+    bus: &mut impl GuestBus,
+    values: &[u32],
+    size: u32,
+) -> Result<(), Fault> {
     let ss = *s.sreg(super::state::SegReg::Ss);
     let user = s.cpl() == 3;
     s.gpr[gpr::ESP] = push_frame(bus, &ss, s.gpr[gpr::ESP], values, size, user, Fault::ss(0))?;
@@ -206,7 +218,13 @@ pub(crate) fn push(s: &mut VcpuState, bus: &mut impl GuestBus, values: &[u32], s
 }
 
 /// Reads `n` values of `size` bytes from the top of the stack without popping them.
-pub(crate) fn peek(s: &VcpuState, bus: &mut impl GuestBus, skip: u32, n: usize, size: u32) -> Result<Vec<u32>, Fault> {
+pub(crate) fn peek(
+    s: &VcpuState,
+    bus: &mut impl GuestBus,
+    skip: u32,
+    n: usize,
+    size: u32,
+) -> Result<Vec<u32>, Fault> {
     let ss = *s.sreg(super::state::SegReg::Ss);
     let esp = adjust_sp(s.gpr[gpr::ESP], skip as i32, ss.db);
     peek_frame(bus, &ss, esp, n, size, s.cpl() == 3, Fault::ss(0))
@@ -230,6 +248,11 @@ pub(crate) mod test_util {
         super::emulate(s, bus, &i)
     }
 
+    /// Decodes one instruction of 16-bit code at `ip`.
+    pub fn decode16_at(bytes: &[u8], ip: u32) -> Instruction {
+        Decoder::with_ip(16, bytes, u64::from(ip), DecoderOptions::NONE).decode()
+    }
+
     /// Decodes one instruction of 32-bit code at `ip`.
     pub fn decode_at(bytes: &[u8], ip: u32) -> Instruction {
         Decoder::with_ip(32, bytes, u64::from(ip), DecoderOptions::NONE).decode()
@@ -242,22 +265,133 @@ mod tests {
     use super::*;
     use crate::vcpu::testbus::TestBus;
 
+    /// Opcode starts of every emulated class, so random tails land on them often.
+    const OPENERS: &[&[u8]] = &[
+        &[0x0f, 0x00],
+        &[0x0f, 0x01],
+        &[0x0f, 0x02],
+        &[0x0f, 0x03],
+        &[0x8c],
+        &[0x8e],
+        &[0x9c],
+        &[0x9d],
+        &[0x66, 0x9d],
+        &[0xcf],
+        &[0x66, 0xcf],
+        &[0xca],
+        &[0xcb],
+        &[0xea],
+        &[0x9a],
+        &[0xff],
+        &[0xc4],
+        &[0xc5],
+        &[0x0f, 0xb2],
+        &[0x0f, 0xb4],
+        &[0xe4],
+        &[0xe5],
+        &[0xe6],
+        &[0xe7],
+        &[0xec],
+        &[0xed],
+        &[0xee],
+        &[0xef],
+        &[0xf3, 0x6c],
+        &[0xf3, 0x6d],
+        &[0xf3, 0x6e],
+        &[0x67, 0xf3, 0x6f],
+        &[0x0f, 0x20],
+        &[0x0f, 0x21],
+        &[0x0f, 0x22],
+        &[0x0f, 0x23],
+        &[0x0f, 0x30],
+        &[0x0f, 0x32],
+        &[0x0f, 0x33],
+        &[0x0f, 0x34],
+        &[0x0f, 0x35],
+        &[0x0f, 0xa2],
+        &[0xcd],
+        &[0xf4],
+        &[0xfa],
+        &[0xfb],
+        &[0x07],
+        &[0x17],
+        &[0x1f],
+        &[0x0f, 0xa1],
+        &[0x0f, 0xa9],
+        &[0x06],
+        &[0x0e],
+        &[0x16],
+        &[0x1e],
+        &[0x0f, 0xa0],
+        &[0x0f, 0xa8],
+    ];
+
+    proptest::proptest! {
+        /// Whatever the instruction, registers and tables, emulation never panics, and a
+        /// fault leaves the state unchanged.
+        #[test]
+        fn emulation_is_total_and_faults_are_precise(
+            opener in 0..OPENERS.len(),
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 14),
+            regs in proptest::array::uniform8(proptest::prelude::any::<u32>()),
+            user in proptest::prelude::any::<bool>(),
+            flags in proptest::prelude::any::<u32>(),
+            raw in proptest::prelude::any::<u64>(),
+        ) {
+            let mut bus = TestBus::new();
+            let mut s = bus.protected_state();
+            if user {
+                bus.enter_user(&mut s);
+            }
+            s.gpr = regs;
+            s.eflags = (flags & eflags::IMPLEMENTED & !eflags::VM) | eflags::FIXED1;
+            bus.write_u64(crate::vcpu::testbus::GDT + 0x58, raw);
+            let mut bytes = OPENERS[opener].to_vec();
+            bytes.extend_from_slice(&tail);
+            let i = decode_at(&bytes, s.eip);
+            let before = s.clone();
+            match emulate(&mut s, &mut bus, &i) {
+                Err(_) if !i.has_rep_prefix() => proptest::prop_assert_eq!(&s, &before),
+                Ok(Emulated::Deliver(_)) | Ok(Emulated::Unsupported(_)) => {
+                    proptest::prop_assert_eq!(&s, &before)
+                }
+                _ => {}
+            }
+        }
+    }
+
     #[test]
     fn software_interrupts_become_events() {
         let bus0 = TestBus::new();
         let mut s = bus0.protected_state();
         let mut bus = bus0;
         let r = emulate(&mut s, &mut bus, &decode_at(&[0xcd, 0x80], 0x7000)).unwrap();
-        assert_eq!(r, Emulated::Deliver(Event::Software { vector: 0x80, kind: SoftwareKind::IntN, next_eip: 0x7002 }));
+        assert_eq!(
+            r,
+            Emulated::Deliver(Event::Software {
+                vector: 0x80,
+                kind: SoftwareKind::IntN,
+                next_eip: 0x7002
+            })
+        );
         assert_eq!(s.eip, 0x7000);
         // INTO without OF is a no-op.
         let r = emulate(&mut s, &mut bus, &decode_at(&[0xce], 0x7000)).unwrap();
         assert_eq!(r, Emulated::Done(Effects::NONE));
         assert_eq!(s.eip, 0x7001);
-        assert_eq!(emulate(&mut s, &mut bus, &decode_at(&[0x0f, 0x0b], 0x7001)), Err(Fault::ud()));
-        assert_eq!(emulate(&mut s, &mut bus, &decode_at(&[0x0f, 0x05], 0x7001)), Err(Fault::ud()));
+        assert_eq!(
+            emulate(&mut s, &mut bus, &decode_at(&[0x0f, 0x0b], 0x7001)),
+            Err(Fault::ud())
+        );
+        assert_eq!(
+            emulate(&mut s, &mut bus, &decode_at(&[0x0f, 0x05], 0x7001)),
+            Err(Fault::ud())
+        );
         // Something that never needs emulation is reported, not guessed.
         let r = emulate(&mut s, &mut bus, &decode_at(&[0x90], 0x7001)).unwrap();
-        assert_eq!(r, Emulated::Unsupported(Unsupported::Instruction(Mnemonic::Nop)));
+        assert_eq!(
+            r,
+            Emulated::Unsupported(Unsupported::Instruction(Mnemonic::Nop))
+        );
     }
 }

@@ -104,7 +104,10 @@ pub fn write(s: &mut VcpuState, host_tsc: u64, msr: u32, v: u64) -> Result<Effec
     match msr {
         index::TSC => {
             m.tsc_offset = v.wrapping_sub(host_tsc);
-            return Ok(Effects { tsc_written: true, ..Effects::NONE });
+            return Ok(Effects {
+                tsc_written: true,
+                ..Effects::NONE
+            });
         }
         // Writing the microcode signature MSR is how software asks for it; it reads 0.
         index::BIOS_SIGN_ID => {}
@@ -135,7 +138,11 @@ pub fn write(s: &mut VcpuState, host_tsc: u64, msr: u32, v: u64) -> Result<Effec
         0x200..=0x20f => {
             let i = (msr - index::MTRR_PHYSBASE0) as usize;
             // PHYSBASE: type in bits 0..7, base 12..35; PHYSMASK: valid bit 11, mask 12..35.
-            let bad = if i % 2 == 0 { v & !0xf_ffff_f0ff != 0 || !valid_mem_type(v & 0xff, false) } else { v & !0xf_ffff_f800 != 0 };
+            let bad = if i.is_multiple_of(2) {
+                v & !0xf_ffff_f0ff != 0 || !valid_mem_type(v & 0xff, false)
+            } else {
+                v & !0xf_ffff_f800 != 0
+            };
             if bad {
                 return gp;
             }
@@ -159,7 +166,9 @@ pub fn write(s: &mut VcpuState, host_tsc: u64, msr: u32, v: u64) -> Result<Effec
             }
         }
         _ => match fixed_mtrr_slot(msr) {
-            Some(i) if (0..8).all(|k| valid_mem_type((v >> (8 * k)) & 0xff, false)) => m.mtrr_fixed[i] = v,
+            Some(i) if (0..8).all(|k| valid_mem_type((v >> (8 * k)) & 0xff, false)) => {
+                m.mtrr_fixed[i] = v
+            }
             _ => return gp,
         },
     }

@@ -24,7 +24,9 @@ fn gpr_slot(reg: Register) -> Option<(usize, bool)> {
 
 /// Reads a general-purpose register (8, 16 or 32 bits), zero-extended.
 pub fn read_gpr(s: &VcpuState, reg: Register) -> u32 {
-    let Some((i, high)) = gpr_slot(reg) else { return 0 };
+    let Some((i, high)) = gpr_slot(reg) else {
+        return 0;
+    };
     let v = s.gpr[i];
     match reg.size() {
         1 if high => (v >> 8) & 0xff,
@@ -36,7 +38,9 @@ pub fn read_gpr(s: &VcpuState, reg: Register) -> u32 {
 
 /// Writes a general-purpose register; 8- and 16-bit writes keep the other bits.
 pub fn write_gpr(s: &mut VcpuState, reg: Register, value: u32) {
-    let Some((i, high)) = gpr_slot(reg) else { return };
+    let Some((i, high)) = gpr_slot(reg) else {
+        return;
+    };
     let v = &mut s.gpr[i];
     match reg.size() {
         1 if high => *v = (*v & !0xff00) | ((value & 0xff) << 8),
@@ -67,7 +71,9 @@ pub fn effective_address(s: &VcpuState, instr: &Instruction) -> (SegReg, u32) {
         off = off.wrapping_add(read_gpr(s, instr.memory_base()));
     }
     if instr.memory_index() != Register::None {
-        off = off.wrapping_add(read_gpr(s, instr.memory_index()).wrapping_mul(instr.memory_index_scale()));
+        off = off.wrapping_add(
+            read_gpr(s, instr.memory_index()).wrapping_mul(instr.memory_index_scale()),
+        );
     }
     if addr16(instr) {
         off &= 0xffff;
@@ -103,14 +109,28 @@ pub fn rm_operand(s: &VcpuState, instr: &Instruction, op: u32) -> Option<Rm> {
 ///
 /// # Errors
 /// #GP(0) or #SS(0) as above.
-pub fn linear(s: &VcpuState, seg: SegReg, off: u32, len: u32, write: bool) -> Result<GuestLinear, Fault> {
+pub fn linear(
+    s: &VcpuState,
+    seg: SegReg,
+    off: u32,
+    len: u32,
+    write: bool,
+) -> Result<GuestLinear, Fault> {
     let c = s.sreg(seg);
-    let fault = if seg == SegReg::Ss { Fault::ss(0) } else { Fault::gp0() };
+    let fault = if seg == SegReg::Ss {
+        Fault::ss(0)
+    } else {
+        Fault::gp0()
+    };
     if s.protected() && !s.v86() {
         if !c.present {
             return Err(fault);
         }
-        let ok_type = if write { c.is_writable_data() } else { c.is_readable() };
+        let ok_type = if write {
+            c.is_writable_data()
+        } else {
+            c.is_readable()
+        };
         if !ok_type {
             return Err(fault);
         }
@@ -126,7 +146,13 @@ pub fn linear(s: &VcpuState, seg: SegReg, off: u32, len: u32, write: bool) -> Re
 ///
 /// # Errors
 /// Segment faults from [`linear`]; #PF from the bus.
-pub fn read_mem(s: &VcpuState, bus: &mut impl GuestBus, seg: SegReg, off: u32, size: u32) -> Result<u32, Fault> {
+pub fn read_mem(
+    s: &VcpuState,
+    bus: &mut impl GuestBus,
+    seg: SegReg,
+    off: u32,
+    size: u32,
+) -> Result<u32, Fault> {
     let a = linear(s, seg, off, size, false)?;
     let mut b = [0u8; 4];
     bus.read_linear(a, &mut b[..size as usize], s.cpl() == 3)?;

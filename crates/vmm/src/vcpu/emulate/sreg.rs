@@ -11,7 +11,10 @@ use iced_x86::{Code, Instruction, Mnemonic, OpKind};
 
 /// MOV with a segment register operand.
 pub(crate) fn is_sreg_mov(i: &Instruction) -> bool {
-    matches!(i.code(), Code::Mov_rm16_Sreg | Code::Mov_r32m16_Sreg | Code::Mov_Sreg_rm16 | Code::Mov_Sreg_r32m16)
+    matches!(
+        i.code(),
+        Code::Mov_rm16_Sreg | Code::Mov_r32m16_Sreg | Code::Mov_Sreg_rm16 | Code::Mov_Sreg_r32m16
+    )
 }
 
 /// PUSH/POP of a segment register.
@@ -56,8 +59,17 @@ pub(crate) fn mov(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> R
 fn op32_push_pop(code: Code) -> bool {
     matches!(
         code,
-        Code::Pushd_ES | Code::Pushd_CS | Code::Pushd_SS | Code::Pushd_DS | Code::Pushd_FS | Code::Pushd_GS
-            | Code::Popd_ES | Code::Popd_SS | Code::Popd_DS | Code::Popd_FS | Code::Popd_GS
+        Code::Pushd_ES
+            | Code::Pushd_CS
+            | Code::Pushd_SS
+            | Code::Pushd_DS
+            | Code::Pushd_FS
+            | Code::Pushd_GS
+            | Code::Popd_ES
+            | Code::Popd_SS
+            | Code::Popd_DS
+            | Code::Popd_FS
+            | Code::Popd_GS
     )
 }
 
@@ -141,7 +153,10 @@ mod tests {
         s.gpr[gpr::EAX] = 0x40;
         // mov es, ax with a not-present descriptor: #NP(0x40), EIP unchanged.
         let eip = s.eip;
-        assert_eq!(emulate(&mut s, &mut bus, &decode_at(&[0x8e, 0xc0], eip)), Err(Fault::np(0x40)));
+        assert_eq!(
+            emulate(&mut s, &mut bus, &decode_at(&[0x8e, 0xc0], eip)),
+            Err(Fault::np(0x40))
+        );
         assert_eq!(s.eip, eip);
         s.gpr[gpr::EAX] = 0x10;
         let r = emulate(&mut s, &mut bus, &decode_at(&[0x8e, 0xd0], eip)).unwrap();
@@ -180,7 +195,12 @@ mod tests {
         bus.write_u32(0x600, 0x1234_5678);
         bus.write_u16(0x604, 0x10);
         // lss esp, [0x600]
-        exec(&mut s, &mut bus, &[0x0f, 0xb2, 0x25, 0x00, 0x06, 0x00, 0x00]).unwrap();
+        exec(
+            &mut s,
+            &mut bus,
+            &[0x0f, 0xb2, 0x25, 0x00, 0x06, 0x00, 0x00],
+        )
+        .unwrap();
         assert_eq!(s.gpr[gpr::ESP], 0x1234_5678);
         assert!(!s.interrupt_shadow);
         // lds eax, [0x600] with a bad selector: nothing changes.
