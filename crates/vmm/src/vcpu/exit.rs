@@ -122,6 +122,7 @@ pub fn handle(state: &mut VcpuState, bus: &mut impl GuestBus, exit: &Exit) -> Ac
             let kind = match (*vector, *len) {
                 (Exception::BP, 1) => SoftwareKind::Int3,
                 (Exception::OF, 1) => SoftwareKind::Into,
+                (Exception::DB, 1) => SoftwareKind::Int1,
                 _ => SoftwareKind::IntN,
             };
             deliver_event(

@@ -10,7 +10,6 @@ use super::exits::{machine_bus, Step};
 use super::guest_bus::MachineBus;
 use super::{RunOutcome, Vm};
 use crate::vcpu::emulate::operands::{effective_address, read_gpr, read_mem, write_gpr, write_mem};
-use crate::vcpu::interrupts::Event;
 use crate::vcpu::{Fault, GuestBus, VcpuState};
 
 /// Performs `instr` if it is a plain data move (MOV, MOVZX, MOVSX with a memory
@@ -63,7 +62,7 @@ impl Vm {
                 ),
                 dump: super::dump(&self.state),
             })),
-            Err(fault) => Ok(self.deliver(Event::Exception(fault))),
+            Err(fault) => self.handle(crate::vcpu::exit::Exit::Exception(fault)),
         }
     }
 }

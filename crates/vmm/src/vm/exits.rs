@@ -3,17 +3,16 @@
 //! the instruction, reflect an exception into the guest through its IDT, fill a page, or
 //! stop the VM with a diagnostic.
 
-use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic};
+use iced_x86::{Decoder, DecoderOptions, Instruction};
 use rewriter::{classify, Action, Class};
 
 use super::guest_bus::{fetch_code, MachineBus};
 use super::stats::ExitReason;
 use super::{dump, RunOutcome, Vm, VmError};
 use crate::hostcpu::{Exit, ExitKind};
-use crate::vcpu::emulate::Emulated;
-use crate::vcpu::interrupts::{Event, SoftwareKind};
+use crate::vcpu::exit::{self as vexit, Action as VAction, Exit as VExit};
 use crate::vcpu::state::{cr0, eflags};
-use crate::vcpu::{emulate, Effects, Exception, Fault, SegReg};
+use crate::vcpu::{Effects, Exception, Fault, SegReg};
 
 /// Host page-fault error code bits (SDM Vol. 3A §4.7).
 mod pf {
@@ -32,9 +31,9 @@ const SYSCALL_VECTOR: u8 = 0x80;
 /// DR6.BS: the #DB was a single-step trap (SDM Vol. 3B §17.2.3).
 const DR6_BS: u32 = 1 << 14;
 
-/// A selector error code that names the host LDT (TI set) refers to a mirror, not to
-/// anything the guest knows; the guest sees the fault with error code 0.
-const ERROR_CODE_TI: u32 = 1 << 2;
+/// Error-code bit IDT: a #GP error code naming an IDT entry comes from INT n through a
+/// host gate of DPL 0.
+const ERROR_CODE_IDT: u32 = 1 << 1;
 
 /// A single step of an instruction that writes to its own code page.
 #[derive(Debug, Clone, Copy)]
@@ -124,34 +123,31 @@ impl Vm {
             Exception::BP => {
                 let site = self.code_linear(eip.wrapping_sub(1));
                 if let Some(patch) = self.code.patches.lookup(site) {
-                    let (instr, class) = (patch.instruction, patch.class);
+                    let (original, class) = (patch.instruction, patch.class);
                     self.stats.exit(ExitReason::RewriteTrap);
                     self.stats.site(site, class.name());
                     self.state.eip = eip.wrapping_sub(1);
-                    return self.emulate(&instr);
+                    return self.handle(VExit::Patched { original });
                 }
                 self.stats.exit(ExitReason::GuestException);
-                self.software_trap(Exception::BP, OP_INT3, SoftwareKind::Int3)
+                self.software_trap(Exception::BP, OP_INT3)
             }
             Exception::OF => {
                 self.stats.exit(ExitReason::GuestException);
-                self.software_trap(Exception::OF, OP_INTO, SoftwareKind::Into)
+                self.software_trap(Exception::OF, OP_INTO)
             }
             Exception::DB => {
                 self.stats.exit(ExitReason::GuestException);
-                let prev = fetch_code(&self.ram, &self.code, self.code_linear(eip.wrapping_sub(1)));
-                if prev.1 > 0 && prev.0[0] == OP_INT1 {
-                    return self.deliver_step(Event::Software {
-                        vector: Exception::DB,
-                        kind: SoftwareKind::Int1,
-                        next_eip: eip,
-                    }, eip.wrapping_sub(1));
+                let (prev, n) =
+                    fetch_code(&self.ram, &self.code, self.code_linear(eip.wrapping_sub(1)));
+                if n > 0 && prev[0] == OP_INT1 {
+                    return self.handle(VExit::SoftwareInterrupt { vector: Exception::DB, len: 1 });
                 }
                 // The guest's debug registers are virtual and never loaded on the host, so a
                 // native #DB is a single-step trap (TF): EIP is already past the
                 // instruction, and DR6 reports BS.
                 self.state.dr[6] |= DR6_BS;
-                Ok(self.deliver(Event::Exception(Fault::new(Exception::DB))))
+                self.handle(VExit::Exception(Fault::new(Exception::DB)))
             }
             Exception::GP => self.on_gp(error_code),
             _ => {
@@ -161,63 +157,45 @@ impl Vm {
                 } else {
                     Fault::new(vector)
                 };
-                Ok(self.deliver(Event::Exception(fault)))
+                self.handle(VExit::Exception(fault))
             }
         }
     }
 
     /// A trap-class software interrupt the host delivered natively (its host IDT gate
     /// has DPL 3): the one-byte form `one_byte` or `INT imm8`, EIP after it.
-    fn software_trap(&mut self, vector: u8, one_byte: u8, kind: SoftwareKind) -> Step {
+    fn software_trap(&mut self, vector: u8, one_byte: u8) -> Step {
         let eip = self.state.eip;
         let one = fetch_code(&self.ram, &self.code, self.code_linear(eip.wrapping_sub(1)));
         let two = fetch_code(&self.ram, &self.code, self.code_linear(eip.wrapping_sub(2)));
-        let (start, kind) = if one.1 > 0 && one.0[0] == one_byte {
-            (eip.wrapping_sub(1), kind)
+        let len = if one.1 > 0 && one.0[0] == one_byte {
+            1
         } else if two.1 > 1 && two.0[0] == OP_INT_IMM8 && two.0[1] == vector {
-            (eip.wrapping_sub(2), SoftwareKind::IntN)
+            2
         } else {
             return self.failure(format!(
                 "vector {vector} trap at {eip:#010x} without an instruction that raises it"
             ));
         };
-        self.deliver_step(Event::Software { vector, kind, next_eip: eip }, start)
-    }
-
-    /// Delivers a software interrupt raised by the instruction at `start`.
-    fn deliver_step(&mut self, event: Event, start: u32) -> Step {
-        self.state.eip = start;
-        Ok(self.deliver(event))
+        self.handle(VExit::SoftwareInterrupt { vector, len })
     }
 
     fn on_gp(&mut self, error_code: u32) -> Step {
-        let Some(instr) = self.decode_at(self.state.eip) else {
-            self.stats.exit(ExitReason::GuestException);
-            return Ok(self.deliver(Event::Exception(Fault::gp(sanitize(error_code)))));
-        };
-        if instr.mnemonic() == Mnemonic::Int {
-            self.stats.exit(ExitReason::SoftwareInterrupt);
-            let event = Event::Software {
-                vector: instr.immediate8(),
-                kind: SoftwareKind::IntN,
-                next_eip: instr.next_ip32(),
-            };
-            return Ok(self.deliver(event));
-        }
-        let class = classify(&instr);
-        if class == Class::Innocuous || class.action() == Action::None {
-            // A genuine protection fault of an ordinary instruction (segment limit, ...).
-            self.stats.exit(ExitReason::GuestException);
-            return Ok(self.deliver(Event::Exception(Fault::gp(sanitize(error_code)))));
-        }
-        let reason = match class {
-            Class::Cpuid => ExitReason::Cpuid,
-            Class::In | Class::Out | Class::Ins | Class::Outs => ExitReason::PortIo,
-            _ => ExitReason::Privileged,
+        let instr = self.decode_at(self.state.eip);
+        let reason = match instr.as_ref().map(classify) {
+            _ if error_code & ERROR_CODE_IDT != 0 => ExitReason::SoftwareInterrupt,
+            Some(Class::Cpuid) => ExitReason::Cpuid,
+            Some(Class::In | Class::Out | Class::Ins | Class::Outs) => ExitReason::PortIo,
+            Some(class) if class.action() != Action::None => ExitReason::Privileged,
+            _ => ExitReason::GuestException,
         };
         self.stats.exit(reason);
-        self.stats.site(self.code_linear(self.state.eip), class.name());
-        self.emulate(&instr)
+        if let (Some(i), ExitReason::Privileged | ExitReason::PortIo | ExitReason::Cpuid) =
+            (&instr, reason)
+        {
+            self.stats.site(self.code_linear(self.state.eip), classify(i).name());
+        }
+        self.handle(VExit::GeneralProtection { error_code, instr })
     }
 
     fn on_syscall_trap(&mut self) -> Step {
@@ -229,9 +207,7 @@ impl Vm {
         let (bytes, n) = fetch_code(&self.ram, &self.code, self.code_linear(start));
         if n >= 2 && bytes[0] == OP_INT_IMM8 && bytes[1] == SYSCALL_VECTOR {
             self.stats.exit(ExitReason::SyscallTrap);
-            let event =
-                Event::Software { vector: SYSCALL_VECTOR, kind: SoftwareKind::IntN, next_eip: eip };
-            return self.deliver_step(event, start);
+            return self.handle(VExit::SoftwareInterrupt { vector: SYSCALL_VECTOR, len: 2 });
         }
         self.failure(format!(
             "a host system call was attempted at {eip:#010x} by an instruction the rewriter did not see"
@@ -274,44 +250,22 @@ impl Vm {
         self.emulate_access(&instr, lin)
     }
 
-    /// Runs one instruction through the vCPU emulator and applies what it did.
-    fn emulate(&mut self, instr: &Instruction) -> Step {
+    /// Hands a classified exit to the vCPU (emulation or delivery through the guest
+    /// IDT) and applies the outcome on the host.
+    pub(super) fn handle(&mut self, exit: VExit) -> Step {
         let mut bus = machine_bus!(self);
-        let result = emulate(&mut self.state, &mut bus, instr);
-        let exit_request = bus.exit_request;
-        let failure = bus.failure.take();
+        let action = vexit::handle(&mut self.state, &mut bus, &exit);
+        let (exit_request, failure) = (bus.exit_request, bus.failure.take());
         if let Some(req) = exit_request {
             return Ok(Some(RunOutcome::DebugExit { status: req.status }));
         }
         if let Some(f) = failure {
             return self.failure(format!("monitor failure during emulation: {f:?}"));
         }
-        match result {
-            Ok(Emulated::Done(effects)) => self.apply(effects),
-            Ok(Emulated::Deliver(event)) => Ok(self.deliver(event)),
-            Ok(Emulated::Unsupported(what)) => self.failure(format!(
-                "{what} (instruction {} at {:#010x})",
-                instr_text(instr),
-                self.state.eip
-            )),
-            Err(fault) => Ok(self.deliver(Event::Exception(fault))),
-        }
-    }
-
-    /// Delivers an event through the guest IDT; `Some` when the VM must stop.
-    pub(super) fn deliver(&mut self, event: Event) -> Option<RunOutcome> {
-        let mut bus = machine_bus!(self);
-        let result = crate::vcpu::deliver(&mut self.state, &mut bus, event);
-        match result {
-            Ok(effects) => match self.apply(effects) {
-                Ok(None) => None,
-                Ok(Some(outcome)) => Some(outcome),
-                Err(e) => Some(RunOutcome::GuestFailure {
-                    reason: format!("after delivering {event:?}: {e}"),
-                    dump: dump(&self.state),
-                }),
-            },
-            Err(e) => Some(RunOutcome::GuestFailure { reason: e.to_string(), dump: dump(&self.state) }),
+        match action {
+            VAction::Resume(effects) | VAction::Halt(effects) => self.apply(effects),
+            VAction::InterruptBlocked => Ok(None),
+            VAction::Stop(reason) => self.failure(reason.to_string()),
         }
     }
 
@@ -328,23 +282,5 @@ impl Vm {
             );
         }
         Ok(None)
-    }
-}
-
-/// The guest-visible error code of a native #GP: selectors of host mirrors mean nothing
-/// to the guest.
-fn sanitize(error_code: u32) -> u32 {
-    if error_code & ERROR_CODE_TI != 0 {
-        0
-    } else {
-        error_code
-    }
-}
-
-fn instr_text(instr: &Instruction) -> String {
-    if instr.code() == Code::INVALID {
-        "(invalid)".to_string()
-    } else {
-        format!("{instr}")
     }
 }

@@ -21,8 +21,8 @@ use crate::hostcpu::timer::{Kicker, TimerError, VcpuTimer};
 use crate::hostcpu::{self, ldt::LdtError, GuestContext, HostCpu, HostCpuError};
 use crate::loader::multiboot::{load_multiboot, BootInfo, LoadError};
 use crate::memory::{GuestRam, LinearSpace, MemoryError, Prot};
-use crate::vcpu::state::{eflags, gpr};
-use crate::vcpu::{SegReg, VcpuState};
+use crate::vcpu::state::eflags;
+use crate::vcpu::VcpuState;
 
 use code::{CodeError, CodePages};
 use mirrors::Mirrors;
@@ -295,7 +295,13 @@ impl Vm {
             return None;
         }
         let vector = lock(&self.platform.pic).acknowledge()?;
-        self.deliver(crate::vcpu::interrupts::Event::External(vector))
+        match self.handle(crate::vcpu::exit::Exit::Interrupt { vector }) {
+            Ok(outcome) => outcome,
+            Err(e) => Some(RunOutcome::GuestFailure {
+                reason: format!("delivering interrupt vector {vector:#x}: {e}"),
+                dump: dump(&self.state),
+            }),
+        }
     }
 
     /// Sleeps until the PIT's next edge or an interrupt request, without spinning.
@@ -341,52 +347,7 @@ impl Vm {
     }
 }
 
-/// Formats the vCPU state like a CPU's register dump.
+/// The vCPU register dump printed when a guest fails.
 pub fn dump(s: &VcpuState) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    let g = &s.gpr;
-    let _ = writeln!(
-        out,
-        "EAX={:08x} EBX={:08x} ECX={:08x} EDX={:08x}",
-        g[gpr::EAX],
-        g[gpr::EBX],
-        g[gpr::ECX],
-        g[gpr::EDX]
-    );
-    let _ = writeln!(
-        out,
-        "ESI={:08x} EDI={:08x} EBP={:08x} ESP={:08x}",
-        g[gpr::ESI],
-        g[gpr::EDI],
-        g[gpr::EBP],
-        g[gpr::ESP]
-    );
-    let _ = writeln!(out, "EIP={:08x} EFL={:08x} CPL={}", s.eip, s.eflags, s.cpl());
-    for reg in SegReg::ALL {
-        let seg = s.sreg(reg);
-        let _ = writeln!(
-            out,
-            "{:<3}={:04x} base={:08x} limit={:08x} type={:x} dpl={} p={} db={}",
-            format!("{reg:?}").to_uppercase(),
-            seg.selector,
-            seg.base,
-            seg.limit,
-            seg.typ,
-            seg.dpl,
-            u8::from(seg.present),
-            u8::from(seg.db)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "LDT={:04x} TR={:04x} GDT={:08x}/{:04x} IDT={:08x}/{:04x}",
-        s.ldtr.selector, s.tr.selector, s.gdtr.base, s.gdtr.limit, s.idtr.base, s.idtr.limit
-    );
-    let _ = writeln!(
-        out,
-        "CR0={:08x} CR2={:08x} CR3={:08x} CR4={:08x}",
-        s.cr0, s.cr2, s.cr3, s.cr4
-    );
-    out
+    s.to_string()
 }
