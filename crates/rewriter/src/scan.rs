@@ -360,10 +360,19 @@ impl<'a> Core<'a> {
 
     fn sweep(&mut self) {
         let mut offset = 0;
+        // One past the last byte of the known instructions that start before `offset`.
+        // Known instructions may overlap (descent into the middle of an instruction), so
+        // the sweep walks through them byte by byte rather than jumping by one length.
+        let mut covered = 0;
         while offset < self.lengths.len() {
-            let known = self.lengths[offset];
+            let known = usize::from(self.lengths[offset]);
             if known != 0 {
-                offset += usize::from(known);
+                covered = covered.max(offset + known);
+                offset += 1;
+                continue;
+            }
+            if offset < covered {
+                offset += 1;
                 continue;
             }
             match self.decode_at(offset) {
@@ -378,7 +387,9 @@ impl<'a> Core<'a> {
                         // step with the real instruction stream.
                         offset += 1;
                     } else {
+                        // Nothing starts inside it, so its interior can be skipped.
                         self.record(offset, len);
+                        covered = offset + len;
                         offset += len;
                     }
                 }
@@ -531,6 +542,29 @@ mod tests {
         let without = scan_page(&mem, 0x10_1000, &[]);
         assert!(!without.is_start(0x10_1001));
         assert_eq!(without.patch_sites().count(), 0);
+    }
+
+    #[test]
+    fn sweep_does_not_start_inside_overlapping_known_instructions() {
+        // An entry at the last byte of `jmp rel32` (E9 00 01 00 00): the descent decodes
+        // `add [esi+...], cl` (00 8E 18 0F 00 C8) there, and the jmp itself is reached
+        // from the page start. The sweep must not then start at the jmp's end, which lies
+        // inside the add.
+        let mem = page_with(
+            &[(
+                0x1000,
+                &[0xE9, 0x00, 0x01, 0x00, 0x00, 0x8E, 0x18, 0x0F, 0x00, 0xC8],
+            )],
+            0x90,
+        );
+        let scan = scan_page(&mem, 0x10_1000, &[0x10_1004, 0x10_1000]);
+        assert_eq!(scan.overlaps, [0x10_1000]);
+        assert!(scan.is_start(0x10_1004) && !scan.is_start(0x10_1005));
+        assert_eq!(
+            scan.patch_sites().count(),
+            0,
+            "mov ds,[eax] at 0x1005 is not a start"
+        );
     }
 
     #[test]
