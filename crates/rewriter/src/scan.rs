@@ -222,6 +222,9 @@ struct Core<'a> {
     lengths: &'a mut [u8],
     decoder: Decoder<'a>,
     instr: Instruction,
+    /// Instruction starts in address order; the sweep visits every offset in order, so it
+    /// collects them.
+    starts: Vec<u32>,
     sites: Vec<Site>,
     exits: Vec<u32>,
     overlaps: Vec<u32>,
@@ -232,11 +235,14 @@ struct Core<'a> {
 
 impl<'a> Core<'a> {
     fn new(bytes: &'a [u8], base: u32, lengths: &'a mut [u8]) -> Self {
+        let expected_starts = lengths.len() / 3;
         Self {
             base,
             lengths,
             decoder: Decoder::with_ip(32, bytes, u64::from(base), DecoderOptions::NONE),
             instr: Instruction::default(),
+            // Compiled IA-32 code averages three to four bytes per instruction.
+            starts: Vec::with_capacity(expected_starts),
             sites: Vec::new(),
             exits: Vec::new(),
             overlaps: Vec::new(),
@@ -267,9 +273,13 @@ impl<'a> Core<'a> {
 
     /// Decodes at `offset`; returns the length, or `None` for invalid or truncated bytes.
     fn decode_at(&mut self, offset: usize) -> Option<usize> {
-        // `offset` < lengths.len() <= bytes.len(), so repositioning cannot fail.
-        self.decoder.set_position(offset).ok()?;
-        self.decoder.set_ip(u64::from(self.base) + offset as u64);
+        // The sweep mostly decodes where the previous instruction ended; repositioning
+        // only when needed saves a measurable share of the scan.
+        if self.decoder.position() != offset {
+            // `offset` < lengths.len() <= bytes.len(), so repositioning cannot fail.
+            self.decoder.set_position(offset).ok()?;
+            self.decoder.set_ip(u64::from(self.base) + offset as u64);
+        }
         self.decoder.decode_out(&mut self.instr);
         if self.instr.code() == Code::INVALID {
             None
@@ -367,6 +377,7 @@ impl<'a> Core<'a> {
         while offset < self.lengths.len() {
             let known = usize::from(self.lengths[offset]);
             if known != 0 {
+                self.starts.push(self.base.wrapping_add(offset as u32));
                 covered = covered.max(offset + known);
                 offset += 1;
                 continue;
@@ -389,6 +400,7 @@ impl<'a> Core<'a> {
                     } else {
                         // Nothing starts inside it, so its interior can be skipped.
                         self.record(offset, len);
+                        self.starts.push(self.base.wrapping_add(offset as u32));
                         covered = offset + len;
                         offset += len;
                     }
@@ -398,21 +410,13 @@ impl<'a> Core<'a> {
     }
 
     fn finish(mut self) -> CoreOutput {
-        let base = self.base;
-        let starts = self
-            .lengths
-            .iter()
-            .enumerate()
-            .filter(|(_, &l)| l != 0)
-            .map(|(o, _)| base.wrapping_add(o as u32))
-            .collect();
         self.sites.sort_unstable_by_key(|s| s.address);
         self.exits.sort_unstable();
         self.exits.dedup();
         self.overlaps.sort_unstable();
         self.overlaps.dedup();
         CoreOutput {
-            starts,
+            starts: self.starts,
             sites: self.sites,
             exits: self.exits,
             invalid_bytes: self.invalid_bytes,

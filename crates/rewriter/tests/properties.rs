@@ -61,6 +61,10 @@ fn entries() -> impl Strategy<Value = Vec<u32>> {
 /// Every start decodes; no start lies inside another instruction unless the scan
 /// reported the overlap; every site is a start with its decoded length and class.
 fn check_boundaries(mem: &BufferMemory, scan: &PageScan) -> Result<(), TestCaseError> {
+    prop_assert!(
+        scan.starts.windows(2).all(|w| w[0] < w[1]),
+        "starts are not sorted"
+    );
     let mut lengths = Vec::new();
     for &start in &scan.starts {
         prop_assert!((PAGE..PAGE + PAGE_SIZE).contains(&start));
