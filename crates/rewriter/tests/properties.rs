@@ -3,8 +3,8 @@
 use iced_x86::{Decoder, DecoderOptions};
 use proptest::prelude::*;
 use rewriter::{
-    classify, scan_page, Action, BufferMemory, CodeMemory, PageScan, PatchTable, PAGE_SIZE,
-    TRAP_BYTE,
+    classify, scan_page, scan_region, Action, BufferMemory, Census, CodeMemory, PageScan,
+    PatchTable, PAGE_SIZE, TRAP_BYTE,
 };
 
 const PAGE: u32 = 0x0040_1000;
@@ -177,5 +177,58 @@ proptest! {
         let n = mem.read(addr, &mut buf);
         table.overlay_originals(addr, &mut buf[..n]);
         prop_assert_eq!(&buf[..n], &before.bytes[start as usize..start as usize + n]);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Arbitrary bytes at arbitrary addresses, up to the top of the 4 GiB space, with
+    /// arbitrary entry points: the scan stays inside the region and is self-consistent.
+    #[test]
+    fn region_scan_is_total(
+        bytes in proptest::collection::vec(any::<u8>(), 0..3000),
+        base in prop_oneof![any::<u32>(), (u32::MAX - 4000)..=u32::MAX],
+        entries in proptest::collection::vec(any::<u32>(), 0..4),
+        near in proptest::collection::vec(0u32..3000, 0..4),
+    ) {
+        let entries: Vec<u32> =
+            entries.into_iter().chain(near.into_iter().map(|o| base.wrapping_add(o))).collect();
+        let scan = scan_region(&bytes, base, &entries);
+        let end = u64::from(base) + scan.len as u64;
+        prop_assert!(scan.len <= bytes.len() && end <= 1 << 32);
+        prop_assert!(scan.starts.windows(2).all(|w| w[0] < w[1]));
+        for &s in &scan.starts {
+            prop_assert!(u64::from(s) >= u64::from(base) && u64::from(s) < end);
+        }
+        for site in &scan.sites {
+            prop_assert!(scan.starts.binary_search(&site.address).is_ok());
+            let at = (site.address - base) as usize;
+            prop_assert!(at + usize::from(site.length) <= scan.len, "site runs past the region");
+        }
+        for &e in &scan.exits {
+            prop_assert!(u64::from(e) < u64::from(base) || u64::from(e) >= end);
+        }
+        let census = Census::from_region(&scan);
+        prop_assert_eq!(census.instructions, scan.starts.len() as u64);
+        prop_assert_eq!(census.classes.values().sum::<u64>(), census.instructions);
+    }
+
+    /// A page whose neighbours are unreadable scans exactly like the same bytes as a
+    /// region: one algorithm for both.
+    #[test]
+    fn page_scan_matches_region_scan(bytes in code(), entries in entries(), top in any::<bool>()) {
+        let page = if top { 0xFFFF_F000 } else { PAGE };
+        let entries: Vec<u32> = entries.iter().map(|e| e - PAGE + page).collect();
+        let one_page = &bytes[..PAGE_SIZE as usize];
+        let mem = BufferMemory::new(page, one_page.to_vec());
+        let p = scan_page(&mem, page, &entries);
+        let r = scan_region(one_page, page, &entries);
+        prop_assert_eq!(&p.starts, &r.starts);
+        prop_assert_eq!(&p.sites, &r.sites);
+        prop_assert_eq!(&p.exits, &r.exits);
+        prop_assert_eq!(&p.overlaps, &r.overlaps);
+        prop_assert_eq!(p.invalid_bytes, r.invalid_bytes);
+        prop_assert_eq!(p.straddle_end, u64::from(page) + u64::from(PAGE_SIZE));
     }
 }
