@@ -157,6 +157,12 @@ pub struct RegionScan {
 /// invalid. An instruction that starts in the previous page and ends in this one is not
 /// this page's business: its tail bytes are swept like any other gap unless an entry
 /// point says otherwise.
+///
+/// `mem`'s addresses are those of the page table the patches will go into (guest
+/// physical for the engine). The bytes past the page end must be those that follow the
+/// page in the guest's *linear* view, so an engine's `CodeMemory` maps
+/// `page + 4096 ..` to the physical page that follows linearly, or reports them
+/// unreadable when that page is not mapped.
 pub fn scan_page(mem: &impl CodeMemory, page: u32, entries: &[u32]) -> PageScan {
     let page = page & !(PAGE_SIZE - 1);
     const BUF: usize = PAGE_SIZE as usize + MAX_INSTRUCTION_LEN - 1;
