@@ -163,7 +163,7 @@ class_table! {
     /// SYSENTER.
     Sysenter, "sysenter", Patch, "SDM 2B SYSENTER; ARCHITECTURE §2", "Enters the host kernel's fast-syscall path, which mangles guest state before seccomp sees it.";
     /// SYSCALL.
-    Syscall, "syscall", Patch, "SDM 2B SYSCALL; ARCHITECTURE §2", "Enters the host kernel's syscall path instead of the guest's.";
+    Syscall, "syscall", Patch, "SDM 2B SYSCALL; ARCHITECTURE §2", "On AMD hosts it enters the host kernel's 32-bit syscall path (Intel raises #UD); patched so the guest never depends on the host CPU.";
 
     // --- Privileged or faulting at CPL 3: the CPU traps them already. ---
     /// CLI.
@@ -215,7 +215,7 @@ class_table! {
     /// CPUID.
     Cpuid, "cpuid", Trap, "SDM 2A CPUID; ARCHITECTURE §2", "#GP through CPUID faulting, which the monitor enables with ARCH_SET_CPUID.";
     /// INT imm8.
-    Int, "int", Trap, "SDM 2A INTn", "#GP on the host's DPL 0 gates; INT 0x80 reaches the seccomp SIGSYS backstop.";
+    Int, "int", Trap, "SDM 2A INTn", "#GP (SIGSEGV, vector in the error code) on the host's DPL 0 gates; INT 3/4 reach the host's DPL 3 #BP/#OF gates and INT 0x80 the seccomp SIGSYS backstop.";
     /// INT3 (0xCC), including the monitor's own trap bytes.
     Int3, "int3", Trap, "SDM 2A INT3", "SIGTRAP; the patch table tells a patched site from a guest breakpoint.";
     /// INTO.
