@@ -17,7 +17,9 @@
 //! actions and the reference that justifies each; [`classify`] maps decoded instructions
 //! onto it and [`flow`] tells the scanner where execution may go next.
 
-use iced_x86::{Code, FlowControl, Instruction, Mnemonic, OpKind};
+use std::sync::OnceLock;
+
+use iced_x86::{Code, FlowControl, Instruction, Mnemonic};
 
 /// The byte every patched instruction starts with: `INT3`.
 ///
@@ -161,7 +163,7 @@ class_table! {
     /// SYSENTER.
     Sysenter, "sysenter", Patch, "SDM 2B SYSENTER; ARCHITECTURE §2", "Enters the host kernel's fast-syscall path, which mangles guest state before seccomp sees it.";
     /// SYSCALL.
-    Syscall, "syscall", Patch, "SDM 2B SYSCALL; ARCHITECTURE §2", "Enters the host kernel's syscall path instead of the guest's.";
+    Syscall, "syscall", Patch, "SDM 2B SYSCALL; ARCHITECTURE §2", "On AMD hosts it enters the host kernel's 32-bit syscall path (Intel raises #UD); patched so the guest never depends on the host CPU.";
 
     // --- Privileged or faulting at CPL 3: the CPU traps them already. ---
     /// CLI.
@@ -213,7 +215,7 @@ class_table! {
     /// CPUID.
     Cpuid, "cpuid", Trap, "SDM 2A CPUID; ARCHITECTURE §2", "#GP through CPUID faulting, which the monitor enables with ARCH_SET_CPUID.";
     /// INT imm8.
-    Int, "int", Trap, "SDM 2A INTn", "#GP on the host's DPL 0 gates; INT 0x80 reaches the seccomp SIGSYS backstop.";
+    Int, "int", Trap, "SDM 2A INTn", "#GP (SIGSEGV, vector in the error code) on the host's DPL 0 gates; INT 3/4 reach the host's DPL 3 #BP/#OF gates and INT 0x80 the seccomp SIGSYS backstop.";
     /// INT3 (0xCC), including the monitor's own trap bytes.
     Int3, "int3", Trap, "SDM 2A INT3", "SIGTRAP; the patch table tells a patched site from a guest breakpoint.";
     /// INTO.
@@ -278,9 +280,31 @@ impl Class {
 ///
 /// An invalid instruction (`Code::INVALID`) is [`Class::Innocuous`]: the scanner never
 /// reports it as an instruction, and executing it raises #UD natively.
+#[inline]
 pub fn classify(instr: &Instruction) -> Class {
+    classify_code(instr.code())
+}
+
+/// The class of every instruction with this iced `Code` (the class never depends on
+/// operands beyond what the code encodes).
+///
+/// Looks the code up in a table built once from [`class_of_code`]: the scanner
+/// classifies every instruction it decodes, and a table lookup keeps that off the
+/// profile.
+#[inline]
+pub fn classify_code(code: Code) -> Class {
+    static TABLE: OnceLock<Box<[Class]>> = OnceLock::new();
+    let table = TABLE.get_or_init(|| Code::values().map(class_of_code).collect());
+    table
+        .get(code as usize)
+        .copied()
+        .unwrap_or_else(|| class_of_code(code))
+}
+
+/// The classification rules: what [`classify_code`] tabulates.
+pub fn class_of_code(code: Code) -> Class {
     use Mnemonic as M;
-    match instr.mnemonic() {
+    match code.mnemonic() {
         M::Pushf | M::Pushfd | M::Pushfq => Class::Pushf,
         M::Popf | M::Popfd | M::Popfq => Class::Popf,
         M::Sgdt => Class::Sgdt,
@@ -292,15 +316,46 @@ pub fn classify(instr: &Instruction) -> Class {
         M::Lsl => Class::Lsl,
         M::Verr => Class::Verr,
         M::Verw => Class::Verw,
-        M::Mov => classify_mov(instr.code()),
-        M::Push if has_sreg_operand(instr) => Class::PushSreg,
-        M::Pop if has_sreg_operand(instr) => Class::PopSreg,
+        M::Mov => classify_mov(code),
+        M::Push => match code {
+            Code::Pushw_ES
+            | Code::Pushd_ES
+            | Code::Pushw_CS
+            | Code::Pushd_CS
+            | Code::Pushw_SS
+            | Code::Pushd_SS
+            | Code::Pushw_DS
+            | Code::Pushd_DS
+            | Code::Pushw_FS
+            | Code::Pushd_FS
+            | Code::Pushq_FS
+            | Code::Pushw_GS
+            | Code::Pushd_GS
+            | Code::Pushq_GS => Class::PushSreg,
+            _ => Class::Innocuous,
+        },
+        M::Pop => match code {
+            Code::Popw_ES
+            | Code::Popd_ES
+            | Code::Popw_CS
+            | Code::Popw_SS
+            | Code::Popd_SS
+            | Code::Popw_DS
+            | Code::Popd_DS
+            | Code::Popw_FS
+            | Code::Popd_FS
+            | Code::Popq_FS
+            | Code::Popw_GS
+            | Code::Popd_GS
+            | Code::Popq_GS => Class::PopSreg,
+            _ => Class::Innocuous,
+        },
         M::Lds => Class::Lds,
         M::Les => Class::Les,
         M::Lfs => Class::Lfs,
         M::Lgs => Class::Lgs,
         M::Lss => Class::Lss,
-        M::Call => match instr.code() {
+        M::Call => match code {
             Code::Call_ptr1616
             | Code::Call_ptr1632
             | Code::Call_m1616
@@ -308,7 +363,7 @@ pub fn classify(instr: &Instruction) -> Class {
             | Code::Call_m1664 => Class::FarCall,
             _ => Class::Innocuous,
         },
-        M::Jmp => match instr.code() {
+        M::Jmp => match code {
             Code::Jmp_ptr1616
             | Code::Jmp_ptr1632
             | Code::Jmp_m1616
@@ -409,12 +464,6 @@ fn classify_mov(code: Code) -> Class {
         Code::Mov_r32_tr | Code::Mov_tr_r32 => Class::Privileged,
         _ => Class::Innocuous,
     }
-}
-
-fn has_sreg_operand(instr: &Instruction) -> bool {
-    instr.op_count() == 1
-        && instr.op0_kind() == OpKind::Register
-        && instr.op0_register().is_segment_register()
 }
 
 /// Where execution may continue after an instruction, as far as the scanner can tell
@@ -567,6 +616,35 @@ mod tests {
                 Action::Patch
             };
             assert_eq!(class.action(), expected, "{what}");
+        }
+    }
+
+    /// The code table agrees with the operand view: a PUSH/POP is segment-register
+    /// class exactly when its operand is a segment register.
+    #[test]
+    fn sreg_push_pop_codes_match_operands() {
+        use iced_x86::OpCodeOperandKind as K;
+        for code in Code::values() {
+            let m = code.mnemonic();
+            if m != Mnemonic::Push && m != Mnemonic::Pop {
+                continue;
+            }
+            let op = code.op_code();
+            let sreg = op.op_count() == 1
+                && matches!(op.op_kind(0), K::es | K::cs | K::ss | K::ds | K::fs | K::gs);
+            let expected = match (sreg, m) {
+                (false, _) => Class::Innocuous,
+                (true, Mnemonic::Push) => Class::PushSreg,
+                (true, _) => Class::PopSreg,
+            };
+            assert_eq!(class_of_code(code), expected, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn table_matches_rules_for_every_code() {
+        for code in Code::values() {
+            assert_eq!(classify_code(code), class_of_code(code), "{code:?}");
         }
     }
 

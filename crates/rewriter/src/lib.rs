@@ -9,6 +9,33 @@
 //! * [`scan`]: instruction boundaries of a page or region ([`scan_page`],
 //!   [`scan_region`], [`Census`]).
 //! * [`patch`]: in-place rewriting into [`TRAP_BYTE`] and its undoing ([`PatchTable`]).
+//!
+//! ```
+//! use rewriter::{scan_page, Action, BufferMemory, Class, CodeMemory, PatchTable, TRAP_BYTE};
+//!
+//! // pushf; cli; popf; ret
+//! let code = [0x9C, 0xFA, 0x9D, 0xC3];
+//! let mut mem = BufferMemory::new(0x1000, code.to_vec());
+//! let scan = scan_page(&mem, 0x1000, &[0x1000]);
+//! assert_eq!(scan.starts, [0x1000, 0x1001, 0x1002, 0x1003]);
+//! // CLI traps by itself; PUSHF and POPF are patched.
+//! assert_eq!(scan.sites[1].class.action(), Action::Trap);
+//!
+//! let mut table = PatchTable::new();
+//! assert_eq!(table.patch(&mut mem, &scan)?, 2);
+//! assert_eq!(mem.bytes, [TRAP_BYTE, 0xFA, TRAP_BYTE, 0xC3]);
+//! assert_eq!(table.lookup(0x1002).map(|p| p.class), Some(Class::Popf));
+//!
+//! // The guest reading its own code sees the originals.
+//! let mut seen = [0u8; 4];
+//! table.unpatched(&mem).read(0x1000, &mut seen);
+//! assert_eq!(seen, code);
+//!
+//! // A write to the page reverts it exactly.
+//! assert_eq!(table.revert_page(&mut mem, 0x1000), 2);
+//! assert_eq!(mem.bytes, code);
+//! # Ok::<(), rewriter::PatchError>(())
+//! ```
 
 pub mod class;
 pub mod patch;

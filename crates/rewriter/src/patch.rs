@@ -234,21 +234,26 @@ impl PatchTable {
     /// returns how many were restored. A byte that cannot be written keeps its entry, so
     /// the table still describes memory.
     pub fn revert_page(&mut self, mem: &mut impl CodeMemoryMut, page: u32) -> usize {
-        let first = page & !(PAGE_SIZE - 1);
-        let addrs: Vec<u32> = self
-            .patches
-            .range(first..=first | (PAGE_SIZE - 1))
-            .map(|(&a, _)| a)
+        let originals: Vec<(u32, u8)> = self
+            .page_patches(page)
+            .map(|p| (p.address, p.original[0]))
             .collect();
         let mut restored = 0;
-        for addr in addrs {
-            let byte = self.patches[&addr].original[0];
+        for (addr, byte) in originals {
             if mem.write(addr, &[byte]) == 1 {
                 self.patches.remove(&addr);
                 restored += 1;
             }
         }
         restored
+    }
+
+    /// The patches whose trap byte lies in the page containing `page`, by address.
+    pub fn page_patches(&self, page: u32) -> impl Iterator<Item = &Patch> {
+        let first = page & !(PAGE_SIZE - 1);
+        self.patches
+            .range(first..=first | (PAGE_SIZE - 1))
+            .map(|(_, p)| p)
     }
 
     /// Whether the page containing `page` holds any patch.
@@ -330,6 +335,11 @@ mod tests {
         table.unpatched(&mem).read(BASE, &mut buf);
         assert_eq!(buf, CODE);
         assert!(table.is_patched(BASE + 0x123) && !table.is_patched(BASE + PAGE_SIZE));
+        let addrs: Vec<u32> = table
+            .page_patches(BASE + 0xFFF)
+            .map(|p| p.address)
+            .collect();
+        assert_eq!(addrs, [BASE, BASE + 1, BASE + 5]);
         assert_eq!(table.revert_page(&mut mem, BASE), 3);
         assert_eq!(mem, before);
         assert!(table.is_empty() && !table.is_patched(BASE));

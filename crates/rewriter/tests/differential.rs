@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use capstone::arch::x86::ArchMode;
 use capstone::prelude::*;
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction};
+use rewriter::{classify, Class};
 
 const RANDOM_WINDOWS: usize = 1_000_000;
 const SEED: u64 = 0x1A32_D1FF_5EED;
@@ -280,4 +281,179 @@ fn kernel_text_agrees_on_length() {
         tally.compared > 1_000_000,
         "the kernel has millions of instructions"
     );
+}
+
+/// The class capstone's text implies, for the mnemonics whose class does not need
+/// iced's view of the encoding. `None`: not one of those (compared only when iced
+/// classifies the instruction as something else than innocuous).
+fn capstone_class(text: &str) -> Option<Class> {
+    const SREGS: &[&str] = &["es", "cs", "ss", "ds", "fs", "gs"];
+    const PREFIXES: &[&str] = &[
+        "rep", "repe", "repne", "bnd", "lock", "notrack", "xacquire", "xrelease",
+    ];
+    let mut text = text.trim();
+    let (mut mnemonic, mut rest) = text.split_once(' ').unwrap_or((text, ""));
+    while PREFIXES.contains(&mnemonic) {
+        text = rest.trim();
+        (mnemonic, rest) = text.split_once(' ').unwrap_or((text, ""));
+    }
+    let ops: Vec<&str> = rest.split(", ").map(str::trim).collect();
+    // Far indirect operands are m16:16/m16:32, which capstone prints without a size
+    // keyword ("ptr [...]") or as "fword ptr"; direct far targets as "seg:offset".
+    let far = ops[0].starts_with("ptr ")
+        || ops[0].starts_with("fword ptr")
+        || ops[0].contains(':') && !ops[0].contains('[');
+    let class = match mnemonic {
+        "pushf" | "pushfd" => Class::Pushf,
+        "popf" | "popfd" => Class::Popf,
+        "push" if SREGS.contains(&ops[0]) => Class::PushSreg,
+        "pop" if SREGS.contains(&ops[0]) => Class::PopSreg,
+        "mov" if ops.len() == 2 && SREGS.contains(&ops[0]) => Class::MovToSreg,
+        "mov" if ops.len() == 2 && SREGS.contains(&ops[1]) => Class::MovFromSreg,
+        "mov" if ops.iter().any(|o| o.starts_with("cr") && o.len() <= 4) => Class::MovCr,
+        "mov" if ops.iter().any(|o| o.starts_with("dr") && o.len() == 3) => Class::MovDr,
+        "push" | "pop" | "mov" => Class::Innocuous,
+        "ljmp" => Class::FarJmp,
+        "lcall" => Class::FarCall,
+        "jmp" if far => Class::FarJmp,
+        "call" if far => Class::FarCall,
+        "rsm" | "wbnoinvd" | "invlpga" | "invlpgb" | "tlbsync" | "skinit" | "vmrun" | "vmload"
+        | "vmsave" | "vmmcall" | "vmcall" | "vmlaunch" | "vmresume" | "vmxoff" | "vmxon"
+        | "vmclear" | "vmptrld" | "vmptrst" | "vmread" | "vmwrite" | "vmfunc" | "invept"
+        | "invvpid" | "getsec" | "encls" | "pconfig" => Class::Privileged,
+        "retf" | "retfw" | "lret" => Class::FarRet,
+        "iret" | "iretd" => Class::Iret,
+        "sgdt" => Class::Sgdt,
+        "sidt" => Class::Sidt,
+        "smsw" => Class::Smsw,
+        "sldt" => Class::Sldt,
+        "str" => Class::Str,
+        "lar" => Class::Lar,
+        "lsl" => Class::Lsl,
+        "verr" => Class::Verr,
+        "verw" => Class::Verw,
+        "lds" => Class::Lds,
+        "les" => Class::Les,
+        "lfs" => Class::Lfs,
+        "lgs" => Class::Lgs,
+        "lss" => Class::Lss,
+        "sysenter" => Class::Sysenter,
+        "syscall" => Class::Syscall,
+        "cli" => Class::Cli,
+        "sti" => Class::Sti,
+        "hlt" => Class::Hlt,
+        "in" => Class::In,
+        "out" => Class::Out,
+        "insb" | "insw" | "insd" => Class::Ins,
+        "outsb" | "outsw" | "outsd" => Class::Outs,
+        "lgdt" => Class::Lgdt,
+        "lidt" => Class::Lidt,
+        "lldt" => Class::Lldt,
+        "ltr" => Class::Ltr,
+        "clts" => Class::Clts,
+        "invd" => Class::Invd,
+        "wbinvd" => Class::Wbinvd,
+        "invlpg" => Class::Invlpg,
+        "rdmsr" => Class::Rdmsr,
+        "wrmsr" => Class::Wrmsr,
+        "lmsw" => Class::Lmsw,
+        "sysexit" => Class::Sysexit,
+        "sysret" => Class::Sysret,
+        "rdpmc" => Class::Rdpmc,
+        "cpuid" => Class::Cpuid,
+        "int" => Class::Int,
+        "int3" => Class::Int3,
+        "into" => Class::Into,
+        "int1" => Class::Int1,
+        "ud0" | "ud1" | "ud2" => Class::Ud,
+        "monitor" => Class::Monitor,
+        "mwait" => Class::Mwait,
+        "xsetbv" => Class::Xsetbv,
+        "xsaves" => Class::Xsaves,
+        "xrstors" => Class::Xrstors,
+        "clac" => Class::Clac,
+        "stac" => Class::Stac,
+        "invpcid" => Class::Invpcid,
+        _ => return None,
+    };
+    Some(class)
+}
+
+/// Classes are iced's; this checks them against an independent decoder's reading of
+/// the same bytes, on the kernel (every instruction of the iced sweep) and on random
+/// windows. Instructions capstone has no class opinion on must not be classified as
+/// sensitive by iced either, unless capstone rejects them.
+#[test]
+fn classes_agree_with_capstone_mnemonics() {
+    let cs = capstone();
+    let mut disagreements: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    let mut checked = 0u64;
+    let mut check = |bytes: &[u8], instr: &Instruction| {
+        if instr.is_invalid() {
+            return;
+        }
+        let Some((len, text)) = capstone_decode(&cs, bytes, instr.ip()) else {
+            return;
+        };
+        if len != instr.len() {
+            return; // a length disagreement, judged by the length tests
+        }
+        let iced = classify(instr);
+        let expected = capstone_class(text.trim());
+        if expected.is_none() && iced == Class::Innocuous {
+            return;
+        }
+        checked += 1;
+        if expected != Some(iced) {
+            let key = match expected {
+                Some(class) => format!("iced {} / capstone {}", iced.name(), class.name()),
+                None => format!(
+                    "iced {} / capstone `{}`",
+                    iced.name(),
+                    text.split(' ').next().unwrap_or("")
+                ),
+            };
+            let e = disagreements
+                .entry(key)
+                .or_insert((0, format!("{:02X?} `{}`", &bytes[..len], text.trim())));
+            e.0 += 1;
+        }
+    };
+    let mut rng = Rng(SEED ^ 0xC1A5);
+    let mut instr = Instruction::default();
+    for _ in 0..RANDOM_WINDOWS / 4 {
+        let w = window(&mut rng);
+        Decoder::with_ip(32, &w, 0x1000, DecoderOptions::NONE).decode_out(&mut instr);
+        check(&w, &instr);
+    }
+    if let Some(texts) = kernel::text_sections() {
+        for text in &texts {
+            let mut decoder = Decoder::with_ip(
+                32,
+                &text.bytes,
+                u64::from(text.address),
+                DecoderOptions::NONE,
+            );
+            let mut offset = 0;
+            while offset < text.bytes.len() {
+                decoder
+                    .set_position(offset)
+                    .expect("offset inside the section");
+                decoder.set_ip(u64::from(text.address) + offset as u64);
+                decoder.decode_out(&mut instr);
+                let end = (offset + 16).min(text.bytes.len());
+                check(&text.bytes[offset..end], &instr);
+                offset += if instr.is_invalid() { 1 } else { instr.len() };
+            }
+        }
+    }
+    eprintln!("{checked} sensitive or named instructions compared");
+    for (key, (n, example)) in &disagreements {
+        eprintln!("  {key}: {n}, e.g. {example}");
+    }
+    assert!(
+        disagreements.is_empty(),
+        "class disagreements with capstone"
+    );
+    assert!(checked > 10_000);
 }
