@@ -130,6 +130,22 @@ impl PatchTable {
         self.patch_sites(mem, scan.patch_sites())
     }
 
+    /// [`PatchTable::patch`], also patching the sites of the classes in `also`: classes
+    /// that trap natively only with host support the engine may lack (CPUID traps only
+    /// where the host has CPUID faulting; elsewhere it must be rewritten).
+    ///
+    /// # Errors
+    ///
+    /// As for [`PatchTable::patch`].
+    pub fn patch_with(
+        &mut self,
+        mem: &mut impl CodeMemoryMut,
+        scan: &PageScan,
+        also: &[Class],
+    ) -> Result<usize, PatchError> {
+        self.patch_sites_with(mem, &scan.sites, also)
+    }
+
     /// [`PatchTable::patch`] for any sites (e.g. those of a region scan); sites whose
     /// action is not [`Action::Patch`] are skipped.
     ///
@@ -141,9 +157,23 @@ impl PatchTable {
         mem: &mut impl CodeMemoryMut,
         sites: impl IntoIterator<Item = &'s Site>,
     ) -> Result<usize, PatchError> {
+        self.patch_sites_with(mem, sites, &[])
+    }
+
+    /// [`PatchTable::patch_sites`], also patching the sites of the classes in `also`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`PatchTable::patch`].
+    pub fn patch_sites_with<'s>(
+        &mut self,
+        mem: &mut impl CodeMemoryMut,
+        sites: impl IntoIterator<Item = &'s Site>,
+        also: &[Class],
+    ) -> Result<usize, PatchError> {
         let mut patched = 0;
         for site in sites {
-            if site.class.action() != Action::Patch {
+            if site.class.action() != Action::Patch && !also.contains(&site.class) {
                 continue;
             }
             if let Some(existing) = self.patches.get(&site.address) {
@@ -343,6 +373,23 @@ mod tests {
         assert_eq!(table.revert_page(&mut mem, BASE), 3);
         assert_eq!(mem, before);
         assert!(table.is_empty() && !table.is_patched(BASE));
+    }
+
+    #[test]
+    fn cpuid_is_patched_only_when_asked() {
+        // cpuid; pushf; ret
+        let code = [0x0F, 0xA2, 0x9C, 0xC3];
+        let mut mem = memory(&code);
+        let scan = scan_page(&mem, BASE, &[BASE]);
+        let mut table = PatchTable::new();
+        assert_eq!(table.patch(&mut mem, &scan), Ok(1));
+        assert_eq!(
+            mem.bytes[0], 0x0F,
+            "CPUID traps natively where the host faults it"
+        );
+        assert_eq!(table.patch_with(&mut mem, &scan, &[Class::Cpuid]), Ok(1));
+        assert_eq!(&mem.bytes[..4], &[0xCC, 0xA2, 0xCC, 0xC3]);
+        assert_eq!(table.lookup(BASE).map(|p| p.class), Some(Class::Cpuid));
     }
 
     #[test]

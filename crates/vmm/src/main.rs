@@ -73,7 +73,10 @@ struct RunArgs {
 /// Parses a memory size: bytes, or a number with a K/M/G suffix (KiB, MiB, GiB).
 fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
     let (digits, shift) = match t.char_indices().last() {
         Some((i, 'K' | 'k')) => (&t[..i], 10),
         Some((i, 'M' | 'm')) => (&t[..i], 20),
@@ -83,7 +86,8 @@ fn parse_size(text: &str) -> Result<u64, String> {
     let n: u64 = digits
         .parse()
         .map_err(|_| format!("expected a size such as 128M, 1G or 4194304, got {text:?}"))?;
-    n.checked_mul(1 << shift).ok_or_else(|| format!("size {text:?} is too large"))
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("size {text:?} is too large"))
 }
 
 #[derive(Debug, Args)]
@@ -138,7 +142,10 @@ fn print_error(err: &dyn std::error::Error) {
 
 fn run_command(args: RunArgs) -> ExitCode {
     if args.mem < MIN_MEM_SIZE {
-        eprintln!("vmm: error: --mem {} is too small: a guest needs at least 2M", args.mem);
+        eprintln!(
+            "vmm: error: --mem {} is too small: a guest needs at least 2M",
+            args.mem
+        );
         return ExitCode::from(EXIT_USAGE_ERROR);
     }
     let (kernel, kernel_name) = match &args.kernel {
@@ -149,7 +156,10 @@ fn run_command(args: RunArgs) -> ExitCode {
                 return ExitCode::from(EXIT_USAGE_ERROR);
             }
         },
-        None => (guests::demo_kernel().to_vec(), "the built-in demo guest".to_string()),
+        None => (
+            guests::demo_kernel().to_vec(),
+            "the built-in demo guest".to_string(),
+        ),
     };
     let config = VmConfig {
         mem_size: args.mem,
@@ -215,7 +225,8 @@ impl TerminalMode {
             return Self { saved: None };
         };
         let mut raw = saved.clone();
-        raw.local_flags.remove(LocalFlags::ICANON | LocalFlags::ECHO);
+        raw.local_flags
+            .remove(LocalFlags::ICANON | LocalFlags::ECHO);
         if tcsetattr(&stdin, SetArg::TCSANOW, &raw).is_err() {
             return Self { saved: None };
         }

@@ -38,7 +38,9 @@ fn run(mut cmd: Command) -> Run {
 }
 
 fn kernel(name: &str) -> &'static str {
-    guests::find(name).unwrap_or_else(|| panic!("no built guest {name}")).path
+    guests::find(name)
+        .unwrap_or_else(|| panic!("no built guest {name}"))
+        .path
 }
 
 /// Every kernel in tests.cfg, run one after another (each VM reserves the low 4 GiB of
@@ -85,15 +87,27 @@ fn demo_guest_runs_without_arguments_and_prints_stats() {
     let report = parse_report(&out.output);
     assert!(report.all_passed() && report.passed > 0, "{}", out.output);
     // Serial output and the statistics both reach the combined output.
-    for row in ["exits by reason", "rewrite_trap", "port_io", "total", "top trap sites"] {
+    for row in [
+        "exits by reason",
+        "rewrite_trap",
+        "port_io",
+        "total",
+        "top trap sites",
+    ] {
         assert!(out.output.contains(row), "no {row:?} in:\n{}", out.output);
     }
     let text = std::fs::read_to_string(&json).expect("stats JSON written");
     let _ = std::fs::remove_file(&json);
     let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
-    assert!(v["exits"]["rewrite_trap"].as_u64().unwrap_or(0) > 0, "{text}");
+    assert!(
+        v["exits"]["rewrite_trap"].as_u64().unwrap_or(0) > 0,
+        "{text}"
+    );
     assert!(v["total_exits"].as_u64().unwrap_or(0) > 0, "{text}");
-    assert!(v["counters"]["pages_scanned"].as_u64().unwrap_or(0) > 0, "{text}");
+    assert!(
+        v["counters"]["pages_scanned"].as_u64().unwrap_or(0) > 0,
+        "{text}"
+    );
 }
 
 /// The status and combined output of `vmm run ARGS`.
@@ -112,7 +126,10 @@ fn bad_input_is_refused_with_a_clear_error() {
     std::fs::write(&garbage, vec![0x5au8; 20_000]).unwrap();
     let missing = dir.join("no-such-kernel.elf");
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["--kernel".into(), path(&missing)], "no-such-kernel.elf"),
+        (
+            vec!["--kernel".into(), path(&missing)],
+            "no-such-kernel.elf",
+        ),
         (vec!["--kernel".into(), path(&garbage)], "garbage.bin"),
         (vec!["--mem".into(), "1M".into()], "too small"),
         (vec!["--mem".into(), "4G".into()], "below 4 GiB"),
@@ -124,7 +141,10 @@ fn bad_input_is_refused_with_a_clear_error() {
         let (status, output) = run_args(&args);
         assert_eq!(status, Some(2), "{args:?}: {output}");
         assert!(output.contains("error"), "{args:?}: {output}");
-        assert!(output.contains(needle), "{args:?} should mention {needle:?}: {output}");
+        assert!(
+            output.contains(needle),
+            "{args:?} should mention {needle:?}: {output}"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -171,6 +191,9 @@ fn triple_fault_stops_with_a_register_dump() {
     let _ = std::fs::remove_file(&file);
     assert_eq!(status, Some(4), "{output}");
     assert!(output.contains("triple fault"), "{output}");
-    assert!(output.contains("EIP=00100027"), "the dump shows the faulting INT3: {output}");
+    assert!(
+        output.contains("EIP=00100027"),
+        "the dump shows the faulting INT3: {output}"
+    );
     assert!(output.contains("IDT=     00000000 00000000"), "{output}");
 }

@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use rewriter::{scan_page, CodeMemory, CodeMemoryMut, PatchError, PatchTable, TRAP_BYTE};
+use rewriter::{scan_page, Class, CodeMemory, CodeMemoryMut, PatchError, PatchTable, TRAP_BYTE};
 
 use crate::addr::{GuestLinear, GuestPhys, PAGE_SIZE};
 use crate::memory::{GuestRam, LinearSpace, MemoryError, Prot};
@@ -89,6 +89,8 @@ pub struct CodeStats {
 struct Snapshot {
     /// `(offset from the page, bytes)` runs of code.
     runs: Vec<(u32, Box<[u8]>)>,
+    /// The instruction starts the scan found (sorted).
+    starts: Vec<u32>,
 }
 
 impl Snapshot {
@@ -114,11 +116,16 @@ impl Snapshot {
             let e = e.min(bytes.len() as u32);
             runs.push((s, bytes[s as usize..e as usize].into()));
         }
-        Self { runs }
+        Self {
+            runs,
+            starts: starts.to_vec(),
+        }
     }
 
     fn straddles(&self) -> bool {
-        self.runs.last().is_some_and(|(off, b)| off + b.len() as u32 > PAGE_SIZE)
+        self.runs
+            .last()
+            .is_some_and(|(off, b)| off + b.len() as u32 > PAGE_SIZE)
     }
 
     fn unchanged(&self, ram: &GuestRam, page: u32) -> bool {
@@ -130,9 +137,28 @@ impl Snapshot {
 
     fn byte(&self, off: u32) -> Option<u8> {
         self.runs.iter().find_map(|(start, b)| {
-            off.checked_sub(*start).and_then(|i| b.get(i as usize).copied())
+            off.checked_sub(*start)
+                .and_then(|i| b.get(i as usize).copied())
         })
     }
+}
+
+/// Where the instruction at `last` (the last one of its page) continues, if it runs into
+/// the next page and falls through to the instruction after it.
+fn fall_through_into_next(ram: &GuestRam, patches: &PatchTable, last: u32) -> Option<u32> {
+    let mut bytes = [0u8; 15];
+    let n = RamCode(ram).read(last, &mut bytes);
+    patches.overlay_originals(last, &mut bytes[..n]);
+    let mut decoder = iced_x86::Decoder::with_ip(
+        32,
+        &bytes[..n],
+        u64::from(last),
+        iced_x86::DecoderOptions::NONE,
+    );
+    let instr = decoder.decode();
+    let end = last.checked_add(instr.len() as u32)?;
+    let falls_through = !instr.is_invalid() && rewriter::flow(&instr).falls_through();
+    (falls_through && page_of(end) != page_of(last)).then_some(end)
 }
 
 /// The length of the instruction at `off` in `bytes` (1 if it does not decode: the scan
@@ -167,6 +193,9 @@ pub struct CodePages {
     entries: HashMap<u32, Vec<u32>>,
     /// The patches in force, keyed by guest-physical address.
     pub patches: PatchTable,
+    /// Classes patched although they trap natively on hosts that support it: CPUID,
+    /// where the host has no CPUID faulting (ARCHITECTURE.md §2).
+    pub also_patch: Vec<Class>,
     /// Counters.
     pub stats: CodeStats,
 }
@@ -220,8 +249,10 @@ impl CodePages {
         }
     }
 
-    /// A fetch from a page that is not executable: arm it again if it is parked and its
+    /// A fetch from `page`, which is not executable: arm it again if it is parked and its
     /// code is unchanged; otherwise scan it, patch it, and map it execute + read-only.
+    /// `entry` is the instruction start the fetch is known to reach (none when it is not
+    /// known, e.g. a fetch that only continued an instruction from the previous page).
     ///
     /// # Errors
     /// [`CodeError`] when patching or remapping failed (a monitor-side failure).
@@ -229,32 +260,79 @@ impl CodePages {
         &mut self,
         ram: &GuestRam,
         space: &mut LinearSpace,
-        fetch: u32,
+        page: u32,
+        entry: Option<u32>,
     ) -> Result<(), CodeError> {
-        let page = page_of(fetch);
-        self.learn_entry(fetch);
+        let page = page_of(page);
+        if let Some(entry) = entry {
+            self.learn_entry(entry);
+        }
         if let Some(snapshot) = self.parked.remove(&page) {
             if snapshot.unchanged(ram, page) {
                 self.stats.rearms += 1;
-                space.protect(GuestLinear(page), PAGE_SIZE, Prot::RX).map_err(map_err(page))?;
+                space
+                    .protect(GuestLinear(page), PAGE_SIZE, Prot::RX)
+                    .map_err(map_err(page))?;
                 self.armed.insert(page, snapshot);
                 return Ok(());
             }
-            let mut reconcile = Reconcile { ram, page, snapshot: &snapshot };
+            let mut reconcile = Reconcile {
+                ram,
+                page,
+                snapshot: &snapshot,
+            };
             self.patches.revert_page(&mut reconcile, page);
         }
+        let targets = self.scan_and_patch(ram, page)?;
+        space
+            .protect(GuestLinear(page), PAGE_SIZE, Prot::RX)
+            .map_err(map_err(page))?;
+        // What this page taught about other pages: an armed page that did not see one of
+        // these as an instruction start was scanned from too little (its sweep may have
+        // lost sync, e.g. starting inside an instruction that straddles into it); rescan
+        // it from everything known now.
+        for target in targets {
+            let other = page_of(target);
+            let stale = self
+                .armed
+                .get(&other)
+                .is_some_and(|s| s.starts.binary_search(&target).is_err());
+            if stale {
+                self.patches.revert_page(&mut RamCode(ram), other);
+                self.armed.remove(&other);
+                self.scan_and_patch(ram, other)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Scans `page` from its known entries, patches it and records it armed (the caller
+    /// maps it). Returns the instruction starts it found in other pages: direct branch
+    /// targets, and the end of an instruction that straddles into the next page.
+    fn scan_and_patch(&mut self, ram: &GuestRam, page: u32) -> Result<Vec<u32>, CodeError> {
         let entries = self.entries.get(&page).cloned().unwrap_or_default();
         let scan = {
             let mem = RamCode(ram);
             scan_page(&self.patches.unpatched(&mem), page, &entries)
         };
         self.patches
-            .patch(&mut RamCode(ram), &scan)
+            .patch_with(&mut RamCode(ram), &scan, &self.also_patch)
             .map_err(|source| CodeError::Patch { page, source })?;
-        for &target in &scan.exits {
-            if page_of(target) != page {
-                self.learn_entry(target);
-            }
+        let mut targets: Vec<u32> = scan
+            .exits
+            .iter()
+            .copied()
+            .filter(|&t| page_of(t) != page)
+            .collect();
+        if let Some(next) = scan
+            .starts
+            .last()
+            .and_then(|&last| fall_through_into_next(ram, &self.patches, last))
+        {
+            targets.push(next);
+        }
+        for &t in &targets {
+            self.learn_entry(t);
         }
         if self.ever_scanned.insert(page) {
             self.stats.pages_scanned += 1;
@@ -263,7 +341,7 @@ impl CodePages {
         }
         let snapshot = Snapshot::take(ram, page, &scan.starts, scan.straddle_end);
         self.armed.insert(page, snapshot);
-        space.protect(GuestLinear(page), PAGE_SIZE, Prot::RX).map_err(map_err(page))
+        Ok(targets)
     }
 
     /// A write to `addr` in an armed page: park the page (writable, not executable), and
@@ -271,11 +349,7 @@ impl CodePages {
     ///
     /// # Errors
     /// [`CodeError::Map`] when the host mapping could not be changed.
-    pub fn on_write(
-        &mut self,
-        space: &mut LinearSpace,
-        addr: u32,
-    ) -> Result<(), CodeError> {
+    pub fn on_write(&mut self, space: &mut LinearSpace, addr: u32) -> Result<(), CodeError> {
         let page = page_of(addr);
         self.park(space, page, Prot::RW)?;
         if let Some(prev) = page.checked_sub(PAGE_SIZE) {
@@ -292,7 +366,9 @@ impl CodePages {
         };
         self.parked.insert(page, snapshot);
         self.stats.parks += 1;
-        space.protect(GuestLinear(page), PAGE_SIZE, prot).map_err(map_err(page))
+        space
+            .protect(GuestLinear(page), PAGE_SIZE, prot)
+            .map_err(map_err(page))
     }
 
     /// Makes a parked page writable *and* executable, patches in place, so that the one
@@ -301,15 +377,23 @@ impl CodePages {
     /// # Errors
     /// [`CodeError::Map`] when the host mapping could not be changed.
     pub fn open_for_step(&mut self, space: &mut LinearSpace, page: u32) -> Result<(), CodeError> {
-        space.protect(GuestLinear(page), PAGE_SIZE, Prot::RWX).map_err(map_err(page))
+        space
+            .protect(GuestLinear(page), PAGE_SIZE, Prot::RWX)
+            .map_err(map_err(page))
     }
 
     /// Ends a single step: the page goes back to writable, not executable.
     ///
     /// # Errors
     /// [`CodeError::Map`] when the host mapping could not be changed.
-    pub fn close_after_step(&mut self, space: &mut LinearSpace, page: u32) -> Result<(), CodeError> {
-        space.protect(GuestLinear(page), PAGE_SIZE, Prot::RW).map_err(map_err(page))
+    pub fn close_after_step(
+        &mut self,
+        space: &mut LinearSpace,
+        page: u32,
+    ) -> Result<(), CodeError> {
+        space
+            .protect(GuestLinear(page), PAGE_SIZE, Prot::RW)
+            .map_err(map_err(page))
     }
 
     /// Copies guest RAM at `addr` into `buf` as the guest wrote it: trap bytes replaced by

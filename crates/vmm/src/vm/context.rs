@@ -61,7 +61,11 @@ mod tests {
         state.gpr = [1, 2, 3, 4, 5, 6, 7, 8];
         let mut ctx = GuestContext::default();
         load(&state, &mut ctx);
-        assert_eq!(ctx.eflags & (eflags::IF | eflags::AC), 0, "IF and kernel AC are virtual");
+        assert_eq!(
+            ctx.eflags & (eflags::IF | eflags::AC),
+            0,
+            "IF and kernel AC are virtual"
+        );
         // The guest sets CF and tries IF natively (it cannot: the host forces it).
         ctx.eflags |= 1 | eflags::IF;
         ctx.eax = 42;

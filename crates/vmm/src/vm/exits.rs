@@ -74,14 +74,21 @@ impl Vm {
         let lin = self.code_linear(offset);
         let (bytes, n) = fetch_code(&self.ram, &self.code, lin);
         let bitness = if self.state.code_32() { 32 } else { 16 };
-        let mut decoder =
-            Decoder::with_ip(bitness, &bytes[..n], u64::from(offset), DecoderOptions::NONE);
+        let mut decoder = Decoder::with_ip(
+            bitness,
+            &bytes[..n],
+            u64::from(offset),
+            DecoderOptions::NONE,
+        );
         let instr = decoder.decode();
         (!instr.is_invalid()).then_some(instr)
     }
 
     fn failure(&self, reason: String) -> Step {
-        Ok(Some(RunOutcome::GuestFailure { reason, dump: dump(&self.state) }))
+        Ok(Some(RunOutcome::GuestFailure {
+            reason,
+            dump: dump(&self.state),
+        }))
     }
 
     pub(super) fn handle_exit(&mut self, exit: Exit) -> Step {
@@ -91,7 +98,13 @@ impl Vm {
         if let Some(step) = self.step.take() {
             self.code.close_after_step(&mut self.space, step.page)?;
             self.state.eflags = (self.state.eflags & !eflags::TF) | step.guest_tf;
-            let stepped = matches!(exit.kind, ExitKind::Fault { vector: Exception::DB, .. });
+            let stepped = matches!(
+                exit.kind,
+                ExitKind::Fault {
+                    vector: Exception::DB,
+                    ..
+                }
+            );
             if stepped && step.guest_tf == 0 {
                 return Ok(None);
             }
@@ -141,7 +154,10 @@ impl Vm {
                 let (prev, n) =
                     fetch_code(&self.ram, &self.code, self.code_linear(eip.wrapping_sub(1)));
                 if n > 0 && prev[0] == OP_INT1 {
-                    return self.handle(VExit::SoftwareInterrupt { vector: Exception::DB, len: 1 });
+                    return self.handle(VExit::SoftwareInterrupt {
+                        vector: Exception::DB,
+                        len: 1,
+                    });
                 }
                 // The guest's debug registers are virtual and never loaded on the host, so a
                 // native #DB is a single-step trap (TF): EIP is already past the
@@ -193,7 +209,8 @@ impl Vm {
         if let (Some(i), ExitReason::Privileged | ExitReason::PortIo | ExitReason::Cpuid) =
             (&instr, reason)
         {
-            self.stats.site(self.code_linear(self.state.eip), classify(i).name());
+            self.stats
+                .site(self.code_linear(self.state.eip), classify(i).name());
         }
         self.handle(VExit::GeneralProtection { error_code, instr })
     }
@@ -207,7 +224,10 @@ impl Vm {
         let (bytes, n) = fetch_code(&self.ram, &self.code, self.code_linear(start));
         if n >= 2 && bytes[0] == OP_INT_IMM8 && bytes[1] == SYSCALL_VECTOR {
             self.stats.exit(ExitReason::SyscallTrap);
-            return self.handle(VExit::SoftwareInterrupt { vector: SYSCALL_VECTOR, len: 2 });
+            return self.handle(VExit::SoftwareInterrupt {
+                vector: SYSCALL_VECTOR,
+                len: 2,
+            });
         }
         self.failure(format!(
             "a host system call was attempted at {eip:#010x} by an instruction the rewriter did not see"
@@ -223,7 +243,20 @@ impl Vm {
                 ));
             }
             self.stats.exit(ExitReason::CodeFetch);
-            self.code.on_fetch(&self.ram, &mut self.space, lin)?;
+            // An instruction that straddles into the page faults at the page's first
+            // byte, which is not an instruction start; the page's code starts where the
+            // straddling instruction ends.
+            let page = lin & !(crate::addr::PAGE_SIZE - 1);
+            let start = self.code_linear(self.state.eip);
+            let entry = if start & !(crate::addr::PAGE_SIZE - 1) == page {
+                Some(start)
+            } else {
+                self.decode_at(self.state.eip)
+                    .map(|i| start.wrapping_add(i.len() as u32))
+                    .filter(|end| end & !(crate::addr::PAGE_SIZE - 1) == page)
+            };
+            self.code
+                .on_fetch(&self.ram, &mut self.space, page, entry)?;
             return Ok(None);
         }
         if error_code & pf::WRITE != 0 && in_ram && self.code.is_armed(lin) {
@@ -235,9 +268,15 @@ impl Vm {
             let len = self.decode_at(self.state.eip).map_or(1, |i| i.len() as u32);
             let last = start.wrapping_add(len - 1);
             let page = lin & !(crate::addr::PAGE_SIZE - 1);
-            if [start, last].iter().any(|a| a & !(crate::addr::PAGE_SIZE - 1) == page) {
+            if [start, last]
+                .iter()
+                .any(|a| a & !(crate::addr::PAGE_SIZE - 1) == page)
+            {
                 self.code.open_for_step(&mut self.space, page)?;
-                self.step = Some(SingleStep { page, guest_tf: self.state.eflags & eflags::TF });
+                self.step = Some(SingleStep {
+                    page,
+                    guest_tf: self.state.eflags & eflags::TF,
+                });
                 self.state.eflags |= eflags::TF;
             }
             return Ok(None);
@@ -271,7 +310,11 @@ impl Vm {
 
     /// Applies an emulated instruction's side effects on the host.
     fn apply(&mut self, effects: Effects) -> Step {
-        let dirty = if effects.cpl_changed { 0x3f } else { effects.segments_dirty };
+        let dirty = if effects.cpl_changed {
+            0x3f
+        } else {
+            effects.segments_dirty
+        };
         if dirty != 0 {
             self.mirrors.sync(&self.state, dirty, None, &mut self.ctx)?;
         }

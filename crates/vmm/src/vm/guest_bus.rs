@@ -73,7 +73,8 @@ impl GuestBus for MachineBus<'_> {
                     self.failure = Some(BusFailure::Map(e.to_string()));
                 }
             }
-            let _ = rewriter::CodeMemoryMut::write(&mut RamCode(self.ram), lin, &data[off..off + n]);
+            let _ =
+                rewriter::CodeMemoryMut::write(&mut RamCode(self.ram), lin, &data[off..off + n]);
         }
         Ok(())
     }

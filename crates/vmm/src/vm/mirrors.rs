@@ -34,9 +34,14 @@ pub struct Mirrors {
 pub fn host_descriptor(m: &MirrorDescriptor) -> LdtDescriptor {
     let (limit, limit_in_pages) = m.encoded_limit();
     let kind = if m.code {
-        SegmentKind::Code { readable: m.readable }
+        SegmentKind::Code {
+            readable: m.readable,
+        }
     } else {
-        SegmentKind::Data { writable: m.writable, expand_down: m.expand_down_or_conforming }
+        SegmentKind::Data {
+            writable: m.writable,
+            expand_down: m.expand_down_or_conforming,
+        }
     };
     LdtDescriptor {
         base: m.base,

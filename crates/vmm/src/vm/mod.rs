@@ -176,12 +176,22 @@ impl Vm {
     /// [`VmError`] naming the input that was refused (memory size, kernel image).
     pub fn new(config: VmConfig) -> Result<Self, VmError> {
         let mut ram = GuestRam::new(config.mem_size)?;
-        let boot = load_multiboot(ram.as_mut_slice(), &config.kernel, &config.cmdline)
-            .map_err(|source| VmError::Load { name: config.kernel_name.clone(), source })?;
+        let boot = load_multiboot(ram.as_mut_slice(), &config.kernel, &config.cmdline).map_err(
+            |source| VmError::Load {
+                name: config.kernel_name.clone(),
+                source,
+            },
+        )?;
         let mut space = LinearSpace::reserve()?;
         // Page 0 stays unmapped: guest accesses to it are emulated.
         let len = u32::try_from(ram.size() - u64::from(PAGE_SIZE)).unwrap_or(u32::MAX);
-        space.map(GuestLinear(PAGE_SIZE), &ram, GuestPhys(PAGE_SIZE), len, Prot::RW)?;
+        space.map(
+            GuestLinear(PAGE_SIZE),
+            &ram,
+            GuestPhys(PAGE_SIZE),
+            len,
+            Prot::RW,
+        )?;
         let clock = MonotonicClock::new();
         let platform = Platform::new(clock, config.serial_out, ram.size())?;
         let state = VcpuState::multiboot_entry(boot.entry, boot.eax, boot.ebx);
@@ -217,7 +227,10 @@ impl Vm {
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
         let c = self.code.stats;
         let ports = self.platform.ports.stats();
-        let unknown: u64 = ports.values().map(|p| p.unhandled_reads + p.unhandled_writes).sum();
+        let unknown: u64 = ports
+            .values()
+            .map(|p| p.unhandled_reads + p.unhandled_writes)
+            .sum();
         vec![
             ("pages_scanned", c.pages_scanned),
             ("rescans", c.rescans),
@@ -248,6 +261,10 @@ impl Vm {
         let mut cpu = HostCpu::new()?;
         hostcpu::seccomp::install_guest_syscall_trap()?;
         self.cpuid_faulting = hostcpu::cpuid::enable_cpuid_faulting().is_ok();
+        if !self.cpuid_faulting {
+            // Without faulting CPUID would answer natively with the host's CPU: rewrite it.
+            self.code.also_patch.push(rewriter::Class::Cpuid);
+        }
         let timer = VcpuTimer::new(&cpu.kicker())?;
         on_start(cpu.kicker());
         confine::install_monitor_allowlist()?;
@@ -291,7 +308,8 @@ impl Vm {
     /// Delivers the highest-priority pending PIC interrupt if the virtual IF allows it.
     fn inject_interrupt(&mut self) -> Option<RunOutcome> {
         // Not in the middle of a single step: the frame would capture the monitor's TF.
-        if self.state.eflags & eflags::IF == 0 || self.state.interrupt_shadow || self.step.is_some() {
+        if self.state.eflags & eflags::IF == 0 || self.state.interrupt_shadow || self.step.is_some()
+        {
             return None;
         }
         let vector = lock(&self.platform.pic).acknowledge()?;

@@ -5,9 +5,9 @@ use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 
 use crate::devices::{
-    register_pic, register_pit, BusError, Clock, Cmos, DebugExit, DualPic, MonotonicClock,
-    PicLine, Pit, PortBus, PostPort, SerialPort, SystemWallClock, CMOS_BASE, CMOS_PORT_LEN,
-    COM1_BASE, COM1_IRQ, DEBUG_EXIT_BASE, DEBUG_EXIT_LEN, PIT_IRQ, POST_PORT, SERIAL_PORT_LEN,
+    register_pic, register_pit, BusError, Clock, Cmos, DebugExit, DualPic, MonotonicClock, PicLine,
+    Pit, PortBus, PostPort, SerialPort, SystemWallClock, CMOS_BASE, CMOS_PORT_LEN, COM1_BASE,
+    COM1_IRQ, DEBUG_EXIT_BASE, DEBUG_EXIT_LEN, PIT_IRQ, POST_PORT, SERIAL_PORT_LEN,
 };
 use crate::hostcpu::timer::Kicker;
 
@@ -43,17 +43,29 @@ impl Platform {
     ) -> Result<Self, BusError> {
         let pic = Arc::new(Mutex::new(DualPic::new()));
         let pit = Arc::new(Mutex::new(Pit::new(clock, PicLine::new(&pic, PIT_IRQ))));
-        let serial = Arc::new(Mutex::new(SerialPort::new(PicLine::new(&pic, COM1_IRQ), serial_out)));
+        let serial = Arc::new(Mutex::new(SerialPort::new(
+            PicLine::new(&pic, COM1_IRQ),
+            serial_out,
+        )));
         let mut cmos = Cmos::new(SystemWallClock);
         cmos.set_memory_size(ram_size);
         let mut ports = PortBus::new();
         register_pic(&mut ports, &pic)?;
         register_pit(&mut ports, &pit)?;
         ports.insert(COM1_BASE, SERIAL_PORT_LEN, serial.clone())?;
-        ports.insert(DEBUG_EXIT_BASE, DEBUG_EXIT_LEN, Arc::new(Mutex::new(DebugExit::new())))?;
+        ports.insert(
+            DEBUG_EXIT_BASE,
+            DEBUG_EXIT_LEN,
+            Arc::new(Mutex::new(DebugExit::new())),
+        )?;
         ports.insert(POST_PORT, 1, Arc::new(Mutex::new(PostPort::new())))?;
         ports.insert(CMOS_BASE, CMOS_PORT_LEN, Arc::new(Mutex::new(cmos)))?;
-        Ok(Self { ports, pic, pit, serial })
+        Ok(Self {
+            ports,
+            pic,
+            pit,
+            serial,
+        })
     }
 
     /// Advances the PIT to the clock's present (raising IRQ 0 on the PIC for its edges).
@@ -63,7 +75,9 @@ impl Platform {
 
     /// A handle that feeds COM1 from another thread.
     pub fn serial_input(&self) -> SerialInput {
-        SerialInput { serial: self.serial.clone() }
+        SerialInput {
+            serial: self.serial.clone(),
+        }
     }
 }
 
@@ -89,25 +103,27 @@ impl SerialInput {
 /// Reads the host's standard input on a thread of its own and feeds it to COM1, kicking
 /// the vCPU so the receive interrupt is delivered promptly. Ends at end of input.
 pub fn spawn_stdin_reader(input: SerialInput, vcpu: Kicker) -> std::io::Result<()> {
-    std::thread::Builder::new().name("serial-stdin".into()).spawn(move || {
-        let mut stdin = std::io::stdin().lock();
-        let mut buf = [0u8; 256];
-        loop {
-            let n = match stdin.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            let mut rest = &buf[..n];
-            while !rest.is_empty() {
-                let took = input.feed(rest);
-                rest = &rest[took..];
-                let _ = vcpu.kick();
-                if took == 0 {
-                    // The FIFO is full: the guest has not drained it yet.
-                    std::thread::sleep(std::time::Duration::from_millis(5));
+    std::thread::Builder::new()
+        .name("serial-stdin".into())
+        .spawn(move || {
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = [0u8; 256];
+            loop {
+                let n = match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let mut rest = &buf[..n];
+                while !rest.is_empty() {
+                    let took = input.feed(rest);
+                    rest = &rest[took..];
+                    let _ = vcpu.kick();
+                    if took == 0 {
+                        // The FIFO is full: the guest has not drained it yet.
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
                 }
             }
-        }
-    })?;
+        })?;
     Ok(())
 }

@@ -127,7 +127,11 @@ impl Stats {
         if !sites.is_empty() {
             let _ = writeln!(s, "top trap sites");
             for site in sites {
-                let _ = writeln!(s, "  {}  {:<16}{:>12}", site.address, site.class, site.count);
+                let _ = writeln!(
+                    s,
+                    "  {}  {:<16}{:>12}",
+                    site.address, site.class, site.count
+                );
             }
         }
         s
