@@ -228,7 +228,7 @@ impl CodeMemoryMut for Reconcile<'_> {
         let mut now = [0u8; 1];
         let unchanged = RamCode(self.ram).read(addr, &mut now) == 1
             && now[0] == TRAP_BYTE
-            && self.snapshot.byte(off as u32) == Some(TRAP_BYTE);
+            && self.snapshot.byte(off) == Some(TRAP_BYTE);
         if unchanged {
             RamCode(self.ram).write(addr, data);
         }
