@@ -143,44 +143,63 @@ pub type ServiceConstructor =
     Arc<dyn Fn(&ServiceParams) -> Result<ServiceHandle, ServiceError> + Send + Sync>;
 
 /// Parameters each built-in service takes: (type, id, [(name, required, expected)]).
-type ParamSpec = (&'static str, bool, &'static str);
+type ParamSpec = (&'static str, bool, Kind);
+
+/// The kind of value a parameter takes.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Path,
+    Count,
+    Flag,
+    Names,
+}
+
+impl Kind {
+    fn expected(self) -> &'static str {
+        match self {
+            Kind::Path => "a path string",
+            Kind::Count => "a non-negative integer",
+            Kind::Flag => "a boolean",
+            Kind::Names => "a list of strings",
+        }
+    }
+
+    fn check(self, params: &ServiceParams, name: &str) -> Result<(), ParamTypeError> {
+        match self {
+            Kind::Path => params.str(name).map(drop),
+            Kind::Count => params.u64(name).map(drop),
+            Kind::Flag => params.bool(name).map(drop),
+            Kind::Names => params.list(name).map(drop),
+        }
+    }
+}
 const BUILTIN: &[(ServiceType, &str, &[ParamSpec])] = &[
     (ServiceType::Tty, "terminal", &[]),
-    (
-        ServiceType::Tty,
-        "logfile",
-        &[("path", true, "a file path")],
-    ),
+    (ServiceType::Tty, "logfile", &[("path", true, Kind::Path)]),
     (ServiceType::Tty, "discard", &[]),
     (ServiceType::Tty, "buffer", &[]),
     (
         ServiceType::Block,
         "file",
-        &[
-            ("path", true, "a disk-image path"),
-            ("read_only", false, "a boolean"),
-        ],
+        &[("path", true, Kind::Path), ("read_only", false, Kind::Flag)],
     ),
     (
         ServiceType::Block,
         "cow",
-        &[
-            ("base", true, "the base image path"),
-            ("overlay", false, "an overlay file path"),
-        ],
+        &[("base", true, Kind::Path), ("overlay", false, Kind::Path)],
     ),
     (
         ServiceType::Block,
         "memory",
-        &[("sectors", true, "a sector count")],
+        &[("sectors", true, Kind::Count)],
     ),
     (ServiceType::Clock, "host", &[]),
     (
         ServiceType::Clock,
         "virtual",
         &[
-            ("step_ns", false, "nanoseconds per read"),
-            ("start_ns", false, "a start time in ns"),
+            ("step_ns", false, Kind::Count),
+            ("start_ns", false, Kind::Count),
         ],
     ),
     (ServiceType::Idle, "sleep", &[]),
@@ -190,12 +209,12 @@ const BUILTIN: &[(ServiceType, &str, &[ParamSpec])] = &[
     (
         ServiceType::Security,
         "audit-log",
-        &[("path", false, "a file path")],
+        &[("path", false, Kind::Path)],
     ),
     (
         ServiceType::Security,
         "deny-list",
-        &[("ops", true, "a list of operation names")],
+        &[("ops", true, Kind::Names)],
     ),
 ];
 
@@ -285,6 +304,34 @@ impl ServiceRegistry {
     /// The log behind the `audit-log` security id when it has no `path`.
     pub fn audit_log(&self) -> Arc<AuditLog> {
         Arc::clone(&self.audit_log)
+    }
+
+    /// Checks, without starting anything, that `id` names a service of `ty` and that
+    /// `params` suit it; what a policy loader uses to report errors against the file.
+    ///
+    /// # Errors
+    /// As [`ServiceRegistry::instantiate`], short of failures to start.
+    pub fn validate(
+        &self,
+        ty: ServiceType,
+        id: &str,
+        params: &ServiceParams,
+    ) -> Result<(), RegistryError> {
+        if self.extra.contains_key(&(ty, id.to_owned())) {
+            // Registered services (remote clients) check their own parameters.
+            return Ok(());
+        }
+        if ty.is_reserved() {
+            return Err(RegistryError::Reserved { ty });
+        }
+        match BUILTIN.iter().find(|(t, i, _)| *t == ty && *i == id) {
+            None => Err(RegistryError::UnknownId {
+                ty,
+                id: id.to_owned(),
+                known: self.known_ids(ty).join(", "),
+            }),
+            Some((_, _, spec)) => check_params(ty, id, spec, params),
+        }
     }
 
     /// Builds the service `id` of type `ty`.
@@ -418,15 +465,21 @@ fn check_params(
             },
         });
     }
-    for &(name, required, expected) in spec {
+    for &(name, required, kind) in spec {
         if required && !params.0.contains_key(name) {
             return Err(RegistryError::MissingParam {
                 ty,
                 id: id.to_owned(),
                 param: name,
-                expected,
+                expected: kind.expected(),
             });
         }
+        kind.check(params, name)
+            .map_err(|source| RegistryError::BadParam {
+                ty,
+                id: id.to_owned(),
+                source,
+            })?;
     }
     Ok(())
 }
