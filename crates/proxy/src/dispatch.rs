@@ -417,3 +417,321 @@ fn audit(h: &ServiceHandle, call: &CallInfo, outcome: &ProxyOutcome) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use services::{ServiceRegistry, ServiceType};
+
+    use super::*;
+    use crate::guest::fake::FakeGuest;
+    use crate::policy::{DefaultTable, Policy, PolicyHandle, ServiceSpec};
+    use crate::resolve::Source;
+
+    const RET: u32 = 0xc010_beef;
+    const ESP: u32 = 0x0009_0000;
+    const EIO: u32 = (-5i32) as u32;
+
+    /// A proxy whose policy is `services` plus one binding `binding`.
+    fn setup(services: &str, binding: &str) -> (KernelProxy, Binding) {
+        let registry = Arc::new(ServiceRegistry::new());
+        let src = format!("{services}\n[[bindings]]\n{binding}");
+        let policy = Policy::from_toml(&src, "policy.toml", &registry).unwrap();
+        let b = policy.bindings[0].clone();
+        let mut defaults = DefaultTable::builtin();
+        defaults
+            .services
+            .insert(ServiceType::Tty, ServiceSpec::local("discard"));
+        (
+            KernelProxy::new(PolicyHandle::new(policy), defaults, registry),
+            b,
+        )
+    }
+
+    const TTY: &str = "[services.tty]\nid = \"buffer\"\n[services.security]\nid = \"audit-log\"\n";
+    const TTY_WRITE: &str = "symbol = \"console_write\"\nop = \"tty.write\"\n\
+        buffer = { ptr = 0, len = 1, max = 64 }\nerror_return = -1\n";
+    const DISK: &str = "[services.block]\nid = \"memory\"\nparams = { sectors = 8 }\n\
+        [services.security]\nid = \"audit-log\"\n";
+
+    fn kernel_guest(words: &[u32]) -> FakeGuest {
+        let mut g = FakeGuest::default();
+        g.stack(ESP, words);
+        g
+    }
+
+    fn disk(p: &KernelProxy) -> Arc<dyn services::Block> {
+        match p.resolve(ServiceType::Block).unwrap().0 {
+            ServiceHandle::Block(d) => d,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn cdecl_tty_write_reads_stack_arguments() {
+        let (p, b) = setup(TTY, &format!("{TTY_WRITE}convention = \"cdecl\"\n"));
+        let mut g = kernel_guest(&[RET, 0xc000_1000, 5]);
+        g.map(0xc000_1000, 16, false, false);
+        g.poke(0xc000_1000, b"hello, world");
+        let out = p.dispatch(0xc010_0000, &b, &mut g).unwrap();
+        assert!(matches!(out.status, CallStatus::Done), "{:?}", out.status);
+        assert_eq!((out.eax, out.edx), (5, None));
+        assert_eq!((out.return_to, out.esp_adjust), (RET, 4));
+        assert_eq!(p.registry().buffer_tty().output(), b"hello");
+        let by = out.served_by.unwrap();
+        assert_eq!((by.id.as_str(), by.source), ("buffer", Source::Policy));
+        let audit = p.registry().audit_log().records();
+        assert_eq!(audit.len(), 1);
+        assert_eq!(audit[0].call.symbol.as_deref(), Some("console_write"));
+        assert_eq!(audit[0].call.args, vec![0xc000_1000, 5]);
+    }
+
+    #[test]
+    fn regparm3_takes_eax_edx_ecx_then_the_stack() {
+        let (p, b) = setup(
+            DISK,
+            "address = 0xc0123450\nop = \"block.read\"\nconvention = \"regparm3\"\nargs = 4\n\
+             sector_arg = 0\nbuffer = { ptr = 1, len = 2, max = 4096, unit = \"sectors\" }\n",
+        );
+        let image: Vec<u8> = (0..1024u32).map(|i| (i % 251) as u8).collect();
+        disk(&p).write(3, &image).unwrap();
+        let mut g = kernel_guest(&[RET, 0x77]);
+        g.regs.insert(Reg::Eax, 3);
+        g.regs.insert(Reg::Edx, 0xc020_0000);
+        g.regs.insert(Reg::Ecx, 2);
+        g.map(0xc020_0000, 1024, false, true);
+        let out = p.dispatch(0xc012_3450, &b, &mut g).unwrap();
+        assert!(matches!(out.status, CallStatus::Done), "{:?}", out.status);
+        assert_eq!((out.eax, out.return_to, out.esp_adjust), (0, RET, 4));
+        assert_eq!(g.peek(0xc020_0000, 1024), image);
+        let audit = p.registry().audit_log().records();
+        assert_eq!(audit[0].call.args, vec![3, 0xc020_0000, 2, 0x77]);
+        assert_eq!(audit[0].call.symbol, None);
+    }
+
+    #[test]
+    fn stdcall_pops_its_arguments() {
+        let (p, b) = setup(
+            DISK,
+            "symbol = \"disk_write\"\nop = \"block.write\"\nconvention = \"stdcall\"\n\
+             sector_arg = 2\nbuffer = { ptr = 0, len = 1, max = 512 }\nreturns = \"count\"\n",
+        );
+        let mut g = kernel_guest(&[RET, 0x5000, 512, 7]);
+        g.map(0x5000, 512, false, false);
+        g.poke(0x5000, &[0xA5; 512]);
+        let out = p.dispatch(0, &b, &mut g).unwrap();
+        assert_eq!((out.eax, out.esp_adjust), (512, 16));
+        let mut sector = [0u8; 512];
+        disk(&p).read(7, &mut sector).unwrap();
+        assert_eq!(sector, [0xA5; 512]);
+    }
+
+    #[test]
+    fn value64_returns_in_edx_eax() {
+        let (p, b) = setup(
+            "[services.clock]\nid = \"virtual\"\nparams = { start_ns = 0x100000005, step_ns = 3 }\n",
+            "symbol = \"read_clock\"\nop = \"clock.monotonic\"\n",
+        );
+        let mut g = kernel_guest(&[RET]);
+        let first = p.dispatch(0, &b, &mut g).unwrap();
+        assert_eq!((first.eax, first.edx), (5, Some(1)));
+        let second = p.dispatch(0, &b, &mut g).unwrap();
+        assert_eq!((second.eax, second.edx), (8, Some(1)));
+    }
+
+    /// Runs a hostile call and checks it fails with the binding's error value.
+    fn refused(p: &KernelProxy, b: &Binding, g: &mut FakeGuest) -> CallStatus {
+        let out = p.dispatch(0, b, g).unwrap();
+        assert_eq!(out.eax, b.error_return, "{:?}", out.status);
+        assert_eq!((out.return_to, out.esp_adjust), (RET, 4));
+        out.status
+    }
+
+    #[test]
+    fn hostile_console_buffers_get_the_error_return() {
+        let (p, b) = setup(TTY, TTY_WRITE);
+        // A user-mode caller pointing at kernel memory.
+        let mut g = kernel_guest(&[RET, 0xc000_0000, 4]);
+        g.user = true;
+        g.map(0xc000_0000, 16, false, true);
+        assert!(matches!(
+            refused(&p, &b, &mut g),
+            CallStatus::BadArgument(ArgError::GuestMemory {
+                error: AccessError::Supervisor { .. },
+                ..
+            })
+        ));
+        // An unmapped pointer.
+        let mut g = kernel_guest(&[RET, 0x4000_0000, 4]);
+        assert!(matches!(
+            refused(&p, &b, &mut g),
+            CallStatus::BadArgument(ArgError::GuestMemory {
+                error: AccessError::Unmapped { addr: 0x4000_0000 },
+                ..
+            })
+        ));
+        // A length beyond the binding's maximum.
+        let mut g = kernel_guest(&[RET, 0x1000, u32::MAX]);
+        g.map(0x1000, 64, false, true);
+        assert!(matches!(
+            refused(&p, &b, &mut g),
+            CallStatus::BadArgument(ArgError::TooLong { .. })
+        ));
+        // A range running past 4 GiB.
+        let mut g = kernel_guest(&[RET, 0xffff_fff0, 64]);
+        assert!(matches!(
+            refused(&p, &b, &mut g),
+            CallStatus::BadArgument(ArgError::GuestMemory {
+                error: AccessError::Wraps { .. },
+                ..
+            })
+        ));
+        assert!(p.registry().buffer_tty().output().is_empty());
+    }
+
+    #[test]
+    fn hostile_disk_requests_get_the_error_return() {
+        let (p, b) = setup(
+            DISK,
+            "symbol = \"disk_read\"\nop = \"block.read\"\nsector_arg = 0\n\
+             buffer = { ptr = 1, len = 2, max = 4096, unit = \"sectors\" }\nerror_return = -5\n",
+        );
+        // A sector past the end of the disk.
+        let mut g = kernel_guest(&[RET, u32::MAX, 0x2000, 1]);
+        g.map(0x2000, 4096, false, true);
+        assert!(matches!(
+            refused(&p, &b, &mut g),
+            CallStatus::Service(ServiceError::OutOfRange { .. })
+        ));
+        // A sector count whose byte length would overflow 32 bits.
+        let mut g = kernel_guest(&[RET, 0, 0x2000, 0x8000_0000]);
+        assert!(matches!(
+            refused(&p, &b, &mut g),
+            CallStatus::BadArgument(ArgError::TooLong { .. })
+        ));
+        // A destination the guest cannot write.
+        let mut g = kernel_guest(&[RET, 0, 0x2000, 1]);
+        g.map(0x2000, 512, false, false);
+        assert!(matches!(
+            refused(&p, &b, &mut g),
+            CallStatus::BadArgument(ArgError::GuestMemory {
+                error: AccessError::ReadOnly { .. },
+                ..
+            })
+        ));
+        // A stack that ends (at a page end) before the last argument.
+        let mut g = FakeGuest::default();
+        g.stack(0x0009_0ff4, &[RET, 0, 0x2000]);
+        assert!(matches!(
+            refused(&p, &b, &mut g),
+            CallStatus::BadArgument(ArgError::Unreadable { index: 2, .. })
+        ));
+        assert_eq!(b.error_return, EIO);
+    }
+
+    #[test]
+    fn partial_sector_writes_are_refused() {
+        let (p, b) = setup(
+            DISK,
+            "symbol = \"w\"\nop = \"block.write\"\nsector_arg = 0\n\
+             buffer = { ptr = 1, len = 2, max = 4096 }\nerror_return = -5\n",
+        );
+        let mut g = kernel_guest(&[RET, 0, 0x2000, 100]);
+        g.map(0x2000, 4096, false, true);
+        assert!(matches!(
+            refused(&p, &b, &mut g),
+            CallStatus::BadArgument(ArgError::NotWholeSectors { bytes: 100 })
+        ));
+    }
+
+    #[test]
+    fn unreadable_return_address_is_a_fault_for_the_engine() {
+        let (p, b) = setup(TTY, TTY_WRITE);
+        let mut g = FakeGuest::default();
+        g.regs.insert(Reg::Esp, 0xdead_0000);
+        let fault = p.dispatch(0, &b, &mut g).unwrap_err();
+        assert_eq!(fault.esp, 0xdead_0000);
+        assert_eq!(fault.error, AccessError::Unmapped { addr: 0xdead_0000 });
+    }
+
+    #[test]
+    fn denied_calls_do_not_reach_the_service() {
+        let (p, b) = setup(
+            "[services.block]\nid = \"memory\"\nparams = { sectors = 8 }\n\
+             [services.security]\nid = \"deny-list\"\nparams = { ops = [\"block.write\"] }\n",
+            "symbol = \"w\"\nop = \"block.write\"\nsector_arg = 0\n\
+             buffer = { ptr = 1, len = 2, max = 4096 }\nerror_return = -13\n",
+        );
+        let mut g = kernel_guest(&[RET, 0, 0x2000, 512]);
+        g.map(0x2000, 512, false, true);
+        g.poke(0x2000, &[1; 512]);
+        let out = p.dispatch(0, &b, &mut g).unwrap();
+        assert!(
+            matches!(out.status, CallStatus::Denied { .. }),
+            "{:?}",
+            out.status
+        );
+        assert_eq!(out.eax, (-13i32) as u32);
+        let mut sector = [0xFFu8; 512];
+        disk(&p).read(0, &mut sector).unwrap();
+        assert_eq!(sector, [0; 512]);
+    }
+
+    #[test]
+    fn tty_read_copies_only_what_is_pending() {
+        let (p, b) = setup(
+            TTY,
+            "symbol = \"getc\"\nop = \"tty.read\"\nbuffer = { ptr = 0, len = 1, max = 64 }\n",
+        );
+        p.registry().buffer_tty().push_input(b"ls\n");
+        let mut g = kernel_guest(&[RET, 0x3000, 64]);
+        g.map(0x3000, 64, false, true);
+        g.poke(0x3000, &[0xEE; 8]);
+        let out = p.dispatch(0, &b, &mut g).unwrap();
+        assert_eq!(out.eax, 3);
+        assert_eq!(g.peek(0x3000, 4), b"ls\n\xEE");
+    }
+
+    #[test]
+    fn policy_change_reaches_the_next_dispatched_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        let (p, b) = setup(TTY, TTY_WRITE);
+        let mut g = kernel_guest(&[RET, 0x1000, 3]);
+        g.map(0x1000, 16, false, false);
+        g.poke(0x1000, b"one");
+        p.dispatch(0, &b, &mut g).unwrap();
+        let next = Policy::from_toml(
+            &format!(
+                "[services.tty]\nid = \"logfile\"\nparams = {{ path = {:?} }}\n",
+                log
+            ),
+            "admin",
+            p.registry(),
+        )
+        .unwrap();
+        p.policy().replace(next);
+        g.poke(0x1000, b"two");
+        let out = p.dispatch(0, &b, &mut g).unwrap();
+        assert_eq!(out.served_by.unwrap().id, "logfile");
+        assert_eq!(p.registry().buffer_tty().output(), b"one");
+        assert_eq!(std::fs::read(&log).unwrap(), b"two");
+    }
+
+    #[test]
+    fn unreachable_policy_service_serves_the_call_from_the_default() {
+        let (p, b) = setup(
+            "[services.tty]\nid = \"logfile\"\nparams = { path = \"/nonexistent/dir/log\" }\n",
+            TTY_WRITE,
+        );
+        let mut g = kernel_guest(&[RET, 0x1000, 3]);
+        g.map(0x1000, 16, false, false);
+        let out = p.dispatch(0, &b, &mut g).unwrap();
+        assert_eq!(out.eax, 3);
+        let by = out.served_by.unwrap();
+        assert_eq!(by.id, "discard");
+        assert!(matches!(by.source, Source::Default(_)));
+        assert_eq!(p.stats()[&ServiceType::Tty].fell_back_inaccessible, 1);
+    }
+}

@@ -355,3 +355,181 @@ impl KernelProxy {
             .map(|((), served, h)| (h, served))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Policy;
+    use services::ParamValue;
+
+    fn proxy(policy: &str, defaults: DefaultTable) -> KernelProxy {
+        let registry = Arc::new(ServiceRegistry::new());
+        let policy = Policy::from_toml(policy, "policy.toml", &registry).unwrap();
+        KernelProxy::new(PolicyHandle::new(policy), defaults, registry)
+    }
+
+    fn defaults() -> DefaultTable {
+        let mut t = DefaultTable::builtin();
+        t.services
+            .insert(ServiceType::Tty, ServiceSpec::local("discard"));
+        t
+    }
+
+    #[test]
+    fn named_and_reachable_serves_the_policy_service() {
+        let p = proxy("[services.tty]\nid = \"buffer\"\n", defaults());
+        let (h, by) = p.resolve(ServiceType::Tty).unwrap();
+        assert_eq!((h.id(), by.source), ("buffer", Source::Policy));
+        let ServiceHandle::Tty(t) = h else {
+            panic!("{h:?}")
+        };
+        t.write(b"hi").unwrap();
+        assert_eq!(p.registry().buffer_tty().output(), b"hi");
+        let s = &p.stats()[&ServiceType::Tty];
+        assert_eq!((s.served_by_policy, s.fell_back()), (1, 0));
+    }
+
+    #[test]
+    fn named_but_unreachable_falls_back_and_is_recorded() {
+        let p = proxy(
+            "[services.block]\nid = \"file\"\nparams = { path = \"/nonexistent/disk.img\" }\n",
+            defaults(),
+        );
+        for _ in 0..2 {
+            let (h, by) = p.resolve(ServiceType::Block).unwrap();
+            assert_eq!(h.id(), "memory");
+            match by.source {
+                Source::Default(FallbackReason::Inaccessible { id, error }) => {
+                    assert_eq!(id, "file");
+                    assert!(error.contains("/nonexistent/disk.img"), "{error}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let s = &p.stats()[&ServiceType::Block];
+        assert_eq!((s.served_by_policy, s.fell_back_inaccessible), (0, 2));
+        assert!(matches!(
+            s.last_fallback,
+            Some(FallbackReason::Inaccessible { .. })
+        ));
+    }
+
+    #[test]
+    fn a_node_without_a_node_client_is_unreachable() {
+        let p = proxy(
+            "[services.tty]\nid = \"buffer\"\nnode = \"127.0.0.1:9\"\n",
+            defaults(),
+        );
+        let (h, by) = p.resolve(ServiceType::Tty).unwrap();
+        assert_eq!(h.id(), "discard");
+        assert!(matches!(
+            by.source,
+            Source::Default(FallbackReason::Inaccessible { .. })
+        ));
+    }
+
+    #[test]
+    fn silent_policy_uses_the_default() {
+        let p = proxy("", defaults());
+        let (h, by) = p.resolve(ServiceType::Clock).unwrap();
+        assert_eq!(h.id(), "host");
+        assert_eq!(by.source, Source::Default(FallbackReason::PolicySilent));
+        let s = &p.stats()[&ServiceType::Clock];
+        assert_eq!((s.default_policy_silent, s.fell_back_inaccessible), (1, 0));
+    }
+
+    #[test]
+    fn no_policy_and_no_default_is_no_service() {
+        let mut d = defaults();
+        d.services.remove(&ServiceType::Tty);
+        let p = proxy("", d);
+        match p.resolve(ServiceType::Tty) {
+            Err(ServeError::NoService(e)) => assert_eq!(e.reason, FallbackReason::PolicySilent),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(p.stats()[&ServiceType::Tty].unserved, 1);
+    }
+
+    #[test]
+    fn call_that_finds_the_service_inaccessible_is_retried_on_the_default() {
+        let mut d = defaults();
+        d.services
+            .insert(ServiceType::Idle, ServiceSpec::local("spin"));
+        let p = proxy("[services.idle]\nid = \"fast-forward\"\n", d);
+        // Fast-forward cannot idle without a deadline (nothing would ever happen in
+        // virtual time): that call fails as unavailable and the spinning default,
+        // with an event pending, serves it.
+        let ((), by, h) = p
+            .serve(ServiceType::Idle, |h| match h {
+                ServiceHandle::Idle(i) => {
+                    if i.id() == "spin" {
+                        i.wake();
+                    }
+                    i.idle(None).map(drop)
+                }
+                other => panic!("{other:?}"),
+            })
+            .unwrap();
+        assert_eq!(h.id(), "spin");
+        assert!(matches!(
+            by.source,
+            Source::Default(FallbackReason::Inaccessible { ref id, .. }) if id == "fast-forward"
+        ));
+        assert_eq!(p.stats()[&ServiceType::Idle].fell_back_inaccessible, 1);
+    }
+
+    #[test]
+    fn services_are_kept_across_calls_and_policy_reloads() {
+        let p = proxy(
+            "[services.block]\nid = \"memory\"\nparams = { sectors = 4 }\n",
+            defaults(),
+        );
+        let (ServiceHandle::Block(d), _) = p.resolve(ServiceType::Block).unwrap() else {
+            panic!()
+        };
+        d.write(1, &[7; 512]).unwrap();
+        // The same entry at another line of a reloaded file is the same disk.
+        let reloaded = Policy::from_toml(
+            "\n\n[services.block]\nid = \"memory\"\nparams = { sectors = 4 }\n",
+            "policy.toml",
+            p.registry(),
+        )
+        .unwrap();
+        p.policy().replace(reloaded);
+        let (ServiceHandle::Block(d), _) = p.resolve(ServiceType::Block).unwrap() else {
+            panic!()
+        };
+        let mut buf = [0u8; 512];
+        d.read(1, &mut buf).unwrap();
+        assert_eq!(buf, [7; 512]);
+    }
+
+    #[test]
+    fn policy_change_is_seen_by_the_next_call() {
+        let p = Arc::new(proxy("[services.tty]\nid = \"buffer\"\n", defaults()));
+        assert_eq!(p.resolve(ServiceType::Tty).unwrap().0.id(), "buffer");
+        let admin = p.policy().clone();
+        std::thread::spawn(move || {
+            let mut next = Policy::default();
+            next.services.insert(
+                ServiceType::Tty,
+                ServiceSpec::local("logfile")
+                    .with_param("path", ParamValue::Str("/nonexistent/dir/log".into())),
+            );
+            next.services
+                .insert(ServiceType::Clock, ServiceSpec::local("virtual"));
+            admin.replace(next);
+        })
+        .join()
+        .unwrap();
+        assert_eq!(p.policy().generation(), 1);
+        // tty now names an inaccessible log file: the default serves it.
+        let (h, by) = p.resolve(ServiceType::Tty).unwrap();
+        assert_eq!(h.id(), "discard");
+        assert!(matches!(
+            by.source,
+            Source::Default(FallbackReason::Inaccessible { .. })
+        ));
+        assert_eq!(p.resolve(ServiceType::Clock).unwrap().0.id(), "virtual");
+    }
+}

@@ -163,3 +163,167 @@ impl EntryPoints {
         self.0.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Policy;
+    use services::ServiceRegistry;
+
+    const FUNC: u8 = 2;
+    const OBJECT: u8 = 1;
+    const NOTYPE: u8 = 0;
+    const GLOBAL: u8 = 1 << 4;
+    const LOCAL: u8 = 0;
+
+    /// A minimal IA-32 ELF executable with a `.text` section and a symbol table holding
+    /// `(name, value, info, section index)` entries.
+    fn elf32(symbols: &[(&str, u32, u8, u16)]) -> Vec<u8> {
+        let mut strtab = vec![0u8];
+        let mut symtab = vec![0u8; 16];
+        for &(name, value, info, shndx) in symbols {
+            let off = strtab.len() as u32;
+            strtab.extend_from_slice(name.as_bytes());
+            strtab.push(0);
+            symtab.extend_from_slice(&off.to_le_bytes());
+            symtab.extend_from_slice(&value.to_le_bytes());
+            symtab.extend_from_slice(&0u32.to_le_bytes());
+            symtab.extend_from_slice(&[info, 0]);
+            symtab.extend_from_slice(&shndx.to_le_bytes());
+        }
+        let shstrtab = b"\0.text\0.symtab\0.strtab\0.shstrtab\0".to_vec();
+        let text = vec![0xC3u8; 16];
+        let mut body = Vec::new();
+        let mut place = |bytes: &[u8]| {
+            while body.len() % 4 != 0 {
+                body.push(0);
+            }
+            let at = 52 + body.len() as u32;
+            body.extend_from_slice(bytes);
+            at
+        };
+        let text_off = place(&text);
+        let sym_off = place(&symtab);
+        let str_off = place(&strtab);
+        let shstr_off = place(&shstrtab);
+        while body.len() % 4 != 0 {
+            body.push(0);
+        }
+        let shoff = 52 + body.len() as u32;
+        // (name, type, flags, addr, offset, size, link, info, align, entsize)
+        let sections: [[u32; 10]; 5] = [
+            [0; 10],
+            [1, 1, 6, 0xc010_0000, text_off, 16, 0, 0, 16, 0],
+            [7, 2, 0, 0, sym_off, symtab.len() as u32, 3, 1, 4, 16],
+            [15, 3, 0, 0, str_off, strtab.len() as u32, 0, 0, 1, 0],
+            [23, 3, 0, 0, shstr_off, shstrtab.len() as u32, 0, 0, 1, 0],
+        ];
+        let mut elf = vec![0x7f, b'E', b'L', b'F', 1, 1, 1, 0];
+        elf.resize(16, 0);
+        for half in [2u16, 3] {
+            elf.extend_from_slice(&half.to_le_bytes());
+        }
+        for word in [1u32, 0xc010_0000, 0, shoff, 0] {
+            elf.extend_from_slice(&word.to_le_bytes());
+        }
+        for half in [52u16, 32, 0, 40, 5, 4] {
+            elf.extend_from_slice(&half.to_le_bytes());
+        }
+        elf.extend_from_slice(&body);
+        for s in sections {
+            for w in s {
+                elf.extend_from_slice(&w.to_le_bytes());
+            }
+        }
+        elf
+    }
+
+    fn kernel() -> Vec<u8> {
+        elf32(&[
+            ("console_write", 0xc010_0000, GLOBAL | FUNC, 1),
+            ("helper", 0xc010_0100, LOCAL | FUNC, 1),
+            ("helper", 0xc010_0200, LOCAL | FUNC, 1),
+            ("entry_label", 0xc010_0300, GLOBAL | NOTYPE, 1),
+            ("jiffies", 0xc020_0000, GLOBAL | OBJECT, 1),
+            ("imported", 0, GLOBAL | FUNC, 0),
+        ])
+    }
+
+    #[test]
+    fn reads_defined_functions_and_labels() {
+        let map = resolve_symbols(&kernel()).unwrap();
+        assert_eq!(map["console_write"], vec![0xc010_0000]);
+        assert_eq!(map["helper"], vec![0xc010_0100, 0xc010_0200]);
+        assert_eq!(map["entry_label"], vec![0xc010_0300]);
+        assert!(
+            !map.contains_key("jiffies"),
+            "data symbols are not entry points"
+        );
+        assert!(
+            !map.contains_key("imported"),
+            "undefined symbols have no address"
+        );
+    }
+
+    #[test]
+    fn rejects_non_elf_and_other_machines() {
+        assert!(matches!(
+            resolve_symbols(b"MZ not an elf"),
+            Err(SymbolError::Parse { .. })
+        ));
+        let mut elf = kernel();
+        elf[18] = 0x3E;
+        assert!(matches!(
+            resolve_symbols(&elf),
+            Err(SymbolError::NotIa32 { machine: 0x3E })
+        ));
+    }
+
+    fn bind(bindings: &str) -> Result<EntryPoints, BindError> {
+        let policy = Policy::from_toml(bindings, "p.toml", &ServiceRegistry::new()).unwrap();
+        policy.entry_points(&resolve_symbols(&kernel()).unwrap())
+    }
+
+    #[test]
+    fn bindings_resolve_to_addresses() {
+        let eps = bind(
+            "[[bindings]]\nsymbol = \"console_write\"\nop = \"clock.wall\"\n\
+             [[bindings]]\naddress = 0xc0100400\nop = \"clock.monotonic\"\n",
+        )
+        .unwrap();
+        assert_eq!(eps.len(), 2);
+        assert_eq!(eps.get(0xc010_0000).unwrap().line, 1);
+        assert_eq!(
+            eps.get(0xc010_0400).unwrap().op,
+            crate::Operation::ClockMonotonic
+        );
+        assert!(eps.get(0xc010_0001).is_none());
+    }
+
+    #[test]
+    fn binding_errors_name_the_policy_line() {
+        assert_eq!(
+            bind("\n[[bindings]]\nsymbol = \"nope\"\nop = \"clock.wall\"\n").unwrap_err(),
+            BindError::UnknownSymbol {
+                line: 2,
+                symbol: "nope".into()
+            }
+        );
+        assert!(matches!(
+            bind("[[bindings]]\nsymbol = \"helper\"\nop = \"clock.wall\"\n").unwrap_err(),
+            BindError::AmbiguousSymbol { line: 1, .. }
+        ));
+        assert_eq!(
+            bind(
+                "[[bindings]]\nsymbol = \"console_write\"\nop = \"clock.wall\"\n\
+                 [[bindings]]\naddress = 0xc0100000\nop = \"clock.wall\"\n"
+            )
+            .unwrap_err(),
+            BindError::Duplicate {
+                line: 4,
+                first_line: 1,
+                addr: 0xc010_0000
+            }
+        );
+    }
+}
