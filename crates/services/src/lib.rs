@@ -13,6 +13,7 @@ mod clock;
 mod error;
 mod idle;
 mod kind;
+pub mod node;
 mod params;
 mod registry;
 mod security;
