@@ -12,6 +12,7 @@
 mod binding;
 mod dispatch;
 mod guest;
+mod nodes;
 mod parse;
 mod policy;
 mod resolve;
@@ -23,6 +24,7 @@ pub use binding::{
 };
 pub use dispatch::{ArgError, CallStatus, DispatchFault, ProxyOutcome};
 pub use guest::{AccessError, GuestAccess, Reg};
+pub use nodes::{GrpcNodes, NODE_TYPES};
 pub use policy::{
     DefaultTable, Policy, PolicyError, PolicyHandle, ServiceSpec, DEFAULT_NODE_TIMEOUT,
 };

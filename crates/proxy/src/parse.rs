@@ -14,6 +14,7 @@ use crate::binding::{
     Binding, BufferArg, Convention, EntryPoint, LenUnit, Operation, Returns, MAX_ARGS,
     MAX_BUFFER_BYTES,
 };
+use crate::nodes::NODE_TYPES;
 use crate::policy::{Policy, PolicyError, ServiceSpec, DEFAULT_NODE_TIMEOUT};
 
 /// Longest node timeout a policy may ask for: a vCPU waits this long at most.
@@ -171,6 +172,7 @@ fn service_spec(
     let line = cx.line(&spec.span());
     let spec = spec.into_inner();
     let field = |f: &str| format!("services.{ty}.{f}");
+    let node_span = spec.node.as_ref().map_or(0..0, Spanned::span);
     let node = spec
         .node
         .map(|n| {
@@ -213,9 +215,24 @@ fn service_spec(
     }
     let id_span = spec.id.span();
     let id = spec.id.into_inner();
-    registry
-        .validate(ty, &id, &params)
-        .map_err(|e| registry_error(cx, &id_span, &field, e))?;
+    if node.is_some() {
+        // A node names and configures its own services; only the type can be checked.
+        if !NODE_TYPES.contains(&ty) {
+            return Err(cx.invalid(
+                &node_span,
+                field("node"),
+                format!("a node for a {ty} service"),
+                "a node only for block or tty (service nodes perform those)",
+            ));
+        }
+        if id.is_empty() {
+            return Err(cx.invalid(&id_span, field("id"), "\"\"", "the node's service id"));
+        }
+    } else {
+        registry
+            .validate(ty, &id, &params)
+            .map_err(|e| registry_error(cx, &id_span, &field, e))?;
+    }
     Ok(ServiceSpec {
         id,
         node,

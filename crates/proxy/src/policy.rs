@@ -303,11 +303,12 @@ mod tests {
     fn example_policy_parses() {
         let p = parse(include_str!("../policy.example.toml")).unwrap();
         let tty = p.service(ServiceType::Tty).unwrap();
-        assert_eq!(tty.id, "logfile");
+        assert_eq!(tty.id, "console");
         assert_eq!(tty.line, 8);
-        let idle = p.service(ServiceType::Idle).unwrap();
-        assert_eq!(idle.node, Some("127.0.0.1:7000".parse().unwrap()));
-        assert_eq!(idle.timeout, Duration::from_millis(200));
+        assert_eq!(tty.node, Some("127.0.0.1:7000".parse().unwrap()));
+        assert_eq!(tty.timeout, Duration::from_millis(200));
+        assert!(p.service(ServiceType::Idle).is_none());
+        assert_eq!(p.service(ServiceType::Block).unwrap().node, None);
         assert_eq!(p.bindings.len(), 3);
         let b = &p.bindings[0];
         assert_eq!(b.entry, EntryPoint::Symbol("early_console_write".into()));
@@ -343,6 +344,17 @@ mod tests {
     fn bad_node_address_is_reported() {
         let (line, field, _) = invalid("[services.tty]\nid = \"terminal\"\nnode = \"localhost\"\n");
         assert_eq!((line, field.as_str()), (3, "services.tty.node"));
+    }
+
+    #[test]
+    fn nodes_are_only_for_types_nodes_perform() {
+        let (line, field, expected) =
+            invalid("[services.clock]\nid = \"host\"\n\nnode = \"127.0.0.1:7000\"\n");
+        assert_eq!((line, field.as_str()), (4, "services.clock.node"));
+        assert!(expected.contains("block or tty"), "{expected}");
+        // A node's service ids are its own, not the local registry's.
+        let p = parse("[services.block]\nid = \"disk7\"\nnode = \"10.0.0.2:7000\"\n").unwrap();
+        assert_eq!(p.service(ServiceType::Block).unwrap().id, "disk7");
     }
 
     #[test]
