@@ -142,7 +142,18 @@ impl RunningNode {
         self.addr
     }
 
-    /// Stops listening, lets open requests finish and waits for the node's thread.
+    /// Serves until the process ends (or the server fails); what a node process does.
+    pub fn wait(mut self) {
+        // Keeping the sender alive keeps the node running.
+        let _keep = self.stop.take();
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                log::error!("service node {}: server thread panicked", self.addr);
+            }
+        }
+    }
+
+    /// Stops serving, closes every connection and waits for the node's thread.
     pub fn shutdown(mut self) {
         self.stop_and_join();
     }
