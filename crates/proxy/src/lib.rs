@@ -16,6 +16,7 @@ mod nodes;
 mod parse;
 mod policy;
 mod resolve;
+mod ship;
 mod symbols;
 
 pub use binding::{
@@ -31,4 +32,7 @@ pub use policy::{
 pub use resolve::{
     FallbackReason, KernelProxy, NoService, NodeConnector, ServeError, ServedBy, Source, TypeStats,
 };
-pub use symbols::{resolve_symbols, BindError, EntryPoints, SymbolError, SymbolMap};
+pub use ship::{ship_patch, CodePatch, InstallError};
+pub use symbols::{
+    function_sizes, resolve_symbols, BindError, EntryPoints, SymbolError, SymbolMap,
+};

@@ -3,9 +3,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use services::node::{NodeClient, RemoteBlock, RemoteTty};
+use services::node::{NodeClient, RemoteBlock, RemoteTty, ShippedCode};
 use services::{ServiceError, ServiceHandle, ServiceType};
 
+use crate::binding::Binding;
 use crate::policy::ServiceSpec;
 use crate::resolve::NodeConnector;
 
@@ -16,6 +17,22 @@ pub const NODE_TYPES: [ServiceType; 2] = [ServiceType::Block, ServiceType::Tty];
 /// [`services::node`] clients; each waits at most the entry's `timeout_ms`.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct GrpcNodes;
+
+impl GrpcNodes {
+    /// Ship mode: asks `node` for an implementation of `binding`'s operation in its
+    /// calling convention, to be installed with [`crate::ship_patch`].
+    ///
+    /// # Errors
+    /// When the node cannot be reached within `timeout` or has no such implementation.
+    pub fn ship(
+        &self,
+        node: SocketAddr,
+        timeout: std::time::Duration,
+        binding: &Binding,
+    ) -> Result<ShippedCode, ServiceError> {
+        NodeClient::connect(node, timeout)?.ship(binding.op.name(), binding.convention.name())
+    }
+}
 
 impl NodeConnector for GrpcNodes {
     fn connect(
@@ -101,6 +118,29 @@ mod tests {
             (stats.served_by_policy, stats.fell_back_inaccessible),
             (1, 1)
         );
+    }
+
+    #[test]
+    fn shipped_console_code_becomes_an_entry_point_patch() {
+        let node = ServiceNode::new()
+            .spawn("127.0.0.1:0".parse().unwrap())
+            .unwrap();
+        let src = "[[bindings]]\nsymbol = \"early_console_write\"\nop = \"tty.write\"\n\
+                   convention = \"regparm3\"\nbuffer = { ptr = 0, len = 1, max = 4096 }\n";
+        let policy = Policy::from_toml(src, "p.toml", &ServiceRegistry::new()).unwrap();
+        let binding = &policy.bindings[0];
+        let code = GrpcNodes
+            .ship(node.addr(), Duration::from_secs(5), binding)
+            .unwrap();
+        let patch = crate::ship_patch(binding, 0xc010_0000, 64, &code).unwrap();
+        assert_eq!(patch.addr, 0xc010_0000);
+        assert_eq!(patch.bytes.last(), Some(&0xC3), "ends in ret");
+
+        let clock = "[[bindings]]\nsymbol = \"c\"\nop = \"clock.wall\"\n";
+        let policy = Policy::from_toml(clock, "p.toml", &ServiceRegistry::new()).unwrap();
+        assert!(GrpcNodes
+            .ship(node.addr(), Duration::from_secs(5), &policy.bindings[0])
+            .is_err());
     }
 
     #[test]

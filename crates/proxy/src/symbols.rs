@@ -28,11 +28,11 @@ pub enum SymbolError {
     },
 }
 
-/// The defined function and label symbols of an IA-32 ELF kernel.
-///
-/// # Errors
-/// When the bytes are not a 32-bit x86 ELF file.
-pub fn resolve_symbols(elf_bytes: &[u8]) -> Result<SymbolMap, SymbolError> {
+/// A defined code symbol: name, address, size in bytes (0 when unknown).
+type Def = (String, u32, u32);
+
+/// The defined function and label symbols of an IA-32 ELF file.
+fn code_symbols(elf_bytes: &[u8]) -> Result<Vec<Def>, SymbolError> {
     let elf = Elf::parse(elf_bytes).map_err(|e| SymbolError::Parse {
         message: e.to_string(),
     })?;
@@ -41,7 +41,7 @@ pub fn resolve_symbols(elf_bytes: &[u8]) -> Result<SymbolMap, SymbolError> {
             machine: elf.header.e_machine,
         });
     }
-    let mut map = SymbolMap::new();
+    let mut defs = Vec::new();
     let tables = [(&elf.syms, &elf.strtab), (&elf.dynsyms, &elf.dynstrtab)];
     for (syms, strtab) in tables {
         for s in syms.iter() {
@@ -54,16 +54,44 @@ pub fn resolve_symbols(elf_bytes: &[u8]) -> Result<SymbolMap, SymbolError> {
             else {
                 continue;
             };
-            if name.is_empty() {
-                continue;
-            }
-            let addrs = map.entry(name.to_owned()).or_default();
-            if !addrs.contains(&addr) {
-                addrs.push(addr);
+            if !name.is_empty() {
+                let size = u32::try_from(s.st_size).unwrap_or(u32::MAX);
+                defs.push((name.to_owned(), addr, size));
             }
         }
     }
+    Ok(defs)
+}
+
+/// The defined function and label symbols of an IA-32 ELF kernel.
+///
+/// # Errors
+/// When the bytes are not a 32-bit x86 ELF file.
+pub fn resolve_symbols(elf_bytes: &[u8]) -> Result<SymbolMap, SymbolError> {
+    let mut map = SymbolMap::new();
+    for (name, addr, _) in code_symbols(elf_bytes)? {
+        let addrs = map.entry(name).or_default();
+        if !addrs.contains(&addr) {
+            addrs.push(addr);
+        }
+    }
     Ok(map)
+}
+
+/// Function sizes by address, from the symbols' `st_size`: how many bytes shipped code
+/// may occupy at an entry point. Labels without a size are left out.
+///
+/// # Errors
+/// When the bytes are not a 32-bit x86 ELF file.
+pub fn function_sizes(elf_bytes: &[u8]) -> Result<BTreeMap<u32, u32>, SymbolError> {
+    let mut sizes = BTreeMap::new();
+    for (_, addr, size) in code_symbols(elf_bytes)? {
+        if size > 0 {
+            let room = sizes.entry(addr).or_insert(size);
+            *room = (*room).max(size);
+        }
+    }
+    Ok(sizes)
 }
 
 /// Why a policy's bindings cannot be placed in a guest.
@@ -187,7 +215,9 @@ mod tests {
             strtab.push(0);
             symtab.extend_from_slice(&off.to_le_bytes());
             symtab.extend_from_slice(&value.to_le_bytes());
-            symtab.extend_from_slice(&0u32.to_le_bytes());
+            // Functions get a size, labels none.
+            let size: u32 = if info & 0xf == FUNC { 0x40 } else { 0 };
+            symtab.extend_from_slice(&size.to_le_bytes());
             symtab.extend_from_slice(&[info, 0]);
             symtab.extend_from_slice(&shndx.to_le_bytes());
         }
@@ -263,6 +293,13 @@ mod tests {
             !map.contains_key("imported"),
             "undefined symbols have no address"
         );
+    }
+
+    #[test]
+    fn function_sizes_come_from_the_symbols() {
+        let sizes = function_sizes(&kernel()).unwrap();
+        assert_eq!(sizes.get(&0xc010_0000), Some(&0x40));
+        assert_eq!(sizes.get(&0xc010_0300), None, "labels have no size");
     }
 
     #[test]
