@@ -11,7 +11,9 @@ use services::{
     SECTOR_SIZE,
 };
 
-use crate::binding::{Binding, Convention, Direction, LenUnit, Operation, Returns, NO_DEADLINE};
+use crate::binding::{
+    Binding, Convention, Direction, LenUnit, Operation, Returns, MAX_ARGS, NO_DEADLINE,
+};
 use crate::guest::{AccessError, GuestAccess, Reg};
 use crate::resolve::{KernelProxy, ServeError, ServedBy};
 
@@ -132,7 +134,9 @@ struct Buffer {
 }
 
 fn args(binding: &Binding, guest: &mut dyn GuestAccess) -> Result<Vec<u32>, ArgError> {
-    (0..binding.args)
+    // Bindings built in code bypass the parser's bound; keep reads to what any
+    // function could take.
+    (0..binding.args.min(MAX_ARGS))
         .map(|i| {
             let stack_index = match binding.convention {
                 Convention::Regparm3 => match REGPARM_REGS.get(i as usize) {
@@ -151,7 +155,7 @@ fn args(binding: &Binding, guest: &mut dyn GuestAccess) -> Result<Vec<u32>, ArgE
 fn esp_adjust(binding: &Binding) -> u32 {
     match binding.convention {
         Convention::Cdecl | Convention::Regparm3 => RET_ADDR_BYTES,
-        Convention::Stdcall => RET_ADDR_BYTES + 4 * binding.args,
+        Convention::Stdcall => RET_ADDR_BYTES + 4 * binding.args.min(MAX_ARGS),
     }
 }
 

@@ -258,6 +258,17 @@ impl PolicyHandle {
         old
     }
 
+    /// Reads the policy file at `path` and puts it in force; an invalid file leaves the
+    /// policy in force untouched. What an administration interface calls.
+    ///
+    /// # Errors
+    /// When the file cannot be read or is not a valid policy.
+    pub fn reload(&self, path: &Path, registry: &ServiceRegistry) -> Result<(), PolicyError> {
+        let policy = Policy::load(path, registry)?;
+        self.replace(policy);
+        Ok(())
+    }
+
     /// How many times the policy has been replaced.
     pub fn generation(&self) -> u64 {
         self.0.generation.load(Ordering::Acquire)
@@ -461,6 +472,25 @@ mod tests {
             DefaultTable::from_toml("[[bindings]]\nop = \"clock.wall\"\n", "d.toml", &r),
             Err(PolicyError::Syntax { line: 1, .. })
         ));
+    }
+
+    #[test]
+    fn reload_replaces_only_with_a_valid_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.toml");
+        let r = ServiceRegistry::new();
+        let handle = PolicyHandle::new(Policy::default());
+        std::fs::write(&path, "[services.tty]\nid = \"buffer\"\n").unwrap();
+        handle.reload(&path, &r).unwrap();
+        assert_eq!(handle.generation(), 1);
+        std::fs::write(&path, "[services.tty]\nid = \"printer\"\n").unwrap();
+        let err = handle.reload(&path, &r).unwrap_err();
+        assert!(err.to_string().contains("policy.toml:2"), "{err}");
+        assert_eq!(handle.generation(), 1);
+        assert_eq!(
+            handle.current().service(ServiceType::Tty).unwrap().id,
+            "buffer"
+        );
     }
 
     #[test]

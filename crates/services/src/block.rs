@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::tty::lock;
+use crate::sync::lock;
 use crate::{Service, ServiceError};
 
 /// Bytes in one sector.

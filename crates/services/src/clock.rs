@@ -3,7 +3,7 @@
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::tty::lock;
+use crate::sync::lock;
 use crate::{Service, ServiceError};
 
 /// A source of wall and monotonic time, in nanoseconds.

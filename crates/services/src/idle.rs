@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::tty::lock;
+use crate::sync::lock;
 use crate::{Service, ServiceError, VirtualClock};
 
 /// Why an idle period ended.

@@ -17,6 +17,7 @@ pub mod node;
 mod params;
 mod registry;
 mod security;
+mod sync;
 mod tty;
 
 pub use block::{Block, CowBlock, CowOverlay, FileBlock, MemoryBlock, SECTOR_SIZE};

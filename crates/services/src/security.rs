@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::tty::lock;
+use crate::sync::lock;
 use crate::{Service, ServiceError};
 
 /// A proxied guest call, as the security service sees it.

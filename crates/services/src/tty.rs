@@ -4,8 +4,9 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, Once};
+use std::sync::{Arc, Mutex, Once};
 
+use crate::sync::lock;
 use crate::{Service, ServiceError};
 
 /// A console.
@@ -22,12 +23,6 @@ pub trait Tty: Service {
     /// # Errors
     /// When the input cannot be read.
     fn read(&self, buf: &mut [u8]) -> Result<usize, ServiceError>;
-}
-
-/// A poisoned lock only means another thread panicked mid-update; the byte queues stay
-/// usable, so take the data rather than spread the panic.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn drain_into(queue: &mut VecDeque<u8>, buf: &mut [u8]) -> usize {
