@@ -110,7 +110,31 @@ impl Ctx<'_> {
             origin: self.origin.to_owned(),
             line,
             column,
+            field: self.field_at(line),
             message: err.message().trim().to_owned(),
+        }
+    }
+
+    /// The dotted field a line sets (`services.tty.id`), from the table header above
+    /// it and the key on it; "" when the line sets none (a header, a broken line).
+    fn field_at(&self, line: usize) -> String {
+        let lines: Vec<&str> = self.src.lines().collect();
+        let Some(text) = lines.get(line.wrapping_sub(1)) else {
+            return String::new();
+        };
+        let Some((key, _)) = text.split_once('=') else {
+            return String::new();
+        };
+        let key = key.trim();
+        let table = lines[..line - 1]
+            .iter()
+            .rev()
+            .map(|l| l.trim())
+            .find(|l| l.starts_with('['))
+            .map(|h| h.trim_matches(|c| c == '[' || c == ']').trim());
+        match table {
+            Some(t) if !t.is_empty() => format!("{t}.{key}"),
+            _ => key.to_owned(),
         }
     }
 }

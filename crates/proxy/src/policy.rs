@@ -70,7 +70,7 @@ pub enum PolicyError {
     },
     /// The file is not TOML of the expected shape (syntax, unknown or missing fields,
     /// values of the wrong type).
-    #[error("{origin}:{line}:{column}: {message}")]
+    #[error("{origin}:{line}:{column}: {}{message}", field_prefix(field))]
     Syntax {
         /// The file.
         origin: String,
@@ -78,6 +78,8 @@ pub enum PolicyError {
         line: usize,
         /// 1-based column.
         column: usize,
+        /// The field the line sets (`services.tty.id`), or "" when none.
+        field: String,
         /// What the TOML reader said.
         message: String,
     },
@@ -95,6 +97,14 @@ pub enum PolicyError {
         /// What would have been accepted.
         expected: String,
     },
+}
+
+fn field_prefix(field: &str) -> String {
+    if field.is_empty() {
+        String::new()
+    } else {
+        format!("field `{field}`: ")
+    }
 }
 
 /// The kernel policy: the service for each type it names, and the guest entry points
@@ -386,16 +396,22 @@ mod tests {
     #[test]
     fn wrong_value_type_is_a_syntax_error_with_its_line() {
         match parse("[services.tty]\nid = 5\n") {
-            Err(PolicyError::Syntax { line, message, .. }) => {
-                assert_eq!(line, 2);
-                assert!(message.contains("string"), "{message}");
+            Err(e @ PolicyError::Syntax { line: 2, .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains("field `services.tty.id`"), "{msg}");
+                assert!(msg.contains("expected a string"), "{msg}");
             }
             other => panic!("{other:?}"),
         }
         match parse("[services.tty]\nid = \"terminal\"\ncolour = 1\n") {
-            Err(PolicyError::Syntax { line, message, .. }) => {
-                assert_eq!(line, 3);
-                assert!(message.contains("colour"), "{message}");
+            Err(PolicyError::Syntax {
+                line: 3,
+                field,
+                message,
+                ..
+            }) => {
+                assert_eq!(field, "services.tty.colour");
+                assert!(message.contains("unknown field"), "{message}");
             }
             other => panic!("{other:?}"),
         }
