@@ -8,6 +8,9 @@
 //! [`GuestAccess`], asks the security service, serves the call with the policy's service
 //! (or the default table's when the policy names none or the named one cannot be
 //! accessed), and returns the [`ProxyOutcome`] the engine applies to the vCPU.
+//!
+//! The policy file format is shown, with comments, in `policy.example.toml` beside this
+//! crate's `Cargo.toml`; a test keeps that file valid.
 
 mod binding;
 mod dispatch;
