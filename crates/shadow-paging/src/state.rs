@@ -1,0 +1,696 @@
+//! The shadow address space: which linear pages are mapped, from what, through which
+//! guest entries; and what to drop or re-protect when the guest changes its tables or
+//! its control registers.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::addr::{GuestLinear, GuestPhys, PAGE_SIZE};
+use crate::bits::{CR0_PG, CR0_WP, CR4_PAE, CR4_PGE, CR4_PSE, EFER_NXE};
+use crate::decision::{grant, Decision, EmulateReason, HostAccess, MapDecision, PageUse, Prot};
+use crate::memory::GuestPhysMemory;
+use crate::mode::{PaeRoots, PagingContext, PagingMode, PdpteFault};
+use crate::walk::{peek, walk, Access, PageSize, Perms, TableEntries, Translation};
+
+/// The host side of shadow mappings: `mmap` of the guest-RAM memfd, `munmap` and
+/// `mprotect` in the engine, a recording fake in tests. Lengths are multiples of 4 KiB.
+/// A backend that cannot carry out a call has lost the guest's address space and must
+/// stop the VM.
+pub trait HostMapper {
+    /// Maps `len` bytes of guest RAM from `gpa` at `lin`, replacing what was there.
+    fn map(&mut self, lin: GuestLinear, gpa: GuestPhys, len: u32, prot: Prot);
+    /// Removes the mappings of `len` bytes at `lin`.
+    fn unmap(&mut self, lin: GuestLinear, len: u32);
+    /// Changes the protections of `len` mapped bytes at `lin`.
+    fn protect(&mut self, lin: GuestLinear, len: u32, prot: Prot);
+}
+
+/// Tunables of the shadow address space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShadowConfig {
+    /// Linear pages below this are never mapped (the host's `mmap_min_addr`); accesses
+    /// there are emulated.
+    pub min_linear: GuestLinear,
+    /// Most 4 KiB pages one fault maps. Rounded down to a power of two, at most 512, so a
+    /// run never leaves the guest page table or large page it started in.
+    pub max_run_pages: u32,
+}
+
+impl Default for ShadowConfig {
+    fn default() -> Self {
+        Self {
+            min_linear: GuestLinear(PAGE_SIZE),
+            max_run_pages: 16,
+        }
+    }
+}
+
+/// One 4 KiB shadow mapping and what it was derived from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShadowPage {
+    /// The guest-physical frame mapped.
+    pub gpa: GuestPhys,
+    /// Current host protections.
+    pub prot: Prot,
+    /// Guest rights at the time of mapping.
+    pub perms: Perms,
+    /// D was set in the guest entry.
+    pub dirty: bool,
+    /// G was set in the guest entry.
+    pub global: bool,
+    /// Protections are those user mode may have.
+    pub for_user: bool,
+    /// Size of the guest page this lies in.
+    pub size: PageSize,
+    /// The guest entries it was derived from.
+    pub entries: TableEntries,
+}
+
+/// The shadow address space of one guest.
+#[derive(Clone, Debug)]
+pub struct ShadowState {
+    ctx: PagingContext,
+    config: ShadowConfig,
+    /// Linear page number → mapping.
+    maps: BTreeMap<u32, ShadowPage>,
+    /// Page-table frame number → linear pages derived through entries in it.
+    by_table: BTreeMap<u32, BTreeSet<u32>>,
+    /// Frame number → linear pages mapping it.
+    aliases: BTreeMap<u32, BTreeSet<u32>>,
+    /// Frame number → scanned code (value: execute-only).
+    code: BTreeMap<u32, bool>,
+    /// Linear pages whose protections exceed what user mode may have.
+    beyond_user: BTreeSet<u32>,
+}
+
+const fn page_no(addr: u32) -> u32 {
+    addr >> 12
+}
+
+const fn page_addr(no: u32) -> u32 {
+    no << 12
+}
+
+/// Whether `[a, a + alen)` and `[b, b + blen)` intersect.
+fn overlaps(a: u32, alen: u32, b: u32, blen: u32) -> bool {
+    let (a, b) = (u64::from(a), u64::from(b));
+    a < b + u64::from(blen) && b < a + u64::from(alen)
+}
+
+impl ShadowState {
+    /// An empty shadow address space with paging off (the state at reset).
+    pub fn new(config: ShadowConfig) -> Self {
+        let n = config.max_run_pages.clamp(1, 512);
+        let max_run_pages = 1 << (31 - n.leading_zeros());
+        Self {
+            ctx: PagingContext::reset(),
+            config: ShadowConfig {
+                max_run_pages,
+                ..config
+            },
+            maps: BTreeMap::new(),
+            by_table: BTreeMap::new(),
+            aliases: BTreeMap::new(),
+            code: BTreeMap::new(),
+            beyond_user: BTreeSet::new(),
+        }
+    }
+
+    /// The control registers and roots walks use.
+    pub fn context(&self) -> &PagingContext {
+        &self.ctx
+    }
+
+    /// The configuration in effect (with `max_run_pages` rounded).
+    pub fn config(&self) -> ShadowConfig {
+        self.config
+    }
+
+    /// The mapping of the linear page holding `lin`, if any.
+    pub fn mapping(&self, lin: GuestLinear) -> Option<&ShadowPage> {
+        self.maps.get(&page_no(lin.0))
+    }
+
+    /// Every mapping, by linear page, in address order.
+    pub fn mappings(&self) -> impl Iterator<Item = (GuestLinear, &ShadowPage)> {
+        self.maps
+            .iter()
+            .map(|(&n, p)| (GuestLinear(page_addr(n)), p))
+    }
+
+    /// What the monitor knows about the frame holding `gpa`.
+    pub fn page_use(&self, gpa: GuestPhys) -> PageUse {
+        self.page_use_with(gpa, &TableEntries::default())
+    }
+
+    /// Whether some mapping depends on an entry in the frame holding `gpa`.
+    pub fn is_page_table(&self, gpa: GuestPhys) -> bool {
+        self.by_table.contains_key(&page_no(gpa.0))
+    }
+
+    /// [`Self::page_use`], counting as page tables also the frames of `extra`, the
+    /// entries of a walk about to be mapped.
+    fn page_use_with(&self, gpa: GuestPhys, extra: &TableEntries) -> PageUse {
+        let frame = page_no(gpa.0);
+        if self.by_table.contains_key(&frame) || extra.iter().any(|e| page_no(e.0) == frame) {
+            PageUse::PageTable
+        } else if let Some(&exec_only) = self.code.get(&frame) {
+            PageUse::Code { exec_only }
+        } else {
+            PageUse::Plain
+        }
+    }
+
+    /// Decides what a host page fault at `lin` means, walking the guest's tables (which
+    /// sets their accessed and dirty bits as the CPU would). `user` is the virtual CPL
+    /// being 3. Nothing is mapped yet: see [`Self::apply`] and [`Self::on_host_fault`].
+    pub fn decide<M: GuestPhysMemory + ?Sized>(
+        &self,
+        mem: &mut M,
+        lin: GuestLinear,
+        access: HostAccess,
+        user: bool,
+    ) -> Decision {
+        let t = match walk(mem, &self.ctx, lin, access.guest_access(user)) {
+            Ok(t) => t,
+            Err(fault) => return Decision::TrueFault(fault),
+        };
+        let Some(gpa) = self.ram_frame(&*mem, &t) else {
+            return Decision::Emulate {
+                translation: t,
+                reason: EmulateReason::NotRam,
+            };
+        };
+        if lin.page() < self.config.min_linear {
+            return Decision::Emulate {
+                translation: t,
+                reason: EmulateReason::LowPage,
+            };
+        }
+        let page_use = self.page_use_with(gpa, &t.entries);
+        match (access, page_use) {
+            (HostAccess::Write, PageUse::PageTable) => return Decision::Mediate { translation: t },
+            (HostAccess::Write, PageUse::Code { .. }) => {
+                return Decision::CodeWrite {
+                    gpa,
+                    translation: t,
+                }
+            }
+            (HostAccess::Fetch, PageUse::PageTable) => {
+                let reason = EmulateReason::FetchFromPageTable;
+                return Decision::Emulate {
+                    translation: t,
+                    reason,
+                };
+            }
+            (HostAccess::Fetch, PageUse::Plain) => {
+                return Decision::ScanFirst {
+                    gpa,
+                    translation: t,
+                }
+            }
+            (HostAccess::Read, PageUse::Code { exec_only: true }) => {
+                let reason = EmulateReason::ReadPatchedCode;
+                return Decision::Emulate {
+                    translation: t,
+                    reason,
+                };
+            }
+            _ => {}
+        }
+        let prot = grant(t.perms, t.dirty, page_use, user, self.ctx.wp());
+        let (first, pages) = if page_use == PageUse::Plain {
+            self.run_around(&*mem, &t, prot, user)
+        } else {
+            (page_no(lin.0), 1)
+        };
+        let back = page_no(lin.0) - first;
+        let stride = self.ctx.mode.entry_size();
+        let entries = TableEntries {
+            pde: t.entries.pde,
+            pte: t.entries.pte.map(|p| GuestPhys(p.0 - back * stride)),
+        };
+        Decision::HiddenFault(MapDecision {
+            lin: GuestLinear(page_addr(first)),
+            gpa: GuestPhys(gpa.0 - back * PAGE_SIZE),
+            len: pages * PAGE_SIZE,
+            prot,
+            perms: t.perms,
+            dirty: t.dirty,
+            global: t.global,
+            for_user: user,
+            size: t.size,
+            entries,
+            entry_stride: stride,
+        })
+    }
+
+    /// The translation's frame if the whole frame is RAM.
+    fn ram_frame<M: GuestPhysMemory + ?Sized>(
+        &self,
+        mem: &M,
+        t: &Translation,
+    ) -> Option<GuestPhys> {
+        let frame = t.frame().below_4g()?;
+        (u64::from(frame.0) + u64::from(PAGE_SIZE) <= mem.ram_size()).then_some(frame)
+    }
+
+    /// The run of linear pages around the faulting one that can share its mapping: same
+    /// guest rights and protections, physically contiguous, plain RAM, not yet mapped,
+    /// and already accessed (so mapping them early changes no guest-visible A/D bit).
+    /// Returns the first page number and the page count.
+    fn run_around<M: GuestPhysMemory + ?Sized>(
+        &self,
+        mem: &M,
+        t: &Translation,
+        prot: Prot,
+        user: bool,
+    ) -> (u32, u32) {
+        let here = page_no(t.lin.0);
+        let window = self.config.max_run_pages;
+        let start = here & !(window - 1);
+        let end = u64::from(start) + u64::from(window);
+        let fits = |n: u32| self.joins_run(mem, t, prot, user, here, n);
+        let mut first = here;
+        while first > start && fits(first - 1) {
+            first -= 1;
+        }
+        let mut last = here;
+        while u64::from(last) + 1 < end && fits(last + 1) {
+            last += 1;
+        }
+        (first, last - first + 1)
+    }
+
+    fn joins_run<M: GuestPhysMemory + ?Sized>(
+        &self,
+        mem: &M,
+        t: &Translation,
+        prot: Prot,
+        user: bool,
+        here: u32,
+        n: u32,
+    ) -> bool {
+        let lin = GuestLinear(page_addr(n));
+        if lin < self.config.min_linear || self.maps.contains_key(&n) {
+            return false;
+        }
+        let Some(nt) = peek(mem, &self.ctx, lin, Access::read(user)) else {
+            return false;
+        };
+        let delta = i64::from(n) - i64::from(here);
+        let stride = i64::from(self.ctx.mode.entry_size());
+        let shifted = |p: GuestPhys, by: i64| i64::from(p.0) + by;
+        let same_entries = nt.entries.pde == t.entries.pde
+            && match (nt.entries.pte, t.entries.pte) {
+                (Some(a), Some(b)) => i64::from(a.0) == shifted(b, delta * stride),
+                (None, None) => true,
+                _ => false,
+            };
+        let contiguous = nt.frame().0 as i64 == t.frame().0 as i64 + delta * i64::from(PAGE_SIZE);
+        if !(same_entries && contiguous && nt.perms == t.perms && nt.global == t.global)
+            || nt.size != t.size
+        {
+            return false;
+        }
+        let Some(gpa) = self.ram_frame(mem, &nt) else {
+            return false;
+        };
+        let page_use = self.page_use_with(gpa, &t.entries);
+        page_use == PageUse::Plain
+            && grant(nt.perms, nt.dirty, page_use, user, self.ctx.wp()) == prot
+    }
+
+    /// Installs a mapping [`Self::decide`] returned, replacing what those linear pages
+    /// mapped before, and write-protects every alias of a frame that thereby becomes a
+    /// page table.
+    pub fn apply<H: HostMapper + ?Sized>(&mut self, mapper: &mut H, d: &MapDecision) {
+        let first = page_no(d.lin.0);
+        let pages = d.len / PAGE_SIZE;
+        let mut touched = BTreeSet::new();
+        for k in 0..pages {
+            self.unlink(first + k, &mut touched);
+        }
+        for k in 0..pages {
+            let n = first + k;
+            let page = ShadowPage {
+                gpa: GuestPhys(d.gpa.0 + k * PAGE_SIZE),
+                prot: d.prot,
+                perms: d.perms,
+                dirty: d.dirty,
+                global: d.global,
+                for_user: d.for_user,
+                size: d.size,
+                entries: TableEntries {
+                    pde: d.entries.pde,
+                    pte: d.entries.pte.map(|p| GuestPhys(p.0 + k * d.entry_stride)),
+                },
+            };
+            self.link(n, page, &mut touched);
+        }
+        mapper.map(d.lin, d.gpa, d.len, d.prot);
+        for frame in touched {
+            self.reclassify(mapper, frame);
+        }
+    }
+
+    /// [`Self::decide`], then [`Self::apply`] if the fault is hidden.
+    pub fn on_host_fault<M: GuestPhysMemory + ?Sized, H: HostMapper + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        mapper: &mut H,
+        lin: GuestLinear,
+        access: HostAccess,
+        user: bool,
+    ) -> Decision {
+        let d = self.decide(mem, lin, access, user);
+        if let Decision::HiddenFault(m) = &d {
+            self.apply(mapper, m);
+        }
+        d
+    }
+
+    fn exceeds_user(page: &ShadowPage) -> bool {
+        !page.perms.user || (page.prot.write && !page.perms.writable)
+    }
+
+    fn link(&mut self, n: u32, page: ShadowPage, touched: &mut BTreeSet<u32>) {
+        self.aliases
+            .entry(page_no(page.gpa.0))
+            .or_default()
+            .insert(n);
+        for e in page.entries.iter() {
+            let users = self.by_table.entry(page_no(e.0)).or_default();
+            if users.is_empty() {
+                touched.insert(page_no(e.0));
+            }
+            users.insert(n);
+        }
+        if Self::exceeds_user(&page) {
+            self.beyond_user.insert(n);
+        }
+        self.maps.insert(n, page);
+    }
+
+    /// Forgets the mapping of linear page `n` (the host mapping is the caller's), noting
+    /// frames that stop being page tables.
+    fn unlink(&mut self, n: u32, touched: &mut BTreeSet<u32>) -> Option<ShadowPage> {
+        let page = self.maps.remove(&n)?;
+        let frame = page_no(page.gpa.0);
+        if let Some(set) = self.aliases.get_mut(&frame) {
+            set.remove(&n);
+            if set.is_empty() {
+                self.aliases.remove(&frame);
+            }
+        }
+        for e in page.entries.iter() {
+            let table = page_no(e.0);
+            if let Some(set) = self.by_table.get_mut(&table) {
+                set.remove(&n);
+                if set.is_empty() {
+                    self.by_table.remove(&table);
+                    touched.insert(table);
+                }
+            }
+        }
+        self.beyond_user.remove(&n);
+        Some(page)
+    }
+
+    /// Brings every alias of `frame` to the protections its current use allows:
+    /// write-protects aliases of a new page table or code page, restores write (and
+    /// exec) when that use ends.
+    fn reclassify<H: HostMapper + ?Sized>(&mut self, mapper: &mut H, frame: u32) {
+        let Some(lins) = self.aliases.get(&frame).cloned() else {
+            return;
+        };
+        let page_use = self.page_use(GuestPhys(page_addr(frame)));
+        let wp = self.ctx.wp();
+        let mut gone = Vec::new();
+        for n in lins {
+            let Some(page) = self.maps.get_mut(&n) else {
+                continue;
+            };
+            let prot = grant(page.perms, page.dirty, page_use, page.for_user, wp);
+            if prot == page.prot {
+                continue;
+            }
+            if prot == Prot::NONE {
+                gone.push(n);
+                continue;
+            }
+            page.prot = prot;
+            let beyond = Self::exceeds_user(page);
+            mapper.protect(GuestLinear(page_addr(n)), PAGE_SIZE, prot);
+            if beyond {
+                self.beyond_user.insert(n);
+            } else {
+                self.beyond_user.remove(&n);
+            }
+        }
+        self.drop_pages(mapper, gone);
+    }
+
+    /// Drops the mappings of linear pages `pages`, unmapping contiguous runs at once.
+    fn drop_pages<H: HostMapper + ?Sized>(&mut self, mapper: &mut H, mut pages: Vec<u32>) -> usize {
+        pages.sort_unstable();
+        pages.dedup();
+        let mut touched = BTreeSet::new();
+        let mut run: Option<(u32, u32)> = None;
+        let mut dropped = 0;
+        for n in pages {
+            if self.unlink(n, &mut touched).is_none() {
+                continue;
+            }
+            dropped += 1;
+            run = match run {
+                Some((start, count)) if start + count == n => Some((start, count + 1)),
+                Some((start, count)) => {
+                    mapper.unmap(GuestLinear(page_addr(start)), count * PAGE_SIZE);
+                    Some((n, 1))
+                }
+                None => Some((n, 1)),
+            };
+        }
+        if let Some((start, count)) = run {
+            mapper.unmap(GuestLinear(page_addr(start)), count * PAGE_SIZE);
+        }
+        for frame in touched {
+            self.reclassify(mapper, frame);
+        }
+        dropped
+    }
+
+    /// The guest (or a device, or the monitor's own emulation) wrote `len` bytes at
+    /// `gpa`: drops every mapping derived through an entry the write touched. Returns how
+    /// many 4 KiB mappings were dropped.
+    pub fn table_written<H: HostMapper + ?Sized>(
+        &mut self,
+        mapper: &mut H,
+        gpa: GuestPhys,
+        len: u32,
+    ) -> usize {
+        if len == 0 {
+            return 0;
+        }
+        let size = self.ctx.mode.entry_size();
+        let last = page_no(gpa.0.saturating_add(len - 1));
+        let mut stale = Vec::new();
+        for (_, users) in self.by_table.range(page_no(gpa.0)..=last) {
+            for n in users {
+                let hit = self
+                    .maps
+                    .get(n)
+                    .is_some_and(|p| p.entries.iter().any(|e| overlaps(e.0, size, gpa.0, len)));
+                if hit {
+                    stale.push(*n);
+                }
+            }
+        }
+        self.drop_pages(mapper, stale)
+    }
+
+    /// INVLPG: drops the mapping of the page holding `lin` and every mapping derived
+    /// from the large page that covers it.
+    pub fn invlpg<H: HostMapper + ?Sized>(&mut self, mapper: &mut H, lin: GuestLinear) -> usize {
+        let span = self.ctx.mode.pde_span();
+        let base = page_no(lin.0 & !(span - 1));
+        let mut stale = vec![page_no(lin.0)];
+        stale.extend(
+            self.maps
+                .range(base..=base + (span / PAGE_SIZE - 1))
+                .filter(|(_, p)| p.size != PageSize::Size4K)
+                .map(|(&n, _)| n),
+        );
+        self.drop_pages(mapper, stale)
+    }
+
+    /// Drops every mapping.
+    pub fn flush_all<H: HostMapper + ?Sized>(&mut self, mapper: &mut H) -> usize {
+        let all = self.maps.keys().copied().collect();
+        self.drop_pages(mapper, all)
+    }
+
+    /// Drops every mapping except global ones (when CR4.PGE is set): what a CR3 write
+    /// does to the TLB.
+    pub fn flush_non_global<H: HostMapper + ?Sized>(&mut self, mapper: &mut H) -> usize {
+        let pge = self.ctx.pge();
+        let stale = self
+            .maps
+            .iter()
+            .filter(|(_, p)| !(pge && p.global))
+            .map(|(&n, _)| n)
+            .collect();
+        self.drop_pages(mapper, stale)
+    }
+
+    /// MOV to CR3: under PAE loads the PDPTEs; drops non-global mappings.
+    ///
+    /// # Errors
+    /// [`PdpteFault`] (inject #GP(0); nothing changed) when PAE paging is on and a PDPTE
+    /// has reserved bits set.
+    pub fn write_cr3<M: GuestPhysMemory + ?Sized, H: HostMapper + ?Sized>(
+        &mut self,
+        mem: &M,
+        mapper: &mut H,
+        cr3: u32,
+    ) -> Result<(), PdpteFault> {
+        let c = self.ctx;
+        self.set_control(mem, mapper, c.cr0, cr3, c.cr4, c.efer, true)
+    }
+
+    /// MOV to CR0 (or LMSW, CLTS). Changing PG or WP drops every mapping.
+    ///
+    /// # Errors
+    /// [`PdpteFault`] as for [`Self::write_cr3`] when the write makes the CPU reload the
+    /// PDPTEs.
+    pub fn write_cr0<M: GuestPhysMemory + ?Sized, H: HostMapper + ?Sized>(
+        &mut self,
+        mem: &M,
+        mapper: &mut H,
+        cr0: u32,
+    ) -> Result<(), PdpteFault> {
+        let c = self.ctx;
+        self.set_control(mem, mapper, cr0, c.cr3, c.cr4, c.efer, false)
+    }
+
+    /// MOV to CR4. Changing PSE, PAE or PGE drops every mapping.
+    ///
+    /// # Errors
+    /// [`PdpteFault`] as for [`Self::write_cr0`].
+    pub fn write_cr4<M: GuestPhysMemory + ?Sized, H: HostMapper + ?Sized>(
+        &mut self,
+        mem: &M,
+        mapper: &mut H,
+        cr4: u32,
+    ) -> Result<(), PdpteFault> {
+        let c = self.ctx;
+        self.set_control(mem, mapper, c.cr0, c.cr3, cr4, c.efer, false)
+    }
+
+    /// WRMSR to IA32_EFER. Changing NXE drops every mapping.
+    pub fn write_efer<H: HostMapper + ?Sized>(&mut self, mapper: &mut H, efer: u64) {
+        let c = self.ctx;
+        if (c.efer ^ efer) & EFER_NXE != 0 {
+            self.flush_all(mapper);
+        }
+        self.ctx.efer = efer;
+        self.ctx.mode = PagingMode::from_control(c.cr0, c.cr4, efer);
+    }
+
+    #[allow(clippy::too_many_arguments)] // the four registers plus what was written
+    fn set_control<M: GuestPhysMemory + ?Sized, H: HostMapper + ?Sized>(
+        &mut self,
+        mem: &M,
+        mapper: &mut H,
+        cr0: u32,
+        cr3: u32,
+        cr4: u32,
+        efer: u64,
+        cr3_written: bool,
+    ) -> Result<(), PdpteFault> {
+        let old = self.ctx;
+        let mode = PagingMode::from_control(cr0, cr4, efer);
+        let mut next = PagingContext {
+            cr0,
+            cr3,
+            cr4,
+            efer,
+            mode,
+            roots: old.roots,
+        };
+        let reload = matches!(mode, PagingMode::Pae { .. })
+            && (cr3_written || next.reloads_pdptes_from(old.cr0, old.cr4));
+        if reload {
+            next.roots = PaeRoots::load(mem, cr3)?;
+        } else if !matches!(mode, PagingMode::Pae { .. }) {
+            next.roots = PaeRoots::default();
+        }
+        let everything = (old.cr0 ^ cr0) & (CR0_PG | CR0_WP) != 0
+            || (old.cr4 ^ cr4) & (CR4_PSE | CR4_PAE | CR4_PGE) != 0
+            || (reload && !cr3_written);
+        self.ctx = next;
+        if everything {
+            self.flush_all(mapper);
+        } else if cr3_written && mode != PagingMode::Off {
+            self.flush_non_global(mapper);
+        }
+        Ok(())
+    }
+
+    /// The frame holding `gpa` was scanned and patched: write-protect (and, if
+    /// `exec_only`, read-protect) every alias, so writes revert the patches.
+    pub fn mark_code<H: HostMapper + ?Sized>(
+        &mut self,
+        mapper: &mut H,
+        gpa: GuestPhys,
+        exec_only: bool,
+    ) {
+        self.code.insert(page_no(gpa.0), exec_only);
+        self.reclassify(mapper, page_no(gpa.0));
+    }
+
+    /// The frame holding `gpa` is no longer scanned code (its patches were reverted):
+    /// aliases lose exec and regain what plain data may have.
+    pub fn unmark_code<H: HostMapper + ?Sized>(&mut self, mapper: &mut H, gpa: GuestPhys) {
+        if self.code.remove(&page_no(gpa.0)).is_some() {
+            self.reclassify(mapper, page_no(gpa.0));
+        }
+    }
+
+    /// The virtual CPL becomes 3: mappings below `user_limit` that give more than user
+    /// mode may have (supervisor pages; read-only pages made writable under CR0.WP = 0)
+    /// are dropped or write-protected. Above `user_limit` the clamped segment limits keep
+    /// user code out, so kernel mappings there stay. Going back to CPL 0 needs no call:
+    /// supervisor accesses upgrade mappings through hidden faults.
+    pub fn enter_user_mode<H: HostMapper + ?Sized>(
+        &mut self,
+        mapper: &mut H,
+        user_limit: GuestLinear,
+    ) {
+        let below: Vec<u32> = self
+            .beyond_user
+            .iter()
+            .copied()
+            .filter(|&n| u64::from(page_addr(n)) < u64::from(user_limit.0))
+            .collect();
+        let wp = self.ctx.wp();
+        let mut gone = Vec::new();
+        for n in below {
+            let Some(page) = self.maps.get(&n).copied() else {
+                continue;
+            };
+            let prot = grant(page.perms, page.dirty, self.page_use(page.gpa), true, wp);
+            if !page.perms.user || prot == Prot::NONE {
+                gone.push(n);
+                continue;
+            }
+            self.beyond_user.remove(&n);
+            if let Some(p) = self.maps.get_mut(&n) {
+                p.prot = prot;
+                p.for_user = true;
+            }
+            mapper.protect(GuestLinear(page_addr(n)), PAGE_SIZE, prot);
+        }
+        self.drop_pages(mapper, gone);
+    }
+}
