@@ -694,3 +694,558 @@ impl ShadowState {
         self.drop_pages(mapper, gone);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bits::{entry, ErrorCode, CR0_PE};
+    use crate::testutil::{FakeMapper, FakeMemory};
+
+    const P: u32 = entry::P as u32;
+    const RW: u32 = entry::RW as u32;
+    const US: u32 = entry::US as u32;
+    const A: u32 = entry::A as u32;
+    const D: u32 = entry::D as u32;
+    const PS: u32 = entry::PS as u32;
+    const G: u32 = entry::G as u32;
+    const PD: u32 = 0x1000;
+    const PT: u32 = 0x2000;
+    const RW_PROT: Prot = Prot {
+        read: true,
+        write: true,
+        exec: false,
+    };
+
+    /// 32-bit paging with CR0.WP and CR4.PSE; PDE 1 (0x0040_0000..) → PT at 0x2000,
+    /// where entry i maps 0x0040_0000 + i * 4 KiB to `pte(i)` if it returns one.
+    fn setup(pte: impl Fn(u32) -> Option<u32>) -> (FakeMemory, ShadowState, FakeMapper) {
+        let mut mem = FakeMemory::new(1 << 20);
+        mem.set32(PD + 4, PT | P | RW | US);
+        for i in 0..1024 {
+            if let Some(v) = pte(i) {
+                mem.set32(PT + 4 * i, v);
+            }
+        }
+        let mut s = ShadowState::new(ShadowConfig::default());
+        let mut m = FakeMapper::default();
+        s.write_cr4(&mem, &mut m, CR4_PSE | CR4_PGE).unwrap();
+        s.write_cr3(&mem, &mut m, PD).unwrap();
+        s.write_cr0(&mem, &mut m, CR0_PE | CR0_PG | CR0_WP).unwrap();
+        (mem, s, m)
+    }
+
+    fn lin(i: u32) -> GuestLinear {
+        GuestLinear(0x0040_0000 + i * PAGE_SIZE)
+    }
+
+    fn mapped(d: Decision) -> MapDecision {
+        match d {
+            Decision::HiddenFault(m) => m,
+            other => panic!("expected a hidden fault, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn write_after_read_sets_dirty_then_maps_writable() {
+        let (mut mem, mut s, mut m) = setup(|i| (i == 3).then_some(0x9000 | P | RW));
+        let d = mapped(s.on_host_fault(&mut mem, &mut m, lin(3), HostAccess::Read, false));
+        assert_eq!(
+            (d.lin, d.gpa, d.len, d.prot),
+            (lin(3), GuestPhys(0x9000), PAGE_SIZE, Prot::READ)
+        );
+        assert_eq!(m.at(lin(3).0), Some((GuestPhys(0x9000), Prot::READ)));
+        assert_eq!(mem.get32(PT + 12) & (A | D), A);
+        let d = mapped(s.on_host_fault(&mut mem, &mut m, lin(3), HostAccess::Write, false));
+        assert_eq!(d.prot, RW_PROT);
+        assert_eq!(mem.get32(PT + 12) & D, D);
+        assert_eq!(m.at(lin(3).0), Some((GuestPhys(0x9000), RW_PROT)));
+        assert!(s.is_page_table(GuestPhys(PT)) && s.is_page_table(GuestPhys(PD)));
+    }
+
+    #[test]
+    fn true_faults_carry_the_guest_error_code() {
+        let (mut mem, mut s, mut m) = setup(|i| match i {
+            0 => Some(0x9000 | P | RW),
+            1 => Some(0xa000 | P | US),
+            _ => None,
+        });
+        let user_to_kernel = s.on_host_fault(&mut mem, &mut m, lin(0), HostAccess::Read, true);
+        let code = ErrorCode(ErrorCode::P | ErrorCode::U);
+        assert_eq!(
+            user_to_kernel,
+            Decision::TrueFault(crate::PageFault {
+                cr2: lin(0),
+                error_code: code
+            })
+        );
+        let read_only = s.on_host_fault(&mut mem, &mut m, lin(1), HostAccess::Write, false);
+        let code = ErrorCode(ErrorCode::P | ErrorCode::W);
+        assert_eq!(
+            read_only,
+            Decision::TrueFault(crate::PageFault {
+                cr2: lin(1),
+                error_code: code
+            })
+        );
+        let missing = s.on_host_fault(
+            &mut mem,
+            &mut m,
+            lin(2).wrapping_add(5),
+            HostAccess::Fetch,
+            true,
+        );
+        let code = ErrorCode(ErrorCode::U);
+        assert_eq!(
+            missing,
+            Decision::TrueFault(crate::PageFault {
+                cr2: lin(2).wrapping_add(5),
+                error_code: code
+            })
+        );
+        assert!(m.pages.is_empty());
+    }
+
+    #[test]
+    fn runs_cover_accessed_contiguous_neighbours_only() {
+        // Entries 16..32 map contiguous frames; 20 was never accessed, 27 breaks contiguity.
+        let (mut mem, mut s, mut m) = setup(|i| {
+            let a = if i == 20 { 0 } else { A | D };
+            let frame = if i == 27 {
+                0x8_0000
+            } else {
+                0x4_0000 + i * PAGE_SIZE
+            };
+            (16..32).contains(&i).then_some(frame | P | RW | a)
+        });
+        let d = mapped(s.on_host_fault(&mut mem, &mut m, lin(23), HostAccess::Write, false));
+        assert_eq!((d.lin, d.len, d.prot), (lin(21), 6 * PAGE_SIZE, RW_PROT));
+        assert_eq!(d.gpa, GuestPhys(0x4_0000 + 21 * PAGE_SIZE));
+        assert_eq!(m.maps, 1);
+        for i in 21..27 {
+            let page = s.mapping(lin(i)).unwrap();
+            assert_eq!(page.entries.pte, Some(GuestPhys(PT + 4 * i)));
+            assert_eq!(
+                m.at(lin(i).0),
+                Some((GuestPhys(0x4_0000 + i * PAGE_SIZE), RW_PROT))
+            );
+        }
+        assert_eq!(
+            mem.get32(PT + 80) & A,
+            0,
+            "a run never sets A on a neighbour"
+        );
+        // A PTE write drops exactly the mapping derived through it.
+        mem.set32(PT + 4 * 24, 0);
+        assert_eq!(s.table_written(&mut m, GuestPhys(PT + 4 * 24), 4), 1);
+        assert_eq!(m.at(lin(24).0), None);
+        assert!(m.at(lin(23).0).is_some() && m.at(lin(25).0).is_some());
+        // A PDE write drops everything derived through that PDE.
+        assert_eq!(s.table_written(&mut m, GuestPhys(PD + 4), 4), 5);
+        assert!(m.pages.is_empty() && s.mappings().next().is_none());
+        assert!(!s.is_page_table(GuestPhys(PT)));
+    }
+
+    #[test]
+    fn page_table_pages_are_never_writable() {
+        // Entry 1 maps the page table itself; entry 0 maps a data page.
+        let (mut mem, mut s, mut m) = setup(|i| match i {
+            0 => Some(0x9000 | P | RW | A | D),
+            1 => Some(PT | P | RW | A | D),
+            _ => None,
+        });
+        let d = mapped(s.on_host_fault(&mut mem, &mut m, lin(1), HostAccess::Read, false));
+        assert_eq!(
+            d.prot,
+            Prot::READ,
+            "the walk itself made this frame a page table"
+        );
+        match s.on_host_fault(&mut mem, &mut m, lin(1), HostAccess::Write, false) {
+            Decision::Mediate { translation } => {
+                assert_eq!(translation.frame(), crate::GuestPhys64(u64::from(PT)))
+            }
+            other => panic!("expected mediation, got {other:?}"),
+        }
+        // A frame stops being a page table when the last mapping derived through it
+        // goes; its aliases then regain write. PDE 2 (0x0080_0000..) → PT2 at 0x3000,
+        // whose entry 0 maps the first page table, PT.
+        let (mut mem, mut s, mut m) = setup(|i| (i == 2).then_some(0x3000 | P | RW | A | D));
+        mem.set32(PD + 8, 0x3000 | P | RW);
+        mem.set32(0x3000, PT | P | RW | A | D);
+        let d = mapped(s.on_host_fault(&mut mem, &mut m, lin(2), HostAccess::Write, false));
+        assert_eq!((d.gpa, d.prot), (GuestPhys(0x3000), RW_PROT));
+        let data = GuestLinear(0x0080_0000);
+        let d = mapped(s.on_host_fault(&mut mem, &mut m, data, HostAccess::Read, false));
+        assert_eq!(
+            (d.gpa, d.prot),
+            (GuestPhys(PT), Prot::READ),
+            "PT is lin(2)'s table"
+        );
+        assert_eq!(
+            m.at(lin(2).0),
+            Some((GuestPhys(0x3000), Prot::READ)),
+            "PT2 became a table"
+        );
+        mem.set32(PD + 4, 0);
+        assert_eq!(s.table_written(&mut m, GuestPhys(PD + 4), 4), 1);
+        assert_eq!(m.at(lin(2).0), None);
+        assert!(!s.is_page_table(GuestPhys(PT)) && s.is_page_table(GuestPhys(0x3000)));
+        assert_eq!(
+            m.at(data.0),
+            Some((GuestPhys(PT), RW_PROT)),
+            "write restored"
+        );
+    }
+
+    #[test]
+    fn aliases_of_a_new_page_table_are_write_protected() {
+        // 0x0040_0000 maps frame 0x5000 writable; later 0x5000 becomes the page table of
+        // PDE 3 (0x00c0_0000..), through which 0x00c0_0000 maps frame 0x9000.
+        let (mut mem, mut s, mut m) = setup(|i| (i == 0).then_some(0x5000 | P | RW | A | D));
+        mapped(s.on_host_fault(&mut mem, &mut m, lin(0), HostAccess::Write, false));
+        assert_eq!(m.at(lin(0).0).unwrap().1, RW_PROT);
+        mem.set32(PD + 12, 0x5000 | P | RW);
+        mem.set32(0x5000, 0x9000 | P | RW | A | D);
+        let d = mapped(s.on_host_fault(
+            &mut mem,
+            &mut m,
+            GuestLinear(0x00c0_0000),
+            HostAccess::Write,
+            false,
+        ));
+        assert_eq!(d.prot, RW_PROT);
+        assert_eq!(m.at(lin(0).0).unwrap().1, Prot::READ);
+        assert!(matches!(
+            s.on_host_fault(&mut mem, &mut m, lin(0), HostAccess::Write, false),
+            Decision::Mediate { .. }
+        ));
+    }
+
+    #[test]
+    fn cr3_write_keeps_only_global_pages_under_pge() {
+        let (mut mem, mut s, mut m) = setup(|i| match i {
+            0 => Some(0x9000 | P | RW | A | D | G),
+            1 => Some(0xa000 | P | RW | A | D),
+            _ => None,
+        });
+        s.config.max_run_pages = 1;
+        mapped(s.on_host_fault(&mut mem, &mut m, lin(0), HostAccess::Read, false));
+        mapped(s.on_host_fault(&mut mem, &mut m, lin(1), HostAccess::Read, false));
+        s.write_cr3(&mem, &mut m, PD).unwrap();
+        assert!(m.at(lin(0).0).is_some());
+        assert_eq!(m.at(lin(1).0), None);
+        // Without PGE (clearing it flushes everything) nothing is global.
+        s.write_cr4(&mem, &mut m, CR4_PSE).unwrap();
+        assert!(m.pages.is_empty());
+        mapped(s.on_host_fault(&mut mem, &mut m, lin(0), HostAccess::Read, false));
+        s.write_cr3(&mem, &mut m, PD).unwrap();
+        assert!(m.pages.is_empty());
+    }
+
+    #[test]
+    fn paging_mode_changes_drop_everything() {
+        let (mut mem, mut s, mut m) = setup(|i| (i == 0).then_some(0x9000 | P | RW | A | D | G));
+        let cr0 = s.context().cr0;
+        for change in [0, 1, 2] {
+            mapped(s.on_host_fault(&mut mem, &mut m, lin(0), HostAccess::Read, false));
+            assert!(!m.pages.is_empty());
+            match change {
+                0 => s.write_cr0(&mem, &mut m, cr0 & !CR0_WP).unwrap(),
+                1 => s.write_cr0(&mem, &mut m, cr0 | CR0_WP).unwrap(),
+                _ => s.write_efer(&mut m, EFER_NXE),
+            }
+            assert!(m.pages.is_empty(), "change {change}");
+        }
+        // Writes that change nothing paging-related keep the mappings.
+        mapped(s.on_host_fault(&mut mem, &mut m, lin(0), HostAccess::Read, false));
+        s.write_cr0(&mem, &mut m, cr0 | (1 << 3)).unwrap();
+        assert!(!m.pages.is_empty());
+    }
+
+    #[test]
+    fn invlpg_drops_the_page_or_the_whole_large_page() {
+        let (mut mem, mut s, mut m) =
+            setup(|i| (i < 4).then_some((0x9000 + i * PAGE_SIZE) | P | RW | A));
+        let d = mapped(s.on_host_fault(&mut mem, &mut m, lin(1), HostAccess::Read, false));
+        assert_eq!(d.len, 4 * PAGE_SIZE);
+        assert_eq!(s.invlpg(&mut m, lin(2).wrapping_add(0x10)), 1);
+        assert_eq!(m.pages.len(), 3);
+        // PDE 4 maps a 4 MiB page at 0: pages of it mapped in one run all go.
+        mem.set32(PD + 16, P | RW | PS | A | D);
+        let big = GuestLinear(0x0102_8000);
+        let d = mapped(s.on_host_fault(&mut mem, &mut m, big, HostAccess::Read, false));
+        let want = (
+            GuestLinear(0x0102_0000),
+            GuestPhys(0x2_0000),
+            16 * PAGE_SIZE,
+            RW_PROT,
+        );
+        assert_eq!((d.lin, d.gpa, d.len, d.prot), want);
+        // A run never covers a page-table frame: frames 1 and 2 hold PD and PT.
+        let d = mapped(s.on_host_fault(
+            &mut mem,
+            &mut m,
+            GuestLinear(0x0100_8000),
+            HostAccess::Read,
+            false,
+        ));
+        assert_eq!((d.lin, d.len), (GuestLinear(0x0100_3000), 13 * PAGE_SIZE));
+        assert_eq!(s.invlpg(&mut m, GuestLinear(0x013f_f000)), 29);
+        assert_eq!(m.pages.len(), 3);
+    }
+
+    #[test]
+    fn pae_invlpg_and_large_runs() {
+        let mut mem = FakeMemory::new(4 << 20);
+        let pdpt = 0x1000;
+        mem.set64(pdpt, 0x2000 | entry::P);
+        mem.set64(
+            0x2000 + 8,
+            0x0020_0000 | entry::P | entry::RW | entry::PS | entry::A,
+        );
+        let mut s = ShadowState::new(ShadowConfig {
+            max_run_pages: 600,
+            ..ShadowConfig::default()
+        });
+        let mut m = FakeMapper::default();
+        assert_eq!(s.config().max_run_pages, 512);
+        s.write_cr4(&mem, &mut m, CR4_PAE).unwrap();
+        s.write_cr3(&mem, &mut m, pdpt).unwrap();
+        s.write_cr0(&mem, &mut m, CR0_PE | CR0_PG).unwrap();
+        let d = mapped(s.on_host_fault(
+            &mut mem,
+            &mut m,
+            GuestLinear(0x0030_0000),
+            HostAccess::Read,
+            false,
+        ));
+        assert_eq!(
+            (d.lin, d.len, d.prot, d.size),
+            (
+                GuestLinear(0x0020_0000),
+                2 << 20,
+                Prot::READ,
+                PageSize::Size2M
+            )
+        );
+        assert_eq!(s.invlpg(&mut m, GuestLinear(0x0020_0000)), 512);
+        assert!(m.pages.is_empty());
+        // A PDPTE with reserved bits makes the CR3 write fail and leaves the state alone.
+        mem.set64(0x3000, entry::P | (1 << 5));
+        assert!(s.write_cr3(&mem, &mut m, 0x3000).is_err());
+        assert_eq!(s.context().cr3, pdpt);
+    }
+
+    #[test]
+    fn code_pages_are_scanned_then_executable_never_writable() {
+        let (mut mem, mut s, mut m) = setup(|i| match i {
+            0 | 1 => Some(0x9000 | P | RW | US | A | D),
+            _ => None,
+        });
+        s.config.max_run_pages = 1;
+        mapped(s.on_host_fault(&mut mem, &mut m, lin(1), HostAccess::Write, true));
+        let gpa = match s.on_host_fault(&mut mem, &mut m, lin(0), HostAccess::Fetch, true) {
+            Decision::ScanFirst { gpa, .. } => gpa,
+            other => panic!("expected a scan, got {other:?}"),
+        };
+        assert_eq!(gpa, GuestPhys(0x9000));
+        s.mark_code(&mut m, gpa, false);
+        assert_eq!(
+            m.at(lin(1).0).unwrap().1,
+            Prot {
+                read: true,
+                write: false,
+                exec: true
+            }
+        );
+        let d = mapped(s.on_host_fault(&mut mem, &mut m, lin(0), HostAccess::Fetch, true));
+        assert_eq!(
+            d.prot,
+            Prot {
+                read: true,
+                write: false,
+                exec: true
+            }
+        );
+        assert!(matches!(
+            s.on_host_fault(&mut mem, &mut m, lin(1), HostAccess::Write, true),
+            Decision::CodeWrite { .. }
+        ));
+        s.mark_code(&mut m, gpa, true);
+        assert_eq!(
+            m.at(lin(0).0).unwrap().1,
+            Prot {
+                read: false,
+                write: false,
+                exec: true
+            }
+        );
+        assert!(matches!(
+            s.on_host_fault(&mut mem, &mut m, lin(0), HostAccess::Read, true),
+            Decision::Emulate {
+                reason: EmulateReason::ReadPatchedCode,
+                ..
+            }
+        ));
+        s.unmark_code(&mut m, gpa);
+        assert_eq!(m.at(lin(0).0).unwrap().1, RW_PROT);
+        assert_eq!(m.at(lin(1).0).unwrap().1, RW_PROT);
+    }
+
+    #[test]
+    fn nx_code_is_never_executable() {
+        let mut mem = FakeMemory::new(1 << 20);
+        mem.set64(0x1000, 0x2000 | entry::P);
+        mem.set64(0x2000, 0x3000 | entry::P | entry::RW | entry::US);
+        mem.set64(0x3000 + 8, 0x9000 | entry::P | entry::US | entry::XD);
+        let mut s = ShadowState::new(ShadowConfig::default());
+        let mut m = FakeMapper::default();
+        s.write_efer(&mut m, EFER_NXE);
+        s.write_cr4(&mem, &mut m, CR4_PAE).unwrap();
+        s.write_cr3(&mem, &mut m, 0x1000).unwrap();
+        s.write_cr0(&mem, &mut m, CR0_PE | CR0_PG | CR0_WP).unwrap();
+        s.mark_code(&mut m, GuestPhys(0x9000), false);
+        let d = mapped(s.on_host_fault(
+            &mut mem,
+            &mut m,
+            GuestLinear(0x1000),
+            HostAccess::Read,
+            true,
+        ));
+        assert_eq!(d.prot, Prot::READ);
+        let code = ErrorCode(ErrorCode::P | ErrorCode::U | ErrorCode::ID);
+        assert_eq!(
+            s.on_host_fault(
+                &mut mem,
+                &mut m,
+                GuestLinear(0x1000),
+                HostAccess::Fetch,
+                true
+            ),
+            Decision::TrueFault(crate::PageFault {
+                cr2: GuestLinear(0x1000),
+                error_code: code
+            })
+        );
+    }
+
+    #[test]
+    fn mmio_and_low_pages_are_emulated() {
+        let (mut mem, mut s, mut m) = setup(|i| (i == 0).then_some(0xfee0_0000 | P | RW | A | D));
+        assert!(matches!(
+            s.on_host_fault(&mut mem, &mut m, lin(0), HostAccess::Write, false),
+            Decision::Emulate {
+                reason: EmulateReason::NotRam,
+                ..
+            }
+        ));
+        s.write_cr0(&mem, &mut m, CR0_PE).unwrap();
+        assert!(matches!(
+            s.on_host_fault(&mut mem, &mut m, GuestLinear(0x7c), HostAccess::Read, false),
+            Decision::Emulate {
+                reason: EmulateReason::LowPage,
+                ..
+            }
+        ));
+        // Paging off maps RAM 1:1: data in runs, a fetched page alone once scanned.
+        let d = mapped(s.on_host_fault(
+            &mut mem,
+            &mut m,
+            GuestLinear(0x2_3000),
+            HostAccess::Write,
+            false,
+        ));
+        assert_eq!(
+            (d.lin, d.gpa, d.len, d.prot),
+            (
+                GuestLinear(0x2_0000),
+                GuestPhys(0x2_0000),
+                16 * PAGE_SIZE,
+                RW_PROT
+            )
+        );
+        m.pages.clear();
+        let d = mapped(
+            s.on_host_fault(
+                &mut mem,
+                &mut m,
+                GuestLinear(0x5000),
+                HostAccess::Fetch,
+                false,
+            )
+            .scan_and_retry(&mut s, &mut m, &mut mem),
+        );
+        assert_eq!(
+            (d.lin, d.gpa, d.len),
+            (GuestLinear(0x5000), GuestPhys(0x5000), PAGE_SIZE)
+        );
+        assert_eq!(
+            m.at(0x5000).unwrap().1,
+            Prot {
+                read: true,
+                write: false,
+                exec: true
+            }
+        );
+    }
+
+    /// Plays the engine's part for a fetch: scan, mark, retry.
+    trait ScanAndRetry {
+        fn scan_and_retry(
+            self,
+            s: &mut ShadowState,
+            m: &mut FakeMapper,
+            mem: &mut FakeMemory,
+        ) -> Decision;
+    }
+
+    impl ScanAndRetry for Decision {
+        fn scan_and_retry(
+            self,
+            s: &mut ShadowState,
+            m: &mut FakeMapper,
+            mem: &mut FakeMemory,
+        ) -> Decision {
+            match self {
+                Decision::ScanFirst { gpa, translation } => {
+                    s.mark_code(m, gpa, false);
+                    s.on_host_fault(mem, m, translation.lin, HostAccess::Fetch, false)
+                }
+                other => other,
+            }
+        }
+    }
+
+    #[test]
+    fn entering_user_mode_drops_supervisor_rights() {
+        let (mut mem, mut s, mut m) = setup(|i| match i {
+            0 => Some(0x9000 | P | RW | A | D),
+            1 => Some(0xa000 | P | US | A | D),
+            2 => Some(0xb000 | P | RW | US | A | D),
+            _ => None,
+        });
+        s.write_cr0(&mem, &mut m, CR0_PE | CR0_PG).unwrap();
+        s.config.max_run_pages = 1;
+        for i in 0..3 {
+            mapped(s.on_host_fault(&mut mem, &mut m, lin(i), HostAccess::Write, false));
+        }
+        assert_eq!(
+            m.at(lin(1).0).unwrap().1,
+            RW_PROT,
+            "CR0.WP=0 lets ring 0 write a read-only page"
+        );
+        s.enter_user_mode(&mut m, GuestLinear(0x0040_0000));
+        assert_eq!(m.pages.len(), 3, "above the user limit nothing changes");
+        s.enter_user_mode(&mut m, GuestLinear(0xc000_0000));
+        assert_eq!(m.at(lin(0).0), None);
+        assert_eq!(m.at(lin(1).0).unwrap().1, Prot::READ);
+        assert_eq!(m.at(lin(2).0).unwrap().1, RW_PROT);
+        assert!(s.beyond_user.is_empty());
+    }
+
+    #[test]
+    fn host_error_code_decoding_ignores_the_host_p_bit() {
+        assert_eq!(HostAccess::from_host_error_code(0x7), HostAccess::Write);
+        assert_eq!(HostAccess::from_host_error_code(0x4), HostAccess::Read);
+        assert_eq!(HostAccess::from_host_error_code(0x15), HostAccess::Fetch);
+    }
+}
