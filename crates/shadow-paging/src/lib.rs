@@ -30,3 +30,9 @@ pub use walk::{peek, walk, Access, PageFault, PageSize, Perms, TableEntries, Tra
 
 #[cfg(test)]
 mod testutil;
+
+#[cfg(test)]
+mod reference;
+
+#[cfg(test)]
+mod proptests;

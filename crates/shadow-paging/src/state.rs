@@ -80,6 +80,8 @@ pub struct ShadowState {
     code: BTreeMap<u32, bool>,
     /// Linear pages whose protections exceed what user mode may have.
     beyond_user: BTreeSet<u32>,
+    /// While the virtual CPL is 3: the linear address below which user code can reach.
+    user_limit: Option<GuestLinear>,
 }
 
 const fn page_no(addr: u32) -> u32 {
@@ -112,6 +114,7 @@ impl ShadowState {
             aliases: BTreeMap::new(),
             code: BTreeMap::new(),
             beyond_user: BTreeSet::new(),
+            user_limit: None,
         }
     }
 
@@ -427,15 +430,22 @@ impl ShadowState {
         let wp = self.ctx.wp();
         let mut gone = Vec::new();
         for n in lins {
+            // In user mode, rights are recomputed as user mode may have them, or a
+            // restore could hand user code a supervisor-only right.
+            let reachable = self
+                .user_limit
+                .is_some_and(|l| u64::from(page_addr(n)) < u64::from(l.0));
             let Some(page) = self.maps.get_mut(&n) else {
                 continue;
             };
-            let prot = grant(page.perms, page.dirty, page_use, page.for_user, wp);
-            if prot == page.prot {
+            let as_user = page.for_user || reachable;
+            let prot = grant(page.perms, page.dirty, page_use, as_user, wp);
+            if (as_user && !page.perms.user) || prot == Prot::NONE {
+                gone.push(n);
                 continue;
             }
-            if prot == Prot::NONE {
-                gone.push(n);
+            page.for_user = as_user;
+            if prot == page.prot {
                 continue;
             }
             page.prot = prot;
@@ -657,16 +667,24 @@ impl ShadowState {
         }
     }
 
+    /// The virtual CPL becomes 0 (an interrupt, exception or system call entered the
+    /// guest kernel). Nothing is unmapped: supervisor accesses upgrade mappings through
+    /// hidden faults.
+    pub fn leave_user_mode(&mut self) {
+        self.user_limit = None;
+    }
+
     /// The virtual CPL becomes 3: mappings below `user_limit` that give more than user
     /// mode may have (supervisor pages; read-only pages made writable under CR0.WP = 0)
     /// are dropped or write-protected. Above `user_limit` the clamped segment limits keep
-    /// user code out, so kernel mappings there stay. Going back to CPL 0 needs no call:
-    /// supervisor accesses upgrade mappings through hidden faults.
+    /// user code out, so kernel mappings there stay. Until [`Self::leave_user_mode`],
+    /// protections restored below `user_limit` are user-mode ones.
     pub fn enter_user_mode<H: HostMapper + ?Sized>(
         &mut self,
         mapper: &mut H,
         user_limit: GuestLinear,
     ) {
+        self.user_limit = Some(user_limit);
         let below: Vec<u32> = self
             .beyond_user
             .iter()
@@ -1240,6 +1258,36 @@ mod tests {
         assert_eq!(m.at(lin(1).0).unwrap().1, Prot::READ);
         assert_eq!(m.at(lin(2).0).unwrap().1, RW_PROT);
         assert!(s.beyond_user.is_empty());
+    }
+
+    #[test]
+    fn restores_in_user_mode_grant_only_user_rights() {
+        // 0x0040_0000 maps a user read-only page in frame 0x3000, which is also the page
+        // table behind kernel page 0x00c0_0000. Under CR0.WP = 0 the kernel may write the
+        // user page, but once the table role ends in user mode, user rights apply.
+        let (mut mem, mut s, mut m) = setup(|i| (i == 0).then_some(0x3000 | P | US | A | D));
+        s.write_cr0(&mem, &mut m, CR0_PE | CR0_PG).unwrap();
+        mem.set32(PD + 12, 0x3000 | P | RW);
+        mem.set32(0x3000, 0x9000 | P | RW | A | D);
+        mapped(s.on_host_fault(
+            &mut mem,
+            &mut m,
+            GuestLinear(0x00c0_0000),
+            HostAccess::Read,
+            false,
+        ));
+        let d = mapped(s.on_host_fault(&mut mem, &mut m, lin(0), HostAccess::Read, false));
+        assert_eq!(
+            d.prot,
+            Prot::READ,
+            "a page table, though ring 0 may write it"
+        );
+        s.enter_user_mode(&mut m, GuestLinear(0xc000_0000));
+        assert_eq!(m.at(0x00c0_0000), None);
+        assert_eq!(m.at(lin(0).0), Some((GuestPhys(0x3000), Prot::READ)));
+        s.leave_user_mode();
+        let d = mapped(s.on_host_fault(&mut mem, &mut m, lin(0), HostAccess::Write, false));
+        assert_eq!(d.prot, RW_PROT, "back in ring 0 with the table role gone");
     }
 
     #[test]
