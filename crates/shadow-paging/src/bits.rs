@@ -23,7 +23,7 @@ pub const CR4_PGE: u32 = 1 << 7;
 /// IA32_EFER.NXE (bit 11): the XD bit of PAE entries is honoured.
 pub const EFER_NXE: u64 = 1 << 11;
 
-/// The MAXPHYADDR the monitor's CPU model reports (CPUID 80000008H:EAX[7:0]); it sets
+/// The MAXPHYADDR the monitor's CPU model reports (CPUID 80000008H, EAX bits 7:0); it sets
 /// which PAE and PSE-36 address bits are reserved.
 pub const MAX_PHYS_ADDR_BITS: u32 = 36;
 
@@ -101,6 +101,47 @@ pub mod entry {
     }
 }
 
+/// How paging splits a linear address into table indices and a page offset
+/// (SDM Figures 4-2..4-3 for 32-bit paging, 4-5..4-6 for PAE paging).
+pub mod linear {
+    /// 32-bit paging: bits 31:22 select the PDE.
+    pub const fn legacy_pde_index(lin: u32) -> u32 {
+        lin >> 22
+    }
+    /// 32-bit paging: bits 21:12 select the PTE.
+    pub const fn legacy_pte_index(lin: u32) -> u32 {
+        (lin >> 12) & 0x3ff
+    }
+    /// 32-bit paging: bits 21:0 are the offset within a 4 MiB page.
+    pub const fn offset_4m(lin: u32) -> u32 {
+        lin & 0x3f_ffff
+    }
+    /// PAE paging: bits 31:30 select the PDPTE.
+    pub const fn pdpte_index(lin: u32) -> usize {
+        (lin >> 30) as usize
+    }
+    /// PAE paging: bits 29:21 select the PDE.
+    pub const fn pae_pde_index(lin: u32) -> u32 {
+        (lin >> 21) & 0x1ff
+    }
+    /// PAE paging: bits 20:12 select the PTE.
+    pub const fn pae_pte_index(lin: u32) -> u32 {
+        (lin >> 12) & 0x1ff
+    }
+    /// PAE paging: bits 20:0 are the offset within a 2 MiB page.
+    pub const fn offset_2m(lin: u32) -> u32 {
+        lin & 0x1f_ffff
+    }
+    /// Bits 11:0 are the offset within a 4 KiB page.
+    pub const fn offset_4k(lin: u32) -> u32 {
+        lin & 0xfff
+    }
+    /// Bytes of a 32-bit paging entry.
+    pub const LEGACY_ENTRY_BYTES: u32 = 4;
+    /// Bytes of a PAE paging entry.
+    pub const PAE_ENTRY_BYTES: u32 = 8;
+}
+
 /// The page-fault error code pushed with #PF (SDM §4.7, Figure 4-12).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct ErrorCode(pub u32);
@@ -115,7 +156,7 @@ impl ErrorCode {
     /// RSVD (bit 3): a reserved bit was set in a paging-structure entry.
     pub const RSVD: u32 = 1 << 3;
     /// I/D (bit 4): the access was an instruction fetch (reported only when NX is in
-    /// effect, see [`crate::walk`]).
+    /// effect, see [`mod@crate::walk`]).
     pub const ID: u32 = 1 << 4;
 
     /// Whether the page was present (protection or reserved-bit violation).

@@ -1,7 +1,9 @@
 //! The paging mode and its roots, as the control registers select them (SDM §4.1).
 
 use crate::addr::GuestPhys;
-use crate::bits::{entry, CR0_CD, CR0_NW, CR0_PG, CR0_WP, CR4_PAE, CR4_PGE, CR4_PSE, EFER_NXE};
+use crate::bits::{
+    entry, linear, CR0_CD, CR0_NW, CR0_PG, CR0_WP, CR4_PAE, CR4_PGE, CR4_PSE, EFER_NXE,
+};
 use crate::memory::GuestPhysMemory;
 use thiserror::Error;
 
@@ -49,8 +51,8 @@ impl PagingMode {
     /// Bytes of one paging-structure entry.
     pub fn entry_size(self) -> u32 {
         match self {
-            Self::Pae { .. } => 8,
-            Self::Off | Self::TwoLevel { .. } => 4,
+            Self::Pae { .. } => linear::PAE_ENTRY_BYTES,
+            Self::Off | Self::TwoLevel { .. } => linear::LEGACY_ENTRY_BYTES,
         }
     }
 }

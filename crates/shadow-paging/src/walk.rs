@@ -12,7 +12,7 @@
 //!   translations it caches.
 
 use crate::addr::{GuestLinear, GuestPhys, GuestPhys64};
-use crate::bits::{entry, ErrorCode};
+use crate::bits::{entry, linear, ErrorCode};
 use crate::memory::GuestPhysMemory;
 use crate::mode::{legacy_directory_base, PagingContext, PagingMode};
 
@@ -258,7 +258,9 @@ fn walk_legacy<M: GuestPhysMemory + ?Sized>(
 ) -> Result<Walked, PageFault> {
     let l = lin.0;
     let not_present = || PageFault::new(lin, access, false, false, false);
-    let pde_gpa = GuestPhys(legacy_directory_base(cr3) | (l >> 22) << 2);
+    let pde_gpa = GuestPhys(
+        legacy_directory_base(cr3) + linear::legacy_pde_index(l) * linear::LEGACY_ENTRY_BYTES,
+    );
     let pde = read_legacy(mem, pde_gpa);
     if !present(pde) {
         return Err(not_present());
@@ -270,7 +272,7 @@ fn walk_legacy<M: GuestPhysMemory + ?Sized>(
             return Err(PageFault::new(lin, access, true, true, false));
         }
         return Ok(Walked {
-            phys: entry::legacy_addr_4m(raw) | u64::from(l & 0x3f_ffff),
+            phys: entry::legacy_addr_4m(raw) | u64::from(linear::offset_4m(l)),
             size: PageSize::Size4M,
             perms: Perms {
                 writable: pde & entry::RW != 0,
@@ -281,14 +283,17 @@ fn walk_legacy<M: GuestPhysMemory + ?Sized>(
             levels: [Some((pde_gpa, pde)), None],
         });
     }
-    let pte_gpa = GuestPhys(entry::legacy_addr_4k(pde as u32) | ((l >> 12) & 0x3ff) << 2);
+    let pte_gpa = GuestPhys(
+        entry::legacy_addr_4k(pde as u32)
+            + linear::legacy_pte_index(l) * linear::LEGACY_ENTRY_BYTES,
+    );
     let pte = read_legacy(mem, pte_gpa);
     if !present(pte) {
         return Err(not_present());
     }
     let both = pde & pte;
     Ok(Walked {
-        phys: u64::from(entry::legacy_addr_4k(pte as u32) | (l & 0xfff)),
+        phys: u64::from(entry::legacy_addr_4k(pte as u32) | linear::offset_4k(l)),
         size: PageSize::Size4K,
         perms: Perms {
             writable: both & entry::RW != 0,
@@ -307,15 +312,18 @@ fn walk_pae<M: GuestPhysMemory + ?Sized>(
     access: Access,
     nxe: bool,
 ) -> Result<Walked, PageFault> {
-    let l = u64::from(lin.0);
     let not_present = || PageFault::new(lin, access, false, false, nxe);
     let reserved = || PageFault::new(lin, access, true, true, nxe);
     // The PDPTEs were checked for reserved bits when they were loaded.
-    let pdpte = ctx.roots.0[(l >> 30) as usize & 3];
+    let pdpte = ctx.roots.0[linear::pdpte_index(lin.0)];
     if !present(pdpte) {
         return Err(not_present());
     }
-    let (pde_gpa, pde) = read_pae(mem, entry::pae_addr_4k(pdpte) + ((l >> 21) & 0x1ff) * 8);
+    let (pde_gpa, pde) = read_pae(
+        mem,
+        entry::pae_addr_4k(pdpte)
+            + u64::from(linear::pae_pde_index(lin.0) * linear::PAE_ENTRY_BYTES),
+    );
     let pde_gpa = match pde_gpa {
         Some(g) if present(pde) => g,
         _ => return Err(not_present()),
@@ -327,7 +335,7 @@ fn walk_pae<M: GuestPhysMemory + ?Sized>(
     let xd = |e: u64| nxe && e & entry::XD != 0;
     if maps_2m {
         return Ok(Walked {
-            phys: entry::pae_addr_2m(pde) | (l & 0x1f_ffff),
+            phys: entry::pae_addr_2m(pde) | u64::from(linear::offset_2m(lin.0)),
             size: PageSize::Size2M,
             perms: Perms {
                 writable: pde & entry::RW != 0,
@@ -338,7 +346,10 @@ fn walk_pae<M: GuestPhysMemory + ?Sized>(
             levels: [Some((pde_gpa, pde)), None],
         });
     }
-    let (pte_gpa, pte) = read_pae(mem, entry::pae_addr_4k(pde) + ((l >> 12) & 0x1ff) * 8);
+    let (pte_gpa, pte) = read_pae(
+        mem,
+        entry::pae_addr_4k(pde) + u64::from(linear::pae_pte_index(lin.0) * linear::PAE_ENTRY_BYTES),
+    );
     let pte_gpa = match pte_gpa {
         Some(g) if present(pte) => g,
         _ => return Err(not_present()),
@@ -348,7 +359,7 @@ fn walk_pae<M: GuestPhysMemory + ?Sized>(
     }
     let both = pde & pte;
     Ok(Walked {
-        phys: entry::pae_addr_4k(pte) | (l & 0xfff),
+        phys: entry::pae_addr_4k(pte) | u64::from(linear::offset_4k(lin.0)),
         size: PageSize::Size4K,
         perms: Perms {
             writable: both & entry::RW != 0,
