@@ -140,6 +140,14 @@ impl ShadowState {
             .map(|(&n, p)| (GuestLinear(page_addr(n)), p))
     }
 
+    /// The linear pages currently mapping the frame holding `gpa`.
+    pub fn aliases_of(&self, gpa: GuestPhys) -> impl Iterator<Item = GuestLinear> + '_ {
+        let set = self.aliases.get(&page_no(gpa.0));
+        set.into_iter()
+            .flatten()
+            .map(|&n| GuestLinear(page_addr(n)))
+    }
+
     /// What the monitor knows about the frame holding `gpa`.
     pub fn page_use(&self, gpa: GuestPhys) -> PageUse {
         self.page_use_with(gpa, &TableEntries::default())
@@ -323,7 +331,8 @@ impl ShadowState {
             && grant(nt.perms, nt.dirty, page_use, user, self.ctx.wp()) == prot
     }
 
-    /// Installs a mapping [`Self::decide`] returned, replacing what those linear pages
+    /// Installs a mapping [`Self::decide`] returned (on this state, with nothing changed
+    /// in between), replacing what those linear pages
     /// mapped before, and write-protects every alias of a frame that thereby becomes a
     /// page table.
     pub fn apply<H: HostMapper + ?Sized>(&mut self, mapper: &mut H, d: &MapDecision) {
@@ -336,7 +345,7 @@ impl ShadowState {
         for k in 0..pages {
             let n = first + k;
             let page = ShadowPage {
-                gpa: GuestPhys(d.gpa.0 + k * PAGE_SIZE),
+                gpa: d.gpa.wrapping_add(k.wrapping_mul(PAGE_SIZE)),
                 prot: d.prot,
                 perms: d.perms,
                 dirty: d.dirty,
@@ -345,7 +354,10 @@ impl ShadowState {
                 size: d.size,
                 entries: TableEntries {
                     pde: d.entries.pde,
-                    pte: d.entries.pte.map(|p| GuestPhys(p.0 + k * d.entry_stride)),
+                    pte: d
+                        .entries
+                        .pte
+                        .map(|p| p.wrapping_add(k.wrapping_mul(d.entry_stride))),
                 },
             };
             self.link(n, page, &mut touched);
@@ -932,6 +944,10 @@ mod tests {
         ));
         assert_eq!(d.prot, RW_PROT);
         assert_eq!(m.at(lin(0).0).unwrap().1, Prot::READ);
+        assert_eq!(
+            s.aliases_of(GuestPhys(0x5123)).collect::<Vec<_>>(),
+            [lin(0)]
+        );
         assert!(matches!(
             s.on_host_fault(&mut mem, &mut m, lin(0), HostAccess::Write, false),
             Decision::Mediate { .. }
