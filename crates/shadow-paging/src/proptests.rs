@@ -232,7 +232,7 @@ proptest! {
     #[test]
     fn no_panic_on_arbitrary_tables(
         bytes in prop::collection::vec(any::<u8>(), 0..3 * PAGE_SIZE as usize),
-        regs in (any::<u32>(), any::<u32>(), any::<u32>(), any::<u64>()),
+        regs in (any::<u32>(), prop_oneof![any::<u32>(), 0u32..3 * PAGE_SIZE], any::<u32>(), any::<u64>()),
         ops in prop::collection::vec((any::<u32>(), 0u8..3, any::<bool>()), 1..16),
         config in (any::<u32>(), any::<u32>()),
     ) {

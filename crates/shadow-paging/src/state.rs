@@ -173,7 +173,8 @@ impl ShadowState {
 
     /// Decides what a host page fault at `lin` means, walking the guest's tables (which
     /// sets their accessed and dirty bits as the CPU would). `user` is the virtual CPL
-    /// being 3. Nothing is mapped yet: see [`Self::apply`] and [`Self::on_host_fault`].
+    /// being 3; it must agree with [`Self::enter_user_mode`]/[`Self::leave_user_mode`].
+    /// Nothing is mapped yet: see [`Self::apply`] and [`Self::on_host_fault`].
     pub fn decide<M: GuestPhysMemory + ?Sized>(
         &self,
         mem: &mut M,
@@ -310,10 +311,9 @@ impl ShadowState {
         };
         let delta = i64::from(n) - i64::from(here);
         let stride = i64::from(self.ctx.mode.entry_size());
-        let shifted = |p: GuestPhys, by: i64| i64::from(p.0) + by;
         let same_entries = nt.entries.pde == t.entries.pde
             && match (nt.entries.pte, t.entries.pte) {
-                (Some(a), Some(b)) => i64::from(a.0) == shifted(b, delta * stride),
+                (Some(a), Some(b)) => i64::from(a.0) == i64::from(b.0) + delta * stride,
                 (None, None) => true,
                 _ => false,
             };
