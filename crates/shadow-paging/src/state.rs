@@ -66,6 +66,17 @@ pub struct ShadowPage {
 }
 
 /// The shadow address space of one guest.
+///
+/// What it keeps true of the host address space (and the property tests check against
+/// an independent walk after arbitrary sequences of guest actions):
+/// * every mapped linear page translates, in the guest's current tables, to the frame
+///   it maps, through entries whose accessed bits are set (global pages that survived a
+///   CR3 write excepted, as the TLB keeps them);
+/// * a page is writable only if the guest allows the write at the privilege it was
+///   mapped for, its dirty bit is set, and its frame is neither a page table of any
+///   mapping nor scanned code — so every guest write to a page table traps;
+/// * a page is executable only if its frame is scanned code and the guest does not mark
+///   it NX.
 #[derive(Clone, Debug)]
 pub struct ShadowState {
     ctx: PagingContext,
