@@ -385,7 +385,13 @@ impl<'a> Core<'a> {
             if known != 0 {
                 self.starts.push(self.base.wrapping_add(offset as u32));
                 covered = covered.max(offset + known);
-                offset += 1;
+                let end = (offset + known).min(self.lengths.len());
+                // Jump over the instruction unless another one starts inside it.
+                offset = if self.lengths[offset + 1..end].iter().all(|&l| l == 0) {
+                    end
+                } else {
+                    offset + 1
+                };
                 continue;
             }
             if offset < covered {
