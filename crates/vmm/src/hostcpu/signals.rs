@@ -304,8 +304,10 @@ unsafe extern "C" fn on_vcpu_signal(
     // SAFETY: the kernel passes a valid ucontext for SA_SIGINFO handlers; nothing else
     // references it while the handler runs.
     let uc = unsafe { &mut *uc.cast::<libc::ucontext_t>() };
-    // SAFETY: the prologue found `block` in the table; it outlives the registration.
-    let b = unsafe { &mut *block };
+    // SAFETY: the prologue found `block` in the table; it outlives the registration. Only
+    // its atomics are touched through shared references here, because the monitor may hold
+    // `&CpuBlock` (HostCpu::take_pending) at the interrupted point.
+    let shared = unsafe { &*block };
     // SAFETY: `info` is the kernel's siginfo.
     let si_code = unsafe { siginfo_i32(info, SI_CODE_OFFSET) };
     let g = &mut uc.uc_mcontext.gregs;
@@ -314,24 +316,29 @@ unsafe extern "C" fn on_vcpu_signal(
     let in_monitor = cs == HOST_CS64 && rip >= 1 << 32;
 
     if in_monitor {
-        let running = b.running.load(Ordering::Relaxed);
+        let running = shared.running.load(Ordering::Relaxed);
         if running && entry_window().contains(&rip) {
-            if is_async(signo) {
-                b.raw.signo = signo;
-                b.landing = Landing::AsyncInWindow;
-                redirect(uc, b);
-                return;
-            }
-            if is_fault_signal(signo) && si_code > 0 {
+            let landing = if is_async(signo) {
+                Some(Landing::AsyncInWindow)
+            } else if is_fault_signal(signo) && si_code > 0 {
+                Some(Landing::EntryFault)
+            } else {
+                None
+            };
+            if let Some(landing) = landing {
+                // SAFETY: inside the entry sequence `HostCpu::run` holds no reference to
+                // the block (it passed a raw pointer to the assembly); `shared` is not used
+                // again on this path.
+                let b = unsafe { &mut *block };
                 record_raw(b, uc, info, signo, si_code);
-                b.landing = Landing::EntryFault;
+                b.landing = landing;
                 redirect(uc, b);
                 return;
             }
         }
         if is_async(signo) {
-            b.pending_signo.store(signo, Ordering::Relaxed);
-            b.pending.store(1, Ordering::Release);
+            shared.pending_signo.store(signo, Ordering::Relaxed);
+            shared.pending.store(1, Ordering::Release);
             return;
         }
         if signo == libc::SIGSEGV
@@ -345,7 +352,14 @@ unsafe extern "C" fn on_vcpu_signal(
         return;
     }
 
-    if !b.running.load(Ordering::Relaxed) || b.ctx.is_null() {
+    if !shared.running.load(Ordering::Relaxed) {
+        die(signo, si_code, rip);
+        return;
+    }
+    // SAFETY: guest code runs only inside the assembly called by `HostCpu::run`, which holds
+    // no reference to the block meanwhile.
+    let b = unsafe { &mut *block };
+    if b.ctx.is_null() {
         die(signo, si_code, rip);
         return;
     }
