@@ -12,24 +12,23 @@ use vmm::hostcpu::ldt::{self, ldt_selector, LdtDescriptor};
 use vmm::hostcpu::{seccomp, ExitKind, GuestContext, HostCpu, VECTOR_BP, VECTOR_GP};
 use vmm::memory::{GuestRam, LinearSpace, Prot};
 
-const BATCHES: usize = 15;
-const PER_BATCH: u32 = 20_000;
+const BATCHES: usize = 21;
+const PER_BATCH: u32 = 5_000;
 const CODE: u32 = 0x10_0000;
 
-/// Median nanoseconds per iteration of `body` over the batches.
-fn median_ns(mut body: impl FnMut()) -> f64 {
+/// Nanoseconds per iteration of `body` over one batch (after a short warm-up).
+fn batch_ns(mut body: impl FnMut()) -> f64 {
     for _ in 0..PER_BATCH / 10 {
         body();
     }
-    let mut v: Vec<f64> = (0..BATCHES)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..PER_BATCH {
-                body();
-            }
-            t.elapsed().as_nanos() as f64 / f64::from(PER_BATCH)
-        })
-        .collect();
+    let t = Instant::now();
+    for _ in 0..PER_BATCH {
+        body();
+    }
+    t.elapsed().as_nanos() as f64 / f64::from(PER_BATCH)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
@@ -55,20 +54,19 @@ fn set_handler(
     }
 }
 
-/// The bare signal round trips: INT3 → SIGTRAP and HLT → #GP → SIGSEGV in 64-bit code.
+/// One batch of each bare signal round trip: INT3 → SIGTRAP and HLT → #GP → SIGSEGV in
+/// 64-bit code, with trivial handlers.
 fn bare() -> (f64, f64) {
     set_handler(libc::SIGTRAP, return_at_once);
     set_handler(libc::SIGSEGV, skip_one_byte);
     // SAFETY: INT3 traps to the handler above, which returns after it.
-    let int3 = median_ns(|| unsafe { std::arch::asm!("int3") });
+    let int3 = batch_ns(|| unsafe { std::arch::asm!("int3") });
     // SAFETY: HLT faults at CPL 3; the handler above skips it.
-    let hlt = median_ns(|| unsafe { std::arch::asm!("hlt") });
+    let hlt = batch_ns(|| unsafe { std::arch::asm!("hlt") });
     (int3, hlt)
 }
 
 fn main() {
-    let (bare_int3, bare_hlt) = bare();
-
     let ram = GuestRam::new(4 << 20).unwrap();
     let mut lin = LinearSpace::reserve().unwrap();
     lin.map(
@@ -89,13 +87,9 @@ fn main() {
     a.jmp(top).unwrap();
     let code = a.assemble(u64::from(CODE)).unwrap();
     ram.write(GuestPhys(CODE), &code).unwrap();
-
+    // The filter runs on every host syscall of this thread (rt_sigreturn included), so the
+    // bare trips are measured under it too.
     seccomp::install_guest_syscall_trap().unwrap();
-    // The filter runs on every host syscall of this thread, rt_sigreturn included: measure
-    // the bare trip again under it to separate its share.
-    let (bare_int3_seccomp, _) = bare();
-    // Installs the exit handler over the bare ones.
-    let mut cpu = HostCpu::new().unwrap();
 
     let mut ctx = GuestContext {
         cs: ldt_selector(1),
@@ -106,39 +100,68 @@ fn main() {
         esp: 0x8_0000,
         ..GuestContext::default()
     };
-    // INT3 exits: resume after the INT3 at a HLT we skip straight over to the JMP.
-    let int3_exit = median_ns(|| {
-        ctx.eip = CODE;
-        let e = cpu.run(&mut ctx);
-        assert_eq!(
-            e.kind,
-            ExitKind::Fault {
-                vector: VECTOR_BP,
-                error_code: 0
-            }
-        );
-    });
-    let hlt_exit = median_ns(|| {
-        ctx.eip = CODE + 1;
-        let e = cpu.run(&mut ctx);
-        assert_eq!(
-            e.kind,
-            ExitKind::Fault {
-                vector: VECTOR_GP,
-                error_code: 0
-            }
-        );
-    });
-
-    println!("bare signal round trip, INT3 -> SIGTRAP:            {bare_int3:8.0} ns");
-    println!("bare signal round trip, HLT -> #GP -> SIGSEGV:      {bare_hlt:8.0} ns");
-    println!("bare INT3 round trip under the guest seccomp filter:{bare_int3_seccomp:8.0} ns");
+    // The machine is shared: bare and guest batches alternate so both see the same load,
+    // and the ratio is taken per batch.
+    let (mut b3, mut bgp, mut g3, mut ggp, mut r3, mut rgp) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for _ in 0..BATCHES {
+        let (bare_int3, bare_hlt) = bare();
+        // Installs the exit handlers over the bare ones.
+        let mut cpu = HostCpu::new().unwrap();
+        // INT3 exits: resume at the INT3 each time.
+        let int3_exit = batch_ns(|| {
+            ctx.eip = CODE;
+            let e = cpu.run(&mut ctx);
+            assert_eq!(
+                e.kind,
+                ExitKind::Fault {
+                    vector: VECTOR_BP,
+                    error_code: 0
+                }
+            );
+        });
+        let hlt_exit = batch_ns(|| {
+            ctx.eip = CODE + 1;
+            let e = cpu.run(&mut ctx);
+            assert_eq!(
+                e.kind,
+                ExitKind::Fault {
+                    vector: VECTOR_GP,
+                    error_code: 0
+                }
+            );
+        });
+        drop(cpu);
+        b3.push(bare_int3);
+        bgp.push(bare_hlt);
+        g3.push(int3_exit);
+        ggp.push(hlt_exit);
+        r3.push(int3_exit / bare_int3);
+        rgp.push(hlt_exit / bare_hlt);
+    }
+    println!("medians of {BATCHES} batches of {PER_BATCH}:");
     println!(
-        "guest exit round trip, INT3:                        {int3_exit:8.0} ns  ({:.2}x bare)",
-        int3_exit / bare_int3
+        "bare signal round trip, INT3 -> SIGTRAP:       {:8.0} ns",
+        median(b3)
     );
     println!(
-        "guest exit round trip, HLT (#GP):                   {hlt_exit:8.0} ns  ({:.2}x bare)",
-        hlt_exit / bare_hlt
+        "bare signal round trip, HLT -> #GP -> SIGSEGV: {:8.0} ns",
+        median(bgp)
+    );
+    println!(
+        "guest exit round trip, INT3:                   {:8.0} ns",
+        median(g3)
+    );
+    println!(
+        "guest exit round trip, HLT (#GP):              {:8.0} ns",
+        median(ggp)
+    );
+    println!(
+        "ratio guest/bare, INT3:                        {:8.2}x",
+        median(r3)
+    );
+    println!(
+        "ratio guest/bare, HLT:                         {:8.2}x",
+        median(rgp)
     );
 }

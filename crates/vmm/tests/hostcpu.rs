@@ -904,3 +904,42 @@ fn signal_storm_anywhere_in_entry_and_exit_keeps_guest_state_exact() {
     let _ = cpu.take_pending();
     assert!(asyncs > 0, "the storm never interrupted anything");
 }
+
+#[test]
+fn changed_ldt_descriptor_behind_an_unchanged_selector_takes_effect() {
+    const MOVING_IDX: u16 = 4;
+    let (w, mut cpu) = setup();
+    let ram = &w.as_ref().unwrap().ram;
+    let sel = ldt_selector(MOVING_IDX);
+    let l = load32(ram, |a| {
+        let start = label(a);
+        a.mov(eax, dword_ptr(0).fs()).unwrap();
+        a.mov(ebx, dword_ptr(0).gs()).unwrap();
+        a.hlt().unwrap();
+        vec![start]
+    });
+    for i in 0..ROUNDS as u32 / 4 {
+        // Each round moves the segment to another page holding a different value.
+        let base = DATA + 0x1000 * (1 + i % 8);
+        ram.write_u32(GuestPhys(base), 0x1000_0000 + i).unwrap();
+        let desc = LdtDescriptor {
+            base,
+            limit: 0xfff,
+            limit_in_pages: false,
+            ..LdtDescriptor::flat_data32()
+        };
+        ldt::set_ldt_entry(MOVING_IDX, &desc).unwrap();
+        let mut ctx = fresh_ctx(l[0]);
+        ctx.fs = sel;
+        ctx.gs = sel;
+        let e = cpu.run(&mut ctx);
+        expect(
+            &e,
+            ExitKind::Fault {
+                vector: VECTOR_GP,
+                error_code: 0,
+            },
+        );
+        assert_eq!((ctx.eax, ctx.ebx), (0x1000_0000 + i, 0x1000_0000 + i));
+    }
+}
