@@ -943,3 +943,41 @@ fn changed_ldt_descriptor_behind_an_unchanged_selector_takes_effect() {
         assert_eq!((ctx.eax, ctx.ebx), (0x1000_0000 + i, 0x1000_0000 + i));
     }
 }
+
+/// Set in the child process of `a_fault_in_monitor_code_kills_the_process_loudly`.
+const CRASH_CHILD_ENV: &str = "VMM_HOSTCPU_CRASH_CHILD";
+
+#[test]
+fn a_fault_in_monitor_code_kills_the_process_loudly() {
+    if std::env::var_os(CRASH_CHILD_ENV).is_some() {
+        let _cpu = HostCpu::new().unwrap();
+        // A monitor bug: the exit handler must not swallow it as a guest exit.
+        // SAFETY: deliberately faulting; the process is expected to die here.
+        let v = unsafe { std::ptr::read_volatile(0x10 as *const u32) };
+        println!("survived a fault, read {v}");
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_fault_in_monitor_code_kills_the_process_loudly",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CRASH_CHILD_ENV, "1")
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGSEGV),
+        "{:?}\n{stderr}",
+        out.status
+    );
+    assert!(
+        stderr.contains("vmm: fatal signal 11 (si_code 1) in monitor code at 0x"),
+        "{stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("survived"));
+}
