@@ -245,7 +245,8 @@ thread_local! {
 #[derive(Debug)]
 pub struct HostCpu {
     block: NonNull<CpuBlock>,
-    altstack: signals::AltStack,
+    /// Owned only to be disabled and unmapped on drop.
+    _altstack: signals::AltStack,
     slot: usize,
     kicker: Kicker,
     _thread_bound: PhantomData<*mut ()>,
@@ -290,7 +291,7 @@ impl HostCpu {
         };
         let cpu = Self {
             block,
-            altstack,
+            _altstack: altstack,
             slot,
             kicker: Kicker::for_current_thread(),
             _thread_bound: PhantomData,
@@ -398,9 +399,8 @@ impl Drop for HostCpu {
         // SAFETY: reading our own block; no run is in progress (`&mut self`).
         let fsbase = unsafe { self.block.as_ref().host_fsbase };
         entry::reset_data_segments(fsbase);
-        // The altstack field is dropped after this body, disabling it first is not
-        // needed: the table no longer names it, and the block goes last.
-        let _ = &self.altstack;
+        // The handler can no longer find the block (unregistered above); the altstack field
+        // is disabled and unmapped when the fields drop after this body.
         free_block(self.block);
     }
 }
