@@ -327,6 +327,12 @@ impl HostCpu {
     /// Returns at once with [`ExitKind::Async`] if a timer or kick arrived since the last
     /// run, and with [`ExitKind::BadEntry`] if `ctx` names selectors the guest may not run
     /// with. `ctx.eflags` is sanitised first (see [`GUEST_EFLAGS_MASK`]).
+    ///
+    /// On return the monitor has its FS base, MXCSR and x87 control word back and an empty
+    /// x87 stack; vector registers hold nothing it needs (they are caller-saved). DS, ES, FS
+    /// and GS keep the guest's selectors, which 64-bit code ignores for addressing; this
+    /// saves about 50 ns per segment load on every exit. Dropping the `HostCpu` resets them
+    /// to null.
     pub fn run(&mut self, ctx: &mut GuestContext) -> Exit {
         if let Err(bad) = check_selectors(ctx) {
             return Exit::not_entered(ExitKind::BadEntry(bad), 0);
