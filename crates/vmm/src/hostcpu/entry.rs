@@ -1,13 +1,21 @@
 //! Entering the guest and landing back: the register state the guest owns, and the
 //! assembly that switches between the monitor's 64-bit context and guest compat-mode code.
 //!
-//! `vmm_hostcpu_enter` saves the monitor's callee-saved registers, stack pointer, FS/GS
-//! bases and extended state, loads the guest's extended state, data segments and general
-//! registers, clears every register the guest does not own and `iretq`s into compat mode.
-//! The exit signal handler redirects the signal frame to `vmm_hostcpu_landing`, which runs
-//! after `sigreturn` on the monitor's stack: it saves the guest's extended state (restored
-//! from the signal frame by `sigreturn`), restores the monitor's and returns from
-//! `vmm_hostcpu_enter` as an ordinary function would.
+//! `vmm_hostcpu_enter` saves the monitor's callee-saved registers, stack pointer, FS base
+//! and floating-point control state, loads the guest's extended state, data segments and
+//! general registers, clears every register the guest does not own and `iretq`s into
+//! compat mode. The exit signal handler redirects the signal frame to
+//! `vmm_hostcpu_landing`, which runs after `sigreturn` on the monitor's stack: it saves the
+//! guest's extended state (restored from the signal frame by `sigreturn`), gives the
+//! monitor a clean FPU and its FS base back and returns from `vmm_hostcpu_enter` as an
+//! ordinary function would.
+//!
+//! Segment loads cost about 50-60 ns each on this host kind (measured), a large share of an
+//! exit, so the data segment registers keep the guest's selectors while the monitor runs
+//! (64-bit code ignores DS/ES; the monitor, like all x86-64 Linux user code, never uses
+//! GS; only the FS *base* matters to it and is swapped with WRFSBASE). The next entry
+//! reloads a register only when its selector changed, or, for FS/GS whose cached
+//! descriptors the kernel does not refresh after `modify_ldt`, when the LDT changed.
 
 use std::mem::offset_of;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8};
@@ -155,16 +163,24 @@ pub(crate) struct RawExit {
 /// The handler finds it through the altstack table, never through TLS.
 #[repr(C, align(64))]
 pub(crate) struct CpuBlock {
+    /// The monitor's extended state, saved only when the light path is off.
     pub host_xsave: XsaveArea,
     pub host_rsp: u64,
     pub host_fsbase: u64,
-    pub host_gsbase: u64,
+    /// The guest's FS base at the last landing, reinstated when FS is not reloaded.
+    pub guest_fsbase: u64,
+    /// The LDT generation the live FS/GS descriptors were loaded under; `u64::MAX` forces
+    /// a reload.
+    pub seg_gen: u64,
     pub xsave_mask_lo: u32,
     pub xsave_mask_hi: u32,
-    pub host_ds: u16,
-    pub host_es: u16,
-    pub host_fs: u16,
-    pub host_gs: u16,
+    pub host_mxcsr: u32,
+    pub host_fcw: u16,
+    /// 1: the monitor's FPU is rebuilt from MXCSR and the x87 control word instead of a
+    /// full XSAVE/XRSTOR (safe unless PKRU, which the monitor needs back, is XSAVE state).
+    pub light_fpu: u8,
+    /// 1: VZEROUPPER is available and used to leave no guest upper state behind.
+    pub has_avx: u8,
     /// DS, ES, FS, GS as the handler prologue found them.
     pub guest_sel: [u16; 4],
     /// Set by an asynchronous signal that landed in monitor code.
@@ -178,18 +194,19 @@ pub(crate) struct CpuBlock {
 }
 
 impl CpuBlock {
-    pub fn new(xsave_mask: u64, host_fsbase: u64, host_gsbase: u64) -> Self {
+    pub fn new(xsave_mask: u64, host_fsbase: u64, light_fpu: bool, has_avx: bool) -> Self {
         Self {
             host_xsave: XsaveArea::default(),
             host_rsp: 0,
             host_fsbase,
-            host_gsbase,
+            guest_fsbase: 0,
+            seg_gen: u64::MAX,
             xsave_mask_lo: xsave_mask as u32,
             xsave_mask_hi: (xsave_mask >> 32) as u32,
-            host_ds: 0,
-            host_es: 0,
-            host_fs: 0,
-            host_gs: 0,
+            host_mxcsr: MXCSR_DEFAULT,
+            host_fcw: FCW_DEFAULT,
+            light_fpu: u8::from(light_fpu),
+            has_avx: u8::from(has_avx),
             guest_sel: [0; 4],
             pending: AtomicU8::new(0),
             pending_signo: AtomicI32::new(0),
@@ -203,7 +220,6 @@ impl CpuBlock {
 
 pub(crate) const OFF_SEL_DS: usize = offset_of!(CpuBlock, guest_sel);
 pub(crate) const OFF_HOST_FSBASE: usize = offset_of!(CpuBlock, host_fsbase);
-pub(crate) const OFF_HOST_GSBASE: usize = offset_of!(CpuBlock, host_gsbase);
 
 std::arch::global_asm!(
     ".text",
@@ -223,15 +239,19 @@ std::arch::global_asm!(
     "mov [rdi + {host_rsp}], rsp",
     "rdfsbase rax",
     "mov [rdi + {host_fsbase}], rax",
-    "rdgsbase rax",
-    "mov [rdi + {host_gsbase}], rax",
-    "mov word ptr [rdi + {host_ds}], ds",
-    "mov word ptr [rdi + {host_es}], es",
-    "mov word ptr [rdi + {host_fs}], fs",
-    "mov word ptr [rdi + {host_gs}], gs",
     "mov eax, [rdi + {mask_lo}]",
     "mov edx, [rdi + {mask_hi}]",
+    // Vector registers are caller-saved; only MXCSR and the x87 control word are the
+    // caller's to keep.
+    "test byte ptr [rdi + {light_fpu}], 1",
+    "jz 1f",
+    "stmxcsr [rdi + {host_mxcsr}]",
+    "fnstcw [rdi + {host_fcw}]",
+    "jmp 2f",
+    "1:",
     "xsave64 [rdi + {host_xsave}]",
+    "2:",
+    // All components, init ones included: nothing of the monitor's state survives.
     "xrstor64 [rsi + {fpu}]",
     // From here on the FPU holds guest state: a signal redirected to the landing pad saves
     // it into the context unchanged.
@@ -249,10 +269,41 @@ std::arch::global_asm!(
     "push rax",
     "mov eax, [rsi + {eip}]",
     "push rax",
+    // DS/ES: the kernel reloads LDT selectors in DS/ES after every modify_ldt, so an
+    // unchanged selector still has the right descriptor.
+    "mov ax, ds",
+    "cmp ax, word ptr [rsi + {ds}]",
+    "je 3f",
     "mov ds, word ptr [rsi + {ds}]",
+    "3:",
+    "mov ax, es",
+    "cmp ax, word ptr [rsi + {es}]",
+    "je 4f",
     "mov es, word ptr [rsi + {es}]",
+    "4:",
+    // FS/GS: cached descriptors are trusted only while the LDT generation is unchanged.
+    "mov rcx, [rip + {ldt_gen}]",
+    "cmp rcx, [rdi + {seg_gen}]",
+    "jne 7f",
+    "mov ax, fs",
+    "cmp ax, word ptr [rsi + {fs}]",
+    "jne 5f",
+    "mov rax, [rdi + {guest_fsbase}]",
+    "wrfsbase rax",
+    "jmp 6f",
+    "5:",
+    "mov fs, word ptr [rsi + {fs}]",
+    "6:",
+    "mov ax, gs",
+    "cmp ax, word ptr [rsi + {gs}]",
+    "je 8f",
+    "mov gs, word ptr [rsi + {gs}]",
+    "jmp 8f",
+    "7:",
     "mov fs, word ptr [rsi + {fs}]",
     "mov gs, word ptr [rsi + {gs}]",
+    "mov [rdi + {seg_gen}], rcx",
+    "8:",
     // Nothing of the monitor may stay visible should guest code ever reach 64-bit mode:
     // 32-bit loads zero the upper halves, R8-R15 are cleared.
     "xor r8d, r8d",
@@ -285,16 +336,23 @@ std::arch::global_asm!(
     "mov eax, [rdi + {mask_lo}]",
     "mov edx, [rdi + {mask_hi}]",
     "xsave64 [rsi + {fpu}]",
+    "test byte ptr [rdi + {light_fpu}], 1",
+    "jz 1f",
+    // An empty x87 stack with the caller's control words, as the ABI expects at return.
+    "fninit",
+    "fldcw [rdi + {host_fcw}]",
+    "ldmxcsr [rdi + {host_mxcsr}]",
+    "test byte ptr [rdi + {has_avx}], 1",
+    "jz 2f",
+    "vzeroupper",
+    "jmp 2f",
+    "1:",
     "xrstor64 [rdi + {host_xsave}]",
-    "mov ds, word ptr [rdi + {host_ds}]",
-    "mov es, word ptr [rdi + {host_es}]",
-    // Selector first: loading it overwrites the base, which then gets the host's back.
-    "mov fs, word ptr [rdi + {host_fs}]",
+    "2:",
+    "rdfsbase rax",
+    "mov [rdi + {guest_fsbase}], rax",
     "mov rax, [rdi + {host_fsbase}]",
     "wrfsbase rax",
-    "mov gs, word ptr [rdi + {host_gs}]",
-    "mov rax, [rdi + {host_gsbase}]",
-    "wrgsbase rax",
     "add rsp, 16",
     "pop r15",
     "pop r14",
@@ -306,15 +364,17 @@ std::arch::global_asm!(
     ".size vmm_hostcpu_landing, . - vmm_hostcpu_landing",
     host_rsp = const offset_of!(CpuBlock, host_rsp),
     host_fsbase = const offset_of!(CpuBlock, host_fsbase),
-    host_gsbase = const offset_of!(CpuBlock, host_gsbase),
-    host_ds = const offset_of!(CpuBlock, host_ds),
-    host_es = const offset_of!(CpuBlock, host_es),
-    host_fs = const offset_of!(CpuBlock, host_fs),
-    host_gs = const offset_of!(CpuBlock, host_gs),
+    guest_fsbase = const offset_of!(CpuBlock, guest_fsbase),
+    seg_gen = const offset_of!(CpuBlock, seg_gen),
     mask_lo = const offset_of!(CpuBlock, xsave_mask_lo),
     mask_hi = const offset_of!(CpuBlock, xsave_mask_hi),
+    host_mxcsr = const offset_of!(CpuBlock, host_mxcsr),
+    host_fcw = const offset_of!(CpuBlock, host_fcw),
+    light_fpu = const offset_of!(CpuBlock, light_fpu),
+    has_avx = const offset_of!(CpuBlock, has_avx),
     host_xsave = const offset_of!(CpuBlock, host_xsave),
     pending = const offset_of!(CpuBlock, pending),
+    ldt_gen = sym super::ldt::LDT_GENERATION,
     fpu = const offset_of!(GuestContext, fpu),
     eax = const offset_of!(GuestContext, eax),
     ebx = const offset_of!(GuestContext, ebx),
@@ -360,19 +420,41 @@ pub(crate) fn entry_window() -> std::ops::Range<u64> {
 /// and its selectors validated (LDT, RPL 3) so the guest cannot run with host segments.
 pub(crate) unsafe fn enter(block: *mut CpuBlock, ctx: *mut GuestContext) {
     // SAFETY: the caller upholds the contract above; the assembly returns like an ordinary
-    // SysV function: callee-saved registers, FS/GS bases, segment registers and the whole
-    // extended state (MXCSR, x87 control word included) are restored by the landing pad,
-    // and DF is clear (the handler redirects with RFLAGS = 0x202).
+    // SysV function: callee-saved registers, the FS base, MXCSR and the x87 control word
+    // are restored by the landing pad (vector registers are caller-saved and come back
+    // zeroed or holding guest values), DF is clear (the handler redirects with
+    // RFLAGS = 0x202). DS/ES/FS/GS keep guest selectors, which 64-bit code does not use
+    // for addressing; the FS base is the monitor's.
     unsafe { vmm_hostcpu_enter(block, ctx) }
 }
 
-/// The calling thread's FS and GS bases.
-pub(crate) fn read_fs_gs_base() -> (u64, u64) {
-    let (fs, gs): (u64, u64);
-    // SAFETY: RDFSBASE/RDGSBASE only read registers; HostCpu::new checked that the kernel
-    // enabled FSGSBASE before calling this.
+/// The calling thread's FS base.
+pub(crate) fn read_fs_base() -> u64 {
+    let fs: u64;
+    // SAFETY: RDFSBASE only reads a register; HostCpu::new checked that the kernel enabled
+    // FSGSBASE before calling this.
     unsafe {
-        std::arch::asm!("rdfsbase {}", "rdgsbase {}", out(reg) fs, out(reg) gs, options(nomem, nostack, preserves_flags))
+        std::arch::asm!("rdfsbase {}", out(reg) fs, options(nomem, nostack, preserves_flags))
     };
-    (fs, gs)
+    fs
+}
+
+/// Loads null selectors into DS/ES/FS/GS and puts `fsbase` back, leaving the thread's
+/// segment registers as a plain x86-64 process has them.
+pub(crate) fn reset_data_segments(fsbase: u64) {
+    // SAFETY: null selectors are always loadable in 64-bit mode and ignored for
+    // addressing; the FS base is set back to the thread's own TLS base right away, and
+    // nothing between the two touches TLS.
+    unsafe {
+        std::arch::asm!(
+            "mov ds, {z:x}",
+            "mov es, {z:x}",
+            "mov fs, {z:x}",
+            "mov gs, {z:x}",
+            "wrfsbase {b}",
+            z = in(reg) 0u64,
+            b = in(reg) fsbase,
+            options(nostack, preserves_flags)
+        )
+    };
 }

@@ -4,6 +4,7 @@
 //! and data segments with the guest's base and limit for SS/DS/ES/FS/GS.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Number of entries the host LDT can hold.
 pub const LDT_ENTRIES: u16 = 8192;
@@ -126,6 +127,11 @@ pub const fn ldt_selector(index: u16) -> u16 {
     (index << 3) | 4 | 3
 }
 
+/// Bumped after every LDT write. The entry path keeps FS/GS loaded across exits only while
+/// this is unchanged: the kernel refreshes DS/ES after `modify_ldt` but not FS/GS, whose
+/// cached descriptors would otherwise go stale.
+pub(crate) static LDT_GENERATION: AtomicU64 = AtomicU64::new(0);
+
 /// The kernel's `struct user_desc` (asm/ldt.h).
 #[repr(C)]
 struct UserDesc {
@@ -149,6 +155,7 @@ fn write_entry(desc: &UserDesc) -> io::Result<()> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
+    LDT_GENERATION.fetch_add(1, Ordering::Release);
     Ok(())
 }
 

@@ -82,6 +82,10 @@ pub const FORCED_EFLAGS: u32 = 0x0000_0202;
 /// Upper bound of the XSAVE components the monitor saves: everything the host enabled
 /// except AMX tile state (bits 17, 18), which would need permission and 8 KiB.
 const XCR0_EXCLUDED: u64 = (1 << 17) | (1 << 18);
+/// XCR0 bit of the AVX upper halves.
+const XCR0_AVX: u64 = 1 << 2;
+/// XCR0 bit of the protection-key rights register.
+const XCR0_PKRU: u64 = 1 << 9;
 /// `AT_HWCAP2` bit for a kernel that lets user code use RD/WRFSBASE.
 const HWCAP2_FSGSBASE: u64 = 1 << 1;
 
@@ -241,7 +245,8 @@ thread_local! {
 #[derive(Debug)]
 pub struct HostCpu {
     block: NonNull<CpuBlock>,
-    altstack: signals::AltStack,
+    /// Owned only to be disabled and unmapped on drop.
+    _altstack: signals::AltStack,
     slot: usize,
     kicker: Kicker,
     _thread_bound: PhantomData<*mut ()>,
@@ -264,8 +269,14 @@ impl HostCpu {
             return Err(HostCpuError::NoFsgsbase);
         }
         let mask = xsave_mask()?;
-        let (fsbase, gsbase) = entry::read_fs_gs_base();
-        let block = NonNull::from(Box::leak(Box::new(CpuBlock::new(mask, fsbase, gsbase))));
+        let fsbase = entry::read_fs_base();
+        // PKRU is user-writable XSAVE state: where it exists the monitor's own value must
+        // come back with a full XRSTOR rather than the light MXCSR/FCW path.
+        let light_fpu = mask & XCR0_PKRU == 0;
+        let has_avx = mask & XCR0_AVX != 0;
+        let block = NonNull::from(Box::leak(Box::new(CpuBlock::new(
+            mask, fsbase, light_fpu, has_avx,
+        ))));
         let altstack = match signals::AltStack::new() {
             Ok(a) => a,
             Err(e) => {
@@ -280,7 +291,7 @@ impl HostCpu {
         };
         let cpu = Self {
             block,
-            altstack,
+            _altstack: altstack,
             slot,
             kicker: Kicker::for_current_thread(),
             _thread_bound: PhantomData,
@@ -316,6 +327,12 @@ impl HostCpu {
     /// Returns at once with [`ExitKind::Async`] if a timer or kick arrived since the last
     /// run, and with [`ExitKind::BadEntry`] if `ctx` names selectors the guest may not run
     /// with. `ctx.eflags` is sanitised first (see [`GUEST_EFLAGS_MASK`]).
+    ///
+    /// On return the monitor has its FS base, MXCSR and x87 control word back and an empty
+    /// x87 stack; vector registers hold nothing it needs (they are caller-saved). DS, ES, FS
+    /// and GS keep the guest's selectors, which 64-bit code ignores for addressing; this
+    /// saves about 50 ns per segment load on every exit. Dropping the `HostCpu` resets them
+    /// to null.
     pub fn run(&mut self, ctx: &mut GuestContext) -> Exit {
         if let Err(bad) = check_selectors(ctx) {
             return Exit::not_entered(ExitKind::BadEntry(bad), 0);
@@ -341,6 +358,11 @@ impl HostCpu {
         let (landing, raw) = unsafe {
             (*block).running.store(false, Ordering::Release);
             (*block).ctx = std::ptr::null_mut();
+            if (*block).landing != Landing::Guest {
+                // The entry stopped part-way: the FS base saved at landing may not be the
+                // guest's, so the next entry reloads FS and GS from their selectors.
+                (*block).seg_gen = u64::MAX;
+            }
             ((*block).landing, (*block).raw)
         };
         match landing {
@@ -380,9 +402,11 @@ impl Drop for HostCpu {
     fn drop(&mut self) {
         signals::unregister(self.slot);
         HOSTCPU_ON_THREAD.with(|c| c.set(false));
-        // The altstack field is dropped after this body, disabling it first is not
-        // needed: the table no longer names it, and the block goes last.
-        let _ = &self.altstack;
+        // SAFETY: reading our own block; no run is in progress (`&mut self`).
+        let fsbase = unsafe { self.block.as_ref().host_fsbase };
+        entry::reset_data_segments(fsbase);
+        // The handler can no longer find the block (unregistered above); the altstack field
+        // is disabled and unmapped when the fields drop after this body.
         free_block(self.block);
     }
 }

@@ -3,8 +3,8 @@
 //! Every exit signal runs `vmm_hostcpu_signal_entry` on the vCPU thread's altstack with all
 //! signals masked. Its assembly prologue finds the thread's [`CpuBlock`] from RSP (the
 //! altstack is aligned to its size and registered in [`VCPU_TABLE`]), restores the host FS
-//! and GS bases (the guest may have loaded FS/GS; Rust TLS and errno live behind FS) and
-//! records the live DS/ES/FS/GS selectors, which the 64-bit sigcontext does not carry.
+//! base (the guest may have loaded FS; Rust TLS and errno live behind FS) and records the
+//! live DS/ES/FS/GS selectors, which the 64-bit sigcontext does not carry.
 //! Only then does Rust run.
 
 use std::ffi::c_void;
@@ -12,9 +12,7 @@ use std::io;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use super::entry::{
-    entry_window, landing_pad, CpuBlock, Landing, OFF_HOST_FSBASE, OFF_HOST_GSBASE, OFF_SEL_DS,
-};
+use super::entry::{entry_window, landing_pad, CpuBlock, Landing, OFF_HOST_FSBASE, OFF_SEL_DS};
 use super::timer::{kick_signal, timer_signal};
 use super::{cpuid, HOST_CS64, HOST_SS64};
 
@@ -86,26 +84,23 @@ std::arch::global_asm!(
     "ret",
     "3:",
     "mov rcx, [r10 + 8]",
-    // Keep the interrupted bases: a signal that only marks work pending must return to
-    // code that may already run with guest bases (the entry sequence).
+    // Keep the interrupted FS base: a signal that only marks work pending must return to
+    // code that may already run with the guest's (the entry sequence). GS is never used
+    // by the monitor and stays as the guest left it.
     "rdfsbase r8",
-    "rdgsbase r9",
     "push r8",
-    "push r9",
     "push rcx",
+    "sub rsp, 8",
     "mov rax, [rcx + {host_fsbase}]",
     "wrfsbase rax",
-    "mov rax, [rcx + {host_gsbase}]",
-    "wrgsbase rax",
     "mov word ptr [rcx + {sel}], ds",
     "mov word ptr [rcx + {sel} + 2], es",
     "mov word ptr [rcx + {sel} + 4], fs",
     "mov word ptr [rcx + {sel} + 6], gs",
     "call {vcpu}",
+    "add rsp, 8",
     "pop rcx",
-    "pop r9",
     "pop r8",
-    "wrgsbase r9",
     "wrfsbase r8",
     "ret",
     ".size vmm_hostcpu_signal_entry, . - vmm_hostcpu_signal_entry",
@@ -114,7 +109,6 @@ std::arch::global_asm!(
     slots = const MAX_VCPUS,
     slot_size = const std::mem::size_of::<Slot>(),
     host_fsbase = const OFF_HOST_FSBASE,
-    host_gsbase = const OFF_HOST_GSBASE,
     sel = const OFF_SEL_DS,
     foreign = sym on_foreign_signal,
     vcpu = sym on_vcpu_signal,
@@ -304,8 +298,10 @@ unsafe extern "C" fn on_vcpu_signal(
     // SAFETY: the kernel passes a valid ucontext for SA_SIGINFO handlers; nothing else
     // references it while the handler runs.
     let uc = unsafe { &mut *uc.cast::<libc::ucontext_t>() };
-    // SAFETY: the prologue found `block` in the table; it outlives the registration.
-    let b = unsafe { &mut *block };
+    // SAFETY: the prologue found `block` in the table; it outlives the registration. Only
+    // its atomics are touched through shared references here, because the monitor may hold
+    // `&CpuBlock` (HostCpu::take_pending) at the interrupted point.
+    let shared = unsafe { &*block };
     // SAFETY: `info` is the kernel's siginfo.
     let si_code = unsafe { siginfo_i32(info, SI_CODE_OFFSET) };
     let g = &mut uc.uc_mcontext.gregs;
@@ -314,24 +310,29 @@ unsafe extern "C" fn on_vcpu_signal(
     let in_monitor = cs == HOST_CS64 && rip >= 1 << 32;
 
     if in_monitor {
-        let running = b.running.load(Ordering::Relaxed);
+        let running = shared.running.load(Ordering::Relaxed);
         if running && entry_window().contains(&rip) {
-            if is_async(signo) {
-                b.raw.signo = signo;
-                b.landing = Landing::AsyncInWindow;
-                redirect(uc, b);
-                return;
-            }
-            if is_fault_signal(signo) && si_code > 0 {
+            let landing = if is_async(signo) {
+                Some(Landing::AsyncInWindow)
+            } else if is_fault_signal(signo) && si_code > 0 {
+                Some(Landing::EntryFault)
+            } else {
+                None
+            };
+            if let Some(landing) = landing {
+                // SAFETY: inside the entry sequence `HostCpu::run` holds no reference to
+                // the block (it passed a raw pointer to the assembly); `shared` is not used
+                // again on this path.
+                let b = unsafe { &mut *block };
                 record_raw(b, uc, info, signo, si_code);
-                b.landing = Landing::EntryFault;
+                b.landing = landing;
                 redirect(uc, b);
                 return;
             }
         }
         if is_async(signo) {
-            b.pending_signo.store(signo, Ordering::Relaxed);
-            b.pending.store(1, Ordering::Release);
+            shared.pending_signo.store(signo, Ordering::Relaxed);
+            shared.pending.store(1, Ordering::Release);
             return;
         }
         if signo == libc::SIGSEGV
@@ -345,7 +346,14 @@ unsafe extern "C" fn on_vcpu_signal(
         return;
     }
 
-    if !b.running.load(Ordering::Relaxed) || b.ctx.is_null() {
+    if !shared.running.load(Ordering::Relaxed) {
+        die(signo, si_code, rip);
+        return;
+    }
+    // SAFETY: guest code runs only inside the assembly called by `HostCpu::run`, which holds
+    // no reference to the block meanwhile.
+    let b = unsafe { &mut *block };
+    if b.ctx.is_null() {
         die(signo, si_code, rip);
         return;
     }
