@@ -322,6 +322,37 @@ fn truth_on_the_fixture_is_exact() {
     );
 }
 
+/// Boundary accuracy on the repository's own guest kernels (gcc -O2, symbols kept): every
+/// instruction start the scanner finds is a start of a linear disassembly from its
+/// function's symbol, and none is missed.
+#[test]
+fn truth_on_the_guest_kernels_is_exact() {
+    for guest in guests::all() {
+        let report = json(&["scan", guest.path, "--truth"]);
+        let truth = &report["truth"];
+        println!(
+            "{:<12} functions {:>3}  true starts {:>5}  precision {}  recall {}",
+            guest.name,
+            truth["functions"],
+            truth["true_starts"],
+            truth["precision"],
+            truth["recall"]
+        );
+        assert!(
+            truth["functions"].as_u64().unwrap() > 20,
+            "{}: {truth}",
+            guest.name
+        );
+        assert!(
+            truth["true_starts"].as_u64().unwrap() > 1000,
+            "{}: {truth}",
+            guest.name
+        );
+        assert_eq!(truth["precision"], 1.0, "{}: {truth}", guest.name);
+        assert_eq!(truth["recall"], 1.0, "{}: {truth}", guest.name);
+    }
+}
+
 /// pushfd; popfd; cli; sgdt [eax]; mov ds, eax; iretd
 const RAW_CODE: &[u8] = &[0x9c, 0x9d, 0xfa, 0x0f, 0x01, 0x00, 0x8e, 0xd8, 0xcf];
 
