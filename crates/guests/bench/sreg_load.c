@@ -1,0 +1,13 @@
+/* Segment register load (MOV to DS) at CPL 0: rewritten, checked against the guest GDT */
+#include "kernel.h"
+#include "ops.h"
+
+int main(u32 magic, const void *mbi)
+{
+	(void)magic;
+	(void)mbi;
+	op_sreg_load(WARMUP(SREG_LOAD_ITERATIONS));
+	bench_report("sreg_load", SREG_LOAD_ITERATIONS, op_sreg_load(SREG_LOAD_ITERATIONS), 0, 0);
+	bench_check(READ_SREG(ds) == KERNEL_DS, "DS still holds the kernel data selector");
+	return 0;
+}
