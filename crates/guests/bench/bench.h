@@ -66,16 +66,18 @@ static inline char *bench_put_hex(char *p, bench_u32 v)
 }
 
 /* One result line, the format `vmm bench` parses:
- *   BENCH <name> iterations=<n> cycles=<total> cycles_per_op=<x.y> [checksum=0x<h>]
- * cycles is the exact TSC delta of the timed loop; cycles_per_op is for people reading
- * the serial log. The checksum, when the operation computes one, must agree between
+ *   BENCH <name> warmup=<n> iterations=<n> cycles=<total> cycles_per_op=<x.y> [checksum=0x<h>]
+ * cycles is the exact TSC delta of the timed loop of `iterations` operations, which ran
+ * after `warmup` untimed ones; cycles_per_op is for people reading the serial log. The checksum, when the operation computes one, must agree between
  * environments: it shows that every column did the same work. */
-static inline void bench_report(const char *name, bench_u32 iterations, bench_u64 cycles,
-				int has_checksum, bench_u32 checksum)
+static inline void bench_report(const char *name, bench_u32 warmup, bench_u32 iterations,
+				bench_u64 cycles, int has_checksum, bench_u32 checksum)
 {
 	char line[160];
 	char *p = bench_put_str(line, "BENCH ");
 	p = bench_put_str(p, name);
+	p = bench_put_str(p, " warmup=");
+	p = bench_put_dec(p, warmup);
 	p = bench_put_str(p, " iterations=");
 	p = bench_put_dec(p, iterations);
 	p = bench_put_str(p, " cycles=");

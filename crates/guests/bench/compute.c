@@ -10,6 +10,6 @@ int main(u32 magic, const void *mbi)
 	compute_fill();
 	op_compute(&checksum);
 	u64 cycles = op_compute(&checksum);
-	bench_report("compute", COMPUTE_ITERATIONS, cycles, 1, checksum);
+	bench_report("compute", COMPUTE_ITERATIONS, COMPUTE_ITERATIONS, cycles, 1, checksum);
 	return 0;
 }
