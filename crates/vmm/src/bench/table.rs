@@ -131,10 +131,10 @@ pub fn median(values: &[f64]) -> Option<f64> {
     }
     v.sort_by(f64::total_cmp);
     let mid = v.len() / 2;
-    Some(if v.len() % 2 == 0 {
-        (v[mid - 1] + v[mid]) / 2.0
-    } else {
+    Some(if v.len() % 2 == 1 {
         v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
     })
 }
 
@@ -505,6 +505,8 @@ mod tests {
     #[test]
     fn disagreeing_checksums_are_a_failure() {
         let mut r = Results::default();
+        r.unavailable
+            .insert(Column::Qemu, "qemu: not installed".into());
         r.entry("a", Column::Native).cycles_per_op = vec![1.0];
         r.entry("a", Column::Native).checksums = vec![1];
         r.entry("a", Column::Vmm).cycles_per_op = vec![1.0];
