@@ -9,7 +9,7 @@ int main(u32 magic, const void *mbi)
 	u32 checksum;
 	compute_fill();
 	op_compute(&checksum);
-	u64 cycles = op_compute(&checksum);
+	u64 cycles = BENCH_BEST_OF_TRIALS(op_compute(&checksum));
 	bench_report("compute", COMPUTE_ITERATIONS, COMPUTE_ITERATIONS, cycles, 1, checksum);
 	return 0;
 }

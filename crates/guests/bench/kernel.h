@@ -11,8 +11,11 @@ void bench_write(const char *s) { puts(s); }
  * on its first execution, and caches and predictors settle. */
 #define WARMUP(iterations) ((iterations) / 10)
 
+/* IDT gate type of the benchmarks' own handlers: a 32-bit interrupt gate. */
+#define GATE_INTERRUPT_32 0xe
+
 /* Operations that exit to the monitor every time: a few microseconds each there. */
-#define EXITING_ITERATIONS 20000u
+#define EXITING_ITERATIONS 10000u
 
 /* A kernel whose operation did not behave as the architecture says reports it and fails,
  * so a wrong emulation never yields a timing. */

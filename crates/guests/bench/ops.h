@@ -14,8 +14,8 @@
 /* Iteration counts, picked so an operation that exits to the monitor on every execution
  * (a few microseconds each) still finishes in well under a second. */
 #define CALL_RET_ITERATIONS 10000000u
-#define PUSHF_POPF_ITERATIONS 50000u
-#define SREG_LOAD_ITERATIONS 50000u
+#define PUSHF_POPF_ITERATIONS 20000u
+#define SREG_LOAD_ITERATIONS 20000u
 
 /* The compute-bound workload: FNV-1a over a buffer much larger than the caches, several
  * passes. One operation is one KiB hashed. */

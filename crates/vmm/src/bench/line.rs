@@ -10,9 +10,11 @@ pub struct Sample {
     pub name: String,
     /// Untimed operations that ran before the timed loop.
     pub warmup: u64,
-    /// Operations in the timed loop; never 0.
+    /// Operations in one timed loop; never 0.
     pub iterations: u64,
-    /// TSC cycles the timed loop took.
+    /// Timed loops that ran; `cycles` is the fastest. 1 when the line does not say.
+    pub trials: u64,
+    /// TSC cycles the (fastest) timed loop took.
     pub cycles: u64,
     /// A value the operation computed that every environment must agree on.
     pub checksum: Option<u32>,
@@ -22,6 +24,12 @@ impl Sample {
     /// Cycles per operation.
     pub fn cycles_per_op(&self) -> f64 {
         self.cycles as f64 / self.iterations as f64
+    }
+
+    /// Every operation the run executed: warm-up and all timed loops.
+    pub fn operations_executed(&self) -> u64 {
+        self.warmup
+            .saturating_add(self.iterations.saturating_mul(self.trials))
     }
 }
 
@@ -46,7 +54,7 @@ pub enum LineError {
         value: String,
     },
     /// A timed loop of no operations has no cost per operation.
-    #[error("BENCH line for {name} reports 0 iterations")]
+    #[error("BENCH line for {name} reports 0 iterations or 0 trials")]
     NoIterations { name: String },
 }
 
@@ -70,7 +78,8 @@ pub fn parse_line(line: &str) -> Result<Option<Sample>, LineError> {
             })
         }
     };
-    let (mut warmup, mut iterations, mut cycles, mut checksum) = (None, None, None, None);
+    let (mut warmup, mut iterations, mut trials, mut cycles, mut checksum) =
+        (None, None, None, None, None);
     let bad = |field: &str, value: &str| LineError::BadValue {
         name: name.clone(),
         field: field.to_string(),
@@ -84,6 +93,7 @@ pub fn parse_line(line: &str) -> Result<Option<Sample>, LineError> {
         match field {
             "warmup" => warmup = Some(decimal()?),
             "iterations" => iterations = Some(decimal()?),
+            "trials" => trials = Some(decimal()?),
             "cycles" => cycles = Some(decimal()?),
             "checksum" => {
                 let hex = value.strip_prefix("0x").ok_or_else(|| bad(field, value))?;
@@ -99,13 +109,14 @@ pub fn parse_line(line: &str) -> Result<Option<Sample>, LineError> {
     };
     let iterations = iterations.ok_or_else(|| missing("iterations"))?;
     let cycles = cycles.ok_or_else(|| missing("cycles"))?;
-    if iterations == 0 {
+    if iterations == 0 || trials == Some(0) {
         return Err(LineError::NoIterations { name });
     }
     Ok(Some(Sample {
         name,
         warmup: warmup.unwrap_or(0),
         iterations,
+        trials: trials.unwrap_or(1),
         cycles,
         checksum,
     }))
@@ -128,13 +139,15 @@ mod tests {
     #[test]
     fn a_full_line() {
         let s = parse_line(
-            "BENCH compute warmup=32768 iterations=32768 cycles=95047290 cycles_per_op=2900.6 checksum=0x1fd6392d\r\n",
+            "BENCH compute warmup=32768 iterations=32768 trials=5 cycles=95047290 cycles_per_op=2900.6 checksum=0x1fd6392d\r\n",
         )
         .unwrap()
         .unwrap();
         assert_eq!(s.name, "compute");
         assert_eq!(s.warmup, 32768);
         assert_eq!(s.iterations, 32768);
+        assert_eq!(s.trials, 5);
+        assert_eq!(s.operations_executed(), 6 * 32768);
         assert_eq!(s.cycles, 95_047_290);
         assert_eq!(s.checksum, Some(0x1fd6_392d));
         assert!((s.cycles_per_op() - 2900.61).abs() < 0.01);
@@ -152,6 +165,8 @@ mod tests {
         assert_eq!(samples[1].cycles_per_op(), 0.5);
         assert_eq!(samples[1].checksum, None);
         assert_eq!(samples[1].warmup, 0);
+        assert_eq!(samples[1].trials, 1);
+        assert_eq!(samples[1].operations_executed(), 4);
     }
 
     #[test]
@@ -185,6 +200,10 @@ mod tests {
         ));
         assert_eq!(
             parse_line("BENCH x iterations=0 cycles=1"),
+            Err(LineError::NoIterations { name: "x".into() })
+        );
+        assert_eq!(
+            parse_line("BENCH x iterations=3 trials=0 cycles=1"),
             Err(LineError::NoIterations { name: "x".into() })
         );
         assert!(parse_output("BENCH ok iterations=1 cycles=1\nBENCH bad cycles=1\n").is_err());

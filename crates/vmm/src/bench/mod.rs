@@ -146,7 +146,7 @@ fn record(
     }
     if let Some(exits) = out.exits {
         runs.exits_per_op
-            .push(exits as f64 / (sample.warmup + sample.iterations) as f64);
+            .push(exits as f64 / sample.operations_executed() as f64);
     }
 }
 
@@ -205,6 +205,7 @@ mod tests {
                 name: "other".into(),
                 warmup: 0,
                 iterations: 1,
+                trials: 1,
                 cycles: 1,
                 checksum: None,
             }],
@@ -216,12 +217,14 @@ mod tests {
         let out = runner::RunOutput {
             samples: vec![Sample {
                 name: op.name.into(),
-                warmup: 10,
+                warmup: 20,
                 iterations: 90,
+                trials: 2,
                 cycles: 900,
                 checksum: Some(5),
             }],
-            exits: Some(200),
+            // 20 warm-up and 2 x 90 timed operations
+            exits: Some(400),
         };
         record(&mut results, op, Column::Qemu, &Ok(out));
         let runs = &results.runs[&(op.name, Column::Qemu)];

@@ -38,8 +38,8 @@ impl Column {
 pub struct Runs {
     /// Cycles per operation, one per successful run.
     pub cycles_per_op: Vec<f64>,
-    /// Exits of the whole run per operation executed (warm-up included), when the
-    /// environment counts exits (the monitor does).
+    /// Exits of the whole run per operation executed (warm-up and every trial
+    /// included), when the environment counts exits (the monitor does).
     pub exits_per_op: Vec<f64>,
     /// Checksums the operation computed.
     pub checksums: Vec<u32>,
