@@ -32,10 +32,10 @@ int main(u32 magic, const void *mbi)
 	divide_errors(WARMUP(EXITING_ITERATIONS));
 	u64 cycles = BENCH_BEST_OF_TRIALS(divide_errors(EXITING_ITERATIONS));
 	idt_set_gate(DE_VECTOR, idt_stub(DE_VECTOR), KERNEL_CS, GATE_INTERRUPT_32, 0);
-	bench_report("divide_error", WARMUP(EXITING_ITERATIONS), EXITING_ITERATIONS,
-		     cycles, 0, 0);
 	bench_check(bench_divide_errors ==
 			    WARMUP(EXITING_ITERATIONS) + BENCH_TRIALS * EXITING_ITERATIONS,
 		    "every DIV by zero raised #DE once");
+	bench_report("divide_error", WARMUP(EXITING_ITERATIONS), EXITING_ITERATIONS,
+		     cycles, 0, 0);
 	return 0;
 }
