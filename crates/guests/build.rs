@@ -1,5 +1,8 @@
 //! Builds every guest kernel in `kernels/` against the shared library in `lib/` with the
 //! host gcc in 32-bit freestanding mode, and writes the guest table `guests.rs` to OUT_DIR.
+//! The benchmark kernels in `bench/` are built the same way into their own table
+//! (`benches.rs`), with the native host program of `bench/native/`: a static i386 Linux
+//! executable running the same measuring code outside any virtual machine.
 
 use std::env;
 use std::fmt::Write as _;
@@ -101,12 +104,11 @@ fn description(src: &Path) -> String {
     }
 }
 
-fn compile(src: &Path, obj: &Path, include: &Path) {
+fn compile(src: &Path, obj: &Path, includes: &[&Path]) {
     run(
         Command::new("gcc")
             .args(CFLAGS)
-            .arg("-I")
-            .arg(include)
+            .args(includes.iter().flat_map(|i| [Path::new("-I"), i]))
             .arg("-c")
             .arg(src)
             .arg("-o")
@@ -115,14 +117,92 @@ fn compile(src: &Path, obj: &Path, include: &Path) {
     );
 }
 
+/// Compiles and links every `*.c` kernel in `dir` to `<elf_prefix><name>.elf` and returns
+/// the table entries (one `Guest { .. }` line each) and the kernel names.
+fn build_kernels(
+    dir: &Path,
+    elf_prefix: &str,
+    includes: &[&Path],
+    lib_objs: &[PathBuf],
+    script: &Path,
+    out: &Path,
+) -> (String, Vec<String>) {
+    let mut entries = String::new();
+    let mut names = Vec::new();
+    for src in sources(dir, &["c"]) {
+        println!("cargo:rerun-if-changed={}", src.display());
+        let name = src
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .expect("utf-8 name")
+            .to_string();
+        let obj = out.join(format!("{elf_prefix}kernel-{name}.o"));
+        compile(&src, &obj, includes);
+        let elf = out.join(format!("{elf_prefix}{name}.elf"));
+        run(
+            Command::new("ld")
+                .args([
+                    "-m",
+                    "elf_i386",
+                    "-nostdlib",
+                    "--build-id=none",
+                    "-z",
+                    "noexecstack",
+                    "-T",
+                ])
+                .arg(script)
+                .arg("-o")
+                .arg(&elf)
+                .arg(&obj)
+                .args(lib_objs),
+            "ld",
+        );
+        writeln!(
+            entries,
+            "    Guest {{ name: {name:?}, path: {:?}, description: {:?} }},",
+            elf.to_str().expect("utf-8 OUT_DIR"),
+            description(&src)
+        )
+        .expect("write to string");
+        names.push(name);
+    }
+    (entries, names)
+}
+
+/// Links the native benchmark program: one static, freestanding i386 Linux executable.
+fn build_native(src: &Path, include: &Path, out: &Path) -> PathBuf {
+    println!("cargo:rerun-if-changed={}", src.display());
+    let exe = out.join("bench-native");
+    run(
+        Command::new("gcc")
+            .args(CFLAGS)
+            .arg("-I")
+            .arg(include)
+            .args([
+                "-static",
+                "-no-pie",
+                "-Wl,--build-id=none",
+                "-z",
+                "noexecstack",
+            ])
+            .arg(src)
+            .arg("-o")
+            .arg(&exe),
+        "gcc (native benchmark program)",
+    );
+    exe
+}
+
 fn main() {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
     let lib_dir = root.join("lib");
     let kernels_dir = root.join("kernels");
+    let bench_dir = root.join("bench");
     let script = lib_dir.join("link.ld");
     println!("cargo:rerun-if-changed={}", lib_dir.display());
     println!("cargo:rerun-if-changed={}", kernels_dir.display());
+    println!("cargo:rerun-if-changed={}", bench_dir.display());
 
     check_toolchain(&out);
 
@@ -138,54 +218,36 @@ fn main() {
             .and_then(|s| s.to_str())
             .expect("utf-8 name");
         let obj = out.join(format!("lib-{stem}-{ext}.o"));
-        compile(&src, &obj, &lib_dir);
+        compile(&src, &obj, &[&lib_dir]);
         lib_objs.push(obj);
     }
 
-    let mut table = String::from(
-        "/// Every guest kernel this crate builds.\npub static GUESTS: &[Guest] = &[\n",
-    );
-    let mut names = Vec::new();
-    for src in sources(&kernels_dir, &["c"]) {
-        println!("cargo:rerun-if-changed={}", src.display());
-        let name = src
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .expect("utf-8 name")
-            .to_string();
-        let obj = out.join(format!("kernel-{name}.o"));
-        compile(&src, &obj, &lib_dir);
-        let elf = out.join(format!("{name}.elf"));
-        run(
-            Command::new("ld")
-                .args([
-                    "-m",
-                    "elf_i386",
-                    "-nostdlib",
-                    "--build-id=none",
-                    "-z",
-                    "noexecstack",
-                    "-T",
-                ])
-                .arg(&script)
-                .arg("-o")
-                .arg(&elf)
-                .arg(&obj)
-                .args(&lib_objs),
-            "ld",
-        );
-        writeln!(
-            table,
-            "    Guest {{ name: {name:?}, path: {:?}, description: {:?} }},",
-            elf.to_str().expect("utf-8 OUT_DIR"),
-            description(&src)
-        )
-        .expect("write to string");
-        names.push(name);
-    }
-    table.push_str("];\n");
+    let (entries, names) = build_kernels(&kernels_dir, "", &[&lib_dir], &lib_objs, &script, &out);
     if !names.iter().any(|n| n == "demo") {
         fail("kernels/demo.c is missing: the crate exports the demo kernel's bytes");
     }
+    let table = format!(
+        "/// Every guest kernel this crate builds.\npub static GUESTS: &[Guest] = &[\n{entries}];\n"
+    );
     fs::write(out.join("guests.rs"), table).expect("write guests.rs");
+
+    for header in sources(&bench_dir, &["h"]) {
+        println!("cargo:rerun-if-changed={}", header.display());
+    }
+    // Their own file names: a benchmark may share a test kernel's name.
+    let (bench_entries, _) = build_kernels(
+        &bench_dir,
+        "bench-",
+        &[&lib_dir, &bench_dir],
+        &lib_objs,
+        &script,
+        &out,
+    );
+    let native = build_native(&bench_dir.join("native").join("main.c"), &bench_dir, &out);
+    let table = format!(
+        "/// Every benchmark kernel this crate builds.\npub static BENCHES: &[Guest] = &[\n{bench_entries}];\n\
+         /// The native benchmark program.\npub static BENCH_NATIVE: &str = {:?};\n",
+        native.to_str().expect("utf-8 OUT_DIR")
+    );
+    fs::write(out.join("benches.rs"), table).expect("write benches.rs");
 }

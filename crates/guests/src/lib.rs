@@ -6,6 +6,10 @@
 //! so QEMU and the monitor run them the same way. [`report`] parses their output and
 //! [`config`] reads `tests.cfg`, which lists how each test kernel is run; [`qemu`] runs
 //! a kernel under QEMU, the reference the monitor is compared with.
+//!
+//! The benchmark kernels (`bench/`, listed by [`benches`]) time one operation each and
+//! print `BENCH` lines; [`bench_native`] is the same measuring code as a static i386
+//! Linux program, the native baseline. They are no tests and are not in `tests.cfg`.
 
 pub mod config;
 pub mod qemu;
@@ -26,6 +30,7 @@ pub struct Guest {
 }
 
 include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+include!(concat!(env!("OUT_DIR"), "/benches.rs"));
 
 /// Every built guest kernel, sorted by name.
 pub fn all() -> &'static [Guest] {
@@ -35,6 +40,23 @@ pub fn all() -> &'static [Guest] {
 /// The guest kernel called `name`.
 pub fn find(name: &str) -> Option<&'static Guest> {
     GUESTS.iter().find(|g| g.name == name)
+}
+
+/// Every built benchmark kernel, sorted by name. Not part of [`all`].
+pub fn benches() -> &'static [Guest] {
+    BENCHES
+}
+
+/// The benchmark kernel called `name`.
+pub fn find_bench(name: &str) -> Option<&'static Guest> {
+    BENCHES.iter().find(|g| g.name == name)
+}
+
+/// Absolute path of the native benchmark program: a static i386 Linux executable that
+/// runs the operations a process can run with the kernels' measuring code and prints the
+/// same `BENCH` lines.
+pub fn bench_native() -> &'static str {
+    BENCH_NATIVE
 }
 
 /// The ELF image of the demo kernel, the guest the monitor boots when given none.
@@ -78,6 +100,22 @@ mod tests {
             assert_eq!(find(g.name), Some(g));
         }
         assert_eq!(find("no-such-guest"), None);
+    }
+
+    #[test]
+    fn benches_are_built_apart_from_the_test_kernels() {
+        assert!(!benches().is_empty());
+        for b in benches() {
+            assert!(std::fs::metadata(b.path).is_ok(), "{} not built", b.path);
+            assert!(!b.description.is_empty());
+            assert_eq!(find_bench(b.name), Some(b));
+            assert!(
+                all().iter().all(|g| g.path != b.path),
+                "{} is a test kernel",
+                b.name
+            );
+        }
+        assert!(std::fs::metadata(bench_native()).is_ok());
     }
 
     #[test]

@@ -49,6 +49,24 @@ enum Command {
     /// cannot be used, 3 when the host cannot run guests, 4 when the guest failed
     /// (triple fault, escape attempt, unsupported feature; a register dump is printed).
     Run(RunArgs),
+    /// Nanobenchmarks: cycles per operation of sensitive and ordinary operations,
+    /// natively, under the monitor and under QEMU's TCG.
+    ///
+    /// Every benchmark kernel runs under `vmm run` (one child process per VM) and under
+    /// qemu-system-i386 when it is installed; the operations a 32-bit process can run are
+    /// timed natively too. Prints medians, ns per operation from the estimated TSC rate,
+    /// the ratios and the monitor's exits per operation. Exit status 1 if any run failed.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Runs of every benchmark in every environment; the table shows medians.
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    reps: u32,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -126,6 +144,37 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Scan(args) => scan_command(&args),
         Command::Run(args) => run_command(args),
+        Command::Bench(args) => bench_command(&args),
+    }
+}
+
+/// Longest a single benchmark run may take; a kernel that hangs fails its cell.
+const BENCH_RUN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+fn bench_command(args: &BenchArgs) -> ExitCode {
+    let vmm = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("vmm: error: cannot find the vmm executable to run the kernels: {e}");
+            return ExitCode::from(EXIT_MONITOR_ERROR);
+        }
+    };
+    let options = vmm::bench::Options {
+        reps: args.reps as usize,
+        vmm,
+        qemu: guests::qemu::available(),
+        timeout: BENCH_RUN_TIMEOUT,
+    };
+    let table = vmm::bench::run(&options, |step| eprintln!("vmm bench: {step}"));
+    if args.json {
+        println!("{:#}", table.to_json());
+    } else {
+        print!("{}", table.render());
+    }
+    if table.failures().is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
