@@ -1,7 +1,8 @@
 //! The monitor: guest memory, host CPU entry/exit, the virtual CPU and its emulation,
-//! devices, loaders and the `scan` census.
+//! devices, loaders, the `scan` census and the suite's `coverage`.
 
 pub mod addr;
+pub mod coverage;
 pub mod devices;
 pub mod hostcpu;
 pub mod image;
