@@ -68,8 +68,10 @@ pub fn parse_report(output: &str) -> Report {
 }
 
 /// The identity of a check across runs: its name without what a run adds to it — the
-/// `: skipped by quirk-…` tail of a check a quirk word skipped, and parenthesised values
-/// (`(got 1f)`), which differ between machines exactly when the check does.
+/// `: skipped by quirk-…` tail of a check a quirk word skipped, parenthesised values
+/// (`(got 1f)`), numbers and quoted strings (`vendor "GenuineIntel", max leaf 4`), which
+/// differ between machines. Checks whose keys collide are told apart by their order
+/// ([`pair_checks`]).
 pub fn check_key(name: &str) -> String {
     let mut key = match name.find(": skipped by quirk-") {
         Some(i) => &name[..i],
@@ -83,7 +85,25 @@ pub fn check_key(name: &str) -> String {
         }
         key.truncate(open);
     }
-    key
+    // The bracketed forms (`[o16 ptr16:16]`) name the check; they are kept.
+    let mut in_forms = false;
+    key.split(' ')
+        .map(|w| {
+            in_forms |= w.starts_with('[');
+            let keep = in_forms;
+            in_forms &= !w.ends_with(']');
+            if keep {
+                w
+            } else if w.starts_with('"') {
+                "\"\""
+            } else if w.bytes().any(|b| b.is_ascii_digit()) {
+                "#"
+            } else {
+                w
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// True for a check a quirk word skipped (`SKIP: …: skipped by quirk-…`).
@@ -189,6 +209,11 @@ mod tests {
             "#AC: [cpl3] load"
         );
         assert_eq!(check_key("no values"), "no values");
+        assert_eq!(
+            check_key("cpuid: leaf 0: vendor \"GenuineIntel\", max leaf 4"),
+            check_key("cpuid: leaf 0: vendor \"AuthenticAMD\", max leaf 13")
+        );
+        assert_ne!(check_key("MOV to DS"), check_key("MOV to ES"));
         assert!(skipped_by_quirk("x: skipped by quirk-y", Outcome::Skip));
         assert!(!skipped_by_quirk("x: skipped by quirk-y", Outcome::Pass));
     }
