@@ -2,7 +2,7 @@
 #include "guest.h"
 
 /* Check names are "<class>: [<forms>] what": the class is the rewriter's class name and the
- * forms say which encoding the check executes (see lib/guest.h, "check names"). */
+ * forms say which encoding the check executes (see lib/guest.h, "Check names"). */
 
 #define SCR_DS 0x30	 /* data, base = scratch, limit 0xffff: 16-bit addresses reach it */
 #define ALT_DS 0x38	 /* flat ring 0 data, a second selector for the same memory */
