@@ -351,6 +351,14 @@ static void test_int_classes(void)
 		report_prefix_pop();                                                           \
 	} while (0)
 
+static volatile u32 ud_probe_hits;
+static void ud_probe(struct frame *f)
+{
+	ud_probe_hits++;
+	f->eip = fault_resume_eip;
+	fault_resume_eip = 0;
+}
+
 static void test_absent(void)
 {
 	struct cpuid_result r1 = cpuid(1), r0 = cpuid(0), e0 = cpuid(0x80000000);
@@ -381,6 +389,21 @@ static void test_absent(void)
 			 "INVPCID without CPUID.INVPCID raises #UD");
 	else
 		report_skip("invpcid: [cpl0] CPUID has INVPCID");
+	/* The handler the kernel installs right before a fault is the one that runs, also
+	 * right after an instruction the monitor emulated into a #UD (INVPCID above). */
+	report_prefix_push("ud");
+	ud_probe_hits = 0;
+	handle_exception(UD_VECTOR, ud_probe);
+	asm volatile(FAULT_ASM(".byte 0x0f, 0xaa /* rsm */"));
+	handle_exception(UD_VECTOR, NULL);
+	fault_resume_eip = 0;
+	report(ud_probe_hits == 1, "[cpl0] the #UD handler installed just before RSM runs (hits %u)",
+	       ud_probe_hits);
+	report_prefix_pop();
+	/* the rewriter's catch-all class: modes and features this guest never has */
+	UD_CHECK("privileged", ".byte 0x0f, 0xaa", "RSM outside SMM raises #UD");
+	UD_CHECK("privileged", ".byte 0x0f, 0x37", "GETSEC with CR4.SMXE=0 raises #UD");
+	UD_CHECK("privileged", ".byte 0x0f, 0x24, 0xc0", "MOV from a test register raises #UD");
 	if (!(ext_edx & (1u << 11)))
 		UD_CHECK("sysret", ".byte 0x0f, 0x07", "SYSRET without CPUID.SYSCALL raises #UD");
 	else

@@ -87,6 +87,7 @@ pub const FORMS: &[(&str, &[&str])] = &[
     ("int1", &["cpl0"]),
     ("into", &["cpl0"]),
     ("ud", &["ud2", "ud1"]),
+    ("privileged", &["cpl0"]),
 ];
 
 /// The exception vectors a monitor reflects into the guest, by their check prefix.
