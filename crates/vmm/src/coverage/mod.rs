@@ -274,7 +274,7 @@ pub fn render(classes: &[Row], vectors: &[Row]) -> String {
     let header = |out: &mut String, first: &str| {
         let _ = writeln!(
             out,
-            "{first:<14} {:<7} {:<8} {:>4} {:>4} {:>4}  {:<44} missing forms",
+            "{first:<14} {:<7} {:<8} {:>4} {:>4} {:>4}  {:<52} missing forms",
             "action", "status", "pass", "fail", "skip", "forms covered"
         );
     };
@@ -286,7 +286,7 @@ pub fn render(classes: &[Row], vectors: &[Row]) -> String {
         }
         let _ = writeln!(
             out,
-            "{:<14} {:<7} {:<8} {:>4} {:>4} {:>4}  {:<44} {}",
+            "{:<14} {:<7} {:<8} {:>4} {:>4} {:>4}  {:<52} {}",
             r.subject,
             r.kind,
             r.status.name(),
