@@ -102,7 +102,17 @@ int printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 const char *cmdline(void);
 bool cmdline_has(const char *word);
 
-/* kvm-unit-tests style reporting */
+/* kvm-unit-tests style reporting.
+ *
+ * Check names: the coverage suite (forms, privileged, io, gates, vectors) names each check
+ * "<subject>: [<forms>] what", the subject being the first report_prefix_push(): a class
+ * name of the rewriter's table (pushf, far_jmp, mov_cr...) or an exception mnemonic (#GP),
+ * and the bracketed words the encoding the check executes: o8/o16/o32 operand size, a16
+ * 16-bit addressing, seg a segment override, reg/mem, segment register names,
+ * ptr16:16/ptr16:32/m16:16/m16:32 far pointers, imm8/dx ports, rep, df (DF=1), imm16,
+ * gate, outer, cpl0/cpl3. `vmm coverage` computes class and form coverage from these names,
+ * so a check that executes a form must say so. A check a QEMU deviation makes the kernel
+ * skip ends in ": skipped by <quirk word>" (guests::qemu::QUIRKS). */
 void report(bool ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void report_skip(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void report_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

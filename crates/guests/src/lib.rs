@@ -16,7 +16,7 @@ pub mod qemu;
 pub mod report;
 
 pub use config::{parse_config, ConfigError, TestEntry};
-pub use report::{parse_report, Outcome, Report};
+pub use report::{check_key, pair_checks, parse_report, Outcome, Pair, Report};
 
 /// One built guest kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

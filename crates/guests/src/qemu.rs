@@ -13,17 +13,135 @@ pub const QEMU: &str = "qemu-system-i386";
 pub const CPU_MODEL: &str = "qemu32";
 
 /// Kernel command-line words that skip checks QEMU 7.2 TCG gets wrong; the kernel that
-/// checks each one says what QEMU does instead. The monitor runs the kernels without them.
+/// checks each one says what QEMU does instead, and [`DEVIATIONS`] lists the checks each
+/// word skips. The monitor runs the kernels without them.
 pub const QUIRKS: &[&str] = &[
     // sensitive: MOV to CR4 with a reserved bit neither faults nor completes (livelock)
     "quirk-cr4-reserved-hangs",
-    // sensitive: RDMSR/WRMSR of an unknown MSR read 0 / are dropped instead of #GP(0)
+    // sensitive, privileged: RDMSR/WRMSR of an unknown MSR read 0 / are dropped instead of #GP(0)
     "quirk-unknown-msr-ignored",
-    // sensitive: RDPMC is unimplemented and raises #UD
+    // sensitive, privileged: RDPMC is unimplemented and raises #UD
     "quirk-rdpmc-ud",
-    // hostile: data accesses past a segment limit are not checked and wrap instead of #GP(0)
+    // hostile, vectors: data accesses past a segment limit are not checked and wrap instead of
+    // #GP(0) / #SS(0)
     "quirk-no-segment-limit-checks",
+    // privileged, vectors: INT1 (ICEBP, F1) raises #UD instead of a #DB trap
+    "quirk-int1-ud",
+    // vectors: LTR of the null selector loads an invalid TR instead of raising #GP(0)
+    "quirk-ltr-null-accepted",
+    // vectors: alignment checking (CR0.AM + EFLAGS.AC at CPL 3) is not implemented, no #AC
+    "quirk-no-alignment-check",
 ];
+
+/// A check whose QEMU result is known to differ from the architecture (and so from a
+/// correct monitor): the comparison of the two counts it as a known deviation, not a
+/// failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deviation {
+    /// The tests.cfg test holding the check.
+    pub test: &'static str,
+    /// The start of the check's name (prefixes included), as the monitor reports it.
+    pub check: &'static str,
+    /// The [`QUIRKS`] word that makes the kernel skip the check under QEMU.
+    pub quirk: &'static str,
+    /// What QEMU does instead of what the SDM says.
+    pub reason: &'static str,
+}
+
+/// Every known QEMU deviation the test kernels meet, in one place.
+pub const DEVIATIONS: &[Deviation] = &[
+    Deviation {
+        test: "sensitive",
+        check: "cr: MOV CR4 with a reserved bit raises #GP(0)",
+        quirk: "quirk-cr4-reserved-hangs",
+        reason: "QEMU re-executes MOV to CR4 with a reserved bit forever instead of #GP(0)",
+    },
+    Deviation {
+        test: "sensitive",
+        check: "misc: RDMSR of an unknown MSR",
+        quirk: "quirk-unknown-msr-ignored",
+        reason: "QEMU reads an unknown MSR as 0 instead of #GP(0)",
+    },
+    Deviation {
+        test: "sensitive",
+        check: "misc: WRMSR of an unknown MSR",
+        quirk: "quirk-unknown-msr-ignored",
+        reason: "QEMU drops a write to an unknown MSR instead of #GP(0)",
+    },
+    Deviation {
+        test: "sensitive",
+        check: "misc: RDPMC",
+        quirk: "quirk-rdpmc-ud",
+        reason: "QEMU does not implement RDPMC and raises #UD",
+    },
+    Deviation {
+        test: "hostile",
+        check: "wrap: offset past the segment limit",
+        quirk: "quirk-no-segment-limit-checks",
+        reason: "QEMU TCG does not check data segment limits: the access wraps, no #GP(0)",
+    },
+    Deviation {
+        test: "hostile",
+        check: "wrap: access straddling the segment limit",
+        quirk: "quirk-no-segment-limit-checks",
+        reason: "QEMU TCG does not check data segment limits: no #GP(0)",
+    },
+    Deviation {
+        test: "privileged",
+        check: "rdmsr: [ecx] an unknown MSR",
+        quirk: "quirk-unknown-msr-ignored",
+        reason: "QEMU reads an unknown MSR as 0 instead of #GP(0)",
+    },
+    Deviation {
+        test: "privileged",
+        check: "wrmsr: [ecx] an unknown MSR",
+        quirk: "quirk-unknown-msr-ignored",
+        reason: "QEMU drops a write to an unknown MSR instead of #GP(0)",
+    },
+    Deviation {
+        test: "privileged",
+        check: "rdpmc: [cpl0]",
+        quirk: "quirk-rdpmc-ud",
+        reason: "QEMU does not implement RDPMC and raises #UD",
+    },
+    Deviation {
+        test: "privileged",
+        check: "int1: [cpl0]",
+        quirk: "quirk-int1-ud",
+        reason: "QEMU raises #UD for INT1 (F1) instead of a #DB trap",
+    },
+    Deviation {
+        test: "vectors",
+        check: "#DB: [int1]",
+        quirk: "quirk-int1-ud",
+        reason: "QEMU raises #UD for INT1 (F1) instead of a #DB trap",
+    },
+    Deviation {
+        test: "vectors",
+        check: "#SS: [limit]",
+        quirk: "quirk-no-segment-limit-checks",
+        reason: "QEMU TCG does not check the SS limit: no #SS(0)",
+    },
+    Deviation {
+        test: "vectors",
+        check: "#GP: [ltr] LTR of the null selector",
+        quirk: "quirk-ltr-null-accepted",
+        reason: "QEMU loads the null selector into TR instead of raising #GP(0)",
+    },
+    Deviation {
+        test: "vectors",
+        check: "#AC: [cpl3]",
+        quirk: "quirk-no-alignment-check",
+        reason: "QEMU TCG does not implement alignment checking: no #AC(0)",
+    },
+];
+
+/// The known QEMU deviation covering `check` (a name as the monitor reports it) of `test`.
+pub fn deviation(test: &str, check: &str) -> Option<&'static Deviation> {
+    DEVIATIONS
+        .iter()
+        .find(|d| d.test == test && check.starts_with(d.check))
+}
 
 /// The QEMU command line for one kernel: TCG, [`CPU_MODEL`], 128 MiB, Multiboot `-kernel`,
 /// the isa-debug-exit device at 0xF4 (status `(code << 1) | 1`), COM1 on stdout, no other
@@ -118,6 +236,24 @@ mod tests {
         assert_eq!(after("-cpu"), CPU_MODEL);
         assert_eq!(after("-device"), "isa-debug-exit,iobase=0xf4,iosize=0x04");
         assert_eq!(&args[args.len() - 2..], ["-smp", "1"]);
+    }
+
+    #[test]
+    fn every_deviation_names_a_quirk_and_every_quirk_a_deviation() {
+        for d in DEVIATIONS {
+            assert!(QUIRKS.contains(&d.quirk), "{d:?}");
+            assert!(!d.reason.is_empty());
+        }
+        for q in QUIRKS {
+            assert!(
+                DEVIATIONS.iter().any(|d| d.quirk == *q),
+                "{q} has no deviation"
+            );
+        }
+        let d = deviation("vectors", "#AC: [cpl3] misaligned load").expect("listed");
+        assert_eq!(d.quirk, "quirk-no-alignment-check");
+        assert_eq!(deviation("forms", "#AC: [cpl3] misaligned load"), None);
+        assert_eq!(deviation("vectors", "#DE: [div]"), None);
     }
 
     #[test]

@@ -67,6 +67,103 @@ pub fn parse_report(output: &str) -> Report {
     r
 }
 
+/// The identity of a check across runs: its name without what a run adds to it — the
+/// `: skipped by quirk-…` tail of a check a quirk word skipped, parenthesised values
+/// (`(got 1f)`), numbers and quoted strings (`vendor "GenuineIntel", max leaf 4`), which
+/// differ between machines. Checks whose keys collide are told apart by their order
+/// ([`pair_checks`]).
+pub fn check_key(name: &str) -> String {
+    let mut key = match name.find(": skipped by quirk-") {
+        Some(i) => &name[..i],
+        None => name,
+    }
+    .to_string();
+    while let Some(open) = key.rfind(" (") {
+        let tail = &key[open..];
+        if !tail.ends_with(')') {
+            break;
+        }
+        key.truncate(open);
+    }
+    // The bracketed forms (`[o16 ptr16:16]`) name the check; they are kept.
+    let mut in_forms = false;
+    key.split(' ')
+        .map(|w| {
+            in_forms |= w.starts_with('[');
+            let keep = in_forms;
+            in_forms &= !w.ends_with(']');
+            if keep {
+                w
+            } else if w.starts_with('"') {
+                "\"\""
+            } else if w.bytes().any(|b| b.is_ascii_digit()) {
+                "#"
+            } else {
+                w
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// True for a check a quirk word skipped (`SKIP: …: skipped by quirk-…`).
+pub fn skipped_by_quirk(name: &str, outcome: Outcome) -> bool {
+    outcome == Outcome::Skip && name.contains(": skipped by quirk-")
+}
+
+/// One check as two runs of the same kernel reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pair {
+    /// The check's name as the first run (else the second) reported it.
+    pub name: String,
+    /// Outcome in the first run, None if it did not report the check.
+    pub first: Option<Outcome>,
+    /// Outcome in the second run, None if it did not report the check.
+    pub second: Option<Outcome>,
+}
+
+impl Pair {
+    /// Both runs reported the check with the same outcome.
+    pub fn agree(&self) -> bool {
+        self.first.is_some() && self.first == self.second
+    }
+}
+
+/// Pairs the checks of two runs of one kernel by [`check_key`]; the n-th check with a key
+/// in one run pairs with the n-th with that key in the other. First-run order, then the
+/// checks only the second run reported.
+pub fn pair_checks(first: &Report, second: &Report) -> Vec<Pair> {
+    let mut taken = vec![false; second.checks.len()];
+    let mut pairs = Vec::with_capacity(first.checks.len());
+    for (name, outcome) in &first.checks {
+        let key = check_key(name);
+        let partner = second
+            .checks
+            .iter()
+            .enumerate()
+            .find(|(i, (n, _))| !taken[*i] && check_key(n) == key)
+            .map(|(i, (_, o))| (i, *o));
+        if let Some((i, _)) = partner {
+            taken[i] = true;
+        }
+        pairs.push(Pair {
+            name: name.clone(),
+            first: Some(*outcome),
+            second: partner.map(|(_, o)| o),
+        });
+    }
+    for (i, (name, outcome)) in second.checks.iter().enumerate() {
+        if !taken[i] {
+            pairs.push(Pair {
+                name: name.clone(),
+                first: None,
+                second: Some(*outcome),
+            });
+        }
+    }
+    pairs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +195,51 @@ mod tests {
         // A closing line that disagrees with the check lines means lost or forged output.
         assert!(!parse_report("PASS: a\n2 passed, 0 failed\n").all_passed());
         assert!(!parse_report("").all_passed());
+    }
+
+    #[test]
+    fn check_keys_drop_values_and_quirk_tails() {
+        assert_eq!(
+            check_key("lar: [o32 reg] rights (got c09b00)"),
+            "lar: [o32 reg] rights"
+        );
+        assert_eq!(check_key("a (x) b (1) (2)"), "a (x) b");
+        assert_eq!(
+            check_key("#AC: [cpl3] load: skipped by quirk-no-alignment-check"),
+            "#AC: [cpl3] load"
+        );
+        assert_eq!(check_key("no values"), "no values");
+        assert_eq!(
+            check_key("cpuid: leaf 0: vendor \"GenuineIntel\", max leaf 4"),
+            check_key("cpuid: leaf 0: vendor \"AuthenticAMD\", max leaf 13")
+        );
+        assert_ne!(check_key("MOV to DS"), check_key("MOV to ES"));
+        assert!(skipped_by_quirk("x: skipped by quirk-y", Outcome::Skip));
+        assert!(!skipped_by_quirk("x: skipped by quirk-y", Outcome::Pass));
+    }
+
+    #[test]
+    fn pairs_checks_by_key_and_occurrence() {
+        let vmm = parse_report("PASS: a (1)\nPASS: d\nFAIL: d\nPASS: only vmm\n");
+        let qemu = parse_report("PASS: a (2)\nPASS: d\nPASS: d\nSKIP: q: skipped by quirk-z\n");
+        let p = pair_checks(&vmm, &qemu);
+        let got: Vec<_> = p
+            .iter()
+            .map(|p| (p.name.as_str(), p.first, p.second))
+            .collect();
+        use Outcome::*;
+        assert_eq!(
+            got,
+            vec![
+                ("a (1)", Some(Pass), Some(Pass)),
+                ("d", Some(Pass), Some(Pass)),
+                ("d", Some(Fail), Some(Pass)),
+                ("only vmm", Some(Pass), None),
+                ("q: skipped by quirk-z", None, Some(Skip)),
+            ]
+        );
+        assert!(p[0].agree() && p[1].agree());
+        assert!(!p[2].agree() && !p[3].agree() && !p[4].agree());
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The monitor: guest memory, host CPU entry/exit, the virtual CPU and its emulation,
-//! devices, loaders, the `scan` census and the `bench` nanobenchmarks.
+//! devices, loaders, the `scan` census, the `bench` nanobenchmarks and the suite's
+//! `coverage`.
 
 pub mod addr;
 pub mod bench;
+pub mod coverage;
 pub mod devices;
 pub mod hostcpu;
 pub mod image;

@@ -57,6 +57,16 @@ enum Command {
     /// timed natively too. Prints medians, ns per operation from the estimated TSC rate,
     /// the ratios and the monitor's exits per operation. Exit status 1 if any run failed.
     Bench(BenchArgs),
+    /// Which rewriter classes, encoding forms and exception vectors the guest test suite
+    /// covers with a passing check.
+    ///
+    /// Without --results every kernel of the guests' tests.cfg is run under this monitor
+    /// (as `vmm run`, one after another) and its check lines are read. With --results FILE
+    /// the check lines are read from FILE instead: any text holding the kernels' `PASS:` /
+    /// `FAIL:` / `SKIP:` lines, such as the results file the suite runner writes
+    /// (target/tmp/suite-vmm-results.txt) or saved `vmm run` output. Exit status: 0, or 1
+    /// when FILE cannot be read or a kernel cannot be started.
+    Coverage(CoverageArgs),
 }
 
 #[derive(Debug, Args)]
@@ -67,6 +77,13 @@ struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Args)]
+struct CoverageArgs {
+    /// Read check results from FILE instead of running the suite kernels.
+    #[arg(long, value_name = "FILE")]
+    results: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -145,6 +162,7 @@ fn main() -> ExitCode {
         Command::Scan(args) => scan_command(&args),
         Command::Run(args) => run_command(args),
         Command::Bench(args) => bench_command(&args),
+        Command::Coverage(args) => coverage_command(&args),
     }
 }
 
@@ -258,6 +276,53 @@ fn run_command(args: RunArgs) -> ExitCode {
         }
     }
     ExitCode::from(outcome.exit_code() as u8)
+}
+
+/// Runs every tests.cfg kernel under this binary (`vmm run`) and returns its serial output,
+/// or reads `results`; then prints the coverage tables.
+fn coverage_command(args: &CoverageArgs) -> ExitCode {
+    let text = match &args.results {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) => {
+                eprintln!("vmm: error: cannot read results {}: {e}", path.display());
+                return ExitCode::from(EXIT_INPUT_ERROR);
+            }
+        },
+        None => match run_suite_kernels() {
+            Ok(text) => text,
+            Err(e) => {
+                eprintln!("vmm: error: {e}");
+                return ExitCode::from(EXIT_INPUT_ERROR);
+            }
+        },
+    };
+    let checks = guests::parse_report(&text).checks;
+    let (classes, vectors) = vmm::coverage::compute(&checks);
+    print!("{}", vmm::coverage::render(&classes, &vectors));
+    ExitCode::SUCCESS
+}
+
+/// The serial output of every tests.cfg kernel run by this binary, one after another.
+fn run_suite_kernels() -> Result<String, String> {
+    let entries =
+        guests::parse_config(guests::tests_cfg()).map_err(|e| format!("tests.cfg: {e}"))?;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the vmm binary: {e}"))?;
+    let mut text = String::new();
+    for entry in entries {
+        let name = entry.file.trim_end_matches(".elf");
+        let guest = guests::find(name).ok_or(format!("tests.cfg names unbuilt kernel {name}"))?;
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(["run", "--kernel", guest.path, "--append", &entry.append])
+            .stderr(std::process::Stdio::null());
+        let timeout = std::time::Duration::from_secs(entry.timeout.into());
+        let run = guests::qemu::run(cmd, timeout).map_err(|e| format!("cannot run {name}: {e}"))?;
+        if run.status.is_none() {
+            eprintln!("vmm: warning: {name} timed out after {} s", entry.timeout);
+        }
+        text.push_str(&run.output);
+    }
+    Ok(text)
 }
 
 /// The host terminal in the mode a serial console wants (no line buffering, no echo;

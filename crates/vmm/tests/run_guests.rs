@@ -1,11 +1,11 @@
-//! `vmm run` as a user runs it: every guest kernel of the repository boots natively
-//! under the monitor and its own checks pass; statistics, bad input and a triple-faulting
-//! guest behave as documented.
+//! `vmm run` as a user runs it: the demo guest with statistics, bad input and a
+//! triple-faulting guest behave as documented. Every test kernel of the repository runs
+//! under the monitor (and QEMU) in `tests/suite.rs`.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use guests::{parse_config, parse_report, tests_cfg};
+use guests::parse_report;
 
 const VMM: &str = env!("CARGO_BIN_EXE_vmm");
 /// Exit status of coreutils `timeout` when it had to stop the command.
@@ -41,40 +41,6 @@ fn kernel(name: &str) -> &'static str {
     guests::find(name)
         .unwrap_or_else(|| panic!("no built guest {name}"))
         .path
-}
-
-/// Every kernel in tests.cfg, run one after another (each VM reserves the low 4 GiB of
-/// its own process, so they could run in parallel; the machine has two cores).
-#[test]
-fn every_test_kernel_passes_under_vmm() {
-    let entries = parse_config(tests_cfg()).expect("tests.cfg parses");
-    assert!(entries.len() >= 4);
-    let mut failures = Vec::new();
-    for entry in &entries {
-        let name = entry.file.strip_suffix(".elf").unwrap_or(&entry.file);
-        let mut cmd = vmm_with_timeout(entry.timeout);
-        cmd.args(["--kernel", kernel(name), "--append", &entry.append]);
-        let out = run(cmd);
-        let report = parse_report(&out.output);
-        let status = out.status;
-        println!(
-            "{name:<12} {:>4} passed {:>3} failed {:>3} skipped  exit {status:?}",
-            report.passed, report.failed, report.skipped
-        );
-        if status != Some(entry.expect_exit) || !report.all_passed() || report.passed == 0 {
-            let failed: Vec<_> = report
-                .checks
-                .iter()
-                .filter(|(_, o)| *o == guests::Outcome::Fail)
-                .map(|(n, _)| n.clone())
-                .collect();
-            failures.push(format!(
-                "{name}: exit {status:?} (expected {}), failed checks {failed:?}\n{}",
-                entry.expect_exit, out.output
-            ));
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]

@@ -375,6 +375,16 @@ mod tests {
     fn unsupported_and_triple_fault_stop() {
         let (mut s, mut bus) = setup();
         s.eflags |= eflags::NT;
+        // IRET with NT=1 back to a busy TSS is a task switch, which is not emulated.
+        bus.set_gdt(
+            0x58,
+            crate::vcpu::testbus::system(
+                0x4000,
+                0x67,
+                crate::vcpu::descriptor::system_type::TSS32_BUSY,
+            ),
+        );
+        bus.write_u16(s.tr.base, 0x58);
         let a = patch(&mut s, &mut bus, &[0xcf]);
         assert_eq!(
             a,

@@ -458,6 +458,26 @@ pub(crate) fn merge_eflags(
 /// The faults the SDM lists: #SS(0) when the frame is outside SS, #GP(0) for a null CS
 /// or SS or an EIP beyond the limit, #GP(selector) for a bad CS/SS descriptor, #NP(CS),
 /// #SS(SS) for not-present segments, #PF from the bus.
+/// The checks of an IRET task return (EFLAGS.NT = 1) that come before the task switch
+/// itself (SDM Vol. 2A IRET, TASK-RETURN): the back link in the current TSS must be a GDT
+/// selector of a busy TSS, else #TS(link). The fault is returned as `Ok` so the caller can
+/// raise it; a valid link is a real task switch, reported as [`Unsupported::TaskSwitch`].
+fn task_return_link_fault(state: &VcpuState, bus: &mut impl GuestBus) -> Result<Fault, Stop> {
+    let mut raw = [0u8; 2];
+    bus.read_linear(GuestLinear(state.tr.base), &mut raw, false)?;
+    let link = u16::from_le_bytes(raw);
+    let ts = Fault::ts(u32::from(link & 0xfffc));
+    if selector::ti(link) {
+        return Ok(ts);
+    }
+    match fetch_descriptor(state, bus, link)? {
+        Some(r) if !r.desc.s && r.desc.typ == system_type::TSS32_BUSY => {
+            Err(Stop::Unsupported(Unsupported::TaskSwitch))
+        }
+        _ => Ok(ts),
+    }
+}
+
 pub(crate) fn iret(
     state: &mut VcpuState,
     bus: &mut impl GuestBus,
@@ -493,7 +513,7 @@ pub(crate) fn iret(
         return Err(Stop::Unsupported(Unsupported::Virtual8086));
     }
     if state.eflags & eflags::NT != 0 {
-        return Err(Stop::Unsupported(Unsupported::TaskSwitch));
+        return Err(task_return_link_fault(state, bus)?.into());
     }
     let v = peek_frame(bus, &ss, esp, 3, size, user, Fault::ss(0))?;
     let new_eip = v[0];
@@ -887,9 +907,25 @@ mod tests {
     }
 
     #[test]
-    fn iret_with_nt_is_unsupported() {
+    fn iret_with_nt_checks_the_back_link_then_reports_the_task_switch() {
         let (mut s, mut bus) = setup();
         s.eflags |= eflags::NT;
+        let before = s.clone();
+        // A back link beyond the GDT limit, in the LDT, or to a non-TSS: #TS(link).
+        for (link, code) in [(0x1f8u16, 0x1f8u32), (0x0c, 0x0c), (0x0b, 0x08), (0, 0)] {
+            bus.write_u16(s.tr.base, link);
+            assert!(
+                matches!(iret(&mut s, &mut bus, true), Err(Stop::Fault(f)) if f == Fault::ts(code)),
+                "link {link:#x}"
+            );
+            assert_eq!(s, before);
+        }
+        // A busy TSS: a real task return, which is not emulated.
+        bus.set_gdt(
+            0x58,
+            crate::vcpu::testbus::system(0x4000, 0x67, system_type::TSS32_BUSY),
+        );
+        bus.write_u16(s.tr.base, 0x58);
         assert!(matches!(
             iret(&mut s, &mut bus, true),
             Err(Stop::Unsupported(Unsupported::TaskSwitch))

@@ -152,6 +152,17 @@ fn dispatch(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
         M::Sysenter => far::sysenter(s),
         M::Sysexit => far::sysexit(s),
         M::Syscall | M::Sysret => Err(Fault::ud().into()),
+        // The VM's CPU model (cpuid.rs) has no XSAVE (so CR4.OSXSAVE stays 0), INVPCID,
+        // MONITOR/MWAIT or SMAP: for the guest these are undefined opcodes, whatever fault
+        // the host raised for them at CPL 3.
+        M::Xsetbv
+        | M::Xsaves
+        | M::Xrstors
+        | M::Invpcid
+        | M::Monitor
+        | M::Mwait
+        | M::Clac
+        | M::Stac => Err(Fault::ud().into()),
         M::Hlt => ctrl::hlt(s),
         M::Clts => ctrl::clts(s),
         M::Invd | M::Wbinvd => ctrl::cache(s),
@@ -387,6 +398,25 @@ mod tests {
             emulate(&mut s, &mut bus, &decode_at(&[0x0f, 0x05], 0x7001)),
             Err(Fault::ud())
         );
+        // Features the VM's CPU model does not have: #UD, not the host's #GP.
+        for bytes in [
+            &[0x0f, 0x01, 0xd1][..],         // xsetbv
+            &[0x0f, 0xc7, 0x2f],             // xsaves [edi]
+            &[0x0f, 0xc7, 0x1f],             // xrstors [edi]
+            &[0x66, 0x0f, 0x38, 0x82, 0x07], // invpcid eax, [edi]
+            &[0x0f, 0x01, 0xc8],             // monitor
+            &[0x0f, 0x01, 0xc9],             // mwait
+            &[0x0f, 0x01, 0xca],             // clac
+            &[0x0f, 0x01, 0xcb],             // stac
+        ] {
+            let before = s.clone();
+            assert_eq!(
+                emulate(&mut s, &mut bus, &decode_at(bytes, 0x7001)),
+                Err(Fault::ud()),
+                "{bytes:x?}"
+            );
+            assert_eq!(s, before, "a #UD changes nothing");
+        }
         // Something that never needs emulation is reported, not guessed.
         let r = emulate(&mut s, &mut bus, &decode_at(&[0x90], 0x7001)).unwrap();
         assert_eq!(
