@@ -156,6 +156,29 @@ static void test_nx(void)
 	report_prefix_pop();
 }
 
+static pae_entry bad_pdpt[4] __attribute__((aligned(32)));
+
+/* The SDM checks PDPTEs when CR3 is loaded; QEMU's TCG only when it walks, so this runs
+ * when the command line has `pdpte-load-check`. */
+static void test_pdpte_load(void)
+{
+	report_prefix_push("PDPTE");
+	if (!cmdline_has("pdpte-load-check")) {
+		report_skip("reserved PDPTE bits at CR3 load (pdpte-load-check not given)");
+		report_prefix_pop();
+		return;
+	}
+	/* Bit 1 (R/W) is reserved in a PAE PDPTE: loading CR3 with it faults. */
+	bad_pdpt[0] = (u32)low_dir | PDPTE_P | PTE_RW;
+	bad_pdpt[3] = (u32)high_dir | PDPTE_P;
+	catch_begin(GP_VECTOR);
+	asm volatile(FAULT_ASM("movl %0, %%cr3") ::"r"((u32)bad_pdpt) : "memory");
+	report(catch_end(GP_VECTOR, 0) && read_cr3() == (u32)pdpt,
+	       "MOV CR3 with a reserved PDPTE bit: #GP(0), CR3 unchanged");
+	report(*TEST_PAGE(0) == 0xaaaa0000, "the old tables still translate");
+	report_prefix_pop();
+}
+
 int main(u32 magic, const void *mbi)
 {
 	(void)magic;
@@ -164,6 +187,7 @@ int main(u32 magic, const void *mbi)
 	test_mappings();
 	test_live_ptes();
 	test_faults();
+	test_pdpte_load();
 	test_nx();
 	return report_summary();
 }

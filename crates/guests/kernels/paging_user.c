@@ -6,6 +6,8 @@
 #define USER_DATA (USER_BASE + PAGE_SIZE)
 #define USER_STACK_TOP (USER_BASE + 3 * PAGE_SIZE)
 #define KERNEL_PROBE 0x00101000u /* kernel text: supervisor-only */
+#define HIGH_BASE 0xc0000000u    /* a supervisor alias of the first 4 MiB */
+#define HIGH_PROBE (HIGH_BASE + 0x1000u)
 #define ROUNDS 50u
 
 #define SYS_YIELD 1
@@ -32,6 +34,7 @@ asm(".section .rodata\n"
     "cmpl 0x40001008, %ecx\n\t"
     "jb 1b\n\t"
     "movl 0x00101000, %eax\n\t" /* A1 imm32: 5 bytes, faults */
+    "movl 0xc0001000, %eax\n\t" /* the same, above every user directory entry */
     "movl $0, 0x40000000\n\t"  /* C7 05 imm32 imm32: 10 bytes, faults */
     "movl $2, %eax\n\t"
     "movl 0x40001000, %ebx\n\t"
@@ -54,7 +57,7 @@ static u32 exit_value[2], yields[2];
 struct user_fault {
 	u32 count, error, cr2;
 };
-static struct user_fault read_fault[2], write_fault[2];
+static struct user_fault read_fault[2], high_fault[2], write_fault[2];
 static u32 kernel_faults;
 
 void return_to_kernel(u32 value) __attribute__((noreturn));
@@ -64,6 +67,7 @@ static void build_space(int p)
 	u32 *pd = page_dirs[p];
 	pd[0] = 0x000000 | PTE_P | PTE_RW | PTE_PS;
 	pd[1] = 0x400000 | PTE_P | PTE_RW | PTE_PS;
+	pd[pde_index(HIGH_BASE)] = 0x000000 | PTE_P | PTE_RW | PTE_PS;
 	u32 *pt = user_tables[p];
 	pt[0] = (u32)code_frame | PTE_P | PTE_US; /* read-only for user */
 	pt[1] = (u32)data_frames[p] | PTE_P | PTE_RW | PTE_US;
@@ -113,10 +117,13 @@ static void page_fault(struct frame *f)
 		exit(report_summary());
 	}
 	u8 op = *(volatile u8 *)f->eip; /* the kernel may read user pages */
-	struct user_fault *r = op == 0xa1 ? &read_fault[current] : &write_fault[current];
+	u32 cr2 = read_cr2();
+	struct user_fault *r = op != 0xa1	      ? &write_fault[current]
+			       : cr2 == HIGH_PROBE ? &high_fault[current]
+						   : &read_fault[current];
 	r->count++;
 	r->error = f->error;
-	r->cr2 = read_cr2();
+	r->cr2 = cr2;
 	f->eip += op == 0xa1 ? 5 : 10;
 }
 
@@ -161,6 +168,9 @@ int main(u32 magic, const void *mbi)
 		report(read_fault[p].count == 1 && read_fault[p].error == (PF_P | PF_U) &&
 			       read_fault[p].cr2 == KERNEL_PROBE,
 		       "process %d reading a supervisor page: error P|U, CR2", p);
+		report(high_fault[p].count == 1 && high_fault[p].error == (PF_P | PF_U) &&
+			       high_fault[p].cr2 == HIGH_PROBE,
+		       "process %d reading the kernel's higher half: error P|U, CR2", p);
 		report(write_fault[p].count == 1 &&
 			       write_fault[p].error == (PF_P | PF_W | PF_U) &&
 			       write_fault[p].cr2 == USER_CODE,

@@ -44,6 +44,16 @@ pub(super) struct SingleStep {
     guest_tf: u32,
 }
 
+/// The registers an emulated instruction may change that a refused PDPTE load must put
+/// back (the instruction then faults with #GP(0) instead of completing).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Before {
+    pub eip: u32,
+    pub cr0: u32,
+    pub cr3: u32,
+    pub cr4: u32,
+}
+
 /// What handling one exit decided: keep running, stop with an outcome, or fail.
 pub(super) type Step = Result<Option<RunOutcome>, VmError>;
 
@@ -212,6 +222,15 @@ impl Vm {
 
     fn on_gp(&mut self, error_code: u32) -> Step {
         let instr = self.decode_at(self.state.eip);
+        if let Some(fault) = instr
+            .as_ref()
+            .filter(|_| error_code == 0)
+            .and_then(|i| self.clamp_violation(i))
+        {
+            self.stats.exit(ExitReason::GuestPageFault);
+            self.paging.stats.true_faults += 1;
+            return self.handle(VExit::Exception(fault));
+        }
         let reason = match instr.as_ref().map(classify) {
             _ if error_code & ERROR_CODE_IDT != 0 => ExitReason::SoftwareInterrupt,
             Some(Class::Cpuid) => ExitReason::Cpuid,
@@ -309,6 +328,12 @@ impl Vm {
     /// Hands a classified exit to the vCPU (emulation or delivery through the guest
     /// IDT) and applies the outcome on the host.
     pub(super) fn handle(&mut self, exit: VExit) -> Step {
+        let before = Before {
+            eip: self.state.eip,
+            cr0: self.state.cr0,
+            cr3: self.state.cr3,
+            cr4: self.state.cr4,
+        };
         let mut bus = machine_bus!(self);
         let action = vexit::handle(&mut self.state, &mut bus, &exit);
         let (exit_request, failure) = (bus.exit_request, bus.failure.take());
@@ -319,15 +344,15 @@ impl Vm {
             return self.failure(format!("monitor failure during emulation: {f:?}"));
         }
         match action {
-            VAction::Resume(effects) | VAction::Halt(effects) => self.apply(effects),
+            VAction::Resume(effects) | VAction::Halt(effects) => self.apply(effects, before),
             VAction::InterruptBlocked => Ok(None),
             VAction::Stop(reason) => self.failure(reason.to_string()),
         }
     }
 
     /// Applies an emulated instruction's side effects on the host.
-    fn apply(&mut self, effects: Effects) -> Step {
-        if let Some(stop) = self.apply_paging(&effects)? {
+    fn apply(&mut self, effects: Effects, before: Before) -> Step {
+        if let Some(stop) = self.apply_paging(&effects, before)? {
             return Ok(Some(stop));
         }
         let dirty = if effects.cpl_changed {

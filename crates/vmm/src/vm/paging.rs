@@ -7,7 +7,7 @@ use shadow_paging::{
     HostAccess, PdpteFault,
 };
 
-use super::exits::{machine_bus, Step};
+use super::exits::{machine_bus, Before, Step};
 use super::guest_bus::MachineBus;
 use super::mediate::{mediate, Mediated};
 use super::shadow::{user_limit, HostSpace, RamPhys};
@@ -150,6 +150,61 @@ impl Vm {
         }
     }
 
+    /// A #GP at CPL 3 with paging on may be the clamp of the user segment mirrors, not the
+    /// guest's own segment limit: the access reaches above the highest user directory
+    /// entry. The guest then gets the #PF its page tables give a user access there.
+    pub(super) fn clamp_violation(&mut self, instr: &iced_x86::Instruction) -> Option<Fault> {
+        let limit = self.paging.user_clamp?;
+        if !self.paging.enabled() || self.state.cpl() != 3 {
+            return None;
+        }
+        let info = iced_x86::InstructionInfoFactory::new()
+            .info(instr)
+            .used_memory()
+            .to_vec();
+        for m in info {
+            let seg = crate::vcpu::SegReg::from_iced(m.segment())?;
+            let cache = self.state.sreg(seg);
+            let off = m.virtual_address(0, |reg, _, _| {
+                if reg.is_segment_register() {
+                    Some(0)
+                } else {
+                    Some(u64::from(crate::vcpu::emulate::operands::read_gpr(
+                        &self.state,
+                        reg,
+                    )))
+                }
+            })? as u32;
+            let size = m.memory_size().size().max(1) as u32;
+            let lin = cache.base.wrapping_add(off);
+            let last = lin.wrapping_add(size - 1);
+            // Within the guest's own segment, beyond the clamp: the mirror refused it.
+            if !cache.contains(off, size) || (lin < limit && last < limit) {
+                continue;
+            }
+            let write = matches!(
+                m.access(),
+                iced_x86::OpAccess::Write
+                    | iced_x86::OpAccess::ReadWrite
+                    | iced_x86::OpAccess::CondWrite
+                    | iced_x86::OpAccess::ReadCondWrite
+            );
+            let at = if lin >= limit { lin } else { limit };
+            let access = if write {
+                Access::write(true)
+            } else {
+                Access::read(true)
+            };
+            let ctx = *self.paging.shadow.context();
+            if let Err(pf) =
+                shadow_paging::walk(&mut RamPhys(&self.ram), &ctx, SpLinear(at), access)
+            {
+                return Some(Fault::page_fault(GuestLinear(pf.cr2.raw()), pf.error_code.0));
+            }
+        }
+        None
+    }
+
     /// Decodes the instruction at EIP and performs its write through the bus.
     fn emulate_write(&mut self, lin: u32, what: &str) -> Step {
         let Some(instr) = self.decode_at(self.state.eip) else {
@@ -196,7 +251,7 @@ impl Vm {
     /// Brings the shadow state in step with what an emulated instruction changed:
     /// CR0/CR3/CR4/EFER, INVLPG, and the privilege level (user mappings and segment
     /// clamps). Returns a stop when the guest state cannot continue.
-    pub(super) fn apply_paging(&mut self, effects: &Effects) -> Step {
+    pub(super) fn apply_paging(&mut self, effects: &Effects, before: Before) -> Step {
         let ctx = *self.paging.shadow.context();
         let was_on = self.paging.enabled();
         let (cr0, cr3, cr4, efer) = (
@@ -220,10 +275,31 @@ impl Vm {
             result = self.with_host(|shadow, host, mem| shadow.write_cr3(mem, host, cr3))?;
         }
         if let Err(e) = result {
-            return self.failure(format!(
-                "the guest loaded PAE page-directory-pointer entry {} = {:#x} (at {}) with reserved bits set",
-                e.index, e.value, e.gpa
-            ));
+            // A PDPTE with reserved bits: the MOV to CR0/CR3/CR4 faults with #GP(0) and
+            // changes nothing (SDM Vol. 3A §4.4.1).
+            if self.trace {
+                eprintln!(
+                    "vmm: PDPTE {} = {:#x} at {} has reserved bits: #GP(0)",
+                    e.index, e.value, e.gpa
+                );
+            }
+            self.state.eip = before.eip;
+            self.state.cr0 = before.cr0;
+            self.state.cr3 = before.cr3;
+            self.state.cr4 = before.cr4;
+            let restored = self.with_host(|shadow, host, mem| {
+                shadow
+                    .write_cr4(mem, host, before.cr4)
+                    .and_then(|()| shadow.write_cr0(mem, host, before.cr0))
+                    .and_then(|()| shadow.write_cr3(mem, host, before.cr3))
+            })?;
+            if restored.is_err() {
+                return self.failure(
+                    "the guest's previous PAE roots no longer load after a refused PDPTE load"
+                        .to_string(),
+                );
+            }
+            return self.handle(VExit::Exception(Fault::gp0()));
         }
         let now_on = self.paging.enabled();
         if now_on && !was_on {
