@@ -175,8 +175,7 @@ impl Vm {
             }
             Exception::DB => {
                 self.stats.exit(ExitReason::GuestException);
-                let (prev, n) =
-                    self.read_code(self.code_linear(eip.wrapping_sub(1)));
+                let (prev, n) = self.read_code(self.code_linear(eip.wrapping_sub(1)));
                 if n > 0 && prev[0] == OP_INT1 {
                     return self.handle(VExit::SoftwareInterrupt {
                         vector: Exception::DB,
@@ -362,7 +361,8 @@ impl Vm {
         };
         if dirty != 0 {
             let clamp = self.paging.user_clamp;
-            self.mirrors.sync(&self.state, dirty, clamp, &mut self.ctx)?;
+            self.mirrors
+                .sync(&self.state, dirty, clamp, &mut self.ctx)?;
         }
         Ok(None)
     }

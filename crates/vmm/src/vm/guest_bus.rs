@@ -69,9 +69,8 @@ impl MachineBus<'_> {
     /// `Ok(None)` when it is not RAM (reads all ones, writes ignored).
     fn translate(&mut self, lin: u32, access: Access) -> Result<Option<u32>, Fault> {
         let ctx = *self.paging.shadow.context();
-        let t = walk(&mut RamPhys(self.ram), &ctx, SpLinear(lin), access).map_err(|pf| {
-            Fault::page_fault(GuestLinear(pf.cr2.raw()), pf.error_code.0)
-        })?;
+        let t = walk(&mut RamPhys(self.ram), &ctx, SpLinear(lin), access)
+            .map_err(|pf| Fault::page_fault(GuestLinear(pf.cr2.raw()), pf.error_code.0))?;
         let phys = t.phys.raw();
         Ok(u32::try_from(phys)
             .ok()

@@ -35,7 +35,7 @@ fn result_flags(res: u32, bits: u32) -> u32 {
     if r >> (bits - 1) & 1 != 0 {
         f |= eflags::SF;
     }
-    if (r as u8).count_ones() % 2 == 0 {
+    if (r as u8).count_ones().is_multiple_of(2) {
         f |= eflags::PF;
     }
     f
@@ -357,12 +357,18 @@ mod tests {
         s.gpr[gpr::EBX] = 0x100;
         s.gpr[gpr::EAX] = 0x0040_0007;
         // mov [ebx+4], eax
-        assert_eq!(run(&[0x89, 0x43, 0x04], &mut s, &mut ram), Ok(Mediated::Done));
+        assert_eq!(
+            run(&[0x89, 0x43, 0x04], &mut s, &mut ram),
+            Ok(Mediated::Done)
+        );
         assert_eq!(dword(&ram, 0x104), 0x0040_0007);
         assert_eq!(s.eip, 0x1003);
         // xchg [ebx+4], ecx
         s.gpr[gpr::ECX] = 0x1234;
-        assert_eq!(run(&[0x87, 0x4b, 0x04], &mut s, &mut ram), Ok(Mediated::Done));
+        assert_eq!(
+            run(&[0x87, 0x4b, 0x04], &mut s, &mut ram),
+            Ok(Mediated::Done)
+        );
         assert_eq!(dword(&ram, 0x104), 0x1234);
         assert_eq!(s.gpr[gpr::ECX], 0x0040_0007);
     }
@@ -380,7 +386,11 @@ mod tests {
         assert_ne!(s.eflags & eflags::ZF, 0);
         assert_eq!(run(&code, &mut s, &mut ram), Ok(Mediated::Done));
         assert_eq!(s.eflags & eflags::ZF, 0);
-        assert_eq!(s.gpr[gpr::EAX], 9, "the accumulator receives the current value");
+        assert_eq!(
+            s.gpr[gpr::EAX],
+            9,
+            "the accumulator receives the current value"
+        );
         // cmpxchg8b [0x20]
         s.gpr[gpr::EAX] = 0;
         s.gpr[gpr::EDX] = 0;
@@ -416,7 +426,11 @@ mod tests {
         assert_ne!(s.eflags & eflags::SF, 0);
         // and dword [0x30], 0x7fffffff (sign-extended imm32) -> clears SF
         assert_eq!(
-            run(&[0x81, 0x25, 0x30, 0, 0, 0, 0xff, 0xff, 0xff, 0x7f], &mut s, &mut ram),
+            run(
+                &[0x81, 0x25, 0x30, 0, 0, 0, 0xff, 0xff, 0xff, 0x7f],
+                &mut s,
+                &mut ram
+            ),
             Ok(Mediated::Done)
         );
         assert_eq!(dword(&ram, 0x30), 0x7fff_ffff);
@@ -459,7 +473,10 @@ mod tests {
         s.gpr[gpr::EAX] = 0xabcd_ef01;
         // rep stosd
         assert_eq!(run(&[0xf3, 0xab], &mut s, &mut ram), Ok(Mediated::Done));
-        assert_eq!((dword(&ram, 0x40), dword(&ram, 0x4c)), (0xabcd_ef01, 0xabcd_ef01));
+        assert_eq!(
+            (dword(&ram, 0x40), dword(&ram, 0x4c)),
+            (0xabcd_ef01, 0xabcd_ef01)
+        );
         assert_eq!((s.gpr[gpr::ECX], s.gpr[gpr::EDI]), (0, 0x50));
         // rep movsb from 0x40 to 0x80
         s.gpr[gpr::ESI] = 0x40;

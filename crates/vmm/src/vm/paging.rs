@@ -199,7 +199,10 @@ impl Vm {
             if let Err(pf) =
                 shadow_paging::walk(&mut RamPhys(&self.ram), &ctx, SpLinear(at), access)
             {
-                return Some(Fault::page_fault(GuestLinear(pf.cr2.raw()), pf.error_code.0));
+                return Some(Fault::page_fault(
+                    GuestLinear(pf.cr2.raw()),
+                    pf.error_code.0,
+                ));
             }
         }
         None
@@ -374,6 +377,6 @@ impl Vm {
     }
 
     fn ram_linear_len(&self) -> u32 {
-        u32::try_from(self.ram.size() - u64::from(PAGE_SIZE)).unwrap_or(u32::MAX & !(PAGE_SIZE - 1))
+        u32::try_from(self.ram.size() - u64::from(PAGE_SIZE)).unwrap_or(!(PAGE_SIZE - 1))
     }
 }

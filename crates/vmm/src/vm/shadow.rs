@@ -211,13 +211,16 @@ mod tests {
         // PDE 0 supervisor (kernel identity), PDE 1 and 0x100 user, PDE 0x300 supervisor.
         ram.write_u32(GuestPhys(pd), 0x0000_0083).unwrap();
         ram.write_u32(GuestPhys(pd + 4), 0x0040_0087).unwrap();
-        ram.write_u32(GuestPhys(pd + 0x100 * 4), 0x0080_0087).unwrap();
-        ram.write_u32(GuestPhys(pd + 0x300 * 4), 0x0000_0083).unwrap();
+        ram.write_u32(GuestPhys(pd + 0x100 * 4), 0x0080_0087)
+            .unwrap();
+        ram.write_u32(GuestPhys(pd + 0x300 * 4), 0x0000_0083)
+            .unwrap();
         let mem = RamPhys(&ram);
         let ctx = PagingContext::new(&mem, 0x8000_0011, pd, 0x10, 0).unwrap();
         assert_eq!(user_limit(&ram, &ctx), Some(0x4040_0000));
         // A user entry at the very top: no clamp.
-        ram.write_u32(GuestPhys(pd + 0x3ff * 4), 0x0000_0087).unwrap();
+        ram.write_u32(GuestPhys(pd + 0x3ff * 4), 0x0000_0087)
+            .unwrap();
         assert_eq!(user_limit(&ram, &ctx), None);
     }
 }

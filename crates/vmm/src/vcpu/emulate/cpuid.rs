@@ -142,7 +142,11 @@ mod tests {
         assert_ne!(d & (1 << 6), 0, "PAE");
         assert_eq!(d & (1 << 9), 0, "no APIC");
         assert_eq!(m.query(0x8000_0001)[3] & (1 << 29), 0, "no long mode");
-        assert_ne!(m.query(0x8000_0001)[3] & EXT_EDX_NX, 0, "NX, which EFER.NXE enables");
+        assert_ne!(
+            m.query(0x8000_0001)[3] & EXT_EDX_NX,
+            0,
+            "NX, which EFER.NXE enables"
+        );
         // Every CR4 feature the model accepts is backed by a CPUID bit.
         assert_ne!(d & (1 << 3), 0);
         assert_ne!(cr4::SUPPORTED & cr4::PSE, 0);
