@@ -10,6 +10,10 @@ static u32 high_table[1024] __attribute__((aligned(4096)));
 static u32 test_table[1024] __attribute__((aligned(4096)));
 static u32 frames[3][1024] __attribute__((aligned(4096)));
 static u8 smc_page[4096] __attribute__((aligned(4096)));
+static u8 straddle_frames[3][4096] __attribute__((aligned(4096)));
+static u32 straddle_table[1024] __attribute__((aligned(4096)));
+
+#define STRADDLE_BASE 0x00c00000u /* PDE 3: two pages on frames in reverse order */
 
 static u32 phys(const volatile void *p) { return (u32)p; } /* the kernel runs identity-mapped */
 
@@ -177,6 +181,31 @@ static void test_self_modifying(void)
 	report_prefix_pop();
 }
 
+/* An instruction that straddles two linear pages whose frames are not neighbours: MOV
+ * EAX, imm32 starts at the last byte of the first page; its immediate is the first four
+ * bytes of the second, which begin with B8 — read from offset 0, they would swallow the
+ * PUSHF that follows. The PUSHF must be found (and run as the guest's PUSHF, IF clear). */
+static void test_straddle(void)
+{
+	report_prefix_push("straddle");
+	u8 *first = straddle_frames[2], *second = straddle_frames[0];
+	memset(first, 0x90, PAGE_SIZE);
+	first[PAGE_SIZE - 1] = 0xb8;
+	static const u8 tail[] = { 0xb8, 0, 0, 0, 0x9c, 0x58, 0xc3 };
+	memcpy(second, tail, sizeof(tail));
+	straddle_table[0] = (u32)first | PTE_P | PTE_RW;
+	straddle_table[1] = (u32)second | PTE_P | PTE_RW;
+	page_dir[pde_index(STRADDLE_BASE)] = (u32)straddle_table | PTE_P | PTE_RW;
+	code_fn f = (code_fn)(STRADDLE_BASE + PAGE_SIZE - 16);
+	u32 saved = read_eflags();
+	cli();
+	u32 flags = f();
+	write_eflags(saved);
+	report((flags & EFLAGS_FIXED1) && !(flags & EFLAGS_IF),
+	       "PUSHF after an instruction straddling into a non-adjacent frame sees IF clear");
+	report_prefix_pop();
+}
+
 /* pushf; pop %eax; ret in the kernel's own text. */
 u32 text_pushf(void);
 asm(".text\n.globl text_pushf\ntext_pushf:\n\tpushfl\n\tpopl %eax\n\tret\n");
@@ -209,6 +238,7 @@ int main(u32 magic, const void *mbi)
 	test_live_ptes();
 	test_faults();
 	test_self_modifying();
+	test_straddle();
 	test_read_own_code();
 	return report_summary();
 }
