@@ -1036,11 +1036,18 @@ mod tests {
         mem.set32(PT2 + 8, 0xc000 | P | RW | A | D);
         s.write_cr3(&mem, &mut m, PD2).unwrap();
         assert!(m.at(lin(0).0).is_some(), "global: kept as the TLB keeps it");
-        assert_eq!(m.at(lin(1).0), Some((GuestPhys(0xa000), RW_PROT)), "same translation");
+        assert_eq!(
+            m.at(lin(1).0),
+            Some((GuestPhys(0xa000), RW_PROT)),
+            "same translation"
+        );
         assert_eq!(m.at(lin(2).0), None, "another frame now");
         // The kept page now depends on the new table, not the old one.
         assert!(s.is_page_table(GuestPhys(PT2)));
-        assert_eq!(s.mapping(lin(1)).unwrap().entries.pte, Some(GuestPhys(PT2 + 4)));
+        assert_eq!(
+            s.mapping(lin(1)).unwrap().entries.pte,
+            Some(GuestPhys(PT2 + 4))
+        );
         assert_eq!(s.table_written(&mut m, GuestPhys(PT2 + 4), 4), 1);
         assert_eq!(m.at(lin(1).0), None);
         // Without PGE (clearing it flushes everything) nothing is global.

@@ -175,10 +175,3 @@ impl GuestBus for MachineBus<'_> {
         unsafe { core::arch::x86_64::_rdtsc() }
     }
 }
-
-/// Reads up to 15 bytes of original guest code at `lin` (paging off).
-pub fn fetch_code(ram: &GuestRam, code: &CodePages, lin: u32) -> ([u8; 15], usize) {
-    let mut buf = [0u8; 15];
-    let n = code.read_original(ram, lin, &mut buf);
-    (buf, n)
-}

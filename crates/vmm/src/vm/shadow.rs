@@ -205,6 +205,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn exec_alone_is_asked_for_only_where_it_is_execute_only() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        let mut space = LinearSpace::reserve().unwrap();
+        let x = SpProt {
+            read: false,
+            write: false,
+            exec: true,
+        };
+        let with_pku = HostSpace {
+            ram: &ram,
+            space: &mut space,
+            exec_only: true,
+            error: None,
+        };
+        assert_eq!(with_pku.prot(x), Prot::X);
+        assert_eq!(with_pku.prot(SpProt::READ), Prot::R);
+        let without = HostSpace {
+            exec_only: false,
+            ..with_pku
+        };
+        assert_eq!(without.prot(x), Prot::RX);
+        drop(without);
+        // A refused host call is kept, not lost: the run loop stops the VM with it.
+        let mut host = HostSpace {
+            ram: &ram,
+            space: &mut space,
+            exec_only: false,
+            error: None,
+        };
+        host.map(SpLinear(0x1000), SpPhys(0x1000), 0x2000, SpProt::READ);
+        assert!(host.error.is_none());
+        host.map(SpLinear(0x1000), SpPhys(0xff000), 0x2000, SpProt::READ);
+        assert!(matches!(host.error, Some(MemoryError::BadPhysRange { .. })));
+        host.unmap(SpLinear(0x1000), 0x2000);
+    }
+
+    #[test]
     fn user_limit_is_the_end_of_the_highest_user_directory_entry() {
         let ram = GuestRam::new(1 << 20).unwrap();
         let pd = 0x1000u32;
