@@ -144,6 +144,80 @@ static void test_faults(void)
 	report_prefix_pop();
 }
 
+/* Page-table updates with the instruction forms kernels use: each changes a live PTE
+ * (one a mapping was derived from) and the change is seen after INVLPG. */
+static void test_table_updates(void)
+{
+	report_prefix_push("PTE updates");
+	volatile u32 *p = TEST_PAGE(0);
+	volatile u32 *pte = &test_table[0];
+	u32 frame0 = phys(frames[0]), frame1 = phys(frames[1]);
+	frames[0][0] = 0x11111111;
+	frames[1][0] = 0x22222222;
+	*pte = frame0 | PTE_P | PTE_RW;
+	invlpg(p);
+	(void)*p;
+
+	u32 old = frame1 | PTE_P | PTE_RW;
+	asm volatile("xchgl %0, (%1)" : "+r"(old) : "r"(pte) : "memory");
+	invlpg(p);
+	report((old & ~0xfffu) == frame0 && *p == 0x22222222, "XCHG swaps in a new frame");
+
+	u32 expect = *pte, seen = 0;
+	u8 ok = 0;
+	asm volatile("lock cmpxchgl %3, (%2); sete %1"
+		     : "=a"(seen), "=q"(ok)
+		     : "r"(pte), "r"(frame0 | PTE_P | PTE_RW), "0"(expect)
+		     : "memory", "cc");
+	invlpg(p);
+	report(ok && seen == expect && *p == 0x11111111, "LOCK CMPXCHG installs it when it matches");
+	asm volatile("lock cmpxchgl %3, (%2); sete %1"
+		     : "=a"(seen), "=q"(ok)
+		     : "r"(pte), "r"(frame1 | PTE_P | PTE_RW), "0"(expect)
+		     : "memory", "cc");
+	invlpg(p);
+	report(!ok && (seen & ~0xfffu) == frame0 && *p == 0x11111111,
+	       "and leaves it when it does not, returning the current entry");
+
+	u8 was = 0;
+	asm volatile("btrl $1, (%1); setc %0" : "=q"(was) : "r"(pte) : "memory", "cc");
+	invlpg(p);
+	pf_catch_begin();
+	asm volatile(FAULT_ASM("movl $9, (%0)") ::"r"(p) : "memory");
+	report(was && pf_catch_end(PF_P | PF_W, (u32)p), "BTR clears R/W: the page is read-only");
+
+	asm volatile("lock orl %1, (%0)" ::"r"(pte), "i"(PTE_RW) : "memory", "cc");
+	invlpg(p);
+	*p = 0x55555555;
+	report(frames[0][0] == 0x55555555, "LOCK OR sets R/W again");
+
+	asm volatile("andl %1, (%0)" ::"r"(pte), "i"(~PTE_P) : "memory", "cc");
+	invlpg(p);
+	pf_catch_begin();
+	asm volatile(FAULT_ASM("movl (%0), %%eax") ::"r"(p) : "eax", "memory");
+	report(pf_catch_end(0, (u32)p), "AND clears P: not present");
+
+	asm volatile("incl (%0)" ::"r"(pte) : "memory", "cc"); /* P is bit 0 */
+	invlpg(p);
+	report(*p == 0x55555555, "INC sets P back");
+
+	/* A whole table cleared with REP STOSD, then rebuilt. */
+	(void)*TEST_PAGE(1);
+	(void)*TEST_PAGE(2);
+	u32 n = 3;
+	void *dst = (void *)test_table;
+	asm volatile("rep stosl" : "+D"(dst), "+c"(n) : "a"(0) : "memory");
+	flush_tlb();
+	pf_catch_begin();
+	asm volatile(FAULT_ASM("movl (%0), %%eax") ::"r"(TEST_PAGE(2)) : "eax", "memory");
+	report(pf_catch_end(0, (u32)TEST_PAGE(2)) && n == 0, "REP STOSD empties the table");
+	for (u32 i = 0; i < 3; i++)
+		test_table[i] = phys(frames[i]) | PTE_P | PTE_RW;
+	flush_tlb();
+	report(*TEST_PAGE(0) == 0x55555555, "and the rebuilt table maps again");
+	report_prefix_pop();
+}
+
 typedef u32 (*code_fn)(void);
 
 static void test_self_modifying(void)
@@ -237,6 +311,7 @@ int main(u32 magic, const void *mbi)
 	test_mappings();
 	test_live_ptes();
 	test_faults();
+	test_table_updates();
 	test_self_modifying();
 	test_straddle();
 	test_read_own_code();

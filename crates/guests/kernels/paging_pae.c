@@ -81,6 +81,28 @@ static void test_live_ptes(void)
 	report_prefix_pop();
 }
 
+/* A 64-bit PTE replaced atomically with CMPXCHG8B, as PAE kernels do. */
+static void test_cmpxchg8b(void)
+{
+	report_prefix_push("CMPXCHG8B");
+	volatile u32 *p = TEST_PAGE(0);
+	(void)*p;
+	pae_entry old = test_table[0];
+	pae_entry new = (u32)frames[1] | PTE_P | PTE_RW;
+	u32 lo = (u32)old, hi = (u32)(old >> 32);
+	u8 ok = 0;
+	asm volatile("lock cmpxchg8b (%5); sete %0"
+		     : "=q"(ok), "+a"(lo), "+d"(hi)
+		     : "b"((u32) new), "c"((u32)(new >> 32)), "S"(&test_table[0])
+		     : "memory", "cc");
+	invlpg(p);
+	report(ok && *p == 0xbbbb0000, "the new entry is installed and seen after INVLPG");
+	test_table[0] = (u32)frames[0] | PTE_P | PTE_RW;
+	invlpg(p);
+	report(*p == 0xaaaa0000, "and put back");
+	report_prefix_pop();
+}
+
 static void test_faults(void)
 {
 	report_prefix_push("#PF");
@@ -186,6 +208,7 @@ int main(u32 magic, const void *mbi)
 	setup_paging();
 	test_mappings();
 	test_live_ptes();
+	test_cmpxchg8b();
 	test_faults();
 	test_pdpte_load();
 	test_nx();
