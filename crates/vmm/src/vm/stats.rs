@@ -121,13 +121,13 @@ impl Stats {
         let mut s = String::new();
         let _ = writeln!(s, "exits by reason");
         for (reason, count) in &self.exits {
-            let _ = writeln!(s, "  {:<22}{count:>12}", reason.name());
+            let _ = writeln!(s, "  {:<28}{count:>12}", reason.name());
         }
-        let _ = writeln!(s, "  {:<22}{:>12}", "total", self.total());
+        let _ = writeln!(s, "  {:<28}{:>12}", "total", self.total());
         if !extra.is_empty() {
             let _ = writeln!(s, "counters");
             for (name, value) in extra {
-                let _ = writeln!(s, "  {name:<22}{value:>12}");
+                let _ = writeln!(s, "  {name:<28}{value:>12}");
             }
         }
         let sites = self.top_sites(top);
