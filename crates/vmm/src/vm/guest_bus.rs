@@ -15,7 +15,7 @@
 use shadow_paging::{walk, Access, GuestLinear as SpLinear, GuestPhys as SpPhys};
 
 use super::code::{CodePages, RamCode};
-use super::shadow::{HostSpace, Paging, RamPhys};
+use super::shadow::{Paging, RamPhys};
 use crate::addr::{GuestLinear, PAGE_SIZE};
 use crate::devices::{ExitRequest, PortAction, PortBus};
 use crate::memory::{GuestRam, LinearSpace};
@@ -87,37 +87,29 @@ impl MachineBus<'_> {
             shadow_paging::PageUse::Code { .. }
         ) {
             self.code.revert_physical(self.ram, page.raw());
-            let mut host = HostSpace {
-                ram: self.ram,
-                space: self.space,
-                exec_only: self.paging.exec_only,
-                error: None,
-            };
-            self.paging.shadow.unmark_code(&mut host, page);
-            let err = host.error.take();
-            if let Some(e) = err {
-                self.failure = Some(BusFailure::Map(e.to_string()));
-            }
+            let ((), err) = self
+                .paging
+                .with_host(self.ram, self.space, |s, h| s.unmark_code(h, page));
+            self.keep(err);
             self.paging.stats.code_writes += 1;
         }
         let _ = rewriter::CodeMemoryMut::write(&mut RamCode(self.ram), phys, data);
         if self.paging.shadow.is_page_table(page) {
-            let mut host = HostSpace {
-                ram: self.ram,
-                space: self.space,
-                exec_only: self.paging.exec_only,
-                error: None,
-            };
-            self.paging
-                .shadow
-                .table_written(&mut host, SpPhys(phys), data.len() as u32);
-            let err = host.error.take();
-            if let Some(e) = err {
-                self.failure = Some(BusFailure::Map(e.to_string()));
-            }
+            let len = data.len() as u32;
+            let (_, err) = self.paging.with_host(self.ram, self.space, |s, h| {
+                s.table_written(h, SpPhys(phys), len)
+            });
+            self.keep(err);
             self.paging.stats.table_writes += 1;
         }
         Ok(())
+    }
+
+    /// Keeps the first failed host call: the run loop stops the VM with it.
+    fn keep(&mut self, err: Option<crate::memory::MemoryError>) {
+        if let Some(e) = err {
+            self.failure.get_or_insert(BusFailure::Map(e.to_string()));
+        }
     }
 }
 

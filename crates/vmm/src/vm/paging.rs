@@ -26,19 +26,17 @@ fn page_of(a: u32) -> u32 {
 }
 
 impl Vm {
-    /// Runs `f` with the host mapper, then stops the VM if a host call failed.
+    /// Runs `f` with the host mapper; a failed host call is a monitor error that stops
+    /// the VM (the host address space no longer matches the shadow state).
     fn with_host<T>(
         &mut self,
         f: impl FnOnce(&mut shadow_paging::ShadowState, &mut HostSpace<'_>, &RamPhys<'_>) -> T,
     ) -> Result<T, VmError> {
-        let mut host = HostSpace {
-            ram: &self.ram,
-            space: &mut self.space,
-            exec_only: self.paging.exec_only,
-            error: None,
-        };
-        let out = f(&mut self.paging.shadow, &mut host, &RamPhys(&self.ram));
-        match host.error {
+        let ram = &self.ram;
+        let (out, err) = self
+            .paging
+            .with_host(ram, &mut self.space, |s, h| f(s, h, &RamPhys(ram)));
+        match err {
             Some(e) => Err(VmError::Memory(e)),
             None => Ok(out),
         }

@@ -129,6 +129,24 @@ impl Paging {
         }
     }
 
+    /// Runs `f` on the shadow state with the host mapper over `space`; returns its result
+    /// and the first host call that failed, if one did.
+    pub fn with_host<T>(
+        &mut self,
+        ram: &GuestRam,
+        space: &mut LinearSpace,
+        f: impl FnOnce(&mut ShadowState, &mut HostSpace<'_>) -> T,
+    ) -> (T, Option<MemoryError>) {
+        let mut host = HostSpace {
+            ram,
+            space,
+            exec_only: self.exec_only,
+            error: None,
+        };
+        let out = f(&mut self.shadow, &mut host);
+        (out, host.error)
+    }
+
     /// Whether guest paging is on.
     pub fn enabled(&self) -> bool {
         self.shadow.context().mode != PagingMode::Off
