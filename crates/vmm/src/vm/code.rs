@@ -524,3 +524,52 @@ impl CodePages {
         n
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paged_code_continues_in_the_frame_the_next_linear_page_maps() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        // Frame 0x5000 ends with B8 (MOV EAX, imm32); the linear page after it maps
+        // frame 0x2000, whose first bytes complete the instruction.
+        ram.write(GuestPhys(0x5fff), &[0xb8]).unwrap();
+        ram.write(GuestPhys(0x2000), &[1, 2, 3, 4, 0x9c]).unwrap();
+        ram.write(GuestPhys(0x6000), &[0xee; 8]).unwrap();
+        let patches = PatchTable::new();
+        let mem = PagedCode {
+            ram: &ram,
+            patches: &patches,
+            page: 0x5000,
+            next: Some(0x2000),
+        };
+        let mut buf = [0u8; 6];
+        assert_eq!(mem.read(0x5fff, &mut buf), 6);
+        assert_eq!(buf, [0xb8, 1, 2, 3, 4, 0x9c]);
+        // Without a translation for the next page the read stops at the page end.
+        let alone = PagedCode { next: None, ..mem };
+        assert_eq!(alone.read(0x5fff, &mut buf), 1);
+    }
+
+    #[test]
+    fn a_physical_scan_patches_the_page_and_a_write_reverts_it() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        // pushf; pop eax; ret at 0x3000
+        ram.write(GuestPhys(0x3000), &[0x9c, 0x58, 0xc3]).unwrap();
+        let mut code = CodePages::default();
+        assert!(code
+            .scan_physical(&ram, 0x3000, Some(0x3000), None)
+            .unwrap());
+        assert_eq!(ram.read_u8(GuestPhys(0x3000)).unwrap(), TRAP_BYTE);
+        let mut orig = [0u8; 3];
+        code.read_original(&ram, 0x3000, &mut orig);
+        assert_eq!(orig, [0x9c, 0x58, 0xc3]);
+        code.revert_physical(&ram, 0x3000);
+        assert_eq!(ram.read_u8(GuestPhys(0x3000)).unwrap(), 0x9c);
+        assert!(!code.patches.is_patched(0x3000));
+        // The second scan of the page counts as a rescan.
+        code.scan_physical(&ram, 0x3000, None, None).unwrap();
+        assert_eq!((code.stats.pages_scanned, code.stats.rescans), (1, 1));
+    }
+}
