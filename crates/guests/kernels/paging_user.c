@@ -41,7 +41,17 @@ asm(".section .rodata\n"
     "int $0x80\n\t"
     "ud2\n"
     "user_blob_end:\n"
+    ".globl spin_blob, spin_blob_end\n"
+    "spin_blob:\n\t"
+    "movl $0x40003000, %esp\n"
+    "2:\n\t"
+    "incl 0x40001000\n\t"
+    "jmp 2b\n"
+    "spin_blob_end:\n"
     ".text\n");
+extern const u8 spin_blob[], spin_blob_end[];
+#define SPIN_OFFSET 0x100u /* where the spinning program lies in the code page */
+#define PREEMPT_TICKS 20u
 
 static u32 page_dirs[2][1024] __attribute__((aligned(4096)));
 static u32 user_tables[2][1024] __attribute__((aligned(4096)));
@@ -127,6 +137,52 @@ static void page_fault(struct frame *f)
 	f->eip += op == 0xa1 ? 5 : 10;
 }
 
+/* Preemption: both processes spin without ever entering the kernel; the timer interrupt
+ * switches between them, so each only runs when the PIT takes the CPU from the other. */
+static volatile u32 preempt_ticks, preempt_switches;
+
+static void preempt(struct frame *f)
+{
+	pic_eoi(0);
+	preempt_ticks++;
+	if ((f->cs & 3) != 3)
+		return;
+	if (preempt_ticks >= PREEMPT_TICKS) {
+		pit_stop();
+		write_cr3((u32)page_dirs[0]);
+		return_to_kernel(0);
+	}
+	preempt_switches++;
+	switch_to(f, current ^ 1);
+}
+
+static void test_preemption(void)
+{
+	report_prefix_push("preemption");
+	memcpy(code_frame + SPIN_OFFSET, spin_blob, (unsigned long)(spin_blob_end - spin_blob));
+	for (int p = 0; p < 2; p++)
+		data_frames[p][DATA_COUNTER] = 0;
+	saved[1] = (struct frame){
+		.gs = USER_DS, .fs = USER_DS, .es = USER_DS, .ds = USER_DS,
+		.eip = USER_CODE + SPIN_OFFSET, .cs = USER_CS, .eflags = EFLAGS_FIXED1 | EFLAGS_IF,
+		.user_esp = USER_STACK_TOP, .user_ss = USER_DS,
+	};
+	current = 0;
+	handler_fn saved_timer = get_handler(IRQ_BASE);
+	handle_exception(IRQ_BASE, preempt);
+	write_cr3((u32)page_dirs[0]);
+	pit_start(1000);
+	run_user((void (*)(void))(USER_CODE + SPIN_OFFSET), EFLAGS_FIXED1 | EFLAGS_IF);
+	cli();
+	handle_exception(IRQ_BASE, saved_timer);
+	report(preempt_ticks >= PREEMPT_TICKS, "the timer took the CPU back from user mode");
+	report(preempt_switches >= 2 && data_frames[0][DATA_COUNTER] > 0 &&
+		       data_frames[1][DATA_COUNTER] > 0,
+	       "both spinning processes ran, each counting in its own page (%u switches)",
+	       preempt_switches);
+	report_prefix_pop();
+}
+
 int main(u32 magic, const void *mbi)
 {
 	(void)magic;
@@ -181,8 +237,11 @@ int main(u32 magic, const void *mbi)
 	report_prefix_pop();
 
 	/* Back in the kernel: the kernel still reaches every page, supervisor or user. */
+	test_preemption();
+
 	report_prefix_push("kernel");
-	report(*(volatile u32 *)(USER_DATA) == ROUNDS, "the kernel reads process 0's data page");
+	report(*(volatile u32 *)(USER_DATA) == data_frames[0][DATA_COUNTER],
+	       "the kernel reads process 0's data page");
 	*(volatile u32 *)(USER_DATA + 4 * DATA_ID) = 7;
 	report(data_frames[0][DATA_ID] == 7, "and writes it");
 	report_prefix_pop();
