@@ -3,6 +3,7 @@
 
 #define HIGH_BASE 0xc0000000u /* the higher-half alias of the first 4 MiB */
 #define TEST_BASE 0x00800000u /* PDE 2: 4 KiB pages the tests remap */
+#define LARGE_RO_BASE 0x01000000u /* PDE 4: a second view of the first 4 MiB */
 #define TEST_PAGE(n) ((volatile u32 *)(TEST_BASE + (n) * PAGE_SIZE))
 
 static u32 page_dir[1024] __attribute__((aligned(4096)));
@@ -90,6 +91,19 @@ static void test_live_ptes(void)
 	e = test_table[2];
 	report((e & PTE_A) && (e & PTE_D), "a write sets D");
 	report((page_dir[pde_index(TEST_BASE)] & PTE_A) != 0, "the PDE's A is set");
+	report((page_dir[0] & (PTE_A | PTE_D)) == (PTE_A | PTE_D),
+	       "the kernel's 4 MiB page has A and D in its PDE");
+
+	/* A large page first only read, then written. */
+	page_dir[pde_index(LARGE_RO_BASE)] = 0x000000 | PTE_P | PTE_RW | PTE_PS;
+	volatile u32 *big = (volatile u32 *)(LARGE_RO_BASE + phys(&frames[0][1]));
+	invlpg(big);
+	u32 was = *big;
+	u32 pde = page_dir[pde_index(LARGE_RO_BASE)];
+	report((pde & PTE_A) && !(pde & PTE_D), "a read through a 4 MiB page sets A only");
+	*big = was + 1;
+	pde = page_dir[pde_index(LARGE_RO_BASE)];
+	report((pde & PTE_D) && frames[0][1] == was + 1, "a write sets D and reaches the frame");
 
 	/* The dirty bit is set again after the guest clears it. */
 	test_table[2] &= ~(PTE_D | PTE_A);
