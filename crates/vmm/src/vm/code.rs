@@ -9,7 +9,9 @@
 //! had data written next to its code is made executable again without a rescan.
 //!
 //! Addresses here are guest-physical: with paging off they equal the linear addresses
-//! the host mapping uses.
+//! the host mapping uses. With paging on, pages are scanned by guest-physical frame
+//! ([`CodePages::scan_physical`]), so every linear alias of a frame shares one scan and
+//! one patch table entry; the shadow state (vm/paging.rs) owns their host protections.
 
 use std::collections::{HashMap, HashSet};
 
