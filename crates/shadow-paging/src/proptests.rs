@@ -488,15 +488,17 @@ proptest! {
                     let old = Regs { cr0: c.cr0, cr3: c.cr3, cr4: c.cr4, efer: c.efer };
                     let cr3 = frame * PAGE_SIZE + 0x20 * (8 + slot);
                     // With paging off CR3 translates nothing, so every mapping stays exact.
+                    // A non-global survivor must be exactly what the new tables give (the
+                    // check below walks it); a global one may be what the old tables gave.
                     if s.write_cr3(&mem, &mut mapper, cr3).is_ok() && old.paging() {
                         for (&n, &(gpa, _)) in &mapper.pages {
                             if stale.get(&n) == Some(&gpa) {
                                 continue;
                             }
                             let before = reference::translate(&mem, old, c.roots.0, n << 12, false, false, false);
-                            let global = before.is_ok_and(|f| f.global) && old.pge();
-                            prop_assert!(global, "{:#x} survived a CR3 write but is not global", n << 12);
-                            stale.insert(n, gpa);
+                            if before.is_ok_and(|f| f.global) && old.pge() {
+                                stale.insert(n, gpa);
+                            }
                         }
                     }
                 }

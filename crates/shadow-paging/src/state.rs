@@ -576,7 +576,8 @@ impl ShadowState {
         self.drop_pages(mapper, stale)
     }
 
-    /// MOV to CR3: under PAE loads the PDPTEs; drops non-global mappings.
+    /// MOV to CR3: under PAE loads the PDPTEs; drops the non-global mappings the new
+    /// tables do not give exactly as they are (see the TLB note on `revalidate`).
     ///
     /// # Errors
     /// [`PdpteFault`] (inject #GP(0); nothing changed) when PAE paging is on and a PDPTE
@@ -665,9 +666,58 @@ impl ShadowState {
         if everything {
             self.flush_all(mapper);
         } else if cr3_written && mode != PagingMode::Off {
-            self.flush_non_global(mapper);
+            self.revalidate(mem, mapper);
         }
         Ok(())
+    }
+
+    /// After a CR3 write: keeps the non-global mappings the new tables give exactly as
+    /// they were (same frame, rights, dirty state and page size, through entries already
+    /// accessed), re-linked to the new tables' entries; drops the rest. The TLB flush a
+    /// CR3 write makes is thereby kept: every mapping that survives is one a fresh walk
+    /// would install. Every write to a table a mapping depends on is mediated, so no
+    /// mapping can be stale before the switch. Kernel mappings shared by all address
+    /// spaces then survive a process switch instead of faulting back in one by one.
+    fn revalidate<M: GuestPhysMemory + ?Sized, H: HostMapper + ?Sized>(
+        &mut self,
+        mem: &M,
+        mapper: &mut H,
+    ) {
+        let pge = self.ctx.pge();
+        let mut stale = Vec::new();
+        let mut relink = Vec::new();
+        for (&n, p) in &self.maps {
+            if pge && p.global {
+                continue;
+            }
+            let access = Access {
+                write: p.prot.write,
+                user: p.for_user,
+                fetch: false,
+            };
+            let same = peek(mem, &self.ctx, GuestLinear(page_addr(n)), access).filter(|t| {
+                t.frame() == p.gpa.into()
+                    && t.perms == p.perms
+                    && t.dirty == p.dirty
+                    && t.global == p.global
+                    && t.size == p.size
+            });
+            match same {
+                Some(t) if t.entries == p.entries => {}
+                Some(t) => relink.push((n, t.entries)),
+                None => stale.push(n),
+            }
+        }
+        let mut touched = BTreeSet::new();
+        for (n, entries) in relink {
+            if let Some(page) = self.unlink(n, &mut touched) {
+                self.link(n, ShadowPage { entries, ..page }, &mut touched);
+            }
+        }
+        for frame in touched {
+            self.reclassify(mapper, frame);
+        }
+        self.drop_pages(mapper, stale);
     }
 
     /// The frame holding `gpa` was scanned and patched: write-protect (and, if
@@ -966,23 +1016,46 @@ mod tests {
     }
 
     #[test]
-    fn cr3_write_keeps_only_global_pages_under_pge() {
+    fn cr3_write_keeps_global_pages_and_revalidates_the_rest() {
         let (mut mem, mut s, mut m) = setup(|i| match i {
             0 => Some(0x9000 | P | RW | A | D | G),
             1 => Some(0xa000 | P | RW | A | D),
+            2 => Some(0xb000 | P | RW | A | D),
             _ => None,
         });
         s.config.max_run_pages = 1;
-        mapped(s.on_host_fault(&mut mem, &mut m, lin(0), HostAccess::Read, false));
-        mapped(s.on_host_fault(&mut mem, &mut m, lin(1), HostAccess::Read, false));
-        s.write_cr3(&mem, &mut m, PD).unwrap();
-        assert!(m.at(lin(0).0).is_some());
+        for i in 0..3 {
+            mapped(s.on_host_fault(&mut mem, &mut m, lin(i), HostAccess::Write, false));
+        }
+        // A second address space: its own directory and table; page 0 is not mapped
+        // there, page 1 maps the same frame, page 2 another one.
+        const PD2: u32 = 0x3000;
+        const PT2: u32 = 0x4000;
+        mem.set32(PD2 + 4, PT2 | P | RW | US | A);
+        mem.set32(PT2 + 4, 0xa000 | P | RW | A | D);
+        mem.set32(PT2 + 8, 0xc000 | P | RW | A | D);
+        s.write_cr3(&mem, &mut m, PD2).unwrap();
+        assert!(m.at(lin(0).0).is_some(), "global: kept as the TLB keeps it");
+        assert_eq!(
+            m.at(lin(1).0),
+            Some((GuestPhys(0xa000), RW_PROT)),
+            "same translation"
+        );
+        assert_eq!(m.at(lin(2).0), None, "another frame now");
+        // The kept page now depends on the new table, not the old one.
+        assert!(s.is_page_table(GuestPhys(PT2)));
+        assert_eq!(
+            s.mapping(lin(1)).unwrap().entries.pte,
+            Some(GuestPhys(PT2 + 4))
+        );
+        assert_eq!(s.table_written(&mut m, GuestPhys(PT2 + 4), 4), 1);
         assert_eq!(m.at(lin(1).0), None);
         // Without PGE (clearing it flushes everything) nothing is global.
+        s.write_cr3(&mem, &mut m, PD).unwrap();
         s.write_cr4(&mem, &mut m, CR4_PSE).unwrap();
         assert!(m.pages.is_empty());
         mapped(s.on_host_fault(&mut mem, &mut m, lin(0), HostAccess::Read, false));
-        s.write_cr3(&mem, &mut m, PD).unwrap();
+        s.write_cr3(&mem, &mut m, PD2).unwrap();
         assert!(m.pages.is_empty());
     }
 

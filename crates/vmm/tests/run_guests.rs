@@ -37,11 +37,6 @@ fn run(mut cmd: Command) -> Run {
     Run { status, output }
 }
 
-fn kernel(name: &str) -> &'static str {
-    guests::find(name)
-        .unwrap_or_else(|| panic!("no built guest {name}"))
-        .path
-}
 
 #[test]
 fn demo_guest_runs_without_arguments_and_prints_stats() {

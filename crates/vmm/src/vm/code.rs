@@ -9,7 +9,9 @@
 //! had data written next to its code is made executable again without a rescan.
 //!
 //! Addresses here are guest-physical: with paging off they equal the linear addresses
-//! the host mapping uses.
+//! the host mapping uses. With paging on, pages are scanned by guest-physical frame
+//! ([`CodePages::scan_physical`]), so every linear alias of a frame shares one scan and
+//! one patch table entry; the shadow state (vm/paging.rs) owns their host protections.
 
 use std::collections::{HashMap, HashSet};
 
@@ -171,6 +173,45 @@ fn instruction_len(bytes: &[u8], off: u32) -> u32 {
         1
     } else {
         instr.len() as u32
+    }
+}
+
+/// A guest-physical code page as the CPU fetches it under paging: its own bytes, then
+/// the bytes of the physical page the next linear page maps to; patched bytes read as
+/// their originals.
+struct PagedCode<'a> {
+    ram: &'a GuestRam,
+    patches: &'a PatchTable,
+    page: u32,
+    next: Option<u32>,
+}
+
+impl CodeMemory for PagedCode<'_> {
+    fn read(&self, addr: u32, buf: &mut [u8]) -> usize {
+        let mut done = 0;
+        while done < buf.len() {
+            let at = addr.wrapping_add(done as u32);
+            let phys = if page_of(at) == self.page {
+                at
+            } else if page_of(at) == self.page.wrapping_add(PAGE_SIZE) {
+                match self.next {
+                    Some(next) => next | (at & (PAGE_SIZE - 1)),
+                    None => break,
+                }
+            } else {
+                break;
+            };
+            let room = (PAGE_SIZE - (phys & (PAGE_SIZE - 1))) as usize;
+            let n = room.min(buf.len() - done);
+            let got = RamCode(self.ram).read(phys, &mut buf[done..done + n]);
+            self.patches
+                .overlay_originals(phys, &mut buf[done..done + got]);
+            done += got;
+            if got < n {
+                break;
+            }
+        }
+        done
     }
 }
 
@@ -396,11 +437,141 @@ impl CodePages {
             .map_err(map_err(page))
     }
 
+    /// Paging goes on: from now on pages are keyed by guest-physical address and their
+    /// host protections belong to the shadow state. Parked pages (writable, so possibly
+    /// rewritten) lose their patches; the armed pages, patches intact, are returned so the
+    /// shadow state can treat them as scanned code.
+    pub fn enter_paging(&mut self, ram: &GuestRam) -> Vec<u32> {
+        for (page, snapshot) in std::mem::take(&mut self.parked) {
+            let mut reconcile = Reconcile {
+                ram,
+                page,
+                snapshot: &snapshot,
+            };
+            self.patches.revert_page(&mut reconcile, page);
+        }
+        self.entries.clear();
+        self.armed.keys().copied().collect()
+    }
+
+    /// Paging goes off: every scanned page loses its patches (their mappings are about
+    /// to become the 1:1 RAM mapping, writable and not executable) and is scanned afresh
+    /// when next executed.
+    pub fn leave_paging(&mut self, ram: &GuestRam) {
+        for (page, _) in std::mem::take(&mut self.armed) {
+            self.patches.revert_page(&mut RamCode(ram), page);
+        }
+        self.parked.clear();
+        self.entries.clear();
+    }
+
+    /// Scans and patches guest-physical `page` under paging, from `entry` (a physical
+    /// instruction start in it) and the entries learnt before. `next` is the physical
+    /// page the *linear* page after this one maps to, so an instruction that straddles
+    /// the page end is decoded from the bytes the CPU will fetch. Branch targets in other
+    /// pages are not learnt: their physical addresses depend on mappings this page does
+    /// not know. Returns whether the page holds patches.
+    ///
+    /// # Errors
+    /// [`CodeError::Patch`] when the patcher refused a site.
+    pub fn scan_physical(
+        &mut self,
+        ram: &GuestRam,
+        page: u32,
+        entry: Option<u32>,
+        next: Option<u32>,
+    ) -> Result<bool, CodeError> {
+        let page = page_of(page);
+        if let Some(entry) = entry {
+            self.learn_entry(entry);
+        }
+        let entries = self.entries.get(&page).cloned().unwrap_or_default();
+        let scan = {
+            let mem = PagedCode {
+                ram,
+                patches: &self.patches,
+                page,
+                next,
+            };
+            scan_page(&mem, page, &entries)
+        };
+        self.patches
+            .patch_with(&mut RamCode(ram), &scan, &self.also_patch)
+            .map_err(|source| CodeError::Patch { page, source })?;
+        if self.ever_scanned.insert(page) {
+            self.stats.pages_scanned += 1;
+        } else {
+            self.stats.rescans += 1;
+        }
+        let snapshot = Snapshot::take(ram, page, &scan.starts, u64::from(page + PAGE_SIZE));
+        self.armed.insert(page, snapshot);
+        Ok(self.patches.is_patched(page))
+    }
+
+    /// The guest writes to scanned guest-physical `page` under paging (its mappings are
+    /// read-only, so the trap bytes are still in place): restore the original bytes.
+    pub fn revert_physical(&mut self, ram: &GuestRam, page: u32) {
+        let page = page_of(page);
+        self.patches.revert_page(&mut RamCode(ram), page);
+        if self.armed.remove(&page).is_some() {
+            self.stats.parks += 1;
+        }
+    }
+
     /// Copies guest RAM at `addr` into `buf` as the guest wrote it: trap bytes replaced by
     /// the originals. Returns how many bytes were readable.
     pub fn read_original(&self, ram: &GuestRam, addr: u32, buf: &mut [u8]) -> usize {
         let n = RamCode(ram).read(addr, buf);
         self.patches.overlay_originals(addr, &mut buf[..n]);
         n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paged_code_continues_in_the_frame_the_next_linear_page_maps() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        // Frame 0x5000 ends with B8 (MOV EAX, imm32); the linear page after it maps
+        // frame 0x2000, whose first bytes complete the instruction.
+        ram.write(GuestPhys(0x5fff), &[0xb8]).unwrap();
+        ram.write(GuestPhys(0x2000), &[1, 2, 3, 4, 0x9c]).unwrap();
+        ram.write(GuestPhys(0x6000), &[0xee; 8]).unwrap();
+        let patches = PatchTable::new();
+        let mem = PagedCode {
+            ram: &ram,
+            patches: &patches,
+            page: 0x5000,
+            next: Some(0x2000),
+        };
+        let mut buf = [0u8; 6];
+        assert_eq!(mem.read(0x5fff, &mut buf), 6);
+        assert_eq!(buf, [0xb8, 1, 2, 3, 4, 0x9c]);
+        // Without a translation for the next page the read stops at the page end.
+        let alone = PagedCode { next: None, ..mem };
+        assert_eq!(alone.read(0x5fff, &mut buf), 1);
+    }
+
+    #[test]
+    fn a_physical_scan_patches_the_page_and_a_write_reverts_it() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        // pushf; pop eax; ret at 0x3000
+        ram.write(GuestPhys(0x3000), &[0x9c, 0x58, 0xc3]).unwrap();
+        let mut code = CodePages::default();
+        assert!(code
+            .scan_physical(&ram, 0x3000, Some(0x3000), None)
+            .unwrap());
+        assert_eq!(ram.read_u8(GuestPhys(0x3000)).unwrap(), TRAP_BYTE);
+        let mut orig = [0u8; 3];
+        code.read_original(&ram, 0x3000, &mut orig);
+        assert_eq!(orig, [0x9c, 0x58, 0xc3]);
+        code.revert_physical(&ram, 0x3000);
+        assert_eq!(ram.read_u8(GuestPhys(0x3000)).unwrap(), 0x9c);
+        assert!(!code.patches.is_patched(0x3000));
+        // The second scan of the page counts as a rescan.
+        code.scan_physical(&ram, 0x3000, None, None).unwrap();
+        assert_eq!((code.stats.pages_scanned, code.stats.rescans), (1, 1));
     }
 }

@@ -6,12 +6,12 @@
 use iced_x86::{Decoder, DecoderOptions, Instruction};
 use rewriter::{classify, Action, Class};
 
-use super::guest_bus::{fetch_code, MachineBus};
+use super::guest_bus::MachineBus;
 use super::stats::ExitReason;
 use super::{dump, RunOutcome, Vm, VmError};
 use crate::hostcpu::{Exit, ExitKind};
 use crate::vcpu::exit::{self as vexit, Action as VAction, Exit as VExit};
-use crate::vcpu::state::{cr0, eflags};
+use crate::vcpu::state::eflags;
 use crate::vcpu::{Effects, Exception, Fault, SegReg};
 
 /// Host page-fault error code bits (SDM Vol. 3A §4.7).
@@ -44,6 +44,16 @@ pub(super) struct SingleStep {
     guest_tf: u32,
 }
 
+/// The registers an emulated instruction may change that a refused PDPTE load must put
+/// back (the instruction then faults with #GP(0) instead of completing).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Before {
+    pub eip: u32,
+    pub cr0: u32,
+    pub cr3: u32,
+    pub cr4: u32,
+}
+
 /// What handling one exit decided: keep running, stop with an outcome, or fail.
 pub(super) type Step = Result<Option<RunOutcome>, VmError>;
 
@@ -55,6 +65,7 @@ macro_rules! machine_bus {
             ram: &$vm.ram,
             space: &mut $vm.space,
             code: &mut $vm.code,
+            paging: &mut $vm.paging,
             ports: &mut $vm.platform.ports,
             exit_request: None,
             failure: None,
@@ -65,14 +76,14 @@ pub(super) use machine_bus;
 
 impl Vm {
     /// The guest linear address of `offset` in CS.
-    fn code_linear(&self, offset: u32) -> u32 {
+    pub(super) fn code_linear(&self, offset: u32) -> u32 {
         self.state.sreg(SegReg::Cs).base.wrapping_add(offset)
     }
 
     /// Decodes the original guest instruction at CS:`offset`.
-    fn decode_at(&self, offset: u32) -> Option<Instruction> {
+    pub(super) fn decode_at(&self, offset: u32) -> Option<Instruction> {
         let lin = self.code_linear(offset);
-        let (bytes, n) = fetch_code(&self.ram, &self.code, lin);
+        let (bytes, n) = self.read_code(lin);
         let bitness = if self.state.code_32() { 32 } else { 16 };
         let mut decoder = Decoder::with_ip(
             bitness,
@@ -84,7 +95,7 @@ impl Vm {
         (!instr.is_invalid()).then_some(instr)
     }
 
-    fn failure(&self, reason: String) -> Step {
+    pub(super) fn failure(&self, reason: String) -> Step {
         Ok(Some(RunOutcome::GuestFailure {
             reason,
             dump: dump(&self.state),
@@ -135,11 +146,24 @@ impl Vm {
         match vector {
             Exception::BP => {
                 let site = self.code_linear(eip.wrapping_sub(1));
-                if let Some(patch) = self.code.patches.lookup(site) {
-                    let (original, class) = (patch.instruction, patch.class);
+                let patch = self
+                    .code_phys(site)
+                    .and_then(|phys| self.code.patches.lookup(phys))
+                    .map(|p| (p.instruction, p.class));
+                if let Some((original, class)) = patch {
                     self.stats.exit(ExitReason::RewriteTrap);
                     self.stats.site(site, class.name());
                     self.state.eip = eip.wrapping_sub(1);
+                    // The patch table keeps the instruction decoded at its physical
+                    // address; with paging on, decode it again where the guest runs it.
+                    let original = if self.paging.enabled() {
+                        match self.decode_at(self.state.eip) {
+                            Some(i) => i,
+                            None => original,
+                        }
+                    } else {
+                        original
+                    };
                     return self.handle(VExit::Patched { original });
                 }
                 self.stats.exit(ExitReason::GuestException);
@@ -151,8 +175,7 @@ impl Vm {
             }
             Exception::DB => {
                 self.stats.exit(ExitReason::GuestException);
-                let (prev, n) =
-                    fetch_code(&self.ram, &self.code, self.code_linear(eip.wrapping_sub(1)));
+                let (prev, n) = self.read_code(self.code_linear(eip.wrapping_sub(1)));
                 if n > 0 && prev[0] == OP_INT1 {
                     return self.handle(VExit::SoftwareInterrupt {
                         vector: Exception::DB,
@@ -182,8 +205,8 @@ impl Vm {
     /// has DPL 3): the one-byte form `one_byte` or `INT imm8`, EIP after it.
     fn software_trap(&mut self, vector: u8, one_byte: u8) -> Step {
         let eip = self.state.eip;
-        let one = fetch_code(&self.ram, &self.code, self.code_linear(eip.wrapping_sub(1)));
-        let two = fetch_code(&self.ram, &self.code, self.code_linear(eip.wrapping_sub(2)));
+        let one = self.read_code(self.code_linear(eip.wrapping_sub(1)));
+        let two = self.read_code(self.code_linear(eip.wrapping_sub(2)));
         let len = if one.1 > 0 && one.0[0] == one_byte {
             1
         } else if two.1 > 1 && two.0[0] == OP_INT_IMM8 && two.0[1] == vector {
@@ -198,6 +221,15 @@ impl Vm {
 
     fn on_gp(&mut self, error_code: u32) -> Step {
         let instr = self.decode_at(self.state.eip);
+        if let Some(fault) = instr
+            .as_ref()
+            .filter(|_| error_code == 0)
+            .and_then(|i| self.clamp_violation(i))
+        {
+            self.stats.exit(ExitReason::GuestPageFault);
+            self.paging.stats.true_faults += 1;
+            return self.handle(VExit::Exception(fault));
+        }
         let reason = match instr.as_ref().map(classify) {
             _ if error_code & ERROR_CODE_IDT != 0 => ExitReason::SoftwareInterrupt,
             Some(Class::Cpuid) => ExitReason::Cpuid,
@@ -221,7 +253,7 @@ impl Vm {
         // never get here; anything else is code the rewriter did not see.
         let eip = self.state.eip;
         let start = eip.wrapping_sub(2);
-        let (bytes, n) = fetch_code(&self.ram, &self.code, self.code_linear(start));
+        let (bytes, n) = self.read_code(self.code_linear(start));
         if n >= 2 && bytes[0] == OP_INT_IMM8 && bytes[1] == SYSCALL_VECTOR {
             self.stats.exit(ExitReason::SyscallTrap);
             return self.handle(VExit::SoftwareInterrupt {
@@ -235,6 +267,9 @@ impl Vm {
     }
 
     fn on_page_fault(&mut self, lin: u32, error_code: u32) -> Step {
+        if self.paging.enabled() {
+            return self.on_paged_fault(lin, error_code);
+        }
         let in_ram = u64::from(lin) < self.ram.size() && lin >= crate::addr::PAGE_SIZE;
         if error_code & pf::FETCH != 0 {
             if !in_ram {
@@ -292,6 +327,12 @@ impl Vm {
     /// Hands a classified exit to the vCPU (emulation or delivery through the guest
     /// IDT) and applies the outcome on the host.
     pub(super) fn handle(&mut self, exit: VExit) -> Step {
+        let before = Before {
+            eip: self.state.eip,
+            cr0: self.state.cr0,
+            cr3: self.state.cr3,
+            cr4: self.state.cr4,
+        };
         let mut bus = machine_bus!(self);
         let action = vexit::handle(&mut self.state, &mut bus, &exit);
         let (exit_request, failure) = (bus.exit_request, bus.failure.take());
@@ -302,27 +343,26 @@ impl Vm {
             return self.failure(format!("monitor failure during emulation: {f:?}"));
         }
         match action {
-            VAction::Resume(effects) | VAction::Halt(effects) => self.apply(effects),
+            VAction::Resume(effects) | VAction::Halt(effects) => self.apply(effects, before),
             VAction::InterruptBlocked => Ok(None),
             VAction::Stop(reason) => self.failure(reason.to_string()),
         }
     }
 
     /// Applies an emulated instruction's side effects on the host.
-    fn apply(&mut self, effects: Effects) -> Step {
+    fn apply(&mut self, effects: Effects, before: Before) -> Step {
+        if let Some(stop) = self.apply_paging(&effects, before)? {
+            return Ok(Some(stop));
+        }
         let dirty = if effects.cpl_changed {
             0x3f
         } else {
             effects.segments_dirty
         };
         if dirty != 0 {
-            self.mirrors.sync(&self.state, dirty, None, &mut self.ctx)?;
-        }
-        if effects.paging_mode_changed && self.state.cr0 & cr0::PG != 0 {
-            return self.failure(
-                "the guest enabled paging (CR0.PG); this monitor runs guests with paging off only"
-                    .to_string(),
-            );
+            let clamp = self.paging.user_clamp;
+            self.mirrors
+                .sync(&self.state, dirty, clamp, &mut self.ctx)?;
         }
         Ok(None)
     }

@@ -6,8 +6,16 @@
 //! page first reverts the page's patches, as a native write would (see [`CodePages`]).
 //! Physical addresses with no RAM behind them read as all ones and ignore writes, as an
 //! unclaimed bus cycle does on a PC.
+//!
+//! With paging on, every access is translated through the guest's tables as the CPU
+//! would (setting accessed and dirty bits; a forbidden access is the guest's #PF). A
+//! write to scanned code reverts its patches first; a write to a page-table page drops
+//! the shadow mappings derived from the entries it changed.
+
+use shadow_paging::{walk, Access, GuestLinear as SpLinear, GuestPhys as SpPhys};
 
 use super::code::{CodePages, RamCode};
+use super::shadow::{Paging, RamPhys};
 use crate::addr::{GuestLinear, PAGE_SIZE};
 use crate::devices::{ExitRequest, PortAction, PortBus};
 use crate::memory::{GuestRam, LinearSpace};
@@ -29,6 +37,8 @@ pub struct MachineBus<'a> {
     pub space: &'a mut LinearSpace,
     /// Scan state of guest code.
     pub code: &'a mut CodePages,
+    /// Shadow paging.
+    pub paging: &'a mut Paging,
     /// The port bus.
     pub ports: &'a mut PortBus,
     /// Set when a device asked the VM to stop.
@@ -54,19 +64,82 @@ impl MachineBus<'_> {
             Some(item)
         })
     }
+
+    /// The guest-physical address `lin` translates to for this access, with paging on;
+    /// `Ok(None)` when it is not RAM (reads all ones, writes ignored).
+    fn translate(&mut self, lin: u32, access: Access) -> Result<Option<u32>, Fault> {
+        let ctx = *self.paging.shadow.context();
+        let t = walk(&mut RamPhys(self.ram), &ctx, SpLinear(lin), access)
+            .map_err(|pf| Fault::page_fault(GuestLinear(pf.cr2.raw()), pf.error_code.0))?;
+        let phys = t.phys.raw();
+        Ok(u32::try_from(phys)
+            .ok()
+            .filter(|&p| u64::from(p) < self.ram.size()))
+    }
+
+    fn write_paged(&mut self, lin: u32, data: &[u8], user: bool) -> Result<(), Fault> {
+        let Some(phys) = self.translate(lin, Access::write(user))? else {
+            return Ok(());
+        };
+        let page = SpPhys(phys & !(PAGE_SIZE - 1));
+        if matches!(
+            self.paging.shadow.page_use(page),
+            shadow_paging::PageUse::Code { .. }
+        ) {
+            self.code.revert_physical(self.ram, page.raw());
+            let ((), err) = self
+                .paging
+                .with_host(self.ram, self.space, |s, h| s.unmark_code(h, page));
+            self.keep(err);
+            self.paging.stats.code_writes += 1;
+        }
+        let _ = rewriter::CodeMemoryMut::write(&mut RamCode(self.ram), phys, data);
+        if self.paging.shadow.is_page_table(page) {
+            let len = data.len() as u32;
+            let (_, err) = self.paging.with_host(self.ram, self.space, |s, h| {
+                s.table_written(h, SpPhys(phys), len)
+            });
+            self.keep(err);
+            self.paging.stats.table_writes += 1;
+        }
+        Ok(())
+    }
+
+    /// Keeps the first failed host call: the run loop stops the VM with it.
+    fn keep(&mut self, err: Option<crate::memory::MemoryError>) {
+        if let Some(e) = err {
+            self.failure.get_or_insert(BusFailure::Map(e.to_string()));
+        }
+    }
 }
 
 impl GuestBus for MachineBus<'_> {
-    fn read_linear(&mut self, addr: GuestLinear, buf: &mut [u8], _user: bool) -> Result<(), Fault> {
+    fn read_linear(&mut self, addr: GuestLinear, buf: &mut [u8], user: bool) -> Result<(), Fault> {
+        let paged = self.paging.enabled();
         for (lin, off, n) in Self::chunks(addr, buf.len()) {
+            let phys = if paged {
+                self.translate(lin, Access::read(user))?
+            } else {
+                Some(lin)
+            };
             let dst = &mut buf[off..off + n];
-            let got = self.code.read_original(self.ram, lin, dst);
+            let got = phys.map_or(0, |p| self.code.read_original(self.ram, p, dst));
             dst[got..].fill(0xff);
         }
         Ok(())
     }
 
-    fn write_linear(&mut self, addr: GuestLinear, data: &[u8], _user: bool) -> Result<(), Fault> {
+    fn write_linear(&mut self, addr: GuestLinear, data: &[u8], user: bool) -> Result<(), Fault> {
+        if self.paging.enabled() {
+            // Translate every page first: a faulting access writes nothing.
+            for (lin, _, _) in Self::chunks(addr, data.len()) {
+                self.translate(lin, Access::write(user))?;
+            }
+            for (lin, off, n) in Self::chunks(addr, data.len()) {
+                self.write_paged(lin, &data[off..off + n], user)?;
+            }
+            return Ok(());
+        }
         for (lin, off, n) in Self::chunks(addr, data.len()) {
             if self.code.is_armed(lin) {
                 if let Err(e) = self.code.on_write(self.space, lin) {
@@ -93,11 +166,4 @@ impl GuestBus for MachineBus<'_> {
         // SAFETY: RDTSC has no memory effects; every x86-64 CPU has it.
         unsafe { core::arch::x86_64::_rdtsc() }
     }
-}
-
-/// Reads up to 15 bytes of original guest code at `lin` (paging off).
-pub fn fetch_code(ram: &GuestRam, code: &CodePages, lin: u32) -> ([u8; 15], usize) {
-    let mut buf = [0u8; 15];
-    let n = code.read_original(ram, lin, &mut buf);
-    (buf, n)
 }

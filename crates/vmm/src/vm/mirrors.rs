@@ -3,7 +3,9 @@
 //! Each guest segment register has its own host LDT slot. The slot holds the mirror of the
 //! descriptor the register's cache was loaded from (DPL forced to 3 by the host), and the
 //! host selector of that slot is what the CPU runs with. `modify_ldt` is a syscall, so a
-//! slot is rewritten only when the mirror changed.
+//! slot is rewritten only when the mirror changed. Mirrors clamped for user mode under
+//! paging live in a second bank of slots, so going between user and kernel mode switches
+//! selectors instead of rewriting descriptors.
 
 use crate::hostcpu::ldt::{self, LdtDescriptor, LdtError, SegmentKind};
 use crate::hostcpu::GuestContext;
@@ -13,15 +15,23 @@ use crate::vcpu::{mirror_of, MirrorDescriptor, SegReg, VcpuState};
 /// be confused with a null selector.
 const FIRST_SLOT: u16 = 1;
 
-/// The host selector that loads the mirror slot of `reg`.
+/// Slots per bank: one per segment register.
+const BANK: u16 = 6;
+
+/// The host selector that loads the mirror slot of `reg` (unclamped bank).
 pub const fn mirror_selector(reg: SegReg) -> u16 {
-    ldt::ldt_selector(FIRST_SLOT + reg as u16)
+    ldt::ldt_selector(slot_of(reg, false))
+}
+
+/// The LDT slot of `reg`'s mirror in the clamped (user-mode) or unclamped bank.
+const fn slot_of(reg: SegReg, clamped: bool) -> u16 {
+    FIRST_SLOT + reg as u16 + if clamped { BANK } else { 0 }
 }
 
 /// What is installed in each mirror slot, so unchanged mirrors cost no syscall.
 #[derive(Debug, Default)]
 pub struct Mirrors {
-    installed: [Option<LdtDescriptor>; 6],
+    installed: [Option<LdtDescriptor>; 2 * BANK as usize],
     /// The host selector each register runs with.
     selectors: [u16; 6],
     /// modify_ldt calls made (for --stats).
@@ -77,13 +87,14 @@ impl Mirrors {
             let m = mirror_of(state.sreg(reg), cpl, user_clamp);
             let selector = if m.present || matches!(reg, SegReg::Cs | SegReg::Ss) {
                 let desc = host_descriptor(&m);
-                let slot = &mut self.installed[reg as usize];
+                let n = slot_of(reg, user_clamp.is_some());
+                let slot = &mut self.installed[usize::from(n - FIRST_SLOT)];
                 if *slot != Some(desc) {
-                    ldt::set_ldt_entry(FIRST_SLOT + reg as u16, &desc)?;
+                    ldt::set_ldt_entry(n, &desc)?;
                     *slot = Some(desc);
                     self.writes += 1;
                 }
-                mirror_selector(reg)
+                ldt::ldt_selector(n)
             } else {
                 0
             };
@@ -131,7 +142,14 @@ mod tests {
 
     #[test]
     fn selectors_are_distinct_ldt_rpl3() {
-        let sels: Vec<u16> = SegReg::ALL.iter().map(|r| mirror_selector(*r)).collect();
+        let sels: Vec<u16> = [false, true]
+            .iter()
+            .flat_map(|&c| {
+                SegReg::ALL
+                    .iter()
+                    .map(move |r| ldt::ldt_selector(slot_of(*r, c)))
+            })
+            .collect();
         for (i, s) in sels.iter().enumerate() {
             assert_eq!(s & 7, 7, "LDT, RPL 3");
             assert!(!sels[..i].contains(s));

@@ -7,8 +7,11 @@ mod confine;
 pub mod context;
 mod exits;
 pub mod guest_bus;
+mod mediate;
 pub mod mirrors;
+mod paging;
 mod platform;
+pub mod shadow;
 pub mod stats;
 
 use std::io::Write;
@@ -27,6 +30,7 @@ use crate::vcpu::VcpuState;
 use code::{CodeError, CodePages};
 use mirrors::Mirrors;
 use platform::Platform;
+use shadow::Paging;
 use stats::Stats;
 
 pub use platform::spawn_stdin_reader;
@@ -137,6 +141,7 @@ pub struct Vm {
     ram: GuestRam,
     space: LinearSpace,
     code: CodePages,
+    paging: Paging,
     mirrors: Mirrors,
     stats: Stats,
     state: VcpuState,
@@ -199,6 +204,8 @@ impl Vm {
             ram,
             space,
             code: CodePages::default(),
+            // Probed here: CPUID faults in this process once the guest runs.
+            paging: Paging::new(shadow::host_has_exec_only()),
             mirrors: Mirrors::default(),
             stats: Stats::default(),
             state,
@@ -226,6 +233,7 @@ impl Vm {
     /// Named counters beside the exit table (`--stats`).
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
         let c = self.code.stats;
+        let p = self.paging.stats;
         let ports = self.platform.ports.stats();
         let unknown: u64 = ports
             .values()
@@ -236,6 +244,12 @@ impl Vm {
             ("rescans", c.rescans),
             ("code_pages_parked", c.parks),
             ("code_pages_rearmed", c.rearms),
+            ("hidden_page_faults", p.hidden_faults),
+            ("true_page_faults", p.true_faults),
+            ("page_table_writes_mediated", p.table_writes),
+            ("paged_accesses_emulated", p.emulated),
+            ("paged_code_writes", p.code_writes),
+            ("execute_only_code", u64::from(self.paging.exec_only)),
             ("patched_sites", self.code.patches.len() as u64),
             ("ldt_writes", self.mirrors.writes),
             ("unknown_port_accesses", unknown),

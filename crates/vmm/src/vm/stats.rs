@@ -32,8 +32,13 @@ pub enum ExitReason {
     GuestException,
     /// The host timer or a kick.
     Async,
-    /// An access emulated by the monitor (page 0, unassigned physical memory).
+    /// An access emulated by the monitor (page 0, unassigned physical memory, a read of
+    /// patched code).
     EmulatedAccess,
+    /// A host page fault the guest's page tables allow: a shadow mapping was filled.
+    HiddenPageFault,
+    /// A guest write to one of its page-table pages, applied by the monitor.
+    TableWrite,
 }
 
 impl ExitReason {
@@ -52,6 +57,8 @@ impl ExitReason {
             Self::GuestException => "guest_exception",
             Self::Async => "async",
             Self::EmulatedAccess => "emulated_access",
+            Self::HiddenPageFault => "hidden_page_fault",
+            Self::TableWrite => "table_write",
         }
     }
 }
@@ -114,13 +121,13 @@ impl Stats {
         let mut s = String::new();
         let _ = writeln!(s, "exits by reason");
         for (reason, count) in &self.exits {
-            let _ = writeln!(s, "  {:<22}{count:>12}", reason.name());
+            let _ = writeln!(s, "  {:<28}{count:>12}", reason.name());
         }
-        let _ = writeln!(s, "  {:<22}{:>12}", "total", self.total());
+        let _ = writeln!(s, "  {:<28}{:>12}", "total", self.total());
         if !extra.is_empty() {
             let _ = writeln!(s, "counters");
             for (name, value) in extra {
-                let _ = writeln!(s, "  {name:<22}{value:>12}");
+                let _ = writeln!(s, "  {name:<28}{value:>12}");
             }
         }
         let sites = self.top_sites(top);

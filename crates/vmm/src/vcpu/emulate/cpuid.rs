@@ -1,5 +1,5 @@
 //! The CPU model the guest sees through CPUID: a P6-family 32-bit Intel processor
-//! (family 6, model 13, stepping 8 — the Pentium M generation: PAE without NX, SSE2, no
+//! (family 6, model 13, stepping 8 — the Pentium M generation: PAE with NX, SSE2, no
 //! long mode). Only features the monitor really provides are reported:
 //!
 //! - EDX: FPU, DE, PSE, TSC, MSR, PAE, CX8, SEP, MTRR, PGE, CMOV, PAT, CLFSH, MMX, FXSR,
@@ -9,7 +9,8 @@
 //!   need no OS or monitor support (SSE3, PCLMULQDQ, SSSE3, CX16, SSE4.1, SSE4.2,
 //!   MOVBE, POPCNT, AES), added with [`CpuModel::with_host_ecx`]. Never MONITOR, VMX,
 //!   PCID, x2APIC, XSAVE/OSXSAVE/AVX (no XCR0 is emulated).
-//! - 0x8000_0001: all zero — no long mode, no NX, no SYSCALL (Intel in 32-bit mode).
+//! - 0x8000_0001: EDX.NX only (EFER.NXE is honoured by shadow paging) — no long mode,
+//!   no SYSCALL (Intel in 32-bit mode).
 
 use super::{Outcome, Res};
 use crate::vcpu::state::{gpr, VcpuState};
@@ -44,6 +45,9 @@ pub const LEAF1_ECX_PASSTHROUGH: u32 = (1 << 0) // SSE3
     | (1 << 22) // MOVBE
     | (1 << 23) // POPCNT
     | (1 << 25); // AES
+
+/// CPUID.8000_0001:EDX.NX: execute-disable pages under PAE (EFER.NXE).
+pub const EXT_EDX_NX: u32 = 1 << 20;
 
 /// Highest basic leaf.
 pub const MAX_BASIC_LEAF: u32 = 1;
@@ -92,7 +96,7 @@ impl CpuModel {
             // CLFLUSH line size 8 × 8 bytes in EBX[15:8]; APIC ID 0.
             1 => [SIGNATURE, 8 << 8, self.leaf1_ecx, self.leaf1_edx],
             0x8000_0000 => [MAX_EXTENDED_LEAF, 0, 0, 0],
-            0x8000_0001 => [0; 4],
+            0x8000_0001 => [0, 0, 0, EXT_EDX_NX],
             0x8000_0002..=0x8000_0004 => {
                 let b = ((leaf - 0x8000_0002) * 16) as usize;
                 [word(b), word(b + 4), word(b + 8), word(b + 12)]
@@ -138,6 +142,11 @@ mod tests {
         assert_ne!(d & (1 << 6), 0, "PAE");
         assert_eq!(d & (1 << 9), 0, "no APIC");
         assert_eq!(m.query(0x8000_0001)[3] & (1 << 29), 0, "no long mode");
+        assert_ne!(
+            m.query(0x8000_0001)[3] & EXT_EDX_NX,
+            0,
+            "NX, which EFER.NXE enables"
+        );
         // Every CR4 feature the model accepts is backed by a CPUID bit.
         assert_ne!(d & (1 << 3), 0);
         assert_ne!(cr4::SUPPORTED & cr4::PSE, 0);

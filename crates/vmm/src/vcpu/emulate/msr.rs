@@ -161,9 +161,11 @@ pub fn write(s: &mut VcpuState, host_tsc: u64, msr: u32, v: u64) -> Result<Effec
             m.mtrr_def_type = v;
         }
         index::EFER => {
-            if v != 0 {
+            // Only NXE: the model has no long mode and no SYSCALL.
+            if v & !EFER_NXE != 0 {
                 return gp;
             }
+            m.efer = v;
         }
         _ => match fixed_mtrr_slot(msr) {
             Some(i) if (0..8).all(|k| valid_mem_type((v >> (8 * k)) & 0xff, false)) => {
@@ -174,6 +176,9 @@ pub fn write(s: &mut VcpuState, host_tsc: u64, msr: u32, v: u64) -> Result<Effec
     }
     Ok(Effects::NONE)
 }
+
+/// IA32_EFER.NXE (bit 11): the XD bit of PAE entries is honoured.
+pub const EFER_NXE: u64 = 1 << 11;
 
 /// RDMSR: CPL 0; EDX:EAX = MSR[ECX]; #GP(0) for an MSR the model does not have.
 pub(crate) fn rdmsr(s: &mut VcpuState, bus: &mut impl GuestBus) -> Res {

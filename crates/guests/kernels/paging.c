@@ -1,0 +1,333 @@
+/* 32-bit paging: identity and higher-half maps, 4 MiB and 4 KiB pages, live PTEs, A/D bits, #PF codes, self-modifying and self-reading code */
+#include "paging.h"
+
+#define HIGH_BASE 0xc0000000u /* the higher-half alias of the first 4 MiB */
+#define TEST_BASE 0x00800000u /* PDE 2: 4 KiB pages the tests remap */
+#define LARGE_RO_BASE 0x01000000u /* PDE 4: a second view of the first 4 MiB */
+#define TEST_PAGE(n) ((volatile u32 *)(TEST_BASE + (n) * PAGE_SIZE))
+
+static u32 page_dir[1024] __attribute__((aligned(4096)));
+static u32 high_table[1024] __attribute__((aligned(4096)));
+static u32 test_table[1024] __attribute__((aligned(4096)));
+static u32 frames[3][1024] __attribute__((aligned(4096)));
+static u8 smc_page[4096] __attribute__((aligned(4096)));
+static u8 straddle_frames[3][4096] __attribute__((aligned(4096)));
+static u32 straddle_table[1024] __attribute__((aligned(4096)));
+
+#define STRADDLE_BASE 0x00c00000u /* PDE 3: two pages on frames in reverse order */
+
+static u32 phys(const volatile void *p) { return (u32)p; } /* the kernel runs identity-mapped */
+
+static void setup_paging(void)
+{
+	/* 0..8 MiB identity through two 4 MiB pages, supervisor read/write. */
+	page_dir[0] = 0x000000 | PTE_P | PTE_RW | PTE_PS;
+	page_dir[1] = 0x400000 | PTE_P | PTE_RW | PTE_PS;
+	/* 0xc0000000.. -> 0..4 MiB through 4 KiB pages. */
+	for (u32 i = 0; i < 1024; i++)
+		high_table[i] = (i * PAGE_SIZE) | PTE_P | PTE_RW;
+	page_dir[pde_index(HIGH_BASE)] = phys(high_table) | PTE_P | PTE_RW;
+	/* The test region: page n -> frames[n]. */
+	for (u32 i = 0; i < 3; i++)
+		test_table[i] = phys(frames[i]) | PTE_P | PTE_RW;
+	page_dir[pde_index(TEST_BASE)] = phys(test_table) | PTE_P | PTE_RW;
+
+	write_cr4(read_cr4() | CR4_PSE);
+	write_cr3(phys(page_dir));
+	write_cr0(read_cr0() | CR0_PG | CR0_WP);
+}
+
+/* Position-independent: runs the same at its identity address and its alias. */
+static int __attribute__((noinline)) add3(int a, int b, int c) { return a + b + c; }
+
+static void test_mappings(void)
+{
+	report_prefix_push("mappings");
+	report((read_cr0() & CR0_PG) && read_cr3() == phys(page_dir), "paging on, CR3 is the directory");
+
+	static volatile u32 cell;
+	cell = 0x1234abcd;
+	volatile u32 *high = (volatile u32 *)((u32)&cell + HIGH_BASE);
+	report(*high == 0x1234abcd, "a write through the identity map reads back through the higher half");
+	*high = 0x0badf00d;
+	report(cell == 0x0badf00d, "a write through the higher half reads back through the identity map");
+
+	int (*alias)(int, int, int) = (int (*)(int, int, int))((u32)add3 + HIGH_BASE);
+	report(add3(1, 2, 3) == 6 && alias(10, 20, 30) == 60,
+	       "the same code runs at its identity address and its higher-half alias");
+
+	frames[0][0] = 0x11111111;
+	frames[1][0] = 0x22222222;
+	report(*TEST_PAGE(0) == 0x11111111 && *TEST_PAGE(1) == 0x22222222,
+	       "4 KiB pages map their frames");
+	report_prefix_pop();
+}
+
+static void test_live_ptes(void)
+{
+	report_prefix_push("live PTEs");
+	volatile u32 *p = TEST_PAGE(0);
+	frames[0][0] = 0x11111111;
+	frames[1][0] = 0x22222222;
+	(void)*p;
+	test_table[0] = phys(frames[1]) | PTE_P | PTE_RW;
+	invlpg(p);
+	report(*p == 0x22222222, "a PTE pointed at another frame is seen after INVLPG");
+
+	test_table[0] = phys(frames[0]) | PTE_P | PTE_RW;
+	flush_tlb();
+	report(*p == 0x11111111, "and after a CR3 reload");
+
+	*p = 0x33333333;
+	report(frames[0][0] == 0x33333333, "writes land in the mapped frame");
+
+	/* Accessed and dirty bits. */
+	test_table[2] = phys(frames[2]) | PTE_P | PTE_RW;
+	invlpg(TEST_PAGE(2));
+	(void)*TEST_PAGE(2);
+	u32 e = test_table[2];
+	report((e & PTE_A) && !(e & PTE_D), "a read sets A, not D");
+	*TEST_PAGE(2) = 5;
+	e = test_table[2];
+	report((e & PTE_A) && (e & PTE_D), "a write sets D");
+	report((page_dir[pde_index(TEST_BASE)] & PTE_A) != 0, "the PDE's A is set");
+	report((page_dir[0] & (PTE_A | PTE_D)) == (PTE_A | PTE_D),
+	       "the kernel's 4 MiB page has A and D in its PDE");
+
+	/* A large page first only read, then written. */
+	page_dir[pde_index(LARGE_RO_BASE)] = 0x000000 | PTE_P | PTE_RW | PTE_PS;
+	volatile u32 *big = (volatile u32 *)(LARGE_RO_BASE + phys(&frames[0][1]));
+	invlpg(big);
+	u32 was = *big;
+	u32 pde = page_dir[pde_index(LARGE_RO_BASE)];
+	report((pde & PTE_A) && !(pde & PTE_D), "a read through a 4 MiB page sets A only");
+	*big = was + 1;
+	pde = page_dir[pde_index(LARGE_RO_BASE)];
+	report((pde & PTE_D) && frames[0][1] == was + 1, "a write sets D and reaches the frame");
+
+	/* The dirty bit is set again after the guest clears it. */
+	test_table[2] &= ~(PTE_D | PTE_A);
+	invlpg(TEST_PAGE(2));
+	*TEST_PAGE(2) = 6;
+	e = test_table[2];
+	report((e & PTE_A) && (e & PTE_D), "D and A are set again after the kernel clears them");
+	report_prefix_pop();
+}
+
+static void test_faults(void)
+{
+	report_prefix_push("#PF");
+	volatile u32 *p = TEST_PAGE(1);
+	u32 v = 0;
+
+	test_table[1] = phys(frames[1]) | PTE_RW; /* not present */
+	invlpg(p);
+	pf_catch_begin();
+	asm volatile(FAULT_ASM("movl (%1), %0") : "=r"(v) : "r"(p) : "memory");
+	report(pf_catch_end(0, (u32)p), "read of a not-present page: error 0, CR2");
+
+	pf_catch_begin();
+	asm volatile(FAULT_ASM("movl $1, (%0)") ::"r"(p) : "memory");
+	report(pf_catch_end(PF_W, (u32)p), "write to a not-present page: error W, CR2");
+
+	frames[1][0] = 0x44444444;
+	test_table[1] = phys(frames[1]) | PTE_P; /* read-only */
+	invlpg(p);
+	report(*p == 0x44444444, "a read-only page reads");
+	pf_catch_begin();
+	asm volatile(FAULT_ASM("movl $7, 4(%0)") ::"r"(p) : "memory");
+	report(pf_catch_end(PF_P | PF_W, (u32)p + 4) && frames[1][1] == 0,
+	       "supervisor write to a read-only page with CR0.WP=1: error P|W, nothing written");
+
+	write_cr0(read_cr0() & ~CR0_WP);
+	pf_catch_begin();
+	asm volatile(FAULT_ASM("movl $7, 4(%0)") ::"r"(p) : "memory");
+	report(last_pf.count == 0 && frames[1][1] == 7,
+	       "with CR0.WP=0 the supervisor write goes through");
+	handle_exception(PF_VECTOR, NULL);
+	write_cr0(read_cr0() | CR0_WP);
+
+	pf_catch_begin();
+	asm volatile(FAULT_ASM("movl $8, 8(%0)") ::"r"(p) : "memory");
+	report(pf_catch_end(PF_P | PF_W, (u32)p + 8) && frames[1][2] == 0,
+	       "CR0.WP=1 again: the write faults again");
+
+	test_table[1] = phys(frames[1]) | PTE_P | PTE_RW;
+	invlpg(p);
+	(void)v;
+	report_prefix_pop();
+}
+
+/* Page-table updates with the instruction forms kernels use: each changes a live PTE
+ * (one a mapping was derived from) and the change is seen after INVLPG. */
+static void test_table_updates(void)
+{
+	report_prefix_push("PTE updates");
+	volatile u32 *p = TEST_PAGE(0);
+	volatile u32 *pte = &test_table[0];
+	u32 frame0 = phys(frames[0]), frame1 = phys(frames[1]);
+	frames[0][0] = 0x11111111;
+	frames[1][0] = 0x22222222;
+	*pte = frame0 | PTE_P | PTE_RW;
+	invlpg(p);
+	(void)*p;
+
+	u32 old = frame1 | PTE_P | PTE_RW;
+	asm volatile("xchgl %0, (%1)" : "+r"(old) : "r"(pte) : "memory");
+	invlpg(p);
+	report((old & ~0xfffu) == frame0 && *p == 0x22222222, "XCHG swaps in a new frame");
+
+	u32 expect = *pte, seen = 0;
+	u8 ok = 0;
+	asm volatile("lock cmpxchgl %3, (%2); sete %1"
+		     : "=a"(seen), "=q"(ok)
+		     : "r"(pte), "r"(frame0 | PTE_P | PTE_RW), "0"(expect)
+		     : "memory", "cc");
+	invlpg(p);
+	report(ok && seen == expect && *p == 0x11111111, "LOCK CMPXCHG installs it when it matches");
+	asm volatile("lock cmpxchgl %3, (%2); sete %1"
+		     : "=a"(seen), "=q"(ok)
+		     : "r"(pte), "r"(frame1 | PTE_P | PTE_RW), "0"(expect)
+		     : "memory", "cc");
+	invlpg(p);
+	report(!ok && (seen & ~0xfffu) == frame0 && *p == 0x11111111,
+	       "and leaves it when it does not, returning the current entry");
+
+	u8 was = 0;
+	asm volatile("btrl $1, (%1); setc %0" : "=q"(was) : "r"(pte) : "memory", "cc");
+	invlpg(p);
+	pf_catch_begin();
+	asm volatile(FAULT_ASM("movl $9, (%0)") ::"r"(p) : "memory");
+	report(was && pf_catch_end(PF_P | PF_W, (u32)p), "BTR clears R/W: the page is read-only");
+
+	asm volatile("lock orl %1, (%0)" ::"r"(pte), "i"(PTE_RW) : "memory", "cc");
+	invlpg(p);
+	*p = 0x55555555;
+	report(frames[0][0] == 0x55555555, "LOCK OR sets R/W again");
+
+	asm volatile("andl %1, (%0)" ::"r"(pte), "i"(~PTE_P) : "memory", "cc");
+	invlpg(p);
+	pf_catch_begin();
+	asm volatile(FAULT_ASM("movl (%0), %%eax") ::"r"(p) : "eax", "memory");
+	report(pf_catch_end(0, (u32)p), "AND clears P: not present");
+
+	asm volatile("incl (%0)" ::"r"(pte) : "memory", "cc"); /* P is bit 0 */
+	invlpg(p);
+	report(*p == 0x55555555, "INC sets P back");
+
+	/* A whole table cleared with REP STOSD, then rebuilt. */
+	(void)*TEST_PAGE(1);
+	(void)*TEST_PAGE(2);
+	u32 n = 3;
+	void *dst = (void *)test_table;
+	asm volatile("rep stosl" : "+D"(dst), "+c"(n) : "a"(0) : "memory");
+	flush_tlb();
+	pf_catch_begin();
+	asm volatile(FAULT_ASM("movl (%0), %%eax") ::"r"(TEST_PAGE(2)) : "eax", "memory");
+	report(pf_catch_end(0, (u32)TEST_PAGE(2)) && n == 0, "REP STOSD empties the table");
+	for (u32 i = 0; i < 3; i++)
+		test_table[i] = phys(frames[i]) | PTE_P | PTE_RW;
+	flush_tlb();
+	report(*TEST_PAGE(0) == 0x55555555, "and the rebuilt table maps again");
+	report_prefix_pop();
+}
+
+typedef u32 (*code_fn)(void);
+
+static void test_self_modifying(void)
+{
+	report_prefix_push("code");
+	/* mov $imm32, %eax; ret */
+	static const u8 mov_ret[] = { 0xb8, 0x11, 0x11, 0x11, 0x11, 0xc3 };
+	memcpy(smc_page, mov_ret, sizeof(mov_ret));
+	code_fn f = (code_fn)smc_page;
+	u32 first = f();
+	*(volatile u32 *)(smc_page + 1) = 0x22222222;
+	u32 second = f();
+	report(first == 0x11111111 && second == 0x22222222,
+	       "code written, run, rewritten, run again: the new code runs");
+
+	/* pushf; pop %eax; ret: a sensitive instruction in generated code. */
+	static const u8 pushf_ret[] = { 0x9c, 0x58, 0xc3 };
+	memcpy(smc_page + 64, pushf_ret, sizeof(pushf_ret));
+	code_fn g = (code_fn)(smc_page + 64);
+	u32 flags = g();
+	report((flags & EFLAGS_FIXED1) && (flags & EFLAGS_IF) == (read_eflags() & EFLAGS_IF),
+	       "generated PUSHF reports the kernel's flags");
+	volatile u8 *b = smc_page + 64;
+	if (cmdline_has("code-reads"))
+		report(b[0] == 0x9c && b[1] == 0x58 && b[2] == 0xc3,
+		       "reading generated code after it ran gives the bytes written");
+	else
+		report_skip("reading generated code back (code-reads not given)");
+
+	/* The same frame through the higher half: one scan serves both addresses. */
+	code_fn h = (code_fn)((u32)smc_page + 64 + HIGH_BASE);
+	u32 alias_flags = h();
+	report((alias_flags & EFLAGS_FIXED1) && (alias_flags & EFLAGS_IF) == (flags & EFLAGS_IF),
+	       "the generated code also runs through its higher-half alias");
+	report_prefix_pop();
+}
+
+/* An instruction that straddles two linear pages whose frames are not neighbours: MOV
+ * EAX, imm32 starts at the last byte of the first page; its immediate is the first four
+ * bytes of the second, which begin with B8 — read from offset 0, they would swallow the
+ * PUSHF that follows. The PUSHF must be found (and run as the guest's PUSHF, IF clear). */
+static void test_straddle(void)
+{
+	report_prefix_push("straddle");
+	u8 *first = straddle_frames[2], *second = straddle_frames[0];
+	memset(first, 0x90, PAGE_SIZE);
+	first[PAGE_SIZE - 1] = 0xb8;
+	static const u8 tail[] = { 0xb8, 0, 0, 0, 0x9c, 0x58, 0xc3 };
+	memcpy(second, tail, sizeof(tail));
+	straddle_table[0] = (u32)first | PTE_P | PTE_RW;
+	straddle_table[1] = (u32)second | PTE_P | PTE_RW;
+	page_dir[pde_index(STRADDLE_BASE)] = (u32)straddle_table | PTE_P | PTE_RW;
+	code_fn f = (code_fn)(STRADDLE_BASE + PAGE_SIZE - 16);
+	u32 saved = read_eflags();
+	cli();
+	u32 flags = f();
+	write_eflags(saved);
+	report((flags & EFLAGS_FIXED1) && !(flags & EFLAGS_IF),
+	       "PUSHF after an instruction straddling into a non-adjacent frame sees IF clear");
+	report_prefix_pop();
+}
+
+/* pushf; pop %eax; ret in the kernel's own text. */
+u32 text_pushf(void);
+asm(".text\n.globl text_pushf\ntext_pushf:\n\tpushfl\n\tpopl %eax\n\tret\n");
+
+/* Under a monitor that plants traps in code, reading code back needs execute-only host
+ * pages; the command-line word `code-reads` asks for these checks. */
+static void test_read_own_code(void)
+{
+	report_prefix_push("own code");
+	if (!cmdline_has("code-reads")) {
+		report_skip("reading the kernel's own code (code-reads not given)");
+		report_prefix_pop();
+		return;
+	}
+	u32 flags = text_pushf();
+	volatile u8 *b = (volatile u8 *)text_pushf;
+	report((flags & EFLAGS_FIXED1) && b[0] == 0x9c && b[1] == 0x58 && b[2] == 0xc3,
+	       "the kernel reads its own PUSHF; POP; RET bytes after running them");
+	volatile u8 *hb = (volatile u8 *)((u32)text_pushf + HIGH_BASE);
+	report(hb[0] == 0x9c, "and through the higher-half alias");
+	report_prefix_pop();
+}
+
+int main(u32 magic, const void *mbi)
+{
+	(void)magic;
+	(void)mbi;
+	setup_paging();
+	test_mappings();
+	test_live_ptes();
+	test_faults();
+	test_table_updates();
+	test_self_modifying();
+	test_straddle();
+	test_read_own_code();
+	return report_summary();
+}

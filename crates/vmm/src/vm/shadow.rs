@@ -1,0 +1,281 @@
+//! The host side of shadow paging (ARCHITECTURE.md §6): guest RAM as the page walk sees
+//! it, the [`HostMapper`] over the reserved linear space, and the counters `--stats`
+//! shows. The policy itself (what to map, what to drop) is the `shadow-paging` crate.
+
+use shadow_paging::{
+    GuestLinear as SpLinear, GuestPhys as SpPhys, HostMapper, PagingContext, PagingMode,
+    Prot as SpProt, ShadowConfig, ShadowState,
+};
+
+use crate::addr::{GuestLinear, GuestPhys, PAGE_SIZE};
+use crate::memory::{GuestRam, LinearSpace, MemoryError, Prot};
+
+/// Guest RAM for the page walk: reads outside RAM are `None`, writes outside RAM are
+/// dropped, as the walk expects.
+#[derive(Debug)]
+pub struct RamPhys<'a>(pub &'a GuestRam);
+
+impl shadow_paging::GuestPhysMemory for RamPhys<'_> {
+    fn read_u32(&self, gpa: SpPhys) -> Option<u32> {
+        self.0.read_u32(GuestPhys(gpa.0)).ok()
+    }
+    fn read_u64(&self, gpa: SpPhys) -> Option<u64> {
+        let mut b = [0u8; 8];
+        self.0.read(GuestPhys(gpa.0), &mut b).ok()?;
+        Some(u64::from_le_bytes(b))
+    }
+    fn write_u32(&mut self, gpa: SpPhys, value: u32) -> bool {
+        self.0.write_u32(GuestPhys(gpa.0), value).is_ok()
+    }
+    fn write_u64(&mut self, gpa: SpPhys, value: u64) -> bool {
+        self.0.write(GuestPhys(gpa.0), &value.to_le_bytes()).is_ok()
+    }
+    fn ram_size(&self) -> u64 {
+        self.0.size()
+    }
+}
+
+/// Shadow mappings carried out on the host: `mmap` of the memfd at guest linear
+/// addresses, `mprotect`, and unmapping back into the PROT_NONE reservation. The first
+/// failure is kept (the trait has no error path): the run loop stops the VM with it,
+/// since the host address space no longer matches the shadow state.
+#[derive(Debug)]
+pub struct HostSpace<'a> {
+    /// Guest RAM (the memfd).
+    pub ram: &'a GuestRam,
+    /// The reserved low 4 GiB.
+    pub space: &'a mut LinearSpace,
+    /// Whether PROT_EXEC alone gives an execute-only page here (protection keys).
+    pub exec_only: bool,
+    /// The first host call that failed.
+    pub error: Option<MemoryError>,
+}
+
+impl HostSpace<'_> {
+    fn prot(&self, p: SpProt) -> Prot {
+        // Without protection keys PROT_EXEC alone is readable anyway; ask for it openly.
+        let read = p.read || (p.exec && !self.exec_only);
+        Prot::new(read, p.write, p.exec)
+    }
+
+    fn keep(&mut self, r: Result<(), MemoryError>) {
+        if let Err(e) = r {
+            self.error.get_or_insert(e);
+        }
+    }
+}
+
+impl HostMapper for HostSpace<'_> {
+    fn map(&mut self, lin: SpLinear, gpa: SpPhys, len: u32, prot: SpProt) {
+        let prot = self.prot(prot);
+        let r = self
+            .space
+            .map(GuestLinear(lin.0), self.ram, GuestPhys(gpa.0), len, prot);
+        self.keep(r);
+    }
+    fn unmap(&mut self, lin: SpLinear, len: u32) {
+        let r = self.space.unmap(GuestLinear(lin.0), len);
+        self.keep(r);
+    }
+    fn protect(&mut self, lin: SpLinear, len: u32, prot: SpProt) {
+        let prot = self.prot(prot);
+        let r = self.space.protect(GuestLinear(lin.0), len, prot);
+        self.keep(r);
+    }
+}
+
+/// Counters of shadow paging for `--stats`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PagingStats {
+    /// Host faults the guest's tables allowed: a mapping was filled.
+    pub hidden_faults: u64,
+    /// Host faults the guest's tables forbid: #PF injected.
+    pub true_faults: u64,
+    /// Guest writes to its page-table pages applied by the monitor.
+    pub table_writes: u64,
+    /// Guest accesses emulated because they cannot be a shadow mapping (page 0, no RAM,
+    /// reads of patched code).
+    pub emulated: u64,
+    /// Writes to scanned code under paging (patches reverted).
+    pub code_writes: u64,
+}
+
+/// Shadow paging state of a VM.
+#[derive(Debug)]
+pub struct Paging {
+    /// The policy state.
+    pub shadow: ShadowState,
+    /// Counters.
+    pub stats: PagingStats,
+    /// Execute-only host pages work (PKU): patched code is mapped execute-only and data
+    /// reads of it are served from the original bytes.
+    pub exec_only: bool,
+    /// While the guest runs at CPL 3 with paging on: the limit its segment mirrors are
+    /// clamped below.
+    pub user_clamp: Option<u32>,
+}
+
+impl Paging {
+    /// Paging off, nothing mapped through the shadow state yet.
+    pub fn new(exec_only: bool) -> Self {
+        Self {
+            shadow: ShadowState::new(ShadowConfig {
+                min_linear: SpLinear(PAGE_SIZE),
+                max_run_pages: 16,
+            }),
+            stats: PagingStats::default(),
+            exec_only,
+            user_clamp: None,
+        }
+    }
+
+    /// Runs `f` on the shadow state with the host mapper over `space`; returns its result
+    /// and the first host call that failed, if one did.
+    pub fn with_host<T>(
+        &mut self,
+        ram: &GuestRam,
+        space: &mut LinearSpace,
+        f: impl FnOnce(&mut ShadowState, &mut HostSpace<'_>) -> T,
+    ) -> (T, Option<MemoryError>) {
+        let mut host = HostSpace {
+            ram,
+            space,
+            exec_only: self.exec_only,
+            error: None,
+        };
+        let out = f(&mut self.shadow, &mut host);
+        (out, host.error)
+    }
+
+    /// Whether guest paging is on.
+    pub fn enabled(&self) -> bool {
+        self.shadow.context().mode != PagingMode::Off
+    }
+}
+
+/// Whether this host gives execute-only pages for `PROT_EXEC` alone: the CPU has
+/// protection keys and the OS enabled them (CPUID.7.0:ECX.PKU and OSPKE). Must run
+/// before CPUID faulting is turned on.
+pub fn host_has_exec_only() -> bool {
+    // Leaf 7 exists on every CPU this monitor runs on (it needs FSGSBASE, reported there).
+    let r = core::arch::x86_64::__cpuid_count(7, 0);
+    const PKU: u32 = 1 << 3;
+    const OSPKE: u32 = 1 << 4;
+    r.ecx & (PKU | OSPKE) == PKU | OSPKE
+}
+
+/// PDE bits the user limit looks at.
+const PDE_P: u64 = 1;
+const PDE_US: u64 = 1 << 2;
+/// Address bits of a PAE PDPTE/PDE (MAXPHYADDR 36).
+const PAE_ADDR: u64 = 0x0000_000f_ffff_f000;
+
+/// The linear address the user-mode segment mirrors are clamped below (ARCHITECTURE §4):
+/// the end of the highest page-directory entry user mode may use. Everything above it is
+/// supervisor-only at the directory level, so cutting the segments there costs user code
+/// nothing; supervisor pages below it are handled page by page (dropped on the way to
+/// user mode, and user faults there are walked as user accesses). `None`: user mode may
+/// use the top directory entry, no clamp. Guest RAM outside RAM reads as not present.
+pub fn user_limit(ram: &GuestRam, ctx: &PagingContext) -> Option<u32> {
+    let mem = RamPhys(ram);
+    let read = |gpa: u64, pae: bool| -> u64 {
+        let Ok(gpa) = u32::try_from(gpa) else {
+            return 0;
+        };
+        if pae {
+            shadow_paging::GuestPhysMemory::read_u64(&mem, SpPhys(gpa)).unwrap_or(0)
+        } else {
+            shadow_paging::GuestPhysMemory::read_u32(&mem, SpPhys(gpa)).map_or(0, u64::from)
+        }
+    };
+    let mut end: u64 = 0;
+    match ctx.mode {
+        PagingMode::Off => return None,
+        PagingMode::Pae { .. } => {
+            for (i, pdpte) in ctx.roots.0.iter().enumerate() {
+                if pdpte & PDE_P == 0 {
+                    continue;
+                }
+                let pd = pdpte & PAE_ADDR;
+                for j in 0..512u64 {
+                    let pde = read(pd + j * 8, true);
+                    if pde & (PDE_P | PDE_US) == PDE_P | PDE_US {
+                        end = end.max(((i as u64) << 30) + ((j + 1) << 21));
+                    }
+                }
+            }
+        }
+        PagingMode::TwoLevel { .. } => {
+            let pd = u64::from(ctx.cr3 & !0xfff);
+            for j in 0..1024u64 {
+                let pde = read(pd + j * 4, false);
+                if pde & (PDE_P | PDE_US) == PDE_P | PDE_US {
+                    end = (j + 1) << 22;
+                }
+            }
+        }
+    }
+    u32::try_from(end).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_alone_is_asked_for_only_where_it_is_execute_only() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        let mut space = LinearSpace::reserve().unwrap();
+        let x = SpProt {
+            read: false,
+            write: false,
+            exec: true,
+        };
+        let with_pku = HostSpace {
+            ram: &ram,
+            space: &mut space,
+            exec_only: true,
+            error: None,
+        };
+        assert_eq!(with_pku.prot(x), Prot::X);
+        assert_eq!(with_pku.prot(SpProt::READ), Prot::R);
+        let without = HostSpace {
+            exec_only: false,
+            ..with_pku
+        };
+        assert_eq!(without.prot(x), Prot::RX);
+        drop(without);
+        // A refused host call is kept, not lost: the run loop stops the VM with it.
+        let mut host = HostSpace {
+            ram: &ram,
+            space: &mut space,
+            exec_only: false,
+            error: None,
+        };
+        host.map(SpLinear(0x1000), SpPhys(0x1000), 0x2000, SpProt::READ);
+        assert!(host.error.is_none());
+        host.map(SpLinear(0x1000), SpPhys(0xff000), 0x2000, SpProt::READ);
+        assert!(matches!(host.error, Some(MemoryError::BadPhysRange { .. })));
+        host.unmap(SpLinear(0x1000), 0x2000);
+    }
+
+    #[test]
+    fn user_limit_is_the_end_of_the_highest_user_directory_entry() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        let pd = 0x1000u32;
+        // PDE 0 supervisor (kernel identity), PDE 1 and 0x100 user, PDE 0x300 supervisor.
+        ram.write_u32(GuestPhys(pd), 0x0000_0083).unwrap();
+        ram.write_u32(GuestPhys(pd + 4), 0x0040_0087).unwrap();
+        ram.write_u32(GuestPhys(pd + 0x100 * 4), 0x0080_0087)
+            .unwrap();
+        ram.write_u32(GuestPhys(pd + 0x300 * 4), 0x0000_0083)
+            .unwrap();
+        let mem = RamPhys(&ram);
+        let ctx = PagingContext::new(&mem, 0x8000_0011, pd, 0x10, 0).unwrap();
+        assert_eq!(user_limit(&ram, &ctx), Some(0x4040_0000));
+        // A user entry at the very top: no clamp.
+        ram.write_u32(GuestPhys(pd + 0x3ff * 4), 0x0000_0087)
+            .unwrap();
+        assert_eq!(user_limit(&ram, &ctx), None);
+    }
+}
