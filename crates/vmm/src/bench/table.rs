@@ -410,13 +410,11 @@ mod tests {
             name: "a",
             label: "op a",
             native: true,
-            needs_paging: false,
         },
         Operation {
             name: "b",
             label: "op b",
             native: false,
-            needs_paging: false,
         },
     ];
 

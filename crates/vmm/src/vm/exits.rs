@@ -28,6 +28,8 @@ const OP_INT_IMM8: u8 = 0xcd;
 const OP_INTO: u8 = 0xce;
 const OP_INT1: u8 = 0xf1;
 const SYSCALL_VECTOR: u8 = 0x80;
+/// SIGTRAP si_code of a breakpoint (as opposed to TRAP_TRACE, a single step).
+const TRAP_BRKPT: i32 = 1;
 /// DR6.BS: the #DB was a single-step trap (SDM Vol. 3B §17.2.3).
 const DR6_BS: u32 = 1 << 14;
 
@@ -104,7 +106,10 @@ impl Vm {
 
     pub(super) fn handle_exit(&mut self, exit: Exit) -> Step {
         if self.trace {
-            eprintln!("vmm: exit at {:#010x}: {:?}", self.state.eip, exit.kind);
+            eprintln!(
+                "vmm: exit at {:#010x}: {:?} (signal {} code {})",
+                self.state.eip, exit.kind, exit.signo, exit.si_code
+            );
         }
         if let Some(step) = self.step.take() {
             self.code.close_after_step(&mut self.space, step.page)?;
@@ -121,7 +126,7 @@ impl Vm {
             }
         }
         match exit.kind {
-            ExitKind::Fault { vector, error_code } => self.on_fault(vector, error_code),
+            ExitKind::Fault { vector, error_code } => self.on_fault(vector, error_code, exit.si_code),
             ExitKind::PageFault { addr, error_code } => self.on_page_fault(addr.raw(), error_code),
             ExitKind::Syscall { .. } => self.on_syscall_trap(),
             ExitKind::Async { .. } => {
@@ -141,7 +146,7 @@ impl Vm {
         }
     }
 
-    fn on_fault(&mut self, vector: u8, error_code: u32) -> Step {
+    fn on_fault(&mut self, vector: u8, error_code: u32, si_code: i32) -> Step {
         let eip = self.state.eip;
         match vector {
             Exception::BP => {
@@ -175,8 +180,11 @@ impl Vm {
             }
             Exception::DB => {
                 self.stats.exit(ExitReason::GuestException);
-                let (prev, n) = self.read_code(self.code_linear(eip.wrapping_sub(1)));
-                if n > 0 && prev[0] == OP_INT1 {
+                // INT1 (ICEBP) reaches the process as a breakpoint SIGTRAP with EIP still
+                // at the instruction; a single step comes as TRAP_TRACE past it.
+                let (at, n) = self.read_code(self.code_linear(eip));
+                if si_code == TRAP_BRKPT && n > 0 && at[0] == OP_INT1 {
+                    self.state.eip = eip.wrapping_add(1);
                     return self.handle(VExit::SoftwareInterrupt {
                         vector: Exception::DB,
                         len: 1,
