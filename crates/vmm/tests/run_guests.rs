@@ -37,7 +37,6 @@ fn run(mut cmd: Command) -> Run {
     Run { status, output }
 }
 
-
 #[test]
 fn demo_guest_runs_without_arguments_and_prints_stats() {
     let json = std::env::temp_dir().join(format!("vmm-stats-{}.json", std::process::id()));
