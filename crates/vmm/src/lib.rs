@@ -5,6 +5,7 @@ pub mod addr;
 pub mod devices;
 pub mod hostcpu;
 pub mod image;
+pub mod kproxy;
 pub mod loader;
 pub mod memory;
 pub mod scan;

@@ -1,0 +1,285 @@
+//! The kernel proxy in the engine (ARCHITECTURE.md §8): loading the kernel policy,
+//! pinning the trap on every bound guest entry point before the guest runs, serving a
+//! call to one when its trap fires, and the administration interface that replaces the
+//! policy while the VM runs.
+//!
+//! The engine's part is three calls: [`ProxyRuntime::pin`] when the runtime is attached,
+//! [`ProxyRuntime::on_trap`] at the top of the INT3 exit path (before the rewriter's
+//! patch table is asked), and [`ProxyRuntime::sync`] there too, so a policy replaced
+//! through the control socket binds and unbinds entry points at the next trap.
+
+pub mod admin;
+pub mod api;
+mod guest;
+pub mod node;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use proxy::{
+    BindError, CallStatus, DefaultTable, EntryPoints, GrpcNodes, KernelProxy, Policy, PolicyError,
+    PolicyHandle, ProxyOutcome, Source, SymbolError, SymbolMap,
+};
+use rewriter::PatchTable;
+use services::ServiceRegistry;
+
+use crate::memory::GuestRam;
+use crate::vcpu::state::gpr;
+use crate::vcpu::{Exception, Fault, GuestBus, VcpuState};
+use crate::vm::code::RamCode;
+
+pub use guest::VcpuGuest;
+
+/// Why the kernel proxy could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxySetupError {
+    /// The policy (or default-table) file is unreadable or invalid; the message names
+    /// the file, line and field.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The guest kernel's symbol table cannot be read.
+    #[error("reading the guest kernel's ELF symbols: {0}")]
+    Symbols(#[from] SymbolError),
+    /// A binding names a symbol the kernel lacks, or two bind one address.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// An entry point has no guest memory behind it.
+    #[error("binding entry point {addr:#010x}: {reason}")]
+    Pin {
+        /// The entry point.
+        addr: u32,
+        /// What the patch table said.
+        reason: String,
+    },
+}
+
+/// What the kernel proxy did, for `--stats` and the control socket.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProxyCounters {
+    /// Calls to bound entry points (each one exit).
+    pub calls: u64,
+    /// Calls that returned the binding's error value.
+    pub failed: u64,
+    /// Calls served, by `type:id` of the service and where it was chosen from.
+    pub served: BTreeMap<String, u64>,
+}
+
+/// The policy text in force, beside the proxy that serves it: what the control socket
+/// shows and replaces.
+#[derive(Debug)]
+pub struct SharedPolicy {
+    /// The proxy.
+    pub proxy: Arc<KernelProxy>,
+    /// The guest kernel's symbols, to check a new policy's bindings against.
+    pub symbols: Arc<SymbolMap>,
+    /// The TOML text of the policy in force.
+    text: Mutex<String>,
+    /// Counters, updated by the vCPU thread.
+    counters: Mutex<ProxyCounters>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl SharedPolicy {
+    /// The TOML text of the policy in force.
+    pub fn text(&self) -> String {
+        lock(&self.text).clone()
+    }
+
+    /// The counters so far.
+    pub fn counters(&self) -> ProxyCounters {
+        lock(&self.counters).clone()
+    }
+
+    /// Parses `text` as a policy, checks that its bindings resolve against the guest
+    /// kernel, and puts it in force for the next proxied call. Returns the new
+    /// generation.
+    ///
+    /// # Errors
+    /// The policy's own error (line and field) or the binding error; the policy in force
+    /// is then unchanged.
+    pub fn replace(&self, text: &str, origin: &str) -> Result<u64, ProxySetupError> {
+        let policy = Policy::from_toml(text, origin, self.proxy.registry())?;
+        policy.entry_points(&self.symbols)?;
+        let mut current = lock(&self.text);
+        self.proxy.policy().replace(policy);
+        *current = text.to_owned();
+        Ok(self.proxy.policy().generation())
+    }
+}
+
+/// The kernel proxy as the vCPU thread runs it.
+#[derive(Debug)]
+pub struct ProxyRuntime {
+    shared: Arc<SharedPolicy>,
+    /// Bound entry points of the policy generation `generation`, by guest address.
+    entries: EntryPoints,
+    generation: u64,
+    trace: bool,
+}
+
+impl ProxyRuntime {
+    /// Loads the policy at `policy_path` (and the default table at `defaults_path`, else
+    /// the built-in one) for the guest kernel `kernel` (an ELF image), resolving every
+    /// binding against its symbols. Entry points named by policy entries on service
+    /// nodes are reached over gRPC.
+    ///
+    /// # Errors
+    /// [`ProxySetupError`] naming the file, line and field at fault.
+    pub fn load(
+        policy_path: &Path,
+        defaults_path: Option<&Path>,
+        kernel: &[u8],
+    ) -> Result<Self, ProxySetupError> {
+        let registry = Arc::new(ServiceRegistry::new());
+        let text = std::fs::read_to_string(policy_path).map_err(|source| PolicyError::Read {
+            path: policy_path.to_owned(),
+            source,
+        })?;
+        let policy = Policy::from_toml(&text, &policy_path.display().to_string(), &registry)?;
+        let defaults = match defaults_path {
+            Some(p) => DefaultTable::load(p, &registry)?,
+            None => DefaultTable::builtin(),
+        };
+        let symbols = Arc::new(proxy::resolve_symbols(kernel)?);
+        let entries = policy.entry_points(&symbols)?;
+        let proxy = KernelProxy::new(PolicyHandle::new(policy), defaults, registry)
+            .with_node_connector(Arc::new(GrpcNodes));
+        let generation = proxy.policy().generation();
+        Ok(Self {
+            shared: Arc::new(SharedPolicy {
+                proxy: Arc::new(proxy),
+                symbols,
+                text: Mutex::new(text),
+                counters: Mutex::default(),
+            }),
+            entries,
+            generation,
+            trace: std::env::var_os("VMM_TRACE").is_some_and(|v| v == "1"),
+        })
+    }
+
+    /// The policy, proxy and counters, for the control socket.
+    pub fn shared(&self) -> &Arc<SharedPolicy> {
+        &self.shared
+    }
+
+    /// The bound entry points in force.
+    pub fn entry_points(&self) -> &EntryPoints {
+        &self.entries
+    }
+
+    /// Pins the trap on every bound entry point (paging is off at boot: the ELF's
+    /// addresses are guest-physical).
+    ///
+    /// # Errors
+    /// [`ProxySetupError::Pin`] for an entry point outside guest RAM.
+    pub fn pin(&self, patches: &mut PatchTable, ram: &GuestRam) -> Result<(), ProxySetupError> {
+        for (addr, _) in self.entries.iter() {
+            patches
+                .pin_entry(&mut RamCode(ram), addr)
+                .map_err(|e| ProxySetupError::Pin {
+                    addr,
+                    reason: e.to_string(),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Follows a policy replaced through the administration interface: entry points it
+    /// no longer binds get their own code back, new ones get the trap.
+    pub fn sync(&mut self, patches: &mut PatchTable, ram: &GuestRam) {
+        let generation = self.shared.proxy.policy().generation();
+        if generation == self.generation {
+            return;
+        }
+        self.generation = generation;
+        let policy = self.shared.proxy.policy().current();
+        // The control socket only puts in force policies whose bindings resolve.
+        let Ok(entries) = policy.entry_points(&self.shared.symbols) else {
+            return;
+        };
+        for (addr, _) in self.entries.iter() {
+            if entries.get(addr).is_none() {
+                patches.unpin_entry(&mut RamCode(ram), addr);
+            }
+        }
+        for (addr, _) in entries.iter() {
+            if let Err(e) = patches.pin_entry(&mut RamCode(ram), addr) {
+                eprintln!("vmm: kernel proxy: cannot bind {addr:#010x}: {e}");
+            }
+        }
+        self.entries = entries;
+    }
+
+    /// Serves the call if `site`, where an INT3 fired, is a bound entry point: the
+    /// guest's registers in `state` are set as the function's return leaves them.
+    /// `None` when `site` is not bound (the trap is the rewriter's or the guest's own).
+    ///
+    /// # Errors
+    /// The fault the guest's own `ret` would have met when its return address cannot be
+    /// read (the engine delivers it).
+    pub fn on_trap(
+        &mut self,
+        site: u32,
+        state: &mut VcpuState,
+        bus: &mut impl GuestBus,
+        ram_size: u64,
+    ) -> Option<Result<(), Fault>> {
+        let binding = Arc::clone(self.entries.get(site)?);
+        let outcome = {
+            let mut guest = VcpuGuest::new(state, bus, ram_size);
+            self.shared.proxy.dispatch(site, &binding, &mut guest)
+        };
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(fault) => {
+                if self.trace {
+                    eprintln!("vmm: kernel proxy: {} at {site:#010x}: {fault}", binding.op);
+                }
+                return Some(Err(Fault::with_code(Exception::SS, 0)));
+            }
+        };
+        self.count(&outcome);
+        if self.trace {
+            eprintln!(
+                "vmm: kernel proxy: {} at {site:#010x} -> eax {:#x} ({:?}, {:?})",
+                binding.op, outcome.eax, outcome.status, outcome.served_by
+            );
+        }
+        apply(state, &outcome);
+        Some(Ok(()))
+    }
+
+    fn count(&self, outcome: &ProxyOutcome) {
+        let mut c = lock(&self.shared.counters);
+        c.calls += 1;
+        if !matches!(outcome.status, CallStatus::Done) {
+            c.failed += 1;
+        }
+        if let Some(by) = &outcome.served_by {
+            let from = match by.source {
+                Source::Policy => "policy",
+                Source::Default(_) => "default",
+            };
+            *c.served
+                .entry(format!("{}:{} ({from})", by.ty, by.id))
+                .or_default() += 1;
+        }
+    }
+}
+
+/// Finishes a proxied call as the function's own `ret` would: the return value in EAX
+/// (and EDX), the return address (and callee-popped arguments) off the stack, and on at
+/// the caller.
+pub fn apply(state: &mut VcpuState, outcome: &ProxyOutcome) {
+    state.gpr[gpr::EAX] = outcome.eax;
+    if let Some(edx) = outcome.edx {
+        state.gpr[gpr::EDX] = edx;
+    }
+    state.gpr[gpr::ESP] = state.gpr[gpr::ESP].wrapping_add(outcome.esp_adjust);
+    state.eip = outcome.return_to;
+}
