@@ -18,10 +18,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use proxy::{
-    BindError, CallStatus, DefaultTable, EntryPoints, GrpcNodes, KernelProxy, Policy, PolicyError,
-    PolicyHandle, ProxyOutcome, Source, SymbolError, SymbolMap,
+    BindError, CallStatus, CodePatch, DefaultTable, EntryPoints, GrpcNodes, KernelProxy, NodeMode,
+    Policy, PolicyError, PolicyHandle, ProxyOutcome, Source, SymbolError, SymbolMap,
 };
-use rewriter::PatchTable;
+use rewriter::{CodeMemoryMut, PatchTable};
 use services::ServiceRegistry;
 
 use crate::memory::GuestRam;
@@ -117,6 +117,9 @@ pub struct ProxyRuntime {
     shared: Arc<SharedPolicy>,
     /// Bound entry points of the policy generation `generation`, by guest address.
     entries: EntryPoints,
+    /// Code service nodes shipped (ship mode), written over their entry points instead
+    /// of a trap: the guest runs the service itself.
+    shipped: Vec<CodePatch>,
     generation: u64,
     trace: bool,
 }
@@ -146,6 +149,7 @@ impl ProxyRuntime {
         };
         let symbols = Arc::new(proxy::resolve_symbols(kernel)?);
         let entries = policy.entry_points(&symbols)?;
+        let shipped = fetch_shipped(&policy, &entries, kernel)?;
         let proxy = KernelProxy::new(PolicyHandle::new(policy), defaults, registry)
             .with_node_connector(Arc::new(GrpcNodes));
         let generation = proxy.policy().generation();
@@ -157,6 +161,7 @@ impl ProxyRuntime {
                 counters: Mutex::default(),
             }),
             entries,
+            shipped,
             generation,
             trace: std::env::var_os("VMM_TRACE").is_some_and(|v| v == "1"),
         })
@@ -178,7 +183,18 @@ impl ProxyRuntime {
     /// # Errors
     /// [`ProxySetupError::Pin`] for an entry point outside guest RAM.
     pub fn pin(&self, patches: &mut PatchTable, ram: &GuestRam) -> Result<(), ProxySetupError> {
+        for patch in &self.shipped {
+            if RamCode(ram).write(patch.addr, &patch.bytes) != patch.bytes.len() {
+                return Err(ProxySetupError::Pin {
+                    addr: patch.addr,
+                    reason: "shipped code does not fit in guest RAM".into(),
+                });
+            }
+        }
         for (addr, _) in self.entries.iter() {
+            if self.shipped.iter().any(|p| p.addr == addr) {
+                continue;
+            }
             patches
                 .pin_entry(&mut RamCode(ram), addr)
                 .map_err(|e| ProxySetupError::Pin {
@@ -270,6 +286,45 @@ impl ProxyRuntime {
                 .or_default() += 1;
         }
     }
+}
+
+/// Asks the nodes of ship-mode policy entries for their code and sizes it to the
+/// functions it replaces. A node that cannot ship leaves its entry point to the proxy
+/// (which then performs the call through the policy, or the default), with a warning.
+fn fetch_shipped(
+    policy: &Policy,
+    entries: &EntryPoints,
+    kernel: &[u8],
+) -> Result<Vec<CodePatch>, ProxySetupError> {
+    let mut shipped = Vec::new();
+    let mut sizes = None;
+    for (addr, binding) in entries.iter() {
+        let Some(spec) = policy.service(binding.op.service_type()) else {
+            continue;
+        };
+        let (NodeMode::Ship, Some(node)) = (spec.mode, spec.node) else {
+            continue;
+        };
+        let sizes = match &sizes {
+            Some(s) => s,
+            None => sizes.insert(proxy::function_sizes(kernel)?),
+        };
+        let room = sizes.get(&addr).copied().unwrap_or(0);
+        let patch = GrpcNodes
+            .ship(node, spec.timeout, binding)
+            .map_err(|e| e.to_string())
+            .and_then(|code| {
+                proxy::ship_patch(binding, addr, room, &code).map_err(|e| e.to_string())
+            });
+        match patch {
+            Ok(p) => shipped.push(p),
+            Err(e) => eprintln!(
+                "vmm: kernel proxy: node {node} cannot ship {} for {addr:#010x} ({e}); the proxy serves it",
+                binding.op
+            ),
+        }
+    }
+    Ok(shipped)
 }
 
 /// Finishes a proxied call as the function's own `ret` would: the return value in EAX
