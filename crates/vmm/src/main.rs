@@ -105,7 +105,7 @@ fn policy_command(args: &PolicyArgs) -> ExitCode {
     let result = match &args.action {
         PolicyAction::Show { api_sock } => admin::show(api_sock).map(|text| print!("{text}")),
         PolicyAction::Set { api_sock, file } => match std::fs::read_to_string(file) {
-            Ok(text) => admin::set(api_sock, &text)
+            Ok(text) => admin::set(api_sock, &text, &file.display().to_string())
                 .map(|generation| println!("policy generation {generation} in force")),
             Err(e) => {
                 eprintln!("vmm: error: cannot read {}: {e}", file.display());

@@ -45,9 +45,15 @@ fn three_policies_serve_the_same_calls_with_three_services() {
     let out = run(&["--policy", &p1, "--stats"]);
     let stdout = assert_guest_passed(&out);
     let stderr = text(&out.stderr);
-    assert!(!stdout.contains(HELLO), "the console write went to the log file");
+    assert!(
+        !stdout.contains(HELLO),
+        "the console write went to the log file"
+    );
     assert_eq!(std::fs::read_to_string(&log).unwrap(), format!("{HELLO}\n"));
-    assert!(stdout.contains("sector 0 begins \"IMAGE-SECTOR-ZER\""), "{stdout}");
+    assert!(
+        stdout.contains("sector 0 begins \"IMAGE-SECTOR-ZER\""),
+        "{stdout}"
+    );
     assert!(stdout.contains("clock: delta 1000\r"), "{stdout}");
     let bytes = std::fs::read(&image).unwrap();
     assert_disk_checks_written(&bytes);
@@ -75,9 +81,16 @@ fn three_policies_serve_the_same_calls_with_three_services() {
     let stderr = text(&out.stderr);
     // The terminal service writes the guest's bytes as they are: no UART \r.
     assert!(stdout.contains(&format!("{HELLO}\nPASS")), "{stdout}");
-    assert!(stdout.contains("sector 0 begins \"IMAGE-SECTOR-ZER\""), "{stdout}");
+    assert!(
+        stdout.contains("sector 0 begins \"IMAGE-SECTOR-ZER\""),
+        "{stdout}"
+    );
     assert!(stdout.contains("clock: delta 7\r"), "{stdout}");
-    assert_eq!(std::fs::read(&base).unwrap(), original, "the base image is untouched");
+    assert_eq!(
+        std::fs::read(&base).unwrap(),
+        original,
+        "the base image is untouched"
+    );
     assert!(served(&stderr, "block:cow (policy)") >= 5, "{stderr}");
 
     // 3: console discarded, a blank memory disk, the host clock.
@@ -92,7 +105,10 @@ fn three_policies_serve_the_same_calls_with_three_services() {
     let stdout = assert_guest_passed(&out);
     let stderr = text(&out.stderr);
     assert!(!stdout.contains(HELLO), "{stdout}");
-    assert!(stdout.contains("sector 0 begins \"................\""), "{stdout}");
+    assert!(
+        stdout.contains("sector 0 begins \"................\""),
+        "{stdout}"
+    );
     assert!(served(&stderr, "tty:discard (policy)") >= 2, "{stderr}");
     assert!(served(&stderr, "block:memory (policy)") >= 5, "{stderr}");
     assert_eq!(served(&stderr, "clock:host (policy)"), 3, "{stderr}");
@@ -104,7 +120,10 @@ fn without_a_policy_the_guest_runs_its_own_code() {
     let stdout = assert_guest_passed(&out);
     // The guest's own console goes through the UART, which turns \n into \r\n.
     assert!(stdout.contains(&format!("{HELLO}\r\n")), "{stdout}");
-    assert!(stdout.contains("sector 0 begins \"................\""), "{stdout}");
+    assert!(
+        stdout.contains("sector 0 begins \"................\""),
+        "{stdout}"
+    );
     assert!(!text(&out.stderr).contains("kernel proxy"));
 }
 
@@ -129,7 +148,10 @@ fn hostile_arguments_get_the_bindings_error_return() {
         "disk write from a buffer wrapping 4 GiB",
         "disk intact after refused calls",
     ] {
-        assert!(stdout.contains(&format!("PASS: hostile: {check}")), "{check}\n{stdout}");
+        assert!(
+            stdout.contains(&format!("PASS: hostile: {check}")),
+            "{check}\n{stdout}"
+        );
     }
     // Every hostile call reached the proxy and was refused there: 5 bad arguments, 3
     // requests the disk service refused (sectors past its end).
@@ -150,8 +172,15 @@ fn a_binding_that_refuses_the_guests_call_fails_the_guests_check() {
     std::fs::write(&p, format!("[services.tty]\nid = \"discard\"\n{bindings}")).unwrap();
     let out = run(&["--policy", p.to_str().unwrap()]);
     let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(3), "debug-exit 1: a check failed\n{stdout}");
-    assert!(stdout.contains("FAIL: console: write returns the length (-1)"), "{stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "debug-exit 1: a check failed\n{stdout}"
+    );
+    assert!(
+        stdout.contains("FAIL: console: write returns the length (-1)"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -182,8 +211,14 @@ fn unusable_policies_are_refused_before_the_guest_runs() {
         let out = run(&["--policy", p.to_str().unwrap()]);
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{src}\n{stderr}");
-        assert!(stderr.contains(expected), "{src}: expected {expected:?} in\n{stderr}");
-        assert!(stderr.contains(&format!("bad{i}.toml")) || stderr.contains("policy line"), "{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{src}: expected {expected:?} in\n{stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("bad{i}.toml")) || stderr.contains("policy line"),
+            "{stderr}"
+        );
         assert!(text(&out.stdout).is_empty(), "the guest did not run");
     }
     let out = run(&["--policy", d.join("missing.toml").to_str().unwrap()]);

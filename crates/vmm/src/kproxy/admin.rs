@@ -78,11 +78,15 @@ pub fn show(path: &Path) -> Result<String, AdminError> {
     Ok(answer["policy"].as_str().unwrap_or_default().to_owned())
 }
 
-/// Puts the policy `text` in force in the VM behind `path`; returns its generation.
+/// Puts the policy `text` (from `origin`, named in errors) in force in the VM behind
+/// `path`; returns its generation.
 ///
 /// # Errors
 /// As for [`request`]; an invalid policy is refused with the line and field at fault.
-pub fn set(path: &Path, text: &str) -> Result<u64, AdminError> {
-    let answer = request(path, &json!({ "op": "set", "policy": text }))?;
+pub fn set(path: &Path, text: &str, origin: &str) -> Result<u64, AdminError> {
+    let answer = request(
+        path,
+        &json!({ "op": "set", "policy": text, "origin": origin }),
+    )?;
     Ok(answer["generation"].as_u64().unwrap_or_default())
 }

@@ -4,6 +4,7 @@
 //! ```text
 //! {"op":"show"}                      -> {"ok":true,"generation":1,"policy":"<toml>"}
 //! {"op":"set","policy":"<toml>"}     -> {"ok":true,"generation":2}
+//!   (optional "origin":"<file name>" names the text in error messages)
 //! {"op":"stats"}                     -> {"ok":true,"calls":12,"failed":0,"served":{...}}
 //! anything wrong                     -> {"ok":false,"error":"<what was wrong>"}
 //! ```
@@ -41,6 +42,9 @@ pub enum Request {
     Set {
         /// The policy text.
         policy: String,
+        /// What to call the text in error messages (the client's file name).
+        #[serde(default)]
+        origin: Option<String>,
     },
     /// How calls were served so far.
     Stats,
@@ -138,8 +142,11 @@ pub fn answer(line: &[u8], shared: &SharedPolicy) -> Value {
             "generation": shared.proxy.policy().generation(),
             "policy": shared.text(),
         }),
-        Request::Set { policy } => {
-            match shared.replace(&policy, "policy from the control socket") {
+        Request::Set { policy, origin } => {
+            let origin = origin
+                .as_deref()
+                .unwrap_or("policy from the control socket");
+            match shared.replace(&policy, origin) {
                 Ok(generation) => json!({ "ok": true, "generation": generation }),
                 Err(e) => error(e.to_string()),
             }

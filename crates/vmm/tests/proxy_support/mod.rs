@@ -60,7 +60,9 @@ pub fn vmm() -> &'static str {
 }
 
 pub fn kernel() -> &'static str {
-    guests::find("proxy").expect("the proxy guest is built").path
+    guests::find("proxy")
+        .expect("the proxy guest is built")
+        .path
 }
 
 /// `vmm run` of the proxy guest with `args`, under `timeout`.
