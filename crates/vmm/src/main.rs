@@ -339,7 +339,12 @@ fn run_command(args: RunArgs) -> ExitCode {
         }
     }
     if let Some(path) = &args.stats_json {
-        let json = vm.stats().to_json(&vm.counters(), STATS_TOP_SITES);
+        let mut json = vm.stats().to_json(&vm.counters(), STATS_TOP_SITES);
+        // Kernel proxy: its calls are exits too (one trap each), counted by the proxy.
+        if let Some(c) = vm.kernel_proxy_counters() {
+            json["kernel_proxy"] =
+                serde_json::json!({ "calls": c.calls, "failed": c.failed, "served": c.served });
+        }
         if let Err(e) = std::fs::write(path, format!("{json:#}\n")) {
             eprintln!("vmm: error: cannot write {}: {e}", path.display());
             return ExitCode::from(EXIT_USAGE_ERROR);
