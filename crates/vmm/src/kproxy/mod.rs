@@ -338,3 +338,135 @@ pub fn apply(state: &mut VcpuState, outcome: &ProxyOutcome) {
     state.gpr[gpr::ESP] = state.gpr[gpr::ESP].wrapping_add(outcome.esp_adjust);
     state.eip = outcome.return_to;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::GuestLinear;
+    use crate::vcpu::testbus::TestBus;
+
+    const RET: u32 = 0x0010_1234;
+    const ESP: u32 = 0x8000;
+    const BUF: u32 = 0x4000;
+
+    fn runtime(dir: &Path, services: &str, bindings: &str) -> ProxyRuntime {
+        let policy = dir.join("policy.toml");
+        std::fs::write(&policy, format!("{services}\n{bindings}")).unwrap();
+        let kernel = std::fs::read(guests::find("proxy").unwrap().path).unwrap();
+        ProxyRuntime::load(&policy, None, &kernel).unwrap()
+    }
+
+    const CONSOLE: &str = "[[bindings]]\nsymbol = \"os_console_write\"\nop = \"tty.write\"\n\
+        args = 2\nbuffer = { ptr = 0, len = 1, max = 64 }\nreturns = \"count\"\nerror_return = -1\n";
+
+    /// The guest at the entry point of a cdecl call with `args`.
+    fn at_call(bus: &mut TestBus, args: &[u32]) -> VcpuState {
+        let mut state = VcpuState::flat_protected(0x10_0000, 0x08, 0x10);
+        state.gpr[gpr::ESP] = ESP;
+        let words: Vec<u8> = std::iter::once(RET)
+            .chain(args.iter().copied())
+            .flat_map(u32::to_le_bytes)
+            .collect();
+        bus.write_linear(GuestLinear(ESP), &words, false).unwrap();
+        state
+    }
+
+    #[test]
+    fn a_bound_call_returns_to_its_caller_with_the_services_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("c.log");
+        let mut rt = runtime(
+            dir.path(),
+            &format!(
+                "[services.tty]\nid = \"logfile\"\nparams = {{ path = \"{}\" }}",
+                log.display()
+            ),
+            CONSOLE,
+        );
+        let (entry, _) = rt.entry_points().iter().next().unwrap();
+        let mut bus = TestBus::new();
+        bus.write_linear(GuestLinear(BUF), b"hello", false).unwrap();
+        let mut state = at_call(&mut bus, &[BUF, 5]);
+        state.gpr[gpr::EBX] = 0xb0b0;
+
+        assert!(
+            rt.on_trap(entry + 1, &mut state, &mut bus, 0x10_0000)
+                .is_none(),
+            "not bound"
+        );
+        assert_eq!(
+            rt.on_trap(entry, &mut state, &mut bus, 0x10_0000),
+            Some(Ok(()))
+        );
+        assert_eq!(std::fs::read(&log).unwrap(), b"hello");
+        assert_eq!(
+            (
+                state.gpr[gpr::EAX],
+                state.eip,
+                state.gpr[gpr::ESP],
+                state.gpr[gpr::EBX]
+            ),
+            (5, RET, ESP + 4, 0xb0b0),
+            "count in EAX, ret popped, callee-saved registers kept"
+        );
+
+        // Too long, outside RAM: the binding's error value, nothing written.
+        for args in [[BUF, 65], [0xf000_0000, 4]] {
+            let mut state = at_call(&mut bus, &args);
+            assert_eq!(
+                rt.on_trap(entry, &mut state, &mut bus, 0x10_0000),
+                Some(Ok(()))
+            );
+            assert_eq!((state.gpr[gpr::EAX], state.eip), (u32::MAX, RET));
+        }
+        assert_eq!(std::fs::read(&log).unwrap(), b"hello");
+        assert_eq!(rt.shared().counters().calls, 3);
+        assert_eq!(rt.shared().counters().failed, 2);
+
+        // A return address the guest's own `ret` could not read: #SS, state untouched.
+        let mut state = at_call(&mut bus, &[BUF, 5]);
+        state.gpr[gpr::ESP] = 0x0fff_fff0;
+        let before = state.clone();
+        assert_eq!(
+            rt.on_trap(entry, &mut state, &mut bus, 0x10_0000),
+            Some(Err(Fault::with_code(Exception::SS, 0)))
+        );
+        assert_eq!(state, before);
+    }
+
+    #[test]
+    fn a_replaced_policy_moves_the_pins() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rt = runtime(dir.path(), "[services.tty]\nid = \"discard\"", CONSOLE);
+        let mut ram = GuestRam::new(4 << 20).unwrap();
+        let kernel = std::fs::read(guests::find("proxy").unwrap().path).unwrap();
+        crate::loader::multiboot::load_multiboot(ram.as_mut_slice(), &kernel, "").unwrap();
+        let mut patches = PatchTable::new();
+        rt.pin(&mut patches, &ram).unwrap();
+        let console = rt.entry_points().iter().next().unwrap().0;
+        assert!(patches.is_entry(console));
+
+        let clock = "[[bindings]]\nsymbol = \"os_clock_monotonic\"\nop = \"clock.monotonic\"\n\
+                     returns = \"value64\"\n";
+        assert!(rt
+            .shared()
+            .replace(
+                "[[bindings]]\nsymbol = \"nope\"\nop = \"clock.wall\"\n",
+                "x"
+            )
+            .is_err());
+        rt.sync(&mut patches, &ram);
+        assert!(
+            patches.is_entry(console),
+            "a refused policy changes nothing"
+        );
+        rt.shared().replace(clock, "new.toml").unwrap();
+        rt.sync(&mut patches, &ram);
+        let clock_at = rt.entry_points().iter().next().unwrap().0;
+        assert!(!patches.is_entry(console) && patches.is_entry(clock_at));
+        let mut byte = [0u8; 1];
+        ram.read(crate::addr::GuestPhys(console), &mut byte)
+            .unwrap();
+        assert_ne!(byte[0], rewriter::TRAP_BYTE, "the guest's own code is back");
+    }
+}
