@@ -346,24 +346,24 @@ mod tests {
 
     #[test]
     fn ship_mode_only_for_a_tty_on_a_node() {
-        let ok = parse(
-            "[services.tty]\nid = \"console\"\nnode = \"127.0.0.1:7000\"\nmode = \"ship\"\n",
-        )
-        .unwrap();
+        let ok =
+            parse("[services.tty]\nid = \"console\"\nnode = \"127.0.0.1:7000\"\nmode = \"ship\"\n")
+                .unwrap();
         assert_eq!(ok.service(ServiceType::Tty).unwrap().mode, NodeMode::Ship);
         let perform = parse("[services.tty]\nid = \"c\"\nnode = \"127.0.0.1:7000\"\n").unwrap();
-        assert_eq!(perform.service(ServiceType::Tty).unwrap().mode, NodeMode::Perform);
+        assert_eq!(
+            perform.service(ServiceType::Tty).unwrap().mode,
+            NodeMode::Perform
+        );
         let (line, field, expected) =
             invalid("[services.tty]\nid = \"terminal\"\nmode = \"ship\"\n");
         assert_eq!((line, field.as_str()), (3, "services.tty.mode"));
         assert!(expected.contains("node"), "{expected}");
-        let (line, field, _) = invalid(
-            "[services.block]\nid = \"d\"\nnode = \"127.0.0.1:7000\"\nmode = \"ship\"\n",
-        );
+        let (line, field, _) =
+            invalid("[services.block]\nid = \"d\"\nnode = \"127.0.0.1:7000\"\nmode = \"ship\"\n");
         assert_eq!((line, field.as_str()), (4, "services.block.mode"));
-        let (_, field, expected) = invalid(
-            "[services.tty]\nid = \"c\"\nnode = \"127.0.0.1:7000\"\nmode = \"mail\"\n",
-        );
+        let (_, field, expected) =
+            invalid("[services.tty]\nid = \"c\"\nnode = \"127.0.0.1:7000\"\nmode = \"mail\"\n");
         assert_eq!(field, "services.tty.mode");
         assert!(expected.contains("perform"), "{expected}");
     }
