@@ -120,6 +120,9 @@ pub struct ProxyRuntime {
     /// Code service nodes shipped (ship mode), written over their entry points instead
     /// of a trap: the guest runs the service itself.
     shipped: Vec<CodePatch>,
+    /// The kernel's loadable segments, `(linear start, linear end, physical start)`:
+    /// where in guest RAM the code at an entry point's (linear) address was loaded.
+    segments: Vec<(u32, u32, u32)>,
     generation: u64,
     trace: bool,
 }
@@ -150,6 +153,7 @@ impl ProxyRuntime {
         let symbols = Arc::new(proxy::resolve_symbols(kernel)?);
         let entries = policy.entry_points(&symbols)?;
         let shipped = fetch_shipped(&policy, &entries, kernel)?;
+        let segments = load_segments(kernel)?;
         let proxy = KernelProxy::new(PolicyHandle::new(policy), defaults, registry)
             .with_node_connector(Arc::new(GrpcNodes));
         let generation = proxy.policy().generation();
@@ -162,6 +166,7 @@ impl ProxyRuntime {
             }),
             entries,
             shipped,
+            segments,
             generation,
             trace: std::env::var_os("VMM_TRACE").is_some_and(|v| v == "1"),
         })
@@ -184,7 +189,8 @@ impl ProxyRuntime {
     /// [`ProxySetupError::Pin`] for an entry point outside guest RAM.
     pub fn pin(&self, patches: &mut PatchTable, ram: &GuestRam) -> Result<(), ProxySetupError> {
         for patch in &self.shipped {
-            if RamCode(ram).write(patch.addr, &patch.bytes) != patch.bytes.len() {
+            let at = self.physical(patch.addr);
+            if RamCode(ram).write(at, &patch.bytes) != patch.bytes.len() {
                 return Err(ProxySetupError::Pin {
                     addr: patch.addr,
                     reason: "shipped code does not fit in guest RAM".into(),
@@ -196,13 +202,24 @@ impl ProxyRuntime {
                 continue;
             }
             patches
-                .pin_entry(&mut RamCode(ram), addr)
+                .pin_entry(&mut RamCode(ram), self.physical(addr))
                 .map_err(|e| ProxySetupError::Pin {
                     addr,
                     reason: e.to_string(),
                 })?;
         }
         Ok(())
+    }
+
+    /// The guest-physical address the kernel image put the code at linear `addr`
+    /// (the patch table is keyed by guest-physical addresses): the loadable segment's
+    /// physical address plus the offset, or `addr` itself outside every segment (an
+    /// address binding into code the kernel loads later).
+    pub fn physical(&self, addr: u32) -> u32 {
+        self.segments
+            .iter()
+            .find(|&&(start, end, _)| (start..end).contains(&addr))
+            .map_or(addr, |&(start, _, phys)| phys.wrapping_add(addr - start))
     }
 
     /// Follows a policy replaced through the administration interface: entry points it
@@ -220,11 +237,11 @@ impl ProxyRuntime {
         };
         for (addr, _) in self.entries.iter() {
             if entries.get(addr).is_none() {
-                patches.unpin_entry(&mut RamCode(ram), addr);
+                patches.unpin_entry(&mut RamCode(ram), self.physical(addr));
             }
         }
         for (addr, _) in entries.iter() {
-            if let Err(e) = patches.pin_entry(&mut RamCode(ram), addr) {
+            if let Err(e) = patches.pin_entry(&mut RamCode(ram), self.physical(addr)) {
                 eprintln!("vmm: kernel proxy: cannot bind {addr:#010x}: {e}");
             }
         }
@@ -286,6 +303,23 @@ impl ProxyRuntime {
                 .or_default() += 1;
         }
     }
+}
+
+/// The kernel's loadable segments as `(linear start, linear end, physical start)`.
+fn load_segments(kernel: &[u8]) -> Result<Vec<(u32, u32, u32)>, ProxySetupError> {
+    let elf = goblin::elf::Elf::parse(kernel).map_err(|e| SymbolError::Parse {
+        message: e.to_string(),
+    })?;
+    Ok(elf
+        .program_headers
+        .iter()
+        .filter(|ph| ph.p_type == goblin::elf::program_header::PT_LOAD)
+        .filter_map(|ph| {
+            let start = u32::try_from(ph.p_vaddr).ok()?;
+            let end = u32::try_from(ph.p_vaddr.checked_add(ph.p_memsz)?).ok()?;
+            Some((start, end, u32::try_from(ph.p_paddr).ok()?))
+        })
+        .collect())
 }
 
 /// Asks the nodes of ship-mode policy entries for their code and sizes it to the
@@ -432,6 +466,23 @@ mod tests {
             Some(Err(Fault::with_code(Exception::SS, 0)))
         );
         assert_eq!(state, before);
+    }
+
+    #[test]
+    fn entry_points_are_pinned_where_the_kernel_was_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rt = runtime(dir.path(), "", CONSOLE);
+        let (entry, _) = rt.entry_points().iter().next().unwrap();
+        // The proxy guest is linked where it is loaded.
+        assert_eq!(rt.physical(entry), entry);
+        // A kernel linked at 3 GiB and loaded at 1 MiB, as Linux is.
+        rt.segments = vec![(0xc010_0000, 0xc020_0000, 0x0010_0000)];
+        assert_eq!(rt.physical(0xc010_1234), 0x0010_1234);
+        assert_eq!(
+            rt.physical(0xc020_0000),
+            0xc020_0000,
+            "outside every segment"
+        );
     }
 
     #[test]
