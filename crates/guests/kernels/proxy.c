@@ -30,7 +30,16 @@ static bool buffer_ok(const void *p, u32 len)
 	return a < ram_top && len <= ram_top - a;
 }
 
-__attribute__((noipa)) int os_console_write(const char *s, unsigned len)
+/* Bytes in the code page of os_console_write that the guest rewrites, as a kernel
+ * patching its own text does (alternatives, static keys): the monitor then reverts and
+ * rescans that page, and a bound entry point must stay bound through that. */
+extern u8 os_text_scratch[16];
+asm(".pushsection .text.os_console,\"ax\"\n"
+    ".globl os_text_scratch\n"
+    "os_text_scratch: .fill 16, 1, 0x90\n"
+    ".popsection");
+
+__attribute__((noipa, section(".text.os_console"))) int os_console_write(const char *s, unsigned len)
 {
 	if (len > CONSOLE_MAX || !buffer_ok(s, len))
 		return -1;
@@ -106,6 +115,14 @@ static void console_checks(void)
 	int n = os_console_write(msg, sizeof(msg) - 1);
 	report(n == (int)sizeof(msg) - 1, "write returns the length (%d)", n);
 	report(os_console_write(msg, 0) == 0, "empty write returns 0");
+	/* Rewrite code next to the function: nops become int3s that never run. */
+	bool same_page = ((u32)os_text_scratch >> 12) == ((u32)os_console_write >> 12);
+	for (int i = 0; i < 16; i++)
+		((volatile u8 *)os_text_scratch)[i] = 0xcc;
+	static const char again[] = "proxy guest: the same call after its code page changed\n";
+	n = os_console_write(again, sizeof(again) - 1);
+	report(same_page && n == (int)sizeof(again) - 1,
+	       "write after the guest rewrote code in its page returns the length (%d)", n);
 	report_prefix_pop();
 }
 
