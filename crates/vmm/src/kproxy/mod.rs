@@ -3,10 +3,30 @@
 //! call to one when its trap fires, and the administration interface that replaces the
 //! policy while the VM runs.
 //!
+//! ```text
+//! vmm run --kernel k.elf --policy policy.toml [--defaults defaults.toml] [--api-sock vm.sock]
+//! vmm policy show --api-sock vm.sock
+//! vmm policy set --api-sock vm.sock new-policy.toml
+//! vmm service-node --listen 127.0.0.1:7000 --services "block:disk0=file,path=disk.img;tty:console=logfile,path=c.log"
+//! ```
+//!
 //! The engine's part is three calls: [`ProxyRuntime::pin`] when the runtime is attached,
 //! [`ProxyRuntime::on_trap`] at the top of the INT3 exit path (before the rewriter's
 //! patch table is asked), and [`ProxyRuntime::sync`] there too, so a policy replaced
 //! through the control socket binds and unbinds entry points at the next trap.
+//!
+//! Choices worth knowing:
+//! - Guest arguments are read through the engine's [`GuestBus`] with the caller's
+//!   privilege, so buffers follow the guest's own translation; lengths are bounded by
+//!   the binding (`max`) before any byte is read, and nothing is written to the guest
+//!   unless all of it can be.
+//! - Ship mode writes the node's code over the function before the guest runs; from
+//!   then on it is guest code like any other, with the guest's own (lack of) argument
+//!   checks, and no exit at all.
+//! - A node that stops makes the proxy fall back to the default table. For a disk,
+//!   "nothing acknowledged is lost" holds when the default serves the same image file
+//!   as the node (`--defaults` naming it): every write the node acknowledged is in that
+//!   file. The proxy does not mirror writes itself.
 
 pub mod admin;
 pub mod api;
