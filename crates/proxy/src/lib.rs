@@ -30,7 +30,7 @@ pub use dispatch::{ArgError, CallStatus, DispatchFault, ProxyOutcome};
 pub use guest::{AccessError, GuestAccess, Reg};
 pub use nodes::{GrpcNodes, NODE_TYPES};
 pub use policy::{
-    DefaultTable, Policy, PolicyError, PolicyHandle, ServiceSpec, DEFAULT_NODE_TIMEOUT,
+    DefaultTable, NodeMode, Policy, PolicyError, PolicyHandle, ServiceSpec, DEFAULT_NODE_TIMEOUT,
 };
 pub use resolve::{
     FallbackReason, KernelProxy, NoService, NodeConnector, ServeError, ServedBy, Source, TypeStats,

@@ -15,7 +15,7 @@ use crate::binding::{
     MAX_BUFFER_BYTES,
 };
 use crate::nodes::NODE_TYPES;
-use crate::policy::{Policy, PolicyError, ServiceSpec, DEFAULT_NODE_TIMEOUT};
+use crate::policy::{NodeMode, Policy, PolicyError, ServiceSpec, DEFAULT_NODE_TIMEOUT};
 
 /// Longest node timeout a policy may ask for: a vCPU waits this long at most.
 const MAX_NODE_TIMEOUT_MS: u64 = 60_000;
@@ -42,6 +42,7 @@ struct RawSpec {
     id: Spanned<String>,
     node: Option<Spanned<String>>,
     timeout_ms: Option<Spanned<i64>>,
+    mode: Option<Spanned<String>>,
     #[serde(default)]
     params: BTreeMap<String, Spanned<toml::Value>>,
 }
@@ -224,6 +225,33 @@ fn service_spec(
             }
         },
     };
+    let mode = match &spec.mode {
+        None => NodeMode::Perform,
+        Some(m) => {
+            let mode = match m.get_ref().as_str() {
+                "perform" => NodeMode::Perform,
+                "ship" => NodeMode::Ship,
+                other => {
+                    return Err(cx.invalid(
+                        &m.span(),
+                        field("mode"),
+                        format!("{other:?}"),
+                        "\"perform\" or \"ship\"",
+                    ))
+                }
+            };
+            // Only tty.write has shippable code, and only a node ships.
+            if mode == NodeMode::Ship && (node.is_none() || ty != ServiceType::Tty) {
+                return Err(cx.invalid(
+                    &m.span(),
+                    field("mode"),
+                    "\"ship\"",
+                    "\"ship\" only for a tty service with a `node`",
+                ));
+            }
+            mode
+        }
+    };
     let mut params = ServiceParams::new();
     for (name, value) in spec.params {
         let span = value.span();
@@ -261,6 +289,7 @@ fn service_spec(
         id,
         node,
         timeout,
+        mode,
         params,
         line,
     })

@@ -15,6 +15,27 @@ use crate::parse;
 /// Time allowed to a remote service node when the policy gives none.
 pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// How a service node provides a service (the two modes of the patent).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum NodeMode {
+    /// The node performs each call and answers.
+    #[default]
+    Perform,
+    /// The node ships an implementation once; the compute node installs it over the
+    /// bound entry point and the guest runs it itself.
+    Ship,
+}
+
+impl NodeMode {
+    /// The name a policy uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeMode::Perform => "perform",
+            NodeMode::Ship => "ship",
+        }
+    }
+}
+
 /// Which service serves a type: an id, optionally on a remote node, with parameters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ServiceSpec {
@@ -24,6 +45,8 @@ pub struct ServiceSpec {
     pub node: Option<SocketAddr>,
     /// How long to wait for the node.
     pub timeout: Duration,
+    /// Whether the node performs the service or ships it (only with `node`).
+    pub mode: NodeMode,
     /// The service's parameters.
     pub params: ServiceParams,
     /// Line of the entry in its file (0 when built in code).
@@ -37,6 +60,7 @@ impl ServiceSpec {
             id: id.to_owned(),
             node: None,
             timeout: DEFAULT_NODE_TIMEOUT,
+            mode: NodeMode::Perform,
             params: ServiceParams::new(),
             line: 0,
         }
@@ -318,6 +342,30 @@ mod tests {
             }) => (line, field, expected),
             other => panic!("expected an invalid-field error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn ship_mode_only_for_a_tty_on_a_node() {
+        let ok =
+            parse("[services.tty]\nid = \"console\"\nnode = \"127.0.0.1:7000\"\nmode = \"ship\"\n")
+                .unwrap();
+        assert_eq!(ok.service(ServiceType::Tty).unwrap().mode, NodeMode::Ship);
+        let perform = parse("[services.tty]\nid = \"c\"\nnode = \"127.0.0.1:7000\"\n").unwrap();
+        assert_eq!(
+            perform.service(ServiceType::Tty).unwrap().mode,
+            NodeMode::Perform
+        );
+        let (line, field, expected) =
+            invalid("[services.tty]\nid = \"terminal\"\nmode = \"ship\"\n");
+        assert_eq!((line, field.as_str()), (3, "services.tty.mode"));
+        assert!(expected.contains("node"), "{expected}");
+        let (line, field, _) =
+            invalid("[services.block]\nid = \"d\"\nnode = \"127.0.0.1:7000\"\nmode = \"ship\"\n");
+        assert_eq!((line, field.as_str()), (4, "services.block.mode"));
+        let (_, field, expected) =
+            invalid("[services.tty]\nid = \"c\"\nnode = \"127.0.0.1:7000\"\nmode = \"mail\"\n");
+        assert_eq!(field, "services.tty.mode");
+        assert!(expected.contains("perform"), "{expected}");
     }
 
     #[test]

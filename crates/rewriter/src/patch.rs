@@ -99,9 +99,15 @@ pub enum PatchError {
 
 /// The patches in force, keyed by the address of their trap byte in whatever address
 /// space the caller uses (the engine uses guest-physical addresses).
+///
+/// Besides the sensitive-instruction patches it holds *pinned entries*: arbitrary
+/// instruction starts (kernel-proxy entry points) that carry the trap byte whatever the
+/// scanner thinks of the instruction there, and keep it across rescans of their page.
 #[derive(Clone, Debug, Default)]
 pub struct PatchTable {
     patches: BTreeMap<u32, Patch>,
+    /// Pinned entries: address → the original first byte of the instruction there.
+    entries: BTreeMap<u32, u8>,
 }
 
 impl PatchTable {
@@ -114,7 +120,8 @@ impl PatchTable {
     /// newly patched.
     ///
     /// Patching is idempotent: a site already in the table with the same class is left
-    /// as it is, so the trap byte is never recorded as an original. Scan a page that may
+    /// as it is, so the trap byte is never recorded as an original. Pinned entries of the
+    /// scanned page that the guest overwrote are pinned again. Scan a page that may
     /// already hold patches through [`PatchTable::unpatched`], so that the scan sees the
     /// original instructions and boundaries.
     ///
@@ -127,7 +134,7 @@ impl PatchTable {
         mem: &mut impl CodeMemoryMut,
         scan: &PageScan,
     ) -> Result<usize, PatchError> {
-        self.patch_sites(mem, scan.patch_sites())
+        self.patch_with(mem, scan, &[])
     }
 
     /// [`PatchTable::patch`], also patching the sites of the classes in `also`: classes
@@ -143,7 +150,9 @@ impl PatchTable {
         scan: &PageScan,
         also: &[Class],
     ) -> Result<usize, PatchError> {
-        self.patch_sites_with(mem, &scan.sites, also)
+        let patched = self.patch_sites_with(mem, &scan.sites, also)?;
+        self.repin_page(mem, scan.page)?;
+        Ok(patched)
     }
 
     /// [`PatchTable::patch`] for any sites (e.g. those of a region scan); sites whose
@@ -236,6 +245,83 @@ impl PatchTable {
         })
     }
 
+    /// Pins a trap byte on the instruction starting at `addr` (a kernel-proxy entry
+    /// point), whatever its class. The byte stays until [`PatchTable::unpin_entry`]:
+    /// reverting the page leaves it, and patching a scan of its page puts it back if
+    /// the guest wrote new code over it. Pinning an address twice changes nothing.
+    ///
+    /// # Errors
+    /// [`PatchError::Unreadable`] when no byte can be read there,
+    /// [`PatchError::WriteFailed`] when the trap byte cannot be written.
+    pub fn pin_entry(&mut self, mem: &mut impl CodeMemoryMut, addr: u32) -> Result<(), PatchError> {
+        if self.entries.contains_key(&addr) {
+            return Ok(());
+        }
+        let original = self.byte_beneath(mem, addr)?;
+        if mem.write(addr, &[TRAP_BYTE]) != 1 {
+            return Err(PatchError::WriteFailed { address: addr });
+        }
+        self.entries.insert(addr, original);
+        Ok(())
+    }
+
+    /// Removes the pinned entry at `addr` and restores its original byte, unless a
+    /// sensitive-instruction patch there still needs the trap. Returns whether `addr` was
+    /// pinned.
+    pub fn unpin_entry(&mut self, mem: &mut impl CodeMemoryMut, addr: u32) -> bool {
+        let Some(original) = self.entries.remove(&addr) else {
+            return false;
+        };
+        if !self.patches.contains_key(&addr) {
+            mem.write(addr, &[original]);
+        }
+        true
+    }
+
+    /// Whether `addr` is a pinned entry.
+    pub fn is_entry(&self, addr: u32) -> bool {
+        self.entries.contains_key(&addr)
+    }
+
+    /// The pinned entries, by address.
+    pub fn entries(&self) -> impl Iterator<Item = u32> + '_ {
+        self.entries.keys().copied()
+    }
+
+    /// The guest's own byte at `addr`: memory, or the original a patch recorded.
+    fn byte_beneath(&self, mem: &impl CodeMemory, addr: u32) -> Result<u8, PatchError> {
+        let mut byte = [0u8; 1];
+        if mem.read(addr, &mut byte) != 1 {
+            return Err(PatchError::Unreadable {
+                address: addr,
+                length: 1,
+            });
+        }
+        Ok(self.original_byte(addr).unwrap_or(byte[0]))
+    }
+
+    /// Puts the trap back on pinned entries of `page` whose byte the guest replaced;
+    /// the new byte becomes the entry's original.
+    fn repin_page(&mut self, mem: &mut impl CodeMemoryMut, page: u32) -> Result<(), PatchError> {
+        let first = page & !(PAGE_SIZE - 1);
+        let pinned: Vec<u32> = self
+            .entries
+            .range(first..=first | (PAGE_SIZE - 1))
+            .map(|(&a, _)| a)
+            .collect();
+        for addr in pinned {
+            let mut byte = [0u8; 1];
+            if mem.read(addr, &mut byte) != 1 || byte[0] == TRAP_BYTE {
+                continue;
+            }
+            if mem.write(addr, &[TRAP_BYTE]) != 1 {
+                return Err(PatchError::WriteFailed { address: addr });
+            }
+            self.entries.insert(addr, byte[0]);
+        }
+        Ok(())
+    }
+
     /// The patch whose trap byte is at `addr`.
     pub fn lookup(&self, addr: u32) -> Option<&Patch> {
         self.patches.get(&addr)
@@ -244,7 +330,10 @@ impl PatchTable {
     /// What memory held at `addr` before it was patched, if `addr` holds a trap byte this
     /// table wrote.
     pub fn original_byte(&self, addr: u32) -> Option<u8> {
-        self.patches.get(&addr).map(|p| p.original[0])
+        self.patches
+            .get(&addr)
+            .map(|p| p.original[0])
+            .or_else(|| self.entries.get(&addr).copied())
     }
 
     /// Replaces the trap bytes in `buf`, read from memory at `addr`, by the original
@@ -258,11 +347,17 @@ impl PatchTable {
         for (&at, patch) in self.patches.range(addr..=last) {
             buf[(at - addr) as usize] = patch.original[0];
         }
+        for (&at, &original) in self.entries.range(addr..=last) {
+            if !self.patches.contains_key(&at) {
+                buf[(at - addr) as usize] = original;
+            }
+        }
     }
 
     /// Restores every patched byte of the page containing `page` and drops its entries;
     /// returns how many were restored. A byte that cannot be written keeps its entry, so
-    /// the table still describes memory.
+    /// the table still describes memory. Pinned entries keep their trap byte (a patch at
+    /// the same address is dropped all the same).
     pub fn revert_page(&mut self, mem: &mut impl CodeMemoryMut, page: u32) -> usize {
         let originals: Vec<(u32, u8)> = self
             .page_patches(page)
@@ -270,6 +365,11 @@ impl PatchTable {
             .collect();
         let mut restored = 0;
         for (addr, byte) in originals {
+            if self.entries.contains_key(&addr) {
+                self.patches.remove(&addr);
+                restored += 1;
+                continue;
+            }
             if mem.write(addr, &[byte]) == 1 {
                 self.patches.remove(&addr);
                 restored += 1;
@@ -373,6 +473,66 @@ mod tests {
         assert_eq!(table.revert_page(&mut mem, BASE), 3);
         assert_eq!(mem, before);
         assert!(table.is_empty() && !table.is_patched(BASE));
+    }
+
+    #[test]
+    fn pinned_entries_survive_reverts_and_rescans() {
+        // f: push ebp; mov ebp, esp; pop ebp; ret | g: pushf; popf; ret
+        let code = [0x55, 0x89, 0xE5, 0x5D, 0xC3, 0x9C, 0x9D, 0xC3];
+        let mut mem = memory(&code);
+        let before = mem.clone();
+        let mut table = PatchTable::new();
+        table.pin_entry(&mut mem, BASE).unwrap();
+        table.pin_entry(&mut mem, BASE).unwrap();
+        assert_eq!(mem.bytes[0], TRAP_BYTE);
+        assert!(table.is_entry(BASE) && !table.is_entry(BASE + 5));
+        assert!(
+            table.lookup(BASE).is_none(),
+            "an entry is no sensitive patch"
+        );
+        // The scanner sees the original code, and the sensitive pushf at g is patched
+        // under a pin too.
+        table.pin_entry(&mut mem, BASE + 5).unwrap();
+        let scan = scan_page(&table.unpatched(&mem), BASE, &[BASE, BASE + 5]);
+        assert!(
+            scan.starts.contains(&(BASE + 1)),
+            "decoded from the original push"
+        );
+        assert_eq!(table.patch(&mut mem, &scan), Ok(2));
+        let mut buf = [0u8; 8];
+        table.unpatched(&mem).read(BASE, &mut buf);
+        assert_eq!(buf, code);
+        assert_eq!(table.original_byte(BASE), Some(0x55));
+        assert_eq!(table.original_byte(BASE + 5), Some(0x9C));
+
+        // Reverting the page drops the sensitive patches but keeps the pins.
+        table.revert_page(&mut mem, BASE);
+        assert_eq!(
+            &mem.bytes[..8],
+            &[0xCC, 0x89, 0xE5, 0x5D, 0xC3, 0xCC, 0x9D, 0xC3]
+        );
+        assert!(table.lookup(BASE + 5).is_none() && table.is_entry(BASE + 5));
+
+        // The guest writes new code over an entry: the next patch of a scan of the page
+        // pins it again, with the new byte as its original.
+        mem.bytes[0] = 0x53; // push ebx
+        let scan = scan_page(&table.unpatched(&mem), BASE, &[BASE]);
+        table.patch(&mut mem, &scan).unwrap();
+        assert_eq!(mem.bytes[0], TRAP_BYTE);
+        assert_eq!(table.original_byte(BASE), Some(0x53));
+
+        // Unpinning restores the guest's bytes, except where a sensitive patch remains.
+        mem.bytes[0] = TRAP_BYTE;
+        table.entries.insert(BASE, 0x55);
+        assert!(table.unpin_entry(&mut mem, BASE));
+        assert!(!table.unpin_entry(&mut mem, BASE));
+        let scan = scan_page(&table.unpatched(&mem), BASE, &[BASE + 5]);
+        table.patch(&mut mem, &scan).unwrap();
+        assert!(table.unpin_entry(&mut mem, BASE + 5));
+        assert_eq!(mem.bytes[5], TRAP_BYTE, "pushf is still patched");
+        table.revert_page(&mut mem, BASE);
+        assert_eq!(mem, before);
+        assert_eq!(table.entries().count(), 0);
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod coverage;
 pub mod devices;
 pub mod hostcpu;
 pub mod image;
+pub mod kproxy;
 pub mod loader;
 pub mod memory;
 pub mod scan;

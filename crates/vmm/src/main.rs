@@ -67,6 +67,19 @@ enum Command {
     /// (target/tmp/suite-vmm-results.txt) or saved `vmm run` output. Exit status: 0, or 1
     /// when FILE cannot be read or a kernel cannot be started.
     Coverage(CoverageArgs),
+    // --- kernel proxy commands ---
+    /// Show or replace the kernel policy of a running VM through its control socket
+    /// (`vmm run --api-sock PATH`).
+    ///
+    /// Exit status: 0 on success, 1 when the monitor refused the policy (its message
+    /// names the line and field) or could not be reached.
+    Policy(PolicyArgs),
+    /// Run a service node: perform block and tty services for monitors over gRPC on
+    /// loopback, and ship implementations (tty.write) for guests to run themselves.
+    ///
+    /// Prints `listening on ADDR` once it serves, then runs until killed.
+    ServiceNode(ServiceNodeArgs),
+    // --- end kernel proxy commands ---
 }
 
 #[derive(Debug, Args)]
@@ -86,6 +99,106 @@ struct CoverageArgs {
     results: Option<PathBuf>,
 }
 
+// --- kernel proxy commands ---
+#[derive(Debug, Args)]
+struct PolicyArgs {
+    #[command(subcommand)]
+    action: PolicyAction,
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyAction {
+    /// Print the policy in force.
+    Show {
+        /// The VM's control socket.
+        #[arg(long, value_name = "PATH")]
+        api_sock: PathBuf,
+    },
+    /// Validate FILE and put it in force from the next proxied call on.
+    Set {
+        /// The VM's control socket.
+        #[arg(long, value_name = "PATH")]
+        api_sock: PathBuf,
+        /// The new policy (TOML, the format of `vmm run --policy`).
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ServiceNodeArgs {
+    /// Address to listen on (loopback only; port 0 picks one, printed at start).
+    #[arg(long, value_name = "ADDR")]
+    listen: std::net::SocketAddr,
+    /// Services, `TYPE:ID=SERVICE[,PARAM=VALUE...]` separated by `;`, e.g.
+    /// `block:disk0=file,path=disk.img;tty:console=logfile,path=console.log`.
+    #[arg(long, value_name = "LIST", required = true)]
+    services: Vec<String>,
+}
+
+fn policy_command(args: &PolicyArgs) -> ExitCode {
+    use vmm::kproxy::admin;
+    let result = match &args.action {
+        PolicyAction::Show { api_sock } => admin::show(api_sock).map(|text| print!("{text}")),
+        PolicyAction::Set { api_sock, file } => match std::fs::read_to_string(file) {
+            Ok(text) => admin::set(api_sock, &text, &file.display().to_string())
+                .map(|generation| println!("policy generation {generation} in force")),
+            Err(e) => {
+                eprintln!("vmm: error: cannot read {}: {e}", file.display());
+                return ExitCode::from(EXIT_USAGE_ERROR);
+            }
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vmm: error: {e}");
+            ExitCode::from(EXIT_INPUT_ERROR)
+        }
+    }
+}
+
+fn service_node_command(args: &ServiceNodeArgs) -> ExitCode {
+    match vmm::kproxy::node::start(args.listen, &args.services) {
+        Ok(node) => {
+            // Scripts and tests read the port from this line when they asked for 0.
+            println!("listening on {}", node.addr());
+            let _ = io::stdout().flush();
+            node.wait();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vmm: error: {e}");
+            ExitCode::from(EXIT_USAGE_ERROR)
+        }
+    }
+}
+
+/// Sets up the kernel proxy of `vmm run`: loads the policy, binds its entry points in
+/// `vm`, and serves the control socket. `None` after printing the error.
+fn attach_kernel_proxy(
+    vm: &mut Vm,
+    args: &RunArgs,
+    kernel: &[u8],
+) -> Result<Option<std::thread::JoinHandle<()>>, ()> {
+    let Some(policy) = &args.policy else {
+        return Ok(None);
+    };
+    let runtime = vmm::kproxy::ProxyRuntime::load(policy, args.defaults.as_deref(), kernel)
+        .map_err(|e| eprintln!("vmm: error: kernel policy: {e}"))?;
+    let shared = std::sync::Arc::clone(runtime.shared());
+    vm.attach_kernel_proxy(runtime)
+        .map_err(|e| eprintln!("vmm: error: kernel policy: {e}"))?;
+    let Some(path) = &args.api_sock else {
+        return Ok(None);
+    };
+    let listener = vmm::kproxy::api::bind(path)
+        .map_err(|e| eprintln!("vmm: error: control socket {}: {e}", path.display()))?;
+    vmm::kproxy::api::spawn(listener, path.clone(), shared)
+        .map(Some)
+        .map_err(|e| eprintln!("vmm: error: control socket {}: {e}", path.display()))
+}
+// --- end kernel proxy commands ---
+
 #[derive(Debug, Args)]
 struct RunArgs {
     /// The guest kernel: a Multiboot v1 image (ELF32 or a.out kludge).
@@ -103,6 +216,18 @@ struct RunArgs {
     /// Write the same statistics as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     stats_json: Option<PathBuf>,
+    /// Kernel policy (TOML): the services that serve each type and the guest entry
+    /// points the kernel proxy takes over (see crates/proxy/policy.example.toml).
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Default service table (TOML `[services.*]` entries) replacing the built-in
+    /// defaults for the types it names.
+    #[arg(long, value_name = "FILE", requires = "policy")]
+    defaults: Option<PathBuf>,
+    /// Serve the control socket here: one JSON request per line (`{"op":"show"}`,
+    /// `{"op":"set","policy":"<toml>"}`, `{"op":"stats"}`); see `vmm policy`.
+    #[arg(long, value_name = "PATH", requires = "policy")]
+    api_sock: Option<PathBuf>,
 }
 
 /// Parses a memory size: bytes, or a number with a K/M/G suffix (KiB, MiB, GiB).
@@ -163,6 +288,8 @@ fn main() -> ExitCode {
         Command::Run(args) => run_command(args),
         Command::Bench(args) => bench_command(&args),
         Command::Coverage(args) => coverage_command(&args),
+        Command::Policy(args) => policy_command(&args),
+        Command::ServiceNode(args) => service_node_command(&args),
     }
 }
 
@@ -230,7 +357,7 @@ fn run_command(args: RunArgs) -> ExitCode {
     };
     let config = VmConfig {
         mem_size: args.mem,
-        kernel,
+        kernel: kernel.clone(),
         kernel_name,
         cmdline: args.append.clone(),
         serial_out: Box::new(io::stdout()),
@@ -242,6 +369,10 @@ fn run_command(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE_ERROR);
         }
     };
+    // Kernel proxy: bound before the guest runs.
+    if attach_kernel_proxy(&mut vm, &args, &kernel).is_err() {
+        return ExitCode::from(EXIT_USAGE_ERROR);
+    }
     let terminal = TerminalMode::enter();
     let input = vm.serial_input();
     let result = vm.run(|kicker| {
@@ -267,9 +398,20 @@ fn run_command(args: RunArgs) -> ExitCode {
     }
     if args.stats {
         eprint!("{}", vm.stats().render(&vm.counters(), STATS_TOP_SITES));
+        if let Some(c) = vm.kernel_proxy_counters() {
+            eprintln!("kernel proxy: {} calls, {} failed", c.calls, c.failed);
+            for (service, n) in &c.served {
+                eprintln!("  {n:>10}  {service}");
+            }
+        }
     }
     if let Some(path) = &args.stats_json {
-        let json = vm.stats().to_json(&vm.counters(), STATS_TOP_SITES);
+        let mut json = vm.stats().to_json(&vm.counters(), STATS_TOP_SITES);
+        // Kernel proxy: its calls are exits too (one trap each), counted by the proxy.
+        if let Some(c) = vm.kernel_proxy_counters() {
+            json["kernel_proxy"] =
+                serde_json::json!({ "calls": c.calls, "failed": c.failed, "served": c.served });
+        }
         if let Err(e) = std::fs::write(path, format!("{json:#}\n")) {
             eprintln!("vmm: error: cannot write {}: {e}", path.display());
             return ExitCode::from(EXIT_USAGE_ERROR);

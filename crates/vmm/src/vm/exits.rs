@@ -151,6 +151,11 @@ impl Vm {
         match vector {
             Exception::BP => {
                 let site = self.code_linear(eip.wrapping_sub(1));
+                // --- kernel proxy (crate::kproxy) ---
+                if let Some(step) = self.kproxy_entry(site) {
+                    return step;
+                }
+                // --- end kernel proxy ---
                 let patch = self
                     .code_phys(site)
                     .and_then(|phys| self.code.patches.lookup(phys))
@@ -208,6 +213,22 @@ impl Vm {
             }
         }
     }
+
+    // --- kernel proxy (crate::kproxy) ---
+    /// A trap at `site` that is a bound entry point: the proxy serves the call and the
+    /// guest continues at its caller. `None` when `site` is not bound.
+    fn kproxy_entry(&mut self, site: u32) -> Option<Step> {
+        let kproxy = self.kproxy.as_mut()?;
+        kproxy.sync(&mut self.code.patches, &self.ram);
+        let ram_size = self.ram.size();
+        let mut bus = machine_bus!(self);
+        let served = kproxy.on_trap(site, &mut self.state, &mut bus, ram_size)?;
+        Some(match served {
+            Ok(()) => Ok(None),
+            Err(fault) => self.handle(VExit::Exception(fault)),
+        })
+    }
+    // --- end kernel proxy ---
 
     /// A trap-class software interrupt the host delivered natively (its host IDT gate
     /// has DPL 3): the one-byte form `one_byte` or `INT imm8`, EIP after it.

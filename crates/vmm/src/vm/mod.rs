@@ -156,6 +156,10 @@ pub struct Vm {
     trace: bool,
     /// A single step in progress (see [`exits::SingleStep`]).
     step: Option<exits::SingleStep>,
+    // --- kernel proxy (crate::kproxy) ---
+    /// The kernel proxy serving bound guest entry points, when a policy is given.
+    kproxy: Option<crate::kproxy::ProxyRuntime>,
+    // --- end kernel proxy ---
 }
 
 impl std::fmt::Debug for Vm {
@@ -217,8 +221,30 @@ impl Vm {
             cpuid_faulting: false,
             trace: std::env::var_os("VMM_TRACE").is_some_and(|v| v == "1"),
             step: None,
+            kproxy: None, // kernel proxy
         })
     }
+
+    // --- kernel proxy (crate::kproxy) ---
+    /// Attaches the kernel proxy: every entry point its policy binds gets the trap now,
+    /// before the guest runs, and keeps it across rescans of its page.
+    ///
+    /// # Errors
+    /// When an entry point has no guest RAM behind it.
+    pub fn attach_kernel_proxy(
+        &mut self,
+        proxy: crate::kproxy::ProxyRuntime,
+    ) -> Result<(), crate::kproxy::ProxySetupError> {
+        proxy.pin(&mut self.code.patches, &self.ram)?;
+        self.kproxy = Some(proxy);
+        Ok(())
+    }
+
+    /// What the kernel proxy did so far, when one is attached.
+    pub fn kernel_proxy_counters(&self) -> Option<crate::kproxy::ProxyCounters> {
+        self.kproxy.as_ref().map(|k| k.shared().counters())
+    }
+    // --- end kernel proxy ---
 
     /// Where the kernel was loaded and where it starts.
     pub fn boot_info(&self) -> &BootInfo {
