@@ -25,7 +25,7 @@ pub use clock::{Clock, HostClock, VirtualClock};
 pub use error::ServiceError;
 pub use idle::{FastForwardIdle, Idle, IdleWake, SleepIdle, SpinIdle};
 pub use kind::{ServiceType, UnknownServiceType};
-pub use params::{ParamTypeError, ParamValue, ServiceParams};
+pub use params::{ParamTypeError, ParamValue, ServiceParams, ServiceSpec, SpecError};
 pub use registry::{RegistryError, ServiceConstructor, ServiceHandle, ServiceRegistry};
 pub use security::{AllowAll, AuditLog, AuditRecord, CallInfo, Decision, DenyList, Security};
 pub use tty::{BufferTty, DiscardTty, LogFileTty, TerminalTty, Tty};

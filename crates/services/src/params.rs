@@ -128,3 +128,91 @@ impl ServiceParams {
         self.0.keys().map(String::as_str)
     }
 }
+
+/// Why a `ID=SERVICE[,PARAM=VALUE...]` service spec could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// No `=` between the id and the service.
+    #[error("expected ID=SERVICE[,PARAM=VALUE...]")]
+    NoService,
+    /// The id before `=` is empty.
+    #[error("the id is empty")]
+    EmptyId,
+    /// A parameter is not `PARAM=VALUE`.
+    #[error("parameter {0:?} is not PARAM=VALUE")]
+    BadParam(String),
+}
+
+/// A service spec as service nodes take them on their command line:
+/// `ID=SERVICE[,PARAM=VALUE...]` — the id monitors name in their policy, the local
+/// service that performs it, and its parameters (integers, `true`/`false`, else
+/// strings).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceSpec<'a> {
+    /// The id monitors name.
+    pub id: &'a str,
+    /// The local service id.
+    pub service: &'a str,
+    /// Its parameters.
+    pub params: ServiceParams,
+}
+
+impl<'a> ServiceSpec<'a> {
+    /// Parses `ID=SERVICE[,PARAM=VALUE...]`.
+    ///
+    /// # Errors
+    /// [`SpecError`] naming what is malformed.
+    pub fn parse(spec: &'a str) -> Result<Self, SpecError> {
+        let (id, rest) = spec.split_once('=').ok_or(SpecError::NoService)?;
+        if id.is_empty() {
+            return Err(SpecError::EmptyId);
+        }
+        let mut parts = rest.split(',');
+        let service = parts.next().unwrap_or_default();
+        let mut params = ServiceParams::new();
+        for p in parts {
+            let (k, v) = p
+                .split_once('=')
+                .ok_or_else(|| SpecError::BadParam(p.to_owned()))?;
+            params = params.with(k, ParamValue::parse_cli(v));
+        }
+        Ok(Self {
+            id,
+            service,
+            params,
+        })
+    }
+}
+
+impl ParamValue {
+    /// A value as written on a command line: `true`/`false`, an integer, else a string.
+    pub fn parse_cli(value: &str) -> Self {
+        match value {
+            "true" => ParamValue::Bool(true),
+            "false" => ParamValue::Bool(false),
+            v => v
+                .parse::<i64>()
+                .map_or_else(|_| ParamValue::Str(v.to_owned()), ParamValue::Int),
+        }
+    }
+}
+
+#[cfg(test)]
+mod spec_tests {
+    use super::*;
+
+    #[test]
+    fn service_specs() {
+        let s = ServiceSpec::parse("disk0=cow,base=disk.img,ro=true,size=64").unwrap();
+        assert_eq!((s.id, s.service), ("disk0", "cow"));
+        assert_eq!(s.params.str("base"), Ok(Some("disk.img")));
+        assert_eq!(s.params.bool("ro"), Ok(Some(true)));
+        assert_eq!(s.params.u64("size"), Ok(Some(64)));
+        assert_eq!(ServiceSpec::parse("disk0"), Err(SpecError::NoService));
+        assert_eq!(ServiceSpec::parse("=file"), Err(SpecError::EmptyId));
+        assert_eq!(
+            ServiceSpec::parse("d=file,path"),
+            Err(SpecError::BadParam("path".into()))
+        );
+    }
+}

@@ -15,19 +15,9 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use services::node::ServiceNode;
-use services::{ParamValue, ServiceHandle, ServiceParams, ServiceRegistry, ServiceType};
+use services::{ServiceHandle, ServiceRegistry, ServiceSpec, ServiceType};
 
 const USAGE: &str = "usage: service-node --listen IP:PORT [--block ID=SERVICE[,PARAM=VALUE...]]... [--tty ID=SERVICE[,PARAM=VALUE...]]...";
-
-fn param(value: &str) -> ParamValue {
-    match value {
-        "true" => ParamValue::Bool(true),
-        "false" => ParamValue::Bool(false),
-        v => v
-            .parse::<i64>()
-            .map_or_else(|_| ParamValue::Str(v.to_owned()), ParamValue::Int),
-    }
-}
 
 /// Builds one `ID=SERVICE[,PARAM=VALUE...]` service.
 fn service(
@@ -35,22 +25,11 @@ fn service(
     ty: ServiceType,
     arg: &str,
 ) -> Result<(String, ServiceHandle), String> {
-    let (id, rest) = arg
-        .split_once('=')
-        .ok_or_else(|| format!("--{ty} {arg:?}: expected ID=SERVICE[,PARAM=VALUE...]"))?;
-    let mut parts = rest.split(',');
-    let name = parts.next().unwrap_or_default();
-    let mut params = ServiceParams::new();
-    for p in parts {
-        let (k, v) = p
-            .split_once('=')
-            .ok_or_else(|| format!("--{ty} {arg:?}: parameter {p:?} is not PARAM=VALUE"))?;
-        params = params.with(k, param(v));
-    }
+    let spec = ServiceSpec::parse(arg).map_err(|e| format!("--{ty} {arg:?}: {e}"))?;
     let handle = registry
-        .instantiate(ty, name, &params)
+        .instantiate(ty, spec.service, &spec.params)
         .map_err(|e| format!("--{ty} {arg:?}: {e}"))?;
-    Ok((id.to_owned(), handle))
+    Ok((spec.id.to_owned(), handle))
 }
 
 fn run(args: &[String]) -> Result<(), String> {

@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 
 use services::node::{RunningNode, ServiceNode};
-use services::{ParamValue, ServiceHandle, ServiceParams, ServiceRegistry, ServiceType};
+use services::{ServiceHandle, ServiceRegistry, ServiceSpec, ServiceType};
 
 /// Why a node could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -32,16 +32,6 @@ pub enum NodeError {
     Start(String),
 }
 
-fn param(value: &str) -> ParamValue {
-    match value {
-        "true" => ParamValue::Bool(true),
-        "false" => ParamValue::Bool(false),
-        v => v
-            .parse::<i64>()
-            .map_or_else(|_| ParamValue::Str(v.to_owned()), ParamValue::Int),
-    }
-}
-
 /// Adds one `TYPE:ID=SERVICE[,PARAM=VALUE...]` entry to `node`.
 fn add(
     node: ServiceNode,
@@ -56,23 +46,10 @@ fn add(
         .split_once(':')
         .ok_or_else(|| bad("expected TYPE:ID=SERVICE[,PARAM=VALUE...]".into()))?;
     let ty: ServiceType = ty.trim().parse().map_err(|e| bad(format!("{e}")))?;
-    let (id, rest) = rest
-        .split_once('=')
-        .ok_or_else(|| bad("expected ID=SERVICE after the type".into()))?;
-    if id.is_empty() {
-        return Err(bad("the id is empty".into()));
-    }
-    let mut parts = rest.split(',');
-    let name = parts.next().unwrap_or_default();
-    let mut params = ServiceParams::new();
-    for p in parts {
-        let (k, v) = p
-            .split_once('=')
-            .ok_or_else(|| bad(format!("parameter {p:?} is not PARAM=VALUE")))?;
-        params = params.with(k, param(v));
-    }
+    let spec = ServiceSpec::parse(rest).map_err(|e| bad(e.to_string()))?;
+    let id = spec.id;
     let handle = registry
-        .instantiate(ty, name, &params)
+        .instantiate(ty, spec.service, &spec.params)
         .map_err(|e| bad(e.to_string()))?;
     match handle {
         ServiceHandle::Block(b) => Ok(node.with_block(id, b)),

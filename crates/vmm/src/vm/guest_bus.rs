@@ -12,11 +12,11 @@
 //! write to scanned code reverts its patches first; a write to a page-table page drops
 //! the shadow mappings derived from the entries it changed.
 
-use shadow_paging::{walk, Access, GuestLinear as SpLinear, GuestPhys as SpPhys};
+use shadow_paging::{walk, Access};
 
 use super::code::{CodePages, RamCode};
 use super::shadow::{Paging, RamPhys};
-use crate::addr::{GuestLinear, PAGE_SIZE};
+use crate::addr::{GuestLinear, GuestPhys, PAGE_SIZE};
 use crate::devices::{ExitRequest, PortAction, PortBus};
 use crate::memory::{GuestRam, LinearSpace};
 use crate::vcpu::{Fault, GuestBus};
@@ -69,7 +69,7 @@ impl MachineBus<'_> {
     /// `Ok(None)` when it is not RAM (reads all ones, writes ignored).
     fn translate(&mut self, lin: u32, access: Access) -> Result<Option<u32>, Fault> {
         let ctx = *self.paging.shadow.context();
-        let t = walk(&mut RamPhys(self.ram), &ctx, SpLinear(lin), access)
+        let t = walk(&mut RamPhys(self.ram), &ctx, GuestLinear(lin), access)
             .map_err(|pf| Fault::page_fault(GuestLinear(pf.cr2.raw()), pf.error_code.0))?;
         let phys = t.phys.raw();
         Ok(u32::try_from(phys)
@@ -81,7 +81,7 @@ impl MachineBus<'_> {
         let Some(phys) = self.translate(lin, Access::write(user))? else {
             return Ok(());
         };
-        let page = SpPhys(phys & !(PAGE_SIZE - 1));
+        let page = GuestPhys(phys & !(PAGE_SIZE - 1));
         if matches!(
             self.paging.shadow.page_use(page),
             shadow_paging::PageUse::Code { .. }
@@ -97,7 +97,7 @@ impl MachineBus<'_> {
         if self.paging.shadow.is_page_table(page) {
             let len = data.len() as u32;
             let (_, err) = self.paging.with_host(self.ram, self.space, |s, h| {
-                s.table_written(h, SpPhys(phys), len)
+                s.table_written(h, GuestPhys(phys), len)
             });
             self.keep(err);
             self.paging.stats.table_writes += 1;

@@ -2,10 +2,7 @@
 //! guest paging is on go to the shadow state, and each of its decisions is acted on here;
 //! control-register writes, INVLPG and privilege changes keep the shadow state in step.
 
-use shadow_paging::{
-    peek, Access, Decision, EmulateReason, GuestLinear as SpLinear, GuestPhys as SpPhys,
-    HostAccess, PdpteFault,
-};
+use shadow_paging::{peek, Access, Decision, EmulateReason, HostAccess, PdpteFault};
 
 use super::exits::{machine_bus, Before, Step};
 use super::guest_bus::MachineBus;
@@ -51,8 +48,8 @@ impl Vm {
         let user = self.state.cpl() == 3;
         let ctx = self.paging.shadow.context();
         let mem = RamPhys(&self.ram);
-        let t = peek(&mem, ctx, SpLinear(lin), Access::fetch(user))
-            .or_else(|| peek(&mem, ctx, SpLinear(lin), Access::read(user)))?;
+        let t = peek(&mem, ctx, GuestLinear(lin), Access::fetch(user))
+            .or_else(|| peek(&mem, ctx, GuestLinear(lin), Access::read(user)))?;
         let p = u32::try_from(t.phys.raw()).ok()?;
         (u64::from(p) < self.ram.size()).then_some(p)
     }
@@ -86,7 +83,7 @@ impl Vm {
         let user = self.state.cpl() == 3;
         let decision = self.with_host(|shadow, host, _| {
             let mut mem = RamPhys(host.ram);
-            shadow.on_host_fault(&mut mem, host, SpLinear(lin), access, user)
+            shadow.on_host_fault(&mut mem, host, GuestLinear(lin), access, user)
         })?;
         if self.trace {
             eprintln!("vmm: paging: {lin:#010x} {access:?} user={user}: {decision:?}");
@@ -195,7 +192,7 @@ impl Vm {
             };
             let ctx = *self.paging.shadow.context();
             if let Err(pf) =
-                shadow_paging::walk(&mut RamPhys(&self.ram), &ctx, SpLinear(at), access)
+                shadow_paging::walk(&mut RamPhys(&self.ram), &ctx, GuestLinear(at), access)
             {
                 return Some(Fault::page_fault(
                     GuestLinear(pf.cr2.raw()),
@@ -227,7 +224,7 @@ impl Vm {
 
     /// Scans guest-physical page `gpa` for a fetch at linear `lin` (the page the guest
     /// reaches it through is `page_lin`), then marks it as code.
-    fn scan_paged(&mut self, lin: u32, gpa: SpPhys, page_lin: SpLinear) -> Step {
+    fn scan_paged(&mut self, lin: u32, gpa: GuestPhys, page_lin: GuestLinear) -> Step {
         let page = page_of(lin);
         // An instruction that straddles into the page faults at the page's first byte,
         // which is not an instruction start; the page's code starts where it ends.
@@ -309,7 +306,7 @@ impl Vm {
             self.leave_paging()?;
         }
         if let (Some(lin), true) = (effects.invlpg, now_on) {
-            self.with_host(|shadow, host, _| shadow.invlpg(host, SpLinear(lin.raw())))?;
+            self.with_host(|shadow, host, _| shadow.invlpg(host, lin))?;
         }
         if effects.cpl_changed || now_on != was_on {
             self.privilege_changed()?;
@@ -323,7 +320,7 @@ impl Vm {
         let user = self.state.cpl() == 3 && self.paging.enabled();
         let clamp = if user {
             let limit = user_limit(&self.ram, self.paging.shadow.context());
-            let lin = SpLinear(limit.unwrap_or(u32::MAX));
+            let lin = GuestLinear(limit.unwrap_or(u32::MAX));
             self.with_host(|shadow, host, _| shadow.enter_user_mode(host, lin))?;
             limit
         } else {
@@ -350,7 +347,7 @@ impl Vm {
             .collect();
         self.with_host(|shadow, host, _| {
             for (page, eo) in patched {
-                shadow.mark_code(host, SpPhys(page), eo);
+                shadow.mark_code(host, GuestPhys(page), eo);
             }
         })?;
         Ok(())

@@ -3,8 +3,7 @@
 //! shows. The policy itself (what to map, what to drop) is the `shadow-paging` crate.
 
 use shadow_paging::{
-    GuestLinear as SpLinear, GuestPhys as SpPhys, HostMapper, PagingContext, PagingMode,
-    Prot as SpProt, ShadowConfig, ShadowState,
+    HostMapper, PagingContext, PagingMode, Prot as SpProt, ShadowConfig, ShadowState,
 };
 
 use crate::addr::{GuestLinear, GuestPhys, PAGE_SIZE};
@@ -16,18 +15,18 @@ use crate::memory::{GuestRam, LinearSpace, MemoryError, Prot};
 pub struct RamPhys<'a>(pub &'a GuestRam);
 
 impl shadow_paging::GuestPhysMemory for RamPhys<'_> {
-    fn read_u32(&self, gpa: SpPhys) -> Option<u32> {
+    fn read_u32(&self, gpa: GuestPhys) -> Option<u32> {
         self.0.read_u32(GuestPhys(gpa.0)).ok()
     }
-    fn read_u64(&self, gpa: SpPhys) -> Option<u64> {
+    fn read_u64(&self, gpa: GuestPhys) -> Option<u64> {
         let mut b = [0u8; 8];
         self.0.read(GuestPhys(gpa.0), &mut b).ok()?;
         Some(u64::from_le_bytes(b))
     }
-    fn write_u32(&mut self, gpa: SpPhys, value: u32) -> bool {
+    fn write_u32(&mut self, gpa: GuestPhys, value: u32) -> bool {
         self.0.write_u32(GuestPhys(gpa.0), value).is_ok()
     }
-    fn write_u64(&mut self, gpa: SpPhys, value: u64) -> bool {
+    fn write_u64(&mut self, gpa: GuestPhys, value: u64) -> bool {
         self.0.write(GuestPhys(gpa.0), &value.to_le_bytes()).is_ok()
     }
     fn ram_size(&self) -> u64 {
@@ -66,18 +65,18 @@ impl HostSpace<'_> {
 }
 
 impl HostMapper for HostSpace<'_> {
-    fn map(&mut self, lin: SpLinear, gpa: SpPhys, len: u32, prot: SpProt) {
+    fn map(&mut self, lin: GuestLinear, gpa: GuestPhys, len: u32, prot: SpProt) {
         let prot = self.prot(prot);
         let r = self
             .space
             .map(GuestLinear(lin.0), self.ram, GuestPhys(gpa.0), len, prot);
         self.keep(r);
     }
-    fn unmap(&mut self, lin: SpLinear, len: u32) {
+    fn unmap(&mut self, lin: GuestLinear, len: u32) {
         let r = self.space.unmap(GuestLinear(lin.0), len);
         self.keep(r);
     }
-    fn protect(&mut self, lin: SpLinear, len: u32, prot: SpProt) {
+    fn protect(&mut self, lin: GuestLinear, len: u32, prot: SpProt) {
         let prot = self.prot(prot);
         let r = self.space.protect(GuestLinear(lin.0), len, prot);
         self.keep(r);
@@ -120,7 +119,7 @@ impl Paging {
     pub fn new(exec_only: bool) -> Self {
         Self {
             shadow: ShadowState::new(ShadowConfig {
-                min_linear: SpLinear(PAGE_SIZE),
+                min_linear: GuestLinear(PAGE_SIZE),
                 max_run_pages: 16,
             }),
             stats: PagingStats::default(),
@@ -183,9 +182,9 @@ pub fn user_limit(ram: &GuestRam, ctx: &PagingContext) -> Option<u32> {
             return 0;
         };
         if pae {
-            shadow_paging::GuestPhysMemory::read_u64(&mem, SpPhys(gpa)).unwrap_or(0)
+            shadow_paging::GuestPhysMemory::read_u64(&mem, GuestPhys(gpa)).unwrap_or(0)
         } else {
-            shadow_paging::GuestPhysMemory::read_u32(&mem, SpPhys(gpa)).map_or(0, u64::from)
+            shadow_paging::GuestPhysMemory::read_u32(&mem, GuestPhys(gpa)).map_or(0, u64::from)
         }
     };
     let mut end: u64 = 0;
@@ -252,11 +251,16 @@ mod tests {
             exec_only: false,
             error: None,
         };
-        host.map(SpLinear(0x1000), SpPhys(0x1000), 0x2000, SpProt::READ);
+        host.map(GuestLinear(0x1000), GuestPhys(0x1000), 0x2000, SpProt::READ);
         assert!(host.error.is_none());
-        host.map(SpLinear(0x1000), SpPhys(0xff000), 0x2000, SpProt::READ);
+        host.map(
+            GuestLinear(0x1000),
+            GuestPhys(0xff000),
+            0x2000,
+            SpProt::READ,
+        );
         assert!(matches!(host.error, Some(MemoryError::BadPhysRange { .. })));
-        host.unmap(SpLinear(0x1000), 0x2000);
+        host.unmap(GuestLinear(0x1000), 0x2000);
     }
 
     #[test]
