@@ -42,6 +42,14 @@ static bool trap_seen(int vector, u32 next)
 	return last_fault.count == 1 && last_fault.vector == (u32)vector && last_fault.eip == next;
 }
 
+/* An instruction-breakpoint #DB handler that resumes at the breakpoint with RF set. */
+static volatile u32 db_rf_hits;
+static void db_rf_handler(struct frame *f)
+{
+	db_rf_hits++;
+	f->eflags |= 1u << 16; /* RF */
+}
+
 static void test_de_db_bp_of_br_ud(void)
 {
 	u32 next;
@@ -82,6 +90,20 @@ static void test_de_db_bp_of_br_ud(void)
 	       "[dr0] execution breakpoint in DR0/DR7: vector 1, EIP of the instruction, DR6.B0 "
 	       "(dr6 %x)",
 	       dr6);
+	/* IRET with RF set runs the breakpointed instruction once, without a second #DB */
+	u32 ran = 0;
+	db_rf_hits = 0;
+	handle_exception(DB_VECTOR, db_rf_handler);
+	asm volatile("movl $8883f, %%eax; movl %%eax, %%dr0; movl $0x1, %%eax; movl %%eax, %%dr7\n\t"
+		     "8883: incl %0\n\t"
+		     "xorl %%eax, %%eax; movl %%eax, %%dr7"
+		     : "+m"(ran)
+		     :
+		     : "eax", "memory");
+	handle_exception(DB_VECTOR, NULL);
+	report(db_rf_hits == 1 && ran == 1,
+	       "[dr0] returning with RF set runs the instruction once (hits %u, ran %u)", db_rf_hits,
+	       ran);
 	report_prefix_pop();
 
 	report_prefix_push("#BP");

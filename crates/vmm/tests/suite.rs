@@ -44,12 +44,6 @@ const MONITOR_GAPS: &[Gap] = &[
     },
     Gap {
         test: "vectors",
-        check: "#DB: [dr0]",
-        reason: "the guest's debug registers are virtual and never loaded on the host: an \
-                 execution breakpoint in DR0/DR7 never fires",
-    },
-    Gap {
-        test: "vectors",
         check: "#NM: [ts]",
         reason: "CR0.TS is virtual: the host FPU runs the guest's x87 instruction instead \
                  of raising #NM",

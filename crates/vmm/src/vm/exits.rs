@@ -37,13 +37,27 @@ const DR6_BS: u32 = 1 << 14;
 /// host gate of DPL 0.
 const ERROR_CODE_IDT: u32 = 1 << 1;
 
-/// A single step of an instruction that writes to its own code page.
+/// A single step of one guest instruction with the monitor's TF: an instruction that
+/// writes to its own code page, or one under an instruction breakpoint's trap.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct SingleStep {
-    /// The page opened for the step.
-    page: u32,
+    /// The page opened for the step, closed after it.
+    page: Option<u32>,
+    /// The breakpoint trap lifted for the step, put back after it.
+    repin: Option<u32>,
     /// The guest's own TF, restored after the step.
     guest_tf: u32,
+}
+
+impl SingleStep {
+    /// A step over the instruction under the breakpoint trap at guest-physical `phys`.
+    pub(super) fn repin(phys: u32, guest_tf: u32) -> Self {
+        Self {
+            page: None,
+            repin: Some(phys),
+            guest_tf,
+        }
+    }
 }
 
 /// The registers an emulated instruction may change that a refused PDPTE load must put
@@ -112,7 +126,12 @@ impl Vm {
             );
         }
         if let Some(step) = self.step.take() {
-            self.code.close_after_step(&mut self.space, step.page)?;
+            if let Some(page) = step.page {
+                self.code.close_after_step(&mut self.space, page)?;
+            }
+            if let Some(phys) = step.repin {
+                self.repin_breakpoint(phys);
+            }
             self.state.eflags = (self.state.eflags & !eflags::TF) | step.guest_tf;
             let stepped = matches!(
                 exit.kind,
@@ -151,6 +170,9 @@ impl Vm {
         match vector {
             Exception::BP => {
                 let site = self.code_linear(eip.wrapping_sub(1));
+                if let Some(step) = self.breakpoint_trap(site) {
+                    return step;
+                }
                 // --- kernel proxy (crate::kproxy) ---
                 if let Some(step) = self.kproxy_entry(site) {
                     return step;
@@ -338,7 +360,8 @@ impl Vm {
             {
                 self.code.open_for_step(&mut self.space, page)?;
                 self.step = Some(SingleStep {
-                    page,
+                    page: Some(page),
+                    repin: None,
                     guest_tf: self.state.eflags & eflags::TF,
                 });
                 self.state.eflags |= eflags::TF;

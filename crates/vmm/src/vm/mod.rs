@@ -2,6 +2,7 @@
 //! run loop that enters the guest natively and handles every exit (ARCHITECTURE.md §3).
 
 mod access;
+mod breakpoints;
 pub mod code;
 mod confine;
 pub mod context;
@@ -156,6 +157,11 @@ pub struct Vm {
     trace: bool,
     /// A single step in progress (see [`exits::SingleStep`]).
     step: Option<exits::SingleStep>,
+    /// Guest instruction breakpoints (DR0–DR3).
+    breakpoints: breakpoints::Breakpoints,
+    /// The linear EIP of the last entry when it was made with EFLAGS.RF set: the first
+    /// instruction there does not take an instruction breakpoint.
+    entry_rf_at: Option<u32>,
     // --- kernel proxy (crate::kproxy) ---
     /// The kernel proxy serving bound guest entry points, when a policy is given.
     kproxy: Option<crate::kproxy::ProxyRuntime>,
@@ -221,6 +227,8 @@ impl Vm {
             cpuid_faulting: false,
             trace: std::env::var_os("VMM_TRACE").is_some_and(|v| v == "1"),
             step: None,
+            breakpoints: breakpoints::Breakpoints::default(),
+            entry_rf_at: None,
             kproxy: None, // kernel proxy
         })
     }
@@ -334,6 +342,12 @@ impl Vm {
             context::load(&self.state, &mut self.ctx);
             self.mirrors.apply(&mut self.ctx);
             let entry_eip = self.state.eip;
+            self.entry_rf_at = (self.state.eflags & eflags::RF != 0).then(|| {
+                self.state
+                    .sreg(crate::vcpu::SegReg::Cs)
+                    .base
+                    .wrapping_add(entry_eip)
+            });
             let exit = cpu.run(&mut self.ctx);
             if !matches!(exit.kind, hostcpu::ExitKind::BadEntry(_)) {
                 context::store(&self.ctx, &mut self.state);
@@ -346,6 +360,7 @@ impl Vm {
                 let _ = timer.disarm();
                 return Ok(outcome);
             }
+            self.sync_breakpoints();
         }
     }
 
