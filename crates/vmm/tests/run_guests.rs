@@ -113,10 +113,9 @@ fn path(p: &std::path::Path) -> String {
     p.display().to_string()
 }
 
-/// A Multiboot kernel (a.out kludge) that loads an empty IDT and executes INT3: the
-/// breakpoint cannot be delivered (#GP), nor can the #GP (#DF), nor the #DF — a triple
-/// fault.
-fn triple_fault_kernel() -> Vec<u8> {
+/// A Multiboot kernel (a.out kludge) loaded at 1 MiB whose code, from offset 0x20, is
+/// `code`.
+fn aout_kernel(code: &[u8]) -> Vec<u8> {
     const BASE: u32 = 0x10_0000;
     const MAGIC: u32 = 0x1bad_b002;
     const AOUT_KLUDGE: u32 = 1 << 16;
@@ -133,14 +132,89 @@ fn triple_fault_kernel() -> Vec<u8> {
     ] {
         image.extend_from_slice(&word.to_le_bytes());
     }
-    // lidt [BASE + 0x40]; int3; jmp $
-    image.extend_from_slice(&[0x0f, 0x01, 0x1d]);
-    image.extend_from_slice(&(BASE + 0x40).to_le_bytes());
-    image.extend_from_slice(&[0xcc, 0xeb, 0xfe]);
-    image.resize(0x40, 0x90);
-    // IDTR image: limit 0, base 0.
-    image.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    image.extend_from_slice(code);
     image
+}
+
+/// A kernel that loads an empty IDT and executes INT3: the breakpoint cannot be
+/// delivered (#GP), nor can the #GP (#DF), nor the #DF — a triple fault.
+fn triple_fault_kernel() -> Vec<u8> {
+    // lidt [0x100040]; int3; jmp $
+    let mut code = vec![0x0f, 0x01, 0x1d];
+    code.extend_from_slice(&0x10_0040u32.to_le_bytes());
+    code.extend_from_slice(&[0xcc, 0xeb, 0xfe]);
+    code.resize(0x20, 0x90);
+    // IDTR image at 0x100040: limit 0, base 0.
+    code.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    aout_kernel(&code)
+}
+
+/// The statuses `vmm run` documents: a debug-exit status (odd), 0 for an orderly halt, 4
+/// for a guest failure. Anything else (a panic's 101, death by a signal) is a monitor bug.
+fn documented_status(status: Option<i32>) -> bool {
+    matches!(status, Some(s) if s == 0 || s == 4 || s % 2 == 1)
+}
+
+/// Hostile guests: kernels whose code is random bytes (seeded, so a failure reproduces).
+/// Odd cases first load random values into ESP, DS, SS and the IDTR; even cases run the
+/// random bytes from the flat boot state. Whatever they do, the monitor ends with a
+/// documented status (or is stopped by the time limit while the guest loops) and never
+/// panics or dies by a signal.
+#[test]
+fn random_code_never_breaks_the_monitor() {
+    let dir = std::env::temp_dir().join(format!("vmm-random-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        // xorshift64*: small, seeded, good enough to spread bytes.
+        seed ^= seed >> 12;
+        seed ^= seed << 25;
+        seed ^= seed >> 27;
+        seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let mut outcomes = std::collections::BTreeMap::new();
+    for case in 0..24 {
+        let mut code = Vec::new();
+        if case % 2 == 1 {
+            // mov esp, imm32; mov ax, imm16; mov ds, ax; mov ss, ax; lidt [imm32]
+            code.push(0xbc);
+            code.extend_from_slice(&(next() as u32).to_le_bytes());
+            code.push(0x66);
+            code.push(0xb8);
+            code.extend_from_slice(&(next() as u16).to_le_bytes());
+            code.extend_from_slice(&[0x8e, 0xd8, 0x8e, 0xd0]);
+            code.extend_from_slice(&[0x0f, 0x01, 0x1d]);
+            code.extend_from_slice(&(0x10_0000 + (next() as u32 % 0x2000)).to_le_bytes());
+        }
+        for _ in 0..4096 {
+            code.push(next() as u8);
+        }
+        let file = dir.join(format!("random-{case}.bin"));
+        std::fs::write(&file, aout_kernel(&code)).unwrap();
+        let mut cmd = vmm_with_timeout(10);
+        cmd.args(["--kernel", &path(&file), "--mem", "8M"]);
+        let out = cmd.stdin(Stdio::null()).output().expect("vmm starts");
+        let status = out.status.code();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            documented_status(status) || status == Some(TIMED_OUT),
+            "case {case}: status {status:?} (signal {:?})\n{stderr}",
+            std::os::unix::process::ExitStatusExt::signal(&out.status)
+        );
+        assert!(!stderr.contains("panicked"), "case {case}: {stderr}");
+        let reason = stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("vmm: guest stopped: "))
+            .map(|r| r.split(':').next().unwrap_or(r).to_owned());
+        *outcomes.entry((status, reason)).or_insert(0u32) += 1;
+    }
+    for ((status, reason), n) in &outcomes {
+        println!(
+            "{n:>3} x exit {status:?}: {}",
+            reason.as_deref().unwrap_or("-")
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
