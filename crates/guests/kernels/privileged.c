@@ -19,20 +19,6 @@ static u8 scratch[0x40] __attribute__((aligned(16)));
 static void fs_scratch(void) { asm volatile("movw %w0, %%fs" ::"r"(SCR_DS) : "memory"); }
 static void fs_restore(void) { asm volatile("movw %w0, %%fs" ::"r"(KERNEL_DS) : "memory"); }
 
-static struct pseudo_descriptor sgdt(void)
-{
-	struct pseudo_descriptor p;
-	asm volatile("sgdt %0" : "=m"(p));
-	return p;
-}
-
-static struct pseudo_descriptor sidt(void)
-{
-	struct pseudo_descriptor p;
-	asm volatile("sidt %0" : "=m"(p));
-	return p;
-}
-
 static void test_flags_and_halt(void)
 {
 	report_prefix_push("cli");

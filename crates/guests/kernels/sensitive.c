@@ -343,20 +343,6 @@ static void copy_vector_handler(struct frame *f)
 	copy_vector_hits++;
 }
 
-static struct pseudo_descriptor sgdt(void)
-{
-	struct pseudo_descriptor p;
-	asm volatile("sgdt %0" : "=m"(p));
-	return p;
-}
-
-static struct pseudo_descriptor sidt(void)
-{
-	struct pseudo_descriptor p;
-	asm volatile("sidt %0" : "=m"(p));
-	return p;
-}
-
 static void test_tables(void)
 {
 	report_prefix_push("tables");

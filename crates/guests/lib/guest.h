@@ -179,6 +179,21 @@ static inline u8 inb(u16 port)
 	asm volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
 	return v;
 }
+/* SGDT/SIDT: the descriptor-table registers as the CPU (or the monitor) reports them. */
+static inline struct pseudo_descriptor sgdt(void)
+{
+	struct pseudo_descriptor p;
+	asm volatile("sgdt %0" : "=m"(p));
+	return p;
+}
+
+static inline struct pseudo_descriptor sidt(void)
+{
+	struct pseudo_descriptor p;
+	asm volatile("sidt %0" : "=m"(p));
+	return p;
+}
+
 static inline void cli(void) { asm volatile("cli" ::: "memory"); }
 static inline void sti(void) { asm volatile("sti" ::: "memory"); }
 static inline u32 read_eflags(void)

@@ -249,6 +249,29 @@ fn random_windows_agree_on_length() {
     );
 }
 
+/// Linear sweep over one kernel text section: every instruction iced decodes, with the
+/// bytes from its start (up to 16) for the other decoder. An invalid byte advances by one.
+fn sweep(text: &kernel::Text, mut each: impl FnMut(&[u8], &Instruction)) {
+    let mut decoder = Decoder::with_ip(
+        32,
+        &text.bytes,
+        u64::from(text.address),
+        DecoderOptions::NONE,
+    );
+    let mut instr = Instruction::default();
+    let mut offset = 0;
+    while offset < text.bytes.len() {
+        decoder
+            .set_position(offset)
+            .expect("offset inside the section");
+        decoder.set_ip(u64::from(text.address) + offset as u64);
+        decoder.decode_out(&mut instr);
+        let end = (offset + 16).min(text.bytes.len());
+        each(&text.bytes[offset..end], &instr);
+        offset += if instr.is_invalid() { 1 } else { instr.len() };
+    }
+}
+
 #[test]
 fn kernel_text_agrees_on_length() {
     let Some(texts) = kernel::text_sections() else {
@@ -256,25 +279,10 @@ fn kernel_text_agrees_on_length() {
     };
     let cs = capstone();
     let mut tally = Tally::default();
-    let mut instr = Instruction::default();
     for text in &texts {
-        let mut decoder = Decoder::with_ip(
-            32,
-            &text.bytes,
-            u64::from(text.address),
-            DecoderOptions::NONE,
-        );
-        let mut offset = 0;
-        while offset < text.bytes.len() {
-            decoder
-                .set_position(offset)
-                .expect("offset inside the section");
-            decoder.set_ip(u64::from(text.address) + offset as u64);
-            decoder.decode_out(&mut instr);
-            let end = (offset + 16).min(text.bytes.len());
-            tally.compare(&cs, &text.bytes[offset..end], instr.ip(), &instr);
-            offset += if instr.is_invalid() { 1 } else { instr.len() };
-        }
+        sweep(text, |bytes, instr| {
+            tally.compare(&cs, bytes, instr.ip(), instr)
+        });
     }
     tally.assert_clean("kernel text");
     assert!(
@@ -428,23 +436,7 @@ fn classes_agree_with_capstone_mnemonics() {
     }
     if let Some(texts) = kernel::text_sections() {
         for text in &texts {
-            let mut decoder = Decoder::with_ip(
-                32,
-                &text.bytes,
-                u64::from(text.address),
-                DecoderOptions::NONE,
-            );
-            let mut offset = 0;
-            while offset < text.bytes.len() {
-                decoder
-                    .set_position(offset)
-                    .expect("offset inside the section");
-                decoder.set_ip(u64::from(text.address) + offset as u64);
-                decoder.decode_out(&mut instr);
-                let end = (offset + 16).min(text.bytes.len());
-                check(&text.bytes[offset..end], &instr);
-                offset += if instr.is_invalid() { 1 } else { instr.len() };
-            }
+            sweep(text, &mut check);
         }
     }
     eprintln!("{checked} sensitive or named instructions compared");
