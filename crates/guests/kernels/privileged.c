@@ -249,16 +249,7 @@ static void test_misc(void)
 		report_prefix_pop();
 		goto cpuid;
 	}
-	write_cr4(read_cr4() & ~CR4_PCE);
-	catch_begin(GP_VECTOR);
-	catch_begin(UD_VECTOR);
-	u32 lo, hi;
-	asm volatile(FAULT_ASM("rdpmc") : "=a"(lo), "=d"(hi) : "c"(0));
-	(void)lo;
-	(void)hi;
-	handle_exception(GP_VECTOR, NULL);
-	handle_exception(UD_VECTOR, NULL);
-	fault_resume_eip = 0;
+	rdpmc_probe_pce_clear();
 	report(last_fault.count == 0, "[cpl0] counter 0 with CR4.PCE=0 does not fault at CPL 0");
 	report_prefix_pop();
 

@@ -654,16 +654,7 @@ static void test_misc(const struct cpuid_result *features)
 	if (cmdline_has(QUIRK_RDPMC)) {
 		report_skip("RDPMC at CPL 0: skipped by " QUIRK_RDPMC);
 	} else {
-		write_cr4(read_cr4() & ~CR4_PCE);
-		catch_begin(GP_VECTOR);
-		catch_begin(UD_VECTOR);
-		u32 lo, hi;
-		asm volatile(FAULT_ASM("rdpmc") : "=a"(lo), "=d"(hi) : "c"(0));
-		(void)lo;
-		(void)hi;
-		handle_exception(GP_VECTOR, NULL);
-		handle_exception(UD_VECTOR, NULL);
-		fault_resume_eip = 0;
+		rdpmc_probe_pce_clear();
 		report(last_fault.count == 0, "RDPMC with CR4.PCE clear does not fault at CPL 0%s",
 		       last_fault.count
 			       ? (last_fault.vector == UD_VECTOR ? " (got #UD)" : " (got #GP)")

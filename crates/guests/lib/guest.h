@@ -144,6 +144,9 @@ void fault_clear(void);
 bool fault_seen(int vector, u32 error);
 void catch_begin(int vector);
 bool catch_end(int vector, u32 error);
+/* RDPMC of counter 0 with CR4.PCE cleared, catching #GP and #UD: last_fault says what it
+ * raised (at CPL 0 it must raise nothing). */
+void rdpmc_probe_pce_clear(void);
 /* Wraps one faulting instruction: records its address, and where the handler resumes. */
 #define FAULT_ASM(insn)                                                                        \
 	"movl $8881f, fault_insn_eip\n\t"                                                      \

@@ -87,6 +87,20 @@ bool catch_end(int vector, u32 error)
 	return fault_seen(vector, error);
 }
 
+void rdpmc_probe_pce_clear(void)
+{
+	write_cr4(read_cr4() & ~CR4_PCE);
+	catch_begin(GP_VECTOR);
+	catch_begin(UD_VECTOR);
+	u32 lo, hi;
+	asm volatile(FAULT_ASM("rdpmc") : "=a"(lo), "=d"(hi) : "c"(0));
+	(void)lo;
+	(void)hi;
+	handle_exception(GP_VECTOR, NULL);
+	handle_exception(UD_VECTOR, NULL);
+	fault_resume_eip = 0;
+}
+
 void return_to_kernel(u32 value) __attribute__((noreturn));
 
 static void syscall_handler(struct frame *f)
