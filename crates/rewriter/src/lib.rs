@@ -44,6 +44,6 @@ pub mod scan;
 pub use class::{classify, flow, Action, Class, ClassInfo, Flow, CLASS_TABLE, TRAP_BYTE};
 pub use patch::{CodeMemoryMut, Patch, PatchError, PatchTable, Unpatched};
 pub use scan::{
-    scan_page, scan_region, BufferMemory, Census, CodeMemory, PageScan, RegionScan, Site,
-    MAX_INSTRUCTION_LEN, PAGE_SIZE,
+    scan_page, scan_page_after, scan_region, BufferMemory, Census, CodeMemory, PageScan,
+    RegionScan, Site, MAX_INSTRUCTION_LEN, PAGE_SIZE,
 };

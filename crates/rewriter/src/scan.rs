@@ -154,9 +154,8 @@ pub struct RegionScan {
 ///
 /// Reads up to 14 bytes past the page end through `mem` for an instruction that
 /// straddles into the next page; an instruction that cannot be read completely is
-/// invalid. An instruction that starts in the previous page and ends in this one is not
-/// this page's business: its tail bytes are swept like any other gap unless an entry
-/// point says otherwise.
+/// invalid. The page's first bytes are swept like any other gap; when they are known to
+/// be the tail of an instruction from the previous page, use [`scan_page_after`].
 ///
 /// `mem`'s addresses are those of the page table the patches will go into (guest
 /// physical for the engine). The bytes past the page end must be those that follow the
@@ -164,6 +163,19 @@ pub struct RegionScan {
 /// `page + 4096 ..` to the physical page that follows linearly, or reports them
 /// unreadable when that page is not mapped.
 pub fn scan_page(mem: &impl CodeMemory, page: u32, entries: &[u32]) -> PageScan {
+    scan_page_after(mem, page, entries, 0)
+}
+
+/// [`scan_page`] for a page whose first `carried_in` bytes are the tail of an
+/// instruction that starts in the previous page: the sweep never starts an instruction
+/// there (decoding that tail as code would put a trap byte inside the previous page's
+/// instruction). An entry point inside the tail is still followed.
+pub fn scan_page_after(
+    mem: &impl CodeMemory,
+    page: u32,
+    entries: &[u32],
+    carried_in: usize,
+) -> PageScan {
     let page = page & !(PAGE_SIZE - 1);
     const BUF: usize = PAGE_SIZE as usize + MAX_INSTRUCTION_LEN - 1;
     let mut buf = [0u8; BUF];
@@ -174,6 +186,7 @@ pub fn scan_page(mem: &impl CodeMemory, page: u32, entries: &[u32]) -> PageScan 
     let limit = got.min(PAGE_SIZE as usize);
     let mut lengths = [0u8; PAGE_SIZE as usize];
     let mut core = Core::new(&buf[..got], page, &mut lengths[..limit]);
+    core.carried_in = carried_in.min(MAX_INSTRUCTION_LEN - 1);
     core.run(entries);
     let straddle_end = u64::from(page) + core.max_end.max(PAGE_SIZE as usize) as u64;
     let out = core.finish();
@@ -237,6 +250,8 @@ struct Core<'a> {
     invalid_bytes: usize,
     max_end: usize,
     work: Vec<usize>,
+    /// Leading bytes that belong to an instruction of the previous page.
+    carried_in: usize,
 }
 
 impl<'a> Core<'a> {
@@ -255,6 +270,7 @@ impl<'a> Core<'a> {
             invalid_bytes: 0,
             max_end: 0,
             work: Vec::new(),
+            carried_in: 0,
         }
     }
 
@@ -379,7 +395,7 @@ impl<'a> Core<'a> {
         // One past the last byte of the known instructions that start before `offset`.
         // Known instructions may overlap (descent into the middle of an instruction), so
         // the sweep walks through them byte by byte rather than jumping by one length.
-        let mut covered = 0;
+        let mut covered = self.carried_in;
         while offset < self.lengths.len() {
             let known = usize::from(self.lengths[offset]);
             if known != 0 {
@@ -542,6 +558,22 @@ mod tests {
         assert!(scan.is_start(0x10_1001) && scan.is_start(0x10_1006));
         assert_eq!(scan.straddle_end, 0x10_2000);
         assert!(scan.exits.is_empty());
+    }
+
+    #[test]
+    fn sweep_skips_the_tail_of_an_instruction_from_the_previous_page() {
+        // The page starts with the last 4 bytes of a `mov dword [m], 0x00101006` from the
+        // previous page: 06 (push es, sensitive) 10 10 00; then rsm; ret.
+        let bytes = vec![0x06, 0x10, 0x10, 0x00, 0x0f, 0xaa, 0xc3];
+        let mem = BufferMemory::new(0x10_1000, bytes);
+        let swept = scan_page(&mem, 0x10_1000, &[]);
+        assert!(swept.sites.iter().any(|s| s.address == 0x10_1000));
+        let after = scan_page_after(&mem, 0x10_1000, &[], 4);
+        assert!(
+            after.sites.iter().all(|s| s.address != 0x10_1000),
+            "{after:?}"
+        );
+        assert_eq!(after.starts.first(), Some(&0x10_1004));
     }
 
     #[test]

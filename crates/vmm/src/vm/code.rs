@@ -15,7 +15,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use rewriter::{scan_page, Class, CodeMemory, CodeMemoryMut, PatchError, PatchTable, TRAP_BYTE};
+use rewriter::{
+    scan_page, scan_page_after, Class, CodeMemory, CodeMemoryMut, PatchError, PatchTable, TRAP_BYTE,
+};
 
 use crate::addr::{GuestLinear, GuestPhys, PAGE_SIZE};
 use crate::memory::{GuestRam, LinearSpace, MemoryError, Prot};
@@ -125,9 +127,14 @@ impl Snapshot {
     }
 
     fn straddles(&self) -> bool {
-        self.runs
-            .last()
-            .is_some_and(|(off, b)| off + b.len() as u32 > PAGE_SIZE)
+        self.carried_out() > 0
+    }
+
+    /// How many bytes of the next page the last instruction of this page takes.
+    fn carried_out(&self) -> usize {
+        self.runs.last().map_or(0, |(off, b)| {
+            (off + b.len() as u32).saturating_sub(PAGE_SIZE) as usize
+        })
     }
 
     fn unchanged(&self, ram: &GuestRam, page: u32) -> bool {
@@ -334,10 +341,18 @@ impl CodePages {
         // it from everything known now.
         for target in targets {
             let other = page_of(target);
-            let stale = self
-                .armed
-                .get(&other)
-                .is_some_and(|s| s.starts.binary_search(&target).is_err());
+            // Stale: the page did not see `target` as a start, or (when `target` is where
+            // this page's last instruction ends) it started instructions inside that
+            // instruction's tail.
+            let tail = other == page.wrapping_add(PAGE_SIZE)
+                && self
+                    .armed
+                    .get(&page)
+                    .is_some_and(|s| s.carried_out() == (target - other) as usize);
+            let stale = self.armed.get(&other).is_some_and(|s| {
+                s.starts.binary_search(&target).is_err()
+                    || (tail && s.starts.first().is_some_and(|&first| first < target))
+            });
             if stale {
                 self.patches.revert_page(&mut RamCode(ram), other);
                 self.armed.remove(&other);
@@ -352,9 +367,14 @@ impl CodePages {
     /// targets, and the end of an instruction that straddles into the next page.
     fn scan_and_patch(&mut self, ram: &GuestRam, page: u32) -> Result<Vec<u32>, CodeError> {
         let entries = self.entries.get(&page).cloned().unwrap_or_default();
+        // The tail of the previous page's last instruction is not code of this page.
+        let carried_in = page
+            .checked_sub(PAGE_SIZE)
+            .and_then(|prev| self.armed.get(&prev))
+            .map_or(0, Snapshot::carried_out);
         let scan = {
             let mem = RamCode(ram);
-            scan_page(&self.patches.unpatched(&mem), page, &entries)
+            scan_page_after(&self.patches.unpatched(&mem), page, &entries, carried_in)
         };
         self.patches
             .patch_with(&mut RamCode(ram), &scan, &self.also_patch)

@@ -361,6 +361,9 @@ impl Vm {
                 return Ok(outcome);
             }
             self.sync_breakpoints();
+            if self.trace {
+                eprintln!("vmm:   resume at {:#010x}", self.state.eip);
+            }
         }
     }
 
