@@ -67,6 +67,13 @@ std::arch::global_asm!(
     ".type vmm_hostcpu_signal_entry,@function",
     // rdi = signo, rsi = siginfo, rdx = ucontext; RSP = 8 mod 16.
     "vmm_hostcpu_signal_entry:",
+    // The kernel delivers the signal with the interrupted RFLAGS.AC, and the host runs
+    // with CR0.AM set: a guest at CPL 3 with AC set would make every misaligned access
+    // of the monitor raise #AC. Clear it before any compiled code runs (CLAC is
+    // privileged); sigreturn gives the guest its own AC back.
+    "pushfq",
+    "and dword ptr [rsp], {not_ac}",
+    "popfq",
     "mov rax, rsp",
     "and rax, {align_mask}",
     "lea r10, [rip + {table}]",
@@ -105,6 +112,7 @@ std::arch::global_asm!(
     "ret",
     ".size vmm_hostcpu_signal_entry, . - vmm_hostcpu_signal_entry",
     align_mask = const -(ALTSTACK_SIZE as i64),
+    not_ac = const !(1u32 << 18) as i32,
     table = sym VCPU_TABLE,
     slots = const MAX_VCPUS,
     slot_size = const std::mem::size_of::<Slot>(),
