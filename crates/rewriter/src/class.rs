@@ -12,6 +12,9 @@
 //!   monitor virtualises, so it must be rewritten into a trap before it first runs.
 //! * [`Action::Trap`]: privileged or faulting at CPL 3; the CPU already delivers an exit
 //!   (a signal) and the monitor emulates it there, so no patch is needed.
+//! * [`Action::Conditional`]: runs natively with the right result *unless* virtual state
+//!   the host CPU never sees says it must fault (the FPU with the guest's CR0.TS or
+//!   CR0.EM set). The engine patches these sites only while that state is in force.
 //!
 //! The table in [`CLASS_TABLE`] is the single source of the classes, their names, their
 //! actions and the reference that justifies each; [`classify`] maps decoded instructions
@@ -37,18 +40,27 @@ pub enum Action {
     Patch,
     /// Faults at CPL 3 by itself; emulated at the exit, no patch needed.
     Trap,
+    /// Runs natively unless virtual state the host CPU cannot hold says it must fault:
+    /// patched (as [`Action::Patch`]) only while that state is in force.
+    Conditional,
 }
 
 impl Action {
     /// Every action, in declaration order.
-    pub const ALL: &'static [Action] = &[Action::None, Action::Patch, Action::Trap];
+    pub const ALL: &'static [Action] = &[
+        Action::None,
+        Action::Patch,
+        Action::Trap,
+        Action::Conditional,
+    ];
 
-    /// Lower-case name: `"none"`, `"patch"` or `"trap"`.
+    /// Lower-case name: `"none"`, `"patch"`, `"trap"` or `"cond"`.
     pub fn name(self) -> &'static str {
         match self {
             Action::None => "none",
             Action::Patch => "patch",
             Action::Trap => "trap",
+            Action::Conditional => "cond",
         }
     }
 
@@ -164,6 +176,11 @@ class_table! {
     Sysenter, "sysenter", Patch, "SDM 2B SYSENTER; ARCHITECTURE §2", "Enters the host kernel's fast-syscall path, which mangles guest state before seccomp sees it.";
     /// SYSCALL.
     Syscall, "syscall", Patch, "SDM 2B SYSCALL; ARCHITECTURE §2", "On AMD hosts it enters the host kernel's 32-bit syscall path (Intel raises #UD); patched so the guest never depends on the host CPU.";
+
+    // --- Conditional: patched only while the guest's virtual state says they fault. ---
+    /// x87, WAIT/FWAIT, MMX, SSE through SSE4, AVX, FXSAVE/FXRSTOR and XSAVE/XRSTOR: every
+    /// instruction whose behaviour depends on CR0.TS, CR0.EM or CR0.MP ([`fpu_kind`]).
+    Fpu, "fpu", Conditional, "SDM 3A §2.5 (CR0.EM, MP, TS) and Table 2-2; SDM 2 per instruction (#NM, #UD)", "The host FPU never sees the guest's virtual CR0.TS and CR0.EM: patched while either is set, so the instruction raises #NM (or #UD) as the guest expects.";
 
     // --- Privileged or faulting at CPL 3: the CPU traps them already. ---
     /// CLI.
@@ -451,7 +468,103 @@ pub fn class_of_code(code: Code) -> Class {
         | M::Erets
         | M::Eretu
         | M::Lkgs => Class::Privileged,
+        _ if fpu_kind(code).is_some() => Class::Fpu,
         _ => Class::Innocuous,
+    }
+}
+
+/// How an FPU, MMX or SSE instruction depends on CR0.EM, CR0.MP and CR0.TS
+/// (SDM Vol. 3A §2.5 and Table 2-2, and each instruction's exception list).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FpuKind {
+    /// An x87 instruction (D8–DF): #NM when EM or TS is set.
+    X87,
+    /// WAIT/FWAIT: #NM only when both MP and TS are set.
+    Wait,
+    /// MMX and legacy-encoded SSE through SSE4.2 (and LDMXCSR/STMXCSR, EMMS): #UD when EM
+    /// is set, otherwise #NM when TS is set.
+    Simd,
+    /// FXSAVE/FXRSTOR: #NM when EM or TS is set.
+    Fxsr,
+    /// VEX-, EVEX- and XOP-encoded instructions and XSAVE/XRSTOR/XSAVEOPT/XSAVEC: #NM
+    /// when TS is set; EM does not apply.
+    Extended,
+}
+
+/// The [`FpuKind`] of every instruction with this iced `Code`, or `None` when it does
+/// not use the x87, MMX or SSE state (fences, prefetches, CLFLUSH, MOVNTI, CRC32, PAUSE
+/// and XGETBV carry SSE-era CPUID bits but never raise #NM).
+pub fn fpu_kind(code: Code) -> Option<FpuKind> {
+    use iced_x86::CpuidFeature as F;
+    use iced_x86::EncodingKind as E;
+    use Mnemonic as M;
+    match code.mnemonic() {
+        M::Wait => return Some(FpuKind::Wait),
+        M::Fxsave | M::Fxsave64 | M::Fxrstor | M::Fxrstor64 => return Some(FpuKind::Fxsr),
+        M::Xsave
+        | M::Xsave64
+        | M::Xrstor
+        | M::Xrstor64
+        | M::Xsaveopt
+        | M::Xsaveopt64
+        | M::Xsavec
+        | M::Xsavec64 => return Some(FpuKind::Extended),
+        M::Sfence
+        | M::Lfence
+        | M::Mfence
+        | M::Prefetchnta
+        | M::Prefetcht0
+        | M::Prefetcht1
+        | M::Prefetcht2
+        | M::Clflush
+        | M::Movnti
+        | M::Crc32
+        | M::Pause
+        | M::Xgetbv => return None,
+        _ => {}
+    }
+    let features = code.cpuid_features();
+    let any = |set: &[F]| features.iter().any(|f| set.contains(f));
+    if any(&[
+        F::FPU,
+        F::FPU287,
+        F::FPU287XL_ONLY,
+        F::FPU387,
+        F::FPU387SL_ONLY,
+        F::CYRIX_FPU,
+    ]) {
+        return Some(FpuKind::X87);
+    }
+    match code.encoding() {
+        // BMI, TBM and LWP are VEX/XOP-encoded but work on general registers only.
+        E::VEX | E::EVEX | E::XOP if any(&[F::BMI1, F::BMI2, F::TBM, F::LWP]) => None,
+        E::VEX | E::EVEX | E::XOP => Some(FpuKind::Extended),
+        E::D3NOW => Some(FpuKind::Simd),
+        E::Legacy
+            if any(&[
+                F::MMX,
+                F::D3NOW,
+                F::D3NOWEXT,
+                F::CYRIX_D3NOW,
+                F::SSE,
+                F::SSE2,
+                F::SSE3,
+                F::SSSE3,
+                F::SSE4_1,
+                F::SSE4_2,
+                F::SSE4A,
+                F::AES,
+                F::PCLMULQDQ,
+                F::SHA,
+                F::GFNI,
+                F::KL,
+                F::AESKLE,
+                F::WIDE_KL,
+            ]) =>
+        {
+            Some(FpuKind::Simd)
+        }
+        _ => None,
     }
 }
 
@@ -646,6 +759,26 @@ mod tests {
         for code in Code::values() {
             assert_eq!(classify_code(code), class_of_code(code), "{code:?}");
         }
+    }
+
+    #[test]
+    fn fpu_kinds_follow_the_cr0_rules_of_each_instruction_family() {
+        let kind = |bytes: &[u8]| fpu_kind(decode(bytes).code());
+        assert_eq!(kind(&[0xd9, 0xe8]), Some(FpuKind::X87)); // fld1
+        assert_eq!(kind(&[0xdf, 0xe0]), Some(FpuKind::X87)); // fnstsw ax
+        assert_eq!(kind(&[0x9b]), Some(FpuKind::Wait));
+        assert_eq!(kind(&[0x0f, 0x77]), Some(FpuKind::Simd)); // emms
+        assert_eq!(kind(&[0x66, 0x0f, 0xef, 0xc0]), Some(FpuKind::Simd)); // pxor xmm0, xmm0
+        assert_eq!(kind(&[0x0f, 0xae, 0x10]), Some(FpuKind::Simd)); // ldmxcsr
+        assert_eq!(kind(&[0x0f, 0xae, 0x00]), Some(FpuKind::Fxsr)); // fxsave
+        assert_eq!(kind(&[0x0f, 0xae, 0x20]), Some(FpuKind::Extended)); // xsave
+        assert_eq!(kind(&[0xc5, 0xf8, 0x58, 0xc0]), Some(FpuKind::Extended)); // vaddps
+        assert_eq!(kind(&[0x0f, 0xae, 0xf8]), None); // sfence
+        assert_eq!(kind(&[0x0f, 0xc3, 0x00]), None); // movnti
+        assert_eq!(kind(&[0xc4, 0xe2, 0x78, 0xf2, 0xc0]), None); // andn (BMI1)
+        assert_eq!(kind(&[0x0f, 0x01, 0xd0]), None); // xgetbv
+        assert_eq!(classify(&decode(&[0xd9, 0xe8])), Class::Fpu);
+        assert_eq!(Class::Fpu.action(), Action::Conditional);
     }
 
     #[test]

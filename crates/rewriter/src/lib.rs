@@ -41,7 +41,9 @@ pub mod class;
 pub mod patch;
 pub mod scan;
 
-pub use class::{classify, flow, Action, Class, ClassInfo, Flow, CLASS_TABLE, TRAP_BYTE};
+pub use class::{
+    classify, flow, fpu_kind, Action, Class, ClassInfo, Flow, FpuKind, CLASS_TABLE, TRAP_BYTE,
+};
 pub use patch::{CodeMemoryMut, Patch, PatchError, PatchTable, Unpatched};
 pub use scan::{
     scan_page, scan_page_after, scan_region, BufferMemory, Census, CodeMemory, PageScan,

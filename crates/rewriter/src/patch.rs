@@ -46,7 +46,8 @@ pub struct Patch {
     pub length: u8,
     /// The instruction's original bytes; only the first `length` are meaningful.
     pub original: [u8; MAX_INSTRUCTION_LEN],
-    /// Its class (always one whose action is [`Action::Patch`]).
+    /// Its class: one whose action is [`Action::Patch`], or a class the caller asked for
+    /// besides ([`PatchTable::patch_with`]).
     pub class: Class,
     /// The original instruction decoded at `address`: what the monitor emulates.
     pub instruction: Instruction,
@@ -322,6 +323,45 @@ impl PatchTable {
         Ok(())
     }
 
+    /// Drops the patch at `addr` and restores its original byte, unless a pinned entry
+    /// there keeps the trap. Returns whether `addr` was patched; a byte that cannot be
+    /// written keeps its entry.
+    pub fn revert_site(&mut self, mem: &mut impl CodeMemoryMut, addr: u32) -> bool {
+        let Some(patch) = self.patches.get(&addr) else {
+            return false;
+        };
+        if !self.entries.contains_key(&addr) && mem.write(addr, &[patch.original[0]]) != 1 {
+            return false;
+        }
+        self.patches.remove(&addr);
+        true
+    }
+
+    /// Puts the original byte back under the patch at `addr` for one native step of the
+    /// instruction, keeping the entry; [`PatchTable::relatch`] puts the trap back.
+    /// Returns whether `addr` was patched and its byte written.
+    pub fn lift(&self, mem: &mut impl CodeMemoryMut, addr: u32) -> bool {
+        self.patches
+            .get(&addr)
+            .is_some_and(|p| mem.write(addr, &[p.original[0]]) == 1)
+    }
+
+    /// Writes the trap byte again at a patch [`PatchTable::lift`] lifted. Returns whether
+    /// `addr` is patched (or pinned) and the byte was written.
+    pub fn relatch(&self, mem: &mut impl CodeMemoryMut, addr: u32) -> bool {
+        (self.patches.contains_key(&addr) || self.entries.contains_key(&addr))
+            && mem.write(addr, &[TRAP_BYTE]) == 1
+    }
+
+    /// The addresses of the patches of `class`, ascending.
+    pub fn sites_of(&self, class: Class) -> Vec<u32> {
+        self.patches
+            .values()
+            .filter(|p| p.class == class)
+            .map(|p| p.address)
+            .collect()
+    }
+
     /// The patch whose trap byte is at `addr`.
     pub fn lookup(&self, addr: u32) -> Option<&Patch> {
         self.patches.get(&addr)
@@ -473,6 +513,33 @@ mod tests {
         assert_eq!(table.revert_page(&mut mem, BASE), 3);
         assert_eq!(mem, before);
         assert!(table.is_empty() && !table.is_patched(BASE));
+    }
+
+    #[test]
+    fn conditional_sites_are_patched_on_request_and_reverted_one_by_one() {
+        // fld1; pushf; fwait; ret
+        let code = [0xD9, 0xE8, 0x9C, 0x9B, 0xC3];
+        let mut mem = memory(&code);
+        let scan = scan_page(&mem, BASE, &[BASE]);
+        let mut table = PatchTable::new();
+        assert_eq!(table.patch(&mut mem, &scan), Ok(1), "only pushf by default");
+        assert_eq!(&mem.bytes[..5], &[0xD9, 0xE8, 0xCC, 0x9B, 0xC3]);
+        assert_eq!(table.patch_with(&mut mem, &scan, &[Class::Fpu]), Ok(2));
+        assert_eq!(&mem.bytes[..5], &[0xCC, 0xE8, 0xCC, 0xCC, 0xC3]);
+        assert_eq!(table.sites_of(Class::Fpu), [BASE, BASE + 3]);
+        // A lifted site shows its original byte and keeps its entry until relatched.
+        assert!(table.lift(&mut mem, BASE + 3));
+        assert_eq!(mem.bytes[3], 0x9B);
+        assert!(table.lookup(BASE + 3).is_some());
+        assert!(table.relatch(&mut mem, BASE + 3));
+        assert_eq!(mem.bytes[3], TRAP_BYTE);
+        for addr in table.sites_of(Class::Fpu) {
+            assert!(table.revert_site(&mut mem, addr));
+        }
+        assert!(!table.revert_site(&mut mem, BASE));
+        assert_eq!(&mem.bytes[..5], &[0xD9, 0xE8, 0xCC, 0x9B, 0xC3]);
+        assert_eq!(table.len(), 1);
+        assert!(!table.lift(&mut mem, BASE) && !table.relatch(&mut mem, BASE));
     }
 
     #[test]

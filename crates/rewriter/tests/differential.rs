@@ -382,9 +382,44 @@ fn capstone_class(text: &str) -> Option<Class> {
         "clac" => Class::Clac,
         "stac" => Class::Stac,
         "invpcid" => Class::Invpcid,
+        _ if uses_fpu_state(mnemonic, &ops) => Class::Fpu,
         _ => return None,
     };
     Some(class)
+}
+
+/// Capstone's reading of "uses the x87/MMX/SSE state" (the FPU class), from the text
+/// alone: an x87 mnemonic (they all start with `f`), a conversion (`cvt…`, whose
+/// memory forms name no register of the state), one of the state-management
+/// instructions, or an MMX, SSE, AVX or AVX-512 mask register among the operands.
+fn uses_fpu_state(mnemonic: &str, ops: &[&str]) -> bool {
+    const STATE: &[&str] = &[
+        "wait",
+        "emms",
+        "ldmxcsr",
+        "stmxcsr",
+        "vldmxcsr",
+        "vstmxcsr",
+        "xsave",
+        "xsaveopt",
+        "xsavec",
+        "xrstor",
+        "vzeroupper",
+        "vzeroall",
+    ];
+    let simd_register = |op: &str| {
+        op.split(|c: char| !c.is_ascii_alphanumeric()).any(|word| {
+            let digits = |rest: &str| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit());
+            ["mm", "xmm", "ymm", "zmm"]
+                .iter()
+                .any(|p| word.strip_prefix(p).is_some_and(digits))
+                || word.len() == 2 && word.starts_with('k') && digits(&word[1..])
+        })
+    };
+    mnemonic.starts_with('f')
+        || mnemonic.starts_with("cvt")
+        || STATE.contains(&mnemonic)
+        || ops.iter().any(|o| simd_register(o))
 }
 
 /// Classes are iced's; this checks them against an independent decoder's reading of
