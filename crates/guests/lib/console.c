@@ -130,11 +130,15 @@ int vsnprintf(char *buf, int size, const char *fmt, va_list ap)
 
 int printf(const char *fmt, ...)
 {
-	char buf[256];
+	char buf[1024];
 	va_list ap;
 	va_start(ap, fmt);
 	int n = vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
+	/* A truncated line still ends its line: the next report line must start on its own. */
+	u32 flen = strlen(fmt);
+	if (n >= (int)sizeof(buf) && flen > 0 && fmt[flen - 1] == '\n')
+		buf[sizeof(buf) - 2] = '\n';
 	puts(buf);
 	return n;
 }

@@ -31,6 +31,10 @@ pub const QUIRKS: &[&str] = &[
     "quirk-ltr-null-accepted",
     // vectors: alignment checking (CR0.AM + EFLAGS.AC at CPL 3) is not implemented, no #AC
     "quirk-no-alignment-check",
+    // fpu: EMMS runs with CR0.TS set instead of raising #NM
+    "quirk-emms-ignores-ts",
+    // fpu: an SSE instruction with CR0.EM and CR0.TS both set raises #NM instead of #UD
+    "quirk-sse-ts-before-em",
 ];
 
 /// A check whose QEMU result is known to differ from the architecture (and so from a
@@ -133,6 +137,19 @@ pub const DEVIATIONS: &[Deviation] = &[
         check: "#AC: [cpl3]",
         quirk: "quirk-no-alignment-check",
         reason: "QEMU TCG does not implement alignment checking: no #AC(0)",
+    },
+    Deviation {
+        test: "fpu",
+        check: "fpu: [mmx ts] EMMS with TS=1",
+        quirk: "quirk-emms-ignores-ts",
+        reason: "QEMU runs EMMS with CR0.TS set instead of raising #NM (SDM Vol. 2A EMMS)",
+    },
+    Deviation {
+        test: "fpu",
+        check: "fpu: [sse em ts] PXOR with EM=1 and TS=1",
+        quirk: "quirk-sse-ts-before-em",
+        reason: "QEMU checks CR0.TS before CR0.EM and raises #NM; with EM set the SDM \
+                 (Vol. 3A Table 13-1) gives #UD whatever TS is",
     },
 ];
 

@@ -34,27 +34,13 @@ struct Gap {
 }
 
 /// Known monitor gaps: the suite's expected failures under vmm.
-const MONITOR_GAPS: &[Gap] = &[
-    Gap {
-        test: "forms",
-        check: "code: a data read of executed code sees its own bytes",
-        reason: "a data read of a patched far JMP reads the INT3 trap byte (cc), not the \
+const MONITOR_GAPS: &[Gap] = &[Gap {
+    test: "forms",
+    check: "code: a data read of executed code sees its own bytes",
+    reason: "a data read of a patched far JMP reads the INT3 trap byte (cc), not the \
                  original ea: serving reads of scanned code from the originals needs \
                  execute-only pages (protection keys), which this host does not have",
-    },
-    Gap {
-        test: "vectors",
-        check: "#NM: [ts]",
-        reason: "CR0.TS is virtual: the host FPU runs the guest's x87 instruction instead \
-                 of raising #NM",
-    },
-    Gap {
-        test: "vectors",
-        check: "#NM: [em]",
-        reason: "CR0.EM is virtual: the host FPU runs the guest's x87 instruction instead \
-                 of raising #NM",
-    },
-];
+}];
 
 fn gap(test: &str, check: &str) -> Option<&'static Gap> {
     MONITOR_GAPS

@@ -59,6 +59,12 @@ pub const FORMS: &[(&str, &[&str])] = &[
     ("far_ret", &["o16", "o32", "imm16", "outer"]),
     ("iret", &["o16", "o32"]),
     ("sysenter", &["cpl3"]),
+    (
+        "fpu",
+        &[
+            "x87", "wait", "mmx", "sse", "fxsr", "mem", "seg", "a16", "ts", "em", "mp", "clear",
+        ],
+    ),
     ("cli", &["cpl0"]),
     ("sti", &["cpl0"]),
     ("hlt", &["cpl0"]),

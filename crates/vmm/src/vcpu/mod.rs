@@ -26,6 +26,7 @@
 pub mod descriptor;
 pub mod emulate;
 pub mod exit;
+pub mod fpu;
 pub mod interrupts;
 pub mod segments;
 pub mod stack;

@@ -16,7 +16,8 @@
 use std::collections::{HashMap, HashSet};
 
 use rewriter::{
-    scan_page, scan_page_after, Class, CodeMemory, CodeMemoryMut, PatchError, PatchTable, TRAP_BYTE,
+    scan_page, scan_page_after, Action, Class, CodeMemory, CodeMemoryMut, PageScan, PatchError,
+    PatchTable, Site, TRAP_BYTE,
 };
 
 use crate::addr::{GuestLinear, GuestPhys, PAGE_SIZE};
@@ -83,6 +84,10 @@ pub struct CodeStats {
     /// Parked pages made executable again without a rescan: the write did not touch
     /// their code.
     pub rearms: u64,
+    /// Times a conditional class (the FPU under CR0.TS/EM) came into or out of force.
+    pub conditional_switches: u64,
+    /// Conditional sites patched or reverted at those times.
+    pub conditional_sites: u64,
 }
 
 /// A scanned page's code as it was right after patching: every byte that belongs to an
@@ -142,6 +147,16 @@ impl Snapshot {
             let mut now = vec![0u8; bytes.len()];
             RamCode(ram).read(page + off, &mut now) == bytes.len() && now[..] == bytes[..]
         })
+    }
+
+    /// Records that the byte at `off` of the page is now `byte` (a conditional site
+    /// patched or reverted after the snapshot was taken).
+    fn set(&mut self, off: u32, byte: u8) {
+        for (start, b) in &mut self.runs {
+            if let Some(slot) = off.checked_sub(*start).and_then(|i| b.get_mut(i as usize)) {
+                *slot = byte;
+            }
+        }
     }
 
     fn byte(&self, off: u32) -> Option<u8> {
@@ -241,9 +256,12 @@ pub struct CodePages {
     entries: HashMap<u32, Vec<u32>>,
     /// The patches in force, keyed by guest-physical address.
     pub patches: PatchTable,
-    /// Classes patched although they trap natively on hosts that support it: CPUID,
-    /// where the host has no CPUID faulting (ARCHITECTURE.md §2).
+    /// Classes patched besides the [`rewriter::Action::Patch`] ones: CPUID, where the
+    /// host has no CPUID faulting (ARCHITECTURE.md §2), and the conditional classes in
+    /// force ([`CodePages::set_conditional`]).
     pub also_patch: Vec<Class>,
+    /// The conditional-class sites each armed page's last scan found, patched or not.
+    conditional: HashMap<u32, Vec<Site>>,
     /// Counters.
     pub stats: CodeStats,
 }
@@ -254,6 +272,22 @@ fn page_of(addr: u32) -> u32 {
 
 fn map_err(page: u32) -> impl FnOnce(MemoryError) -> CodeError {
     move |source| CodeError::Map { page, source }
+}
+
+/// Memory that takes writes without storing them: dropping a patch entry whose byte the
+/// guest already replaced.
+struct Discard;
+
+impl CodeMemory for Discard {
+    fn read(&self, _addr: u32, _buf: &mut [u8]) -> usize {
+        0
+    }
+}
+
+impl CodeMemoryMut for Discard {
+    fn write(&mut self, _addr: u32, data: &[u8]) -> usize {
+        data.len()
+    }
 }
 
 /// Drops a page's patch entries, restoring an original byte only where the trap byte is
@@ -318,10 +352,12 @@ impl CodePages {
         if let Some(snapshot) = self.parked.remove(&page) {
             if snapshot.unchanged(ram, page) {
                 self.stats.rearms += 1;
+                self.armed.insert(page, snapshot);
+                // Conditional classes that came into force while the page was parked.
+                self.patch_conditional(ram, page)?;
                 space
                     .protect(GuestLinear(page), PAGE_SIZE, Prot::RX)
                     .map_err(map_err(page))?;
-                self.armed.insert(page, snapshot);
                 return Ok(());
             }
             let mut reconcile = Reconcile {
@@ -395,14 +431,125 @@ impl CodePages {
         for &t in &targets {
             self.learn_entry(t);
         }
+        self.record_scan(page, &scan);
+        let snapshot = Snapshot::take(ram, page, &scan.starts, scan.straddle_end);
+        self.armed.insert(page, snapshot);
+        Ok(targets)
+    }
+
+    /// Counts a scan of `page` and keeps its conditional-class sites.
+    fn record_scan(&mut self, page: u32, scan: &PageScan) {
         if self.ever_scanned.insert(page) {
             self.stats.pages_scanned += 1;
         } else {
             self.stats.rescans += 1;
         }
-        let snapshot = Snapshot::take(ram, page, &scan.starts, scan.straddle_end);
-        self.armed.insert(page, snapshot);
-        Ok(targets)
+        let sites: Vec<Site> = scan
+            .sites
+            .iter()
+            .filter(|s| s.class.action() == Action::Conditional)
+            .copied()
+            .collect();
+        if sites.is_empty() {
+            self.conditional.remove(&page);
+        } else {
+            self.conditional.insert(page, sites);
+        }
+    }
+
+    /// Whether the sites of `class` are patched now.
+    pub fn is_in_force(&self, class: Class) -> bool {
+        self.also_patch.contains(&class)
+    }
+
+    /// Puts a conditional class in force (its sites trap) or out of it (they run
+    /// natively): the guest's CR0.TS or CR0.EM went on or off for [`Class::Fpu`].
+    ///
+    /// Armed pages are patched or reverted at once, their snapshots following; pages
+    /// scanned later follow [`CodePages::also_patch`]; a parked page gets its sites when it
+    /// is armed again. Reverting restores a byte only where the trap byte is still there.
+    /// Returns how many sites changed.
+    ///
+    /// # Errors
+    /// [`CodeError::Patch`] when a site of an armed page could not be patched.
+    pub fn set_conditional(
+        &mut self,
+        ram: &GuestRam,
+        class: Class,
+        on: bool,
+    ) -> Result<usize, CodeError> {
+        if on == self.is_in_force(class) {
+            return Ok(0);
+        }
+        self.stats.conditional_switches += 1;
+        let mut changed = 0;
+        if on {
+            self.also_patch.push(class);
+            let pages: Vec<u32> = self.armed.keys().copied().collect();
+            for page in pages {
+                changed += self.patch_conditional(ram, page)?;
+            }
+        } else {
+            self.also_patch.retain(|&c| c != class);
+            for addr in self.patches.sites_of(class) {
+                let mut now = [0u8; 1];
+                let trapped = RamCode(ram).read(addr, &mut now) == 1 && now[0] == TRAP_BYTE;
+                let original = self.patches.lookup(addr).map(|p| p.original[0]);
+                let reverted = if trapped {
+                    self.patches.revert_site(&mut RamCode(ram), addr)
+                } else {
+                    // The guest rewrote the byte of a parked page: the byte is its own.
+                    self.patches.revert_site(&mut Discard, addr)
+                };
+                if let (true, Some(original)) = (reverted, original) {
+                    changed += 1;
+                    let page = page_of(addr);
+                    for snapshot in [self.armed.get_mut(&page), self.parked.get_mut(&page)]
+                        .into_iter()
+                        .flatten()
+                    {
+                        snapshot.set(addr - page, original);
+                    }
+                }
+            }
+        }
+        self.stats.conditional_sites += changed as u64;
+        Ok(changed)
+    }
+
+    /// Patches the recorded conditional sites of armed `page` whose class is in force.
+    fn patch_conditional(&mut self, ram: &GuestRam, page: u32) -> Result<usize, CodeError> {
+        let Some(sites) = self.conditional.get(&page) else {
+            return Ok(0);
+        };
+        let wanted: Vec<Site> = sites
+            .iter()
+            .filter(|s| self.also_patch.contains(&s.class))
+            .copied()
+            .collect();
+        let patched = self
+            .patches
+            .patch_sites_with(&mut RamCode(ram), &wanted, &self.also_patch)
+            .map_err(|source| CodeError::Patch { page, source })?;
+        if patched > 0 {
+            if let Some(snapshot) = self.armed.get_mut(&page) {
+                for site in &wanted {
+                    snapshot.set(site.address - page, TRAP_BYTE);
+                }
+            }
+        }
+        Ok(patched)
+    }
+
+    /// Runs the instruction at patched `addr` natively once: its original byte goes back
+    /// until [`CodePages::relatch`]. Returns whether there was a patch to lift.
+    pub fn lift(&mut self, ram: &GuestRam, addr: u32) -> bool {
+        self.patches.lift(&mut RamCode(ram), addr)
+    }
+
+    /// Puts back the trap byte [`CodePages::lift`] lifted, if the site is still patched.
+    pub fn relatch(&mut self, ram: &GuestRam, addr: u32) {
+        self.patches.relatch(&mut RamCode(ram), addr);
     }
 
     /// A write to `addr` in an armed page: park the page (writable, not executable), and
@@ -518,11 +665,7 @@ impl CodePages {
         self.patches
             .patch_with(&mut RamCode(ram), &scan, &self.also_patch)
             .map_err(|source| CodeError::Patch { page, source })?;
-        if self.ever_scanned.insert(page) {
-            self.stats.pages_scanned += 1;
-        } else {
-            self.stats.rescans += 1;
-        }
+        self.record_scan(page, &scan);
         let snapshot = Snapshot::take(ram, page, &scan.starts, u64::from(page + PAGE_SIZE));
         self.armed.insert(page, snapshot);
         Ok(self.patches.is_patched(page))

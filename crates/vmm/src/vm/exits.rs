@@ -11,7 +11,7 @@ use super::stats::ExitReason;
 use super::{dump, RunOutcome, Vm, VmError};
 use crate::hostcpu::{Exit, ExitKind};
 use crate::vcpu::exit::{self as vexit, Action as VAction, Exit as VExit};
-use crate::vcpu::state::eflags;
+use crate::vcpu::state::{cr0, eflags};
 use crate::vcpu::{Effects, Exception, Fault, SegReg};
 
 /// Host page-fault error code bits (SDM Vol. 3A §4.7).
@@ -45,6 +45,9 @@ pub(super) struct SingleStep {
     page: Option<u32>,
     /// The breakpoint trap lifted for the step, put back after it.
     repin: Option<u32>,
+    /// The patch trap lifted for the step (a conditional site that does not fault now),
+    /// put back after it.
+    relatch: Option<u32>,
     /// The guest's own TF, restored after the step.
     guest_tf: u32,
 }
@@ -55,6 +58,17 @@ impl SingleStep {
         Self {
             page: None,
             repin: Some(phys),
+            relatch: None,
+            guest_tf,
+        }
+    }
+
+    /// A step over the patched instruction at guest-physical `phys`, its trap lifted.
+    fn relatch(phys: u32, guest_tf: u32) -> Self {
+        Self {
+            page: None,
+            repin: None,
+            relatch: Some(phys),
             guest_tf,
         }
     }
@@ -132,6 +146,9 @@ impl Vm {
             if let Some(phys) = step.repin {
                 self.repin_breakpoint(phys);
             }
+            if let Some(phys) = step.relatch {
+                self.code.relatch(&self.ram, phys);
+            }
             self.state.eflags = (self.state.eflags & !eflags::TF) | step.guest_tf;
             let stepped = matches!(
                 exit.kind,
@@ -178,14 +195,19 @@ impl Vm {
                     return step;
                 }
                 // --- end kernel proxy ---
-                let patch = self
-                    .code_phys(site)
-                    .and_then(|phys| self.code.patches.lookup(phys))
-                    .map(|p| (p.instruction, p.class));
-                if let Some((original, class)) = patch {
+                let patch = self.code_phys(site).and_then(|phys| {
+                    self.code
+                        .patches
+                        .lookup(phys)
+                        .map(|p| (phys, p.instruction, p.class))
+                });
+                if let Some((phys, original, class)) = patch {
                     self.stats.exit(ExitReason::RewriteTrap);
                     self.stats.site(site, class.name());
                     self.state.eip = eip.wrapping_sub(1);
+                    if class == Class::Fpu {
+                        return self.fpu_site(phys, &original);
+                    }
                     // The patch table keeps the instruction decoded at its physical
                     // address; with paging on, decode it again where the guest runs it.
                     let original = if self.paging.enabled() {
@@ -234,6 +256,23 @@ impl Vm {
                 self.handle(VExit::Exception(fault))
             }
         }
+    }
+
+    /// The trap of an FPU instruction patched while the guest's CR0.TS or CR0.EM is set
+    /// (EIP at the instruction): raise what the guest's CR0 says, or, when the
+    /// instruction executes after all (WAIT without MP, for one), step it natively with
+    /// the trap lifted.
+    fn fpu_site(&mut self, phys: u32, original: &Instruction) -> Step {
+        let fault = rewriter::fpu_kind(original.code())
+            .and_then(|kind| crate::vcpu::fpu::device_fault(self.state.cr0, kind));
+        if let Some(fault) = fault {
+            return self.handle(VExit::Exception(fault));
+        }
+        if self.code.lift(&self.ram, phys) {
+            self.step = Some(SingleStep::relatch(phys, self.state.eflags & eflags::TF));
+            self.state.eflags |= eflags::TF;
+        }
+        Ok(None)
     }
 
     // --- kernel proxy (crate::kproxy) ---
@@ -362,6 +401,7 @@ impl Vm {
                 self.step = Some(SingleStep {
                     page: Some(page),
                     repin: None,
+                    relatch: None,
                     guest_tf: self.state.eflags & eflags::TF,
                 });
                 self.state.eflags |= eflags::TF;
@@ -403,6 +443,12 @@ impl Vm {
 
     /// Applies an emulated instruction's side effects on the host.
     fn apply(&mut self, effects: Effects, before: Before) -> Step {
+        // The FPU traps while the guest's CR0.TS or CR0.EM is set.
+        let fpu_traps = self.state.cr0 & (cr0::TS | cr0::EM) != 0;
+        if fpu_traps != self.code.is_in_force(Class::Fpu) {
+            self.code
+                .set_conditional(&self.ram, Class::Fpu, fpu_traps)?;
+        }
         if let Some(stop) = self.apply_paging(&effects, before)? {
             return Ok(Some(stop));
         }

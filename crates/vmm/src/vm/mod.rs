@@ -278,6 +278,8 @@ impl Vm {
             ("rescans", c.rescans),
             ("code_pages_parked", c.parks),
             ("code_pages_rearmed", c.rearms),
+            ("fpu_trap_switches", c.conditional_switches),
+            ("fpu_sites_switched", c.conditional_sites),
             ("hidden_page_faults", p.hidden_faults),
             ("true_page_faults", p.true_faults),
             ("page_table_writes_mediated", p.table_writes),
