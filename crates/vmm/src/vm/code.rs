@@ -16,8 +16,8 @@
 use std::collections::{HashMap, HashSet};
 
 use rewriter::{
-    scan_page, scan_page_after, Action, Class, CodeMemory, CodeMemoryMut, PageScan, PatchError,
-    PatchTable, Site, TRAP_BYTE,
+    scan_page_after, Action, Class, CodeMemory, CodeMemoryMut, PageScan, PatchError, PatchTable,
+    Site, TRAP_BYTE,
 };
 
 use crate::addr::{GuestLinear, GuestPhys, PAGE_SIZE};
@@ -100,10 +100,14 @@ struct Snapshot {
     runs: Vec<(u32, Box<[u8]>)>,
     /// The instruction starts the scan found (sorted).
     starts: Vec<u32>,
+    /// How many bytes of the next page the page's last instruction takes.
+    carried: usize,
 }
 
 impl Snapshot {
-    fn take(ram: &GuestRam, page: u32, starts: &[u32], end: u64) -> Self {
+    /// `end` bounds the bytes kept (contiguous RAM from `page`); `straddle_end` is where
+    /// the scan's last instruction ends, possibly in the next page.
+    fn take(ram: &GuestRam, page: u32, starts: &[u32], end: u64, straddle_end: u64) -> Self {
         let mut bytes = vec![0u8; end.saturating_sub(u64::from(page)) as usize];
         let n = RamCode(ram).read(page, &mut bytes);
         bytes.truncate(n);
@@ -125,9 +129,11 @@ impl Snapshot {
             let e = e.min(bytes.len() as u32);
             runs.push((s, bytes[s as usize..e as usize].into()));
         }
+        let page_end = u64::from(page) + u64::from(PAGE_SIZE);
         Self {
             runs,
             starts: starts.to_vec(),
+            carried: straddle_end.saturating_sub(page_end) as usize,
         }
     }
 
@@ -137,9 +143,7 @@ impl Snapshot {
 
     /// How many bytes of the next page the last instruction of this page takes.
     fn carried_out(&self) -> usize {
-        self.runs.last().map_or(0, |(off, b)| {
-            (off + b.len() as u32).saturating_sub(PAGE_SIZE) as usize
-        })
+        self.carried
     }
 
     fn unchanged(&self, ram: &GuestRam, page: u32) -> bool {
@@ -235,6 +239,17 @@ impl CodeMemory for PagedCode<'_> {
         }
         done
     }
+}
+
+/// What a scan under paging found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PhysicalScan {
+    /// The page holds patches.
+    pub patched: bool,
+    /// The physical page after it (through the linear successor) was scanned from inside
+    /// the tail of this page's last instruction; the caller reverts and unmarks it so
+    /// that its next fetch scans it again.
+    pub stale_next: Option<u32>,
 }
 
 /// The scan state of guest RAM and the patch table.
@@ -432,7 +447,13 @@ impl CodePages {
             self.learn_entry(t);
         }
         self.record_scan(page, &scan);
-        let snapshot = Snapshot::take(ram, page, &scan.starts, scan.straddle_end);
+        let snapshot = Snapshot::take(
+            ram,
+            page,
+            &scan.starts,
+            scan.straddle_end,
+            scan.straddle_end,
+        );
         self.armed.insert(page, snapshot);
         Ok(targets)
     }
@@ -633,11 +654,12 @@ impl CodePages {
     }
 
     /// Scans and patches guest-physical `page` under paging, from `entry` (a physical
-    /// instruction start in it) and the entries learnt before. `next` is the physical
-    /// page the *linear* page after this one maps to, so an instruction that straddles
-    /// the page end is decoded from the bytes the CPU will fetch. Branch targets in other
-    /// pages are not learnt: their physical addresses depend on mappings this page does
-    /// not know. Returns whether the page holds patches.
+    /// instruction start in it) and the entries learnt before. `prev` and `next` are the
+    /// physical pages the *linear* pages before and after this one map to: the tail of an
+    /// instruction straddling in from `prev` is not code of this page, and one straddling
+    /// out into `next` is decoded from the bytes the CPU will fetch. Branch targets in
+    /// other pages are not learnt: their physical addresses depend on mappings this page
+    /// does not know.
     ///
     /// # Errors
     /// [`CodeError::Patch`] when the patcher refused a site.
@@ -646,13 +668,19 @@ impl CodePages {
         ram: &GuestRam,
         page: u32,
         entry: Option<u32>,
+        prev: Option<u32>,
         next: Option<u32>,
-    ) -> Result<bool, CodeError> {
+    ) -> Result<PhysicalScan, CodeError> {
         let page = page_of(page);
         if let Some(entry) = entry {
             self.learn_entry(entry);
         }
         let entries = self.entries.get(&page).cloned().unwrap_or_default();
+        let carried_in = prev
+            .map(page_of)
+            .filter(|&q| q != page)
+            .and_then(|q| self.armed.get(&q))
+            .map_or(0, Snapshot::carried_out);
         let scan = {
             let mem = PagedCode {
                 ram,
@@ -660,15 +688,31 @@ impl CodePages {
                 page,
                 next,
             };
-            scan_page(&mem, page, &entries)
+            scan_page_after(&mem, page, &entries, carried_in)
         };
         self.patches
             .patch_with(&mut RamCode(ram), &scan, &self.also_patch)
             .map_err(|source| CodeError::Patch { page, source })?;
         self.record_scan(page, &scan);
-        let snapshot = Snapshot::take(ram, page, &scan.starts, u64::from(page + PAGE_SIZE));
+        let page_end = u64::from(page) + u64::from(PAGE_SIZE);
+        let snapshot = Snapshot::take(ram, page, &scan.starts, page_end, scan.straddle_end);
+        let carried = snapshot.carried_out();
         self.armed.insert(page, snapshot);
-        Ok(self.patches.is_patched(page))
+        // A successor scanned before this page started its code inside the tail of this
+        // page's last instruction: it must be scanned again, knowing the tail.
+        let stale_next = next.map(page_of).filter(|&n| {
+            n != page
+                && carried > 0
+                && self.armed.get(&n).is_some_and(|s| {
+                    s.starts
+                        .first()
+                        .is_some_and(|&first| first < n + carried as u32)
+                })
+        });
+        Ok(PhysicalScan {
+            patched: self.patches.is_patched(page),
+            stale_next,
+        })
     }
 
     /// The guest writes to scanned guest-physical `page` under paging (its mappings are
@@ -718,14 +762,62 @@ mod tests {
     }
 
     #[test]
+    fn a_physical_scan_skips_the_tail_of_an_instruction_straddling_in_from_the_linear_predecessor()
+    {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        // Frame 0x5000 ends with B8 (MOV EAX, imm32); its immediate, four 06 bytes (PUSH ES
+        // when decoded on their own), opens frame 0x2000, the next linear page.
+        ram.write(GuestPhys(0x5fff), &[0xb8]).unwrap();
+        ram.write(GuestPhys(0x2000), &[6, 6, 6, 6, 0x9c, 0xc3])
+            .unwrap();
+        let mut code = CodePages::default();
+        // Frame 0x2000 first, entered after the tail: its sweep may take the tail for code.
+        code.scan_physical(&ram, 0x2000, Some(0x2004), None, None)
+            .unwrap();
+        let mut bytes = [0u8; 6];
+        RamCode(&ram).read(0x2000, &mut bytes);
+        assert_eq!(
+            bytes[0], TRAP_BYTE,
+            "the hazard: the tail was swept as PUSH ES"
+        );
+        let first = code.scan_physical(&ram, 0x5000, Some(0x5fff), None, Some(0x2000));
+        assert_eq!(first.unwrap().stale_next, Some(0x2000));
+        code.revert_physical(&ram, 0x2000);
+        let again = code
+            .scan_physical(&ram, 0x2000, None, Some(0x5000), None)
+            .unwrap();
+        assert!(again.patched && again.stale_next.is_none());
+        RamCode(&ram).read(0x2000, &mut bytes);
+        assert_eq!(
+            bytes,
+            [6, 6, 6, 6, TRAP_BYTE, 0xc3],
+            "the immediate is intact"
+        );
+        // Scanned in the other order, the tail is known at once.
+        let ram = GuestRam::new(1 << 20).unwrap();
+        ram.write(GuestPhys(0x5fff), &[0xb8]).unwrap();
+        ram.write(GuestPhys(0x2000), &[6, 6, 6, 6, 0x9c, 0xc3])
+            .unwrap();
+        let mut code = CodePages::default();
+        let pred = code.scan_physical(&ram, 0x5000, Some(0x5fff), None, Some(0x2000));
+        assert_eq!(pred.unwrap().stale_next, None);
+        code.scan_physical(&ram, 0x2000, Some(0x2004), Some(0x5000), None)
+            .unwrap();
+        RamCode(&ram).read(0x2000, &mut bytes);
+        assert_eq!(bytes, [6, 6, 6, 6, TRAP_BYTE, 0xc3]);
+    }
+
+    #[test]
     fn a_physical_scan_patches_the_page_and_a_write_reverts_it() {
         let ram = GuestRam::new(1 << 20).unwrap();
         // pushf; pop eax; ret at 0x3000
         ram.write(GuestPhys(0x3000), &[0x9c, 0x58, 0xc3]).unwrap();
         let mut code = CodePages::default();
-        assert!(code
-            .scan_physical(&ram, 0x3000, Some(0x3000), None)
-            .unwrap());
+        assert!(
+            code.scan_physical(&ram, 0x3000, Some(0x3000), None, None)
+                .unwrap()
+                .patched
+        );
         assert_eq!(ram.read_u8(GuestPhys(0x3000)).unwrap(), TRAP_BYTE);
         let mut orig = [0u8; 3];
         code.read_original(&ram, 0x3000, &mut orig);
@@ -734,7 +826,7 @@ mod tests {
         assert_eq!(ram.read_u8(GuestPhys(0x3000)).unwrap(), 0x9c);
         assert!(!code.patches.is_patched(0x3000));
         // The second scan of the page counts as a rescan.
-        code.scan_physical(&ram, 0x3000, None, None).unwrap();
+        code.scan_physical(&ram, 0x3000, None, None, None).unwrap();
         assert_eq!((code.stats.pages_scanned, code.stats.rescans), (1, 1));
     }
 }

@@ -238,11 +238,23 @@ impl Vm {
         };
         let entry = entry_lin.map(|e| gpa.raw() | (e & (PAGE_SIZE - 1)));
         let next = self.code_phys(page_lin.raw().wrapping_add(PAGE_SIZE));
-        let patched = self
-            .code
-            .scan_physical(&self.ram, gpa.raw(), entry, next.map(page_of))?;
-        let exec_only = patched && self.paging.exec_only;
+        let prev = page_lin
+            .raw()
+            .checked_sub(PAGE_SIZE)
+            .and_then(|p| self.code_phys(p));
+        let scan = self.code.scan_physical(
+            &self.ram,
+            gpa.raw(),
+            entry,
+            prev.map(page_of),
+            next.map(page_of),
+        )?;
+        let exec_only = scan.patched && self.paging.exec_only;
         self.with_host(|shadow, host, _| shadow.mark_code(host, gpa, exec_only))?;
+        if let Some(stale) = scan.stale_next {
+            self.code.revert_physical(&self.ram, stale);
+            self.with_host(|shadow, host, _| shadow.unmark_code(host, GuestPhys(stale)))?;
+        }
         Ok(None)
     }
 
