@@ -254,7 +254,12 @@ impl Report {
         }
         writeln!(out)?;
         writeln!(out, "{:<23} {:>10}", "action", "count")?;
-        for action in [Action::Patch, Action::Trap, Action::Conditional, Action::None] {
+        for action in [
+            Action::Patch,
+            Action::Trap,
+            Action::Conditional,
+            Action::None,
+        ] {
             let n = self.actions.get(action.name()).copied().unwrap_or(0);
             writeln!(out, "{:<23} {:>10}", action.name(), n)?;
         }
