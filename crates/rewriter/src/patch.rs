@@ -337,6 +337,12 @@ impl PatchTable {
         true
     }
 
+    /// Drops the patch at `addr` without touching memory (the guest already replaced the
+    /// byte). Returns whether `addr` was patched.
+    pub fn forget_site(&mut self, addr: u32) -> bool {
+        self.patches.remove(&addr).is_some()
+    }
+
     /// Puts the original byte back under the patch at `addr` for one native step of the
     /// instruction, keeping the entry; [`PatchTable::relatch`] puts the trap back.
     /// Returns whether `addr` was patched and its byte written.
@@ -537,6 +543,7 @@ mod tests {
             assert!(table.revert_site(&mut mem, addr));
         }
         assert!(!table.revert_site(&mut mem, BASE));
+        assert!(!table.forget_site(BASE + 3));
         assert_eq!(&mem.bytes[..5], &[0xD9, 0xE8, 0xCC, 0x9B, 0xC3]);
         assert_eq!(table.len(), 1);
         assert!(!table.lift(&mut mem, BASE) && !table.relatch(&mut mem, BASE));

@@ -289,22 +289,6 @@ fn map_err(page: u32) -> impl FnOnce(MemoryError) -> CodeError {
     move |source| CodeError::Map { page, source }
 }
 
-/// Memory that takes writes without storing them: dropping a patch entry whose byte the
-/// guest already replaced.
-struct Discard;
-
-impl CodeMemory for Discard {
-    fn read(&self, _addr: u32, _buf: &mut [u8]) -> usize {
-        0
-    }
-}
-
-impl CodeMemoryMut for Discard {
-    fn write(&mut self, _addr: u32, data: &[u8]) -> usize {
-        data.len()
-    }
-}
-
 /// Drops a page's patch entries, restoring an original byte only where the trap byte is
 /// still there and was there at scan time: a byte the guest rewrote is the guest's.
 struct Reconcile<'a> {
@@ -520,7 +504,7 @@ impl CodePages {
                     self.patches.revert_site(&mut RamCode(ram), addr)
                 } else {
                     // The guest rewrote the byte of a parked page: the byte is its own.
-                    self.patches.revert_site(&mut Discard, addr)
+                    self.patches.forget_site(addr)
                 };
                 if let (true, Some(original)) = (reverted, original) {
                     changed += 1;
