@@ -1,0 +1,90 @@
+//! `vmm bench` as a user runs it: every operation gets a row with a figure from the
+//! monitor, and one from QEMU where QEMU is installed (always on CI). Only the presence
+//! and sign of figures is checked: timings on a shared machine prove nothing.
+
+use vmm_cli::bench::{Column, OPERATIONS};
+
+/// QEMU figures are required where QEMU runs, and on CI, where a missing QEMU is a
+/// broken set-up rather than a reason to skip.
+fn qemu_expected() -> bool {
+    guests::qemu::available() || std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+fn bench(extra: &[&str]) -> String {
+    let run = support::run(support::vmm(900, &["bench", "--reps", "1"]).args(extra));
+    assert!(
+        run.status == Some(0),
+        "vmm bench failed ({:?}):\n{}\n{}",
+        run.status,
+        run.stdout,
+        run.stderr
+    );
+    run.stdout
+}
+
+/// The cycles of a cell such as `3.02 (1.16 ns)`, if it is a figure.
+fn cycles(cell: &str) -> Option<f64> {
+    cell.split_whitespace().next()?.parse().ok()
+}
+
+#[test]
+fn the_table_has_every_operation_with_a_monitor_figure() {
+    let out = bench(&[]);
+    let lines: Vec<&str> = out.lines().collect();
+    let header = lines
+        .iter()
+        .position(|l| l.starts_with("operation"))
+        .unwrap_or_else(|| panic!("no table header:\n{out}"));
+    assert!(lines[0].starts_with("host TSC:"), "{out}");
+    for op in OPERATIONS {
+        let row = lines[header + 1..]
+            .iter()
+            .find(|l| l.starts_with(op.label))
+            .unwrap_or_else(|| panic!("no row for {}:\n{out}", op.name));
+        // Columns are separated by two or more spaces; cells hold single spaces.
+        let cells: Vec<&str> = row[op.label.len()..]
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        assert_eq!(cells.len(), 6, "{row}");
+        let [native, vmm, qemu] = [cells[0], cells[1], cells[2]];
+        assert!(cycles(vmm).is_some_and(|c| c > 0.0), "{row}");
+        if qemu_expected() {
+            assert!(cycles(qemu).is_some_and(|c| c > 0.0), "{row}");
+        } else {
+            assert_eq!(qemu, "n/a (qemu: not installed)", "{row}");
+        }
+        if op.native {
+            assert!(cycles(native).is_some_and(|c| c > 0.0), "{row}");
+            assert!(cells[3].parse::<f64>().is_ok_and(|r| r > 0.0), "{row}");
+        } else {
+            assert!(native.starts_with("n/a"), "{row}");
+        }
+    }
+    assert!(out.contains("compute: checksum 0x"), "{out}");
+    assert!(!out.contains("FAILED"), "{out}");
+}
+
+#[test]
+fn json_has_the_same_rows() {
+    let out = bench(&["--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
+    let rows = v["operations"].as_array().expect("operations");
+    assert_eq!(rows.len(), OPERATIONS.len());
+    assert_eq!(v["reps"], 1);
+    assert!(v["failures"].as_array().is_some_and(Vec::is_empty), "{out}");
+    for (row, op) in rows.iter().zip(OPERATIONS) {
+        assert_eq!(row["operation"], op.name);
+        let vmm = &row[Column::Vmm.name()];
+        assert_eq!(vmm["status"], "ok", "{row}");
+        assert!(
+            vmm["cycles_per_op"].as_f64().is_some_and(|c| c > 0.0),
+            "{row}"
+        );
+        assert!(row["exits_per_op"].as_f64().is_some(), "{row}");
+        if qemu_expected() {
+            assert_eq!(row[Column::Qemu.name()]["status"], "ok", "{row}");
+        }
+    }
+}

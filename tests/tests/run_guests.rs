@@ -1,0 +1,230 @@
+//! `vmm run` as a user runs it: the demo guest with statistics, bad input and a
+//! triple-faulting guest behave as documented. Every test kernel of the repository runs
+//! under the monitor (and QEMU) in `tests/suite.rs`.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use guests::parse_report;
+
+/// Exit status of coreutils `timeout` when it had to stop the command.
+const TIMED_OUT: i32 = 124;
+
+/// `vmm run` under coreutils `timeout`, so a hung guest cannot hang the suite.
+fn vmm_with_timeout(timeout_s: u32) -> Command {
+    support::vmm(timeout_s, &["run"])
+}
+
+fn vmm() -> Command {
+    vmm_with_timeout(60)
+}
+
+/// A finished run: exit status and stdout followed by stderr.
+struct Run {
+    status: Option<i32>,
+    output: String,
+}
+
+fn run(mut cmd: Command) -> Run {
+    let run = support::run(&mut cmd);
+    assert_ne!(run.status, Some(TIMED_OUT), "vmm timed out");
+    Run {
+        status: run.status,
+        output: run.all_output(),
+    }
+}
+
+#[test]
+fn demo_guest_runs_without_arguments_and_prints_stats() {
+    let json = std::env::temp_dir().join(format!("vmm-stats-{}.json", std::process::id()));
+    let mut cmd = vmm();
+    cmd.args(["--stats", "--stats-json"]).arg(&json);
+    let out = run(cmd);
+    assert_eq!(out.status, Some(1), "{}", out.output);
+    let report = parse_report(&out.output);
+    assert!(report.all_passed() && report.passed > 0, "{}", out.output);
+    // Serial output and the statistics both reach the combined output.
+    for row in [
+        "exits by reason",
+        "rewrite_trap",
+        "port_io",
+        "total",
+        "top trap sites",
+    ] {
+        assert!(out.output.contains(row), "no {row:?} in:\n{}", out.output);
+    }
+    let text = std::fs::read_to_string(&json).expect("stats JSON written");
+    let _ = std::fs::remove_file(&json);
+    let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    assert!(
+        v["exits"]["rewrite_trap"].as_u64().unwrap_or(0) > 0,
+        "{text}"
+    );
+    assert!(v["total_exits"].as_u64().unwrap_or(0) > 0, "{text}");
+    assert!(
+        v["counters"]["pages_scanned"].as_u64().unwrap_or(0) > 0,
+        "{text}"
+    );
+}
+
+/// The status and combined output of `vmm run ARGS`.
+fn run_args(args: &[&str]) -> (Option<i32>, String) {
+    let mut cmd = vmm();
+    cmd.args(args);
+    let out = run(cmd);
+    (out.status, out.output)
+}
+
+#[test]
+fn bad_input_is_refused_with_a_clear_error() {
+    let dir = std::env::temp_dir().join(format!("vmm-bad-input-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let garbage = dir.join("garbage.bin");
+    std::fs::write(&garbage, vec![0x5au8; 20_000]).unwrap();
+    let missing = dir.join("no-such-kernel.elf");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--kernel".into(), path(&missing)],
+            "no-such-kernel.elf",
+        ),
+        (vec!["--kernel".into(), path(&garbage)], "garbage.bin"),
+        (vec!["--mem".into(), "1M".into()], "too small"),
+        (vec!["--mem".into(), "4G".into()], "below 4 GiB"),
+        (vec!["--mem".into(), "lots".into()], "size"),
+        (vec!["--mem".into(), "3000000".into()], "multiple of 4 KiB"),
+    ];
+    for (args, needle) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (status, output) = run_args(&args);
+        assert_eq!(status, Some(2), "{args:?}: {output}");
+        assert!(output.contains("error"), "{args:?}: {output}");
+        assert!(
+            output.contains(needle),
+            "{args:?} should mention {needle:?}: {output}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn path(p: &std::path::Path) -> String {
+    p.display().to_string()
+}
+
+/// A Multiboot kernel (a.out kludge) loaded at 1 MiB whose code, from offset 0x20, is
+/// `code`.
+fn aout_kernel(code: &[u8]) -> Vec<u8> {
+    const BASE: u32 = 0x10_0000;
+    const MAGIC: u32 = 0x1bad_b002;
+    const AOUT_KLUDGE: u32 = 1 << 16;
+    let mut image = Vec::new();
+    for word in [
+        MAGIC,
+        AOUT_KLUDGE,
+        0u32.wrapping_sub(MAGIC.wrapping_add(AOUT_KLUDGE)),
+        BASE,        // header_addr
+        BASE,        // load_addr
+        0,           // load_end_addr: the whole file
+        0,           // bss_end_addr: none
+        BASE + 0x20, // entry_addr
+    ] {
+        image.extend_from_slice(&word.to_le_bytes());
+    }
+    image.extend_from_slice(code);
+    image
+}
+
+/// A kernel that loads an empty IDT and executes INT3: the breakpoint cannot be
+/// delivered (#GP), nor can the #GP (#DF), nor the #DF — a triple fault.
+fn triple_fault_kernel() -> Vec<u8> {
+    // lidt [0x100040]; int3; jmp $
+    let mut code = vec![0x0f, 0x01, 0x1d];
+    code.extend_from_slice(&0x10_0040u32.to_le_bytes());
+    code.extend_from_slice(&[0xcc, 0xeb, 0xfe]);
+    code.resize(0x20, 0x90);
+    // IDTR image at 0x100040: limit 0, base 0.
+    code.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    aout_kernel(&code)
+}
+
+/// The statuses `vmm run` documents: a debug-exit status (odd), 0 for an orderly halt, 4
+/// for a guest failure. Anything else (a panic's 101, death by a signal) is a monitor bug.
+fn documented_status(status: Option<i32>) -> bool {
+    matches!(status, Some(s) if s == 0 || s == 4 || s % 2 == 1)
+}
+
+/// Hostile guests: kernels whose code is random bytes (seeded, so a failure reproduces).
+/// Odd cases first load random values into ESP, DS, SS and the IDTR; even cases run the
+/// random bytes from the flat boot state. Whatever they do, the monitor ends with a
+/// documented status (or is stopped by the time limit while the guest loops) and never
+/// panics or dies by a signal.
+#[test]
+fn random_code_never_breaks_the_monitor() {
+    let dir = std::env::temp_dir().join(format!("vmm-random-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        // xorshift64*: small, seeded, good enough to spread bytes.
+        seed ^= seed >> 12;
+        seed ^= seed << 25;
+        seed ^= seed >> 27;
+        seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let mut outcomes = std::collections::BTreeMap::new();
+    for case in 0..24 {
+        let mut code = Vec::new();
+        if case % 2 == 1 {
+            // mov esp, imm32; mov ax, imm16; mov ds, ax; mov ss, ax; lidt [imm32]
+            code.push(0xbc);
+            code.extend_from_slice(&(next() as u32).to_le_bytes());
+            code.push(0x66);
+            code.push(0xb8);
+            code.extend_from_slice(&(next() as u16).to_le_bytes());
+            code.extend_from_slice(&[0x8e, 0xd8, 0x8e, 0xd0]);
+            code.extend_from_slice(&[0x0f, 0x01, 0x1d]);
+            code.extend_from_slice(&(0x10_0000 + (next() as u32 % 0x2000)).to_le_bytes());
+        }
+        for _ in 0..4096 {
+            code.push(next() as u8);
+        }
+        let file = dir.join(format!("random-{case}.bin"));
+        std::fs::write(&file, aout_kernel(&code)).unwrap();
+        let mut cmd = vmm_with_timeout(10);
+        cmd.args(["--kernel", &path(&file), "--mem", "8M"]);
+        let out = cmd.stdin(Stdio::null()).output().expect("vmm starts");
+        let status = out.status.code();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            documented_status(status) || status == Some(TIMED_OUT),
+            "case {case}: status {status:?} (signal {:?})\n{stderr}",
+            std::os::unix::process::ExitStatusExt::signal(&out.status)
+        );
+        assert!(!stderr.contains("panicked"), "case {case}: {stderr}");
+        let reason = stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("vmm: guest stopped: "))
+            .map(|r| r.split(':').next().unwrap_or(r).to_owned());
+        *outcomes.entry((status, reason)).or_insert(0u32) += 1;
+    }
+    for ((status, reason), n) in &outcomes {
+        println!(
+            "{n:>3} x exit {status:?}: {}",
+            reason.as_deref().unwrap_or("-")
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn triple_fault_stops_with_a_register_dump() {
+    let file: PathBuf = std::env::temp_dir().join(format!("vmm-triple-{}.bin", std::process::id()));
+    std::fs::write(&file, triple_fault_kernel()).unwrap();
+    let (status, output) = run_args(&["--kernel", &path(&file)]);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(status, Some(4), "{output}");
+    assert!(output.contains("triple fault"), "{output}");
+    assert!(
+        output.contains("EIP=00100027"),
+        "the dump shows the faulting INT3: {output}"
+    );
+    assert!(output.contains("IDT=     00000000 00000000"), "{output}");
+}

@@ -1,0 +1,209 @@
+//! `vmm bench`: nanobenchmarks in the style of Adams and Agesen (ASPLOS 2006). Each
+//! benchmark kernel (`guests/bench/`) times one operation with RDTSC; the same
+//! kernel runs under the monitor and under QEMU's TCG, and the operations a 32-bit
+//! process can run are timed natively by the same measuring code. The table puts the
+//! three side by side, medians of several runs, with the exits per operation the monitor
+//! counted: the cost of virtualising each operation, and where it goes.
+
+pub mod line;
+pub mod runner;
+pub mod table;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use line::{parse_line, parse_output, LineError, Sample};
+pub use runner::RunError;
+pub use table::{Column, Figure, Results, Row, Runs, Table};
+
+/// One row of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Operation {
+    /// The benchmark kernel's name and the `BENCH` line's operation name.
+    pub name: &'static str,
+    /// What is timed, for people.
+    pub label: &'static str,
+    /// True if the native program times it: it runs unchanged in a 32-bit process.
+    pub native: bool,
+}
+
+const fn op(name: &'static str, label: &'static str, native: bool) -> Operation {
+    Operation {
+        name,
+        label,
+        native,
+    }
+}
+
+/// The operations, in the order of Adams and Agesen's table.
+pub const OPERATIONS: &[Operation] = &[
+    op("syscall", "syscall: INT 0x80 CPL 3->0->3", false),
+    op("in_port", "IN from port 0x21 (PIC mask)", false),
+    op("cli_sti", "CLI+STI", false),
+    op("pushf_popf", "PUSHF+POPF", true),
+    op("sreg_load", "segment load: MOV to DS", true),
+    op("divide_error", "#DE through the guest IDT", false),
+    op("call_ret", "CALL+RET", true),
+    op("compute", "compute: FNV-1a, per KiB", true),
+    op("paging_fault", "page fault handled by the guest", false),
+    op("paging_pte", "PTE update + touch", false),
+    op("paging_cr3", "CR3 switch", false),
+];
+
+/// Why `op` has no figure in `column`, if it has none by design.
+pub fn not_applicable(op: &Operation, column: Column) -> Option<String> {
+    if column == Column::Native && !op.native {
+        return Some("needs CPL 0".to_string());
+    }
+    None
+}
+
+/// How `vmm bench` runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Runs per figure; the table shows medians.
+    pub reps: usize,
+    /// The monitor executable that runs each kernel (`vmm run`).
+    pub vmm: PathBuf,
+    /// Whether QEMU is run.
+    pub qemu: bool,
+    /// Longest a single run may take.
+    pub timeout: Duration,
+}
+
+/// Runs every benchmark `options.reps` times in every environment and builds the
+/// table. A run that fails is recorded in its cell; the others still run. `progress` is
+/// told when each repetition starts.
+pub fn run(options: &Options, mut progress: impl FnMut(&str)) -> Table {
+    let mut results = Results::default();
+    if !options.qemu {
+        results
+            .unavailable
+            .insert(Column::Qemu, "qemu: not installed".to_string());
+    }
+    let tsc_hz = runner::tsc_hz(Duration::from_millis(200));
+    // Repetitions outermost, so a slow spell on the host spreads over every operation
+    // instead of spoiling every run of one.
+    for rep in 1..=options.reps {
+        progress(&format!("run {rep} of {}", options.reps));
+        let native = runner::native(guests::bench_native(), options.timeout);
+        for op in OPERATIONS.iter().filter(|o| o.native) {
+            record(&mut results, op, Column::Native, &native);
+        }
+        for op in OPERATIONS {
+            let Some(kernel) = guests::find_bench(op.name) else {
+                continue;
+            };
+            let vmm = runner::under_vmm(&options.vmm, kernel.path, options.timeout);
+            record(&mut results, op, Column::Vmm, &vmm);
+            if options.qemu {
+                let qemu = runner::under_qemu(kernel.path, options.timeout);
+                record(&mut results, op, Column::Qemu, &qemu);
+            }
+        }
+    }
+    Table::build(OPERATIONS, &results, not_applicable, tsc_hz, options.reps)
+}
+
+/// Files what one run said about `op` in `column`.
+fn record(
+    results: &mut Results,
+    op: &Operation,
+    column: Column,
+    run: &Result<runner::RunOutput, RunError>,
+) {
+    let runs = results.entry(op.name, column);
+    let out = match run {
+        Ok(out) => out,
+        Err(e) => {
+            runs.errors.push(e.to_string());
+            return;
+        }
+    };
+    let Some(sample) = out.samples.iter().find(|s| s.name == op.name) else {
+        runs.errors
+            .push(format!("the run printed no BENCH line for {}", op.name));
+        return;
+    };
+    runs.cycles_per_op.push(sample.cycles_per_op());
+    if let Some(sum) = sample.checksum {
+        runs.checksums.push(sum);
+    }
+    if let Some(exits) = out.exits {
+        runs.exits_per_op
+            .push(exits as f64 / sample.operations_executed() as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_benchmark_kernel_has_a_row_and_every_row_a_kernel() {
+        for kernel in guests::benches() {
+            assert!(
+                OPERATIONS.iter().any(|o| o.name == kernel.name),
+                "bench/{}.c has no row in OPERATIONS",
+                kernel.name
+            );
+        }
+        for op in OPERATIONS {
+            assert!(
+                guests::find_bench(op.name).is_some(),
+                "no benchmark kernel for {}",
+                op.name
+            );
+        }
+        let mut names: Vec<&str> = OPERATIONS.iter().map(|o| o.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), OPERATIONS.len(), "duplicate operation names");
+    }
+
+    #[test]
+    fn rows_without_a_figure_say_why() {
+        let compute = OPERATIONS.iter().find(|o| o.name == "compute").unwrap();
+        assert_eq!(not_applicable(compute, Column::Native), None);
+        let cli = OPERATIONS.iter().find(|o| o.name == "cli_sti").unwrap();
+        assert!(not_applicable(cli, Column::Native).is_some());
+        assert_eq!(not_applicable(cli, Column::Vmm), None);
+    }
+
+    #[test]
+    fn a_run_without_the_operations_line_is_a_failure() {
+        let mut results = Results::default();
+        let op = &OPERATIONS[0];
+        let out = runner::RunOutput {
+            samples: vec![Sample {
+                name: "other".into(),
+                warmup: 0,
+                iterations: 1,
+                trials: 1,
+                cycles: 1,
+                checksum: None,
+            }],
+            exits: Some(10),
+        };
+        record(&mut results, op, Column::Vmm, &Ok(out));
+        assert_eq!(results.runs[&(op.name, Column::Vmm)].errors.len(), 1);
+
+        let out = runner::RunOutput {
+            samples: vec![Sample {
+                name: op.name.into(),
+                warmup: 20,
+                iterations: 90,
+                trials: 2,
+                cycles: 900,
+                checksum: Some(5),
+            }],
+            // 20 warm-up and 2 x 90 timed operations
+            exits: Some(400),
+        };
+        record(&mut results, op, Column::Qemu, &Ok(out));
+        let runs = &results.runs[&(op.name, Column::Qemu)];
+        assert_eq!(runs.cycles_per_op, [10.0]);
+        assert_eq!(runs.exits_per_op, [2.0]);
+        assert_eq!(runs.checksums, [5]);
+    }
+}

@@ -1,0 +1,154 @@
+//! The kernel proxy's commands and options: `vmm run --policy`, `vmm policy`,
+//! `vmm service-node` (feature `kproxy`, on by default).
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Subcommand};
+use proxy::engine::{admin, api, ProxyRuntime, SharedPolicy};
+use vmm::vm::Vm;
+
+use crate::{EXIT_INPUT_ERROR, EXIT_USAGE_ERROR};
+
+/// `vmm run`'s kernel-proxy options.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Kernel policy (TOML): the services that serve each type and the guest entry
+    /// points the kernel proxy takes over (see proxy/policy.example.toml).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Default service table (TOML `[services.*]` entries) replacing the built-in
+    /// defaults for the types it names.
+    #[arg(long, value_name = "FILE", requires = "policy")]
+    pub defaults: Option<PathBuf>,
+    /// Serve the control socket here: one JSON request per line (`{"op":"show"}`,
+    /// `{"op":"set","policy":"<toml>"}`, `{"op":"stats"}`); see `vmm policy`.
+    #[arg(long, value_name = "PATH", requires = "policy")]
+    pub api_sock: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    #[command(subcommand)]
+    action: PolicyAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyAction {
+    /// Print the policy in force.
+    Show {
+        /// The VM's control socket.
+        #[arg(long, value_name = "PATH")]
+        api_sock: PathBuf,
+    },
+    /// Validate FILE and put it in force from the next proxied call on.
+    Set {
+        /// The VM's control socket.
+        #[arg(long, value_name = "PATH")]
+        api_sock: PathBuf,
+        /// The new policy (TOML, the format of `vmm run --policy`).
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceNodeArgs {
+    /// Address to listen on (loopback only; port 0 picks one, printed at start).
+    #[arg(long, value_name = "ADDR")]
+    listen: std::net::SocketAddr,
+    /// Services, `TYPE:ID=SERVICE[,PARAM=VALUE...]` separated by `;`, e.g.
+    /// `block:disk0=file,path=disk.img;tty:console=logfile,path=console.log`.
+    #[arg(long, value_name = "LIST", required = true)]
+    services: Vec<String>,
+}
+
+pub fn policy_command(args: &PolicyArgs) -> ExitCode {
+    let result = match &args.action {
+        PolicyAction::Show { api_sock } => admin::show(api_sock).map(|text| print!("{text}")),
+        PolicyAction::Set { api_sock, file } => match std::fs::read_to_string(file) {
+            Ok(text) => admin::set(api_sock, &text, &file.display().to_string())
+                .map(|generation| println!("policy generation {generation} in force")),
+            Err(e) => {
+                eprintln!("vmm: error: cannot read {}: {e}", file.display());
+                return ExitCode::from(EXIT_USAGE_ERROR);
+            }
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vmm: error: {e}");
+            ExitCode::from(EXIT_INPUT_ERROR)
+        }
+    }
+}
+
+pub fn service_node_command(args: &ServiceNodeArgs) -> ExitCode {
+    match services::node::start(args.listen, &args.services) {
+        Ok(node) => {
+            // Scripts and tests read the port from this line when they asked for 0.
+            println!("listening on {}", node.addr());
+            let _ = io::stdout().flush();
+            node.wait();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vmm: error: {e}");
+            ExitCode::from(EXIT_USAGE_ERROR)
+        }
+    }
+}
+
+/// Sets up the kernel proxy of `vmm run`: loads the policy, attaches it to `vm` as its
+/// entry hook, and serves the control socket. `Ok(None)` without `--policy`.
+///
+/// # Errors
+/// What was wrong with the policy or the control socket, ready to print.
+pub fn attach(vm: &mut Vm, args: &ProxyArgs, kernel: &[u8]) -> Result<Option<Attached>, String> {
+    let Some(policy) = &args.policy else {
+        return Ok(None);
+    };
+    let runtime = ProxyRuntime::load(policy, args.defaults.as_deref(), kernel)
+        .map_err(|e| format!("kernel policy: {e}"))?;
+    let shared = Arc::clone(runtime.shared());
+    vm.attach_entry_hook(Box::new(runtime))
+        .map_err(|e| format!("kernel policy: {e}"))?;
+    let api = match &args.api_sock {
+        None => None,
+        Some(path) => {
+            let socket_error = |e: io::Error| format!("control socket {}: {e}", path.display());
+            let listener = api::bind(path).map_err(socket_error)?;
+            Some(api::spawn(listener, path.clone(), Arc::clone(&shared)).map_err(socket_error)?)
+        }
+    };
+    Ok(Some(Attached { shared, _api: api }))
+}
+
+/// The kernel proxy attached to a running VM.
+#[derive(Debug)]
+pub struct Attached {
+    shared: Arc<SharedPolicy>,
+    /// The control socket's thread, when one serves.
+    _api: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Attached {
+    /// Prints what the proxy did, after the exit statistics (`--stats`).
+    pub fn print_stats(&self) {
+        let c = self.shared.counters();
+        eprintln!("kernel proxy: {} calls, {} failed", c.calls, c.failed);
+        for (service, n) in &c.served {
+            eprintln!("  {n:>10}  {service}");
+        }
+    }
+
+    /// Adds what the proxy did to the `--stats-json` object: its calls are exits too
+    /// (one trap each), counted by the proxy.
+    pub fn add_stats_json(&self, json: &mut serde_json::Value) {
+        let c = self.shared.counters();
+        json["kernel_proxy"] =
+            serde_json::json!({ "calls": c.calls, "failed": c.failed, "served": c.served });
+    }
+}

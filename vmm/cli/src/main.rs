@@ -1,0 +1,467 @@
+//! `vmm`: the monitor's command line.
+
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use vmm::addr::GuestLinear;
+use vmm::vm::{spawn_stdin_reader, RunOutcome, Vm, VmConfig};
+#[cfg(feature = "kproxy")]
+use vmm_cli::kproxy;
+use vmm_cli::scan::{self, ScanError, ScanOptions};
+use vmm_cli::{bench, coverage, EXIT_INPUT_ERROR, EXIT_MONITOR_ERROR, EXIT_USAGE_ERROR};
+
+/// Number of trap sites `--stats` lists.
+const STATS_TOP_SITES: usize = 10;
+/// The smallest guest RAM `vmm run` accepts: a kernel loads at 1 MiB.
+const MIN_MEM_SIZE: u64 = 2 << 20;
+
+/// Runs unmodified 32-bit x86 guest kernels natively inside a Linux process.
+#[derive(Debug, Parser)]
+#[command(name = "vmm", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Census of the sensitive instructions in a guest code image: what the rewriter
+    /// patches and what traps by itself.
+    ///
+    /// FILE is a 32-bit i386 ELF, a Linux bzImage (its compressed vmlinux is expanded and
+    /// scanned) or, with --base, raw code. The format is recognised from the content.
+    /// Exit status: 0 on success, 1 when the file cannot be scanned, 2 for a command line
+    /// that cannot work (such as raw code without --base).
+    Scan(ScanArgs),
+    /// Boot a Multiboot v1 guest kernel and run it natively until it stops.
+    ///
+    /// Without --kernel a built-in demo guest runs. The guest's serial port (COM1) is
+    /// this terminal. The exit status is the guest's debug-exit status
+    /// ((value << 1) | 1, written to port 0xF4, as QEMU's isa-debug-exit gives it), 0 when
+    /// the guest halts with interrupts disabled, 2 for a kernel or memory size that
+    /// cannot be used, 3 when the host cannot run guests, 4 when the guest failed
+    /// (triple fault, escape attempt, unsupported feature; a register dump is printed).
+    Run(RunArgs),
+    /// Nanobenchmarks: cycles per operation of sensitive and ordinary operations,
+    /// natively, under the monitor and under QEMU's TCG.
+    ///
+    /// Every benchmark kernel runs under `vmm run` (one child process per VM) and under
+    /// qemu-system-i386 when it is installed; the operations a 32-bit process can run are
+    /// timed natively too. Prints medians, ns per operation from the estimated TSC rate,
+    /// the ratios and the monitor's exits per operation. Exit status 1 if any run failed.
+    Bench(BenchArgs),
+    /// Which rewriter classes, encoding forms and exception vectors the guest test suite
+    /// covers with a passing check.
+    ///
+    /// Without --results every kernel of the guests' tests.cfg is run under this monitor
+    /// (as `vmm run`, one after another) and its check lines are read. With --results FILE
+    /// the check lines are read from FILE instead: any text holding the kernels' `PASS:` /
+    /// `FAIL:` / `SKIP:` lines, such as the results file the suite runner writes
+    /// (target/tmp/suite-vmm-results.txt) or saved `vmm run` output. Exit status: 0, or 1
+    /// when FILE cannot be read or a kernel cannot be started.
+    Coverage(CoverageArgs),
+    /// Show or replace the kernel policy of a running VM through its control socket
+    /// (`vmm run --api-sock PATH`).
+    ///
+    /// Exit status: 0 on success, 1 when the monitor refused the policy (its message
+    /// names the line and field) or could not be reached.
+    #[cfg(feature = "kproxy")]
+    Policy(kproxy::PolicyArgs),
+    /// Run a service node: perform block and tty services for monitors over gRPC on
+    /// loopback, and ship implementations (tty.write) for guests to run themselves.
+    ///
+    /// Prints `listening on ADDR` once it serves, then runs until killed.
+    #[cfg(feature = "kproxy")]
+    ServiceNode(kproxy::ServiceNodeArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Runs of every benchmark in every environment; the table shows medians.
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    reps: u32,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct CoverageArgs {
+    /// Read check results from FILE instead of running the suite kernels.
+    #[arg(long, value_name = "FILE")]
+    results: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The guest kernel: a Multiboot v1 image (ELF32 or a.out kludge).
+    #[arg(long, value_name = "FILE")]
+    kernel: Option<PathBuf>,
+    /// The kernel command line.
+    #[arg(long, value_name = "STR", default_value = "")]
+    append: String,
+    /// Guest RAM: bytes, or with a K, M or G suffix (binary units). At least 2M, below 4G.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "128M")]
+    mem: u64,
+    /// Print exit counts per reason and the hottest trap sites at exit (to stderr).
+    #[arg(long)]
+    stats: bool,
+    /// Write the same statistics as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    stats_json: Option<PathBuf>,
+    /// The kernel proxy's options.
+    #[cfg(feature = "kproxy")]
+    #[command(flatten)]
+    proxy: kproxy::ProxyArgs,
+}
+
+/// Parses a memory size: bytes, or a number with a K/M/G suffix (KiB, MiB, GiB).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("expected a size such as 128M, 1G or 4194304, got {text:?}"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+#[derive(Debug, Args)]
+struct ScanArgs {
+    /// The image to scan.
+    file: PathBuf,
+    /// Treat FILE as raw code loaded at this guest linear address (0x-prefixed hex or
+    /// decimal); its first byte is the entry point.
+    #[arg(long, value_name = "ADDR", value_parser = parse_address)]
+    base: Option<GuestLinear>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Measure instruction boundaries against a linear disassembly of the ELF's
+    /// function symbols (precision and recall).
+    #[arg(long)]
+    truth: bool,
+    /// List the N symbols holding the most patch sites.
+    #[arg(long, value_name = "N")]
+    top: Option<usize>,
+}
+
+/// Parses a 32-bit address written as `0x…` hex or decimal.
+fn parse_address(text: &str) -> Result<GuestLinear, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(&hex.replace('_', ""), 16),
+        None => text.replace('_', "").parse::<u32>(),
+    };
+    parsed
+        .map(GuestLinear)
+        .map_err(|e| format!("expected a 32-bit address as 0x-prefixed hex or decimal: {e}"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Scan(args) => scan_command(&args),
+        Command::Run(args) => run_command(args),
+        Command::Bench(args) => bench_command(&args),
+        Command::Coverage(args) => coverage_command(&args),
+        #[cfg(feature = "kproxy")]
+        Command::Policy(args) => kproxy::policy_command(&args),
+        #[cfg(feature = "kproxy")]
+        Command::ServiceNode(args) => kproxy::service_node_command(&args),
+    }
+}
+
+/// Longest a single benchmark run may take; a kernel that hangs fails its cell.
+const BENCH_RUN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+fn bench_command(args: &BenchArgs) -> ExitCode {
+    let vmm = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("vmm: error: cannot find the vmm executable to run the kernels: {e}");
+            return ExitCode::from(EXIT_MONITOR_ERROR);
+        }
+    };
+    let options = bench::Options {
+        reps: args.reps as usize,
+        vmm,
+        qemu: guests::qemu::available(),
+        timeout: BENCH_RUN_TIMEOUT,
+    };
+    let table = bench::run(&options, |step| eprintln!("vmm bench: {step}"));
+    if args.json {
+        println!("{:#}", table.to_json());
+    } else {
+        print!("{}", table.render());
+    }
+    if table.failures().is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Prints an error with its chain of causes on one line.
+fn print_error(err: &dyn std::error::Error) {
+    let mut msg = format!("vmm: error: {err}");
+    let mut source = err.source();
+    while let Some(s) = source {
+        msg.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    eprintln!("{msg}");
+}
+
+fn run_command(args: RunArgs) -> ExitCode {
+    if args.mem < MIN_MEM_SIZE {
+        eprintln!(
+            "vmm: error: --mem {} is too small: a guest needs at least 2M",
+            args.mem
+        );
+        return ExitCode::from(EXIT_USAGE_ERROR);
+    }
+    let (kernel, kernel_name) = match &args.kernel {
+        Some(path) => match std::fs::read(path) {
+            Ok(bytes) => (bytes, path.display().to_string()),
+            Err(e) => {
+                eprintln!("vmm: error: cannot read kernel {}: {e}", path.display());
+                return ExitCode::from(EXIT_USAGE_ERROR);
+            }
+        },
+        None => (
+            guests::demo_kernel().to_vec(),
+            "the built-in demo guest".to_string(),
+        ),
+    };
+    let config = VmConfig {
+        mem_size: args.mem,
+        kernel: kernel.clone(),
+        kernel_name,
+        cmdline: args.append.clone(),
+        serial_out: Box::new(io::stdout()),
+    };
+    let mut vm = match Vm::new(config) {
+        Ok(vm) => vm,
+        Err(e) => {
+            print_error(&e);
+            return ExitCode::from(EXIT_USAGE_ERROR);
+        }
+    };
+    // Kernel proxy: bound before the guest runs.
+    #[cfg(feature = "kproxy")]
+    let proxy = match kproxy::attach(&mut vm, &args.proxy, &kernel) {
+        Ok(proxy) => proxy,
+        Err(e) => {
+            eprintln!("vmm: error: {e}");
+            return ExitCode::from(EXIT_USAGE_ERROR);
+        }
+    };
+    let terminal = TerminalMode::enter();
+    let input = vm.serial_input();
+    let result = vm.run(|kicker| {
+        if let Err(e) = spawn_stdin_reader(input, kicker) {
+            eprintln!("vmm: warning: no serial input: {e}");
+        }
+    });
+    drop(terminal);
+    let _ = io::stdout().flush();
+    let outcome = match result {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            print_error(&e);
+            return ExitCode::from(EXIT_MONITOR_ERROR);
+        }
+    };
+    match &outcome {
+        RunOutcome::DebugExit { .. } => {}
+        RunOutcome::Shutdown { reason } => eprintln!("vmm: {reason}"),
+        RunOutcome::GuestFailure { reason, dump } => {
+            eprintln!("vmm: guest stopped: {reason}\n{dump}");
+        }
+    }
+    if args.stats {
+        eprint!("{}", vm.stats().render(&vm.counters(), STATS_TOP_SITES));
+        #[cfg(feature = "kproxy")]
+        if let Some(proxy) = &proxy {
+            proxy.print_stats();
+        }
+    }
+    if let Some(path) = &args.stats_json {
+        let mut json = vm.stats().to_json(&vm.counters(), STATS_TOP_SITES);
+        #[cfg(feature = "kproxy")]
+        if let Some(proxy) = &proxy {
+            proxy.add_stats_json(&mut json);
+        }
+        if let Err(e) = std::fs::write(path, format!("{json:#}\n")) {
+            eprintln!("vmm: error: cannot write {}: {e}", path.display());
+            return ExitCode::from(EXIT_USAGE_ERROR);
+        }
+    }
+    ExitCode::from(outcome.exit_code() as u8)
+}
+
+/// Runs every tests.cfg kernel under this binary (`vmm run`) and returns its serial output,
+/// or reads `results`; then prints the coverage tables.
+fn coverage_command(args: &CoverageArgs) -> ExitCode {
+    let text = match &args.results {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) => {
+                eprintln!("vmm: error: cannot read results {}: {e}", path.display());
+                return ExitCode::from(EXIT_INPUT_ERROR);
+            }
+        },
+        None => match run_suite_kernels() {
+            Ok(text) => text,
+            Err(e) => {
+                eprintln!("vmm: error: {e}");
+                return ExitCode::from(EXIT_INPUT_ERROR);
+            }
+        },
+    };
+    let checks = guests::parse_report(&text).checks;
+    let (classes, vectors) = coverage::compute(&checks);
+    print!("{}", coverage::render(&classes, &vectors));
+    ExitCode::SUCCESS
+}
+
+/// The serial output of every tests.cfg kernel run by this binary, one after another.
+fn run_suite_kernels() -> Result<String, String> {
+    let entries =
+        guests::parse_config(guests::tests_cfg()).map_err(|e| format!("tests.cfg: {e}"))?;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the vmm binary: {e}"))?;
+    let mut text = String::new();
+    for entry in entries {
+        let name = entry.file.trim_end_matches(".elf");
+        let guest = guests::find(name).ok_or(format!("tests.cfg names unbuilt kernel {name}"))?;
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(["run", "--kernel", guest.path, "--append", &entry.append])
+            .stderr(std::process::Stdio::null());
+        let timeout = std::time::Duration::from_secs(entry.timeout.into());
+        let run = guests::qemu::run(cmd, timeout).map_err(|e| format!("cannot run {name}: {e}"))?;
+        if run.status.is_none() {
+            eprintln!("vmm: warning: {name} timed out after {} s", entry.timeout);
+        }
+        text.push_str(&run.output);
+    }
+    Ok(text)
+}
+
+/// The host terminal in the mode a serial console wants (no line buffering, no echo;
+/// Ctrl-C still stops the monitor), restored when dropped. Only when stdin is a terminal.
+struct TerminalMode {
+    saved: Option<nix::sys::termios::Termios>,
+}
+
+impl TerminalMode {
+    fn enter() -> Self {
+        use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+        let stdin = io::stdin();
+        let Ok(saved) = tcgetattr(&stdin) else {
+            return Self { saved: None };
+        };
+        let mut raw = saved.clone();
+        raw.local_flags
+            .remove(LocalFlags::ICANON | LocalFlags::ECHO);
+        if tcsetattr(&stdin, SetArg::TCSANOW, &raw).is_err() {
+            return Self { saved: None };
+        }
+        Self { saved: Some(saved) }
+    }
+}
+
+impl Drop for TerminalMode {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.saved {
+            let _ = nix::sys::termios::tcsetattr(
+                io::stdin(),
+                nix::sys::termios::SetArg::TCSANOW,
+                saved,
+            );
+        }
+    }
+}
+
+fn scan_command(args: &ScanArgs) -> ExitCode {
+    let options = ScanOptions {
+        base: args.base,
+        truth: args.truth,
+        top: args.top,
+    };
+    let report = match scan::run(&args.file, &options) {
+        Ok(report) => report,
+        Err(err) => return report_error(&err),
+    };
+    let stdout = io::stdout().lock();
+    let mut out = BufWriter::new(stdout);
+    let written = if args.json {
+        report.write_json(&mut out)
+    } else {
+        report.write_table(&mut out)
+    }
+    .and_then(|()| out.flush());
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        // A reader that stopped early (`| head`) got what it wanted.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vmm: error: writing the report: {e}");
+            ExitCode::from(EXIT_INPUT_ERROR)
+        }
+    }
+}
+
+/// Prints `err` and picks the exit status. The messages embed their causes, so the
+/// top-level one says everything.
+fn report_error(err: &ScanError) -> ExitCode {
+    eprintln!("vmm: error: {err}");
+    ExitCode::from(if err.is_usage() {
+        EXIT_USAGE_ERROR
+    } else {
+        EXIT_INPUT_ERROR
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_in_hex_and_decimal() {
+        assert_eq!(parse_address("0x8000"), Ok(GuestLinear(0x8000)));
+        assert_eq!(parse_address("0XC000_0000"), Ok(GuestLinear(0xc000_0000)));
+        assert_eq!(parse_address("4096"), Ok(GuestLinear(4096)));
+        assert_eq!(parse_address("0xffffffff"), Ok(GuestLinear(u32::MAX)));
+        assert!(parse_address("0x100000000").is_err());
+        assert!(parse_address("-1").is_err());
+        assert!(parse_address("0x").is_err());
+        assert!(parse_address("ten").is_err());
+    }
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_size("128M"), Ok(128 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999999G").is_err());
+    }
+
+    #[test]
+    fn command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,12 @@
+//! The monitor's engine: guest memory, host CPU entry and exit, the virtual CPU and its
+//! emulation, segments, shadow paging, devices, loaders and the run loop. The `vmm`
+//! binary (`cli/`) and its tools build on it; optional parts such as the kernel proxy
+//! plug in through [`vm::EntryHook`].
+
+pub mod addr;
+pub mod devices;
+pub mod hostcpu;
+pub mod loader;
+pub mod memory;
+pub mod vcpu;
+pub mod vm;

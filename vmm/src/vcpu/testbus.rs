@@ -1,0 +1,238 @@
+//! A fake machine for the emulation tests: flat RAM (linear = physical), descriptor tables
+#![allow(dead_code)]
+//! built in it, a port log.
+
+use super::descriptor::{Descriptor, Gate};
+use super::state::{gpr, SegReg, Segment, TableReg, VcpuState};
+use super::{Fault, GuestBus};
+use crate::addr::GuestLinear;
+use std::collections::HashMap;
+
+/// RAM size.
+pub const RAM: usize = 0x10_0000;
+/// GDT base (limit 0xFF).
+pub const GDT: u32 = 0x1000;
+/// IDT base (limit 0x7FF).
+pub const IDT: u32 = 0x2000;
+/// TSS base.
+pub const TSS: u32 = 0x3000;
+/// I/O bitmap offset inside the TSS.
+pub const IOMAP: u32 = 0x68;
+/// LDT base.
+pub const LDT: u32 = 0x6000;
+/// Kernel stack top (TSS.ESP0).
+pub const KSTACK: u32 = 0x9000;
+/// User stack top.
+pub const USTACK: u32 = 0x8000;
+
+/// The fake bus.
+#[derive(Debug)]
+pub struct TestBus {
+    pub ram: Vec<u8>,
+    pub outs: Vec<(u16, u8, u32)>,
+    pub ins: HashMap<u16, u32>,
+    /// Linear ranges [start, end) that fault as not-present pages.
+    pub unmapped: Vec<(u32, u32)>,
+    pub tsc: u64,
+}
+
+pub fn flat(typ: u8, dpl: u8) -> Descriptor {
+    Descriptor {
+        base: 0,
+        limit: 0xfffff,
+        typ,
+        s: true,
+        dpl,
+        present: true,
+        avl: false,
+        l: false,
+        db: true,
+        g: true,
+    }
+}
+
+pub fn system(base: u32, limit: u32, typ: u8) -> Descriptor {
+    Descriptor {
+        base,
+        limit,
+        typ,
+        s: false,
+        dpl: 0,
+        present: true,
+        ..Default::default()
+    }
+}
+
+pub fn int_gate(sel: u16, offset: u32, typ: u8, dpl: u8) -> Gate {
+    Gate {
+        offset,
+        selector: sel,
+        typ,
+        dpl,
+        present: true,
+        ..Default::default()
+    }
+}
+
+impl Default for TestBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestBus {
+    pub fn new() -> Self {
+        let mut b = Self {
+            ram: vec![0; RAM],
+            outs: Vec::new(),
+            ins: HashMap::new(),
+            unmapped: Vec::new(),
+            tsc: 1000,
+        };
+        let gdt: [(u16, Descriptor); 10] = [
+            (0x08, flat(0xb, 0)),
+            (0x10, flat(0x2, 0)),
+            (0x18, flat(0xb, 3)),
+            (0x20, flat(0x3, 3)),
+            (0x28, system(TSS, IOMAP + 0x2000, 11)),
+            (0x30, system(LDT, 0x17, 2)),
+            (0x38, flat(0x9, 0)),
+            (
+                0x40,
+                Descriptor {
+                    present: false,
+                    ..flat(0x3, 0)
+                },
+            ),
+            (0x48, flat(0xf, 0)),
+            (
+                0x50,
+                Descriptor {
+                    db: false,
+                    limit: 0xffff,
+                    g: false,
+                    ..flat(0xb, 0)
+                },
+            ),
+        ];
+        for (sel, d) in gdt {
+            b.write_u64(GDT + u32::from(sel), d.encode());
+        }
+        // TSS: SS0:ESP0 and the I/O map base; the bitmap allows nothing, plus the
+        // terminating 0xFF byte.
+        b.write_u32(TSS + 4, KSTACK);
+        b.write_u32(TSS + 8, 0x10);
+        b.write_u32(TSS + 0x64, IOMAP << 16);
+        for i in 0..=0x2000 {
+            b.ram[(TSS + IOMAP + i) as usize] = 0xff;
+        }
+        b
+    }
+
+    /// Kernel (CPL 0) flat protected-mode state using the tables above.
+    pub fn protected_state(&self) -> VcpuState {
+        let mut s = VcpuState::multiboot_entry(0x10_0000 - 0x100, 0, 0);
+        s.gdtr = TableReg {
+            base: GDT,
+            limit: 0xff,
+        };
+        s.idtr = TableReg {
+            base: IDT,
+            limit: 0x7ff,
+        };
+        let mut tss = Descriptor::decode(self.read_u64(GDT + 0x28));
+        tss.typ = 11;
+        s.tr = Segment::from_descriptor(0x28, &tss);
+        s.gpr[gpr::ESP] = KSTACK;
+        s.eip = 0x7000;
+        s
+    }
+
+    /// Switches the state to CPL 3 with the flat user segments.
+    pub fn enter_user(&self, s: &mut VcpuState) {
+        *s.sreg_mut(SegReg::Cs) = Segment::from_descriptor(0x1b, &flat(0xb, 3));
+        for r in [SegReg::Ss, SegReg::Ds, SegReg::Es] {
+            *s.sreg_mut(r) = Segment::from_descriptor(0x23, &flat(0x3, 3));
+        }
+        s.gpr[gpr::ESP] = USTACK;
+    }
+
+    pub fn set_gate(&mut self, vector: u8, g: Gate) {
+        self.write_u64(IDT + u32::from(vector) * 8, g.encode());
+    }
+
+    pub fn set_gdt(&mut self, sel: u16, d: Descriptor) {
+        self.write_u64(GDT + u32::from(sel & 0xfff8), d.encode());
+    }
+
+    pub fn read_u64(&self, a: u32) -> u64 {
+        let a = a as usize;
+        u64::from_le_bytes(self.ram[a..a + 8].try_into().unwrap())
+    }
+    pub fn read_u32(&self, a: u32) -> u32 {
+        let a = a as usize;
+        u32::from_le_bytes(self.ram[a..a + 4].try_into().unwrap())
+    }
+    pub fn read_u16(&self, a: u32) -> u16 {
+        let a = a as usize;
+        u16::from_le_bytes(self.ram[a..a + 2].try_into().unwrap())
+    }
+    pub fn write_u64(&mut self, a: u32, v: u64) {
+        let a = a as usize;
+        self.ram[a..a + 8].copy_from_slice(&v.to_le_bytes());
+    }
+    pub fn write_u32(&mut self, a: u32, v: u32) {
+        let a = a as usize;
+        self.ram[a..a + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    pub fn write_u16(&mut self, a: u32, v: u16) {
+        let a = a as usize;
+        self.ram[a..a + 2].copy_from_slice(&v.to_le_bytes());
+    }
+
+    fn check(
+        &self,
+        addr: GuestLinear,
+        len: usize,
+        write: bool,
+        user: bool,
+    ) -> Result<usize, Fault> {
+        let a = addr.raw();
+        for (i, _) in (0..len).enumerate() {
+            let x = a.wrapping_add(i as u32);
+            let bad = self.unmapped.iter().any(|&(s, e)| x >= s && x < e) || x as usize >= RAM;
+            if bad {
+                let code = (u32::from(write) << 1) | (u32::from(user) << 2);
+                return Err(Fault::page_fault(GuestLinear(x), code));
+            }
+        }
+        Ok(a as usize)
+    }
+}
+
+impl GuestBus for TestBus {
+    fn read_linear(&mut self, addr: GuestLinear, buf: &mut [u8], user: bool) -> Result<(), Fault> {
+        let a = self.check(addr, buf.len(), false, user)?;
+        buf.copy_from_slice(&self.ram[a..a + buf.len()]);
+        Ok(())
+    }
+    fn write_linear(&mut self, addr: GuestLinear, data: &[u8], user: bool) -> Result<(), Fault> {
+        let a = self.check(addr, data.len(), true, user)?;
+        self.ram[a..a + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+    fn port_in(&mut self, port: u16, size: u8) -> u32 {
+        let v = self.ins.get(&port).copied().unwrap_or(0xffff_ffff);
+        match size {
+            1 => v & 0xff,
+            2 => v & 0xffff,
+            _ => v,
+        }
+    }
+    fn port_out(&mut self, port: u16, size: u8, value: u32) {
+        self.outs.push((port, size, value));
+    }
+    fn host_tsc(&mut self) -> u64 {
+        self.tsc
+    }
+}
