@@ -10,3 +10,4 @@ pub mod loader;
 pub mod memory;
 pub mod vcpu;
 pub mod vm;
+pub mod x86;

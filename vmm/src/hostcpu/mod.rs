@@ -127,17 +127,7 @@ pub enum HostCpuError {
     },
 }
 
-/// A segment register, to name the one an entry refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(missing_docs)]
-pub enum SegReg {
-    Cs,
-    Ss,
-    Ds,
-    Es,
-    Fs,
-    Gs,
-}
+pub use crate::x86::SegReg;
 
 /// Why the guest could not be entered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

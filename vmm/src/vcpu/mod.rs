@@ -44,54 +44,7 @@ pub use interrupts::{deliver, DeliveryError, Event};
 pub use segments::{load_segment, mirror_of, mirrors, MirrorDescriptor};
 pub use state::{SegReg, Segment, VcpuState};
 
-/// Exception vectors (SDM Vol. 3A, Table 6-1).
-#[derive(Debug)]
-pub struct Exception;
-
-impl Exception {
-    /// Divide error.
-    pub const DE: u8 = 0;
-    /// Debug exception.
-    pub const DB: u8 = 1;
-    /// Non-maskable interrupt.
-    pub const NMI: u8 = 2;
-    /// Breakpoint (INT3).
-    pub const BP: u8 = 3;
-    /// Overflow (INTO).
-    pub const OF: u8 = 4;
-    /// BOUND range exceeded.
-    pub const BR: u8 = 5;
-    /// Invalid opcode.
-    pub const UD: u8 = 6;
-    /// Device not available.
-    pub const NM: u8 = 7;
-    /// Double fault.
-    pub const DF: u8 = 8;
-    /// Invalid TSS.
-    pub const TS: u8 = 10;
-    /// Segment not present.
-    pub const NP: u8 = 11;
-    /// Stack-segment fault.
-    pub const SS: u8 = 12;
-    /// General protection.
-    pub const GP: u8 = 13;
-    /// Page fault.
-    pub const PF: u8 = 14;
-    /// x87 floating-point error.
-    pub const MF: u8 = 16;
-    /// Alignment check.
-    pub const AC: u8 = 17;
-    /// Machine check.
-    pub const MC: u8 = 18;
-    /// SIMD floating-point exception.
-    pub const XM: u8 = 19;
-
-    /// Whether the processor pushes an error code when it delivers this exception
-    /// (SDM Vol. 3A, Table 6-1: #DF, #TS, #NP, #SS, #GP, #PF, #AC).
-    pub const fn has_error_code(vector: u8) -> bool {
-        matches!(vector, 8 | 10 | 11 | 12 | 13 | 14 | 17)
-    }
-}
+pub use crate::x86::Exception;
 
 /// An exception raised by the guest's own instruction or by an event delivery: the vector
 /// and, for the vectors that have one, the error code to push.
