@@ -8,11 +8,12 @@
 //! which raises IRQ 0 for the rising edges of OUT0 since the previous poll.
 //! Channel 2's gate and OUT are wired to port 0x61, which Linux uses to calibrate its TSC.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use super::bus::{BusError, PortAction, PortBus, PortDevice};
 use super::clock::Clock;
 use super::irq::IrqLine;
+use super::lock;
 
 /// First PIT port (channel 0 data); 0x43 is the control word register.
 pub const PIT_BASE: u16 = 0x40;
@@ -534,16 +535,11 @@ struct PitPorts<C: Clock, L: IrqLine> {
 
 impl<C: Clock, L: IrqLine> PortDevice for PitPorts<C, L> {
     fn read(&mut self, offset: u16, _size: u8) -> u32 {
-        u32::from(
-            self.pit
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .read_port(offset),
-        )
+        u32::from(lock(&self.pit).read_port(offset))
     }
 
     fn write(&mut self, offset: u16, _size: u8, value: u32) -> PortAction {
-        let mut pit = self.pit.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pit = lock(&self.pit);
         pit.write_port(offset, (value & 0xff) as u8);
         PortAction::Continue
     }
@@ -556,16 +552,11 @@ struct PortB<C: Clock, L: IrqLine> {
 
 impl<C: Clock, L: IrqLine> PortDevice for PortB<C, L> {
     fn read(&mut self, _offset: u16, _size: u8) -> u32 {
-        u32::from(
-            self.pit
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .read_port_b(),
-        )
+        u32::from(lock(&self.pit).read_port_b())
     }
 
     fn write(&mut self, _offset: u16, _size: u8, value: u32) -> PortAction {
-        let mut pit = self.pit.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pit = lock(&self.pit);
         pit.write_port_b((value & 0xff) as u8);
         PortAction::Continue
     }
