@@ -12,7 +12,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::addr::{GuestLinear, GuestPhys, PAGE_SIZE};
+use crate::addr::{GuestLinear, GuestPhys, HostAddr, PAGE_SIZE};
 
 /// Smallest guest RAM accepted: real-mode low memory plus room for a kernel.
 pub const MIN_RAM_SIZE: u64 = 1 << 20;
@@ -40,10 +40,10 @@ pub enum MemoryError {
     #[error("cannot map the monitor's view of guest RAM")]
     MapView(#[source] io::Error),
     /// The monitor's view landed below 4 GiB, where the guest could reach it.
-    #[error("the monitor's view of guest RAM landed at {addr:#x}, below 4 GiB")]
+    #[error("the monitor's view of guest RAM landed at {addr}, below 4 GiB")]
     ViewTooLow {
         /// Where the host placed the view.
-        addr: usize,
+        addr: HostAddr,
     },
     /// An access to guest physical memory left guest RAM.
     #[error("guest physical access at {addr} of {len} bytes is outside guest RAM")]
@@ -137,12 +137,12 @@ impl GuestRam {
             return Err(MemoryError::BadRamSize { size });
         }
         let fd = create_memfd(size).map_err(MemoryError::Memfd)?;
-        let size = size as usize;
+        let size = usize::try_from(size).map_err(|_| MemoryError::BadRamSize { size })?;
         let view = map_view(&fd, size).map_err(MemoryError::MapView)?;
         let ram = Self { fd, view, size };
-        if (ram.view.as_ptr() as u64) < LINEAR_TOP {
+        if ram.host_base().raw() < LINEAR_TOP {
             return Err(MemoryError::ViewTooLow {
-                addr: ram.view.as_ptr() as usize,
+                addr: ram.host_base(),
             });
         }
         Ok(ram)
@@ -159,8 +159,8 @@ impl GuestRam {
     }
 
     /// Host address of the monitor's view (always ≥ 4 GiB).
-    pub fn host_base(&self) -> usize {
-        self.view.as_ptr() as usize
+    pub fn host_base(&self) -> HostAddr {
+        HostAddr::of(self.view.as_ptr())
     }
 
     /// All of guest RAM as one mutable slice, for loaders. The borrow ends before any guest
@@ -578,7 +578,7 @@ mod tests {
     #[test]
     fn ram_accessors_round_trip_and_check_bounds() {
         let mut ram = GuestRam::new(MIN_RAM_SIZE).unwrap();
-        assert!(ram.host_base() as u64 >= LINEAR_TOP);
+        assert!(ram.host_base().raw() >= LINEAR_TOP);
         ram.write_u32(GuestPhys(0x1001), 0xdead_beef).unwrap();
         assert_eq!(ram.read_u32(GuestPhys(0x1001)).unwrap(), 0xdead_beef);
         assert_eq!(ram.read_u16(GuestPhys(0x1003)).unwrap(), 0xdead);

@@ -3,7 +3,7 @@
 //! Compat-mode code can enter the host kernel with `INT 0x80`, `SYSENTER` or `SYSCALL`. The
 //! guest trap filter turns every syscall that is not x86-64 or whose instruction pointer is
 //! below 4 GiB (where all guest code lives) into SIGSYS, which reaches the monitor as an
-//! [`ExitKind::Syscall`](super::ExitKind::Syscall) exit.
+//! [`HostExitKind::Syscall`](super::HostExitKind::Syscall) exit.
 
 use seccompiler::sock_filter;
 

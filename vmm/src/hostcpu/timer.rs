@@ -1,7 +1,7 @@
 //! Asynchronous exits: a host timer for the virtual PIT and a kick from other threads, both
 //! real-time signals aimed at the vCPU thread.
 //!
-//! If the signal lands in guest code the run returns [`ExitKind::Async`](super::ExitKind);
+//! If the signal lands in guest code the run returns [`HostExitKind::Async`](super::HostExitKind);
 //! if it lands in monitor code the handler only marks work pending, and the next
 //! [`HostCpu::run`](super::HostCpu::run) returns `Async` without entering the guest.
 
