@@ -278,8 +278,10 @@ fn create_memfd(size: u64) -> io::Result<OwnedFd> {
     }
     // SAFETY: `raw` is a freshly created descriptor that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: ftruncate on an owned memfd; `size` < 4 GiB fits off_t.
-    if unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) } != 0 {
+    let size =
+        libc::off_t::try_from(size).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: ftruncate on an owned memfd.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(fd)
@@ -352,7 +354,13 @@ impl Prot {
 /// Only one reservation of the low 4 GiB can exist per process.
 static RESERVED: AtomicBool = AtomicBool::new(false);
 
-const LINEAR_PAGES: usize = (LINEAR_TOP / PAGE_SIZE as u64) as usize;
+/// Linear pages in the 32-bit space.
+const LINEAR_PAGES: usize = 1 << 20;
+/// The reservation as host addresses: `[LINEAR_RESERVE_START, LINEAR_TOP)`.
+const RESERVE_START: usize = 1 << 12;
+const RESERVE_LEN: usize = (1 << 32) - RESERVE_START;
+const _: () = assert!(LINEAR_TOP == (LINEAR_PAGES as u64) * PAGE_SIZE as u64);
+const _: () = assert!(LINEAR_RESERVE_START == RESERVE_START as u64);
 
 /// The guest linear address space: the low 4 GiB of this process, reserved PROT_NONE at
 /// creation; guest RAM pages are mapped into it and taken back out, never leaving a hole.
@@ -375,12 +383,7 @@ impl LinearSpace {
         if RESERVED.swap(true, Ordering::AcqRel) {
             return Err(MemoryError::AlreadyReserved);
         }
-        let len = (LINEAR_TOP - LINEAR_RESERVE_START) as usize;
-        match reserve_fixed(
-            LINEAR_RESERVE_START as usize,
-            len,
-            libc::MAP_FIXED_NOREPLACE,
-        ) {
+        match reserve_fixed(RESERVE_START, RESERVE_LEN, libc::MAP_FIXED_NOREPLACE) {
             Ok(()) => Ok(Self {
                 mapped: vec![0; LINEAR_PAGES / 64],
             }),
@@ -503,9 +506,8 @@ impl LinearSpace {
 
 impl Drop for LinearSpace {
     fn drop(&mut self) {
-        let len = (LINEAR_TOP - LINEAR_RESERVE_START) as usize;
         // SAFETY: the whole range is this value's reservation; nothing else may map there.
-        unsafe { libc::munmap(LINEAR_RESERVE_START as usize as *mut c_void, len) };
+        unsafe { libc::munmap(RESERVE_START as *mut c_void, RESERVE_LEN) };
         RESERVED.store(false, Ordering::Release);
     }
 }
@@ -585,7 +587,7 @@ mod tests {
         assert_eq!(ram.read_u8(GuestPhys(0x1001)).unwrap(), 0xef);
         ram.write_u16(GuestPhys(0xffffe), 0x1234).unwrap();
         assert_eq!(ram.as_mut_slice()[0xfffff], 0x12);
-        let end = GuestPhys(MIN_RAM_SIZE as u32 - 2);
+        let end = GuestPhys((1 << 20) - 2);
         assert!(matches!(
             ram.read_u32(end),
             Err(MemoryError::OutOfBounds { addr, len: 4 }) if addr == end

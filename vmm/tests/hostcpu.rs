@@ -134,7 +134,7 @@ fn load(
     ram.write(GuestPhys(at), &res.inner.code_buffer).unwrap();
     labels
         .iter()
-        .map(|l| res.label_ip(l).unwrap() as u32)
+        .map(|l| u32::try_from(res.label_ip(l).unwrap()).unwrap())
         .collect()
 }
 
@@ -167,10 +167,10 @@ fn every_synchronous_exit_kind_and_resume() {
     let msg = DATA + 0x800;
     ram.write(GuestPhys(msg), b"leak!").unwrap();
     // 32-bit syscall numbers: write, exit, exit_group.
-    const NR_WRITE: u32 = 4;
-    const NR_EXIT: u32 = 1;
-    const NR_EXIT_GROUP: u32 = 252;
-    let pw = pipe_w.as_raw_fd() as u32;
+    const NR_WRITE: i32 = 4;
+    const NR_EXIT: i32 = 1;
+    const NR_EXIT_GROUP: i32 = 252;
+    let pw = u32::try_from(pipe_w.as_raw_fd()).unwrap();
 
     let l = load32(ram, |a| {
         let start = label(a);
@@ -357,29 +357,19 @@ fn every_synchronous_exit_kind_and_resume() {
             ctx.eip = after_cpuid;
         }
         let e = cpu.run(&mut ctx);
-        expect(
-            &e,
-            HostExitKind::Syscall {
-                nr: NR_WRITE as i32,
-            },
-        );
+        expect(&e, HostExitKind::Syscall { nr: NR_WRITE });
         assert_eq!(
             (e.signo, ctx.eip, ctx.eax),
-            (libc::SIGSYS, after_int80_write, NR_WRITE)
+            (libc::SIGSYS, after_int80_write, NR_WRITE.unsigned_abs())
         );
         assert_eq!(ctx.cs, ldt_selector(CODE_IDX));
 
         let e = cpu.run(&mut ctx);
-        expect(&e, HostExitKind::Syscall { nr: NR_EXIT as i32 });
+        expect(&e, HostExitKind::Syscall { nr: NR_EXIT });
         assert_eq!(ctx.eip, after_int80_exit);
 
         let e = cpu.run(&mut ctx);
-        expect(
-            &e,
-            HostExitKind::Syscall {
-                nr: NR_EXIT_GROUP as i32,
-            },
-        );
+        expect(&e, HostExitKind::Syscall { nr: NR_EXIT_GROUP });
         assert_eq!(ctx.eip, after_int80_exit_group);
 
         // SYSENTER comes back mangled (host selector 0x23, EIP elsewhere) but never runs
@@ -793,7 +783,7 @@ fn linear_space_validates_ranges() {
         lin.map(
             GuestLinear(0x90_0000),
             ram,
-            GuestPhys(RAM_SIZE as u32 - 0x1000),
+            GuestPhys(u32::try_from(RAM_SIZE).unwrap() - 0x1000),
             0x2000,
             Prot::R
         ),
@@ -863,7 +853,8 @@ fn signal_storm_anywhere_in_entry_and_exit_keeps_guest_state_exact() {
         a.set_label(&mut top).unwrap();
         // FS must point at the window even when a signal hit between loading it and iretq.
         a.mov(eax, dword_ptr(0x10).fs()).unwrap();
-        a.cmp(eax, 0xcafe_f00du32 as i32).unwrap();
+        a.cmp(eax, i32::from_ne_bytes(0xcafe_f00du32.to_ne_bytes()))
+            .unwrap();
         a.jne(bad).unwrap();
         a.inc(esi).unwrap();
         a.mov(dword_ptr(counter), esi).unwrap();
@@ -885,7 +876,7 @@ fn signal_storm_anywhere_in_entry_and_exit_keeps_guest_state_exact() {
     let mut ctx = fresh_ctx(CODE);
     ctx.fs = win;
     let (mut halts, mut asyncs) = (0u32, 0u32);
-    while halts < 5 * ROUNDS as u32 {
+    while halts < 5 * u32::try_from(ROUNDS).unwrap() {
         let e = cpu.run(&mut ctx);
         match e.kind {
             HostExitKind::Fault {
@@ -924,7 +915,7 @@ fn changed_ldt_descriptor_behind_an_unchanged_selector_takes_effect() {
         a.hlt().unwrap();
         vec![start]
     });
-    for i in 0..ROUNDS as u32 / 4 {
+    for i in 0..u32::try_from(ROUNDS).unwrap() / 4 {
         // Each round moves the segment to another page holding a different value.
         let base = DATA + 0x1000 * (1 + i % 8);
         ram.write_u32(GuestPhys(base), 0x1000_0000 + i).unwrap();

@@ -291,7 +291,7 @@ mod tests {
         fn write(&mut self, offset: u16, size: u8, value: u32) -> PortAction {
             self.log.push(('w', offset, size, value));
             for i in 0..usize::from(size) {
-                self.regs[usize::from(offset) + i] = (value >> (8 * i)) as u8;
+                self.regs[usize::from(offset) + i] = value.to_le_bytes()[i];
             }
             PortAction::Continue
         }

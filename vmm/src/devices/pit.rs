@@ -122,9 +122,15 @@ fn bcd_to_bin(v: u16) -> u64 {
         .fold(0, |acc, i| acc * 10 + u64::from((v >> (4 * i)) & 0xf))
 }
 
+/// The 16 bits a counter reads back as: a count of 0x10000 (the full period) reads as 0,
+/// as on the 8254.
+fn low16(v: u64) -> u16 {
+    (v & 0xffff) as u16
+}
+
 fn bin_to_bcd(v: u64) -> u16 {
     (0..4).fold(0u16, |acc, i| {
-        acc | (((v / 10u64.pow(i)) % 10) as u16) << (4 * i)
+        acc | u16::try_from((v / 10u64.pow(i)) % 10).unwrap_or(0) << (4 * i)
     })
 }
 
@@ -242,7 +248,7 @@ impl PitChannel {
     fn latch_count(&mut self, now: u64) {
         if self.count_latched.is_none() {
             let v = self.counter(now);
-            self.latched_count = if self.bcd { bin_to_bcd(v) } else { v as u16 };
+            self.latched_count = if self.bcd { bin_to_bcd(v) } else { low16(v) };
             self.count_latched = Some(self.rw);
         }
     }
@@ -311,7 +317,7 @@ impl PitChannel {
             };
         }
         let v = self.counter(now);
-        let [lo, hi] = (if self.bcd { bin_to_bcd(v) } else { v as u16 }).to_le_bytes();
+        let [lo, hi] = (if self.bcd { bin_to_bcd(v) } else { low16(v) }).to_le_bytes();
         match self.read_state {
             Access::Lsb => lo,
             Access::Msb => hi,

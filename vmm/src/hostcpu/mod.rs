@@ -35,6 +35,7 @@
 pub mod cpuid;
 mod entry;
 pub mod ldt;
+mod regs;
 pub mod seccomp;
 mod signals;
 pub mod timer;
@@ -47,6 +48,7 @@ use std::sync::atomic::Ordering;
 
 use entry::{CpuBlock, Landing};
 pub use entry::{GuestContext, XsaveArea, XSAVE_AREA_SIZE};
+use regs::{low32, low8};
 
 use crate::addr::{GuestLinear, HostAddr};
 use crate::x86::Exception;
@@ -360,8 +362,8 @@ impl HostCpu {
             Landing::EntryFault | Landing::Guest => {
                 let kind = if landing == Landing::EntryFault {
                     HostExitKind::BadEntry(BadEntry::Faulted {
-                        vector: raw.trapno as u8,
-                        error_code: raw.err as u32,
+                        vector: low8(raw.trapno),
+                        error_code: low32(raw.err),
                     })
                 } else {
                     decode(&raw)
@@ -422,14 +424,14 @@ fn decode(raw: &entry::RawExit) -> HostExitKind {
             if let Some(addr) = HostAddr(raw.addr).guest_linear() {
                 return HostExitKind::PageFault {
                     addr,
-                    error_code: raw.err as u32,
+                    error_code: low32(raw.err),
                 };
             }
             return HostExitKind::Signal;
         }
         return HostExitKind::Fault {
-            vector: raw.trapno as u8,
-            error_code: raw.err as u32,
+            vector: low8(raw.trapno),
+            error_code: low32(raw.err),
         };
     }
     HostExitKind::Signal
@@ -454,6 +456,11 @@ fn check_selectors(ctx: &GuestContext) -> Result<(), BadEntry> {
     Ok(())
 }
 
+/// A CPUID register value as a size (lossless on the 64-bit host).
+fn u32_usize(v: u32) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
 /// The XSAVE component mask (XCR0 minus AMX), after checking the image fits.
 fn xsave_mask() -> Result<u64, HostCpuError> {
     // With CPUID faulting already on, the exit handler emulates this CPUID.
@@ -476,7 +483,7 @@ fn xsave_mask() -> Result<u64, HostCpuError> {
         if mask & (1 << i) != 0 {
             // Leaf 0xD exists when OSXSAVE is set.
             let c = std::arch::x86_64::__cpuid_count(0xd, i);
-            size = size.max(c.ebx as usize + c.eax as usize);
+            size = size.max(u32_usize(c.ebx) + u32_usize(c.eax));
         }
     }
     if size > XSAVE_AREA_SIZE {

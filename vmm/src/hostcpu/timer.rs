@@ -111,8 +111,9 @@ impl VcpuTimer {
     /// [`TimerError::Arm`] if the host refuses.
     pub fn arm(&self, first: Duration, period: Duration) -> Result<(), TimerError> {
         let ts = |d: Duration| libc::timespec {
-            tv_sec: d.as_secs() as libc::time_t,
-            tv_nsec: libc::c_long::from(d.subsec_nanos() as i32),
+            tv_sec: libc::time_t::try_from(d.as_secs()).unwrap_or(libc::time_t::MAX),
+            // Below 10^9: always fits.
+            tv_nsec: libc::c_long::from(d.subsec_nanos()),
         };
         let spec = libc::itimerspec {
             it_interval: ts(period),

@@ -93,8 +93,12 @@ pub fn handle(state: &mut VcpuState, bus: &mut impl GuestBus, exit: &GuestExit) 
         GuestExit::GeneralProtection { error_code, instr } => {
             if error_code & ERROR_CODE_IDT != 0 {
                 // INT n through a host gate of DPL 0: the instruction did not execute.
-                let vector = (error_code >> 3) as u8;
-                let len = instr.as_ref().map_or(2, |i| i.len() as u32);
+                // The selector index of an IDT entry is its vector.
+                let vector = ((error_code >> 3) & 0xff) as u8;
+                // An instruction is at most 15 bytes.
+                let len = instr
+                    .as_ref()
+                    .map_or(2, |i| u32::try_from(i.len()).unwrap_or(2));
                 let next_eip = state.eip.wrapping_add(len);
                 return deliver_event(
                     state,

@@ -20,6 +20,7 @@ use rewriter::{
     Site, TRAP_BYTE,
 };
 
+use super::fetch::insn_len;
 use crate::addr::{GuestLinear, GuestPhys, PAGE_SIZE};
 use crate::memory::{GuestRam, LinearSpace, MemoryError, Prot};
 
@@ -108,7 +109,8 @@ impl Snapshot {
     /// `end` bounds the bytes kept (contiguous RAM from `page`); `straddle_end` is where
     /// the scan's last instruction ends, possibly in the next page.
     fn take(ram: &GuestRam, page: u32, starts: &[u32], end: u64, straddle_end: u64) -> Self {
-        let mut bytes = vec![0u8; end.saturating_sub(u64::from(page)) as usize];
+        let len = usize::try_from(end.saturating_sub(u64::from(page))).unwrap_or(0);
+        let mut bytes = vec![0u8; len];
         let n = RamCode(ram).read(page, &mut bytes);
         bytes.truncate(n);
         let mut runs: Vec<(u32, Box<[u8]>)> = Vec::new();
@@ -126,14 +128,14 @@ impl Snapshot {
             }
         }
         if let Some((s, e)) = run {
-            let e = e.min(bytes.len() as u32);
+            let e = e.min(u32::try_from(bytes.len()).unwrap_or(u32::MAX));
             runs.push((s, bytes[s as usize..e as usize].into()));
         }
         let page_end = u64::from(page) + u64::from(PAGE_SIZE);
         Self {
             runs,
             starts: starts.to_vec(),
-            carried: straddle_end.saturating_sub(page_end) as usize,
+            carried: usize::try_from(straddle_end.saturating_sub(page_end)).unwrap_or(0),
         }
     }
 
@@ -184,7 +186,7 @@ fn fall_through_into_next(ram: &GuestRam, patches: &PatchTable, last: u32) -> Op
         iced_x86::DecoderOptions::NONE,
     );
     let instr = decoder.decode();
-    let end = last.checked_add(instr.len() as u32)?;
+    let end = last.checked_add(insn_len(&instr))?;
     let falls_through = !instr.is_invalid() && rewriter::flow(&instr).falls_through();
     (falls_through && page_of(end) != page_of(last)).then_some(end)
 }
@@ -198,7 +200,7 @@ fn instruction_len(bytes: &[u8], off: u32) -> u32 {
     if instr.is_invalid() {
         1
     } else {
-        instr.len() as u32
+        insn_len(&instr)
     }
 }
 
@@ -216,7 +218,7 @@ impl CodeMemory for PagedCode<'_> {
     fn read(&self, addr: u32, buf: &mut [u8]) -> usize {
         let mut done = 0;
         while done < buf.len() {
-            let at = addr.wrapping_add(done as u32);
+            let at = addr.wrapping_add(u32::try_from(done).unwrap_or(u32::MAX));
             let phys = if page_of(at) == self.page {
                 at
             } else if page_of(at) == self.page.wrapping_add(PAGE_SIZE) {
@@ -711,9 +713,9 @@ impl CodePages {
             n != page
                 && carried > 0
                 && self.armed.get(&n).is_some_and(|s| {
-                    s.starts
-                        .first()
-                        .is_some_and(|&first| first < n + carried as u32)
+                    s.starts.first().is_some_and(|&first| {
+                        first < n.saturating_add(u32::try_from(carried).unwrap_or(u32::MAX))
+                    })
                 })
         });
         Ok(PhysicalScan {
