@@ -12,10 +12,10 @@
 //!
 //! An exit goes through three stages, each named once: the host's raw exit
 //! ([`crate::hostcpu::HostExit`], decoded from the signal), its classification into what
-//! it means ([`classify`]), and its handling ([`handle`]; what the guest must see goes on
-//! to [`crate::vcpu::exit::handle`]). Host page faults are handled in [`page_fault`]
+//! it means (`classify.rs`), and its handling (`handle.rs`; what the guest must see goes on
+//! to [`crate::vcpu::exit::handle`]). Host page faults are handled in `page_fault.rs`
 //! (hidden fault filled, true fault injected, code fetch scanned, write mediated); trap
-//! bytes in [`trap`]; what emulation changed is applied on the host in [`effects`].
+//! bytes in `trap.rs`; what emulation changed is applied on the host in `effects.rs`.
 
 mod access;
 mod breakpoints;

@@ -3,7 +3,7 @@
 //! - [`scan`]: scan-before-execute over guest RAM, the patch table and its counters;
 //! - [`fetch`]: guest code read as the CPU fetches it (through the guest's translation,
 //!   original bytes) and decoded;
-//! - [`entry_hook`]: optional parts (the kernel proxy) serving guest entry points.
+//! - [`EntryHook`]: optional parts (the kernel proxy) serving guest entry points.
 
 mod entry_hook;
 pub mod fetch;
