@@ -9,8 +9,9 @@ use std::time::Instant;
 use iced_x86::code_asm::*;
 use vmm::addr::{GuestLinear, GuestPhys};
 use vmm::hostcpu::ldt::{self, ldt_selector, LdtDescriptor};
-use vmm::hostcpu::{seccomp, ExitKind, GuestContext, HostCpu, VECTOR_BP, VECTOR_GP};
+use vmm::hostcpu::{seccomp, GuestContext, HostCpu, HostExitKind};
 use vmm::memory::{GuestRam, LinearSpace, Prot};
+use vmm::x86::Exception;
 
 const BATCHES: usize = 21;
 const PER_BATCH: u32 = 5_000;
@@ -114,8 +115,8 @@ fn main() {
             let e = cpu.run(&mut ctx);
             assert_eq!(
                 e.kind,
-                ExitKind::Fault {
-                    vector: VECTOR_BP,
+                HostExitKind::Fault {
+                    vector: Exception::BP,
                     error_code: 0
                 }
             );
@@ -125,8 +126,8 @@ fn main() {
             let e = cpu.run(&mut ctx);
             assert_eq!(
                 e.kind,
-                ExitKind::Fault {
-                    vector: VECTOR_GP,
+                HostExitKind::Fault {
+                    vector: Exception::GP,
                     error_code: 0
                 }
             );

@@ -12,7 +12,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::addr::{GuestLinear, GuestPhys, PAGE_SIZE};
+use crate::addr::{GuestLinear, GuestPhys, HostAddr, PAGE_SIZE};
 
 /// Smallest guest RAM accepted: real-mode low memory plus room for a kernel.
 pub const MIN_RAM_SIZE: u64 = 1 << 20;
@@ -40,10 +40,10 @@ pub enum MemoryError {
     #[error("cannot map the monitor's view of guest RAM")]
     MapView(#[source] io::Error),
     /// The monitor's view landed below 4 GiB, where the guest could reach it.
-    #[error("the monitor's view of guest RAM landed at {addr:#x}, below 4 GiB")]
+    #[error("the monitor's view of guest RAM landed at {addr}, below 4 GiB")]
     ViewTooLow {
         /// Where the host placed the view.
-        addr: usize,
+        addr: HostAddr,
     },
     /// An access to guest physical memory left guest RAM.
     #[error("guest physical access at {addr} of {len} bytes is outside guest RAM")]
@@ -137,12 +137,12 @@ impl GuestRam {
             return Err(MemoryError::BadRamSize { size });
         }
         let fd = create_memfd(size).map_err(MemoryError::Memfd)?;
-        let size = size as usize;
+        let size = usize::try_from(size).map_err(|_| MemoryError::BadRamSize { size })?;
         let view = map_view(&fd, size).map_err(MemoryError::MapView)?;
         let ram = Self { fd, view, size };
-        if (ram.view.as_ptr() as u64) < LINEAR_TOP {
+        if ram.host_base().raw() < LINEAR_TOP {
             return Err(MemoryError::ViewTooLow {
-                addr: ram.view.as_ptr() as usize,
+                addr: ram.host_base(),
             });
         }
         Ok(ram)
@@ -159,8 +159,8 @@ impl GuestRam {
     }
 
     /// Host address of the monitor's view (always ≥ 4 GiB).
-    pub fn host_base(&self) -> usize {
-        self.view.as_ptr() as usize
+    pub fn host_base(&self) -> HostAddr {
+        HostAddr::of(self.view.as_ptr())
     }
 
     /// All of guest RAM as one mutable slice, for loaders. The borrow ends before any guest
@@ -278,8 +278,10 @@ fn create_memfd(size: u64) -> io::Result<OwnedFd> {
     }
     // SAFETY: `raw` is a freshly created descriptor that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: ftruncate on an owned memfd; `size` < 4 GiB fits off_t.
-    if unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) } != 0 {
+    let size =
+        libc::off_t::try_from(size).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: ftruncate on an owned memfd.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(fd)
@@ -352,7 +354,13 @@ impl Prot {
 /// Only one reservation of the low 4 GiB can exist per process.
 static RESERVED: AtomicBool = AtomicBool::new(false);
 
-const LINEAR_PAGES: usize = (LINEAR_TOP / PAGE_SIZE as u64) as usize;
+/// Linear pages in the 32-bit space.
+const LINEAR_PAGES: usize = 1 << 20;
+/// The reservation as host addresses: `[LINEAR_RESERVE_START, LINEAR_TOP)`.
+const RESERVE_START: usize = 1 << 12;
+const RESERVE_LEN: usize = (1 << 32) - RESERVE_START;
+const _: () = assert!(LINEAR_TOP == (LINEAR_PAGES as u64) * PAGE_SIZE as u64);
+const _: () = assert!(LINEAR_RESERVE_START == RESERVE_START as u64);
 
 /// The guest linear address space: the low 4 GiB of this process, reserved PROT_NONE at
 /// creation; guest RAM pages are mapped into it and taken back out, never leaving a hole.
@@ -375,12 +383,7 @@ impl LinearSpace {
         if RESERVED.swap(true, Ordering::AcqRel) {
             return Err(MemoryError::AlreadyReserved);
         }
-        let len = (LINEAR_TOP - LINEAR_RESERVE_START) as usize;
-        match reserve_fixed(
-            LINEAR_RESERVE_START as usize,
-            len,
-            libc::MAP_FIXED_NOREPLACE,
-        ) {
+        match reserve_fixed(RESERVE_START, RESERVE_LEN, libc::MAP_FIXED_NOREPLACE) {
             Ok(()) => Ok(Self {
                 mapped: vec![0; LINEAR_PAGES / 64],
             }),
@@ -503,9 +506,8 @@ impl LinearSpace {
 
 impl Drop for LinearSpace {
     fn drop(&mut self) {
-        let len = (LINEAR_TOP - LINEAR_RESERVE_START) as usize;
         // SAFETY: the whole range is this value's reservation; nothing else may map there.
-        unsafe { libc::munmap(LINEAR_RESERVE_START as usize as *mut c_void, len) };
+        unsafe { libc::munmap(RESERVE_START as *mut c_void, RESERVE_LEN) };
         RESERVED.store(false, Ordering::Release);
     }
 }
@@ -578,14 +580,14 @@ mod tests {
     #[test]
     fn ram_accessors_round_trip_and_check_bounds() {
         let mut ram = GuestRam::new(MIN_RAM_SIZE).unwrap();
-        assert!(ram.host_base() as u64 >= LINEAR_TOP);
+        assert!(ram.host_base().raw() >= LINEAR_TOP);
         ram.write_u32(GuestPhys(0x1001), 0xdead_beef).unwrap();
         assert_eq!(ram.read_u32(GuestPhys(0x1001)).unwrap(), 0xdead_beef);
         assert_eq!(ram.read_u16(GuestPhys(0x1003)).unwrap(), 0xdead);
         assert_eq!(ram.read_u8(GuestPhys(0x1001)).unwrap(), 0xef);
         ram.write_u16(GuestPhys(0xffffe), 0x1234).unwrap();
         assert_eq!(ram.as_mut_slice()[0xfffff], 0x12);
-        let end = GuestPhys(MIN_RAM_SIZE as u32 - 2);
+        let end = GuestPhys((1 << 20) - 2);
         assert!(matches!(
             ram.read_u32(end),
             Err(MemoryError::OutOfBounds { addr, len: 4 }) if addr == end

@@ -16,10 +16,10 @@ use vmm::addr::{GuestLinear, GuestPhys};
 use vmm::hostcpu::ldt::{self, ldt_selector, LdtDescriptor, SegmentKind};
 use vmm::hostcpu::timer::{kick_signal, timer_signal, VcpuTimer};
 use vmm::hostcpu::{
-    cpuid, seccomp, BadEntry, Exit, ExitKind, GuestContext, HostCpu, SegReg, HOST_CS64, VECTOR_BP,
-    VECTOR_DE, VECTOR_GP, VECTOR_UD,
+    cpuid, seccomp, BadEntry, GuestContext, HostCpu, HostExit, HostExitKind, SegReg, HOST_CS64,
 };
 use vmm::memory::{GuestRam, LinearSpace, MemoryError, Prot};
+use vmm::x86::Exception;
 
 const RAM_SIZE: u64 = 8 << 20;
 /// Guest code is placed here; RAM is mapped 1:1 from 4 KiB to `MAPPED_END`.
@@ -134,7 +134,7 @@ fn load(
     ram.write(GuestPhys(at), &res.inner.code_buffer).unwrap();
     labels
         .iter()
-        .map(|l| res.label_ip(l).unwrap() as u32)
+        .map(|l| u32::try_from(res.label_ip(l).unwrap()).unwrap())
         .collect()
 }
 
@@ -146,7 +146,7 @@ fn label(a: &mut CodeAssembler) -> CodeLabel {
     l
 }
 
-fn expect(exit: &Exit, kind: ExitKind) {
+fn expect(exit: &HostExit, kind: HostExitKind) {
     assert_eq!(exit.kind, kind, "{exit:?}");
 }
 
@@ -167,10 +167,10 @@ fn every_synchronous_exit_kind_and_resume() {
     let msg = DATA + 0x800;
     ram.write(GuestPhys(msg), b"leak!").unwrap();
     // 32-bit syscall numbers: write, exit, exit_group.
-    const NR_WRITE: u32 = 4;
-    const NR_EXIT: u32 = 1;
-    const NR_EXIT_GROUP: u32 = 252;
-    let pw = pipe_w.as_raw_fd() as u32;
+    const NR_WRITE: i32 = 4;
+    const NR_EXIT: i32 = 1;
+    const NR_EXIT_GROUP: i32 = 252;
+    let pw = u32::try_from(pipe_w.as_raw_fd()).unwrap();
 
     let l = load32(ram, |a| {
         let start = label(a);
@@ -274,8 +274,8 @@ fn every_synchronous_exit_kind_and_resume() {
         let e = cpu.run(&mut ctx);
         expect(
             &e,
-            ExitKind::Fault {
-                vector: VECTOR_GP,
+            HostExitKind::Fault {
+                vector: Exception::GP,
                 error_code: 0,
             },
         );
@@ -291,8 +291,8 @@ fn every_synchronous_exit_kind_and_resume() {
         let e = cpu.run(&mut ctx);
         expect(
             &e,
-            ExitKind::Fault {
-                vector: VECTOR_BP,
+            HostExitKind::Fault {
+                vector: Exception::BP,
                 error_code: 0,
             },
         );
@@ -301,8 +301,8 @@ fn every_synchronous_exit_kind_and_resume() {
         let e = cpu.run(&mut ctx);
         expect(
             &e,
-            ExitKind::Fault {
-                vector: VECTOR_UD,
+            HostExitKind::Fault {
+                vector: Exception::UD,
                 error_code: 0,
             },
         );
@@ -312,8 +312,8 @@ fn every_synchronous_exit_kind_and_resume() {
         let e = cpu.run(&mut ctx);
         expect(
             &e,
-            ExitKind::Fault {
-                vector: VECTOR_DE,
+            HostExitKind::Fault {
+                vector: Exception::DE,
                 error_code: 0,
             },
         );
@@ -321,7 +321,7 @@ fn every_synchronous_exit_kind_and_resume() {
 
         ctx.eip = after_div;
         let e = cpu.run(&mut ctx);
-        let ExitKind::PageFault { addr, error_code } = e.kind else {
+        let HostExitKind::PageFault { addr, error_code } = e.kind else {
             panic!("{e:?}")
         };
         assert_eq!(addr, GuestLinear(UNMAPPED + 0x24));
@@ -333,7 +333,7 @@ fn every_synchronous_exit_kind_and_resume() {
 
         ctx.eip = after_read;
         let e = cpu.run(&mut ctx);
-        let ExitKind::PageFault { addr, error_code } = e.kind else {
+        let HostExitKind::PageFault { addr, error_code } = e.kind else {
             panic!("{e:?}")
         };
         assert_eq!(addr, GuestLinear(READ_ONLY + 8));
@@ -348,8 +348,8 @@ fn every_synchronous_exit_kind_and_resume() {
             let e = cpu.run(&mut ctx);
             expect(
                 &e,
-                ExitKind::Fault {
-                    vector: VECTOR_GP,
+                HostExitKind::Fault {
+                    vector: Exception::GP,
                     error_code: 0,
                 },
             );
@@ -357,29 +357,19 @@ fn every_synchronous_exit_kind_and_resume() {
             ctx.eip = after_cpuid;
         }
         let e = cpu.run(&mut ctx);
-        expect(
-            &e,
-            ExitKind::Syscall {
-                nr: NR_WRITE as i32,
-            },
-        );
+        expect(&e, HostExitKind::Syscall { nr: NR_WRITE });
         assert_eq!(
             (e.signo, ctx.eip, ctx.eax),
-            (libc::SIGSYS, after_int80_write, NR_WRITE)
+            (libc::SIGSYS, after_int80_write, NR_WRITE.unsigned_abs())
         );
         assert_eq!(ctx.cs, ldt_selector(CODE_IDX));
 
         let e = cpu.run(&mut ctx);
-        expect(&e, ExitKind::Syscall { nr: NR_EXIT as i32 });
+        expect(&e, HostExitKind::Syscall { nr: NR_EXIT });
         assert_eq!(ctx.eip, after_int80_exit);
 
         let e = cpu.run(&mut ctx);
-        expect(
-            &e,
-            ExitKind::Syscall {
-                nr: NR_EXIT_GROUP as i32,
-            },
-        );
+        expect(&e, HostExitKind::Syscall { nr: NR_EXIT_GROUP });
         assert_eq!(ctx.eip, after_int80_exit_group);
 
         // SYSENTER comes back mangled (host selector 0x23, EIP elsewhere) but never runs
@@ -388,7 +378,9 @@ fn every_synchronous_exit_kind_and_resume() {
         assert!(
             matches!(
                 e.kind,
-                ExitKind::Syscall { .. } | ExitKind::Fault { .. } | ExitKind::PageFault { .. }
+                HostExitKind::Syscall { .. }
+                    | HostExitKind::Fault { .. }
+                    | HostExitKind::PageFault { .. }
             ),
             "{e:?}"
         );
@@ -402,9 +394,9 @@ fn every_synchronous_exit_kind_and_resume() {
         assert!(
             matches!(
                 e.kind,
-                ExitKind::Syscall { .. }
-                    | ExitKind::Fault {
-                        vector: VECTOR_UD,
+                HostExitKind::Syscall { .. }
+                    | HostExitKind::Fault {
+                        vector: Exception::UD,
                         ..
                     }
             ),
@@ -416,8 +408,8 @@ fn every_synchronous_exit_kind_and_resume() {
         let e = cpu.run(&mut ctx);
         expect(
             &e,
-            ExitKind::Fault {
-                vector: VECTOR_GP,
+            HostExitKind::Fault {
+                vector: Exception::GP,
                 error_code: 0,
             },
         );
@@ -467,8 +459,8 @@ fn fpu_and_sse_state_survive_monitor_float_work() {
         let e = cpu.run(&mut ctx);
         expect(
             &e,
-            ExitKind::Fault {
-                vector: VECTOR_BP,
+            HostExitKind::Fault {
+                vector: Exception::BP,
                 error_code: 0,
             },
         );
@@ -489,8 +481,8 @@ fn fpu_and_sse_state_survive_monitor_float_work() {
         let e = cpu.run(&mut ctx);
         expect(
             &e,
-            ExitKind::Fault {
-                vector: VECTOR_GP,
+            HostExitKind::Fault {
+                vector: Exception::GP,
                 error_code: 0,
             },
         );
@@ -531,8 +523,8 @@ fn data_selectors_are_reported_and_limits_enforced() {
         let e = cpu.run(&mut ctx);
         expect(
             &e,
-            ExitKind::Fault {
-                vector: VECTOR_GP,
+            HostExitKind::Fault {
+                vector: Exception::GP,
                 error_code: 0,
             },
         );
@@ -543,8 +535,8 @@ fn data_selectors_are_reported_and_limits_enforced() {
         let e = cpu.run(&mut ctx);
         expect(
             &e,
-            ExitKind::Fault {
-                vector: VECTOR_GP,
+            HostExitKind::Fault {
+                vector: Exception::GP,
                 error_code: 0,
             },
         );
@@ -566,7 +558,7 @@ fn bad_entry_state_is_refused_not_fatal() {
     ctx.cs = HOST_CS64;
     expect(
         &cpu.run(&mut ctx),
-        ExitKind::BadEntry(BadEntry::Selector {
+        HostExitKind::BadEntry(BadEntry::Selector {
             reg: SegReg::Cs,
             sel: HOST_CS64,
         }),
@@ -577,8 +569,8 @@ fn bad_entry_state_is_refused_not_fatal() {
         let e = cpu.run(&mut ctx);
         expect(
             &e,
-            ExitKind::BadEntry(BadEntry::Faulted {
-                vector: VECTOR_GP,
+            HostExitKind::BadEntry(BadEntry::Faulted {
+                vector: Exception::GP,
                 error_code: u32::from(ldt_selector(MISSING_IDX) & !3),
             }),
         );
@@ -587,8 +579,8 @@ fn bad_entry_state_is_refused_not_fatal() {
         let e = cpu.run(&mut ctx);
         expect(
             &e,
-            ExitKind::Fault {
-                vector: VECTOR_GP,
+            HostExitKind::Fault {
+                vector: Exception::GP,
                 error_code: 0,
             },
         );
@@ -631,18 +623,21 @@ fn escape_to_64_bit_mode_is_caught_and_sees_no_monitor_registers() {
         let mut ctx = fresh_ctx(l[0]);
         ctx.eax = 0xffff_ffff;
         let e = cpu.run(&mut ctx);
-        let ExitKind::Escape { rip } = e.kind else {
+        let HostExitKind::Escape { rip } = e.kind else {
             panic!("{e:?}")
         };
-        assert!(rip < 1 << 32 && rip > u64::from(stub), "{rip:#x}");
+        assert!(
+            rip.raw() < 1 << 32 && rip.raw() > u64::from(stub),
+            "{rip:#x}"
+        );
         assert_eq!(ctx.eax, 0, "a monitor register was visible to the guest");
         // The host CPU is still usable afterwards.
         let mut ok = fresh_ctx(l[0] + 0x1000);
         ram.write(GuestPhys(l[0] + 0x1000), &[0xf4]).unwrap();
         expect(
             &cpu.run(&mut ok),
-            ExitKind::Fault {
-                vector: VECTOR_GP,
+            HostExitKind::Fault {
+                vector: Exception::GP,
                 error_code: 0,
             },
         );
@@ -685,7 +680,7 @@ fn timer_and_kick_interrupt_guest_loops_and_mark_pending_in_monitor() {
         let e = cpu.run(&mut ctx);
         expect(
             &e,
-            ExitKind::Async {
+            HostExitKind::Async {
                 signo: timer_signal(),
             },
         );
@@ -700,7 +695,7 @@ fn timer_and_kick_interrupt_guest_loops_and_mark_pending_in_monitor() {
             .unwrap();
         expect(
             &cpu.run(&mut ctx),
-            ExitKind::Async {
+            HostExitKind::Async {
                 signo: timer_signal(),
             },
         );
@@ -729,7 +724,7 @@ fn timer_and_kick_interrupt_guest_loops_and_mark_pending_in_monitor() {
         let e = cpu.run(&mut ctx);
         expect(
             &e,
-            ExitKind::Async {
+            HostExitKind::Async {
                 signo: kick_signal(),
             },
         );
@@ -753,7 +748,7 @@ fn timer_and_kick_interrupt_guest_loops_and_mark_pending_in_monitor() {
         let e = cpu.run(&mut ctx);
         expect(
             &e,
-            ExitKind::Async {
+            HostExitKind::Async {
                 signo: timer_signal(),
             },
         );
@@ -788,7 +783,7 @@ fn linear_space_validates_ranges() {
         lin.map(
             GuestLinear(0x90_0000),
             ram,
-            GuestPhys(RAM_SIZE as u32 - 0x1000),
+            GuestPhys(u32::try_from(RAM_SIZE).unwrap() - 0x1000),
             0x2000,
             Prot::R
         ),
@@ -858,7 +853,8 @@ fn signal_storm_anywhere_in_entry_and_exit_keeps_guest_state_exact() {
         a.set_label(&mut top).unwrap();
         // FS must point at the window even when a signal hit between loading it and iretq.
         a.mov(eax, dword_ptr(0x10).fs()).unwrap();
-        a.cmp(eax, 0xcafe_f00du32 as i32).unwrap();
+        a.cmp(eax, i32::from_ne_bytes(0xcafe_f00du32.to_ne_bytes()))
+            .unwrap();
         a.jne(bad).unwrap();
         a.inc(esi).unwrap();
         a.mov(dword_ptr(counter), esi).unwrap();
@@ -880,11 +876,12 @@ fn signal_storm_anywhere_in_entry_and_exit_keeps_guest_state_exact() {
     let mut ctx = fresh_ctx(CODE);
     ctx.fs = win;
     let (mut halts, mut asyncs) = (0u32, 0u32);
-    while halts < 5 * ROUNDS as u32 {
+    while halts < 5 * u32::try_from(ROUNDS).unwrap() {
         let e = cpu.run(&mut ctx);
         match e.kind {
-            ExitKind::Fault {
-                vector: VECTOR_GP, ..
+            HostExitKind::Fault {
+                vector: Exception::GP,
+                ..
             } => {
                 halts += 1;
                 assert_eq!(ctx.eip, hlt);
@@ -893,7 +890,7 @@ fn signal_storm_anywhere_in_entry_and_exit_keeps_guest_state_exact() {
                 assert_eq!(ctx.fs, win);
                 ctx.eip = hlt + 1;
             }
-            ExitKind::Async { signo } => {
+            HostExitKind::Async { signo } => {
                 assert_eq!(signo, timer_signal());
                 asyncs += 1;
             }
@@ -918,7 +915,7 @@ fn changed_ldt_descriptor_behind_an_unchanged_selector_takes_effect() {
         a.hlt().unwrap();
         vec![start]
     });
-    for i in 0..ROUNDS as u32 / 4 {
+    for i in 0..u32::try_from(ROUNDS).unwrap() / 4 {
         // Each round moves the segment to another page holding a different value.
         let base = DATA + 0x1000 * (1 + i % 8);
         ram.write_u32(GuestPhys(base), 0x1000_0000 + i).unwrap();
@@ -935,8 +932,8 @@ fn changed_ldt_descriptor_behind_an_unchanged_selector_takes_effect() {
         let e = cpu.run(&mut ctx);
         expect(
             &e,
-            ExitKind::Fault {
-                vector: VECTOR_GP,
+            HostExitKind::Fault {
+                vector: Exception::GP,
                 error_code: 0,
             },
         );

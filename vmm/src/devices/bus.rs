@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
 
 use super::debug_exit::ExitRequest;
+use super::lock;
 
 /// Number of distinct I/O ports on IA-32 (the port space is 16 bits).
 const PORT_SPACE: u32 = 0x1_0000;
@@ -127,12 +128,6 @@ fn size_mask(size: u8) -> Option<u32> {
         4 => Some(0xffff_ffff),
         _ => None,
     }
-}
-
-fn lock(device: &SharedPortDevice) -> std::sync::MutexGuard<'_, dyn PortDevice + Send + 'static> {
-    // A poisoned lock means a panic elsewhere already; the device state is plain data and
-    // still the best information there is.
-    device.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl PortBus {
@@ -296,7 +291,7 @@ mod tests {
         fn write(&mut self, offset: u16, size: u8, value: u32) -> PortAction {
             self.log.push(('w', offset, size, value));
             for i in 0..usize::from(size) {
-                self.regs[usize::from(offset) + i] = (value >> (8 * i)) as u8;
+                self.regs[usize::from(offset) + i] = value.to_le_bytes()[i];
             }
             PortAction::Continue
         }

@@ -64,6 +64,12 @@ struct DateTime {
     weekday: u8,
 }
 
+/// A calendar or clock field (day, hour, two year digits...): the arithmetic that makes
+/// it keeps it below 100, so it always fits a byte.
+fn field(v: i64) -> u8 {
+    u8::try_from(v).unwrap_or(0)
+}
+
 /// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
 fn civil_from_days(days: i64) -> (i64, u8, u8) {
     let z = days + 719_468;
@@ -72,8 +78,8 @@ fn civil_from_days(days: i64) -> (i64, u8, u8) {
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let day = field(doy - (153 * mp + 2) / 5 + 1);
+    let month = field(if mp < 10 { mp + 3 } else { mp - 9 });
     let year = yoe + era * 400 + i64::from(month <= 2);
     (year, month, day)
 }
@@ -98,11 +104,11 @@ impl DateTime {
             year,
             month,
             day,
-            hour: (rem / 3600) as u8,
-            minute: (rem / 60 % 60) as u8,
-            second: (rem % 60) as u8,
+            hour: field(rem / 3600),
+            minute: field(rem / 60 % 60),
+            second: field(rem % 60),
             // 1970-01-01 was a Thursday (5 when Sunday is 1).
-            weekday: ((days + 4).rem_euclid(7) + 1) as u8,
+            weekday: field((days + 4).rem_euclid(7) + 1),
         }
     }
 
@@ -226,8 +232,8 @@ impl<W: WallClock> Cmos<W> {
             REG_WEEKDAY => self.encode(t.weekday),
             REG_DAY => self.encode(t.day),
             REG_MONTH => self.encode(t.month),
-            REG_YEAR => self.encode(t.year.rem_euclid(100) as u8),
-            REG_CENTURY => self.encode(t.year.div_euclid(100).clamp(0, 99) as u8),
+            REG_YEAR => self.encode(field(t.year.rem_euclid(100))),
+            REG_CENTURY => self.encode(field(t.year.div_euclid(100).clamp(0, 99))),
             // Register C (interrupt flags) reads and clears; no RTC interrupts are raised.
             REG_C => std::mem::take(&mut self.ram[usize::from(REG_C)]),
             _ => self.ram.get(usize::from(index)).copied().unwrap_or(0xff),

@@ -1,8 +1,9 @@
 //! How devices raise interrupts: through an [`IrqLine`], which the platform wires to an
 //! input of the 8259 PIC.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
+use super::lock;
 use super::pic::DualPic;
 
 /// An interrupt request line a device drives.
@@ -41,10 +42,7 @@ impl PicLine {
 
 impl IrqLine for PicLine {
     fn set_level(&self, level: bool) {
-        self.pic
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .set_irq(self.irq, level);
+        lock(&self.pic).set_irq(self.irq, level);
     }
 }
 

@@ -67,6 +67,15 @@ pub use pit::{
 pub use post::{PostPort, POST_PORT};
 pub use serial::{SerialPort, COM1_BASE, COM1_IRQ, SERIAL_PORT_LEN};
 
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// Locks a shared device. A lock poisoned by a panic elsewhere still guards a consistent
+/// state machine (device state is plain data changed register by register), so it is
+/// taken over rather than propagated: the one place the engine says so.
+pub fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};

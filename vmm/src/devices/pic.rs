@@ -9,6 +9,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::bus::{BusError, PortAction, PortBus, PortDevice};
+use super::lock;
 
 /// Master command/data ports 0x20–0x21.
 pub const PIC_MASTER_BASE: u16 = 0x20;
@@ -432,18 +433,12 @@ struct PicPortAdapter {
 
 impl PortDevice for PicPortAdapter {
     fn read(&mut self, offset: u16, _size: u8) -> u32 {
-        let mut pic = self
-            .pic
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut pic = lock(&self.pic);
         u32::from(pic.read_port(self.ports, offset))
     }
 
     fn write(&mut self, offset: u16, _size: u8, value: u32) -> PortAction {
-        let mut pic = self
-            .pic
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut pic = lock(&self.pic);
         pic.write_port(self.ports, offset, (value & 0xff) as u8);
         PortAction::Continue
     }

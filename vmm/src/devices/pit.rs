@@ -8,11 +8,12 @@
 //! which raises IRQ 0 for the rising edges of OUT0 since the previous poll.
 //! Channel 2's gate and OUT are wired to port 0x61, which Linux uses to calibrate its TSC.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use super::bus::{BusError, PortAction, PortBus, PortDevice};
 use super::clock::Clock;
 use super::irq::IrqLine;
+use super::lock;
 
 /// First PIT port (channel 0 data); 0x43 is the control word register.
 pub const PIT_BASE: u16 = 0x40;
@@ -121,9 +122,15 @@ fn bcd_to_bin(v: u16) -> u64 {
         .fold(0, |acc, i| acc * 10 + u64::from((v >> (4 * i)) & 0xf))
 }
 
+/// The 16 bits a counter reads back as: a count of 0x10000 (the full period) reads as 0,
+/// as on the 8254.
+fn low16(v: u64) -> u16 {
+    (v & 0xffff) as u16
+}
+
 fn bin_to_bcd(v: u64) -> u16 {
     (0..4).fold(0u16, |acc, i| {
-        acc | (((v / 10u64.pow(i)) % 10) as u16) << (4 * i)
+        acc | u16::try_from((v / 10u64.pow(i)) % 10).unwrap_or(0) << (4 * i)
     })
 }
 
@@ -241,7 +248,7 @@ impl PitChannel {
     fn latch_count(&mut self, now: u64) {
         if self.count_latched.is_none() {
             let v = self.counter(now);
-            self.latched_count = if self.bcd { bin_to_bcd(v) } else { v as u16 };
+            self.latched_count = if self.bcd { bin_to_bcd(v) } else { low16(v) };
             self.count_latched = Some(self.rw);
         }
     }
@@ -310,7 +317,7 @@ impl PitChannel {
             };
         }
         let v = self.counter(now);
-        let [lo, hi] = (if self.bcd { bin_to_bcd(v) } else { v as u16 }).to_le_bytes();
+        let [lo, hi] = (if self.bcd { bin_to_bcd(v) } else { low16(v) }).to_le_bytes();
         match self.read_state {
             Access::Lsb => lo,
             Access::Msb => hi,
@@ -534,16 +541,11 @@ struct PitPorts<C: Clock, L: IrqLine> {
 
 impl<C: Clock, L: IrqLine> PortDevice for PitPorts<C, L> {
     fn read(&mut self, offset: u16, _size: u8) -> u32 {
-        u32::from(
-            self.pit
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .read_port(offset),
-        )
+        u32::from(lock(&self.pit).read_port(offset))
     }
 
     fn write(&mut self, offset: u16, _size: u8, value: u32) -> PortAction {
-        let mut pit = self.pit.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pit = lock(&self.pit);
         pit.write_port(offset, (value & 0xff) as u8);
         PortAction::Continue
     }
@@ -556,16 +558,11 @@ struct PortB<C: Clock, L: IrqLine> {
 
 impl<C: Clock, L: IrqLine> PortDevice for PortB<C, L> {
     fn read(&mut self, _offset: u16, _size: u8) -> u32 {
-        u32::from(
-            self.pit
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .read_port_b(),
-        )
+        u32::from(lock(&self.pit).read_port_b())
     }
 
     fn write(&mut self, _offset: u16, _size: u8, value: u32) -> PortAction {
-        let mut pit = self.pit.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pit = lock(&self.pit);
         pit.write_port_b((value & 0xff) as u8);
         PortAction::Continue
     }

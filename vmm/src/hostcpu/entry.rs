@@ -20,6 +20,8 @@
 use std::mem::offset_of;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8};
 
+use super::regs::low32;
+
 /// Bytes reserved for one XSAVE image. The host's enabled components (AVX-512 included)
 /// need about 2.7 KiB; [`HostCpu::new`](super::HostCpu::new) refuses hosts that need more.
 pub const XSAVE_AREA_SIZE: usize = 4096;
@@ -201,8 +203,8 @@ impl CpuBlock {
             host_fsbase,
             guest_fsbase: 0,
             seg_gen: u64::MAX,
-            xsave_mask_lo: xsave_mask as u32,
-            xsave_mask_hi: (xsave_mask >> 32) as u32,
+            xsave_mask_lo: low32(xsave_mask),
+            xsave_mask_hi: low32(xsave_mask >> 32),
             host_mxcsr: MXCSR_DEFAULT,
             host_fcw: FCW_DEFAULT,
             light_fpu: u8::from(light_fpu),

@@ -3,7 +3,8 @@
 //!
 //! # Using it from a run loop
 //! ```no_run
-//! use vmm::hostcpu::{self, ldt, GuestContext, HostCpu, ExitKind};
+//! use vmm::hostcpu::{self, ldt, GuestContext, HostCpu, HostExitKind};
+//! use vmm::x86::Exception;
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! // On the vCPU thread, before the first guest instruction:
 //! let mut cpu = HostCpu::new()?;
@@ -23,8 +24,8 @@
 //! loop {
 //!     let exit = cpu.run(&mut ctx);
 //!     match exit.kind {
-//!         ExitKind::Fault { vector: 13, .. } => { /* emulate at ctx.eip */ }
-//!         ExitKind::Async { .. } => { /* timer tick or kick */ }
+//!         HostExitKind::Fault { vector: Exception::GP, .. } => { /* emulate at ctx.eip */ }
+//!         HostExitKind::Async { .. } => { /* timer tick or kick */ }
 //!         _ => break,
 //!     }
 //! }
@@ -34,6 +35,7 @@
 pub mod cpuid;
 mod entry;
 pub mod ldt;
+mod regs;
 pub mod seccomp;
 mod signals;
 pub mod timer;
@@ -46,8 +48,10 @@ use std::sync::atomic::Ordering;
 
 use entry::{CpuBlock, Landing};
 pub use entry::{GuestContext, XsaveArea, XSAVE_AREA_SIZE};
+use regs::{low32, low8};
 
-use crate::addr::GuestLinear;
+use crate::addr::{GuestLinear, HostAddr};
+use crate::x86::Exception;
 use timer::{kick_signal, timer_signal, Kicker};
 
 /// The host's 64-bit user code selector (`__USER_CS`). Guest code running with it has
@@ -57,17 +61,6 @@ pub const HOST_CS64: u16 = 0x33;
 pub const HOST_CS32: u16 = 0x23;
 /// The host's user data selector (`__USER_DS`), the monitor's SS.
 pub const HOST_SS64: u16 = 0x2b;
-
-/// Vector of a page fault.
-pub const VECTOR_PF: u8 = 14;
-/// Vector of a general-protection fault (privileged instructions, CPUID when faulting).
-pub const VECTOR_GP: u8 = 13;
-/// Vector of an invalid opcode.
-pub const VECTOR_UD: u8 = 6;
-/// Vector of a breakpoint (INT3).
-pub const VECTOR_BP: u8 = 3;
-/// Vector of a divide error.
-pub const VECTOR_DE: u8 = 0;
 
 /// si_code of a seccomp SIGSYS.
 const SYS_SECCOMP: i32 = 1;
@@ -148,9 +141,9 @@ pub enum BadEntry {
     },
 }
 
-/// What ended a guest run.
+/// What ended a guest run, as the host reports it (signal, vector, error code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExitKind {
+pub enum HostExitKind {
     /// A guest exception other than a page fault: #GP (vector 13) for privileged
     /// instructions, `INT n`, CPUID with faulting on; #BP (3, EIP after the INT3); #UD (6);
     /// #DE (0); #DB (1); ...
@@ -182,7 +175,7 @@ pub enum ExitKind {
     /// Guest code ran with the host's 64-bit code selector: stop the VM.
     Escape {
         /// Where it was caught.
-        rip: u64,
+        rip: HostAddr,
     },
     /// The guest was not entered (or not completely); the context is unchanged.
     BadEntry(BadEntry),
@@ -190,11 +183,13 @@ pub enum ExitKind {
     Signal,
 }
 
-/// The result of [`HostCpu::run`]: the classified exit plus the raw facts it came from.
+/// The result of [`HostCpu::run`]: the host's raw exit, decoded from the signal facts
+/// ([`HostExitKind`]) and the facts themselves. What it means for the guest is decided by
+/// the run loop (`vm/classify.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Exit {
+pub struct HostExit {
     /// What happened.
-    pub kind: ExitKind,
+    pub kind: HostExitKind,
     /// The host signal (0 when the guest was not entered).
     pub signo: i32,
     /// Its si_code.
@@ -204,24 +199,24 @@ pub struct Exit {
     /// `uc_mcontext` err (the error code; stale for sent signals).
     pub err: u64,
     /// si_addr: the fault address, or the syscall's address for SIGSYS.
-    pub addr: u64,
+    pub addr: HostAddr,
     /// The interrupted CS.
     pub cs: u16,
     /// The interrupted RIP (full 64 bits).
-    pub rip: u64,
+    pub rip: HostAddr,
 }
 
-impl Exit {
-    fn not_entered(kind: ExitKind, signo: i32) -> Self {
+impl HostExit {
+    fn not_entered(kind: HostExitKind, signo: i32) -> Self {
         Self {
             kind,
             signo,
             si_code: 0,
             trapno: 0,
             err: 0,
-            addr: 0,
+            addr: HostAddr(0),
             cs: 0,
-            rip: 0,
+            rip: HostAddr(0),
         }
     }
 }
@@ -314,8 +309,8 @@ impl HostCpu {
     /// selectors and extended state back into `ctx` (for a guest exit). Resuming is calling
     /// `run` again, with `ctx.eip` wherever the monitor wants the guest to continue.
     ///
-    /// Returns at once with [`ExitKind::Async`] if a timer or kick arrived since the last
-    /// run, and with [`ExitKind::BadEntry`] if `ctx` names selectors the guest may not run
+    /// Returns at once with [`HostExitKind::Async`] if a timer or kick arrived since the last
+    /// run, and with [`HostExitKind::BadEntry`] if `ctx` names selectors the guest may not run
     /// with. `ctx.eflags` is sanitised first (see [`GUEST_EFLAGS_MASK`]).
     ///
     /// On return the monitor has its FS base, MXCSR and x87 control word back and an empty
@@ -323,13 +318,13 @@ impl HostCpu {
     /// and GS keep the guest's selectors, which 64-bit code ignores for addressing; this
     /// saves about 50 ns per segment load on every exit. Dropping the `HostCpu` resets them
     /// to null.
-    pub fn run(&mut self, ctx: &mut GuestContext) -> Exit {
+    pub fn run(&mut self, ctx: &mut GuestContext) -> HostExit {
         if let Err(bad) = check_selectors(ctx) {
-            return Exit::not_entered(ExitKind::BadEntry(bad), 0);
+            return HostExit::not_entered(HostExitKind::BadEntry(bad), 0);
         }
         if self.take_pending() {
             let signo = self.block_ref().pending_signo.load(Ordering::Relaxed);
-            return Exit::not_entered(ExitKind::Async { signo }, signo);
+            return HostExit::not_entered(HostExitKind::Async { signo }, signo);
         }
         ctx.eflags = (ctx.eflags & GUEST_EFLAGS_MASK) | FORCED_EFLAGS;
         let ctx_ptr: *mut GuestContext = ctx;
@@ -359,29 +354,29 @@ impl HostCpu {
             Landing::EarlyPending => {
                 self.take_pending();
                 let signo = self.block_ref().pending_signo.load(Ordering::Relaxed);
-                Exit::not_entered(ExitKind::Async { signo }, signo)
+                HostExit::not_entered(HostExitKind::Async { signo }, signo)
             }
             Landing::AsyncInWindow => {
-                Exit::not_entered(ExitKind::Async { signo: raw.signo }, raw.signo)
+                HostExit::not_entered(HostExitKind::Async { signo: raw.signo }, raw.signo)
             }
             Landing::EntryFault | Landing::Guest => {
                 let kind = if landing == Landing::EntryFault {
-                    ExitKind::BadEntry(BadEntry::Faulted {
-                        vector: raw.trapno as u8,
-                        error_code: raw.err as u32,
+                    HostExitKind::BadEntry(BadEntry::Faulted {
+                        vector: low8(raw.trapno),
+                        error_code: low32(raw.err),
                     })
                 } else {
-                    classify(&raw)
+                    decode(&raw)
                 };
-                Exit {
+                HostExit {
                     kind,
                     signo: raw.signo,
                     si_code: raw.si_code,
                     trapno: raw.trapno,
                     err: raw.err,
-                    addr: raw.addr,
+                    addr: HostAddr(raw.addr),
                     cs: raw.cs,
-                    rip: raw.rip,
+                    rip: HostAddr(raw.rip),
                 }
             }
         }
@@ -406,16 +401,18 @@ fn free_block(block: NonNull<CpuBlock>) {
     drop(unsafe { Box::from_raw(block.as_ptr()) });
 }
 
-/// Classifies a guest exit from the raw signal facts.
-fn classify(raw: &entry::RawExit) -> ExitKind {
+/// Decodes a guest exit from the raw signal facts.
+fn decode(raw: &entry::RawExit) -> HostExitKind {
     if raw.cs == HOST_CS64 {
-        return ExitKind::Escape { rip: raw.rip };
+        return HostExitKind::Escape {
+            rip: HostAddr(raw.rip),
+        };
     }
     if raw.signo == timer_signal() || raw.signo == kick_signal() {
-        return ExitKind::Async { signo: raw.signo };
+        return HostExitKind::Async { signo: raw.signo };
     }
     if raw.signo == libc::SIGSYS && raw.si_code == SYS_SECCOMP {
-        return ExitKind::Syscall { nr: raw.syscall_nr };
+        return HostExitKind::Syscall { nr: raw.syscall_nr };
     }
     let fault = matches!(
         raw.signo,
@@ -423,21 +420,21 @@ fn classify(raw: &entry::RawExit) -> ExitKind {
     );
     // si_code > 0: generated by the CPU, not sent by a process.
     if fault && raw.si_code > 0 && raw.trapno < 32 {
-        if raw.trapno == u64::from(VECTOR_PF) {
-            if let Ok(addr) = u32::try_from(raw.addr) {
-                return ExitKind::PageFault {
-                    addr: GuestLinear(addr),
-                    error_code: raw.err as u32,
+        if raw.trapno == u64::from(Exception::PF) {
+            if let Some(addr) = HostAddr(raw.addr).guest_linear() {
+                return HostExitKind::PageFault {
+                    addr,
+                    error_code: low32(raw.err),
                 };
             }
-            return ExitKind::Signal;
+            return HostExitKind::Signal;
         }
-        return ExitKind::Fault {
-            vector: raw.trapno as u8,
-            error_code: raw.err as u32,
+        return HostExitKind::Fault {
+            vector: low8(raw.trapno),
+            error_code: low32(raw.err),
         };
     }
-    ExitKind::Signal
+    HostExitKind::Signal
 }
 
 /// CS and SS must be LDT mirrors at RPL 3; data selectors LDT mirrors at RPL 3 or null.
@@ -457,6 +454,11 @@ fn check_selectors(ctx: &GuestContext) -> Result<(), BadEntry> {
         }
     }
     Ok(())
+}
+
+/// A CPUID register value as a size (lossless on the 64-bit host).
+fn u32_usize(v: u32) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
 }
 
 /// The XSAVE component mask (XCR0 minus AMX), after checking the image fits.
@@ -481,7 +483,7 @@ fn xsave_mask() -> Result<u64, HostCpuError> {
         if mask & (1 << i) != 0 {
             // Leaf 0xD exists when OSXSAVE is set.
             let c = std::arch::x86_64::__cpuid_count(0xd, i);
-            size = size.max(c.ebx as usize + c.eax as usize);
+            size = size.max(u32_usize(c.ebx) + u32_usize(c.eax));
         }
     }
     if size > XSAVE_AREA_SIZE {
@@ -508,31 +510,36 @@ mod tests {
     }
 
     #[test]
-    fn exits_are_classified_from_signal_facts() {
+    fn exits_are_decoded_from_signal_facts() {
         assert_eq!(
-            classify(&raw(libc::SIGSEGV, 0x80, 13, 0)),
-            ExitKind::Fault {
+            decode(&raw(libc::SIGSEGV, 0x80, 13, 0)),
+            HostExitKind::Fault {
                 vector: 13,
                 error_code: 0
             }
         );
         assert_eq!(
-            classify(&raw(libc::SIGSEGV, 1, 14, 6)),
-            ExitKind::PageFault {
+            decode(&raw(libc::SIGSEGV, 1, 14, 6)),
+            HostExitKind::PageFault {
                 addr: GuestLinear(0x1234),
                 error_code: 6
             }
         );
         assert_eq!(
-            classify(&raw(libc::SIGSYS, 1, 0, 0)),
-            ExitKind::Syscall { nr: 4 }
+            decode(&raw(libc::SIGSYS, 1, 0, 0)),
+            HostExitKind::Syscall { nr: 4 }
         );
-        assert_eq!(classify(&raw(libc::SIGSEGV, 0, 13, 0)), ExitKind::Signal);
+        assert_eq!(decode(&raw(libc::SIGSEGV, 0, 13, 0)), HostExitKind::Signal);
         let t = timer_signal();
-        assert_eq!(classify(&raw(t, -2, 0, 0)), ExitKind::Async { signo: t });
+        assert_eq!(decode(&raw(t, -2, 0, 0)), HostExitKind::Async { signo: t });
         let mut esc = raw(libc::SIGSEGV, 0x80, 13, 0);
         esc.cs = HOST_CS64;
-        assert_eq!(classify(&esc), ExitKind::Escape { rip: 0x10_0000 });
+        assert_eq!(
+            decode(&esc),
+            HostExitKind::Escape {
+                rip: HostAddr(0x10_0000)
+            }
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! Compat-mode code can enter the host kernel with `INT 0x80`, `SYSENTER` or `SYSCALL`. The
 //! guest trap filter turns every syscall that is not x86-64 or whose instruction pointer is
 //! below 4 GiB (where all guest code lives) into SIGSYS, which reaches the monitor as an
-//! [`ExitKind::Syscall`](super::ExitKind::Syscall) exit.
+//! [`HostExitKind::Syscall`](super::HostExitKind::Syscall) exit.
 
 use seccompiler::sock_filter;
 
@@ -78,11 +78,12 @@ pub fn monitor_allowlist_program(allowed: &[u32]) -> Result<Vec<sock_filter>, Ho
     if allowed.len() > MAX_ALLOWLIST {
         return Err(HostCpuError::AllowlistTooLong { len: allowed.len() });
     }
-    let n = allowed.len() as u8;
+    let n = u8::try_from(allowed.len())
+        .map_err(|_| HostCpuError::AllowlistTooLong { len: allowed.len() })?;
     let mut p = guest_prefix(n + 2);
-    for (i, &nr) in allowed.iter().enumerate() {
+    for (i, &nr) in (0u8..).zip(allowed) {
         // From entry i, ALLOW is at distance (n - 1 - i) + 1 (past the remaining JEQs and KILL).
-        p.push(jump(BPF_JEQ_K, nr, n - i as u8, 0));
+        p.push(jump(BPF_JEQ_K, nr, n - i, 0));
     }
     p.push(stmt(BPF_RET_K, SECCOMP_RET_KILL_PROCESS));
     p.push(stmt(BPF_RET_K, SECCOMP_RET_ALLOW));

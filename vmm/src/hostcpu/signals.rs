@@ -13,11 +13,15 @@ use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use super::entry::{entry_window, landing_pad, CpuBlock, Landing, OFF_HOST_FSBASE, OFF_SEL_DS};
+use super::regs::{greg, low16, low32, low8, reg64, reg_index};
 use super::timer::{kick_signal, timer_signal};
 use super::{cpuid, HOST_CS64, HOST_SS64};
 
 /// Size and alignment of a vCPU thread's altstack region (its lowest page is a guard).
 pub(crate) const ALTSTACK_SIZE: usize = 64 * 1024;
+/// `and rsp` with this aligns down to an altstack boundary (a sign-extended imm32).
+const ALTSTACK_ALIGN_MASK: i32 = -(1 << 16);
+const _: () = assert!(ALTSTACK_SIZE == 1 << 16);
 const GUARD_SIZE: usize = 4096;
 /// How many vCPU threads can exist at once.
 pub(crate) const MAX_VCPUS: usize = 16;
@@ -111,8 +115,8 @@ std::arch::global_asm!(
     "wrfsbase r8",
     "ret",
     ".size vmm_hostcpu_signal_entry, . - vmm_hostcpu_signal_entry",
-    align_mask = const -(ALTSTACK_SIZE as i64),
-    not_ac = const !(1u32 << 18) as i32,
+    align_mask = const ALTSTACK_ALIGN_MASK,
+    not_ac = const !(1i32 << 18),
     table = sym VCPU_TABLE,
     slots = const MAX_VCPUS,
     slot_size = const std::mem::size_of::<Slot>(),
@@ -313,8 +317,8 @@ unsafe extern "C" fn on_vcpu_signal(
     // SAFETY: `info` is the kernel's siginfo.
     let si_code = unsafe { siginfo_i32(info, SI_CODE_OFFSET) };
     let g = &mut uc.uc_mcontext.gregs;
-    let rip = g[libc::REG_RIP as usize] as u64;
-    let cs = g[libc::REG_CSGSFS as usize] as u16;
+    let rip = reg64(g[reg_index(libc::REG_RIP)]);
+    let cs = low16(reg64(g[reg_index(libc::REG_CSGSFS)]));
     let in_monitor = cs == HOST_CS64 && rip >= 1 << 32;
 
     if in_monitor {
@@ -344,7 +348,7 @@ unsafe extern "C" fn on_vcpu_signal(
             return;
         }
         if signo == libc::SIGSEGV
-            && g[libc::REG_TRAPNO as usize] == TRAP_GP
+            && g[reg_index(libc::REG_TRAPNO)] == TRAP_GP
             && is_cpuid_at(rip)
             && emulate_monitor_cpuid(g)
         {
@@ -368,18 +372,18 @@ unsafe extern "C" fn on_vcpu_signal(
     // SAFETY: while `running`, `ctx` is the context `HostCpu::run` entered with, borrowed
     // mutably for the whole run and not touched by the monitor until landing.
     let ctx = unsafe { &mut *b.ctx };
-    ctx.eax = g[libc::REG_RAX as usize] as u32;
-    ctx.ebx = g[libc::REG_RBX as usize] as u32;
-    ctx.ecx = g[libc::REG_RCX as usize] as u32;
-    ctx.edx = g[libc::REG_RDX as usize] as u32;
-    ctx.esi = g[libc::REG_RSI as usize] as u32;
-    ctx.edi = g[libc::REG_RDI as usize] as u32;
-    ctx.ebp = g[libc::REG_RBP as usize] as u32;
-    ctx.esp = g[libc::REG_RSP as usize] as u32;
-    ctx.eip = rip as u32;
-    ctx.eflags = g[libc::REG_EFL as usize] as u32;
+    ctx.eax = low32(reg64(g[reg_index(libc::REG_RAX)]));
+    ctx.ebx = low32(reg64(g[reg_index(libc::REG_RBX)]));
+    ctx.ecx = low32(reg64(g[reg_index(libc::REG_RCX)]));
+    ctx.edx = low32(reg64(g[reg_index(libc::REG_RDX)]));
+    ctx.esi = low32(reg64(g[reg_index(libc::REG_RSI)]));
+    ctx.edi = low32(reg64(g[reg_index(libc::REG_RDI)]));
+    ctx.ebp = low32(reg64(g[reg_index(libc::REG_RBP)]));
+    ctx.esp = low32(reg64(g[reg_index(libc::REG_RSP)]));
+    ctx.eip = low32(rip);
+    ctx.eflags = low32(reg64(g[reg_index(libc::REG_EFL)]));
     ctx.cs = cs;
-    ctx.ss = (g[libc::REG_CSGSFS as usize] as u64 >> 48) as u16;
+    ctx.ss = low16(reg64(g[reg_index(libc::REG_CSGSFS)]) >> 48);
     [ctx.ds, ctx.es, ctx.fs, ctx.gs] = b.guest_sel;
     record_raw(b, uc, info, signo, si_code);
     b.landing = Landing::Guest;
@@ -396,10 +400,10 @@ fn record_raw(
     let g = &uc.uc_mcontext.gregs;
     b.raw.signo = signo;
     b.raw.si_code = si_code;
-    b.raw.trapno = g[libc::REG_TRAPNO as usize] as u64;
-    b.raw.err = g[libc::REG_ERR as usize] as u64;
-    b.raw.rip = g[libc::REG_RIP as usize] as u64;
-    b.raw.cs = g[libc::REG_CSGSFS as usize] as u16;
+    b.raw.trapno = reg64(g[reg_index(libc::REG_TRAPNO)]);
+    b.raw.err = reg64(g[reg_index(libc::REG_ERR)]);
+    b.raw.rip = reg64(g[reg_index(libc::REG_RIP)]);
+    b.raw.cs = low16(reg64(g[reg_index(libc::REG_CSGSFS)]));
     // SAFETY: `info` is the kernel's siginfo; si_addr and the SIGSYS syscall number are at
     // fixed offsets (meaningless but readable for other signals).
     unsafe {
@@ -418,10 +422,10 @@ const HOST_RFLAGS: i64 = 0x202;
 /// Rewrites the frame so that sigreturn lands on the landing pad on the monitor's stack.
 fn redirect(uc: &mut libc::ucontext_t, b: &CpuBlock) {
     let g = &mut uc.uc_mcontext.gregs;
-    g[libc::REG_RIP as usize] = landing_pad() as i64;
-    g[libc::REG_RSP as usize] = b.host_rsp as i64;
-    g[libc::REG_EFL as usize] = HOST_RFLAGS;
-    g[libc::REG_CSGSFS as usize] = (i64::from(HOST_SS64) << 48) | i64::from(HOST_CS64);
+    g[reg_index(libc::REG_RIP)] = greg(landing_pad());
+    g[reg_index(libc::REG_RSP)] = greg(b.host_rsp);
+    g[reg_index(libc::REG_EFL)] = HOST_RFLAGS;
+    g[reg_index(libc::REG_CSGSFS)] = (i64::from(HOST_SS64) << 48) | i64::from(HOST_CS64);
     uc.uc_flags |= UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS;
 }
 
@@ -438,16 +442,16 @@ fn emulate_monitor_cpuid(g: &mut [libc::greg_t; 23]) -> bool {
     if cpuid::set_cpuid_faulting(false).is_err() {
         return false;
     }
-    let leaf = g[libc::REG_RAX as usize] as u32;
-    let sub = g[libc::REG_RCX as usize] as u32;
+    let leaf = low32(reg64(g[reg_index(libc::REG_RAX)]));
+    let sub = low32(reg64(g[reg_index(libc::REG_RCX)]));
     // CPUID is unprivileged and faulting is off for this thread right now.
     let r = std::arch::x86_64::__cpuid_count(leaf, sub);
     let restored = cpuid::set_cpuid_faulting(true).is_ok();
-    g[libc::REG_RAX as usize] = i64::from(r.eax);
-    g[libc::REG_RBX as usize] = i64::from(r.ebx);
-    g[libc::REG_RCX as usize] = i64::from(r.ecx);
-    g[libc::REG_RDX as usize] = i64::from(r.edx);
-    g[libc::REG_RIP as usize] += 2;
+    g[reg_index(libc::REG_RAX)] = i64::from(r.eax);
+    g[reg_index(libc::REG_RBX)] = i64::from(r.ebx);
+    g[reg_index(libc::REG_RCX)] = i64::from(r.ecx);
+    g[reg_index(libc::REG_RDX)] = i64::from(r.edx);
+    g[reg_index(libc::REG_RIP)] += 2;
     restored
 }
 
@@ -468,7 +472,7 @@ unsafe extern "C" fn on_foreign_signal(
     let (si_code, rip) = unsafe {
         (
             siginfo_i32(info, SI_CODE_OFFSET),
-            (*uc.cast::<libc::ucontext_t>()).uc_mcontext.gregs[libc::REG_RIP as usize] as u64,
+            reg64((*uc.cast::<libc::ucontext_t>()).uc_mcontext.gregs[reg_index(libc::REG_RIP)]),
         )
     };
     die(signo, si_code, rip);
@@ -527,7 +531,7 @@ impl MsgBuf {
         let mut i = digits.len();
         loop {
             i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
+            digits[i] = b'0' + low8(n % 10);
             n /= 10;
             if n == 0 {
                 break;

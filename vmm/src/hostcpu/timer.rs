@@ -1,7 +1,7 @@
 //! Asynchronous exits: a host timer for the virtual PIT and a kick from other threads, both
 //! real-time signals aimed at the vCPU thread.
 //!
-//! If the signal lands in guest code the run returns [`ExitKind::Async`](super::ExitKind);
+//! If the signal lands in guest code the run returns [`HostExitKind::Async`](super::HostExitKind);
 //! if it lands in monitor code the handler only marks work pending, and the next
 //! [`HostCpu::run`](super::HostCpu::run) returns `Async` without entering the guest.
 
@@ -111,8 +111,9 @@ impl VcpuTimer {
     /// [`TimerError::Arm`] if the host refuses.
     pub fn arm(&self, first: Duration, period: Duration) -> Result<(), TimerError> {
         let ts = |d: Duration| libc::timespec {
-            tv_sec: d.as_secs() as libc::time_t,
-            tv_nsec: libc::c_long::from(d.subsec_nanos() as i32),
+            tv_sec: libc::time_t::try_from(d.as_secs()).unwrap_or(libc::time_t::MAX),
+            // Below 10^9: always fits.
+            tv_nsec: libc::c_long::from(d.subsec_nanos()),
         };
         let spec = libc::itimerspec {
             it_interval: ts(period),

@@ -1,23 +1,27 @@
-//! What an exit means: the run loop classifies the host signal (vector, error code,
-//! patch table) into an [`Exit`], and [`handle`] turns it into emulation or delivery
+//! The vCPU's part of handling an exit: the run loop classifies the host's exit (vector,
+//! error code, patch table; `vm/classify.rs`), hands what the guest must see to
+//! [`handle`] as a [`GuestExit`], and [`handle`] turns it into emulation or delivery
 //! against the vCPU state. This is the pure half of exit handling: a function from
 //! (exit, state) to (action, state), tested without running a guest.
 
 use super::emulate::{emulate, Emulated, Unsupported};
 use super::interrupts::{deliver, DeliveryError, Event, SoftwareKind};
-use super::state::{eflags, VcpuState};
+use super::state::VcpuState;
 use super::{Effects, Exception, Fault, GuestBus};
+use crate::x86::{eflags, SegReg};
 use iced_x86::Instruction;
 
-/// DR6.BS: the #DB was a single-step trap.
-const DR6_BS: u32 = 1 << 14;
-/// Error-code bit IDT (SDM Vol. 3A §6.13): the selector index refers to an IDT gate.
-const ERROR_CODE_IDT: u32 = 1 << 1;
+/// DR6.BS: the #DB was a single-step trap (SDM Vol. 3B §17.2.3).
+pub const DR6_BS: u32 = 1 << 14;
+/// Error-code bit IDT (SDM Vol. 3A §6.13): the selector index refers to an IDT gate; a
+/// host #GP with it comes from INT n through a host gate of DPL 0.
+pub const ERROR_CODE_IDT: u32 = 1 << 1;
 
-/// A classified exit. In every case the run loop has already copied the guest registers
-/// into the state; `state.eip` is where the host reported the exit.
+/// An exit the vCPU handles, as the run loop classified it. In every case the run loop
+/// has already copied the guest registers into the state; `state.eip` is where the host
+/// reported the exit.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Exit {
+pub enum GuestExit {
     /// The one-byte trap of a patched site fired at `state.eip`; `original` is the
     /// instruction the patch replaced, decoded from its original bytes.
     Patched {
@@ -30,7 +34,7 @@ pub enum Exit {
     /// memory at `state.eip`, if the run loop could read it. An instruction the emulator
     /// does not handle (or no instruction) means a genuine protection violation: the guest
     /// gets #GP(0). A run loop that wants a clamped-mirror violation seen as the #PF a
-    /// supervisor page would give passes [`Exit::Exception`] instead.
+    /// supervisor page would give passes [`GuestExit::Exception`] instead.
     GeneralProtection {
         /// The host error code.
         error_code: u32,
@@ -68,11 +72,11 @@ pub enum StopReason {
 
 /// What the run loop does next.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub enum ExitAction {
     /// Apply the effects and re-enter the guest.
     Resume(Effects),
     /// Apply the effects, then block until an interrupt is pending (the guest executed
-    /// HLT; deliver the interrupt with [`Exit::Interrupt`] and resume).
+    /// HLT; deliver the interrupt with [`GuestExit::Interrupt`] and resume).
     Halt(Effects),
     /// The interrupt cannot be taken now (virtual IF = 0 or the interrupt shadow); keep it
     /// pending and re-enter the guest.
@@ -83,14 +87,18 @@ pub enum Action {
 
 /// Handles one exit against the state. Guest faults become guest exceptions; only what
 /// the monitor cannot represent stops the VM.
-pub fn handle(state: &mut VcpuState, bus: &mut impl GuestBus, exit: &Exit) -> Action {
+pub fn handle(state: &mut VcpuState, bus: &mut impl GuestBus, exit: &GuestExit) -> ExitAction {
     match exit {
-        Exit::Patched { original } => run_instruction(state, bus, original),
-        Exit::GeneralProtection { error_code, instr } => {
+        GuestExit::Patched { original } => run_instruction(state, bus, original),
+        GuestExit::GeneralProtection { error_code, instr } => {
             if error_code & ERROR_CODE_IDT != 0 {
                 // INT n through a host gate of DPL 0: the instruction did not execute.
-                let vector = (error_code >> 3) as u8;
-                let len = instr.as_ref().map_or(2, |i| i.len() as u32);
+                // The selector index of an IDT entry is its vector.
+                let vector = ((error_code >> 3) & 0xff) as u8;
+                // An instruction is at most 15 bytes.
+                let len = instr
+                    .as_ref()
+                    .map_or(2, |i| u32::try_from(i.len()).unwrap_or(2));
                 let next_eip = state.eip.wrapping_add(len);
                 return deliver_event(
                     state,
@@ -107,7 +115,7 @@ pub fn handle(state: &mut VcpuState, bus: &mut impl GuestBus, exit: &Exit) -> Ac
                 Some(i) => match run_instruction(state, bus, i) {
                     // An ordinary instruction faulted natively (e.g. past a clamped mirror
                     // limit): nothing to emulate, the host's #GP stands for the guest.
-                    Action::Stop(StopReason::Unsupported(Unsupported::Instruction(_))) => {
+                    ExitAction::Stop(StopReason::Unsupported(Unsupported::Instruction(_))) => {
                         deliver_event(state, bus, Event::Exception(Fault::gp0()), Effects::NONE)
                     }
                     a => a,
@@ -116,7 +124,7 @@ pub fn handle(state: &mut VcpuState, bus: &mut impl GuestBus, exit: &Exit) -> Ac
                 None => deliver_event(state, bus, Event::Exception(Fault::gp0()), Effects::NONE),
             }
         }
-        Exit::SoftwareInterrupt { vector, len } => {
+        GuestExit::SoftwareInterrupt { vector, len } => {
             let next_eip = state.eip;
             state.eip = next_eip.wrapping_sub(u32::from(*len));
             let kind = match (*vector, *len) {
@@ -136,10 +144,10 @@ pub fn handle(state: &mut VcpuState, bus: &mut impl GuestBus, exit: &Exit) -> Ac
                 Effects::NONE,
             )
         }
-        Exit::Exception(f) => deliver_event(state, bus, Event::Exception(*f), Effects::NONE),
-        Exit::Interrupt { vector } => {
+        GuestExit::Exception(f) => deliver_event(state, bus, Event::Exception(*f), Effects::NONE),
+        GuestExit::Interrupt { vector } => {
             if state.eflags & eflags::IF == 0 || state.interrupt_shadow {
-                return Action::InterruptBlocked;
+                return ExitAction::InterruptBlocked;
             }
             deliver_event(state, bus, Event::External(*vector), Effects::NONE)
         }
@@ -148,25 +156,29 @@ pub fn handle(state: &mut VcpuState, bus: &mut impl GuestBus, exit: &Exit) -> Ac
 
 /// Emulates `instr`, then delivers what it raised; a single-step #DB follows an
 /// instruction that started with TF = 1 (SDM Vol. 3B §17.3.1.4).
-fn run_instruction(state: &mut VcpuState, bus: &mut impl GuestBus, instr: &Instruction) -> Action {
+fn run_instruction(
+    state: &mut VcpuState,
+    bus: &mut impl GuestBus,
+    instr: &Instruction,
+) -> ExitAction {
     let single_step = state.eflags & eflags::TF != 0;
     match emulate(state, bus, instr) {
         Ok(Emulated::Done(e)) => {
             // MOV SS / POP SS hold off debug traps too, for one instruction (SDM Vol. 3A
             // §6.8.3); the shadow of STI does not hold off single-step traps.
-            let held_off = state.interrupt_shadow && e.segment_dirty(super::SegReg::Ss);
+            let held_off = state.interrupt_shadow && e.segment_dirty(SegReg::Ss);
             if single_step && !held_off {
                 state.dr[6] |= DR6_BS;
                 return deliver_event(state, bus, Event::Exception(Fault::new(Exception::DB)), e);
             }
             if e.halted {
-                Action::Halt(e)
+                ExitAction::Halt(e)
             } else {
-                Action::Resume(e)
+                ExitAction::Resume(e)
             }
         }
         Ok(Emulated::Deliver(ev)) => deliver_event(state, bus, ev, Effects::NONE),
-        Ok(Emulated::Unsupported(u)) => Action::Stop(u.into()),
+        Ok(Emulated::Unsupported(u)) => ExitAction::Stop(u.into()),
         Err(f) => deliver_event(state, bus, Event::Exception(f), Effects::NONE),
     }
 }
@@ -176,14 +188,14 @@ fn deliver_event(
     bus: &mut impl GuestBus,
     ev: Event,
     before: Effects,
-) -> Action {
+) -> ExitAction {
     match deliver(state, bus, ev) {
         Ok(e) => {
             let mut e = before.merge(e);
             e.halted = false;
-            Action::Resume(e)
+            ExitAction::Resume(e)
         }
-        Err(d) => Action::Stop(d.into()),
+        Err(d) => ExitAction::Stop(d.into()),
     }
 }
 
@@ -194,21 +206,20 @@ mod tests {
     use crate::vcpu::emulate::test_util::decode_at;
     use crate::vcpu::state::gpr;
     use crate::vcpu::testbus::{int_gate, TestBus, KSTACK};
-    use crate::vcpu::SegReg;
 
     const HANDLER: u32 = 0x5_0000;
 
-    fn patch(s: &mut VcpuState, bus: &mut TestBus, bytes: &[u8]) -> Action {
+    fn patch(s: &mut VcpuState, bus: &mut TestBus, bytes: &[u8]) -> ExitAction {
         let original = decode_at(bytes, s.eip);
-        handle(s, bus, &Exit::Patched { original })
+        handle(s, bus, &GuestExit::Patched { original })
     }
 
-    fn trap(s: &mut VcpuState, bus: &mut TestBus, bytes: &[u8]) -> Action {
+    fn trap(s: &mut VcpuState, bus: &mut TestBus, bytes: &[u8]) -> ExitAction {
         let instr = Some(decode_at(bytes, s.eip));
         handle(
             s,
             bus,
-            &Exit::GeneralProtection {
+            &GuestExit::GeneralProtection {
                 error_code: 0,
                 instr,
             },
@@ -239,7 +250,7 @@ mod tests {
         s.gpr[gpr::ESP] = esp;
         bus.write_u32(esp, eflags::FIXED1 | eflags::IF);
         let a = patch(&mut s, &mut bus, &[0x9d]);
-        assert_eq!(a, Action::Resume(Effects::NONE));
+        assert_eq!(a, ExitAction::Resume(Effects::NONE));
         assert_ne!(s.eflags & eflags::IF, 0);
         assert_eq!(s.eip, 0x7001);
     }
@@ -248,12 +259,12 @@ mod tests {
     fn privileged_instruction_from_user_becomes_guest_gp() {
         let (mut s, mut bus) = setup();
         bus.enter_user(&mut s);
-        let exit = Exit::GeneralProtection {
+        let exit = GuestExit::GeneralProtection {
             error_code: 0,
             instr: Some(decode_at(&[0xf4], s.eip)),
         };
         let a = handle(&mut s, &mut bus, &exit);
-        assert!(matches!(a, Action::Resume(e) if e.cpl_changed));
+        assert!(matches!(a, ExitAction::Resume(e) if e.cpl_changed));
         assert_eq!(s.eip, HANDLER + 13);
         assert_eq!(bus.read_u32(KSTACK - 20), 0x7000, "faulting EIP pushed");
         assert_eq!(bus.read_u32(KSTACK - 24), 0, "error code 0");
@@ -265,12 +276,12 @@ mod tests {
         bus.enter_user(&mut s);
         // mov eax, [0xc0000000] faulting on a clamped mirror.
         let a = trap(&mut s, &mut bus, &[0xa1, 0x00, 0x00, 0x00, 0xc0]);
-        assert!(matches!(a, Action::Resume(_)));
+        assert!(matches!(a, ExitAction::Resume(_)));
         assert_eq!(s.eip, HANDLER + 13);
         // The same instruction at a patched site is a monitor inconsistency: stop.
         let (mut s, mut bus) = setup();
         let a = patch(&mut s, &mut bus, &[0xa1, 0x00, 0x00, 0x00, 0xc0]);
-        assert!(matches!(a, Action::Stop(StopReason::Unsupported(_))));
+        assert!(matches!(a, ExitAction::Stop(StopReason::Unsupported(_))));
     }
 
     #[test]
@@ -278,10 +289,10 @@ mod tests {
         let (mut s, mut bus) = setup();
         s.eflags |= eflags::IF;
         let a = trap(&mut s, &mut bus, &[0xf4]);
-        assert!(matches!(a, Action::Halt(e) if e.halted));
+        assert!(matches!(a, ExitAction::Halt(e) if e.halted));
         assert!(s.halted);
-        let a = handle(&mut s, &mut bus, &Exit::Interrupt { vector: 0x20 });
-        assert!(matches!(a, Action::Resume(_)));
+        let a = handle(&mut s, &mut bus, &GuestExit::Interrupt { vector: 0x20 });
+        assert!(matches!(a, ExitAction::Resume(_)));
         assert!(!s.halted);
         assert_eq!(s.eip, HANDLER + 0x20);
         assert_eq!(bus.read_u32(KSTACK - 12), 0x7001, "returns after HLT");
@@ -291,19 +302,19 @@ mod tests {
     fn interrupt_blocked_by_if_and_shadow() {
         let (mut s, mut bus) = setup();
         assert_eq!(
-            handle(&mut s, &mut bus, &Exit::Interrupt { vector: 0x20 }),
-            Action::InterruptBlocked
+            handle(&mut s, &mut bus, &GuestExit::Interrupt { vector: 0x20 }),
+            ExitAction::InterruptBlocked
         );
         // STI sets the shadow: still blocked right after it.
         trap(&mut s, &mut bus, &[0xfb]);
         assert_eq!(
-            handle(&mut s, &mut bus, &Exit::Interrupt { vector: 0x20 }),
-            Action::InterruptBlocked
+            handle(&mut s, &mut bus, &GuestExit::Interrupt { vector: 0x20 }),
+            ExitAction::InterruptBlocked
         );
         s.interrupt_shadow = false;
         assert!(matches!(
-            handle(&mut s, &mut bus, &Exit::Interrupt { vector: 0x20 }),
-            Action::Resume(_)
+            handle(&mut s, &mut bus, &GuestExit::Interrupt { vector: 0x20 }),
+            ExitAction::Resume(_)
         ));
     }
 
@@ -313,11 +324,14 @@ mod tests {
         bus.enter_user(&mut s);
         let mut t = s.clone();
         // INT 0x80 as a host #GP naming IDT entry 0x80.
-        let exit = Exit::GeneralProtection {
+        let exit = GuestExit::GeneralProtection {
             error_code: (0x80 << 3) | 2,
             instr: None,
         };
-        assert!(matches!(handle(&mut t, &mut bus, &exit), Action::Resume(_)));
+        assert!(matches!(
+            handle(&mut t, &mut bus, &exit),
+            ExitAction::Resume(_)
+        ));
         assert_eq!(t.eip, HANDLER + 0x80);
         assert_eq!(bus.read_u32(KSTACK - 20), 0x7002);
         // The same INT 0x80 after a SIGSYS: EIP already past it.
@@ -325,7 +339,7 @@ mod tests {
         handle(
             &mut s,
             &mut bus,
-            &Exit::SoftwareInterrupt {
+            &GuestExit::SoftwareInterrupt {
                 vector: 0x80,
                 len: 2,
             },
@@ -338,7 +352,7 @@ mod tests {
         handle(
             &mut u,
             &mut bus,
-            &Exit::SoftwareInterrupt {
+            &GuestExit::SoftwareInterrupt {
                 vector: 0x30,
                 len: 2,
             },
@@ -354,9 +368,9 @@ mod tests {
         let a = handle(
             &mut s,
             &mut bus,
-            &Exit::Exception(Fault::new(Exception::DE)),
+            &GuestExit::Exception(Fault::new(Exception::DE)),
         );
-        assert!(matches!(a, Action::Resume(e) if e.segment_dirty(SegReg::Cs)));
+        assert!(matches!(a, ExitAction::Resume(e) if e.segment_dirty(SegReg::Cs)));
         assert_eq!(s.eip, HANDLER);
         assert_eq!(bus.read_u32(KSTACK - 12), 0x7000);
     }
@@ -388,13 +402,13 @@ mod tests {
         let a = patch(&mut s, &mut bus, &[0xcf]);
         assert_eq!(
             a,
-            Action::Stop(StopReason::Unsupported(Unsupported::TaskSwitch))
+            ExitAction::Stop(StopReason::Unsupported(Unsupported::TaskSwitch))
         );
         s.idtr.limit = 0;
-        let a = handle(&mut s, &mut bus, &Exit::Exception(Fault::ud()));
+        let a = handle(&mut s, &mut bus, &GuestExit::Exception(Fault::ud()));
         assert!(matches!(
             a,
-            Action::Stop(StopReason::Delivery(DeliveryError::TripleFault { .. }))
+            ExitAction::Stop(StopReason::Delivery(DeliveryError::TripleFault { .. }))
         ));
     }
 }

@@ -6,16 +6,12 @@
 
 use iced_x86::{Instruction, Mnemonic, OpKind};
 
-use super::exits::{machine_bus, Step};
-use super::guest_bus::MachineBus;
-use super::mediate::{mediate, Mediated};
-use super::{RunOutcome, Vm};
 use crate::vcpu::emulate::operands::{effective_address, read_gpr, read_mem, write_gpr, write_mem};
 use crate::vcpu::{Fault, GuestBus, VcpuState};
 
 /// Performs `instr` if it is a plain data move (MOV, MOVZX, MOVSX with a memory
 /// operand). `Ok(false)`: not one of those; nothing changed.
-fn data_move(
+pub(super) fn data_move(
     s: &mut VcpuState,
     bus: &mut impl GuestBus,
     instr: &Instruction,
@@ -57,38 +53,6 @@ fn data_move(
         _ => return Ok(false),
     }
     Ok(true)
-}
-
-impl Vm {
-    /// Emulates the access of `instr` to linear `lin`, which has no host mapping.
-    pub(super) fn emulate_access(&mut self, instr: &Instruction, lin: u32) -> Step {
-        let mut bus = machine_bus!(self);
-        let result = data_move(&mut self.state, &mut bus, instr).and_then(|moved| {
-            if moved {
-                self.state.eip = instr.next_ip32();
-                return Ok(true);
-            }
-            // Read-modify-write and string stores, as write mediation performs them.
-            mediate(&mut self.state, &mut bus, instr).map(|m| m == Mediated::Done)
-        });
-        if let Some(f) = bus.failure.take() {
-            return Ok(Some(RunOutcome::GuestFailure {
-                reason: format!("monitor failure during an emulated access: {f:?}"),
-                dump: super::dump(&self.state),
-            }));
-        }
-        match result {
-            Ok(true) => Ok(None),
-            Ok(false) => Ok(Some(RunOutcome::GuestFailure {
-                reason: format!(
-                    "access to {lin:#010x} (page 0, no RAM, or patched code) by `{instr}`: only moves, \
-                     read-modify-write and string stores are emulated there"
-                ),
-                dump: super::dump(&self.state),
-            })),
-            Err(fault) => self.handle(crate::vcpu::exit::Exit::Exception(fault)),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -8,12 +8,12 @@
 //! (its #DB handler returned), or reaches the page through another linear alias, the
 //! original instruction is single-stepped with the trap lifted and the trap is put back.
 
+use rewriter::PatchTable;
+
 use super::code::RamCode;
-use super::exits::{SingleStep, Step};
-use super::Vm;
-use crate::vcpu::exit::Exit as VExit;
-use crate::vcpu::state::eflags;
-use crate::vcpu::{Exception, Fault};
+use super::guest_memory::GuestMemory;
+use crate::addr::{GuestLinear, GuestPhys};
+use crate::memory::GuestRam;
 
 /// DR7 L0/G0 enable bits of breakpoint `n` (SDM Vol. 3B §17.2.4).
 const fn dr7_enabled(dr7: u32, n: usize) -> bool {
@@ -31,33 +31,46 @@ struct Armed {
     /// DR0–DR3.
     slot: usize,
     /// The linear address in DRn.
-    lin: u32,
+    lin: GuestLinear,
     /// Where the trap byte is.
-    phys: u32,
+    phys: GuestPhys,
     /// The trap was pinned for the breakpoint (not already pinned by the kernel proxy).
     owned: bool,
 }
 
 /// The armed breakpoints and the debug registers they were armed from.
 #[derive(Debug, Default)]
-pub(super) struct Breakpoints {
+pub struct Breakpoints {
     applied: ([u32; 4], u32),
     armed: Vec<Armed>,
 }
 
-impl Vm {
-    /// Re-arms the instruction breakpoints when DR0–DR3 or DR7 changed.
-    pub(super) fn sync_breakpoints(&mut self) {
-        let dr = &self.state.dr;
+/// What a trap byte at an armed breakpoint's physical address means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakpointHit {
+    /// The breakpoints in this DR6 mask fire: the guest gets #DB with EIP at the
+    /// instruction.
+    Fire {
+        /// DR6.B0–B3.
+        dr6: u32,
+    },
+    /// The guest's own instruction runs once with the trap lifted (resumed with RF, or
+    /// reached through another linear alias); the trap goes back after it.
+    StepOver,
+}
+
+impl Breakpoints {
+    /// Re-arms the instruction breakpoints when DR0–DR3 or DR7 changed; `user` is the
+    /// privilege level the addresses are translated at.
+    pub fn sync(&mut self, dr: &[u32; 8], mem: &GuestMemory, user: bool, patches: &mut PatchTable) {
         let want = ([dr[0], dr[1], dr[2], dr[3]], dr[7]);
-        if want == self.breakpoints.applied {
+        if want == self.applied {
             return;
         }
-        for a in std::mem::take(&mut self.breakpoints.armed) {
+        let mut ram = RamCode(&mem.ram);
+        for a in std::mem::take(&mut self.armed) {
             if a.owned {
-                self.code
-                    .patches
-                    .unpin_entry(&mut RamCode(&self.ram), a.phys);
+                patches.unpin_entry(&mut ram, a.phys.raw());
             }
         }
         let (addrs, dr7) = want;
@@ -65,73 +78,56 @@ impl Vm {
             if !dr7_enabled(dr7, slot) || dr7_rw(dr7, slot) != 0 {
                 continue;
             }
+            let lin = GuestLinear(lin);
             // A breakpoint on an address with no translation yet cannot fire yet.
-            let Some(phys) = self.code_phys(lin) else {
+            let Some(phys) = mem.code_phys(lin, user) else {
                 continue;
             };
-            let owned = !self.code.patches.is_entry(phys);
-            if owned
-                && self
-                    .code
-                    .patches
-                    .pin_entry(&mut RamCode(&self.ram), phys)
-                    .is_err()
-            {
+            let owned = !patches.is_entry(phys.raw());
+            if owned && patches.pin_entry(&mut ram, phys.raw()).is_err() {
                 continue;
             }
-            self.breakpoints.armed.push(Armed {
+            self.armed.push(Armed {
                 slot,
                 lin,
                 phys,
                 owned,
             });
         }
-        self.breakpoints.applied = want;
+        self.applied = want;
     }
 
-    /// A trap at linear `site` that may be an armed breakpoint. `None`: not ours.
-    pub(super) fn breakpoint_trap(&mut self, site: u32) -> Option<Step> {
-        let phys = self.code_phys(site)?;
-        let hits: Vec<Armed> = self
-            .breakpoints
-            .armed
-            .iter()
-            .copied()
-            .filter(|a| a.phys == phys)
-            .collect();
-        let first = *hits.first()?;
-        let resumed_with_rf = self.entry_rf_at == Some(site);
-        let matched: Vec<&Armed> = hits.iter().filter(|a| a.lin == site).collect();
-        let eip = self.state.eip.wrapping_sub(1);
-        if !matched.is_empty() && !resumed_with_rf {
+    /// A trap at linear `site` (guest-physical `phys`) that may be an armed breakpoint;
+    /// `resumed_with_rf` when the guest was entered right there with EFLAGS.RF set.
+    /// `None`: not a breakpoint's trap.
+    pub fn hit(
+        &self,
+        site: GuestLinear,
+        phys: GuestPhys,
+        resumed_with_rf: bool,
+    ) -> Option<BreakpointHit> {
+        let mut at_phys = self.armed.iter().filter(|a| a.phys == phys).peekable();
+        let first = **at_phys.peek()?;
+        let dr6 = at_phys
+            .filter(|a| a.lin == site)
+            .fold(0, |m, a| m | (1 << a.slot));
+        if dr6 != 0 && !resumed_with_rf {
             // An instruction breakpoint is a fault: EIP stays at the instruction.
-            self.state.eip = eip;
-            for a in matched {
-                self.state.dr[6] |= 1 << a.slot;
-            }
-            return Some(self.handle(VExit::Exception(Fault::new(Exception::DB))));
+            return Some(BreakpointHit::Fire { dr6 });
         }
-        if !first.owned {
-            return None;
-        }
-        // Run the guest's own instruction once with the trap lifted, then re-arm.
-        self.state.eip = eip;
-        self.code.patches.unpin_entry(&mut RamCode(&self.ram), phys);
-        self.step = Some(SingleStep::repin(phys, self.state.eflags & eflags::TF));
-        self.state.eflags |= eflags::TF;
-        Some(Ok(None))
+        first.owned.then_some(BreakpointHit::StepOver)
+    }
+
+    /// Lifts the trap at `phys` for a step over the instruction under it.
+    pub fn lift(&self, phys: GuestPhys, ram: &GuestRam, patches: &mut PatchTable) {
+        patches.unpin_entry(&mut RamCode(ram), phys.raw());
     }
 
     /// Puts a breakpoint's trap back after its instruction was stepped over.
-    pub(super) fn repin_breakpoint(&mut self, phys: u32) {
-        if self
-            .code
-            .patches
-            .pin_entry(&mut RamCode(&self.ram), phys)
-            .is_err()
-        {
+    pub fn repin(&mut self, phys: GuestPhys, ram: &GuestRam, patches: &mut PatchTable) {
+        if patches.pin_entry(&mut RamCode(ram), phys.raw()).is_err() {
             // The page is gone from RAM's reach; drop the breakpoint rather than stop.
-            self.breakpoints.armed.retain(|a| a.phys != phys);
+            self.armed.retain(|a| a.phys != phys);
         }
     }
 }

@@ -92,7 +92,11 @@ const MONITOR_SYSCALLS: &[libc::c_long] = &[
 /// # Errors
 /// [`HostCpuError::Seccomp`] if the kernel refuses the filter.
 pub fn install_monitor_allowlist() -> Result<(), HostCpuError> {
-    let list: Vec<u32> = MONITOR_SYSCALLS.iter().map(|&n| n as u32).collect();
+    // Syscall numbers are small and non-negative: none is lost.
+    let list: Vec<u32> = MONITOR_SYSCALLS
+        .iter()
+        .filter_map(|&n| u32::try_from(n).ok())
+        .collect();
     let program = monitor_allowlist_program(&list)?;
     apply_filter_all_threads(&program).map_err(HostCpuError::Seccomp)
 }

@@ -6,8 +6,9 @@
 //! back, keeping the virtual bits (IF, IOPL, NT, VM, VIF, VIP) of the vCPU.
 
 use crate::hostcpu::{GuestContext, GUEST_EFLAGS_MASK};
-use crate::vcpu::state::{cr0, eflags, gpr};
+use crate::vcpu::state::gpr;
 use crate::vcpu::VcpuState;
+use crate::x86::{cr0, eflags};
 
 /// The EFLAGS bits the guest owns natively in its current mode. AC is passed to the host
 /// only when it means something to the guest (CPL 3 with CR0.AM): the host runs with

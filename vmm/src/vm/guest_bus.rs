@@ -15,7 +15,8 @@
 use shadow_paging::{walk, Access};
 
 use super::code::{CodePages, RamCode};
-use super::shadow::{Paging, RamPhys};
+use super::guest_memory::GuestMemory;
+use super::shadow_backend::{Paging, RamPhys};
 use crate::addr::{GuestLinear, GuestPhys, PAGE_SIZE};
 use crate::devices::{ExitRequest, PortAction, PortBus};
 use crate::memory::{GuestRam, LinearSpace};
@@ -47,58 +48,76 @@ pub struct MachineBus<'a> {
     pub failure: Option<BusFailure>,
 }
 
+impl<'a> MachineBus<'a> {
+    /// The machine as one emulated instruction or event delivery sees it, built from the
+    /// memory part, the code part's pages and the platform's port bus.
+    pub fn new(mem: &'a mut GuestMemory, code: &'a mut CodePages, ports: &'a mut PortBus) -> Self {
+        let GuestMemory { ram, space, paging } = mem;
+        Self {
+            ram,
+            space,
+            code,
+            paging,
+            ports,
+            exit_request: None,
+            failure: None,
+        }
+    }
+}
+
 impl MachineBus<'_> {
-    fn chunks(addr: GuestLinear, len: usize) -> impl Iterator<Item = (u32, usize, usize)> {
+    fn chunks(addr: GuestLinear, len: usize) -> impl Iterator<Item = (GuestLinear, usize, usize)> {
         // Split at page boundaries and at the 4 GiB wrap: (linear, offset in buffer, len).
         let mut done = 0usize;
-        let mut lin = addr.raw();
+        let mut lin = addr;
         std::iter::from_fn(move || {
             if done >= len {
                 return None;
             }
-            let room = (PAGE_SIZE - (lin & (PAGE_SIZE - 1))) as usize;
-            let n = room.min(len - done);
-            let item = (lin, done, n);
-            done += n;
-            lin = lin.wrapping_add(n as u32);
+            let room = PAGE_SIZE - lin.page_offset();
+            // A chunk never exceeds a page: `n` fits in 32 bits.
+            let n = room.min(u32::try_from(len - done).unwrap_or(room));
+            let item = (lin, done, n as usize);
+            done += n as usize;
+            lin = lin.wrapping_add(n);
             Some(item)
         })
     }
 
     /// The guest-physical address `lin` translates to for this access, with paging on;
     /// `Ok(None)` when it is not RAM (reads all ones, writes ignored).
-    fn translate(&mut self, lin: u32, access: Access) -> Result<Option<u32>, Fault> {
+    fn translate(&mut self, lin: GuestLinear, access: Access) -> Result<Option<GuestPhys>, Fault> {
         let ctx = *self.paging.shadow.context();
-        let t = walk(&mut RamPhys(self.ram), &ctx, GuestLinear(lin), access)
-            .map_err(|pf| Fault::page_fault(GuestLinear(pf.cr2.raw()), pf.error_code.0))?;
-        let phys = t.phys.raw();
-        Ok(u32::try_from(phys)
-            .ok()
-            .filter(|&p| u64::from(p) < self.ram.size()))
+        let t = walk(&mut RamPhys(self.ram), &ctx, lin, access)
+            .map_err(|pf| Fault::page_fault(pf.cr2, pf.error_code.0))?;
+        Ok(t.phys
+            .below_4g()
+            .filter(|p| u64::from(p.raw()) < self.ram.size()))
     }
 
-    fn write_paged(&mut self, lin: u32, data: &[u8], user: bool) -> Result<(), Fault> {
+    fn write_paged(&mut self, lin: GuestLinear, data: &[u8], user: bool) -> Result<(), Fault> {
         let Some(phys) = self.translate(lin, Access::write(user))? else {
             return Ok(());
         };
-        let page = GuestPhys(phys & !(PAGE_SIZE - 1));
+        let page = phys.page();
         if matches!(
             self.paging.shadow.page_use(page),
             shadow_paging::PageUse::Code { .. }
         ) {
-            self.code.revert_physical(self.ram, page.raw());
+            self.code.revert_physical(self.ram, page);
             let ((), err) = self
                 .paging
                 .with_host(self.ram, self.space, |s, h| s.unmark_code(h, page));
             self.keep(err);
             self.paging.stats.code_writes += 1;
         }
-        let _ = rewriter::CodeMemoryMut::write(&mut RamCode(self.ram), phys, data);
+        let _ = rewriter::CodeMemoryMut::write(&mut RamCode(self.ram), phys.raw(), data);
         if self.paging.shadow.is_page_table(page) {
-            let len = data.len() as u32;
-            let (_, err) = self.paging.with_host(self.ram, self.space, |s, h| {
-                s.table_written(h, GuestPhys(phys), len)
-            });
+            // At most a page (a chunk of one access).
+            let len = u32::try_from(data.len()).unwrap_or(PAGE_SIZE);
+            let (_, err) = self
+                .paging
+                .with_host(self.ram, self.space, |s, h| s.table_written(h, phys, len));
             self.keep(err);
             self.paging.stats.table_writes += 1;
         }
@@ -120,7 +139,7 @@ impl GuestBus for MachineBus<'_> {
             let phys = if paged {
                 self.translate(lin, Access::read(user))?
             } else {
-                Some(lin)
+                Some(GuestPhys(lin.raw()))
             };
             let dst = &mut buf[off..off + n];
             let got = phys.map_or(0, |p| self.code.read_original(self.ram, p, dst));
@@ -141,13 +160,18 @@ impl GuestBus for MachineBus<'_> {
             return Ok(());
         }
         for (lin, off, n) in Self::chunks(addr, data.len()) {
-            if self.code.is_armed(lin) {
-                if let Err(e) = self.code.on_write(self.space, lin) {
+            // Paging off: linear is physical.
+            let phys = GuestPhys(lin.raw());
+            if self.code.is_armed(phys) {
+                if let Err(e) = self.code.on_write(self.space, phys) {
                     self.failure = Some(BusFailure::Map(e.to_string()));
                 }
             }
-            let _ =
-                rewriter::CodeMemoryMut::write(&mut RamCode(self.ram), lin, &data[off..off + n]);
+            let _ = rewriter::CodeMemoryMut::write(
+                &mut RamCode(self.ram),
+                phys.raw(),
+                &data[off..off + n],
+            );
         }
         Ok(())
     }

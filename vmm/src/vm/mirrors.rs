@@ -7,9 +7,11 @@
 //! paging live in a second bank of slots, so going between user and kernel mode switches
 //! selectors instead of rewriting descriptors.
 
+use crate::addr::GuestLinear;
 use crate::hostcpu::ldt::{self, LdtDescriptor, LdtError, SegmentKind};
 use crate::hostcpu::GuestContext;
-use crate::vcpu::{mirror_of, MirrorDescriptor, SegReg, VcpuState};
+use crate::vcpu::{mirror_of, MirrorDescriptor, VcpuState};
+use crate::x86::SegReg;
 
 /// Host LDT slot of the first mirror; slot 0 stays empty so that no guest state can ever
 /// be confused with a null selector.
@@ -76,10 +78,11 @@ impl Mirrors {
         &mut self,
         state: &VcpuState,
         dirty: u8,
-        user_clamp: Option<u32>,
+        user_clamp: Option<GuestLinear>,
         ctx: &mut GuestContext,
     ) -> Result<(), LdtError> {
         let cpl = state.cpl();
+        let user_clamp = user_clamp.map(GuestLinear::raw);
         for reg in SegReg::ALL {
             if dirty & (1 << reg as u8) == 0 {
                 continue;

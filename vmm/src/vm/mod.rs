@@ -1,49 +1,63 @@
-//! A virtual machine: guest RAM and its host mapping, the vCPU, the PC devices, and the
-//! run loop that enters the guest natively and handles every exit (ARCHITECTURE.md §3).
+//! A virtual machine: the run loop that enters the guest natively and handles every exit
+//! (ARCHITECTURE.md §3), composed of parts that each own their state:
+//!
+//! - the CPU ([`cpu`]): vCPU state, host context, segment mirrors, single steps and
+//!   instruction breakpoints;
+//! - memory and paging ([`guest_memory`]): guest RAM, the linear space, shadow paging
+//!   ([`shadow_backend`]);
+//! - code ([`code`]): scan-before-execute, the patch table, fetching and decoding guest
+//!   code, the entry hook;
+//! - the platform ([`platform`]): devices, clock, timer deadline;
+//! - exit statistics ([`stats`]).
+//!
+//! An exit goes through three stages, each named once: the host's raw exit
+//! ([`crate::hostcpu::HostExit`], decoded from the signal), its classification into what
+//! it means (`classify.rs`), and its handling (`handle.rs`; what the guest must see goes on
+//! to [`crate::vcpu::exit::handle`]). Host page faults are handled in `page_fault.rs`
+//! (hidden fault filled, true fault injected, code fetch scanned, write mediated); trap
+//! bytes in `trap.rs`; what emulation changed is applied on the host in `effects.rs`.
 
 mod access;
 mod breakpoints;
+mod classify;
 pub mod code;
 mod confine;
 pub mod context;
-mod entry_hook;
-mod exits;
+pub mod cpu;
+mod effects;
 pub mod guest_bus;
+pub mod guest_memory;
+mod handle;
 mod mediate;
 pub mod mirrors;
-mod paging;
-mod platform;
-pub mod shadow;
+mod page_fault;
+pub mod platform;
+pub mod shadow_backend;
 pub mod stats;
+mod trap;
 
 use std::io::Write;
-use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
-use crate::addr::{GuestLinear, GuestPhys, PAGE_SIZE};
-use crate::devices::{BusError, Clock, MonotonicClock};
+use crate::devices::BusError;
 use crate::hostcpu::timer::{Kicker, TimerError, VcpuTimer};
-use crate::hostcpu::{self, ldt::LdtError, GuestContext, HostCpu, HostCpuError};
+use crate::hostcpu::{self, ldt::LdtError, HostCpu, HostCpuError};
 use crate::loader::multiboot::{load_multiboot, BootInfo, LoadError};
-use crate::memory::{GuestRam, LinearSpace, MemoryError, Prot};
-use crate::vcpu::state::eflags;
+use crate::memory::{GuestRam, MemoryError};
+use crate::vcpu::exit::GuestExit;
 use crate::vcpu::VcpuState;
+use crate::x86::eflags;
 
-use code::{CodeError, CodePages};
-use mirrors::Mirrors;
+use code::{Code, CodeError};
+use cpu::{Cpu, ALL_SEGMENTS};
+use guest_memory::GuestMemory;
 use platform::Platform;
-use shadow::Paging;
 use stats::Stats;
 
-pub use entry_hook::{EntryHook, HookError};
+pub use code::{EntryHook, HookError};
 pub use platform::spawn_stdin_reader;
 
 /// Default guest RAM size.
 pub const DEFAULT_MEM_SIZE: u64 = 128 << 20;
-
-/// How long a halted vCPU sleeps at most before it looks again for work that may have
-/// been signalled without waking it.
-const HALT_POLL: Duration = Duration::from_millis(10);
 
 /// What to run.
 pub struct VmConfig {
@@ -132,54 +146,38 @@ impl RunOutcome {
     /// never confused with a debug-exit status).
     pub fn exit_code(&self) -> i32 {
         match self {
-            RunOutcome::DebugExit { status } => (*status & 0xff) as i32,
+            RunOutcome::DebugExit { status } => i32::from(status.to_le_bytes()[0]),
             RunOutcome::Shutdown { .. } => 0,
             RunOutcome::GuestFailure { .. } => 4,
         }
     }
 }
 
-/// A virtual machine with one vCPU.
+/// A virtual machine with one vCPU, composed of its parts.
 pub struct Vm {
-    ram: GuestRam,
-    space: LinearSpace,
-    code: CodePages,
-    paging: Paging,
-    mirrors: Mirrors,
-    stats: Stats,
-    state: VcpuState,
-    ctx: Box<GuestContext>,
+    /// The vCPU and what the monitor keeps beside it.
+    cpu: Cpu,
+    /// Guest RAM, the linear space and shadow paging.
+    mem: GuestMemory,
+    /// Guest code: scan state, patches, the entry hook.
+    code: Code,
+    /// Devices and time.
     platform: Platform,
-    clock: MonotonicClock,
+    /// Exit accounting.
+    stats: Stats,
     boot: BootInfo,
-    /// The PIT deadline the host timer is armed for.
-    armed: Option<u64>,
     cpuid_faulting: bool,
     /// Print every exit to stderr (`VMM_TRACE=1`).
     trace: bool,
-    /// A single step in progress (see [`exits::SingleStep`]).
-    step: Option<exits::SingleStep>,
-    /// Guest instruction breakpoints (DR0–DR3).
-    breakpoints: breakpoints::Breakpoints,
-    /// The linear EIP of the last entry when it was made with EFLAGS.RF set: the first
-    /// instruction there does not take an instruction breakpoint.
-    entry_rf_at: Option<u32>,
-    /// The part serving bound guest entry points (the kernel proxy), when one is attached.
-    entry_hook: Option<Box<dyn EntryHook>>,
 }
 
 impl std::fmt::Debug for Vm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Vm")
-            .field("mem_size", &self.ram.size())
+            .field("mem_size", &self.mem.ram.size())
             .field("boot", &self.boot)
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A device poisoned by a panic elsewhere is still a consistent state machine.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Vm {
@@ -197,39 +195,20 @@ impl Vm {
                 source,
             },
         )?;
-        let mut space = LinearSpace::reserve()?;
-        // Page 0 stays unmapped: guest accesses to it are emulated.
-        let len = u32::try_from(ram.size() - u64::from(PAGE_SIZE)).unwrap_or(u32::MAX);
-        space.map(
-            GuestLinear(PAGE_SIZE),
-            &ram,
-            GuestPhys(PAGE_SIZE),
-            len,
-            Prot::RW,
-        )?;
-        let clock = MonotonicClock::new();
-        let platform = Platform::new(clock, config.serial_out, ram.size())?;
+        let ram_size = ram.size();
+        // Probed here: CPUID faults in this process once the guest runs.
+        let mem = GuestMemory::new(ram, shadow_backend::host_has_exec_only())?;
+        let platform = Platform::new(config.serial_out, ram_size)?;
         let state = VcpuState::multiboot_entry(boot.entry, boot.eax, boot.ebx);
         Ok(Self {
-            ram,
-            space,
-            code: CodePages::default(),
-            // Probed here: CPUID faults in this process once the guest runs.
-            paging: Paging::new(shadow::host_has_exec_only()),
-            mirrors: Mirrors::default(),
-            stats: Stats::default(),
-            state,
-            ctx: Box::default(),
+            cpu: Cpu::new(state),
+            mem,
+            code: Code::default(),
             platform,
-            clock,
+            stats: Stats::default(),
             boot,
-            armed: None,
             cpuid_faulting: false,
             trace: std::env::var_os("VMM_TRACE").is_some_and(|v| v == "1"),
-            step: None,
-            breakpoints: breakpoints::Breakpoints::default(),
-            entry_rf_at: None,
-            entry_hook: None,
         })
     }
 
@@ -240,8 +219,8 @@ impl Vm {
     /// # Errors
     /// What the hook reports, when an entry point cannot be pinned.
     pub fn attach_entry_hook(&mut self, mut hook: Box<dyn EntryHook>) -> Result<(), HookError> {
-        hook.pin(&mut self.code.patches, &self.ram)?;
-        self.entry_hook = Some(hook);
+        hook.pin(&mut self.code.pages.patches, &self.mem.ram)?;
+        self.code.hook = Some(hook);
         Ok(())
     }
 
@@ -257,8 +236,8 @@ impl Vm {
 
     /// Named counters beside the exit table (`--stats`).
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
-        let c = self.code.stats;
-        let p = self.paging.stats;
+        let c = self.code.pages.stats;
+        let p = self.mem.paging.stats;
         let ports = self.platform.ports.stats();
         let unknown: u64 = ports
             .values()
@@ -276,9 +255,9 @@ impl Vm {
             ("page_table_writes_mediated", p.table_writes),
             ("paged_accesses_emulated", p.emulated),
             ("paged_code_writes", p.code_writes),
-            ("execute_only_code", u64::from(self.paging.exec_only)),
-            ("patched_sites", self.code.patches.len() as u64),
-            ("ldt_writes", self.mirrors.writes),
+            ("execute_only_code", u64::from(self.mem.paging.exec_only)),
+            ("patched_sites", self.code.pages.patches.len() as u64),
+            ("ldt_writes", self.cpu.mirrors.writes),
             ("unknown_port_accesses", unknown),
             ("cpuid_faulting", u64::from(self.cpuid_faulting)),
         ]
@@ -299,128 +278,78 @@ impl Vm {
     /// # Errors
     /// [`VmError`] for monitor-side failures; guest misbehaviour is a [`RunOutcome`].
     pub fn run(&mut self, on_start: impl FnOnce(Kicker)) -> Result<RunOutcome, VmError> {
-        let mut cpu = HostCpu::new()?;
+        let mut host = HostCpu::new()?;
         hostcpu::seccomp::install_guest_syscall_trap()?;
         self.cpuid_faulting = hostcpu::cpuid::enable_cpuid_faulting().is_ok();
         if !self.cpuid_faulting {
             // Without faulting CPUID would answer natively with the host's CPU: rewrite it.
-            self.code.also_patch.push(rewriter::Class::Cpuid);
+            self.code.pages.also_patch.push(rewriter::Class::Cpuid);
         }
         // INT n traps natively either way (#GP through a host gate of DPL 0, or a seccomp
         // SIGSYS for INT 0x80), but a trap byte is the cheapest exit: measured with
         // `vmm bench`, the SIGSYS path costs ~11,000 cycles more than an INT3 exit.
-        self.code.also_patch.push(rewriter::Class::Int);
-        let timer = VcpuTimer::new(&cpu.kicker())?;
-        on_start(cpu.kicker());
+        self.code.pages.also_patch.push(rewriter::Class::Int);
+        let timer = VcpuTimer::new(&host.kicker())?;
+        on_start(host.kicker());
         confine::install_monitor_allowlist()?;
-        self.mirrors.sync(&self.state, 0x3f, None, &mut self.ctx)?;
+        self.cpu.sync_mirrors(ALL_SEGMENTS, None)?;
         loop {
-            self.platform.poll(&self.clock);
+            self.platform.poll();
             if let Some(outcome) = self.inject_interrupt() {
                 return Ok(outcome);
             }
-            if self.state.halted {
-                if self.state.eflags & eflags::IF == 0 {
+            if self.cpu.state.halted {
+                if self.cpu.state.eflags & eflags::IF == 0 {
                     return Ok(RunOutcome::Shutdown {
                         reason: format!(
                             "the guest halted with interrupts disabled at {:#010x}",
-                            self.state.eip
+                            self.cpu.state.eip
                         ),
                     });
                 }
-                self.wait_for_event(&cpu);
+                self.platform.wait_for_event(&host);
                 continue;
             }
-            self.arm_timer(&timer)?;
-            context::load(&self.state, &mut self.ctx);
-            self.mirrors.apply(&mut self.ctx);
-            let entry_eip = self.state.eip;
-            self.entry_rf_at = (self.state.eflags & eflags::RF != 0).then(|| {
-                self.state
-                    .sreg(crate::vcpu::SegReg::Cs)
-                    .base
-                    .wrapping_add(entry_eip)
-            });
-            let exit = cpu.run(&mut self.ctx);
-            if !matches!(exit.kind, hostcpu::ExitKind::BadEntry(_)) {
-                context::store(&self.ctx, &mut self.state);
-                // The instruction after STI or MOV SS has run natively: the shadow is over.
-                if self.state.eip != entry_eip {
-                    self.state.interrupt_shadow = false;
-                }
-            }
-            if let Some(outcome) = self.handle_exit(exit)? {
+            self.platform.arm_timer(&timer)?;
+            let entry_eip = self.cpu.prepare_entry();
+            let exit = host.run(&mut self.cpu.ctx);
+            self.cpu.take_exit(&exit, entry_eip);
+            if let Some(outcome) = self.handle(&exit)? {
                 let _ = timer.disarm();
                 return Ok(outcome);
             }
-            self.sync_breakpoints();
+            let user = self.cpu.user();
+            self.cpu.breakpoints.sync(
+                &self.cpu.state.dr,
+                &self.mem,
+                user,
+                &mut self.code.pages.patches,
+            );
             if self.trace {
-                eprintln!("vmm:   resume at {:#010x}", self.state.eip);
+                eprintln!("vmm:   resume at {:#010x}", self.cpu.state.eip);
             }
         }
     }
 
     /// Delivers the highest-priority pending PIC interrupt if the virtual IF allows it.
     fn inject_interrupt(&mut self) -> Option<RunOutcome> {
+        let s = &self.cpu.state;
         // Not in the middle of a single step: the frame would capture the monitor's TF.
-        if self.state.eflags & eflags::IF == 0 || self.state.interrupt_shadow || self.step.is_some()
-        {
+        if s.eflags & eflags::IF == 0 || s.interrupt_shadow || self.cpu.step.is_some() {
             return None;
         }
-        let vector = lock(&self.platform.pic).acknowledge()?;
-        match self.handle(crate::vcpu::exit::Exit::Interrupt { vector }) {
+        let vector = self.platform.acknowledge_interrupt()?;
+        match self.hand_to_vcpu(GuestExit::Interrupt { vector }) {
             Ok(outcome) => outcome,
             Err(e) => Some(RunOutcome::GuestFailure {
                 reason: format!("delivering interrupt vector {vector:#x}: {e}"),
-                dump: dump(&self.state),
+                dump: self.cpu.dump(),
             }),
         }
     }
 
-    /// Sleeps until the PIT's next edge or an interrupt request, without spinning.
-    fn wait_for_event(&mut self, cpu: &HostCpu) {
-        loop {
-            self.platform.poll(&self.clock);
-            if lock(&self.platform.pic).has_pending() || cpu.take_pending() {
-                return;
-            }
-            let now = self.clock.now_ns();
-            let nap = match lock(&self.platform.pit).next_deadline_ns() {
-                Some(d) if d <= now => return,
-                Some(d) => Duration::from_nanos(d - now).min(HALT_POLL),
-                None => HALT_POLL,
-            };
-            // A kick (serial input) interrupts the sleep with EINTR.
-            std::thread::sleep(nap);
-        }
-    }
-
-    /// Arms the host timer for the PIT's next edge, when that changed.
-    fn arm_timer(&mut self, timer: &VcpuTimer) -> Result<(), VmError> {
-        let deadline = lock(&self.platform.pit).next_deadline_ns();
-        if deadline == self.armed {
-            return Ok(());
-        }
-        self.armed = deadline;
-        match deadline {
-            None => timer.disarm()?,
-            Some(d) => {
-                let now = self.clock.now_ns();
-                // A zero value would disarm the timer: fire "now" as 1 µs.
-                let delay = Duration::from_nanos(d.saturating_sub(now).max(1_000));
-                timer.arm(delay, Duration::ZERO)?;
-            }
-        }
-        Ok(())
-    }
-
     /// The vCPU registers, for a dump on a guest failure.
     pub fn register_dump(&self) -> String {
-        dump(&self.state)
+        self.cpu.dump()
     }
-}
-
-/// The vCPU register dump printed when a guest fails.
-pub fn dump(s: &VcpuState) -> String {
-    s.to_string()
 }

@@ -1,24 +1,29 @@
-//! The PC platform of a VM: the port bus and the devices on it, the timer that drives
-//! the PIT, and serial input from the host.
+//! The platform part of a VM: the port bus and the devices on it, the clock and the host
+//! timer deadline that drive the PIT, interrupt acknowledgement, and serial input from
+//! the host.
 
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::devices::{
-    register_pic, register_pit, BusError, Clock, Cmos, DebugExit, DualPic, MonotonicClock, PicLine,
-    Pit, PortBus, PostPort, SerialPort, SystemWallClock, CMOS_BASE, CMOS_PORT_LEN, COM1_BASE,
-    COM1_IRQ, DEBUG_EXIT_BASE, DEBUG_EXIT_LEN, PIT_IRQ, POST_PORT, SERIAL_PORT_LEN,
+    lock, register_pic, register_pit, BusError, Clock, Cmos, DebugExit, DualPic, MonotonicClock,
+    PicLine, Pit, PortBus, PostPort, SerialPort, SystemWallClock, CMOS_BASE, CMOS_PORT_LEN,
+    COM1_BASE, COM1_IRQ, DEBUG_EXIT_BASE, DEBUG_EXIT_LEN, PIT_IRQ, POST_PORT, SERIAL_PORT_LEN,
 };
-use crate::hostcpu::timer::Kicker;
+use crate::hostcpu::timer::{Kicker, TimerError, VcpuTimer};
+use crate::hostcpu::HostCpu;
 
-use super::lock;
+/// How long a halted vCPU sleeps at most before it looks again for work that may have
+/// been signalled without waking it.
+const HALT_POLL: Duration = Duration::from_millis(10);
 
 /// The system PIT, counting host monotonic time.
 pub type SystemPit = Pit<MonotonicClock, PicLine>;
 /// COM1, writing to wherever the VM's serial output goes.
 pub type Com1 = SerialPort<PicLine, Box<dyn Write + Send>>;
 
-/// The devices of one VM.
+/// The devices of one VM and the time that drives them.
 pub struct Platform {
     /// The port bus the emulator's IN/OUT reach.
     pub ports: PortBus,
@@ -28,6 +33,19 @@ pub struct Platform {
     pub pit: Arc<Mutex<SystemPit>>,
     /// COM1.
     pub serial: Arc<Mutex<Com1>>,
+    /// The host monotonic time the PIT counts.
+    clock: MonotonicClock,
+    /// The PIT deadline the host timer is armed for.
+    armed: Option<u64>,
+}
+
+impl std::fmt::Debug for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Platform")
+            .field("ports", &self.ports)
+            .field("armed", &self.armed)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Platform {
@@ -36,11 +54,8 @@ impl Platform {
     ///
     /// # Errors
     /// [`BusError`] if two devices claim the same ports (a monitor bug).
-    pub fn new(
-        clock: MonotonicClock,
-        serial_out: Box<dyn Write + Send>,
-        ram_size: u64,
-    ) -> Result<Self, BusError> {
+    pub fn new(serial_out: Box<dyn Write + Send>, ram_size: u64) -> Result<Self, BusError> {
+        let clock = MonotonicClock::new();
         let pic = Arc::new(Mutex::new(DualPic::new()));
         let pit = Arc::new(Mutex::new(Pit::new(clock, PicLine::new(&pic, PIT_IRQ))));
         let serial = Arc::new(Mutex::new(SerialPort::new(
@@ -65,12 +80,58 @@ impl Platform {
             pic,
             pit,
             serial,
+            clock,
+            armed: None,
         })
     }
 
     /// Advances the PIT to the clock's present (raising IRQ 0 on the PIC for its edges).
-    pub fn poll(&self, clock: &MonotonicClock) {
-        lock(&self.pit).poll(clock.now_ns());
+    pub fn poll(&self) {
+        lock(&self.pit).poll(self.clock.now_ns());
+    }
+
+    /// The vector of the highest-priority pending PIC interrupt, acknowledged.
+    pub fn acknowledge_interrupt(&self) -> Option<u8> {
+        lock(&self.pic).acknowledge()
+    }
+
+    /// Sleeps until the PIT's next edge or an interrupt request, without spinning.
+    pub fn wait_for_event(&self, cpu: &HostCpu) {
+        loop {
+            self.poll();
+            if lock(&self.pic).has_pending() || cpu.take_pending() {
+                return;
+            }
+            let now = self.clock.now_ns();
+            let nap = match lock(&self.pit).next_deadline_ns() {
+                Some(d) if d <= now => return,
+                Some(d) => Duration::from_nanos(d - now).min(HALT_POLL),
+                None => HALT_POLL,
+            };
+            // A kick (serial input) interrupts the sleep with EINTR.
+            std::thread::sleep(nap);
+        }
+    }
+
+    /// Arms the host timer for the PIT's next edge, when that changed.
+    ///
+    /// # Errors
+    /// The host refused the timer.
+    pub fn arm_timer(&mut self, timer: &VcpuTimer) -> Result<(), TimerError> {
+        let deadline = lock(&self.pit).next_deadline_ns();
+        if deadline == self.armed {
+            return Ok(());
+        }
+        self.armed = deadline;
+        match deadline {
+            None => timer.disarm(),
+            Some(d) => {
+                let now = self.clock.now_ns();
+                // A zero value would disarm the timer: fire "now" as 1 µs.
+                let delay = Duration::from_nanos(d.saturating_sub(now).max(1_000));
+                timer.arm(delay, Duration::ZERO)
+            }
+        }
     }
 
     /// A handle that feeds COM1 from another thread.

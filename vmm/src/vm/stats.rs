@@ -6,6 +6,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::addr::GuestLinear;
+
 /// Why the guest left native execution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -78,7 +80,7 @@ pub struct SiteCount {
 #[derive(Debug, Default)]
 pub struct Stats {
     exits: BTreeMap<ExitReason, u64>,
-    sites: HashMap<u32, (&'static str, u64)>,
+    sites: HashMap<GuestLinear, (&'static str, u64)>,
 }
 
 impl Stats {
@@ -88,7 +90,7 @@ impl Stats {
     }
 
     /// Counts one exit at a site of the given class.
-    pub fn site(&mut self, address: u32, class: &'static str) {
+    pub fn site(&mut self, address: GuestLinear, class: &'static str) {
         self.sites.entry(address).or_insert((class, 0)).1 += 1;
     }
 
@@ -109,7 +111,7 @@ impl Stats {
         v.into_iter()
             .take(n)
             .map(|(addr, (class, count))| SiteCount {
-                address: format!("{addr:#010x}"),
+                address: addr.to_string(),
                 class,
                 count: *count,
             })
@@ -166,10 +168,10 @@ mod tests {
         let mut s = Stats::default();
         for _ in 0..3 {
             s.exit(ExitReason::RewriteTrap);
-            s.site(0x1000, "pushf");
+            s.site(GuestLinear(0x1000), "pushf");
         }
         s.exit(ExitReason::Privileged);
-        s.site(0x2000, "cli");
+        s.site(GuestLinear(0x2000), "cli");
         assert_eq!(s.total(), 4);
         let top = s.top_sites(1);
         assert_eq!(top.len(), 1);

@@ -11,7 +11,7 @@
 //! Addresses here are guest-physical: with paging off they equal the linear addresses
 //! the host mapping uses. With paging on, pages are scanned by guest-physical frame
 //! ([`CodePages::scan_physical`]), so every linear alias of a frame shares one scan and
-//! one patch table entry; the shadow state (vm/paging.rs) owns their host protections.
+//! one patch table entry; the shadow state (vm/shadow_backend.rs) owns their host protections.
 
 use std::collections::{HashMap, HashSet};
 
@@ -20,6 +20,7 @@ use rewriter::{
     Site, TRAP_BYTE,
 };
 
+use super::fetch::insn_len;
 use crate::addr::{GuestLinear, GuestPhys, PAGE_SIZE};
 use crate::memory::{GuestRam, LinearSpace, MemoryError, Prot};
 
@@ -53,19 +54,19 @@ impl CodeMemoryMut for RamCode<'_> {
 #[derive(Debug, thiserror::Error)]
 pub enum CodeError {
     /// The patcher refused a site.
-    #[error("patching page {page:#010x}")]
+    #[error("patching page {page}")]
     Patch {
         /// The page.
-        page: u32,
+        page: GuestPhys,
         /// What the patcher said.
         #[source]
         source: PatchError,
     },
     /// The host mapping could not be changed.
-    #[error("changing the host mapping of page {page:#010x}")]
+    #[error("changing the host mapping of page {page}")]
     Map {
         /// The page.
-        page: u32,
+        page: GuestPhys,
         /// What the mapping layer said.
         #[source]
         source: MemoryError,
@@ -108,7 +109,8 @@ impl Snapshot {
     /// `end` bounds the bytes kept (contiguous RAM from `page`); `straddle_end` is where
     /// the scan's last instruction ends, possibly in the next page.
     fn take(ram: &GuestRam, page: u32, starts: &[u32], end: u64, straddle_end: u64) -> Self {
-        let mut bytes = vec![0u8; end.saturating_sub(u64::from(page)) as usize];
+        let len = usize::try_from(end.saturating_sub(u64::from(page))).unwrap_or(0);
+        let mut bytes = vec![0u8; len];
         let n = RamCode(ram).read(page, &mut bytes);
         bytes.truncate(n);
         let mut runs: Vec<(u32, Box<[u8]>)> = Vec::new();
@@ -126,14 +128,14 @@ impl Snapshot {
             }
         }
         if let Some((s, e)) = run {
-            let e = e.min(bytes.len() as u32);
+            let e = e.min(u32::try_from(bytes.len()).unwrap_or(u32::MAX));
             runs.push((s, bytes[s as usize..e as usize].into()));
         }
         let page_end = u64::from(page) + u64::from(PAGE_SIZE);
         Self {
             runs,
             starts: starts.to_vec(),
-            carried: straddle_end.saturating_sub(page_end) as usize,
+            carried: usize::try_from(straddle_end.saturating_sub(page_end)).unwrap_or(0),
         }
     }
 
@@ -184,7 +186,7 @@ fn fall_through_into_next(ram: &GuestRam, patches: &PatchTable, last: u32) -> Op
         iced_x86::DecoderOptions::NONE,
     );
     let instr = decoder.decode();
-    let end = last.checked_add(instr.len() as u32)?;
+    let end = last.checked_add(insn_len(&instr))?;
     let falls_through = !instr.is_invalid() && rewriter::flow(&instr).falls_through();
     (falls_through && page_of(end) != page_of(last)).then_some(end)
 }
@@ -198,7 +200,7 @@ fn instruction_len(bytes: &[u8], off: u32) -> u32 {
     if instr.is_invalid() {
         1
     } else {
-        instr.len() as u32
+        insn_len(&instr)
     }
 }
 
@@ -216,7 +218,7 @@ impl CodeMemory for PagedCode<'_> {
     fn read(&self, addr: u32, buf: &mut [u8]) -> usize {
         let mut done = 0;
         while done < buf.len() {
-            let at = addr.wrapping_add(done as u32);
+            let at = addr.wrapping_add(u32::try_from(done).unwrap_or(u32::MAX));
             let phys = if page_of(at) == self.page {
                 at
             } else if page_of(at) == self.page.wrapping_add(PAGE_SIZE) {
@@ -249,7 +251,7 @@ pub struct PhysicalScan {
     /// The physical page after it (through the linear successor) was scanned from inside
     /// the tail of this page's last instruction; the caller reverts and unmarks it so
     /// that its next fetch scans it again.
-    pub stale_next: Option<u32>,
+    pub stale_next: Option<GuestPhys>,
 }
 
 /// The scan state of guest RAM and the patch table.
@@ -286,7 +288,23 @@ fn page_of(addr: u32) -> u32 {
 }
 
 fn map_err(page: u32) -> impl FnOnce(MemoryError) -> CodeError {
-    move |source| CodeError::Map { page, source }
+    move |source| CodeError::Map {
+        page: GuestPhys(page),
+        source,
+    }
+}
+
+fn patch_err(page: u32) -> impl FnOnce(PatchError) -> CodeError {
+    move |source| CodeError::Patch {
+        page: GuestPhys(page),
+        source,
+    }
+}
+
+/// With paging off the host maps guest RAM 1:1: a physical page is also the linear page
+/// the host protections apply to.
+const fn identity(page: u32) -> GuestLinear {
+    GuestLinear(page)
 }
 
 /// Drops a page's patch entries, restoring an original byte only where the trap byte is
@@ -319,8 +337,8 @@ impl CodeMemoryMut for Reconcile<'_> {
 
 impl CodePages {
     /// Whether `addr`'s page is scanned and executable.
-    pub fn is_armed(&self, addr: u32) -> bool {
-        self.armed.contains_key(&page_of(addr))
+    pub fn is_armed(&self, addr: GuestPhys) -> bool {
+        self.armed.contains_key(&page_of(addr.raw()))
     }
 
     fn learn_entry(&mut self, addr: u32) {
@@ -341,12 +359,12 @@ impl CodePages {
         &mut self,
         ram: &GuestRam,
         space: &mut LinearSpace,
-        page: u32,
-        entry: Option<u32>,
+        page: GuestPhys,
+        entry: Option<GuestPhys>,
     ) -> Result<(), CodeError> {
-        let page = page_of(page);
+        let page = page_of(page.raw());
         if let Some(entry) = entry {
-            self.learn_entry(entry);
+            self.learn_entry(entry.raw());
         }
         if let Some(snapshot) = self.parked.remove(&page) {
             if snapshot.unchanged(ram, page) {
@@ -355,7 +373,7 @@ impl CodePages {
                 // Conditional classes that came into force while the page was parked.
                 self.patch_conditional(ram, page)?;
                 space
-                    .protect(GuestLinear(page), PAGE_SIZE, Prot::RX)
+                    .protect(identity(page), PAGE_SIZE, Prot::RX)
                     .map_err(map_err(page))?;
                 return Ok(());
             }
@@ -368,7 +386,7 @@ impl CodePages {
         }
         let targets = self.scan_and_patch(ram, page)?;
         space
-            .protect(GuestLinear(page), PAGE_SIZE, Prot::RX)
+            .protect(identity(page), PAGE_SIZE, Prot::RX)
             .map_err(map_err(page))?;
         // What this page taught about other pages: an armed page that did not see one of
         // these as an instruction start was scanned from too little (its sweep may have
@@ -413,7 +431,7 @@ impl CodePages {
         };
         self.patches
             .patch_with(&mut RamCode(ram), &scan, &self.also_patch)
-            .map_err(|source| CodeError::Patch { page, source })?;
+            .map_err(patch_err(page))?;
         let mut targets: Vec<u32> = scan
             .exits
             .iter()
@@ -535,7 +553,7 @@ impl CodePages {
         let patched = self
             .patches
             .patch_sites_with(&mut RamCode(ram), &wanted, &self.also_patch)
-            .map_err(|source| CodeError::Patch { page, source })?;
+            .map_err(patch_err(page))?;
         if patched > 0 {
             if let Some(snapshot) = self.armed.get_mut(&page) {
                 for site in &wanted {
@@ -548,13 +566,13 @@ impl CodePages {
 
     /// Runs the instruction at patched `addr` natively once: its original byte goes back
     /// until [`CodePages::relatch`]. Returns whether there was a patch to lift.
-    pub fn lift(&mut self, ram: &GuestRam, addr: u32) -> bool {
-        self.patches.lift(&mut RamCode(ram), addr)
+    pub fn lift(&mut self, ram: &GuestRam, addr: GuestPhys) -> bool {
+        self.patches.lift(&mut RamCode(ram), addr.raw())
     }
 
     /// Puts back the trap byte [`CodePages::lift`] lifted, if the site is still patched.
-    pub fn relatch(&mut self, ram: &GuestRam, addr: u32) {
-        self.patches.relatch(&mut RamCode(ram), addr);
+    pub fn relatch(&mut self, ram: &GuestRam, addr: GuestPhys) {
+        self.patches.relatch(&mut RamCode(ram), addr.raw());
     }
 
     /// A write to `addr` in an armed page: park the page (writable, not executable), and
@@ -562,8 +580,8 @@ impl CodePages {
     ///
     /// # Errors
     /// [`CodeError::Map`] when the host mapping could not be changed.
-    pub fn on_write(&mut self, space: &mut LinearSpace, addr: u32) -> Result<(), CodeError> {
-        let page = page_of(addr);
+    pub fn on_write(&mut self, space: &mut LinearSpace, addr: GuestPhys) -> Result<(), CodeError> {
+        let page = page_of(addr.raw());
         self.park(space, page, Prot::RW)?;
         if let Some(prev) = page.checked_sub(PAGE_SIZE) {
             if self.armed.get(&prev).is_some_and(Snapshot::straddles) {
@@ -580,7 +598,7 @@ impl CodePages {
         self.parked.insert(page, snapshot);
         self.stats.parks += 1;
         space
-            .protect(GuestLinear(page), PAGE_SIZE, prot)
+            .protect(identity(page), PAGE_SIZE, prot)
             .map_err(map_err(page))
     }
 
@@ -589,9 +607,14 @@ impl CodePages {
     ///
     /// # Errors
     /// [`CodeError::Map`] when the host mapping could not be changed.
-    pub fn open_for_step(&mut self, space: &mut LinearSpace, page: u32) -> Result<(), CodeError> {
+    pub fn open_for_step(
+        &mut self,
+        space: &mut LinearSpace,
+        page: GuestPhys,
+    ) -> Result<(), CodeError> {
+        let page = page.raw();
         space
-            .protect(GuestLinear(page), PAGE_SIZE, Prot::RWX)
+            .protect(identity(page), PAGE_SIZE, Prot::RWX)
             .map_err(map_err(page))
     }
 
@@ -602,10 +625,11 @@ impl CodePages {
     pub fn close_after_step(
         &mut self,
         space: &mut LinearSpace,
-        page: u32,
+        page: GuestPhys,
     ) -> Result<(), CodeError> {
+        let page = page.raw();
         space
-            .protect(GuestLinear(page), PAGE_SIZE, Prot::RW)
+            .protect(identity(page), PAGE_SIZE, Prot::RW)
             .map_err(map_err(page))
     }
 
@@ -613,7 +637,7 @@ impl CodePages {
     /// host protections belong to the shadow state. Parked pages (writable, so possibly
     /// rewritten) lose their patches; the armed pages, patches intact, are returned so the
     /// shadow state can treat them as scanned code.
-    pub fn enter_paging(&mut self, ram: &GuestRam) -> Vec<u32> {
+    pub fn enter_paging(&mut self, ram: &GuestRam) -> Vec<GuestPhys> {
         for (page, snapshot) in std::mem::take(&mut self.parked) {
             let mut reconcile = Reconcile {
                 ram,
@@ -623,7 +647,7 @@ impl CodePages {
             self.patches.revert_page(&mut reconcile, page);
         }
         self.entries.clear();
-        self.armed.keys().copied().collect()
+        self.armed.keys().copied().map(GuestPhys).collect()
     }
 
     /// Paging goes off: every scanned page loses its patches (their mappings are about
@@ -650,15 +674,16 @@ impl CodePages {
     pub fn scan_physical(
         &mut self,
         ram: &GuestRam,
-        page: u32,
-        entry: Option<u32>,
-        prev: Option<u32>,
-        next: Option<u32>,
+        page: GuestPhys,
+        entry: Option<GuestPhys>,
+        prev: Option<GuestPhys>,
+        next: Option<GuestPhys>,
     ) -> Result<PhysicalScan, CodeError> {
-        let page = page_of(page);
+        let page = page_of(page.raw());
         if let Some(entry) = entry {
-            self.learn_entry(entry);
+            self.learn_entry(entry.raw());
         }
+        let (prev, next) = (prev.map(GuestPhys::raw), next.map(GuestPhys::raw));
         let entries = self.entries.get(&page).cloned().unwrap_or_default();
         let carried_in = prev
             .map(page_of)
@@ -676,7 +701,7 @@ impl CodePages {
         };
         self.patches
             .patch_with(&mut RamCode(ram), &scan, &self.also_patch)
-            .map_err(|source| CodeError::Patch { page, source })?;
+            .map_err(patch_err(page))?;
         self.record_scan(page, &scan);
         let page_end = u64::from(page) + u64::from(PAGE_SIZE);
         let snapshot = Snapshot::take(ram, page, &scan.starts, page_end, scan.straddle_end);
@@ -688,21 +713,21 @@ impl CodePages {
             n != page
                 && carried > 0
                 && self.armed.get(&n).is_some_and(|s| {
-                    s.starts
-                        .first()
-                        .is_some_and(|&first| first < n + carried as u32)
+                    s.starts.first().is_some_and(|&first| {
+                        first < n.saturating_add(u32::try_from(carried).unwrap_or(u32::MAX))
+                    })
                 })
         });
         Ok(PhysicalScan {
             patched: self.patches.is_patched(page),
-            stale_next,
+            stale_next: stale_next.map(GuestPhys),
         })
     }
 
     /// The guest writes to scanned guest-physical `page` under paging (its mappings are
     /// read-only, so the trap bytes are still in place): restore the original bytes.
-    pub fn revert_physical(&mut self, ram: &GuestRam, page: u32) {
-        let page = page_of(page);
+    pub fn revert_physical(&mut self, ram: &GuestRam, page: GuestPhys) {
+        let page = page_of(page.raw());
         self.patches.revert_page(&mut RamCode(ram), page);
         if self.armed.remove(&page).is_some() {
             self.stats.parks += 1;
@@ -711,9 +736,9 @@ impl CodePages {
 
     /// Copies guest RAM at `addr` into `buf` as the guest wrote it: trap bytes replaced by
     /// the originals. Returns how many bytes were readable.
-    pub fn read_original(&self, ram: &GuestRam, addr: u32, buf: &mut [u8]) -> usize {
-        let n = RamCode(ram).read(addr, buf);
-        self.patches.overlay_originals(addr, &mut buf[..n]);
+    pub fn read_original(&self, ram: &GuestRam, addr: GuestPhys, buf: &mut [u8]) -> usize {
+        let n = RamCode(ram).read(addr.raw(), buf);
+        self.patches.overlay_originals(addr.raw(), &mut buf[..n]);
         n
     }
 }
@@ -756,7 +781,7 @@ mod tests {
             .unwrap();
         let mut code = CodePages::default();
         // Frame 0x2000 first, entered after the tail: its sweep may take the tail for code.
-        code.scan_physical(&ram, 0x2000, Some(0x2004), None, None)
+        code.scan_physical(&ram, GuestPhys(0x2000), Some(GuestPhys(0x2004)), None, None)
             .unwrap();
         let mut bytes = [0u8; 6];
         RamCode(&ram).read(0x2000, &mut bytes);
@@ -764,11 +789,17 @@ mod tests {
             bytes[0], TRAP_BYTE,
             "the hazard: the tail was swept as PUSH ES"
         );
-        let first = code.scan_physical(&ram, 0x5000, Some(0x5fff), None, Some(0x2000));
-        assert_eq!(first.unwrap().stale_next, Some(0x2000));
-        code.revert_physical(&ram, 0x2000);
+        let first = code.scan_physical(
+            &ram,
+            GuestPhys(0x5000),
+            Some(GuestPhys(0x5fff)),
+            None,
+            Some(GuestPhys(0x2000)),
+        );
+        assert_eq!(first.unwrap().stale_next, Some(GuestPhys(0x2000)));
+        code.revert_physical(&ram, GuestPhys(0x2000));
         let again = code
-            .scan_physical(&ram, 0x2000, None, Some(0x5000), None)
+            .scan_physical(&ram, GuestPhys(0x2000), None, Some(GuestPhys(0x5000)), None)
             .unwrap();
         assert!(again.patched && again.stale_next.is_none());
         RamCode(&ram).read(0x2000, &mut bytes);
@@ -783,10 +814,22 @@ mod tests {
         ram.write(GuestPhys(0x2000), &[6, 6, 6, 6, 0x9c, 0xc3])
             .unwrap();
         let mut code = CodePages::default();
-        let pred = code.scan_physical(&ram, 0x5000, Some(0x5fff), None, Some(0x2000));
+        let pred = code.scan_physical(
+            &ram,
+            GuestPhys(0x5000),
+            Some(GuestPhys(0x5fff)),
+            None,
+            Some(GuestPhys(0x2000)),
+        );
         assert_eq!(pred.unwrap().stale_next, None);
-        code.scan_physical(&ram, 0x2000, Some(0x2004), Some(0x5000), None)
-            .unwrap();
+        code.scan_physical(
+            &ram,
+            GuestPhys(0x2000),
+            Some(GuestPhys(0x2004)),
+            Some(GuestPhys(0x5000)),
+            None,
+        )
+        .unwrap();
         RamCode(&ram).read(0x2000, &mut bytes);
         assert_eq!(bytes, [6, 6, 6, 6, TRAP_BYTE, 0xc3]);
     }
@@ -798,19 +841,20 @@ mod tests {
         ram.write(GuestPhys(0x3000), &[0x9c, 0x58, 0xc3]).unwrap();
         let mut code = CodePages::default();
         assert!(
-            code.scan_physical(&ram, 0x3000, Some(0x3000), None, None)
+            code.scan_physical(&ram, GuestPhys(0x3000), Some(GuestPhys(0x3000)), None, None)
                 .unwrap()
                 .patched
         );
         assert_eq!(ram.read_u8(GuestPhys(0x3000)).unwrap(), TRAP_BYTE);
         let mut orig = [0u8; 3];
-        code.read_original(&ram, 0x3000, &mut orig);
+        code.read_original(&ram, GuestPhys(0x3000), &mut orig);
         assert_eq!(orig, [0x9c, 0x58, 0xc3]);
-        code.revert_physical(&ram, 0x3000);
+        code.revert_physical(&ram, GuestPhys(0x3000));
         assert_eq!(ram.read_u8(GuestPhys(0x3000)).unwrap(), 0x9c);
         assert!(!code.patches.is_patched(0x3000));
         // The second scan of the page counts as a rescan.
-        code.scan_physical(&ram, 0x3000, None, None, None).unwrap();
+        code.scan_physical(&ram, GuestPhys(0x3000), None, None, None)
+            .unwrap();
         assert_eq!((code.stats.pages_scanned, code.stats.rescans), (1, 1));
     }
 }

@@ -1,6 +1,8 @@
-//! The host side of shadow paging (ARCHITECTURE.md §6): guest RAM as the page walk sees
-//! it, the [`HostMapper`] over the reserved linear space, and the counters `--stats`
-//! shows. The policy itself (what to map, what to drop) is the `shadow-paging` crate.
+//! The host backend of shadow paging (ARCHITECTURE.md §6): guest RAM as the page walk
+//! sees it, the [`HostMapper`] that carries shadow mappings out with mmap/mprotect over
+//! the reserved linear space, the paging state a VM keeps, and the counters `--stats`
+//! shows. The policy itself (what to map, what to drop) is the `shadow-paging` crate;
+//! acting on its decisions at a host page fault is `page_fault.rs`.
 
 use shadow_paging::{
     HostMapper, PagingContext, PagingMode, Prot as SpProt, ShadowConfig, ShadowState,
@@ -16,18 +18,18 @@ pub struct RamPhys<'a>(pub &'a GuestRam);
 
 impl shadow_paging::GuestPhysMemory for RamPhys<'_> {
     fn read_u32(&self, gpa: GuestPhys) -> Option<u32> {
-        self.0.read_u32(GuestPhys(gpa.0)).ok()
+        self.0.read_u32(gpa).ok()
     }
     fn read_u64(&self, gpa: GuestPhys) -> Option<u64> {
         let mut b = [0u8; 8];
-        self.0.read(GuestPhys(gpa.0), &mut b).ok()?;
+        self.0.read(gpa, &mut b).ok()?;
         Some(u64::from_le_bytes(b))
     }
     fn write_u32(&mut self, gpa: GuestPhys, value: u32) -> bool {
-        self.0.write_u32(GuestPhys(gpa.0), value).is_ok()
+        self.0.write_u32(gpa, value).is_ok()
     }
     fn write_u64(&mut self, gpa: GuestPhys, value: u64) -> bool {
-        self.0.write(GuestPhys(gpa.0), &value.to_le_bytes()).is_ok()
+        self.0.write(gpa, &value.to_le_bytes()).is_ok()
     }
     fn ram_size(&self) -> u64 {
         self.0.size()
@@ -67,18 +69,16 @@ impl HostSpace<'_> {
 impl HostMapper for HostSpace<'_> {
     fn map(&mut self, lin: GuestLinear, gpa: GuestPhys, len: u32, prot: SpProt) {
         let prot = self.prot(prot);
-        let r = self
-            .space
-            .map(GuestLinear(lin.0), self.ram, GuestPhys(gpa.0), len, prot);
+        let r = self.space.map(lin, self.ram, gpa, len, prot);
         self.keep(r);
     }
     fn unmap(&mut self, lin: GuestLinear, len: u32) {
-        let r = self.space.unmap(GuestLinear(lin.0), len);
+        let r = self.space.unmap(lin, len);
         self.keep(r);
     }
     fn protect(&mut self, lin: GuestLinear, len: u32, prot: SpProt) {
         let prot = self.prot(prot);
-        let r = self.space.protect(GuestLinear(lin.0), len, prot);
+        let r = self.space.protect(lin, len, prot);
         self.keep(r);
     }
 }
@@ -111,7 +111,7 @@ pub struct Paging {
     pub exec_only: bool,
     /// While the guest runs at CPL 3 with paging on: the limit its segment mirrors are
     /// clamped below.
-    pub user_clamp: Option<u32>,
+    pub user_clamp: Option<GuestLinear>,
 }
 
 impl Paging {
@@ -175,7 +175,7 @@ const PAE_ADDR: u64 = 0x0000_000f_ffff_f000;
 /// nothing; supervisor pages below it are handled page by page (dropped on the way to
 /// user mode, and user faults there are walked as user accesses). `None`: user mode may
 /// use the top directory entry, no clamp. Guest RAM outside RAM reads as not present.
-pub fn user_limit(ram: &GuestRam, ctx: &PagingContext) -> Option<u32> {
+pub fn user_limit(ram: &GuestRam, ctx: &PagingContext) -> Option<GuestLinear> {
     let mem = RamPhys(ram);
     let read = |gpa: u64, pae: bool| -> u64 {
         let Ok(gpa) = u32::try_from(gpa) else {
@@ -191,7 +191,7 @@ pub fn user_limit(ram: &GuestRam, ctx: &PagingContext) -> Option<u32> {
     match ctx.mode {
         PagingMode::Off => return None,
         PagingMode::Pae { .. } => {
-            for (i, pdpte) in ctx.roots.0.iter().enumerate() {
+            for (i, pdpte) in (0u8..).zip(ctx.roots.0.iter()) {
                 if pdpte & PDE_P == 0 {
                     continue;
                 }
@@ -199,7 +199,7 @@ pub fn user_limit(ram: &GuestRam, ctx: &PagingContext) -> Option<u32> {
                 for j in 0..512u64 {
                     let pde = read(pd + j * 8, true);
                     if pde & (PDE_P | PDE_US) == PDE_P | PDE_US {
-                        end = end.max(((i as u64) << 30) + ((j + 1) << 21));
+                        end = end.max((u64::from(i) << 30) + ((j + 1) << 21));
                     }
                 }
             }
@@ -214,7 +214,7 @@ pub fn user_limit(ram: &GuestRam, ctx: &PagingContext) -> Option<u32> {
             }
         }
     }
-    u32::try_from(end).ok()
+    u32::try_from(end).ok().map(GuestLinear)
 }
 
 #[cfg(test)]
@@ -276,7 +276,7 @@ mod tests {
             .unwrap();
         let mem = RamPhys(&ram);
         let ctx = PagingContext::new(&mem, 0x8000_0011, pd, 0x10, 0).unwrap();
-        assert_eq!(user_limit(&ram, &ctx), Some(0x4040_0000));
+        assert_eq!(user_limit(&ram, &ctx), Some(GuestLinear(0x4040_0000)));
         // A user entry at the very top: no clamp.
         ram.write_u32(GuestPhys(pd + 0x3ff * 4), 0x0000_0087)
             .unwrap();
