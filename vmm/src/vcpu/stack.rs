@@ -1,8 +1,10 @@
-//! Stack frames as the processor pushes and pops them: address size by SS.B, limit
+//! Stack frames as the processor pushes and pops them, and the inner-level stacks the
+//! TSS holds: address size by SS.B, limit
 //! checks on the whole frame before any byte is written (so a fault leaves memory and
 //! ESP unchanged), little-endian values of 2 or 4 bytes.
 
-use super::state::Segment;
+use super::descriptor::{selector, system_type};
+use super::state::{Segment, VcpuState};
 use super::{Fault, GuestBus};
 use crate::addr::GuestLinear;
 
@@ -97,6 +99,51 @@ pub fn peek_frame(
         out.push(u32::from_le_bytes(b));
     }
     Ok(out)
+}
+
+/// SS:ESP for privilege level `pl` from the current TSS, for a stack switch to an inner
+/// level by interrupt delivery (SDM Vol. 3A §6.12.1) or a call gate (§5.8.5): a 32-bit
+/// TSS holds them at 8 × `pl` + 4 (§7.2.1, Figure 7-2), a 16-bit one at 4 × `pl` + 2
+/// (§7.6). `ext` is the EXT bit of the error code (1 for an event external to the
+/// program).
+///
+/// # Errors
+/// #TS(TR + EXT) when TR holds no TSS or the TSS limit does not cover the SS:ESP pair
+/// (the pseudo-code's "TSSstackAddress + 5 (or + 3) > TSS limit"); #PF from the bus.
+pub(crate) fn tss_stack(
+    state: &VcpuState,
+    bus: &mut impl GuestBus,
+    pl: u8,
+    ext: u32,
+) -> Result<(u16, u32), Fault> {
+    let tr = &state.tr;
+    let code = selector::error_code(tr.selector) + ext;
+    let is32 = match tr.typ {
+        system_type::TSS32_AVAILABLE | system_type::TSS32_BUSY => true,
+        system_type::TSS16_AVAILABLE | system_type::TSS16_BUSY => false,
+        _ => return Err(Fault::ts(code)),
+    };
+    if !tr.present || selector::is_null(tr.selector) {
+        return Err(Fault::ts(code));
+    }
+    let pl = u32::from(pl);
+    let (esp_off, ss_off, esp_len) = if is32 {
+        (8 * pl + 4, 8 * pl + 8, 4)
+    } else {
+        (4 * pl + 2, 4 * pl + 4, 2)
+    };
+    if ss_off + 1 > tr.limit {
+        return Err(Fault::ts(code));
+    }
+    let mut esp = [0u8; 4];
+    bus.read_linear(
+        GuestLinear(tr.base.wrapping_add(esp_off)),
+        &mut esp[..esp_len],
+        false,
+    )?;
+    let mut ss = [0u8; 2];
+    bus.read_linear(GuestLinear(tr.base.wrapping_add(ss_off)), &mut ss, false)?;
+    Ok((u16::from_le_bytes(ss), u32::from_le_bytes(esp)))
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@ pub mod context;
 mod entry_hook;
 mod exits;
 pub mod guest_bus;
-mod mediate;
 pub mod mirrors;
 mod paging;
 mod platform;

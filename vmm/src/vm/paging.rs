@@ -6,12 +6,12 @@ use shadow_paging::{peek, Access, Decision, EmulateReason, HostAccess, PdpteFaul
 
 use super::exits::{machine_bus, Before, Step};
 use super::guest_bus::MachineBus;
-use super::mediate::{mediate, Mediated};
 use super::shadow::{user_limit, HostSpace, RamPhys};
 use super::stats::ExitReason;
 use super::{Vm, VmError};
 use crate::addr::{GuestLinear, GuestPhys, PAGE_SIZE};
 use crate::memory::Prot;
+use crate::vcpu::emulate::{mediate, Mediated};
 use crate::vcpu::exit::Exit as VExit;
 use crate::vcpu::{Effects, Fault};
 

@@ -1,12 +1,11 @@
-//! Far CALL/JMP/RET, IRET, SYSENTER and SYSEXIT: control transfers that load CS.
+//! Far CALL/JMP/RET, SYSENTER and SYSEXIT: control transfers that load CS, and the
+//! checks on a returned-to CS and SS that RET far and IRET share.
 
 use super::operands::{read_mem, rm_operand, Rm};
 use super::{peek, push, release, Ctx, Outcome, Res, Stop, Unsupported};
-use crate::addr::GuestLinear;
 use crate::vcpu::descriptor::{selector, system_type, Gate, TYPE_ACCESSED};
-use crate::vcpu::interrupts::{check_return_cs, check_return_ss, null_inaccessible_data_segments};
-use crate::vcpu::segments::{fetch_descriptor, set_accessed};
-use crate::vcpu::stack::{adjust_sp, push_frame};
+use crate::vcpu::segments::{fetch_descriptor, set_accessed, DescriptorRef};
+use crate::vcpu::stack::{adjust_sp, push_frame, tss_stack};
 use crate::vcpu::state::{eflags, gpr, SegReg, Segment, VcpuState};
 use crate::vcpu::{Effects, Fault, GuestBus};
 use iced_x86::{Code, Instruction, Mnemonic};
@@ -190,7 +189,7 @@ fn through_gate(
     let old_cs = u32::from(s.sreg(SegReg::Cs).selector);
     let mut effects = Effects::segment(SegReg::Cs);
     if inner {
-        let (ss_sel, esp) = tss_stack(s, bus, new_cpl)?;
+        let (ss_sel, esp) = tss_stack(s, bus, new_cpl, 0)?;
         if selector::is_null(ss_sel) {
             return Err(Fault::ts(0).into());
         }
@@ -233,28 +232,6 @@ fn through_gate(
     s.eip = eip;
     s.eflags &= !eflags::RF;
     Ok(Outcome::Jumped(effects))
-}
-
-/// SS:ESP for privilege level `pl` from the current 32-bit TSS; #TS(TR) when the TSS
-/// cannot hold them.
-fn tss_stack(s: &VcpuState, bus: &mut impl GuestBus, pl: u8) -> Result<(u16, u32), Fault> {
-    let tr = &s.tr;
-    let code = selector::error_code(tr.selector);
-    if !tr.present
-        || !matches!(
-            tr.typ,
-            system_type::TSS32_AVAILABLE | system_type::TSS32_BUSY
-        )
-        || 8 * u32::from(pl) + 9 > tr.limit
-    {
-        return Err(Fault::ts(code));
-    }
-    let mut b = [0u8; 4];
-    let base = tr.base.wrapping_add(8 * u32::from(pl) + 4);
-    bus.read_linear(GuestLinear(base), &mut b, false)?;
-    let esp = u32::from_le_bytes(b);
-    bus.read_linear(GuestLinear(base.wrapping_add(4)), &mut b[..2], false)?;
-    Ok((u16::from_le_bytes([b[0], b[1]]), esp))
 }
 
 /// RET far [imm16] (SDM Vol. 2B RET): same privilege, or to an outer level popping
@@ -320,13 +297,6 @@ pub(crate) fn retf(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> 
     Ok(Outcome::Jumped(effects))
 }
 
-/// IRET/IRETD, see [`crate::vcpu::interrupts`].
-pub(crate) fn iret(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
-    let op32 = cx.instr.mnemonic() == Mnemonic::Iretd;
-    let e = crate::vcpu::interrupts::iret(s, bus, op32)?;
-    Ok(Outcome::Jumped(e))
-}
-
 /// SYSENTER (SDM Vol. 2B): #GP(0) in real mode or when IA32_SYSENTER_CS is null; enters
 /// CPL 0 with flat CS = SYSENTER_CS and SS = SYSENTER_CS + 8, ESP/EIP from the MSRs, and
 /// clears VM, IF and RF.
@@ -361,6 +331,77 @@ pub(crate) fn sysexit(s: &mut VcpuState) -> Res {
     let mut e = Effects::segment(SegReg::Cs).merge(Effects::segment(SegReg::Ss));
     e.cpl_changed = true;
     Ok(Outcome::Jumped(e))
+}
+
+/// The checks on a CS popped by IRET or RET far (SDM Vol. 2A IRET, RET): returns the new
+/// cache (RPL becomes the CPL) and the descriptor to mark accessed.
+pub(crate) fn check_return_cs(
+    state: &VcpuState,
+    bus: &mut impl GuestBus,
+    sel: u16,
+) -> Result<(Segment, DescriptorRef), Fault> {
+    if selector::is_null(sel) {
+        return Err(Fault::gp0());
+    }
+    let code = selector::error_code(sel);
+    let r = fetch_descriptor(state, bus, sel)?.ok_or(Fault::gp(code))?;
+    let d = r.desc;
+    let rpl = selector::rpl(sel);
+    if !d.is_code() || rpl < state.cpl() {
+        return Err(Fault::gp(code));
+    }
+    if d.is_conforming_code() {
+        if d.dpl > rpl {
+            return Err(Fault::gp(code));
+        }
+    } else if d.dpl != rpl {
+        return Err(Fault::gp(code));
+    }
+    if !d.present {
+        return Err(Fault::np(code));
+    }
+    let mut d = d;
+    d.typ |= TYPE_ACCESSED;
+    Ok((Segment::from_descriptor(sel, &d), r))
+}
+
+/// The checks on an SS popped by IRET or RET far to an outer level `rpl`.
+pub(crate) fn check_return_ss(
+    state: &VcpuState,
+    bus: &mut impl GuestBus,
+    sel: u16,
+    rpl: u8,
+) -> Result<(Segment, DescriptorRef), Fault> {
+    if selector::is_null(sel) {
+        return Err(Fault::gp0());
+    }
+    let code = selector::error_code(sel);
+    let r = fetch_descriptor(state, bus, sel)?.ok_or(Fault::gp(code))?;
+    let d = r.desc;
+    if selector::rpl(sel) != rpl || !d.is_writable_data() || d.dpl != rpl {
+        return Err(Fault::gp(code));
+    }
+    if !d.present {
+        return Err(Fault::ss(code));
+    }
+    let mut d = d;
+    d.typ |= TYPE_ACCESSED;
+    Ok((Segment::from_descriptor(sel, &d), r))
+}
+
+/// After a return to an outer level: DS, ES, FS, GS that the new CPL may not use (data or
+/// non-conforming code with DPL < CPL) are loaded with a null selector.
+pub(crate) fn null_inaccessible_data_segments(state: &mut VcpuState, new_cpl: u8) -> Effects {
+    let mut e = Effects::NONE;
+    for r in [SegReg::Es, SegReg::Ds, SegReg::Fs, SegReg::Gs] {
+        let s = state.sreg(r);
+        let restricted = s.s && (!s.is_code() || !s.is_conforming());
+        if s.present && restricted && s.dpl < new_cpl {
+            *state.sreg_mut(r) = Segment::null(0);
+            e = e.merge(Effects::segment(r));
+        }
+    }
+    e
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
-//! PUSHF/POPF (16- and 32-bit) and CLI/STI, against the virtual EFLAGS.
+//! PUSHF/POPF (16- and 32-bit) and CLI/STI, against the virtual EFLAGS, and the rule
+//! for which EFLAGS bits a POPF or IRET may change.
 
 use super::{peek, push, release, Ctx, Outcome, Res};
-use crate::vcpu::interrupts::merge_eflags;
 use crate::vcpu::state::{eflags, VcpuState};
 use crate::vcpu::{Effects, Fault, GuestBus};
 use iced_x86::Mnemonic;
@@ -53,6 +53,37 @@ pub(crate) fn sti(s: &mut VcpuState) -> Res {
     }
     s.eflags |= eflags::IF;
     Ok(Outcome::Next(Effects::NONE))
+}
+
+/// The EFLAGS IRET/POPF may change, given the old CPL and IOPL and the operand size
+/// (SDM Vol. 2A IRET, Vol. 2B POPF): status flags, TF, DF, NT, AC, ID and RF always (RF
+/// not for POPF); IF only when CPL ≤ IOPL; IOPL only at CPL 0; VIF/VIP at CPL 0 with
+/// 32-bit operands; VM never here (a return to virtual-8086 mode is handled apart).
+pub(crate) fn merge_eflags(
+    old: u32,
+    popped: u32,
+    cpl: u8,
+    iopl: u8,
+    op32: bool,
+    allow_rf: bool,
+) -> u32 {
+    let mut mask = eflags::STATUS | eflags::TF | eflags::DF | eflags::NT | eflags::AC | eflags::ID;
+    if allow_rf {
+        mask |= eflags::RF;
+    }
+    if cpl <= iopl {
+        mask |= eflags::IF;
+    }
+    if cpl == 0 {
+        mask |= eflags::IOPL;
+        if allow_rf {
+            mask |= eflags::VIF | eflags::VIP;
+        }
+    }
+    if !op32 {
+        mask &= 0xffff;
+    }
+    ((old & !mask) | (popped & mask)) & eflags::IMPLEMENTED | eflags::FIXED1
 }
 
 #[cfg(test)]

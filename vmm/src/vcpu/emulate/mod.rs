@@ -3,15 +3,26 @@
 //! as it was (registers are computed on a copy and committed on success), except for
 //! REP string I/O, which faults with the completed iterations committed as hardware does.
 
+pub mod alu;
+pub mod cmpxchg;
 pub mod cpuid;
 pub mod ctrl;
+pub mod data;
 pub mod far;
 pub mod flags;
 pub mod io;
+pub mod iret;
+pub mod mediated;
 pub mod msr;
 pub mod operands;
 pub mod sreg;
+pub mod string;
 pub mod tables;
+
+#[cfg(test)]
+mod vectors;
+
+pub use mediated::{data_access, mediate, Mediated};
 
 use super::interrupts::{Event, SoftwareKind};
 use super::stack::{adjust_sp, peek_frame, push_frame};
@@ -96,6 +107,17 @@ pub fn emulate(
     bus: &mut impl GuestBus,
     instr: &Instruction,
 ) -> Result<Emulated, Fault> {
+    execute(state, bus, instr, dispatch)
+}
+
+/// Runs `handler` for `instr` on a copy of the state and commits it as [`emulate`]
+/// documents; the entry points differ only in the instructions their handler accepts.
+pub(crate) fn execute<B: GuestBus>(
+    state: &mut VcpuState,
+    bus: &mut B,
+    instr: &Instruction,
+    handler: impl FnOnce(&mut VcpuState, &mut B, &Ctx<'_>) -> Res,
+) -> Result<Emulated, Fault> {
     let mut s = state.clone();
     let mut next_eip = s.eip.wrapping_add(instr.len() as u32);
     if !s.code_32() {
@@ -104,7 +126,7 @@ pub fn emulate(
     // The shadow covers exactly one instruction; handlers that create one set it again.
     s.interrupt_shadow = false;
     let cx = Ctx { instr, next_eip };
-    match dispatch(&mut s, bus, &cx) {
+    match handler(&mut s, bus, &cx) {
         Ok(Outcome::Next(e)) => {
             s.eip = next_eip;
             s.eflags &= !eflags::RF;
@@ -148,7 +170,7 @@ fn dispatch(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
         M::Lds | M::Les | M::Lfs | M::Lgs | M::Lss => sreg::load_far_pointer(s, bus, cx),
         M::Jmp | M::Call if far::is_far(i) => far::jmp_call(s, bus, cx),
         M::Retf => far::retf(s, bus, cx),
-        M::Iret | M::Iretd => far::iret(s, bus, cx),
+        M::Iret | M::Iretd => iret::iret(s, bus, cx),
         M::Sysenter => far::sysenter(s),
         M::Sysexit => far::sysexit(s),
         M::Syscall | M::Sysret => Err(Fault::ud().into()),
