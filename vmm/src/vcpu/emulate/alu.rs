@@ -29,7 +29,7 @@ pub(crate) fn result_flags(res: u32, bits: u32) -> u32 {
     if r >> (bits - 1) & 1 != 0 {
         f |= eflags::SF;
     }
-    if low8(r).count_ones() % 2 == 0 {
+    if low8(r).count_ones().is_multiple_of(2) {
         f |= eflags::PF;
     }
     f

@@ -281,11 +281,6 @@ pub(crate) mod test_util {
         super::emulate(s, bus, &i)
     }
 
-    /// Decodes one instruction of 16-bit code at `ip`.
-    pub fn decode16_at(bytes: &[u8], ip: u32) -> Instruction {
-        Decoder::with_ip(16, bytes, u64::from(ip), DecoderOptions::NONE).decode()
-    }
-
     /// Decodes one instruction of 32-bit code at `ip`.
     pub fn decode_at(bytes: &[u8], ip: u32) -> Instruction {
         Decoder::with_ip(32, bytes, u64::from(ip), DecoderOptions::NONE).decode()
@@ -391,59 +386,5 @@ mod tests {
                 _ => {}
             }
         }
-    }
-
-    #[test]
-    fn software_interrupts_become_events() {
-        let bus0 = TestBus::new();
-        let mut s = bus0.protected_state();
-        let mut bus = bus0;
-        let r = emulate(&mut s, &mut bus, &decode_at(&[0xcd, 0x80], 0x7000)).unwrap();
-        assert_eq!(
-            r,
-            Emulated::Deliver(Event::Software {
-                vector: 0x80,
-                kind: SoftwareKind::IntN,
-                next_eip: 0x7002
-            })
-        );
-        assert_eq!(s.eip, 0x7000);
-        // INTO without OF is a no-op.
-        let r = emulate(&mut s, &mut bus, &decode_at(&[0xce], 0x7000)).unwrap();
-        assert_eq!(r, Emulated::Done(Effects::NONE));
-        assert_eq!(s.eip, 0x7001);
-        assert_eq!(
-            emulate(&mut s, &mut bus, &decode_at(&[0x0f, 0x0b], 0x7001)),
-            Err(Fault::ud())
-        );
-        assert_eq!(
-            emulate(&mut s, &mut bus, &decode_at(&[0x0f, 0x05], 0x7001)),
-            Err(Fault::ud())
-        );
-        // Features the VM's CPU model does not have: #UD, not the host's #GP.
-        for bytes in [
-            &[0x0f, 0x01, 0xd1][..],         // xsetbv
-            &[0x0f, 0xc7, 0x2f],             // xsaves [edi]
-            &[0x0f, 0xc7, 0x1f],             // xrstors [edi]
-            &[0x66, 0x0f, 0x38, 0x82, 0x07], // invpcid eax, [edi]
-            &[0x0f, 0x01, 0xc8],             // monitor
-            &[0x0f, 0x01, 0xc9],             // mwait
-            &[0x0f, 0x01, 0xca],             // clac
-            &[0x0f, 0x01, 0xcb],             // stac
-        ] {
-            let before = s.clone();
-            assert_eq!(
-                emulate(&mut s, &mut bus, &decode_at(bytes, 0x7001)),
-                Err(Fault::ud()),
-                "{bytes:x?}"
-            );
-            assert_eq!(s, before, "a #UD changes nothing");
-        }
-        // Something that never needs emulation is reported, not guessed.
-        let r = emulate(&mut s, &mut bus, &decode_at(&[0x90], 0x7001)).unwrap();
-        assert_eq!(
-            r,
-            Emulated::Unsupported(Unsupported::Instruction(Mnemonic::Nop))
-        );
     }
 }
