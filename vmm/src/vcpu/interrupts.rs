@@ -5,9 +5,10 @@
 use super::descriptor::{selector, system_type, Gate, TYPE_ACCESSED};
 use super::segments::{fetch_descriptor, read_u64, set_accessed};
 use super::stack::{push_frame, tss_stack};
-use super::state::{eflags, gpr, SegReg, Segment, VcpuState};
-use super::{Effects, Exception, Fault, GuestBus};
+use super::state::{gpr, Segment, VcpuState};
+use super::{Effects, Fault, GuestBus};
 use crate::addr::GuestLinear;
+use crate::x86::{eflags, Exception, SegReg};
 
 /// Which instruction raised a software interrupt; it decides the privilege check and
 /// what counts as the return address.
@@ -553,7 +554,10 @@ mod tests {
         deliver(&mut s, &mut bus, Event::External(0x40)).unwrap();
         assert_eq!((s.sreg(SegReg::Cs).selector, s.eip), (0x50, 0x1234));
         assert_eq!(s.gpr[gpr::ESP], 0x8800 - 6);
-        assert_eq!(bus.read_u16(0x8800 - 2), eflags::FIXED1 as u16);
+        assert_eq!(
+            bus.read_u16(0x8800 - 2),
+            crate::vcpu::bits::low16(eflags::FIXED1)
+        );
         assert_eq!(bus.read_u16(0x8800 - 4), 0x08);
         assert_eq!(bus.read_u16(0x8800 - 6), 0x7000, "IP truncated to 16 bits");
         // IRET with a 16-bit operand size pops the three words back.

@@ -8,10 +8,11 @@ use super::state::{Segment, VcpuState};
 use super::{Fault, GuestBus};
 use crate::addr::GuestLinear;
 
-/// The stack pointer after moving `esp` by `delta` bytes: SP wraps within 16 bits and the
-/// upper half of ESP is kept when the stack segment is 16-bit (SS.B = 0).
-pub const fn adjust_sp(esp: u32, delta: i32, big: bool) -> u32 {
-    let n = esp.wrapping_add(delta as u32);
+/// The stack pointer after adding `delta` bytes modulo 2^32 (`n.wrapping_neg()` moves it
+/// down by `n`): SP wraps within 16 bits and the upper half of ESP is kept when the stack
+/// segment is 16-bit (SS.B = 0).
+pub const fn adjust_sp(esp: u32, delta: u32, big: bool) -> u32 {
+    let n = esp.wrapping_add(delta);
     if big {
         n
     } else {
@@ -45,15 +46,14 @@ pub fn push_frame(
     fault: Fault,
 ) -> Result<u32, Fault> {
     let big = ss.db;
-    let total = values.len() as u32 * size;
-    let new_esp = adjust_sp(esp, -(total as i32), big);
+    let mut new_esp = esp;
     if !ss.present {
         return Err(fault);
     }
     let mut slots = Vec::with_capacity(values.len());
-    for (i, v) in values.iter().enumerate() {
-        let sp = adjust_sp(esp, -(((i as u32 + 1) * size) as i32), big);
-        let off = sp_offset(sp, big);
+    for v in values {
+        new_esp = adjust_sp(new_esp, size.wrapping_neg(), big);
+        let off = sp_offset(new_esp, big);
         if !ss.contains(off, size) {
             return Err(fault);
         }
@@ -84,8 +84,8 @@ pub fn peek_frame(
         return Err(fault);
     }
     let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let sp = adjust_sp(esp, (i as u32 * size) as i32, big);
+    let mut sp = esp;
+    for _ in 0..n {
         let off = sp_offset(sp, big);
         if !ss.contains(off, size) {
             return Err(fault);
@@ -97,6 +97,7 @@ pub fn peek_frame(
             user,
         )?;
         out.push(u32::from_le_bytes(b));
+        sp = adjust_sp(sp, size, big);
     }
     Ok(out)
 }
@@ -171,7 +172,13 @@ mod tests {
 
     #[test]
     fn sixteen_bit_stack_wraps() {
-        assert_eq!(adjust_sp(0x1234_0000, -2, false), 0x1234_fffe);
-        assert_eq!(adjust_sp(0x1234_0000, -2, true), 0x1233_fffe);
+        assert_eq!(
+            adjust_sp(0x1234_0000, 2u32.wrapping_neg(), false),
+            0x1234_fffe
+        );
+        assert_eq!(
+            adjust_sp(0x1234_0000, 2u32.wrapping_neg(), true),
+            0x1233_fffe
+        );
     }
 }

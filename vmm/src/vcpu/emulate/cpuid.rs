@@ -119,7 +119,7 @@ pub(crate) fn emulate(s: &mut VcpuState) -> Res {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vcpu::state::cr4;
+    use crate::x86::cr4;
 
     #[test]
     fn vendor_and_features() {

@@ -4,8 +4,9 @@
 use super::operands::{read_gpr, rm_operand, write_gpr, Rm};
 use super::{require_cpl0, Ctx, Outcome, Res, Stop};
 use crate::addr::GuestLinear;
-use crate::vcpu::state::{cr0, cr4, VcpuState, DR6_INIT, DR7_INIT};
-use crate::vcpu::{Effects, Exception, Fault};
+use crate::vcpu::state::{VcpuState, DR6_INIT, DR7_INIT};
+use crate::vcpu::{Effects, Fault};
+use crate::x86::{cr0, cr4, Exception};
 use iced_x86::{Code, Instruction, Register};
 
 /// MOV to or from a control or debug register.

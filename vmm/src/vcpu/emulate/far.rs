@@ -3,11 +3,13 @@
 
 use super::operands::{read_mem, rm_operand, Rm};
 use super::{peek, push, release, Ctx, Outcome, Res, Stop, Unsupported};
+use crate::vcpu::bits::low16;
 use crate::vcpu::descriptor::{selector, system_type, Gate, TYPE_ACCESSED};
 use crate::vcpu::segments::{fetch_descriptor, set_accessed, DescriptorRef};
 use crate::vcpu::stack::{adjust_sp, push_frame, tss_stack};
-use crate::vcpu::state::{eflags, gpr, SegReg, Segment, VcpuState};
+use crate::vcpu::state::{gpr, Segment, VcpuState};
 use crate::vcpu::{Effects, Fault, GuestBus};
+use crate::x86::{eflags, SegReg};
 use iced_x86::{Code, Instruction, Mnemonic};
 
 /// Far JMP/CALL forms (direct pointer or memory far pointer).
@@ -113,7 +115,7 @@ pub(crate) fn jmp_call(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>)
     let (sel, mut eip) = match rm_operand(s, i, 0) {
         Some(Rm::Mem(seg, off)) => {
             let eip = read_mem(s, bus, seg, off, size)?;
-            let sel = read_mem(s, bus, seg, off.wrapping_add(size), 2)? as u16;
+            let sel = low16(read_mem(s, bus, seg, off.wrapping_add(size), 2)?);
             (sel, eip)
         }
         Some(Rm::Reg(_)) => return Err(Fault::ud().into()),
@@ -248,7 +250,7 @@ pub(crate) fn retf(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> 
     };
     let v = peek(s, bus, 0, 2, size)?;
     let eip = if op32 { v[0] } else { v[0] & 0xffff };
-    let sel = v[1] as u16;
+    let sel = low16(v[1]);
     if !s.protected() || s.v86() {
         let FarTarget::Direct(cs) = far_target(s, bus, sel, eip)? else {
             return Err(Fault::gp0().into());
@@ -264,7 +266,7 @@ pub(crate) fn retf(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> 
     let mut effects = Effects::segment(SegReg::Cs);
     if rpl > cpl {
         let w = peek(s, bus, 2 * size + imm, 2, size)?;
-        let (ss, ss_ref) = check_return_ss(s, bus, w[1] as u16, rpl)?;
+        let (ss, ss_ref) = check_return_ss(s, bus, low16(w[1]), rpl)?;
         if eip > cs.limit {
             return Err(Fault::gp0().into());
         }
@@ -279,7 +281,7 @@ pub(crate) fn retf(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> 
             } else {
                 (s.gpr[gpr::ESP] & 0xffff_0000) | esp
             },
-            imm as i32,
+            imm,
             ss.db,
         );
         effects = effects.merge(Effects::segment(SegReg::Ss));
@@ -301,7 +303,7 @@ pub(crate) fn retf(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> 
 /// CPL 0 with flat CS = SYSENTER_CS and SS = SYSENTER_CS + 8, ESP/EIP from the MSRs, and
 /// clears VM, IF and RF.
 pub(crate) fn sysenter(s: &mut VcpuState) -> Res {
-    let cs = s.msr.sysenter_cs as u16 & 0xfffc;
+    let cs = low16(s.msr.sysenter_cs) & 0xfffc;
     if !s.protected() || cs == 0 {
         return Err(Fault::gp0().into());
     }
@@ -320,7 +322,7 @@ pub(crate) fn sysenter(s: &mut VcpuState) -> Res {
 /// #GP(0); returns to CPL 3 with flat CS = SYSENTER_CS + 16 and SS = SYSENTER_CS + 24
 /// (RPL 3), EIP = EDX, ESP = ECX.
 pub(crate) fn sysexit(s: &mut VcpuState) -> Res {
-    let cs = s.msr.sysenter_cs as u16 & 0xfffc;
+    let cs = low16(s.msr.sysenter_cs) & 0xfffc;
     if !s.protected() || s.cpl() != 0 || cs == 0 {
         return Err(Fault::gp0().into());
     }

@@ -2,8 +2,9 @@
 //! for which EFLAGS bits a POPF or IRET may change.
 
 use super::{peek, push, release, Ctx, Outcome, Res};
-use crate::vcpu::state::{eflags, VcpuState};
+use crate::vcpu::state::VcpuState;
 use crate::vcpu::{Effects, Fault, GuestBus};
+use crate::x86::eflags;
 use iced_x86::Mnemonic;
 
 /// PUSHF/PUSHFD: pushes the virtual EFLAGS (so the guest sees its own IF and IOPL) with

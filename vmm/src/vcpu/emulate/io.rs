@@ -4,9 +4,11 @@
 use super::operands::{linear, read_gpr, read_mem, write_gpr, write_mem};
 use super::{Ctx, Outcome, Res, Stop};
 use crate::addr::GuestLinear;
+use crate::vcpu::bits::low16;
 use crate::vcpu::descriptor::system_type;
-use crate::vcpu::state::{eflags, gpr, SegReg, VcpuState};
+use crate::vcpu::state::{gpr, VcpuState};
 use crate::vcpu::{Effects, Fault, GuestBus};
+use crate::x86::{eflags, SegReg};
 use iced_x86::{Mnemonic, OpKind, Register};
 
 /// Iterations of a REP string instruction done per emulation; the instruction is
@@ -50,8 +52,18 @@ fn access_size(m: Mnemonic, reg: Register) -> u32 {
         Mnemonic::Insb | Mnemonic::Outsb => 1,
         Mnemonic::Insw | Mnemonic::Outsw => 2,
         Mnemonic::Insd | Mnemonic::Outsd => 4,
-        _ => reg.size() as u32,
+        _ => match reg.size() {
+            1 => 1,
+            2 => 2,
+            _ => 4,
+        },
     }
+}
+
+/// The width argument of [`GuestBus::port_in`] / [`GuestBus::port_out`] for an access of
+/// `size` (1, 2 or 4) bytes.
+fn port_width(size: u32) -> u8 {
+    u8::try_from(size).unwrap_or(4)
 }
 
 /// IN, OUT, INS, OUTS in all their forms.
@@ -62,18 +74,18 @@ pub(crate) fn emulate(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) 
         Mnemonic::In | Mnemonic::Out => {
             let (data_op, port_op) = if m == Mnemonic::In { (0, 1) } else { (1, 0) };
             let data = i.op_register(data_op);
-            let size = data.size() as u32;
+            let size = access_size(m, data);
             let port = if i.op_kind(port_op) == OpKind::Immediate8 {
                 u16::from(i.immediate8())
             } else {
-                read_gpr(s, Register::DX) as u16
+                low16(read_gpr(s, Register::DX))
             };
             check_io(s, bus, port, size)?;
             if m == Mnemonic::In {
-                let v = bus.port_in(port, size as u8);
+                let v = bus.port_in(port, port_width(size));
                 write_gpr(s, data, v);
             } else {
-                bus.port_out(port, size as u8, read_gpr(s, data));
+                bus.port_out(port, port_width(size), read_gpr(s, data));
             }
             Ok(Outcome::Next(Effects::NONE))
         }
@@ -96,7 +108,7 @@ fn string(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
             SegReg::from_iced(i.memory_segment()).unwrap_or(SegReg::Ds),
         )
     };
-    let port = read_gpr(s, Register::DX) as u16;
+    let port = low16(read_gpr(s, Register::DX));
     let rep = i.has_rep_prefix() || i.has_repe_prefix() || i.has_repne_prefix();
     let mask = if a16 { 0xffff } else { u32::MAX };
     let step = if s.eflags & eflags::DF != 0 {
@@ -115,11 +127,11 @@ fn string(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
         let r = if input {
             // Check the destination first so a bad segment does not swallow the input.
             linear(s, SegReg::Es, off, size, true).and_then(|_| {
-                let v = bus.port_in(port, size as u8);
+                let v = bus.port_in(port, port_width(size));
                 write_mem(s, bus, SegReg::Es, off, size, v)
             })
         } else {
-            read_mem(s, bus, src_seg, off, size).map(|v| bus.port_out(port, size as u8, v))
+            read_mem(s, bus, src_seg, off, size).map(|v| bus.port_out(port, port_width(size), v))
         };
         if let Err(f) = r {
             // Iterations already done stay done; EIP stays on the instruction.

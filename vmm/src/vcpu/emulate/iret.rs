@@ -7,6 +7,7 @@ use super::far::{check_return_cs, check_return_ss, null_inaccessible_data_segmen
 use super::flags::merge_eflags;
 use super::{Ctx, Outcome, Res, Stop, Unsupported};
 use crate::addr::GuestLinear;
+use crate::vcpu::bits::low16;
 use crate::vcpu::descriptor::{selector, system_type};
 use crate::vcpu::segments::{fetch_descriptor, set_accessed};
 use crate::vcpu::stack::{adjust_sp, peek_frame};
@@ -61,7 +62,7 @@ fn iret_frame(state: &mut VcpuState, bus: &mut impl GuestBus, op32: bool) -> Res
     let esp = state.gpr[gpr::ESP];
     if !state.protected() {
         let v = peek_frame(bus, &ss, esp, 3, size, false, Fault::ss(0))?;
-        let cs = v[1] as u16;
+        let cs = low16(v[1]);
         let eip = if op32 { v[0] } else { v[0] & 0xffff };
         if eip > state.sreg(SegReg::Cs).limit {
             return Err(Fault::gp0().into());
@@ -77,7 +78,7 @@ fn iret_frame(state: &mut VcpuState, bus: &mut impl GuestBus, op32: bool) -> Res
         };
         state.eflags =
             ((state.eflags & !mask) | (v[2] & mask)) & eflags::IMPLEMENTED | eflags::FIXED1;
-        state.gpr[gpr::ESP] = adjust_sp(esp, 3 * size as i32, ss.db);
+        state.gpr[gpr::ESP] = adjust_sp(esp, 3 * size, ss.db);
         return Ok(Effects::segment(SegReg::Cs));
     }
     if state.v86() {
@@ -88,7 +89,7 @@ fn iret_frame(state: &mut VcpuState, bus: &mut impl GuestBus, op32: bool) -> Res
     }
     let v = peek_frame(bus, &ss, esp, 3, size, user, Fault::ss(0))?;
     let new_eip = v[0];
-    let cs_sel = v[1] as u16;
+    let cs_sel = low16(v[1]);
     let popped_flags = if op32 {
         v[2]
     } else {
@@ -105,13 +106,13 @@ fn iret_frame(state: &mut VcpuState, bus: &mut impl GuestBus, op32: bool) -> Res
         let w = peek_frame(
             bus,
             &ss,
-            adjust_sp(esp, 3 * size as i32, ss.db),
+            adjust_sp(esp, 3 * size, ss.db),
             2,
             size,
             user,
             Fault::ss(0),
         )?;
-        let new_ss = check_return_ss(state, bus, w[1] as u16, rpl)?;
+        let new_ss = check_return_ss(state, bus, low16(w[1]), rpl)?;
         outer = Some((new_ss, w[0]));
     }
     if new_eip > new_cs.limit {
@@ -136,7 +137,7 @@ fn iret_frame(state: &mut VcpuState, bus: &mut impl GuestBus, op32: bool) -> Res
             effects.cpl_changed = true;
             effects = effects.merge(null_inaccessible_data_segments(state, rpl));
         }
-        None => state.gpr[gpr::ESP] = adjust_sp(esp, 3 * size as i32, ss.db),
+        None => state.gpr[gpr::ESP] = adjust_sp(esp, 3 * size, ss.db),
     }
     Ok(effects)
 }

@@ -26,8 +26,9 @@ pub use mediated::{data_access, mediate, Mediated};
 
 use super::interrupts::{Event, SoftwareKind};
 use super::stack::{adjust_sp, peek_frame, push_frame};
-use super::state::{eflags, gpr, VcpuState};
-use super::{Effects, Exception, Fault, GuestBus};
+use super::state::{gpr, VcpuState};
+use super::{Effects, Fault, GuestBus};
+use crate::x86::{eflags, Exception, SegReg};
 use iced_x86::{Instruction, Mnemonic};
 
 /// Operations the emulator recognises but does not implement; the run loop stops the
@@ -119,7 +120,9 @@ pub(crate) fn execute<B: GuestBus>(
     handler: impl FnOnce(&mut VcpuState, &mut B, &Ctx<'_>) -> Res,
 ) -> Result<Emulated, Fault> {
     let mut s = state.clone();
-    let mut next_eip = s.eip.wrapping_add(instr.len() as u32);
+    // A decoded instruction is at most 15 bytes long.
+    let len = u32::try_from(instr.len()).unwrap_or_default();
+    let mut next_eip = s.eip.wrapping_add(len);
     if !s.code_32() {
         next_eip &= 0xffff;
     }
@@ -244,7 +247,7 @@ pub(crate) fn push(
     values: &[u32],
     size: u32,
 ) -> Result<(), Fault> {
-    let ss = *s.sreg(super::state::SegReg::Ss);
+    let ss = *s.sreg(SegReg::Ss);
     let user = s.cpl() == 3;
     s.gpr[gpr::ESP] = push_frame(bus, &ss, s.gpr[gpr::ESP], values, size, user, Fault::ss(0))?;
     Ok(())
@@ -258,15 +261,15 @@ pub(crate) fn peek(
     n: usize,
     size: u32,
 ) -> Result<Vec<u32>, Fault> {
-    let ss = *s.sreg(super::state::SegReg::Ss);
-    let esp = adjust_sp(s.gpr[gpr::ESP], skip as i32, ss.db);
+    let ss = *s.sreg(SegReg::Ss);
+    let esp = adjust_sp(s.gpr[gpr::ESP], skip, ss.db);
     peek_frame(bus, &ss, esp, n, size, s.cpl() == 3, Fault::ss(0))
 }
 
 /// Moves ESP (SP on a 16-bit stack) up by `bytes`.
 pub(crate) fn release(s: &mut VcpuState, bytes: u32) {
     let big = s.stack_32();
-    s.gpr[gpr::ESP] = adjust_sp(s.gpr[gpr::ESP], bytes as i32, big);
+    s.gpr[gpr::ESP] = adjust_sp(s.gpr[gpr::ESP], bytes, big);
 }
 
 #[cfg(test)]

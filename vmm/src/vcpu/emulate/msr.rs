@@ -1,8 +1,10 @@
 //! Model-specific registers and counters: RDMSR, WRMSR, RDPMC, RDTSC.
 
 use super::{require_cpl0, Outcome, Res};
-use crate::vcpu::state::{cr4, gpr, VcpuState};
+use crate::vcpu::bits::{high32, low32};
+use crate::vcpu::state::{gpr, VcpuState};
 use crate::vcpu::{Effects, Fault, GuestBus};
+use crate::x86::cr4;
 
 /// MSR numbers the CPU model implements (SDM Vol. 4).
 pub mod index {
@@ -119,9 +121,9 @@ pub fn write(s: &mut VcpuState, host_tsc: u64, msr: u32, v: u64) -> Result<Effec
             m.apic_base = (v & !(1 << 8)) | (m.apic_base & (1 << 8));
         }
         0xc1 | 0xc2 => m.perf_ctr[(msr - index::PMC0) as usize] = v & 0xff_ffff_ffff,
-        index::SYSENTER_CS => m.sysenter_cs = v as u32,
-        index::SYSENTER_ESP => m.sysenter_esp = v as u32,
-        index::SYSENTER_EIP => m.sysenter_eip = v as u32,
+        index::SYSENTER_CS => m.sysenter_cs = low32(v),
+        index::SYSENTER_ESP => m.sysenter_esp = low32(v),
+        index::SYSENTER_EIP => m.sysenter_eip = low32(v),
         index::MCG_STATUS => {
             if v != 0 {
                 return gp;
@@ -184,8 +186,8 @@ pub const EFER_NXE: u64 = 1 << 11;
 pub(crate) fn rdmsr(s: &mut VcpuState, bus: &mut impl GuestBus) -> Res {
     require_cpl0(s)?;
     let v = read(s, bus.host_tsc(), s.gpr[gpr::ECX]).ok_or(Fault::gp0())?;
-    s.gpr[gpr::EAX] = v as u32;
-    s.gpr[gpr::EDX] = (v >> 32) as u32;
+    s.gpr[gpr::EAX] = low32(v);
+    s.gpr[gpr::EDX] = high32(v);
     Ok(Outcome::Next(Effects::NONE))
 }
 
@@ -208,8 +210,8 @@ pub(crate) fn rdpmc(s: &mut VcpuState) -> Res {
         return Err(Fault::gp0().into());
     }
     let v = s.msr.perf_ctr[n as usize];
-    s.gpr[gpr::EAX] = v as u32;
-    s.gpr[gpr::EDX] = (v >> 32) as u32 & 0xff;
+    s.gpr[gpr::EAX] = low32(v);
+    s.gpr[gpr::EDX] = high32(v) & 0xff;
     Ok(Outcome::Next(Effects::NONE))
 }
 
@@ -220,7 +222,7 @@ pub(crate) fn rdtsc(s: &mut VcpuState, bus: &mut impl GuestBus) -> Res {
         return Err(Fault::gp0().into());
     }
     let v = bus.host_tsc().wrapping_add(s.msr.tsc_offset);
-    s.gpr[gpr::EAX] = v as u32;
-    s.gpr[gpr::EDX] = (v >> 32) as u32;
+    s.gpr[gpr::EAX] = low32(v);
+    s.gpr[gpr::EDX] = high32(v);
     Ok(Outcome::Next(Effects::NONE))
 }

@@ -5,8 +5,9 @@
 
 use crate::addr::GuestLinear;
 use crate::vcpu::bits::low32;
-use crate::vcpu::state::{SegReg, VcpuState};
+use crate::vcpu::state::VcpuState;
 use crate::vcpu::{Fault, GuestBus};
+use crate::x86::SegReg;
 use iced_x86::{Instruction, OpKind, Register};
 
 /// Index into [`VcpuState::gpr`] of a general-purpose register of any width, and

@@ -2,11 +2,13 @@
 //! LDS/LES/LFS/LGS/LSS. The guest-visible selector (with its RPL) comes from the vCPU,
 //! never from the host mirror.
 
-use super::operands::{read_mem, read_rm, rm_operand, write_gpr, write_mem, Rm};
+use super::operands::{operand_size, read_mem, read_rm, rm_operand, write_gpr, write_mem, Rm};
 use super::{peek, push, release, Ctx, Outcome, Res};
+use crate::vcpu::bits::low16;
 use crate::vcpu::segments::load_segment;
-use crate::vcpu::state::{SegReg, VcpuState};
+use crate::vcpu::state::VcpuState;
 use crate::vcpu::{Effects, Fault, GuestBus};
+use crate::x86::SegReg;
 use iced_x86::{Code, Instruction, Mnemonic, OpKind};
 
 /// MOV with a segment register operand.
@@ -46,7 +48,7 @@ pub(crate) fn mov(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> R
                 return Err(Fault::ud().into());
             }
             let rm = rm_operand(s, i, 1).ok_or(Fault::ud())?;
-            let sel = read_rm(s, bus, rm, 2)? as u16;
+            let sel = low16(read_rm(s, bus, rm, 2)?);
             let e = load_segment(s, bus, reg, sel)?;
             if reg == SegReg::Ss {
                 s.interrupt_shadow = true;
@@ -89,7 +91,7 @@ pub(crate) fn push_pop(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>)
     if reg == SegReg::Cs {
         return Err(Fault::ud().into());
     }
-    let sel = peek(s, bus, 0, 1, size)?[0] as u16;
+    let sel = low16(peek(s, bus, 0, 1, size)?[0]);
     let e = load_segment(s, bus, reg, sel)?;
     release(s, size);
     if reg == SegReg::Ss {
@@ -106,9 +108,9 @@ pub(crate) fn load_far_pointer(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &
         return Err(Fault::ud().into());
     };
     let dst = i.op_register(0);
-    let size = dst.size() as u32;
+    let size = operand_size(i, 0).ok_or(Fault::ud())?;
     let offset = read_mem(s, bus, seg, off, size)?;
-    let sel = read_mem(s, bus, seg, off.wrapping_add(size), 2)? as u16;
+    let sel = low16(read_mem(s, bus, seg, off.wrapping_add(size), 2)?);
     let reg = match i.mnemonic() {
         Mnemonic::Lds => SegReg::Ds,
         Mnemonic::Les => SegReg::Es,

@@ -3,13 +3,15 @@
 
 use super::operands::{read_mem, read_rm, rm_operand, write_gpr, write_mem, Rm};
 use super::{require_cpl0, require_protected, Ctx, Outcome, Res};
+use crate::vcpu::bits::low16;
 use crate::vcpu::descriptor::{selector, system_type, TYPE_TSS_BUSY};
 use crate::vcpu::segments::fetch_descriptor;
-use crate::vcpu::state::{cr0, Segment, TableReg, VcpuState};
+use crate::vcpu::state::{Segment, TableReg, VcpuState};
 use crate::vcpu::{Effects, Fault, GuestBus};
+use crate::x86::{cr0, SegReg};
 use iced_x86::{Code, Mnemonic};
 
-fn mem_operand(s: &VcpuState, cx: &Ctx<'_>) -> Result<(crate::vcpu::SegReg, u32), Fault> {
+fn mem_operand(s: &VcpuState, cx: &Ctx<'_>) -> Result<(SegReg, u32), Fault> {
     match rm_operand(s, cx.instr, 0) {
         Some(Rm::Mem(seg, off)) => Ok((seg, off)),
         _ => Err(Fault::ud()),
@@ -67,7 +69,7 @@ pub(crate) fn smsw(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> 
     let rm = rm_operand(s, cx.instr, 0).ok_or(Fault::ud())?;
     match rm {
         Rm::Reg(r) if r.size() == 4 => write_gpr(s, r, s.cr0),
-        _ => store16(s, bus, rm, s.cr0 as u16)?,
+        _ => store16(s, bus, rm, low16(s.cr0))?,
     }
     Ok(Outcome::Next(Effects::NONE))
 }
@@ -76,7 +78,7 @@ pub(crate) fn smsw(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> 
 pub(crate) fn load_table(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
     let (seg, off) = mem_operand(s, cx)?;
     require_cpl0(s)?;
-    let limit = read_mem(s, bus, seg, off, 2)? as u16;
+    let limit = low16(read_mem(s, bus, seg, off, 2)?);
     let mut base = read_mem(s, bus, seg, off.wrapping_add(2), 4)?;
     if matches!(cx.instr.code(), Code::Lgdt_m1632_16 | Code::Lidt_m1632_16) {
         base &= 0x00ff_ffff;
@@ -100,7 +102,7 @@ fn read_selector_operand(
 ) -> Result<u16, Fault> {
     let rm =
         rm_operand(s, cx.instr, if cx.instr.op_count() == 2 { 1 } else { 0 }).ok_or(Fault::ud())?;
-    Ok(read_rm(s, bus, rm, 2)? as u16)
+    Ok(low16(read_rm(s, bus, rm, 2)?))
 }
 
 /// LLDT r/m16 (SDM Vol. 2A LLDT): CPL 0; a null selector leaves LDTR unusable; the
