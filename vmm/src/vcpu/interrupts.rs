@@ -1,6 +1,6 @@
 //! Exception and interrupt delivery through the guest IDT (SDM Vol. 3A, §6.12, and the
-//! INT n/INTO/INT3 pseudo-code in Vol. 2A), the double-fault rules (§6.15, Table 6-5), and
-//! IRET (Vol. 2A, "IRET/IRETD").
+//! INT n/INTO/INT3 pseudo-code in Vol. 2A) and the double-fault rules (§6.15, Table 6-5).
+//! The return, IRET, is an instruction and lives in the emulator (`emulate::iret`).
 
 use super::descriptor::{selector, system_type, Gate, TYPE_ACCESSED};
 use super::segments::{fetch_descriptor, read_u64, set_accessed};
