@@ -1,6 +1,8 @@
 //! Bit layouts of segment descriptors and gate descriptors (SDM Vol. 3A, §3.4.5 and
 //! §6.11), decoded into named fields and encoded back.
 
+use super::bits::{high32, low32};
+
 /// System-descriptor types (S = 0), SDM Vol. 3A, Table 3-2.
 pub mod system_type {
     /// 16-bit TSS (available).
@@ -63,8 +65,8 @@ pub const TYPE_TSS_BUSY: u8 = 2;
 impl Descriptor {
     /// Decodes the 8 bytes of a descriptor (as a little-endian u64).
     pub const fn decode(raw: u64) -> Self {
-        let lo = raw as u32;
-        let hi = (raw >> 32) as u32;
+        let lo = low32(raw);
+        let hi = high32(raw);
         Self {
             base: (lo >> 16) | ((hi & 0xff) << 16) | (hi & 0xff00_0000),
             limit: (lo & 0xffff) | (hi & 0x000f_0000),
@@ -152,8 +154,8 @@ pub struct Gate {
 impl Gate {
     /// Decodes the 8 bytes of a gate (as a little-endian u64).
     pub const fn decode(raw: u64) -> Self {
-        let lo = raw as u32;
-        let hi = (raw >> 32) as u32;
+        let lo = low32(raw);
+        let hi = high32(raw);
         Self {
             offset: (lo & 0xffff) | (hi & 0xffff_0000),
             selector: (lo >> 16) as u16,

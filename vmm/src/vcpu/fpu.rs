@@ -6,8 +6,8 @@
 
 use rewriter::FpuKind;
 
-use super::state::cr0;
-use super::{Exception, Fault};
+use super::Fault;
+use crate::x86::{cr0, Exception};
 
 /// The fault an instruction of `kind` raises under the guest's `cr0`, or `None` when it
 /// executes (natively, with its trap lifted).

@@ -1,14 +1,14 @@
 //! Exception and interrupt delivery through the guest IDT (SDM Vol. 3A, §6.12, and the
-//! INT n/INTO/INT3 pseudo-code in Vol. 2A), the double-fault rules (§6.15, Table 6-5), and
-//! IRET (Vol. 2A, "IRET/IRETD").
+//! INT n/INTO/INT3 pseudo-code in Vol. 2A) and the double-fault rules (§6.15, Table 6-5).
+//! The return, IRET, is an instruction and lives in the emulator (`emulate::iret`).
 
 use super::descriptor::{selector, system_type, Gate, TYPE_ACCESSED};
-use super::emulate::{Stop, Unsupported};
 use super::segments::{fetch_descriptor, read_u64, set_accessed};
-use super::stack::{adjust_sp, peek_frame, push_frame};
-use super::state::{eflags, gpr, SegReg, Segment, VcpuState};
-use super::{Effects, Exception, Fault, GuestBus};
+use super::stack::{push_frame, tss_stack};
+use super::state::{gpr, Segment, VcpuState};
+use super::{Effects, Fault, GuestBus};
 use crate::addr::GuestLinear;
+use crate::x86::{eflags, Exception, SegReg};
 
 /// Which instruction raised a software interrupt; it decides the privilege check and
 /// what counts as the return address.
@@ -276,7 +276,7 @@ fn deliver_once(
     let user = new_cpl == 3;
     let mut effects = Effects::segment(SegReg::Cs);
     let (ss_cache, ss_ref, esp) = if inner {
-        let (ss_sel, esp) = read_tss_stack(state, bus, new_cpl, ext)?;
+        let (ss_sel, esp) = tss_stack(state, bus, new_cpl, ext)?;
         let ss_code = selector::error_code(ss_sel) + ext;
         if selector::is_null(ss_sel) {
             return Err(Fault::ts(ext).into());
@@ -332,44 +332,6 @@ fn deliver_once(
     Ok(effects)
 }
 
-/// SS:ESP for privilege level `pl` from the current TSS (SDM Vol. 3A §7.2.1, Figure 7-2;
-/// 16-bit TSS §7.6).
-fn read_tss_stack(
-    state: &VcpuState,
-    bus: &mut impl GuestBus,
-    pl: u8,
-    ext: u32,
-) -> Result<(u16, u32), Fault> {
-    let tr = &state.tr;
-    let code = selector::error_code(tr.selector) + ext;
-    let is32 = match tr.typ {
-        system_type::TSS32_AVAILABLE | system_type::TSS32_BUSY => true,
-        system_type::TSS16_AVAILABLE | system_type::TSS16_BUSY => false,
-        _ => return Err(Fault::ts(code)),
-    };
-    if !tr.present || selector::is_null(tr.selector) {
-        return Err(Fault::ts(code));
-    }
-    let pl = u32::from(pl);
-    let (esp_off, ss_off, esp_len) = if is32 {
-        (8 * pl + 4, 8 * pl + 8, 4)
-    } else {
-        (4 * pl + 2, 4 * pl + 4, 2)
-    };
-    if ss_off + 1 > tr.limit {
-        return Err(Fault::ts(code));
-    }
-    let mut esp = [0u8; 4];
-    bus.read_linear(
-        GuestLinear(tr.base.wrapping_add(esp_off)),
-        &mut esp[..esp_len],
-        false,
-    )?;
-    let mut ss = [0u8; 2];
-    bus.read_linear(GuestLinear(tr.base.wrapping_add(ss_off)), &mut ss, false)?;
-    Ok((u16::from_le_bytes(ss), u32::from_le_bytes(esp)))
-}
-
 /// Real-address-mode delivery through the IVT (SDM Vol. 3A §20.1.4).
 fn deliver_real(
     state: &mut VcpuState,
@@ -415,235 +377,11 @@ fn deliver_real(
     Ok(Effects::segment(SegReg::Cs))
 }
 
-/// The EFLAGS IRET/POPF may change, given the old CPL and IOPL and the operand size
-/// (SDM Vol. 2A IRET, Vol. 2B POPF): status flags, TF, DF, NT, AC, ID and RF always (RF
-/// not for POPF); IF only when CPL ≤ IOPL; IOPL only at CPL 0; VIF/VIP at CPL 0 with
-/// 32-bit operands; VM never here (a return to virtual-8086 mode is handled apart).
-pub(crate) fn merge_eflags(
-    old: u32,
-    popped: u32,
-    cpl: u8,
-    iopl: u8,
-    op32: bool,
-    allow_rf: bool,
-) -> u32 {
-    let mut mask = eflags::STATUS | eflags::TF | eflags::DF | eflags::NT | eflags::AC | eflags::ID;
-    if allow_rf {
-        mask |= eflags::RF;
-    }
-    if cpl <= iopl {
-        mask |= eflags::IF;
-    }
-    if cpl == 0 {
-        mask |= eflags::IOPL;
-        if allow_rf {
-            mask |= eflags::VIF | eflags::VIP;
-        }
-    }
-    if !op32 {
-        mask &= 0xffff;
-    }
-    ((old & !mask) | (popped & mask)) & eflags::IMPLEMENTED | eflags::FIXED1
-}
-
-/// IRET/IRETD (`op32`): return from an interrupt at the same or an outer privilege level,
-/// with every check on the popped CS and SS. DS/ES/FS/GS whose DPL is below the new CPL
-/// are nulled (SDM Vol. 2A IRET, RETURN-TO-OUTER-PRIVILEGE-LEVEL).
-///
-/// With EFLAGS.NT = 1 IRET is a task return; hardware task switching is not emulated and
-/// is reported as [`Unsupported::TaskSwitch`] rather than faked. A return to
-/// virtual-8086 mode is likewise [`Unsupported::Virtual8086`].
-///
-/// # Errors
-/// The faults the SDM lists: #SS(0) when the frame is outside SS, #GP(0) for a null CS
-/// or SS or an EIP beyond the limit, #GP(selector) for a bad CS/SS descriptor, #NP(CS),
-/// #SS(SS) for not-present segments, #PF from the bus.
-/// The checks of an IRET task return (EFLAGS.NT = 1) that come before the task switch
-/// itself (SDM Vol. 2A IRET, TASK-RETURN): the back link in the current TSS must be a GDT
-/// selector of a busy TSS, else #TS(link). The fault is returned as `Ok` so the caller can
-/// raise it; a valid link is a real task switch, reported as [`Unsupported::TaskSwitch`].
-fn task_return_link_fault(state: &VcpuState, bus: &mut impl GuestBus) -> Result<Fault, Stop> {
-    let mut raw = [0u8; 2];
-    bus.read_linear(GuestLinear(state.tr.base), &mut raw, false)?;
-    let link = u16::from_le_bytes(raw);
-    let ts = Fault::ts(u32::from(link & 0xfffc));
-    if selector::ti(link) {
-        return Ok(ts);
-    }
-    match fetch_descriptor(state, bus, link)? {
-        Some(r) if !r.desc.s && r.desc.typ == system_type::TSS32_BUSY => {
-            Err(Stop::Unsupported(Unsupported::TaskSwitch))
-        }
-        _ => Ok(ts),
-    }
-}
-
-pub(crate) fn iret(
-    state: &mut VcpuState,
-    bus: &mut impl GuestBus,
-    op32: bool,
-) -> Result<Effects, Stop> {
-    let size = if op32 { 4 } else { 2 };
-    let cpl = state.cpl();
-    let user = cpl == 3;
-    let ss = *state.sreg(SegReg::Ss);
-    let esp = state.gpr[gpr::ESP];
-    if !state.protected() {
-        let v = peek_frame(bus, &ss, esp, 3, size, false, Fault::ss(0))?;
-        let cs = v[1] as u16;
-        let eip = if op32 { v[0] } else { v[0] & 0xffff };
-        if eip > state.sreg(SegReg::Cs).limit {
-            return Err(Fault::gp0().into());
-        }
-        state.eip = eip;
-        let c = state.sreg_mut(SegReg::Cs);
-        c.selector = cs;
-        c.base = u32::from(cs) << 4;
-        let mask = if op32 {
-            eflags::IMPLEMENTED & !(eflags::VM | eflags::VIF | eflags::VIP)
-        } else {
-            0xffff
-        };
-        state.eflags =
-            ((state.eflags & !mask) | (v[2] & mask)) & eflags::IMPLEMENTED | eflags::FIXED1;
-        state.gpr[gpr::ESP] = adjust_sp(esp, 3 * size as i32, ss.db);
-        return Ok(Effects::segment(SegReg::Cs));
-    }
-    if state.v86() {
-        return Err(Stop::Unsupported(Unsupported::Virtual8086));
-    }
-    if state.eflags & eflags::NT != 0 {
-        return Err(task_return_link_fault(state, bus)?.into());
-    }
-    let v = peek_frame(bus, &ss, esp, 3, size, user, Fault::ss(0))?;
-    let new_eip = v[0];
-    let cs_sel = v[1] as u16;
-    let popped_flags = if op32 {
-        v[2]
-    } else {
-        (state.eflags & 0xffff_0000) | v[2]
-    };
-    if op32 && cpl == 0 && popped_flags & eflags::VM != 0 {
-        return Err(Stop::Unsupported(Unsupported::Virtual8086));
-    }
-    let (new_cs, cs_ref) = check_return_cs(state, bus, cs_sel)?;
-    let rpl = selector::rpl(cs_sel);
-    let mut effects = Effects::segment(SegReg::Cs);
-    let mut outer = None;
-    if rpl > cpl {
-        let w = peek_frame(
-            bus,
-            &ss,
-            adjust_sp(esp, 3 * size as i32, ss.db),
-            2,
-            size,
-            user,
-            Fault::ss(0),
-        )?;
-        let new_ss = check_return_ss(state, bus, w[1] as u16, rpl)?;
-        outer = Some((new_ss, w[0]));
-    }
-    if new_eip > new_cs.limit {
-        return Err(Fault::gp0().into());
-    }
-    set_accessed(bus, &cs_ref)?;
-    if let Some(((_, r), _)) = outer {
-        set_accessed(bus, &r)?;
-    }
-    state.eflags = merge_eflags(state.eflags, popped_flags, cpl, state.iopl(), op32, true);
-    *state.sreg_mut(SegReg::Cs) = new_cs;
-    state.eip = new_eip;
-    match outer {
-        Some(((ss_cache, _), new_esp)) => {
-            *state.sreg_mut(SegReg::Ss) = ss_cache;
-            state.gpr[gpr::ESP] = if op32 || ss_cache.db {
-                new_esp
-            } else {
-                (esp & 0xffff_0000) | (new_esp & 0xffff)
-            };
-            effects = effects.merge(Effects::segment(SegReg::Ss));
-            effects.cpl_changed = true;
-            effects = effects.merge(null_inaccessible_data_segments(state, rpl));
-        }
-        None => state.gpr[gpr::ESP] = adjust_sp(esp, 3 * size as i32, ss.db),
-    }
-    Ok(effects)
-}
-
-/// The checks on a CS popped by IRET or RET far (SDM Vol. 2A IRET, RET): returns the new
-/// cache (RPL becomes the CPL) and the descriptor to mark accessed.
-pub(crate) fn check_return_cs(
-    state: &VcpuState,
-    bus: &mut impl GuestBus,
-    sel: u16,
-) -> Result<(Segment, super::segments::DescriptorRef), Fault> {
-    if selector::is_null(sel) {
-        return Err(Fault::gp0());
-    }
-    let code = selector::error_code(sel);
-    let r = fetch_descriptor(state, bus, sel)?.ok_or(Fault::gp(code))?;
-    let d = r.desc;
-    let rpl = selector::rpl(sel);
-    if !d.is_code() || rpl < state.cpl() {
-        return Err(Fault::gp(code));
-    }
-    if d.is_conforming_code() {
-        if d.dpl > rpl {
-            return Err(Fault::gp(code));
-        }
-    } else if d.dpl != rpl {
-        return Err(Fault::gp(code));
-    }
-    if !d.present {
-        return Err(Fault::np(code));
-    }
-    let mut d = d;
-    d.typ |= TYPE_ACCESSED;
-    Ok((Segment::from_descriptor(sel, &d), r))
-}
-
-/// The checks on an SS popped by IRET or RET far to an outer level `rpl`.
-pub(crate) fn check_return_ss(
-    state: &VcpuState,
-    bus: &mut impl GuestBus,
-    sel: u16,
-    rpl: u8,
-) -> Result<(Segment, super::segments::DescriptorRef), Fault> {
-    if selector::is_null(sel) {
-        return Err(Fault::gp0());
-    }
-    let code = selector::error_code(sel);
-    let r = fetch_descriptor(state, bus, sel)?.ok_or(Fault::gp(code))?;
-    let d = r.desc;
-    if selector::rpl(sel) != rpl || !d.is_writable_data() || d.dpl != rpl {
-        return Err(Fault::gp(code));
-    }
-    if !d.present {
-        return Err(Fault::ss(code));
-    }
-    let mut d = d;
-    d.typ |= TYPE_ACCESSED;
-    Ok((Segment::from_descriptor(sel, &d), r))
-}
-
-/// After a return to an outer level: DS, ES, FS, GS that the new CPL may not use (data or
-/// non-conforming code with DPL < CPL) are loaded with a null selector.
-pub(crate) fn null_inaccessible_data_segments(state: &mut VcpuState, new_cpl: u8) -> Effects {
-    let mut e = Effects::NONE;
-    for r in [SegReg::Es, SegReg::Ds, SegReg::Fs, SegReg::Gs] {
-        let s = state.sreg(r);
-        let restricted = s.s && (!s.is_code() || !s.is_conforming());
-        if s.present && restricted && s.dpl < new_cpl {
-            *state.sreg_mut(r) = Segment::null(0);
-            e = e.merge(Effects::segment(r));
-        }
-    }
-    e
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vcpu::emulate::test_util::exec;
+    use crate::vcpu::emulate::Emulated;
     use crate::vcpu::testbus::{int_gate, TestBus, KSTACK, USTACK};
 
     const HANDLER: u32 = 0x5_0000;
@@ -706,7 +444,10 @@ mod tests {
         );
         // And IRET (after discarding the error code) returns to user mode.
         s.gpr[gpr::ESP] += 4;
-        let e = iret(&mut s, &mut bus, true).map_err(|_| ()).unwrap();
+        let e = match exec(&mut s, &mut bus, &[0xcf]).unwrap() {
+            Emulated::Done(e) => e,
+            other => panic!("{other:?}"),
+        };
         assert!(e.cpl_changed);
         assert_eq!(s.cpl(), 3);
         assert_eq!(s.gpr[gpr::ESP], USTACK);
@@ -813,12 +554,15 @@ mod tests {
         deliver(&mut s, &mut bus, Event::External(0x40)).unwrap();
         assert_eq!((s.sreg(SegReg::Cs).selector, s.eip), (0x50, 0x1234));
         assert_eq!(s.gpr[gpr::ESP], 0x8800 - 6);
-        assert_eq!(bus.read_u16(0x8800 - 2), eflags::FIXED1 as u16);
+        assert_eq!(
+            bus.read_u16(0x8800 - 2),
+            crate::vcpu::bits::low16(eflags::FIXED1)
+        );
         assert_eq!(bus.read_u16(0x8800 - 4), 0x08);
         assert_eq!(bus.read_u16(0x8800 - 6), 0x7000, "IP truncated to 16 bits");
         // IRET with a 16-bit operand size pops the three words back.
         bus.write_u16(0x8800 - 6, 0x2000);
-        iret(&mut s, &mut bus, false).map_err(|_| ()).unwrap();
+        exec(&mut s, &mut bus, &[0x66, 0xcf]).unwrap();
         assert_eq!(
             (s.sreg(SegReg::Cs).selector, s.eip, s.gpr[gpr::ESP]),
             (0x08, 0x2000, 0x8800)
@@ -858,78 +602,6 @@ mod tests {
             deliver(&mut s, &mut bus, Event::Exception(Fault::with_code(8, 0))),
             Err(DeliveryError::TaskGate { vector: 8 })
         );
-    }
-
-    #[test]
-    fn iret_checks_popped_cs() {
-        let (mut s, mut bus) = setup();
-        s.gpr[gpr::ESP] = 0x8000;
-        bus.write_u32(0x8000, 0x1234);
-        bus.write_u32(0x8004, 0x40); // not-present data: not code → #GP(0x40)
-        bus.write_u32(0x8008, eflags::FIXED1);
-        let before = s.clone();
-        assert!(
-            matches!(iret(&mut s, &mut bus, true), Err(Stop::Fault(f)) if f == Fault::gp(0x40))
-        );
-        bus.write_u32(0x8004, 0x00);
-        assert!(matches!(iret(&mut s, &mut bus, true), Err(Stop::Fault(f)) if f == Fault::gp0()));
-        assert_eq!(s, before);
-        // Same privilege return works and IOPL is writable at CPL 0.
-        bus.write_u32(0x8004, 0x08);
-        bus.write_u32(0x8008, eflags::FIXED1 | eflags::IOPL | eflags::ZF);
-        iret(&mut s, &mut bus, true).map_err(|_| ()).unwrap();
-        assert_eq!(s.eip, 0x1234);
-        assert_eq!(s.iopl(), 3);
-        assert_eq!(s.gpr[gpr::ESP], 0x800c);
-    }
-
-    #[test]
-    fn iret_to_user_nulls_kernel_data_segments() {
-        let (mut s, mut bus) = setup();
-        s.gpr[gpr::ESP] = 0x8000;
-        for (i, v) in [0x4000u32, 0x1b, eflags::FIXED1 | eflags::IOPL, 0x7ff0, 0x23]
-            .iter()
-            .enumerate()
-        {
-            bus.write_u32(0x8000 + 4 * i as u32, *v);
-        }
-        let e = iret(&mut s, &mut bus, true).map_err(|_| ()).unwrap();
-        assert_eq!(s.cpl(), 3);
-        assert!(!s.sreg(SegReg::Ds).present && s.sreg(SegReg::Ds).selector == 0);
-        assert!(e.segment_dirty(SegReg::Ds));
-        // IOPL was changeable (old CPL 0).
-        assert_eq!(s.iopl(), 3);
-        // From CPL 3, IRET cannot raise IOPL or clear IF beyond IOPL rules.
-        assert_eq!(
-            merge_eflags(eflags::FIXED1, eflags::IOPL | eflags::IF, 3, 0, true, true),
-            eflags::FIXED1
-        );
-    }
-
-    #[test]
-    fn iret_with_nt_checks_the_back_link_then_reports_the_task_switch() {
-        let (mut s, mut bus) = setup();
-        s.eflags |= eflags::NT;
-        let before = s.clone();
-        // A back link beyond the GDT limit, in the LDT, or to a non-TSS: #TS(link).
-        for (link, code) in [(0x1f8u16, 0x1f8u32), (0x0c, 0x0c), (0x0b, 0x08), (0, 0)] {
-            bus.write_u16(s.tr.base, link);
-            assert!(
-                matches!(iret(&mut s, &mut bus, true), Err(Stop::Fault(f)) if f == Fault::ts(code)),
-                "link {link:#x}"
-            );
-            assert_eq!(s, before);
-        }
-        // A busy TSS: a real task return, which is not emulated.
-        bus.set_gdt(
-            0x58,
-            crate::vcpu::testbus::system(0x4000, 0x67, system_type::TSS32_BUSY),
-        );
-        bus.write_u16(s.tr.base, 0x58);
-        assert!(matches!(
-            iret(&mut s, &mut bus, true),
-            Err(Stop::Unsupported(Unsupported::TaskSwitch))
-        ));
     }
 
     proptest::proptest! {

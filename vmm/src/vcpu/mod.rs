@@ -7,6 +7,8 @@
 //!
 //! Entry points:
 //! - [`emulate()`] executes one decoded instruction against the state,
+//! - [`emulate::mediate`] and [`emulate::data_access`] perform the memory instructions
+//!   the run loop hands over (writes to mediated pages, accesses without a host mapping),
 //! - [`deliver`] delivers an exception or interrupt through the guest IDT,
 //! - [`load_segment`] loads a data or stack segment register with all hardware checks,
 //! - [`mirror_of`] describes the host LDT entry that backs a guest segment,
@@ -23,6 +25,7 @@
 //! hold what was written), loading PAE PDPTEs on MOV CR3 (the shadow-paging code reads
 //! them from guest memory).
 
+pub mod bits;
 pub mod descriptor;
 pub mod emulate;
 pub mod exit;

@@ -2,9 +2,10 @@
 //! mirror that backs each guest segment (ARCHITECTURE.md §4).
 
 use super::descriptor::{selector, Descriptor, TYPE_ACCESSED};
-use super::state::{SegReg, Segment, VcpuState};
+use super::state::{Segment, VcpuState};
 use super::{Effects, Fault, GuestBus};
 use crate::addr::GuestLinear;
+use crate::x86::SegReg;
 
 /// A descriptor read from the GDT or LDT and where it lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,15 +1,18 @@
-//! Stack frames as the processor pushes and pops them: address size by SS.B, limit
+//! Stack frames as the processor pushes and pops them, and the inner-level stacks the
+//! TSS holds: address size by SS.B, limit
 //! checks on the whole frame before any byte is written (so a fault leaves memory and
 //! ESP unchanged), little-endian values of 2 or 4 bytes.
 
-use super::state::Segment;
+use super::descriptor::{selector, system_type};
+use super::state::{Segment, VcpuState};
 use super::{Fault, GuestBus};
 use crate::addr::GuestLinear;
 
-/// The stack pointer after moving `esp` by `delta` bytes: SP wraps within 16 bits and the
-/// upper half of ESP is kept when the stack segment is 16-bit (SS.B = 0).
-pub const fn adjust_sp(esp: u32, delta: i32, big: bool) -> u32 {
-    let n = esp.wrapping_add(delta as u32);
+/// The stack pointer after adding `delta` bytes modulo 2^32 (`n.wrapping_neg()` moves it
+/// down by `n`): SP wraps within 16 bits and the upper half of ESP is kept when the stack
+/// segment is 16-bit (SS.B = 0).
+pub const fn adjust_sp(esp: u32, delta: u32, big: bool) -> u32 {
+    let n = esp.wrapping_add(delta);
     if big {
         n
     } else {
@@ -43,15 +46,14 @@ pub fn push_frame(
     fault: Fault,
 ) -> Result<u32, Fault> {
     let big = ss.db;
-    let total = values.len() as u32 * size;
-    let new_esp = adjust_sp(esp, -(total as i32), big);
+    let mut new_esp = esp;
     if !ss.present {
         return Err(fault);
     }
     let mut slots = Vec::with_capacity(values.len());
-    for (i, v) in values.iter().enumerate() {
-        let sp = adjust_sp(esp, -(((i as u32 + 1) * size) as i32), big);
-        let off = sp_offset(sp, big);
+    for v in values {
+        new_esp = adjust_sp(new_esp, size.wrapping_neg(), big);
+        let off = sp_offset(new_esp, big);
         if !ss.contains(off, size) {
             return Err(fault);
         }
@@ -82,8 +84,8 @@ pub fn peek_frame(
         return Err(fault);
     }
     let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let sp = adjust_sp(esp, (i as u32 * size) as i32, big);
+    let mut sp = esp;
+    for _ in 0..n {
         let off = sp_offset(sp, big);
         if !ss.contains(off, size) {
             return Err(fault);
@@ -95,8 +97,54 @@ pub fn peek_frame(
             user,
         )?;
         out.push(u32::from_le_bytes(b));
+        sp = adjust_sp(sp, size, big);
     }
     Ok(out)
+}
+
+/// SS:ESP for privilege level `pl` from the current TSS, for a stack switch to an inner
+/// level by interrupt delivery (SDM Vol. 3A §6.12.1) or a call gate (§5.8.5): a 32-bit
+/// TSS holds them at 8 × `pl` + 4 (§7.2.1, Figure 7-2), a 16-bit one at 4 × `pl` + 2
+/// (§7.6). `ext` is the EXT bit of the error code (1 for an event external to the
+/// program).
+///
+/// # Errors
+/// #TS(TR + EXT) when TR holds no TSS or the TSS limit does not cover the SS:ESP pair
+/// (the pseudo-code's "TSSstackAddress + 5 (or + 3) > TSS limit"); #PF from the bus.
+pub(crate) fn tss_stack(
+    state: &VcpuState,
+    bus: &mut impl GuestBus,
+    pl: u8,
+    ext: u32,
+) -> Result<(u16, u32), Fault> {
+    let tr = &state.tr;
+    let code = selector::error_code(tr.selector) + ext;
+    let is32 = match tr.typ {
+        system_type::TSS32_AVAILABLE | system_type::TSS32_BUSY => true,
+        system_type::TSS16_AVAILABLE | system_type::TSS16_BUSY => false,
+        _ => return Err(Fault::ts(code)),
+    };
+    if !tr.present || selector::is_null(tr.selector) {
+        return Err(Fault::ts(code));
+    }
+    let pl = u32::from(pl);
+    let (esp_off, ss_off, esp_len) = if is32 {
+        (8 * pl + 4, 8 * pl + 8, 4)
+    } else {
+        (4 * pl + 2, 4 * pl + 4, 2)
+    };
+    if ss_off + 1 > tr.limit {
+        return Err(Fault::ts(code));
+    }
+    let mut esp = [0u8; 4];
+    bus.read_linear(
+        GuestLinear(tr.base.wrapping_add(esp_off)),
+        &mut esp[..esp_len],
+        false,
+    )?;
+    let mut ss = [0u8; 2];
+    bus.read_linear(GuestLinear(tr.base.wrapping_add(ss_off)), &mut ss, false)?;
+    Ok((u16::from_le_bytes(ss), u32::from_le_bytes(esp)))
 }
 
 #[cfg(test)]
@@ -124,7 +172,13 @@ mod tests {
 
     #[test]
     fn sixteen_bit_stack_wraps() {
-        assert_eq!(adjust_sp(0x1234_0000, -2, false), 0x1234_fffe);
-        assert_eq!(adjust_sp(0x1234_0000, -2, true), 0x1233_fffe);
+        assert_eq!(
+            adjust_sp(0x1234_0000, 2u32.wrapping_neg(), false),
+            0x1234_fffe
+        );
+        assert_eq!(
+            adjust_sp(0x1234_0000, 2u32.wrapping_neg(), true),
+            0x1233_fffe
+        );
     }
 }

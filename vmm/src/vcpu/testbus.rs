@@ -3,9 +3,10 @@
 //! built in it, a port log.
 
 use super::descriptor::{Descriptor, Gate};
-use super::state::{gpr, SegReg, Segment, TableReg, VcpuState};
+use super::state::{gpr, Segment, TableReg, VcpuState};
 use super::{Fault, GuestBus};
 use crate::addr::GuestLinear;
+use crate::x86::SegReg;
 use std::collections::HashMap;
 
 /// RAM size.
@@ -198,8 +199,8 @@ impl TestBus {
         user: bool,
     ) -> Result<usize, Fault> {
         let a = addr.raw();
-        for (i, _) in (0..len).enumerate() {
-            let x = a.wrapping_add(i as u32);
+        for i in 0..u32::try_from(len).unwrap_or(u32::MAX) {
+            let x = a.wrapping_add(i);
             let bad = self.unmapped.iter().any(|&(s, e)| x >= s && x < e) || x as usize >= RAM;
             if bad {
                 let code = (u32::from(write) << 1) | (u32::from(user) << 2);

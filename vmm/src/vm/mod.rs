@@ -17,7 +17,6 @@
 //! (hidden fault filled, true fault injected, code fetch scanned, write mediated); trap
 //! bytes in `trap.rs`; what emulation changed is applied on the host in `effects.rs`.
 
-mod access;
 mod breakpoints;
 mod classify;
 pub mod code;
@@ -28,7 +27,6 @@ mod effects;
 pub mod guest_bus;
 pub mod guest_memory;
 mod handle;
-mod mediate;
 pub mod mirrors;
 mod page_fault;
 pub mod platform;

@@ -11,15 +11,14 @@
 use iced_x86::Instruction;
 use shadow_paging::{Decision, EmulateReason, HostAccess};
 
-use super::access::data_move;
 use super::code::fetch::insn_len;
 use super::cpu::Stepping;
 use super::guest_bus::MachineBus;
 use super::handle::Step;
-use super::mediate::{mediate, Mediated};
 use super::stats::ExitReason;
 use super::Vm;
 use crate::addr::{GuestLinear, GuestPhys, PAGE_SIZE};
+use crate::vcpu::emulate::{data_access, mediate, Mediated};
 use crate::vcpu::exit::GuestExit;
 use crate::vcpu::Fault;
 use crate::x86::pf_error;
@@ -223,15 +222,7 @@ impl Vm {
             &mut self.code.pages,
             &mut self.platform.ports,
         );
-        let state = &mut self.cpu.state;
-        let result = data_move(state, &mut bus, instr).and_then(|moved| {
-            if moved {
-                state.eip = instr.next_ip32();
-                return Ok(true);
-            }
-            // Read-modify-write and string stores, as write mediation performs them.
-            mediate(state, &mut bus, instr).map(|m| m == Mediated::Done)
-        });
+        let result = data_access(&mut self.cpu.state, &mut bus, instr).map(|m| m == Mediated::Done);
         if let Some(f) = bus.failure.take() {
             return self.failure(format!("monitor failure during an emulated access: {f:?}"));
         }

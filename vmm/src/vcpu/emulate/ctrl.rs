@@ -4,8 +4,9 @@
 use super::operands::{read_gpr, rm_operand, write_gpr, Rm};
 use super::{require_cpl0, Ctx, Outcome, Res, Stop};
 use crate::addr::GuestLinear;
-use crate::vcpu::state::{cr0, cr4, VcpuState, DR6_INIT, DR7_INIT};
-use crate::vcpu::{Effects, Exception, Fault};
+use crate::vcpu::state::{VcpuState, DR6_INIT, DR7_INIT};
+use crate::vcpu::{Effects, Fault};
+use crate::x86::{cr0, cr4, Exception};
 use iced_x86::{Code, Instruction, Register};
 
 /// MOV to or from a control or debug register.
@@ -155,114 +156,4 @@ pub(crate) fn invlpg(s: &mut VcpuState, cx: &Ctx<'_>) -> Res {
         invlpg: Some(addr),
         ..Effects::NONE
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::addr::GuestLinear;
-    use crate::vcpu::emulate::test_util::{decode_at, exec};
-    use crate::vcpu::emulate::{emulate, Emulated};
-    use crate::vcpu::state::{cr0, cr4, gpr};
-    use crate::vcpu::testbus::TestBus;
-    use crate::vcpu::{Effects, Fault};
-
-    #[test]
-    fn cr0_rules() {
-        let mut bus = TestBus::new();
-        let mut s = bus.protected_state();
-        // mov cr0, eax (0F 22 C0)
-        let i = decode_at(&[0x0f, 0x22, 0xc0], s.eip);
-        s.gpr[gpr::EAX] = cr0::PG | cr0::PE | 0x100; // reserved bit 8 is ignored
-        let r = emulate(&mut s, &mut bus, &i).unwrap();
-        assert!(matches!(r, Emulated::Done(e) if e.paging_mode_changed));
-        assert_eq!(s.cr0, cr0::PG | cr0::PE | cr0::ET);
-        s.gpr[gpr::EAX] = cr0::PG;
-        assert_eq!(emulate(&mut s, &mut bus, &i), Err(Fault::gp0()));
-        s.gpr[gpr::EAX] = cr0::PE | cr0::NW;
-        assert_eq!(emulate(&mut s, &mut bus, &i), Err(Fault::gp0()));
-        // mov eax, cr0 (0F 20 C0) from CPL 3: #GP(0).
-        bus.enter_user(&mut s);
-        assert_eq!(
-            exec(&mut s, &mut bus, &[0x0f, 0x20, 0xc0]),
-            Err(Fault::gp0())
-        );
-    }
-
-    #[test]
-    fn cr3_cr4_and_invlpg_effects() {
-        let mut bus = TestBus::new();
-        let mut s = bus.protected_state();
-        s.gpr[gpr::EBX] = 0x0010_0000;
-        let r = exec(&mut s, &mut bus, &[0x0f, 0x22, 0xdb]).unwrap(); // mov cr3, ebx
-        assert!(matches!(r, Emulated::Done(e) if e.cr3_written));
-        assert_eq!(s.cr3, 0x0010_0000);
-        s.gpr[gpr::EAX] = cr4::PSE | cr4::PGE;
-        let i = decode_at(&[0x0f, 0x22, 0xe0], s.eip); // mov cr4, eax
-        let r = emulate(&mut s, &mut bus, &i).unwrap();
-        assert!(matches!(r, Emulated::Done(e) if e.paging_mode_changed));
-        s.gpr[gpr::EAX] = 1 << 13; // VMXE: not offered
-        assert_eq!(emulate(&mut s, &mut bus, &i), Err(Fault::gp0()));
-        s.gpr[gpr::EAX] = 0x1000;
-        let r = exec(&mut s, &mut bus, &[0x0f, 0x01, 0x38]).unwrap(); // invlpg [eax]
-        assert_eq!(
-            r,
-            Emulated::Done(Effects {
-                invlpg: Some(GuestLinear(0x1000)),
-                ..Effects::NONE
-            })
-        );
-        bus.enter_user(&mut s);
-        assert_eq!(
-            exec(&mut s, &mut bus, &[0x0f, 0x01, 0x38]),
-            Err(Fault::gp0())
-        );
-    }
-
-    #[test]
-    fn debug_registers_alias_and_fixed_bits() {
-        let mut bus = TestBus::new();
-        let mut s = bus.protected_state();
-        s.gpr[gpr::EAX] = 0;
-        // mov dr7, eax ; mov ecx, dr5 (aliases DR7 without CR4.DE)
-        exec(&mut s, &mut bus, &[0x0f, 0x23, 0xf8]).unwrap();
-        exec(&mut s, &mut bus, &[0x0f, 0x21, 0xe9]).unwrap();
-        assert_eq!(s.gpr[gpr::ECX], 0x400);
-        // mov dr6, eax keeps the reserved ones.
-        exec(&mut s, &mut bus, &[0x0f, 0x23, 0xf0]).unwrap();
-        assert_eq!(s.dr[6], 0xffff_0ff0);
-        // General detect: the next MOV DRn faults with #DB, DR6.BD set and GD cleared.
-        s.gpr[gpr::EAX] = 1 << 13;
-        exec(&mut s, &mut bus, &[0x0f, 0x23, 0xf8]).unwrap(); // mov dr7, eax
-        let eip = s.eip;
-        let r = exec(&mut s, &mut bus, &[0x0f, 0x21, 0xc1]); // mov ecx, dr0
-        assert_eq!(r, Err(Fault::new(crate::vcpu::Exception::DB)));
-        assert_eq!(
-            (s.eip, s.dr[7] & (1 << 13), s.dr[6] & (1 << 13)),
-            (eip, 0, 1 << 13)
-        );
-        s.cr4 |= cr4::DE;
-        assert_eq!(
-            exec(&mut s, &mut bus, &[0x0f, 0x21, 0xe9]),
-            Err(Fault::ud())
-        );
-    }
-
-    #[test]
-    fn hlt_clts_wbinvd() {
-        let mut bus = TestBus::new();
-        let mut s = bus.protected_state();
-        s.cr0 |= cr0::TS;
-        exec(&mut s, &mut bus, &[0x0f, 0x06]).unwrap();
-        assert_eq!(s.cr0 & cr0::TS, 0);
-        let r = exec(&mut s, &mut bus, &[0x0f, 0x09]).unwrap();
-        assert!(matches!(r, Emulated::Done(e) if e.cache_flush));
-        let eip = s.eip;
-        let r = emulate(&mut s, &mut bus, &decode_at(&[0xf4], eip)).unwrap();
-        assert!(matches!(r, Emulated::Done(e) if e.halted));
-        assert!(s.halted);
-        assert_eq!(s.eip, eip + 1);
-        bus.enter_user(&mut s);
-        assert_eq!(exec(&mut s, &mut bus, &[0xf4]), Err(Fault::gp0()));
-        assert_eq!(exec(&mut s, &mut bus, &[0x0f, 0x06]), Err(Fault::gp0()));
-    }
 }

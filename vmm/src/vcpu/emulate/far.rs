@@ -1,14 +1,15 @@
-//! Far CALL/JMP/RET, IRET, SYSENTER and SYSEXIT: control transfers that load CS.
+//! Far CALL/JMP/RET, SYSENTER and SYSEXIT: control transfers that load CS, and the
+//! checks on a returned-to CS and SS that RET far and IRET share.
 
 use super::operands::{read_mem, rm_operand, Rm};
 use super::{peek, push, release, Ctx, Outcome, Res, Stop, Unsupported};
-use crate::addr::GuestLinear;
+use crate::vcpu::bits::low16;
 use crate::vcpu::descriptor::{selector, system_type, Gate, TYPE_ACCESSED};
-use crate::vcpu::interrupts::{check_return_cs, check_return_ss, null_inaccessible_data_segments};
-use crate::vcpu::segments::{fetch_descriptor, set_accessed};
-use crate::vcpu::stack::{adjust_sp, push_frame};
-use crate::vcpu::state::{eflags, gpr, SegReg, Segment, VcpuState};
+use crate::vcpu::segments::{fetch_descriptor, set_accessed, DescriptorRef};
+use crate::vcpu::stack::{adjust_sp, push_frame, tss_stack};
+use crate::vcpu::state::{gpr, Segment, VcpuState};
 use crate::vcpu::{Effects, Fault, GuestBus};
+use crate::x86::{eflags, SegReg};
 use iced_x86::{Code, Instruction, Mnemonic};
 
 /// Far JMP/CALL forms (direct pointer or memory far pointer).
@@ -114,7 +115,7 @@ pub(crate) fn jmp_call(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>)
     let (sel, mut eip) = match rm_operand(s, i, 0) {
         Some(Rm::Mem(seg, off)) => {
             let eip = read_mem(s, bus, seg, off, size)?;
-            let sel = read_mem(s, bus, seg, off.wrapping_add(size), 2)? as u16;
+            let sel = low16(read_mem(s, bus, seg, off.wrapping_add(size), 2)?);
             (sel, eip)
         }
         Some(Rm::Reg(_)) => return Err(Fault::ud().into()),
@@ -190,7 +191,7 @@ fn through_gate(
     let old_cs = u32::from(s.sreg(SegReg::Cs).selector);
     let mut effects = Effects::segment(SegReg::Cs);
     if inner {
-        let (ss_sel, esp) = tss_stack(s, bus, new_cpl)?;
+        let (ss_sel, esp) = tss_stack(s, bus, new_cpl, 0)?;
         if selector::is_null(ss_sel) {
             return Err(Fault::ts(0).into());
         }
@@ -235,28 +236,6 @@ fn through_gate(
     Ok(Outcome::Jumped(effects))
 }
 
-/// SS:ESP for privilege level `pl` from the current 32-bit TSS; #TS(TR) when the TSS
-/// cannot hold them.
-fn tss_stack(s: &VcpuState, bus: &mut impl GuestBus, pl: u8) -> Result<(u16, u32), Fault> {
-    let tr = &s.tr;
-    let code = selector::error_code(tr.selector);
-    if !tr.present
-        || !matches!(
-            tr.typ,
-            system_type::TSS32_AVAILABLE | system_type::TSS32_BUSY
-        )
-        || 8 * u32::from(pl) + 9 > tr.limit
-    {
-        return Err(Fault::ts(code));
-    }
-    let mut b = [0u8; 4];
-    let base = tr.base.wrapping_add(8 * u32::from(pl) + 4);
-    bus.read_linear(GuestLinear(base), &mut b, false)?;
-    let esp = u32::from_le_bytes(b);
-    bus.read_linear(GuestLinear(base.wrapping_add(4)), &mut b[..2], false)?;
-    Ok((u16::from_le_bytes([b[0], b[1]]), esp))
-}
-
 /// RET far [imm16] (SDM Vol. 2B RET): same privilege, or to an outer level popping
 /// ESP and SS too; `imm16` bytes of parameters are released on each stack. Returning
 /// outward nulls data segment registers the new CPL may not use.
@@ -271,7 +250,7 @@ pub(crate) fn retf(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> 
     };
     let v = peek(s, bus, 0, 2, size)?;
     let eip = if op32 { v[0] } else { v[0] & 0xffff };
-    let sel = v[1] as u16;
+    let sel = low16(v[1]);
     if !s.protected() || s.v86() {
         let FarTarget::Direct(cs) = far_target(s, bus, sel, eip)? else {
             return Err(Fault::gp0().into());
@@ -287,7 +266,7 @@ pub(crate) fn retf(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> 
     let mut effects = Effects::segment(SegReg::Cs);
     if rpl > cpl {
         let w = peek(s, bus, 2 * size + imm, 2, size)?;
-        let (ss, ss_ref) = check_return_ss(s, bus, w[1] as u16, rpl)?;
+        let (ss, ss_ref) = check_return_ss(s, bus, low16(w[1]), rpl)?;
         if eip > cs.limit {
             return Err(Fault::gp0().into());
         }
@@ -302,7 +281,7 @@ pub(crate) fn retf(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> 
             } else {
                 (s.gpr[gpr::ESP] & 0xffff_0000) | esp
             },
-            imm as i32,
+            imm,
             ss.db,
         );
         effects = effects.merge(Effects::segment(SegReg::Ss));
@@ -320,18 +299,11 @@ pub(crate) fn retf(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> 
     Ok(Outcome::Jumped(effects))
 }
 
-/// IRET/IRETD, see [`crate::vcpu::interrupts`].
-pub(crate) fn iret(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
-    let op32 = cx.instr.mnemonic() == Mnemonic::Iretd;
-    let e = crate::vcpu::interrupts::iret(s, bus, op32)?;
-    Ok(Outcome::Jumped(e))
-}
-
 /// SYSENTER (SDM Vol. 2B): #GP(0) in real mode or when IA32_SYSENTER_CS is null; enters
 /// CPL 0 with flat CS = SYSENTER_CS and SS = SYSENTER_CS + 8, ESP/EIP from the MSRs, and
 /// clears VM, IF and RF.
 pub(crate) fn sysenter(s: &mut VcpuState) -> Res {
-    let cs = s.msr.sysenter_cs as u16 & 0xfffc;
+    let cs = low16(s.msr.sysenter_cs) & 0xfffc;
     if !s.protected() || cs == 0 {
         return Err(Fault::gp0().into());
     }
@@ -350,7 +322,7 @@ pub(crate) fn sysenter(s: &mut VcpuState) -> Res {
 /// #GP(0); returns to CPL 3 with flat CS = SYSENTER_CS + 16 and SS = SYSENTER_CS + 24
 /// (RPL 3), EIP = EDX, ESP = ECX.
 pub(crate) fn sysexit(s: &mut VcpuState) -> Res {
-    let cs = s.msr.sysenter_cs as u16 & 0xfffc;
+    let cs = low16(s.msr.sysenter_cs) & 0xfffc;
     if !s.protected() || s.cpl() != 0 || cs == 0 {
         return Err(Fault::gp0().into());
     }
@@ -363,196 +335,73 @@ pub(crate) fn sysexit(s: &mut VcpuState) -> Res {
     Ok(Outcome::Jumped(e))
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::vcpu::descriptor::{Descriptor, Gate};
-    use crate::vcpu::emulate::test_util::{decode_at, exec};
-    use crate::vcpu::emulate::{emulate, Emulated, Unsupported};
-    use crate::vcpu::state::gpr;
-    use crate::vcpu::testbus::TestBus;
-    use crate::vcpu::testbus::USTACK;
-    use crate::vcpu::{Fault, SegReg};
-
-    #[test]
-    fn far_jmp_direct_and_checks() {
-        let mut bus = TestBus::new();
-        let mut s = bus.protected_state();
-        // jmp 0x50:0x1234 (16-bit code segment 0x50, 32-bit operand).
-        let i = decode_at(&[0xea, 0x34, 0x12, 0, 0, 0x50, 0], s.eip);
-        emulate(&mut s, &mut bus, &i).unwrap();
-        assert_eq!((s.sreg(SegReg::Cs).selector, s.eip), (0x50, 0x1234));
-        assert!(!s.code_32());
-        let mut s = bus.protected_state();
-        // To a data segment: #GP(sel); beyond the 64 KiB limit of 0x50: #GP(0).
-        let i = decode_at(&[0xea, 0, 0, 0, 0, 0x10, 0], s.eip);
-        assert_eq!(emulate(&mut s, &mut bus, &i), Err(Fault::gp(0x10)));
-        let i = decode_at(&[0xea, 0, 0, 1, 0, 0x50, 0], s.eip);
-        assert_eq!(emulate(&mut s, &mut bus, &i), Err(Fault::gp0()));
-        // To DPL-3 non-conforming code from CPL 0: #GP.
-        let i = decode_at(&[0xea, 0, 0, 0, 0, 0x1b, 0], s.eip);
-        assert_eq!(emulate(&mut s, &mut bus, &i), Err(Fault::gp(0x18)));
-        // A TSS: task switches are reported, not faked.
-        let i = decode_at(&[0xea, 0, 0, 0, 0, 0x28, 0], s.eip);
-        bus.set_gdt(0x58, crate::vcpu::testbus::system(0x4000, 0x67, 9));
-        let i2 = decode_at(&[0xea, 0, 0, 0, 0, 0x58, 0], s.eip);
-        assert_eq!(emulate(&mut s, &mut bus, &i), Err(Fault::gp(0x28)));
-        assert_eq!(
-            emulate(&mut s, &mut bus, &i2),
-            Ok(Emulated::Unsupported(Unsupported::TaskSwitch))
-        );
+/// The checks on a CS popped by IRET or RET far (SDM Vol. 2A IRET, RET): returns the new
+/// cache (RPL becomes the CPL) and the descriptor to mark accessed.
+pub(crate) fn check_return_cs(
+    state: &VcpuState,
+    bus: &mut impl GuestBus,
+    sel: u16,
+) -> Result<(Segment, DescriptorRef), Fault> {
+    if selector::is_null(sel) {
+        return Err(Fault::gp0());
     }
-
-    #[test]
-    fn far_call_then_retf_imm() {
-        let mut bus = TestBus::new();
-        let mut s = bus.protected_state();
-        let esp = s.gpr[gpr::ESP];
-        // call far [0x600] with m16:32 = 0x08:0x4000
-        bus.write_u32(0x600, 0x4000);
-        bus.write_u16(0x604, 0x08);
-        let i = decode_at(&[0xff, 0x1d, 0x00, 0x06, 0x00, 0x00], s.eip);
-        emulate(&mut s, &mut bus, &i).unwrap();
-        assert_eq!(s.eip, 0x4000);
-        assert_eq!(bus.read_u32(esp - 4), 0x08);
-        assert_eq!(bus.read_u32(esp - 8), 0x7006);
-        // retf 8
-        let i = decode_at(&[0xca, 0x08, 0x00], s.eip);
-        emulate(&mut s, &mut bus, &i).unwrap();
-        assert_eq!(s.eip, 0x7006);
-        assert_eq!(s.gpr[gpr::ESP], esp + 8);
+    let code = selector::error_code(sel);
+    let r = fetch_descriptor(state, bus, sel)?.ok_or(Fault::gp(code))?;
+    let d = r.desc;
+    let rpl = selector::rpl(sel);
+    if !d.is_code() || rpl < state.cpl() {
+        return Err(Fault::gp(code));
     }
-
-    #[test]
-    fn retf_to_user_and_bad_ss() {
-        let mut bus = TestBus::new();
-        let mut s = bus.protected_state();
-        let esp = 0x8000;
-        s.gpr[gpr::ESP] = esp;
-        for (k, v) in [0x1000u32, 0x1b, 0x7000, 0x23].iter().enumerate() {
-            bus.write_u32(esp + 4 * k as u32, *v);
+    if d.is_conforming_code() {
+        if d.dpl > rpl {
+            return Err(Fault::gp(code));
         }
-        let i = decode_at(&[0xcb], s.eip);
-        let mut t = s.clone();
-        let r = emulate(&mut t, &mut bus, &i).unwrap();
-        assert!(matches!(r, Emulated::Done(e) if e.cpl_changed));
-        assert_eq!((t.cpl(), t.eip, t.gpr[gpr::ESP]), (3, 0x1000, 0x7000));
-        assert!(!t.sreg(SegReg::Ds).present);
-        // SS RPL mismatching the CS RPL: #GP(ss).
-        bus.write_u32(esp + 12, 0x20);
-        assert_eq!(emulate(&mut s, &mut bus, &i), Err(Fault::gp(0x20)));
-        // CS with lower RPL than CPL from user mode: #GP(cs).
-        let mut u = bus.protected_state();
-        bus.enter_user(&mut u);
-        u.gpr[gpr::ESP] = esp;
-        bus.write_u32(esp + 4, 0x08);
-        assert_eq!(emulate(&mut u, &mut bus, &i), Err(Fault::gp(0x08)));
+    } else if d.dpl != rpl {
+        return Err(Fault::gp(code));
     }
+    if !d.present {
+        return Err(Fault::np(code));
+    }
+    let mut d = d;
+    d.typ |= TYPE_ACCESSED;
+    Ok((Segment::from_descriptor(sel, &d), r))
+}
 
-    #[test]
-    fn call_gate_to_kernel_copies_parameters_and_retf_returns() {
-        let mut bus = TestBus::new();
-        let gate = Gate {
-            offset: 0x4000,
-            selector: 0x08,
-            param_count: 2,
-            typ: 12,
-            dpl: 3,
-            present: true,
-            ..Gate::default()
-        };
-        bus.set_gdt(0x58, Descriptor::decode(gate.encode()));
-        let mut s = bus.protected_state();
-        bus.enter_user(&mut s);
-        s.gpr[gpr::ESP] = USTACK - 8;
-        bus.write_u32(USTACK - 8, 0x1111);
-        bus.write_u32(USTACK - 4, 0x2222);
-        // call 0x5b:0 (the offset is ignored for a gate)
-        let r = exec(&mut s, &mut bus, &[0x9a, 0, 0, 0, 0, 0x5b, 0]).unwrap();
-        assert!(matches!(r, Emulated::Done(e) if e.cpl_changed));
-        assert_eq!(
-            (s.cpl(), s.eip, s.sreg(SegReg::Ss).selector),
-            (0, 0x4000, 0x10)
-        );
-        let f: Vec<u32> = (0..6)
-            .map(|k| bus.read_u32(s.gpr[gpr::ESP] + 4 * k))
-            .collect();
-        assert_eq!(f, vec![0x7007, 0x1b, 0x1111, 0x2222, USTACK - 8, 0x23]);
-        // retf 8 back to user mode releases the parameters on both stacks.
-        exec(&mut s, &mut bus, &[0xca, 0x08, 0x00]).unwrap();
-        assert_eq!((s.cpl(), s.eip, s.gpr[gpr::ESP]), (3, 0x7007, USTACK));
-        // A DPL-0 gate cannot be used from CPL 3.
-        bus.set_gdt(0x58, Descriptor::decode(Gate { dpl: 0, ..gate }.encode()));
-        s.eip = 0x7000;
-        assert_eq!(
-            exec(&mut s, &mut bus, &[0x9a, 0, 0, 0, 0, 0x5b, 0]),
-            Err(Fault::gp(0x58))
-        );
-        // JMP through a gate to more privileged code: #GP(code selector).
-        bus.set_gdt(0x58, Descriptor::decode(gate.encode()));
-        assert_eq!(
-            exec(&mut s, &mut bus, &[0xea, 0, 0, 0, 0, 0x5b, 0]),
-            Err(Fault::gp(0x08))
-        );
+/// The checks on an SS popped by IRET or RET far to an outer level `rpl`.
+pub(crate) fn check_return_ss(
+    state: &VcpuState,
+    bus: &mut impl GuestBus,
+    sel: u16,
+    rpl: u8,
+) -> Result<(Segment, DescriptorRef), Fault> {
+    if selector::is_null(sel) {
+        return Err(Fault::gp0());
     }
+    let code = selector::error_code(sel);
+    let r = fetch_descriptor(state, bus, sel)?.ok_or(Fault::gp(code))?;
+    let d = r.desc;
+    if selector::rpl(sel) != rpl || !d.is_writable_data() || d.dpl != rpl {
+        return Err(Fault::gp(code));
+    }
+    if !d.present {
+        return Err(Fault::ss(code));
+    }
+    let mut d = d;
+    d.typ |= TYPE_ACCESSED;
+    Ok((Segment::from_descriptor(sel, &d), r))
+}
 
-    #[test]
-    fn real_mode_far_jmp_call_retf_iret() {
-        let mut bus = TestBus::new();
-        let mut s = crate::vcpu::VcpuState::reset();
-        s.idtr.base = 0;
-        *s.sreg_mut(SegReg::Cs) = crate::vcpu::state::Segment::real_mode(0x0100);
-        s.eip = 0x10;
-        s.gpr[gpr::ESP] = 0x2000;
-        // call far 0x2000:0x0030 (16-bit code)
-        let i = crate::vcpu::emulate::test_util::decode16_at(&[0x9a, 0x30, 0x00, 0x00, 0x20], 0x10);
-        emulate(&mut s, &mut bus, &i).unwrap();
-        assert_eq!((s.sreg(SegReg::Cs).base, s.eip), (0x20000, 0x30));
-        assert_eq!((bus.read_u16(0x1ffe), bus.read_u16(0x1ffc)), (0x0100, 0x15));
-        // retf
-        let i = crate::vcpu::emulate::test_util::decode16_at(&[0xcb], 0x30);
-        emulate(&mut s, &mut bus, &i).unwrap();
-        assert_eq!(
-            (s.sreg(SegReg::Cs).selector, s.eip, s.gpr[gpr::ESP]),
-            (0x0100, 0x15, 0x2000)
-        );
-        // iret pops IP, CS, FLAGS.
-        s.gpr[gpr::ESP] = 0x1ffa;
-        bus.write_u16(0x1ffa, 0x0040);
-        bus.write_u16(0x1ffc, 0x0300);
-        bus.write_u16(0x1ffe, 0x0202);
-        let i = crate::vcpu::emulate::test_util::decode16_at(&[0xcf], 0x15);
-        emulate(&mut s, &mut bus, &i).unwrap();
-        assert_eq!((s.sreg(SegReg::Cs).base, s.eip), (0x3000, 0x40));
-        assert_ne!(s.eflags & crate::vcpu::state::eflags::IF, 0);
-        // A far jump past the 64 KiB real-mode limit with a 32-bit offset: #GP(0).
-        let i = crate::vcpu::emulate::test_util::decode16_at(
-            &[0x66, 0xea, 0x00, 0x00, 0x01, 0x00, 0x00, 0x20],
-            0x40,
-        );
-        assert_eq!(emulate(&mut s, &mut bus, &i), Err(Fault::gp0()));
+/// After a return to an outer level: DS, ES, FS, GS that the new CPL may not use (data or
+/// non-conforming code with DPL < CPL) are loaded with a null selector.
+pub(crate) fn null_inaccessible_data_segments(state: &mut VcpuState, new_cpl: u8) -> Effects {
+    let mut e = Effects::NONE;
+    for r in [SegReg::Es, SegReg::Ds, SegReg::Fs, SegReg::Gs] {
+        let s = state.sreg(r);
+        let restricted = s.s && (!s.is_code() || !s.is_conforming());
+        if s.present && restricted && s.dpl < new_cpl {
+            *state.sreg_mut(r) = Segment::null(0);
+            e = e.merge(Effects::segment(r));
+        }
     }
-
-    #[test]
-    fn sysenter_sysexit() {
-        let mut bus = TestBus::new();
-        let mut s = bus.protected_state();
-        bus.enter_user(&mut s);
-        let i = decode_at(&[0x0f, 0x34], s.eip);
-        assert_eq!(emulate(&mut s, &mut bus, &i), Err(Fault::gp0()));
-        s.msr.sysenter_cs = 0x08;
-        s.msr.sysenter_esp = 0x9000;
-        s.msr.sysenter_eip = 0xc000_0000;
-        s.eflags |= crate::vcpu::state::eflags::IF;
-        emulate(&mut s, &mut bus, &i).unwrap();
-        assert_eq!((s.cpl(), s.eip, s.gpr[gpr::ESP]), (0, 0xc000_0000, 0x9000));
-        assert_eq!(s.sreg(SegReg::Ss).selector, 0x10);
-        assert_eq!(s.eflags & crate::vcpu::state::eflags::IF, 0);
-        s.gpr[gpr::ECX] = 0x7ff0;
-        s.gpr[gpr::EDX] = 0x1234;
-        exec(&mut s, &mut bus, &[0x0f, 0x35]).unwrap();
-        assert_eq!((s.cpl(), s.eip, s.gpr[gpr::ESP]), (3, 0x1234, 0x7ff0));
-        assert_eq!(s.sreg(SegReg::Ss).selector, 0x23);
-        // SYSEXIT from CPL 3: #GP(0).
-        assert_eq!(exec(&mut s, &mut bus, &[0x0f, 0x35]), Err(Fault::gp0()));
-    }
+    e
 }

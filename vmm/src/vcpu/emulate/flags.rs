@@ -1,9 +1,10 @@
-//! PUSHF/POPF (16- and 32-bit) and CLI/STI, against the virtual EFLAGS.
+//! PUSHF/POPF (16- and 32-bit) and CLI/STI, against the virtual EFLAGS, and the rule
+//! for which EFLAGS bits a POPF or IRET may change.
 
 use super::{peek, push, release, Ctx, Outcome, Res};
-use crate::vcpu::interrupts::merge_eflags;
-use crate::vcpu::state::{eflags, VcpuState};
+use crate::vcpu::state::VcpuState;
 use crate::vcpu::{Effects, Fault, GuestBus};
+use crate::x86::eflags;
 use iced_x86::Mnemonic;
 
 /// PUSHF/PUSHFD: pushes the virtual EFLAGS (so the guest sees its own IF and IOPL) with
@@ -55,109 +56,33 @@ pub(crate) fn sti(s: &mut VcpuState) -> Res {
     Ok(Outcome::Next(Effects::NONE))
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::vcpu::emulate::test_util::exec;
-    use crate::vcpu::emulate::Emulated;
-    use crate::vcpu::state::{eflags, gpr};
-    use crate::vcpu::testbus::TestBus;
-    use crate::vcpu::Fault;
-
-    const PUSHFD: [u8; 1] = [0x9c];
-    const PUSHFW: [u8; 2] = [0x66, 0x9c];
-    const POPFD: [u8; 1] = [0x9d];
-    const POPFW: [u8; 2] = [0x66, 0x9d];
-
-    #[test]
-    fn pushf_shows_virtual_flags_without_vm_rf() {
-        let mut bus = TestBus::new();
-        let mut s = bus.protected_state();
-        s.eflags =
-            eflags::FIXED1 | eflags::IF | eflags::IOPL | eflags::RF | eflags::AC | eflags::CF;
-        exec(&mut s, &mut bus, &PUSHFD).unwrap();
-        let esp = s.gpr[gpr::ESP];
-        assert_eq!(
-            bus.read_u32(esp),
-            eflags::FIXED1 | eflags::IF | eflags::IOPL | eflags::AC | eflags::CF
-        );
-        assert_eq!(s.eip, 0x7001);
-        exec(&mut s, &mut bus, &PUSHFW).unwrap();
-        assert_eq!(s.gpr[gpr::ESP], esp - 2);
-        assert_eq!(
-            bus.read_u16(esp - 2),
-            (eflags::FIXED1 | eflags::IF | eflags::IOPL | eflags::CF) as u16
-        );
+/// The EFLAGS IRET/POPF may change, given the old CPL and IOPL and the operand size
+/// (SDM Vol. 2A IRET, Vol. 2B POPF): status flags, TF, DF, NT, AC, ID and RF always (RF
+/// not for POPF); IF only when CPL ≤ IOPL; IOPL only at CPL 0; VIF/VIP at CPL 0 with
+/// 32-bit operands; VM never here (a return to virtual-8086 mode is handled apart).
+pub(crate) fn merge_eflags(
+    old: u32,
+    popped: u32,
+    cpl: u8,
+    iopl: u8,
+    op32: bool,
+    allow_rf: bool,
+) -> u32 {
+    let mut mask = eflags::STATUS | eflags::TF | eflags::DF | eflags::NT | eflags::AC | eflags::ID;
+    if allow_rf {
+        mask |= eflags::RF;
     }
-
-    fn popf_at(cpl3: bool, iopl: u32, image: u32, code: &[u8]) -> u32 {
-        let mut bus = TestBus::new();
-        let mut s = bus.protected_state();
-        if cpl3 {
-            bus.enter_user(&mut s);
+    if cpl <= iopl {
+        mask |= eflags::IF;
+    }
+    if cpl == 0 {
+        mask |= eflags::IOPL;
+        if allow_rf {
+            mask |= eflags::VIF | eflags::VIP;
         }
-        s.eflags = eflags::FIXED1 | (iopl << 12);
-        let esp = s.gpr[gpr::ESP] - 4;
-        s.gpr[gpr::ESP] = esp;
-        bus.write_u32(esp, image);
-        let r = exec(&mut s, &mut bus, code).unwrap();
-        assert!(matches!(r, Emulated::Done(_)));
-        let size = if code.len() == 2 { 2 } else { 4 };
-        assert_eq!(s.gpr[gpr::ESP], esp + size);
-        s.eflags
     }
-
-    #[test]
-    fn popf_privilege_rules() {
-        let all = eflags::IF
-            | eflags::IOPL
-            | eflags::ZF
-            | eflags::VM
-            | eflags::RF
-            | eflags::VIF
-            | 0x8000_0000;
-        // CPL 0: IF and IOPL change, VM/RF/VIF and reserved bits do not.
-        assert_eq!(
-            popf_at(false, 0, all, &POPFD),
-            eflags::FIXED1 | eflags::IF | eflags::IOPL | eflags::ZF
-        );
-        // CPL 3, IOPL 3: IF changes, IOPL does not.
-        assert_eq!(
-            popf_at(true, 3, eflags::IF | eflags::ZF, &POPFD),
-            eflags::FIXED1 | eflags::IOPL | eflags::IF | eflags::ZF
-        );
-        assert_eq!(popf_at(true, 3, 0, &POPFD), eflags::FIXED1 | eflags::IOPL);
-        // CPL 3, IOPL 0: neither, silently.
-        assert_eq!(
-            popf_at(true, 0, eflags::IF | eflags::IOPL | eflags::CF, &POPFD),
-            eflags::FIXED1 | eflags::CF
-        );
-        // 16-bit POPF leaves the high half alone.
-        assert_eq!(
-            popf_at(false, 0, 0xffff_0000 | eflags::DF, &POPFW),
-            eflags::FIXED1 | eflags::DF
-        );
+    if !op32 {
+        mask &= 0xffff;
     }
-
-    #[test]
-    fn popf_stack_fault_is_precise() {
-        let mut bus = TestBus::new();
-        let mut s = bus.protected_state();
-        s.sreg_mut(crate::vcpu::SegReg::Ss).limit = s.gpr[gpr::ESP] + 2;
-        let before = s.clone();
-        assert_eq!(exec(&mut s, &mut bus, &POPFD), Err(Fault::ss(0)));
-        assert_eq!(s, before);
-    }
-
-    #[test]
-    fn cli_sti_follow_iopl() {
-        let mut bus = TestBus::new();
-        let mut s = bus.protected_state();
-        bus.enter_user(&mut s);
-        assert_eq!(exec(&mut s, &mut bus, &[0xfa]), Err(Fault::gp0()));
-        s.eflags |= eflags::IOPL;
-        exec(&mut s, &mut bus, &[0xfb]).unwrap();
-        assert!(s.interrupt_shadow && s.eflags & eflags::IF != 0);
-        exec(&mut s, &mut bus, &[0xfa]).unwrap();
-        assert!(!s.interrupt_shadow && s.eflags & eflags::IF == 0);
-    }
+    ((old & !mask) | (popped & mask)) & eflags::IMPLEMENTED | eflags::FIXED1
 }

@@ -4,9 +4,11 @@
 use super::operands::{linear, read_gpr, read_mem, write_gpr, write_mem};
 use super::{Ctx, Outcome, Res, Stop};
 use crate::addr::GuestLinear;
+use crate::vcpu::bits::low16;
 use crate::vcpu::descriptor::system_type;
-use crate::vcpu::state::{eflags, gpr, SegReg, VcpuState};
+use crate::vcpu::state::{gpr, VcpuState};
 use crate::vcpu::{Effects, Fault, GuestBus};
+use crate::x86::{eflags, SegReg};
 use iced_x86::{Mnemonic, OpKind, Register};
 
 /// Iterations of a REP string instruction done per emulation; the instruction is
@@ -50,8 +52,18 @@ fn access_size(m: Mnemonic, reg: Register) -> u32 {
         Mnemonic::Insb | Mnemonic::Outsb => 1,
         Mnemonic::Insw | Mnemonic::Outsw => 2,
         Mnemonic::Insd | Mnemonic::Outsd => 4,
-        _ => reg.size() as u32,
+        _ => match reg.size() {
+            1 => 1,
+            2 => 2,
+            _ => 4,
+        },
     }
+}
+
+/// The width argument of [`GuestBus::port_in`] / [`GuestBus::port_out`] for an access of
+/// `size` (1, 2 or 4) bytes.
+fn port_width(size: u32) -> u8 {
+    u8::try_from(size).unwrap_or(4)
 }
 
 /// IN, OUT, INS, OUTS in all their forms.
@@ -62,18 +74,18 @@ pub(crate) fn emulate(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) 
         Mnemonic::In | Mnemonic::Out => {
             let (data_op, port_op) = if m == Mnemonic::In { (0, 1) } else { (1, 0) };
             let data = i.op_register(data_op);
-            let size = data.size() as u32;
+            let size = access_size(m, data);
             let port = if i.op_kind(port_op) == OpKind::Immediate8 {
                 u16::from(i.immediate8())
             } else {
-                read_gpr(s, Register::DX) as u16
+                low16(read_gpr(s, Register::DX))
             };
             check_io(s, bus, port, size)?;
             if m == Mnemonic::In {
-                let v = bus.port_in(port, size as u8);
+                let v = bus.port_in(port, port_width(size));
                 write_gpr(s, data, v);
             } else {
-                bus.port_out(port, size as u8, read_gpr(s, data));
+                bus.port_out(port, port_width(size), read_gpr(s, data));
             }
             Ok(Outcome::Next(Effects::NONE))
         }
@@ -96,7 +108,7 @@ fn string(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
             SegReg::from_iced(i.memory_segment()).unwrap_or(SegReg::Ds),
         )
     };
-    let port = read_gpr(s, Register::DX) as u16;
+    let port = low16(read_gpr(s, Register::DX));
     let rep = i.has_rep_prefix() || i.has_repe_prefix() || i.has_repne_prefix();
     let mask = if a16 { 0xffff } else { u32::MAX };
     let step = if s.eflags & eflags::DF != 0 {
@@ -115,11 +127,11 @@ fn string(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
         let r = if input {
             // Check the destination first so a bad segment does not swallow the input.
             linear(s, SegReg::Es, off, size, true).and_then(|_| {
-                let v = bus.port_in(port, size as u8);
+                let v = bus.port_in(port, port_width(size));
                 write_mem(s, bus, SegReg::Es, off, size, v)
             })
         } else {
-            read_mem(s, bus, src_seg, off, size).map(|v| bus.port_out(port, size as u8, v))
+            read_mem(s, bus, src_seg, off, size).map(|v| bus.port_out(port, port_width(size), v))
         };
         if let Err(f) = r {
             // Iterations already done stay done; EIP stays on the instruction.
@@ -140,85 +152,4 @@ fn string(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
         }
     }
     Ok(Outcome::Next(Effects::NONE))
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::vcpu::emulate::emulate;
-    use crate::vcpu::emulate::test_util::{decode_at, exec};
-    use crate::vcpu::state::{eflags, gpr};
-    use crate::vcpu::testbus::{TestBus, IOMAP, TSS};
-    use crate::vcpu::{Fault, SegReg};
-
-    #[test]
-    fn in_out_forms() {
-        let mut bus = TestBus::new();
-        let mut s = bus.protected_state();
-        bus.ins.insert(0x60, 0x1234_5678);
-        s.gpr[gpr::EAX] = 0xaaaa_aaaa;
-        exec(&mut s, &mut bus, &[0xe4, 0x60]).unwrap(); // in al, 0x60
-        assert_eq!(s.gpr[gpr::EAX], 0xaaaa_aa78);
-        s.gpr[gpr::EDX] = 0x60;
-        exec(&mut s, &mut bus, &[0x66, 0xed]).unwrap(); // in ax, dx
-        assert_eq!(s.gpr[gpr::EAX], 0xaaaa_5678);
-        s.gpr[gpr::EDX] = 0x3f8;
-        exec(&mut s, &mut bus, &[0xef]).unwrap(); // out dx, eax
-        exec(&mut s, &mut bus, &[0xe6, 0xf4]).unwrap(); // out 0xf4, al
-        assert_eq!(bus.outs, vec![(0x3f8, 4, 0xaaaa_5678), (0xf4, 1, 0x78)]);
-    }
-
-    #[test]
-    fn io_permission_bitmap() {
-        let mut bus = TestBus::new();
-        let mut s = bus.protected_state();
-        bus.enter_user(&mut s);
-        s.gpr[gpr::EDX] = 0x3f9;
-        let i = decode_at(&[0x66, 0xef], s.eip); // out dx, ax: ports 0x3f9, 0x3fa
-        assert_eq!(emulate(&mut s, &mut bus, &i), Err(Fault::gp0()));
-        // Allow 0x3f9 only: still refused, the second port is denied.
-        let byte = (TSS + IOMAP + 0x3f9 / 8) as usize;
-        bus.ram[byte] &= !(1 << (0x3f9 % 8));
-        assert_eq!(emulate(&mut s, &mut bus, &i), Err(Fault::gp0()));
-        bus.ram[byte] &= !(1 << (0x3fa % 8));
-        emulate(&mut s, &mut bus, &i).unwrap();
-        // IOPL 3 allows everything.
-        s.eflags |= eflags::IOPL;
-        s.gpr[gpr::EDX] = 0x80;
-        emulate(&mut s, &mut bus, &i).unwrap();
-        assert_eq!(bus.outs.len(), 2);
-    }
-
-    #[test]
-    fn rep_outsb_with_override_and_df() {
-        let mut bus = TestBus::new();
-        let mut s = bus.protected_state();
-        bus.ram[0x500..0x504].copy_from_slice(b"abcd");
-        s.gpr[gpr::ESI] = 0x503;
-        s.gpr[gpr::ECX] = 4;
-        s.gpr[gpr::EDX] = 0xe9;
-        s.eflags |= eflags::DF;
-        // rep outsb dx, fs:[esi]
-        exec(&mut s, &mut bus, &[0x64, 0xf3, 0x6e]).unwrap();
-        let out: Vec<u8> = bus.outs.iter().map(|o| o.2 as u8).collect();
-        assert_eq!(out, b"dcba");
-        assert_eq!((s.gpr[gpr::ESI], s.gpr[gpr::ECX]), (0x4ff, 0));
-        assert_eq!(s.eip, 0x7003);
-    }
-
-    #[test]
-    fn rep_insw_commits_progress_on_fault() {
-        let mut bus = TestBus::new();
-        let mut s = bus.protected_state();
-        bus.ins.insert(0x1f0, 0xbeef);
-        s.gpr[gpr::EDI] = 0xffc;
-        s.gpr[gpr::ECX] = 4;
-        s.gpr[gpr::EDX] = 0x1f0;
-        s.sreg_mut(SegReg::Es).limit = 0xfff;
-        let eip = s.eip;
-        // rep insw: two words fit below the ES limit, the third faults.
-        let r = emulate(&mut s, &mut bus, &decode_at(&[0x66, 0xf3, 0x6d], eip));
-        assert_eq!(r, Err(Fault::gp0()));
-        assert_eq!(bus.read_u32(0xffc), 0xbeef_beef);
-        assert_eq!((s.gpr[gpr::EDI], s.gpr[gpr::ECX], s.eip), (0x1000, 2, eip));
-    }
 }

@@ -3,20 +3,32 @@
 //! as it was (registers are computed on a copy and committed on success), except for
 //! REP string I/O, which faults with the completed iterations committed as hardware does.
 
+pub mod alu;
+pub mod cmpxchg;
 pub mod cpuid;
 pub mod ctrl;
+pub mod data;
 pub mod far;
 pub mod flags;
 pub mod io;
+pub mod iret;
+pub mod mediated;
 pub mod msr;
 pub mod operands;
 pub mod sreg;
+pub mod string;
 pub mod tables;
+
+#[cfg(test)]
+mod vectors;
+
+pub use mediated::{data_access, mediate, Mediated};
 
 use super::interrupts::{Event, SoftwareKind};
 use super::stack::{adjust_sp, peek_frame, push_frame};
-use super::state::{eflags, gpr, VcpuState};
-use super::{Effects, Exception, Fault, GuestBus};
+use super::state::{gpr, VcpuState};
+use super::{Effects, Fault, GuestBus};
+use crate::x86::{eflags, Exception, SegReg};
 use iced_x86::{Instruction, Mnemonic};
 
 /// Operations the emulator recognises but does not implement; the run loop stops the
@@ -96,15 +108,28 @@ pub fn emulate(
     bus: &mut impl GuestBus,
     instr: &Instruction,
 ) -> Result<Emulated, Fault> {
+    execute(state, bus, instr, dispatch)
+}
+
+/// Runs `handler` for `instr` on a copy of the state and commits it as [`emulate`]
+/// documents; the entry points differ only in the instructions their handler accepts.
+pub(crate) fn execute<B: GuestBus>(
+    state: &mut VcpuState,
+    bus: &mut B,
+    instr: &Instruction,
+    handler: impl FnOnce(&mut VcpuState, &mut B, &Ctx<'_>) -> Res,
+) -> Result<Emulated, Fault> {
     let mut s = state.clone();
-    let mut next_eip = s.eip.wrapping_add(instr.len() as u32);
+    // A decoded instruction is at most 15 bytes long.
+    let len = u32::try_from(instr.len()).unwrap_or_default();
+    let mut next_eip = s.eip.wrapping_add(len);
     if !s.code_32() {
         next_eip &= 0xffff;
     }
     // The shadow covers exactly one instruction; handlers that create one set it again.
     s.interrupt_shadow = false;
     let cx = Ctx { instr, next_eip };
-    match dispatch(&mut s, bus, &cx) {
+    match handler(&mut s, bus, &cx) {
         Ok(Outcome::Next(e)) => {
             s.eip = next_eip;
             s.eflags &= !eflags::RF;
@@ -148,7 +173,7 @@ fn dispatch(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
         M::Lds | M::Les | M::Lfs | M::Lgs | M::Lss => sreg::load_far_pointer(s, bus, cx),
         M::Jmp | M::Call if far::is_far(i) => far::jmp_call(s, bus, cx),
         M::Retf => far::retf(s, bus, cx),
-        M::Iret | M::Iretd => far::iret(s, bus, cx),
+        M::Iret | M::Iretd => iret::iret(s, bus, cx),
         M::Sysenter => far::sysenter(s),
         M::Sysexit => far::sysexit(s),
         M::Syscall | M::Sysret => Err(Fault::ud().into()),
@@ -222,7 +247,7 @@ pub(crate) fn push(
     values: &[u32],
     size: u32,
 ) -> Result<(), Fault> {
-    let ss = *s.sreg(super::state::SegReg::Ss);
+    let ss = *s.sreg(SegReg::Ss);
     let user = s.cpl() == 3;
     s.gpr[gpr::ESP] = push_frame(bus, &ss, s.gpr[gpr::ESP], values, size, user, Fault::ss(0))?;
     Ok(())
@@ -236,15 +261,15 @@ pub(crate) fn peek(
     n: usize,
     size: u32,
 ) -> Result<Vec<u32>, Fault> {
-    let ss = *s.sreg(super::state::SegReg::Ss);
-    let esp = adjust_sp(s.gpr[gpr::ESP], skip as i32, ss.db);
+    let ss = *s.sreg(SegReg::Ss);
+    let esp = adjust_sp(s.gpr[gpr::ESP], skip, ss.db);
     peek_frame(bus, &ss, esp, n, size, s.cpl() == 3, Fault::ss(0))
 }
 
 /// Moves ESP (SP on a 16-bit stack) up by `bytes`.
 pub(crate) fn release(s: &mut VcpuState, bytes: u32) {
     let big = s.stack_32();
-    s.gpr[gpr::ESP] = adjust_sp(s.gpr[gpr::ESP], bytes as i32, big);
+    s.gpr[gpr::ESP] = adjust_sp(s.gpr[gpr::ESP], bytes, big);
 }
 
 #[cfg(test)]
@@ -257,11 +282,6 @@ pub(crate) mod test_util {
     pub fn exec(s: &mut VcpuState, bus: &mut TestBus, bytes: &[u8]) -> Result<Emulated, Fault> {
         let i = decode_at(bytes, s.eip);
         super::emulate(s, bus, &i)
-    }
-
-    /// Decodes one instruction of 16-bit code at `ip`.
-    pub fn decode16_at(bytes: &[u8], ip: u32) -> Instruction {
-        Decoder::with_ip(16, bytes, u64::from(ip), DecoderOptions::NONE).decode()
     }
 
     /// Decodes one instruction of 32-bit code at `ip`.
@@ -369,59 +389,5 @@ mod tests {
                 _ => {}
             }
         }
-    }
-
-    #[test]
-    fn software_interrupts_become_events() {
-        let bus0 = TestBus::new();
-        let mut s = bus0.protected_state();
-        let mut bus = bus0;
-        let r = emulate(&mut s, &mut bus, &decode_at(&[0xcd, 0x80], 0x7000)).unwrap();
-        assert_eq!(
-            r,
-            Emulated::Deliver(Event::Software {
-                vector: 0x80,
-                kind: SoftwareKind::IntN,
-                next_eip: 0x7002
-            })
-        );
-        assert_eq!(s.eip, 0x7000);
-        // INTO without OF is a no-op.
-        let r = emulate(&mut s, &mut bus, &decode_at(&[0xce], 0x7000)).unwrap();
-        assert_eq!(r, Emulated::Done(Effects::NONE));
-        assert_eq!(s.eip, 0x7001);
-        assert_eq!(
-            emulate(&mut s, &mut bus, &decode_at(&[0x0f, 0x0b], 0x7001)),
-            Err(Fault::ud())
-        );
-        assert_eq!(
-            emulate(&mut s, &mut bus, &decode_at(&[0x0f, 0x05], 0x7001)),
-            Err(Fault::ud())
-        );
-        // Features the VM's CPU model does not have: #UD, not the host's #GP.
-        for bytes in [
-            &[0x0f, 0x01, 0xd1][..],         // xsetbv
-            &[0x0f, 0xc7, 0x2f],             // xsaves [edi]
-            &[0x0f, 0xc7, 0x1f],             // xrstors [edi]
-            &[0x66, 0x0f, 0x38, 0x82, 0x07], // invpcid eax, [edi]
-            &[0x0f, 0x01, 0xc8],             // monitor
-            &[0x0f, 0x01, 0xc9],             // mwait
-            &[0x0f, 0x01, 0xca],             // clac
-            &[0x0f, 0x01, 0xcb],             // stac
-        ] {
-            let before = s.clone();
-            assert_eq!(
-                emulate(&mut s, &mut bus, &decode_at(bytes, 0x7001)),
-                Err(Fault::ud()),
-                "{bytes:x?}"
-            );
-            assert_eq!(s, before, "a #UD changes nothing");
-        }
-        // Something that never needs emulation is reported, not guessed.
-        let r = emulate(&mut s, &mut bus, &decode_at(&[0x90], 0x7001)).unwrap();
-        assert_eq!(
-            r,
-            Emulated::Unsupported(Unsupported::Instruction(Mnemonic::Nop))
-        );
     }
 }

@@ -1,8 +1,10 @@
 //! Model-specific registers and counters: RDMSR, WRMSR, RDPMC, RDTSC.
 
 use super::{require_cpl0, Outcome, Res};
-use crate::vcpu::state::{cr4, gpr, VcpuState};
+use crate::vcpu::bits::{high32, low32};
+use crate::vcpu::state::{gpr, VcpuState};
 use crate::vcpu::{Effects, Fault, GuestBus};
+use crate::x86::cr4;
 
 /// MSR numbers the CPU model implements (SDM Vol. 4).
 pub mod index {
@@ -119,9 +121,9 @@ pub fn write(s: &mut VcpuState, host_tsc: u64, msr: u32, v: u64) -> Result<Effec
             m.apic_base = (v & !(1 << 8)) | (m.apic_base & (1 << 8));
         }
         0xc1 | 0xc2 => m.perf_ctr[(msr - index::PMC0) as usize] = v & 0xff_ffff_ffff,
-        index::SYSENTER_CS => m.sysenter_cs = v as u32,
-        index::SYSENTER_ESP => m.sysenter_esp = v as u32,
-        index::SYSENTER_EIP => m.sysenter_eip = v as u32,
+        index::SYSENTER_CS => m.sysenter_cs = low32(v),
+        index::SYSENTER_ESP => m.sysenter_esp = low32(v),
+        index::SYSENTER_EIP => m.sysenter_eip = low32(v),
         index::MCG_STATUS => {
             if v != 0 {
                 return gp;
@@ -184,8 +186,8 @@ pub const EFER_NXE: u64 = 1 << 11;
 pub(crate) fn rdmsr(s: &mut VcpuState, bus: &mut impl GuestBus) -> Res {
     require_cpl0(s)?;
     let v = read(s, bus.host_tsc(), s.gpr[gpr::ECX]).ok_or(Fault::gp0())?;
-    s.gpr[gpr::EAX] = v as u32;
-    s.gpr[gpr::EDX] = (v >> 32) as u32;
+    s.gpr[gpr::EAX] = low32(v);
+    s.gpr[gpr::EDX] = high32(v);
     Ok(Outcome::Next(Effects::NONE))
 }
 
@@ -208,8 +210,8 @@ pub(crate) fn rdpmc(s: &mut VcpuState) -> Res {
         return Err(Fault::gp0().into());
     }
     let v = s.msr.perf_ctr[n as usize];
-    s.gpr[gpr::EAX] = v as u32;
-    s.gpr[gpr::EDX] = (v >> 32) as u32 & 0xff;
+    s.gpr[gpr::EAX] = low32(v);
+    s.gpr[gpr::EDX] = high32(v) & 0xff;
     Ok(Outcome::Next(Effects::NONE))
 }
 
@@ -220,85 +222,7 @@ pub(crate) fn rdtsc(s: &mut VcpuState, bus: &mut impl GuestBus) -> Res {
         return Err(Fault::gp0().into());
     }
     let v = bus.host_tsc().wrapping_add(s.msr.tsc_offset);
-    s.gpr[gpr::EAX] = v as u32;
-    s.gpr[gpr::EDX] = (v >> 32) as u32;
+    s.gpr[gpr::EAX] = low32(v);
+    s.gpr[gpr::EDX] = high32(v);
     Ok(Outcome::Next(Effects::NONE))
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::vcpu::emulate::test_util::{decode_at, exec};
-    use crate::vcpu::emulate::{emulate, Emulated};
-    use crate::vcpu::state::{cr4, gpr};
-    use crate::vcpu::testbus::TestBus;
-    use crate::vcpu::Fault;
-
-    const RDMSR: [u8; 2] = [0x0f, 0x32];
-    const WRMSR: [u8; 2] = [0x0f, 0x30];
-
-    #[test]
-    fn sysenter_msrs_and_unknown() {
-        let mut bus = TestBus::new();
-        let mut s = bus.protected_state();
-        s.gpr[gpr::ECX] = 0x174;
-        s.gpr[gpr::EAX] = 0x60;
-        s.gpr[gpr::EDX] = 0;
-        exec(&mut s, &mut bus, &WRMSR).unwrap();
-        assert_eq!(s.msr.sysenter_cs, 0x60);
-        s.gpr[gpr::EAX] = 0;
-        exec(&mut s, &mut bus, &RDMSR).unwrap();
-        assert_eq!(s.gpr[gpr::EAX], 0x60);
-        s.gpr[gpr::ECX] = 0x1234_5678;
-        assert_eq!(exec(&mut s, &mut bus, &RDMSR), Err(Fault::gp0()));
-        // MTRRCAP is read-only.
-        s.gpr[gpr::ECX] = 0xfe;
-        assert_eq!(exec(&mut s, &mut bus, &WRMSR), Err(Fault::gp0()));
-        bus.enter_user(&mut s);
-        s.gpr[gpr::ECX] = 0x174;
-        assert_eq!(exec(&mut s, &mut bus, &RDMSR), Err(Fault::gp0()));
-    }
-
-    #[test]
-    fn tsc_write_records_offset() {
-        let mut bus = TestBus::new();
-        let mut s = bus.protected_state();
-        bus.tsc = 5000;
-        s.gpr[gpr::ECX] = 0x10;
-        s.gpr[gpr::EAX] = 100;
-        s.gpr[gpr::EDX] = 0;
-        let r = exec(&mut s, &mut bus, &WRMSR).unwrap();
-        assert!(matches!(r, Emulated::Done(e) if e.tsc_written));
-        bus.tsc = 5100;
-        exec(&mut s, &mut bus, &[0x0f, 0x31]).unwrap(); // rdtsc
-        assert_eq!((s.gpr[gpr::EAX], s.gpr[gpr::EDX]), (200, 0));
-    }
-
-    #[test]
-    fn pat_validation() {
-        let mut bus = TestBus::new();
-        let mut s = bus.protected_state();
-        s.gpr[gpr::ECX] = 0x277;
-        s.gpr[gpr::EAX] = 0x0007_0402; // type 2 is reserved
-        s.gpr[gpr::EDX] = 0;
-        assert_eq!(exec(&mut s, &mut bus, &WRMSR), Err(Fault::gp0()));
-        s.gpr[gpr::EAX] = 0x0007_0401;
-        exec(&mut s, &mut bus, &WRMSR).unwrap();
-        assert_eq!(s.msr.pat, 0x0007_0401);
-    }
-
-    #[test]
-    fn rdpmc_rules() {
-        let mut bus = TestBus::new();
-        let mut s = bus.protected_state();
-        bus.enter_user(&mut s);
-        s.gpr[gpr::ECX] = 1;
-        let i = decode_at(&[0x0f, 0x33], s.eip);
-        assert_eq!(emulate(&mut s, &mut bus, &i), Err(Fault::gp0()));
-        s.cr4 |= cr4::PCE;
-        s.msr.perf_ctr[1] = 0x12_3456_789a;
-        emulate(&mut s, &mut bus, &i).unwrap();
-        assert_eq!((s.gpr[gpr::EAX], s.gpr[gpr::EDX]), (0x3456_789a, 0x12));
-        s.gpr[gpr::ECX] = 2;
-        assert_eq!(emulate(&mut s, &mut bus, &i), Err(Fault::gp0()));
-    }
 }

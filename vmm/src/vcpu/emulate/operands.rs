@@ -4,8 +4,10 @@
 //! reads and writes (SDM Vol. 3A §5.3: limit and type checks, #SS(0) for SS accesses).
 
 use crate::addr::GuestLinear;
-use crate::vcpu::state::{SegReg, VcpuState};
+use crate::vcpu::bits::low32;
+use crate::vcpu::state::VcpuState;
 use crate::vcpu::{Fault, GuestBus};
+use crate::x86::SegReg;
 use iced_x86::{Instruction, OpKind, Register};
 
 /// Index into [`VcpuState::gpr`] of a general-purpose register of any width, and
@@ -183,6 +185,59 @@ pub fn read_rm(s: &VcpuState, bus: &mut impl GuestBus, rm: Rm, size: u32) -> Res
     match rm {
         Rm::Reg(r) => Ok(read_gpr(s, r)),
         Rm::Mem(seg, off) => read_mem(s, bus, seg, off, size),
+    }
+}
+
+/// Writes an r/m operand of `size` bytes (a register keeps its bits above `size`).
+///
+/// # Errors
+/// As [`write_mem`].
+pub fn write_rm(
+    s: &mut VcpuState,
+    bus: &mut impl GuestBus,
+    rm: Rm,
+    size: u32,
+    value: u32,
+) -> Result<(), Fault> {
+    match rm {
+        Rm::Reg(r) => {
+            write_gpr(s, r, value);
+            Ok(())
+        }
+        Rm::Mem(seg, off) => write_mem(s, bus, seg, off, size, value),
+    }
+}
+
+/// The width in bytes (1, 2 or 4) of operand `op`, a general-purpose register or the
+/// memory operand.
+pub fn operand_size(instr: &Instruction, op: u32) -> Option<u32> {
+    let n = match instr.op_kind(op) {
+        OpKind::Register if gpr_slot(instr.op_register(op)).is_some() => {
+            instr.op_register(op).size()
+        }
+        OpKind::Memory => instr.memory_size().size(),
+        _ => return None,
+    };
+    match n {
+        1 | 2 | 4 => u32::try_from(n).ok(),
+        _ => None,
+    }
+}
+
+/// Operand `op` as a value when it is a general-purpose register or an immediate
+/// (sign-extended immediates as the instruction extends them).
+pub fn value_operand(s: &VcpuState, instr: &Instruction, op: u32) -> Option<u32> {
+    match instr.op_kind(op) {
+        OpKind::Register => {
+            let r = instr.op_register(op);
+            gpr_slot(r).map(|_| read_gpr(s, r))
+        }
+        OpKind::Immediate8
+        | OpKind::Immediate16
+        | OpKind::Immediate32
+        | OpKind::Immediate8to16
+        | OpKind::Immediate8to32 => Some(low32(instr.immediate(op))),
+        _ => None,
     }
 }
 

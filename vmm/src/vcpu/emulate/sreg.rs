@@ -2,11 +2,13 @@
 //! LDS/LES/LFS/LGS/LSS. The guest-visible selector (with its RPL) comes from the vCPU,
 //! never from the host mirror.
 
-use super::operands::{read_mem, read_rm, rm_operand, write_gpr, write_mem, Rm};
+use super::operands::{operand_size, read_mem, read_rm, rm_operand, write_gpr, write_mem, Rm};
 use super::{peek, push, release, Ctx, Outcome, Res};
+use crate::vcpu::bits::low16;
 use crate::vcpu::segments::load_segment;
-use crate::vcpu::state::{SegReg, VcpuState};
+use crate::vcpu::state::VcpuState;
 use crate::vcpu::{Effects, Fault, GuestBus};
+use crate::x86::SegReg;
 use iced_x86::{Code, Instruction, Mnemonic, OpKind};
 
 /// MOV with a segment register operand.
@@ -46,7 +48,7 @@ pub(crate) fn mov(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> R
                 return Err(Fault::ud().into());
             }
             let rm = rm_operand(s, i, 1).ok_or(Fault::ud())?;
-            let sel = read_rm(s, bus, rm, 2)? as u16;
+            let sel = low16(read_rm(s, bus, rm, 2)?);
             let e = load_segment(s, bus, reg, sel)?;
             if reg == SegReg::Ss {
                 s.interrupt_shadow = true;
@@ -89,7 +91,7 @@ pub(crate) fn push_pop(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>)
     if reg == SegReg::Cs {
         return Err(Fault::ud().into());
     }
-    let sel = peek(s, bus, 0, 1, size)?[0] as u16;
+    let sel = low16(peek(s, bus, 0, 1, size)?[0]);
     let e = load_segment(s, bus, reg, sel)?;
     release(s, size);
     if reg == SegReg::Ss {
@@ -106,9 +108,9 @@ pub(crate) fn load_far_pointer(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &
         return Err(Fault::ud().into());
     };
     let dst = i.op_register(0);
-    let size = dst.size() as u32;
+    let size = operand_size(i, 0).ok_or(Fault::ud())?;
     let offset = read_mem(s, bus, seg, off, size)?;
-    let sel = read_mem(s, bus, seg, off.wrapping_add(size), 2)? as u16;
+    let sel = low16(read_mem(s, bus, seg, off.wrapping_add(size), 2)?);
     let reg = match i.mnemonic() {
         Mnemonic::Lds => SegReg::Ds,
         Mnemonic::Les => SegReg::Es,
@@ -119,97 +121,4 @@ pub(crate) fn load_far_pointer(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &
     let e = load_segment(s, bus, reg, sel)?;
     write_gpr(s, dst, offset);
     Ok(Outcome::Next(e))
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::vcpu::emulate::emulate;
-    use crate::vcpu::emulate::test_util::{decode_at, exec};
-    use crate::vcpu::state::gpr;
-    use crate::vcpu::testbus::TestBus;
-    use crate::vcpu::{Effects, Emulated, Fault, SegReg};
-
-    #[test]
-    fn mov_from_sreg_register_and_memory() {
-        let mut bus = TestBus::new();
-        let mut s = bus.protected_state();
-        s.gpr[gpr::EAX] = 0xdead_beef;
-        // mov eax, ds  (8C D8) zero-extends; mov ax, cs (66 8C C8) keeps the high half.
-        exec(&mut s, &mut bus, &[0x8c, 0xd8]).unwrap();
-        assert_eq!(s.gpr[gpr::EAX], 0x10);
-        s.gpr[gpr::EAX] = 0xdead_beef;
-        exec(&mut s, &mut bus, &[0x66, 0x8c, 0xc8]).unwrap();
-        assert_eq!(s.gpr[gpr::EAX], 0xdead_0008);
-        // mov [0x500], ss writes 16 bits only.
-        bus.write_u32(0x500, 0xffff_ffff);
-        exec(&mut s, &mut bus, &[0x8c, 0x15, 0x00, 0x05, 0x00, 0x00]).unwrap();
-        assert_eq!(bus.read_u32(0x500), 0xffff_0010);
-    }
-
-    #[test]
-    fn mov_to_sreg_checks_and_shadow() {
-        let mut bus = TestBus::new();
-        let mut s = bus.protected_state();
-        s.gpr[gpr::EAX] = 0x40;
-        // mov es, ax with a not-present descriptor: #NP(0x40), EIP unchanged.
-        let eip = s.eip;
-        assert_eq!(
-            emulate(&mut s, &mut bus, &decode_at(&[0x8e, 0xc0], eip)),
-            Err(Fault::np(0x40))
-        );
-        assert_eq!(s.eip, eip);
-        s.gpr[gpr::EAX] = 0x10;
-        let r = emulate(&mut s, &mut bus, &decode_at(&[0x8e, 0xd0], eip)).unwrap();
-        assert_eq!(r, Emulated::Done(Effects::segment(SegReg::Ss)));
-        assert!(s.interrupt_shadow);
-        // mov cs, ax is #UD (8E C8).
-        assert_eq!(exec(&mut s, &mut bus, &[0x8e, 0xc8]), Err(Fault::ud()));
-    }
-
-    #[test]
-    fn push_pop_sreg() {
-        let mut bus = TestBus::new();
-        let mut s = bus.protected_state();
-        let esp = s.gpr[gpr::ESP];
-        bus.write_u32(esp - 4, 0xffff_ffff);
-        exec(&mut s, &mut bus, &[0x1e]).unwrap(); // push ds
-        assert_eq!(s.gpr[gpr::ESP], esp - 4);
-        assert_eq!(bus.read_u32(esp - 4), 0x10);
-        exec(&mut s, &mut bus, &[0x66, 0x06]).unwrap(); // push es (16)
-        assert_eq!(s.gpr[gpr::ESP], esp - 6);
-        bus.write_u16(esp - 6, 0x23);
-        // pop fs (0F A1) with 16-bit operand: user data DPL 3 at CPL 0 is fine.
-        exec(&mut s, &mut bus, &[0x66, 0x0f, 0xa1]).unwrap();
-        assert_eq!(s.sreg(SegReg::Fs).selector, 0x23);
-        assert_eq!(s.gpr[gpr::ESP], esp - 4);
-        // pop ss with a DPL-3 selector at CPL 0: #GP(0x20), ESP unchanged.
-        bus.write_u32(esp - 4, 0x23);
-        assert_eq!(exec(&mut s, &mut bus, &[0x17]), Err(Fault::gp(0x20)));
-        assert_eq!(s.gpr[gpr::ESP], esp - 4);
-    }
-
-    #[test]
-    fn lss_loads_pointer_and_lds_faults_precisely() {
-        let mut bus = TestBus::new();
-        let mut s = bus.protected_state();
-        bus.write_u32(0x600, 0x1234_5678);
-        bus.write_u16(0x604, 0x10);
-        // lss esp, [0x600]
-        exec(
-            &mut s,
-            &mut bus,
-            &[0x0f, 0xb2, 0x25, 0x00, 0x06, 0x00, 0x00],
-        )
-        .unwrap();
-        assert_eq!(s.gpr[gpr::ESP], 0x1234_5678);
-        assert!(!s.interrupt_shadow);
-        // lds eax, [0x600] with a bad selector: nothing changes.
-        bus.write_u16(0x604, 0x38);
-        let before = s.clone();
-        assert_eq!(
-            exec(&mut s, &mut bus, &[0xc5, 0x05, 0x00, 0x06, 0x00, 0x00]),
-            Err(Fault::gp(0x38))
-        );
-        assert_eq!(s, before);
-    }
 }

@@ -3,13 +3,15 @@
 
 use super::operands::{read_mem, read_rm, rm_operand, write_gpr, write_mem, Rm};
 use super::{require_cpl0, require_protected, Ctx, Outcome, Res};
+use crate::vcpu::bits::low16;
 use crate::vcpu::descriptor::{selector, system_type, TYPE_TSS_BUSY};
 use crate::vcpu::segments::fetch_descriptor;
-use crate::vcpu::state::{cr0, Segment, TableReg, VcpuState};
+use crate::vcpu::state::{Segment, TableReg, VcpuState};
 use crate::vcpu::{Effects, Fault, GuestBus};
+use crate::x86::{cr0, SegReg};
 use iced_x86::{Code, Mnemonic};
 
-fn mem_operand(s: &VcpuState, cx: &Ctx<'_>) -> Result<(crate::vcpu::SegReg, u32), Fault> {
+fn mem_operand(s: &VcpuState, cx: &Ctx<'_>) -> Result<(SegReg, u32), Fault> {
     match rm_operand(s, cx.instr, 0) {
         Some(Rm::Mem(seg, off)) => Ok((seg, off)),
         _ => Err(Fault::ud()),
@@ -67,7 +69,7 @@ pub(crate) fn smsw(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> 
     let rm = rm_operand(s, cx.instr, 0).ok_or(Fault::ud())?;
     match rm {
         Rm::Reg(r) if r.size() == 4 => write_gpr(s, r, s.cr0),
-        _ => store16(s, bus, rm, s.cr0 as u16)?,
+        _ => store16(s, bus, rm, low16(s.cr0))?,
     }
     Ok(Outcome::Next(Effects::NONE))
 }
@@ -76,7 +78,7 @@ pub(crate) fn smsw(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> 
 pub(crate) fn load_table(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
     let (seg, off) = mem_operand(s, cx)?;
     require_cpl0(s)?;
-    let limit = read_mem(s, bus, seg, off, 2)? as u16;
+    let limit = low16(read_mem(s, bus, seg, off, 2)?);
     let mut base = read_mem(s, bus, seg, off.wrapping_add(2), 4)?;
     if matches!(cx.instr.code(), Code::Lgdt_m1632_16 | Code::Lidt_m1632_16) {
         base &= 0x00ff_ffff;
@@ -100,7 +102,7 @@ fn read_selector_operand(
 ) -> Result<u16, Fault> {
     let rm =
         rm_operand(s, cx.instr, if cx.instr.op_count() == 2 { 1 } else { 0 }).ok_or(Fault::ud())?;
-    Ok(read_rm(s, bus, rm, 2)? as u16)
+    Ok(low16(read_rm(s, bus, rm, 2)?))
 }
 
 /// LLDT r/m16 (SDM Vol. 2A LLDT): CPL 0; a null selector leaves LDTR unusable; the
@@ -245,221 +247,4 @@ pub(crate) fn verr_verw(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>
     };
     s.set_zf(ok);
     Ok(Outcome::Next(Effects::NONE))
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::vcpu::descriptor::{Descriptor, TYPE_TSS_BUSY};
-    use crate::vcpu::emulate::test_util::exec;
-    use crate::vcpu::emulate::Emulated;
-    use crate::vcpu::state::{cr0, eflags, gpr};
-    use crate::vcpu::testbus::{flat, system, TestBus, GDT, LDT};
-    use crate::vcpu::{Fault, VcpuState};
-
-    fn kernel() -> (VcpuState, TestBus) {
-        let bus = TestBus::new();
-        let s = bus.protected_state();
-        (s, bus)
-    }
-
-    #[test]
-    fn sgdt_sidt_store_six_bytes() {
-        let (mut s, mut bus) = kernel();
-        s.gdtr.base = 0xc123_4567;
-        bus.enter_user(&mut s);
-        // sgdt [0x500] works from CPL 3 (no UMIP in the model).
-        exec(
-            &mut s,
-            &mut bus,
-            &[0x0f, 0x01, 0x05, 0x00, 0x05, 0x00, 0x00],
-        )
-        .unwrap();
-        assert_eq!(bus.read_u16(0x500), 0xff);
-        assert_eq!(bus.read_u32(0x502), 0xc123_4567);
-        // o16 sidt [0x510]: 24-bit base, high byte 0.
-        s.idtr.base = 0xc0ab_cdef;
-        exec(
-            &mut s,
-            &mut bus,
-            &[0x66, 0x0f, 0x01, 0x0d, 0x10, 0x05, 0x00, 0x00],
-        )
-        .unwrap();
-        assert_eq!(bus.read_u32(0x512), 0x00ab_cdef);
-        // A write past the DS limit: #GP(0), nothing written.
-        s.sreg_mut(crate::vcpu::SegReg::Ds).limit = 0x503;
-        bus.write_u32(0x500, 0);
-        let r = exec(
-            &mut s,
-            &mut bus,
-            &[0x0f, 0x01, 0x05, 0x00, 0x05, 0x00, 0x00],
-        );
-        assert_eq!(r, Err(Fault::gp0()));
-        assert_eq!(bus.read_u32(0x500), 0);
-    }
-
-    #[test]
-    fn sldt_str_smsw_forms() {
-        let (mut s, mut bus) = kernel();
-        s.gpr[gpr::EAX] = 0xffff_ffff;
-        exec(&mut s, &mut bus, &[0x0f, 0x00, 0xc8]).unwrap(); // str eax
-        assert_eq!(s.gpr[gpr::EAX], 0x28);
-        s.gpr[gpr::EAX] = 0xffff_ffff;
-        exec(&mut s, &mut bus, &[0x66, 0x0f, 0x00, 0xc0]).unwrap(); // sldt ax
-        assert_eq!(s.gpr[gpr::EAX], 0xffff_0000);
-        s.cr0 |= cr0::PG;
-        exec(&mut s, &mut bus, &[0x0f, 0x01, 0xe0]).unwrap(); // smsw eax
-        assert_eq!(s.gpr[gpr::EAX], s.cr0);
-        bus.write_u32(0x500, 0xffff_ffff);
-        exec(
-            &mut s,
-            &mut bus,
-            &[0x0f, 0x01, 0x25, 0x00, 0x05, 0x00, 0x00],
-        )
-        .unwrap(); // smsw [0x500]
-        assert_eq!(bus.read_u32(0x500), 0xffff_0011);
-        // SLDT in real mode: #UD.
-        let mut r = VcpuState::reset();
-        r.eip = 0x7000;
-        assert_eq!(
-            exec(&mut r, &mut bus, &[0x0f, 0x00, 0xc0]),
-            Err(Fault::ud())
-        );
-    }
-
-    #[test]
-    fn lgdt_lidt_need_cpl0() {
-        let (mut s, mut bus) = kernel();
-        bus.write_u16(0x500, 0x3ff);
-        bus.write_u32(0x502, 0xc100_0000);
-        let lgdt = [0x0f, 0x01, 0x15, 0x00, 0x05, 0x00, 0x00];
-        let r = exec(&mut s, &mut bus, &lgdt).unwrap();
-        assert!(matches!(r, Emulated::Done(e) if e.descriptor_tables_changed));
-        assert_eq!((s.gdtr.base, s.gdtr.limit), (0xc100_0000, 0x3ff));
-        // o16 lidt: 24-bit base.
-        exec(
-            &mut s,
-            &mut bus,
-            &[0x66, 0x0f, 0x01, 0x1d, 0x00, 0x05, 0x00, 0x00],
-        )
-        .unwrap();
-        assert_eq!(s.idtr.base, 0x0000_0000);
-        bus.enter_user(&mut s);
-        assert_eq!(exec(&mut s, &mut bus, &lgdt), Err(Fault::gp0()));
-    }
-
-    #[test]
-    fn lldt_and_ltr_checks() {
-        let (mut s, mut bus) = kernel();
-        let lldt_ax = [0x0f, 0x00, 0xd0];
-        let ltr_ax = [0x0f, 0x00, 0xd8];
-        s.gpr[gpr::EAX] = 0x30;
-        exec(&mut s, &mut bus, &lldt_ax).unwrap();
-        assert_eq!((s.ldtr.base, s.ldtr.limit), (LDT, 0x17));
-        // Now an LDT selector works for data loads.
-        bus.write_u64(LDT + 8, flat(0x3, 0).encode());
-        s.gpr[gpr::ECX] = 0x0c;
-        exec(&mut s, &mut bus, &[0x8e, 0xd9]).unwrap(); // mov ds, cx
-        assert_eq!(s.sreg(crate::vcpu::SegReg::Ds).selector, 0x0c);
-        // LLDT of a data segment: #GP(sel); of a TI=1 selector: #GP(sel).
-        s.gpr[gpr::EAX] = 0x10;
-        assert_eq!(exec(&mut s, &mut bus, &lldt_ax), Err(Fault::gp(0x10)));
-        s.gpr[gpr::EAX] = 0x34;
-        assert_eq!(exec(&mut s, &mut bus, &lldt_ax), Err(Fault::gp(0x34)));
-        // LTR of the busy TSS already in TR: #GP(sel). An available one gets busy.
-        s.gpr[gpr::EAX] = 0x28;
-        assert_eq!(exec(&mut s, &mut bus, &ltr_ax), Err(Fault::gp(0x28)));
-        bus.set_gdt(0x58, system(0x4000, 0x67, 9));
-        s.gpr[gpr::EAX] = 0x58;
-        exec(&mut s, &mut bus, &ltr_ax).unwrap();
-        assert_eq!(s.tr.base, 0x4000);
-        let d = Descriptor::decode(bus.read_u64(GDT + 0x58));
-        assert_eq!(d.typ, 9 | TYPE_TSS_BUSY);
-        s.gpr[gpr::EAX] = 0;
-        assert_eq!(exec(&mut s, &mut bus, &ltr_ax), Err(Fault::gp0()));
-    }
-
-    #[test]
-    fn lmsw_cannot_clear_pe() {
-        let (mut s, mut bus) = kernel();
-        s.cr0 |= cr0::TS;
-        s.gpr[gpr::EAX] = 0xfff0 | cr0::MP;
-        exec(&mut s, &mut bus, &[0x0f, 0x01, 0xf0]).unwrap(); // lmsw ax
-        assert_eq!(s.cr0, cr0::PE | cr0::ET | cr0::MP);
-        // From real mode LMSW can enter protected mode.
-        let mut r = VcpuState::reset();
-        r.eip = 0x7000;
-        r.gpr[gpr::EAX] = 1;
-        let e = exec(&mut r, &mut bus, &[0x0f, 0x01, 0xf0]).unwrap();
-        assert!(matches!(e, Emulated::Done(e) if e.paging_mode_changed));
-        assert!(r.protected());
-        bus.enter_user(&mut s);
-        assert_eq!(
-            exec(&mut s, &mut bus, &[0x0f, 0x01, 0xf0]),
-            Err(Fault::gp0())
-        );
-    }
-
-    #[test]
-    fn lar_lsl_results_and_privilege() {
-        let (mut s, mut bus) = kernel();
-        bus.enter_user(&mut s);
-        s.gpr[gpr::ECX] = 0x23;
-        exec(&mut s, &mut bus, &[0x0f, 0x02, 0xc1]).unwrap(); // lar eax, ecx
-        assert_ne!(s.eflags & eflags::ZF, 0);
-        // 0x00CFF300 masked with 0x00F0FF00.
-        assert_eq!(s.gpr[gpr::EAX], 0x00c0_f300);
-        exec(&mut s, &mut bus, &[0x0f, 0x03, 0xc1]).unwrap(); // lsl eax, ecx
-        assert_eq!(s.gpr[gpr::EAX], u32::MAX);
-        // Kernel data from CPL 3: ZF = 0, destination unchanged.
-        s.gpr[gpr::ECX] = 0x10;
-        exec(&mut s, &mut bus, &[0x0f, 0x02, 0xc1]).unwrap();
-        assert_eq!(s.eflags & eflags::ZF, 0);
-        assert_eq!(s.gpr[gpr::EAX], u32::MAX);
-        // Conforming code is visible at any privilege; a call gate is visible to LAR only.
-        let (mut k, mut bus) = kernel();
-        k.gpr[gpr::ECX] = 0x48;
-        exec(&mut k, &mut bus, &[0x0f, 0x03, 0xc1]).unwrap();
-        assert_ne!(k.eflags & eflags::ZF, 0);
-        bus.set_gdt(
-            0x58,
-            Descriptor {
-                typ: 12,
-                present: true,
-                ..Descriptor::default()
-            },
-        );
-        k.gpr[gpr::ECX] = 0x58;
-        exec(&mut k, &mut bus, &[0x0f, 0x03, 0xc1]).unwrap();
-        assert_eq!(k.eflags & eflags::ZF, 0);
-        exec(&mut k, &mut bus, &[0x0f, 0x02, 0xc1]).unwrap();
-        assert_ne!(k.eflags & eflags::ZF, 0);
-        assert_eq!(k.gpr[gpr::EAX], 0x8c00);
-    }
-
-    #[test]
-    fn verr_verw() {
-        let (mut s, mut bus) = kernel();
-        s.gpr[gpr::EAX] = 0x38; // execute-only code
-        exec(&mut s, &mut bus, &[0x0f, 0x00, 0xe0]).unwrap(); // verr ax
-        assert_eq!(s.eflags & eflags::ZF, 0);
-        s.gpr[gpr::EAX] = 0x08;
-        exec(&mut s, &mut bus, &[0x0f, 0x00, 0xe0]).unwrap();
-        assert_ne!(s.eflags & eflags::ZF, 0);
-        exec(&mut s, &mut bus, &[0x0f, 0x00, 0xe8]).unwrap(); // verw ax
-        assert_eq!(s.eflags & eflags::ZF, 0);
-        s.gpr[gpr::EAX] = 0x10;
-        exec(&mut s, &mut bus, &[0x0f, 0x00, 0xe8]).unwrap();
-        assert_ne!(s.eflags & eflags::ZF, 0);
-        // A selector beyond the GDT: ZF = 0, no fault.
-        s.gpr[gpr::EAX] = 0x800;
-        exec(&mut s, &mut bus, &[0x0f, 0x00, 0xe8]).unwrap();
-        assert_eq!(s.eflags & eflags::ZF, 0);
-        // Not available in real mode.
-        let mut r = VcpuState::reset();
-        r.eip = 0x7000;
-        assert_eq!(
-            exec(&mut r, &mut bus, &[0x0f, 0x00, 0xe0]),
-            Err(Fault::ud())
-        );
-    }
 }

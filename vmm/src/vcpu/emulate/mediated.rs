@@ -1,0 +1,90 @@
+//! The memory instructions the run loop has the emulator perform instead of the guest
+//! (ARCHITECTURE.md §6): writes to pages it maps read-only (page tables, scanned code)
+//! and accesses the host mapping cannot serve (linear page 0, physical addresses
+//! without RAM). The instruction faulted natively; the emulator carries it out through
+//! the [`GuestBus`], which translates, reverts code patches and reports page-table
+//! writes. Only the forms kernels use on such memory are accepted; the semantics are
+//! those of the instruction groups (`data`, `sreg`, `alu`, `cmpxchg`, `string`).
+
+use super::{alu, cmpxchg, data, execute, sreg, string, Ctx, Emulated, Res, Stop, Unsupported};
+use crate::vcpu::{Fault, GuestBus, VcpuState};
+use iced_x86::{Instruction, Mnemonic, OpKind};
+
+/// What a mediated instruction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mediated {
+    /// Done; EIP is past the instruction.
+    Done,
+    /// Not an instruction form mediation performs; nothing changed.
+    Unsupported,
+}
+
+/// The memory instruction groups, dispatched by mnemonic.
+fn dispatch(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
+    use Mnemonic as M;
+    match cx.instr.mnemonic() {
+        M::Mov if sreg::is_sreg_mov(cx.instr) => sreg::mov(s, bus, cx),
+        M::Mov => data::mov(s, bus, cx),
+        M::Movzx | M::Movsx => data::mov_extend(s, bus, cx),
+        M::Xchg => data::xchg(s, bus, cx),
+        M::Add | M::Sub | M::And | M::Or | M::Xor | M::Inc | M::Dec => alu::arith(s, bus, cx),
+        M::Bts | M::Btr => alu::bit_set_reset(s, bus, cx),
+        M::Cmpxchg => cmpxchg::cmpxchg(s, bus, cx),
+        M::Cmpxchg8b => cmpxchg::cmpxchg8b(s, bus, cx),
+        M::Stosb | M::Stosw | M::Stosd | M::Movsb | M::Movsw | M::Movsd => {
+            string::store(s, bus, cx)
+        }
+        m => Err(Stop::Unsupported(Unsupported::Instruction(m))),
+    }
+}
+
+fn run(s: &mut VcpuState, bus: &mut impl GuestBus, instr: &Instruction) -> Result<Mediated, Fault> {
+    Ok(match execute(s, bus, instr, dispatch)? {
+        Emulated::Done(_) => Mediated::Done,
+        Emulated::Deliver(_) | Emulated::Unsupported(_) => Mediated::Unsupported,
+    })
+}
+
+/// A string store (STOS, MOVS), whose destination is ES:(E)DI.
+fn is_string_store(instr: &Instruction) -> bool {
+    matches!(instr.op0_kind(), OpKind::MemoryESEDI | OpKind::MemoryESDI)
+}
+
+/// Performs `instr`, a write to memory (MOV, XCHG, CMPXCHG, CMPXCHG8B, ADD, SUB, AND,
+/// OR, XOR, INC, DEC, BTS, BTR with a memory destination; STOS and MOVS, REP too), as
+/// [`super::emulate`] would: EIP moves past it, and on a fault nothing is committed but
+/// the completed elements of a string store.
+///
+/// # Errors
+/// The guest fault an access raised (#PF, #GP, #SS).
+pub fn mediate(
+    s: &mut VcpuState,
+    bus: &mut impl GuestBus,
+    instr: &Instruction,
+) -> Result<Mediated, Fault> {
+    if instr.op0_kind() != OpKind::Memory && !is_string_store(instr) {
+        return Ok(Mediated::Unsupported);
+    }
+    run(s, bus, instr)
+}
+
+/// Performs `instr`, an access to memory the host does not map: the writes [`mediate`]
+/// performs, and the reads of MOV, MOVZX and MOVSX into a register.
+///
+/// # Errors
+/// The guest fault an access raised (#PF, #GP, #SS).
+pub fn data_access(
+    s: &mut VcpuState,
+    bus: &mut impl GuestBus,
+    instr: &Instruction,
+) -> Result<Mediated, Fault> {
+    let read = matches!(
+        instr.mnemonic(),
+        Mnemonic::Mov | Mnemonic::Movzx | Mnemonic::Movsx
+    ) && instr.op0_kind() == OpKind::Register
+        && instr.op1_kind() == OpKind::Memory;
+    if read {
+        return run(s, bus, instr);
+    }
+    mediate(s, bus, instr)
+}
