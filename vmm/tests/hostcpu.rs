@@ -16,10 +16,10 @@ use vmm::addr::{GuestLinear, GuestPhys};
 use vmm::hostcpu::ldt::{self, ldt_selector, LdtDescriptor, SegmentKind};
 use vmm::hostcpu::timer::{kick_signal, timer_signal, VcpuTimer};
 use vmm::hostcpu::{
-    cpuid, seccomp, BadEntry, GuestContext, HostCpu, HostExit, HostExitKind, SegReg, HOST_CS64,
+    cpuid, seccomp, BadEntry, GuestContext, HostCpu, HostExit, HostExitKind, HOST_CS64,
 };
 use vmm::memory::{GuestRam, LinearSpace, MemoryError, Prot};
-use vmm::x86::Exception;
+use vmm::x86::{Exception, SegReg};
 
 const RAM_SIZE: u64 = 8 << 20;
 /// Guest code is placed here; RAM is mapped 1:1 from 4 KiB to `MAPPED_END`.

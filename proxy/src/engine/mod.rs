@@ -45,9 +45,10 @@ use services::ServiceRegistry;
 
 use vmm::memory::GuestRam;
 use vmm::vcpu::state::gpr;
-use vmm::vcpu::{Exception, Fault, GuestBus, VcpuState};
+use vmm::vcpu::{Fault, GuestBus, VcpuState};
 use vmm::vm::code::RamCode;
 use vmm::vm::{EntryHook, HookError};
+use vmm::x86::Exception;
 
 pub use vcpu_access::VcpuGuest;
 

@@ -5,8 +5,9 @@
 use crate::{AccessError, GuestAccess, Reg};
 
 use vmm::addr::{GuestLinear, PAGE_SIZE};
-use vmm::vcpu::state::{cr0, gpr};
-use vmm::vcpu::{GuestBus, SegReg, VcpuState};
+use vmm::vcpu::state::gpr;
+use vmm::vcpu::{GuestBus, VcpuState};
+use vmm::x86::{cr0, SegReg};
 
 /// The guest stopped at a bound entry point.
 #[derive(Debug)]

@@ -51,7 +51,7 @@ pub use entry::{GuestContext, XsaveArea, XSAVE_AREA_SIZE};
 use regs::{low32, low8};
 
 use crate::addr::{GuestLinear, HostAddr};
-use crate::x86::Exception;
+use crate::x86::{Exception, SegReg};
 use timer::{kick_signal, timer_signal, Kicker};
 
 /// The host's 64-bit user code selector (`__USER_CS`). Guest code running with it has
@@ -119,8 +119,6 @@ pub enum HostCpuError {
         len: usize,
     },
 }
-
-pub use crate::x86::SegReg;
 
 /// Why the guest could not be entered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

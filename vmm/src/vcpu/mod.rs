@@ -41,13 +41,12 @@ pub mod state;
 pub mod testbus;
 
 use crate::addr::GuestLinear;
+use crate::x86::{Exception, SegReg};
 
 pub use emulate::{emulate, Emulated, Unsupported};
 pub use interrupts::{deliver, DeliveryError, Event};
 pub use segments::{load_segment, mirror_of, mirrors, MirrorDescriptor};
-pub use state::{SegReg, Segment, VcpuState};
-
-pub use crate::x86::Exception;
+pub use state::{Segment, VcpuState};
 
 /// An exception raised by the guest's own instruction or by an event delivery: the vector
 /// and, for the vectors that have one, the error code to push.

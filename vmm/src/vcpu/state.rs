@@ -2,8 +2,7 @@
 //! the host runs it.
 
 use super::descriptor::Descriptor;
-
-pub use crate::x86::{cr0, cr4, eflags, SegReg};
+use crate::x86::{cr0, eflags, SegReg};
 
 /// The hidden part of a segment register (the "descriptor cache"), with the limit already
 /// expanded to bytes. Also used for LDTR and TR.
