@@ -8,14 +8,10 @@
 
 use std::fmt;
 
-use goblin::container::{Container, Ctx, Endian};
-use goblin::elf::header::{
-    EI_CLASS, EI_DATA, ELFCLASS32, ELFDATA2LSB, ELFMAG, EM_386, ET_EXEC, SELFMAG,
-};
-use goblin::elf::program_header::{ProgramHeader, PT_LOAD};
-use goblin::elf::Elf;
+use goblin::elf::header::{ELFCLASS32, ELFDATA2LSB, ET_EXEC};
 use thiserror::Error;
 
+use super::elf::{ElfError, ElfFile, LoadSegment};
 use super::{pc_memory_map, ram_range_mut, RegionKind, HIGH_MEMORY_START, LOW_MEMORY_END};
 
 /// The magic number in the kernel's Multiboot header.
@@ -75,8 +71,6 @@ const MMAP_TYPE_RESERVED: u32 = 2;
 const BOOT_INFO_LOW_BASE: u32 = 0x9000;
 const PAGE_SIZE: u64 = 4096;
 const KIB: u64 = 1024;
-/// ELF32 program header size.
-const ELF32_PHDR_SIZE: u16 = 32;
 
 /// Where the CPU must start the loaded kernel (see the module documentation for the
 /// rest of the entry state).
@@ -409,88 +403,110 @@ fn aout_layout(
 
 /// ELF32 i386 executables: load PT_LOAD segments at their physical addresses.
 fn elf_layout(image: &[u8], ram_size: usize) -> Result<(Vec<Segment>, u64), LoadError> {
-    if image.get(..SELFMAG) != Some(&ELFMAG[..]) {
-        return Err(LoadError::NotElf);
-    }
-    let class = image.get(EI_CLASS).copied().unwrap_or(0);
-    if class != ELFCLASS32 {
-        return Err(LoadError::UnsupportedElf {
-            field: "e_ident[EI_CLASS]",
-            value: class.into(),
-            expected: "ELFCLASS32 (1)",
-        });
-    }
-    let data = image.get(EI_DATA).copied().unwrap_or(0);
-    if data != ELFDATA2LSB {
-        return Err(LoadError::UnsupportedElf {
-            field: "e_ident[EI_DATA]",
-            value: data.into(),
-            expected: "ELFDATA2LSB (1)",
-        });
-    }
-    let malformed = |e: goblin::error::Error| LoadError::MalformedElf {
-        reason: e.to_string(),
-    };
-    let eh = Elf::parse_header(image).map_err(malformed)?;
-    if eh.e_machine != EM_386 {
-        return Err(LoadError::UnsupportedElf {
-            field: "e_machine",
-            value: eh.e_machine.into(),
-            expected: "EM_386 (3)",
-        });
-    }
-    if eh.e_type != ET_EXEC {
+    let elf = ElfFile::parse(image)?;
+    let e_type = elf.header().e_type;
+    if e_type != ET_EXEC {
         return Err(LoadError::UnsupportedElf {
             field: "e_type",
-            value: eh.e_type.into(),
+            value: e_type.into(),
             expected: "ET_EXEC (2)",
         });
     }
-    if eh.e_phnum > 0 && eh.e_phentsize != ELF32_PHDR_SIZE {
-        return Err(LoadError::UnsupportedElf {
-            field: "e_phentsize",
-            value: eh.e_phentsize.into(),
-            expected: "32, the ELF32 program header size",
-        });
-    }
-    let phoff = usize::try_from(eh.e_phoff).map_err(|_| LoadError::UnsupportedElf {
-        field: "e_phoff",
-        value: eh.e_phoff,
-        expected: "an offset inside the image",
-    })?;
-    let ctx = Ctx::new(Container::Little, Endian::Little);
-    let phdrs = ProgramHeader::parse(image, phoff, eh.e_phnum.into(), ctx).map_err(malformed)?;
-    let mut segments = Vec::new();
-    let mut loads = Vec::new();
-    for (index, ph) in phdrs.iter().enumerate() {
-        if ph.p_type != PT_LOAD || ph.p_memsz == 0 {
-            continue;
-        }
-        let seg = Segment {
-            source: SegmentSource::ProgramHeader(index),
-            paddr: ph.p_paddr,
-            file_offset: ph.p_offset,
-            filesz: ph.p_filesz,
-            memsz: ph.p_memsz,
-        };
-        segments.push(validate(seg, image.len(), ram_size)?);
-        loads.push(ph);
-    }
+    let loads: Vec<&LoadSegment> = elf
+        .load_segments()
+        .iter()
+        .filter(|s| s.memsz != 0)
+        .collect();
+    let segments = loads
+        .iter()
+        .map(|s| {
+            validate(
+                Segment {
+                    source: SegmentSource::ProgramHeader(s.index),
+                    paddr: s.paddr.into(),
+                    file_offset: s.offset.into(),
+                    filesz: s.filesz.into(),
+                    memsz: s.memsz.into(),
+                },
+                image.len(),
+                ram_size,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     if segments.is_empty() {
         return Err(LoadError::NoLoadableSegments);
     }
-    let entry = eh.e_entry;
-    if segments.iter().any(|s| (s.paddr..s.end()).contains(&entry)) {
-        return Ok((segments, entry));
+    let entry = elf.entry();
+    if loads.iter().any(|s| s.contains_paddr(entry)) {
+        return Ok((segments, entry.into()));
     }
     // Kernels linked at a virtual address (higher half) give a virtual entry point;
     // translate it through the segment that contains it, as GRUB does.
     let translated = loads
         .iter()
-        .zip(&segments)
-        .find(|(ph, _)| entry >= ph.p_vaddr && entry - ph.p_vaddr < ph.p_memsz)
-        .map(|(ph, s)| s.paddr + (entry - ph.p_vaddr));
-    Ok((segments, translated.unwrap_or(entry)))
+        .find(|s| s.contains_vaddr(entry))
+        .map(|s| u64::from(s.paddr) + u64::from(entry - s.vaddr));
+    Ok((segments, translated.unwrap_or(entry.into())))
+}
+
+impl From<ElfError> for LoadError {
+    /// Keeps the loader's own words for what it checks itself (which header field, which
+    /// segment); the rest is a malformed image.
+    fn from(e: ElfError) -> Self {
+        match e {
+            ElfError::NotElf => LoadError::NotElf,
+            ElfError::NotI386 {
+                class,
+                data,
+                machine,
+            } => {
+                let (field, value, expected) = if class != ELFCLASS32 {
+                    ("e_ident[EI_CLASS]", class.into(), "ELFCLASS32 (1)")
+                } else if data != ELFDATA2LSB {
+                    ("e_ident[EI_DATA]", data.into(), "ELFDATA2LSB (1)")
+                } else {
+                    ("e_machine", machine.into(), "EM_386 (3)")
+                };
+                LoadError::UnsupportedElf {
+                    field,
+                    value,
+                    expected,
+                }
+            }
+            ElfError::BadHeaderField {
+                field,
+                value,
+                expected,
+            } => LoadError::UnsupportedElf {
+                field,
+                value,
+                expected,
+            },
+            ElfError::FileSizeExceedsMemSize {
+                index,
+                filesz,
+                memsz,
+            } => LoadError::FileSizeExceedsMemSize {
+                segment: SegmentSource::ProgramHeader(index),
+                filesz: filesz.into(),
+                memsz: memsz.into(),
+            },
+            ElfError::SegmentBeyondFile {
+                index,
+                offset,
+                filesz,
+                file_len,
+            } => LoadError::SegmentBeyondImage {
+                segment: SegmentSource::ProgramHeader(index),
+                offset: offset.into(),
+                filesz: filesz.into(),
+                image_len: file_len,
+            },
+            other => LoadError::MalformedElf {
+                reason: other.to_string(),
+            },
+        }
+    }
 }
 
 /// Builds the boot information block (MBI, memory map, strings) for placement at `base`.
@@ -685,7 +701,7 @@ mod tests {
         put16(&mut b, 0);
         assert_eq!(b.len(), 52);
         for (s, off) in segs.iter().zip(&offsets) {
-            put32(&mut b, PT_LOAD);
+            put32(&mut b, goblin::elf::program_header::PT_LOAD);
             put32(&mut b, *off);
             put32(&mut b, s.vaddr);
             put32(&mut b, s.paddr);
