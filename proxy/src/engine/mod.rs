@@ -38,11 +38,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::{
     BindError, CallStatus, CodePatch, DefaultTable, EntryPoints, GrpcNodes, KernelProxy, NodeMode,
-    Policy, PolicyError, PolicyHandle, ProxyOutcome, Source, SymbolError, SymbolMap,
+    Policy, PolicyError, PolicyHandle, ProxyOutcome, Source, SymbolMap,
 };
 use rewriter::{CodeMemoryMut, PatchTable};
 use services::ServiceRegistry;
 
+use vmm::loader::elf::{ElfError, ElfFile};
 use vmm::memory::GuestRam;
 use vmm::vcpu::state::gpr;
 use vmm::vcpu::{Exception, Fault, GuestBus, VcpuState};
@@ -60,7 +61,7 @@ pub enum ProxySetupError {
     Policy(#[from] PolicyError),
     /// The guest kernel's symbol table cannot be read.
     #[error("reading the guest kernel's ELF symbols: {0}")]
-    Symbols(#[from] SymbolError),
+    Symbols(#[from] ElfError),
     /// A binding names a symbol the kernel lacks, or two bind one address.
     #[error(transparent)]
     Bind(#[from] BindError),
@@ -170,10 +171,11 @@ impl ProxyRuntime {
             Some(p) => DefaultTable::load(p, &registry)?,
             None => DefaultTable::builtin(),
         };
-        let symbols = Arc::new(crate::resolve_symbols(kernel)?);
+        let elf = ElfFile::parse(kernel)?;
+        let symbols = Arc::new(crate::resolve_symbols(&elf)?);
         let entries = policy.entry_points(&symbols)?;
-        let shipped = fetch_shipped(&policy, &entries, kernel)?;
-        let segments = load_segments(kernel)?;
+        let shipped = fetch_shipped(&policy, &entries, &elf)?;
+        let segments = load_segments(&elf);
         let proxy = KernelProxy::new(PolicyHandle::new(policy), defaults, registry)
             .with_node_connector(Arc::new(GrpcNodes));
         let generation = proxy.policy().generation();
@@ -325,21 +327,13 @@ impl ProxyRuntime {
     }
 }
 
-/// The kernel's loadable segments as `(linear start, linear end, physical start)`.
-fn load_segments(kernel: &[u8]) -> Result<Vec<(u32, u32, u32)>, ProxySetupError> {
-    let elf = goblin::elf::Elf::parse(kernel).map_err(|e| SymbolError::Parse {
-        message: e.to_string(),
-    })?;
-    Ok(elf
-        .program_headers
+/// The kernel's loadable segments as `(linear start, linear end, physical start)`;
+/// a segment that wraps past 4 GiB places nothing.
+fn load_segments(elf: &ElfFile<'_>) -> Vec<(u32, u32, u32)> {
+    elf.load_segments()
         .iter()
-        .filter(|ph| ph.p_type == goblin::elf::program_header::PT_LOAD)
-        .filter_map(|ph| {
-            let start = u32::try_from(ph.p_vaddr).ok()?;
-            let end = u32::try_from(ph.p_vaddr.checked_add(ph.p_memsz)?).ok()?;
-            Some((start, end, u32::try_from(ph.p_paddr).ok()?))
-        })
-        .collect())
+        .filter_map(|s| Some((s.vaddr, s.vaddr.checked_add(s.memsz)?, s.paddr)))
+        .collect()
 }
 
 /// Asks the nodes of ship-mode policy entries for their code and sizes it to the
@@ -348,7 +342,7 @@ fn load_segments(kernel: &[u8]) -> Result<Vec<(u32, u32, u32)>, ProxySetupError>
 fn fetch_shipped(
     policy: &Policy,
     entries: &EntryPoints,
-    kernel: &[u8],
+    kernel: &ElfFile<'_>,
 ) -> Result<Vec<CodePatch>, ProxySetupError> {
     let mut shipped = Vec::new();
     let mut sizes = None;
