@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 use std::time::Duration;
 
 use services::{ParamValue, ServiceParams, ServiceRegistry, ServiceType};
@@ -271,22 +273,12 @@ impl PolicyHandle {
 
     /// The policy in force now.
     pub fn current(&self) -> Arc<Policy> {
-        Arc::clone(
-            &self
-                .0
-                .policy
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+        Arc::clone(&self.0.policy.read())
     }
 
     /// Puts `policy` in force; returns the one it replaces.
     pub fn replace(&self, policy: Policy) -> Arc<Policy> {
-        let mut slot = self
-            .0
-            .policy
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut slot = self.0.policy.write();
         let old = std::mem::replace(&mut *slot, Arc::new(policy));
         self.0.generation.fetch_add(1, Ordering::AcqRel);
         old

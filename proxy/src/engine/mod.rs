@@ -34,7 +34,9 @@ mod vcpu_access;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use crate::{
     BindError, CallStatus, CodePatch, DefaultTable, EntryPoints, GrpcNodes, KernelProxy, NodeMode,
@@ -100,19 +102,15 @@ pub struct SharedPolicy {
     counters: Mutex<ProxyCounters>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl SharedPolicy {
     /// The TOML text of the policy in force.
     pub fn text(&self) -> String {
-        lock(&self.text).clone()
+        self.text.lock().clone()
     }
 
     /// The counters so far.
     pub fn counters(&self) -> ProxyCounters {
-        lock(&self.counters).clone()
+        self.counters.lock().clone()
     }
 
     /// Parses `text` as a policy, checks that its bindings resolve against the guest
@@ -125,7 +123,7 @@ impl SharedPolicy {
     pub fn replace(&self, text: &str, origin: &str) -> Result<u64, ProxySetupError> {
         let policy = Policy::from_toml(text, origin, self.proxy.registry())?;
         policy.entry_points(&self.symbols)?;
-        let mut current = lock(&self.text);
+        let mut current = self.text.lock();
         self.proxy.policy().replace(policy);
         *current = text.to_owned();
         Ok(self.proxy.policy().generation())
@@ -310,7 +308,7 @@ impl ProxyRuntime {
     }
 
     fn count(&self, outcome: &ProxyOutcome) {
-        let mut c = lock(&self.shared.counters);
+        let mut c = self.shared.counters.lock();
         c.calls += 1;
         if !matches!(outcome.status, CallStatus::Done) {
             c.failed += 1;
