@@ -8,7 +8,8 @@
 mod kernel;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use rewriter::{scan_page, scan_region, BufferMemory, Census, PAGE_SIZE};
+use rewriter::{scan_page, scan_region, BufferMemory, Census};
+use shadow_paging::PAGE_SIZE;
 
 /// A kernel-like instruction mix: prologues, loads, calls, branches and a few sensitive
 /// instructions.

@@ -17,11 +17,9 @@
 use std::collections::BTreeMap;
 
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction};
+use shadow_paging::PAGE_SIZE;
 
 use crate::class::{classify, flow_of, Action, Class, Flow};
-
-/// Size of a guest page.
-pub const PAGE_SIZE: u32 = 4096;
 
 /// Longest IA-32 instruction, in bytes; longer encodings raise #GP.
 pub const MAX_INSTRUCTION_LEN: usize = 15;

@@ -4,8 +4,9 @@ use iced_x86::{Decoder, DecoderOptions};
 use proptest::prelude::*;
 use rewriter::{
     classify, scan_page, scan_region, Action, BufferMemory, Census, CodeMemory, PageScan,
-    PatchTable, PAGE_SIZE, TRAP_BYTE,
+    PatchTable, TRAP_BYTE,
 };
+use shadow_paging::PAGE_SIZE;
 
 const PAGE: u32 = 0x0040_1000;
 

@@ -13,6 +13,7 @@ use thiserror::Error;
 
 use super::elf::{ElfError, ElfFile, LoadSegment};
 use super::{pc_memory_map, ram_range_mut, RegionKind, HIGH_MEMORY_START, LOW_MEMORY_END};
+use crate::addr::PAGE_SIZE;
 
 /// The magic number in the kernel's Multiboot header.
 pub const MULTIBOOT_HEADER_MAGIC: u32 = 0x1bad_b002;
@@ -69,7 +70,6 @@ const MMAP_TYPE_AVAILABLE: u32 = 1;
 const MMAP_TYPE_RESERVED: u32 = 2;
 /// Preferred home of the boot information: low memory, clear of a kernel at 1 MiB.
 const BOOT_INFO_LOW_BASE: u32 = 0x9000;
-const PAGE_SIZE: u64 = 4096;
 const KIB: u64 = 1024;
 
 /// Where the CPU must start the loaded kernel (see the module documentation for the
@@ -559,7 +559,8 @@ fn place_boot_info(segments: &[Segment], size: u64, ram_size: u64) -> Option<u64
         return Some(low);
     }
     let kernel_end = segments.iter().map(Segment::end).max()?;
-    let above = kernel_end.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    let page = u64::from(PAGE_SIZE);
+    let above = kernel_end.div_ceil(page) * page;
     clear(above).then_some(above)
 }
 
