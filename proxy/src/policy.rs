@@ -382,7 +382,7 @@ mod tests {
         assert_eq!(d.entry, EntryPoint::Address(0xc012_3450));
         assert_eq!(d.sector_arg, Some(0));
         assert_eq!(d.buffer.unwrap().unit, LenUnit::Sectors);
-        assert_eq!(d.error_return, (-5i32) as u32);
+        assert_eq!(d.error_return, 5u32.wrapping_neg());
         assert_eq!(p.bindings[2].returns, Returns::Value64);
         assert_eq!(p.bindings[2].args, 0);
     }

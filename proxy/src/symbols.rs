@@ -160,13 +160,17 @@ mod tests {
     const GLOBAL: u8 = 1 << 4;
     const LOCAL: u8 = 0;
 
+    fn len32(bytes: &[u8]) -> u32 {
+        u32::try_from(bytes.len()).unwrap()
+    }
+
     /// A minimal IA-32 ELF executable with a `.text` section and a symbol table holding
     /// `(name, value, info, section index)` entries.
     fn elf32(symbols: &[(&str, u32, u8, u16)]) -> Vec<u8> {
         let mut strtab = vec![0u8];
         let mut symtab = vec![0u8; 16];
         for &(name, value, info, shndx) in symbols {
-            let off = strtab.len() as u32;
+            let off = len32(&strtab);
             strtab.extend_from_slice(name.as_bytes());
             strtab.push(0);
             symtab.extend_from_slice(&off.to_le_bytes());
@@ -184,7 +188,7 @@ mod tests {
             while body.len() % 4 != 0 {
                 body.push(0);
             }
-            let at = 52 + body.len() as u32;
+            let at = 52 + len32(&body);
             body.extend_from_slice(bytes);
             at
         };
@@ -195,14 +199,14 @@ mod tests {
         while body.len() % 4 != 0 {
             body.push(0);
         }
-        let shoff = 52 + body.len() as u32;
+        let shoff = 52 + len32(&body);
         // (name, type, flags, addr, offset, size, link, info, align, entsize)
         let sections: [[u32; 10]; 5] = [
             [0; 10],
             [1, 1, 6, 0xc010_0000, text_off, 16, 0, 0, 16, 0],
-            [7, 2, 0, 0, sym_off, symtab.len() as u32, 3, 1, 4, 16],
-            [15, 3, 0, 0, str_off, strtab.len() as u32, 0, 0, 1, 0],
-            [23, 3, 0, 0, shstr_off, shstrtab.len() as u32, 0, 0, 1, 0],
+            [7, 2, 0, 0, sym_off, len32(&symtab), 3, 1, 4, 16],
+            [15, 3, 0, 0, str_off, len32(&strtab), 0, 0, 1, 0],
+            [23, 3, 0, 0, shstr_off, len32(&shstrtab), 0, 0, 1, 0],
         ];
         let mut elf = vec![0x7f, b'E', b'L', b'F', 1, 1, 1, 0];
         elf.resize(16, 0);

@@ -183,8 +183,8 @@ impl MemoryBlock {
 /// Byte range of a checked request inside an in-memory image.
 fn mem_range(offset: u64, len: usize) -> std::ops::Range<usize> {
     // check_range bounded offset + len by the capacity, whose bytes fit a usize.
-    let start = offset as usize;
-    start..start + len
+    let start = usize::try_from(offset).unwrap_or(usize::MAX);
+    start..start.saturating_add(len)
 }
 
 impl Service for MemoryBlock {
@@ -314,7 +314,7 @@ impl CowOverlay {
                 if let Some(&at) = index.get(&sector) {
                     return file.write_all_at(data, at).map_err(err);
                 }
-                let mut record = Vec::with_capacity(RECORD_BYTES as usize);
+                let mut record = Vec::with_capacity(8 + SECTOR_SIZE);
                 record.extend_from_slice(&sector.to_le_bytes());
                 record.extend_from_slice(data);
                 file.write_all_at(&record, *end).map_err(err)?;
@@ -486,7 +486,7 @@ mod tests {
     #[test]
     fn memory_block_reads_back_writes() {
         let disk = MemoryBlock::new(8).unwrap();
-        let data: Vec<u8> = (0..2 * SECTOR_SIZE).map(|i| i as u8).collect();
+        let data: Vec<u8> = (0..2 * SECTOR_SIZE).map(|i| i.to_le_bytes()[0]).collect();
         disk.write(6, &data).unwrap();
         let mut buf = vec![0u8; 2 * SECTOR_SIZE];
         disk.read(6, &mut buf).unwrap();
