@@ -70,7 +70,7 @@ const MMAP_TYPE_AVAILABLE: u32 = 1;
 const MMAP_TYPE_RESERVED: u32 = 2;
 /// Preferred home of the boot information: low memory, clear of a kernel at 1 MiB.
 const BOOT_INFO_LOW_BASE: u32 = 0x9000;
-const KIB: u64 = 1024;
+const KIB: u32 = 1024;
 
 /// Where the CPU must start the loaded kernel (see the module documentation for the
 /// rest of the entry state).
@@ -509,6 +509,12 @@ impl From<ElfError> for LoadError {
     }
 }
 
+/// The image bytes `[offset, offset + len)`, if the image holds them all.
+fn file_range(image: &[u8], offset: u64, len: u64) -> Option<&[u8]> {
+    let start = usize::try_from(offset).ok()?;
+    image.get(start..start.checked_add(usize::try_from(len).ok()?)?)
+}
+
 /// Builds the boot information block (MBI, memory map, strings) for placement at `base`.
 fn boot_info_bytes(base: u32, ram_size: u64, cmdline: &str) -> Vec<u8> {
     let map = pc_memory_map(ram_size);
@@ -518,17 +524,18 @@ fn boot_info_bytes(base: u32, ram_size: u64, cmdline: &str) -> Vec<u8> {
     let total = name_off + BOOT_LOADER_NAME.len() + 1;
     let mut b = vec![0u8; total];
     // Offsets within the block are small (the caller checked the block fits in RAM).
-    let addr = |off: usize| base + off as u32;
+    let addr = |off: usize| base.saturating_add(u32::try_from(off).unwrap_or(u32::MAX));
     let mut put = |off: usize, v: u32| b[off..off + 4].copy_from_slice(&v.to_le_bytes());
     put(
         MBI_FLAGS,
         MBI_FLAG_MEMORY | MBI_FLAG_CMDLINE | MBI_FLAG_MMAP | MBI_FLAG_BOOT_LOADER_NAME,
     );
-    put(MBI_MEM_LOWER, (u64::from(LOW_MEMORY_END) / KIB) as u32);
-    let upper = ram_size.saturating_sub(u64::from(HIGH_MEMORY_START)) / KIB;
+    put(MBI_MEM_LOWER, LOW_MEMORY_END / KIB);
+    let upper = ram_size.saturating_sub(u64::from(HIGH_MEMORY_START)) / u64::from(KIB);
     put(MBI_MEM_UPPER, u32::try_from(upper).unwrap_or(u32::MAX));
     put(MBI_CMDLINE, addr(cmdline_off));
-    put(MBI_MMAP_LENGTH, (map.len() * MMAP_ENTRY_LEN) as u32);
+    let mmap_len = u32::try_from(map.len() * MMAP_ENTRY_LEN).unwrap_or(u32::MAX);
+    put(MBI_MMAP_LENGTH, mmap_len);
     put(MBI_MMAP_ADDR, addr(mmap_off));
     put(MBI_BOOT_LOADER_NAME, addr(name_off));
     for (i, region) in map.iter().enumerate() {
@@ -607,7 +614,17 @@ pub fn load_multiboot(ram: &mut [u8], image: &[u8], cmdline: &str) -> Result<Boo
     let info_base = place_boot_info(&segments, info_size as u64, ram_size as u64)
         .ok_or(LoadError::NoRoomForBootInfo { size: info_size })?;
 
-    // Everything is validated: RAM is below 4 GiB, so every address and end fits in u32.
+    // Everything is validated: RAM is below 4 GiB, so every address and end fits in u32
+    // and the errors below cannot happen; they keep that argument out of the copies.
+    let phys = |v: u64| u32::try_from(v).map_err(|_| LoadError::RamTooLarge { size: ram_size });
+    let info_base32 = phys(info_base)?;
+    let info = boot_info_bytes(info_base32, ram_size as u64, cmdline);
+    let info_len = info.len() as u64;
+    let boot_info_range = (info_base32, phys(info_base + info_len)?);
+    let start = segments.iter().map(|s| s.paddr).min().unwrap_or(0);
+    let end = segments.iter().map(Segment::end).max().unwrap_or(0);
+    let kernel_range = (phys(start)?, phys(end)?);
+    let entry = phys(entry)?;
     for seg in &segments {
         let dst = ram_range_mut(ram, seg.paddr, seg.memsz).ok_or(LoadError::SegmentOutsideRam {
             segment: seg.source,
@@ -615,23 +632,27 @@ pub fn load_multiboot(ram: &mut [u8], image: &[u8], cmdline: &str) -> Result<Boo
             end: seg.end(),
             ram_size,
         })?;
-        let (file_part, bss) = dst.split_at_mut(seg.filesz as usize);
-        let src_start = seg.file_offset as usize;
-        file_part.copy_from_slice(&image[src_start..src_start + seg.filesz as usize]);
+        let src = file_range(image, seg.file_offset, seg.filesz).ok_or(
+            LoadError::SegmentBeyondImage {
+                segment: seg.source,
+                offset: seg.file_offset,
+                filesz: seg.filesz,
+                image_len: image.len(),
+            },
+        )?;
+        let (file_part, bss) = dst.split_at_mut(src.len());
+        file_part.copy_from_slice(src);
         bss.fill(0);
     }
-    let info = boot_info_bytes(info_base as u32, ram_size as u64, cmdline);
-    if let Some(dst) = ram_range_mut(ram, info_base, info.len() as u64) {
+    if let Some(dst) = ram_range_mut(ram, info_base, info_len) {
         dst.copy_from_slice(&info);
     }
-    let start = segments.iter().map(|s| s.paddr).min().unwrap_or(0);
-    let end = segments.iter().map(Segment::end).max().unwrap_or(0);
     Ok(BootInfo {
-        entry: entry as u32,
+        entry,
         eax: MULTIBOOT_BOOTLOADER_MAGIC,
-        ebx: info_base as u32,
-        kernel_range: (start as u32, end as u32),
-        boot_info_range: (info_base as u32, (info_base + info.len() as u64) as u32),
+        ebx: info_base32,
+        kernel_range,
+        boot_info_range,
     })
 }
 
@@ -643,6 +664,10 @@ mod tests {
 
     const RAM_SIZE: usize = 4 << 20;
     const KERNEL_BASE: u32 = 0x10_0000;
+
+    fn len32(len: usize) -> u32 {
+        u32::try_from(len).unwrap()
+    }
 
     fn put32(b: &mut Vec<u8>, v: u32) {
         b.extend_from_slice(&v.to_le_bytes());
@@ -676,13 +701,13 @@ mod tests {
     /// the segments' bytes.
     fn elf_image(segs: &[Seg], entry: u32, mb_flags: u32) -> Vec<u8> {
         let phoff = 52u32;
-        let mb_off = phoff + 32 * segs.len() as u32;
+        let mb_off = phoff + 32 * len32(segs.len());
         let mut data_off = mb_off + 12;
         let mut offsets = Vec::new();
         for s in segs {
             data_off = data_off.next_multiple_of(16);
             offsets.push(data_off);
-            data_off += s.data.len() as u32;
+            data_off += len32(s.data.len());
         }
         let mut b = Vec::new();
         b.extend_from_slice(&[0x7f, b'E', b'L', b'F', 1, 1, 1, 0]);
@@ -696,7 +721,7 @@ mod tests {
         put32(&mut b, 0);
         put16(&mut b, 52);
         put16(&mut b, 32);
-        put16(&mut b, segs.len() as u16);
+        put16(&mut b, u16::try_from(segs.len()).unwrap());
         put16(&mut b, 40);
         put16(&mut b, 0);
         put16(&mut b, 0);
@@ -706,7 +731,7 @@ mod tests {
             put32(&mut b, *off);
             put32(&mut b, s.vaddr);
             put32(&mut b, s.paddr);
-            put32(&mut b, s.data.len() as u32);
+            put32(&mut b, len32(s.data.len()));
             put32(&mut b, s.memsz);
             put32(&mut b, 7);
             put32(&mut b, 16);
@@ -720,7 +745,7 @@ mod tests {
     }
 
     fn text() -> Vec<u8> {
-        (0..200u32).map(|i| (i * 7 + 3) as u8).collect()
+        (0..200u32).map(|i| (i * 7 + 3).to_le_bytes()[0]).collect()
     }
 
     fn simple_elf() -> Vec<u8> {
@@ -904,7 +929,7 @@ mod tests {
             .wrapping_sub(flags);
         image[hdr + 8..hdr + 12].copy_from_slice(&sum.to_le_bytes());
         let mut fields = Vec::new();
-        for v in [0x30_0000 + hdr as u32, 0x30_0000, 0, 0, 0x30_0000] {
+        for v in [0x30_0000 + len32(hdr), 0x30_0000, 0, 0, 0x30_0000] {
             put32(&mut fields, v);
         }
         image.splice(hdr + 12..hdr + 12, fields);
@@ -913,7 +938,7 @@ mod tests {
         assert_eq!(info.entry, 0x30_0000);
         assert_eq!(
             info.kernel_range,
-            (0x30_0000, 0x30_0000 + image.len() as u32)
+            (0x30_0000, 0x30_0000 + len32(image.len()))
         );
         assert_eq!(&ram[0x30_0000..0x30_0000 + image.len()], &image[..]);
     }
@@ -1069,10 +1094,10 @@ mod tests {
         );
         let image = elf_image(
             &[Seg {
-                paddr: RAM_SIZE as u32 - 100,
+                paddr: len32(RAM_SIZE) - 100,
                 ..seg()
             }],
-            RAM_SIZE as u32 - 100,
+            len32(RAM_SIZE) - 100,
             0,
         );
         assert!(matches!(
@@ -1131,7 +1156,7 @@ mod tests {
                 paddr: 0x1000,
                 vaddr: 0x1000,
                 data: text(),
-                memsz: size as u32 - 0x1000,
+                memsz: len32(size) - 0x1000,
             }],
             0x1000,
             0,
