@@ -21,7 +21,7 @@ impl Node {
         if std::mem::replace(&mut self.1, true) {
             return;
         }
-        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.0.id()).unwrap());
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let _ = self.0.wait();
     }

@@ -175,16 +175,16 @@ fn random_code_never_breaks_the_monitor() {
         if case % 2 == 1 {
             // mov esp, imm32; mov ax, imm16; mov ds, ax; mov ss, ax; lidt [imm32]
             code.push(0xbc);
-            code.extend_from_slice(&(next() as u32).to_le_bytes());
+            code.extend_from_slice(&next().to_le_bytes()[..4]);
             code.push(0x66);
             code.push(0xb8);
-            code.extend_from_slice(&(next() as u16).to_le_bytes());
+            code.extend_from_slice(&next().to_le_bytes()[..2]);
             code.extend_from_slice(&[0x8e, 0xd8, 0x8e, 0xd0]);
             code.extend_from_slice(&[0x0f, 0x01, 0x1d]);
-            code.extend_from_slice(&(0x10_0000 + (next() as u32 % 0x2000)).to_le_bytes());
+            code.extend_from_slice(&(0x10_0000 + next() % 0x2000).to_le_bytes()[..4]);
         }
         for _ in 0..4096 {
-            code.push(next() as u8);
+            code.push(next().to_le_bytes()[0]);
         }
         let file = dir.join(format!("random-{case}.bin"));
         std::fs::write(&file, aout_kernel(&code)).unwrap();

@@ -213,7 +213,8 @@ fn sites_name_their_function_and_decode_at_their_address() {
         .iter()
         .find(|s| parsed.shdr_strtab.get_at(s.sh_name) == Some(".text"))
         .unwrap();
-    let file_offset = |addr: u32| (u64::from(addr) - text.sh_addr + text.sh_offset) as usize;
+    let file_offset =
+        |addr: u32| usize::try_from(u64::from(addr) - text.sh_addr + text.sh_offset).unwrap();
 
     let report = json(&["scan", path_str(elf)]);
     let sites = report["sites"].as_array().expect("sites is an array");
@@ -402,12 +403,12 @@ fn bzimage(payload: &[u8], uncompressed: usize) -> Vec<u8> {
     image[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
     image[0x202..0x206].copy_from_slice(b"HdrS");
     image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
-    image[0x248..0x24c].copy_from_slice(&(PAYLOAD_OFFSET as u32).to_le_bytes());
+    image[0x248..0x24c].copy_from_slice(&u32::try_from(PAYLOAD_OFFSET).unwrap().to_le_bytes());
     // Like Linux, the payload is followed by its uncompressed size.
     let with_size = payload.len() + 4;
-    image[0x24c..0x250].copy_from_slice(&(with_size as u32).to_le_bytes());
+    image[0x24c..0x250].copy_from_slice(&u32::try_from(with_size).unwrap().to_le_bytes());
     image.extend_from_slice(payload);
-    image.extend_from_slice(&(uncompressed as u32).to_le_bytes());
+    image.extend_from_slice(&u32::try_from(uncompressed).unwrap().to_le_bytes());
     image
 }
 
@@ -497,7 +498,7 @@ fn unreadable_and_unrecognised_inputs_are_named() {
 
     let garbage = dir.join("garbage.bin");
     let bytes: Vec<u8> = (0..4096u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13).to_le_bytes()[0])
         .collect();
     std::fs::write(&garbage, &bytes).unwrap();
     assert_mentions(
@@ -704,7 +705,7 @@ fn mutated_images_never_crash_the_scanner() {
         state
     };
     let parsed = Elf::parse(&data).unwrap();
-    let shoff = parsed.header.e_shoff as usize;
+    let shoff = usize::try_from(parsed.header.e_shoff).unwrap();
     for case in 0..2000 {
         let (mut bytes, hot) = if case % 4 == 3 {
             (bz.clone(), 0x1f0..0x260)
@@ -714,8 +715,8 @@ fn mutated_images_never_crash_the_scanner() {
             (data.clone(), shoff..data.len())
         };
         for _ in 0..1 + next() % 4 {
-            let at = hot.start + (next() as usize) % (hot.end - hot.start);
-            bytes[at] = next() as u8;
+            let at = hot.start + usize::try_from(next() % (hot.end - hot.start) as u64).unwrap();
+            bytes[at] = next().to_le_bytes()[0];
         }
         if let Ok(image) = vmm_cli::image::parse(bytes, None) {
             let scan = vmm_cli::scan::scan_image(&image);

@@ -102,8 +102,8 @@ pub fn make_image(path: &Path) -> Vec<u8> {
 
 /// The guest's `fill(p, len, seed)`.
 pub fn fill(seed: u32, len: usize) -> Vec<u8> {
-    (0..len as u32)
-        .map(|i| (seed.wrapping_mul(31) + i * 7 + (i >> 8)) as u8)
+    (0..u32::try_from(len).unwrap())
+        .map(|i| (seed.wrapping_mul(31) + i * 7 + (i >> 8)).to_le_bytes()[0])
         .collect()
 }
 
@@ -111,7 +111,7 @@ pub fn fill(seed: u32, len: usize) -> Vec<u8> {
 pub fn soak_sector(r: u32) -> Vec<u8> {
     let mut s = fill(r, SECTOR);
     s[..4].copy_from_slice(b"SOAK");
-    s[4] = r as u8;
+    s[4] = r.to_le_bytes()[0];
     s
 }
 
