@@ -146,24 +146,16 @@ fn killing_the_node_mid_run_falls_back_without_losing_writes() {
 
 #[test]
 fn node_entries_are_checked() {
-    let out = support::vmm(10, &["service-node", "--listen", "127.0.0.1:0"])
-        .args(["--services", "block:disk0=floppy"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("floppy"),
-        "{}",
-        text(&out.stderr)
+    let out = support::run(
+        support::vmm(10, &["service-node", "--listen", "127.0.0.1:0"])
+            .args(["--services", "block:disk0=floppy"]),
     );
-    let out = support::vmm(10, &["service-node", "--listen", "0.0.0.0:0"])
-        .args(["--services", "tty:c=buffer"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("loopback"),
-        "{}",
-        text(&out.stderr)
+    assert_eq!(out.status, Some(2));
+    assert!(out.stderr.contains("floppy"), "{}", out.stderr);
+    let out = support::run(
+        support::vmm(10, &["service-node", "--listen", "0.0.0.0:0"])
+            .args(["--services", "tty:c=buffer"]),
     );
+    assert_eq!(out.status, Some(2));
+    assert!(out.stderr.contains("loopback"), "{}", out.stderr);
 }

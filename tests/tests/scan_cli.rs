@@ -4,12 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use goblin::elf::Elf;
 use iced_x86::{Decoder, DecoderOptions};
 use serde_json::Value;
+use support::{run_tool, Run};
 
 /// The sensitive instructions of each function of sensitive.c, per class. GCC ends each
 /// naked function with a `ud2` of its own.
@@ -45,21 +46,21 @@ const EXPECTED: &[(&str, &[(&str, u64)])] = &[
 /// Classes whose action is "trap" among the expected ones; all others are "patch".
 const TRAP_CLASSES: &[&str] = &["cli", "sti", "hlt", "in", "out", "int", "ud"];
 
-fn vmm(args: &[&str]) -> Output {
-    Command::new(support::vmm_binary())
-        .args(args)
-        .output()
-        .expect("the vmm binary runs")
+/// Seconds one scan may take (a Linux kernel's bzImage is the largest input).
+const SCAN_LIMIT_S: u32 = 300;
+
+fn vmm(args: &[&str]) -> Run {
+    support::run_vmm(SCAN_LIMIT_S, args)
 }
 
-fn stdout(out: &Output) -> String {
+fn stdout(out: &Run) -> String {
     assert!(
-        out.status.success(),
-        "vmm failed with {}: {}",
+        out.success(),
+        "vmm failed with {:?}: {}",
         out.status,
-        String::from_utf8_lossy(&out.stderr)
+        out.stderr
     );
-    String::from_utf8(out.stdout.clone()).expect("UTF-8 output")
+    out.stdout.clone()
 }
 
 fn json(args: &[&str]) -> Value {
@@ -69,20 +70,7 @@ fn json(args: &[&str]) -> Value {
 }
 
 fn scratch() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("scan_cli");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn run_tool(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?} does not start: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::scratch_dir("scan_cli")
 }
 
 /// Builds sensitive.c into a linked i386 ELF once per test run.
@@ -470,8 +458,8 @@ fn bzimage_payloads_expand_to_the_same_census() {
 /// Runs a scan expected to fail; returns its stderr after checking the exit status.
 fn failure(args: &[&str], status: i32) -> String {
     let out = vmm(args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(status), "{args:?}: {stderr}");
+    let stderr = out.stderr.clone();
+    assert_eq!(out.status, Some(status), "{args:?}: {stderr}");
     assert!(out.stdout.is_empty(), "{args:?} printed a report");
     stderr
 }
@@ -510,9 +498,7 @@ fn unreadable_and_unrecognised_inputs_are_named() {
         ],
     );
     // The same bytes scan as raw code once a base is given.
-    assert!(vmm(&["scan", path_str(&garbage), "--base", "0x1000"])
-        .status
-        .success());
+    assert!(vmm(&["scan", path_str(&garbage), "--base", "0x1000"]).success());
 
     let err = failure(&["scan", path_str(&garbage), "--base", "0x1_0000_0000"], 2);
     assert_mentions(&err, &["--base", "32-bit address"]);
