@@ -185,8 +185,11 @@ fn buffer(
     if binding.op.service_type() == ServiceType::Block && bytes % SECTOR_SIZE as u64 != 0 {
         return Err(ArgError::NotWholeSectors { bytes });
     }
-    // max_bytes is a u32, so this cannot truncate.
-    let bytes = bytes as u32;
+    // max_bytes is a u32, so this always converts.
+    let bytes = u32::try_from(bytes).map_err(|_| ArgError::TooLong {
+        bytes,
+        max: b.max_bytes,
+    })?;
     if u64::from(ptr) + u64::from(bytes) > 1 << 32 {
         return Err(ArgError::GuestMemory {
             ptr,
@@ -401,11 +404,12 @@ impl KernelProxy {
             }
         }
         // Counts fit 32 bits: they are bounded by the buffer's u32 length.
+        let (low, high) = edx_eax(result.value);
         let (eax, edx) = match binding.returns {
             Returns::Status => (0, None),
-            Returns::Count => (result.count as u32, None),
-            Returns::Value => (result.value as u32, None),
-            Returns::Value64 => (result.value as u32, Some((result.value >> 32) as u32)),
+            Returns::Count => (u32::try_from(result.count).unwrap_or(u32::MAX), None),
+            Returns::Value => (low, None),
+            Returns::Value64 => (low, Some(high)),
         };
         outcome.eax = eax;
         outcome.edx = edx;
@@ -422,6 +426,13 @@ fn audit(h: &ServiceHandle, call: &CallInfo, outcome: &ProxyOutcome) {
     }
 }
 
+/// A 64-bit result as the (EAX, EDX) halves a 32-bit function returns it in; a 32-bit
+/// return keeps the low half.
+#[allow(clippy::cast_possible_truncation)] // Taking each half is the point.
+fn edx_eax(value: u64) -> (u32, u32) {
+    (value as u32, (value >> 32) as u32)
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -435,7 +446,7 @@ mod tests {
 
     const RET: u32 = 0xc010_beef;
     const ESP: u32 = 0x0009_0000;
-    const EIO: u32 = (-5i32) as u32;
+    const EIO: u32 = 5u32.wrapping_neg();
 
     /// A proxy whose policy is `services` plus one binding `binding`.
     fn setup(services: &str, binding: &str) -> (KernelProxy, Binding) {
@@ -676,7 +687,7 @@ mod tests {
             "{:?}",
             out.status
         );
-        assert_eq!(out.eax, (-13i32) as u32);
+        assert_eq!(out.eax, 13u32.wrapping_neg());
         let mut sector = [0xFFu8; 512];
         disk(&p).read(0, &mut sector).unwrap();
         assert_eq!(sector, [0; 512]);

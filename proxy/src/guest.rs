@@ -95,9 +95,9 @@ pub trait GuestAccess {
 pub(crate) mod fake {
     use std::collections::BTreeMap;
 
-    use super::{AccessError, GuestAccess, Reg};
+    use vmm::addr::PAGE_SIZE;
 
-    const PAGE: u32 = 4096;
+    use super::{AccessError, GuestAccess, Reg};
 
     #[derive(Debug, Clone)]
     pub struct Page {
@@ -116,13 +116,12 @@ pub(crate) mod fake {
     impl FakeGuest {
         /// Maps `[addr, addr+len)` (page-rounded) zero-filled.
         pub fn map(&mut self, addr: u32, len: u32, user: bool, writable: bool) {
-            let first = addr / PAGE;
-            let last = (u64::from(addr) + u64::from(len.max(1)) - 1) / u64::from(PAGE);
-            for p in u64::from(first)..=last {
+            let last = addr.checked_add(len.max(1) - 1).expect("map below 4 GiB");
+            for p in addr / PAGE_SIZE..=last / PAGE_SIZE {
                 self.pages.insert(
-                    p as u32,
+                    p,
                     Page {
-                        data: vec![0; PAGE as usize],
+                        data: vec![0; PAGE_SIZE as usize],
                         user,
                         writable,
                     },
@@ -140,10 +139,10 @@ pub(crate) mod fake {
             }
             let mut a = u64::from(addr);
             while a < end {
-                let at = a as u32;
+                let at = u32::try_from(a).expect("below the 4 GiB checked above");
                 let page = self
                     .pages
-                    .get(&(at / PAGE))
+                    .get(&(at / PAGE_SIZE))
                     .ok_or(AccessError::Unmapped { addr: at })?;
                 if user && !page.user {
                     return Err(AccessError::Supervisor { addr: at });
@@ -151,16 +150,15 @@ pub(crate) mod fake {
                 if write && !page.writable {
                     return Err(AccessError::ReadOnly { addr: at });
                 }
-                a = (a / u64::from(PAGE) + 1) * u64::from(PAGE);
+                a = (a / u64::from(PAGE_SIZE) + 1) * u64::from(PAGE_SIZE);
             }
             Ok(())
         }
 
         pub fn poke(&mut self, addr: u32, data: &[u8]) {
-            for (i, b) in data.iter().enumerate() {
-                let a = addr + i as u32;
-                let page = self.pages.get_mut(&(a / PAGE)).expect("poke unmapped");
-                page.data[(a % PAGE) as usize] = *b;
+            for (a, b) in (addr..).zip(data) {
+                let page = self.pages.get_mut(&(a / PAGE_SIZE)).expect("poke unmapped");
+                page.data[(a % PAGE_SIZE) as usize] = *b;
             }
         }
 
@@ -168,14 +166,15 @@ pub(crate) mod fake {
             (0..len)
                 .map(|i| {
                     let a = addr + i;
-                    self.pages[&(a / PAGE)].data[(a % PAGE) as usize]
+                    self.pages[&(a / PAGE_SIZE)].data[(a % PAGE_SIZE) as usize]
                 })
                 .collect()
         }
 
         /// Pushes words so that ESP points at the first.
         pub fn stack(&mut self, esp: u32, words: &[u32]) {
-            self.map(esp, 4 * words.len() as u32, true, true);
+            let len = u32::try_from(4 * words.len()).expect("a short stack");
+            self.map(esp, len, true, true);
             let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
             self.poke(esp, &bytes);
             self.regs.insert(Reg::Esp, esp);

@@ -37,6 +37,4 @@ pub use resolve::{
     FallbackReason, KernelProxy, NoService, NodeConnector, ServeError, ServedBy, Source, TypeStats,
 };
 pub use ship::{ship_patch, CodePatch, InstallError};
-pub use symbols::{
-    function_sizes, resolve_symbols, BindError, EntryPoints, SymbolError, SymbolMap,
-};
+pub use symbols::{function_sizes, resolve_symbols, BindError, EntryPoints, SymbolMap};

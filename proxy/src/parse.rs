@@ -562,7 +562,7 @@ fn binding(cx: &Ctx<'_>, i: usize, raw: Spanned<RawBinding>) -> Result<Binding, 
             // Negative errors (-EIO) are written as the i32 they are; the guest sees
             // the same bits either way.
             if let Ok(neg) = i32::try_from(v) {
-                neg as u32
+                u32::from_ne_bytes(neg.to_ne_bytes())
             } else {
                 u32::try_from(v).map_err(|_| {
                     cx.invalid(

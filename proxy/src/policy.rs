@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 use std::time::Duration;
 
 use services::{ParamValue, ServiceParams, ServiceRegistry, ServiceType};
@@ -271,22 +273,12 @@ impl PolicyHandle {
 
     /// The policy in force now.
     pub fn current(&self) -> Arc<Policy> {
-        Arc::clone(
-            &self
-                .0
-                .policy
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+        Arc::clone(&self.0.policy.read())
     }
 
     /// Puts `policy` in force; returns the one it replaces.
     pub fn replace(&self, policy: Policy) -> Arc<Policy> {
-        let mut slot = self
-            .0
-            .policy
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut slot = self.0.policy.write();
         let old = std::mem::replace(&mut *slot, Arc::new(policy));
         self.0.generation.fetch_add(1, Ordering::AcqRel);
         old
@@ -390,7 +382,7 @@ mod tests {
         assert_eq!(d.entry, EntryPoint::Address(0xc012_3450));
         assert_eq!(d.sector_arg, Some(0));
         assert_eq!(d.buffer.unwrap().unit, LenUnit::Sectors);
-        assert_eq!(d.error_return, (-5i32) as u32);
+        assert_eq!(d.error_return, 5u32.wrapping_neg());
         assert_eq!(p.bindings[2].returns, Returns::Value64);
         assert_eq!(p.bindings[2].args, 0);
     }

@@ -4,7 +4,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 
 use services::{ServiceError, ServiceHandle, ServiceParams, ServiceRegistry, ServiceType};
 
@@ -129,10 +131,6 @@ fn key(ty: ServiceType, spec: &ServiceSpec) -> CacheKey {
     (ty, spec.id.clone(), spec.node, spec.params.clone())
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// The kernel proxy: serves bound guest OS-service calls with services chosen by the
 /// kernel policy, falling back to the default service table.
 pub struct KernelProxy {
@@ -148,7 +146,7 @@ impl fmt::Debug for KernelProxy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KernelProxy")
             .field("policy", &self.policy.current())
-            .field("stats", &*lock(&self.stats))
+            .field("stats", &*self.stats.lock())
             .finish_non_exhaustive()
     }
 }
@@ -190,30 +188,22 @@ impl KernelProxy {
 
     /// Replaces the default service table; takes effect on the next call.
     pub fn set_defaults(&self, defaults: DefaultTable) {
-        *self
-            .defaults
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(defaults);
+        *self.defaults.write() = Arc::new(defaults);
     }
 
     /// Counters of how each type's calls were served.
     pub fn stats(&self) -> BTreeMap<ServiceType, TypeStats> {
-        lock(&self.stats).clone()
+        self.stats.lock().clone()
     }
 
     fn defaults(&self) -> Arc<DefaultTable> {
-        Arc::clone(
-            &self
-                .defaults
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+        Arc::clone(&self.defaults.read())
     }
 
     /// The (cached) service `spec` names, checked to be accessible now.
     fn open(&self, ty: ServiceType, spec: &ServiceSpec) -> Result<ServiceHandle, String> {
         let k = key(ty, spec);
-        let cached = lock(&self.cache).get(&k).cloned();
+        let cached = self.cache.lock().get(&k).cloned();
         let handle = match cached {
             Some(h) => h,
             None => {
@@ -238,20 +228,20 @@ impl KernelProxy {
                         h.service_type()
                     ));
                 }
-                lock(&self.cache).insert(k.clone(), h.clone());
+                self.cache.lock().insert(k.clone(), h.clone());
                 h
             }
         };
         handle.probe().map_err(|e| {
             // A service that stopped answering is rebuilt next time rather than reused.
-            lock(&self.cache).remove(&k);
+            self.cache.lock().remove(&k);
             e.to_string()
         })?;
         Ok(handle)
     }
 
     fn record(&self, ty: ServiceType, f: impl FnOnce(&mut TypeStats)) {
-        f(lock(&self.stats).entry(ty).or_default());
+        f(self.stats.lock().entry(ty).or_default());
     }
 
     /// Performs `call` on the service for `ty`: the policy's if it names one that can be
@@ -286,7 +276,7 @@ impl KernelProxy {
                             return Ok((v, served, h));
                         }
                         Err(e) if e.is_inaccessible() => {
-                            lock(&self.cache).remove(&key(ty, spec));
+                            self.cache.lock().remove(&key(ty, spec));
                             FallbackReason::Inaccessible {
                                 id: spec.id.clone(),
                                 error: e.to_string(),

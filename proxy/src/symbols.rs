@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use goblin::elf::{header, sym, Elf};
+use vmm::loader::elf::{ElfError, ElfFile, ElfSymbol};
 
 use crate::binding::{Binding, EntryPoint};
 
@@ -11,68 +11,24 @@ use crate::binding::{Binding, EntryPoint};
 /// that share a name).
 pub type SymbolMap = BTreeMap<String, Vec<u32>>;
 
-/// Why a guest kernel's symbols cannot be read.
-#[derive(Debug, thiserror::Error)]
-pub enum SymbolError {
-    /// Not a readable ELF file.
-    #[error("not a readable ELF file: {message}")]
-    Parse {
-        /// What the ELF reader said.
-        message: String,
-    },
-    /// An ELF file for another machine.
-    #[error("ELF file is for machine {machine}, not IA-32 (3)")]
-    NotIa32 {
-        /// `e_machine` of the file.
-        machine: u16,
-    },
+/// The defined function and label symbols of an i386 ELF file, static and dynamic:
+/// assembly entry points are often untyped labels, so those count too.
+fn code_symbols<'a>(elf: &ElfFile<'a>) -> Result<Vec<ElfSymbol<'a>>, ElfError> {
+    let mut symbols = elf.symbols()?;
+    symbols.extend(elf.dynamic_symbols()?);
+    Ok(symbols)
 }
 
-/// A defined code symbol: name, address, size in bytes (0 when unknown).
-type Def = (String, u32, u32);
-
-/// The defined function and label symbols of an IA-32 ELF file.
-fn code_symbols(elf_bytes: &[u8]) -> Result<Vec<Def>, SymbolError> {
-    let elf = Elf::parse(elf_bytes).map_err(|e| SymbolError::Parse {
-        message: e.to_string(),
-    })?;
-    if elf.header.e_machine != header::EM_386 {
-        return Err(SymbolError::NotIa32 {
-            machine: elf.header.e_machine,
-        });
-    }
-    let mut defs = Vec::new();
-    let tables = [(&elf.syms, &elf.strtab), (&elf.dynsyms, &elf.dynstrtab)];
-    for (syms, strtab) in tables {
-        for s in syms.iter() {
-            // Assembly entry points are often untyped labels, so NOTYPE counts too.
-            let wanted = matches!(s.st_type(), sym::STT_FUNC | sym::STT_NOTYPE);
-            if !wanted || s.st_shndx == 0 {
-                continue;
-            }
-            let (Some(name), Ok(addr)) = (strtab.get_at(s.st_name), u32::try_from(s.st_value))
-            else {
-                continue;
-            };
-            if !name.is_empty() {
-                let size = u32::try_from(s.st_size).unwrap_or(u32::MAX);
-                defs.push((name.to_owned(), addr, size));
-            }
-        }
-    }
-    Ok(defs)
-}
-
-/// The defined function and label symbols of an IA-32 ELF kernel.
+/// The defined function and label symbols of an i386 ELF kernel.
 ///
 /// # Errors
-/// When the bytes are not a 32-bit x86 ELF file.
-pub fn resolve_symbols(elf_bytes: &[u8]) -> Result<SymbolMap, SymbolError> {
+/// When the bytes are not a readable 32-bit x86 ELF file.
+pub fn resolve_symbols(elf: &ElfFile<'_>) -> Result<SymbolMap, ElfError> {
     let mut map = SymbolMap::new();
-    for (name, addr, _) in code_symbols(elf_bytes)? {
-        let addrs = map.entry(name).or_default();
-        if !addrs.contains(&addr) {
-            addrs.push(addr);
+    for s in code_symbols(elf)? {
+        let addrs = map.entry(s.name.to_owned()).or_default();
+        if !addrs.contains(&s.value) {
+            addrs.push(s.value);
         }
     }
     Ok(map)
@@ -82,13 +38,13 @@ pub fn resolve_symbols(elf_bytes: &[u8]) -> Result<SymbolMap, SymbolError> {
 /// may occupy at an entry point. Labels without a size are left out.
 ///
 /// # Errors
-/// When the bytes are not a 32-bit x86 ELF file.
-pub fn function_sizes(elf_bytes: &[u8]) -> Result<BTreeMap<u32, u32>, SymbolError> {
+/// When the bytes are not a readable 32-bit x86 ELF file.
+pub fn function_sizes(elf: &ElfFile<'_>) -> Result<BTreeMap<u32, u32>, ElfError> {
     let mut sizes = BTreeMap::new();
-    for (_, addr, size) in code_symbols(elf_bytes)? {
-        if size > 0 {
-            let room = sizes.entry(addr).or_insert(size);
-            *room = (*room).max(size);
+    for s in code_symbols(elf)? {
+        if s.size > 0 {
+            let room = sizes.entry(s.value).or_insert(s.size);
+            *room = (*room).max(s.size);
         }
     }
     Ok(sizes)
@@ -204,13 +160,17 @@ mod tests {
     const GLOBAL: u8 = 1 << 4;
     const LOCAL: u8 = 0;
 
+    fn len32(bytes: &[u8]) -> u32 {
+        u32::try_from(bytes.len()).unwrap()
+    }
+
     /// A minimal IA-32 ELF executable with a `.text` section and a symbol table holding
     /// `(name, value, info, section index)` entries.
     fn elf32(symbols: &[(&str, u32, u8, u16)]) -> Vec<u8> {
         let mut strtab = vec![0u8];
         let mut symtab = vec![0u8; 16];
         for &(name, value, info, shndx) in symbols {
-            let off = strtab.len() as u32;
+            let off = len32(&strtab);
             strtab.extend_from_slice(name.as_bytes());
             strtab.push(0);
             symtab.extend_from_slice(&off.to_le_bytes());
@@ -228,7 +188,7 @@ mod tests {
             while body.len() % 4 != 0 {
                 body.push(0);
             }
-            let at = 52 + body.len() as u32;
+            let at = 52 + len32(&body);
             body.extend_from_slice(bytes);
             at
         };
@@ -239,14 +199,14 @@ mod tests {
         while body.len() % 4 != 0 {
             body.push(0);
         }
-        let shoff = 52 + body.len() as u32;
+        let shoff = 52 + len32(&body);
         // (name, type, flags, addr, offset, size, link, info, align, entsize)
         let sections: [[u32; 10]; 5] = [
             [0; 10],
             [1, 1, 6, 0xc010_0000, text_off, 16, 0, 0, 16, 0],
-            [7, 2, 0, 0, sym_off, symtab.len() as u32, 3, 1, 4, 16],
-            [15, 3, 0, 0, str_off, strtab.len() as u32, 0, 0, 1, 0],
-            [23, 3, 0, 0, shstr_off, shstrtab.len() as u32, 0, 0, 1, 0],
+            [7, 2, 0, 0, sym_off, len32(&symtab), 3, 1, 4, 16],
+            [15, 3, 0, 0, str_off, len32(&strtab), 0, 0, 1, 0],
+            [23, 3, 0, 0, shstr_off, len32(&shstrtab), 0, 0, 1, 0],
         ];
         let mut elf = vec![0x7f, b'E', b'L', b'F', 1, 1, 1, 0];
         elf.resize(16, 0);
@@ -279,9 +239,13 @@ mod tests {
         ])
     }
 
+    fn symbols_of(bytes: &[u8]) -> Result<SymbolMap, ElfError> {
+        resolve_symbols(&ElfFile::parse(bytes)?)
+    }
+
     #[test]
     fn reads_defined_functions_and_labels() {
-        let map = resolve_symbols(&kernel()).unwrap();
+        let map = symbols_of(&kernel()).unwrap();
         assert_eq!(map["console_write"], vec![0xc010_0000]);
         assert_eq!(map["helper"], vec![0xc010_0100, 0xc010_0200]);
         assert_eq!(map["entry_label"], vec![0xc010_0300]);
@@ -297,28 +261,25 @@ mod tests {
 
     #[test]
     fn function_sizes_come_from_the_symbols() {
-        let sizes = function_sizes(&kernel()).unwrap();
+        let sizes = function_sizes(&ElfFile::parse(&kernel()).unwrap()).unwrap();
         assert_eq!(sizes.get(&0xc010_0000), Some(&0x40));
         assert_eq!(sizes.get(&0xc010_0300), None, "labels have no size");
     }
 
     #[test]
     fn rejects_non_elf_and_other_machines() {
-        assert!(matches!(
-            resolve_symbols(b"MZ not an elf"),
-            Err(SymbolError::Parse { .. })
-        ));
+        assert_eq!(symbols_of(b"MZ not an elf"), Err(ElfError::NotElf));
         let mut elf = kernel();
         elf[18] = 0x3E;
         assert!(matches!(
-            resolve_symbols(&elf),
-            Err(SymbolError::NotIa32 { machine: 0x3E })
+            symbols_of(&elf),
+            Err(ElfError::NotI386 { machine: 0x3E, .. })
         ));
     }
 
     fn bind(bindings: &str) -> Result<EntryPoints, BindError> {
         let policy = Policy::from_toml(bindings, "p.toml", &ServiceRegistry::new()).unwrap();
-        policy.entry_points(&resolve_symbols(&kernel()).unwrap())
+        policy.entry_points(&symbols_of(&kernel()).unwrap())
     }
 
     #[test]

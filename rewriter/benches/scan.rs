@@ -8,7 +8,8 @@
 mod kernel;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use rewriter::{scan_page, scan_region, BufferMemory, Census, PAGE_SIZE};
+use rewriter::{scan_page, scan_region, BufferMemory, Census};
+use shadow_paging::PAGE_SIZE;
 
 /// A kernel-like instruction mix: prologues, loads, calls, branches and a few sensitive
 /// instructions.
@@ -108,7 +109,8 @@ fn bench(c: &mut Criterion) {
                 let end = mem.base as u64 + mem.bytes.len() as u64;
                 let mut page = u64::from(mem.base & !(PAGE_SIZE - 1));
                 while page < end {
-                    black_box(scan_page(mem, page as u32, &[]));
+                    let at = u32::try_from(page).expect("pages below 4 GiB");
+                    black_box(scan_page(mem, at, &[]));
                     page += u64::from(PAGE_SIZE);
                 }
             }

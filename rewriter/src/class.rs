@@ -640,8 +640,9 @@ pub(crate) fn flow_of(instr: &Instruction, class: Class) -> Flow {
         _ => {}
     }
     // Near branch targets wrap at 4 GiB in 32-bit code (and at 64 KiB for 16-bit operand
-    // size, which iced already applies), so the truncation is exact.
-    let target = instr.near_branch_target() as u32;
+    // size), which iced already applies; only 64-bit code has wider ones, and it gets
+    // iced's "no branch" target.
+    let target = u32::try_from(instr.near_branch_target()).unwrap_or(0);
     match instr.flow_control() {
         FlowControl::Next | FlowControl::Interrupt => Flow::Sequential,
         FlowControl::UnconditionalBranch => Flow::Jump(target),

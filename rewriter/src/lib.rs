@@ -47,5 +47,5 @@ pub use class::{
 pub use patch::{CodeMemoryMut, Patch, PatchError, PatchTable, Unpatched};
 pub use scan::{
     scan_page, scan_page_after, scan_region, BufferMemory, Census, CodeMemory, PageScan,
-    RegionScan, Site, MAX_INSTRUCTION_LEN, PAGE_SIZE,
+    RegionScan, Site, MAX_INSTRUCTION_LEN,
 };

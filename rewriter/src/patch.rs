@@ -11,7 +11,9 @@ use iced_x86::{Decoder, DecoderOptions, Instruction};
 use thiserror::Error;
 
 use crate::class::{Action, Class, TRAP_BYTE};
-use crate::scan::{BufferMemory, CodeMemory, PageScan, Site, MAX_INSTRUCTION_LEN, PAGE_SIZE};
+use shadow_paging::PAGE_SIZE;
+
+use crate::scan::{BufferMemory, CodeMemory, PageScan, Site, MAX_INSTRUCTION_LEN};
 
 /// Writes guest code.
 pub trait CodeMemoryMut: CodeMemory {

@@ -17,11 +17,9 @@
 use std::collections::BTreeMap;
 
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction};
+use shadow_paging::PAGE_SIZE;
 
 use crate::class::{classify, flow_of, Action, Class, Flow};
-
-/// Size of a guest page.
-pub const PAGE_SIZE: u32 = 4096;
 
 /// Longest IA-32 instruction, in bytes; longer encodings raise #GP.
 pub const MAX_INSTRUCTION_LEN: usize = 15;
@@ -310,16 +308,24 @@ impl<'a> Core<'a> {
         }
     }
 
+    /// The guest address `offset` bytes into the buffer (a page and one instruction, so
+    /// every offset fits 32 bits).
+    fn address(&self, offset: usize) -> u32 {
+        self.base
+            .wrapping_add(u32::try_from(offset).unwrap_or(u32::MAX))
+    }
+
     /// Records the instruction just decoded at `offset` and returns its class.
     fn record(&mut self, offset: usize, len: usize) -> Class {
         // Lengths are 1..=15, so they fit the byte.
-        self.lengths[offset] = len as u8;
+        let length = u8::try_from(len).unwrap_or(u8::MAX);
+        self.lengths[offset] = length;
         self.max_end = self.max_end.max(offset + len);
         let class = classify(&self.instr);
         if class != Class::Innocuous {
             self.sites.push(Site {
                 address: self.instr.ip32(),
-                length: len as u8,
+                length,
                 class,
                 instruction: self.instr,
             });
@@ -399,7 +405,7 @@ impl<'a> Core<'a> {
         while offset < self.lengths.len() {
             let known = usize::from(self.lengths[offset]);
             if known != 0 {
-                self.starts.push(self.base.wrapping_add(offset as u32));
+                self.starts.push(self.address(offset));
                 covered = covered.max(offset + known);
                 let end = (offset + known).min(self.lengths.len());
                 // Jump over the instruction unless another one starts inside it.
@@ -428,7 +434,7 @@ impl<'a> Core<'a> {
                     } else {
                         // Nothing starts inside it, so its interior can be skipped.
                         self.record(offset, len);
-                        self.starts.push(self.base.wrapping_add(offset as u32));
+                        self.starts.push(self.address(offset));
                         covered = offset + len;
                         offset += len;
                     }

@@ -217,7 +217,7 @@ fn window(rng: &mut Rng) -> [u8; 16] {
     let mut at = 0;
     if shape & 1 == 1 {
         for _ in 0..(shape >> 1) % 4 {
-            w[at] = PREFIXES[(rng.next() % PREFIXES.len() as u64) as usize];
+            w[at] = PREFIXES[usize::try_from(rng.next() % PREFIXES.len() as u64).unwrap()];
             at += 1;
         }
     }

@@ -4,8 +4,9 @@ use iced_x86::{Decoder, DecoderOptions};
 use proptest::prelude::*;
 use rewriter::{
     classify, scan_page, scan_region, Action, BufferMemory, Census, CodeMemory, PageScan,
-    PatchTable, PAGE_SIZE, TRAP_BYTE,
+    PatchTable, TRAP_BYTE,
 };
+use shadow_paging::PAGE_SIZE;
 
 const PAGE: u32 = 0x0040_1000;
 
@@ -77,7 +78,7 @@ fn check_boundaries(mem: &BufferMemory, scan: &PageScan) -> Result<(), TestCaseE
     }
     for (i, (&start, &len)) in scan.starts.iter().zip(&lengths).enumerate() {
         if let Some(&next) = scan.starts.get(i + 1) {
-            if next < start + len as u32 {
+            if next < start + u32::try_from(len).unwrap() {
                 prop_assert!(
                     scan.overlaps.contains(&next) || scan.overlaps.contains(&start),
                     "{start:#x}+{len} covers {next:#x} without a reported overlap ({:02X?}; overlaps {:x?}; scan has {} starts)",
@@ -135,7 +136,7 @@ proptest! {
         // Only first bytes of patch sites changed, each to the trap byte, and every
         // original is recoverable.
         for (i, (&now, &was)) in mem.bytes.iter().zip(&before.bytes).enumerate() {
-            let addr = PAGE + i as u32;
+            let addr = PAGE + u32::try_from(i).unwrap();
             match table.lookup(addr) {
                 Some(p) => {
                     prop_assert_eq!(now, TRAP_BYTE);

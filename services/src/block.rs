@@ -1,12 +1,11 @@
 //! Sector storage services: disk-image files, copy-on-write overlays, memory.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
-use crate::sync::lock;
 use crate::{Service, ServiceError};
 
 /// Bytes in one sector.
@@ -184,8 +183,8 @@ impl MemoryBlock {
 /// Byte range of a checked request inside an in-memory image.
 fn mem_range(offset: u64, len: usize) -> std::ops::Range<usize> {
     // check_range bounded offset + len by the capacity, whose bytes fit a usize.
-    let start = offset as usize;
-    start..start + len
+    let start = usize::try_from(offset).unwrap_or(usize::MAX);
+    start..start.saturating_add(len)
 }
 
 impl Service for MemoryBlock {
@@ -201,13 +200,13 @@ impl Block for MemoryBlock {
 
     fn read(&self, sector: u64, buf: &mut [u8]) -> Result<(), ServiceError> {
         let offset = check_range(sector, buf.len(), self.capacity)?;
-        buf.copy_from_slice(&lock(&self.data)[mem_range(offset, buf.len())]);
+        buf.copy_from_slice(&self.data.lock()[mem_range(offset, buf.len())]);
         Ok(())
     }
 
     fn write(&self, sector: u64, data: &[u8]) -> Result<(), ServiceError> {
         let offset = check_range(sector, data.len(), self.capacity)?;
-        lock(&self.data)[mem_range(offset, data.len())].copy_from_slice(data);
+        self.data.lock()[mem_range(offset, data.len())].copy_from_slice(data);
         Ok(())
     }
 
@@ -315,7 +314,7 @@ impl CowOverlay {
                 if let Some(&at) = index.get(&sector) {
                     return file.write_all_at(data, at).map_err(err);
                 }
-                let mut record = Vec::with_capacity(RECORD_BYTES as usize);
+                let mut record = Vec::with_capacity(8 + SECTOR_SIZE);
                 record.extend_from_slice(&sector.to_le_bytes());
                 record.extend_from_slice(data);
                 file.write_all_at(&record, *end).map_err(err)?;
@@ -371,7 +370,7 @@ impl CowBlock {
 
     /// How many sectors differ from the base image.
     pub fn overlaid_sectors(&self) -> usize {
-        lock(&self.overlay).len()
+        self.overlay.lock().len()
     }
 }
 
@@ -392,7 +391,7 @@ impl Block for CowBlock {
 
     fn read(&self, sector: u64, buf: &mut [u8]) -> Result<(), ServiceError> {
         check_range(sector, buf.len(), self.capacity())?;
-        let overlay = lock(&self.overlay);
+        let overlay = self.overlay.lock();
         for (i, chunk) in (sector..).zip(buf.chunks_exact_mut(SECTOR_SIZE)) {
             if !overlay.read(i, chunk)? {
                 self.base.read(i, chunk)?;
@@ -403,7 +402,7 @@ impl Block for CowBlock {
 
     fn write(&self, sector: u64, data: &[u8]) -> Result<(), ServiceError> {
         check_range(sector, data.len(), self.capacity())?;
-        let mut overlay = lock(&self.overlay);
+        let mut overlay = self.overlay.lock();
         for (i, chunk) in (sector..).zip(data.chunks_exact(SECTOR_SIZE)) {
             overlay.write(i, chunk)?;
         }
@@ -411,7 +410,7 @@ impl Block for CowBlock {
     }
 
     fn flush(&self) -> Result<(), ServiceError> {
-        lock(&self.overlay).flush()
+        self.overlay.lock().flush()
     }
 }
 
@@ -487,7 +486,7 @@ mod tests {
     #[test]
     fn memory_block_reads_back_writes() {
         let disk = MemoryBlock::new(8).unwrap();
-        let data: Vec<u8> = (0..2 * SECTOR_SIZE).map(|i| i as u8).collect();
+        let data: Vec<u8> = (0..2 * SECTOR_SIZE).map(|i| i.to_le_bytes()[0]).collect();
         disk.write(6, &data).unwrap();
         let mut buf = vec![0u8; 2 * SECTOR_SIZE];
         disk.read(6, &mut buf).unwrap();

@@ -1,9 +1,8 @@
 //! Time services: what the guest is told the time is.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::sync::lock;
 use crate::{Service, ServiceError};
 
 /// A source of wall and monotonic time, in nanoseconds.
@@ -95,28 +94,28 @@ impl VirtualClock {
     /// Sets the monotonic time; ignored when it would go backwards, since monotonic time
     /// never decreases.
     pub fn set_ns(&self, ns: u64) {
-        let mut s = lock(&self.state);
+        let mut s = self.state.lock();
         s.now_ns = s.now_ns.max(ns);
     }
 
     /// Moves time forward by `ns` (saturating).
     pub fn advance_ns(&self, ns: u64) {
-        let mut s = lock(&self.state);
+        let mut s = self.state.lock();
         s.now_ns = s.now_ns.saturating_add(ns);
     }
 
     /// Changes the step added per read.
     pub fn set_step_ns(&self, step_ns: u64) {
-        lock(&self.state).step_ns = step_ns;
+        self.state.lock().step_ns = step_ns;
     }
 
     /// The current monotonic time, without advancing it.
     pub fn peek_ns(&self) -> u64 {
-        lock(&self.state).now_ns
+        self.state.lock().now_ns
     }
 
     fn tick(&self) -> VirtualState {
-        let mut s = lock(&self.state);
+        let mut s = self.state.lock();
         let seen = *s;
         s.now_ns = s.now_ns.saturating_add(s.step_ns);
         seen

@@ -1,10 +1,11 @@
 //! Idle services: what the host CPU does while the guest has nothing to run.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::sync::lock;
+use parking_lot::{Condvar, Mutex};
+
 use crate::{Service, ServiceError, VirtualClock};
 
 /// Why an idle period ended.
@@ -53,32 +54,27 @@ impl Service for SleepIdle {
 impl Idle for SleepIdle {
     fn idle(&self, timeout: Option<Duration>) -> Result<IdleWake, ServiceError> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        let mut pending = lock(&self.pending);
+        let mut pending = self.pending.lock();
         loop {
             if std::mem::take(&mut *pending) {
                 return Ok(IdleWake::Event);
             }
-            pending = match deadline {
-                None => self
-                    .cond
-                    .wait(pending)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            match deadline {
+                None => self.cond.wait(&mut pending),
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return Ok(IdleWake::Deadline);
                     }
-                    self.cond
-                        .wait_timeout(pending, left)
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .0
+                    // A timeout shows on the next turn, as the deadline check above.
+                    let _ = self.cond.wait_for(&mut pending, left);
                 }
-            };
+            }
         }
     }
 
     fn wake(&self) {
-        *lock(&self.pending) = true;
+        *self.pending.lock() = true;
         self.cond.notify_all();
     }
 }

@@ -17,7 +17,6 @@ pub mod node;
 mod params;
 mod registry;
 mod security;
-mod sync;
 mod tty;
 
 pub use block::{Block, CowBlock, CowOverlay, FileBlock, MemoryBlock, SECTOR_SIZE};

@@ -1,12 +1,11 @@
 //! Security services: whether a proxied call may proceed, and the record of calls.
 
+use parking_lot::Mutex;
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
-use crate::sync::lock;
 use crate::{Service, ServiceError};
 
 /// A proxied guest call, as the security service sees it.
@@ -108,7 +107,7 @@ impl AuditLog {
 
     /// The calls recorded so far.
     pub fn records(&self) -> Vec<AuditRecord> {
-        lock(&self.records).clone()
+        self.records.lock().clone()
     }
 }
 
@@ -137,11 +136,11 @@ impl Security for AuditLog {
                 record.eax
             );
             // The audit must not fail the guest's call; a lost line is reported instead.
-            if let Err(e) = lock(file).write_all(line.as_bytes()) {
+            if let Err(e) = file.lock().write_all(line.as_bytes()) {
                 log::error!("audit log {}: {e}", path.display());
             }
         }
-        lock(&self.records).push(record.clone());
+        self.records.lock().push(record.clone());
     }
 }
 

@@ -4,9 +4,10 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Once};
 
-use crate::sync::lock;
+use parking_lot::Mutex;
+
 use crate::{Service, ServiceError};
 
 /// A console.
@@ -82,12 +83,12 @@ impl Tty for TerminalTty {
                 loop {
                     match stdin.lock().read(&mut chunk) {
                         Ok(0) | Err(_) => break,
-                        Ok(n) => lock(&queue).extend(&chunk[..n]),
+                        Ok(n) => queue.lock().extend(&chunk[..n]),
                     }
                 }
             });
         });
-        Ok(drain_into(&mut lock(&self.input), buf))
+        Ok(drain_into(&mut self.input.lock(), buf))
     }
 }
 
@@ -122,7 +123,8 @@ impl Service for LogFileTty {
     }
 
     fn probe(&self) -> Result<(), ServiceError> {
-        lock(&self.file)
+        self.file
+            .lock()
             .metadata()
             .map(|_| ())
             .map_err(|e| ServiceError::io("stat", self.path.display().to_string(), e))
@@ -131,7 +133,8 @@ impl Service for LogFileTty {
 
 impl Tty for LogFileTty {
     fn write(&self, bytes: &[u8]) -> Result<usize, ServiceError> {
-        lock(&self.file)
+        self.file
+            .lock()
             .write_all(bytes)
             .map_err(|e| ServiceError::io("append", self.path.display().to_string(), e))?;
         Ok(bytes.len())
@@ -178,17 +181,17 @@ impl BufferTty {
 
     /// Everything written so far.
     pub fn output(&self) -> Vec<u8> {
-        lock(&self.output).clone()
+        self.output.lock().clone()
     }
 
     /// Takes everything written so far, leaving the buffer empty.
     pub fn take_output(&self) -> Vec<u8> {
-        std::mem::take(&mut *lock(&self.output))
+        std::mem::take(&mut *self.output.lock())
     }
 
     /// Queues bytes for the guest to read.
     pub fn push_input(&self, bytes: &[u8]) {
-        lock(&self.input).extend(bytes);
+        self.input.lock().extend(bytes);
     }
 }
 
@@ -200,12 +203,12 @@ impl Service for BufferTty {
 
 impl Tty for BufferTty {
     fn write(&self, bytes: &[u8]) -> Result<usize, ServiceError> {
-        lock(&self.output).extend_from_slice(bytes);
+        self.output.lock().extend_from_slice(bytes);
         Ok(bytes.len())
     }
 
     fn read(&self, buf: &mut [u8]) -> Result<usize, ServiceError> {
-        Ok(drain_into(&mut lock(&self.input), buf))
+        Ok(drain_into(&mut self.input.lock(), buf))
     }
 }
 

@@ -48,6 +48,13 @@ pub mod entry {
     /// XD (bit 63): execute disable (PAE entries, when EFER.NXE = 1).
     pub const XD: u64 = 1 << 63;
 
+    /// The low dword of an entry: all of a legacy (non-PAE) entry, and the dword that
+    /// holds the flags (A and D among them) in both formats.
+    #[allow(clippy::cast_possible_truncation)] // Taking the low dword is the point.
+    pub const fn low_dword(e: u64) -> u32 {
+        e as u32
+    }
+
     /// Mask of physical-address bits 35:12 (M = [`MAX_PHYS_ADDR_BITS`]) of a PAE entry.
     pub const fn pae_addr_4k(e: u64) -> u64 {
         e & phys_mask() & !0xfff

@@ -86,9 +86,9 @@ impl PaeRoots {
     pub fn load<M: GuestPhysMemory + ?Sized>(mem: &M, cr3: u32) -> Result<Self, PdpteFault> {
         let base = pae_pdpt_base(cr3);
         let mut roots = [0u64; 4];
-        for (index, slot) in roots.iter_mut().enumerate() {
+        for ((index, slot), offset) in roots.iter_mut().enumerate().zip((0u32..).step_by(8)) {
             // base <= 0xffff_ffe0, so base + 24 cannot overflow.
-            let gpa = GuestPhys(base + 8 * index as u32);
+            let gpa = GuestPhys(base + offset);
             let value = mem.read_u64(gpa).unwrap_or(0);
             if value & entry::P != 0 && entry::pdpte_reserved(value) {
                 return Err(PdpteFault { index, value, gpa });

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 
 use crate::addr::{GuestLinear, GuestPhys, PAGE_SIZE};
+use crate::bits::entry;
 use crate::decision::{Decision, HostAccess};
 use crate::mode::PagingContext;
 use crate::reference::{self, bit, Regs};
@@ -122,7 +123,7 @@ impl Machine {
 
     /// Byte address of entry `slot` (frame-major over [`INDICES`]) in this mode.
     fn slot_addr(&self, slot: usize) -> u32 {
-        let frame = (slot / INDICES.len()) as u32;
+        let frame = u32::try_from(slot / INDICES.len()).expect("few frames");
         let index = INDICES[slot % INDICES.len()];
         frame * PAGE_SIZE + index * if self.pae { 8 } else { 4 }
     }
@@ -133,8 +134,8 @@ impl Machine {
             self.store(&mut mem, slot, e);
         }
         let base = self.regs().cr3 & !0x1f;
-        for (i, &e) in self.pdpt.iter().enumerate() {
-            mem.set64(base + 8 * i as u32, e);
+        for (i, &e) in (0u32..).zip(&self.pdpt) {
+            mem.set64(base + 8 * i, e);
         }
         mem
     }
@@ -144,7 +145,7 @@ impl Machine {
         if self.pae {
             mem.set64(at, e);
         } else {
-            mem.set32(at, e as u32);
+            mem.set32(at, entry::low_dword(e));
         }
     }
 
@@ -153,7 +154,7 @@ impl Machine {
         let (a, b, pdpte, off) = sel;
         let (a, b) = (INDICES[a % 6], INDICES[b % 6]);
         if self.pae {
-            ((pdpte % 4) as u32) << 30 | a << 21 | b << 12 | off
+            u32::try_from(pdpte % 4).expect("two bits") << 30 | a << 21 | b << 12 | off
         } else {
             a << 22 | b << 12 | off
         }
@@ -220,7 +221,7 @@ proptest! {
                 written.dedup();
                 let changed: Vec<u32> = (0..mem.bytes.len() / 4)
                     .filter(|&i| mem.bytes[4 * i..4 * i + 4] != before.bytes[4 * i..4 * i + 4])
-                    .map(|i| 4 * i as u32)
+                    .map(|i| u32::try_from(4 * i).expect("small memory"))
                     .collect();
                 prop_assert_eq!(changed, written, "ad_written names exactly the entries changed");
             }
@@ -464,8 +465,8 @@ proptest! {
                                 s.unmark_code(&mut mapper, gpa);
                             }
                             Decision::Mediate { translation } => {
-                                let at = translation.phys.0 as u32 & !3;
-                                mem.set32(at, value as u32);
+                                let at = u32::try_from(translation.phys.0).expect("below 4 GiB") & !3;
+                                mem.set32(at, entry::low_dword(value));
                                 s.table_written(&mut mapper, GuestPhys(at), 4);
                                 break;
                             }

@@ -43,21 +43,25 @@ pub fn bits(v: u64, hi: u32, lo: u32) -> u64 {
     (v >> lo) & ((1u64 << (hi - lo + 1)) - 1)
 }
 
+/// A byte or table index: the model's memory is small, so every index fits.
+fn index(v: u64) -> usize {
+    usize::try_from(v).expect("index into the model's memory")
+}
+
 fn read(mem: &FakeMemory, addr: u64, len: u64) -> u64 {
     if addr + len > mem.bytes.len() as u64 {
         return 0;
     }
     let mut v = 0u64;
     for i in (0..len).rev() {
-        v = (v << 8) | u64::from(mem.bytes[(addr + i) as usize]);
+        v = (v << 8) | u64::from(mem.bytes[index(addr + i)]);
     }
     v
 }
 
 fn write_low_dword(mem: &mut FakeMemory, addr: u64, v: u64) {
-    for i in 0..4 {
-        mem.bytes[(addr + i) as usize] = (v >> (8 * i)) as u8;
-    }
+    let at = index(addr);
+    mem.bytes[at..at + 4].copy_from_slice(&v.to_le_bytes()[..4]);
 }
 
 /// The four PDPTEs at CR3 bits 31:5, or `None` if a present one has a reserved bit
@@ -164,7 +168,7 @@ pub fn translate(
             (bits(pte, 31, 12) << 12 | bits(lin, 11, 0), 4096, pte)
         }
     } else {
-        let pdpte = pdptes[bits(lin, 31, 30) as usize];
+        let pdpte = pdptes[index(bits(lin, 31, 30))];
         if !bit(pdpte, 0) {
             return Err(code(false, false));
         }

@@ -328,7 +328,8 @@ impl ShadowState {
                 (None, None) => true,
                 _ => false,
             };
-        let contiguous = nt.frame().0 as i64 == t.frame().0 as i64 + delta * i64::from(PAGE_SIZE);
+        let contiguous = i128::from(nt.frame().0)
+            == i128::from(t.frame().0) + i128::from(delta) * i128::from(PAGE_SIZE);
         if !(same_entries && contiguous && nt.perms == t.perms && nt.global == t.global)
             || nt.size != t.size
         {
@@ -792,13 +793,13 @@ mod tests {
     use crate::bits::{entry, ErrorCode, CR0_PE};
     use crate::testutil::{FakeMapper, FakeMemory};
 
-    const P: u32 = entry::P as u32;
-    const RW: u32 = entry::RW as u32;
-    const US: u32 = entry::US as u32;
-    const A: u32 = entry::A as u32;
-    const D: u32 = entry::D as u32;
-    const PS: u32 = entry::PS as u32;
-    const G: u32 = entry::G as u32;
+    const P: u32 = entry::low_dword(entry::P);
+    const RW: u32 = entry::low_dword(entry::RW);
+    const US: u32 = entry::low_dword(entry::US);
+    const A: u32 = entry::low_dword(entry::A);
+    const D: u32 = entry::low_dword(entry::D);
+    const PS: u32 = entry::low_dword(entry::PS);
+    const G: u32 = entry::low_dword(entry::G);
     const PD: u32 = 0x1000;
     const PT: u32 = 0x2000;
     const RW_PROT: Prot = Prot {

@@ -101,16 +101,16 @@ impl FakeMapper {
         let first = lin.0 >> 12;
         let end = u64::from(first) + u64::from(len / PAGE_SIZE);
         assert!(end <= 1 << 20, "host call past 4 GiB at {lin}");
-        first..end as u32
+        first..u32::try_from(end).expect("checked above")
     }
 }
 
 impl HostMapper for FakeMapper {
     fn map(&mut self, lin: GuestLinear, gpa: GuestPhys, len: u32, prot: Prot) {
         self.maps += 1;
-        for (k, n) in Self::pages_of(lin, len).enumerate() {
+        for (k, n) in (0u32..).zip(Self::pages_of(lin, len)) {
             self.pages
-                .insert(n, (GuestPhys(gpa.0 + k as u32 * PAGE_SIZE), prot));
+                .insert(n, (GuestPhys(gpa.0 + k * PAGE_SIZE), prot));
         }
     }
     fn unmap(&mut self, lin: GuestLinear, len: u32) {

@@ -266,8 +266,8 @@ fn walk_legacy<M: GuestPhysMemory + ?Sized>(
         return Err(not_present());
     }
     if pse && pde & entry::PS != 0 {
-        // The value came from a dword read, so the cast is lossless.
-        let raw = pde as u32;
+        // The value came from a dword read, so its low dword is all of it.
+        let raw = entry::low_dword(pde);
         if entry::legacy_4m_reserved(raw) {
             return Err(PageFault::new(lin, access, true, true, false));
         }
@@ -284,7 +284,7 @@ fn walk_legacy<M: GuestPhysMemory + ?Sized>(
         });
     }
     let pte_gpa = GuestPhys(
-        entry::legacy_addr_4k(pde as u32)
+        entry::legacy_addr_4k(entry::low_dword(pde))
             + linear::legacy_pte_index(l) * linear::LEGACY_ENTRY_BYTES,
     );
     let pte = read_legacy(mem, pte_gpa);
@@ -293,7 +293,7 @@ fn walk_legacy<M: GuestPhysMemory + ?Sized>(
     }
     let both = pde & pte;
     Ok(Walked {
-        phys: u64::from(entry::legacy_addr_4k(pte as u32) | linear::offset_4k(l)),
+        phys: u64::from(entry::legacy_addr_4k(entry::low_dword(pte)) | linear::offset_4k(l)),
         size: PageSize::Size4K,
         perms: Perms {
             writable: both & entry::RW != 0,
@@ -419,7 +419,7 @@ pub fn walk<M: GuestPhysMemory + ?Sized>(
         }
         // A and D live in the low dword of both entry formats; writing only that dword
         // leaves the rest of the entry exactly as the guest wrote it.
-        if new != value && mem.write_u32(gpa, new as u32) {
+        if new != value && mem.write_u32(gpa, entry::low_dword(new)) {
             ad_written[i] = Some(gpa);
         }
     }
@@ -469,8 +469,8 @@ mod tests {
     /// 5 maps 0x0040_5000 to frame 0x7000 with `pte_flags`.
     fn legacy(pde_flags: u64, pte_flags: u64) -> FakeMemory {
         let mut mem = FakeMemory::new(1 << 20);
-        mem.set32(PD + 4, PT | pde_flags as u32);
-        mem.set32(PT + 5 * 4, 0x7000 | pte_flags as u32);
+        mem.set32(PD + 4, PT | entry::low_dword(pde_flags));
+        mem.set32(PT + 5 * 4, 0x7000 | entry::low_dword(pte_flags));
         mem
     }
 
@@ -603,7 +603,10 @@ mod tests {
     #[test]
     fn pse_4m_pages() {
         let mut mem = FakeMemory::new(1 << 20);
-        mem.set32(PD + 4 * 3, 0x0080_0000 | (P | RW | PS | entry::G) as u32);
+        mem.set32(
+            PD + 4 * 3,
+            0x0080_0000 | entry::low_dword(P | RW | PS | entry::G),
+        );
         let c = ctx(&mem, PAGING, PD, CR4_PSE, 0);
         let t = walk(&mut mem, &c, GuestLinear(0x00ff_f00f), Access::write(false)).unwrap();
         assert_eq!(t.phys, GuestPhys64(0x00bf_f00f));
@@ -633,8 +636,8 @@ mod tests {
     #[test]
     fn pse36_high_bits_and_reserved_bit_21() {
         let mut mem = FakeMemory::new(1 << 20);
-        mem.set32(PD, 0x0040_0000 | (1 << 13) | (P | PS) as u32);
-        mem.set32(PD + 4, 0x0040_0000 | (1 << 21) | (P | PS) as u32);
+        mem.set32(PD, 0x0040_0000 | (1 << 13) | entry::low_dword(P | PS));
+        mem.set32(PD + 4, 0x0040_0000 | (1 << 21) | entry::low_dword(P | PS));
         let c = ctx(&mem, PAGING, PD, CR4_PSE, 0);
         let t = walk(&mut mem, &c, GuestLinear(0x1234), Access::read(false)).unwrap();
         assert_eq!(t.phys, GuestPhys64(0x1_0040_1234));

@@ -14,8 +14,8 @@ fn policy(log: &std::path::Path) -> String {
     )
 }
 
-fn vmm_policy(args: &[&str]) -> std::process::Output {
-    support::vmm(30, &["policy"]).args(args).output().unwrap()
+fn vmm_policy(args: &[&str]) -> support::Run {
+    support::run(support::vmm(30, &["policy"]).args(args))
 }
 
 #[test]
@@ -49,24 +49,24 @@ fn switching_the_tty_service_of_a_running_vm_moves_its_output() {
     vm.wait_for("soak: round 5 done");
 
     let shown = vmm_policy(&["show", "--api-sock", sock_s]);
-    assert!(shown.status.success(), "{}", text(&shown.stderr));
-    assert_eq!(text(&shown.stdout), policy(&log_a));
+    assert!(shown.success(), "{}", shown.stderr);
+    assert_eq!(shown.stdout, policy(&log_a));
 
     // An invalid policy is refused with its line and field; the one in force stays.
     let refused = vmm_policy(&["set", "--api-sock", sock_s, broken.to_str().unwrap()]);
-    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(refused.status, Some(1));
     assert!(
-        text(&refused.stderr).contains("broken.toml:")
-            && text(&refused.stderr).contains("field `services.tty.params.path`"),
+        refused.stderr.contains("broken.toml:")
+            && refused.stderr.contains("field `services.tty.params.path`"),
         "{}",
-        text(&refused.stderr)
+        refused.stderr
     );
 
     let set = vmm_policy(&["set", "--api-sock", sock_s, second.to_str().unwrap()]);
-    assert!(set.status.success(), "{}", text(&set.stderr));
-    assert!(text(&set.stdout).starts_with("policy generation "));
+    assert!(set.success(), "{}", set.stderr);
+    assert!(set.stdout.starts_with("policy generation "));
     let shown = vmm_policy(&["show", "--api-sock", sock_s]);
-    assert_eq!(text(&shown.stdout), policy(&log_b));
+    assert_eq!(shown.stdout, policy(&log_b));
 
     let (status, stdout, stderr) = vm.finish();
     assert_eq!(status, Some(1), "{stdout}\n{stderr}");

@@ -21,7 +21,7 @@ impl Node {
         if std::mem::replace(&mut self.1, true) {
             return;
         }
-        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.0.id()).unwrap());
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let _ = self.0.wait();
     }
@@ -146,24 +146,16 @@ fn killing_the_node_mid_run_falls_back_without_losing_writes() {
 
 #[test]
 fn node_entries_are_checked() {
-    let out = support::vmm(10, &["service-node", "--listen", "127.0.0.1:0"])
-        .args(["--services", "block:disk0=floppy"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("floppy"),
-        "{}",
-        text(&out.stderr)
+    let out = support::run(
+        support::vmm(10, &["service-node", "--listen", "127.0.0.1:0"])
+            .args(["--services", "block:disk0=floppy"]),
     );
-    let out = support::vmm(10, &["service-node", "--listen", "0.0.0.0:0"])
-        .args(["--services", "tty:c=buffer"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("loopback"),
-        "{}",
-        text(&out.stderr)
+    assert_eq!(out.status, Some(2));
+    assert!(out.stderr.contains("floppy"), "{}", out.stderr);
+    let out = support::run(
+        support::vmm(10, &["service-node", "--listen", "0.0.0.0:0"])
+            .args(["--services", "tty:c=buffer"]),
     );
+    assert_eq!(out.status, Some(2));
+    assert!(out.stderr.contains("loopback"), "{}", out.stderr);
 }

@@ -44,7 +44,7 @@ fn three_policies_serve_the_same_calls_with_three_services() {
     );
     let out = run(&["--policy", &p1, "--stats"]);
     let stdout = assert_guest_passed(&out);
-    let stderr = text(&out.stderr);
+    let stderr = &out.stderr;
     assert!(
         !stdout.contains(HELLO),
         "the console write went to the log file"
@@ -69,9 +69,9 @@ fn three_policies_serve_the_same_calls_with_three_services() {
     let bytes = std::fs::read(&image).unwrap();
     assert_disk_checks_written(&bytes);
     assert_eq!(&bytes[..IMAGE_MAGIC.len()], IMAGE_MAGIC);
-    assert_eq!(served(&stderr, "tty:logfile (policy)"), 3, "{stderr}");
-    assert!(served(&stderr, "block:file (policy)") >= 5, "{stderr}");
-    assert_eq!(served(&stderr, "clock:virtual (policy)"), 3, "{stderr}");
+    assert_eq!(served(stderr, "tty:logfile (policy)"), 3, "{stderr}");
+    assert!(served(stderr, "block:file (policy)") >= 5, "{stderr}");
+    assert_eq!(served(stderr, "clock:virtual (policy)"), 3, "{stderr}");
 
     // 2: console to the terminal, copy-on-write disk over a base image that must stay
     // untouched, virtual clock of another step.
@@ -89,7 +89,7 @@ fn three_policies_serve_the_same_calls_with_three_services() {
     );
     let out = run(&["--policy", &p2, "--stats"]);
     let stdout = assert_guest_passed(&out);
-    let stderr = text(&out.stderr);
+    let stderr = &out.stderr;
     // The terminal service writes the guest's bytes as they are: no UART \r.
     assert!(stdout.contains(&format!("{HELLO}\nPASS")), "{stdout}");
     assert!(
@@ -102,7 +102,7 @@ fn three_policies_serve_the_same_calls_with_three_services() {
         original,
         "the base image is untouched"
     );
-    assert!(served(&stderr, "block:cow (policy)") >= 5, "{stderr}");
+    assert!(served(stderr, "block:cow (policy)") >= 5, "{stderr}");
 
     // 3: console discarded, a blank memory disk, the host clock.
     let p3 = write_policy(
@@ -114,15 +114,15 @@ fn three_policies_serve_the_same_calls_with_three_services() {
     );
     let out = run(&["--policy", &p3, "--stats"]);
     let stdout = assert_guest_passed(&out);
-    let stderr = text(&out.stderr);
+    let stderr = &out.stderr;
     assert!(!stdout.contains(HELLO), "{stdout}");
     assert!(
         stdout.contains("sector 0 begins \"................\""),
         "{stdout}"
     );
-    assert!(served(&stderr, "tty:discard (policy)") >= 2, "{stderr}");
-    assert!(served(&stderr, "block:memory (policy)") >= 5, "{stderr}");
-    assert_eq!(served(&stderr, "clock:host (policy)"), 3, "{stderr}");
+    assert!(served(stderr, "tty:discard (policy)") >= 2, "{stderr}");
+    assert!(served(stderr, "block:memory (policy)") >= 5, "{stderr}");
+    assert_eq!(served(stderr, "clock:host (policy)"), 3, "{stderr}");
 }
 
 #[test]
@@ -135,7 +135,7 @@ fn without_a_policy_the_guest_runs_its_own_code() {
         stdout.contains("sector 0 begins \"................\""),
         "{stdout}"
     );
-    assert!(!text(&out.stderr).contains("kernel proxy"));
+    assert!(!out.stderr.contains("kernel proxy"));
 }
 
 #[test]
@@ -148,7 +148,7 @@ fn hostile_arguments_get_the_bindings_error_return() {
     );
     let out = run(&["--policy", &p, "--stats"]);
     let stdout = assert_guest_passed(&out);
-    let stderr = text(&out.stderr);
+    let stderr = &out.stderr;
     for check in [
         "console buffer outside RAM",
         "console length 2 GiB",
@@ -182,9 +182,9 @@ fn a_binding_that_refuses_the_guests_call_fails_the_guests_check() {
     let p = dir.path().join("p.toml");
     std::fs::write(&p, format!("[services.tty]\nid = \"discard\"\n{bindings}")).unwrap();
     let out = run(&["--policy", p.to_str().unwrap()]);
-    let stdout = text(&out.stdout);
+    let stdout = &out.stdout;
     assert_eq!(
-        out.status.code(),
+        out.status,
         Some(3),
         "debug-exit 1: a check failed\n{stdout}"
     );
@@ -220,8 +220,8 @@ fn unusable_policies_are_refused_before_the_guest_runs() {
         let p = d.join(format!("bad{i}.toml"));
         std::fs::write(&p, src).unwrap();
         let out = run(&["--policy", p.to_str().unwrap()]);
-        let stderr = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{src}\n{stderr}");
+        let stderr = &out.stderr;
+        assert_eq!(out.status, Some(2), "{src}\n{stderr}");
         assert!(
             stderr.contains(expected),
             "{src}: expected {expected:?} in\n{stderr}"
@@ -230,9 +230,9 @@ fn unusable_policies_are_refused_before_the_guest_runs() {
             stderr.contains(&format!("bad{i}.toml")) || stderr.contains("policy line"),
             "{stderr}"
         );
-        assert!(text(&out.stdout).is_empty(), "the guest did not run");
+        assert!(out.stdout.is_empty(), "the guest did not run");
     }
     let out = run(&["--policy", d.join("missing.toml").to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("missing.toml"));
+    assert_eq!(out.status, Some(2));
+    assert!(out.stderr.contains("missing.toml"));
 }

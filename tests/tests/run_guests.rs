@@ -2,13 +2,10 @@
 //! triple-faulting guest behave as documented. Every test kernel of the repository runs
 //! under the monitor (and QEMU) in `tests/suite.rs`.
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use guests::parse_report;
-
-/// Exit status of coreutils `timeout` when it had to stop the command.
-const TIMED_OUT: i32 = 124;
+use support::Run;
 
 /// `vmm run` under coreutils `timeout`, so a hung guest cannot hang the suite.
 fn vmm_with_timeout(timeout_s: u32) -> Command {
@@ -19,30 +16,23 @@ fn vmm() -> Command {
     vmm_with_timeout(60)
 }
 
-/// A finished run: exit status and stdout followed by stderr.
-struct Run {
-    status: Option<i32>,
-    output: String,
-}
-
+/// A finished run that did not need stopping at its time limit.
 fn run(mut cmd: Command) -> Run {
     let run = support::run(&mut cmd);
-    assert_ne!(run.status, Some(TIMED_OUT), "vmm timed out");
-    Run {
-        status: run.status,
-        output: run.all_output(),
-    }
+    assert!(!run.timed_out(), "vmm timed out");
+    run
 }
 
 #[test]
 fn demo_guest_runs_without_arguments_and_prints_stats() {
-    let json = std::env::temp_dir().join(format!("vmm-stats-{}.json", std::process::id()));
+    let json = support::scratch_dir("run_guests").join("stats.json");
     let mut cmd = vmm();
     cmd.args(["--stats", "--stats-json"]).arg(&json);
     let out = run(cmd);
-    assert_eq!(out.status, Some(1), "{}", out.output);
-    let report = parse_report(&out.output);
-    assert!(report.all_passed() && report.passed > 0, "{}", out.output);
+    let output = out.all_output();
+    assert_eq!(out.status, Some(1), "{output}");
+    let report = parse_report(&output);
+    assert!(report.all_passed() && report.passed > 0, "{output}");
     // Serial output and the statistics both reach the combined output.
     for row in [
         "exits by reason",
@@ -51,7 +41,7 @@ fn demo_guest_runs_without_arguments_and_prints_stats() {
         "total",
         "top trap sites",
     ] {
-        assert!(out.output.contains(row), "no {row:?} in:\n{}", out.output);
+        assert!(output.contains(row), "no {row:?} in:\n{output}");
     }
     let text = std::fs::read_to_string(&json).expect("stats JSON written");
     let _ = std::fs::remove_file(&json);
@@ -72,13 +62,12 @@ fn run_args(args: &[&str]) -> (Option<i32>, String) {
     let mut cmd = vmm();
     cmd.args(args);
     let out = run(cmd);
-    (out.status, out.output)
+    (out.status, out.all_output())
 }
 
 #[test]
 fn bad_input_is_refused_with_a_clear_error() {
-    let dir = std::env::temp_dir().join(format!("vmm-bad-input-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = support::scratch_dir("run_guests-bad-input");
     let garbage = dir.join("garbage.bin");
     std::fs::write(&garbage, vec![0x5au8; 20_000]).unwrap();
     let missing = dir.join("no-such-kernel.elf");
@@ -159,8 +148,7 @@ fn documented_status(status: Option<i32>) -> bool {
 /// panics or dies by a signal.
 #[test]
 fn random_code_never_breaks_the_monitor() {
-    let dir = std::env::temp_dir().join(format!("vmm-random-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = support::scratch_dir("run_guests-random");
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = move || {
         // xorshift64*: small, seeded, good enough to spread bytes.
@@ -175,28 +163,27 @@ fn random_code_never_breaks_the_monitor() {
         if case % 2 == 1 {
             // mov esp, imm32; mov ax, imm16; mov ds, ax; mov ss, ax; lidt [imm32]
             code.push(0xbc);
-            code.extend_from_slice(&(next() as u32).to_le_bytes());
+            code.extend_from_slice(&next().to_le_bytes()[..4]);
             code.push(0x66);
             code.push(0xb8);
-            code.extend_from_slice(&(next() as u16).to_le_bytes());
+            code.extend_from_slice(&next().to_le_bytes()[..2]);
             code.extend_from_slice(&[0x8e, 0xd8, 0x8e, 0xd0]);
             code.extend_from_slice(&[0x0f, 0x01, 0x1d]);
-            code.extend_from_slice(&(0x10_0000 + (next() as u32 % 0x2000)).to_le_bytes());
+            code.extend_from_slice(&(0x10_0000 + next() % 0x2000).to_le_bytes()[..4]);
         }
         for _ in 0..4096 {
-            code.push(next() as u8);
+            code.push(next().to_le_bytes()[0]);
         }
         let file = dir.join(format!("random-{case}.bin"));
         std::fs::write(&file, aout_kernel(&code)).unwrap();
         let mut cmd = vmm_with_timeout(10);
         cmd.args(["--kernel", &path(&file), "--mem", "8M"]);
-        let out = cmd.stdin(Stdio::null()).output().expect("vmm starts");
-        let status = out.status.code();
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let out = support::run(&mut cmd);
+        let (status, stderr) = (out.status, &out.stderr);
         assert!(
-            documented_status(status) || status == Some(TIMED_OUT),
+            documented_status(status) || out.timed_out(),
             "case {case}: status {status:?} (signal {:?})\n{stderr}",
-            std::os::unix::process::ExitStatusExt::signal(&out.status)
+            out.signal
         );
         assert!(!stderr.contains("panicked"), "case {case}: {stderr}");
         let reason = stderr
@@ -216,7 +203,7 @@ fn random_code_never_breaks_the_monitor() {
 
 #[test]
 fn triple_fault_stops_with_a_register_dump() {
-    let file: PathBuf = std::env::temp_dir().join(format!("vmm-triple-{}.bin", std::process::id()));
+    let file = support::scratch_dir("run_guests").join("triple-fault.bin");
     std::fs::write(&file, triple_fault_kernel()).unwrap();
     let (status, output) = run_args(&["--kernel", &path(&file)]);
     let _ = std::fs::remove_file(&file);

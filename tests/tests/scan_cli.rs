@@ -4,12 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use goblin::elf::Elf;
 use iced_x86::{Decoder, DecoderOptions};
 use serde_json::Value;
+use support::{run_tool, Run};
 
 /// The sensitive instructions of each function of sensitive.c, per class. GCC ends each
 /// naked function with a `ud2` of its own.
@@ -45,21 +46,21 @@ const EXPECTED: &[(&str, &[(&str, u64)])] = &[
 /// Classes whose action is "trap" among the expected ones; all others are "patch".
 const TRAP_CLASSES: &[&str] = &["cli", "sti", "hlt", "in", "out", "int", "ud"];
 
-fn vmm(args: &[&str]) -> Output {
-    Command::new(support::vmm_binary())
-        .args(args)
-        .output()
-        .expect("the vmm binary runs")
+/// Seconds one scan may take (a Linux kernel's bzImage is the largest input).
+const SCAN_LIMIT_S: u32 = 300;
+
+fn vmm(args: &[&str]) -> Run {
+    support::run_vmm(SCAN_LIMIT_S, args)
 }
 
-fn stdout(out: &Output) -> String {
+fn stdout(out: &Run) -> String {
     assert!(
-        out.status.success(),
-        "vmm failed with {}: {}",
+        out.success(),
+        "vmm failed with {:?}: {}",
         out.status,
-        String::from_utf8_lossy(&out.stderr)
+        out.stderr
     );
-    String::from_utf8(out.stdout.clone()).expect("UTF-8 output")
+    out.stdout.clone()
 }
 
 fn json(args: &[&str]) -> Value {
@@ -69,20 +70,7 @@ fn json(args: &[&str]) -> Value {
 }
 
 fn scratch() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("scan_cli");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn run_tool(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?} does not start: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::scratch_dir("scan_cli")
 }
 
 /// Builds sensitive.c into a linked i386 ELF once per test run.
@@ -213,7 +201,8 @@ fn sites_name_their_function_and_decode_at_their_address() {
         .iter()
         .find(|s| parsed.shdr_strtab.get_at(s.sh_name) == Some(".text"))
         .unwrap();
-    let file_offset = |addr: u32| (u64::from(addr) - text.sh_addr + text.sh_offset) as usize;
+    let file_offset =
+        |addr: u32| usize::try_from(u64::from(addr) - text.sh_addr + text.sh_offset).unwrap();
 
     let report = json(&["scan", path_str(elf)]);
     let sites = report["sites"].as_array().expect("sites is an array");
@@ -402,12 +391,12 @@ fn bzimage(payload: &[u8], uncompressed: usize) -> Vec<u8> {
     image[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
     image[0x202..0x206].copy_from_slice(b"HdrS");
     image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
-    image[0x248..0x24c].copy_from_slice(&(PAYLOAD_OFFSET as u32).to_le_bytes());
+    image[0x248..0x24c].copy_from_slice(&u32::try_from(PAYLOAD_OFFSET).unwrap().to_le_bytes());
     // Like Linux, the payload is followed by its uncompressed size.
     let with_size = payload.len() + 4;
-    image[0x24c..0x250].copy_from_slice(&(with_size as u32).to_le_bytes());
+    image[0x24c..0x250].copy_from_slice(&u32::try_from(with_size).unwrap().to_le_bytes());
     image.extend_from_slice(payload);
-    image.extend_from_slice(&(uncompressed as u32).to_le_bytes());
+    image.extend_from_slice(&u32::try_from(uncompressed).unwrap().to_le_bytes());
     image
 }
 
@@ -469,8 +458,8 @@ fn bzimage_payloads_expand_to_the_same_census() {
 /// Runs a scan expected to fail; returns its stderr after checking the exit status.
 fn failure(args: &[&str], status: i32) -> String {
     let out = vmm(args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(status), "{args:?}: {stderr}");
+    let stderr = out.stderr.clone();
+    assert_eq!(out.status, Some(status), "{args:?}: {stderr}");
     assert!(out.stdout.is_empty(), "{args:?} printed a report");
     stderr
 }
@@ -497,7 +486,7 @@ fn unreadable_and_unrecognised_inputs_are_named() {
 
     let garbage = dir.join("garbage.bin");
     let bytes: Vec<u8> = (0..4096u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13).to_le_bytes()[0])
         .collect();
     std::fs::write(&garbage, &bytes).unwrap();
     assert_mentions(
@@ -509,9 +498,7 @@ fn unreadable_and_unrecognised_inputs_are_named() {
         ],
     );
     // The same bytes scan as raw code once a base is given.
-    assert!(vmm(&["scan", path_str(&garbage), "--base", "0x1000"])
-        .status
-        .success());
+    assert!(vmm(&["scan", path_str(&garbage), "--base", "0x1000"]).success());
 
     let err = failure(&["scan", path_str(&garbage), "--base", "0x1_0000_0000"], 2);
     assert_mentions(&err, &["--base", "32-bit address"]);
@@ -704,7 +691,7 @@ fn mutated_images_never_crash_the_scanner() {
         state
     };
     let parsed = Elf::parse(&data).unwrap();
-    let shoff = parsed.header.e_shoff as usize;
+    let shoff = usize::try_from(parsed.header.e_shoff).unwrap();
     for case in 0..2000 {
         let (mut bytes, hot) = if case % 4 == 3 {
             (bz.clone(), 0x1f0..0x260)
@@ -714,8 +701,8 @@ fn mutated_images_never_crash_the_scanner() {
             (data.clone(), shoff..data.len())
         };
         for _ in 0..1 + next() % 4 {
-            let at = hot.start + (next() as usize) % (hot.end - hot.start);
-            bytes[at] = next() as u8;
+            let at = hot.start + usize::try_from(next() % (hot.end - hot.start) as u64).unwrap();
+            bytes[at] = next().to_le_bytes()[0];
         }
         if let Ok(image) = vmm_cli::image::parse(bytes, None) {
             let scan = vmm_cli::scan::scan_image(&image);

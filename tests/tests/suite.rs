@@ -20,9 +20,6 @@ use std::time::Duration;
 use guests::qemu;
 use guests::{pair_checks, parse_config, parse_report, tests_cfg, Outcome, Pair, Report};
 
-/// Exit status of coreutils `timeout` when it had to stop the command.
-const TIMED_OUT: i32 = 124;
-
 /// A check the monitor is known to get wrong, until the engine is fixed.
 struct Gap {
     test: &'static str,
@@ -70,17 +67,11 @@ impl Run {
 }
 
 fn run_vmm(kernel: &str, append: &str, timeout: u32) -> Run {
-    let out = support::vmm(timeout, &["run", "--kernel", kernel, "--append", append])
-        .output()
-        .expect("vmm starts under coreutils timeout");
-    let status = out.status.code().filter(|s| *s != TIMED_OUT);
-    let output = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut full = output.clone();
-    full.push_str(&String::from_utf8_lossy(&out.stderr));
+    let out = support::run_vmm(timeout, &["run", "--kernel", kernel, "--append", append]);
     Run {
-        status,
-        report: parse_report(&output),
-        output: full,
+        status: out.status.filter(|_| !out.timed_out()),
+        report: parse_report(&out.stdout),
+        output: out.all_output(),
     }
 }
 

@@ -34,15 +34,18 @@ mod vcpu_access;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use crate::{
     BindError, CallStatus, CodePatch, DefaultTable, EntryPoints, GrpcNodes, KernelProxy, NodeMode,
-    Policy, PolicyError, PolicyHandle, ProxyOutcome, Source, SymbolError, SymbolMap,
+    Policy, PolicyError, PolicyHandle, ProxyOutcome, Source, SymbolMap,
 };
 use rewriter::{CodeMemoryMut, PatchTable};
 use services::ServiceRegistry;
 
+use vmm::loader::elf::{ElfError, ElfFile};
 use vmm::memory::GuestRam;
 use vmm::vcpu::state::gpr;
 use vmm::vcpu::{Fault, GuestBus, VcpuState};
@@ -61,7 +64,7 @@ pub enum ProxySetupError {
     Policy(#[from] PolicyError),
     /// The guest kernel's symbol table cannot be read.
     #[error("reading the guest kernel's ELF symbols: {0}")]
-    Symbols(#[from] SymbolError),
+    Symbols(#[from] ElfError),
     /// A binding names a symbol the kernel lacks, or two bind one address.
     #[error(transparent)]
     Bind(#[from] BindError),
@@ -100,19 +103,15 @@ pub struct SharedPolicy {
     counters: Mutex<ProxyCounters>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl SharedPolicy {
     /// The TOML text of the policy in force.
     pub fn text(&self) -> String {
-        lock(&self.text).clone()
+        self.text.lock().clone()
     }
 
     /// The counters so far.
     pub fn counters(&self) -> ProxyCounters {
-        lock(&self.counters).clone()
+        self.counters.lock().clone()
     }
 
     /// Parses `text` as a policy, checks that its bindings resolve against the guest
@@ -125,7 +124,7 @@ impl SharedPolicy {
     pub fn replace(&self, text: &str, origin: &str) -> Result<u64, ProxySetupError> {
         let policy = Policy::from_toml(text, origin, self.proxy.registry())?;
         policy.entry_points(&self.symbols)?;
-        let mut current = lock(&self.text);
+        let mut current = self.text.lock();
         self.proxy.policy().replace(policy);
         *current = text.to_owned();
         Ok(self.proxy.policy().generation())
@@ -171,10 +170,11 @@ impl ProxyRuntime {
             Some(p) => DefaultTable::load(p, &registry)?,
             None => DefaultTable::builtin(),
         };
-        let symbols = Arc::new(crate::resolve_symbols(kernel)?);
+        let elf = ElfFile::parse(kernel)?;
+        let symbols = Arc::new(crate::resolve_symbols(&elf)?);
         let entries = policy.entry_points(&symbols)?;
-        let shipped = fetch_shipped(&policy, &entries, kernel)?;
-        let segments = load_segments(kernel)?;
+        let shipped = fetch_shipped(&policy, &entries, &elf)?;
+        let segments = load_segments(&elf);
         let proxy = KernelProxy::new(PolicyHandle::new(policy), defaults, registry)
             .with_node_connector(Arc::new(GrpcNodes));
         let generation = proxy.policy().generation();
@@ -309,7 +309,7 @@ impl ProxyRuntime {
     }
 
     fn count(&self, outcome: &ProxyOutcome) {
-        let mut c = lock(&self.shared.counters);
+        let mut c = self.shared.counters.lock();
         c.calls += 1;
         if !matches!(outcome.status, CallStatus::Done) {
             c.failed += 1;
@@ -326,21 +326,13 @@ impl ProxyRuntime {
     }
 }
 
-/// The kernel's loadable segments as `(linear start, linear end, physical start)`.
-fn load_segments(kernel: &[u8]) -> Result<Vec<(u32, u32, u32)>, ProxySetupError> {
-    let elf = goblin::elf::Elf::parse(kernel).map_err(|e| SymbolError::Parse {
-        message: e.to_string(),
-    })?;
-    Ok(elf
-        .program_headers
+/// The kernel's loadable segments as `(linear start, linear end, physical start)`;
+/// a segment that wraps past 4 GiB places nothing.
+fn load_segments(elf: &ElfFile<'_>) -> Vec<(u32, u32, u32)> {
+    elf.load_segments()
         .iter()
-        .filter(|ph| ph.p_type == goblin::elf::program_header::PT_LOAD)
-        .filter_map(|ph| {
-            let start = u32::try_from(ph.p_vaddr).ok()?;
-            let end = u32::try_from(ph.p_vaddr.checked_add(ph.p_memsz)?).ok()?;
-            Some((start, end, u32::try_from(ph.p_paddr).ok()?))
-        })
-        .collect())
+        .filter_map(|s| Some((s.vaddr, s.vaddr.checked_add(s.memsz)?, s.paddr)))
+        .collect()
 }
 
 /// Asks the nodes of ship-mode policy entries for their code and sizes it to the
@@ -349,7 +341,7 @@ fn load_segments(kernel: &[u8]) -> Result<Vec<(u32, u32, u32)>, ProxySetupError>
 fn fetch_shipped(
     policy: &Policy,
     entries: &EntryPoints,
-    kernel: &[u8],
+    kernel: &ElfFile<'_>,
 ) -> Result<Vec<CodePatch>, ProxySetupError> {
     let mut shipped = Vec::new();
     let mut sizes = None;

@@ -51,8 +51,10 @@ impl<'a, B: GuestBus + ?Sized> VcpuGuest<'a, B> {
         // page the caller may not read.
         let mut page = u64::from(addr);
         let mut byte = [0u8; 1];
-        while page < end {
-            let at = page as u32;
+        while let Ok(at) = u32::try_from(page) {
+            if page >= end {
+                break;
+            }
             if let Err(fault) = self.bus.read_linear(GuestLinear(at), &mut byte, user) {
                 return Err(fault_to_access(fault, at, user));
             }

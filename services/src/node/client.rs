@@ -12,6 +12,12 @@ use super::pb::service_node_client::ServiceNodeClient;
 use super::pb::{self, ServiceFailure};
 use crate::{Block, Service, ServiceError, ServiceType, Tty, SECTOR_SIZE};
 
+/// A timeout in whole milliseconds, for messages (saturating: no one waits 584 million
+/// years).
+fn millis(timeout: Duration) -> u64 {
+    u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// A connection to one service node. Calls block the calling thread (a vCPU thread)
 /// for at most the timeout.
 #[derive(Debug)]
@@ -62,7 +68,7 @@ impl NodeClient {
             .block_on(async { tokio::time::timeout(timeout, endpoint.connect()).await })
             .map_err(|_| ServiceError::Timeout {
                 service: name.clone(),
-                timeout_ms: timeout.as_millis() as u64,
+                timeout_ms: millis(timeout),
             })?
             .map_err(|e| unavailable(format!("cannot connect: {e}")))?;
         Ok(Arc::new(NodeClient {
@@ -93,7 +99,7 @@ impl NodeClient {
         {
             Err(_) => Err(ServiceError::Timeout {
                 service: service.to_owned(),
-                timeout_ms: self.timeout.as_millis() as u64,
+                timeout_ms: millis(self.timeout),
             }),
             Ok(Err(status)) => Err(ServiceError::Unavailable {
                 service: service.to_owned(),

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
 
@@ -56,9 +56,7 @@ returns = "value64"
 "#;
 
 pub fn kernel() -> &'static str {
-    guests::find("proxy")
-        .expect("the proxy guest is built")
-        .path
+    support::guest_kernel("proxy")
 }
 
 /// `vmm run` of the proxy guest with `args`, under `timeout`.
@@ -68,20 +66,16 @@ pub fn run_command(args: &[&str]) -> Command {
     c
 }
 
-pub fn run(args: &[&str]) -> Output {
-    run_command(args).output().expect("run timeout/vmm")
-}
-
-pub fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+pub fn run(args: &[&str]) -> support::Run {
+    support::run(&mut run_command(args))
 }
 
 /// Asserts the guest's own checks all passed (debug-exit status 1) and returns stdout.
-pub fn assert_guest_passed(out: &Output) -> String {
-    let stdout = text(&out.stdout);
-    let stderr = text(&out.stderr);
+pub fn assert_guest_passed(out: &support::Run) -> String {
+    let stdout = out.stdout.clone();
+    let stderr = &out.stderr;
     assert_eq!(
-        out.status.code(),
+        out.status,
         Some(1),
         "guest checks failed or the monitor stopped\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
@@ -102,8 +96,8 @@ pub fn make_image(path: &Path) -> Vec<u8> {
 
 /// The guest's `fill(p, len, seed)`.
 pub fn fill(seed: u32, len: usize) -> Vec<u8> {
-    (0..len as u32)
-        .map(|i| (seed.wrapping_mul(31) + i * 7 + (i >> 8)) as u8)
+    (0..u32::try_from(len).unwrap())
+        .map(|i| (seed.wrapping_mul(31) + i * 7 + (i >> 8)).to_le_bytes()[0])
         .collect()
 }
 
@@ -111,7 +105,7 @@ pub fn fill(seed: u32, len: usize) -> Vec<u8> {
 pub fn soak_sector(r: u32) -> Vec<u8> {
     let mut s = fill(r, SECTOR);
     s[..4].copy_from_slice(b"SOAK");
-    s[4] = r as u8;
+    s[4] = r.to_le_bytes()[0];
     s
 }
 

@@ -308,7 +308,8 @@ fn run_command(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE_ERROR);
         }
     }
-    ExitCode::from(outcome.exit_code() as u8)
+    // Exit codes are a status byte (0..=255).
+    ExitCode::from(u8::try_from(outcome.exit_code()).unwrap_or(u8::MAX))
 }
 
 /// Runs every tests.cfg kernel under this binary (`vmm run`) and returns its serial output,

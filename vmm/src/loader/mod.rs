@@ -1,10 +1,12 @@
 //! Kernel loaders: put a kernel image into guest RAM and describe the CPU state it must
-//! be entered with.
+//! be entered with; [`elf`] is the ELF reader they (and the image tools and the kernel
+//! proxy) share.
 //!
 //! Guest RAM is passed as one byte slice whose index is the guest-physical address.
 //! This module holds what every boot protocol shares: the PC's physical memory layout
 //! and bounds-checked access to RAM.
 
+pub mod elf;
 pub mod multiboot;
 
 /// End of conventional memory available to the OS: 639 KiB, the last KiB being the

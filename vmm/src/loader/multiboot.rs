@@ -8,15 +8,12 @@
 
 use std::fmt;
 
-use goblin::container::{Container, Ctx, Endian};
-use goblin::elf::header::{
-    EI_CLASS, EI_DATA, ELFCLASS32, ELFDATA2LSB, ELFMAG, EM_386, ET_EXEC, SELFMAG,
-};
-use goblin::elf::program_header::{ProgramHeader, PT_LOAD};
-use goblin::elf::Elf;
+use goblin::elf::header::{ELFCLASS32, ELFDATA2LSB, ET_EXEC};
 use thiserror::Error;
 
+use super::elf::{ElfError, ElfFile, LoadSegment};
 use super::{pc_memory_map, ram_range_mut, RegionKind, HIGH_MEMORY_START, LOW_MEMORY_END};
+use crate::addr::PAGE_SIZE;
 
 /// The magic number in the kernel's Multiboot header.
 pub const MULTIBOOT_HEADER_MAGIC: u32 = 0x1bad_b002;
@@ -73,10 +70,7 @@ const MMAP_TYPE_AVAILABLE: u32 = 1;
 const MMAP_TYPE_RESERVED: u32 = 2;
 /// Preferred home of the boot information: low memory, clear of a kernel at 1 MiB.
 const BOOT_INFO_LOW_BASE: u32 = 0x9000;
-const PAGE_SIZE: u64 = 4096;
-const KIB: u64 = 1024;
-/// ELF32 program header size.
-const ELF32_PHDR_SIZE: u16 = 32;
+const KIB: u32 = 1024;
 
 /// Where the CPU must start the loaded kernel (see the module documentation for the
 /// rest of the entry state).
@@ -409,88 +403,116 @@ fn aout_layout(
 
 /// ELF32 i386 executables: load PT_LOAD segments at their physical addresses.
 fn elf_layout(image: &[u8], ram_size: usize) -> Result<(Vec<Segment>, u64), LoadError> {
-    if image.get(..SELFMAG) != Some(&ELFMAG[..]) {
-        return Err(LoadError::NotElf);
-    }
-    let class = image.get(EI_CLASS).copied().unwrap_or(0);
-    if class != ELFCLASS32 {
-        return Err(LoadError::UnsupportedElf {
-            field: "e_ident[EI_CLASS]",
-            value: class.into(),
-            expected: "ELFCLASS32 (1)",
-        });
-    }
-    let data = image.get(EI_DATA).copied().unwrap_or(0);
-    if data != ELFDATA2LSB {
-        return Err(LoadError::UnsupportedElf {
-            field: "e_ident[EI_DATA]",
-            value: data.into(),
-            expected: "ELFDATA2LSB (1)",
-        });
-    }
-    let malformed = |e: goblin::error::Error| LoadError::MalformedElf {
-        reason: e.to_string(),
-    };
-    let eh = Elf::parse_header(image).map_err(malformed)?;
-    if eh.e_machine != EM_386 {
-        return Err(LoadError::UnsupportedElf {
-            field: "e_machine",
-            value: eh.e_machine.into(),
-            expected: "EM_386 (3)",
-        });
-    }
-    if eh.e_type != ET_EXEC {
+    let elf = ElfFile::parse(image)?;
+    let e_type = elf.header().e_type;
+    if e_type != ET_EXEC {
         return Err(LoadError::UnsupportedElf {
             field: "e_type",
-            value: eh.e_type.into(),
+            value: e_type.into(),
             expected: "ET_EXEC (2)",
         });
     }
-    if eh.e_phnum > 0 && eh.e_phentsize != ELF32_PHDR_SIZE {
-        return Err(LoadError::UnsupportedElf {
-            field: "e_phentsize",
-            value: eh.e_phentsize.into(),
-            expected: "32, the ELF32 program header size",
-        });
-    }
-    let phoff = usize::try_from(eh.e_phoff).map_err(|_| LoadError::UnsupportedElf {
-        field: "e_phoff",
-        value: eh.e_phoff,
-        expected: "an offset inside the image",
-    })?;
-    let ctx = Ctx::new(Container::Little, Endian::Little);
-    let phdrs = ProgramHeader::parse(image, phoff, eh.e_phnum.into(), ctx).map_err(malformed)?;
-    let mut segments = Vec::new();
-    let mut loads = Vec::new();
-    for (index, ph) in phdrs.iter().enumerate() {
-        if ph.p_type != PT_LOAD || ph.p_memsz == 0 {
-            continue;
-        }
-        let seg = Segment {
-            source: SegmentSource::ProgramHeader(index),
-            paddr: ph.p_paddr,
-            file_offset: ph.p_offset,
-            filesz: ph.p_filesz,
-            memsz: ph.p_memsz,
-        };
-        segments.push(validate(seg, image.len(), ram_size)?);
-        loads.push(ph);
-    }
+    let loads: Vec<&LoadSegment> = elf
+        .load_segments()
+        .iter()
+        .filter(|s| s.memsz != 0)
+        .collect();
+    let segments = loads
+        .iter()
+        .map(|s| {
+            validate(
+                Segment {
+                    source: SegmentSource::ProgramHeader(s.index),
+                    paddr: s.paddr.into(),
+                    file_offset: s.offset.into(),
+                    filesz: s.filesz.into(),
+                    memsz: s.memsz.into(),
+                },
+                image.len(),
+                ram_size,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     if segments.is_empty() {
         return Err(LoadError::NoLoadableSegments);
     }
-    let entry = eh.e_entry;
-    if segments.iter().any(|s| (s.paddr..s.end()).contains(&entry)) {
-        return Ok((segments, entry));
+    let entry = elf.entry();
+    if loads.iter().any(|s| s.contains_paddr(entry)) {
+        return Ok((segments, entry.into()));
     }
     // Kernels linked at a virtual address (higher half) give a virtual entry point;
     // translate it through the segment that contains it, as GRUB does.
     let translated = loads
         .iter()
-        .zip(&segments)
-        .find(|(ph, _)| entry >= ph.p_vaddr && entry - ph.p_vaddr < ph.p_memsz)
-        .map(|(ph, s)| s.paddr + (entry - ph.p_vaddr));
-    Ok((segments, translated.unwrap_or(entry)))
+        .find(|s| s.contains_vaddr(entry))
+        .map(|s| u64::from(s.paddr) + u64::from(entry - s.vaddr));
+    Ok((segments, translated.unwrap_or(entry.into())))
+}
+
+impl From<ElfError> for LoadError {
+    /// Keeps the loader's own words for what it checks itself (which header field, which
+    /// segment); the rest is a malformed image.
+    fn from(e: ElfError) -> Self {
+        match e {
+            ElfError::NotElf => LoadError::NotElf,
+            ElfError::NotI386 {
+                class,
+                data,
+                machine,
+            } => {
+                let (field, value, expected) = if class != ELFCLASS32 {
+                    ("e_ident[EI_CLASS]", class.into(), "ELFCLASS32 (1)")
+                } else if data != ELFDATA2LSB {
+                    ("e_ident[EI_DATA]", data.into(), "ELFDATA2LSB (1)")
+                } else {
+                    ("e_machine", machine.into(), "EM_386 (3)")
+                };
+                LoadError::UnsupportedElf {
+                    field,
+                    value,
+                    expected,
+                }
+            }
+            ElfError::BadHeaderField {
+                field,
+                value,
+                expected,
+            } => LoadError::UnsupportedElf {
+                field,
+                value,
+                expected,
+            },
+            ElfError::FileSizeExceedsMemSize {
+                index,
+                filesz,
+                memsz,
+            } => LoadError::FileSizeExceedsMemSize {
+                segment: SegmentSource::ProgramHeader(index),
+                filesz: filesz.into(),
+                memsz: memsz.into(),
+            },
+            ElfError::SegmentBeyondFile {
+                index,
+                offset,
+                filesz,
+                file_len,
+            } => LoadError::SegmentBeyondImage {
+                segment: SegmentSource::ProgramHeader(index),
+                offset: offset.into(),
+                filesz: filesz.into(),
+                image_len: file_len,
+            },
+            other => LoadError::MalformedElf {
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+/// The image bytes `[offset, offset + len)`, if the image holds them all.
+fn file_range(image: &[u8], offset: u64, len: u64) -> Option<&[u8]> {
+    let start = usize::try_from(offset).ok()?;
+    image.get(start..start.checked_add(usize::try_from(len).ok()?)?)
 }
 
 /// Builds the boot information block (MBI, memory map, strings) for placement at `base`.
@@ -502,17 +524,18 @@ fn boot_info_bytes(base: u32, ram_size: u64, cmdline: &str) -> Vec<u8> {
     let total = name_off + BOOT_LOADER_NAME.len() + 1;
     let mut b = vec![0u8; total];
     // Offsets within the block are small (the caller checked the block fits in RAM).
-    let addr = |off: usize| base + off as u32;
+    let addr = |off: usize| base.saturating_add(u32::try_from(off).unwrap_or(u32::MAX));
     let mut put = |off: usize, v: u32| b[off..off + 4].copy_from_slice(&v.to_le_bytes());
     put(
         MBI_FLAGS,
         MBI_FLAG_MEMORY | MBI_FLAG_CMDLINE | MBI_FLAG_MMAP | MBI_FLAG_BOOT_LOADER_NAME,
     );
-    put(MBI_MEM_LOWER, (u64::from(LOW_MEMORY_END) / KIB) as u32);
-    let upper = ram_size.saturating_sub(u64::from(HIGH_MEMORY_START)) / KIB;
+    put(MBI_MEM_LOWER, LOW_MEMORY_END / KIB);
+    let upper = ram_size.saturating_sub(u64::from(HIGH_MEMORY_START)) / u64::from(KIB);
     put(MBI_MEM_UPPER, u32::try_from(upper).unwrap_or(u32::MAX));
     put(MBI_CMDLINE, addr(cmdline_off));
-    put(MBI_MMAP_LENGTH, (map.len() * MMAP_ENTRY_LEN) as u32);
+    let mmap_len = u32::try_from(map.len() * MMAP_ENTRY_LEN).unwrap_or(u32::MAX);
+    put(MBI_MMAP_LENGTH, mmap_len);
     put(MBI_MMAP_ADDR, addr(mmap_off));
     put(MBI_BOOT_LOADER_NAME, addr(name_off));
     for (i, region) in map.iter().enumerate() {
@@ -543,7 +566,8 @@ fn place_boot_info(segments: &[Segment], size: u64, ram_size: u64) -> Option<u64
         return Some(low);
     }
     let kernel_end = segments.iter().map(Segment::end).max()?;
-    let above = kernel_end.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    let page = u64::from(PAGE_SIZE);
+    let above = kernel_end.div_ceil(page) * page;
     clear(above).then_some(above)
 }
 
@@ -590,7 +614,17 @@ pub fn load_multiboot(ram: &mut [u8], image: &[u8], cmdline: &str) -> Result<Boo
     let info_base = place_boot_info(&segments, info_size as u64, ram_size as u64)
         .ok_or(LoadError::NoRoomForBootInfo { size: info_size })?;
 
-    // Everything is validated: RAM is below 4 GiB, so every address and end fits in u32.
+    // Everything is validated: RAM is below 4 GiB, so every address and end fits in u32
+    // and the errors below cannot happen; they keep that argument out of the copies.
+    let phys = |v: u64| u32::try_from(v).map_err(|_| LoadError::RamTooLarge { size: ram_size });
+    let info_base32 = phys(info_base)?;
+    let info = boot_info_bytes(info_base32, ram_size as u64, cmdline);
+    let info_len = info.len() as u64;
+    let boot_info_range = (info_base32, phys(info_base + info_len)?);
+    let start = segments.iter().map(|s| s.paddr).min().unwrap_or(0);
+    let end = segments.iter().map(Segment::end).max().unwrap_or(0);
+    let kernel_range = (phys(start)?, phys(end)?);
+    let entry = phys(entry)?;
     for seg in &segments {
         let dst = ram_range_mut(ram, seg.paddr, seg.memsz).ok_or(LoadError::SegmentOutsideRam {
             segment: seg.source,
@@ -598,23 +632,27 @@ pub fn load_multiboot(ram: &mut [u8], image: &[u8], cmdline: &str) -> Result<Boo
             end: seg.end(),
             ram_size,
         })?;
-        let (file_part, bss) = dst.split_at_mut(seg.filesz as usize);
-        let src_start = seg.file_offset as usize;
-        file_part.copy_from_slice(&image[src_start..src_start + seg.filesz as usize]);
+        let src = file_range(image, seg.file_offset, seg.filesz).ok_or(
+            LoadError::SegmentBeyondImage {
+                segment: seg.source,
+                offset: seg.file_offset,
+                filesz: seg.filesz,
+                image_len: image.len(),
+            },
+        )?;
+        let (file_part, bss) = dst.split_at_mut(src.len());
+        file_part.copy_from_slice(src);
         bss.fill(0);
     }
-    let info = boot_info_bytes(info_base as u32, ram_size as u64, cmdline);
-    if let Some(dst) = ram_range_mut(ram, info_base, info.len() as u64) {
+    if let Some(dst) = ram_range_mut(ram, info_base, info_len) {
         dst.copy_from_slice(&info);
     }
-    let start = segments.iter().map(|s| s.paddr).min().unwrap_or(0);
-    let end = segments.iter().map(Segment::end).max().unwrap_or(0);
     Ok(BootInfo {
-        entry: entry as u32,
+        entry,
         eax: MULTIBOOT_BOOTLOADER_MAGIC,
-        ebx: info_base as u32,
-        kernel_range: (start as u32, end as u32),
-        boot_info_range: (info_base as u32, (info_base + info.len() as u64) as u32),
+        ebx: info_base32,
+        kernel_range,
+        boot_info_range,
     })
 }
 
@@ -626,6 +664,10 @@ mod tests {
 
     const RAM_SIZE: usize = 4 << 20;
     const KERNEL_BASE: u32 = 0x10_0000;
+
+    fn len32(len: usize) -> u32 {
+        u32::try_from(len).unwrap()
+    }
 
     fn put32(b: &mut Vec<u8>, v: u32) {
         b.extend_from_slice(&v.to_le_bytes());
@@ -659,13 +701,13 @@ mod tests {
     /// the segments' bytes.
     fn elf_image(segs: &[Seg], entry: u32, mb_flags: u32) -> Vec<u8> {
         let phoff = 52u32;
-        let mb_off = phoff + 32 * segs.len() as u32;
+        let mb_off = phoff + 32 * len32(segs.len());
         let mut data_off = mb_off + 12;
         let mut offsets = Vec::new();
         for s in segs {
             data_off = data_off.next_multiple_of(16);
             offsets.push(data_off);
-            data_off += s.data.len() as u32;
+            data_off += len32(s.data.len());
         }
         let mut b = Vec::new();
         b.extend_from_slice(&[0x7f, b'E', b'L', b'F', 1, 1, 1, 0]);
@@ -679,17 +721,17 @@ mod tests {
         put32(&mut b, 0);
         put16(&mut b, 52);
         put16(&mut b, 32);
-        put16(&mut b, segs.len() as u16);
+        put16(&mut b, u16::try_from(segs.len()).unwrap());
         put16(&mut b, 40);
         put16(&mut b, 0);
         put16(&mut b, 0);
         assert_eq!(b.len(), 52);
         for (s, off) in segs.iter().zip(&offsets) {
-            put32(&mut b, PT_LOAD);
+            put32(&mut b, goblin::elf::program_header::PT_LOAD);
             put32(&mut b, *off);
             put32(&mut b, s.vaddr);
             put32(&mut b, s.paddr);
-            put32(&mut b, s.data.len() as u32);
+            put32(&mut b, len32(s.data.len()));
             put32(&mut b, s.memsz);
             put32(&mut b, 7);
             put32(&mut b, 16);
@@ -703,7 +745,7 @@ mod tests {
     }
 
     fn text() -> Vec<u8> {
-        (0..200u32).map(|i| (i * 7 + 3) as u8).collect()
+        (0..200u32).map(|i| (i * 7 + 3).to_le_bytes()[0]).collect()
     }
 
     fn simple_elf() -> Vec<u8> {
@@ -887,7 +929,7 @@ mod tests {
             .wrapping_sub(flags);
         image[hdr + 8..hdr + 12].copy_from_slice(&sum.to_le_bytes());
         let mut fields = Vec::new();
-        for v in [0x30_0000 + hdr as u32, 0x30_0000, 0, 0, 0x30_0000] {
+        for v in [0x30_0000 + len32(hdr), 0x30_0000, 0, 0, 0x30_0000] {
             put32(&mut fields, v);
         }
         image.splice(hdr + 12..hdr + 12, fields);
@@ -896,7 +938,7 @@ mod tests {
         assert_eq!(info.entry, 0x30_0000);
         assert_eq!(
             info.kernel_range,
-            (0x30_0000, 0x30_0000 + image.len() as u32)
+            (0x30_0000, 0x30_0000 + len32(image.len()))
         );
         assert_eq!(&ram[0x30_0000..0x30_0000 + image.len()], &image[..]);
     }
@@ -1052,10 +1094,10 @@ mod tests {
         );
         let image = elf_image(
             &[Seg {
-                paddr: RAM_SIZE as u32 - 100,
+                paddr: len32(RAM_SIZE) - 100,
                 ..seg()
             }],
-            RAM_SIZE as u32 - 100,
+            len32(RAM_SIZE) - 100,
             0,
         );
         assert!(matches!(
@@ -1114,7 +1156,7 @@ mod tests {
                 paddr: 0x1000,
                 vaddr: 0x1000,
                 data: text(),
-                memsz: size as u32 - 0x1000,
+                memsz: len32(size) - 0x1000,
             }],
             0x1000,
             0,

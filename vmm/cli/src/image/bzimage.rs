@@ -134,11 +134,6 @@ pub fn parse(bytes: &[u8]) -> Result<Image, ImageError> {
         method: compression,
         source: Box::new(source),
     };
-    if !elf::is_elf(&vmlinux) {
-        return Err(bad_payload(ImageError::CorruptElf {
-            reason: "no \\x7fELF magic at the start of the expanded payload".into(),
-        }));
-    }
     let mut image = elf::parse(&vmlinux).map_err(bad_payload)?;
     image.format = Format::BzImage;
     image.bzimage = Some(BzImageInfo {

@@ -225,14 +225,15 @@ mod tests {
     fn round_trips_and_ignores_trailing_size() {
         let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let mut gz = gzip(&data);
-        gz.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        let isize = u32::try_from(data.len()).unwrap().to_le_bytes();
+        gz.extend_from_slice(&isize);
         assert_eq!(decompress(Compression::Gzip, &gz, 1 << 20).unwrap(), data);
 
         let mut xz = Vec::new();
         xz2::read::XzEncoder::new(&data[..], 6)
             .read_to_end(&mut xz)
             .unwrap();
-        xz.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        xz.extend_from_slice(&isize);
         assert_eq!(decompress(Compression::Xz, &xz, 1 << 20).unwrap(), data);
     }
 

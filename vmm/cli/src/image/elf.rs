@@ -1,87 +1,32 @@
-//! 32-bit i386 ELF files: executable sections (or segments), entry points and symbols.
+//! 32-bit i386 ELF files as images: executable sections (or segments), entry points
+//! and symbols, read through the engine's ELF reader.
 
-use goblin::elf::header::{
-    machine_to_str, EI_CLASS, EI_DATA, ELFCLASS32, ELFCLASS64, ELFDATA2LSB, EM_386,
-};
-use goblin::elf::program_header::{PF_X, PT_LOAD};
-use goblin::elf::section_header::{SHF_EXECINSTR, SHT_NOBITS};
-use goblin::elf::sym::{STT_FUNC, STT_NOTYPE};
-use goblin::elf::Elf;
-
-use super::{CodeRegion, Format, Image, ImageError, Symbol, SymbolKind, SymbolTable};
 use vmm::addr::GuestLinear;
+use vmm::loader::elf::{ElfError, ElfFile, SymbolKind};
 
-/// The ELF identification magic at offset 0.
-pub const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
+use super::{CodeRegion, Format, Image, ImageError, Symbol, SymbolTable};
 
-/// Offset of `e_machine` in the ELF header (same for both classes).
-const E_MACHINE_OFFSET: usize = 18;
+pub use vmm::loader::elf::is_elf;
 
-/// Whether `bytes` start with the ELF magic.
-pub fn is_elf(bytes: &[u8]) -> bool {
-    bytes.starts_with(&ELF_MAGIC)
-}
-
-/// Rejects anything but 32-bit little-endian i386 before the full parse, so that an
-/// x86-64 binary gets a precise message rather than a parse error.
-fn check_ident(bytes: &[u8]) -> Result<(), ImageError> {
-    let class = bytes.get(EI_CLASS).copied();
-    let data = bytes.get(EI_DATA).copied();
-    let machine = bytes
-        .get(E_MACHINE_OFFSET..E_MACHINE_OFFSET + 2)
-        .map(|m| match data {
-            Some(ELFDATA2LSB) => u16::from_le_bytes([m[0], m[1]]),
-            _ => u16::from_be_bytes([m[0], m[1]]),
-        });
-    let Some(machine) = machine else {
-        return Err(ImageError::CorruptElf {
-            reason: format!("file is {} bytes, too short for an ELF header", bytes.len()),
-        });
-    };
-    if class == Some(ELFCLASS32) && data == Some(ELFDATA2LSB) && machine == EM_386 {
-        return Ok(());
+impl From<ElfError> for ImageError {
+    fn from(e: ElfError) -> Self {
+        match e {
+            ElfError::NotI386 { .. } => ImageError::UnsupportedElf(e),
+            e => ImageError::CorruptElf(e),
+        }
     }
-    let class = match (class, data) {
-        (Some(ELFCLASS32), Some(ELFDATA2LSB)) => "ELF32",
-        (Some(ELFCLASS32), _) => "big-endian ELF32",
-        (Some(ELFCLASS64), Some(ELFDATA2LSB)) => "ELF64",
-        (Some(ELFCLASS64), _) => "big-endian ELF64",
-        _ => "of unknown class",
-    };
-    Err(ImageError::UnsupportedElf {
-        class,
-        machine: machine_to_str(machine),
-    })
-}
-
-/// The file bytes `[offset, offset + size)`, or a precise error naming `what`.
-fn file_range<'a>(
-    bytes: &'a [u8],
-    offset: u64,
-    size: u64,
-    what: &str,
-) -> Result<&'a [u8], ImageError> {
-    usize::try_from(offset)
-        .ok()
-        .zip(usize::try_from(size).ok())
-        .and_then(|(start, len)| bytes.get(start..start.checked_add(len)?))
-        .ok_or_else(|| ImageError::CorruptElf {
-            reason: format!(
-                "{what} occupies file bytes {offset:#x}..{:#x}, past the end of the {}-byte file",
-                offset.saturating_add(size),
-                bytes.len()
-            ),
-        })
 }
 
 /// A region's guest address, or an error when it does not fit the 32-bit space.
-fn region_base(addr: u64, len: usize, what: &str) -> Result<GuestLinear, ImageError> {
-    u32::try_from(addr)
+fn region_base(addr: u32, len: usize, what: &str) -> Result<GuestLinear, ImageError> {
+    u64::try_from(len)
         .ok()
-        .filter(|&a| u64::from(a) + len as u64 <= 1 << 32)
-        .map(GuestLinear)
-        .ok_or_else(|| ImageError::CorruptElf {
-            reason: format!("{what} at {addr:#x} ({len} bytes) does not fit in 32-bit addresses"),
+        .filter(|&len| u64::from(addr) + len <= 1 << 32)
+        .map(|_| GuestLinear(addr))
+        .ok_or_else(|| ImageError::RegionBeyond4GiB {
+            what: what.to_owned(),
+            addr,
+            len,
         })
 }
 
@@ -92,29 +37,23 @@ fn region_base(addr: u64, len: usize, what: &str) -> Result<GuestLinear, ImageEr
 /// [`ImageError::CorruptElf`] for tables that do not parse or point outside the file,
 /// [`ImageError::NoCode`] when nothing is executable.
 pub fn parse(bytes: &[u8]) -> Result<Image, ImageError> {
-    check_ident(bytes)?;
-    let elf = Elf::parse(bytes).map_err(|e| ImageError::CorruptElf {
-        reason: e.to_string(),
-    })?;
+    let elf = ElfFile::parse(bytes)?;
+    let sections = elf.sections()?;
 
     // Executable sections by index; they carry the symbols' section indices.
     let mut regions = Vec::new();
-    let mut section_region = vec![None; elf.section_headers.len()];
-    for (idx, sh) in elf.section_headers.iter().enumerate() {
-        if sh.sh_flags & u64::from(SHF_EXECINSTR) == 0
-            || sh.sh_type == SHT_NOBITS
-            || sh.sh_size == 0
-        {
+    let mut section_region = vec![false; sections.len()];
+    for section in &sections {
+        if !section.is_executable() || !section.occupies_file() {
             continue;
         }
-        let name = elf
-            .shdr_strtab
-            .get_at(sh.sh_name)
+        let name = section
+            .name
             .filter(|n| !n.is_empty())
-            .map_or_else(|| format!("section {idx}"), str::to_owned);
-        let data = file_range(bytes, sh.sh_offset, sh.sh_size, &format!("section {name}"))?;
-        let base = region_base(sh.sh_addr, data.len(), &format!("section {name}"))?;
-        section_region[idx] = Some(regions.len());
+            .map_or_else(|| format!("section {}", section.index), str::to_owned);
+        let data = elf.section_bytes(section)?;
+        let base = region_base(section.addr, data.len(), &format!("section {name}"))?;
+        section_region[section.index] = true;
         regions.push(CodeRegion {
             name,
             base,
@@ -124,13 +63,13 @@ pub fn parse(bytes: &[u8]) -> Result<Image, ImageError> {
     }
     if regions.is_empty() {
         // No section headers (or none executable): fall back to what the loader maps.
-        for (idx, ph) in elf.program_headers.iter().enumerate() {
-            if ph.p_type != PT_LOAD || ph.p_flags & PF_X == 0 || ph.p_filesz == 0 {
+        for segment in elf.load_segments() {
+            if !segment.is_executable() || segment.filesz == 0 {
                 continue;
             }
-            let name = format!("segment {idx}");
-            let data = file_range(bytes, ph.p_offset, ph.p_filesz, &name)?;
-            let base = region_base(ph.p_vaddr, data.len(), &name)?;
+            let name = format!("segment {}", segment.index);
+            let data = elf.segment_bytes(segment);
+            let base = region_base(segment.vaddr, data.len(), &name)?;
             regions.push(CodeRegion {
                 name,
                 base,
@@ -143,33 +82,21 @@ pub fn parse(bytes: &[u8]) -> Result<Image, ImageError> {
         return Err(ImageError::NoCode);
     }
 
-    let mut symbols = Vec::new();
-    for sym in elf.syms.iter() {
-        let kind = match sym.st_type() {
-            STT_FUNC => SymbolKind::Function,
-            STT_NOTYPE => SymbolKind::Label,
-            _ => continue,
-        };
-        let in_code = section_region
-            .get(sym.st_shndx)
-            .is_some_and(Option::is_some);
-        let (Ok(start), Ok(size)) = (u32::try_from(sym.st_value), u32::try_from(sym.st_size))
-        else {
-            continue;
-        };
-        if !in_code {
-            continue;
-        }
-        let Some(name) = elf.strtab.get_at(sym.st_name) else {
-            continue;
-        };
-        symbols.push(Symbol {
-            name: name.to_owned(),
-            start: GuestLinear(start),
-            size,
-            kind,
-        });
-    }
+    let symbols: Vec<Symbol> = elf
+        .symbols()?
+        .into_iter()
+        .filter(|s| {
+            section_region
+                .get(usize::from(s.section))
+                .is_some_and(|&code| code)
+        })
+        .map(|s| Symbol {
+            name: s.name.to_owned(),
+            start: GuestLinear(s.value),
+            size: s.size,
+            kind: s.kind,
+        })
+        .collect();
 
     let entry = entry_address(&elf);
     for region in &mut regions {
@@ -189,13 +116,7 @@ pub fn parse(bytes: &[u8]) -> Result<Image, ImageError> {
     }
     regions.sort_by_key(|r| r.base);
 
-    let extents: Vec<(u64, u64)> = regions
-        .iter()
-        .map(|r| {
-            let start = u64::from(r.base.raw());
-            (start, start + r.bytes.len() as u64)
-        })
-        .collect();
+    let extents: Vec<(u64, u64)> = regions.iter().map(CodeRegion::extent).collect();
     Ok(Image {
         format: Format::Elf32,
         regions,
@@ -207,36 +128,38 @@ pub fn parse(bytes: &[u8]) -> Result<Image, ImageError> {
 /// The entry point as a virtual address. Kernels link `e_entry` as a physical address
 /// (Linux's vmlinux enters at `startup_32` before paging is on); translate it through
 /// the segment whose physical range holds it when it lies in no virtual one.
-fn entry_address(elf: &Elf<'_>) -> Option<GuestLinear> {
-    let entry = elf.entry;
-    let loads = || elf.program_headers.iter().filter(|ph| ph.p_type == PT_LOAD);
-    let virt =
-        if loads().any(|ph| (ph.p_vaddr..ph.p_vaddr.saturating_add(ph.p_memsz)).contains(&entry)) {
-            Some(entry)
-        } else {
-            loads()
-                .find(|ph| (ph.p_paddr..ph.p_paddr.saturating_add(ph.p_memsz)).contains(&entry))
-                .and_then(|ph| (entry - ph.p_paddr).checked_add(ph.p_vaddr))
-        };
+fn entry_address(elf: &ElfFile<'_>) -> Option<GuestLinear> {
+    let entry = elf.entry();
+    let loads = elf.load_segments();
     // Without program headers (relocatable objects) the entry is taken as it stands.
-    let virt = if elf.program_headers.is_empty() {
-        Some(entry)
-    } else {
-        virt
-    };
-    virt.and_then(|v| u32::try_from(v).ok()).map(GuestLinear)
+    if elf.header().phnum == 0 || loads.iter().any(|s| s.contains_vaddr(entry)) {
+        return Some(GuestLinear(entry));
+    }
+    loads
+        .iter()
+        .find(|s| s.contains_paddr(entry))
+        .and_then(|s| (entry - s.paddr).checked_add(s.vaddr))
+        .map(GuestLinear)
 }
 
 #[cfg(test)]
 mod tests {
+    use vmm::loader::elf::ELF_MAGIC;
+
     use super::*;
 
+    const ELFCLASS32: u8 = 1;
+    const ELFCLASS64: u8 = 2;
+    const ELFDATA2LSB: u8 = 1;
+    const EM_386: u16 = 3;
+
+    /// An ELF header: e_ident[EI_CLASS] at 4, e_ident[EI_DATA] at 5, e_machine at 18.
     fn header(class: u8, data: u8, machine: u16) -> Vec<u8> {
         let mut h = vec![0u8; 64];
         h[..4].copy_from_slice(&ELF_MAGIC);
-        h[EI_CLASS] = class;
-        h[EI_DATA] = data;
-        h[E_MACHINE_OFFSET..E_MACHINE_OFFSET + 2].copy_from_slice(&machine.to_le_bytes());
+        h[4] = class;
+        h[5] = data;
+        h[18..20].copy_from_slice(&machine.to_le_bytes());
         h
     }
 

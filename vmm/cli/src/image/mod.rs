@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use vmm::addr::GuestLinear;
+use vmm::loader::elf::ElfError;
 
 pub use bzimage::{BzImageInfo, SETUP_HEADER_MAGIC, SETUP_HEADER_MAGIC_OFFSET};
 pub use decompress::{Compression, MAX_DECOMPRESSED_SIZE};
@@ -68,7 +69,16 @@ impl CodeRegion {
     pub fn contains(&self, addr: GuestLinear) -> bool {
         addr.raw()
             .checked_sub(self.base.raw())
-            .is_some_and(|off| (off as usize) < self.bytes.len())
+            .is_some_and(|off| usize::try_from(off).is_ok_and(|off| off < self.bytes.len()))
+    }
+
+    /// The region's guest linear `[start, end)`.
+    pub fn extent(&self) -> (u64, u64) {
+        let start = u64::from(self.base.raw());
+        (
+            start,
+            start + u64::try_from(self.bytes.len()).unwrap_or(u64::MAX),
+        )
     }
 }
 
@@ -111,18 +121,20 @@ pub enum ImageError {
         format: Format,
     },
     /// An ELF file of a class or machine other than 32-bit i386.
-    #[error("ELF file is {class}, machine {machine}; expected 32-bit little-endian i386 (ELFCLASS32, EM_386)")]
-    UnsupportedElf {
-        /// ELF class as found (e.g. "ELF64").
-        class: &'static str,
-        /// Machine name as found (e.g. "X86_64").
-        machine: &'static str,
-    },
-    /// An ELF file the parser rejected or whose tables point outside the file.
-    #[error("corrupt ELF: {reason}")]
-    CorruptElf {
-        /// What was wrong, as precisely as the parser says.
-        reason: String,
+    #[error("{0}")]
+    UnsupportedElf(ElfError),
+    /// An ELF file the reader rejected: truncated, or tables pointing outside the file.
+    #[error("corrupt ELF: {0}")]
+    CorruptElf(ElfError),
+    /// An executable section or segment that runs past the 32-bit address space.
+    #[error("corrupt ELF: {what} at {addr:#x} ({len} bytes) does not fit in 32-bit addresses")]
+    RegionBeyond4GiB {
+        /// The section or segment.
+        what: String,
+        /// Its address.
+        addr: u32,
+        /// Its length.
+        len: usize,
     },
     /// An ELF file with no executable section or segment.
     #[error("ELF file has no executable section (SHF_EXECINSTR) or executable PT_LOAD segment")]

@@ -4,14 +4,8 @@ use std::fmt;
 
 use vmm::addr::GuestLinear;
 
-/// How much a symbol tells about the code it names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum SymbolKind {
-    /// `STT_FUNC`: a function, whose extent is known when `size` is non-zero.
-    Function,
-    /// A label in an executable section without a type (assembly entry points).
-    Label,
-}
+/// How much a symbol tells about the code it names (ordered: a function tells more).
+pub use vmm::loader::elf::SymbolKind;
 
 /// A named address in guest code.
 #[derive(Clone, Debug, PartialEq, Eq)]

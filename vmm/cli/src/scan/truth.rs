@@ -89,7 +89,7 @@ fn linear_sweep(bytes: &[u8], ip: u32, starts: &mut Vec<u32>) {
     let mut pos = 0;
     while pos < bytes.len() {
         decoder.decode_out(&mut instr);
-        let addr = ip.wrapping_add(pos as u32);
+        let addr = ip.wrapping_add(u32::try_from(pos).unwrap_or(u32::MAX));
         if instr.is_invalid() {
             pos += 1;
             // The position is always inside `bytes`, so repositioning cannot fail.
