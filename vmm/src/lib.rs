@@ -4,6 +4,7 @@
 //! plug in through [`vm::EntryHook`].
 
 pub mod addr;
+pub mod bits;
 pub mod devices;
 pub mod hostcpu;
 pub mod loader;

@@ -13,20 +13,17 @@ pub const fn greg(v: u64) -> libc::greg_t {
 }
 
 /// The low 32 bits: what a compat-mode guest sees of a 64-bit register.
-#[allow(clippy::cast_possible_truncation)] // the high half is not the guest's: dropping it is the point
-pub const fn low32(v: u64) -> u32 {
-    v as u32
-}
+pub use crate::bits::low32;
 
-/// The low 16 bits (a selector, or a 16-bit field of a packed register).
+/// The low 16 bits of a saved register (a selector, or a 16-bit field of a packed
+/// register).
 pub const fn low16(v: u64) -> u16 {
-    let b = low32(v).to_le_bytes();
-    u16::from_le_bytes([b[0], b[1]])
+    crate::bits::low16(low32(v))
 }
 
-/// The low 8 bits (a vector number in `trapno`).
+/// The low 8 bits of a saved register (a vector number in `trapno`).
 pub const fn low8(v: u64) -> u8 {
-    low32(v).to_le_bytes()[0]
+    crate::bits::low8(low32(v))
 }
 
 /// Index of a `REG_*` constant in `gregs`.

@@ -1,7 +1,7 @@
 //! Bit layouts of segment descriptors and gate descriptors (SDM Vol. 3A, §3.4.5 and
 //! §6.11), decoded into named fields and encoded back.
 
-use super::bits::{high32, low32};
+use crate::bits::{high32, low32};
 
 /// System-descriptor types (S = 0), SDM Vol. 3A, Table 3-2.
 pub mod system_type {

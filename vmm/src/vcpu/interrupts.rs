@@ -554,10 +554,7 @@ mod tests {
         deliver(&mut s, &mut bus, Event::External(0x40)).unwrap();
         assert_eq!((s.sreg(SegReg::Cs).selector, s.eip), (0x50, 0x1234));
         assert_eq!(s.gpr[gpr::ESP], 0x8800 - 6);
-        assert_eq!(
-            bus.read_u16(0x8800 - 2),
-            crate::vcpu::bits::low16(eflags::FIXED1)
-        );
+        assert_eq!(bus.read_u16(0x8800 - 2), crate::bits::low16(eflags::FIXED1));
         assert_eq!(bus.read_u16(0x8800 - 4), 0x08);
         assert_eq!(bus.read_u16(0x8800 - 6), 0x7000, "IP truncated to 16 bits");
         // IRET with a 16-bit operand size pops the three words back.

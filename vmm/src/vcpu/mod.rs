@@ -25,7 +25,6 @@
 //! hold what was written), loading PAE PDPTEs on MOV CR3 (the shadow-paging code reads
 //! them from guest memory).
 
-pub mod bits;
 pub mod descriptor;
 pub mod emulate;
 pub mod exit;

@@ -5,7 +5,7 @@
 
 use super::operands::{addr16, operand_size, read_rm, rm_operand, value_operand, write_rm, Rm};
 use super::{Ctx, Outcome, Res, Stop, Unsupported};
-use crate::vcpu::bits::{low8, sign_extend16, signed, unsigned};
+use crate::bits::{low8, sign_extend16, signed, unsigned};
 use crate::vcpu::{Effects, GuestBus, VcpuState};
 use crate::x86::eflags;
 use iced_x86::{Mnemonic, OpKind};
@@ -44,7 +44,7 @@ pub(crate) fn add_sub(a: u32, b: u32, bits: u32, sub: bool) -> (u32, u32) {
         (a.wrapping_sub(b) & mask, a < b)
     } else {
         let wide = u64::from(a) + u64::from(b);
-        (crate::vcpu::bits::low32(wide) & mask, wide >> bits & 1 != 0)
+        (crate::bits::low32(wide) & mask, wide >> bits & 1 != 0)
     };
     let mut f = result_flags(res, bits);
     if carry {

@@ -5,7 +5,7 @@
 
 use super::operands::{operand_size, read_rm, rm_operand, value_operand, write_gpr, write_rm};
 use super::{Ctx, Outcome, Res, Stop, Unsupported};
-use crate::vcpu::bits::{sign_extend16, sign_extend8};
+use crate::bits::{sign_extend16, sign_extend8};
 use crate::vcpu::{Effects, GuestBus, VcpuState};
 use iced_x86::{Mnemonic, OpKind};
 

@@ -3,7 +3,7 @@
 
 use super::operands::{read_mem, rm_operand, Rm};
 use super::{peek, push, release, Ctx, Outcome, Res, Stop, Unsupported};
-use crate::vcpu::bits::low16;
+use crate::bits::low16;
 use crate::vcpu::descriptor::{selector, system_type, Gate, TYPE_ACCESSED};
 use crate::vcpu::segments::{fetch_descriptor, set_accessed, DescriptorRef};
 use crate::vcpu::stack::{adjust_sp, push_frame, tss_stack};

@@ -4,7 +4,7 @@
 use super::operands::{linear, read_gpr, read_mem, write_gpr, write_mem};
 use super::{Ctx, Outcome, Res, Stop};
 use crate::addr::GuestLinear;
-use crate::vcpu::bits::low16;
+use crate::bits::low16;
 use crate::vcpu::descriptor::system_type;
 use crate::vcpu::state::{gpr, VcpuState};
 use crate::vcpu::{Effects, Fault, GuestBus};

@@ -7,7 +7,7 @@ use super::far::{check_return_cs, check_return_ss, null_inaccessible_data_segmen
 use super::flags::merge_eflags;
 use super::{Ctx, Outcome, Res, Stop, Unsupported};
 use crate::addr::GuestLinear;
-use crate::vcpu::bits::low16;
+use crate::bits::low16;
 use crate::vcpu::descriptor::{selector, system_type};
 use crate::vcpu::segments::{fetch_descriptor, set_accessed};
 use crate::vcpu::stack::{adjust_sp, peek_frame};

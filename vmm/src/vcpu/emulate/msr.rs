@@ -1,7 +1,7 @@
 //! Model-specific registers and counters: RDMSR, WRMSR, RDPMC, RDTSC.
 
 use super::{require_cpl0, Outcome, Res};
-use crate::vcpu::bits::{high32, low32};
+use crate::bits::{high32, low32};
 use crate::vcpu::state::{gpr, VcpuState};
 use crate::vcpu::{Effects, Fault, GuestBus};
 use crate::x86::cr4;

@@ -4,7 +4,7 @@
 //! reads and writes (SDM Vol. 3A §5.3: limit and type checks, #SS(0) for SS accesses).
 
 use crate::addr::GuestLinear;
-use crate::vcpu::bits::low32;
+use crate::bits::low32;
 use crate::vcpu::state::VcpuState;
 use crate::vcpu::{Fault, GuestBus};
 use crate::x86::SegReg;

@@ -4,7 +4,7 @@
 
 use super::operands::{operand_size, read_mem, read_rm, rm_operand, write_gpr, write_mem, Rm};
 use super::{peek, push, release, Ctx, Outcome, Res};
-use crate::vcpu::bits::low16;
+use crate::bits::low16;
 use crate::vcpu::segments::load_segment;
 use crate::vcpu::state::VcpuState;
 use crate::vcpu::{Effects, Fault, GuestBus};

@@ -3,7 +3,11 @@
 
 use super::operands::{read_mem, read_rm, rm_operand, write_gpr, write_mem, Rm};
 use super::{require_cpl0, require_protected, Ctx, Outcome, Res};
-use crate::vcpu::bits::low16;
+use crate::bits::low16;
+use crate::vcpu::descriptor::system_type::{
+    CALL_GATE16, CALL_GATE32, LDT, TASK_GATE, TSS16_AVAILABLE, TSS16_BUSY, TSS32_AVAILABLE,
+    TSS32_BUSY,
+};
 use crate::vcpu::descriptor::{selector, system_type, TYPE_TSS_BUSY};
 use crate::vcpu::segments::fetch_descriptor;
 use crate::vcpu::state::{Segment, TableReg, VcpuState};
@@ -215,11 +219,12 @@ pub(crate) fn lar_lsl(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) 
     let lar = cx.instr.mnemonic() == Mnemonic::Lar;
     let d = visible(s, bus, sel)?;
     let ok = d.filter(|d| {
-        d.s || if lar {
-            matches!(d.typ, 1 | 2 | 3 | 4 | 5 | 9 | 11 | 12)
-        } else {
-            matches!(d.typ, 1 | 2 | 3 | 9 | 11)
-        }
+        // SDM Vol. 2A, LAR and LSL: the system types each may name.
+        let segment_like = matches!(
+            d.typ,
+            TSS16_AVAILABLE | LDT | TSS16_BUSY | TSS32_AVAILABLE | TSS32_BUSY
+        );
+        d.s || segment_like || (lar && matches!(d.typ, CALL_GATE16 | TASK_GATE | CALL_GATE32))
     });
     s.set_zf(ok.is_some());
     if let Some(d) = ok {

@@ -6,7 +6,7 @@
 
 use super::{data_access, emulate, mediate, Emulated, Mediated, Unsupported};
 use crate::addr::GuestLinear;
-use crate::vcpu::bits::{low16, low8};
+use crate::bits::{low16, low8};
 use crate::vcpu::descriptor::Descriptor;
 use crate::vcpu::interrupts::{Event, SoftwareKind};
 use crate::vcpu::state::{gpr, Segment, VcpuState};

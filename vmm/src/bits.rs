@@ -1,7 +1,8 @@
-//! The truncations and sign extensions the architecture itself performs: the low half of
-//! a register is a 16-bit register, a selector is 16 bits of a popped slot, a byte
-//! operand is the low 8 bits. Everywhere else the vCPU widens with `From` or checks
-//! with `try_from`; these are the only places a value is cut.
+//! The truncations and sign extensions the architecture itself performs, for the vCPU and
+//! the host side alike: the low half of a register is a 16-bit register, a selector is 16
+//! bits of a popped slot, a byte operand is the low 8 bits, a compat-mode guest owns the
+//! low 32 bits of a host register. Everywhere else the engine widens with `From` or
+//! checks with `try_from`; these are the only places a value is cut.
 
 /// The low 8 bits (AL of EAX, a byte operand, a port byte).
 #[allow(clippy::cast_possible_truncation)] // the truncation is the operation
