@@ -150,6 +150,24 @@ fn expect(exit: &HostExit, kind: HostExitKind) {
     assert_eq!(exit.kind, kind, "{exit:?}");
 }
 
+fn expect_fault(exit: &HostExit, vector: u8, error_code: u32) {
+    expect(exit, HostExitKind::Fault { vector, error_code });
+}
+
+/// A page fault at `addr` whose U and W error bits are `user_write` (`what` says which
+/// access it was; the P bit is the host's and not checked).
+fn expect_page_fault(exit: &HostExit, addr: GuestLinear, user_write: u32, what: &str) {
+    let HostExitKind::PageFault {
+        addr: at,
+        error_code,
+    } = exit.kind
+    else {
+        panic!("{exit:?}")
+    };
+    assert_eq!(at, addr);
+    assert_eq!(error_code & 0x6, user_write, "{what} ({error_code:#x})");
+}
+
 fn pipe_nonblocking() -> (OwnedFd, OwnedFd) {
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for the two descriptors pipe2 writes.
@@ -272,13 +290,7 @@ fn every_synchronous_exit_kind_and_resume() {
     for round in 0..ROUNDS {
         let mut ctx = fresh_ctx(start);
         let e = cpu.run(&mut ctx);
-        expect(
-            &e,
-            HostExitKind::Fault {
-                vector: Exception::GP,
-                error_code: 0,
-            },
-        );
+        expect_fault(&e, Exception::GP, 0);
         assert_eq!(e.signo, libc::SIGSEGV);
         assert_eq!(
             (ctx.eip, ctx.eax, ctx.ebx, ctx.ecx),
@@ -289,70 +301,40 @@ fn every_synchronous_exit_kind_and_resume() {
 
         ctx.eip = after_hlt;
         let e = cpu.run(&mut ctx);
-        expect(
-            &e,
-            HostExitKind::Fault {
-                vector: Exception::BP,
-                error_code: 0,
-            },
-        );
+        expect_fault(&e, Exception::BP, 0);
         assert_eq!((e.signo, ctx.eip), (libc::SIGTRAP, after_int3));
 
         let e = cpu.run(&mut ctx);
-        expect(
-            &e,
-            HostExitKind::Fault {
-                vector: Exception::UD,
-                error_code: 0,
-            },
-        );
+        expect_fault(&e, Exception::UD, 0);
         assert_eq!((e.signo, ctx.eip), (libc::SIGILL, ud2));
 
         ctx.eip = after_ud2;
         let e = cpu.run(&mut ctx);
-        expect(
-            &e,
-            HostExitKind::Fault {
-                vector: Exception::DE,
-                error_code: 0,
-            },
-        );
+        expect_fault(&e, Exception::DE, 0);
         assert_eq!((e.signo, ctx.eip, ctx.eax), (libc::SIGFPE, div, 7));
 
         ctx.eip = after_div;
         let e = cpu.run(&mut ctx);
-        let HostExitKind::PageFault { addr, error_code } = e.kind else {
-            panic!("{e:?}")
-        };
-        assert_eq!(addr, GuestLinear(UNMAPPED + 0x24));
-        assert_eq!(
-            error_code & 0x6,
+        expect_page_fault(
+            &e,
+            GuestLinear(UNMAPPED + 0x24),
             0x4,
-            "user read: U set, W clear ({error_code:#x})"
+            "user read: U set, W clear",
         );
 
         ctx.eip = after_read;
         let e = cpu.run(&mut ctx);
-        let HostExitKind::PageFault { addr, error_code } = e.kind else {
-            panic!("{e:?}")
-        };
-        assert_eq!(addr, GuestLinear(READ_ONLY + 8));
-        assert_eq!(
-            error_code & 0x6,
+        expect_page_fault(
+            &e,
+            GuestLinear(READ_ONLY + 8),
             0x6,
-            "user write: U and W set ({error_code:#x})"
+            "user write: U and W set",
         );
 
         ctx.eip = after_write;
         if faulting {
             let e = cpu.run(&mut ctx);
-            expect(
-                &e,
-                HostExitKind::Fault {
-                    vector: Exception::GP,
-                    error_code: 0,
-                },
-            );
+            expect_fault(&e, Exception::GP, 0);
             assert_eq!(ctx.eip, cpuid_at);
             ctx.eip = after_cpuid;
         }
@@ -406,13 +388,7 @@ fn every_synchronous_exit_kind_and_resume() {
         ctx.ss = ldt_selector(DATA_IDX);
         ctx.eip = after_syscall;
         let e = cpu.run(&mut ctx);
-        expect(
-            &e,
-            HostExitKind::Fault {
-                vector: Exception::GP,
-                error_code: 0,
-            },
-        );
+        expect_fault(&e, Exception::GP, 0);
         assert_eq!(ctx.eax, 0xfeed);
     }
 
@@ -457,13 +433,7 @@ fn fpu_and_sse_state_survive_monitor_float_work() {
         ram.write(GuestPhys(xmm_out), &[0; 48]).unwrap();
         let mut ctx = fresh_ctx(l[0]);
         let e = cpu.run(&mut ctx);
-        expect(
-            &e,
-            HostExitKind::Fault {
-                vector: Exception::BP,
-                error_code: 0,
-            },
-        );
+        expect_fault(&e, Exception::BP, 0);
         assert_eq!(ctx.fpu.mxcsr(), guest_mxcsr);
         assert_eq!(ctx.fpu.xmm(0), pattern);
 
@@ -479,13 +449,7 @@ fn fpu_and_sse_state_survive_monitor_float_work() {
         unsafe { std::arch::asm!("xorps xmm0, xmm0", out("xmm0") _) };
 
         let e = cpu.run(&mut ctx);
-        expect(
-            &e,
-            HostExitKind::Fault {
-                vector: Exception::GP,
-                error_code: 0,
-            },
-        );
+        expect_fault(&e, Exception::GP, 0);
         let mut out = [0u8; 16];
         ram.read(GuestPhys(xmm_out), &mut out).unwrap();
         assert_eq!(u128::from_le_bytes(out), pattern);
@@ -521,25 +485,13 @@ fn data_selectors_are_reported_and_limits_enforced() {
     for _ in 0..ROUNDS {
         let mut ctx = fresh_ctx(l[0]);
         let e = cpu.run(&mut ctx);
-        expect(
-            &e,
-            HostExitKind::Fault {
-                vector: Exception::GP,
-                error_code: 0,
-            },
-        );
+        expect_fault(&e, Exception::GP, 0);
         assert_eq!(ctx.eax, 0xcafe_f00d, "FS base applied");
         assert_eq!((ctx.ds, ctx.es, ctx.fs, ctx.gs), (flat, 0, win, win));
         // Re-entry reloads them: the access past the 4 KiB limit faults.
         ctx.eip = l[1];
         let e = cpu.run(&mut ctx);
-        expect(
-            &e,
-            HostExitKind::Fault {
-                vector: Exception::GP,
-                error_code: 0,
-            },
-        );
+        expect_fault(&e, Exception::GP, 0);
         assert_eq!(ctx.eip, l[1]);
     }
 }
@@ -577,13 +529,7 @@ fn bad_entry_state_is_refused_not_fatal() {
         assert_eq!(ctx.eax, 0, "guest did not run");
         ctx.fs = 0;
         let e = cpu.run(&mut ctx);
-        expect(
-            &e,
-            HostExitKind::Fault {
-                vector: Exception::GP,
-                error_code: 0,
-            },
-        );
+        expect_fault(&e, Exception::GP, 0);
         assert_eq!(ctx.eax, 1);
     }
 }
@@ -930,13 +876,7 @@ fn changed_ldt_descriptor_behind_an_unchanged_selector_takes_effect() {
         ctx.fs = sel;
         ctx.gs = sel;
         let e = cpu.run(&mut ctx);
-        expect(
-            &e,
-            HostExitKind::Fault {
-                vector: Exception::GP,
-                error_code: 0,
-            },
-        );
+        expect_fault(&e, Exception::GP, 0);
         assert_eq!((ctx.eax, ctx.ebx), (0x1000_0000 + i, 0x1000_0000 + i));
     }
 }
