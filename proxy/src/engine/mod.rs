@@ -243,71 +243,6 @@ impl ProxyRuntime {
             .map_or(addr, |&(start, _, phys)| phys.wrapping_add(addr - start))
     }
 
-    /// Follows a policy replaced through the administration interface: entry points it
-    /// no longer binds get their own code back, new ones get the trap.
-    pub fn sync(&mut self, patches: &mut PatchTable, ram: &GuestRam) {
-        let generation = self.shared.proxy.policy().generation();
-        if generation == self.generation {
-            return;
-        }
-        self.generation = generation;
-        let policy = self.shared.proxy.policy().current();
-        // The control socket only puts in force policies whose bindings resolve.
-        let Ok(entries) = policy.entry_points(&self.shared.symbols) else {
-            return;
-        };
-        for (addr, _) in self.entries.iter() {
-            if entries.get(addr).is_none() {
-                patches.unpin_entry(&mut RamCode(ram), self.physical(addr));
-            }
-        }
-        for (addr, _) in entries.iter() {
-            if let Err(e) = patches.pin_entry(&mut RamCode(ram), self.physical(addr)) {
-                eprintln!("vmm: kernel proxy: cannot bind {addr:#010x}: {e}");
-            }
-        }
-        self.entries = entries;
-    }
-
-    /// Serves the call if `site`, where an INT3 fired, is a bound entry point: the
-    /// guest's registers in `state` are set as the function's return leaves them.
-    /// `None` when `site` is not bound (the trap is the rewriter's or the guest's own).
-    ///
-    /// # Errors
-    /// The fault the guest's own `ret` would have met when its return address cannot be
-    /// read (the engine delivers it).
-    pub fn on_trap(
-        &mut self,
-        site: u32,
-        state: &mut VcpuState,
-        bus: &mut dyn GuestBus,
-        ram_size: u64,
-    ) -> Option<Result<(), Fault>> {
-        let binding = Arc::clone(self.entries.get(site)?);
-        let outcome = {
-            let mut guest = VcpuGuest::new(state, bus, ram_size);
-            self.shared.proxy.dispatch(site, &binding, &mut guest)
-        };
-        let outcome = match outcome {
-            Ok(o) => o,
-            Err(fault) => {
-                if self.trace {
-                    eprintln!("vmm: kernel proxy: {} at {site:#010x}: {fault}", binding.op);
-                }
-                return Some(Err(Fault::with_code(Exception::SS, 0)));
-            }
-        };
-        self.count(&outcome);
-        if self.trace {
-            eprintln!(
-                "vmm: kernel proxy: {} at {site:#010x} -> eax {:#x} ({:?}, {:?})",
-                binding.op, outcome.eax, outcome.status, outcome.served_by
-            );
-        }
-        apply(state, &outcome);
-        Some(Ok(()))
-    }
-
     fn count(&self, outcome: &ProxyOutcome) {
         let mut c = self.shared.counters.lock();
         c.calls += 1;
@@ -392,10 +327,39 @@ impl EntryHook for ProxyRuntime {
         ProxyRuntime::pin(self, patches, ram).map_err(Into::into)
     }
 
+    /// Follows a policy replaced through the administration interface: entry points it
+    /// no longer binds get their own code back, new ones get the trap.
     fn sync(&mut self, patches: &mut PatchTable, ram: &GuestRam) {
-        ProxyRuntime::sync(self, patches, ram);
+        let generation = self.shared.proxy.policy().generation();
+        if generation == self.generation {
+            return;
+        }
+        self.generation = generation;
+        let policy = self.shared.proxy.policy().current();
+        // The control socket only puts in force policies whose bindings resolve.
+        let Ok(entries) = policy.entry_points(&self.shared.symbols) else {
+            return;
+        };
+        for (addr, _) in self.entries.iter() {
+            if entries.get(addr).is_none() {
+                patches.unpin_entry(&mut RamCode(ram), self.physical(addr));
+            }
+        }
+        for (addr, _) in entries.iter() {
+            if let Err(e) = patches.pin_entry(&mut RamCode(ram), self.physical(addr)) {
+                eprintln!("vmm: kernel proxy: cannot bind {addr:#010x}: {e}");
+            }
+        }
+        self.entries = entries;
     }
 
+    /// Serves the call if `site`, where an INT3 fired, is a bound entry point: the
+    /// guest's registers in `state` are set as the function's return leaves them.
+    /// `None` when `site` is not bound (the trap is the rewriter's or the guest's own).
+    ///
+    /// # Errors
+    /// The fault the guest's own `ret` would have met when its return address cannot be
+    /// read (the engine delivers it).
     fn on_trap(
         &mut self,
         site: u32,
@@ -403,7 +367,29 @@ impl EntryHook for ProxyRuntime {
         bus: &mut dyn GuestBus,
         ram_size: u64,
     ) -> Option<Result<(), Fault>> {
-        ProxyRuntime::on_trap(self, site, state, bus, ram_size)
+        let binding = Arc::clone(self.entries.get(site)?);
+        let outcome = {
+            let mut guest = VcpuGuest::new(state, bus, ram_size);
+            self.shared.proxy.dispatch(site, &binding, &mut guest)
+        };
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(fault) => {
+                if self.trace {
+                    eprintln!("vmm: kernel proxy: {} at {site:#010x}: {fault}", binding.op);
+                }
+                return Some(Err(Fault::with_code(Exception::SS, 0)));
+            }
+        };
+        self.count(&outcome);
+        if self.trace {
+            eprintln!(
+                "vmm: kernel proxy: {} at {site:#010x} -> eax {:#x} ({:?}, {:?})",
+                binding.op, outcome.eax, outcome.status, outcome.served_by
+            );
+        }
+        apply(state, &outcome);
+        Some(Ok(()))
     }
 }
 

@@ -227,19 +227,8 @@ mod tests {
     }
 
     fn setup() -> (VcpuState, TestBus) {
-        let mut bus = TestBus::new();
-        for v in 0..=255u8 {
-            bus.set_gate(
-                v,
-                int_gate(0x08, HANDLER + u32::from(v), system_type::INT_GATE32, 0),
-            );
-        }
-        bus.set_gate(
-            0x80,
-            int_gate(0x08, HANDLER + 0x80, system_type::TRAP_GATE32, 3),
-        );
+        let (s, mut bus) = TestBus::with_interrupt_handlers(HANDLER);
         bus.set_gate(3, int_gate(0x08, HANDLER + 3, system_type::TRAP_GATE32, 3));
-        let s = bus.protected_state();
         (s, bus)
     }
 

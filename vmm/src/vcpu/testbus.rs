@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 //! built in it, a port log.
 
-use super::descriptor::{Descriptor, Gate};
+use super::descriptor::{system_type, Descriptor, Gate};
 use super::state::{gpr, Segment, TableReg, VcpuState};
 use super::{Fault, GuestBus};
 use crate::addr::GuestLinear;
@@ -82,6 +82,25 @@ impl Default for TestBus {
 }
 
 impl TestBus {
+    /// A bus whose IDT sends every vector `v` to `handler + v` through a DPL 0 interrupt
+    /// gate, and INT 0x80 through a DPL 3 trap gate, with the flat protected-mode state
+    /// that goes with it.
+    pub fn with_interrupt_handlers(handler: u32) -> (VcpuState, Self) {
+        let mut bus = Self::new();
+        for v in 0..=255u8 {
+            bus.set_gate(
+                v,
+                int_gate(0x08, handler + u32::from(v), system_type::INT_GATE32, 0),
+            );
+        }
+        bus.set_gate(
+            0x80,
+            int_gate(0x08, handler + 0x80, system_type::TRAP_GATE32, 3),
+        );
+        let s = bus.protected_state();
+        (s, bus)
+    }
+
     pub fn new() -> Self {
         let mut b = Self {
             ram: vec![0; RAM],
