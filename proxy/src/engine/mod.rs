@@ -45,6 +45,7 @@ use crate::{
 use rewriter::{CodeMemoryMut, PatchTable};
 use services::ServiceRegistry;
 
+use vmm::addr::GuestLinear;
 use vmm::loader::elf::{ElfError, ElfFile};
 use vmm::memory::GuestRam;
 use vmm::vcpu::state::gpr;
@@ -362,11 +363,12 @@ impl EntryHook for ProxyRuntime {
     /// read (the engine delivers it).
     fn on_trap(
         &mut self,
-        site: u32,
+        site: GuestLinear,
         state: &mut VcpuState,
         bus: &mut dyn GuestBus,
         ram_size: u64,
     ) -> Option<Result<(), Fault>> {
+        let site = site.raw();
         let binding = Arc::clone(self.entries.get(site)?);
         let outcome = {
             let mut guest = VcpuGuest::new(state, bus, ram_size);
@@ -444,12 +446,12 @@ mod tests {
         state.gpr[gpr::EBX] = 0xb0b0;
 
         assert!(
-            rt.on_trap(entry + 1, &mut state, &mut bus, 0x10_0000)
+            rt.on_trap(GuestLinear(entry + 1), &mut state, &mut bus, 0x10_0000)
                 .is_none(),
             "not bound"
         );
         assert_eq!(
-            rt.on_trap(entry, &mut state, &mut bus, 0x10_0000),
+            rt.on_trap(GuestLinear(entry), &mut state, &mut bus, 0x10_0000),
             Some(Ok(()))
         );
         assert_eq!(std::fs::read(&log).unwrap(), b"hello");
@@ -468,7 +470,7 @@ mod tests {
         for args in [[BUF, 65], [0xf000_0000, 4]] {
             let mut state = at_call(&mut bus, &args);
             assert_eq!(
-                rt.on_trap(entry, &mut state, &mut bus, 0x10_0000),
+                rt.on_trap(GuestLinear(entry), &mut state, &mut bus, 0x10_0000),
                 Some(Ok(()))
             );
             assert_eq!((state.gpr[gpr::EAX], state.eip), (u32::MAX, RET));
@@ -482,7 +484,7 @@ mod tests {
         state.gpr[gpr::ESP] = 0x0fff_fff0;
         let before = state.clone();
         assert_eq!(
-            rt.on_trap(entry, &mut state, &mut bus, 0x10_0000),
+            rt.on_trap(GuestLinear(entry), &mut state, &mut bus, 0x10_0000),
             Some(Err(Fault::with_code(Exception::SS, 0)))
         );
         assert_eq!(state, before);

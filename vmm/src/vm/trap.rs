@@ -93,7 +93,7 @@ impl Vm {
             &mut self.code.pages,
             &mut self.platform.ports,
         );
-        let served = hook.on_trap(site.raw(), &mut self.cpu.state, &mut bus, ram_size)?;
+        let served = hook.on_trap(site, &mut self.cpu.state, &mut bus, ram_size)?;
         Some(match served {
             Ok(()) => Ok(None),
             Err(fault) => self.hand_to_vcpu(GuestExit::Exception(fault)),

@@ -5,6 +5,7 @@
 
 use rewriter::PatchTable;
 
+use crate::addr::GuestLinear;
 use crate::memory::GuestRam;
 use crate::vcpu::{Fault, GuestBus, VcpuState};
 
@@ -32,7 +33,7 @@ pub trait EntryHook: Send {
     /// The fault the guest meets instead (the engine delivers it through the guest IDT).
     fn on_trap(
         &mut self,
-        site: u32,
+        site: GuestLinear,
         state: &mut VcpuState,
         bus: &mut dyn GuestBus,
         ram_size: u64,
