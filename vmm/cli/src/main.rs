@@ -286,6 +286,7 @@ fn run_command(args: RunArgs) -> ExitCode {
     match &outcome {
         RunOutcome::DebugExit { .. } => {}
         RunOutcome::Shutdown { reason } => eprintln!("vmm: {reason}"),
+        RunOutcome::Reset => eprintln!("vmm: the guest reset the machine"),
         RunOutcome::GuestFailure { reason, dump } => {
             eprintln!("vmm: guest stopped: {reason}\n{dump}");
         }

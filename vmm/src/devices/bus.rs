@@ -20,6 +20,10 @@ pub enum PortAction {
     Continue,
     /// Stop the VM; the device asked for it (for example the debug-exit port).
     Exit(ExitRequest),
+    /// The guest powered the machine off (ACPI S5 through PM1a control).
+    PowerOff,
+    /// The guest pulled the reset line (i8042 output port, port 0xCF9, port 0x92).
+    Reset,
 }
 
 impl PortAction {
@@ -27,8 +31,8 @@ impl PortAction {
     /// request wins over continuing.
     fn merge(self, other: PortAction) -> PortAction {
         match self {
-            PortAction::Exit(_) => self,
             PortAction::Continue => other,
+            PortAction::Exit(_) | PortAction::PowerOff | PortAction::Reset => self,
         }
     }
 }
@@ -77,6 +81,24 @@ pub enum BusError {
         base: u16,
         /// Length of the rejected range.
         len: u16,
+    },
+    /// The new MMIO range overlaps a range already on the bus.
+    #[error("MMIO range {base:#010x}+{len:#x} overlaps the {existing} device")]
+    MmioOverlap {
+        /// Base of the rejected range.
+        base: u32,
+        /// Length of the rejected range.
+        len: u32,
+        /// The device it collides with.
+        existing: &'static str,
+    },
+    /// The MMIO range is empty or runs past 4 GiB.
+    #[error("MMIO range {base:#010x}+{len:#x} is empty or runs past 4 GiB")]
+    MmioRange {
+        /// Base of the rejected range.
+        base: u32,
+        /// Length of the rejected range.
+        len: u32,
     },
 }
 

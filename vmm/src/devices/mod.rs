@@ -47,6 +47,7 @@ mod clock;
 mod cmos;
 mod debug_exit;
 mod irq;
+mod mmio;
 mod pic;
 mod pit;
 mod post;
@@ -57,6 +58,7 @@ pub use clock::{Clock, MonotonicClock, SystemWallClock, WallClock};
 pub use cmos::{Cmos, CMOS_BASE, CMOS_PORT_LEN};
 pub use debug_exit::{DebugExit, ExitRequest, DEBUG_EXIT_BASE, DEBUG_EXIT_LEN};
 pub use irq::{IrqLine, PicLine};
+pub use mmio::{MmioBus, MmioDevice, MmioStats, SharedMmioDevice};
 pub use pic::{
     register_pic, DualPic, Pic8259, ELCR_BASE, PIC_CASCADE_IRQ, PIC_MASTER_BASE, PIC_SLAVE_BASE,
 };

@@ -18,7 +18,7 @@ use super::code::{CodePages, RamCode};
 use super::guest_memory::GuestMemory;
 use super::shadow_backend::{Paging, RamPhys};
 use crate::addr::{GuestLinear, GuestPhys, PAGE_SIZE};
-use crate::devices::{ExitRequest, PortAction, PortBus};
+use crate::devices::{MmioBus, PortAction, PortBus};
 use crate::memory::{GuestRam, LinearSpace};
 use crate::vcpu::{Fault, GuestBus};
 
@@ -42,16 +42,23 @@ pub struct MachineBus<'a> {
     pub paging: &'a mut Paging,
     /// The port bus.
     pub ports: &'a mut PortBus,
+    /// The devices at guest-physical addresses without RAM.
+    pub mmio: &'a mut MmioBus,
     /// Set when a device asked the VM to stop.
-    pub exit_request: Option<ExitRequest>,
+    pub exit_request: Option<PortAction>,
     /// Set when the monitor failed to complete an access.
     pub failure: Option<BusFailure>,
 }
 
 impl<'a> MachineBus<'a> {
     /// The machine as one emulated instruction or event delivery sees it, built from the
-    /// memory part, the code part's pages and the platform's port bus.
-    pub fn new(mem: &'a mut GuestMemory, code: &'a mut CodePages, ports: &'a mut PortBus) -> Self {
+    /// memory part, the code part's pages and the platform's port and MMIO buses.
+    pub fn new(
+        mem: &'a mut GuestMemory,
+        code: &'a mut CodePages,
+        ports: &'a mut PortBus,
+        mmio: &'a mut MmioBus,
+    ) -> Self {
         let GuestMemory { ram, space, paging } = mem;
         Self {
             ram,
@@ -59,6 +66,7 @@ impl<'a> MachineBus<'a> {
             code,
             paging,
             ports,
+            mmio,
             exit_request: None,
             failure: None,
         }
@@ -85,20 +93,28 @@ impl MachineBus<'_> {
     }
 
     /// The guest-physical address `lin` translates to for this access, with paging on;
-    /// `Ok(None)` when it is not RAM (reads all ones, writes ignored).
+    /// `Ok(None)` above 4 GiB (PAE), where nothing answers (reads all ones, writes
+    /// ignored).
     fn translate(&mut self, lin: GuestLinear, access: Access) -> Result<Option<GuestPhys>, Fault> {
         let ctx = *self.paging.shadow.context();
         let t = walk(&mut RamPhys(self.ram), &ctx, lin, access)
             .map_err(|pf| Fault::page_fault(pf.cr2, pf.error_code.0))?;
-        Ok(t.phys
-            .below_4g()
-            .filter(|p| u64::from(p.raw()) < self.ram.size()))
+        Ok(t.phys.below_4g())
+    }
+
+    /// Whether `phys` is guest RAM (everything else is MMIO or nothing).
+    fn is_ram(&self, phys: GuestPhys) -> bool {
+        u64::from(phys.raw()) < self.ram.size()
     }
 
     fn write_paged(&mut self, lin: GuestLinear, data: &[u8], user: bool) -> Result<(), Fault> {
         let Some(phys) = self.translate(lin, Access::write(user))? else {
             return Ok(());
         };
+        if !self.is_ram(phys) {
+            self.mmio.write(phys, data);
+            return Ok(());
+        }
         let page = phys.page();
         if matches!(
             self.paging.shadow.page_use(page),
@@ -142,8 +158,14 @@ impl GuestBus for MachineBus<'_> {
                 Some(GuestPhys(lin.raw()))
             };
             let dst = &mut buf[off..off + n];
-            let got = phys.map_or(0, |p| self.code.read_original(self.ram, p, dst));
-            dst[got..].fill(0xff);
+            match phys {
+                Some(p) if self.is_ram(p) => {
+                    let got = self.code.read_original(self.ram, p, dst);
+                    dst[got..].fill(0xff);
+                }
+                Some(p) => self.mmio.read(p, dst),
+                None => dst.fill(0xff),
+            }
         }
         Ok(())
     }
@@ -162,6 +184,10 @@ impl GuestBus for MachineBus<'_> {
         for (lin, off, n) in Self::chunks(addr, data.len()) {
             // Paging off: linear is physical.
             let phys = GuestPhys(lin.raw());
+            if !self.is_ram(phys) {
+                self.mmio.write(phys, &data[off..off + n]);
+                continue;
+            }
             if self.code.is_armed(phys) {
                 if let Err(e) = self.code.on_write(self.space, phys) {
                     self.failure = Some(BusFailure::Map(e.to_string()));
@@ -181,8 +207,9 @@ impl GuestBus for MachineBus<'_> {
     }
 
     fn port_out(&mut self, port: u16, size: u8, value: u32) {
-        if let PortAction::Exit(req) = self.ports.write(port, size, value) {
-            self.exit_request.get_or_insert(req);
+        let action = self.ports.write(port, size, value);
+        if action != PortAction::Continue {
+            self.exit_request.get_or_insert(action);
         }
     }
 

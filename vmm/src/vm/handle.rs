@@ -10,6 +10,7 @@ use super::effects::Before;
 use super::guest_bus::MachineBus;
 use super::stats::ExitReason;
 use super::{RunOutcome, Vm, VmError};
+use crate::devices::PortAction;
 use crate::hostcpu::{HostExit, HostExitKind};
 use crate::vcpu::exit::{self as vcpu_exit, ExitAction, GuestExit, DR6_BS};
 use crate::vcpu::Fault;
@@ -131,11 +132,21 @@ impl Vm {
             &mut self.mem,
             &mut self.code.pages,
             &mut self.platform.ports,
+            &mut self.platform.mmio,
         );
         let action = vcpu_exit::handle(&mut self.cpu.state, &mut bus, &exit);
         let (exit_request, failure) = (bus.exit_request, bus.failure.take());
-        if let Some(req) = exit_request {
-            return Ok(Some(RunOutcome::DebugExit { status: req.status }));
+        match exit_request {
+            Some(PortAction::Exit(req)) => {
+                return Ok(Some(RunOutcome::DebugExit { status: req.status }))
+            }
+            Some(PortAction::PowerOff) => {
+                return Ok(Some(RunOutcome::Shutdown {
+                    reason: "the guest powered the machine off (ACPI S5)".into(),
+                }))
+            }
+            Some(PortAction::Reset) => return Ok(Some(RunOutcome::Reset)),
+            Some(PortAction::Continue) | None => {}
         }
         if let Some(f) = failure {
             return self.failure(format!("monitor failure during emulation: {f:?}"));

@@ -55,6 +55,10 @@ pub use code::{EntryHook, HookError};
 pub use platform::spawn_stdin_reader;
 
 /// Default guest RAM size.
+/// The host exit status of a run the guest ended by resetting the machine (even, so never
+/// taken for a debug-exit status, and distinct from the other statuses `vmm run` gives).
+pub const RESET_EXIT_STATUS: i32 = 6;
+
 pub const DEFAULT_MEM_SIZE: u64 = 128 << 20;
 
 /// What to run.
@@ -128,6 +132,9 @@ pub enum RunOutcome {
         /// Why.
         reason: String,
     },
+    /// The guest reset the machine (i8042 pulse, port 0xCF9 or 0x92): the run ends, as
+    /// QEMU's does with `-no-reboot`.
+    Reset,
     /// The guest broke itself (triple fault) or tried something the monitor stops
     /// (an escape attempt, an unsupported feature); `dump` is the register dump.
     GuestFailure {
@@ -146,6 +153,7 @@ impl RunOutcome {
         match self {
             RunOutcome::DebugExit { status } => i32::from(status.to_le_bytes()[0]),
             RunOutcome::Shutdown { .. } => 0,
+            RunOutcome::Reset => RESET_EXIT_STATUS,
             RunOutcome::GuestFailure { .. } => 4,
         }
     }

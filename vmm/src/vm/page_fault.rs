@@ -201,6 +201,7 @@ impl Vm {
             &mut self.mem,
             &mut self.code.pages,
             &mut self.platform.ports,
+            &mut self.platform.mmio,
         );
         let result = mediate(&mut self.cpu.state, &mut bus, &instr);
         if let Some(f) = bus.failure.take() {
@@ -221,6 +222,7 @@ impl Vm {
             &mut self.mem,
             &mut self.code.pages,
             &mut self.platform.ports,
+            &mut self.platform.mmio,
         );
         let result = data_access(&mut self.cpu.state, &mut bus, instr).map(|m| m == Mediated::Done);
         if let Some(f) = bus.failure.take() {

@@ -7,9 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::devices::{
-    lock, register_pic, register_pit, BusError, Clock, Cmos, DebugExit, DualPic, MonotonicClock,
-    PicLine, Pit, PortBus, PostPort, SerialPort, SystemWallClock, CMOS_BASE, CMOS_PORT_LEN,
-    COM1_BASE, COM1_IRQ, DEBUG_EXIT_BASE, DEBUG_EXIT_LEN, PIT_IRQ, POST_PORT, SERIAL_PORT_LEN,
+    lock, register_pic, register_pit, BusError, Clock, Cmos, DebugExit, DualPic, MmioBus,
+    MonotonicClock, PicLine, Pit, PortBus, PostPort, SerialPort, SystemWallClock, CMOS_BASE,
+    CMOS_PORT_LEN, COM1_BASE, COM1_IRQ, DEBUG_EXIT_BASE, DEBUG_EXIT_LEN, PIT_IRQ, POST_PORT,
+    SERIAL_PORT_LEN,
 };
 use crate::hostcpu::timer::{Kicker, TimerError, VcpuTimer};
 use crate::hostcpu::HostCpu;
@@ -27,6 +28,8 @@ pub type Com1 = SerialPort<PicLine, Box<dyn Write + Send>>;
 pub struct Platform {
     /// The port bus the emulator's IN/OUT reach.
     pub ports: PortBus,
+    /// The devices at guest-physical addresses without RAM (the local APIC, the IOAPIC).
+    pub mmio: MmioBus,
     /// The 8259A pair.
     pub pic: Arc<Mutex<DualPic>>,
     /// The 8254.
@@ -77,6 +80,7 @@ impl Platform {
         ports.insert(CMOS_BASE, CMOS_PORT_LEN, Arc::new(Mutex::new(cmos)))?;
         Ok(Self {
             ports,
+            mmio: MmioBus::new(),
             pic,
             pit,
             serial,

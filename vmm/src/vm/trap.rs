@@ -92,6 +92,7 @@ impl Vm {
             &mut self.mem,
             &mut self.code.pages,
             &mut self.platform.ports,
+            &mut self.platform.mmio,
         );
         let served = hook.on_trap(site, &mut self.cpu.state, &mut bus, ram_size)?;
         Some(match served {
