@@ -48,6 +48,7 @@ mod cmos;
 mod debug_exit;
 mod irq;
 mod mmio;
+pub mod pc;
 mod pic;
 mod pit;
 mod post;
