@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use vmm::addr::GuestLinear;
-use vmm::vm::{spawn_stdin_reader, RunOutcome, Vm, VmConfig};
+use vmm::vm::{spawn_stdin_reader, DiskImage, RunOutcome, Vm, VmConfig};
 #[cfg(feature = "kproxy")]
 use vmm_cli::kproxy;
 use vmm_cli::scan::{self, ScanError, ScanOptions};
@@ -111,6 +111,16 @@ struct RunArgs {
     /// Write the same statistics as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     stats_json: Option<PathBuf>,
+    /// A raw disk image (whole 512-byte sectors) for the primary IDE channel; repeat for
+    /// the slave. FILE,ro attaches it read-only. Writes reach the file.
+    #[arg(long = "disk", value_name = "FILE[,ro]", value_parser = parse_disk)]
+    disks: Vec<DiskImage>,
+    /// The master's image, as QEMU spells it: -hda FILE.
+    #[arg(long, value_name = "FILE[,ro]", value_parser = parse_disk)]
+    hda: Option<DiskImage>,
+    /// The slave's image, as QEMU spells it: -hdb FILE.
+    #[arg(long, value_name = "FILE[,ro]", value_parser = parse_disk)]
+    hdb: Option<DiskImage>,
     /// The kernel proxy's options.
     #[cfg(feature = "kproxy")]
     #[command(flatten)]
@@ -135,6 +145,49 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .map_err(|_| format!("expected a size such as 128M, 1G or 4194304, got {text:?}"))?;
     n.checked_mul(1 << shift)
         .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+/// Parses a disk image argument: a path, with `,ro` appended for a read-only drive.
+fn parse_disk(text: &str) -> Result<DiskImage, String> {
+    let (path, read_only) = match text.strip_suffix(",ro") {
+        Some(path) => (path, true),
+        None => (text, false),
+    };
+    if path.is_empty() {
+        return Err("expected a disk image file".into());
+    }
+    Ok(DiskImage {
+        path: PathBuf::from(path),
+        read_only,
+    })
+}
+
+/// The drives of the primary IDE channel: -hda and -hdb take their positions, each --disk
+/// the next free one (master first).
+fn plan_disks(args: &RunArgs) -> Result<[Option<DiskImage>; 2], String> {
+    let mut slots = [args.hda.clone(), args.hdb.clone()];
+    for disk in &args.disks {
+        let Some(free) = slots.iter_mut().find(|s| s.is_none()) else {
+            return Err(format!(
+                "too many disks: the primary IDE channel holds two (master and slave), \
+                 {} cannot be attached",
+                disk.path.display()
+            ));
+        };
+        *free = Some(disk.clone());
+    }
+    Ok(slots)
+}
+
+/// The command line with QEMU's single-dash `-hda`/`-hdb` spelled as the long options
+/// they stand for (clap's short options are one letter).
+fn qemu_spellings(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    args.map(|arg| match arg.to_str() {
+        Some("-hda") => "--hda".into(),
+        Some("-hdb") => "--hdb".into(),
+        _ => arg,
+    })
+    .collect()
 }
 
 #[derive(Debug, Args)]
@@ -169,7 +222,7 @@ fn parse_address(text: &str) -> Result<GuestLinear, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(qemu_spellings(std::env::args_os()));
     match cli.command {
         Command::Scan(args) => scan_command(&args),
         Command::Run(args) => run_command(args),
@@ -231,6 +284,13 @@ fn run_command(args: RunArgs) -> ExitCode {
         );
         return ExitCode::from(EXIT_USAGE_ERROR);
     }
+    let disks = match plan_disks(&args) {
+        Ok(disks) => disks,
+        Err(e) => {
+            eprintln!("vmm: error: {e}");
+            return ExitCode::from(EXIT_USAGE_ERROR);
+        }
+    };
     let (kernel, kernel_name) = match &args.kernel {
         Some(path) => match std::fs::read(path) {
             Ok(bytes) => (bytes, path.display().to_string()),
@@ -250,6 +310,7 @@ fn run_command(args: RunArgs) -> ExitCode {
         kernel_name,
         cmdline: args.append.clone(),
         serial_out: Box::new(io::stdout()),
+        disks,
     };
     let mut vm = match Vm::new(config) {
         Ok(vm) => vm,
@@ -459,6 +520,50 @@ mod tests {
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("lots").is_err());
         assert!(parse_size("99999999999999G").is_err());
+    }
+
+    #[test]
+    fn disks_in_both_spellings() {
+        let args = |v: &[&str]| qemu_spellings(v.iter().map(std::ffi::OsString::from));
+        let Cli {
+            command: Command::Run(run),
+        } = Cli::try_parse_from(args(&[
+            "vmm",
+            "run",
+            "-hdb",
+            "b.img,ro",
+            "--disk",
+            "a.img",
+            "--append=-hda",
+        ]))
+        .unwrap()
+        else {
+            panic!("not a run command");
+        };
+        assert_eq!(run.append, "-hda", "the guest's command line is left alone");
+        let [master, slave] = plan_disks(&run).unwrap();
+        let master = master.unwrap();
+        let slave = slave.unwrap();
+        assert_eq!(
+            (master.path.to_str(), master.read_only),
+            (Some("a.img"), false)
+        );
+        assert_eq!(
+            (slave.path.to_str(), slave.read_only),
+            (Some("b.img"), true)
+        );
+        let Cli {
+            command: Command::Run(run),
+        } = Cli::try_parse_from(args(&[
+            "vmm", "run", "--disk", "a", "--disk", "b", "--disk", "c",
+        ]))
+        .unwrap()
+        else {
+            panic!("not a run command");
+        };
+        let e = plan_disks(&run).unwrap_err();
+        assert!(e.contains("two") && e.contains('c'), "{e}");
+        assert!(parse_disk(",ro").is_err());
     }
 
     #[test]

@@ -46,6 +46,8 @@ mod bus;
 mod clock;
 mod cmos;
 mod debug_exit;
+pub mod disk;
+pub mod ide;
 mod irq;
 mod mmio;
 pub mod pc;
@@ -58,6 +60,8 @@ pub use bus::{BusError, PortAction, PortBus, PortDevice, PortStats, SharedPortDe
 pub use clock::{Clock, MonotonicClock, SystemWallClock, WallClock};
 pub use cmos::{Cmos, CMOS_BASE, CMOS_PORT_LEN};
 pub use debug_exit::{DebugExit, ExitRequest, DEBUG_EXIT_BASE, DEBUG_EXIT_LEN};
+pub use disk::{Disk, DiskError, ImageFile, MemDisk, SECTOR_SIZE};
+pub use ide::{register_ide, IdeChannel, IdeStats, Unit};
 pub use irq::{IrqLine, PicLine};
 pub use mmio::{MmioBus, MmioDevice, MmioStats, SharedMmioDevice};
 pub use pic::{

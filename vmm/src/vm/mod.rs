@@ -36,7 +36,7 @@ mod trap;
 
 use std::io::Write;
 
-use crate::devices::BusError;
+use crate::devices::{lock, BusError, DiskError, ImageFile, Unit};
 use crate::hostcpu::timer::{Kicker, TimerError, VcpuTimer};
 use crate::hostcpu::{self, ldt::LdtError, HostCpu, HostCpuError};
 use crate::loader::multiboot::{load_multiboot, BootInfo, LoadError};
@@ -73,6 +73,17 @@ pub struct VmConfig {
     pub cmdline: String,
     /// Where the guest's serial output goes.
     pub serial_out: Box<dyn Write + Send>,
+    /// Disk images for the primary IDE channel: the master's, then the slave's.
+    pub disks: [Option<DiskImage>; 2],
+}
+
+/// A disk image file a drive is attached to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskImage {
+    /// The raw image.
+    pub path: std::path::PathBuf,
+    /// Refuse the guest's writes (also the case when the file is not writable).
+    pub read_only: bool,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -81,6 +92,7 @@ impl std::fmt::Debug for VmConfig {
             .field("mem_size", &self.mem_size)
             .field("kernel_name", &self.kernel_name)
             .field("cmdline", &self.cmdline)
+            .field("disks", &self.disks)
             .finish_non_exhaustive()
     }
 }
@@ -104,6 +116,9 @@ pub enum VmError {
     /// The host CPU cannot run guests on this thread.
     #[error("host CPU set-up")]
     HostCpu(#[from] HostCpuError),
+    /// A disk image was refused.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
     /// The device map is inconsistent (a monitor bug).
     #[error("device map")]
     Bus(#[from] BusError),
@@ -194,6 +209,13 @@ impl Vm {
     /// # Errors
     /// [`VmError`] naming the input that was refused (memory size, kernel image).
     pub fn new(config: VmConfig) -> Result<Self, VmError> {
+        // Opened and checked now: once the guest runs, the monitor may only read and write.
+        let mut disks = Vec::new();
+        for (unit, image) in [Unit::Master, Unit::Slave].into_iter().zip(&config.disks) {
+            if let Some(d) = image {
+                disks.push((unit, ImageFile::open(&d.path, d.read_only)?));
+            }
+        }
         let mut ram = GuestRam::new(config.mem_size)?;
         let boot = load_multiboot(ram.as_mut_slice(), &config.kernel, &config.cmdline).map_err(
             |source| VmError::Load {
@@ -205,6 +227,9 @@ impl Vm {
         // Probed here: CPUID faults in this process once the guest runs.
         let mem = GuestMemory::new(ram, shadow_backend::host_has_exec_only())?;
         let platform = Platform::new(config.serial_out, ram_size)?;
+        for (unit, disk) in disks {
+            lock(&platform.ide).attach(unit, Box::new(disk));
+        }
         let state = VcpuState::multiboot_entry(boot.entry, boot.eax, boot.ebx);
         Ok(Self {
             cpu: Cpu::new(state),
@@ -249,6 +274,7 @@ impl Vm {
             .values()
             .map(|p| p.unhandled_reads + p.unhandled_writes)
             .sum();
+        let ide = lock(&self.platform.ide).stats();
         vec![
             ("pages_scanned", c.pages_scanned),
             ("rescans", c.rescans),
@@ -266,6 +292,10 @@ impl Vm {
             ("ldt_writes", self.cpu.mirrors.writes),
             ("unknown_port_accesses", unknown),
             ("cpuid_faulting", u64::from(self.cpuid_faulting)),
+            ("ide_commands", ide.commands),
+            ("ide_sectors_read", ide.sectors_read),
+            ("ide_sectors_written", ide.sectors_written),
+            ("ide_errors", ide.errors),
         ]
     }
 

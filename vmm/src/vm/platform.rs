@@ -6,11 +6,12 @@ use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::devices::pc::IDE_PRIMARY_IRQ;
 use crate::devices::{
-    lock, register_pic, register_pit, BusError, Clock, Cmos, DebugExit, DualPic, MmioBus,
-    MonotonicClock, PicLine, Pit, PortBus, PostPort, SerialPort, SystemWallClock, CMOS_BASE,
-    CMOS_PORT_LEN, COM1_BASE, COM1_IRQ, DEBUG_EXIT_BASE, DEBUG_EXIT_LEN, PIT_IRQ, POST_PORT,
-    SERIAL_PORT_LEN,
+    lock, register_ide, register_pic, register_pit, BusError, Clock, Cmos, DebugExit, DualPic,
+    IdeChannel, MmioBus, MonotonicClock, PicLine, Pit, PortBus, PostPort, SerialPort,
+    SystemWallClock, CMOS_BASE, CMOS_PORT_LEN, COM1_BASE, COM1_IRQ, DEBUG_EXIT_BASE,
+    DEBUG_EXIT_LEN, PIT_IRQ, POST_PORT, SERIAL_PORT_LEN,
 };
 use crate::hostcpu::timer::{Kicker, TimerError, VcpuTimer};
 use crate::hostcpu::HostCpu;
@@ -24,6 +25,9 @@ pub type SystemPit = Pit<MonotonicClock, PicLine>;
 /// COM1, writing to wherever the VM's serial output goes.
 pub type Com1 = SerialPort<PicLine, Box<dyn Write + Send>>;
 
+/// The primary IDE channel, interrupting through the PIC.
+pub type PrimaryIde = IdeChannel<PicLine>;
+
 /// The devices of one VM and the time that drives them.
 pub struct Platform {
     /// The port bus the emulator's IN/OUT reach.
@@ -36,6 +40,8 @@ pub struct Platform {
     pub pit: Arc<Mutex<SystemPit>>,
     /// COM1.
     pub serial: Arc<Mutex<Com1>>,
+    /// The primary IDE channel (drives are attached before the guest runs).
+    pub ide: Arc<Mutex<PrimaryIde>>,
     /// The host monotonic time the PIT counts.
     clock: MonotonicClock,
     /// The PIT deadline the host timer is armed for.
@@ -52,8 +58,8 @@ impl std::fmt::Debug for Platform {
 }
 
 impl Platform {
-    /// Builds the PC devices: PIC pair, PIT (with port B), COM1, CMOS/RTC, the
-    /// debug-exit port at 0xF4 and the POST port.
+    /// Builds the PC devices: PIC pair, PIT (with port B), COM1, CMOS/RTC, the primary
+    /// IDE channel (no drives yet), the debug-exit port at 0xF4 and the POST port.
     ///
     /// # Errors
     /// [`BusError`] if two devices claim the same ports (a monitor bug).
@@ -78,12 +84,18 @@ impl Platform {
         )?;
         ports.insert(POST_PORT, 1, Arc::new(Mutex::new(PostPort::new())))?;
         ports.insert(CMOS_BASE, CMOS_PORT_LEN, Arc::new(Mutex::new(cmos)))?;
+        let ide = Arc::new(Mutex::new(IdeChannel::new(PicLine::new(
+            &pic,
+            IDE_PRIMARY_IRQ,
+        ))));
+        register_ide(&mut ports, &ide)?;
         Ok(Self {
             ports,
             mmio: MmioBus::new(),
             pic,
             pit,
             serial,
+            ide,
             clock,
             armed: None,
         })
