@@ -9,7 +9,13 @@
 //! groups = a b
 //! timeout = 30
 //! expect_exit = 1
+//! disks = 4M 130G
 //! ```
+//!
+//! `disks` gives the kernel IDE drives: one raw image per size (bytes, or with a K, M or G
+//! suffix; whole 512-byte sectors), the first the primary channel's master, the second its
+//! slave. The runner makes fresh images for every run, filled as [`crate::disk_image`]
+//! says, and passes them to the monitor (`--disk`) and to QEMU (`-drive if=ide`).
 
 /// How one test kernel is run and what it must end with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,7 +34,12 @@ pub struct TestEntry {
     pub timeout: u32,
     /// Host exit status the run must end with: `(code << 1) | 1` of the debug-exit port.
     pub expect_exit: i32,
+    /// Sizes in bytes of the IDE disk images the kernel gets: master, then slave.
+    pub disks: Vec<u64>,
 }
+
+/// Drives on the primary IDE channel, the most `disks` may list.
+pub const MAX_DISKS: usize = 2;
 
 /// Default timeout in seconds, as in kvm-unit-tests.
 pub const DEFAULT_TIMEOUT: u32 = 90;
@@ -57,6 +68,9 @@ pub enum ConfigError {
     /// Two sections with the same name.
     #[error("line {line}: test [{name}] is defined twice")]
     Duplicate { line: usize, name: String },
+    /// A `disks` size that is no whole number of sectors, or too many disks.
+    #[error("line {line}: `disks` must list at most two sizes of whole 512-byte sectors (such as 1M or 4096), found `{value}`")]
+    BadDisks { line: usize, value: String },
     /// A section without `file =`.
     #[error("test [{name}] has no `file =`")]
     MissingFile { name: String },
@@ -110,6 +124,7 @@ pub fn parse_config(text: &str) -> Result<Vec<TestEntry>, ConfigError> {
                     groups: Vec::new(),
                     timeout: DEFAULT_TIMEOUT,
                     expect_exit: DEFAULT_EXPECT_EXIT,
+                    disks: Vec::new(),
                 },
             });
             continue;
@@ -149,6 +164,21 @@ pub fn parse_config(text: &str) -> Result<Vec<TestEntry>, ConfigError> {
                 let v = value.strip_suffix('s').unwrap_or(value);
                 p.entry.timeout = u32::try_from(number(v)?).map_err(|_| bad(value))?;
             }
+            "disks" => {
+                let bad = || ConfigError::BadDisks {
+                    line: line_no,
+                    value: value.to_string(),
+                };
+                let sizes = value
+                    .split_whitespace()
+                    .map(parse_size)
+                    .collect::<Option<Vec<u64>>>()
+                    .ok_or_else(bad)?;
+                if sizes.len() > MAX_DISKS {
+                    return Err(bad());
+                }
+                p.entry.disks = sizes;
+            }
             "expect_exit" => {
                 p.entry.expect_exit = i32::try_from(number(value)?).map_err(|_| bad(value))?;
             }
@@ -164,6 +194,19 @@ pub fn parse_config(text: &str) -> Result<Vec<TestEntry>, ConfigError> {
         entries.push(finish(p)?);
     }
     Ok(entries)
+}
+
+/// A disk size: bytes, or a number with a K, M or G suffix (binary units); a non-zero
+/// whole number of 512-byte sectors.
+fn parse_size(text: &str) -> Option<u64> {
+    let (digits, shift) = match text.char_indices().last()? {
+        (i, 'K' | 'k') => (&text[..i], 10),
+        (i, 'M' | 'm') => (&text[..i], 20),
+        (i, 'G' | 'g') => (&text[..i], 30),
+        _ => (text, 0),
+    };
+    let size = digits.parse::<u64>().ok()?.checked_mul(1 << shift)?;
+    (size != 0 && size.is_multiple_of(512)).then_some(size)
 }
 
 #[cfg(test)]
@@ -188,6 +231,23 @@ mod tests {
         assert_eq!(e[1].timeout, DEFAULT_TIMEOUT);
         assert_eq!(e[1].expect_exit, 3);
         assert_eq!(e[1].extra_params, "-m 64");
+        assert!(e[0].disks.is_empty());
+    }
+
+    #[test]
+    fn disks_are_sizes_of_whole_sectors() {
+        let e = parse_config("[a]\nfile = a.elf\ndisks = 1M 130G\n").unwrap();
+        assert_eq!(e[0].disks, vec![1 << 20, 130 << 30]);
+        for bad in ["1M 2M 3M", "513", "0", "lots", "1T"] {
+            assert_eq!(
+                parse_config(&format!("[a]\nfile = a.elf\ndisks = {bad}\n")),
+                Err(ConfigError::BadDisks {
+                    line: 3,
+                    value: bad.into()
+                }),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! Linux program, the native baseline. They are no tests and are not in `tests.cfg`.
 
 pub mod config;
+pub mod disk_image;
 pub mod qemu;
 pub mod report;
 

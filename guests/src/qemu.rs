@@ -35,6 +35,10 @@ pub const QUIRKS: &[&str] = &[
     "quirk-emms-ignores-ts",
     // fpu: an SSE instruction with CR0.EM and CR0.TS both set raises #NM instead of #UD
     "quirk-sse-ts-before-em",
+    // ide: a sector beyond the medium reports ABRT instead of IDNF
+    "quirk-ide-range-abrt",
+    // ide: IDENTIFY DEVICE data is built once and kept, word 59 stays stale
+    "quirk-ide-identify-cached",
 ];
 
 /// A check whose QEMU result is known to differ from the architecture (and so from a
@@ -151,6 +155,21 @@ pub const DEVIATIONS: &[Deviation] = &[
         reason: "QEMU checks CR0.TS before CR0.EM and raises #NM; with EM set the SDM \
                  (Vol. 3A Table 13-1) gives #UD whatever TS is",
     },
+    Deviation {
+        test: "ide",
+        check: "ide: range: the error register says IDNF",
+        quirk: "quirk-ide-range-abrt",
+        reason: "QEMU's IDE drive sets ABRT for a sector beyond the medium; ATA/ATAPI-6 \
+                 (READ SECTORS error outputs) reports an address that is not found with IDNF",
+    },
+    Deviation {
+        test: "ide",
+        check: "ide: multiple: IDENTIFY word 59 shows",
+        quirk: "quirk-ide-identify-cached",
+        reason: "QEMU builds a drive's IDENTIFY data once and returns that copy afterwards, so \
+                 word 59 misses a later SET MULTIPLE MODE; ATA/ATAPI-6 word 59 is the current \
+                 multiple setting",
+    },
 ];
 
 /// The known QEMU deviation covering `check` (a name as the monitor reports it) of `test`.
@@ -180,6 +199,21 @@ pub fn command(kernel: &str, append: &str, extra: &str) -> Command {
     ])
     .args(extra.split_whitespace());
     cmd
+}
+
+/// QEMU's arguments attaching `images` as raw IDE drives of the primary channel: the
+/// first as its master (index 0), the second as its slave (index 1).
+pub fn drive_args(images: &[std::path::PathBuf]) -> Vec<String> {
+    images
+        .iter()
+        .enumerate()
+        .flat_map(|(index, path)| {
+            [
+                "-drive".to_string(),
+                format!("file={},format=raw,if=ide,index={index}", path.display()),
+            ]
+        })
+        .collect()
 }
 
 /// `append` with the [`QUIRKS`] words added.
@@ -271,6 +305,20 @@ mod tests {
         assert_eq!(d.quirk, "quirk-no-alignment-check");
         assert_eq!(deviation("forms", "#AC: [cpl3] misaligned load"), None);
         assert_eq!(deviation("vectors", "#DE: [div]"), None);
+    }
+
+    #[test]
+    fn drives_are_primary_master_then_slave() {
+        let args = drive_args(&["/a.img".into(), "/b.img".into()]);
+        assert_eq!(
+            args,
+            [
+                "-drive",
+                "file=/a.img,format=raw,if=ide,index=0",
+                "-drive",
+                "file=/b.img,format=raw,if=ide,index=1"
+            ]
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! reads it into a coverage table (printed before the comparison table).
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::thread;
 use std::time::Duration;
@@ -66,8 +67,12 @@ impl Run {
     }
 }
 
-fn run_vmm(kernel: &str, append: &str, timeout: u32) -> Run {
-    let out = support::run_vmm(timeout, &["run", "--kernel", kernel, "--append", append]);
+fn run_vmm(kernel: &str, append: &str, timeout: u32, disks: &[PathBuf]) -> Run {
+    let mut args = vec!["run", "--kernel", kernel, "--append", append];
+    for d in disks {
+        args.extend(["--disk", d.to_str().expect("scratch paths are UTF-8")]);
+    }
+    let out = support::run_vmm(timeout, &args);
     Run {
         status: out.status.filter(|_| !out.timed_out()),
         report: parse_report(&out.stdout),
@@ -75,12 +80,11 @@ fn run_vmm(kernel: &str, append: &str, timeout: u32) -> Run {
     }
 }
 
-fn run_qemu(kernel: &str, append: &str, extra: &str, timeout: u32) -> Run {
-    let run = qemu::run(
-        qemu::command(kernel, &qemu::with_quirks(append), extra),
-        Duration::from_secs(timeout.into()),
-    )
-    .unwrap_or_else(|e| panic!("cannot run {}: {e}", qemu::QEMU));
+fn run_qemu(kernel: &str, append: &str, extra: &str, timeout: u32, disks: &[PathBuf]) -> Run {
+    let mut cmd = qemu::command(kernel, &qemu::with_quirks(append), extra);
+    cmd.args(qemu::drive_args(disks));
+    let run = qemu::run(cmd, Duration::from_secs(timeout.into()))
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", qemu::QEMU));
     Run {
         status: run.status.and_then(|s| s.code()),
         report: parse_report(&run.output),
@@ -151,6 +155,21 @@ fn coverage_of(
         ));
     }
     Ok(table)
+}
+
+/// Fresh disk images for one run of `test` under `runner` (tests.cfg `disks`), in the
+/// suite's scratch directory.
+fn disk_images(test: &str, runner: &str, sizes: &[u64]) -> Vec<PathBuf> {
+    let dir = support::scratch_dir("suite");
+    (0u8..)
+        .zip(sizes)
+        .map(|(disk, &size)| {
+            let path = dir.join(format!("{test}-{runner}-hd{disk}.img"));
+            guests::disk_image::create(&path, disk, size)
+                .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+            path
+        })
+        .collect()
 }
 
 /// The verdict on one paired check.
@@ -255,14 +274,27 @@ fn main() -> ExitCode {
         let kernel = guests::find(name)
             .unwrap_or_else(|| panic!("tests.cfg names unbuilt kernel {name}"))
             .path;
+        let vmm_disks = disk_images(name, "vmm", &entry.disks);
+        let qemu_disks = disk_images(name, "qemu", &entry.disks);
         // The two runs of one kernel go side by side; kernels one after another (two cores).
         let (vmm, qemu) = thread::scope(|s| {
             let q = qemu_ran.then(|| {
-                s.spawn(|| run_qemu(kernel, &entry.append, &entry.extra_params, entry.timeout))
+                s.spawn(|| {
+                    run_qemu(
+                        kernel,
+                        &entry.append,
+                        &entry.extra_params,
+                        entry.timeout,
+                        &qemu_disks,
+                    )
+                })
             });
-            let v = run_vmm(kernel, &entry.append, entry.timeout);
+            let v = run_vmm(kernel, &entry.append, entry.timeout, &vmm_disks);
             (v, q.map(|h| h.join().expect("QEMU runner thread")))
         });
+        for image in vmm_disks.iter().chain(&qemu_disks) {
+            let _ = std::fs::remove_file(image);
+        }
         let _ = writeln!(results, "== {name}\n{}", vmm.output);
         vmm_checks.extend(vmm.report.checks.iter().cloned());
 

@@ -411,8 +411,24 @@ fn run_suite_kernels() -> Result<String, String> {
         let mut cmd = std::process::Command::new(&exe);
         cmd.args(["run", "--kernel", guest.path, "--append", &entry.append])
             .stderr(std::process::Stdio::null());
+        // Fresh disk images, as the suite runner makes them.
+        let mut images = Vec::new();
+        for (disk, &size) in (0u8..).zip(&entry.disks) {
+            let path = std::env::temp_dir().join(format!(
+                "vmm-coverage-{}-{name}-hd{disk}.img",
+                std::process::id()
+            ));
+            guests::disk_image::create(&path, disk, size)
+                .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+            cmd.arg("--disk").arg(&path);
+            images.push(path);
+        }
         let timeout = std::time::Duration::from_secs(entry.timeout.into());
-        let run = guests::qemu::run(cmd, timeout).map_err(|e| format!("cannot run {name}: {e}"))?;
+        let run = guests::qemu::run(cmd, timeout);
+        for image in &images {
+            let _ = std::fs::remove_file(image);
+        }
+        let run = run.map_err(|e| format!("cannot run {name}: {e}"))?;
         if run.status.is_none() {
             eprintln!("vmm: warning: {name} timed out after {} s", entry.timeout);
         }

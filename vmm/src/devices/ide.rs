@@ -1156,7 +1156,8 @@ mod tests {
 
     /// The byte at `offset` of sector `lba` of the test pattern.
     fn pattern(lba: u64, offset: usize) -> u8 {
-        (lba.to_le_bytes()[0] ^ lba.to_le_bytes()[3]).wrapping_add(offset.to_le_bytes()[0].wrapping_mul(7))
+        (lba.to_le_bytes()[0] ^ lba.to_le_bytes()[3])
+            .wrapping_add(offset.to_le_bytes()[0].wrapping_mul(7))
     }
 
     fn patterned(sectors: u64) -> MemDisk {
