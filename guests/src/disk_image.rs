@@ -71,7 +71,9 @@ mod tests {
             &bytes[512 * 7..512 * 7 + 6],
             &[7, 0, 0, 0, 1, 0x40 + 5 + 21]
         );
-        assert!(bytes[PATTERN_BYTES as usize..].iter().all(|&b| b == 0));
+        assert!(bytes[usize::try_from(PATTERN_BYTES).unwrap()..]
+            .iter()
+            .all(|&b| b == 0));
         assert_ne!(&bytes[510..512], &[0x55, 0xaa], "no boot signature");
         create(&path, 0, 1024).unwrap();
         assert_eq!(std::fs::read(&path).unwrap().len(), 1024);
