@@ -2,6 +2,7 @@
 //! the exit status must be the expected one and the guest's closing line must agree with
 //! its PASS lines.
 
+use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Duration;
 
@@ -29,11 +30,36 @@ fn kernel_path(name: &str) -> &'static str {
 }
 
 fn run_kernel(kernel: &str, append: &str, extra: &str, timeout_s: u32) -> Run {
-    qemu::run(
-        qemu::command(kernel, append, extra),
-        Duration::from_secs(timeout_s.into()),
-    )
-    .unwrap_or_else(|e| panic!("cannot run {}: {e}", qemu::QEMU))
+    run_with_disks(kernel, append, extra, timeout_s, "", &[])
+}
+
+/// Runs `kernel` with fresh disk images of `sizes` (tests.cfg `disks`), named after `test`.
+fn run_with_disks(
+    kernel: &str,
+    append: &str,
+    extra: &str,
+    timeout_s: u32,
+    test: &str,
+    sizes: &[u64],
+) -> Run {
+    let images: Vec<PathBuf> = (0u8..)
+        .zip(sizes)
+        .map(|(disk, &size)| {
+            let path =
+                Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("qemu-{test}-hd{disk}.img"));
+            guests::disk_image::create(&path, disk, size)
+                .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+            path
+        })
+        .collect();
+    let mut cmd = qemu::command(kernel, append, extra);
+    cmd.args(qemu::drive_args(&images));
+    let run = qemu::run(cmd, Duration::from_secs(timeout_s.into()))
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", qemu::QEMU));
+    for image in &images {
+        let _ = std::fs::remove_file(image);
+    }
+    run
 }
 
 /// Why a run did not pass, or None.
@@ -70,11 +96,13 @@ fn every_test_kernel_passes_under_qemu() {
         .map(|entry| {
             thread::spawn(move || {
                 let name = entry.file.strip_suffix(".elf").unwrap_or(&entry.file);
-                let run = run_kernel(
+                let run = run_with_disks(
                     kernel_path(name),
                     &qemu::with_quirks(&entry.append),
                     &entry.extra_params,
                     entry.timeout,
+                    &entry.name,
+                    &entry.disks,
                 );
                 let report = parse_report(&run.output);
                 let why = verdict(&entry, &run, &report);
@@ -140,6 +168,25 @@ fn qemu_still_deviates_where_the_quirks_say() {
         [
             "wrap: offset past the segment limit: #GP(0), not a wrap",
             "wrap: access straddling the segment limit: #GP(0)",
+        ],
+        "{}",
+        run.output
+    );
+
+    let run = run_with_disks(
+        kernel_path("ide"),
+        "hda-sectors=2048",
+        "",
+        60,
+        "ide-quirks",
+        &[1 << 20],
+    );
+    assert_eq!(run.status.and_then(|s| s.code()), Some(3), "{}", run.output);
+    assert_eq!(
+        failed_checks(&parse_report(&run.output)),
+        [
+            "ide: multiple: IDENTIFY word 59 shows 8 sectors",
+            "ide: range: the error register says IDNF",
         ],
         "{}",
         run.output
