@@ -58,7 +58,8 @@ const MONITOR_SYSCALLS: &[libc::c_long] = &[
     libc::SYS_set_robust_list,
     libc::SYS_prctl,
     libc::SYS_sched_getaffinity,
-    // Kernel proxy (the proxy crate's engine module): file-backed disk and console services ...
+    // Positional I/O on disk images: the IDE drives (devices::disk), and the kernel proxy's
+    // file-backed disk and console services (the proxy crate's engine module) ...
     libc::SYS_pread64,
     libc::SYS_pwrite64,
     libc::SYS_fdatasync,
