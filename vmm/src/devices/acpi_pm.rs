@@ -100,9 +100,11 @@ impl<C: Clock> AcpiPm<C> {
         Some((value, 8 * u32::from(offset - reg)))
     }
 
-    fn read_byte(&self, offset: u16) -> u8 {
+    /// Byte `offset` of the block, the timer's bytes from `timer` (one sample per access,
+    /// so a dword read is never torn across a carry).
+    fn read_byte(&self, offset: u16, timer: u32) -> u8 {
         if (PM_TMR..PM_TMR + 4).contains(&offset) {
-            return self.timer().to_le_bytes()[usize::from(offset - PM_TMR)];
+            return timer.to_le_bytes()[usize::from(offset - PM_TMR)];
         }
         match self.register(offset) {
             Some((value, shift)) => (value >> shift).to_le_bytes()[0],
@@ -138,8 +140,9 @@ impl<C: Clock> AcpiPm<C> {
 
 impl<C: Clock> PortDevice for AcpiPm<C> {
     fn read(&mut self, offset: u16, size: u8) -> u32 {
+        let timer = self.timer();
         (0..u16::from(size)).fold(0, |v, i| {
-            v | u32::from(self.read_byte(offset + i)) << (8 * u32::from(i))
+            v | u32::from(self.read_byte(offset + i, timer)) << (8 * u32::from(i))
         })
     }
 
@@ -192,6 +195,23 @@ mod tests {
         assert_eq!(v, (5 * 3_579_545) & 0xff_ffff);
         assert_eq!(bus.read(pc::PM_TMR_BLK + 3, 1), 0);
         assert_eq!(bus.read(pc::PM_TMR_BLK, 2), v & 0xffff);
+    }
+
+    /// A clock that moves on by one PM timer tick every time it is read.
+    struct Ticking(std::sync::atomic::AtomicU64);
+
+    impl Clock for Ticking {
+        fn now_ns(&self) -> u64 {
+            self.0.fetch_add(280, std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    #[test]
+    fn a_dword_read_is_one_sample() {
+        // 255 ticks: the next one carries into the second byte.
+        let mut pm = AcpiPm::new(Ticking(std::sync::atomic::AtomicU64::new(71_400)));
+        let v = pm.read(PM_TMR, 4);
+        assert!(v == 0xff || v == 0x100, "{v:#x}");
     }
 
     #[test]
