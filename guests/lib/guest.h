@@ -182,6 +182,18 @@ static inline u8 inb(u16 port)
 	asm volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
 	return v;
 }
+static inline u16 inw(u16 port)
+{
+	u16 v;
+	asm volatile("inw %1, %0" : "=a"(v) : "Nd"(port));
+	return v;
+}
+static inline u32 inl(u16 port)
+{
+	u32 v;
+	asm volatile("inl %1, %0" : "=a"(v) : "Nd"(port));
+	return v;
+}
 /* SGDT/SIDT: the descriptor-table registers as the CPU (or the monitor) reports them. */
 static inline struct pseudo_descriptor sgdt(void)
 {
@@ -249,6 +261,19 @@ static inline struct cpuid_result cpuid(u32 leaf)
 		asm volatile("mov %%" #s ", %0" : "=r"(_v));                                   \
 		_v;                                                                            \
 	})
+
+/* The ACPI PM registers a kernel uses (lib/acpi_pm.c): from the FADT when firmware left
+ * ACPI tables (RSDP in the EBDA or 0xE0000-0xFFFFF, RSDT, FACP), else where SeaBIOS
+ * programs the PIIX4's PM base (0x600). `from_fadt` says which. */
+struct acpi_pm {
+	u16 pm1a_evt, pm1a_cnt, pm_tmr;
+	bool from_fadt;
+};
+struct acpi_pm acpi_pm_find(void);
+#define PM_BASE_SEABIOS 0x600
+#define PM1_CNT_SLP_TYP_SHIFT 10
+#define PM1_CNT_SLP_EN (1u << 13)
+#define PM_TIMER_HZ 3579545u
 
 int main(u32 magic, const void *mbi);
 

@@ -40,9 +40,12 @@ enum Command {
     /// Without --kernel a built-in demo guest runs. The guest's serial port (COM1) is
     /// this terminal. The exit status is the guest's debug-exit status
     /// ((value << 1) | 1, written to port 0xF4, as QEMU's isa-debug-exit gives it), 0 when
-    /// the guest halts with interrupts disabled, 2 for a kernel or memory size that
-    /// cannot be used, 3 when the host cannot run guests, 4 when the guest failed
-    /// (triple fault, escape attempt, unsupported feature; a register dump is printed).
+    /// the guest halts with interrupts disabled or powers the machine off (ACPI S5 through
+    /// PM1a control), 2 for a kernel or memory size that cannot be used, 3 when the host
+    /// cannot run guests, 4 when the guest failed (triple fault, escape attempt,
+    /// unsupported feature; a register dump is printed), 6 when the guest reset the
+    /// machine (i8042 output port or pulse 0xFE, port 0xCF9, port 0x92): the run ends
+    /// there, as QEMU's does with -no-reboot.
     Run(RunArgs),
     /// Nanobenchmarks: cycles per operation of sensitive and ordinary operations,
     /// natively, under the monitor and under QEMU's TCG.

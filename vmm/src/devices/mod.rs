@@ -42,28 +42,37 @@
 //! assert_eq!(action, PortAction::Exit(ExitRequest { status: 0x21 }));
 //! ```
 
+mod acpi_pm;
 mod bus;
+mod cga;
 mod clock;
 mod cmos;
 mod debug_exit;
 pub mod disk;
 pub mod ide;
+mod i8042;
 mod irq;
 mod mmio;
 pub mod pc;
+mod pci;
 mod pic;
 mod pit;
+mod port92;
 mod post;
 mod serial;
 
+pub use acpi_pm::AcpiPm;
 pub use bus::{BusError, PortAction, PortBus, PortDevice, PortStats, SharedPortDevice};
+pub use cga::{CgaCrtc, CGA_PORT_LEN};
 pub use clock::{Clock, MonotonicClock, SystemWallClock, WallClock};
 pub use cmos::{Cmos, CMOS_BASE, CMOS_PORT_LEN};
 pub use debug_exit::{DebugExit, ExitRequest, DEBUG_EXIT_BASE, DEBUG_EXIT_LEN};
 pub use disk::{Disk, DiskError, ImageFile, MemDisk, SECTOR_SIZE};
 pub use ide::{register_ide, IdeChannel, IdeStats, Unit};
+pub use i8042::{I8042Port, I8042};
 pub use irq::{IrqLine, PicLine};
 pub use mmio::{MmioBus, MmioDevice, MmioStats, SharedMmioDevice};
+pub use pci::{HostBridge, PciHost, PCI_PORT_LEN};
 pub use pic::{
     register_pic, DualPic, Pic8259, ELCR_BASE, PIC_CASCADE_IRQ, PIC_MASTER_BASE, PIC_SLAVE_BASE,
 };
@@ -71,6 +80,7 @@ pub use pit::{
     register_pit, Pit, PitChannel, PIT_BASE, PIT_CHANNELS, PIT_FREQUENCY_HZ, PIT_IRQ, PIT_PORT_LEN,
     SYSTEM_CONTROL_PORT_B,
 };
+pub use port92::{A20Line, Port92};
 pub use post::{PostPort, POST_PORT};
 pub use serial::{SerialPort, COM1_BASE, COM1_IRQ, SERIAL_PORT_LEN};
 

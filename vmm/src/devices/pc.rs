@@ -60,6 +60,10 @@ pub const IDE_PRIMARY_IRQ: u8 = 14;
 pub const I8042_DATA: u16 = 0x60;
 /// The i8042 status (read) / command (write) port.
 pub const I8042_CMD: u16 = 0x64;
+/// The keyboard's ISA IRQ (the i8042 output buffer holding a keyboard byte).
+pub const KBD_IRQ: u8 = 1;
+/// The PS/2 auxiliary (mouse) port's ISA IRQ.
+pub const AUX_IRQ: u8 = 12;
 /// System control port A (fast A20 and fast reset).
 pub const SYSTEM_CONTROL_PORT_A: u16 = 0x92;
 /// PCI configuration mechanism #1: CONFIG_ADDRESS (4 bytes) and CONFIG_DATA (4 bytes).
@@ -72,6 +76,10 @@ pub const RESET_CONTROL: u16 = 0xcf9;
 pub const CGA_TEXT_BASE: GuestPhys = GuestPhys(0xb8000);
 /// The CGA CRTC index and data ports.
 pub const CGA_CRTC_INDEX: u16 = 0x3d4;
+/// The CGA (VGA colour) status register: display enable and vertical retrace.
+pub const CGA_STATUS: u16 = 0x3da;
+/// The ports of the PM I/O block the monitor decodes: PM1a event, PM1a control, PM timer.
+pub const PM_BLOCK_LEN: u16 = 0x0c;
 
 /// Where the BIOS data area keeps the EBDA segment (a word).
 pub const BDA_EBDA_SEGMENT: u32 = 0x40e;

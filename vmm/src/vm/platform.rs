@@ -13,6 +13,9 @@ use crate::devices::{
     SystemWallClock, CMOS_BASE, CMOS_PORT_LEN, COM1_BASE, COM1_IRQ, DEBUG_EXIT_BASE,
     DEBUG_EXIT_LEN, PIT_IRQ, POST_PORT, SERIAL_PORT_LEN,
 };
+use crate::devices::{
+    pc, A20Line, AcpiPm, CgaCrtc, I8042Port, PciHost, Port92, CGA_PORT_LEN, I8042, PCI_PORT_LEN,
+};
 use crate::hostcpu::timer::{Kicker, TimerError, VcpuTimer};
 use crate::hostcpu::HostCpu;
 
@@ -59,7 +62,9 @@ impl std::fmt::Debug for Platform {
 
 impl Platform {
     /// Builds the PC devices: PIC pair, PIT (with port B), COM1, CMOS/RTC, the primary
-    /// IDE channel (no drives yet), the debug-exit port at 0xF4 and the POST port.
+    /// IDE channel (no drives yet), the debug-exit port at 0xF4, the POST port and the
+    /// legacy devices (i8042, port 0x92, CGA CRTC, PCI host bridge and reset control,
+    /// ACPI PM block).
     ///
     /// # Errors
     /// [`BusError`] if two devices claim the same ports (a monitor bug).
@@ -89,6 +94,7 @@ impl Platform {
             IDE_PRIMARY_IRQ,
         ))));
         register_ide(&mut ports, &ide)?;
+        register_legacy(&mut ports, &pic, clock)?;
         Ok(Self {
             ports,
             mmio: MmioBus::new(),
@@ -156,6 +162,51 @@ impl Platform {
             serial: self.serial.clone(),
         }
     }
+}
+
+/// The legacy PC devices: the i8042 and port 0x92 (one A20 line), the CGA CRTC, PCI
+/// configuration mechanism #1 with the host bridge and reset control, the ACPI PM block.
+fn register_legacy(
+    ports: &mut PortBus,
+    pic: &Arc<Mutex<DualPic>>,
+    clock: MonotonicClock,
+) -> Result<(), BusError> {
+    let a20 = A20Line::new();
+    let i8042 = Arc::new(Mutex::new(I8042::new(
+        PicLine::new(pic, pc::KBD_IRQ),
+        PicLine::new(pic, pc::AUX_IRQ),
+        a20.clone(),
+    )));
+    ports.insert(
+        pc::I8042_DATA,
+        1,
+        Arc::new(Mutex::new(I8042Port::data(&i8042))),
+    )?;
+    ports.insert(
+        pc::I8042_CMD,
+        1,
+        Arc::new(Mutex::new(I8042Port::command(&i8042))),
+    )?;
+    ports.insert(
+        pc::SYSTEM_CONTROL_PORT_A,
+        1,
+        Arc::new(Mutex::new(Port92::new(a20))),
+    )?;
+    ports.insert(
+        pc::CGA_CRTC_INDEX,
+        CGA_PORT_LEN,
+        Arc::new(Mutex::new(CgaCrtc::new())),
+    )?;
+    ports.insert(
+        pc::PCI_CONFIG_ADDRESS,
+        PCI_PORT_LEN,
+        Arc::new(Mutex::new(PciHost::new())),
+    )?;
+    ports.insert(
+        pc::PM_BASE,
+        pc::PM_BLOCK_LEN,
+        Arc::new(Mutex::new(AcpiPm::new(clock))),
+    )
 }
 
 /// Feeds bytes into COM1's receiver from another thread.
