@@ -46,7 +46,9 @@ mod bus;
 mod clock;
 mod cmos;
 mod debug_exit;
+pub mod ioapic;
 mod irq;
+pub mod lapic;
 mod mmio;
 pub mod pc;
 mod pic;
@@ -58,7 +60,9 @@ pub use bus::{BusError, PortAction, PortBus, PortDevice, PortStats, SharedPortDe
 pub use clock::{Clock, MonotonicClock, SystemWallClock, WallClock};
 pub use cmos::{Cmos, CMOS_BASE, CMOS_PORT_LEN};
 pub use debug_exit::{DebugExit, ExitRequest, DEBUG_EXIT_BASE, DEBUG_EXIT_LEN};
-pub use irq::{IrqLine, PicLine};
+pub use ioapic::IoApic;
+pub use irq::{InterruptPins, IrqLine, IsaLine, PicLine, SharedPins};
+pub use lapic::{ApicBus, ApicMessage, DeliveryMode, LocalApic, APIC_BASE_ENABLE, LAPIC_TIMER_HZ};
 pub use mmio::{MmioBus, MmioDevice, MmioStats, SharedMmioDevice};
 pub use pic::{
     register_pic, DualPic, Pic8259, ELCR_BASE, PIC_CASCADE_IRQ, PIC_MASTER_BASE, PIC_SLAVE_BASE,

@@ -204,8 +204,8 @@ impl Vm {
         let ram_size = ram.size();
         // Probed here: CPUID faults in this process once the guest runs.
         let mem = GuestMemory::new(ram, shadow_backend::host_has_exec_only())?;
-        let platform = Platform::new(config.serial_out, ram_size)?;
         let state = VcpuState::multiboot_entry(boot.entry, boot.eax, boot.ebx);
+        let platform = Platform::new(config.serial_out, ram_size, state.msr.apic_base)?;
         Ok(Self {
             cpu: Cpu::new(state),
             mem,
@@ -245,11 +245,17 @@ impl Vm {
         let c = self.code.pages.stats;
         let p = self.mem.paging.stats;
         let ports = self.platform.ports.stats();
+        let mmio = &self.platform.mmio;
         let unknown: u64 = ports
             .values()
             .map(|p| p.unhandled_reads + p.unhandled_writes)
             .sum();
-        vec![
+        let unknown_mmio: u64 = mmio
+            .unknown()
+            .values()
+            .map(|m| m.unhandled_reads + m.unhandled_writes)
+            .sum();
+        let mut counters = vec![
             ("pages_scanned", c.pages_scanned),
             ("rescans", c.rescans),
             ("code_pages_parked", c.parks),
@@ -265,8 +271,12 @@ impl Vm {
             ("patched_sites", self.code.pages.patches.len() as u64),
             ("ldt_writes", self.cpu.mirrors.writes),
             ("unknown_port_accesses", unknown),
+            ("unknown_mmio_accesses", unknown_mmio),
             ("cpuid_faulting", u64::from(self.cpuid_faulting)),
-        ]
+        ];
+        // Accesses per MMIO device, under the device's bus name.
+        counters.extend(mmio.device_accesses());
+        counters
     }
 
     /// A handle to feed serial input and wake the vCPU from another thread.
@@ -300,6 +310,7 @@ impl Vm {
         confine::install_monitor_allowlist()?;
         self.cpu.sync_mirrors(ALL_SEGMENTS, None)?;
         loop {
+            self.platform.sync_apic_base(self.cpu.state.msr.apic_base);
             self.platform.poll();
             if let Some(outcome) = self.inject_interrupt() {
                 return Ok(outcome);
@@ -337,7 +348,8 @@ impl Vm {
         }
     }
 
-    /// Delivers the highest-priority pending PIC interrupt if the virtual IF allows it.
+    /// Delivers the highest-priority pending interrupt (local APIC, then the 8259 through
+    /// LINT0) if the virtual IF allows it.
     fn inject_interrupt(&mut self) -> Option<RunOutcome> {
         let s = &self.cpu.state;
         // Not in the middle of a single step: the frame would capture the monitor's TF.
