@@ -35,6 +35,8 @@ pub const QUIRKS: &[&str] = &[
     "quirk-emms-ignores-ts",
     // fpu: an SSE instruction with CR0.EM and CR0.TS both set raises #NM instead of #UD
     "quirk-sse-ts-before-em",
+    // apic: a write to the ESR does not clear the errors it logged
+    "quirk-apic-esr-not-cleared",
 ];
 
 /// A check whose QEMU result is known to differ from the architecture (and so from a
@@ -150,6 +152,14 @@ pub const DEVIATIONS: &[Deviation] = &[
         quirk: "quirk-sse-ts-before-em",
         reason: "QEMU checks CR0.TS before CR0.EM and raises #NM; with EM set the SDM \
                  (Vol. 3A Table 13-1) gives #UD whatever TS is",
+    },
+    Deviation {
+        test: "apic",
+        check: "lapic: ESR: ESR write clears the logged errors",
+        quirk: "quirk-apic-esr-not-cleared",
+        reason: "QEMU's ESR accumulates errors and ignores writes; the SDM (Vol. 3A \
+                 §10.5.3) has a write latch the errors since the previous write and clear \
+                 the internal ones, so a second write with no new error reads 0",
     },
 ];
 

@@ -327,6 +327,16 @@ impl Vm {
                 self.platform.wait_for_event(&host);
                 continue;
             }
+            let s = &self.cpu.state;
+            if s.interrupt_shadow
+                && s.eflags & eflags::IF != 0
+                && self.cpu.step.is_none()
+                && self.platform.interrupt_pending()
+            {
+                // The guest would run on past the shadowed instruction (STI; NOP; CLI)
+                // without another exit: step it, and deliver at the next loop.
+                self.cpu.start_step(cpu::Stepping::Shadow);
+            }
             self.platform.arm_timer(&timer)?;
             let entry_eip = self.cpu.prepare_entry();
             let exit = host.run(&mut self.cpu.ctx);

@@ -171,7 +171,7 @@ impl Platform {
     }
 
     /// Whether an interrupt waits for the CPU (once its IF allows it).
-    fn interrupt_pending(&self) -> bool {
+    pub fn interrupt_pending(&self) -> bool {
         let accepts_pic = {
             let lapic = lock(&self.lapic);
             if lapic.pending_vector().is_some() {
