@@ -16,6 +16,14 @@ int main(u32 magic, const void *mbi)
 	report_summary();
 	u16 cnt = inw(pm.pm1a_cnt) & PM1_CNT_SCI_EN;
 	outw(cnt | S5_SLP_TYP << PM1_CNT_SLP_TYP_SHIFT | PM1_CNT_SLP_EN, pm.pm1a_cnt);
+	/*
+	 * A machine may take a moment to act on the request (QEMU handles it in its main
+	 * loop, after this CPU has run on): wait two seconds of PM-timer time (24 bits wrap
+	 * every 4.7 s, so the difference is taken modulo 2^24).
+	 */
+	u32 start = inl(pm.pm_tmr) & 0xffffff, waited = 0;
+	while (waited < 2 * PM_TIMER_HZ)
+		waited = ((inl(pm.pm_tmr) & 0xffffff) - start) & 0xffffff;
 	/* Still here: the write did not power off. Exit with a status that is not 0. */
 	printf("FAIL: poweroff: the machine still runs after SLP_TYP=S5|SLP_EN\n");
 	exit(1);

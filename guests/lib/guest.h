@@ -172,6 +172,65 @@ extern volatile u32 pit_ticks;
 void watchdog_arm(u32 ticks, const char *what);
 void watchdog_disarm(void);
 
+/* local APIC (xAPIC page) and IOAPIC: see lib/apic.c */
+#define LAPIC_BASE 0xfee00000u
+#define LAPIC_ID 0x20
+#define LAPIC_VERSION 0x30
+#define LAPIC_TPR 0x80
+#define LAPIC_PPR 0xa0
+#define LAPIC_EOI 0xb0
+#define LAPIC_LDR 0xd0
+#define LAPIC_DFR 0xe0
+#define LAPIC_SVR 0xf0
+#define LAPIC_ISR 0x100
+#define LAPIC_TMR 0x180
+#define LAPIC_IRR 0x200
+#define LAPIC_ESR 0x280
+#define LAPIC_ICR_LOW 0x300
+#define LAPIC_ICR_HIGH 0x310
+#define LAPIC_LVT_TIMER 0x320
+#define LAPIC_LVT_LINT0 0x350
+#define LAPIC_LVT_LINT1 0x360
+#define LAPIC_LVT_ERROR 0x370
+#define LAPIC_TIMER_INITIAL 0x380
+#define LAPIC_TIMER_CURRENT 0x390
+#define LAPIC_TIMER_DIVIDE 0x3e0
+#define APIC_SVR_ENABLE (1u << 8)
+#define APIC_LVT_MASKED (1u << 16)
+#define APIC_TIMER_PERIODIC (1u << 17)
+#define APIC_DELIVERY_PENDING (1u << 12)
+#define ICR_SELF (1u << 18)
+#define MSR_APIC_BASE 0x1b
+#define APIC_BASE_ENABLE (1u << 11)
+#define CPUID_1_EDX_APIC (1u << 9)
+#define IOAPIC_BASE 0xfec00000u
+#define IOAPIC_ID 0x00
+#define IOAPIC_VER 0x01
+#define IOAPIC_ARB 0x02
+#define IOAPIC_REDTBL 0x10
+#define IOAPIC_LOWEST_PRIORITY (1u << 8)
+#define IOAPIC_LOGICAL (1u << 11)
+#define IOAPIC_ACTIVE_LOW (1u << 13)
+#define IOAPIC_REMOTE_IRR (1u << 14)
+#define IOAPIC_LEVEL (1u << 15)
+#define IOAPIC_MASKED (1u << 16)
+/* Vectors 0x40-0x8F and 0xFF have stubs; their IDT gates are installed by this call. */
+#define APIC_VECTORS_FIRST 0x40
+void apic_vectors_install(void);
+u32 lapic_read(u32 reg);
+void lapic_write(u32 reg, u32 v);
+void lapic_eoi(void);
+/* Whether `vector` is set in the ISR, TMR or IRR (bank = LAPIC_ISR/TMR/IRR). */
+bool lapic_vector_set(u32 bank, u8 vector);
+void lapic_self_ipi(u8 vector);
+u32 ioapic_read(u8 index);
+void ioapic_write(u8 index, u32 v);
+u64 ioapic_entry(int pin);
+void ioapic_set_entry(int pin, u64 entry);
+/* Routes IOAPIC `pin` to `vector` at APIC 0 (fixed, physical), with `flags` (trigger,
+ * mask...). */
+void ioapic_route(int pin, u8 vector, u32 flags);
+
 /* instructions */
 static inline void outb(u8 v, u16 port) { asm volatile("outb %0, %1" ::"a"(v), "Nd"(port)); }
 static inline void outw(u16 v, u16 port) { asm volatile("outw %0, %1" ::"a"(v), "Nd"(port)); }

@@ -38,6 +38,10 @@ pub fn all() -> &'static [Guest] {
     GUESTS
 }
 
+/// Kernels that wait for input on their console, so neither tests.cfg nor QEMU runs them
+/// unattended: an integration test drives each one (`echo`: tests/tests/console.rs).
+pub const INTERACTIVE: &[&str] = &["echo"];
+
 /// The guest kernel called `name`.
 pub fn find(name: &str) -> Option<&'static Guest> {
     GUESTS.iter().find(|g| g.name == name)

@@ -39,6 +39,8 @@ pub const QUIRKS: &[&str] = &[
     "quirk-ide-range-abrt",
     // ide: IDENTIFY DEVICE data is built once and kept, word 59 stays stale
     "quirk-ide-identify-cached",
+    // apic: a write to the ESR does not clear the errors it logged
+    "quirk-apic-esr-not-cleared",
 ];
 
 /// A check whose QEMU result is known to differ from the architecture (and so from a
@@ -169,6 +171,14 @@ pub const DEVIATIONS: &[Deviation] = &[
         reason: "QEMU builds a drive's IDENTIFY data once and returns that copy afterwards, so \
                  word 59 misses a later SET MULTIPLE MODE; ATA/ATAPI-6 word 59 is the current \
                  multiple setting",
+    },
+    Deviation {
+        test: "apic",
+        check: "lapic: ESR: ESR write clears the logged errors",
+        quirk: "quirk-apic-esr-not-cleared",
+        reason: "QEMU's ESR accumulates errors and ignores writes; the SDM (Vol. 3A \
+                 §10.5.3) has a write latch the errors since the previous write and clear \
+                 the internal ones, so a second write with no new error reads 0",
     },
 ];
 

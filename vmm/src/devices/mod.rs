@@ -1,4 +1,4 @@
-//! Emulated platform devices reached through port I/O.
+//! Emulated platform devices reached through port I/O and MMIO.
 //!
 //! Each device is a state machine over register offsets (see [`PortDevice`]), generic over
 //! how it raises its interrupt ([`IrqLine`]) and, where it has output, where that output
@@ -8,16 +8,23 @@
 //! How the run loop drives the platform:
 //! - IN/OUT exit: [`PortBus::read`] / [`PortBus::write`]; a write returning
 //!   [`PortAction::Exit`] ends the run with [`ExitRequest::status`] as the host status.
-//! - Interrupts: devices drive [`PicLine`]s into the shared [`DualPic`]. Before entering
-//!   the guest, if its virtual IF is set and [`DualPic::has_pending`], take the vector
-//!   from [`DualPic::acknowledge`] and deliver it through the guest IDT.
-//! - Time: arm the host timer for [`Pit::next_deadline_ns`] (same clock as the PIT's) and
-//!   call [`Pit::poll`] after every exit and timer signal; a guest HLT sleeps until that
+//! - Interrupts: ISA devices drive [`IsaLine`]s, which raise both the 8259 input
+//!   ([`DualPic`]) and the IOAPIC pin the IRQ is routed to ([`IoApic`], delivering to the
+//!   [`LocalApic`]). Before entering the guest, if its virtual IF is set, take the vector
+//!   from [`LocalApic::acknowledge`], else — when [`LocalApic::accepts_pic`] (LINT0 in
+//!   ExtINT mode, or the APIC globally disabled) — from [`DualPic::acknowledge`], and
+//!   deliver it through the guest IDT. After each exit hand the vectors of
+//!   [`LocalApic::take_level_eois`] to [`IoApic::eoi`].
+//! - Time: arm the host timer for the earlier of [`Pit::next_deadline_ns`] and
+//!   [`LocalApic::next_deadline_ns`] (same clock) and call [`Pit::poll`] and
+//!   [`LocalApic::poll`] after every exit and timer signal; a guest HLT sleeps until that
 //!   deadline or host input.
 //! - Input: bytes read from stdin go to [`SerialPort::enqueue_input`]; keep what did not fit.
 //!
-//! Lock order: a device's own lock, then the PIC's (devices raise interrupts while the
-//! bus holds their lock). Never access the bus or lock the PIT while holding the PIC.
+//! Lock order: a device's own lock, then the PIC's, then the IOAPIC's, then the local
+//! APIC's (devices raise interrupts while the bus holds their lock; the IOAPIC delivers
+//! into the local APIC). The PIC and the local APIC lock nothing else: never access a bus,
+//! lock the PIT or the IOAPIC while holding either.
 //!
 //! Typical platform assembly (single vCPU thread):
 //!
@@ -49,9 +56,11 @@ mod clock;
 mod cmos;
 mod debug_exit;
 pub mod disk;
-pub mod ide;
 mod i8042;
+pub mod ide;
+pub mod ioapic;
 mod irq;
+pub mod lapic;
 mod mmio;
 pub mod pc;
 mod pci;
@@ -68,9 +77,11 @@ pub use clock::{Clock, MonotonicClock, SystemWallClock, WallClock};
 pub use cmos::{Cmos, CMOS_BASE, CMOS_PORT_LEN};
 pub use debug_exit::{DebugExit, ExitRequest, DEBUG_EXIT_BASE, DEBUG_EXIT_LEN};
 pub use disk::{Disk, DiskError, ImageFile, MemDisk, SECTOR_SIZE};
-pub use ide::{register_ide, IdeChannel, IdeStats, Unit};
 pub use i8042::{I8042Port, I8042};
-pub use irq::{IrqLine, PicLine};
+pub use ide::{register_ide, IdeChannel, IdeStats, Unit};
+pub use ioapic::IoApic;
+pub use irq::{InterruptPins, IrqLine, IsaLine, PicLine, SharedPins};
+pub use lapic::{ApicBus, ApicMessage, DeliveryMode, LocalApic, APIC_BASE_ENABLE, LAPIC_TIMER_HZ};
 pub use mmio::{MmioBus, MmioDevice, MmioStats, SharedMmioDevice};
 pub use pci::{HostBridge, PciHost, PCI_PORT_LEN};
 pub use pic::{
@@ -99,6 +110,7 @@ mod tests {
 
     use super::clock::fake::FakeClock;
     use super::*;
+    use crate::addr::GuestPhys;
 
     /// The timer path end to end: the guest programs PIC and PIT through the bus, the run
     /// loop polls the PIT at its deadline and takes the vector from the PIC.
@@ -132,6 +144,70 @@ mod tests {
         assert_eq!(pic.lock().unwrap().acknowledge(), Some(0x20));
         bus.write(0x20, 1, 0x20);
         assert!(!pic.lock().unwrap().has_pending());
+    }
+
+    /// The APIC path end to end: with the 8259 masked, the PIT's IRQ 0 reaches the CPU
+    /// through IOAPIC pin 2 and the local APIC; a level-triggered COM1 entry keeps its
+    /// remote IRR until the EOI the run loop forwards.
+    #[test]
+    fn isa_interrupts_reach_the_cpu_through_the_ioapic() {
+        let clock = FakeClock::default();
+        let pic = Arc::new(Mutex::new(DualPic::new()));
+        let lapic = Arc::new(Mutex::new(LocalApic::new(clock.clone())));
+        let ioapic = Arc::new(Mutex::new(IoApic::new(lapic.clone())));
+        let pins: SharedPins = ioapic.clone();
+        let pit = Arc::new(Mutex::new(Pit::new(
+            clock.clone(),
+            IsaLine::new(&pic, &pins, PIT_IRQ),
+        )));
+        let serial = Arc::new(Mutex::new(SerialPort::new(
+            IsaLine::new(&pic, &pins, COM1_IRQ),
+            Vec::new(),
+        )));
+        let mut ports = PortBus::new();
+        register_pic(&mut ports, &pic).unwrap();
+        register_pit(&mut ports, &pit).unwrap();
+        ports.insert(COM1_BASE, SERIAL_PORT_LEN, serial).unwrap();
+        let mut mmio = MmioBus::new();
+        mmio.insert(pc::LAPIC_BASE, pc::LAPIC_LEN, "lapic", lapic.clone())
+            .unwrap();
+        mmio.insert(pc::IOAPIC_BASE, pc::IOAPIC_LEN, "ioapic", ioapic.clone())
+            .unwrap();
+        let entry = |mmio: &mut MmioBus, pin: u32, low: u32| {
+            let sel = pc::IOAPIC_BASE;
+            let win = GuestPhys(sel.raw() + 0x10);
+            mmio.write(sel, &(0x10 + 2 * pin).to_le_bytes());
+            mmio.write(win, &low.to_le_bytes());
+        };
+        // Both 8259s masked; pin 2 to vector 0x70, pin 4 level-triggered to 0x74.
+        ports.write(0x21, 1, 0xff);
+        ports.write(0xa1, 1, 0xff);
+        entry(&mut mmio, 2, 0x70);
+        entry(&mut mmio, 4, 0x74 | (1 << 15));
+        ports.write(0x43, 1, 0x34);
+        ports.write(0x40, 1, 0x9c);
+        ports.write(0x40, 1, 0x2e);
+        let deadline = pit.lock().unwrap().next_deadline_ns().unwrap();
+        clock.set(deadline);
+        pit.lock().unwrap().poll(deadline);
+        assert!(!pic.lock().unwrap().has_pending());
+        assert_eq!(lapic.lock().unwrap().acknowledge(), Some(0x70));
+        let eoi = GuestPhys(pc::LAPIC_BASE.raw() + 0xb0);
+        mmio.write(eoi, &0u32.to_le_bytes());
+        assert!(lapic.lock().unwrap().take_level_eois().is_empty());
+
+        ports.write(COM1_BASE + 1, 1, 0x02); // THR empty interrupt
+        assert_eq!(lapic.lock().unwrap().acknowledge(), Some(0x74));
+        let remote_irr =
+            |io: &Arc<Mutex<IoApic<_>>>| io.lock().unwrap().entry(4).unwrap() & (1 << 14);
+        assert_ne!(remote_irr(&ioapic), 0);
+        mmio.write(eoi, &0u32.to_le_bytes());
+        let eois = lapic.lock().unwrap().take_level_eois();
+        assert_eq!(eois, [0x74]);
+        for v in eois {
+            ioapic.lock().unwrap().eoi(v);
+        }
+        assert_eq!(remote_irr(&ioapic), 0);
     }
 
     proptest::proptest! {

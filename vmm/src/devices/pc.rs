@@ -12,8 +12,9 @@ pub const LAPIC_LEN: u32 = 0x1000;
 pub const IOAPIC_BASE: GuestPhys = GuestPhys(0xfec0_0000);
 /// The IOAPIC's register window size.
 pub const IOAPIC_LEN: u32 = 0x20;
-/// The IOAPIC's APIC ID (after the processors' IDs, as QEMU numbers it for one CPU).
-pub const IOAPIC_ID: u8 = 1;
+/// The IOAPIC's APIC ID: 0, as QEMU's IOAPIC register reads after firmware and as its
+/// ACPI MADT gives it.
+pub const IOAPIC_ID: u8 = 0;
 /// IOAPIC input pins.
 pub const IOAPIC_PINS: u8 = 24;
 

@@ -26,6 +26,9 @@ pub enum Stepping {
     /// A conditional patch site that does not fault now runs with its trap lifted; the
     /// trap is latched again after it.
     PatchSite(GuestPhys),
+    /// The instruction an interrupt shadow (STI) covers runs alone while an interrupt
+    /// waits, so the interrupt is taken right after it, as on the CPU.
+    Shadow,
 }
 
 /// A single step of one guest instruction in progress.

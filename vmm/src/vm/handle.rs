@@ -65,6 +65,7 @@ impl Vm {
                     .repin(phys, &self.mem.ram, &mut patches.patches);
             }
             Stepping::PatchSite(phys) => patches.relatch(&self.mem.ram, phys),
+            Stepping::Shadow => {}
         }
         let s = &mut self.cpu.state;
         s.eflags = (s.eflags & !eflags::TF) | step.guest_tf;

@@ -226,11 +226,11 @@ impl Vm {
         let ram_size = ram.size();
         // Probed here: CPUID faults in this process once the guest runs.
         let mem = GuestMemory::new(ram, shadow_backend::host_has_exec_only())?;
-        let platform = Platform::new(config.serial_out, ram_size)?;
+        let state = VcpuState::multiboot_entry(boot.entry, boot.eax, boot.ebx);
+        let platform = Platform::new(config.serial_out, ram_size, state.msr.apic_base)?;
         for (unit, disk) in disks {
             lock(&platform.ide).attach(unit, Box::new(disk));
         }
-        let state = VcpuState::multiboot_entry(boot.entry, boot.eax, boot.ebx);
         Ok(Self {
             cpu: Cpu::new(state),
             mem,
@@ -270,12 +270,18 @@ impl Vm {
         let c = self.code.pages.stats;
         let p = self.mem.paging.stats;
         let ports = self.platform.ports.stats();
+        let mmio = &self.platform.mmio;
         let unknown: u64 = ports
             .values()
             .map(|p| p.unhandled_reads + p.unhandled_writes)
             .sum();
         let ide = lock(&self.platform.ide).stats();
-        vec![
+        let unknown_mmio: u64 = mmio
+            .unknown()
+            .values()
+            .map(|m| m.unhandled_reads + m.unhandled_writes)
+            .sum();
+        let mut counters = vec![
             ("pages_scanned", c.pages_scanned),
             ("rescans", c.rescans),
             ("code_pages_parked", c.parks),
@@ -291,12 +297,16 @@ impl Vm {
             ("patched_sites", self.code.pages.patches.len() as u64),
             ("ldt_writes", self.cpu.mirrors.writes),
             ("unknown_port_accesses", unknown),
+            ("unknown_mmio_accesses", unknown_mmio),
             ("cpuid_faulting", u64::from(self.cpuid_faulting)),
             ("ide_commands", ide.commands),
             ("ide_sectors_read", ide.sectors_read),
             ("ide_sectors_written", ide.sectors_written),
             ("ide_errors", ide.errors),
-        ]
+        ];
+        // Accesses per MMIO device, under the device's bus name.
+        counters.extend(mmio.device_accesses());
+        counters
     }
 
     /// A handle to feed serial input and wake the vCPU from another thread.
@@ -330,6 +340,7 @@ impl Vm {
         confine::install_monitor_allowlist()?;
         self.cpu.sync_mirrors(ALL_SEGMENTS, None)?;
         loop {
+            self.platform.sync_apic_base(self.cpu.state.msr.apic_base);
             self.platform.poll();
             if let Some(outcome) = self.inject_interrupt() {
                 return Ok(outcome);
@@ -345,6 +356,16 @@ impl Vm {
                 }
                 self.platform.wait_for_event(&host);
                 continue;
+            }
+            let s = &self.cpu.state;
+            if s.interrupt_shadow
+                && s.eflags & eflags::IF != 0
+                && self.cpu.step.is_none()
+                && self.platform.interrupt_pending()
+            {
+                // The guest would run on past the shadowed instruction (STI; NOP; CLI)
+                // without another exit: step it, and deliver at the next loop.
+                self.cpu.start_step(cpu::Stepping::Shadow);
             }
             self.platform.arm_timer(&timer)?;
             let entry_eip = self.cpu.prepare_entry();
@@ -367,7 +388,8 @@ impl Vm {
         }
     }
 
-    /// Delivers the highest-priority pending PIC interrupt if the virtual IF allows it.
+    /// Delivers the highest-priority pending interrupt (local APIC, then the 8259 through
+    /// LINT0) if the virtual IF allows it.
     fn inject_interrupt(&mut self) -> Option<RunOutcome> {
         let s = &self.cpu.state;
         // Not in the middle of a single step: the frame would capture the monitor's TF.

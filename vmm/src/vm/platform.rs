@@ -1,20 +1,20 @@
-//! The platform part of a VM: the port bus and the devices on it, the clock and the host
-//! timer deadline that drive the PIT, interrupt acknowledgement, and serial input from
-//! the host.
+//! The platform part of a VM: the port and MMIO buses and the devices on them, the clock
+//! and the host timer deadline that drive the PIT and the local APIC timer, interrupt
+//! acknowledgement (local APIC first, the 8259 through LINT0), and serial input from the
+//! host.
 
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::devices::pc::IDE_PRIMARY_IRQ;
 use crate::devices::{
-    lock, register_ide, register_pic, register_pit, BusError, Clock, Cmos, DebugExit, DualPic,
-    IdeChannel, MmioBus, MonotonicClock, PicLine, Pit, PortBus, PostPort, SerialPort,
-    SystemWallClock, CMOS_BASE, CMOS_PORT_LEN, COM1_BASE, COM1_IRQ, DEBUG_EXIT_BASE,
-    DEBUG_EXIT_LEN, PIT_IRQ, POST_PORT, SERIAL_PORT_LEN,
+    lock, pc, register_ide, register_pic, register_pit, BusError, Clock, Cmos, DebugExit, DualPic,
+    IdeChannel, IoApic, IsaLine, LocalApic, MmioBus, MonotonicClock, Pit, PortBus, PostPort,
+    SerialPort, SharedPins, SystemWallClock, CMOS_BASE, CMOS_PORT_LEN, COM1_BASE, COM1_IRQ,
+    DEBUG_EXIT_BASE, DEBUG_EXIT_LEN, PIT_IRQ, POST_PORT, SERIAL_PORT_LEN,
 };
 use crate::devices::{
-    pc, A20Line, AcpiPm, CgaCrtc, I8042Port, PciHost, Port92, CGA_PORT_LEN, I8042, PCI_PORT_LEN,
+    A20Line, AcpiPm, CgaCrtc, I8042Port, PciHost, Port92, CGA_PORT_LEN, I8042, PCI_PORT_LEN,
 };
 use crate::hostcpu::timer::{Kicker, TimerError, VcpuTimer};
 use crate::hostcpu::HostCpu;
@@ -24,12 +24,21 @@ use crate::hostcpu::HostCpu;
 const HALT_POLL: Duration = Duration::from_millis(10);
 
 /// The system PIT, counting host monotonic time.
-pub type SystemPit = Pit<MonotonicClock, PicLine>;
+pub type SystemPit = Pit<MonotonicClock, IsaLine>;
 /// COM1, writing to wherever the VM's serial output goes.
-pub type Com1 = SerialPort<PicLine, Box<dyn Write + Send>>;
+pub type Com1 = SerialPort<IsaLine, Box<dyn Write + Send>>;
+/// The local APIC, its timer counting host monotonic time.
+pub type SystemLapic = LocalApic<MonotonicClock>;
+/// The IOAPIC, delivering to the local APIC.
+pub type SystemIoApic = IoApic<Arc<Mutex<SystemLapic>>>;
 
-/// The primary IDE channel, interrupting through the PIC.
-pub type PrimaryIde = IdeChannel<PicLine>;
+/// The names the MMIO devices have on the bus and in `--stats`.
+pub const LAPIC_MMIO_NAME: &str = "mmio_lapic_accesses";
+/// The IOAPIC's name on the MMIO bus.
+pub const IOAPIC_MMIO_NAME: &str = "mmio_ioapic_accesses";
+
+/// The primary IDE channel, interrupting through the 8259 and the IOAPIC.
+pub type PrimaryIde = IdeChannel<IsaLine>;
 
 /// The devices of one VM and the time that drives them.
 pub struct Platform {
@@ -45,10 +54,16 @@ pub struct Platform {
     pub serial: Arc<Mutex<Com1>>,
     /// The primary IDE channel (drives are attached before the guest runs).
     pub ide: Arc<Mutex<PrimaryIde>>,
-    /// The host monotonic time the PIT counts.
+    /// The local APIC.
+    pub lapic: Arc<Mutex<SystemLapic>>,
+    /// The IOAPIC.
+    pub ioapic: Arc<Mutex<SystemIoApic>>,
+    /// The host monotonic time the PIT and the APIC timer count.
     clock: MonotonicClock,
-    /// The PIT deadline the host timer is armed for.
+    /// The timer deadline the host timer is armed for.
     armed: Option<u64>,
+    /// IA32_APIC_BASE as the local APIC last saw it.
+    apic_base: u64,
 }
 
 impl std::fmt::Debug for Platform {
@@ -61,19 +76,29 @@ impl std::fmt::Debug for Platform {
 }
 
 impl Platform {
-    /// Builds the PC devices: PIC pair, PIT (with port B), COM1, CMOS/RTC, the primary
-    /// IDE channel (no drives yet), the debug-exit port at 0xF4, the POST port and the
-    /// legacy devices (i8042, port 0x92, CGA CRTC, PCI host bridge and reset control,
-    /// ACPI PM block).
+    /// Builds the PC devices: PIC pair, local APIC and IOAPIC, PIT (with port B), COM1,
+    /// CMOS/RTC, the primary IDE channel (no drives yet), the debug-exit port at 0xF4, the
+    /// POST port and the legacy devices (i8042, port 0x92, CGA CRTC, PCI host bridge and
+    /// reset control, ACPI PM block). `apic_base` is the vCPU's IA32_APIC_BASE at reset.
     ///
     /// # Errors
-    /// [`BusError`] if two devices claim the same ports (a monitor bug).
-    pub fn new(serial_out: Box<dyn Write + Send>, ram_size: u64) -> Result<Self, BusError> {
+    /// [`BusError`] if two devices claim the same ports or addresses (a monitor bug).
+    pub fn new(
+        serial_out: Box<dyn Write + Send>,
+        ram_size: u64,
+        apic_base: u64,
+    ) -> Result<Self, BusError> {
         let clock = MonotonicClock::new();
         let pic = Arc::new(Mutex::new(DualPic::new()));
-        let pit = Arc::new(Mutex::new(Pit::new(clock, PicLine::new(&pic, PIT_IRQ))));
+        let lapic = Arc::new(Mutex::new(LocalApic::new(clock)));
+        let ioapic = Arc::new(Mutex::new(IoApic::new(lapic.clone())));
+        let pins: SharedPins = ioapic.clone();
+        let pit = Arc::new(Mutex::new(Pit::new(
+            clock,
+            IsaLine::new(&pic, &pins, PIT_IRQ),
+        )));
         let serial = Arc::new(Mutex::new(SerialPort::new(
-            PicLine::new(&pic, COM1_IRQ),
+            IsaLine::new(&pic, &pins, COM1_IRQ),
             serial_out,
         )));
         let mut cmos = Cmos::new(SystemWallClock);
@@ -89,43 +114,110 @@ impl Platform {
         )?;
         ports.insert(POST_PORT, 1, Arc::new(Mutex::new(PostPort::new())))?;
         ports.insert(CMOS_BASE, CMOS_PORT_LEN, Arc::new(Mutex::new(cmos)))?;
-        let ide = Arc::new(Mutex::new(IdeChannel::new(PicLine::new(
+        let ide = Arc::new(Mutex::new(IdeChannel::new(IsaLine::new(
             &pic,
-            IDE_PRIMARY_IRQ,
+            &pins,
+            pc::IDE_PRIMARY_IRQ,
         ))));
         register_ide(&mut ports, &ide)?;
-        register_legacy(&mut ports, &pic, clock)?;
+        register_legacy(&mut ports, &pic, &pins, clock)?;
+        let mut mmio = MmioBus::new();
+        mmio.insert(
+            pc::LAPIC_BASE,
+            pc::LAPIC_LEN,
+            LAPIC_MMIO_NAME,
+            lapic.clone(),
+        )?;
+        mmio.insert(
+            pc::IOAPIC_BASE,
+            pc::IOAPIC_LEN,
+            IOAPIC_MMIO_NAME,
+            ioapic.clone(),
+        )?;
         Ok(Self {
             ports,
-            mmio: MmioBus::new(),
+            mmio,
             pic,
             pit,
             serial,
             ide,
+            lapic,
+            ioapic,
             clock,
             armed: None,
+            apic_base,
         })
     }
 
-    /// Advances the PIT to the clock's present (raising IRQ 0 on the PIC for its edges).
+    /// Advances the PIT and the APIC timer to the clock's present (raising their
+    /// interrupts), and hands the IOAPIC the EOIs of level-triggered vectors the guest
+    /// wrote to the local APIC since the last poll.
     pub fn poll(&self) {
-        lock(&self.pit).poll(self.clock.now_ns());
+        let now = self.clock.now_ns();
+        lock(&self.pit).poll(now);
+        let eois = {
+            let mut lapic = lock(&self.lapic);
+            lapic.poll(now);
+            lapic.take_level_eois()
+        };
+        // The APIC's lock is released: the IOAPIC locks it to deliver.
+        for vector in eois {
+            lock(&self.ioapic).eoi(vector);
+        }
     }
 
-    /// The vector of the highest-priority pending PIC interrupt, acknowledged.
+    /// The guest wrote IA32_APIC_BASE (or may have): the local APIC follows its EN bit.
+    pub fn sync_apic_base(&mut self, apic_base: u64) {
+        if apic_base != self.apic_base {
+            self.apic_base = apic_base;
+            lock(&self.lapic).set_apic_base(apic_base);
+        }
+    }
+
+    /// The vector to deliver, acknowledged: the local APIC's highest deliverable one, else
+    /// the 8259's if LINT0 lets it through (virtual-wire mode).
     pub fn acknowledge_interrupt(&self) -> Option<u8> {
-        lock(&self.pic).acknowledge()
+        let accepts_pic = {
+            let mut lapic = lock(&self.lapic);
+            if let Some(v) = lapic.acknowledge() {
+                return Some(v);
+            }
+            lapic.accepts_pic()
+        };
+        accepts_pic.then(|| lock(&self.pic).acknowledge()).flatten()
     }
 
-    /// Sleeps until the PIT's next edge or an interrupt request, without spinning.
+    /// Whether an interrupt waits for the CPU (once its IF allows it).
+    pub fn interrupt_pending(&self) -> bool {
+        let accepts_pic = {
+            let lapic = lock(&self.lapic);
+            if lapic.pending_vector().is_some() {
+                return true;
+            }
+            lapic.accepts_pic()
+        };
+        accepts_pic && lock(&self.pic).has_pending()
+    }
+
+    /// The earliest time a timer (the PIT's channel 0, the APIC timer) needs a poll.
+    fn next_deadline_ns(&self) -> Option<u64> {
+        let pit = lock(&self.pit).next_deadline_ns();
+        let apic = lock(&self.lapic).next_deadline_ns();
+        match (pit, apic) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Sleeps until the next timer deadline or an interrupt request, without spinning.
     pub fn wait_for_event(&self, cpu: &HostCpu) {
         loop {
             self.poll();
-            if lock(&self.pic).has_pending() || cpu.take_pending() {
+            if self.interrupt_pending() || cpu.take_pending() {
                 return;
             }
             let now = self.clock.now_ns();
-            let nap = match lock(&self.pit).next_deadline_ns() {
+            let nap = match self.next_deadline_ns() {
                 Some(d) if d <= now => return,
                 Some(d) => Duration::from_nanos(d - now).min(HALT_POLL),
                 None => HALT_POLL,
@@ -135,12 +227,12 @@ impl Platform {
         }
     }
 
-    /// Arms the host timer for the PIT's next edge, when that changed.
+    /// Arms the host timer for the next timer deadline, when that changed.
     ///
     /// # Errors
     /// The host refused the timer.
     pub fn arm_timer(&mut self, timer: &VcpuTimer) -> Result<(), TimerError> {
-        let deadline = lock(&self.pit).next_deadline_ns();
+        let deadline = self.next_deadline_ns();
         if deadline == self.armed {
             return Ok(());
         }
@@ -169,12 +261,13 @@ impl Platform {
 fn register_legacy(
     ports: &mut PortBus,
     pic: &Arc<Mutex<DualPic>>,
+    pins: &SharedPins,
     clock: MonotonicClock,
 ) -> Result<(), BusError> {
     let a20 = A20Line::new();
     let i8042 = Arc::new(Mutex::new(I8042::new(
-        PicLine::new(pic, pc::KBD_IRQ),
-        PicLine::new(pic, pc::AUX_IRQ),
+        IsaLine::new(pic, pins, pc::KBD_IRQ),
+        IsaLine::new(pic, pins, pc::AUX_IRQ),
         a20.clone(),
     )));
     ports.insert(

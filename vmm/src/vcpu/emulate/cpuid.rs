@@ -4,7 +4,8 @@
 //!
 //! - EDX: FPU, DE, PSE, TSC, MSR, PAE, CX8, SEP, MTRR, PGE, CMOV, PAT, CLFSH, MMX, FXSR,
 //!   SSE, SSE2. Not: VME (no virtual-8086 mode), MCE/MCA (no machine-check
-//!   architecture), APIC (no local APIC is emulated yet), PSE-36, ACPI/TM, HTT.
+//!   architecture), PSE-36, ACPI/TM, HTT. APIC while IA32_APIC_BASE.EN is set (SDM:
+//!   the flag follows the global enable).
 //! - ECX: only the user-level instruction-set extensions the host itself has and that
 //!   need no OS or monitor support (SSE3, PCLMULQDQ, SSSE3, CX16, SSE4.1, SSE4.2,
 //!   MOVBE, POPCNT, AES), added with [`CpuModel::with_host_ecx`]. Never MONITOR, VMX,
@@ -24,6 +25,7 @@ pub const LEAF1_EDX: u32 = (1 << 0) // FPU
     | (1 << 5) // MSR
     | (1 << 6) // PAE
     | (1 << 8) // CX8
+    | LEAF1_EDX_APIC
     | (1 << 11) // SEP
     | (1 << 12) // MTRR
     | (1 << 13) // PGE
@@ -34,6 +36,9 @@ pub const LEAF1_EDX: u32 = (1 << 0) // FPU
     | (1 << 24) // FXSR
     | (1 << 25) // SSE
     | (1 << 26); // SSE2
+
+/// CPUID.1:EDX.APIC: an on-chip local APIC (cleared while IA32_APIC_BASE.EN is clear).
+pub const LEAF1_EDX_APIC: u32 = 1 << 9;
 
 /// CPUID.1:ECX bits that may be passed through from the host.
 pub const LEAF1_ECX_PASSTHROUGH: u32 = (1 << 0) // SSE3
@@ -108,7 +113,13 @@ impl CpuModel {
 
 /// CPUID: EAX, EBX, ECX, EDX = the model's answer for leaf EAX. Not privileged.
 pub(crate) fn emulate(s: &mut VcpuState) -> Res {
-    let r = s.cpu_model.query(s.gpr[gpr::EAX]);
+    let leaf = s.gpr[gpr::EAX];
+    let mut r = s.cpu_model.query(leaf);
+    // Leaf 1, and the leaves above the highest basic one that answer as it does.
+    let as_leaf1 = leaf == 1 || (MAX_BASIC_LEAF < leaf && leaf < 0x8000_0000);
+    if as_leaf1 && s.msr.apic_base & super::msr::APIC_BASE_EN == 0 {
+        r[3] &= !LEAF1_EDX_APIC;
+    }
     s.gpr[gpr::EAX] = r[0];
     s.gpr[gpr::EBX] = r[1];
     s.gpr[gpr::ECX] = r[2];
@@ -131,7 +142,7 @@ mod tests {
         assert_eq!((a >> 8) & 0xf, 6);
         assert_eq!(c, 0);
         assert_ne!(d & (1 << 6), 0, "PAE");
-        assert_eq!(d & (1 << 9), 0, "no APIC");
+        assert_ne!(d & LEAF1_EDX_APIC, 0, "APIC");
         assert_eq!(m.query(0x8000_0001)[3] & (1 << 29), 0, "no long mode");
         assert_ne!(
             m.query(0x8000_0001)[3] & EXT_EDX_NX,
@@ -141,6 +152,23 @@ mod tests {
         // Every CR4 feature the model accepts is backed by a CPUID bit.
         assert_ne!(d & (1 << 3), 0);
         assert_ne!(cr4::SUPPORTED & cr4::PSE, 0);
+    }
+
+    #[test]
+    fn apic_flag_follows_the_global_enable() {
+        let mut s = VcpuState::reset();
+        for (enabled, leaf) in [(true, 1), (false, 1), (false, 5)] {
+            if !enabled {
+                s.msr.apic_base &= !super::super::msr::APIC_BASE_EN;
+            }
+            s.gpr[gpr::EAX] = leaf;
+            assert!(emulate(&mut s).is_ok());
+            assert_eq!(
+                s.gpr[gpr::EDX] & LEAF1_EDX_APIC != 0,
+                enabled,
+                "leaf {leaf}"
+            );
+        }
     }
 
     #[test]

@@ -114,11 +114,14 @@ pub fn write(s: &mut VcpuState, host_tsc: u64, msr: u32, v: u64) -> Result<Effec
         // Writing the microcode signature MSR is how software asks for it; it reads 0.
         index::BIOS_SIGN_ID => {}
         index::APIC_BASE => {
-            // Base (bits 12..35), EN (11), BSP (8, read-only).
-            if v & !0xf_ffff_f900 != 0 {
+            // Base (bits 12..35), EN (11), BSP (8, read-only). The register page stays at
+            // its reset address: relocating it is refused as unsupported. Once EN is
+            // cleared the APIC is gone until reset (P6 family), so EN cannot come back.
+            if v & !0xf_ffff_f900 != 0 || v & APIC_BASE_ADDRESS != m.apic_base & APIC_BASE_ADDRESS {
                 return gp;
             }
-            m.apic_base = (v & !(1 << 8)) | (m.apic_base & (1 << 8));
+            let en = v & m.apic_base & APIC_BASE_EN;
+            m.apic_base = (m.apic_base & !APIC_BASE_EN) | en;
         }
         0xc1 | 0xc2 => m.perf_ctr[(msr - index::PMC0) as usize] = v & 0xff_ffff_ffff,
         index::SYSENTER_CS => m.sysenter_cs = low32(v),
@@ -179,6 +182,11 @@ pub fn write(s: &mut VcpuState, host_tsc: u64, msr: u32, v: u64) -> Result<Effec
     Ok(Effects::NONE)
 }
 
+/// IA32_APIC_BASE.EN (bit 11): the local APIC is globally enabled.
+pub const APIC_BASE_EN: u64 = 1 << 11;
+/// IA32_APIC_BASE bits 35:12: the register page's address.
+const APIC_BASE_ADDRESS: u64 = 0xf_ffff_f000;
+
 /// IA32_EFER.NXE (bit 11): the XD bit of PAE entries is honoured.
 pub const EFER_NXE: u64 = 1 << 11;
 
@@ -225,4 +233,25 @@ pub(crate) fn rdtsc(s: &mut VcpuState, bus: &mut impl GuestBus) -> Res {
     s.gpr[gpr::EAX] = low32(v);
     s.gpr[gpr::EDX] = high32(v);
     Ok(Outcome::Next(Effects::NONE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apic_base_refuses_relocation_and_keeps_a_global_disable() {
+        let mut s = VcpuState::reset();
+        let reset = s.msr.apic_base;
+        assert_eq!(reset, 0xfee0_0900);
+        assert!(write(&mut s, 0, index::APIC_BASE, 0xfed0_0900).is_err());
+        assert!(write(&mut s, 0, index::APIC_BASE, reset | (1 << 10)).is_err());
+        // BSP is read-only.
+        write(&mut s, 0, index::APIC_BASE, 0xfee0_0800).unwrap();
+        assert_eq!(read(&s, 0, index::APIC_BASE), Some(reset));
+        write(&mut s, 0, index::APIC_BASE, 0xfee0_0100).unwrap();
+        assert_eq!(read(&s, 0, index::APIC_BASE), Some(0xfee0_0100));
+        write(&mut s, 0, index::APIC_BASE, reset).unwrap();
+        assert_eq!(read(&s, 0, index::APIC_BASE), Some(0xfee0_0100));
+    }
 }
