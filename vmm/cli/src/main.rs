@@ -99,7 +99,8 @@ struct RunArgs {
     /// The guest kernel: a Multiboot v1 image (ELF32 or a.out kludge).
     #[arg(long, value_name = "FILE")]
     kernel: Option<PathBuf>,
-    /// The kernel command line.
+    /// The kernel's arguments. Its Multiboot command line is, as QEMU builds it, the
+    /// kernel's path, a space, then STR.
     #[arg(long, value_name = "STR", default_value = "")]
     append: String,
     /// Guest RAM: bytes, or with a K, M or G suffix (binary units). At least 2M, below 4G.
@@ -231,7 +232,7 @@ fn run_command(args: RunArgs) -> ExitCode {
         );
         return ExitCode::from(EXIT_USAGE_ERROR);
     }
-    let (kernel, kernel_name) = match &args.kernel {
+    let (kernel, kernel_path) = match &args.kernel {
         Some(path) => match std::fs::read(path) {
             Ok(bytes) => (bytes, path.display().to_string()),
             Err(e) => {
@@ -241,14 +242,16 @@ fn run_command(args: RunArgs) -> ExitCode {
         },
         None => (
             guests::demo_kernel().to_vec(),
-            "the built-in demo guest".to_string(),
+            guests::find("demo")
+                .map_or("demo.elf", |g| g.path)
+                .to_string(),
         ),
     };
     let config = VmConfig {
         mem_size: args.mem,
         kernel: kernel.clone(),
-        kernel_name,
-        cmdline: args.append.clone(),
+        kernel_path,
+        append: args.append.clone(),
         serial_out: Box::new(io::stdout()),
     };
     let mut vm = match Vm::new(config) {
