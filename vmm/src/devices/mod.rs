@@ -46,6 +46,7 @@ mod bus;
 mod clock;
 mod cmos;
 mod debug_exit;
+mod fw_cfg;
 mod irq;
 mod mmio;
 pub mod pc;
@@ -58,6 +59,7 @@ pub use bus::{BusError, PortAction, PortBus, PortDevice, PortStats, SharedPortDe
 pub use clock::{Clock, MonotonicClock, SystemWallClock, WallClock};
 pub use cmos::{Cmos, CMOS_BASE, CMOS_PORT_LEN};
 pub use debug_exit::{DebugExit, ExitRequest, DEBUG_EXIT_BASE, DEBUG_EXIT_LEN};
+pub use fw_cfg::{FwCfg, FwCfgError, FW_CFG_PORT_LEN};
 pub use irq::{IrqLine, PicLine};
 pub use mmio::{MmioBus, MmioDevice, MmioStats, SharedMmioDevice};
 pub use pic::{

@@ -12,6 +12,8 @@ use crate::devices::{
     CMOS_PORT_LEN, COM1_BASE, COM1_IRQ, DEBUG_EXIT_BASE, DEBUG_EXIT_LEN, PIT_IRQ, POST_PORT,
     SERIAL_PORT_LEN,
 };
+use crate::devices::{pc, FwCfg, FW_CFG_PORT_LEN};
+use crate::firmware::MachineLayout;
 use crate::hostcpu::timer::{Kicker, TimerError, VcpuTimer};
 use crate::hostcpu::HostCpu;
 
@@ -53,7 +55,7 @@ impl std::fmt::Debug for Platform {
 
 impl Platform {
     /// Builds the PC devices: PIC pair, PIT (with port B), COM1, CMOS/RTC, the
-    /// debug-exit port at 0xF4 and the POST port.
+    /// debug-exit port at 0xF4, the POST port and QEMU's fw_cfg.
     ///
     /// # Errors
     /// [`BusError`] if two devices claim the same ports (a monitor bug).
@@ -78,6 +80,12 @@ impl Platform {
         )?;
         ports.insert(POST_PORT, 1, Arc::new(Mutex::new(PostPort::new())))?;
         ports.insert(CMOS_BASE, CMOS_PORT_LEN, Arc::new(Mutex::new(cmos)))?;
+        let fw_cfg = FwCfg::new(&MachineLayout::pc(ram_size));
+        ports.insert(
+            pc::FW_CFG_PORT_SEL,
+            FW_CFG_PORT_LEN,
+            Arc::new(Mutex::new(fw_cfg)),
+        )?;
         Ok(Self {
             ports,
             mmio: MmioBus::new(),
