@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use vmm::addr::GuestLinear;
+use vmm::memory::MAX_RAM_SIZE;
 use vmm::vm::{spawn_stdin_reader, RunOutcome, Vm, VmConfig};
 #[cfg(feature = "kproxy")]
 use vmm_cli::kproxy;
@@ -103,7 +104,8 @@ struct RunArgs {
     /// kernel's path, a space, then STR.
     #[arg(long, value_name = "STR", default_value = "")]
     append: String,
-    /// Guest RAM: bytes, or with a K, M or G suffix (binary units). At least 2M, below 4G.
+    /// Guest RAM: bytes, or with a K, M or G suffix (binary units). At least 2M, at most 3G
+    /// (the PC's MMIO hole takes the last GiB below 4G).
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "128M")]
     mem: u64,
     /// Print exit counts per reason and the hottest trap sites at exit (to stderr).
@@ -228,6 +230,14 @@ fn run_command(args: RunArgs) -> ExitCode {
     if args.mem < MIN_MEM_SIZE {
         eprintln!(
             "vmm: error: --mem {} is too small: a guest needs at least 2M",
+            args.mem
+        );
+        return ExitCode::from(EXIT_USAGE_ERROR);
+    }
+    if args.mem > MAX_RAM_SIZE {
+        eprintln!(
+            "vmm: error: --mem {} is too large: at most 3G, since a PC's RAM ends where the \
+             MMIO hole below 4G (IOAPIC, local APIC, firmware) begins",
             args.mem
         );
         return ExitCode::from(EXIT_USAGE_ERROR);
