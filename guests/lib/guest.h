@@ -99,6 +99,7 @@ void putchar(char c);
 void puts(const char *s);
 int vsnprintf(char *buf, int size, const char *fmt, va_list ap);
 int printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The kernel command line after its first word (the kernel's path, as Multiboot loaders pass it). */
 const char *cmdline(void);
 bool cmdline_has(const char *word);
 

@@ -11,6 +11,8 @@ void guest_start(u32 magic, const u32 *mbi) __attribute__((noreturn));
 
 static const char *command_line = "";
 
+/* The words after the first: a Multiboot loader (QEMU, GRUB, the monitor) starts the
+ * command line with the kernel's path, as kvm-unit-tests' argv[0]. */
 const char *cmdline(void) { return command_line; }
 
 /* True if `word` is one of the space-separated words of the kernel command line. */
@@ -35,7 +37,13 @@ void guest_start(u32 magic, const u32 *mbi)
 	serial_init();
 	desc_init();
 	interrupts_init();
-	if (magic == MULTIBOOT_LOADER_MAGIC && mbi && (mbi[0] & MBI_FLAG_CMDLINE))
-		command_line = (const char *)mbi[4];
+	if (magic == MULTIBOOT_LOADER_MAGIC && mbi && (mbi[0] & MBI_FLAG_CMDLINE)) {
+		const char *p = (const char *)mbi[4];
+		while (*p && *p != ' ')
+			p++;
+		while (*p == ' ')
+			p++;
+		command_line = p;
+	}
 	exit(main(magic, mbi));
 }

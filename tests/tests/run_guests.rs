@@ -78,7 +78,8 @@ fn bad_input_is_refused_with_a_clear_error() {
         ),
         (vec!["--kernel".into(), path(&garbage)], "garbage.bin"),
         (vec!["--mem".into(), "1M".into()], "too small"),
-        (vec!["--mem".into(), "4G".into()], "below 4 GiB"),
+        (vec!["--mem".into(), "4G".into()], "at most 3G"),
+        (vec!["--mem".into(), "3073M".into()], "MMIO hole below 4G"),
         (vec!["--mem".into(), "lots".into()], "size"),
         (vec!["--mem".into(), "3000000".into()], "multiple of 4 KiB"),
     ];
@@ -93,6 +94,27 @@ fn bad_input_is_refused_with_a_clear_error() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The largest guest a PC has (3 GiB, up to the MMIO hole) boots: the linear space holds
+/// it, and the firmware guest finds the memory map, fw_cfg and CMOS all saying 3 GiB.
+#[test]
+fn a_guest_with_3_gib_boots() {
+    let kernel = support::guest_kernel("firmware");
+    let (status, output) = run_args(&["--kernel", kernel, "--mem", "3G", "--append", "probe-word"]);
+    let report = parse_report(&output);
+    assert_eq!(status, Some(1), "{output}");
+    assert!(report.all_passed() && report.passed > 50, "{output}");
+    for check in [
+        "fw_cfg: RAM size is whole pages, 2 MiB to 3 GiB (3072 MiB)",
+        "fw_cfg: etc/e820: RAM ends at the RAM size",
+        "cmos: memory above 16 MiB (0x34) agrees with the RAM size",
+    ] {
+        assert!(
+            output.contains(&format!("PASS: {check}")),
+            "{check}: {output}"
+        );
+    }
 }
 
 fn path(p: &std::path::Path) -> String {

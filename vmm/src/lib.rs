@@ -6,6 +6,7 @@
 pub mod addr;
 pub mod bits;
 pub mod devices;
+pub mod firmware;
 pub mod hostcpu;
 pub mod loader;
 pub mod memory;

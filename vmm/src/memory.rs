@@ -16,8 +16,9 @@ use crate::addr::{GuestLinear, GuestPhys, HostAddr, PAGE_SIZE};
 
 /// Smallest guest RAM accepted: real-mode low memory plus room for a kernel.
 pub const MIN_RAM_SIZE: u64 = 1 << 20;
-/// One past the largest guest RAM: guest physical addresses are 32 bits.
-pub const MAX_RAM_SIZE: u64 = 1 << 32;
+/// The largest guest RAM: a PC's RAM below 4 GiB ends where the MMIO hole begins
+/// ([`crate::devices::pc::MAX_RAM`], 3 GiB).
+pub const MAX_RAM_SIZE: u64 = crate::devices::pc::MAX_RAM;
 /// The top of the guest linear address space (exclusive).
 pub const LINEAR_TOP: u64 = 1 << 32;
 /// The lowest address the host lets a process map (`vm.mmap_min_addr` on this host kind);
@@ -28,8 +29,16 @@ pub const LINEAR_RESERVE_START: u64 = PAGE_SIZE as u64;
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
     /// The requested RAM size is not usable.
-    #[error("guest RAM size {size:#x} is invalid: it must be a multiple of 4 KiB, at least 1 MiB and below 4 GiB")]
+    #[error(
+        "guest RAM size {size:#x} is invalid: it must be a multiple of 4 KiB and at least 1 MiB"
+    )]
     BadRamSize {
+        /// The rejected size in bytes.
+        size: u64,
+    },
+    /// More RAM than fits below the PC's MMIO hole.
+    #[error("guest RAM size {size:#x} is too large: at most {MAX_RAM_SIZE:#x} (3 GiB), since a PC's RAM ends where the MMIO hole below 4 GiB (IOAPIC, local APIC, firmware) begins")]
+    RamTooLarge {
         /// The rejected size in bytes.
         size: u64,
     },
@@ -129,11 +138,15 @@ impl GuestRam {
     /// Creates `size` bytes of zeroed guest RAM.
     ///
     /// # Errors
-    /// [`MemoryError::BadRamSize`] unless `size` is a multiple of 4 KiB, ≥ 1 MiB and < 4 GiB;
+    /// [`MemoryError::BadRamSize`] unless `size` is a multiple of 4 KiB and ≥ 1 MiB;
+    /// [`MemoryError::RamTooLarge`] above [`MAX_RAM_SIZE`];
     /// [`MemoryError::Memfd`] / [`MemoryError::MapView`] when the host refuses;
     /// [`MemoryError::ViewTooLow`] if the host put the monitor's view below 4 GiB.
     pub fn new(size: u64) -> Result<Self, MemoryError> {
-        if size & u64::from(PAGE_SIZE - 1) != 0 || !(MIN_RAM_SIZE..MAX_RAM_SIZE).contains(&size) {
+        if size > MAX_RAM_SIZE {
+            return Err(MemoryError::RamTooLarge { size });
+        }
+        if size & u64::from(PAGE_SIZE - 1) != 0 || size < MIN_RAM_SIZE {
             return Err(MemoryError::BadRamSize { size });
         }
         let fd = create_memfd(size).map_err(MemoryError::Memfd)?;
@@ -569,11 +582,26 @@ mod tests {
 
     #[test]
     fn ram_size_is_validated() {
-        for bad in [0, 4096, MIN_RAM_SIZE + 1, MIN_RAM_SIZE - 4096, MAX_RAM_SIZE] {
+        for bad in [
+            0,
+            4096,
+            MIN_RAM_SIZE + 1,
+            MIN_RAM_SIZE - 4096,
+            MAX_RAM_SIZE - 1,
+        ] {
             assert!(matches!(
                 GuestRam::new(bad),
                 Err(MemoryError::BadRamSize { size }) if size == bad
             ));
+        }
+        for big in [MAX_RAM_SIZE + 4096, 1 << 32] {
+            let err = GuestRam::new(big).unwrap_err();
+            assert!(matches!(err, MemoryError::RamTooLarge { size } if size == big));
+            let msg = err.to_string();
+            assert!(
+                msg.contains("at most 0xc0000000 (3 GiB)") && msg.contains("MMIO hole"),
+                "{msg}"
+            );
         }
     }
 

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use vmm::addr::GuestLinear;
+use vmm::memory::MAX_RAM_SIZE;
 use vmm::vm::{spawn_stdin_reader, DiskImage, RunOutcome, Vm, VmConfig};
 #[cfg(feature = "kproxy")]
 use vmm_cli::kproxy;
@@ -102,10 +103,12 @@ struct RunArgs {
     /// The guest kernel: a Multiboot v1 image (ELF32 or a.out kludge).
     #[arg(long, value_name = "FILE")]
     kernel: Option<PathBuf>,
-    /// The kernel command line.
+    /// The kernel's arguments. Its Multiboot command line is, as QEMU builds it, the
+    /// kernel's path, a space, then STR.
     #[arg(long, value_name = "STR", default_value = "")]
     append: String,
-    /// Guest RAM: bytes, or with a K, M or G suffix (binary units). At least 2M, below 4G.
+    /// Guest RAM: bytes, or with a K, M or G suffix (binary units). At least 2M, at most 3G
+    /// (the PC's MMIO hole takes the last GiB below 4G).
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "128M")]
     mem: u64,
     /// Print exit counts per reason and the hottest trap sites at exit (to stderr).
@@ -287,6 +290,14 @@ fn run_command(args: RunArgs) -> ExitCode {
         );
         return ExitCode::from(EXIT_USAGE_ERROR);
     }
+    if args.mem > MAX_RAM_SIZE {
+        eprintln!(
+            "vmm: error: --mem {} is too large: at most 3G, since a PC's RAM ends where the \
+             MMIO hole below 4G (IOAPIC, local APIC, firmware) begins",
+            args.mem
+        );
+        return ExitCode::from(EXIT_USAGE_ERROR);
+    }
     let disks = match plan_disks(&args) {
         Ok(disks) => disks,
         Err(e) => {
@@ -294,7 +305,7 @@ fn run_command(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE_ERROR);
         }
     };
-    let (kernel, kernel_name) = match &args.kernel {
+    let (kernel, kernel_path) = match &args.kernel {
         Some(path) => match std::fs::read(path) {
             Ok(bytes) => (bytes, path.display().to_string()),
             Err(e) => {
@@ -304,14 +315,16 @@ fn run_command(args: RunArgs) -> ExitCode {
         },
         None => (
             guests::demo_kernel().to_vec(),
-            "the built-in demo guest".to_string(),
+            guests::find("demo")
+                .map_or("demo.elf", |g| g.path)
+                .to_string(),
         ),
     };
     let config = VmConfig {
         mem_size: args.mem,
         kernel: kernel.clone(),
-        kernel_name,
-        cmdline: args.append.clone(),
+        kernel_path,
+        append: args.append.clone(),
         serial_out: Box::new(io::stdout()),
         disks,
     };

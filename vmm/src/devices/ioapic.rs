@@ -37,8 +37,9 @@ pub mod index {
     pub const REDIRECTION: u8 = 0x10;
 }
 
-/// Version 0x11 (the 82093AA), with 23 as the highest entry index.
-pub const IOAPIC_VERSION: u32 = 0x11 | ((IOAPIC_PINS as u32 - 1) << 16);
+/// The version register: [`super::pc::IOAPIC_VERSION`] (0x11, the 82093AA), with 23 as the highest
+/// entry index.
+pub const IOAPIC_VERSION: u32 = super::pc::IOAPIC_VERSION as u32 | ((IOAPIC_PINS as u32 - 1) << 16);
 
 /// Entry bit 12: delivery status (read-only, never pending here).
 pub const ENTRY_DELIVERY_PENDING: u64 = 1 << 12;

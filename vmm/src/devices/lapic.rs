@@ -87,8 +87,9 @@ pub mod reg {
     pub const TIMER_DIVIDE: u32 = 0x3e0;
 }
 
-/// Version 0x14 (an integrated APIC) with six LVT entries, as QEMU's APIC reports.
-pub const LAPIC_VERSION: u32 = 0x14 | (5 << 16);
+/// The version register: [`super::pc::LAPIC_VERSION`] (0x14, an integrated APIC) with six LVT
+/// entries, as QEMU's APIC reports.
+pub const LAPIC_VERSION: u32 = super::pc::LAPIC_VERSION as u32 | (5 << 16);
 
 /// SVR bit 8: the APIC is software-enabled.
 pub const SVR_ENABLE: u32 = 1 << 8;

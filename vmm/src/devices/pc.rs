@@ -12,9 +12,15 @@ pub const LAPIC_LEN: u32 = 0x1000;
 pub const IOAPIC_BASE: GuestPhys = GuestPhys(0xfec0_0000);
 /// The IOAPIC's register window size.
 pub const IOAPIC_LEN: u32 = 0x20;
-/// The IOAPIC's APIC ID: 0, as QEMU's IOAPIC register reads after firmware and as its
-/// ACPI MADT gives it.
+/// The IOAPIC's APIC ID. QEMU's IOAPIC resets to ID 0 and its MADT and SeaBIOS's MP table
+/// both say 0 (an xAPIC's IOAPIC IDs need not differ from the processors').
 pub const IOAPIC_ID: u8 = 0;
+/// The IOAPIC version register's version field: 0x11, the 82093AA (QEMU's default IOAPIC
+/// is 0x20, which adds a directed-EOI register this one has not; the suite runs QEMU with
+/// `-global ioapic.version=0x11` where a kernel reads it).
+pub const IOAPIC_VERSION: u8 = 0x11;
+/// The local APIC version register's version field (an integrated xAPIC: 0x14).
+pub const LAPIC_VERSION: u8 = 0x14;
 /// IOAPIC input pins.
 pub const IOAPIC_PINS: u8 = 24;
 
@@ -88,8 +94,12 @@ pub const BDA_EBDA_SEGMENT: u32 = 0x40e;
 pub const BDA_BASE_MEMORY_KIB: u32 = 0x413;
 /// The extended BIOS data area, as SeaBIOS places it: the last KiB below 640 KiB.
 pub const EBDA_BASE: GuestPhys = GuestPhys(0x9fc00);
+/// The EBDA's size: one KiB, up to 640 KiB.
+pub const EBDA_LEN: u32 = 0x400;
 /// The start of the BIOS area where firmware tables may also be found (0xE0000–0xFFFFF).
 pub const BIOS_AREA: GuestPhys = GuestPhys(0xe0000);
+/// The system BIOS ROM segment (0xF0000–0xFFFFF), where the MP floating pointer is searched.
+pub const BIOS_ROM: GuestPhys = GuestPhys(0xf0000);
 /// The start of guest RAM above the legacy hole (640 KiB – 1 MiB).
 pub const HIGH_MEMORY: GuestPhys = GuestPhys(0x10_0000);
 /// The most guest RAM a PC of this layout has: RAM ends where the 32-bit MMIO hole

@@ -12,8 +12,10 @@ use goblin::elf::header::{ELFCLASS32, ELFDATA2LSB, ET_EXEC};
 use thiserror::Error;
 
 use super::elf::{ElfError, ElfFile, LoadSegment};
-use super::{pc_memory_map, ram_range_mut, RegionKind, HIGH_MEMORY_START, LOW_MEMORY_END};
+use super::ram_range_mut;
 use crate::addr::PAGE_SIZE;
+use crate::devices::pc;
+use crate::firmware::e820::{pc_e820, E820Entry, E820Type};
 
 /// The magic number in the kernel's Multiboot header.
 pub const MULTIBOOT_HEADER_MAGIC: u32 = 0x1bad_b002;
@@ -66,8 +68,6 @@ const MBI_FLAG_BOOT_LOADER_NAME: u32 = 1 << 9;
 /// A memory map entry: size (u32, not counting itself), base (u64), length (u64), type.
 const MMAP_ENTRY_LEN: usize = 24;
 const MMAP_ENTRY_SIZE_FIELD: u32 = 20;
-const MMAP_TYPE_AVAILABLE: u32 = 1;
-const MMAP_TYPE_RESERVED: u32 = 2;
 /// Preferred home of the boot information: low memory, clear of a kernel at 1 MiB.
 const BOOT_INFO_LOW_BASE: u32 = 0x9000;
 const KIB: u32 = 1024;
@@ -200,6 +200,20 @@ pub enum LoadError {
         filesz: u64,
         /// Image length.
         image_len: usize,
+    },
+    /// A segment would be loaded over memory the firmware keeps (its tables, the EBDA).
+    #[error("{segment}: physical range {start:#x}..{end:#x} overlaps {reserved_start:#x}..{reserved_end:#x}, which the memory map reserves for the firmware")]
+    SegmentInReservedMemory {
+        /// The segment.
+        segment: SegmentSource,
+        /// First physical address.
+        start: u64,
+        /// End (exclusive).
+        end: u64,
+        /// The reserved range's first address.
+        reserved_start: u64,
+        /// The reserved range's end (exclusive).
+        reserved_end: u64,
     },
     /// A segment would be loaded outside guest RAM.
     #[error(
@@ -515,9 +529,18 @@ fn file_range(image: &[u8], offset: u64, len: u64) -> Option<&[u8]> {
     image.get(start..start.checked_add(usize::try_from(len).ok()?)?)
 }
 
+/// KiB of the usable range of `map` starting at `base` (mem_lower from 0, mem_upper from
+/// 1 MiB, as the Multiboot specification defines them).
+fn usable_kib_from(map: &[E820Entry], base: u64) -> u32 {
+    let len = map
+        .iter()
+        .find(|e| e.kind == E820Type::Ram && e.base == base)
+        .map_or(0, |e| e.len);
+    u32::try_from(len / u64::from(KIB)).unwrap_or(u32::MAX)
+}
+
 /// Builds the boot information block (MBI, memory map, strings) for placement at `base`.
-fn boot_info_bytes(base: u32, ram_size: u64, cmdline: &str) -> Vec<u8> {
-    let map = pc_memory_map(ram_size);
+fn boot_info_bytes(base: u32, map: &[E820Entry], cmdline: &str) -> Vec<u8> {
     let mmap_off = MBI_SIZE;
     let cmdline_off = mmap_off + map.len() * MMAP_ENTRY_LEN;
     let name_off = cmdline_off + cmdline.len() + 1;
@@ -530,9 +553,11 @@ fn boot_info_bytes(base: u32, ram_size: u64, cmdline: &str) -> Vec<u8> {
         MBI_FLAGS,
         MBI_FLAG_MEMORY | MBI_FLAG_CMDLINE | MBI_FLAG_MMAP | MBI_FLAG_BOOT_LOADER_NAME,
     );
-    put(MBI_MEM_LOWER, LOW_MEMORY_END / KIB);
-    let upper = ram_size.saturating_sub(u64::from(HIGH_MEMORY_START)) / u64::from(KIB);
-    put(MBI_MEM_UPPER, u32::try_from(upper).unwrap_or(u32::MAX));
+    put(MBI_MEM_LOWER, usable_kib_from(map, 0));
+    put(
+        MBI_MEM_UPPER,
+        usable_kib_from(map, u64::from(pc::HIGH_MEMORY.raw())),
+    );
     put(MBI_CMDLINE, addr(cmdline_off));
     let mmap_len = u32::try_from(map.len() * MMAP_ENTRY_LEN).unwrap_or(u32::MAX);
     put(MBI_MMAP_LENGTH, mmap_len);
@@ -540,10 +565,7 @@ fn boot_info_bytes(base: u32, ram_size: u64, cmdline: &str) -> Vec<u8> {
     put(MBI_BOOT_LOADER_NAME, addr(name_off));
     for (i, region) in map.iter().enumerate() {
         let e = &mut b[mmap_off + i * MMAP_ENTRY_LEN..mmap_off + (i + 1) * MMAP_ENTRY_LEN];
-        let kind = match region.kind {
-            RegionKind::Available => MMAP_TYPE_AVAILABLE,
-            RegionKind::Reserved => MMAP_TYPE_RESERVED,
-        };
+        let kind = region.kind.code();
         e[0..4].copy_from_slice(&MMAP_ENTRY_SIZE_FIELD.to_le_bytes());
         e[4..12].copy_from_slice(&region.base.to_le_bytes());
         e[12..20].copy_from_slice(&region.len.to_le_bytes());
@@ -554,15 +576,25 @@ fn boot_info_bytes(base: u32, ram_size: u64, cmdline: &str) -> Vec<u8> {
     b
 }
 
+/// The Multiboot command line as QEMU's loader builds it (and GRUB's, from its `kernel`
+/// line): the kernel's path, a space, then the user's arguments. Kernels that follow
+/// kvm-unit-tests take the first word as their program name.
+pub fn command_line(kernel_path: &str, append: &str) -> String {
+    format!("{kernel_path} {append}")
+}
+
 /// Where the boot information goes: low memory if clear of the kernel, else the first
-/// page boundary above the kernel.
-fn place_boot_info(segments: &[Segment], size: u64, ram_size: u64) -> Option<u64> {
+/// page boundary above the kernel; always in RAM the memory map calls usable.
+fn place_boot_info(segments: &[Segment], size: u64, map: &[E820Entry]) -> Option<u64> {
     let clear = |start: u64| {
         let end = start + size;
-        end <= ram_size && segments.iter().all(|s| s.end() <= start || s.paddr >= end)
+        let usable = map
+            .iter()
+            .any(|e| e.kind == E820Type::Ram && e.base <= start && end <= e.end());
+        usable && segments.iter().all(|s| s.end() <= start || s.paddr >= end)
     };
     let low = u64::from(BOOT_INFO_LOW_BASE);
-    if low + size <= u64::from(LOW_MEMORY_END) && clear(low) {
+    if clear(low) {
         return Some(low);
     }
     let kernel_end = segments.iter().map(Segment::end).max()?;
@@ -578,14 +610,16 @@ fn place_boot_info(segments: &[Segment], size: u64, ram_size: u64) -> Option<u64
 /// physical addresses; if the Multiboot header has the a.out kludge (flag bit 16) its
 /// address fields are used instead. The boot information (flags: memory, command line,
 /// memory map, boot loader name) is put at 0x9000, or above the kernel if that overlaps.
-/// Nothing is written to RAM unless the whole image is valid.
+/// Its memory map is the PC's ([`pc_e820`]); a segment may not overlap what that map
+/// reserves, where the firmware tables are. `cmdline` is the whole command line (see
+/// [`command_line`]). Nothing is written to RAM unless the whole image is valid.
 ///
 /// # Errors
 /// A [`LoadError`] naming the header field or segment that is wrong: no or corrupt
 /// Multiboot header, required features not supported (video mode, unknown bits),
-/// malformed or non-i386 ELF, segments outside the image or RAM, an entry point outside
-/// the loaded segments, a command line with a NUL, or RAM too small for the boot
-/// information.
+/// malformed or non-i386 ELF, segments outside the image or RAM or over reserved memory,
+/// an entry point outside the loaded segments, a command line with a NUL, or RAM too small
+/// for the boot information.
 pub fn load_multiboot(ram: &mut [u8], image: &[u8], cmdline: &str) -> Result<BootInfo, LoadError> {
     let ram_size = ram.len();
     if u32::try_from(ram_size).is_err() {
@@ -604,21 +638,32 @@ pub fn load_multiboot(ram: &mut [u8], image: &[u8], cmdline: &str) -> Result<Boo
     if !segments.iter().any(|s| (s.paddr..s.end()).contains(&entry)) {
         return Err(LoadError::EntryOutsideImage { entry });
     }
+    let map = pc_e820(ram_size as u64);
+    for seg in &segments {
+        let reserved = map
+            .iter()
+            .find(|e| e.kind == E820Type::Reserved && e.overlaps(seg.paddr, seg.memsz));
+        if let Some(r) = reserved {
+            return Err(LoadError::SegmentInReservedMemory {
+                segment: seg.source,
+                start: seg.paddr,
+                end: seg.end(),
+                reserved_start: r.base,
+                reserved_end: r.end(),
+            });
+        }
+    }
 
-    let info_size = MBI_SIZE
-        + pc_memory_map(ram_size as u64).len() * MMAP_ENTRY_LEN
-        + cmdline.len()
-        + 1
-        + BOOT_LOADER_NAME.len()
-        + 1;
-    let info_base = place_boot_info(&segments, info_size as u64, ram_size as u64)
+    let info_size =
+        MBI_SIZE + map.len() * MMAP_ENTRY_LEN + cmdline.len() + 1 + BOOT_LOADER_NAME.len() + 1;
+    let info_base = place_boot_info(&segments, info_size as u64, &map)
         .ok_or(LoadError::NoRoomForBootInfo { size: info_size })?;
 
     // Everything is validated: RAM is below 4 GiB, so every address and end fits in u32
     // and the errors below cannot happen; they keep that argument out of the copies.
     let phys = |v: u64| u32::try_from(v).map_err(|_| LoadError::RamTooLarge { size: ram_size });
     let info_base32 = phys(info_base)?;
-    let info = boot_info_bytes(info_base32, ram_size as u64, cmdline);
+    let info = boot_info_bytes(info_base32, &map, cmdline);
     let info_len = info.len() as u64;
     let boot_info_range = (info_base32, phys(info_base + info_len)?);
     let start = segments.iter().map(|s| s.paddr).min().unwrap_or(0);
@@ -820,8 +865,8 @@ mod tests {
         // Fields we do not provide are zero, not garbage.
         assert_eq!(u32_at(&ram, mbi + 20), 0, "mods_count");
         let (len, addr) = (u32_at(&ram, mbi + 44), u32_at(&ram, mbi + 48));
-        assert_eq!(len, 4 * 24);
-        let entries: Vec<(u32, u64, u64, u32)> = (0..4)
+        assert_eq!(len, 6 * 24);
+        let entries: Vec<(u32, u64, u64, u32)> = (0..6)
             .map(|i| {
                 let e = addr + i * 24;
                 (
@@ -837,14 +882,16 @@ mod tests {
             vec![
                 (20, 0, 0x9_fc00, 1),
                 (20, 0x9_fc00, 0x400, 2),
-                (20, 0xf_0000, 0x1_0000, 2),
+                (20, 0xe_0000, 0x2_0000, 2),
                 (20, 0x10_0000, RAM_SIZE as u64 - 0x10_0000, 1),
+                (20, 0xfec0_0000, 0x1000, 2),
+                (20, 0xfee0_0000, 0x1000, 2),
             ]
         );
         let (start, end) = info.boot_info_range;
         assert_eq!(start, mbi);
-        assert!(end <= LOW_MEMORY_END);
-        assert_eq!(end, mbi + 116 + 96 + 20 + 4);
+        assert!(end <= pc::EBDA_BASE.raw());
+        assert_eq!(end, mbi + 116 + 6 * 24 + 20 + 4);
     }
 
     #[test]
@@ -1166,6 +1213,47 @@ mod tests {
             load_multiboot(&mut small, &image, ""),
             Err(LoadError::NoRoomForBootInfo { .. })
         ));
+    }
+
+    #[test]
+    fn segments_over_firmware_memory_are_refused() {
+        for (paddr, reserved) in [
+            (0xe_8000u32, (0xe_0000, 0x10_0000)),
+            (0x9_f000, (0x9_fc00, 0xa_0000)),
+        ] {
+            let image = elf_image(
+                &[Seg {
+                    paddr,
+                    vaddr: paddr,
+                    data: text(),
+                    memsz: 0x1000,
+                }],
+                paddr,
+                0,
+            );
+            let mut ram = ram();
+            assert_eq!(
+                load_multiboot(&mut ram, &image, ""),
+                Err(LoadError::SegmentInReservedMemory {
+                    segment: SegmentSource::ProgramHeader(0),
+                    start: u64::from(paddr),
+                    end: u64::from(paddr) + 0x1000,
+                    reserved_start: reserved.0,
+                    reserved_end: reserved.1,
+                })
+            );
+            assert!(ram.iter().all(|&b| b == 0x5a), "nothing written");
+        }
+    }
+
+    #[test]
+    fn command_line_is_the_path_then_the_arguments() {
+        assert_eq!(
+            command_line("/k/firmware.elf", "a b"),
+            "/k/firmware.elf a b"
+        );
+        // QEMU keeps the space when there are no arguments.
+        assert_eq!(command_line("k.elf", ""), "k.elf ");
     }
 
     proptest! {

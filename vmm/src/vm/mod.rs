@@ -37,9 +37,10 @@ mod trap;
 use std::io::Write;
 
 use crate::devices::{lock, BusError, DiskError, ImageFile, Unit};
+use crate::firmware::{write_firmware, FirmwareError, MachineLayout};
 use crate::hostcpu::timer::{Kicker, TimerError, VcpuTimer};
 use crate::hostcpu::{self, ldt::LdtError, HostCpu, HostCpuError};
-use crate::loader::multiboot::{load_multiboot, BootInfo, LoadError};
+use crate::loader::multiboot::{command_line, load_multiboot, BootInfo, LoadError};
 use crate::memory::{GuestRam, MemoryError};
 use crate::vcpu::exit::GuestExit;
 use crate::vcpu::VcpuState;
@@ -67,10 +68,11 @@ pub struct VmConfig {
     pub mem_size: u64,
     /// The kernel image (Multiboot v1).
     pub kernel: Vec<u8>,
-    /// Where the kernel came from, for messages.
-    pub kernel_name: String,
-    /// The kernel command line.
-    pub cmdline: String,
+    /// The kernel's path as the user gave it: it names the kernel in messages and is the
+    /// first word of its command line, as QEMU and GRUB pass it.
+    pub kernel_path: String,
+    /// The kernel's arguments (`--append`): its command line after the path.
+    pub append: String,
     /// Where the guest's serial output goes.
     pub serial_out: Box<dyn Write + Send>,
     /// Disk images for the primary IDE channel: the master's, then the slave's.
@@ -90,8 +92,8 @@ impl std::fmt::Debug for VmConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VmConfig")
             .field("mem_size", &self.mem_size)
-            .field("kernel_name", &self.kernel_name)
-            .field("cmdline", &self.cmdline)
+            .field("kernel_path", &self.kernel_path)
+            .field("append", &self.append)
             .field("disks", &self.disks)
             .finish_non_exhaustive()
     }
@@ -119,6 +121,9 @@ pub enum VmError {
     /// A disk image was refused.
     #[error(transparent)]
     Disk(#[from] DiskError),
+    /// The firmware tables could not describe the machine (a monitor bug).
+    #[error("firmware tables")]
+    Firmware(#[from] FirmwareError),
     /// The device map is inconsistent (a monitor bug).
     #[error("device map")]
     Bus(#[from] BusError),
@@ -202,9 +207,11 @@ impl std::fmt::Debug for Vm {
 }
 
 impl Vm {
-    /// Builds the machine: guest RAM, the reserved linear space with RAM mapped 1:1
-    /// (paging is off at boot) without execute permission, the devices, and the kernel
-    /// loaded as Multiboot says.
+    /// Builds the machine: guest RAM with the firmware data a BIOS leaves (BDA, MP and
+    /// ACPI tables), the reserved linear space with RAM mapped 1:1 (paging is off at boot)
+    /// without execute permission, the devices, and the kernel loaded as Multiboot says
+    /// with the command line "path arguments". The firmware goes first, as on a PC: the
+    /// loader keeps out of the memory it reserves.
     ///
     /// # Errors
     /// [`VmError`] naming the input that was refused (memory size, kernel image).
@@ -217,12 +224,16 @@ impl Vm {
             }
         }
         let mut ram = GuestRam::new(config.mem_size)?;
-        let boot = load_multiboot(ram.as_mut_slice(), &config.kernel, &config.cmdline).map_err(
-            |source| VmError::Load {
-                name: config.kernel_name.clone(),
-                source,
-            },
-        )?;
+        let layout = MachineLayout::pc(ram.size());
+        write_firmware(ram.as_mut_slice(), &layout)?;
+        let cmdline = command_line(&config.kernel_path, &config.append);
+        let boot =
+            load_multiboot(ram.as_mut_slice(), &config.kernel, &cmdline).map_err(|source| {
+                VmError::Load {
+                    name: config.kernel_path.clone(),
+                    source,
+                }
+            })?;
         let ram_size = ram.size();
         // Probed here: CPUID faults in this process once the guest runs.
         let mem = GuestMemory::new(ram, shadow_backend::host_has_exec_only())?;

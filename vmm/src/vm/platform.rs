@@ -16,6 +16,8 @@ use crate::devices::{
 use crate::devices::{
     A20Line, AcpiPm, CgaCrtc, I8042Port, PciHost, Port92, CGA_PORT_LEN, I8042, PCI_PORT_LEN,
 };
+use crate::devices::{FwCfg, FW_CFG_PORT_LEN};
+use crate::firmware::MachineLayout;
 use crate::hostcpu::timer::{Kicker, TimerError, VcpuTimer};
 use crate::hostcpu::HostCpu;
 
@@ -78,8 +80,9 @@ impl std::fmt::Debug for Platform {
 impl Platform {
     /// Builds the PC devices: PIC pair, local APIC and IOAPIC, PIT (with port B), COM1,
     /// CMOS/RTC, the primary IDE channel (no drives yet), the debug-exit port at 0xF4, the
-    /// POST port and the legacy devices (i8042, port 0x92, CGA CRTC, PCI host bridge and
-    /// reset control, ACPI PM block). `apic_base` is the vCPU's IA32_APIC_BASE at reset.
+    /// POST port, QEMU's fw_cfg and the legacy devices (i8042, port 0x92, CGA CRTC, PCI
+    /// host bridge and reset control, ACPI PM block). `apic_base` is the vCPU's
+    /// IA32_APIC_BASE at reset.
     ///
     /// # Errors
     /// [`BusError`] if two devices claim the same ports or addresses (a monitor bug).
@@ -114,6 +117,12 @@ impl Platform {
         )?;
         ports.insert(POST_PORT, 1, Arc::new(Mutex::new(PostPort::new())))?;
         ports.insert(CMOS_BASE, CMOS_PORT_LEN, Arc::new(Mutex::new(cmos)))?;
+        let fw_cfg = FwCfg::new(&MachineLayout::pc(ram_size));
+        ports.insert(
+            pc::FW_CFG_PORT_SEL,
+            FW_CFG_PORT_LEN,
+            Arc::new(Mutex::new(fw_cfg)),
+        )?;
         let ide = Arc::new(Mutex::new(IdeChannel::new(IsaLine::new(
             &pic,
             &pins,
