@@ -57,6 +57,42 @@ fn demo_guest_runs_without_arguments_and_prints_stats() {
     );
 }
 
+/// `--stats` counts accesses per device and lists the ports and MMIO addresses no device
+/// claimed, by address (the io kernel probes ports a PC leaves unclaimed).
+#[test]
+fn stats_count_device_accesses_and_list_unclaimed_addresses() {
+    let json = support::scratch_dir("run_guests").join("io-stats.json");
+    let kernel = support::guest_kernel("io");
+    let mut cmd = vmm();
+    cmd.args(["--kernel", kernel, "--stats", "--stats-json"])
+        .arg(&json);
+    let out = run(cmd);
+    let output = out.all_output();
+    assert_eq!(out.status, Some(1), "{output}");
+    for row in [
+        "port_com1_accesses",
+        "port_pic_master_accesses",
+        "unclaimed accesses",
+    ] {
+        assert!(output.contains(row), "no {row:?} in:\n{output}");
+    }
+    let text = std::fs::read_to_string(&json).expect("stats JSON written");
+    let _ = std::fs::remove_file(&json);
+    let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    assert!(
+        v["counters"]["port_com1_accesses"].as_u64().unwrap_or(0) > 0,
+        "{text}"
+    );
+    let unclaimed = v["unclaimed_accesses"].as_array().expect("an array");
+    assert!(
+        unclaimed.iter().any(
+            |u| u["at"].as_str().is_some_and(|a| a.starts_with("port 0x"))
+                && u["reads"].as_u64().unwrap_or(0) + u["writes"].as_u64().unwrap_or(0) > 0
+        ),
+        "{text}"
+    );
+}
+
 /// The status and combined output of `vmm run ARGS`.
 fn run_args(args: &[&str]) -> (Option<i32>, String) {
     let mut cmd = vmm();

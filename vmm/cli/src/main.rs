@@ -370,6 +370,13 @@ fn run_command(args: RunArgs) -> ExitCode {
     }
     if args.stats {
         eprint!("{}", vm.stats().render(&vm.counters(), STATS_TOP_SITES));
+        let unclaimed = vm.unclaimed_accesses();
+        if !unclaimed.is_empty() {
+            eprintln!("unclaimed accesses (reads, writes)");
+            for (at, reads, writes) in &unclaimed {
+                eprintln!("  {at:<28}{reads:>12}{writes:>12}");
+            }
+        }
         #[cfg(feature = "kproxy")]
         if let Some(proxy) = &proxy {
             proxy.print_stats();
@@ -377,6 +384,11 @@ fn run_command(args: RunArgs) -> ExitCode {
     }
     if let Some(path) = &args.stats_json {
         let mut json = vm.stats().to_json(&vm.counters(), STATS_TOP_SITES);
+        json["unclaimed_accesses"] = vm
+            .unclaimed_accesses()
+            .into_iter()
+            .map(|(at, reads, writes)| serde_json::json!({ "at": at, "reads": reads, "writes": writes }))
+            .collect();
         #[cfg(feature = "kproxy")]
         if let Some(proxy) = &proxy {
             proxy.add_stats_json(&mut json);

@@ -115,6 +115,8 @@ pub struct PortStats {
 struct Entry {
     len: u16,
     device: SharedPortDevice,
+    /// Guest accesses to the device (a wide access split into bytes counts once).
+    accesses: std::cell::Cell<u64>,
 }
 
 /// Maps port ranges to devices.
@@ -185,7 +187,14 @@ impl PortBus {
                 });
             }
         }
-        self.ranges.insert(base, Entry { len, device });
+        self.ranges.insert(
+            base,
+            Entry {
+                len,
+                device,
+                accesses: std::cell::Cell::new(0),
+            },
+        );
         Ok(())
     }
 
@@ -207,6 +216,7 @@ impl PortBus {
         if let Some((base, e)) = self.find(port) {
             let offset = port - base;
             if u32::from(offset) + u32::from(size) <= u32::from(e.len) {
+                e.accesses.set(e.accesses.get() + 1);
                 let mut dev = lock(&e.device);
                 if size <= dev.max_access_size() {
                     return dev.read(offset, size) & mask;
@@ -227,7 +237,10 @@ impl PortBus {
 
     fn read_byte(&mut self, port: u16) -> u32 {
         match self.find(port) {
-            Some((base, e)) => lock(&e.device).read(port - base, 1),
+            Some((base, e)) => {
+                e.accesses.set(e.accesses.get() + 1);
+                lock(&e.device).read(port - base, 1)
+            }
             None => {
                 self.stats.entry(port).or_default().unhandled_reads += 1;
                 0xff
@@ -248,6 +261,7 @@ impl PortBus {
         if let Some((base, e)) = self.find(port) {
             let offset = port - base;
             if u32::from(offset) + u32::from(size) <= u32::from(e.len) {
+                e.accesses.set(e.accesses.get() + 1);
                 let mut dev = lock(&e.device);
                 if size <= dev.max_access_size() {
                     return dev.write(offset, size, value);
@@ -270,12 +284,22 @@ impl PortBus {
 
     fn write_byte(&mut self, port: u16, value: u32) -> PortAction {
         match self.find(port) {
-            Some((base, e)) => lock(&e.device).write(port - base, 1, value),
+            Some((base, e)) => {
+                e.accesses.set(e.accesses.get() + 1);
+                lock(&e.device).write(port - base, 1, value)
+            }
             None => {
                 self.stats.entry(port).or_default().unhandled_writes += 1;
                 PortAction::Continue
             }
         }
+    }
+
+    /// Guest accesses per device range, as `(base, length, accesses)`.
+    pub fn device_accesses(&self) -> impl Iterator<Item = (u16, u16, u64)> + '_ {
+        self.ranges
+            .iter()
+            .map(|(&base, e)| (base, e.len, e.accesses.get()))
     }
 
     /// Accesses to unclaimed ports, per port (ports never touched are absent).

@@ -315,9 +315,40 @@ impl Vm {
             ("ide_sectors_written", ide.sectors_written),
             ("ide_errors", ide.errors),
         ];
-        // Accesses per MMIO device, under the device's bus name.
+        // Accesses per device: MMIO devices under their bus name, port devices by what
+        // sits at their base (a device spread over two ranges adds up).
         counters.extend(mmio.device_accesses());
+        let mut ports: Vec<(&'static str, u64)> = Vec::new();
+        for (base, _, n) in self.platform.ports.device_accesses() {
+            let name = platform::port_device_name(base);
+            match ports.iter_mut().find(|(p, _)| *p == name) {
+                Some((_, total)) => *total += n,
+                None => ports.push((name, n)),
+            }
+        }
+        counters.extend(ports);
         counters
+    }
+
+    /// Guest accesses no device claimed, by address: `(where, reads, writes)`, ports as
+    /// `port 0x…`, memory as `mmio 0x…`. Such accesses float on a PC (reads all ones,
+    /// writes dropped); the list shows what a guest looked for that this machine lacks.
+    pub fn unclaimed_accesses(&self) -> Vec<(String, u64, u64)> {
+        let ports = self.platform.ports.stats().iter().map(|(port, s)| {
+            (
+                format!("port {port:#06x}"),
+                s.unhandled_reads,
+                s.unhandled_writes,
+            )
+        });
+        let mmio = self.platform.mmio.unknown().iter().map(|(addr, s)| {
+            (
+                format!("mmio {addr:#010x}"),
+                s.unhandled_reads,
+                s.unhandled_writes,
+            )
+        });
+        ports.chain(mmio).collect()
     }
 
     /// A handle to feed serial input and wake the vCPU from another thread.

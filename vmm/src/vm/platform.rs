@@ -16,7 +16,10 @@ use crate::devices::{
 use crate::devices::{
     A20Line, AcpiPm, CgaCrtc, I8042Port, PciHost, Port92, CGA_PORT_LEN, I8042, PCI_PORT_LEN,
 };
-use crate::devices::{FwCfg, FW_CFG_PORT_LEN};
+use crate::devices::{
+    FwCfg, ELCR_BASE, FW_CFG_PORT_LEN, PIC_MASTER_BASE, PIC_SLAVE_BASE, PIT_BASE,
+    SYSTEM_CONTROL_PORT_B,
+};
 use crate::firmware::MachineLayout;
 use crate::hostcpu::timer::{Kicker, TimerError, VcpuTimer};
 use crate::hostcpu::HostCpu;
@@ -38,6 +41,29 @@ pub type SystemIoApic = IoApic<Arc<Mutex<SystemLapic>>>;
 pub const LAPIC_MMIO_NAME: &str = "mmio_lapic_accesses";
 /// The IOAPIC's name on the MMIO bus.
 pub const IOAPIC_MMIO_NAME: &str = "mmio_ioapic_accesses";
+
+/// The `--stats` name of the port device registered at `base`.
+pub fn port_device_name(base: u16) -> &'static str {
+    match base {
+        PIC_MASTER_BASE => "port_pic_master_accesses",
+        PIC_SLAVE_BASE => "port_pic_slave_accesses",
+        ELCR_BASE => "port_elcr_accesses",
+        PIT_BASE => "port_pit_accesses",
+        SYSTEM_CONTROL_PORT_B => "port_b_accesses",
+        COM1_BASE => "port_com1_accesses",
+        DEBUG_EXIT_BASE => "port_debug_exit_accesses",
+        POST_PORT => "port_post_accesses",
+        CMOS_BASE => "port_cmos_accesses",
+        pc::IDE_PRIMARY_BASE | pc::IDE_PRIMARY_CTRL => "port_ide_accesses",
+        pc::I8042_DATA | pc::I8042_CMD => "port_i8042_accesses",
+        pc::SYSTEM_CONTROL_PORT_A => "port_92_accesses",
+        pc::CGA_CRTC_INDEX => "port_cga_crtc_accesses",
+        pc::PCI_CONFIG_ADDRESS => "port_pci_accesses",
+        pc::PM_BASE => "port_acpi_pm_accesses",
+        pc::FW_CFG_PORT_SEL => "port_fw_cfg_accesses",
+        _ => "port_other_accesses",
+    }
+}
 
 /// The primary IDE channel, interrupting through the 8259 and the IOAPIC.
 pub type PrimaryIde = IdeChannel<IsaLine>;
