@@ -324,24 +324,36 @@ fn exit_kind(instr: &Instruction, cfg: &TranslateConfig) -> Option<ExitKind> {
     }
 }
 
-/// Whether `instr` has a memory operand in CS or in `reserved` (the scratch segment).
+/// Whether `instr` has a memory operand whose segment, or whose segment override even
+/// where the CPU ignores it (string stores), is CS or `reserved` (the scratch segment).
 /// Inside the TC, CS is the TC's own code segment and the reserved register addresses
 /// the vCPU page: neither is the guest's segment. NOP and LEA never access memory.
-fn reads_through(instr: &Instruction, reserved: Register) -> bool {
-    if matches!(instr.mnemonic(), Mnemonic::Nop | Mnemonic::Lea) {
+pub(crate) fn reads_through(instr: &Instruction, reserved: Register) -> bool {
+    if matches!(instr.mnemonic(), Mnemonic::Nop | Mnemonic::Lea) || !has_memory(instr) {
         return false;
     }
-    let has_memory = (0..instr.op_count()).any(|i| {
+    [instr.memory_segment(), instr.segment_prefix()]
+        .iter()
+        .any(|&s| s == Register::CS || s == reserved)
+}
+
+/// Whether the instruction has a memory operand (explicit, or a string operand).
+pub(crate) fn has_memory(instr: &Instruction) -> bool {
+    (0..instr.op_count()).any(|i| {
         matches!(
             instr.op_kind(i),
             OpKind::Memory
                 | OpKind::MemorySegSI
                 | OpKind::MemorySegESI
+                | OpKind::MemorySegRSI
                 | OpKind::MemorySegDI
                 | OpKind::MemorySegEDI
+                | OpKind::MemorySegRDI
+                | OpKind::MemoryESDI
+                | OpKind::MemoryESEDI
+                | OpKind::MemoryESRDI
         )
-    });
-    has_memory && matches!(instr.memory_segment(), s if s == Register::CS || s == reserved)
+    })
 }
 
 /// The shape of a near control transfer, as the emitter expands it.

@@ -26,6 +26,7 @@ use iced_x86::{
 };
 use thiserror::Error;
 
+use super::decode::reads_through;
 use super::{Gate, Scratch, TranslateConfig, SCRATCH_LEN};
 use crate::class::{classify, Class};
 
@@ -223,32 +224,10 @@ fn check(
     }
 }
 
-/// Whether the instruction has a memory operand (LEA and NOP do not access theirs, but
-/// are checked like the others: the translator emits neither with an override).
-fn has_memory(instr: &Instruction) -> bool {
-    (0..instr.op_count()).any(|i| {
-        matches!(
-            instr.op_kind(i),
-            OpKind::Memory
-                | OpKind::MemorySegSI
-                | OpKind::MemorySegESI
-                | OpKind::MemorySegDI
-                | OpKind::MemorySegEDI
-                | OpKind::MemorySegRSI
-                | OpKind::MemorySegRDI
-                | OpKind::MemoryESDI
-                | OpKind::MemoryESEDI
-                | OpKind::MemoryESRDI
-        )
-    })
-}
-
+/// Segment rules, with the translator's own reading of which instructions access
+/// memory through which segment ([`reads_through`]).
 fn check_memory(instr: &Instruction, rules: &Rules) -> Result<(), ViolationKind> {
-    if !has_memory(instr) {
-        return Ok(());
-    }
-    let segment = instr.memory_segment();
-    if segment == Register::CS {
+    if reads_through(instr, Register::CS) {
         let table = rules.lookup_table;
         let reads_table = instr.code() == Code::Mov_r32_rm32
             && is_table_operand(instr, table)
@@ -258,7 +237,8 @@ fn check_memory(instr: &Instruction, rules: &Rules) -> Result<(), ViolationKind>
         }
         return Err(ViolationKind::CodeSegmentAccess);
     }
-    if segment == rules.scratch.segment.register() {
+    let scratch = rules.scratch.segment.register();
+    if reads_through(instr, scratch) {
         let first = rules.scratch.base;
         let displ = instr.memory_displacement32();
         let absolute =
