@@ -193,7 +193,7 @@ pub(crate) fn decode_block(
     let mut guest_end = eip;
     let mut offset = 0usize;
     let end = loop {
-        if ident.len() >= cfg.max_instructions || offset >= window.first_page_len {
+        if ident.len() >= cfg.max_instructions.max(1) || offset >= window.first_page_len {
             break End::FallThrough(at);
         }
         let first = ident.is_empty();

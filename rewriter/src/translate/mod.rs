@@ -143,7 +143,7 @@ pub struct TranslateConfig {
     pub lookup_table: u32,
     /// The guest's stack address size.
     pub stack_size: StackSize,
-    /// Most guest instructions copied into one block.
+    /// Most guest instructions copied into one block (at least one).
     pub max_instructions: usize,
     /// FPU, MMX and SSE instructions end the block in an exit (correct whatever the
     /// guest's CR0.TS/EM say); the engine may clear it while both are clear and must
