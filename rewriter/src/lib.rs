@@ -9,6 +9,9 @@
 //! * [`scan`]: instruction boundaries of a page or region ([`scan_page`],
 //!   [`scan_region`], [`Census`]).
 //! * [`patch`]: in-place rewriting into [`TRAP_BYTE`] and its undoing ([`PatchTable`]).
+//! * [`translate`]: the block translator for the translation cache
+//!   ([`translate::translate_block`]) and the validator of its output
+//!   ([`translate::validate()`]).
 //!
 //! ```
 //! use rewriter::{scan_page, Action, BufferMemory, Class, CodeMemory, PatchTable, TRAP_BYTE};
@@ -40,6 +43,7 @@
 pub mod class;
 pub mod patch;
 pub mod scan;
+pub mod translate;
 
 pub use class::{
     classify, flow, fpu_kind, Action, Class, ClassInfo, Flow, FpuKind, CLASS_TABLE, TRAP_BYTE,

@@ -1,0 +1,168 @@
+//! The side table of a translated block: what the monitor needs to turn a TC address
+//! back into guest state (ARCHITECTURE §5, "Precise state").
+//!
+//! Every emitted instruction has one [`SideEntry`]. A fault or an interrupt that lands
+//! at the start of an emitted instruction (or a fault *in* it) means the guest is at
+//! [`SideEntry::guest`], after the scratch registers are restored from their slots when
+//! [`SideEntry::restore_scratch`] says so. Expansions are ordered so that this is exact:
+//! everything before an expansion's single guest-visible commit resumes at the guest
+//! instruction itself, everything after it at the guest target (see `lookup.rs`).
+
+use crate::class::Class;
+
+/// Where the guest is when execution stops at an emitted instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GuestEip {
+    /// At this guest EIP (the instruction there has not executed).
+    At(u32),
+    /// At the guest EIP held in the target slot of the scratch area
+    /// ([`super::SLOT_TARGET`]): an indirect branch has committed and the lookup of its
+    /// target is under way.
+    TargetSlot,
+}
+
+/// What an emitted instruction is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// The lookup entry's restore of the scratch registers.
+    Prologue,
+    /// A guest instruction re-encoded unchanged; `guest_len` guest bytes at the entry's
+    /// guest EIP.
+    Ident {
+        /// Length of the guest's encoding.
+        guest_len: u8,
+    },
+    /// Part of a multi-instruction expansion of a guest control transfer.
+    Expansion,
+    /// Part of an exit stub.
+    Exit,
+}
+
+/// One emitted instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SideEntry {
+    /// Offset of its first byte in the block.
+    pub offset: u32,
+    /// Its length in bytes.
+    pub len: u8,
+    /// Where the guest is when execution stops at (or faults in) this instruction.
+    pub guest: GuestEip,
+    /// ECX and EDX must be reloaded from their scratch slots ([`super::SLOT_ECX`],
+    /// [`super::SLOT_EDX`]) to get the guest's values.
+    pub restore_scratch: bool,
+    /// The instruction can fault on guest state (a guest memory access, a guest stack
+    /// push, an IDENT instruction); the others only touch the monitor's scratch slots
+    /// and lookup table.
+    pub can_fault: bool,
+    /// What the instruction is for.
+    pub origin: Origin,
+}
+
+impl SideEntry {
+    /// One past its last byte.
+    pub fn end(&self) -> u32 {
+        self.offset + u32::from(self.len)
+    }
+}
+
+/// Why a block leaves for the monitor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExitKind {
+    /// Continue at a guest EIP known when the block was translated: a direct branch's
+    /// or call's target, a fall-through, the end of a page or the size cap. Chainable.
+    Direct {
+        /// The guest EIP to continue at.
+        target: u32,
+    },
+    /// An indirect branch whose target was not in the lookup table; the guest EIP is in
+    /// the target slot and the scratch registers are already restored.
+    IndirectMiss,
+    /// An instruction of the rewriter's class table, to be emulated by the monitor.
+    Sensitive(Class),
+    /// An instruction that reads memory through CS or through the segment register the
+    /// translation reserves for its scratch slots: inside the TC those segments are not
+    /// the guest's, so the monitor emulates it.
+    SegmentOverride,
+    /// Bytes that do not decode: the monitor raises what the CPU would (#UD, or #GP for
+    /// an encoding longer than 15 bytes).
+    Undefined,
+    /// A valid instruction the translator does not handle (RTM, or one the encoder
+    /// cannot reproduce exactly): the monitor emulates it or raises #UD.
+    Unsupported,
+}
+
+impl ExitKind {
+    /// Whether a stub of this kind has a patchable jump slot.
+    pub fn chainable(self) -> bool {
+        matches!(self, ExitKind::Direct { .. })
+    }
+}
+
+/// One exit stub of a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ExitStub {
+    /// Offset of the stub's first instruction in the block. The stub stores
+    /// `tc_address + offset` in the exit slot ([`super::SLOT_EXIT`]) before it enters
+    /// the gate: that value names the stub.
+    pub offset: u32,
+    /// Offset of the 5-byte `jmp rel32` chaining slot (always `offset` for chainable
+    /// stubs), whose rel32 is 4-byte aligned so that a patch is one aligned store.
+    pub chain_slot: Option<u32>,
+    /// Why the block exits here.
+    pub kind: ExitKind,
+    /// Where the guest is when this exit reaches the monitor.
+    pub guest: GuestEip,
+}
+
+/// The side table of one block.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SideTable {
+    /// One entry per emitted instruction, in address order.
+    pub entries: Vec<SideEntry>,
+    /// The exit stubs, in address order.
+    pub exits: Vec<ExitStub>,
+}
+
+impl SideTable {
+    /// The emitted instruction that contains block offset `offset`.
+    pub fn at(&self, offset: u32) -> Option<&SideEntry> {
+        let i = self.entries.partition_point(|e| e.end() <= offset);
+        self.entries.get(i).filter(|e| e.offset <= offset)
+    }
+
+    /// The exit stub that starts at block offset `offset` (what the exit slot names,
+    /// less the block's TC address).
+    pub fn exit_at(&self, offset: u32) -> Option<&ExitStub> {
+        self.exits.iter().find(|e| e.offset == offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(offset: u32, len: u8) -> SideEntry {
+        SideEntry {
+            offset,
+            len,
+            guest: GuestEip::At(offset),
+            restore_scratch: false,
+            can_fault: true,
+            origin: Origin::Ident { guest_len: len },
+        }
+    }
+
+    #[test]
+    fn at_finds_the_containing_instruction() {
+        let table = SideTable {
+            entries: vec![entry(0, 2), entry(2, 5), entry(7, 1)],
+            exits: Vec::new(),
+        };
+        assert_eq!(table.at(0).map(|e| e.offset), Some(0));
+        assert_eq!(table.at(1).map(|e| e.offset), Some(0));
+        assert_eq!(table.at(2).map(|e| e.offset), Some(2));
+        assert_eq!(table.at(6).map(|e| e.offset), Some(2));
+        assert_eq!(table.at(7).map(|e| e.offset), Some(7));
+        assert_eq!(table.at(8), None);
+    }
+}
