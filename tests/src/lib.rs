@@ -153,3 +153,17 @@ pub fn guest_kernel(name: &str) -> &'static str {
         .unwrap_or_else(|| panic!("guest kernel {name} was not built"))
         .path
 }
+
+/// The value of counter `name` in `vmm run --stats` output (a `name   value` line).
+///
+/// # Panics
+/// When the output has no such counter.
+pub fn stats_counter(output: &str, name: &str) -> u64 {
+    output
+        .lines()
+        .find_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some(name)).then(|| words.next()?.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no counter {name} in:\n{output}"))
+}

@@ -11,17 +11,6 @@ use std::time::Duration;
 /// How long any one step may take before the test gives up.
 const STEP: Duration = Duration::from_secs(20);
 
-/// The value of counter `name` in the `--stats` output.
-fn counter(output: &str, name: &str) -> u64 {
-    output
-        .lines()
-        .find_map(|l| {
-            let mut words = l.split_whitespace();
-            (words.next() == Some(name)).then(|| words.next()?.parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("no counter {name} in:\n{output}"))
-}
-
 #[test]
 fn typed_line_is_echoed_through_the_ioapic_routed_uart() {
     let mut child = support::vmm(
@@ -80,7 +69,17 @@ fn typed_line_is_echoed_through_the_ioapic_routed_uart() {
         "debug-exit status 1; stderr:\n{stats}"
     );
     // The guest programs the IOAPIC entry and ends every interrupt at the local APIC.
-    assert!(counter(&stats, "mmio_ioapic_accesses") >= 2, "{stats}");
-    assert!(counter(&stats, "mmio_lapic_accesses") >= 2, "{stats}");
-    assert_eq!(counter(&stats, "unknown_mmio_accesses"), 0, "{stats}");
+    assert!(
+        support::stats_counter(&stats, "mmio_ioapic_accesses") >= 2,
+        "{stats}"
+    );
+    assert!(
+        support::stats_counter(&stats, "mmio_lapic_accesses") >= 2,
+        "{stats}"
+    );
+    assert_eq!(
+        support::stats_counter(&stats, "unknown_mmio_accesses"),
+        0,
+        "{stats}"
+    );
 }

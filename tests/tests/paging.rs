@@ -13,32 +13,30 @@ fn run(name: &str, args: &[&str]) -> (Option<i32>, String) {
     (run.status, run.all_output())
 }
 
-/// The value of counter `name` in the `--stats` output.
-fn counter(output: &str, name: &str) -> u64 {
-    output
-        .lines()
-        .find_map(|l| {
-            let mut words = l.split_whitespace();
-            (words.next() == Some(name)).then(|| words.next()?.parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("no counter {name} in:\n{output}"))
-}
-
 #[test]
 fn paging_guest_passes_and_stats_count_shadow_paging_work() {
     let (status, out) = run("paging", &["--stats"]);
     let report = parse_report(&out);
     assert_eq!(status, Some(1), "{out}");
     assert!(report.all_passed() && report.passed >= 20, "{out}");
-    assert!(counter(&out, "hidden_page_faults") > 0, "{out}");
+    assert!(
+        support::stats_counter(&out, "hidden_page_faults") > 0,
+        "{out}"
+    );
     // Not-present and write-protect faults the guest provokes on purpose: four in the
     // #PF checks, three after PTE updates.
-    assert_eq!(counter(&out, "true_page_faults"), 7, "{out}");
-    assert!(counter(&out, "page_table_writes_mediated") > 0, "{out}");
-    assert!(counter(&out, "pages_scanned") > 0, "{out}");
+    assert_eq!(support::stats_counter(&out, "true_page_faults"), 7, "{out}");
+    assert!(
+        support::stats_counter(&out, "page_table_writes_mediated") > 0,
+        "{out}"
+    );
+    assert!(support::stats_counter(&out, "pages_scanned") > 0, "{out}");
     // The self-modifying code is rescanned after each rewrite.
-    assert!(counter(&out, "rescans") > 0, "{out}");
-    assert!(counter(&out, "paged_code_writes") > 0, "{out}");
+    assert!(support::stats_counter(&out, "rescans") > 0, "{out}");
+    assert!(
+        support::stats_counter(&out, "paged_code_writes") > 0,
+        "{out}"
+    );
     for row in ["hidden_page_fault", "table_write", "guest_page_fault"] {
         assert!(out.contains(row), "no exit reason {row}: {out}");
     }
@@ -59,7 +57,7 @@ fn user_processes_in_separate_address_spaces() {
     assert_eq!(status, Some(1), "{out}");
     assert!(report.all_passed() && report.passed >= 15, "{out}");
     // Per process: a supervisor read below and above the clamp, a read-only write.
-    assert_eq!(counter(&out, "true_page_faults"), 6, "{out}");
+    assert_eq!(support::stats_counter(&out, "true_page_faults"), 6, "{out}");
 }
 
 /// Whether the host gives execute-only pages (protection keys enabled by the kernel).
@@ -87,12 +85,23 @@ fn reads_of_patched_code_follow_the_host() {
         // Patched pages are execute-only; reads are served from the original bytes.
         assert_eq!(status, Some(1), "{out}");
         assert!(failed.is_empty(), "{out}");
-        assert_eq!(counter(&out, "execute_only_code"), 1, "{out}");
-        assert!(counter(&out, "paged_accesses_emulated") > 0, "{out}");
+        assert_eq!(
+            support::stats_counter(&out, "execute_only_code"),
+            1,
+            "{out}"
+        );
+        assert!(
+            support::stats_counter(&out, "paged_accesses_emulated") > 0,
+            "{out}"
+        );
     } else {
         // Without protection keys a page that executes is readable: reads of a patched
         // site see the trap byte. Exactly the code-reading checks fail, nothing else.
-        assert_eq!(counter(&out, "execute_only_code"), 0, "{out}");
+        assert_eq!(
+            support::stats_counter(&out, "execute_only_code"),
+            0,
+            "{out}"
+        );
         assert_eq!(failed.len(), 3, "{out}");
         assert!(
             failed

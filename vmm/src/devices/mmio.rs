@@ -112,30 +112,24 @@ impl MmioBus {
         Ok(())
     }
 
-    /// Whether a device claims `addr`.
-    pub fn claims(&self, addr: GuestPhys) -> bool {
-        self.find(addr.raw(), 1).is_some()
-    }
-
-    /// The base of the device whose range holds all of `addr..addr + len`.
-    fn find(&self, addr: u32, len: u32) -> Option<u32> {
-        let (&base, e) = self.ranges.range(..=addr).next_back()?;
-        (u64::from(addr) + u64::from(len) <= u64::from(base) + u64::from(e.len)).then_some(base)
+    /// The device whose range holds all of `addr..addr + len`, counted as accessed, and
+    /// the offset of `addr` in it.
+    fn claim(&mut self, addr: u32, len: usize) -> Option<(&Entry, u32)> {
+        let len = u32::try_from(len).unwrap_or(u32::MAX);
+        let (&base, e) = self.ranges.range_mut(..=addr).next_back()?;
+        if u64::from(addr) + u64::from(len) > u64::from(base) + u64::from(e.len) {
+            return None;
+        }
+        e.accesses += 1;
+        Some((e, addr - base))
     }
 
     /// Reads `data.len()` bytes at `addr`. An access no single device claims whole
     /// reads as all ones and is counted by address.
     pub fn read(&mut self, addr: GuestPhys, data: &mut [u8]) {
         let addr = addr.raw();
-        let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
-        match self
-            .find(addr, len)
-            .and_then(|b| self.ranges.get_mut(&b).map(|e| (b, e)))
-        {
-            Some((base, e)) => {
-                e.accesses += 1;
-                lock(&e.device).read(addr - base, data);
-            }
+        match self.claim(addr, data.len()) {
+            Some((e, offset)) => lock(&e.device).read(offset, data),
             None => {
                 self.unknown.entry(addr).or_default().unhandled_reads += 1;
                 data.fill(0xff);
@@ -147,15 +141,8 @@ impl MmioBus {
     /// counted by address.
     pub fn write(&mut self, addr: GuestPhys, data: &[u8]) {
         let addr = addr.raw();
-        let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
-        match self
-            .find(addr, len)
-            .and_then(|b| self.ranges.get_mut(&b).map(|e| (b, e)))
-        {
-            Some((base, e)) => {
-                e.accesses += 1;
-                lock(&e.device).write(addr - base, data);
-            }
+        match self.claim(addr, data.len()) {
+            Some((e, offset)) => lock(&e.device).write(offset, data),
             None => self.unknown.entry(addr).or_default().unhandled_writes += 1,
         }
     }
