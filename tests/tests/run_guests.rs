@@ -93,6 +93,32 @@ fn stats_count_device_accesses_and_list_unclaimed_addresses() {
     );
 }
 
+/// CPUID answers with the VM's CPU model on both paths: trapped natively where the host
+/// has CPUID faulting, rewritten where it has not (`VMM_CPUID_FAULTING=off` takes that path
+/// on any host). The sensitive kernel checks the vendor, family and feature bits.
+#[test]
+fn cpuid_is_the_vms_with_and_without_host_cpuid_faulting() {
+    let kernel = support::guest_kernel("sensitive");
+    for (env, faulting) in [(None, None), (Some("off"), Some(0))] {
+        let mut cmd = vmm();
+        cmd.args(["--kernel", kernel, "--stats"]);
+        if let Some(v) = env {
+            cmd.env("VMM_CPUID_FAULTING", v);
+        }
+        let out = run(cmd);
+        let output = out.all_output();
+        assert_eq!(out.status, Some(1), "{env:?}: {output}");
+        let report = parse_report(&output);
+        assert!(
+            report.all_passed() && report.checks.iter().any(|c| c.0.contains("cpuid")),
+            "{env:?}: {output}"
+        );
+        if let Some(expected) = faulting {
+            assert_eq!(support::stats_counter(&output, "cpuid_faulting"), expected);
+        }
+    }
+}
+
 /// The status and combined output of `vmm run ARGS`.
 fn run_args(args: &[&str]) -> (Option<i32>, String) {
     let mut cmd = vmm();
