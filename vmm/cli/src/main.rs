@@ -137,6 +137,21 @@ struct RunArgs {
     /// The slave's image, as QEMU spells it: -hdb FILE.
     #[arg(long, value_name = "FILE[,ro]", value_parser = parse_disk)]
     hdb: Option<DiskImage>,
+    /// Serve gdb's remote protocol: tcp::PORT listens on every interface, tcp:HOST:PORT
+    /// on one (port 0 picks a free port; the address is printed). gdb finds the guest
+    /// stopped where it was when it connected.
+    #[cfg(feature = "gdb")]
+    #[arg(long, value_name = "tcp::PORT", value_parser = vmm_cli::gdb::parse_address)]
+    gdb: Option<String>,
+    /// Short for --gdb tcp::1234, as QEMU's -s.
+    #[cfg(feature = "gdb")]
+    #[arg(short = 's')]
+    gdb_default: bool,
+    /// With --gdb or -s: the guest waits for gdb before its first instruction, as
+    /// QEMU's -S.
+    #[cfg(feature = "gdb")]
+    #[arg(short = 'S')]
+    gdb_wait: bool,
     /// The kernel proxy's options.
     #[cfg(feature = "kproxy")]
     #[command(flatten)]
@@ -366,11 +381,41 @@ fn run_command(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE_ERROR);
         }
     };
+    #[cfg(feature = "gdb")]
+    let gdb_pending = {
+        let address = match (&args.gdb, args.gdb_default) {
+            (Some(a), _) => Some(a.clone()),
+            (None, true) => Some("0.0.0.0:1234".to_string()),
+            (None, false) => None,
+        };
+        if args.gdb_wait && address.is_none() {
+            eprintln!("vmm: error: -S waits for gdb: give --gdb tcp::PORT or -s too");
+            return ExitCode::from(EXIT_USAGE_ERROR);
+        }
+        match address.map(|a| vmm_cli::gdb::attach(&mut vm, &a, args.gdb_wait).map_err(|e| (a, e)))
+        {
+            None => None,
+            Some(Ok(p)) => Some(p),
+            Some(Err((a, e))) => {
+                eprintln!("vmm: error: --gdb: cannot listen on {a}: {e}");
+                return ExitCode::from(EXIT_USAGE_ERROR);
+            }
+        }
+    };
+    #[cfg(feature = "gdb")]
+    let mut gdb_stub = None;
     let terminal = TerminalMode::enter();
     let input = vm.serial_input();
     let result = vm.run(|kicker| {
         if let Err(e) = spawn_stdin_reader(input, kicker) {
             eprintln!("vmm: warning: no serial input: {e}");
+        }
+        #[cfg(feature = "gdb")]
+        if let Some(pending) = gdb_pending {
+            match pending.start(kicker) {
+                Ok(stub) => gdb_stub = Some(stub),
+                Err(e) => eprintln!("vmm: warning: no gdb stub: {e}"),
+            }
         }
     });
     drop(terminal);
@@ -382,6 +427,10 @@ fn run_command(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_MONITOR_ERROR);
         }
     };
+    #[cfg(feature = "gdb")]
+    if let Some(stub) = gdb_stub {
+        stub.finish(u8::try_from(outcome.exit_code()).unwrap_or(u8::MAX));
+    }
     match &outcome {
         RunOutcome::DebugExit { .. } => {}
         RunOutcome::Shutdown { reason } => eprintln!("vmm: {reason}"),
