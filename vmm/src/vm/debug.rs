@@ -402,10 +402,14 @@ impl Vm {
         let Some(session) = self.debug.as_mut() else {
             return;
         };
+        // The monitor's own step goes first; ours is armed at the entry after it.
+        if self.cpu.step.is_some() {
+            return;
+        }
         let need = session.step_from.is_some() || !session.watches.is_empty();
         let eip = self.cpu.code_linear(self.cpu.state.eip);
         let skip = session.skip_at.take().filter(|at| *at == eip);
-        if self.cpu.step.is_some() || (!need && skip.is_none()) {
+        if !need && skip.is_none() {
             return;
         }
         let lifted = skip.and_then(|at| session.breaks.iter().find(|b| b.lin == at).copied());
