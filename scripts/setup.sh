@@ -1,29 +1,53 @@
 #!/usr/bin/env bash
-# Installs what building and testing the monitor needs on a fresh Debian machine and
-# fetches the reference inputs. Idempotent; safe to run before every build.
-#   - gcc/binutils: the guest kernels are built with the host gcc in 32-bit mode
-#   - qemu-system-x86: the guest suite runs side by side under QEMU's TCG for comparison
-#   - xz-utils: unpacking Debian's i386 kernel
+# Installs what one purpose needs on a fresh Debian machine. Idempotent; safe to run
+# before every build; fails loudly.
+#   scripts/setup.sh run    running the monitor and the guest kernels it boots:
+#                           gcc/binutils (the guest kernels are built with the host gcc
+#                           in 32-bit mode)
+#   scripts/setup.sh test   the above, plus what the tests need:
+#                           qemu-system-x86 (the guest suite runs side by side under
+#                           QEMU's TCG for comparison; no recommended packages),
+#                           gdb (the gdb stub is tested by real gdb in batch mode),
+#                           xz-utils/dpkg and Debian's i386 kernel (the rewriter's
+#                           reference input, target/debian/)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-need=()
-command -v gcc >/dev/null || need+=(gcc)
-command -v ld >/dev/null || need+=(binutils)
-command -v xz >/dev/null || need+=(xz-utils)
-command -v qemu-system-i386 >/dev/null || need+=(qemu-system-x86)
-command -v dpkg-deb >/dev/null || need+=(dpkg)
-if [ ${#need[@]} -gt 0 ]; then
+purpose=${1:-}
+case "$purpose" in
+run | test) ;;
+*)
+    echo "usage: scripts/setup.sh run|test" >&2
+    exit 2
+    ;;
+esac
+
+# Installs the named packages if any is given, with apt, as root.
+install() {
+    [ $# -gt 0 ] || return 0
     if [ "$(id -u)" != 0 ]; then
-        echo "setup: missing ${need[*]}; run as root or install them" >&2
+        echo "setup: missing $*; run as root or install them" >&2
         exit 1
     fi
     archives=$(mktemp -d)
     apt-get update -qq
     # This image's apt deletes downloaded .deb files between dpkg steps; a private
     # archive directory keeps a multi-package install intact. Retry once.
-    apt-get install -y -q -o Dir::Cache::Archives="$archives/" "${need[@]}" ||
-        apt-get install -y -q -o Dir::Cache::Archives="$archives/" "${need[@]}"
+    apt-get install -y -q --no-install-recommends -o Dir::Cache::Archives="$archives/" "$@" ||
+        apt-get install -y -q --no-install-recommends -o Dir::Cache::Archives="$archives/" "$@"
+    rm -rf "$archives"
+}
+
+need=()
+command -v gcc >/dev/null || need+=(gcc)
+command -v ld >/dev/null || need+=(binutils)
+if [ "$purpose" = test ]; then
+    command -v xz >/dev/null || need+=(xz-utils)
+    command -v qemu-system-i386 >/dev/null || need+=(qemu-system-x86)
+    command -v gdb >/dev/null || need+=(gdb)
+    command -v dpkg-deb >/dev/null || need+=(dpkg)
 fi
+install "${need[@]}"
+
 # 32-bit freestanding compile check: fail loudly here rather than deep in a build script.
 probe=$(mktemp -d)
 echo 'int f(int x) { return x + 1; }' >"$probe/t.c"
@@ -33,5 +57,7 @@ if ! gcc -m32 -ffreestanding -nostdlib -c "$probe/t.c" -o "$probe/t.o" 2>"$probe
     exit 1
 fi
 rm -rf "$probe"
-"$root/scripts/debian-kernel.sh" >/dev/null
-echo "setup: ok"
+if [ "$purpose" = test ]; then
+    "$root/scripts/debian-kernel.sh" >/dev/null
+fi
+echo "setup ($purpose): ok"

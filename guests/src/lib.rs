@@ -38,9 +38,10 @@ pub fn all() -> &'static [Guest] {
     GUESTS
 }
 
-/// Kernels that wait for input on their console, so neither tests.cfg nor QEMU runs them
-/// unattended: an integration test drives each one (`echo`: tests/tests/console.rs).
-pub const INTERACTIVE: &[&str] = &["echo"];
+/// Kernels another program drives (input on their console, a debugger), so neither
+/// tests.cfg nor QEMU runs them unattended: an integration test drives each one (`echo`:
+/// tests/tests/console.rs; `gdbtarget`: tests/tests/gdb.rs).
+pub const INTERACTIVE: &[&str] = &["echo", "gdbtarget"];
 
 /// The guest kernel called `name`.
 pub fn find(name: &str) -> Option<&'static Guest> {

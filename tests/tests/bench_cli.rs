@@ -29,7 +29,9 @@ fn cycles(cell: &str) -> Option<f64> {
 
 #[test]
 fn the_table_has_every_operation_with_a_monitor_figure() {
-    let out = bench(&[]);
+    let svg = support::scratch_dir("bench_cli").join("bench.svg");
+    let _ = std::fs::remove_file(&svg);
+    let out = bench(&["--plot", svg.to_str().expect("a UTF-8 path")]);
     let lines: Vec<&str> = out.lines().collect();
     let header = lines
         .iter()
@@ -64,6 +66,20 @@ fn the_table_has_every_operation_with_a_monitor_figure() {
     }
     assert!(out.contains("compute: checksum 0x"), "{out}");
     assert!(!out.contains("FAILED"), "{out}");
+    // --plot drew the same table: every operation, the monitor's and QEMU's series.
+    let picture = std::fs::read_to_string(&svg).expect("--plot wrote the picture");
+    assert!(picture.starts_with("<svg"), "not an SVG document");
+    for op in OPERATIONS {
+        assert!(picture.contains(op.name), "no {} in the picture", op.name);
+    }
+    assert!(picture.contains("vmm (native execution"), "no vmm series");
+    assert!(
+        picture.lines().any(|l| l.trim() == "native"),
+        "no native series"
+    );
+    if qemu_expected() {
+        assert!(picture.contains("QEMU TCG"), "no QEMU series");
+    }
 }
 
 #[test]

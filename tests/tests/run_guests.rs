@@ -57,6 +57,41 @@ fn demo_guest_runs_without_arguments_and_prints_stats() {
     );
 }
 
+/// `--profile` draws where the exits went: the reasons and the hottest sites with their
+/// instruction class, the same the statistics list.
+#[test]
+fn profile_picture_shows_reasons_and_sites() {
+    let svg = support::scratch_dir("run_guests").join("profile.svg");
+    let _ = std::fs::remove_file(&svg);
+    let mut cmd = vmm();
+    cmd.args(["--stats", "--profile"]).arg(&svg);
+    let out = run(cmd);
+    let output = out.all_output();
+    assert_eq!(out.status, Some(1), "{output}");
+    let picture = std::fs::read_to_string(&svg).expect("--profile wrote the picture");
+    assert!(picture.starts_with("<svg"), "not an SVG document");
+    for text in [
+        "exits by reason",
+        "rewrite_trap",
+        "port_io",
+        "hottest trap sites",
+    ] {
+        assert!(picture.contains(text), "no {text:?} in the picture");
+    }
+    // The hottest site of the statistics, with its class, is in the picture.
+    let top = output
+        .lines()
+        .skip_while(|l| !l.contains("top trap sites"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no top trap site in:\n{output}"));
+    let words: Vec<&str> = top.split_whitespace().collect();
+    let (site, class) = (words[0], words[1]);
+    assert!(
+        picture.contains(&format!("{site} {class}")),
+        "no {site} {class} in the picture; statistics:\n{output}"
+    );
+}
+
 /// `--stats` counts accesses per device and lists the ports and MMIO addresses no device
 /// claimed, by address (the io kernel probes ports a PC leaves unclaimed).
 #[test]

@@ -1,13 +1,17 @@
 //! The tools around the engine that the `vmm` command offers: the sensitive-instruction
 //! census of guest images (`scan`, with the image readers of `image`), the
-//! nanobenchmarks (`bench`), the suite's coverage tables (`coverage`) and the kernel
-//! proxy's commands (`kproxy`, feature `kproxy`). The engine itself is the `vmm` crate.
+//! nanobenchmarks (`bench`), the suite's coverage tables (`coverage`), the SVG pictures
+//! of the bench table and of a run's exits (`plot`), the gdb remote stub (`gdb`, feature
+//! `gdb`) and the kernel proxy's commands (`kproxy`, feature `kproxy`). The engine itself is the `vmm` crate.
 
 pub mod bench;
 pub mod coverage;
+#[cfg(feature = "gdb")]
+pub mod gdb;
 pub mod image;
 #[cfg(feature = "kproxy")]
 pub mod kproxy;
+pub mod plot;
 pub mod scan;
 
 /// Exit status for a file that could not be scanned.

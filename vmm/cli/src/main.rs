@@ -1,7 +1,7 @@
 //! `vmm`: the monitor's command line.
 
 use std::io::{self, BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -11,8 +11,10 @@ use vmm::vm::{spawn_stdin_reader, DiskImage, RunOutcome, Vm, VmConfig};
 #[cfg(feature = "kproxy")]
 use vmm_cli::kproxy;
 use vmm_cli::scan::{self, ScanError, ScanOptions};
-use vmm_cli::{bench, coverage, EXIT_INPUT_ERROR, EXIT_MONITOR_ERROR, EXIT_USAGE_ERROR};
+use vmm_cli::{bench, coverage, plot, EXIT_INPUT_ERROR, EXIT_MONITOR_ERROR, EXIT_USAGE_ERROR};
 
+/// Number of trap sites `--profile` draws.
+const PROFILE_TOP_SITES: usize = 15;
 /// Number of trap sites `--stats` lists.
 const STATS_TOP_SITES: usize = 10;
 /// The smallest guest RAM `vmm run` accepts: a kernel loads at 1 MiB.
@@ -47,7 +49,7 @@ enum Command {
     /// unsupported feature; a register dump is printed), 6 when the guest reset the
     /// machine (i8042 output port or pulse 0xFE, port 0xCF9, port 0x92): the run ends
     /// there, as QEMU's does with -no-reboot.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Nanobenchmarks: cycles per operation of sensitive and ordinary operations,
     /// natively, under the monitor and under QEMU's TCG.
     ///
@@ -89,6 +91,10 @@ struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Also draw the table as an SVG picture into FILE: cycles per operation, one bar per
+    /// environment, log scale.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -117,6 +123,10 @@ struct RunArgs {
     /// Write the same statistics as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     stats_json: Option<PathBuf>,
+    /// Draw where the exits went as an SVG picture into FILE: exits by reason and the
+    /// hottest trap sites with their instruction class.
+    #[arg(long, value_name = "FILE.svg")]
+    profile: Option<PathBuf>,
     /// A raw disk image (whole 512-byte sectors) for the primary IDE channel; repeat for
     /// the slave. FILE,ro attaches it read-only. Writes reach the file.
     #[arg(long = "disk", value_name = "FILE[,ro]", value_parser = parse_disk)]
@@ -127,6 +137,21 @@ struct RunArgs {
     /// The slave's image, as QEMU spells it: -hdb FILE.
     #[arg(long, value_name = "FILE[,ro]", value_parser = parse_disk)]
     hdb: Option<DiskImage>,
+    /// Serve gdb's remote protocol: tcp::PORT listens on every interface, tcp:HOST:PORT
+    /// on one (port 0 picks a free port; the address is printed). gdb finds the guest
+    /// stopped where it was when it connected.
+    #[cfg(feature = "gdb")]
+    #[arg(long, value_name = "tcp::PORT", value_parser = vmm_cli::gdb::parse_address)]
+    gdb: Option<String>,
+    /// Short for --gdb tcp::1234, as QEMU's -s.
+    #[cfg(feature = "gdb")]
+    #[arg(short = 's')]
+    gdb_default: bool,
+    /// With --gdb or -s: the guest waits for gdb before its first instruction, as
+    /// QEMU's -S.
+    #[cfg(feature = "gdb")]
+    #[arg(short = 'S')]
+    gdb_wait: bool,
     /// The kernel proxy's options.
     #[cfg(feature = "kproxy")]
     #[command(flatten)]
@@ -231,7 +256,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(qemu_spellings(std::env::args_os()));
     match cli.command {
         Command::Scan(args) => scan_command(&args),
-        Command::Run(args) => run_command(args),
+        Command::Run(args) => run_command(*args),
         Command::Bench(args) => bench_command(&args),
         Command::Coverage(args) => coverage_command(&args),
         #[cfg(feature = "kproxy")]
@@ -264,11 +289,23 @@ fn bench_command(args: &BenchArgs) -> ExitCode {
     } else {
         print!("{}", table.render());
     }
+    if let Some(path) = &args.plot {
+        if let Err(e) = write_svg(path, plot::bench_svg(&table)) {
+            eprintln!("vmm: error: {e}");
+            return ExitCode::from(EXIT_USAGE_ERROR);
+        }
+    }
     if table.failures().is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Writes a drawn picture to `path`; the error names the file.
+fn write_svg(path: &Path, svg: Result<String, plot::PlotError>) -> Result<(), String> {
+    let svg = svg.map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::write(path, svg).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// Prints an error with its chain of causes on one line.
@@ -344,11 +381,41 @@ fn run_command(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE_ERROR);
         }
     };
+    #[cfg(feature = "gdb")]
+    let gdb_pending = {
+        let address = match (&args.gdb, args.gdb_default) {
+            (Some(a), _) => Some(a.clone()),
+            (None, true) => Some("0.0.0.0:1234".to_string()),
+            (None, false) => None,
+        };
+        if args.gdb_wait && address.is_none() {
+            eprintln!("vmm: error: -S waits for gdb: give --gdb tcp::PORT or -s too");
+            return ExitCode::from(EXIT_USAGE_ERROR);
+        }
+        match address.map(|a| vmm_cli::gdb::attach(&mut vm, &a, args.gdb_wait).map_err(|e| (a, e)))
+        {
+            None => None,
+            Some(Ok(p)) => Some(p),
+            Some(Err((a, e))) => {
+                eprintln!("vmm: error: --gdb: cannot listen on {a}: {e}");
+                return ExitCode::from(EXIT_USAGE_ERROR);
+            }
+        }
+    };
+    #[cfg(feature = "gdb")]
+    let mut gdb_stub = None;
     let terminal = TerminalMode::enter();
     let input = vm.serial_input();
     let result = vm.run(|kicker| {
         if let Err(e) = spawn_stdin_reader(input, kicker) {
             eprintln!("vmm: warning: no serial input: {e}");
+        }
+        #[cfg(feature = "gdb")]
+        if let Some(pending) = gdb_pending {
+            match pending.start(kicker) {
+                Ok(stub) => gdb_stub = Some(stub),
+                Err(e) => eprintln!("vmm: warning: no gdb stub: {e}"),
+            }
         }
     });
     drop(terminal);
@@ -360,6 +427,10 @@ fn run_command(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_MONITOR_ERROR);
         }
     };
+    #[cfg(feature = "gdb")]
+    if let Some(stub) = gdb_stub {
+        stub.finish(u8::try_from(outcome.exit_code()).unwrap_or(u8::MAX));
+    }
     match &outcome {
         RunOutcome::DebugExit { .. } => {}
         RunOutcome::Shutdown { reason } => eprintln!("vmm: {reason}"),
@@ -395,6 +466,19 @@ fn run_command(args: RunArgs) -> ExitCode {
         }
         if let Err(e) = std::fs::write(path, format!("{json:#}\n")) {
             eprintln!("vmm: error: cannot write {}: {e}", path.display());
+            return ExitCode::from(EXIT_USAGE_ERROR);
+        }
+    }
+    if let Some(path) = &args.profile {
+        let reasons: Vec<(&str, u64)> = vm
+            .stats()
+            .exits()
+            .iter()
+            .map(|(reason, count)| (reason.name(), *count))
+            .collect();
+        let sites = vm.stats().top_sites(PROFILE_TOP_SITES);
+        if let Err(e) = write_svg(path, plot::profile_svg(&reasons, &sites)) {
+            eprintln!("vmm: error: {e}");
             return ExitCode::from(EXIT_USAGE_ERROR);
         }
     }

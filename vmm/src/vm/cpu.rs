@@ -26,6 +26,10 @@ pub enum Stepping {
     /// A conditional patch site that does not fault now runs with its trap lifted; the
     /// trap is latched again after it.
     PatchSite(GuestPhys),
+    /// One instruction for the debugger (a single step, a watchpoint's check, or
+    /// resuming over a debugger breakpoint, whose trap at the address given is pinned
+    /// again after it).
+    Debugger(Option<GuestPhys>),
     /// The instruction an interrupt shadow (STI) covers runs alone while an interrupt
     /// waits, so the interrupt is taken right after it, as on the CPU.
     Shadow,

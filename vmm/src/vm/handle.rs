@@ -66,9 +66,13 @@ impl Vm {
             }
             Stepping::PatchSite(phys) => patches.relatch(&self.mem.ram, phys),
             Stepping::Shadow => {}
+            Stepping::Debugger(_) => {}
         }
         let s = &mut self.cpu.state;
         s.eflags = (s.eflags & !eflags::TF) | step.guest_tf;
+        if let Stepping::Debugger(phys) = step.what {
+            self.debug_step_done(stepped, phys);
+        }
         Ok(stepped && step.guest_tf == 0)
     }
 

@@ -23,6 +23,7 @@ pub mod code;
 mod confine;
 pub mod context;
 pub mod cpu;
+pub mod debug;
 mod effects;
 pub mod guest_bus;
 pub mod guest_memory;
@@ -195,6 +196,8 @@ pub struct Vm {
     cpuid_faulting: bool,
     /// Print every exit to stderr (`VMM_TRACE=1`).
     trace: bool,
+    /// The attached debugger ([`debug`]).
+    debug: Option<debug::DebugSession>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -251,6 +254,7 @@ impl Vm {
             boot,
             cpuid_faulting: false,
             trace: std::env::var_os("VMM_TRACE").is_some_and(|v| v == "1"),
+            debug: None,
         })
     }
 
@@ -385,6 +389,12 @@ impl Vm {
         confine::install_monitor_allowlist()?;
         self.cpu.sync_mirrors(ALL_SEGMENTS, None)?;
         loop {
+            if let Some(why) = self.debug_stop_due() {
+                if let Some(outcome) = self.debug_stop(why) {
+                    let _ = timer.disarm();
+                    return Ok(outcome);
+                }
+            }
             self.platform.sync_apic_base(self.cpu.state.msr.apic_base);
             self.platform.poll();
             if let Some(outcome) = self.inject_interrupt() {
@@ -412,6 +422,7 @@ impl Vm {
                 // without another exit: step it, and deliver at the next loop.
                 self.cpu.start_step(cpu::Stepping::Shadow);
             }
+            self.debug_before_entry();
             self.platform.arm_timer(&timer)?;
             let entry_eip = self.cpu.prepare_entry();
             let exit = host.run(&mut self.cpu.ctx);
@@ -420,6 +431,7 @@ impl Vm {
                 let _ = timer.disarm();
                 return Ok(outcome);
             }
+            self.debug_check_watches();
             let user = self.cpu.user();
             self.cpu.breakpoints.sync(
                 &self.cpu.state.dr,

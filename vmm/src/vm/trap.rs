@@ -1,5 +1,5 @@
 //! Trap bytes: a one-byte trap fired, and its owner handles it. Owners are asked in
-//! order: an instruction breakpoint armed there, an entry point the hook serves, a site
+//! order: a debugger breakpoint, an instruction breakpoint armed there, an entry point the hook serves, a site
 //! the rewriter patched (its original instruction is emulated, or an FPU site steps
 //! natively), and otherwise it was the guest's own INT3.
 
@@ -21,6 +21,9 @@ use crate::x86::Exception;
 impl Vm {
     /// A trap byte fired at linear `site`; EIP is after it.
     pub(super) fn on_trap_byte(&mut self, site: GuestLinear) -> Step {
+        if self.debug_breakpoint_trap(site) {
+            return Ok(None);
+        }
         let phys = self.mem.code_phys(site, self.cpu.user());
         if let Some(step) = phys.and_then(|p| self.breakpoint_trap(site, p)) {
             return step;
