@@ -71,6 +71,8 @@ const INITRD_ADDR_MAX: usize = 0x22c;
 const KERNEL_ALIGNMENT: usize = 0x230;
 const RELOCATABLE_KERNEL: usize = 0x234;
 const CMDLINE_SIZE: usize = 0x238;
+const PAYLOAD_OFFSET: usize = 0x248;
+const PAYLOAD_LENGTH: usize = 0x24c;
 const PREF_ADDRESS: usize = 0x258;
 const INIT_SIZE: usize = 0x260;
 
@@ -196,6 +198,11 @@ pub struct SetupHeader {
     pub kernel_alignment: u32,
     /// `relocatable_kernel` (2.05+).
     pub relocatable: bool,
+    /// `payload_offset`: the compressed kernel, from the protected-mode code (2.08+,
+    /// else 0).
+    pub payload_offset: u32,
+    /// `payload_length` (2.08+, else 0).
+    pub payload_length: u32,
     /// `pref_address` (2.10+, else 0).
     pub pref_address: u64,
     /// `init_size`: memory from the load address the kernel needs to decompress (2.10+,
@@ -280,6 +287,8 @@ pub fn parse_header(image: &[u8]) -> Result<SetupHeader, LinuxLoadError> {
         cmdline_size: field(CMDLINE_SIZE, 0x0206).unwrap_or(OLD_CMDLINE_SIZE),
         kernel_alignment: field(KERNEL_ALIGNMENT, 0x0205).unwrap_or(0),
         relocatable: protocol >= 0x0205 && image[RELOCATABLE_KERNEL] != 0,
+        payload_offset: field(PAYLOAD_OFFSET, 0x0208).unwrap_or(0),
+        payload_length: field(PAYLOAD_LENGTH, 0x0208).unwrap_or(0),
         pref_address: field(PREF_ADDRESS, 0x020a).map_or(0, |lo| {
             u64::from(lo) | (u64::from(u32_at(image, PREF_ADDRESS + 4)) << 32)
         }),
