@@ -122,6 +122,9 @@ pub enum LinuxLoadError {
         /// The file length.
         len: usize,
     },
+    /// `syssize` is 0: the header announces no protected-mode code.
+    #[error("syssize is 0: the header announces no protected-mode code")]
+    NoKernelCode,
     /// A zImage (loaded at 0x10000) rather than a bzImage.
     #[error("loadflags {loadflags:#04x} lack LOADED_HIGH: zImage kernels are not supported")]
     NotLoadedHigh {
@@ -250,12 +253,42 @@ fn put_u32(b: &mut [u8], off: usize, v: u32) {
     b[off..off + 4].copy_from_slice(&v.to_le_bytes());
 }
 
-/// Reads and validates the setup header of `image`.
+/// Reads and validates the setup header of `image` for booting: [`read_header`], and the
+/// protected-mode code `syssize` announces lies in the file, and the kernel is loaded
+/// high.
 ///
 /// # Errors
 /// [`LinuxLoadError::NotBzImage`], `ProtocolTooOld`, `Truncated` (header, setup sectors
-/// or the `syssize` code past the file end) or `NotLoadedHigh`.
+/// or the `syssize` code past the file end), `NoKernelCode` or `NotLoadedHigh`.
 pub fn parse_header(image: &[u8]) -> Result<SetupHeader, LinuxLoadError> {
+    let header = read_header(image)?;
+    if header.syssize == 0 {
+        return Err(LinuxLoadError::NoKernelCode);
+    }
+    let pm_end = header.pm_offset() as u64 + header.pm_len();
+    if pm_end > image.len() as u64 {
+        return Err(LinuxLoadError::Truncated {
+            part: "protected-mode code (syssize)",
+            needed: pm_end,
+            len: image.len(),
+        });
+    }
+    if header.loadflags & LOADED_HIGH == 0 {
+        return Err(LinuxLoadError::NotLoadedHigh {
+            loadflags: header.loadflags,
+        });
+    }
+    Ok(header)
+}
+
+/// Reads the setup header of `image`: the signature, a protocol of at least 2.02, and
+/// the header and setup sectors inside the file (what an image reader needs; booting
+/// needs [`parse_header`]).
+///
+/// # Errors
+/// [`LinuxLoadError::NotBzImage`], `ProtocolTooOld` or `Truncated` (header or setup
+/// sectors past the file end).
+pub fn read_header(image: &[u8]) -> Result<SetupHeader, LinuxLoadError> {
     if !is_bzimage(image) {
         return Err(LinuxLoadError::NotBzImage);
     }
@@ -297,19 +330,6 @@ pub fn parse_header(image: &[u8]) -> Result<SetupHeader, LinuxLoadError> {
     };
     if header.pm_offset() > image.len() {
         return Err(truncated("setup sectors (setup_sects)", header.pm_offset()));
-    }
-    let pm_end = header.pm_offset() as u64 + header.pm_len();
-    if header.syssize == 0 || pm_end > image.len() as u64 {
-        return Err(LinuxLoadError::Truncated {
-            part: "protected-mode code (syssize)",
-            needed: pm_end,
-            len: image.len(),
-        });
-    }
-    if header.loadflags & LOADED_HIGH == 0 {
-        return Err(LinuxLoadError::NotLoadedHigh {
-            loadflags: header.loadflags,
-        });
     }
     Ok(header)
 }
@@ -626,6 +646,12 @@ mod tests {
                 needed: 0x1400,
                 len: 0x13ff
             }
+        );
+        let mut empty = good.clone();
+        put_u32(&mut empty, SYSSIZE, 0);
+        assert_eq!(
+            load(&mut ram, &empty, "", None),
+            LinuxLoadError::NoKernelCode
         );
         let mut zimage = good.clone();
         zimage[LOADFLAGS] = 0;

@@ -8,7 +8,7 @@ pub use vmm::loader::linux::{
     is_bzimage, HEADER_MAGIC as SETUP_HEADER_MAGIC,
     HEADER_MAGIC_OFFSET as SETUP_HEADER_MAGIC_OFFSET,
 };
-use vmm::loader::linux::{parse_header, LinuxLoadError};
+use vmm::loader::linux::{read_header, LinuxLoadError};
 
 /// The protocol version that introduced `payload_offset`/`payload_length`.
 const PAYLOAD_FIELDS_VERSION: u16 = 0x0208;
@@ -45,9 +45,9 @@ fn header_error(e: LinuxLoadError) -> ImageError {
         LinuxLoadError::ProtocolTooOld { major, minor } => {
             ImageError::OldBootProtocol { major, minor }
         }
-        LinuxLoadError::Truncated { part, .. } => ImageError::CorruptBzImage {
+        LinuxLoadError::Truncated { part, needed, len } => ImageError::CorruptBzImage {
             field: part,
-            reason: e.to_string(),
+            reason: format!("file is {len} bytes, the field needs {needed}"),
         },
         other => ImageError::CorruptBzImage {
             field: "setup header",
@@ -64,7 +64,7 @@ fn header_error(e: LinuxLoadError) -> ImageError {
 /// the file, [`ImageError::OldBootProtocol`] before 2.08, compression errors, and
 /// [`ImageError::BadPayload`] when the expanded payload is not a usable i386 ELF.
 pub fn parse(bytes: &[u8]) -> Result<Image, ImageError> {
-    let header = parse_header(bytes).map_err(header_error)?;
+    let header = read_header(bytes).map_err(header_error)?;
     let protocol = header.protocol;
     if protocol < PAYLOAD_FIELDS_VERSION {
         let [minor, major] = protocol.to_le_bytes();
@@ -196,11 +196,11 @@ mod tests {
                 ..
             }
         ));
-        let err = parse(&b[..0x408]).unwrap_err();
+        let err = parse(&b[..0x300]).unwrap_err();
         assert!(matches!(
             err,
             ImageError::CorruptBzImage {
-                field: "protected-mode code (syssize)",
+                field: "setup sectors (setup_sects)",
                 ..
             }
         ));
