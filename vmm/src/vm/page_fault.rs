@@ -169,12 +169,12 @@ impl Vm {
             .map(|e| GuestPhys(gpa.raw() | e.page_offset()));
         let next = self
             .mem
-            .code_phys(page_lin.wrapping_add(PAGE_SIZE), user)
+            .code_neighbour_phys(page_lin.wrapping_add(PAGE_SIZE), user)
             .map(GuestPhys::page);
         let prev = page_lin
             .raw()
             .checked_sub(PAGE_SIZE)
-            .and_then(|p| self.mem.code_phys(GuestLinear(p), user))
+            .and_then(|p| self.mem.code_neighbour_phys(GuestLinear(p), user))
             .map(GuestPhys::page);
         let scan = self
             .code
