@@ -217,7 +217,7 @@ impl Vm {
     }
 
     /// Emulates the access of `instr` to linear `lin`, which has no host mapping.
-    fn emulate_access(&mut self, instr: &Instruction, lin: GuestLinear) -> Step {
+    pub(super) fn emulate_access(&mut self, instr: &Instruction, lin: GuestLinear) -> Step {
         let mut bus = MachineBus::new(
             &mut self.mem,
             &mut self.code.pages,
