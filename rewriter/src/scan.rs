@@ -21,6 +21,12 @@ use shadow_paging::PAGE_SIZE;
 
 use crate::class::{classify, flow_of, Action, Class, Flow};
 
+/// The fewest undecodable bytes that make a swept gap data (page scans).
+pub const DATA_GAP_MIN_INVALID: usize = 8;
+/// A swept gap is data only if its undecodable bytes are at most this far apart on
+/// average.
+pub const DATA_GAP_INVALID_SPACING: usize = 256;
+
 /// Longest IA-32 instruction, in bytes; longer encodings raise #GP.
 pub const MAX_INSTRUCTION_LEN: usize = 15;
 
@@ -155,6 +161,11 @@ pub struct RegionScan {
 /// invalid. The page's first bytes are swept like any other gap; when they are known to
 /// be the tail of an instruction from the previous page, use [`scan_page_after`].
 ///
+/// Its sites are patched in place, where the guest may also read them as data: a swept
+/// gap (bytes between instructions the descent proved) full of undecodable bytes is taken
+/// for data, and the sensitive-looking sequences in it are not reported as sites.
+/// Region scans (the census) report every site.
+///
 /// `mem`'s addresses are those of the page table the patches will go into (guest
 /// physical for the engine). The bytes past the page end must be those that follow the
 /// page in the guest's *linear* view, so an engine's `CodeMemory` maps
@@ -185,6 +196,7 @@ pub fn scan_page_after(
     let mut lengths = [0u8; PAGE_SIZE as usize];
     let mut core = Core::new(&buf[..got], page, &mut lengths[..limit]);
     core.carried_in = carried_in.min(MAX_INSTRUCTION_LEN - 1);
+    core.data_gaps = true;
     core.run(entries);
     let straddle_end = u64::from(page) + core.max_end.max(PAGE_SIZE as usize) as u64;
     let out = core.finish();
@@ -250,6 +262,9 @@ struct Core<'a> {
     work: Vec<usize>,
     /// Leading bytes that belong to an instruction of the previous page.
     carried_in: usize,
+    /// Treat a swept gap that holds an undecodable byte as data: its sites are dropped
+    /// (page scans, whose sites are patched in place; see [`scan_page_after`]).
+    data_gaps: bool,
 }
 
 impl<'a> Core<'a> {
@@ -269,6 +284,7 @@ impl<'a> Core<'a> {
             max_end: 0,
             work: Vec::new(),
             carried_in: 0,
+            data_gaps: false,
         }
     }
 
@@ -402,9 +418,18 @@ impl<'a> Core<'a> {
         // Known instructions may overlap (descent into the middle of an instruction), so
         // the sweep walks through them byte by byte rather than jumping by one length.
         let mut covered = self.carried_in;
+        // The current gap (bytes between descent-proven instructions): its first site
+        // and whether it holds bytes that do not decode.
+        let mut gap_sites = self.sites.len();
+        let mut gap_start = 0;
+        let mut gap_invalid = 0;
         while offset < self.lengths.len() {
             let known = usize::from(self.lengths[offset]);
             if known != 0 {
+                self.end_gap(gap_sites, offset.saturating_sub(gap_start), gap_invalid);
+                gap_sites = self.sites.len();
+                gap_invalid = 0;
+                gap_start = offset + known;
                 self.starts.push(self.address(offset));
                 covered = covered.max(offset + known);
                 let end = (offset + known).min(self.lengths.len());
@@ -423,6 +448,7 @@ impl<'a> Core<'a> {
             match self.decode_at(offset) {
                 None => {
                     self.invalid_bytes += 1;
+                    gap_invalid += 1;
                     offset += 1;
                 }
                 Some(len) => {
@@ -440,6 +466,28 @@ impl<'a> Core<'a> {
                     }
                 }
             }
+        }
+        self.end_gap(
+            gap_sites,
+            self.lengths.len().saturating_sub(gap_start),
+            gap_invalid,
+        );
+    }
+
+    /// Ends a swept gap of `len` bytes whose sites start at index `first` and in which
+    /// `invalid` bytes did not decode: with `data_gaps`, a gap with undecodable bytes
+    /// throughout ([`DATA_GAP_MIN_INVALID`] or more, at least one per
+    /// [`DATA_GAP_INVALID_SPACING`] bytes) is data, and the sensitive-looking byte
+    /// sequences the sweep found in it are not sites. Compiled code has no undecodable
+    /// bytes but the odd deliberate #UD; compressed data has one every hundred bytes or
+    /// so. Patching it would corrupt data the guest reads, such as a compressed kernel
+    /// sharing a page with its decompressor's code.
+    fn end_gap(&mut self, first: usize, len: usize, invalid: usize) {
+        if self.data_gaps
+            && invalid >= DATA_GAP_MIN_INVALID
+            && invalid * DATA_GAP_INVALID_SPACING >= len
+        {
+            self.sites.truncate(first);
         }
     }
 
@@ -564,6 +612,34 @@ mod tests {
         assert!(scan.is_start(0x10_1001) && scan.is_start(0x10_1006));
         assert_eq!(scan.straddle_end, 0x10_2000);
         assert!(scan.exits.is_empty());
+    }
+
+    #[test]
+    fn a_swept_gap_with_undecodable_bytes_is_data() {
+        // 0x1000: ret (the descent's only instruction); then a gap to the page end: popf,
+        // pushf, then an undecodable 0F and add al, 0x90 (04 90) over and over (a region
+        // scan reports the two sites).
+        let mut data = vec![0xC3, 0x9D, 0x9C];
+        data.extend([0x0F, 0x04, 0x90].repeat(1364));
+        let mem = page_with(&[(0x1000, &data)], 0x90);
+        let page = scan_page(&mem, 0x10_1000, &[0x10_1000]);
+        assert!(page.invalid_bytes > 0);
+        assert_eq!(page.patch_sites().count(), 0, "{:x?}", page.sites);
+        let region = scan_region(&mem.bytes[0x1000..0x2000], 0x10_1000, &[0x10_1000]);
+        assert_eq!(region.sites.len(), 2);
+        // The same gap with one deliberate #UD is code: both sites stay.
+        let mem = page_with(&[(0x1000, &[0xC3, 0x9D, 0x0F, 0x04, 0x90, 0x9C])], 0x90);
+        let page = scan_page(&mem, 0x10_1000, &[0x10_1000]);
+        let patch: Vec<_> = page.patch_sites().map(|s| (s.address, s.class)).collect();
+        assert_eq!(patch, [(0x10_1001, Class::Popf), (0x10_1005, Class::Pushf)]);
+        // A descent-proven instruction splits the gaps: code after it is judged alone.
+        let mut code = vec![0xEB, 0x19, 0x9D];
+        code.extend([0x0F, 0x04, 0x90].repeat(8));
+        code.extend([0xC3, 0x9C]);
+        let mem = page_with(&[(0x1000, &code)], 0x90);
+        let page = scan_page(&mem, 0x10_1000, &[0x10_1000]);
+        let patch: Vec<_> = page.patch_sites().map(|s| (s.address, s.class)).collect();
+        assert_eq!(patch, [(0x10_101c, Class::Pushf)]);
     }
 
     #[test]

@@ -216,7 +216,9 @@ proptest! {
     }
 
     /// A page whose neighbours are unreadable scans exactly like the same bytes as a
-    /// region: one algorithm for both.
+    /// region: one algorithm for both, except that a page scan drops the sites of swept
+    /// gaps that hold undecodable bytes (data), so its sites are the region's when every
+    /// byte decoded, and a subset otherwise.
     #[test]
     fn page_scan_matches_region_scan(bytes in code(), entries in entries(), top in any::<bool>()) {
         let page = if top { 0xFFFF_F000 } else { PAGE };
@@ -226,7 +228,11 @@ proptest! {
         let p = scan_page(&mem, page, &entries);
         let r = scan_region(one_page, page, &entries);
         prop_assert_eq!(&p.starts, &r.starts);
-        prop_assert_eq!(&p.sites, &r.sites);
+        if p.invalid_bytes == 0 {
+            prop_assert_eq!(&p.sites, &r.sites);
+        } else {
+            prop_assert!(p.sites.iter().all(|s| r.sites.contains(s)));
+        }
         prop_assert_eq!(&p.exits, &r.exits);
         prop_assert_eq!(&p.overlaps, &r.overlaps);
         prop_assert_eq!(p.invalid_bytes, r.invalid_bytes);

@@ -8,7 +8,7 @@
 //! * [`addr`]: [`GuestLinear`], [`GuestPhys`], [`GuestPhys64`].
 //! * [`bits`]: SDM bit layouts (control registers, entries, [`ErrorCode`]).
 //! * [`mode`]: [`PagingMode`], [`PaeRoots`], [`PagingContext`].
-//! * [`mod@walk`]: [`walk()`], [`peek`], [`Translation`], [`PageFault`].
+//! * [`mod@walk`]: [`walk()`], [`peek`], [`resolve`], [`Translation`], [`PageFault`].
 //! * [`decision`]: [`Decision`], [`MapDecision`], [`Prot`], [`PageUse`], [`grant`].
 //! * [`state`]: [`ShadowState`], [`HostMapper`].
 //!
@@ -50,7 +50,9 @@ pub use decision::{grant, Decision, EmulateReason, HostAccess, MapDecision, Page
 pub use memory::GuestPhysMemory;
 pub use mode::{PaeRoots, PagingContext, PagingMode, PdpteFault};
 pub use state::{HostMapper, ShadowConfig, ShadowPage, ShadowState};
-pub use walk::{peek, walk, Access, PageFault, PageSize, Perms, TableEntries, Translation};
+pub use walk::{
+    peek, resolve, walk, Access, PageFault, PageSize, Perms, TableEntries, Translation,
+};
 
 #[cfg(test)]
 mod testutil;

@@ -449,6 +449,21 @@ pub fn peek<M: GuestPhysMemory + ?Sized>(
     Some(finish(lin, &w, dirty, [None, None]))
 }
 
+/// Translates `lin` for `access` without touching guest memory, whatever its accessed
+/// and dirty bits say: where the walk leads, for reading bytes the guest has not reached
+/// yet (the tail of an instruction that straddles into the next page, which the fetch
+/// of that instruction will access). `None` if the walk would fault.
+pub fn resolve<M: GuestPhysMemory + ?Sized>(
+    mem: &M,
+    ctx: &PagingContext,
+    lin: GuestLinear,
+    access: Access,
+) -> Option<Translation> {
+    let w = translate(mem, ctx, lin, access).ok()?;
+    let dirty = w.final_entry().is_none_or(|(_, v)| v & entry::D != 0);
+    Some(finish(lin, &w, dirty, [None, None]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -483,6 +498,20 @@ mod tests {
     }
 
     const LIN: GuestLinear = GuestLinear(0x0040_5123);
+
+    #[test]
+    fn resolve_follows_entries_the_guest_has_not_accessed() {
+        let mem = legacy(P | RW, P | RW);
+        let c = ctx(&mem, PAGING, PD, 0, 0);
+        assert_eq!(peek(&mem, &c, LIN, Access::fetch(false)), None);
+        let t = resolve(&mem, &c, LIN, Access::fetch(false)).expect("present entries");
+        assert_eq!(t.phys, GuestPhys64(0x7123));
+        // Nothing was written: the accessed bits are still clear.
+        assert_eq!(mem.read_u32(GuestPhys(PT + 20)), Some(0x7000 | 0x3));
+        let absent = legacy(P | RW, 0);
+        let c = ctx(&absent, PAGING, PD, 0, 0);
+        assert_eq!(resolve(&absent, &c, LIN, Access::fetch(false)), None);
+    }
 
     #[test]
     fn legacy_4k_translation_and_rights() {

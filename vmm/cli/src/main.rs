@@ -38,9 +38,13 @@ enum Command {
     /// Exit status: 0 on success, 1 when the file cannot be scanned, 2 for a command line
     /// that cannot work (such as raw code without --base).
     Scan(ScanArgs),
-    /// Boot a Multiboot v1 guest kernel and run it natively until it stops.
+    /// Boot a guest kernel (Multiboot v1, or a Linux bzImage with its 32-bit boot
+    /// protocol) and run it natively until it stops.
     ///
-    /// Without --kernel a built-in demo guest runs. The guest's serial port (COM1) is
+    /// Without --kernel a built-in demo guest runs. QEMU's spellings are accepted:
+    /// -kernel, -initrd, -append, -m (MiB without a suffix), -hda, -hdb, and -nographic
+    /// and -no-reboot, which change nothing (the serial port is always this terminal, a
+    /// reset always ends the run). The guest's serial port (COM1) is
     /// this terminal. The exit status is the guest's debug-exit status
     /// ((value << 1) | 1, written to port 0xF4, as QEMU's isa-debug-exit gives it), 0 when
     /// the guest halts with interrupts disabled or powers the machine off (ACPI S5 through
@@ -106,17 +110,27 @@ struct CoverageArgs {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// The guest kernel: a Multiboot v1 image (ELF32 or a.out kludge).
+    /// The guest kernel: a Multiboot v1 image (ELF32 or a.out kludge) or a Linux bzImage
+    /// (boot protocol 2.02 or later), recognised from the content.
     #[arg(long, value_name = "FILE")]
     kernel: Option<PathBuf>,
-    /// The kernel's arguments. Its Multiboot command line is, as QEMU builds it, the
-    /// kernel's path, a space, then STR.
+    /// A Linux kernel's initial ramdisk, loaded as high in RAM as the kernel allows.
+    #[arg(long, value_name = "FILE")]
+    initrd: Option<PathBuf>,
+    /// The kernel's arguments. A Linux kernel's command line is STR; a Multiboot
+    /// kernel's is, as QEMU builds it, the kernel's path, a space, then STR.
     #[arg(long, value_name = "STR", default_value = "")]
     append: String,
     /// Guest RAM: bytes, or with a K, M or G suffix (binary units). At least 2M, at most 3G
     /// (the PC's MMIO hole takes the last GiB below 4G).
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "128M")]
     mem: u64,
+    /// QEMU's -m: a size in MiB, or with a K, M or G suffix; overrides --mem.
+    #[arg(long = "qemu-m", hide = true, value_parser = parse_qemu_mem)]
+    qemu_mem: Option<u64>,
+    /// QEMU's -nographic and -no-reboot: accepted, nothing to change.
+    #[arg(long = "qemu-no-op", hide = true, action = clap::ArgAction::Count)]
+    qemu_no_op: u8,
     /// Print exit counts per reason and the hottest trap sites at exit (to stderr).
     #[arg(long)]
     stats: bool,
@@ -178,6 +192,15 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {text:?} is too large"))
 }
 
+/// Parses QEMU's `-m`: a bare number is MiB, `size=` may lead.
+fn parse_qemu_mem(text: &str) -> Result<u64, String> {
+    let t = text.strip_prefix("size=").unwrap_or(text);
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return parse_size(&format!("{t}M"));
+    }
+    parse_size(t)
+}
+
 /// Parses a disk image argument: a path, with `,ro` appended for a read-only drive.
 fn parse_disk(text: &str) -> Result<DiskImage, String> {
     let (path, read_only) = match text.strip_suffix(",ro") {
@@ -210,15 +233,36 @@ fn plan_disks(args: &RunArgs) -> Result<[Option<DiskImage>; 2], String> {
     Ok(slots)
 }
 
-/// The command line with QEMU's single-dash `-hda`/`-hdb` spelled as the long options
-/// they stand for (clap's short options are one letter).
+/// The command line with QEMU's single-dash options (`-kernel`, `-initrd`, `-append`,
+/// `-m`, `-hda`, `-hdb`, `-nographic`, `-no-reboot`) spelled as the long options they
+/// stand for (clap's short options are one letter). The value of an `-append` is the
+/// guest's, whatever it looks like.
 fn qemu_spellings(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
-    args.map(|arg| match arg.to_str() {
-        Some("-hda") => "--hda".into(),
-        Some("-hdb") => "--hdb".into(),
-        _ => arg,
-    })
-    .collect()
+    let mut out = Vec::new();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let long = match arg.to_str() {
+            Some("-hda") => "--hda",
+            Some("-hdb") => "--hdb",
+            Some("-kernel") => "--kernel",
+            Some("-initrd") => "--initrd",
+            Some("-m") => "--qemu-m",
+            Some("-nographic" | "-no-reboot") => "--qemu-no-op",
+            Some("-append" | "--append") => {
+                // Joined, so a value that starts with a dash stays the value.
+                let mut joined = std::ffi::OsString::from("--append=");
+                joined.push(args.next().unwrap_or_default());
+                out.push(joined);
+                continue;
+            }
+            _ => {
+                out.push(arg);
+                continue;
+            }
+        };
+        out.push(long.into());
+    }
+    out
 }
 
 #[derive(Debug, Args)]
@@ -319,7 +363,10 @@ fn print_error(err: &dyn std::error::Error) {
     eprintln!("{msg}");
 }
 
-fn run_command(args: RunArgs) -> ExitCode {
+fn run_command(mut args: RunArgs) -> ExitCode {
+    if let Some(mem) = args.qemu_mem {
+        args.mem = mem;
+    }
     if args.mem < MIN_MEM_SIZE {
         eprintln!(
             "vmm: error: --mem {} is too small: a guest needs at least 2M",
@@ -357,11 +404,22 @@ fn run_command(args: RunArgs) -> ExitCode {
                 .to_string(),
         ),
     };
+    let initrd = match &args.initrd {
+        Some(path) => match std::fs::read(path) {
+            Ok(bytes) => Some((path.display().to_string(), bytes)),
+            Err(e) => {
+                eprintln!("vmm: error: cannot read initrd {}: {e}", path.display());
+                return ExitCode::from(EXIT_USAGE_ERROR);
+            }
+        },
+        None => None,
+    };
     let config = VmConfig {
         mem_size: args.mem,
         kernel: kernel.clone(),
         kernel_path,
         append: args.append.clone(),
+        initrd,
         serial_out: Box::new(io::stdout()),
         disks,
     };
@@ -692,6 +750,38 @@ mod tests {
         let e = plan_disks(&run).unwrap_err();
         assert!(e.contains("two") && e.contains('c'), "{e}");
         assert!(parse_disk(",ro").is_err());
+    }
+
+    #[test]
+    fn qemu_spellings_for_linux() {
+        let args = |v: &[&str]| qemu_spellings(v.iter().map(std::ffi::OsString::from));
+        let Cli {
+            command: Command::Run(run),
+        } = Cli::try_parse_from(args(&[
+            "vmm",
+            "run",
+            "-kernel",
+            "bz",
+            "-initrd",
+            "rd",
+            "-append",
+            "-m",
+            "-m",
+            "256",
+            "-nographic",
+            "-no-reboot",
+        ]))
+        .unwrap()
+        else {
+            panic!("not a run command");
+        };
+        assert_eq!(run.kernel.as_deref(), Some(std::path::Path::new("bz")));
+        assert_eq!(run.initrd.as_deref(), Some(std::path::Path::new("rd")));
+        assert_eq!(run.append, "-m", "the guest's command line is left alone");
+        assert_eq!(run.qemu_mem, Some(256 << 20), "QEMU's -m counts MiB");
+        assert_eq!(parse_qemu_mem("size=1G"), Ok(1 << 30));
+        assert_eq!(parse_qemu_mem("512k"), Ok(512 << 10));
+        assert!(parse_qemu_mem("-1").is_err());
     }
 
     #[test]

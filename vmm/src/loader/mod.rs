@@ -1,5 +1,5 @@
 //! Kernel loaders: put a kernel image into guest RAM and describe the CPU state it must
-//! be entered with; [`elf`] is the ELF reader they (and the image tools and the kernel
+//! be entered with ([`multiboot`], and [`linux`] for bzImages); [`elf`] is the ELF reader they (and the image tools and the kernel
 //! proxy) share.
 //!
 //! Guest RAM is passed as one byte slice whose index is the guest-physical address.
@@ -7,6 +7,7 @@
 //! PC's physical memory map is the firmware's ([`crate::firmware::e820`]).
 
 pub mod elf;
+pub mod linux;
 pub mod multiboot;
 
 /// The part of `ram` at guest-physical `addr..addr + len`, or `None` if it is not all RAM.

@@ -353,6 +353,20 @@ impl VcpuState {
         s
     }
 
+    /// The machine state the Linux boot protocol's 32-bit entry wants (boot.rst, "32-bit
+    /// boot protocol"): ESI = the zero page, CS = `__BOOT_CS` and DS/ES/FS/GS/SS =
+    /// `__BOOT_DS` (flat 4 GiB, from the boot GDT at `gdt`), CR0 = PE|ET with paging off,
+    /// IF = 0, EBP/EDI/EBX = 0.
+    pub fn linux_entry(entry: u32, esi: u32, gdt: (u32, u16), cs: u16, ds: u16) -> Self {
+        let mut s = Self::flat_protected(entry, cs, ds);
+        s.gpr[gpr::ESI] = esi;
+        s.gdtr = TableReg {
+            base: gdt.0,
+            limit: gdt.1,
+        };
+        s
+    }
+
     /// Protected mode is on (CR0.PE).
     pub const fn protected(&self) -> bool {
         self.cr0 & cr0::PE != 0
@@ -479,6 +493,19 @@ impl std::fmt::Display for SegDump<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn linux_entry_has_the_boot_gdt_and_esi() {
+        let s = VcpuState::linux_entry(0x10_0000, 0x7000, (0x6000, 31), 0x10, 0x18);
+        assert_eq!(
+            (s.eip, s.gpr[gpr::ESI], s.gpr[gpr::EBX]),
+            (0x10_0000, 0x7000, 0)
+        );
+        assert_eq!((s.gdtr.base, s.gdtr.limit), (0x6000, 31));
+        assert_eq!(s.sreg(SegReg::Cs).selector, 0x10);
+        assert_eq!(s.sreg(SegReg::Ss).selector, 0x18);
+        assert!(s.protected() && s.cr0 & cr0::PG == 0 && s.eflags & eflags::IF == 0);
+    }
 
     #[test]
     fn multiboot_entry_is_flat_protected_cpl0() {

@@ -62,6 +62,15 @@ pub enum ExitClass {
     /// A #GP at CPL 3 that the clamp of the user segment mirrors raised, within the
     /// guest's own segment limit: the guest gets the #PF its page tables give.
     ClampedAccess(Fault),
+    /// A #GP at CPL 3 from an access whose offset wraps past 4 GiB to a user address
+    /// below the clamp (`mov %gs:-0x54(...)` into i386 TLS): legal in the guest's 4 GiB
+    /// segment, beyond the clamped mirror's limit. The monitor performs it.
+    WrappedAccess {
+        /// The instruction at EIP.
+        instr: Instruction,
+        /// The linear address it reaches.
+        lin: GuestLinear,
+    },
     /// Any other exception, which the guest sees as is.
     Exception(Fault),
     /// A host page fault in the guest's linear space: see [`super::page_fault`].
@@ -179,6 +188,13 @@ impl Vm {
         {
             return ExitClass::ClampedAccess(fault);
         }
+        if let Some((instr, lin)) = instr
+            .as_ref()
+            .filter(|_| error_code == 0)
+            .and_then(|i| self.wrapped_access(i).map(|lin| (*i, lin)))
+        {
+            return ExitClass::WrappedAccess { instr, lin };
+        }
         let reason = match instr.as_ref().map(rewriter::classify) {
             _ if error_code & ERROR_CODE_IDT != 0 => ExitReason::SoftwareInterrupt,
             Some(Class::Cpuid) => ExitReason::Cpuid,
@@ -213,6 +229,54 @@ impl Vm {
         ))
     }
 
+    /// The memory operands of `instr`: segment register, offset (wrapped at 4 GiB as the
+    /// CPU's 32-bit addressing does) and size.
+    fn memory_operands(&self, instr: &Instruction) -> Vec<(SegReg, u32, u32, iced_x86::OpAccess)> {
+        let state = &self.cpu.state;
+        let info = iced_x86::InstructionInfoFactory::new()
+            .info(instr)
+            .used_memory()
+            .to_vec();
+        info.into_iter()
+            .filter_map(|m| {
+                let seg = SegReg::from_iced(m.segment())?;
+                let off = m.virtual_address(0, |reg, _, _| {
+                    if reg.is_segment_register() {
+                        Some(0)
+                    } else {
+                        Some(u64::from(crate::vcpu::emulate::operands::read_gpr(
+                            state, reg,
+                        )))
+                    }
+                })?;
+                let off = u32::try_from(off & u64::from(u32::MAX)).ok()?;
+                let size = u32::try_from(m.memory_size().size().max(1)).ok()?;
+                Some((seg, off, size, m.access()))
+            })
+            .collect()
+    }
+
+    /// A #GP at CPL 3 with paging on from an access the guest's segment allows whose
+    /// linear address wraps past 4 GiB to below the clamp of the user mirrors: the mirror's
+    /// limit (cut at the clamp) refused the offset. Returns the linear address reached.
+    fn wrapped_access(&self, instr: &Instruction) -> Option<GuestLinear> {
+        let limit = self.mem.paging.user_clamp?;
+        let state = &self.cpu.state;
+        if !self.mem.paging.enabled() || state.cpl() != 3 {
+            return None;
+        }
+        self.memory_operands(instr)
+            .into_iter()
+            .find_map(|(seg, off, size, _)| {
+                let cache = state.sreg(seg);
+                let wraps = u64::from(cache.base) + u64::from(off) > u64::from(u32::MAX);
+                let lin = GuestLinear(cache.base).wrapping_add(off);
+                let last = lin.wrapping_add(size - 1);
+                (wraps && cache.contains(off, size) && lin < limit && last < limit && lin <= last)
+                    .then_some(lin)
+            })
+    }
+
     /// A #GP at CPL 3 with paging on may be the clamp of the user segment mirrors, not the
     /// guest's own segment limit: the access reaches above the highest user directory
     /// entry. The guest then gets the #PF its page tables give a user access there.
@@ -222,25 +286,8 @@ impl Vm {
         if !self.mem.paging.enabled() || state.cpl() != 3 {
             return None;
         }
-        let info = iced_x86::InstructionInfoFactory::new()
-            .info(instr)
-            .used_memory()
-            .to_vec();
-        for m in info {
-            let seg = SegReg::from_iced(m.segment())?;
+        for (seg, off, size, op_access) in self.memory_operands(instr) {
             let cache = state.sreg(seg);
-            let off = m.virtual_address(0, |reg, _, _| {
-                if reg.is_segment_register() {
-                    Some(0)
-                } else {
-                    Some(u64::from(crate::vcpu::emulate::operands::read_gpr(
-                        state, reg,
-                    )))
-                }
-            })?;
-            // 32-bit addressing: the offset wraps at 4 GiB as the CPU's does.
-            let off = u32::try_from(off & u64::from(u32::MAX)).ok()?;
-            let size = u32::try_from(m.memory_size().size().max(1)).ok()?;
             let lin = GuestLinear(cache.base).wrapping_add(off);
             let last = lin.wrapping_add(size - 1);
             // Within the guest's own segment, beyond the clamp: the mirror refused it.
@@ -248,7 +295,7 @@ impl Vm {
                 continue;
             }
             let write = matches!(
-                m.access(),
+                op_access,
                 iced_x86::OpAccess::Write
                     | iced_x86::OpAccess::ReadWrite
                     | iced_x86::OpAccess::CondWrite

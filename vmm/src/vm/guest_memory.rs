@@ -1,7 +1,7 @@
 //! The memory-and-paging part of a VM: guest RAM, the reserved linear space the guest
 //! runs in, and the shadow paging state that decides what is mapped there.
 
-use shadow_paging::{peek, Access, ShadowState};
+use shadow_paging::{peek, resolve, Access, ShadowState};
 
 use super::shadow_backend::{HostSpace, Paging, RamPhys};
 use crate::addr::{GuestLinear, GuestPhys, PAGE_SIZE};
@@ -69,6 +69,20 @@ impl GuestMemory {
         let mem = RamPhys(&self.ram);
         let t = peek(&mem, ctx, lin, Access::fetch(user))
             .or_else(|| peek(&mem, ctx, lin, Access::read(user)))?;
+        let p = t.phys.below_4g()?;
+        self.in_ram(p).then_some(p)
+    }
+
+    /// The guest-physical page code at `lin` comes from when the guest reaches it, even
+    /// if it has not yet (accessed bit clear; nothing is written): the neighbours of a
+    /// page being scanned, whose bytes an instruction straddling the boundary takes.
+    pub fn code_neighbour_phys(&self, lin: GuestLinear, user: bool) -> Option<GuestPhys> {
+        if !self.paging.enabled() {
+            return Some(GuestPhys(lin.raw()));
+        }
+        let ctx = self.paging.shadow.context();
+        let mem = RamPhys(&self.ram);
+        let t = resolve(&mem, ctx, lin, Access::fetch(user))?;
         let p = t.phys.below_4g()?;
         self.in_ram(p).then_some(p)
     }

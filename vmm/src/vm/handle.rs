@@ -116,6 +116,10 @@ impl Vm {
                 self.mem.paging.stats.true_faults += 1;
                 self.hand_to_vcpu(GuestExit::Exception(fault))
             }
+            ExitClass::WrappedAccess { instr, lin } => {
+                self.stats.exit(ExitReason::EmulatedAccess);
+                self.emulate_access(&instr, lin)
+            }
             ExitClass::Exception(fault) => {
                 self.stats.exit(ExitReason::GuestException);
                 self.hand_to_vcpu(GuestExit::Exception(fault))

@@ -41,6 +41,7 @@ use crate::devices::{lock, BusError, DiskError, ImageFile, Unit};
 use crate::firmware::{write_firmware, FirmwareError, MachineLayout};
 use crate::hostcpu::timer::{Kicker, TimerError, VcpuTimer};
 use crate::hostcpu::{self, ldt::LdtError, HostCpu, HostCpuError};
+use crate::loader::linux::{self, LinuxBoot, LinuxLoadError};
 use crate::loader::multiboot::{command_line, load_multiboot, BootInfo, LoadError};
 use crate::memory::{GuestRam, MemoryError};
 use crate::vcpu::exit::GuestExit;
@@ -67,13 +68,16 @@ pub const DEFAULT_MEM_SIZE: u64 = 128 << 20;
 pub struct VmConfig {
     /// Guest RAM in bytes.
     pub mem_size: u64,
-    /// The kernel image (Multiboot v1).
+    /// The kernel image: Multiboot v1, or a Linux bzImage (told apart by content).
     pub kernel: Vec<u8>,
     /// The kernel's path as the user gave it: it names the kernel in messages and is the
     /// first word of its command line, as QEMU and GRUB pass it.
     pub kernel_path: String,
-    /// The kernel's arguments (`--append`): its command line after the path.
+    /// The kernel's arguments (`--append`): a Multiboot kernel's command line after the
+    /// path, a Linux kernel's whole command line.
     pub append: String,
+    /// A Linux initrd (`--initrd`): its path, for messages, and its bytes.
+    pub initrd: Option<(String, Vec<u8>)>,
     /// Where the guest's serial output goes.
     pub serial_out: Box<dyn Write + Send>,
     /// Disk images for the primary IDE channel: the master's, then the slave's.
@@ -115,6 +119,22 @@ pub enum VmError {
         /// What was wrong with it.
         #[source]
         source: LoadError,
+    },
+    /// The Linux kernel, its command line or its initrd was refused; `name` is the file
+    /// at fault (the initrd's when it does not fit).
+    #[error("cannot load {name}")]
+    LinuxLoad {
+        /// The file's name.
+        name: String,
+        /// What was wrong.
+        #[source]
+        source: LinuxLoadError,
+    },
+    /// An initrd was given for a kernel that is not a Linux bzImage.
+    #[error("--initrd {name}: only a Linux bzImage kernel takes an initrd")]
+    InitrdWithoutLinux {
+        /// The initrd's name.
+        name: String,
     },
     /// The host CPU cannot run guests on this thread.
     #[error("host CPU set-up")]
@@ -180,6 +200,15 @@ impl RunOutcome {
     }
 }
 
+/// What the loader put in memory, by boot protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Boot {
+    /// A Multiboot v1 kernel.
+    Multiboot(BootInfo),
+    /// A Linux bzImage, 32-bit boot protocol.
+    Linux(LinuxBoot),
+}
+
 /// A virtual machine with one vCPU, composed of its parts.
 pub struct Vm {
     /// The vCPU and what the monitor keeps beside it.
@@ -192,7 +221,7 @@ pub struct Vm {
     platform: Platform,
     /// Exit accounting.
     stats: Stats,
-    boot: BootInfo,
+    boot: Boot,
     cpuid_faulting: bool,
     /// Print every exit to stderr (`VMM_TRACE=1`).
     trace: bool,
@@ -207,6 +236,41 @@ impl std::fmt::Debug for Vm {
             .field("boot", &self.boot)
             .finish_non_exhaustive()
     }
+}
+
+/// Loads `config`'s kernel into `ram` by the protocol its content names (a bzImage's
+/// "HdrS" header, else Multiboot) and gives the vCPU state it starts with.
+fn load_kernel(ram: &mut [u8], config: &VmConfig) -> Result<(Boot, VcpuState), VmError> {
+    if !linux::is_bzimage(&config.kernel) {
+        if let Some((name, _)) = &config.initrd {
+            return Err(VmError::InitrdWithoutLinux { name: name.clone() });
+        }
+        let cmdline = command_line(&config.kernel_path, &config.append);
+        let boot =
+            load_multiboot(ram, &config.kernel, &cmdline).map_err(|source| VmError::Load {
+                name: config.kernel_path.clone(),
+                source,
+            })?;
+        let state = VcpuState::multiboot_entry(boot.entry, boot.eax, boot.ebx);
+        return Ok((Boot::Multiboot(boot), state));
+    }
+    let initrd = config.initrd.as_ref().map(|(_, bytes)| bytes.as_slice());
+    let boot =
+        linux::load_linux(ram, &config.kernel, &config.append, initrd).map_err(|source| {
+            let name = match &config.initrd {
+                Some((name, _)) if source.is_initrd() => format!("initrd {name}"),
+                _ => format!("kernel {}", config.kernel_path),
+            };
+            VmError::LinuxLoad { name, source }
+        })?;
+    let state = VcpuState::linux_entry(
+        boot.entry,
+        boot.boot_params,
+        boot.gdt,
+        linux::BOOT_CS,
+        linux::BOOT_DS,
+    );
+    Ok((Boot::Linux(boot), state))
 }
 
 impl Vm {
@@ -229,18 +293,10 @@ impl Vm {
         let mut ram = GuestRam::new(config.mem_size)?;
         let layout = MachineLayout::pc(ram.size());
         write_firmware(ram.as_mut_slice(), &layout)?;
-        let cmdline = command_line(&config.kernel_path, &config.append);
-        let boot =
-            load_multiboot(ram.as_mut_slice(), &config.kernel, &cmdline).map_err(|source| {
-                VmError::Load {
-                    name: config.kernel_path.clone(),
-                    source,
-                }
-            })?;
+        let (boot, state) = load_kernel(ram.as_mut_slice(), &config)?;
         let ram_size = ram.size();
         // Probed here: CPUID faults in this process once the guest runs.
         let mem = GuestMemory::new(ram, shadow_backend::host_has_exec_only())?;
-        let state = VcpuState::multiboot_entry(boot.entry, boot.eax, boot.ebx);
         let platform = Platform::new(config.serial_out, ram_size, state.msr.apic_base)?;
         for (unit, disk) in disks {
             lock(&platform.ide).attach(unit, Box::new(disk));
@@ -271,7 +327,7 @@ impl Vm {
     }
 
     /// Where the kernel was loaded and where it starts.
-    pub fn boot_info(&self) -> &BootInfo {
+    pub fn boot_info(&self) -> &Boot {
         &self.boot
     }
 

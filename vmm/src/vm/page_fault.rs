@@ -169,12 +169,12 @@ impl Vm {
             .map(|e| GuestPhys(gpa.raw() | e.page_offset()));
         let next = self
             .mem
-            .code_phys(page_lin.wrapping_add(PAGE_SIZE), user)
+            .code_neighbour_phys(page_lin.wrapping_add(PAGE_SIZE), user)
             .map(GuestPhys::page);
         let prev = page_lin
             .raw()
             .checked_sub(PAGE_SIZE)
-            .and_then(|p| self.mem.code_phys(GuestLinear(p), user))
+            .and_then(|p| self.mem.code_neighbour_phys(GuestLinear(p), user))
             .map(GuestPhys::page);
         let scan = self
             .code
@@ -217,7 +217,7 @@ impl Vm {
     }
 
     /// Emulates the access of `instr` to linear `lin`, which has no host mapping.
-    fn emulate_access(&mut self, instr: &Instruction, lin: GuestLinear) -> Step {
+    pub(super) fn emulate_access(&mut self, instr: &Instruction, lin: GuestLinear) -> Step {
         let mut bus = MachineBus::new(
             &mut self.mem,
             &mut self.code.pages,

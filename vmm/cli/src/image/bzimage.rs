@@ -4,23 +4,14 @@
 use super::decompress::{decompress, Compression, MAX_DECOMPRESSED_SIZE};
 use super::{elf, Format, Image, ImageError};
 
-/// "HdrS", the setup header signature.
-pub const SETUP_HEADER_MAGIC: [u8; 4] = *b"HdrS";
-/// Offset of the signature in the file.
-pub const SETUP_HEADER_MAGIC_OFFSET: usize = 0x202;
-/// `setup_sects`: number of 512-byte setup sectors after the boot sector; 0 means 4.
-const SETUP_SECTS_OFFSET: usize = 0x1f1;
-/// `version`: boot protocol version, major in the high byte.
-const VERSION_OFFSET: usize = 0x206;
-/// `payload_offset`: start of the payload, relative to the protected-mode code.
-const PAYLOAD_OFFSET_OFFSET: usize = 0x248;
-/// `payload_length`.
-const PAYLOAD_LENGTH_OFFSET: usize = 0x24c;
+pub use vmm::loader::linux::{
+    is_bzimage, HEADER_MAGIC as SETUP_HEADER_MAGIC,
+    HEADER_MAGIC_OFFSET as SETUP_HEADER_MAGIC_OFFSET,
+};
+use vmm::loader::linux::{read_header, LinuxLoadError};
+
 /// The protocol version that introduced `payload_offset`/`payload_length`.
 const PAYLOAD_FIELDS_VERSION: u16 = 0x0208;
-/// Value of a zero `setup_sects`, kept for compatibility with ancient kernels.
-const DEFAULT_SETUP_SECTS: u8 = 4;
-const SECTOR_SIZE: usize = 512;
 
 /// What the setup header says about the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,31 +39,20 @@ impl BzImageInfo {
     }
 }
 
-/// Whether `bytes` carry the setup header signature.
-pub fn is_bzimage(bytes: &[u8]) -> bool {
-    bytes
-        .get(SETUP_HEADER_MAGIC_OFFSET..SETUP_HEADER_MAGIC_OFFSET + SETUP_HEADER_MAGIC.len())
-        .is_some_and(|m| m == SETUP_HEADER_MAGIC)
-}
-
-fn u16_at(bytes: &[u8], off: usize, field: &'static str) -> Result<u16, ImageError> {
-    bytes
-        .get(off..off + 2)
-        .map(|b| u16::from_le_bytes([b[0], b[1]]))
-        .ok_or_else(|| truncated(bytes, off + 2, field))
-}
-
-fn u32_at(bytes: &[u8], off: usize, field: &'static str) -> Result<u32, ImageError> {
-    bytes
-        .get(off..off + 4)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .ok_or_else(|| truncated(bytes, off + 4, field))
-}
-
-fn truncated(bytes: &[u8], needed: usize, field: &'static str) -> ImageError {
-    ImageError::CorruptBzImage {
-        field,
-        reason: format!("file is {} bytes, the field needs {needed}", bytes.len()),
+/// The engine's refusal of the setup header as this reader names it.
+fn header_error(e: LinuxLoadError) -> ImageError {
+    match e {
+        LinuxLoadError::ProtocolTooOld { major, minor } => {
+            ImageError::OldBootProtocol { major, minor }
+        }
+        LinuxLoadError::Truncated { part, needed, len } => ImageError::CorruptBzImage {
+            field: part,
+            reason: format!("file is {len} bytes, the field needs {needed}"),
+        },
+        other => ImageError::CorruptBzImage {
+            field: "setup header",
+            reason: other.to_string(),
+        },
     }
 }
 
@@ -84,23 +64,16 @@ fn truncated(bytes: &[u8], needed: usize, field: &'static str) -> ImageError {
 /// the file, [`ImageError::OldBootProtocol`] before 2.08, compression errors, and
 /// [`ImageError::BadPayload`] when the expanded payload is not a usable i386 ELF.
 pub fn parse(bytes: &[u8]) -> Result<Image, ImageError> {
-    let setup_sects = match *bytes
-        .get(SETUP_SECTS_OFFSET)
-        .ok_or_else(|| truncated(bytes, SETUP_SECTS_OFFSET + 1, "setup_sects"))?
-    {
-        0 => DEFAULT_SETUP_SECTS,
-        n => n,
-    };
-    let protocol = u16_at(bytes, VERSION_OFFSET, "version")?;
+    let header = read_header(bytes).map_err(header_error)?;
+    let protocol = header.protocol;
     if protocol < PAYLOAD_FIELDS_VERSION {
-        return Err(ImageError::OldBootProtocol {
-            major: (protocol >> 8) as u8,
-            minor: (protocol & 0xff) as u8,
-        });
+        let [minor, major] = protocol.to_le_bytes();
+        return Err(ImageError::OldBootProtocol { major, minor });
     }
-    let pm_offset = (usize::from(setup_sects) + 1) * SECTOR_SIZE;
-    let payload_offset = u32_at(bytes, PAYLOAD_OFFSET_OFFSET, "payload_offset")? as usize;
-    let payload_length = u32_at(bytes, PAYLOAD_LENGTH_OFFSET, "payload_length")? as usize;
+    let setup_sects = u8::try_from(header.setup_sects).unwrap_or(u8::MAX);
+    let pm_offset = header.pm_offset();
+    let payload_offset = header.payload_offset as usize;
+    let payload_length = header.payload_length as usize;
     let start = pm_offset + payload_offset;
     let payload = start
         .checked_add(payload_length)
@@ -152,16 +125,17 @@ pub fn parse(bytes: &[u8]) -> Result<Image, ImageError> {
 mod tests {
     use super::*;
 
+    /// A header with one setup sector and 16 bytes of protected-mode code (zeros).
     fn header(version: u16, payload_offset: u32, payload_length: u32) -> Vec<u8> {
-        let mut b = vec![0u8; 0x400];
-        b[SETUP_SECTS_OFFSET] = 1;
+        let mut b = vec![0u8; 0x410];
+        b[0x1f1] = 1; // setup_sects
+        b[0x1f4] = 1; // syssize: one paragraph
+        b[0x211] = 1; // loadflags: LOADED_HIGH
         b[SETUP_HEADER_MAGIC_OFFSET..SETUP_HEADER_MAGIC_OFFSET + 4]
             .copy_from_slice(&SETUP_HEADER_MAGIC);
-        b[VERSION_OFFSET..VERSION_OFFSET + 2].copy_from_slice(&version.to_le_bytes());
-        b[PAYLOAD_OFFSET_OFFSET..PAYLOAD_OFFSET_OFFSET + 4]
-            .copy_from_slice(&payload_offset.to_le_bytes());
-        b[PAYLOAD_LENGTH_OFFSET..PAYLOAD_LENGTH_OFFSET + 4]
-            .copy_from_slice(&payload_length.to_le_bytes());
+        b[0x206..0x208].copy_from_slice(&version.to_le_bytes());
+        b[0x248..0x24c].copy_from_slice(&payload_offset.to_le_bytes());
+        b[0x24c..0x250].copy_from_slice(&payload_length.to_le_bytes());
         b
     }
 
@@ -173,6 +147,11 @@ mod tests {
             ImageError::OldBootProtocol { major: 2, minor: 6 }
         ));
         assert!(err.to_string().contains("2.06"), "{err}");
+        let err = parse(&header(0x0201, 0, 0)).unwrap_err();
+        assert!(matches!(
+            err,
+            ImageError::OldBootProtocol { major: 2, minor: 1 }
+        ));
     }
 
     #[test]
@@ -193,13 +172,13 @@ mod tests {
     fn unknown_and_unsupported_compression() {
         // Payload right after the one setup sector: file offset 0x400.
         let mut b = header(0x020f, 0, 8);
-        b.extend_from_slice(b"\x7fELF\x01\x01\x01\x00");
+        b[0x400..0x408].copy_from_slice(b"\x7fELF\x01\x01\x01\x00");
         assert!(matches!(
             parse(&b),
             Err(ImageError::UnknownCompression { .. })
         ));
         let mut b = header(0x020f, 0, 8);
-        b.extend_from_slice(b"BZh91AY&");
+        b[0x400..0x408].copy_from_slice(b"BZh91AY&");
         assert!(matches!(
             parse(&b),
             Err(ImageError::UnsupportedCompression { method: "bzip2" })
@@ -207,13 +186,21 @@ mod tests {
     }
 
     #[test]
-    fn truncated_header_names_the_field() {
+    fn truncated_images_name_the_part() {
         let b = header(0x020f, 0, 0);
         let err = parse(&b[..0x240]).unwrap_err();
         assert!(matches!(
             err,
             ImageError::CorruptBzImage {
-                field: "payload_offset",
+                field: "setup header",
+                ..
+            }
+        ));
+        let err = parse(&b[..0x300]).unwrap_err();
+        assert!(matches!(
+            err,
+            ImageError::CorruptBzImage {
+                field: "setup sectors (setup_sects)",
                 ..
             }
         ));

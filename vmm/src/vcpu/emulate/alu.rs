@@ -86,21 +86,29 @@ pub(crate) fn arith(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) ->
     let (res, f, which) = match i.mnemonic() {
         Mnemonic::Inc | Mnemonic::Dec => {
             let (r, f) = add_sub(a, 1, bits, i.mnemonic() == Mnemonic::Dec);
-            (r, f, eflags::STATUS & !eflags::CF)
+            (Some(r), f, eflags::STATUS & !eflags::CF)
         }
         m => {
-            let b = value_operand(s, i, 1).ok_or_else(|| unsupported(cx))?;
+            // The source: an immediate, a register, or memory (`sub eax, [m]`).
+            let b = match rm_operand(s, i, 1) {
+                Some(src) => read_rm(s, bus, src, size)?,
+                None => value_operand(s, i, 1).ok_or_else(|| unsupported(cx))?,
+            };
             let (r, f) = match m {
                 Mnemonic::Add => add_sub(a, b, bits, false),
-                Mnemonic::Sub => add_sub(a, b, bits, true),
-                Mnemonic::And => logic(a & b, bits),
+                Mnemonic::Sub | Mnemonic::Cmp => add_sub(a, b, bits, true),
+                Mnemonic::And | Mnemonic::Test => logic(a & b, bits),
                 Mnemonic::Or => logic(a | b, bits),
                 _ => logic(a ^ b, bits),
             };
-            (r, f, eflags::STATUS)
+            // CMP and TEST only set the flags.
+            let keep = !matches!(m, Mnemonic::Cmp | Mnemonic::Test);
+            (keep.then_some(r), f, eflags::STATUS)
         }
     };
-    write_rm(s, bus, dst, size, res)?;
+    if let Some(res) = res {
+        write_rm(s, bus, dst, size, res)?;
+    }
     set_status(s, f, which);
     Ok(Outcome::Next(Effects::NONE))
 }

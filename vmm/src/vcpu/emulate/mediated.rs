@@ -27,7 +27,9 @@ fn dispatch(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
         M::Mov => data::mov(s, bus, cx),
         M::Movzx | M::Movsx => data::mov_extend(s, bus, cx),
         M::Xchg => data::xchg(s, bus, cx),
-        M::Add | M::Sub | M::And | M::Or | M::Xor | M::Inc | M::Dec => alu::arith(s, bus, cx),
+        M::Add | M::Sub | M::And | M::Or | M::Xor | M::Inc | M::Dec | M::Cmp | M::Test => {
+            alu::arith(s, bus, cx)
+        }
         M::Bts | M::Btr => alu::bit_set_reset(s, bus, cx),
         M::Cmpxchg => cmpxchg::cmpxchg(s, bus, cx),
         M::Cmpxchg8b => cmpxchg::cmpxchg8b(s, bus, cx),
@@ -69,7 +71,9 @@ pub fn mediate(
 }
 
 /// Performs `instr`, an access to memory the host does not map: the writes [`mediate`]
-/// performs, and the reads of MOV, MOVZX and MOVSX into a register.
+/// performs, the reads of MOV, MOVZX and MOVSX into a register, ADD, SUB, AND, OR, XOR,
+/// CMP and TEST with a memory source (a stack-protector check reads its canary so), and
+/// CMP and TEST of memory.
 ///
 /// # Errors
 /// The guest fault an access raised (#PF, #GP, #SS).
@@ -78,12 +82,25 @@ pub fn data_access(
     bus: &mut impl GuestBus,
     instr: &Instruction,
 ) -> Result<Mediated, Fault> {
-    let read = matches!(
-        instr.mnemonic(),
-        Mnemonic::Mov | Mnemonic::Movzx | Mnemonic::Movsx
-    ) && instr.op0_kind() == OpKind::Register
-        && instr.op1_kind() == OpKind::Memory;
-    if read {
+    use Mnemonic as M;
+    let m = instr.mnemonic();
+    let into_register = instr.op0_kind() == OpKind::Register
+        && instr.op1_kind() == OpKind::Memory
+        && matches!(
+            m,
+            M::Mov
+                | M::Movzx
+                | M::Movsx
+                | M::Add
+                | M::Sub
+                | M::And
+                | M::Or
+                | M::Xor
+                | M::Cmp
+                | M::Test
+        );
+    let compare = instr.op0_kind() == OpKind::Memory && matches!(m, M::Cmp | M::Test);
+    if into_register || compare {
         return run(s, bus, instr);
     }
     mediate(s, bus, instr)
