@@ -17,6 +17,16 @@
 #define DATA_COUNTER 0
 #define DATA_ID 1
 #define DATA_LIMIT 2
+#define DATA_TLS 3 /* where the user program stores what it read through its TLS segment */
+
+/* i386 TLS: a user data segment based inside the data page, 4 GiB limit, read at a
+ * negative offset (as libc reads gs:-0x54) so the offset wraps past 4 GiB. */
+#define TLS_ENTRY 7
+#define TLS_SEL (TLS_ENTRY * 8 + 3)
+#define TLS_BASE (USER_DATA + 0x100u)
+#define TLS_OFFSET 0x54u
+#define TLS_SLOT ((0x100u - TLS_OFFSET) / 4) /* the word gs:-0x54 reaches */
+#define TLS_MARK 0x71500000u
 
 /* The user program, position-dependent at USER_CODE: count to the limit the kernel set,
  * yielding after every step; then read kernel memory and write its own (read-only) code,
@@ -33,6 +43,10 @@ asm(".section .rodata\n"
     "movl 0x40001000, %ecx\n\t"
     "cmpl 0x40001008, %ecx\n\t"
     "jb 1b\n\t"
+    "movl $0x3b, %eax\n\t" /* TLS_SEL */
+    "movw %ax, %gs\n\t"
+    "movl %gs:-0x54, %eax\n\t" /* the offset wraps: TLS_BASE - 0x54 */
+    "movl %eax, 0x4000100c\n\t" /* DATA_TLS */
     "movl 0x00101000, %eax\n\t" /* A1 imm32: 5 bytes, faults */
     "movl 0xc0001000, %eax\n\t" /* the same, above every user directory entry */
     "movl $0, 0x40000000\n\t"  /* C7 05 imm32 imm32: 10 bytes, faults */
@@ -86,6 +100,7 @@ static void build_space(int p)
 	data_frames[p][DATA_COUNTER] = 0;
 	data_frames[p][DATA_ID] = (u32)p;
 	data_frames[p][DATA_LIMIT] = ROUNDS;
+	data_frames[p][TLS_SLOT] = TLS_MARK + (u32)p;
 }
 
 /* The CPU's frame of the interrupted process becomes that of the other process. */
@@ -188,6 +203,8 @@ int main(u32 magic, const void *mbi)
 	(void)magic;
 	(void)mbi;
 	memcpy(code_frame, user_blob, (unsigned long)(user_blob_end - user_blob));
+	gdt[TLS_ENTRY] = make_segment(TLS_BASE, 0xfffff, ACC_DATA3, FLAGS_4K_32);
+	gdt_load(TLS_ENTRY + 1);
 	build_space(0);
 	build_space(1);
 
@@ -217,6 +234,8 @@ int main(u32 magic, const void *mbi)
 	report(data_frames[0][DATA_ID] == 0 && data_frames[1][DATA_ID] == 1,
 	       "neither wrote the other's page");
 	report(yields[0] == ROUNDS && yields[1] == ROUNDS, "%u CR3 switches each way", ROUNDS);
+	report(data_frames[0][DATA_TLS] == TLS_MARK && data_frames[1][DATA_TLS] == TLS_MARK + 1,
+	       "each read its TLS word at gs:-0x%x, an offset that wraps past 4 GiB", TLS_OFFSET);
 	report_prefix_pop();
 
 	report_prefix_push("user #PF");

@@ -1,15 +1,6 @@
 /* The guest's own GDT, TSS and IDT. */
 #include "guest.h"
 
-/* Accessed bits are preset so that LAR results and descriptor bytes do not depend on
- * whether (and when) the CPU or the monitor sets them. */
-#define ACC_CODE0 0x9b
-#define ACC_DATA0 0x93
-#define ACC_CODE3 0xfb
-#define ACC_DATA3 0xf3
-#define ACC_TSS32 0x89
-#define FLAGS_4K_32 0xc
-
 struct descriptor gdt[GDT_MAX_ENTRIES] __attribute__((aligned(8)));
 struct descriptor idt[256] __attribute__((aligned(8)));
 struct tss32 tss __attribute__((aligned(16)));

@@ -125,6 +125,14 @@ void exit(int code) __attribute__((noreturn));
 /* descriptor tables */
 extern struct descriptor gdt[GDT_MAX_ENTRIES];
 extern struct tss32 tss;
+/* Access bytes and flags for make_segment. Accessed bits are preset so that LAR results and
+ * descriptor bytes do not depend on whether (and when) the CPU or the monitor sets them. */
+#define ACC_CODE0 0x9b
+#define ACC_DATA0 0x93
+#define ACC_CODE3 0xfb
+#define ACC_DATA3 0xf3
+#define ACC_TSS32 0x89
+#define FLAGS_4K_32 0xc
 struct descriptor make_segment(u32 base, u32 limit, u8 access, u8 flags);
 void gdt_load(unsigned entries);
 void idt_set_gate(int vector, u32 offset, u16 selector, u8 type, u8 dpl);
