@@ -42,7 +42,15 @@
 
 #define SECTOR 512
 #define PATTERN_SECTORS (4u << 20) / SECTOR
-#define SPIN_LIMIT 1000000
+/* How long a wait for the drive may take, in TSC cycles (a few seconds at any rate this
+ * runs at): QEMU completes some commands (FLUSH CACHE) on a host thread, which a loaded
+ * host can delay for much longer than a fixed number of status reads would cover. */
+#define WAIT_CYCLES 10000000000ull
+
+static bool waited_out(u64 start)
+{
+	return rdtsc() - start > WAIT_CYCLES;
+}
 /* QEMU reports ABRT where ATA gives IDNF for a sector beyond the medium. */
 #define QUIRK_RANGE_ABRT "quirk-ide-range-abrt"
 /* QEMU keeps the IDENTIFY data it built first: word 59 misses a later SET MULTIPLE MODE. */
@@ -142,7 +150,7 @@ static void ata_delay(void)
 /* Alternate status once BSY is clear (0xff if it never clears). */
 static u8 wait_idle(void)
 {
-	for (u32 i = 0; i < SPIN_LIMIT; i++) {
+	for (u64 t0 = rdtsc(); !waited_out(t0);) {
 		u8 s = inb(ATA_CTRL);
 		if (!(s & ST_BSY))
 			return s;
@@ -153,7 +161,7 @@ static u8 wait_idle(void)
 /* Alternate status once the drive wants data moved or failed (0xff on a timeout). */
 static u8 wait_drq(void)
 {
-	for (u32 i = 0; i < SPIN_LIMIT; i++) {
+	for (u64 t0 = rdtsc(); !waited_out(t0);) {
 		u8 s = inb(ATA_CTRL);
 		if (!(s & ST_BSY) && (s & (ST_DRQ | ST_ERR)))
 			return s;
@@ -176,14 +184,14 @@ static void ioapic_handler(struct frame *f)
 
 static bool wait_ioapic_irq(u32 count)
 {
-	for (u32 i = 0; i < SPIN_LIMIT && ioapic_count < count; i++)
+	for (u64 t0 = rdtsc(); !waited_out(t0) && ioapic_count < count;)
 		inb(ATA_CTRL);
 	return ioapic_count >= count;
 }
 
 static bool wait_irq(u32 count)
 {
-	for (u32 i = 0; i < SPIN_LIMIT && irq_count < count; i++)
+	for (u64 t0 = rdtsc(); !waited_out(t0) && irq_count < count;)
 		inb(ATA_CTRL);
 	return irq_count >= count;
 }
