@@ -294,10 +294,9 @@ impl Vm {
         let layout = MachineLayout::pc(ram.size());
         write_firmware(ram.as_mut_slice(), &layout)?;
         let (boot, state) = load_kernel(ram.as_mut_slice(), &config)?;
-        let ram_size = ram.size();
         // Probed here: CPUID faults in this process once the guest runs.
         let mem = GuestMemory::new(ram, shadow_backend::host_has_exec_only())?;
-        let platform = Platform::new(config.serial_out, ram_size, state.msr.apic_base)?;
+        let platform = Platform::new(config.serial_out, &layout, state.msr.apic_base)?;
         for (unit, disk) in disks {
             lock(&platform.ide).attach(unit, Box::new(disk));
         }

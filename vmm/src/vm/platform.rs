@@ -114,7 +114,7 @@ impl Platform {
     /// [`BusError`] if two devices claim the same ports or addresses (a monitor bug).
     pub fn new(
         serial_out: Box<dyn Write + Send>,
-        ram_size: u64,
+        layout: &MachineLayout,
         apic_base: u64,
     ) -> Result<Self, BusError> {
         let clock = MonotonicClock::new();
@@ -131,7 +131,7 @@ impl Platform {
             serial_out,
         )));
         let mut cmos = Cmos::new(SystemWallClock);
-        cmos.set_memory_size(ram_size);
+        cmos.set_memory_size(layout.ram_size);
         let mut ports = PortBus::new();
         register_pic(&mut ports, &pic)?;
         register_pit(&mut ports, &pit)?;
@@ -143,7 +143,7 @@ impl Platform {
         )?;
         ports.insert(POST_PORT, 1, Arc::new(Mutex::new(PostPort::new())))?;
         ports.insert(CMOS_BASE, CMOS_PORT_LEN, Arc::new(Mutex::new(cmos)))?;
-        let fw_cfg = FwCfg::new(&MachineLayout::pc(ram_size));
+        let fw_cfg = FwCfg::new(layout);
         ports.insert(
             pc::FW_CFG_PORT_SEL,
             FW_CFG_PORT_LEN,
