@@ -134,7 +134,7 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn phys(&self, linear: u32) -> Option<GuestPhys> {
-        self.mem.code_phys(GuestLinear(linear), self.user)
+        self.mem.code_neighbour_phys(GuestLinear(linear), self.user)
     }
 }
 
@@ -295,7 +295,18 @@ impl Vm {
                 self.hand_to_vcpu(GuestExit::Exception(Fault::gp0())),
             ));
         }
-        let Some(phys) = self.mem.code_phys(GuestLinear(lin), user) else {
+        // The fetch of the entry sets the accessed bits, as the CPU's would.
+        let phys = if self.mem.paging.enabled() {
+            let ctx = *self.mem.paging.shadow.context();
+            let mut ram = super::shadow_backend::RamPhys(&self.mem.ram);
+            shadow_paging::walk(&mut ram, &ctx, GuestLinear(lin), Access::fetch(user))
+                .ok()
+                .and_then(|t| t.phys.below_4g())
+                .filter(|p| self.mem.in_ram(*p))
+        } else {
+            self.mem.code_phys(GuestLinear(lin), user)
+        };
+        let Some(phys) = phys else {
             return Ok(Entry::Handled(self.fetch_fault(lin)));
         };
         // A pinned entry (breakpoint, served entry point) is served before its
@@ -324,7 +335,7 @@ impl Vm {
             // mapping too.
             let stale = t.tc.block(i).block.pages.iter().skip(1).any(|p| {
                 self.mem
-                    .code_phys(GuestLinear(p.linear), user)
+                    .code_neighbour_phys(GuestLinear(p.linear), user)
                     .is_none_or(|now| u64::from(now.page().raw()) != p.phys)
             });
             if stale {
@@ -499,7 +510,8 @@ impl Vm {
         match stub.kind {
             ExitKind::Direct { .. } | ExitKind::IndirectMiss => {
                 self.stats.exit(ExitReason::TranslationExit);
-                if single {
+                let stepping = self.cpu.step.is_some() || self.cpu.state.eflags & eflags::TF != 0;
+                if single && stepping {
                     // One guest instruction ran: that is the step's trap.
                     let trap = HostExit::step_trap(TRAP_TRACE);
                     return self.handle(&trap);
@@ -562,14 +574,20 @@ impl Vm {
                 if class == Class::Fpu {
                     return self.tc_fpu(&original);
                 }
+                if class == Class::Privileged {
+                    // SMM, VMX, SVM, SMX and 64-bit-only system instructions: this vCPU
+                    // has none of those features, so each raises #UD (at the host's CPL
+                    // 3 they fault natively, which patch mode relies on).
+                    return self.hand_to_vcpu(GuestExit::Exception(Fault::new(Exception::UD)));
+                }
                 self.hand_to_vcpu(GuestExit::Patched { original })
             }
             ExitKind::Unsupported => {
-                self.stats.exit(ExitReason::RewriteTrap);
-                match instr {
-                    Some(original) => self.hand_to_vcpu(GuestExit::Patched { original }),
-                    None => self.hand_to_vcpu(GuestExit::Exception(Fault::new(Exception::UD))),
-                }
+                // What the translator does not reproduce (RSM, GETSEC, MOV from a test
+                // register, transactional memory) raises #UD at the host's CPL 3 and
+                // outside SMM, SMX and RTM, as on this vCPU, which has none of them.
+                self.stats.exit(ExitReason::GuestException);
+                self.hand_to_vcpu(GuestExit::Exception(Fault::new(Exception::UD)))
             }
             ExitKind::Direct { .. } | ExitKind::IndirectMiss => Ok(None),
         }
