@@ -71,6 +71,14 @@ pub enum ExitClass {
         /// The linear address it reaches.
         lin: GuestLinear,
     },
+    /// Translate mode: a #GP(0) from an access the guest's own segment allows that
+    /// reaches the monitor window, where the mirrors stop: the monitor performs it.
+    WindowAccess {
+        /// The instruction at EIP.
+        instr: Instruction,
+        /// Its access there.
+        access: super::translate::WindowAccess,
+    },
     /// Any other exception, which the guest sees as is.
     Exception(Fault),
     /// A host page fault in the guest's linear space: see [`super::page_fault`].
@@ -195,12 +203,12 @@ impl Vm {
         {
             return ExitClass::WrappedAccess { instr, lin };
         }
-        if let Some((instr, lin)) = instr
+        if let Some((instr, access)) = instr
             .as_ref()
             .filter(|_| error_code == 0)
-            .and_then(|i| self.window_access(i).map(|lin| (*i, lin)))
+            .and_then(|i| self.window_access(i).map(|a| (*i, a)))
         {
-            return ExitClass::WrappedAccess { instr, lin };
+            return ExitClass::WindowAccess { instr, access };
         }
         let reason = match instr.as_ref().map(rewriter::classify) {
             _ if error_code & ERROR_CODE_IDT != 0 => ExitReason::SoftwareInterrupt,

@@ -116,6 +116,10 @@ impl Vm {
                 self.mem.paging.stats.true_faults += 1;
                 self.hand_to_vcpu(GuestExit::Exception(fault))
             }
+            ExitClass::WindowAccess { instr, access } => {
+                self.stats.exit(ExitReason::EmulatedAccess);
+                self.tc_window_access(&instr, access)
+            }
             ExitClass::WrappedAccess { instr, lin } => {
                 self.stats.exit(ExitReason::EmulatedAccess);
                 self.emulate_access(&instr, lin)

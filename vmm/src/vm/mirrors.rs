@@ -31,10 +31,15 @@ const TC_CODE_SLOT: u16 = FIRST_SLOT + BANKS * BANK;
 /// The LDT slot of the segment that addresses the vCPU page (translate mode).
 const SCRATCH_SLOT: u16 = TC_CODE_SLOT + 1;
 
+/// The LDT slot of the segment one instruction's window access runs through.
+const BOUNCE_SLOT: u16 = SCRATCH_SLOT + 1;
+
 /// The host selector of the translation cache's code segment.
 pub const TC_CODE_SELECTOR: u16 = ldt::ldt_selector(TC_CODE_SLOT);
 /// The host selector of the vCPU-page segment.
 pub const SCRATCH_SELECTOR: u16 = ldt::ldt_selector(SCRATCH_SLOT);
+/// The host selector of the bounce segment ([`Mirrors::set_bounce`]).
+pub const BOUNCE_SELECTOR: u16 = ldt::ldt_selector(BOUNCE_SLOT);
 
 /// The host selector that loads the mirror slot of `reg` (unclamped bank).
 pub const fn mirror_selector(reg: SegReg) -> u16 {
@@ -147,6 +152,26 @@ impl Mirrors {
         };
         ldt::set_ldt_entry(SCRATCH_SLOT, &page)?;
         self.writes += 2;
+        Ok(())
+    }
+
+    /// Points the bounce segment at `base` (4 GiB, writable when `writable`): an
+    /// instruction whose access reaches the monitor window runs once through it, its
+    /// offset landing in the bounce pages where the guest's page is mapped for it.
+    ///
+    /// # Errors
+    /// The host refused the LDT write.
+    pub fn set_bounce(&mut self, base: u32, writable: bool) -> Result<(), LdtError> {
+        let desc = LdtDescriptor {
+            base,
+            kind: SegmentKind::Data {
+                writable,
+                expand_down: false,
+            },
+            ..LdtDescriptor::flat_data32()
+        };
+        ldt::set_ldt_entry(BOUNCE_SLOT, &desc)?;
+        self.writes += 1;
         Ok(())
     }
 

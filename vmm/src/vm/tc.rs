@@ -6,6 +6,7 @@
 //! ```text
 //! WINDOW_START + 0x0000_0000  gate page         r-x  INT3: every exit stub jumps here
 //!              + 0x0000_1000  vCPU page         rw-  the scratch slots (reserved segment)
+//!              + 0x0000_4000  bounce pages      rw-  a guest page, for one window access
 //!              + 0x0001_0000  lookup tables     r--  kernel, user, always-empty
 //!              + 0x0020_0000  translated code   r-x  up to the window's end
 //! ```
@@ -45,6 +46,7 @@ pub const WINDOW_SIZE: u32 = 0x0400_0000;
 
 const GATE_OFFSET: u32 = 0;
 const VCPU_OFFSET: u32 = 0x1000;
+const BOUNCE_OFFSET: u32 = 0x4000;
 const TABLES_OFFSET: u32 = 0x1_0000;
 const CODE_OFFSET: u32 = 0x20_0000;
 
@@ -52,6 +54,8 @@ const CODE_OFFSET: u32 = 0x20_0000;
 pub const GATE: u32 = WINDOW_START + GATE_OFFSET;
 /// The vCPU page (base of the reserved segment).
 pub const VCPU_PAGE: u32 = WINDOW_START + VCPU_OFFSET;
+/// The two bounce pages: guest RAM mapped for one instruction's access to the window.
+pub const BOUNCE: u32 = WINDOW_START + BOUNCE_OFFSET;
 
 const OP_INT3: u8 = 0xCC;
 /// Most guest instructions in one block.
@@ -578,4 +582,32 @@ impl TranslationCache {
 
 fn page_of(phys: u64) -> u64 {
     phys & !u64::from(PAGE_SIZE - 1)
+}
+
+/// Maps guest-physical pages `pages` (one, or two for an access straddling a page end)
+/// at the bounce pages, writable when `writable`, and nothing after them.
+///
+/// # Errors
+/// [`MemoryError`] when the host refuses.
+pub fn map_bounce(
+    space: &mut LinearSpace,
+    ram: &crate::memory::GuestRam,
+    pages: &[GuestPhys],
+    writable: bool,
+) -> Result<(), MemoryError> {
+    let prot = if writable { Prot::RW } else { Prot::R };
+    for (n, page) in (0u32..).zip(pages.iter().take(2)) {
+        let at = GuestLinear(BOUNCE + n * PAGE_SIZE);
+        space.map_monitor(at, PAGE_SIZE, prot, ram.fd(), u64::from(page.page().raw()))?;
+    }
+    if pages.len() < 2 {
+        space.map_monitor(
+            GuestLinear(BOUNCE + PAGE_SIZE),
+            PAGE_SIZE,
+            Prot::NONE,
+            ram.fd(),
+            0,
+        )?;
+    }
+    Ok(())
 }

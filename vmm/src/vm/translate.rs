@@ -24,9 +24,9 @@ use shadow_paging::Access;
 use super::code::CodePages;
 use super::guest_memory::GuestMemory;
 use super::handle::Step;
-use super::mirrors::{SCRATCH_SELECTOR, TC_CODE_SELECTOR};
+use super::mirrors::{BOUNCE_SELECTOR, SCRATCH_SELECTOR, TC_CODE_SELECTOR};
 use super::stats::ExitReason;
-use super::tc::{Key, TcError, TranslationCache, GATE, VCPU_PAGE, WINDOW_START};
+use super::tc::{Key, TcError, TranslationCache, BOUNCE, GATE, VCPU_PAGE, WINDOW_START};
 use super::{Vm, VmError};
 use crate::addr::{GuestLinear, GuestPhys};
 use crate::hostcpu::{HostExit, HostExitKind};
@@ -98,6 +98,9 @@ pub struct Translation {
     /// The next entry runs one instruction with FPU instructions native (an FPU
     /// instruction that executes although CR0.TS or CR0.EM is set: WAIT without MP).
     fpu_once: bool,
+    /// The next entry runs one instruction with this segment register rebased to the
+    /// bounce pages ([`Vm::tc_window_access`]).
+    bounce: Option<SegReg>,
 }
 
 impl Translation {
@@ -114,6 +117,7 @@ impl Translation {
             pins: (0, 0),
             generation: 0,
             fpu_once: false,
+            bounce: None,
         })
     }
 
@@ -203,6 +207,17 @@ impl Vm {
                 }
                 t.guest_tf = self.cpu.state.eflags & eflags::TF;
                 ctx.eflags &= !eflags::TF;
+                if let Some(seg) = t.bounce.take() {
+                    let sel = BOUNCE_SELECTOR;
+                    match seg {
+                        SegReg::Ds => ctx.ds = sel,
+                        SegReg::Es => ctx.es = sel,
+                        SegReg::Fs => ctx.fs = sel,
+                        SegReg::Gs => ctx.gs = sel,
+                        SegReg::Ss => ctx.ss = sel,
+                        SegReg::Cs => {}
+                    }
+                }
                 Ok(None)
             }
             Entry::Handled(step) => Ok(Some(step)),
@@ -239,7 +254,10 @@ impl Vm {
     /// The key of the block for the guest's state now, with the physical page of `phys`.
     fn tc_key(&self, phys: GuestPhys) -> Key {
         let s = &self.cpu.state;
-        let fpu_once = self.tc.as_ref().is_some_and(|t| t.fpu_once);
+        let fpu_once = self
+            .tc
+            .as_ref()
+            .is_some_and(|t| t.fpu_once || t.bounce.is_some());
         Key {
             eip: s.eip,
             cs: self.code_segment(),
@@ -424,7 +442,10 @@ impl Vm {
         let Some(t) = self.tc.as_mut() else {
             return Ok(TcExit::Guest);
         };
-        if matches!(exit.kind, HostExitKind::BadEntry(_)) {
+        if matches!(
+            exit.kind,
+            HostExitKind::BadEntry(_) | HostExitKind::Escape { .. }
+        ) {
             return Ok(TcExit::Guest);
         }
         let ctx = &mut self.cpu.ctx;
@@ -664,16 +685,15 @@ impl Vm {
     }
 
     /// A #GP(0) from an access the guest's own segment allows but whose linear range
-    /// reaches the monitor window (the mirrors stop below it): the monitor performs it
-    /// through the guest's translation. Returns the linear address.
-    pub(super) fn window_access(&self, instr: &Instruction) -> Option<GuestLinear> {
+    /// reaches the monitor window (the mirrors stop below it): the access to perform.
+    pub(super) fn window_access(&self, instr: &Instruction) -> Option<WindowAccess> {
         if !self.translating() {
             return None;
         }
         let state = &self.cpu.state;
         self.memory_operands(instr)
             .into_iter()
-            .find_map(|(seg, off, size, _)| {
+            .find_map(|(seg, off, size, access)| {
                 let cache = state.sreg(seg);
                 if !cache.contains(off, size) {
                     return None;
@@ -681,9 +701,98 @@ impl Vm {
                 let lin = u64::from(cache.base) + u64::from(off);
                 let last = lin + u64::from(size) - 1;
                 let reaches = last >= u64::from(WINDOW_START) || cache.is_expand_down();
-                reaches.then_some(GuestLinear(cache.base).wrapping_add(off))
+                let write = !matches!(
+                    access,
+                    iced_x86::OpAccess::Read | iced_x86::OpAccess::CondRead
+                );
+                reaches.then_some(WindowAccess {
+                    seg,
+                    lin: GuestLinear(cache.base).wrapping_add(off),
+                    size,
+                    write,
+                })
             })
     }
+
+    /// Performs a guest access to the monitor window. Plain RAM is mapped at the
+    /// bounce pages and the instruction runs once natively with its segment rebased
+    /// there (any instruction form, one exit); MMIO, page tables, translated code and
+    /// string instructions (which walk on) are emulated through the guest bus.
+    pub(super) fn tc_window_access(&mut self, instr: &Instruction, a: WindowAccess) -> Step {
+        let user = self.cpu.user();
+        let bus_path = instr.has_rep_prefix()
+            || instr.has_repe_prefix()
+            || instr.has_repne_prefix()
+            || instr.is_string_instruction()
+            || !self.mem.paging.enabled()
+            || matches!(a.seg, SegReg::Cs)
+            || a.seg == self.reserved_segment(user);
+        if bus_path {
+            return self.emulate_access(instr, a.lin);
+        }
+        let last = a.lin.wrapping_add(a.size - 1);
+        let lins: Vec<GuestLinear> = if last.page() == a.lin.page() || last < a.lin {
+            vec![a.lin]
+        } else {
+            vec![a.lin, last]
+        };
+        let access = if a.write {
+            Access::write(user)
+        } else {
+            Access::read(user)
+        };
+        let mut pages = Vec::new();
+        for lin in lins {
+            let ctx = *self.mem.paging.shadow.context();
+            let mut ram = super::shadow_backend::RamPhys(&self.mem.ram);
+            match shadow_paging::walk(&mut ram, &ctx, lin, access) {
+                Err(pf) => {
+                    self.mem.paging.stats.true_faults += 1;
+                    let fault = Fault::page_fault(pf.cr2, pf.error_code.0);
+                    return self.hand_to_vcpu(GuestExit::Exception(fault));
+                }
+                Ok(t) => match t.phys.below_4g().filter(|p| self.mem.in_ram(*p)) {
+                    Some(p) => pages.push(p),
+                    // MMIO (the local APIC and IOAPIC fixmaps) or nothing.
+                    None => return self.emulate_access(instr, a.lin),
+                },
+            }
+        }
+        let mediated = pages.iter().any(|p| {
+            self.mem.paging.shadow.is_page_table(p.page()) || self.code.pages.is_armed(*p)
+        });
+        if mediated && a.write {
+            return self.emulate_access(instr, a.lin);
+        }
+        super::tc::map_bounce(&mut self.mem.space, &self.mem.ram, &pages, a.write)?;
+        let base = self.cpu.state.sreg(a.seg).base;
+        let rebased = base
+            .wrapping_add(BOUNCE)
+            .wrapping_sub(a.lin.page().raw());
+        self.cpu.mirrors.set_bounce(rebased, a.write)?;
+        if let Some(t) = self.tc.as_mut() {
+            t.bounce = Some(a.seg);
+        }
+        Ok(None)
+    }
+
+    /// The segment register translations reserve at this privilege level.
+    fn reserved_segment(&self, user: bool) -> SegReg {
+        if user {
+            SegReg::Fs
+        } else {
+            SegReg::Gs
+        }
+    }
+}
+
+/// One guest access to the monitor window: through `seg`, at `lin`, `size` bytes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WindowAccess {
+    seg: SegReg,
+    lin: GuestLinear,
+    size: u32,
+    write: bool,
 }
 
 /// What an exit from translated code is, once turned back into guest state.

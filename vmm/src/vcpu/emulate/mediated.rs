@@ -6,7 +6,9 @@
 //! writes. Only the forms kernels use on such memory are accepted; the semantics are
 //! those of the instruction groups (`data`, `sreg`, `alu`, `cmpxchg`, `string`).
 
-use super::{alu, cmpxchg, data, execute, sreg, string, Ctx, Emulated, Res, Stop, Unsupported};
+use super::{
+    alu, cmpxchg, data, execute, sreg, string, string_read, Ctx, Emulated, Res, Stop, Unsupported,
+};
 use crate::vcpu::{Fault, GuestBus, VcpuState};
 use iced_x86::{Instruction, Mnemonic, OpKind};
 
@@ -35,6 +37,13 @@ fn dispatch(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
         M::Cmpxchg8b => cmpxchg::cmpxchg8b(s, bus, cx),
         M::Stosb | M::Stosw | M::Stosd | M::Movsb | M::Movsw | M::Movsd => {
             string::store(s, bus, cx)
+        }
+        M::Lodsb | M::Lodsw | M::Lodsd | M::Cmpsb | M::Cmpsw | M::Scasb | M::Scasw | M::Scasd => {
+            string_read::load_compare(s, bus, cx)
+        }
+        // CMPSD shares its mnemonic with the SSE2 compare; the code tells them apart.
+        M::Cmpsd if cx.instr.code() == iced_x86::Code::Cmpsd_m32_m32 => {
+            string_read::load_compare(s, bus, cx)
         }
         m => Err(Stop::Unsupported(Unsupported::Instruction(m))),
     }
@@ -100,7 +109,11 @@ pub fn data_access(
                 | M::Test
         );
     let compare = instr.op0_kind() == OpKind::Memory && matches!(m, M::Cmp | M::Test);
-    if into_register || compare {
+    let string_read = matches!(
+        m,
+        M::Lodsb | M::Lodsw | M::Lodsd | M::Cmpsb | M::Cmpsw | M::Cmpsd | M::Scasb | M::Scasw | M::Scasd
+    );
+    if into_register || compare || string_read {
         return run(s, bus, instr);
     }
     mediate(s, bus, instr)

@@ -17,6 +17,7 @@ pub mod msr;
 pub mod operands;
 pub mod sreg;
 pub mod string;
+pub mod string_read;
 pub mod tables;
 
 #[cfg(test)]
