@@ -155,6 +155,19 @@ impl Vm {
                 ExitClass::SingleStep
             }
             Exception::GP => self.classify_gp(error_code),
+            // Translate mode: the SS mirror stops below the monitor window too; a stack
+            // access there (PUSH, an SS override, EBP/ESP addressing) the guest's own
+            // segment allows is performed by the monitor.
+            Exception::SS if error_code == 0 && self.translating() => {
+                match self
+                    .fetch()
+                    .decode_at(self.cpu.state.eip)
+                    .and_then(|i| self.window_access(&i).map(|a| (i, a)))
+                {
+                    Some((instr, access)) => ExitClass::WindowAccess { instr, access },
+                    None => ExitClass::Exception(Fault::with_code(vector, error_code)),
+                }
+            }
             _ => ExitClass::Exception(if Exception::has_error_code(vector) {
                 Fault::with_code(vector, error_code)
             } else {
@@ -196,19 +209,21 @@ impl Vm {
         {
             return ExitClass::ClampedAccess(fault);
         }
-        if let Some((instr, lin)) = instr
-            .as_ref()
-            .filter(|_| error_code == 0)
-            .and_then(|i| self.wrapped_access(i).map(|lin| (*i, lin)))
-        {
-            return ExitClass::WrappedAccess { instr, lin };
-        }
+        // Translate mode: past the window clamp or wrapped past 4 GiB, performed
+        // through the bounce pages.
         if let Some((instr, access)) = instr
             .as_ref()
             .filter(|_| error_code == 0)
             .and_then(|i| self.window_access(i).map(|a| (*i, a)))
         {
             return ExitClass::WindowAccess { instr, access };
+        }
+        if let Some((instr, lin)) = instr
+            .as_ref()
+            .filter(|_| error_code == 0)
+            .and_then(|i| self.wrapped_access(i).map(|lin| (*i, lin)))
+        {
+            return ExitClass::WrappedAccess { instr, lin };
         }
         let reason = match instr.as_ref().map(rewriter::classify) {
             _ if error_code & ERROR_CODE_IDT != 0 => ExitReason::SoftwareInterrupt,
