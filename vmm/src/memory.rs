@@ -149,7 +149,7 @@ impl GuestRam {
         if size & u64::from(PAGE_SIZE - 1) != 0 || size < MIN_RAM_SIZE {
             return Err(MemoryError::BadRamSize { size });
         }
-        let fd = create_memfd(size).map_err(MemoryError::Memfd)?;
+        let fd = create_memfd(c"vmm-guest-ram", size).map_err(MemoryError::Memfd)?;
         let size = usize::try_from(size).map_err(|_| MemoryError::BadRamSize { size })?;
         let view = map_view(&fd, size).map_err(MemoryError::MapView)?;
         let ram = Self { fd, view, size };
@@ -275,6 +275,72 @@ impl GuestRam {
     }
 }
 
+/// The monitor's own memory in the monitor window (the translation cache, its lookup
+/// tables, the gate, the vCPU page): one memfd, mapped into the window with the
+/// protections each part needs ([`LinearSpace::map_monitor`]) and written only through
+/// this value's view above 4 GiB, so no address is ever writable and executable at once.
+pub struct WindowMemory {
+    fd: OwnedFd,
+    view: NonNull<u8>,
+    size: usize,
+}
+
+// SAFETY: as for GuestRam: the view is a shared mapping owned by this value.
+unsafe impl Send for WindowMemory {}
+
+impl std::fmt::Debug for WindowMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowMemory")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WindowMemory {
+    /// `size` zeroed bytes.
+    ///
+    /// # Errors
+    /// [`MemoryError::Memfd`] / [`MemoryError::MapView`] when the host refuses;
+    /// [`MemoryError::ViewTooLow`] if the view landed below 4 GiB.
+    pub fn new(size: u32) -> Result<Self, MemoryError> {
+        let fd =
+            create_memfd(c"vmm-monitor-window", u64::from(size)).map_err(MemoryError::Memfd)?;
+        let size = size as usize;
+        let view = map_view(&fd, size).map_err(MemoryError::MapView)?;
+        let mem = Self { fd, view, size };
+        let addr = HostAddr::of(mem.view.as_ptr());
+        if addr.raw() < LINEAR_TOP {
+            return Err(MemoryError::ViewTooLow { addr });
+        }
+        Ok(mem)
+    }
+
+    /// The memfd.
+    pub fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    /// The monitor's view.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the view maps `size` bytes for the lifetime of `self`.
+        unsafe { std::slice::from_raw_parts(self.view.as_ptr(), self.size) }
+    }
+
+    /// The monitor's view, for writing.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: the view maps `size` bytes for the lifetime of `self`; `&mut self`
+        // makes this the only reference made through this value.
+        unsafe { std::slice::from_raw_parts_mut(self.view.as_ptr(), self.size) }
+    }
+}
+
+impl Drop for WindowMemory {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, referenced by nothing once `self` drops.
+        unsafe { libc::munmap(self.view.as_ptr().cast(), self.size) };
+    }
+}
+
 impl Drop for GuestRam {
     fn drop(&mut self) {
         // SAFETY: `view`/`size` describe the mapping made in `new`, which nothing else
@@ -283,9 +349,9 @@ impl Drop for GuestRam {
     }
 }
 
-fn create_memfd(size: u64) -> io::Result<OwnedFd> {
-    // SAFETY: the name is a NUL-terminated literal; the call has no memory side effects.
-    let raw = unsafe { libc::memfd_create(c"vmm-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+fn create_memfd(name: &std::ffi::CStr, size: u64) -> io::Result<OwnedFd> {
+    // SAFETY: the name is NUL-terminated; the call has no memory side effects.
+    let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
     if raw < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -384,6 +450,11 @@ pub struct LinearSpace {
     /// One bit per linear page: set while a run of the memfd is mapped there. `protect`
     /// must never turn the anonymous PROT_NONE reservation into accessible memory.
     mapped: Vec<u64>,
+    /// Where the guest's part of the space ends: the monitor window starts there in
+    /// translate mode ([`LinearSpace::reserve_window`]); guest mappings are clipped below.
+    guest_top: u64,
+    /// Guest mappings never get PROT_EXEC (translate mode: only the TC executes).
+    no_exec: bool,
 }
 
 impl LinearSpace {
@@ -399,12 +470,94 @@ impl LinearSpace {
         match reserve_fixed(RESERVE_START, RESERVE_LEN, libc::MAP_FIXED_NOREPLACE) {
             Ok(()) => Ok(Self {
                 mapped: vec![0; LINEAR_PAGES / 64],
+                guest_top: LINEAR_TOP,
+                no_exec: false,
             }),
             Err(e) => {
                 RESERVED.store(false, Ordering::Release);
                 Err(MemoryError::Reserve(e))
             }
         }
+    }
+
+    /// Gives `[start, 4 GiB)` to the monitor (ARCHITECTURE §5, the monitor window) and
+    /// takes PROT_EXEC away from guest mappings for good: from now on guest mappings are
+    /// clipped below `start` (guest accesses there are emulated) and are never
+    /// executable.
+    ///
+    /// # Errors
+    /// [`MemoryError::BadLinearRange`] when `start` is not page-aligned.
+    pub fn reserve_window(&mut self, start: GuestLinear) -> Result<(), MemoryError> {
+        if start.page_offset() != 0 || start.raw() == 0 {
+            return Err(MemoryError::BadLinearRange { lin: start, len: 0 });
+        }
+        self.unmap(start, start.raw().wrapping_neg())?;
+        self.guest_top = u64::from(start.raw());
+        self.no_exec = true;
+        Ok(())
+    }
+
+    /// Where the guest's part of the space ends (4 GiB without a monitor window).
+    pub fn guest_top(&self) -> u64 {
+        self.guest_top
+    }
+
+    /// Maps `len` bytes of `fd` at `offset` into the monitor window at `lin` with
+    /// `prot` (the monitor's own pages: the translation cache, its tables, the gate).
+    ///
+    /// # Errors
+    /// [`MemoryError::BadLinearRange`] unless the range lies in the window;
+    /// [`MemoryError::Host`] if mmap fails.
+    pub fn map_monitor(
+        &mut self,
+        lin: GuestLinear,
+        len: u32,
+        prot: Prot,
+        fd: &OwnedFd,
+        offset: u64,
+    ) -> Result<(), MemoryError> {
+        let end = u64::from(lin.raw()) + u64::from(len);
+        if u64::from(lin.raw()) < self.guest_top || end > LINEAR_TOP || len == 0 {
+            return Err(MemoryError::BadLinearRange { lin, len });
+        }
+        let off =
+            libc::off_t::try_from(offset).map_err(|_| MemoryError::BadLinearRange { lin, len })?;
+        // SAFETY: the range lies in the monitor window of the reservation this value
+        // owns; no Rust object lives there.
+        let p = unsafe {
+            libc::mmap(
+                lin.raw() as usize as *mut c_void,
+                len as usize,
+                prot.to_host(),
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                fd.as_raw_fd(),
+                off,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(MemoryError::Host {
+                op: "mmap(monitor window)",
+                lin,
+                len,
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The part of a guest range below the monitor window, with the protection guest
+    /// mappings may have; `None` when nothing of it is the guest's.
+    fn guest_part(&self, lin: GuestLinear, len: u32, prot: Prot) -> Option<(u32, Prot)> {
+        let start = u64::from(lin.raw());
+        if start >= self.guest_top {
+            return None;
+        }
+        let len = u64::from(len).min(self.guest_top - start);
+        let prot = Prot {
+            exec: prot.exec && !self.no_exec,
+            ..prot
+        };
+        Some((u32::try_from(len).ok()?, prot))
     }
 
     fn check_linear(lin: GuestLinear, len: u32) -> Result<(), MemoryError> {
@@ -457,6 +610,9 @@ impl LinearSpace {
         if gpa.page_offset() != 0 || u64::from(gpa.raw()) + u64::from(len) > ram.size() {
             return Err(MemoryError::BadPhysRange { gpa, len });
         }
+        let Some((len, prot)) = self.guest_part(lin, len, prot) else {
+            return Ok(());
+        };
         map_fixed_shared(lin, len, prot, ram, gpa).map_err(|source| MemoryError::Host {
             op: "mmap",
             lin,
@@ -474,6 +630,9 @@ impl LinearSpace {
     /// errors as for [`LinearSpace::map`]; [`MemoryError::Host`] if mprotect fails.
     pub fn protect(&mut self, lin: GuestLinear, len: u32, prot: Prot) -> Result<(), MemoryError> {
         Self::check_linear(lin, len)?;
+        let Some((len, prot)) = self.guest_part(lin, len, prot) else {
+            return Ok(());
+        };
         if !Self::pages(lin, len).all(|p| self.mapped[p / 64] & (1 << (p % 64)) != 0) {
             return Err(MemoryError::NotMapped { lin, len });
         }
@@ -504,6 +663,9 @@ impl LinearSpace {
     /// Range errors as for [`LinearSpace::map`]; [`MemoryError::Host`] if the host refuses.
     pub fn unmap(&mut self, lin: GuestLinear, len: u32) -> Result<(), MemoryError> {
         Self::check_linear(lin, len)?;
+        let Some((len, _)) = self.guest_part(lin, len, Prot::NONE) else {
+            return Ok(());
+        };
         reserve_fixed(lin.raw() as usize, len as usize, libc::MAP_FIXED).map_err(|source| {
             MemoryError::Host {
                 op: "mmap(PROT_NONE)",

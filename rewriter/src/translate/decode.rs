@@ -37,11 +37,23 @@ pub trait CodeReader {
     /// page) and returns the guest-physical address of that page, or `None` when a fetch
     /// there faults.
     fn fetch(&self, linear: u32, buf: &mut [u8]) -> Option<u64>;
+
+    /// Whether the block must end before the instruction at `linear` (a breakpoint or an
+    /// entry point the monitor serves there): the instruction then starts a block of its
+    /// own, which the monitor enters itself. Never asked for the block's entry.
+    fn stop_before(&self, linear: u32) -> bool {
+        let _ = linear;
+        false
+    }
 }
 
 impl<R: CodeReader + ?Sized> CodeReader for &R {
     fn fetch(&self, linear: u32, buf: &mut [u8]) -> Option<u64> {
         (**self).fetch(linear, buf)
+    }
+
+    fn stop_before(&self, linear: u32) -> bool {
+        (**self).stop_before(linear)
     }
 }
 
@@ -197,6 +209,9 @@ pub(crate) fn decode_block(
             break End::FallThrough(at);
         }
         let first = ident.is_empty();
+        if !first && reader.stop_before(cs.base.wrapping_add(at)) {
+            break End::FallThrough(at);
+        }
         let Some(instr) = window.decode(reader, offset, at, bitness, &mut pages) else {
             // The instruction needs bytes from a page that faults on fetch.
             if first {

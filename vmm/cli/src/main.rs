@@ -131,6 +131,18 @@ struct RunArgs {
     /// QEMU's -nographic and -no-reboot: accepted, nothing to change.
     #[arg(long = "qemu-no-op", hide = true, action = clap::ArgAction::Count)]
     qemu_no_op: u8,
+    /// How guest code runs. `translate`: only the translator's output executes, from a
+    /// translation cache (guest bytes are data; isolating). `patch`: guest pages execute
+    /// in place with sensitive instructions patched by one-byte traps: NOT isolating
+    /// (code the scanner did not decode the way the CPU does runs as it is), kept for
+    /// trusted guests and the study of rewriting overhead.
+    #[arg(
+        long,
+        value_name = "MODE",
+        env = "VMM_EXEC",
+        default_value = "translate"
+    )]
+    exec: vmm::vm::ExecMode,
     /// Print exit counts per reason and the hottest trap sites at exit (to stderr).
     #[arg(long)]
     stats: bool,
@@ -422,6 +434,7 @@ fn run_command(mut args: RunArgs) -> ExitCode {
         initrd,
         serial_out: Box::new(io::stdout()),
         disks,
+        exec: args.exec,
     };
     let mut vm = match Vm::new(config) {
         Ok(vm) => vm,

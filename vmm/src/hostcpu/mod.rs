@@ -205,6 +205,24 @@ pub struct HostExit {
 }
 
 impl HostExit {
+    /// The single-step trap (#DB, SIGTRAP with `si_code`) that a step the monitor ran
+    /// without the host's TF stands for.
+    pub fn step_trap(si_code: i32) -> Self {
+        Self {
+            kind: HostExitKind::Fault {
+                vector: Exception::DB,
+                error_code: 0,
+            },
+            signo: libc::SIGTRAP,
+            si_code,
+            trapno: u64::from(Exception::DB),
+            err: 0,
+            addr: HostAddr(0),
+            cs: 0,
+            rip: HostAddr(0),
+        }
+    }
+
     fn not_entered(kind: HostExitKind, signo: i32) -> Self {
         Self {
             kind,

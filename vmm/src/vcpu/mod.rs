@@ -44,7 +44,7 @@ use crate::x86::{Exception, SegReg};
 
 pub use emulate::{emulate, Emulated, Unsupported};
 pub use interrupts::{deliver, DeliveryError, Event};
-pub use segments::{load_segment, mirror_of, mirrors, MirrorDescriptor};
+pub use segments::{load_segment, mirror_below, mirror_of, mirrors, MirrorDescriptor};
 pub use state::{Segment, VcpuState};
 
 /// An exception raised by the guest's own instruction or by an event delivery: the vector

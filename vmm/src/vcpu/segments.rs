@@ -201,6 +201,14 @@ impl MirrorDescriptor {
 /// the clamp, and an expand-down segment whose top crosses it (its reach can only be cut
 /// from above by the limit, which grows it instead), become not present.
 pub fn mirror_of(seg: &Segment, cpl: u8, user_limit_clamp: Option<u32>) -> MirrorDescriptor {
+    mirror_below(seg, user_limit_clamp.filter(|_| cpl == 3))
+}
+
+/// The mirror of `seg` that reaches no linear address at or above `clamp`: an expand-up
+/// segment's limit is cut there, a segment that would reach past it otherwise is not
+/// present (every access through it faults, and the monitor performs the ones the guest's
+/// own segment allows).
+pub fn mirror_below(seg: &Segment, clamp: Option<u32>) -> MirrorDescriptor {
     let code = seg.is_code();
     let mut m = MirrorDescriptor {
         base: seg.base,
@@ -212,7 +220,7 @@ pub fn mirror_of(seg: &Segment, cpl: u8, user_limit_clamp: Option<u32>) -> Mirro
         db: seg.db,
         present: seg.present && seg.s,
     };
-    if let (Some(clamp), 3) = (user_limit_clamp, cpl) {
+    if let Some(clamp) = clamp {
         if seg.base >= clamp {
             m.present = false;
         } else if seg.is_expand_down() {

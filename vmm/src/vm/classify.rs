@@ -195,6 +195,13 @@ impl Vm {
         {
             return ExitClass::WrappedAccess { instr, lin };
         }
+        if let Some((instr, lin)) = instr
+            .as_ref()
+            .filter(|_| error_code == 0)
+            .and_then(|i| self.window_access(i).map(|lin| (*i, lin)))
+        {
+            return ExitClass::WrappedAccess { instr, lin };
+        }
         let reason = match instr.as_ref().map(rewriter::classify) {
             _ if error_code & ERROR_CODE_IDT != 0 => ExitReason::SoftwareInterrupt,
             Some(Class::Cpuid) => ExitReason::Cpuid,
@@ -231,7 +238,10 @@ impl Vm {
 
     /// The memory operands of `instr`: segment register, offset (wrapped at 4 GiB as the
     /// CPU's 32-bit addressing does) and size.
-    fn memory_operands(&self, instr: &Instruction) -> Vec<(SegReg, u32, u32, iced_x86::OpAccess)> {
+    pub(super) fn memory_operands(
+        &self,
+        instr: &Instruction,
+    ) -> Vec<(SegReg, u32, u32, iced_x86::OpAccess)> {
         let state = &self.cpu.state;
         let info = iced_x86::InstructionInfoFactory::new()
             .info(instr)

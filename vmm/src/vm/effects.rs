@@ -91,6 +91,19 @@ impl Vm {
             return self.refuse_pdptes(&e, before);
         }
         let now_on = self.mem.paging.enabled();
+        let new_ctx = *self.mem.paging.shadow.context();
+        if now_on != was_on
+            || new_ctx.cr0 != ctx.cr0
+            || new_ctx.cr4 != ctx.cr4
+            || new_ctx.efer != ctx.efer
+        {
+            // Translations were made for the old paging mode.
+            self.tc_address_space_changed(true)?;
+        } else if now_on
+            && (new_ctx.cr3 != ctx.cr3 || effects.cr3_written || effects.invlpg.is_some())
+        {
+            self.tc_address_space_changed(false)?;
+        }
         if now_on && !was_on {
             self.enter_paging()?;
         } else if was_on && !now_on {

@@ -52,7 +52,7 @@ impl Vm {
 
     /// Ends a single step the monitor started, if one is in progress. `true` when the
     /// exit was only the step's own trap (the guest did not ask for one).
-    fn finish_step(&mut self, stepped: bool) -> Result<bool, VmError> {
+    pub(super) fn finish_step(&mut self, stepped: bool) -> Result<bool, VmError> {
         let Some(step) = self.cpu.step.take() else {
             return Ok(false);
         };

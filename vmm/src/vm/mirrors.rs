@@ -10,7 +10,9 @@
 use crate::addr::GuestLinear;
 use crate::hostcpu::ldt::{self, LdtDescriptor, LdtError, SegmentKind};
 use crate::hostcpu::GuestContext;
-use crate::vcpu::{mirror_of, MirrorDescriptor, VcpuState};
+#[cfg(test)]
+use crate::vcpu::mirror_of;
+use crate::vcpu::{mirror_below, MirrorDescriptor, VcpuState};
 use crate::x86::SegReg;
 
 /// Host LDT slot of the first mirror; slot 0 stays empty so that no guest state can ever
@@ -20,20 +22,36 @@ const FIRST_SLOT: u16 = 1;
 /// Slots per bank: one per segment register.
 const BANK: u16 = 6;
 
+/// Banks: unclamped, clamped below the kernel's part (user mode under paging), clamped
+/// below the monitor window only (kernel mode in translate mode).
+const BANKS: u16 = 3;
+
+/// The LDT slot of the translation cache's code segment (translate mode).
+const TC_CODE_SLOT: u16 = FIRST_SLOT + BANKS * BANK;
+/// The LDT slot of the segment that addresses the vCPU page (translate mode).
+const SCRATCH_SLOT: u16 = TC_CODE_SLOT + 1;
+
+/// The host selector of the translation cache's code segment.
+pub const TC_CODE_SELECTOR: u16 = ldt::ldt_selector(TC_CODE_SLOT);
+/// The host selector of the vCPU-page segment.
+pub const SCRATCH_SELECTOR: u16 = ldt::ldt_selector(SCRATCH_SLOT);
+
 /// The host selector that loads the mirror slot of `reg` (unclamped bank).
 pub const fn mirror_selector(reg: SegReg) -> u16 {
-    ldt::ldt_selector(slot_of(reg, false))
+    ldt::ldt_selector(slot_of(reg, 0))
 }
 
-/// The LDT slot of `reg`'s mirror in the clamped (user-mode) or unclamped bank.
-const fn slot_of(reg: SegReg, clamped: bool) -> u16 {
-    FIRST_SLOT + reg as u16 + if clamped { BANK } else { 0 }
+/// The LDT slot of `reg`'s mirror in `bank`.
+const fn slot_of(reg: SegReg, bank: u16) -> u16 {
+    FIRST_SLOT + reg as u16 + bank * BANK
 }
 
 /// What is installed in each mirror slot, so unchanged mirrors cost no syscall.
 #[derive(Debug, Default)]
 pub struct Mirrors {
-    installed: [Option<LdtDescriptor>; 2 * BANK as usize],
+    installed: [Option<LdtDescriptor>; (BANKS * BANK) as usize],
+    /// Translate mode: every data mirror stops below the monitor window at this address.
+    pub window: Option<u32>,
     /// The host selector each register runs with.
     selectors: [u16; 6],
     /// modify_ldt calls made (for --stats).
@@ -81,16 +99,22 @@ impl Mirrors {
         user_clamp: Option<GuestLinear>,
         ctx: &mut GuestContext,
     ) -> Result<(), LdtError> {
-        let cpl = state.cpl();
-        let user_clamp = user_clamp.map(GuestLinear::raw);
+        let user_clamp = user_clamp
+            .map(GuestLinear::raw)
+            .filter(|_| state.cpl() == 3);
+        let (clamp, bank) = match (user_clamp, self.window) {
+            (None, None) => (None, 0),
+            (None, Some(w)) => (Some(w), 2),
+            (Some(u), w) => (Some(w.map_or(u, |w| w.min(u))), 1),
+        };
         for reg in SegReg::ALL {
             if dirty & (1 << reg as u8) == 0 {
                 continue;
             }
-            let m = mirror_of(state.sreg(reg), cpl, user_clamp);
+            let m = mirror_below(state.sreg(reg), clamp);
             let selector = if m.present || matches!(reg, SegReg::Cs | SegReg::Ss) {
                 let desc = host_descriptor(&m);
-                let n = slot_of(reg, user_clamp.is_some());
+                let n = slot_of(reg, bank);
                 let slot = &mut self.installed[usize::from(n - FIRST_SLOT)];
                 if *slot != Some(desc) {
                     ldt::set_ldt_entry(n, &desc)?;
@@ -104,6 +128,25 @@ impl Mirrors {
             self.selectors[reg as usize] = selector;
         }
         self.apply(ctx);
+        Ok(())
+    }
+
+    /// Installs the translate-mode segments: the TC's flat 32-bit code segment (the
+    /// whole linear space: translated code reads its lookup table through CS) and the
+    /// data segment of the vCPU page at `vcpu_page` (`len` bytes).
+    ///
+    /// # Errors
+    /// The host refused an LDT write.
+    pub fn install_translation(&mut self, vcpu_page: u32, len: u32) -> Result<(), LdtError> {
+        ldt::set_ldt_entry(TC_CODE_SLOT, &LdtDescriptor::flat_code32())?;
+        let page = LdtDescriptor {
+            base: vcpu_page,
+            limit: len - 1,
+            limit_in_pages: false,
+            ..LdtDescriptor::flat_data32()
+        };
+        ldt::set_ldt_entry(SCRATCH_SLOT, &page)?;
+        self.writes += 2;
         Ok(())
     }
 
@@ -145,12 +188,17 @@ mod tests {
 
     #[test]
     fn selectors_are_distinct_ldt_rpl3() {
-        let sels: Vec<u16> = [false, true]
+        let sels: Vec<u16> = [0u16, 1, 2]
             .iter()
             .flat_map(|&c| {
                 SegReg::ALL
                     .iter()
                     .map(move |r| ldt::ldt_selector(slot_of(*r, c)))
+                    .chain(
+                        [TC_CODE_SELECTOR, SCRATCH_SELECTOR]
+                            .into_iter()
+                            .filter(move |_| c == 0),
+                    )
             })
             .collect();
         for (i, s) in sels.iter().enumerate() {

@@ -33,6 +33,8 @@ mod page_fault;
 pub mod platform;
 pub mod shadow_backend;
 pub mod stats;
+pub mod tc;
+mod translate;
 mod trap;
 
 use std::io::Write;
@@ -56,6 +58,7 @@ use stats::Stats;
 
 pub use code::{EntryHook, HookError};
 pub use platform::spawn_stdin_reader;
+pub use translate::ExecMode;
 
 /// Default guest RAM size.
 /// The host exit status of a run the guest ended by resetting the machine (even, so never
@@ -82,6 +85,8 @@ pub struct VmConfig {
     pub serial_out: Box<dyn Write + Send>,
     /// Disk images for the primary IDE channel: the master's, then the slave's.
     pub disks: [Option<DiskImage>; 2],
+    /// How guest code is executed.
+    pub exec: ExecMode,
 }
 
 /// A disk image file a drive is attached to.
@@ -100,6 +105,7 @@ impl std::fmt::Debug for VmConfig {
             .field("kernel_path", &self.kernel_path)
             .field("append", &self.append)
             .field("disks", &self.disks)
+            .field("exec", &self.exec)
             .finish_non_exhaustive()
     }
 }
@@ -157,6 +163,9 @@ pub enum VmError {
     /// A code page could not be scanned or remapped.
     #[error("scan-before-execute")]
     Code(#[from] CodeError),
+    /// The translation cache could not be set up.
+    #[error("translation cache")]
+    Translation(#[from] tc::TcError),
 }
 
 /// How a run ended.
@@ -227,6 +236,8 @@ pub struct Vm {
     trace: bool,
     /// The attached debugger ([`debug`]).
     debug: Option<debug::DebugSession>,
+    /// Translate mode's state (`None` in patch mode).
+    tc: Option<translate::Translation>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -295,7 +306,11 @@ impl Vm {
         write_firmware(ram.as_mut_slice(), &layout)?;
         let (boot, state) = load_kernel(ram.as_mut_slice(), &config)?;
         // Probed here: CPUID faults in this process once the guest runs.
-        let mem = GuestMemory::new(ram, shadow_backend::host_has_exec_only())?;
+        let mut mem = GuestMemory::new(ram, shadow_backend::host_has_exec_only())?;
+        let tc = match config.exec {
+            ExecMode::Translate => Some(translate::Translation::new(&mut mem)?),
+            ExecMode::Patch => None,
+        };
         let platform = Platform::new(config.serial_out, &layout, state.msr.apic_base)?;
         for (unit, disk) in disks {
             lock(&platform.ide).attach(unit, Box::new(disk));
@@ -310,6 +325,7 @@ impl Vm {
             cpuid_faulting: false,
             trace: std::env::var_os("VMM_TRACE").is_some_and(|v| v == "1"),
             debug: None,
+            tc,
         })
     }
 
@@ -386,6 +402,7 @@ impl Vm {
             }
         }
         counters.extend(ports);
+        counters.extend(self.tc_counters());
         counters
     }
 
@@ -441,6 +458,11 @@ impl Vm {
         self.code.pages.also_patch.push(rewriter::Class::Int);
         let timer = VcpuTimer::new(&host.kicker())?;
         on_start(host.kicker());
+        if self.translating() {
+            let (page, len) = Self::tc_vcpu_page();
+            self.cpu.mirrors.install_translation(page, len)?;
+            self.cpu.mirrors.window = Some(tc::WINDOW_START);
+        }
         confine::install_monitor_allowlist()?;
         self.cpu.sync_mirrors(ALL_SEGMENTS, None)?;
         loop {
@@ -480,9 +502,26 @@ impl Vm {
             self.debug_before_entry();
             self.platform.arm_timer(&timer)?;
             let entry_eip = self.cpu.prepare_entry();
+            if self.translating() {
+                if let Some(step) = self.tc_enter()? {
+                    if let Some(outcome) = step? {
+                        let _ = timer.disarm();
+                        return Ok(outcome);
+                    }
+                    continue;
+                }
+            }
             let exit = host.run(&mut self.cpu.ctx);
+            let tc_exit = self.tc_exit(&exit);
             self.cpu.take_exit(&exit, entry_eip);
-            if let Some(outcome) = self.handle(&exit)? {
+            let step = match tc_exit {
+                Ok(translate::TcExit::Guest) => self.handle(&exit),
+                Ok(translate::TcExit::Gate {
+                    block, index, stub, ..
+                }) => self.tc_gate_exit(block, index, stub),
+                Err(reason) => self.failure(reason),
+            };
+            if let Some(outcome) = step? {
                 let _ = timer.disarm();
                 return Ok(outcome);
             }

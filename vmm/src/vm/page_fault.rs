@@ -53,6 +53,8 @@ impl Vm {
             self.code.pages.on_write(&mut self.mem.space, phys)?;
             // An instruction writing to its own page cannot run there once the page is
             // parked: let it run once more with the page open, and stop right after it.
+            // In translate mode its write is performed here instead (its page would
+            // be write-protected again by its own translation).
             let start = self.cpu.code_linear(self.cpu.state.eip);
             let len = self
                 .fetch()
@@ -60,6 +62,12 @@ impl Vm {
                 .map_or(1, |i| insn_len(&i));
             let last = start.wrapping_add(len - 1);
             let page = lin.page();
+            if self.translating() {
+                if [start, last].iter().any(|a| a.page() == page) {
+                    return self.emulate_write(lin, "its own code page");
+                }
+                return Ok(None);
+            }
             if [start, last].iter().any(|a| a.page() == page) {
                 let page = phys.page();
                 self.code.pages.open_for_step(&mut self.mem.space, page)?;
@@ -126,10 +134,15 @@ impl Vm {
                 // An instruction writing into its own page would fault on its next fetch
                 // and write again forever: do its write here instead.
                 let eip_lin = self.cpu.code_linear(self.cpu.state.eip);
-                let own_page = self
-                    .mem
-                    .code_phys(eip_lin, user)
-                    .is_some_and(|p| p.page() == gpa);
+                let len = self
+                    .fetch()
+                    .decode_at(self.cpu.state.eip)
+                    .map_or(1, |i| insn_len(&i));
+                let own_page = [eip_lin, eip_lin.wrapping_add(len - 1)].iter().any(|&a| {
+                    self.mem
+                        .code_phys(a, user)
+                        .is_some_and(|p| p.page() == gpa.page())
+                });
                 if own_page {
                     return self.emulate_write(lin, "its own code page");
                 }

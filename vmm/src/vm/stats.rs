@@ -41,6 +41,10 @@ pub enum ExitReason {
     HiddenPageFault,
     /// A guest write to one of its page-table pages, applied by the monitor.
     TableWrite,
+    /// Translate mode: a block ended in an exit that is not chained yet (a direct
+    /// branch or fall-through) or an indirect branch whose target was not in the lookup
+    /// table; the target's block is found or translated.
+    TranslationExit,
 }
 
 impl ExitReason {
@@ -61,6 +65,7 @@ impl ExitReason {
             Self::EmulatedAccess => "emulated_access",
             Self::HiddenPageFault => "hidden_page_fault",
             Self::TableWrite => "table_write",
+            Self::TranslationExit => "translation_exit",
         }
     }
 }

@@ -281,6 +281,12 @@ pub struct CodePages {
     conditional: HashMap<u32, Vec<Site>>,
     /// Counters.
     pub stats: CodeStats,
+    /// Translate mode: guest-physical pages the translation cache holds blocks of,
+    /// write-protected like armed pages (nothing is patched in them).
+    translated: HashSet<u32>,
+    /// Translated pages written since the run loop last took them: their blocks are
+    /// stale ([`CodePages::take_written`]).
+    written: Vec<u32>,
 }
 
 fn page_of(addr: u32) -> u32 {
@@ -338,7 +344,62 @@ impl CodeMemoryMut for Reconcile<'_> {
 impl CodePages {
     /// Whether `addr`'s page is scanned and executable.
     pub fn is_armed(&self, addr: GuestPhys) -> bool {
-        self.armed.contains_key(&page_of(addr.raw()))
+        let page = page_of(addr.raw());
+        self.armed.contains_key(&page) || self.translated.contains(&page)
+    }
+
+    /// Translate mode: the translation cache took a block from guest-physical `page`.
+    /// Returns whether the page is new to the set (paging off, its 1:1 mapping is then
+    /// write-protected here; with paging on the caller marks it in the shadow state).
+    ///
+    /// # Errors
+    /// [`CodeError::Map`] when the host mapping could not be changed.
+    pub fn arm_translated(
+        &mut self,
+        space: &mut LinearSpace,
+        page: GuestPhys,
+        paging: bool,
+    ) -> Result<bool, CodeError> {
+        let page = page_of(page.raw());
+        if !self.translated.insert(page) {
+            return Ok(false);
+        }
+        if !paging {
+            space
+                .protect(identity(page), PAGE_SIZE, Prot::R)
+                .map_err(map_err(page))?;
+        }
+        Ok(true)
+    }
+
+    /// The translated pages written since the last call (their blocks must go).
+    pub fn take_written(&mut self) -> Vec<GuestPhys> {
+        std::mem::take(&mut self.written)
+            .into_iter()
+            .map(GuestPhys)
+            .collect()
+    }
+
+    /// Translate mode: forgets every translated page (the cache was flushed). With
+    /// paging off their 1:1 mappings become writable again.
+    ///
+    /// # Errors
+    /// [`CodeError::Map`] when the host mapping could not be changed.
+    pub fn forget_translated(
+        &mut self,
+        space: &mut LinearSpace,
+        paging: bool,
+    ) -> Result<Vec<GuestPhys>, CodeError> {
+        let pages: Vec<u32> = self.translated.drain().collect();
+        if !paging {
+            for &page in &pages {
+                space
+                    .protect(identity(page), PAGE_SIZE, Prot::RW)
+                    .map_err(map_err(page))?;
+            }
+        }
+        self.written.clear();
+        Ok(pages.into_iter().map(GuestPhys).collect())
     }
 
     fn learn_entry(&mut self, addr: u32) {
@@ -582,6 +643,13 @@ impl CodePages {
     /// [`CodeError::Map`] when the host mapping could not be changed.
     pub fn on_write(&mut self, space: &mut LinearSpace, addr: GuestPhys) -> Result<(), CodeError> {
         let page = page_of(addr.raw());
+        if self.translated.remove(&page) {
+            self.written.push(page);
+            self.stats.parks += 1;
+            return space
+                .protect(identity(page), PAGE_SIZE, Prot::RW)
+                .map_err(map_err(page));
+        }
         self.park(space, page, Prot::RW)?;
         if let Some(prev) = page.checked_sub(PAGE_SIZE) {
             if self.armed.get(&prev).is_some_and(Snapshot::straddles) {
@@ -728,6 +796,10 @@ impl CodePages {
     /// read-only, so the trap bytes are still in place): restore the original bytes.
     pub fn revert_physical(&mut self, ram: &GuestRam, page: GuestPhys) {
         let page = page_of(page.raw());
+        if self.translated.remove(&page) {
+            self.written.push(page);
+            self.stats.parks += 1;
+        }
         self.patches.revert_page(&mut RamCode(ram), page);
         if self.armed.remove(&page).is_some() {
             self.stats.parks += 1;

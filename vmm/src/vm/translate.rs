@@ -1,0 +1,700 @@
+//! Translate mode (ARCHITECTURE §5): the run loop's side of the translation cache.
+//!
+//! Before an entry the block for the guest's EIP is found or translated ([`Vm::tc_enter`])
+//! and the CPU is entered at its TC address with the TC's code segment and the vCPU-page
+//! segment in place of the guest's CS and reserved register. After the exit the TC
+//! address is turned back into guest state ([`Vm::tc_exit`]): a gate exit names its exit
+//! stub through the exit slot; any other exit (a fault, a page fault, a timer) lands on
+//! an emitted instruction whose side-table entry says where the guest is. From there on
+//! the exit is an ordinary guest exit, handled as in patch mode, except the gate exits,
+//! handled here ([`Vm::tc_gate_exit`]).
+//!
+//! Single steps (the guest's TF, the monitor's own steps, a debugger's) run blocks of one
+//! guest instruction that are never chained nor looked up; the step trap is the block's
+//! exit. The host's TF is never used in this mode.
+
+use iced_x86::Instruction;
+use rewriter::translate::{
+    CodeReader, CodeSegment, CodeSize, ExitKind, ExitStub, GuestEip, Refusal, SLOT_ECX, SLOT_EDX,
+    SLOT_EXIT, SLOT_TARGET,
+};
+use rewriter::Class;
+use shadow_paging::Access;
+
+use super::code::CodePages;
+use super::guest_memory::GuestMemory;
+use super::handle::Step;
+use super::mirrors::{SCRATCH_SELECTOR, TC_CODE_SELECTOR};
+use super::stats::ExitReason;
+use super::tc::{Key, TcError, TranslationCache, GATE, VCPU_PAGE, WINDOW_START};
+use super::{Vm, VmError};
+use crate::addr::{GuestLinear, GuestPhys};
+use crate::hostcpu::{HostExit, HostExitKind};
+use crate::vcpu::exit::GuestExit;
+use crate::vcpu::Fault;
+use crate::x86::{cr0, eflags, Exception, SegReg};
+
+/// How guest code is executed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExecMode {
+    /// From the translation cache: only the translator's output executes.
+    #[default]
+    Translate,
+    /// In place, sensitive instructions patched with trap bytes. Not isolating: guest
+    /// code the scanner did not decode the way the CPU does runs as it is.
+    Patch,
+}
+
+impl std::str::FromStr for ExecMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "translate" => Ok(Self::Translate),
+            "patch" => Ok(Self::Patch),
+            _ => Err(format!("`{s}`: expected `translate` or `patch`")),
+        }
+    }
+}
+
+impl std::fmt::Display for ExecMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Translate => "translate",
+            Self::Patch => "patch",
+        })
+    }
+}
+
+/// si_code of a single-step SIGTRAP, for the step trap a one-instruction block's exit
+/// stands for.
+const TRAP_TRACE: i32 = 2;
+
+/// A chain or lookup entry the next entry should make: the exit `exit` of block `from`
+/// wants the block for `target`.
+#[derive(Debug, Clone, Copy)]
+struct Link {
+    from: usize,
+    exit: usize,
+    target: u32,
+    lookup: bool,
+    generation: u64,
+}
+
+/// The run loop's translate-mode state.
+#[derive(Debug)]
+pub struct Translation {
+    /// The cache.
+    pub tc: TranslationCache,
+    link: Option<Link>,
+    /// The block entered last.
+    entered: Option<usize>,
+    /// The guest's TF, kept out of the host's EFLAGS while translated code runs.
+    guest_tf: u32,
+    /// The pinned entries (breakpoints, served entry points) the cache was built with.
+    pins: (usize, u32),
+    /// Bumped when the cache is flushed: block indices from before are stale.
+    generation: u64,
+    /// The next entry runs one instruction with FPU instructions native (an FPU
+    /// instruction that executes although CR0.TS or CR0.EM is set: WAIT without MP).
+    fpu_once: bool,
+}
+
+impl Translation {
+    /// A cache mapped into `mem`'s linear space.
+    ///
+    /// # Errors
+    /// [`TcError`] when the window cannot be set up.
+    pub fn new(mem: &mut GuestMemory) -> Result<Self, TcError> {
+        Ok(Self {
+            tc: TranslationCache::new(&mut mem.space)?,
+            link: None,
+            entered: None,
+            guest_tf: 0,
+            pins: (0, 0),
+            generation: 0,
+            fpu_once: false,
+        })
+    }
+
+    fn flush(&mut self) {
+        self.tc.flush();
+        self.generation += 1;
+        self.link = None;
+    }
+}
+
+/// Guest code as the translator reads it: through the guest's translation for a fetch
+/// at the current privilege level, original bytes under pinned trap bytes.
+struct Reader<'a> {
+    mem: &'a GuestMemory,
+    pages: &'a CodePages,
+    user: bool,
+}
+
+impl Reader<'_> {
+    fn phys(&self, linear: u32) -> Option<GuestPhys> {
+        self.mem.code_neighbour_phys(GuestLinear(linear), self.user)
+    }
+}
+
+impl CodeReader for Reader<'_> {
+    fn fetch(&self, linear: u32, buf: &mut [u8]) -> Option<u64> {
+        let phys = self.phys(linear)?;
+        if u64::from(linear) >= u64::from(WINDOW_START) && !self.mem.paging.enabled() {
+            return None;
+        }
+        let got = self.pages.read_original(&self.mem.ram, phys, buf);
+        (got == buf.len()).then(|| u64::from(phys.page().raw()))
+    }
+
+    fn stop_before(&self, linear: u32) -> bool {
+        self.phys(linear)
+            .is_some_and(|p| self.pages.patches.is_entry(p.raw()))
+    }
+}
+
+/// Where an entry goes.
+enum Entry {
+    /// Into the TC at this address.
+    Run(u32),
+    /// Not entered: the exit was handled (a fault raised, a pinned site served).
+    Handled(Step),
+}
+
+impl Vm {
+    /// The translate-mode state, when the VM runs in translate mode.
+    pub(super) fn translating(&self) -> bool {
+        self.tc.is_some()
+    }
+
+    /// The code segment as the translator sees it.
+    fn code_segment(&self) -> CodeSegment {
+        let cs = self.cpu.state.sreg(SegReg::Cs);
+        CodeSegment {
+            base: cs.base,
+            limit: cs.limit,
+            size: if cs.db {
+                CodeSize::Bits32
+            } else {
+                CodeSize::Bits16
+            },
+        }
+    }
+
+    /// Prepares an entry in translate mode: the block for EIP (translated if needed) and
+    /// the host context that runs it. `None` when the guest was not entered this time
+    /// (the step says what the loop does next).
+    pub(super) fn tc_enter(&mut self) -> Result<Option<Step>, VmError> {
+        self.tc_sync()?;
+        match self.tc_entry()? {
+            Entry::Run(tc_addr) => {
+                let user = self.cpu.user();
+                let Some(t) = self.tc.as_mut() else {
+                    return Ok(None);
+                };
+                let ctx = &mut self.cpu.ctx;
+                ctx.eip = tc_addr;
+                ctx.cs = TC_CODE_SELECTOR;
+                if user {
+                    ctx.fs = SCRATCH_SELECTOR;
+                } else {
+                    ctx.gs = SCRATCH_SELECTOR;
+                }
+                t.guest_tf = self.cpu.state.eflags & eflags::TF;
+                ctx.eflags &= !eflags::TF;
+                Ok(None)
+            }
+            Entry::Handled(step) => Ok(Some(step)),
+        }
+    }
+
+    /// Drops blocks of pages written since the last entry, and the whole cache when the
+    /// pinned entries changed (blocks must stop before every one of them).
+    fn tc_sync(&mut self) -> Result<(), VmError> {
+        let written = self.code.pages.take_written();
+        let pins = {
+            let p = &self.code.pages.patches;
+            p.entries().fold((0usize, 0u32), |(n, x), a| {
+                (n + 1, x ^ a.rotate_left(u32::try_from(n % 32).unwrap_or(0)))
+            })
+        };
+        let Some(t) = self.tc.as_mut() else {
+            return Ok(());
+        };
+        for page in written {
+            t.tc.invalidate_page(page);
+        }
+        if pins != t.pins {
+            t.pins = pins;
+            t.flush();
+            let paging = self.mem.paging.enabled();
+            self.code
+                .pages
+                .forget_translated(&mut self.mem.space, paging)?;
+        }
+        Ok(())
+    }
+
+    /// The key of the block for the guest's state now, with the physical page of `phys`.
+    fn tc_key(&self, phys: GuestPhys) -> Key {
+        let s = &self.cpu.state;
+        let fpu_once = self.tc.as_ref().is_some_and(|t| t.fpu_once);
+        Key {
+            eip: s.eip,
+            cs: self.code_segment(),
+            stack32: s.sreg(SegReg::Ss).db,
+            user: self.cpu.user(),
+            exit_fpu: s.cr0 & (cr0::TS | cr0::EM) != 0 && !fpu_once,
+            single: self.cpu.step.is_some() || s.eflags & eflags::TF != 0 || fpu_once,
+            paging: self.mem.paging.enabled(),
+            phys: phys.page().raw(),
+        }
+    }
+
+    /// The fault an instruction fetch at `lin` raises, or a stop when it reaches no
+    /// memory the monitor can fetch from.
+    fn fetch_fault(&mut self, lin: u32) -> Step {
+        let user = self.cpu.user();
+        if self.mem.paging.enabled() {
+            let ctx = *self.mem.paging.shadow.context();
+            let mut ram = super::shadow_backend::RamPhys(&self.mem.ram);
+            match shadow_paging::walk(&mut ram, &ctx, GuestLinear(lin), Access::fetch(user)) {
+                Err(pf) => {
+                    self.mem.paging.stats.true_faults += 1;
+                    self.stats.exit(ExitReason::GuestPageFault);
+                    let fault = Fault::page_fault(pf.cr2, pf.error_code.0);
+                    return self.hand_to_vcpu(GuestExit::Exception(fault));
+                }
+                Ok(t) => {
+                    if let Some(p) = t.phys.below_4g() {
+                        if !self.mem.in_ram(p) {
+                            return self.failure(format!(
+                                "instruction fetch from {}, guest-physical {p}, where the guest has no RAM",
+                                GuestLinear(lin)
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        self.failure(format!(
+            "instruction fetch from {}, where the guest has no RAM",
+            GuestLinear(lin)
+        ))
+    }
+
+    /// Finds or translates the block for EIP.
+    fn tc_entry(&mut self) -> Result<Entry, VmError> {
+        let eip = self.cpu.state.eip;
+        let cs = self.code_segment();
+        let lin = cs.base.wrapping_add(eip);
+        let user = self.cpu.user();
+        if eip > cs.limit {
+            return Ok(Entry::Handled(
+                self.hand_to_vcpu(GuestExit::Exception(Fault::gp0())),
+            ));
+        }
+        // The fetch of the entry sets the accessed bits, as the CPU's would.
+        let phys = if self.mem.paging.enabled() {
+            let ctx = *self.mem.paging.shadow.context();
+            let mut ram = super::shadow_backend::RamPhys(&self.mem.ram);
+            shadow_paging::walk(&mut ram, &ctx, GuestLinear(lin), Access::fetch(user))
+                .ok()
+                .and_then(|t| t.phys.below_4g())
+                .filter(|p| self.mem.in_ram(*p))
+        } else {
+            self.mem.code_phys(GuestLinear(lin), user)
+        };
+        let Some(phys) = phys else {
+            return Ok(Entry::Handled(self.fetch_fault(lin)));
+        };
+        // A pinned entry (breakpoint, served entry point) is served before its
+        // instruction runs, unless the monitor is stepping over it right now.
+        let pinned = self.code.pages.patches.is_entry(phys.raw());
+        if pinned && self.cpu.step.is_none() {
+            let s = &mut self.cpu.state;
+            s.eip = s.eip.wrapping_add(1);
+            let before = self.cpu.state.eip;
+            let step = self.on_trap_byte(GuestLinear(lin));
+            if self.cpu.state.eip == before {
+                // No owner moved EIP back: nothing claimed the site. Run it.
+                self.cpu.state.eip = eip;
+            } else {
+                return Ok(Entry::Handled(step));
+            }
+        }
+        let key = self.tc_key(phys);
+        let paging = key.paging;
+        let Some(t) = self.tc.as_mut() else {
+            return Ok(Entry::Handled(Ok(None)));
+        };
+        let mut found = t.tc.find(&key);
+        if let Some(i) = found {
+            // A block straddling into the next linear page depends on that page's
+            // mapping too.
+            let stale = t.tc.block(i).block.pages.iter().skip(1).any(|p| {
+                self.mem
+                    .code_neighbour_phys(GuestLinear(p.linear), user)
+                    .is_none_or(|now| u64::from(now.page().raw()) != p.phys)
+            });
+            if stale {
+                found = None;
+            }
+        }
+        let i = match found {
+            Some(i) => i,
+            None => {
+                let reader = Reader {
+                    mem: &self.mem,
+                    pages: &self.code.pages,
+                    user,
+                };
+                let before = t.tc.stats.flushes;
+                let result = t.tc.translate(&reader, key);
+                if t.tc.stats.flushes != before {
+                    t.generation += 1;
+                    t.link = None;
+                    self.code
+                        .pages
+                        .forget_translated(&mut self.mem.space, paging)?;
+                }
+                let Some(t) = self.tc.as_mut() else {
+                    return Ok(Entry::Handled(Ok(None)));
+                };
+                match result {
+                    Ok(Ok(i)) => {
+                        for page in t.tc.pages_of(i) {
+                            let new = self.code.pages.arm_translated(
+                                &mut self.mem.space,
+                                page,
+                                paging,
+                            )?;
+                            if new && paging {
+                                self.mem.with_host(|shadow, host, _| {
+                                    shadow.mark_code(host, page, false)
+                                })?;
+                            }
+                        }
+                        i
+                    }
+                    Ok(Err(Refusal::Fetch { linear })) => {
+                        return Ok(Entry::Handled(self.fetch_fault(linear)))
+                    }
+                    Ok(Err(Refusal::SegmentLimit { .. })) => {
+                        return Ok(Entry::Handled(
+                            self.hand_to_vcpu(GuestExit::Exception(Fault::gp0())),
+                        ))
+                    }
+                    Ok(Err(e)) => {
+                        return Ok(Entry::Handled(self.failure(format!(
+                            "the translator refused {}: {e}",
+                            GuestLinear(lin)
+                        ))))
+                    }
+                    Err(e) => {
+                        return Ok(Entry::Handled(
+                            self.failure(format!("translation cache: {e}")),
+                        ))
+                    }
+                }
+            }
+        };
+        let Some(t) = self.tc.as_mut() else {
+            return Ok(Entry::Handled(Ok(None)));
+        };
+        if let Some(link) = t.link.take() {
+            if link.generation == t.generation && link.target == eip && !pinned && !key.single {
+                if link.lookup {
+                    t.tc.enter_lookup(i);
+                } else {
+                    t.tc.chain(link.from, link.exit, i);
+                }
+            }
+        }
+        t.entered = Some(i);
+        t.fpu_once = false;
+        Ok(Entry::Run(t.tc.block(i).block.entry()))
+    }
+
+    /// Turns the host context of an exit from translated code back into guest state.
+    /// Returns the exit to handle: unchanged, or `None` for a gate exit (handled by
+    /// [`Vm::tc_gate_exit`], whose stub is returned).
+    pub(super) fn tc_exit(&mut self, exit: &HostExit) -> Result<TcExit, String> {
+        let Some(t) = self.tc.as_mut() else {
+            return Ok(TcExit::Guest);
+        };
+        if matches!(exit.kind, HostExitKind::BadEntry(_)) {
+            return Ok(TcExit::Guest);
+        }
+        let ctx = &mut self.cpu.ctx;
+        // Not entered at all (a pending timer): the context still holds the entry.
+        if let HostExitKind::Async { .. } = exit.kind {
+            if exit.signo == 0 || exit.cs != TC_CODE_SELECTOR {
+                ctx.eip = self.cpu.state.eip;
+                ctx.eflags |= t.guest_tf;
+                return Ok(TcExit::Guest);
+            }
+        }
+        ctx.eflags |= t.guest_tf;
+        let rip = ctx.eip;
+        let at_gate = rip == GATE || rip == GATE.wrapping_add(1);
+        if at_gate {
+            let slot = t.tc.slot(SLOT_EXIT);
+            let Some((block, index, stub)) = t.tc.exit_for(slot) else {
+                return Err(format!(
+                    "an exit reached the gate with exit slot {slot:#010x}, which names no exit stub"
+                ));
+            };
+            ctx.eip = match stub.guest {
+                GuestEip::At(e) => e,
+                GuestEip::TargetSlot => t.tc.slot(SLOT_TARGET),
+            };
+            return Ok(TcExit::Gate { block, index, stub });
+        }
+        let Some((_, entry)) = t.tc.at(rip) else {
+            return Err(format!(
+                "the CPU stopped at {rip:#010x}, outside every translated block"
+            ));
+        };
+        let Some(entry) = entry.copied() else {
+            return Err(format!(
+                "the CPU stopped at {rip:#010x}, between the instructions of a translated block"
+            ));
+        };
+        let fault = matches!(
+            exit.kind,
+            HostExitKind::Fault { .. } | HostExitKind::PageFault { .. }
+        );
+        if fault
+            && !entry.can_fault
+            && !matches!(
+                exit.kind,
+                HostExitKind::Fault {
+                    vector: Exception::BP | Exception::OF,
+                    ..
+                }
+            )
+        {
+            return Err(format!(
+                "translated code faulted at {rip:#010x} in an instruction that touches only monitor state ({:?})",
+                exit.kind
+            ));
+        }
+        if entry.restore_scratch {
+            ctx.ecx = t.tc.slot(SLOT_ECX);
+            ctx.edx = t.tc.slot(SLOT_EDX);
+        }
+        ctx.eip = match entry.guest {
+            GuestEip::At(e) => e,
+            GuestEip::TargetSlot => t.tc.slot(SLOT_TARGET),
+        };
+        if let HostExitKind::PageFault { error_code, .. } = exit.kind {
+            if error_code & crate::x86::pf_error::I != 0 {
+                return Err(format!(
+                    "an instruction fetch from guest memory at {:#x}: only the translation cache executes",
+                    exit.addr.raw()
+                ));
+            }
+        }
+        Ok(TcExit::Guest)
+    }
+
+    /// Handles a gate exit: `stub` of block `block` was taken (EIP is the guest's
+    /// already).
+    pub(super) fn tc_gate_exit(&mut self, block: usize, index: usize, stub: ExitStub) -> Step {
+        let single = self
+            .tc
+            .as_ref()
+            .is_some_and(|t| t.tc.block(block).key.single);
+        match stub.kind {
+            ExitKind::Direct { .. } | ExitKind::IndirectMiss => {
+                self.stats.exit(ExitReason::TranslationExit);
+                let stepping = self.cpu.step.is_some() || self.cpu.state.eflags & eflags::TF != 0;
+                if single && stepping {
+                    // One guest instruction ran: that is the step's trap.
+                    let trap = HostExit::step_trap(TRAP_TRACE);
+                    return self.handle(&trap);
+                }
+                let eip = self.cpu.state.eip;
+                if let Some(t) = self.tc.as_mut() {
+                    t.link = Some(Link {
+                        from: block,
+                        exit: index,
+                        target: eip,
+                        lookup: stub.kind == ExitKind::IndirectMiss,
+                        generation: t.generation,
+                    });
+                }
+                Ok(None)
+            }
+            kind => {
+                if self.finish_step(false)? {
+                    return Ok(None);
+                }
+                self.tc_emulate(kind)
+            }
+        }
+    }
+
+    /// An exit for an instruction that may not run from the TC: emulate it, or raise
+    /// what the CPU would.
+    fn tc_emulate(&mut self, kind: ExitKind) -> Step {
+        let eip = self.cpu.state.eip;
+        let site = self.cpu.code_linear(eip);
+        let instr = self.fetch().decode_at(eip);
+        match kind {
+            ExitKind::Undefined => {
+                self.stats.exit(ExitReason::GuestException);
+                let (bytes, n) = self.fetch().read(site);
+                let _ = bytes;
+                // 15 bytes that decode to nothing longer than the limit: #GP(0) for an
+                // encoding past 15 bytes; #UD otherwise.
+                let too_long = n == 15 && instr.is_none() && self.too_long(site);
+                let fault = if too_long {
+                    Fault::gp0()
+                } else {
+                    Fault::new(Exception::UD)
+                };
+                self.hand_to_vcpu(GuestExit::Exception(fault))
+            }
+            ExitKind::SegmentOverride => {
+                self.stats.exit(ExitReason::EmulatedAccess);
+                let Some(instr) = instr else {
+                    return self.hand_to_vcpu(GuestExit::Exception(Fault::new(Exception::UD)));
+                };
+                self.emulate_access(&instr, site)
+            }
+            ExitKind::Sensitive(class) => {
+                self.stats.exit(ExitReason::RewriteTrap);
+                self.stats.site(site, class.name());
+                let Some(original) = instr else {
+                    return self.hand_to_vcpu(GuestExit::Exception(Fault::new(Exception::UD)));
+                };
+                if class == Class::Fpu {
+                    return self.tc_fpu(&original);
+                }
+                if class == Class::Privileged {
+                    // SMM, VMX, SVM, SMX and 64-bit-only system instructions: this vCPU
+                    // has none of those features, so each raises #UD (at the host's CPL
+                    // 3 they fault natively, which patch mode relies on).
+                    return self.hand_to_vcpu(GuestExit::Exception(Fault::new(Exception::UD)));
+                }
+                self.hand_to_vcpu(GuestExit::Patched { original })
+            }
+            ExitKind::Unsupported => {
+                // What the translator does not reproduce (RSM, GETSEC, MOV from a test
+                // register, transactional memory) raises #UD at the host's CPL 3 and
+                // outside SMM, SMX and RTM, as on this vCPU, which has none of them.
+                self.stats.exit(ExitReason::GuestException);
+                self.hand_to_vcpu(GuestExit::Exception(Fault::new(Exception::UD)))
+            }
+            ExitKind::Direct { .. } | ExitKind::IndirectMiss => Ok(None),
+        }
+    }
+
+    /// Whether the bytes at `site` are a run of prefixes longer than an instruction may
+    /// be (#GP rather than #UD).
+    fn too_long(&self, site: GuestLinear) -> bool {
+        let (bytes, n) = self.fetch().read(site);
+        bytes[..n].iter().all(|b| {
+            matches!(
+                b,
+                0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x66 | 0x67 | 0xf0 | 0xf2 | 0xf3
+            )
+        })
+    }
+
+    /// An FPU instruction that exited because CR0.TS or CR0.EM was set when its block
+    /// was translated: raise what CR0 says now; if nothing is due any more, the next
+    /// entry translates it to run natively.
+    fn tc_fpu(&mut self, original: &Instruction) -> Step {
+        let fault = rewriter::fpu_kind(original.code())
+            .and_then(|kind| crate::vcpu::fpu::device_fault(self.cpu.state.cr0, kind));
+        match fault {
+            Some(fault) => self.hand_to_vcpu(GuestExit::Exception(fault)),
+            None => {
+                if let Some(t) = self.tc.as_mut() {
+                    t.fpu_once = self.cpu.state.cr0 & (cr0::TS | cr0::EM) != 0;
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Translate mode: paging or the address space changed.
+    pub(super) fn tc_address_space_changed(&mut self, mode_changed: bool) -> Result<(), VmError> {
+        let Some(t) = self.tc.as_mut() else {
+            return Ok(());
+        };
+        if mode_changed {
+            t.flush();
+            self.code
+                .pages
+                .forget_translated(&mut self.mem.space, true)?;
+        } else {
+            t.tc.address_space_changed();
+            t.link = None;
+        }
+        Ok(())
+    }
+
+    /// Counters of the translation cache for `--stats`.
+    pub(super) fn tc_counters(&self) -> Vec<(&'static str, u64)> {
+        let Some(t) = self.tc.as_ref() else {
+            return Vec::new();
+        };
+        let s = t.tc.stats;
+        vec![
+            ("tc_blocks_translated", s.blocks),
+            ("tc_bytes", s.bytes),
+            ("tc_chains", s.chains),
+            ("tc_unchains", s.unchains),
+            ("tc_lookup_misses", s.lookups_missed),
+            ("tc_monitor_hits", s.hits),
+            ("tc_invalidations", s.invalidations),
+            ("tc_flushes", s.flushes),
+            ("tc_table_clears", s.table_clears),
+        ]
+    }
+
+    /// The vCPU page's linear address and its segment length (for the mirrors).
+    pub(super) fn tc_vcpu_page() -> (u32, u32) {
+        (VCPU_PAGE, TranslationCache::vcpu_page_len())
+    }
+
+    /// A #GP(0) from an access the guest's own segment allows but whose linear range
+    /// reaches the monitor window (the mirrors stop below it): the monitor performs it
+    /// through the guest's translation. Returns the linear address.
+    pub(super) fn window_access(&self, instr: &Instruction) -> Option<GuestLinear> {
+        if !self.translating() {
+            return None;
+        }
+        let state = &self.cpu.state;
+        self.memory_operands(instr)
+            .into_iter()
+            .find_map(|(seg, off, size, _)| {
+                let cache = state.sreg(seg);
+                if !cache.contains(off, size) {
+                    return None;
+                }
+                let lin = u64::from(cache.base) + u64::from(off);
+                let last = lin + u64::from(size) - 1;
+                let reaches = last >= u64::from(WINDOW_START) || cache.is_expand_down();
+                reaches.then_some(GuestLinear(cache.base).wrapping_add(off))
+            })
+    }
+}
+
+/// What an exit from translated code is, once turned back into guest state.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum TcExit {
+    /// An ordinary guest exit (fault, page fault, timer): handle it as in patch mode.
+    Guest,
+    /// A gate exit through `stub` of `block`.
+    Gate {
+        block: usize,
+        index: usize,
+        stub: ExitStub,
+    },
+}
