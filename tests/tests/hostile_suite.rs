@@ -118,6 +118,7 @@ const ATTACKS: &[Attack] = &[
     row(W, "paging-exec", Pass),
     row(W, "paging-exec-top", Pass),
     row(W, "paging-absent", Pass),
+    row(W, "paging-push", Pass),
     // PUSH with ESP in memory without RAM is not emulated (a monitor gap, both engines).
     Attack {
         kernel: W,
@@ -144,8 +145,9 @@ const ATTACKS: &[Attack] = &[
     row(A, "alias-mov-cs", Pass),
 ];
 
-const PUSH_NOT_EMULATED: &str =
-    "by `push ecx`: only moves, read-modify-write and string stores are emulated there";
+/// The PUSH itself (at the window's first byte), not a fault delivered later on the same
+/// stack, is what the monitor must stop at.
+const PUSH_NOT_EMULATED: &str = "access to 0xfc000000 (page 0, no RAM, or patched code) by `push";
 const FETCH_NO_RAM: &str = "instruction fetch from 0xfc000000, where the guest has no RAM";
 
 /// The escape kernels, in table order.
@@ -237,24 +239,32 @@ fn each_check_alone(mode: &str, expect: impl Fn(&Attack) -> Expect) -> Vec<Strin
 
 #[test]
 fn translate_runs_every_escape_kernel_as_bare_metal_does() {
+    let mut wrong = Vec::new();
     for kernel in kernels() {
         let out = run("translate", kernel, "");
-        let output = out.all_output();
-        assert_eq!(out.signal, None, "{kernel}: killed by a signal\n{output}");
-        assert_eq!(out.status, Some(1), "{kernel}: exit status\n{output}");
         let report = parse_report(&out.stdout);
-        assert!(report.all_passed(), "{kernel}: a check failed\n{output}");
         let seen: BTreeSet<&str> = report.checks.iter().map(|(n, _)| check_name(n)).collect();
         let listed: BTreeSet<&str> = ATTACKS
             .iter()
             .filter(|a| a.kernel == kernel && !a.opt_in)
             .map(|a| a.check)
             .collect();
-        assert_eq!(
-            seen, listed,
-            "{kernel}: the checks it reports are not the table's\n{output}"
-        );
+        let problem = if out.signal.is_some() || out.timed_out() {
+            Some(format!("crashed or hung (signal {:?})", out.signal))
+        } else if out.status != Some(1) || !report.all_passed() {
+            Some(format!("status {:?}, a check failed", out.status))
+        } else if seen != listed {
+            Some(format!(
+                "reports the checks {seen:?}, the table lists {listed:?}"
+            ))
+        } else {
+            None
+        };
+        if let Some(p) = problem {
+            wrong.push(format!("{kernel}: {p}\n{}", out.all_output()));
+        }
     }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
 }
 
 #[test]
