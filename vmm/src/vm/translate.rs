@@ -101,6 +101,9 @@ pub struct Translation {
     /// The next entry runs one instruction with this segment register rebased to the
     /// bounce pages ([`Vm::tc_window_access`]).
     bounce: Option<SegReg>,
+    /// Pages a bounced instruction may have written behind the write protection of
+    /// translated code: their blocks go once it ran.
+    bounced_writes: Vec<GuestPhys>,
 }
 
 impl Translation {
@@ -118,6 +121,7 @@ impl Translation {
             generation: 0,
             fpu_once: false,
             bounce: None,
+            bounced_writes: Vec::new(),
         })
     }
 
@@ -227,6 +231,18 @@ impl Vm {
     /// Drops blocks of pages written since the last entry, and the whole cache when the
     /// pinned entries changed (blocks must stop before every one of them).
     fn tc_sync(&mut self) -> Result<(), VmError> {
+        let bounced = self
+            .tc
+            .as_mut()
+            .map(|t| std::mem::take(&mut t.bounced_writes))
+            .unwrap_or_default();
+        for page in bounced {
+            if self.code.pages.is_armed(page) {
+                self.code.pages.revert_physical(&self.mem.ram, page);
+                self.mem
+                    .with_host(|shadow, host, _| shadow.unmark_code(host, page.page()))?;
+            }
+        }
         let written = self.code.pages.take_written();
         let pins = {
             let p = &self.code.pages.patches;
@@ -758,20 +774,25 @@ impl Vm {
                 },
             }
         }
-        let mediated = pages.iter().any(|p| {
-            self.mem.paging.shadow.is_page_table(p.page()) || self.code.pages.is_armed(*p)
-        });
-        if mediated && a.write {
+        let table = pages
+            .iter()
+            .any(|p| self.mem.paging.shadow.is_page_table(p.page()));
+        if table && a.write {
             return self.emulate_access(instr, a.lin);
         }
         super::tc::map_bounce(&mut self.mem.space, &self.mem.ram, &pages, a.write)?;
         let base = self.cpu.state.sreg(a.seg).base;
-        let rebased = base
-            .wrapping_add(BOUNCE)
-            .wrapping_sub(a.lin.page().raw());
-        self.cpu.mirrors.set_bounce(rebased, a.write)?;
+        let rebased = base.wrapping_add(BOUNCE).wrapping_sub(a.lin.page().raw());
+        // SS takes only writable data segments; the bounce pages' own protection keeps
+        // a read a read.
+        self.cpu
+            .mirrors
+            .set_bounce(rebased, a.write || a.seg == SegReg::Ss)?;
         if let Some(t) = self.tc.as_mut() {
             t.bounce = Some(a.seg);
+            if a.write {
+                t.bounced_writes = pages;
+            }
         }
         Ok(None)
     }

@@ -111,7 +111,15 @@ pub fn data_access(
     let compare = instr.op0_kind() == OpKind::Memory && matches!(m, M::Cmp | M::Test);
     let string_read = matches!(
         m,
-        M::Lodsb | M::Lodsw | M::Lodsd | M::Cmpsb | M::Cmpsw | M::Cmpsd | M::Scasb | M::Scasw | M::Scasd
+        M::Lodsb
+            | M::Lodsw
+            | M::Lodsd
+            | M::Cmpsb
+            | M::Cmpsw
+            | M::Cmpsd
+            | M::Scasb
+            | M::Scasw
+            | M::Scasd
     );
     if into_register || compare || string_read {
         return run(s, bus, instr);

@@ -36,8 +36,8 @@ pub(crate) fn load_compare(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<
         Code::Scasd_EAX_m32 => (4, Kind::Scas),
         _ => return Err(Stop::Unsupported(Unsupported::Instruction(i.mnemonic()))),
     };
-    let a16 = (0..i.op_count())
-        .any(|n| matches!(i.op_kind(n), OpKind::MemorySegSI | OpKind::MemoryESDI));
+    let a16 =
+        (0..i.op_count()).any(|n| matches!(i.op_kind(n), OpKind::MemorySegSI | OpKind::MemoryESDI));
     let (di, si, cx_reg) = if a16 {
         (Register::DI, Register::SI, Register::CX)
     } else {
@@ -110,8 +110,8 @@ pub(crate) fn load_compare(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<
 mod tests {
     use super::*;
     use crate::vcpu::emulate::mediated::data_access;
-    use crate::vcpu::testbus::TestBus;
     use crate::vcpu::state::gpr;
+    use crate::vcpu::testbus::TestBus;
     use iced_x86::{Decoder, DecoderOptions};
 
     fn put(bus: &mut TestBus, at: u32, bytes: &[u8]) {
