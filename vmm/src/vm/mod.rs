@@ -249,6 +249,31 @@ impl std::fmt::Debug for Vm {
     }
 }
 
+/// What the kernel parameter `reservetop` asks an i386 Linux kernel to leave free at the
+/// top of its address space: the monitor window of translate mode. Linux keeps this
+/// parameter for monitors that live there (VMware's and Xen's did); without it the
+/// kernel's fixmap, entry stacks, GDT and IDT land in the window and every access to
+/// them is performed by the monitor.
+const LINUX_RESERVETOP: &str = "reservetop=64M";
+const _: () = assert!(tc::WINDOW_SIZE == 64 << 20);
+
+/// A Linux kernel's command line: the user's, plus `reservetop` in translate mode unless
+/// the user gave one.
+fn linux_command_line(append: &str, exec: ExecMode) -> String {
+    if exec != ExecMode::Translate
+        || append
+            .split_whitespace()
+            .any(|w| w.starts_with("reservetop="))
+    {
+        return append.to_string();
+    }
+    if append.trim().is_empty() {
+        LINUX_RESERVETOP.to_string()
+    } else {
+        format!("{append} {LINUX_RESERVETOP}")
+    }
+}
+
 /// Loads `config`'s kernel into `ram` by the protocol its content names (a bzImage's
 /// "HdrS" header, else Multiboot) and gives the vCPU state it starts with.
 fn load_kernel(ram: &mut [u8], config: &VmConfig) -> Result<(Boot, VcpuState), VmError> {
@@ -266,14 +291,14 @@ fn load_kernel(ram: &mut [u8], config: &VmConfig) -> Result<(Boot, VcpuState), V
         return Ok((Boot::Multiboot(boot), state));
     }
     let initrd = config.initrd.as_ref().map(|(_, bytes)| bytes.as_slice());
-    let boot =
-        linux::load_linux(ram, &config.kernel, &config.append, initrd).map_err(|source| {
-            let name = match &config.initrd {
-                Some((name, _)) if source.is_initrd() => format!("initrd {name}"),
-                _ => format!("kernel {}", config.kernel_path),
-            };
-            VmError::LinuxLoad { name, source }
-        })?;
+    let append = linux_command_line(&config.append, config.exec);
+    let boot = linux::load_linux(ram, &config.kernel, &append, initrd).map_err(|source| {
+        let name = match &config.initrd {
+            Some((name, _)) if source.is_initrd() => format!("initrd {name}"),
+            _ => format!("kernel {}", config.kernel_path),
+        };
+        VmError::LinuxLoad { name, source }
+    })?;
     let state = VcpuState::linux_entry(
         boot.entry,
         boot.boot_params,

@@ -603,7 +603,11 @@ impl Vm {
                 self.emulate_access(&instr, site)
             }
             ExitKind::Sensitive(class) => {
-                self.stats.exit(ExitReason::RewriteTrap);
+                self.stats.exit(match class {
+                    Class::In | Class::Out | Class::Ins | Class::Outs => ExitReason::PortIo,
+                    Class::Cpuid => ExitReason::Cpuid,
+                    _ => ExitReason::RewriteTrap,
+                });
                 self.stats.site(site, class.name());
                 let Some(original) = instr else {
                     return self.hand_to_vcpu(GuestExit::Exception(Fault::new(Exception::UD)));
