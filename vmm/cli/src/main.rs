@@ -346,7 +346,10 @@ fn bench_command(args: &BenchArgs) -> ExitCode {
         print!("{}", table.render());
     }
     if let Some(path) = &args.plot {
-        if let Err(e) = write_svg(path, plot::bench_svg(&table)) {
+        let written = std::fs::File::create(path)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+            .and_then(|file| write_svg(path, file, plot::bench_svg(&table)));
+        if let Err(e) = written {
             eprintln!("vmm: error: {e}");
             return ExitCode::from(EXIT_USAGE_ERROR);
         }
@@ -359,9 +362,50 @@ fn bench_command(args: &BenchArgs) -> ExitCode {
 }
 
 /// Writes a drawn picture to `path`; the error names the file.
-fn write_svg(path: &Path, svg: Result<String, plot::PlotError>) -> Result<(), String> {
+fn write_svg(
+    path: &Path,
+    mut file: std::fs::File,
+    svg: Result<String, plot::PlotError>,
+) -> Result<(), String> {
     let svg = svg.map_err(|e| format!("{}: {e}", path.display()))?;
-    std::fs::write(path, svg).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    file.write_all(svg.as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Kernel files up to this size are read whatever `--mem` says: an ELF kernel's file may
+/// hold much more than it loads (symbols, debug information).
+const KERNEL_FILE_MAX: u64 = 1 << 30;
+
+/// Reads the `what` (kernel, initrd) file at `path`, refusing an empty one and, without
+/// reading it all, one larger than `limit` bytes (more than can be loaded): a huge file or
+/// a device that never ends would otherwise fill host memory before any check.
+/// `bound` says what the limit is, for the message.
+fn read_input(what: &str, path: &Path, limit: u64, bound: &str) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let cannot = |e: io::Error| format!("cannot read {what} {}: {e}", path.display());
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let too_large = || {
+        format!(
+            "{what} {} is larger than {bound} ({limit} bytes): it cannot be loaded",
+            path.display()
+        )
+    };
+    // A regular file says its size; anything else is read up to the limit.
+    let meta = file.metadata().map_err(cannot)?;
+    if meta.is_file() && meta.len() > limit {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.is_empty() {
+        return Err(format!("{what} {} is empty", path.display()));
+    }
+    if bytes.len() as u64 > limit {
+        return Err(too_large());
+    }
+    Ok(bytes)
 }
 
 /// Prints an error with its chain of causes on one line.
@@ -401,11 +445,34 @@ fn run_command(mut args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE_ERROR);
         }
     };
+    // The output files are created before the guest runs: a path that cannot be written
+    // is refused now, not after the run (whose status it would then replace).
+    let mut stats_json = None;
+    let mut profile = None;
+    for (path, file) in [
+        (&args.stats_json, &mut stats_json),
+        (&args.profile, &mut profile),
+    ] {
+        if let Some(path) = path {
+            match std::fs::File::create(path) {
+                Ok(f) => *file = Some((path, f)),
+                Err(e) => {
+                    eprintln!("vmm: error: cannot write {}: {e}", path.display());
+                    return ExitCode::from(EXIT_USAGE_ERROR);
+                }
+            }
+        }
+    }
     let (kernel, kernel_path) = match &args.kernel {
-        Some(path) => match std::fs::read(path) {
+        Some(path) => match read_input(
+            "kernel",
+            path,
+            args.mem.max(KERNEL_FILE_MAX),
+            "both the guest's RAM and 1 GiB",
+        ) {
             Ok(bytes) => (bytes, path.display().to_string()),
             Err(e) => {
-                eprintln!("vmm: error: cannot read kernel {}: {e}", path.display());
+                eprintln!("vmm: error: {e}");
                 return ExitCode::from(EXIT_USAGE_ERROR);
             }
         },
@@ -417,10 +484,10 @@ fn run_command(mut args: RunArgs) -> ExitCode {
         ),
     };
     let initrd = match &args.initrd {
-        Some(path) => match std::fs::read(path) {
+        Some(path) => match read_input("initrd", path, args.mem, "the guest's RAM") {
             Ok(bytes) => Some((path.display().to_string(), bytes)),
             Err(e) => {
-                eprintln!("vmm: error: cannot read initrd {}: {e}", path.display());
+                eprintln!("vmm: error: {e}");
                 return ExitCode::from(EXIT_USAGE_ERROR);
             }
         },
@@ -524,7 +591,7 @@ fn run_command(mut args: RunArgs) -> ExitCode {
             proxy.print_stats();
         }
     }
-    if let Some(path) = &args.stats_json {
+    if let Some((path, mut file)) = stats_json {
         let mut json = vm.stats().to_json(&vm.counters(), STATS_TOP_SITES);
         json["unclaimed_accesses"] = vm
             .unclaimed_accesses()
@@ -535,12 +602,12 @@ fn run_command(mut args: RunArgs) -> ExitCode {
         if let Some(proxy) = &proxy {
             proxy.add_stats_json(&mut json);
         }
-        if let Err(e) = std::fs::write(path, format!("{json:#}\n")) {
+        if let Err(e) = file.write_all(format!("{json:#}\n").as_bytes()) {
             eprintln!("vmm: error: cannot write {}: {e}", path.display());
             return ExitCode::from(EXIT_USAGE_ERROR);
         }
     }
-    if let Some(path) = &args.profile {
+    if let Some((path, file)) = profile {
         let reasons: Vec<(&str, u64)> = vm
             .stats()
             .exits()
@@ -548,7 +615,7 @@ fn run_command(mut args: RunArgs) -> ExitCode {
             .map(|(reason, count)| (reason.name(), *count))
             .collect();
         let sites = vm.stats().top_sites(PROFILE_TOP_SITES);
-        if let Err(e) = write_svg(path, plot::profile_svg(&reasons, &sites)) {
+        if let Err(e) = write_svg(path, file, plot::profile_svg(&reasons, &sites)) {
             eprintln!("vmm: error: {e}");
             return ExitCode::from(EXIT_USAGE_ERROR);
         }

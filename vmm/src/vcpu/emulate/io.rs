@@ -2,7 +2,7 @@
 //! DF, the address size of the string operand and the segment override of OUTS.
 
 use super::operands::{linear, read_gpr, read_mem, write_gpr, write_mem};
-use super::{Ctx, Outcome, Res, Stop};
+use super::{Ctx, Outcome, Res, Stop, REP_BATCH};
 use crate::addr::GuestLinear;
 use crate::bits::low16;
 use crate::vcpu::descriptor::system_type;
@@ -10,10 +10,6 @@ use crate::vcpu::state::{gpr, VcpuState};
 use crate::vcpu::{Effects, Fault, GuestBus};
 use crate::x86::{eflags, SegReg};
 use iced_x86::{Mnemonic, OpKind, Register};
-
-/// Iterations of a REP string instruction done per emulation; the instruction is
-/// restarted (EIP unchanged) for the rest, so pending interrupts are not starved.
-const REP_BATCH: u32 = 4096;
 
 /// I/O permission (SDM Vol. 1 §18.5.2): allowed in real mode and when CPL ≤ IOPL;
 /// otherwise every bit for `port .. port + size` in the 32-bit TSS's I/O permission
@@ -152,4 +148,56 @@ fn string(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
         }
     }
     Ok(Outcome::Next(Effects::NONE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::exec;
+    use super::super::{Emulated, REP_BATCH};
+    use crate::vcpu::state::gpr;
+    use crate::vcpu::testbus::TestBus;
+
+    #[test]
+    fn long_rep_insb_stops_after_a_batch_and_resumes_in_place() {
+        let mut bus = TestBus::new();
+        let mut s = bus.protected_state();
+        let n = 2 * REP_BATCH + 7;
+        bus.ins.insert(0x60, 0x5a);
+        s.gpr[gpr::EDX] = 0x60;
+        s.gpr[gpr::ECX] = n;
+        s.gpr[gpr::EDI] = 0x1_0000;
+        let eip = s.eip;
+        let mut exits = 0;
+        while s.eip == eip {
+            assert!(matches!(
+                exec(&mut s, &mut bus, &[0xf3, 0x6c]),
+                Ok(Emulated::Done(_))
+            ));
+            exits += 1;
+            let done = (n - s.gpr[gpr::ECX]).min(exits * REP_BATCH);
+            assert_eq!(s.gpr[gpr::EDI], 0x1_0000 + done);
+        }
+        assert_eq!(exits, 3);
+        assert_eq!(s.eip, eip + 2);
+        assert_eq!(s.gpr[gpr::ECX], 0);
+        let end = usize::try_from(0x1_0000 + n).unwrap();
+        assert!(bus.ram[0x1_0000..end].iter().all(|&b| b == 0x5a));
+    }
+
+    #[test]
+    fn rep_outsw_of_exactly_one_batch_finishes_in_one_exit() {
+        let mut bus = TestBus::new();
+        let mut s = bus.protected_state();
+        s.gpr[gpr::EDX] = 0x3f8;
+        s.gpr[gpr::ECX] = REP_BATCH;
+        s.gpr[gpr::ESI] = 0x1_0000;
+        let eip = s.eip;
+        assert!(matches!(
+            exec(&mut s, &mut bus, &[0x66, 0xf3, 0x6f]),
+            Ok(Emulated::Done(_))
+        ));
+        assert_eq!(s.eip, eip + 3);
+        assert_eq!(s.gpr[gpr::ESI], 0x1_0000 + 2 * REP_BATCH);
+        assert_eq!(bus.outs.len(), usize::try_from(REP_BATCH).unwrap());
+    }
 }

@@ -15,7 +15,8 @@ use iced_x86::{Instruction, Mnemonic, OpKind};
 /// What a mediated instruction did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mediated {
-    /// Done; EIP is past the instruction.
+    /// Done; EIP is past the instruction, or still on a REP string store that has
+    /// elements left after a batch (the guest executes it again for them).
     Done,
     /// Not an instruction form mediation performs; nothing changed.
     Unsupported,

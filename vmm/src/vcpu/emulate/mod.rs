@@ -2,6 +2,10 @@
 //! group. [`emulate`] is precise: when the instruction faults, the state is left exactly
 //! as it was (registers are computed on a copy and committed on success), except for
 //! REP string I/O, which faults with the completed iterations committed as hardware does.
+//! A REP string instruction does at most [`REP_BATCH`] elements per emulation and then
+//! stops with EIP still on it and its counter and pointers advanced, as the processor
+//! leaves an interrupted REP: the run loop serves timers and input between batches and
+//! the guest re-executes the instruction for the rest.
 
 pub mod alu;
 pub mod cmpxchg;
@@ -31,6 +35,10 @@ use super::state::{gpr, VcpuState};
 use super::{Effects, Fault, GuestBus};
 use crate::x86::{eflags, Exception, SegReg};
 use iced_x86::{Instruction, Mnemonic};
+
+/// Elements a REP string instruction moves per emulation (one exit): bounds the time
+/// the monitor spends in one exit whatever ECX the guest chose.
+pub const REP_BATCH: u32 = 4096;
 
 /// Operations the emulator recognises but does not implement; the run loop stops the
 /// VM with a diagnostic rather than let the guest continue with wrong state.
