@@ -18,7 +18,7 @@
 //! descriptors the kernel does not refresh after `modify_ldt`, when the LDT changed.
 
 use std::mem::offset_of;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8};
 
 use super::regs::low32;
 
@@ -145,7 +145,17 @@ pub(crate) enum Landing {
     AsyncInWindow = 2,
     /// Loading the guest's segments or the `iretq` faulted.
     EntryFault = 3,
+    /// Translated code left through the gate (a far jump to [`gate_entry`]): the
+    /// guest's registers were saved by the gate, no signal was involved.
+    Gate = 4,
 }
+
+/// The block of the thread that runs translated code, for the gate, which reaches the
+/// monitor with the guest's stack and FS and so cannot use TLS. One such thread per
+/// process: the translation cache's gate is per VM, and a VM has one vCPU thread.
+pub(crate) static GATE_BLOCK: AtomicU64 = AtomicU64::new(0);
+/// The guest's EAX while the gate saves the other registers.
+static GATE_EAX: AtomicU64 = AtomicU64::new(0);
 
 /// The raw facts of one exit, as the handler found them.
 #[derive(Debug, Clone, Copy, Default)]
@@ -396,11 +406,75 @@ std::arch::global_asm!(
     gs = const offset_of!(GuestContext, gs),
 );
 
+// The gate (ARCHITECTURE §5b): translated code leaves with a far jump to the host's 64-bit
+// code selector at a two-instruction trampoline in the monitor window, which jumps here.
+// The guest's registers are stored into the context the run was entered with, the stack
+// becomes the monitor's (the one `vmm_hostcpu_enter` left), RFLAGS the monitor's, and the
+// landing pad finishes the way a signal exit does (the guest's FPU state saved, the
+// monitor's FS base and FPU control back). No guest memory is touched: the guest's ESP is
+// only read. A signal that lands here finds the host's 64-bit CS above 4 GiB and only
+// marks work pending.
+std::arch::global_asm!(
+    ".text",
+    ".p2align 4",
+    ".globl vmm_hostcpu_gate",
+    ".type vmm_hostcpu_gate,@function",
+    "vmm_hostcpu_gate:",
+    "mov [rip + {gate_eax}], rax",
+    "mov rax, [rip + {gate_block}]",
+    "mov rax, [rax + {ctx}]",
+    "mov [rax + {ebx}], ebx",
+    "mov [rax + {ecx}], ecx",
+    "mov [rax + {edx}], edx",
+    "mov [rax + {esi}], esi",
+    "mov [rax + {edi}], edi",
+    "mov [rax + {ebp}], ebp",
+    "mov [rax + {esp}], esp",
+    "mov ecx, [rip + {gate_eax}]",
+    "mov [rax + {eax}], ecx",
+    "mov dword ptr [rax + {eip}], 0",
+    "mov rdx, [rip + {gate_block}]",
+    "mov rsp, [rdx + {host_rsp}]",
+    "mov ecx, {host_ss}",
+    "mov ss, ecx",
+    "pushfq",
+    "pop rcx",
+    "mov [rax + {eflags}], ecx",
+    "push 0x202",
+    "popfq",
+    "mov byte ptr [rdx + {landing}], {gate}",
+    "jmp vmm_hostcpu_landing",
+    ".size vmm_hostcpu_gate, . - vmm_hostcpu_gate",
+    gate_eax = sym GATE_EAX,
+    gate_block = sym GATE_BLOCK,
+    ctx = const offset_of!(CpuBlock, ctx),
+    host_rsp = const offset_of!(CpuBlock, host_rsp),
+    landing = const offset_of!(CpuBlock, landing),
+    gate = const Landing::Gate as u8,
+    host_ss = const super::HOST_SS64,
+    eax = const offset_of!(GuestContext, eax),
+    ebx = const offset_of!(GuestContext, ebx),
+    ecx = const offset_of!(GuestContext, ecx),
+    edx = const offset_of!(GuestContext, edx),
+    esi = const offset_of!(GuestContext, esi),
+    edi = const offset_of!(GuestContext, edi),
+    ebp = const offset_of!(GuestContext, ebp),
+    esp = const offset_of!(GuestContext, esp),
+    eip = const offset_of!(GuestContext, eip),
+    eflags = const offset_of!(GuestContext, eflags),
+);
+
 extern "C" {
+    fn vmm_hostcpu_gate();
     fn vmm_hostcpu_enter(block: *mut CpuBlock, ctx: *mut GuestContext);
     fn vmm_hostcpu_landing();
     fn vmm_hostcpu_window_begin();
     fn vmm_hostcpu_window_end();
+}
+
+/// Address of the 64-bit gate code the window's trampoline jumps to.
+pub(crate) fn gate_entry() -> u64 {
+    vmm_hostcpu_gate as *const () as usize as u64
 }
 
 /// Address of the landing pad the handler redirects guest exits to.

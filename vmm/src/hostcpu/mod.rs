@@ -62,6 +62,24 @@ pub const HOST_CS32: u16 = 0x23;
 /// The host's user data selector (`__USER_DS`), the monitor's SS.
 pub const HOST_SS64: u16 = 0x2b;
 
+/// Length of the gate trampoline: `jmp qword ptr [rip]` and its 8-byte target.
+pub const GATE_TRAMPOLINE_LEN: usize = 14;
+
+/// The gate trampoline's code for the monitor window: 64-bit code that jumps to the
+/// monitor's gate. Translated code reaches it with a far jump to [`HOST_CS64`].
+pub fn gate_trampoline() -> [u8; GATE_TRAMPOLINE_LEN] {
+    let mut code = [0u8; GATE_TRAMPOLINE_LEN];
+    code[..6].copy_from_slice(&[0xFF, 0x25, 0, 0, 0, 0]);
+    code[6..].copy_from_slice(&entry::gate_entry().to_le_bytes());
+    code
+}
+
+/// Tells the exit handler where the gate trampoline lies in the low 4 GiB: a signal that
+/// interrupts it (the host's 64-bit CS below 4 GiB) is monitor code, not an escape.
+pub fn set_gate_trampoline(addr: u32) {
+    signals::GATE_TRAMPOLINE.store(u64::from(addr), Ordering::Release);
+}
+
 /// si_code of a seccomp SIGSYS.
 const SYS_SECCOMP: i32 = 1;
 
@@ -179,6 +197,9 @@ pub enum HostExitKind {
     BadEntry(BadEntry),
     /// Any other signal in guest context (for instance one sent with kill).
     Signal,
+    /// Translated code left through the gate: the registers are in the context, EIP
+    /// holds nothing (the exit slot of the vCPU page says which exit was taken).
+    Gate,
 }
 
 /// The result of [`HostCpu::run`]: the host's raw exit, decoded from the signal facts
@@ -345,6 +366,7 @@ impl HostCpu {
         ctx.eflags = (ctx.eflags & GUEST_EFLAGS_MASK) | FORCED_EFLAGS;
         let ctx_ptr: *mut GuestContext = ctx;
         let block = self.block.as_ptr();
+        entry::GATE_BLOCK.store(block as usize as u64, Ordering::Release);
         // SAFETY: `block` is this thread's live block; the handler writes it only during
         // `enter`, which we are about to call with `&mut self` held.
         unsafe {
@@ -359,7 +381,7 @@ impl HostCpu {
         let (landing, raw) = unsafe {
             (*block).running.store(false, Ordering::Release);
             (*block).ctx = std::ptr::null_mut();
-            if (*block).landing != Landing::Guest {
+            if !matches!((*block).landing, Landing::Guest | Landing::Gate) {
                 // The entry stopped part-way: the FS base saved at landing may not be the
                 // guest's, so the next entry reloads FS and GS from their selectors.
                 (*block).seg_gen = u64::MAX;
@@ -372,6 +394,16 @@ impl HostCpu {
                 let signo = self.block_ref().pending_signo.load(Ordering::Relaxed);
                 HostExit::not_entered(HostExitKind::Async { signo }, signo)
             }
+            Landing::Gate => HostExit {
+                kind: HostExitKind::Gate,
+                signo: 0,
+                si_code: 0,
+                trapno: 0,
+                err: 0,
+                addr: HostAddr(0),
+                cs: ctx.cs,
+                rip: HostAddr(0),
+            },
             Landing::AsyncInWindow => {
                 HostExit::not_entered(HostExitKind::Async { signo: raw.signo }, raw.signo)
             }

@@ -15,7 +15,11 @@ use std::sync::Mutex;
 use super::entry::{entry_window, landing_pad, CpuBlock, Landing, OFF_HOST_FSBASE, OFF_SEL_DS};
 use super::regs::{greg, low16, low32, low8, reg64, reg_index};
 use super::timer::{kick_signal, timer_signal};
-use super::{cpuid, HOST_CS64, HOST_SS64};
+use super::{cpuid, GATE_TRAMPOLINE_LEN, HOST_CS64, HOST_SS64};
+
+/// Where the gate trampoline lies in the monitor window (0: none).
+pub(crate) static GATE_TRAMPOLINE: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
 
 /// Size and alignment of a vCPU thread's altstack region (its lowest page is a guard).
 pub(crate) const ALTSTACK_SIZE: usize = 64 * 1024;
@@ -319,7 +323,9 @@ unsafe extern "C" fn on_vcpu_signal(
     let g = &mut uc.uc_mcontext.gregs;
     let rip = reg64(g[reg_index(libc::REG_RIP)]);
     let cs = low16(reg64(g[reg_index(libc::REG_CSGSFS)]));
-    let in_monitor = cs == HOST_CS64 && rip >= 1 << 32;
+    let gate = GATE_TRAMPOLINE.load(Ordering::Relaxed);
+    let in_gate = gate != 0 && (gate..gate + GATE_TRAMPOLINE_LEN as u64).contains(&rip);
+    let in_monitor = cs == HOST_CS64 && (rip >= 1 << 32 || in_gate);
 
     if in_monitor {
         let running = shared.running.load(Ordering::Relaxed);

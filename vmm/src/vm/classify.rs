@@ -123,6 +123,9 @@ impl Vm {
             HostExitKind::BadEntry(bad) => {
                 ExitClass::Stop(format!("the guest state cannot be entered: {bad:?}"))
             }
+            HostExitKind::Gate => {
+                ExitClass::Stop("a gate exit outside translate mode".to_string())
+            }
             HostExitKind::Signal => ExitClass::Stop(format!(
                 "an unexpected host signal {} interrupted the guest",
                 exit.signo

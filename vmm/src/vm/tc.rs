@@ -4,7 +4,9 @@
 //! The top of the guest's linear space is the **monitor window**:
 //!
 //! ```text
-//! WINDOW_START + 0x0000_0000  gate page         r-x  INT3: every exit stub jumps here
+//! WINDOW_START + 0x0000_0000  gate page         r-x  the far pointer every exit stub jumps
+//!                                                    through, the 64-bit trampoline to the
+//!                                                    monitor's gate; INT3 elsewhere
 //!              + 0x0000_1000  vCPU page         rw-  the scratch slots (reserved segment)
 //!              + 0x0000_4000  bounce pages      rw-  a guest page, for one window access
 //!              + 0x0001_0000  lookup tables     r--  kernel, user, always-empty
@@ -50,8 +52,16 @@ const BOUNCE_OFFSET: u32 = 0x4000;
 const TABLES_OFFSET: u32 = 0x1_0000;
 const CODE_OFFSET: u32 = 0x20_0000;
 
-/// The gate: translated code jumps here to leave; the INT3 reaches the monitor.
+/// The trap gate: an INT3 that reaches the monitor through a signal
+/// (`VMM_TC_GATE=trap`, for measuring what the far-call gate saves).
 pub const GATE: u32 = WINDOW_START + GATE_OFFSET;
+/// The far pointer (offset, then the host's 64-bit code selector) exit stubs jump
+/// through.
+const GATE_POINTER: u32 = WINDOW_START + GATE_OFFSET + 0x100;
+/// The 64-bit trampoline the far pointer names. Its `jmp [rip]` target (6 bytes in) is
+/// 8-byte aligned: the guest may arrive with EFLAGS.AC set (alignment checks on at CPL 3).
+const GATE_TRAMPOLINE: u32 = WINDOW_START + GATE_OFFSET + 0x202;
+const _: () = assert!((GATE_TRAMPOLINE + 6) % 8 == 0);
 /// The vCPU page (base of the reserved segment).
 pub const VCPU_PAGE: u32 = WINDOW_START + VCPU_OFFSET;
 /// The two bounce pages: guest RAM mapped for one instruction's access to the window.
@@ -111,10 +121,10 @@ impl Key {
         }
     }
 
-    /// The translator's configuration for this key.
-    pub fn config(&self) -> TranslateConfig {
+    /// The translator's configuration for this key, leaving through `gate`.
+    pub fn config(&self, gate: Gate) -> TranslateConfig {
         TranslateConfig {
-            gate: Gate::Near(GATE),
+            gate,
             scratch: Scratch {
                 segment: if self.user {
                     ScratchSegment::Fs
@@ -228,6 +238,8 @@ pub struct TranslationCache {
     far_chains: Vec<(usize, usize)>,
     tables: [Option<TableContext>; 2],
     empty_table: Vec<u8>,
+    /// How exit stubs reach the monitor.
+    gate: Gate,
     /// Counters.
     pub stats: TcStats,
 }
@@ -262,7 +274,19 @@ impl TranslationCache {
             // Unused code space traps: a stray jump lands on INT3, which the monitor
             // refuses as not a gate exit.
             bytes[CODE_OFFSET as usize..].fill(OP_INT3);
+            let ptr = (GATE_POINTER - WINDOW_START) as usize;
+            bytes[ptr..ptr + 4].copy_from_slice(&GATE_TRAMPOLINE.to_le_bytes());
+            bytes[ptr + 4..ptr + 6].copy_from_slice(&crate::hostcpu::HOST_CS64.to_le_bytes());
+            let tramp = (GATE_TRAMPOLINE - WINDOW_START) as usize;
+            let code = crate::hostcpu::gate_trampoline();
+            bytes[tramp..tramp + code.len()].copy_from_slice(&code);
         }
+        crate::hostcpu::set_gate_trampoline(GATE_TRAMPOLINE);
+        let gate = if std::env::var_os("VMM_TC_GATE").is_some_and(|v| v == "trap") {
+            Gate::Near(GATE)
+        } else {
+            Gate::FarPointer(GATE_POINTER)
+        };
         space.reserve_window(GuestLinear(WINDOW_START))?;
         let fd = mem.fd();
         let at = |off: u32| GuestLinear(WINDOW_START + off);
@@ -305,6 +329,7 @@ impl TranslationCache {
             far_chains: Vec::new(),
             tables: [None, None],
             empty_table: empty.as_bytes().to_vec(),
+            gate,
             stats: TcStats::default(),
         })
     }
@@ -369,7 +394,7 @@ impl TranslationCache {
         reader: &impl CodeReader,
         key: Key,
     ) -> Result<Result<usize, Refusal>, TcError> {
-        let cfg = key.config();
+        let cfg = key.config(self.gate);
         let mut flushed = false;
         loop {
             let at = WINDOW_START + self.next;

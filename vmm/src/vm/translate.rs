@@ -475,7 +475,8 @@ impl Vm {
         }
         ctx.eflags |= t.guest_tf;
         let rip = ctx.eip;
-        let at_gate = rip == GATE || rip == GATE.wrapping_add(1);
+        let at_gate =
+            matches!(exit.kind, HostExitKind::Gate) || rip == GATE || rip == GATE.wrapping_add(1);
         if at_gate {
             let slot = t.tc.slot(SLOT_EXIT);
             let Some((block, index, stub)) = t.tc.exit_for(slot) else {
