@@ -55,12 +55,14 @@ enum Command {
     /// there, as QEMU's does with -no-reboot.
     Run(Box<RunArgs>),
     /// Nanobenchmarks: cycles per operation of sensitive and ordinary operations,
-    /// natively, under the monitor and under QEMU's TCG.
+    /// natively, under the monitor in each execution mode and under QEMU's TCG.
     ///
-    /// Every benchmark kernel runs under `vmm run` (one child process per VM) and under
-    /// qemu-system-i386 when it is installed; the operations a 32-bit process can run are
-    /// timed natively too. Prints medians, ns per operation from the estimated TSC rate,
-    /// the ratios and the monitor's exits per operation. Exit status 1 if any run failed.
+    /// Every benchmark kernel runs under `vmm run --exec translate` and `--exec patch`
+    /// (one child process per VM) and under qemu-system-i386 when it is installed; the
+    /// operations a 32-bit process can run are timed natively too. Prints medians, ns per
+    /// operation from the estimated TSC rate, the ratios, the monitor's exits per
+    /// operation in each mode (by reason below the table) and the translation targets.
+    /// Exit status 1 if any run failed.
     Bench(BenchArgs),
     /// Which rewriter classes, encoding forms and exception vectors the guest test suite
     /// covers with a passing check.
