@@ -1,5 +1,7 @@
 //! `vmm`: the monitor's command line.
 
+mod console;
+
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -7,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use vmm::addr::GuestLinear;
 use vmm::memory::MAX_RAM_SIZE;
-use vmm::vm::{spawn_stdin_reader, DiskImage, RunOutcome, Vm, VmConfig};
+use vmm::vm::{DiskImage, RunOutcome, Vm, VmConfig};
 #[cfg(feature = "kproxy")]
 use vmm_cli::kproxy;
 use vmm_cli::scan::{self, ScanError, ScanOptions};
@@ -45,7 +47,8 @@ enum Command {
     /// -kernel, -initrd, -append, -m (MiB without a suffix), -hda, -hdb, and -nographic
     /// and -no-reboot, which change nothing (the serial port is always this terminal, a
     /// reset always ends the run). The guest's serial port (COM1) is
-    /// this terminal. The exit status is the guest's debug-exit status
+    /// this terminal, in raw mode when it is one: Ctrl-A x quits, Ctrl-A h lists the
+    /// escape keys. The exit status is the guest's debug-exit status
     /// ((value << 1) | 1, written to port 0xF4, as QEMU's isa-debug-exit gives it), 0 when
     /// the guest halts with interrupts disabled or powers the machine off (ACPI S5 through
     /// PM1a control), 2 for a kernel or memory size that cannot be used, 3 when the host
@@ -55,12 +58,14 @@ enum Command {
     /// there, as QEMU's does with -no-reboot.
     Run(Box<RunArgs>),
     /// Nanobenchmarks: cycles per operation of sensitive and ordinary operations,
-    /// natively, under the monitor and under QEMU's TCG.
+    /// natively, under the monitor in each execution mode and under QEMU's TCG.
     ///
-    /// Every benchmark kernel runs under `vmm run` (one child process per VM) and under
-    /// qemu-system-i386 when it is installed; the operations a 32-bit process can run are
-    /// timed natively too. Prints medians, ns per operation from the estimated TSC rate,
-    /// the ratios and the monitor's exits per operation. Exit status 1 if any run failed.
+    /// Every benchmark kernel runs under `vmm run --exec translate` and `--exec patch`
+    /// (one child process per VM) and under qemu-system-i386 when it is installed; the
+    /// operations a 32-bit process can run are timed natively too. Prints medians, ns per
+    /// operation from the estimated TSC rate, the ratios, the monitor's exits per
+    /// operation in each mode (by reason below the table) and the translation targets.
+    /// Exit status 1 if any run failed.
     Bench(BenchArgs),
     /// Which rewriter classes, encoding forms and exception vectors the guest test suite
     /// covers with a passing check.
@@ -493,6 +498,8 @@ fn run_command(mut args: RunArgs) -> ExitCode {
         },
         None => None,
     };
+    // Before any other thread starts: the console's signals are blocked in all of them.
+    let console = console::Console::attach();
     let config = VmConfig {
         mem_size: args.mem,
         kernel: kernel.clone(),
@@ -542,10 +549,9 @@ fn run_command(mut args: RunArgs) -> ExitCode {
     };
     #[cfg(feature = "gdb")]
     let mut gdb_stub = None;
-    let terminal = TerminalMode::enter();
     let input = vm.serial_input();
     let result = vm.run(|kicker| {
-        if let Err(e) = spawn_stdin_reader(input, kicker) {
+        if let Err(e) = console.spawn_reader(input, kicker) {
             eprintln!("vmm: warning: no serial input: {e}");
         }
         #[cfg(feature = "gdb")]
@@ -556,8 +562,8 @@ fn run_command(mut args: RunArgs) -> ExitCode {
             }
         }
     });
-    drop(terminal);
     let _ = io::stdout().flush();
+    drop(console);
     let outcome = match result {
         Ok(outcome) => outcome,
         Err(e) => {
@@ -685,41 +691,6 @@ fn run_suite_kernels() -> Result<String, String> {
         text.push_str(&run.output);
     }
     Ok(text)
-}
-
-/// The host terminal in the mode a serial console wants (no line buffering, no echo;
-/// Ctrl-C still stops the monitor), restored when dropped. Only when stdin is a terminal.
-struct TerminalMode {
-    saved: Option<nix::sys::termios::Termios>,
-}
-
-impl TerminalMode {
-    fn enter() -> Self {
-        use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
-        let stdin = io::stdin();
-        let Ok(saved) = tcgetattr(&stdin) else {
-            return Self { saved: None };
-        };
-        let mut raw = saved.clone();
-        raw.local_flags
-            .remove(LocalFlags::ICANON | LocalFlags::ECHO);
-        if tcsetattr(&stdin, SetArg::TCSANOW, &raw).is_err() {
-            return Self { saved: None };
-        }
-        Self { saved: Some(saved) }
-    }
-}
-
-impl Drop for TerminalMode {
-    fn drop(&mut self) {
-        if let Some(saved) = &self.saved {
-            let _ = nix::sys::termios::tcsetattr(
-                io::stdin(),
-                nix::sys::termios::SetArg::TCSANOW,
-                saved,
-            );
-        }
-    }
 }
 
 fn scan_command(args: &ScanArgs) -> ExitCode {

@@ -32,7 +32,8 @@ fn err(e: impl std::fmt::Display) -> PlotError {
 fn column_colour(column: Column) -> RGBColor {
     match column {
         Column::Native => RGBColor(0x4c, 0x72, 0xb0),
-        Column::Vmm => RGBColor(0xdd, 0x84, 0x52),
+        Column::Translate => RGBColor(0xdd, 0x84, 0x52),
+        Column::Patch => RGBColor(0x93, 0x70, 0xc4),
         Column::Qemu => RGBColor(0x55, 0xa8, 0x68),
     }
 }
@@ -41,7 +42,8 @@ fn column_colour(column: Column) -> RGBColor {
 fn column_label(column: Column) -> &'static str {
     match column {
         Column::Native => "native",
-        Column::Vmm => "vmm (native execution, rewritten traps)",
+        Column::Translate => "vmm --exec translate (translation cache)",
+        Column::Patch => "vmm --exec patch (in-place traps)",
         Column::Qemu => "QEMU TCG",
     }
 }
@@ -270,9 +272,13 @@ mod tests {
                 .cycles_per_op
                 .push(base);
             results
-                .entry(op.name, Column::Vmm)
+                .entry(op.name, Column::Translate)
                 .cycles_per_op
                 .push(base * 100.0);
+            results
+                .entry(op.name, Column::Patch)
+                .cycles_per_op
+                .push(base * 150.0);
             results
                 .entry(op.name, Column::Qemu)
                 .cycles_per_op
@@ -302,7 +308,7 @@ mod tests {
     fn bench_picture_leaves_out_cells_without_figures() {
         let mut results = Results::default();
         results
-            .entry("syscall", Column::Vmm)
+            .entry("syscall", Column::Translate)
             .cycles_per_op
             .push(5000.0);
         results

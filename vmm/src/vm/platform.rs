@@ -359,13 +359,22 @@ impl SerialInput {
 /// Reads the host's standard input on a thread of its own and feeds it to COM1, kicking
 /// the vCPU so the receive interrupt is delivered promptly. Ends at end of input.
 pub fn spawn_stdin_reader(input: SerialInput, vcpu: Kicker) -> std::io::Result<()> {
+    spawn_serial_reader(input, vcpu, std::io::stdin())
+}
+
+/// [`spawn_stdin_reader`] for any byte source, such as a terminal whose escape keys the
+/// source handles itself. Ends at end of input or at a read error.
+pub fn spawn_serial_reader(
+    input: SerialInput,
+    vcpu: Kicker,
+    mut source: impl Read + Send + 'static,
+) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("serial-stdin".into())
         .spawn(move || {
-            let mut stdin = std::io::stdin().lock();
             let mut buf = [0u8; 256];
             loop {
-                let n = match stdin.read(&mut buf) {
+                let n = match source.read(&mut buf) {
                     Ok(0) | Err(_) => return,
                     Ok(n) => n,
                 };

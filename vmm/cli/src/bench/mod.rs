@@ -1,9 +1,10 @@
 //! `vmm bench`: nanobenchmarks in the style of Adams and Agesen (ASPLOS 2006). Each
 //! benchmark kernel (`guests/bench/`) times one operation with RDTSC; the same
-//! kernel runs under the monitor and under QEMU's TCG, and the operations a 32-bit
-//! process can run are timed natively by the same measuring code. The table puts the
-//! three side by side, medians of several runs, with the exits per operation the monitor
-//! counted: the cost of virtualising each operation, and where it goes.
+//! kernel runs under the monitor in each execution mode (`--exec translate`, `--exec
+//! patch`) and under QEMU's TCG, and the operations a 32-bit process can run are timed
+//! natively by the same measuring code. The table puts the four side by side, medians of
+//! several runs, with the exits per operation the monitor counted in each mode: the cost
+//! of virtualising each operation, and where it goes.
 
 pub mod line;
 pub mod runner;
@@ -13,8 +14,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use line::{parse_line, parse_output, LineError, Sample};
-pub use runner::RunError;
-pub use table::{Column, Figure, Results, Row, Runs, Table};
+pub use runner::{ExitCounts, RunError};
+pub use table::{Column, Exits, Figure, Results, Row, Runs, Table, Target};
 
 /// One row of the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,8 +95,11 @@ pub fn run(options: &Options, mut progress: impl FnMut(&str)) -> Table {
             let Some(kernel) = guests::find_bench(op.name) else {
                 continue;
             };
-            let vmm = runner::under_vmm(&options.vmm, kernel.path, options.timeout);
-            record(&mut results, op, Column::Vmm, &vmm);
+            for mode in Column::MODES {
+                let exec = mode.exec_mode().expect("a monitor column");
+                let vmm = runner::under_vmm(&options.vmm, kernel.path, exec, options.timeout);
+                record(&mut results, op, mode, &vmm);
+            }
             if options.qemu {
                 let qemu = runner::under_qemu(kernel.path, options.timeout);
                 record(&mut results, op, Column::Qemu, &qemu);
@@ -129,9 +133,16 @@ fn record(
     if let Some(sum) = sample.checksum {
         runs.checksums.push(sum);
     }
-    if let Some(exits) = out.exits {
-        runs.exits_per_op
-            .push(exits as f64 / sample.operations_executed() as f64);
+    if let Some(exits) = &out.exits {
+        let ops = sample.operations_executed() as f64;
+        runs.exits_per_op.push(exits.total as f64 / ops);
+        runs.exits_by_reason.push(
+            exits
+                .by_reason
+                .iter()
+                .map(|(reason, n)| (reason.clone(), *n as f64 / ops))
+                .collect(),
+        );
     }
 }
 
@@ -167,7 +178,8 @@ mod tests {
         assert_eq!(not_applicable(compute, Column::Native), None);
         let cli = OPERATIONS.iter().find(|o| o.name == "cli_sti").unwrap();
         assert!(not_applicable(cli, Column::Native).is_some());
-        assert_eq!(not_applicable(cli, Column::Vmm), None);
+        assert_eq!(not_applicable(cli, Column::Translate), None);
+        assert_eq!(not_applicable(cli, Column::Patch), None);
     }
 
     #[test]
@@ -183,10 +195,13 @@ mod tests {
                 cycles: 1,
                 checksum: None,
             }],
-            exits: Some(10),
+            exits: Some(ExitCounts {
+                total: 10,
+                ..ExitCounts::default()
+            }),
         };
-        record(&mut results, op, Column::Vmm, &Ok(out));
-        assert_eq!(results.runs[&(op.name, Column::Vmm)].errors.len(), 1);
+        record(&mut results, op, Column::Translate, &Ok(out));
+        assert_eq!(results.runs[&(op.name, Column::Translate)].errors.len(), 1);
 
         let out = runner::RunOutput {
             samples: vec![Sample {
@@ -198,12 +213,22 @@ mod tests {
                 checksum: Some(5),
             }],
             // 20 warm-up and 2 x 90 timed operations
-            exits: Some(400),
+            exits: Some(ExitCounts {
+                total: 400,
+                by_reason: [
+                    ("rewrite_trap".to_string(), 300),
+                    ("async".to_string(), 100),
+                ]
+                .into_iter()
+                .collect(),
+            }),
         };
-        record(&mut results, op, Column::Qemu, &Ok(out));
-        let runs = &results.runs[&(op.name, Column::Qemu)];
+        record(&mut results, op, Column::Patch, &Ok(out));
+        let runs = &results.runs[&(op.name, Column::Patch)];
         assert_eq!(runs.cycles_per_op, [10.0]);
         assert_eq!(runs.exits_per_op, [2.0]);
+        assert_eq!(runs.exits_by_reason[0]["rewrite_trap"], 1.5);
+        assert_eq!(runs.exits_by_reason[0]["async"], 0.5);
         assert_eq!(runs.checksums, [5]);
     }
 }

@@ -1,6 +1,7 @@
 //! Running one benchmark: a kernel under the monitor (a child `vmm run`, one VM per
 //! process) or under QEMU, or the native program; and the host TSC frequency.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
@@ -42,13 +43,38 @@ pub enum RunError {
     },
 }
 
-/// The samples of one run, and the monitor's exit count when it was under the monitor.
+/// The samples of one run, and the monitor's exit counts when it was under the monitor.
 #[derive(Debug, Clone)]
 pub struct RunOutput {
     /// Every `BENCH` line.
     pub samples: Vec<Sample>,
     /// Exits the monitor counted over the whole run.
-    pub exits: Option<u64>,
+    pub exits: Option<ExitCounts>,
+}
+
+/// The exits of one monitor run, from its `--stats-json` file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExitCounts {
+    /// All exits.
+    pub total: u64,
+    /// Exits per reason, by the names `--stats` prints.
+    pub by_reason: BTreeMap<String, u64>,
+}
+
+impl ExitCounts {
+    /// Reads `total_exits` and `exits` of a `--stats-json` document; `None` without a total.
+    pub fn from_stats_json(stats: &serde_json::Value) -> Option<Self> {
+        let total = stats["total_exits"].as_u64()?;
+        let by_reason = stats["exits"]
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(Self { total, by_reason })
+    }
 }
 
 /// The last few lines of a run's output, enough to see how a kernel failed.
@@ -87,13 +113,19 @@ fn execute(
     })
 }
 
-/// Runs `kernel` under `vmm run` of the executable `vmm`, asking it for its statistics.
+/// Runs `kernel` under `vmm run --exec EXEC` of the executable `vmm`, asking it for its
+/// statistics.
 ///
 /// # Errors
 /// The child cannot start, times out, fails or prints a malformed `BENCH` line.
-pub fn under_vmm(vmm: &Path, kernel: &str, timeout: Duration) -> Result<RunOutput, RunError> {
+pub fn under_vmm(
+    vmm: &Path,
+    kernel: &str,
+    exec: &str,
+    timeout: Duration,
+) -> Result<RunOutput, RunError> {
     let stats = std::env::temp_dir().join(format!(
-        "vmm-bench-{}-{}.json",
+        "vmm-bench-{}-{}-{exec}.json",
         std::process::id(),
         Path::new(kernel)
             .file_stem()
@@ -101,15 +133,15 @@ pub fn under_vmm(vmm: &Path, kernel: &str, timeout: Duration) -> Result<RunOutpu
             .unwrap_or("kernel")
     ));
     let mut cmd = Command::new(vmm);
-    cmd.args(["run", "--kernel", kernel, "--stats-json"])
+    cmd.args(["run", "--exec", exec, "--kernel", kernel, "--stats-json"])
         .arg(&stats);
-    let what = format!("vmm run --kernel {kernel}");
+    let what = format!("vmm run --exec {exec} --kernel {kernel}");
     let samples = execute(cmd, &what, KERNEL_SUCCESS_STATUS, timeout);
-    // The statistics only add the exit count; a run without them still has its timings.
+    // The statistics only add the exit counts; a run without them still has its timings.
     let exits = std::fs::read(&stats)
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["total_exits"].as_u64());
+        .and_then(|v| ExitCounts::from_stats_json(&v));
     let _ = std::fs::remove_file(&stats);
     Ok(RunOutput {
         samples: samples?,
@@ -168,6 +200,20 @@ mod tests {
     fn the_tsc_ticks_at_a_plausible_rate() {
         let hz = tsc_hz(Duration::from_millis(20)).expect("the TSC advances");
         assert!(hz > 1e8 && hz < 1e11, "{hz}");
+    }
+
+    #[test]
+    fn exit_counts_from_the_stats_file() {
+        let stats = serde_json::json!({
+            "exits": { "rewrite_trap": 40, "async": 2 },
+            "total_exits": 42,
+            "counters": { "tc_blocks_translated": 9 },
+        });
+        let counts = ExitCounts::from_stats_json(&stats).expect("counts");
+        assert_eq!(counts.total, 42);
+        assert_eq!(counts.by_reason["rewrite_trap"], 40);
+        assert_eq!(counts.by_reason.len(), 2);
+        assert_eq!(ExitCounts::from_stats_json(&serde_json::json!({})), None);
     }
 
     #[test]

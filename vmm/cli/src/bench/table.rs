@@ -1,5 +1,6 @@
 //! From the runs' samples to the table `vmm bench` prints: medians per operation and
-//! environment, ns next to cycles, the ratios, and the checksum agreement.
+//! environment, ns next to cycles, the ratios, the exits per operation of each execution
+//! mode, the checksum agreement, and the targets the translation issues set.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -13,23 +14,50 @@ use super::Operation;
 pub enum Column {
     /// The native program, a 32-bit process straight on the host.
     Native,
-    /// A benchmark kernel under `vmm run`.
-    Vmm,
+    /// A benchmark kernel under `vmm run --exec translate`.
+    Translate,
+    /// A benchmark kernel under `vmm run --exec patch`.
+    Patch,
     /// A benchmark kernel under QEMU's TCG.
     Qemu,
 }
 
 impl Column {
     /// Every column in table order.
-    pub const ALL: [Column; 3] = [Column::Native, Column::Vmm, Column::Qemu];
+    pub const ALL: [Column; 4] = [
+        Column::Native,
+        Column::Translate,
+        Column::Patch,
+        Column::Qemu,
+    ];
 
-    /// Header and JSON key.
+    /// The monitor's execution modes, in table order.
+    pub const MODES: [Column; 2] = [Column::Translate, Column::Patch];
+
+    /// JSON key.
     pub fn name(self) -> &'static str {
         match self {
             Column::Native => "native",
-            Column::Vmm => "vmm",
+            Column::Translate => "translate",
+            Column::Patch => "patch",
             Column::Qemu => "qemu",
         }
+    }
+
+    /// The `--exec` mode of a monitor column.
+    pub fn exec_mode(self) -> Option<&'static str> {
+        match self {
+            Column::Translate => Some("translate"),
+            Column::Patch => Some("patch"),
+            Column::Native | Column::Qemu => None,
+        }
+    }
+
+    fn index(self) -> usize {
+        Column::ALL
+            .iter()
+            .position(|c| *c == self)
+            .expect("a column")
     }
 }
 
@@ -41,6 +69,8 @@ pub struct Runs {
     /// Exits of the whole run per operation executed (warm-up and every trial
     /// included), when the environment counts exits (the monitor does).
     pub exits_per_op: Vec<f64>,
+    /// The same per exit reason (`--stats` names), one map per run.
+    pub exits_by_reason: Vec<BTreeMap<String, f64>>,
     /// Checksums the operation computed.
     pub checksums: Vec<u32>,
     /// Why runs failed.
@@ -80,12 +110,22 @@ pub enum Figure {
 }
 
 impl Figure {
-    fn cycles(&self) -> Option<f64> {
+    /// The median cycles per operation, if measured.
+    pub fn cycles(&self) -> Option<f64> {
         match self {
             Figure::Measured { cycles_per_op, .. } => Some(*cycles_per_op),
             _ => None,
         }
     }
+}
+
+/// Exits per operation of one execution mode: medians over the runs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Exits {
+    /// All exits per operation.
+    pub per_op: f64,
+    /// Per exit reason; reasons under 0.005 per operation in every run are left out.
+    pub by_reason: BTreeMap<String, f64>,
 }
 
 /// One row of the table.
@@ -95,14 +135,18 @@ pub struct Row {
     pub name: &'static str,
     /// What it is, for people.
     pub label: &'static str,
-    /// Native, vmm and QEMU figures, in [`Column::ALL`] order.
-    pub figures: [Figure; 3],
-    /// vmm cycles over native cycles.
-    pub vmm_over_native: Option<f64>,
-    /// QEMU cycles over vmm cycles.
-    pub qemu_over_vmm: Option<f64>,
-    /// Median exits per operation under the monitor.
-    pub exits_per_op: Option<f64>,
+    /// The figures, in [`Column::ALL`] order.
+    pub figures: [Figure; 4],
+    /// Translate-mode cycles over native cycles.
+    pub translate_over_native: Option<f64>,
+    /// Patch-mode cycles over native cycles.
+    pub patch_over_native: Option<f64>,
+    /// QEMU cycles over translate-mode cycles (≥ 1: the monitor is faster).
+    pub qemu_over_translate: Option<f64>,
+    /// QEMU cycles over patch-mode cycles.
+    pub qemu_over_patch: Option<f64>,
+    /// Exits per operation in each execution mode, in [`Column::MODES`] order.
+    pub exits: [Option<Exits>; 2],
     /// The checksum every environment computed, or what disagreed.
     pub checksum: Option<Result<u32, String>>,
 }
@@ -110,11 +154,25 @@ pub struct Row {
 impl Row {
     /// The figure of `column`.
     pub fn figure(&self, column: Column) -> &Figure {
-        &self.figures[Column::ALL
-            .iter()
-            .position(|c| *c == column)
-            .expect("a column")]
+        &self.figures[column.index()]
     }
+
+    /// The exits per operation of an execution mode's column.
+    pub fn exits(&self, mode: Column) -> Option<&Exits> {
+        let i = Column::MODES.iter().position(|c| *c == mode)?;
+        self.exits[i].as_ref()
+    }
+}
+
+/// A figure the translation issues ask for, read off one run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    /// What is asked, for people.
+    pub what: String,
+    /// What this run measured, for people.
+    pub measured: String,
+    /// `None` when a figure it needs is missing.
+    pub met: Option<bool>,
 }
 
 /// The table of a whole invocation.
@@ -149,6 +207,40 @@ fn ratio(num: Option<f64>, den: Option<f64>) -> Option<f64> {
         _ => None,
     }
 }
+
+/// Median exits of a mode's runs, in total and per reason.
+fn exits_of(runs: Option<&Runs>) -> Option<Exits> {
+    let runs = runs?;
+    let per_op = median(&runs.exits_per_op)?;
+    let mut reasons: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for run in &runs.exits_by_reason {
+        for (reason, n) in run {
+            reasons.entry(reason).or_default().push(*n);
+        }
+    }
+    let by_reason = reasons
+        .into_iter()
+        .filter_map(|(reason, mut v)| {
+            // A run without a reason had none of those exits.
+            v.resize(runs.exits_by_reason.len(), 0.0);
+            let m = median(&v)?;
+            (v.iter().any(|x| *x >= 0.005)).then(|| (reason.to_string(), m))
+        })
+        .collect();
+    Some(Exits { per_op, by_reason })
+}
+
+/// Compute-bound guest code must run at ≥ 0.95× native speed in translate mode: at most
+/// 1/0.95 the native cycles (issue 11).
+pub const COMPUTE_TARGET: f64 = 1.0 / 0.95;
+/// CALL+RET in translate mode at most 4× the native cycles (issue 11).
+pub const CALL_RET_TARGET: f64 = 4.0;
+/// Exits per operation in translate mode may exceed patch mode's by this fraction (and
+/// [`EXITS_SLACK`]) before an operation counts as needing more: timer exits land in
+/// either mode at random.
+const EXITS_TOLERANCE: f64 = 0.01;
+/// Absolute slack of the exit comparison, in exits per operation.
+const EXITS_SLACK: f64 = 0.01;
 
 impl Table {
     /// Builds the table from the raw results: medians, ratios, checksum agreement.
@@ -189,17 +281,16 @@ impl Table {
                     }
                 });
                 let checksum = checksum_agreement(op.name, results);
-                let exits = results
-                    .runs
-                    .get(&(op.name, Column::Vmm))
-                    .and_then(|r| median(&r.exits_per_op));
-                let [native, vmm, qemu] = &figures;
+                let exits = Column::MODES.map(|mode| exits_of(results.runs.get(&(op.name, mode))));
+                let cycles = |c: Column| figures[c.index()].cycles();
                 Row {
                     name: op.name,
                     label: op.label,
-                    vmm_over_native: ratio(vmm.cycles(), native.cycles()),
-                    qemu_over_vmm: ratio(qemu.cycles(), vmm.cycles()),
-                    exits_per_op: exits,
+                    translate_over_native: ratio(cycles(Column::Translate), cycles(Column::Native)),
+                    patch_over_native: ratio(cycles(Column::Patch), cycles(Column::Native)),
+                    qemu_over_translate: ratio(cycles(Column::Qemu), cycles(Column::Translate)),
+                    qemu_over_patch: ratio(cycles(Column::Qemu), cycles(Column::Patch)),
+                    exits,
                     checksum,
                     figures,
                 }
@@ -224,6 +315,59 @@ impl Table {
         out
     }
 
+    fn row(&self, name: &str) -> Option<&Row> {
+        self.rows.iter().find(|r| r.name == name)
+    }
+
+    /// Issue 11's targets, as ratios of this run: compute-bound code at ≥ 0.95× native
+    /// speed and CALL+RET within 4× native in translate mode, and no operation needing
+    /// more exits in translate mode than in patch mode.
+    pub fn targets(&self) -> Vec<Target> {
+        let mut out = Vec::new();
+        for (name, limit, what) in [
+            (
+                "compute",
+                COMPUTE_TARGET,
+                "compute, translate/native <= 1.053 (>= 0.95x native speed)",
+            ),
+            (
+                "call_ret",
+                CALL_RET_TARGET,
+                "CALL+RET, translate/native <= 4",
+            ),
+        ] {
+            let Some(row) = self.row(name) else { continue };
+            let r = row.translate_over_native;
+            out.push(Target {
+                what: what.to_string(),
+                measured: r.map_or_else(|| "no figure".to_string(), |r| format!("{r:.3}")),
+                met: r.map(|r| r <= limit),
+            });
+        }
+        let mut more = Vec::new();
+        let mut compared = 0;
+        for row in &self.rows {
+            let (Some(t), Some(p)) = (row.exits(Column::Translate), row.exits(Column::Patch))
+            else {
+                continue;
+            };
+            compared += 1;
+            if t.per_op > p.per_op * (1.0 + EXITS_TOLERANCE) + EXITS_SLACK {
+                more.push(format!("{} {:.2} > {:.2}", row.name, t.per_op, p.per_op));
+            }
+        }
+        out.push(Target {
+            what: "exits/op, translate <= patch for every operation".to_string(),
+            measured: if more.is_empty() {
+                format!("{compared} operations compared")
+            } else {
+                more.join(", ")
+            },
+            met: (compared > 0).then_some(more.is_empty()),
+        });
+        out
+    }
+
     fn ns(&self, cycles: f64) -> Option<f64> {
         self.tsc_hz.map(|hz| cycles / hz * 1e9)
     }
@@ -239,6 +383,20 @@ impl Table {
         }
     }
 
+    /// The table's header cells, in column order.
+    pub const HEADER: [&'static str; 10] = [
+        "operation",
+        "native",
+        "vmm translate",
+        "vmm patch",
+        "QEMU TCG",
+        "tr/native",
+        "pa/native",
+        "QEMU/tr",
+        "exits/op tr",
+        "exits/op pa",
+    ];
+
     /// The table as text, with a header naming the units and notes below.
     pub fn render(&self) -> String {
         let mut s = String::new();
@@ -252,36 +410,35 @@ impl Table {
         }
         let _ = writeln!(
             s,
-            "cycles per operation (ns per operation), median of {} run{}",
+            "cycles per operation (ns per operation), median of {} run{}; tr = vmm --exec \
+             translate, pa = vmm --exec patch",
             self.reps,
             if self.reps == 1 { "" } else { "s" }
         );
-        let header = [
-            "operation",
-            "native",
-            "vmm",
-            "QEMU TCG",
-            "vmm/native",
-            "QEMU/vmm",
-            "exits/op",
-        ];
-        let mut lines: Vec<[String; 7]> = vec![header.map(str::to_string)];
+        let mut lines: Vec<[String; 10]> = vec![Self::HEADER.map(str::to_string)];
         for row in &self.rows {
             let optional = |v: Option<f64>, digits: usize| match v {
                 Some(x) => format!("{x:.digits$}"),
                 None => "-".to_string(),
             };
+            let exits = |mode| optional(row.exits(mode).map(|e| e.per_op), 2);
             lines.push([
                 row.label.to_string(),
-                self.cell_text(&row.figures[0]),
-                self.cell_text(&row.figures[1]),
-                self.cell_text(&row.figures[2]),
-                optional(row.vmm_over_native, 2),
-                optional(row.qemu_over_vmm, 3),
-                optional(row.exits_per_op, 2),
+                self.cell_text(row.figure(Column::Native)),
+                self.cell_text(row.figure(Column::Translate)),
+                self.cell_text(row.figure(Column::Patch)),
+                self.cell_text(row.figure(Column::Qemu)),
+                row.translate_over_native
+                    .map_or_else(|| "-".to_string(), ratio_text),
+                row.patch_over_native
+                    .map_or_else(|| "-".to_string(), ratio_text),
+                row.qemu_over_translate
+                    .map_or_else(|| "-".to_string(), ratio_text),
+                exits(Column::Translate),
+                exits(Column::Patch),
             ]);
         }
-        let widths: Vec<usize> = (0..7)
+        let widths: Vec<usize> = (0..Self::HEADER.len())
             .map(|i| {
                 lines
                     .iter()
@@ -304,6 +461,49 @@ impl Table {
                 }
             }
             let _ = writeln!(s, "{}", text.trim_end());
+        }
+        let _ = writeln!(s, "exits per operation by reason (tr | pa)");
+        for row in &self.rows {
+            let reasons = |mode| {
+                row.exits(mode).map_or_else(
+                    || "-".to_string(),
+                    |e| {
+                        let v: Vec<String> = e
+                            .by_reason
+                            .iter()
+                            .map(|(r, n)| format!("{r} {n:.2}"))
+                            .collect();
+                        if v.is_empty() {
+                            "none".to_string()
+                        } else {
+                            v.join(", ")
+                        }
+                    },
+                )
+            };
+            let _ = writeln!(
+                s,
+                "  {:<12} {} | {}",
+                row.name,
+                reasons(Column::Translate),
+                reasons(Column::Patch)
+            );
+        }
+        let _ = writeln!(s, "targets (issue 11, translate mode)");
+        let targets = self.targets();
+        let what = targets.iter().map(|t| t.what.len()).max().unwrap_or(0);
+        let measured = targets.iter().map(|t| t.measured.len()).max().unwrap_or(0);
+        for t in targets {
+            let verdict = match t.met {
+                Some(true) => "met",
+                Some(false) => "MISSED",
+                None => "not measured",
+            };
+            let _ = writeln!(
+                s,
+                "  {:<what$}  {:<measured$}  {verdict}",
+                t.what, t.measured
+            );
         }
         for row in &self.rows {
             if let Some(Ok(sum)) = &row.checksum {
@@ -340,13 +540,22 @@ impl Table {
                 let mut o = json!({
                     "operation": row.name,
                     "label": row.label,
-                    "vmm_over_native": row.vmm_over_native,
-                    "qemu_over_vmm": row.qemu_over_vmm,
-                    "exits_per_op": row.exits_per_op,
+                    "translate_over_native": row.translate_over_native,
+                    "patch_over_native": row.patch_over_native,
+                    "qemu_over_translate": row.qemu_over_translate,
+                    "qemu_over_patch": row.qemu_over_patch,
                 });
-                for (column, f) in Column::ALL.iter().zip(&row.figures) {
-                    o[column.name()] = figure(f);
+                for column in Column::ALL {
+                    o[column.name()] = figure(row.figure(column));
                 }
+                let mut exits = json!({});
+                for mode in Column::MODES {
+                    exits[mode.name()] = row.exits(mode).map_or(
+                        Value::Null,
+                        |e| json!({ "per_op": e.per_op, "by_reason": e.by_reason }),
+                    );
+                }
+                o["exits_per_op"] = exits;
                 match &row.checksum {
                     Some(Ok(sum)) => o["checksum"] = json!(format!("{sum:#010x}")),
                     Some(Err(e)) => o["checksum_error"] = json!(e),
@@ -355,10 +564,16 @@ impl Table {
                 o
             })
             .collect();
+        let targets: Vec<Value> = self
+            .targets()
+            .into_iter()
+            .map(|t| json!({ "target": t.what, "measured": t.measured, "met": t.met }))
+            .collect();
         json!({
             "tsc_hz": self.tsc_hz,
             "reps": self.reps,
             "operations": rows,
+            "targets": targets,
             "failures": self.failures(),
         })
     }
@@ -388,6 +603,21 @@ fn checksum_agreement(op: &str, results: &Results) -> Option<Result<u32, String>
         "checksums disagree ({}): the environments did not compute the same thing",
         listed.join(", ")
     )))
+}
+
+/// A ratio with three significant digits (at least two decimals), so a small one never
+/// reads as zero.
+fn ratio_text(x: f64) -> String {
+    if !(x.is_finite() && x > 0.0) || x >= 1.0 {
+        return number(x);
+    }
+    // x < 1: a decimal for each leading zero after the point, then three digits.
+    let (mut scaled, mut prec) = (x, 3);
+    while scaled < 0.1 && prec < 12 {
+        scaled *= 10.0;
+        prec += 1;
+    }
+    format!("{x:.prec$}")
 }
 
 /// A figure with as many decimals as its size deserves.
@@ -422,6 +652,19 @@ mod tests {
         (column == Column::Native && !op.native).then(|| "not in a process".to_string())
     }
 
+    fn reasons(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
+        pairs.iter().map(|(r, n)| ((*r).to_string(), *n)).collect()
+    }
+
+    #[test]
+    fn small_ratios_keep_three_digits() {
+        assert_eq!(ratio_text(1459.7), "1460");
+        assert_eq!(ratio_text(2.697), "2.70");
+        assert_eq!(ratio_text(0.5), "0.500");
+        assert_eq!(ratio_text(0.029), "0.0290");
+        assert_eq!(ratio_text(0.000_4), "0.000400");
+    }
+
     #[test]
     fn medians() {
         assert_eq!(median(&[]), None);
@@ -436,12 +679,19 @@ mod tests {
         let mut r = Results::default();
         r.entry("a", Column::Native).cycles_per_op = vec![10.0, 12.0, 11.0];
         r.entry("a", Column::Native).checksums = vec![7, 7, 7];
-        r.entry("a", Column::Vmm).cycles_per_op = vec![20.0, 24.0, 22.0];
-        r.entry("a", Column::Vmm).exits_per_op = vec![0.0, 0.0, 0.0];
-        r.entry("a", Column::Vmm).checksums = vec![7];
+        r.entry("a", Column::Translate).cycles_per_op = vec![20.0, 24.0, 22.0];
+        r.entry("a", Column::Translate).exits_per_op = vec![0.0, 0.0, 0.0];
+        r.entry("a", Column::Translate).checksums = vec![7];
+        r.entry("a", Column::Patch).cycles_per_op = vec![33.0];
+        r.entry("a", Column::Patch).exits_per_op = vec![0.5];
+        r.entry("a", Column::Patch).exits_by_reason = vec![reasons(&[("code_fetch", 0.5)])];
         r.entry("a", Column::Qemu).cycles_per_op = vec![44.0, 44.0, 44.0];
-        r.entry("b", Column::Vmm).cycles_per_op = vec![1000.0];
-        r.entry("b", Column::Vmm).exits_per_op = vec![2.0];
+        r.entry("b", Column::Translate).cycles_per_op = vec![1000.0];
+        r.entry("b", Column::Translate).exits_per_op = vec![2.0];
+        r.entry("b", Column::Translate).exits_by_reason =
+            vec![reasons(&[("rewrite_trap", 2.0), ("async", 0.001)])];
+        r.entry("b", Column::Patch).cycles_per_op = vec![3000.0];
+        r.entry("b", Column::Patch).exits_per_op = vec![3.0];
         r.entry("b", Column::Qemu).errors = vec!["qemu exited with status 3".into()];
         let t = Table::build(OPS, &r, na, Some(2e9), 3);
 
@@ -454,9 +704,16 @@ mod tests {
                 runs: 3
             }
         );
-        assert_eq!(a.vmm_over_native, Some(2.0));
-        assert_eq!(a.qemu_over_vmm, Some(2.0));
-        assert_eq!(a.exits_per_op, Some(0.0));
+        assert_eq!(a.translate_over_native, Some(2.0));
+        assert_eq!(a.patch_over_native, Some(3.0));
+        assert_eq!(a.qemu_over_translate, Some(2.0));
+        assert_eq!(a.qemu_over_patch, Some(44.0 / 33.0));
+        assert_eq!(a.exits(Column::Translate).map(|e| e.per_op), Some(0.0));
+        assert_eq!(
+            a.exits(Column::Patch).map(|e| e.by_reason.clone()),
+            Some(reasons(&[("code_fetch", 0.5)]))
+        );
+        assert_eq!(a.exits(Column::Native), None);
         assert_eq!(a.checksum, Some(Ok(7)));
 
         let b = &t.rows[1];
@@ -465,31 +722,95 @@ mod tests {
             &Figure::NotApplicable("not in a process".into())
         );
         assert!(matches!(b.figure(Column::Qemu), Figure::Failed(_)));
-        assert_eq!(b.vmm_over_native, None);
-        assert_eq!(b.qemu_over_vmm, None);
+        assert_eq!(b.translate_over_native, None);
+        assert_eq!(b.qemu_over_translate, None);
         assert_eq!(b.checksum, None);
+        // Reasons too rare to matter are left out.
+        assert_eq!(
+            b.exits(Column::Translate).map(|e| e.by_reason.clone()),
+            Some(reasons(&[("rewrite_trap", 2.0)]))
+        );
         assert_eq!(t.failures(), ["b under qemu: qemu exited with status 3"]);
 
         let text = t.render();
         assert!(text.contains("host TSC: 2.000 GHz"), "{text}");
         assert!(text.contains("median of 3 runs"), "{text}");
+        let header = text.lines().find(|l| l.starts_with("operation")).unwrap();
+        for h in Table::HEADER {
+            assert!(header.contains(h), "{header}");
+        }
         let line_a = text.lines().find(|l| l.starts_with("op a")).unwrap();
         // 11 cycles at 2 GHz is 5.5 ns
         assert!(line_a.contains("11.0 (5.50 ns)"), "{line_a}");
-        assert!(line_a.contains("2.00"), "{line_a}");
+        assert!(line_a.contains("33.0 (16.5 ns)"), "{line_a}");
+        let tail: Vec<&str> = line_a.split_whitespace().rev().take(5).collect();
+        assert_eq!(tail, ["0.50", "0.00", "2.00", "3.00", "2.00"], "{line_a}");
         let line_b = text.lines().find(|l| l.starts_with("op b")).unwrap();
         assert!(line_b.contains("n/a (not in a process)"), "{line_b}");
         assert!(line_b.contains("FAILED"), "{line_b}");
+        assert!(
+            text.contains("  a            none | code_fetch 0.50"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  b            rewrite_trap 2.00 | none"),
+            "{text}"
+        );
         assert!(text.contains("a: checksum 0x00000007 in every environment"));
         assert!(text.contains("FAILED: b under qemu"));
 
         let j = t.to_json();
-        assert_eq!(j["operations"][0]["vmm"]["cycles_per_op"], 22.0);
-        assert_eq!(j["operations"][0]["vmm"]["ns_per_op"], 11.0);
-        assert_eq!(j["operations"][0]["vmm"]["best_cycles_per_op"], 20.0);
+        assert_eq!(j["operations"][0]["translate"]["cycles_per_op"], 22.0);
+        assert_eq!(j["operations"][0]["translate"]["ns_per_op"], 11.0);
+        assert_eq!(j["operations"][0]["translate"]["best_cycles_per_op"], 20.0);
+        assert_eq!(j["operations"][0]["patch"]["cycles_per_op"], 33.0);
+        assert_eq!(j["operations"][0]["exits_per_op"]["patch"]["per_op"], 0.5);
+        assert_eq!(
+            j["operations"][1]["exits_per_op"]["translate"]["by_reason"]["rewrite_trap"],
+            2.0
+        );
         assert_eq!(j["operations"][1]["native"]["status"], "n/a");
         assert_eq!(j["operations"][1]["qemu"]["status"], "failed");
         assert_eq!(j["failures"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn targets_are_read_off_as_ratios() {
+        let ops = [
+            Operation {
+                name: "compute",
+                label: "compute",
+                native: true,
+            },
+            Operation {
+                name: "call_ret",
+                label: "CALL+RET",
+                native: true,
+            },
+        ];
+        let mut r = Results::default();
+        r.entry("compute", Column::Native).cycles_per_op = vec![1000.0];
+        r.entry("compute", Column::Translate).cycles_per_op = vec![1040.0];
+        r.entry("compute", Column::Translate).exits_per_op = vec![0.0];
+        r.entry("compute", Column::Patch).exits_per_op = vec![0.0];
+        r.entry("call_ret", Column::Native).cycles_per_op = vec![2.0];
+        r.entry("call_ret", Column::Translate).cycles_per_op = vec![9.0];
+        r.entry("call_ret", Column::Translate).exits_per_op = vec![1.0];
+        r.entry("call_ret", Column::Patch).exits_per_op = vec![0.0];
+        let t = Table::build(&ops, &r, |_, _| None, None, 1);
+        let targets = t.targets();
+        assert_eq!(targets.len(), 3);
+        assert_eq!(targets[0].met, Some(true), "{targets:?}");
+        assert_eq!(targets[0].measured, "1.040");
+        assert_eq!(targets[1].met, Some(false), "4.5x native: {targets:?}");
+        assert_eq!(targets[2].met, Some(false), "{targets:?}");
+        assert!(targets[2].measured.contains("call_ret 1.00 > 0.00"));
+        let text = t.render();
+        assert!(text.contains("MISSED"), "{text}");
+
+        // Without figures a target is not measured rather than met.
+        let t = Table::build(&ops, &Results::default(), |_, _| None, None, 1);
+        assert!(t.targets().iter().all(|t| t.met.is_none()));
     }
 
     #[test]
@@ -497,7 +818,7 @@ mod tests {
         let mut r = Results::default();
         r.unavailable
             .insert(Column::Qemu, "qemu: not installed".into());
-        r.entry("a", Column::Vmm).cycles_per_op = vec![5.0];
+        r.entry("a", Column::Translate).cycles_per_op = vec![5.0];
         let t = Table::build(OPS, &r, na, None, 1);
         assert_eq!(
             t.rows[0].figure(Column::Qemu),
@@ -510,7 +831,7 @@ mod tests {
         ));
         let text = t.render();
         assert!(text.contains("frequency unknown"));
-        assert!(text.contains("median of 1 run\n"));
+        assert!(text.contains("median of 1 run;"));
         assert!(text.contains("n/a (qemu: not installed)"));
     }
 
@@ -521,11 +842,13 @@ mod tests {
             .insert(Column::Qemu, "qemu: not installed".into());
         r.entry("a", Column::Native).cycles_per_op = vec![1.0];
         r.entry("a", Column::Native).checksums = vec![1];
-        r.entry("a", Column::Vmm).cycles_per_op = vec![1.0];
-        r.entry("a", Column::Vmm).checksums = vec![2];
+        r.entry("a", Column::Translate).cycles_per_op = vec![1.0];
+        r.entry("a", Column::Translate).checksums = vec![2];
+        r.entry("a", Column::Patch).cycles_per_op = vec![1.0];
+        r.entry("a", Column::Patch).checksums = vec![1];
         let t = Table::build(&OPS[..1], &r, na, None, 1);
         assert!(matches!(t.rows[0].checksum, Some(Err(_))));
         assert_eq!(t.failures().len(), 1);
-        assert!(t.failures()[0].contains("native 0x00000001, vmm 0x00000002"));
+        assert!(t.failures()[0].contains("native 0x00000001, translate 0x00000002"));
     }
 }
