@@ -61,7 +61,7 @@ const GATE_POINTER: u32 = WINDOW_START + GATE_OFFSET + 0x100;
 /// The 64-bit trampoline the far pointer names. Its `jmp [rip]` target (6 bytes in) is
 /// 8-byte aligned: the guest may arrive with EFLAGS.AC set (alignment checks on at CPL 3).
 const GATE_TRAMPOLINE: u32 = WINDOW_START + GATE_OFFSET + 0x202;
-const _: () = assert!((GATE_TRAMPOLINE + 6) % 8 == 0);
+const _: () = assert!((GATE_TRAMPOLINE + 6).is_multiple_of(8));
 /// The vCPU page (base of the reserved segment).
 pub const VCPU_PAGE: u32 = WINDOW_START + VCPU_OFFSET;
 /// The two bounce pages: guest RAM mapped for one instruction's access to the window.
@@ -84,8 +84,12 @@ enum Table {
 
 const _: () = assert!(TABLES_OFFSET as usize + 3 * LOOKUP_TABLE_SIZE <= CODE_OFFSET as usize);
 
+/// [`LOOKUP_TABLE_SIZE`] as a linear-address span (512 KiB: it fits).
+const TABLE_SPAN: u32 = 1 << (rewriter::translate::LOOKUP_BITS + 3);
+const _: () = assert!(TABLE_SPAN as usize == LOOKUP_TABLE_SIZE);
+
 fn table_address(t: Table) -> u32 {
-    WINDOW_START + TABLES_OFFSET + (t as u32) * (LOOKUP_TABLE_SIZE as u32)
+    WINDOW_START + TABLES_OFFSET + (t as u32) * TABLE_SPAN
 }
 
 /// Everything a block's translation depends on.
@@ -181,6 +185,10 @@ pub struct TcBlock {
     pub alive: bool,
     /// Chained exits into it: (source block, exit index).
     incoming: Vec<(usize, usize)>,
+    /// Every page it came from is mapped global (CR4.PGE and PTE.G).
+    pub global: bool,
+    /// Its exits chained to global blocks.
+    chained_global: Vec<usize>,
 }
 
 impl TcBlock {
@@ -237,6 +245,12 @@ pub struct TranslationCache {
     /// Chains that cross a linear page: undone when the address space changes.
     far_chains: Vec<(usize, usize)>,
     tables: [Option<TableContext>; 2],
+    /// The entries written in each table since it was last cleared (cleared one by one
+    /// while few: a CR3 switch should not cost a 512 KiB copy).
+    filled: [Vec<usize>; 2],
+    /// Whether each table holds an entry for a block that is not global (its mapping
+    /// may change with CR3).
+    non_global: [bool; 2],
     empty_table: Vec<u8>,
     /// How exit stubs reach the monitor.
     gate: Gate,
@@ -328,6 +342,8 @@ impl TranslationCache {
             by_page: HashMap::new(),
             far_chains: Vec::new(),
             tables: [None, None],
+            filled: [Vec::new(), Vec::new()],
+            non_global: [false, false],
             empty_table: empty.as_bytes().to_vec(),
             gate,
             stats: TcStats::default(),
@@ -431,9 +447,16 @@ impl TranslationCache {
                 key,
                 alive: true,
                 incoming: Vec::new(),
+                global: false,
+                chained_global: Vec::new(),
             });
             return Ok(Ok(i));
         }
+    }
+
+    /// Marks block `i` as lying entirely in global pages.
+    pub fn set_global(&mut self, i: usize) {
+        self.blocks[i].global = true;
     }
 
     /// The guest-physical pages (page addresses) block `i` came from.
@@ -469,6 +492,9 @@ impl TranslationCache {
         self.blocks[to].incoming.push((from, exit));
         if !same_page && self.blocks[from].key.paging {
             self.far_chains.push((from, exit));
+            if self.blocks[to].global {
+                self.blocks[from].chained_global.push(exit);
+            }
         }
         self.stats.chains += 1;
     }
@@ -489,6 +515,7 @@ impl TranslationCache {
         if !self.blocks[from].alive {
             return;
         }
+        self.blocks[from].chained_global.retain(|&e| e != exit);
         if let Ok(patch) = self.blocks[from].block.unchain(exit) {
             if self.apply_patch(from, &patch).is_ok() {
                 self.stats.unchains += 1;
@@ -511,34 +538,68 @@ impl TranslationCache {
             self.clear_table(table);
             self.tables[slot] = Some(ctx);
         }
-        let at = (table_address(table) - WINDOW_START) as usize
-            + rewriter::translate::lookup_index(key.eip) * LOOKUP_ENTRY_SIZE;
+        let index = rewriter::translate::lookup_index(key.eip);
+        let at = (table_address(table) - WINDOW_START) as usize + index * LOOKUP_ENTRY_SIZE;
         let entry = self.blocks[i].block.lookup_entry();
         let bytes = &mut self.mem.bytes_mut()[at..at + LOOKUP_ENTRY_SIZE];
         bytes[..4].copy_from_slice(&key.eip.to_le_bytes());
         bytes[4..].copy_from_slice(&entry.to_le_bytes());
+        self.filled[slot].push(index);
+        if !self.blocks[i].global {
+            self.non_global[slot] = true;
+        }
         self.stats.lookups_missed += 1;
     }
 
     fn clear_table(&mut self, table: Table) {
+        let slot = table as usize;
+        let Some(filled) = self.filled.get_mut(slot) else {
+            return;
+        };
+        let filled = std::mem::take(filled);
         let at = (table_address(table) - WINDOW_START) as usize;
         let empty = std::mem::take(&mut self.empty_table);
-        self.mem.bytes_mut()[at..at + LOOKUP_TABLE_SIZE].copy_from_slice(&empty);
-        self.empty_table = empty;
-        if let Some(t) = self.tables.get_mut(table as usize) {
-            if t.take().is_some() {
-                self.stats.table_clears += 1;
+        let bytes = &mut self.mem.bytes_mut()[at..at + LOOKUP_TABLE_SIZE];
+        if filled.len() < LOOKUP_TABLE_SIZE / LOOKUP_ENTRY_SIZE / 8 {
+            for index in filled.iter().map(|i| i * LOOKUP_ENTRY_SIZE) {
+                bytes[index..index + LOOKUP_ENTRY_SIZE]
+                    .copy_from_slice(&empty[index..index + LOOKUP_ENTRY_SIZE]);
             }
+        } else {
+            bytes.copy_from_slice(&empty);
         }
+        self.empty_table = empty;
+        self.non_global[slot] = false;
+        if !filled.is_empty() {
+            self.stats.table_clears += 1;
+        }
+        self.tables[slot] = None;
     }
 
-    /// The guest's linear→physical mapping may have changed (CR3, INVLPG, CR0/CR4):
-    /// lookups and chains across linear pages are undone.
-    pub fn address_space_changed(&mut self) {
-        self.clear_table(Table::Kernel);
-        self.clear_table(Table::User);
-        for (from, exit) in std::mem::take(&mut self.far_chains) {
-            self.unchain(from, exit);
+    /// The guest's linear→physical mapping may have changed: lookups and chains across
+    /// linear pages are undone. A CR3 switch (`keep_global`) leaves what lies entirely
+    /// in global pages (CR4.PGE): the CPU keeps those translations across CR3 writes too,
+    /// and the guest must INVLPG or toggle PGE to change them, which comes here without
+    /// `keep_global`.
+    pub fn address_space_changed(&mut self, keep_global: bool) {
+        for table in [Table::Kernel, Table::User] {
+            if !keep_global || self.non_global[table as usize] {
+                self.clear_table(table);
+            }
+        }
+        let chains = std::mem::take(&mut self.far_chains);
+        for (from, exit) in chains {
+            let target_global = self.blocks[from]
+                .block
+                .side
+                .exits
+                .get(exit)
+                .is_some_and(|_| self.blocks[from].chained_global.contains(&exit));
+            if keep_global && self.blocks[from].global && target_global {
+                self.far_chains.push((from, exit));
+            } else {
+                self.unchain(from, exit);
+            }
         }
     }
 

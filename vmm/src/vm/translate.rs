@@ -393,11 +393,16 @@ impl Vm {
                         .pages
                         .forget_translated(&mut self.mem.space, paging)?;
                 }
-                let Some(t) = self.tc.as_mut() else {
-                    return Ok(Entry::Handled(Ok(None)));
-                };
                 match result {
                     Ok(Ok(i)) => {
+                        if self.block_is_global(i) {
+                            if let Some(t) = self.tc.as_mut() {
+                                t.tc.set_global(i);
+                            }
+                        }
+                        let Some(t) = self.tc.as_mut() else {
+                            return Ok(Entry::Handled(Ok(None)));
+                        };
                         for page in t.tc.pages_of(i) {
                             let new = self.code.pages.arm_translated(
                                 &mut self.mem.space,
@@ -664,8 +669,31 @@ impl Vm {
         }
     }
 
-    /// Translate mode: paging or the address space changed.
-    pub(super) fn tc_address_space_changed(&mut self, mode_changed: bool) -> Result<(), VmError> {
+    /// Whether every linear page block `i` came from is mapped global (CR4.PGE and the
+    /// mapping's G bit): such translations survive CR3 writes, as the TLB's do.
+    fn block_is_global(&self, i: usize) -> bool {
+        let Some(t) = self.tc.as_ref() else {
+            return false;
+        };
+        let ctx = *self.mem.paging.shadow.context();
+        if !self.mem.paging.enabled() || !ctx.pge() {
+            return false;
+        }
+        let user = self.cpu.user();
+        let ram = super::shadow_backend::RamPhys(&self.mem.ram);
+        t.tc.block(i).block.pages.iter().all(|p| {
+            shadow_paging::resolve(&ram, &ctx, GuestLinear(p.linear), Access::fetch(user))
+                .is_some_and(|tr| tr.global)
+        })
+    }
+
+    /// Translate mode: paging or the address space changed. `cr3_only`: a CR3 write
+    /// alone (translations of global pages stay).
+    pub(super) fn tc_address_space_changed(
+        &mut self,
+        mode_changed: bool,
+        cr3_only: bool,
+    ) -> Result<(), VmError> {
         let Some(t) = self.tc.as_mut() else {
             return Ok(());
         };
@@ -675,7 +703,7 @@ impl Vm {
                 .pages
                 .forget_translated(&mut self.mem.space, true)?;
         } else {
-            t.tc.address_space_changed();
+            t.tc.address_space_changed(cr3_only);
             t.link = None;
         }
         Ok(())
