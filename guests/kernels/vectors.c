@@ -50,6 +50,62 @@ static void db_rf_handler(struct frame *f)
 	f->eflags |= 1u << 16; /* RF */
 }
 
+/* A data-breakpoint #DB handler: a trap, so it only records where it came from. */
+static volatile u32 watched_var;
+static volatile u32 db_data_hits, db_data_eip;
+static void db_data_handler(struct frame *f)
+{
+	db_data_hits++;
+	db_data_eip = f->eip;
+}
+
+/* DR7 for DR0 as a 4-byte data breakpoint: L0, R/W0 (01 writes, 11 reads and writes),
+ * LEN0 = 11. */
+#define DR7_DR0_WRITE4 0x000d0001u
+#define DR7_DR0_RW4 0x000f0001u
+
+static void test_data_breakpoints(void)
+{
+	u32 after = 0, dr6 = 0;
+
+	/* A write to a watched dword traps after the writing instruction; a read does not. */
+	db_data_hits = 0;
+	handle_exception(DB_VECTOR, db_data_handler);
+	asm volatile("xorl %%eax, %%eax; movl %%eax, %%dr6\n\t"
+		     "movl %[var], %%eax; movl %%eax, %%dr0\n\t"
+		     "movl %[dr7], %%eax; movl %%eax, %%dr7\n\t"
+		     "movl $8884f, %[after]\n\t"
+		     "movl $5, %[w]\n\t"
+		     "8884: movl %[w], %%eax\n\t"
+		     "xorl %%eax, %%eax; movl %%eax, %%dr7; movl %%dr6, %%eax; movl %%eax, %[dr6]"
+		     : [after] "=m"(after), [dr6] "=m"(dr6), [w] "+m"(watched_var)
+		     : [var] "i"(&watched_var), [dr7] "i"(DR7_DR0_WRITE4)
+		     : "eax", "memory");
+	handle_exception(DB_VECTOR, NULL);
+	report(db_data_hits == 1 && db_data_eip == after && (dr6 & 1) && watched_var == 5,
+	       "[dr0 write] a write to a watched dword traps after the instruction, DR6.B0; a "
+	       "read does not (hits %u, eip %x, expected %x, dr6 %x)",
+	       db_data_hits, db_data_eip, after, dr6);
+
+	/* R/W = 11: a read traps too, here through a byte inside the watched dword. */
+	db_data_hits = 0;
+	handle_exception(DB_VECTOR, db_data_handler);
+	asm volatile("xorl %%eax, %%eax; movl %%eax, %%dr6\n\t"
+		     "movl %[var], %%eax; movl %%eax, %%dr0\n\t"
+		     "movl %[dr7], %%eax; movl %%eax, %%dr7\n\t"
+		     "movl $8885f, %[after]\n\t"
+		     "movb 2+%[w], %%al\n\t"
+		     "8885: xorl %%eax, %%eax; movl %%eax, %%dr7; movl %%dr6, %%eax; movl %%eax, %[dr6]"
+		     : [after] "=m"(after), [dr6] "=m"(dr6), [w] "+m"(watched_var)
+		     : [var] "i"(&watched_var), [dr7] "i"(DR7_DR0_RW4)
+		     : "eax", "memory");
+	handle_exception(DB_VECTOR, NULL);
+	report(db_data_hits == 1 && db_data_eip == after && (dr6 & 1),
+	       "[dr0 read/write] a byte read inside a watched dword traps after the instruction "
+	       "(hits %u, eip %x, expected %x, dr6 %x)",
+	       db_data_hits, db_data_eip, after, dr6);
+}
+
 static void test_de_db_bp_of_br_ud(void)
 {
 	u32 next;
@@ -104,6 +160,7 @@ static void test_de_db_bp_of_br_ud(void)
 	report(db_rf_hits == 1 && ran == 1,
 	       "[dr0] returning with RF set runs the instruction once (hits %u, ran %u)", db_rf_hits,
 	       ran);
+	test_data_breakpoints();
 	report_prefix_pop();
 
 	report_prefix_push("#BP");

@@ -23,6 +23,7 @@ pub mod code;
 mod confine;
 pub mod context;
 pub mod cpu;
+pub mod data_breakpoints;
 pub mod debug;
 mod effects;
 pub mod guest_bus;

@@ -22,6 +22,7 @@ use rewriter::Class;
 use shadow_paging::Access;
 
 use super::code::CodePages;
+use super::data_breakpoints::{self, Access as WatchedAccess, DataBreakpoint};
 use super::guest_memory::GuestMemory;
 use super::handle::Step;
 use super::mirrors::{BOUNCE_SELECTOR, SCRATCH_SELECTOR, TC_CODE_SELECTOR};
@@ -104,6 +105,9 @@ pub struct Translation {
     /// Pages a bounced instruction may have written behind the write protection of
     /// translated code: their blocks go once it ran.
     bounced_writes: Vec<GuestPhys>,
+    /// The guest's enabled data breakpoints and the accesses the instruction entered
+    /// now will make ([`super::data_breakpoints`]).
+    watched: Option<(Vec<DataBreakpoint>, Vec<WatchedAccess>)>,
 }
 
 impl Translation {
@@ -122,6 +126,7 @@ impl Translation {
             fpu_once: false,
             bounce: None,
             bounced_writes: Vec::new(),
+            watched: None,
         })
     }
 
@@ -198,6 +203,7 @@ impl Vm {
         match self.tc_entry()? {
             Entry::Run(tc_addr) => {
                 let user = self.cpu.user();
+                let watched = self.watched_accesses();
                 let Some(t) = self.tc.as_mut() else {
                     return Ok(None);
                 };
@@ -209,6 +215,7 @@ impl Vm {
                 } else {
                     ctx.gs = SCRATCH_SELECTOR;
                 }
+                t.watched = watched;
                 t.guest_tf = self.cpu.state.eflags & eflags::TF;
                 ctx.eflags &= !eflags::TF;
                 if let Some(seg) = t.bounce.take() {
@@ -280,7 +287,10 @@ impl Vm {
             stack32: s.sreg(SegReg::Ss).db,
             user: self.cpu.user(),
             exit_fpu: s.cr0 & (cr0::TS | cr0::EM) != 0 && !fpu_once,
-            single: self.cpu.step.is_some() || s.eflags & eflags::TF != 0 || fpu_once,
+            single: self.cpu.step.is_some()
+                || s.eflags & eflags::TF != 0
+                || fpu_once
+                || !data_breakpoints::enabled(&s.dr).is_empty(),
             paging: self.mem.paging.enabled(),
             phys: phys.page().raw(),
         }
@@ -554,6 +564,20 @@ impl Vm {
             ExitKind::Direct { .. } | ExitKind::IndirectMiss => {
                 self.stats.exit(ExitReason::TranslationExit);
                 let stepping = self.cpu.step.is_some() || self.cpu.state.eflags & eflags::TF != 0;
+                // A data breakpoint the instruction's accesses hit: the #DB trap after it
+                // (with a single step's BS too when one is due).
+                let dr6 = self
+                    .tc
+                    .as_mut()
+                    .and_then(|t| t.watched.take())
+                    .map_or(0, |(bps, accesses)| data_breakpoints::hits(&bps, &accesses));
+                if single && dr6 != 0 {
+                    self.cpu.state.dr[6] |= dr6;
+                    if !stepping {
+                        self.stats.exit(ExitReason::GuestException);
+                        return self.hand_to_vcpu(GuestExit::Exception(Fault::new(Exception::DB)));
+                    }
+                }
                 if single && stepping {
                     // One guest instruction ran: that is the step's trap.
                     let trap = HostExit::step_trap(TRAP_TRACE);
@@ -828,6 +852,30 @@ impl Vm {
             }
         }
         Ok(None)
+    }
+
+    /// With data breakpoints enabled: them, and the accesses the instruction at EIP will
+    /// make (its memory operands with the registers it starts with).
+    fn watched_accesses(&self) -> Option<(Vec<DataBreakpoint>, Vec<WatchedAccess>)> {
+        let bps = data_breakpoints::enabled(&self.cpu.state.dr);
+        if bps.is_empty() {
+            return None;
+        }
+        let instr = self.fetch().decode_at(self.cpu.state.eip)?;
+        let state = &self.cpu.state;
+        let accesses = self
+            .memory_operands(&instr)
+            .into_iter()
+            .map(|(seg, off, size, access)| WatchedAccess {
+                lin: GuestLinear(state.sreg(seg).base).wrapping_add(off),
+                size,
+                write: !matches!(
+                    access,
+                    iced_x86::OpAccess::Read | iced_x86::OpAccess::CondRead
+                ),
+            })
+            .collect();
+        Some((bps, accesses))
     }
 
     /// The segment register translations reserve at this privilege level.
