@@ -522,27 +522,12 @@ impl LinearSpace {
         }
         let off =
             libc::off_t::try_from(offset).map_err(|_| MemoryError::BadLinearRange { lin, len })?;
-        // SAFETY: the range lies in the monitor window of the reservation this value
-        // owns; no Rust object lives there.
-        let p = unsafe {
-            libc::mmap(
-                lin.raw() as usize as *mut c_void,
-                len as usize,
-                prot.to_host(),
-                libc::MAP_SHARED | libc::MAP_FIXED,
-                fd.as_raw_fd(),
-                off,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(MemoryError::Host {
-                op: "mmap(monitor window)",
-                lin,
-                len,
-                source: io::Error::last_os_error(),
-            });
-        }
-        Ok(())
+        map_fixed_shared(lin, len, prot, fd, off).map_err(|source| MemoryError::Host {
+            op: "mmap(monitor window)",
+            lin,
+            len,
+            source,
+        })
     }
 
     /// The part of a guest range below the monitor window, with the protection guest
@@ -613,12 +598,14 @@ impl LinearSpace {
         let Some((len, prot)) = self.guest_part(lin, len, prot) else {
             return Ok(());
         };
-        map_fixed_shared(lin, len, prot, ram, gpa).map_err(|source| MemoryError::Host {
-            op: "mmap",
-            lin,
-            len,
-            source,
-        })?;
+        map_fixed_shared(lin, len, prot, ram.fd(), libc::off_t::from(gpa.raw())).map_err(
+            |source| MemoryError::Host {
+                op: "mmap",
+                lin,
+                len,
+                source,
+            },
+        )?;
         self.set_mapped(lin, len, true);
         Ok(())
     }
@@ -713,23 +700,25 @@ fn reserve_fixed(addr: usize, len: usize, fixed: libc::c_int) -> io::Result<()> 
     Ok(())
 }
 
+/// Maps `len` bytes of `fd` at `offset` at linear `lin`, replacing what was there.
 fn map_fixed_shared(
     lin: GuestLinear,
     len: u32,
     prot: Prot,
-    ram: &GuestRam,
-    gpa: GuestPhys,
+    fd: &OwnedFd,
+    offset: libc::off_t,
 ) -> io::Result<()> {
-    // SAFETY: the linear range was validated to lie inside the reservation this process
-    // owns; MAP_FIXED only replaces reservation or earlier guest mappings there.
+    // SAFETY: callers validated the linear range to lie inside the reservation this
+    // process owns (the guest's part or the monitor window); MAP_FIXED only replaces
+    // reservation or earlier mappings made there, and no Rust object lives there.
     let p = unsafe {
         libc::mmap(
             lin.raw() as usize as *mut c_void,
             len as usize,
             prot.to_host(),
             libc::MAP_SHARED | libc::MAP_FIXED,
-            ram.fd().as_raw_fd(),
-            libc::off_t::from(gpa.raw()),
+            fd.as_raw_fd(),
+            offset,
         )
     };
     if p == libc::MAP_FAILED {
