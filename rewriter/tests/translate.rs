@@ -301,30 +301,34 @@ fn config() -> impl Strategy<Value = TranslateConfig> {
         any::<bool>(),
         any::<bool>(),
         1usize..40,
+        any::<bool>(),
     )
-        .prop_map(|(near, fs, stack16, exit_fpu, max)| TranslateConfig {
-            gate: if near {
-                Gate::Near(0xFFFF_8000)
-            } else {
-                Gate::FarPointer(0xFFFF_F000)
-            },
-            scratch: Scratch {
-                segment: if fs {
-                    ScratchSegment::Fs
+        .prop_map(
+            |(near, fs, stack16, exit_fpu, max, inline_if)| TranslateConfig {
+                gate: if near {
+                    Gate::Near(0xFFFF_8000)
                 } else {
-                    ScratchSegment::Gs
+                    Gate::FarPointer(0xFFFF_F000)
                 },
-                base: 0xFFFF_E000,
+                scratch: Scratch {
+                    segment: if fs {
+                        ScratchSegment::Fs
+                    } else {
+                        ScratchSegment::Gs
+                    },
+                    base: 0xFFFF_E000,
+                },
+                lookup_table: 0xFF00_0000,
+                stack_size: if stack16 {
+                    StackSize::Bits16
+                } else {
+                    StackSize::Bits32
+                },
+                max_instructions: max,
+                inline_if,
+                exit_fpu,
             },
-            lookup_table: 0xFF00_0000,
-            stack_size: if stack16 {
-                StackSize::Bits16
-            } else {
-                StackSize::Bits32
-            },
-            max_instructions: max,
-            exit_fpu,
-        })
+        )
 }
 
 /// Guest code placed so that it may cross a page end: `start` bytes into the page at
@@ -400,7 +404,7 @@ fn check_block(block: &Block, cfg: &TranslateConfig) -> Result<(), TestCaseError
     // IDENT instructions are the guest's, in order from the entry.
     let mut eip = block.guest_eip;
     for entry in &block.side.entries {
-        if let Origin::Ident { guest_len } = entry.origin {
+        if let Origin::Ident { guest_len } | Origin::Inline { guest_len } = entry.origin {
             prop_assert_eq!(entry.guest, rewriter::translate::GuestEip::At(eip));
             eip += u32::from(guest_len);
         }

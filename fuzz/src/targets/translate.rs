@@ -70,6 +70,7 @@ pub fn run(data: &[u8]) {
             StackSize::Bits32
         },
         max_instructions: usize::from(max % 64) + 1,
+        inline_if: flags & 8 != 0,
         ..TranslateConfig::default()
     };
 

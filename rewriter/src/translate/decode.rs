@@ -312,7 +312,9 @@ fn end_of(instr: &Instruction) -> u32 {
 /// Why `instr` must leave for the monitor instead of running from the TC, if it must.
 fn exit_kind(instr: &Instruction, cfg: &TranslateConfig) -> Option<ExitKind> {
     let class = classify(instr);
-    let runs_natively = class == Class::Innocuous || (class == Class::Fpu && !cfg.exit_fpu);
+    let runs_natively = class == Class::Innocuous
+        || (class == Class::Fpu && !cfg.exit_fpu)
+        || (matches!(class, Class::Cli | Class::Sti) && cfg.inline_if);
     if !runs_natively {
         return Some(ExitKind::Sensitive(class));
     }

@@ -131,6 +131,10 @@ impl<'c> Emitter<'c> {
     pub fn ident(&mut self, guest: &Instruction) -> Result<bool, Refusal> {
         let start = self.bytes.len();
         let eip = u32::try_from(guest.ip()).unwrap_or(0);
+        if self.cfg.inline_if && matches!(guest.code(), Code::Cli | Code::Sti) {
+            super::inline::interrupt_flag(self, guest)?;
+            return Ok(true);
+        }
         let meta = Meta {
             guest: GuestEip::At(eip),
             restore_scratch: false,

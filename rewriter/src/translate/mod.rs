@@ -49,6 +49,7 @@
 
 mod decode;
 mod emit;
+mod inline;
 mod lookup;
 mod memory;
 mod side;
@@ -78,8 +79,14 @@ pub const SLOT_EDX: u32 = 4;
 pub const SLOT_TARGET: u32 = 8;
 /// Offset of the slot where an exit stub leaves its own TC address for the gate.
 pub const SLOT_EXIT: u32 = 12;
+/// Offset of the guest's virtual IF (a byte: 1 set, 0 clear) that inline CLI and STI
+/// write and the monitor keeps in step with the vCPU ([`TranslateConfig::inline_if`]).
+pub const SLOT_VIF: u32 = 16;
+/// Offset of the byte the monitor sets before an entry when an interrupt is pending:
+/// an inline STI exits when it finds it set.
+pub const SLOT_PENDING: u32 = 20;
 /// Size of the scratch area.
-pub const SCRATCH_LEN: u32 = 16;
+pub const SCRATCH_LEN: u32 = 24;
 
 /// How translated code enters the monitor's gate (ARCHITECTURE §5b).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -149,6 +156,10 @@ pub struct TranslateConfig {
     /// guest's CR0.TS/EM say); the engine may clear it while both are clear and must
     /// then drop those translations when either is set.
     pub exit_fpu: bool,
+    /// CLI and STI are translated inline (CPL 0, where they never fault): a store to the
+    /// virtual IF slot ([`SLOT_VIF`]); STI then exits, at the next instruction, only when
+    /// the pending slot ([`SLOT_PENDING`]) says an interrupt waits.
+    pub inline_if: bool,
 }
 
 impl Default for TranslateConfig {
@@ -165,6 +176,7 @@ impl Default for TranslateConfig {
             stack_size: StackSize::Bits32,
             max_instructions: 32,
             exit_fpu: true,
+            inline_if: false,
         }
     }
 }

@@ -32,6 +32,13 @@ pub enum Origin {
         /// Length of the guest's encoding.
         guest_len: u8,
     },
+    /// The instruction that carries out a sensitive guest instruction translated inline
+    /// (CLI, STI: a store to the virtual IF); `guest_len` guest bytes at the entry's guest
+    /// EIP.
+    Inline {
+        /// Length of the guest's encoding.
+        guest_len: u8,
+    },
     /// Part of a multi-instruction expansion of a guest control transfer.
     Expansion,
     /// Part of an exit stub.
@@ -89,6 +96,9 @@ pub enum ExitKind {
     /// A valid instruction the translator does not handle (RTM, or one the encoder
     /// cannot reproduce exactly): the monitor emulates it or raises #UD.
     Unsupported,
+    /// An inline STI found an interrupt pending: the guest is at the instruction after
+    /// the STI, in its interrupt shadow, with IF set.
+    InterruptWindow,
 }
 
 impl ExitKind {

@@ -416,9 +416,9 @@ mod tests {
     #[test]
     fn segment_accesses_are_confined_to_the_table_and_the_slots() {
         assert_eq!(kind(&[0x2E, 0x8B, 0x00]), ViolationKind::CodeSegmentAccess);
-        // mov eax, gs:[scratch base + 16]: past the slots.
+        // mov eax, gs:[scratch base + 24]: past the slots.
         assert_eq!(
-            kind(&[0x65, 0xA1, 0x10, 0xE0, 0xFF, 0xFF]),
+            kind(&[0x65, 0xA1, 0x18, 0xE0, 0xFF, 0xFF]),
             ViolationKind::ScratchAccess
         );
         // mov eax, gs:[eax]

@@ -105,6 +105,8 @@ pub struct Key {
     pub user: bool,
     /// FPU instructions exit (CR0.TS or CR0.EM set).
     pub exit_fpu: bool,
+    /// CLI and STI inline (CPL 0).
+    pub inline_if: bool,
     /// One guest instruction only, never chained nor looked up.
     pub single: bool,
     /// Paging was on.
@@ -149,6 +151,7 @@ impl Key {
                 MAX_BLOCK_INSTRUCTIONS
             },
             exit_fpu: self.exit_fpu,
+            inline_if: self.inline_if,
         }
     }
 }
@@ -160,6 +163,7 @@ struct TableContext {
     cs: CodeSegment,
     stack32: bool,
     exit_fpu: bool,
+    inline_if: bool,
     paging: bool,
 }
 
@@ -169,6 +173,7 @@ impl TableContext {
             cs: key.cs,
             stack32: key.stack32,
             exit_fpu: key.exit_fpu,
+            inline_if: key.inline_if,
             paging: key.paging,
         }
     }
@@ -360,6 +365,16 @@ impl TranslationCache {
         let at = (VCPU_OFFSET + offset) as usize;
         let b = &self.mem.bytes()[at..at + 4];
         u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
+
+    /// Writes a byte slot of the vCPU page.
+    pub fn set_slot_u8(&mut self, offset: u32, value: u8) {
+        self.mem.bytes_mut()[(VCPU_OFFSET + offset) as usize] = value;
+    }
+
+    /// Reads a byte slot of the vCPU page.
+    pub fn slot_u8(&self, offset: u32) -> u8 {
+        self.mem.bytes()[(VCPU_OFFSET + offset) as usize]
     }
 
     /// Length of the vCPU page's segment.

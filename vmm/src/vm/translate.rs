@@ -16,7 +16,7 @@
 use iced_x86::Instruction;
 use rewriter::translate::{
     CodeReader, CodeSegment, CodeSize, ExitKind, ExitStub, GuestEip, Refusal, SLOT_ECX, SLOT_EDX,
-    SLOT_EXIT, SLOT_TARGET,
+    SLOT_EXIT, SLOT_PENDING, SLOT_TARGET, SLOT_VIF,
 };
 use rewriter::Class;
 use shadow_paging::Access;
@@ -203,6 +203,7 @@ impl Vm {
         match self.tc_entry()? {
             Entry::Run(tc_addr) => {
                 let user = self.cpu.user();
+                let pending = self.platform.interrupt_pending();
                 let watched = self.watched_accesses();
                 let Some(t) = self.tc.as_mut() else {
                     return Ok(None);
@@ -216,6 +217,10 @@ impl Vm {
                     ctx.gs = SCRATCH_SELECTOR;
                 }
                 t.watched = watched;
+                // The virtual IF inline CLI/STI work on, and whether an STI must exit.
+                let vif = u8::from(self.cpu.state.eflags & eflags::IF != 0);
+                t.tc.set_slot_u8(SLOT_VIF, vif);
+                t.tc.set_slot_u8(SLOT_PENDING, u8::from(pending));
                 t.guest_tf = self.cpu.state.eflags & eflags::TF;
                 ctx.eflags &= !eflags::TF;
                 if let Some(seg) = t.bounce.take() {
@@ -287,6 +292,7 @@ impl Vm {
             stack32: s.sreg(SegReg::Ss).db,
             user: self.cpu.user(),
             exit_fpu: s.cr0 & (cr0::TS | cr0::EM) != 0 && !fpu_once,
+            inline_if: s.cpl() == 0,
             single: self.cpu.step.is_some()
                 || s.eflags & eflags::TF != 0
                 || fpu_once
@@ -479,6 +485,13 @@ impl Vm {
         ) {
             return Ok(TcExit::Guest);
         }
+        // Inline CLI/STI may have changed the virtual IF.
+        let s = &mut self.cpu.state;
+        if t.tc.slot_u8(SLOT_VIF) != 0 {
+            s.eflags |= eflags::IF;
+        } else {
+            s.eflags &= !eflags::IF;
+        }
         let ctx = &mut self.cpu.ctx;
         // Not entered at all (a pending timer): the context still holds the entry.
         if let HostExitKind::Async { .. } = exit.kind {
@@ -595,6 +608,18 @@ impl Vm {
                 }
                 Ok(None)
             }
+            ExitKind::InterruptWindow => {
+                // An inline STI found an interrupt waiting: it is taken after the
+                // instruction the STI's shadow covers.
+                if self.finish_step(false)? {
+                    return Ok(None);
+                }
+                self.stats.exit(ExitReason::RewriteTrap);
+                let site = self.cpu.code_linear(self.cpu.state.eip);
+                self.stats.site(site, Class::Sti.name());
+                self.cpu.state.interrupt_shadow = true;
+                Ok(None)
+            }
             kind => {
                 if self.finish_step(false)? {
                     return Ok(None);
@@ -660,7 +685,9 @@ impl Vm {
                 self.stats.exit(ExitReason::GuestException);
                 self.hand_to_vcpu(GuestExit::Exception(Fault::new(Exception::UD)))
             }
-            ExitKind::Direct { .. } | ExitKind::IndirectMiss => Ok(None),
+            ExitKind::Direct { .. } | ExitKind::IndirectMiss | ExitKind::InterruptWindow => {
+                Ok(None)
+            }
         }
     }
 
