@@ -314,7 +314,9 @@ fn exit_kind(instr: &Instruction, cfg: &TranslateConfig) -> Option<ExitKind> {
     let class = classify(instr);
     let runs_natively = class == Class::Innocuous
         || (class == Class::Fpu && !cfg.exit_fpu)
-        || (matches!(class, Class::Cli | Class::Sti) && cfg.inline_if);
+        || (cfg.inline_if
+            && (matches!(class, Class::Cli | Class::Sti)
+                || (class == Class::Pushf && instr.code() == iced_x86::Code::Pushfd)));
     if !runs_natively {
         return Some(ExitKind::Sensitive(class));
     }

@@ -135,6 +135,10 @@ impl<'c> Emitter<'c> {
             super::inline::interrupt_flag(self, guest)?;
             return Ok(true);
         }
+        if self.cfg.inline_if && guest.code() == Code::Pushfd {
+            super::inline::pushfd(self, guest)?;
+            return Ok(true);
+        }
         let meta = Meta {
             guest: GuestEip::At(eip),
             restore_scratch: false,

@@ -1,4 +1,5 @@
-//! Sensitive instructions translated inline (ARCHITECTURE §5b): CLI and STI at CPL 0.
+//! Sensitive instructions translated inline (ARCHITECTURE §5b): CLI, STI and PUSHFD at
+//! CPL 0.
 //!
 //! ```text
 //! CLI:    mov  byte [seg:SLOT_VIF], 0
@@ -14,12 +15,33 @@
 //! No instruction of either writes the guest's flags or touches guest memory. Precise
 //! state: before the store the guest is at the CLI/STI; after it, at the next
 //! instruction, with ECX in its slot while it is spilled.
+//!
+//! ```text
+//! PUSHFD: mov  [seg:SLOT_ECX], ecx
+//!         mov  [seg:SLOT_EDX], edx
+//!         pushfd                                ; where the guest's push goes: same fault
+//!         pop  edx                              ; the host's image (IF set, IOPL 0)
+//!         movzx ecx, byte [seg:SLOT_VIF]
+//!         lea  ecx, [ecx*8]
+//!         lea  ecx, [ecx*8]
+//!         lea  ecx, [ecx*8 - 0x200]             ; IF as the guest has it, less the host's
+//!         lea  edx, [edx + ecx]
+//!         mov  ecx, [seg:SLOT_VBITS]
+//!         lea  edx, [edx + ecx]                 ; IOPL, NT, AC, TF as the guest has them
+//!         push edx                              ; the commit
+//!         mov  ecx, [seg:SLOT_ECX]
+//!         mov  edx, [seg:SLOT_EDX]
+//! ```
+//!
+//! Only MOV, MOVZX, LEA, PUSH and POP: the guest's flags stay as they were. The only
+//! guest memory written is the dword the guest's PUSHFD writes, first by the host's
+//! PUSHFD (which faults exactly where the guest's would) and then by the commit.
 
 use iced_x86::{Code, Instruction, MemoryOperand, Register};
 
 use super::emit::{build, Emitter, Meta};
 use super::side::{ExitKind, GuestEip, Origin};
-use super::{stub, Refusal, SLOT_ECX, SLOT_PENDING, SLOT_VIF};
+use super::{stub, Refusal, SLOT_ECX, SLOT_EDX, SLOT_PENDING, SLOT_VBITS, SLOT_VIF};
 
 /// Emits the inline form of `guest`, a CLI or STI.
 pub(crate) fn interrupt_flag(em: &mut Emitter, guest: &Instruction) -> Result<(), Refusal> {
@@ -51,6 +73,60 @@ pub(crate) fn interrupt_flag(em: &mut Emitter, guest: &Instruction) -> Result<()
     stub::exit(em, ExitKind::InterruptWindow, GuestEip::At(next))?;
     em.bind(quiet)?;
     em.emit(&reload, after(true))?;
+    Ok(())
+}
+
+/// Emits the inline form of `guest`, a 32-bit PUSHF (PUSHFD).
+pub(crate) fn pushfd(em: &mut Emitter, guest: &Instruction) -> Result<(), Refusal> {
+    let eip = u32::try_from(guest.ip()).unwrap_or(0);
+    let len = u8::try_from(guest.len()).unwrap_or(1);
+    let next = eip.wrapping_add(u32::from(len));
+    let before = |restore, can_fault| Meta::expansion(GuestEip::At(eip), restore, can_fault);
+    let spill_ecx = build!(with2, Code::Mov_rm32_r32, em.slot(SLOT_ECX), Register::ECX)?;
+    em.emit(&spill_ecx, before(false, false))?;
+    let spill_edx = build!(with2, Code::Mov_rm32_r32, em.slot(SLOT_EDX), Register::EDX)?;
+    em.emit(&spill_edx, before(false, false))?;
+    em.emit(&Instruction::with(Code::Pushfd), before(true, true))?;
+    em.emit(
+        &build!(with1, Code::Pop_r32, Register::EDX)?,
+        before(true, false),
+    )?;
+    let vif = build!(with2, Code::Movzx_r32_rm8, Register::ECX, em.slot(SLOT_VIF))?;
+    em.emit(&vif, before(true, false))?;
+    for displ in [0i64, 0, -0x200] {
+        let scaled = MemoryOperand::with_base_index_scale_displ_size(
+            Register::None,
+            Register::ECX,
+            8,
+            displ,
+            4,
+        );
+        let lea = build!(with2, Code::Lea_r32_m, Register::ECX, scaled)?;
+        em.emit(&lea, before(true, false))?;
+    }
+    let sum = MemoryOperand::with_base_index(Register::EDX, Register::ECX);
+    let add = build!(with2, Code::Lea_r32_m, Register::EDX, sum)?;
+    em.emit(&add, before(true, false))?;
+    let vbits = build!(
+        with2,
+        Code::Mov_r32_rm32,
+        Register::ECX,
+        em.slot(SLOT_VBITS)
+    )?;
+    em.emit(&vbits, before(true, false))?;
+    em.emit(&add, before(true, false))?;
+    let commit = Meta {
+        guest: GuestEip::At(eip),
+        restore_scratch: true,
+        can_fault: true,
+        origin: Origin::Inline { guest_len: len },
+    };
+    em.emit(&build!(with1, Code::Push_r32, Register::EDX)?, commit)?;
+    let after = Meta::expansion(GuestEip::At(next), true, false);
+    let reload_ecx = build!(with2, Code::Mov_r32_rm32, Register::ECX, em.slot(SLOT_ECX))?;
+    em.emit(&reload_ecx, after)?;
+    let reload_edx = build!(with2, Code::Mov_r32_rm32, Register::EDX, em.slot(SLOT_EDX))?;
+    em.emit(&reload_edx, after)?;
     Ok(())
 }
 
@@ -89,6 +165,36 @@ mod tests {
             .find(|e| e.kind == ExitKind::InterruptWindow)
             .unwrap();
         assert_eq!(window.guest, GuestEip::At(0x1003), "after the STI");
+    }
+
+    #[test]
+    fn pushfd_inline_is_valid_and_keeps_the_block_going() {
+        // pushfd; inc eax; ret
+        let cfg = inline_cfg();
+        let block = translate_with(32, &[0x9C, 0x40, 0xC3], &cfg);
+        let rules = Rules::new(
+            &cfg,
+            u64::from(block.tc_address)..u64::from(block.tc_address) + 4096,
+        );
+        validate(&block.bytes, block.tc_address, &rules).unwrap();
+        let code: Vec<Code> = disasm(&block).iter().map(Instruction::code).collect();
+        assert_eq!(code.iter().filter(|c| **c == Code::Pushfd).count(), 1);
+        assert!(code.contains(&Code::Inc_r32));
+        // The commit is the push of the merged image; after it the guest is past PUSHFD.
+        let commit = block
+            .side
+            .entries
+            .iter()
+            .position(|e| matches!(e.origin, Origin::Inline { .. }))
+            .unwrap();
+        assert_eq!(block.side.entries[commit].guest, GuestEip::At(0x1000));
+        assert_eq!(block.side.entries[commit + 1].guest, GuestEip::At(0x1001));
+        // A 16-bit PUSHF still exits.
+        let o16 = translate_with(32, &[0x66, 0x9C], &cfg);
+        assert!(matches!(
+            o16.side.exits[0].kind,
+            ExitKind::Sensitive(crate::Class::Pushf)
+        ));
     }
 
     #[test]

@@ -85,8 +85,11 @@ pub const SLOT_VIF: u32 = 16;
 /// Offset of the byte the monitor sets before an entry when an interrupt is pending:
 /// an inline STI exits when it finds it set.
 pub const SLOT_PENDING: u32 = 20;
+/// Offset of the dword of virtual EFLAGS bits an inline PUSHFD adds to the host's image
+/// (IOPL, NT, AC, TF: bits the host image has clear), kept by the monitor.
+pub const SLOT_VBITS: u32 = 24;
 /// Size of the scratch area.
-pub const SCRATCH_LEN: u32 = 24;
+pub const SCRATCH_LEN: u32 = 28;
 
 /// How translated code enters the monitor's gate (ARCHITECTURE §5b).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -156,9 +159,10 @@ pub struct TranslateConfig {
     /// guest's CR0.TS/EM say); the engine may clear it while both are clear and must
     /// then drop those translations when either is set.
     pub exit_fpu: bool,
-    /// CLI and STI are translated inline (CPL 0, where they never fault): a store to the
-    /// virtual IF slot ([`SLOT_VIF`]); STI then exits, at the next instruction, only when
-    /// the pending slot ([`SLOT_PENDING`]) says an interrupt waits.
+    /// CLI, STI and PUSHFD are translated inline (CPL 0, where they never fault): CLI and
+    /// STI store to the virtual IF slot ([`SLOT_VIF`]), STI then exits, at the next
+    /// instruction, only when the pending slot ([`SLOT_PENDING`]) says an interrupt
+    /// waits; PUSHFD pushes the host's image with the virtual IF and [`SLOT_VBITS`] in.
     pub inline_if: bool,
 }
 

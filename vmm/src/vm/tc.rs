@@ -372,6 +372,12 @@ impl TranslationCache {
         self.mem.bytes_mut()[(VCPU_OFFSET + offset) as usize] = value;
     }
 
+    /// Writes a dword slot of the vCPU page.
+    pub fn set_slot(&mut self, offset: u32, value: u32) {
+        let at = (VCPU_OFFSET + offset) as usize;
+        self.mem.bytes_mut()[at..at + 4].copy_from_slice(&value.to_le_bytes());
+    }
+
     /// Reads a byte slot of the vCPU page.
     pub fn slot_u8(&self, offset: u32) -> u8 {
         self.mem.bytes()[(VCPU_OFFSET + offset) as usize]

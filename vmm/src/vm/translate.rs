@@ -16,7 +16,7 @@
 use iced_x86::Instruction;
 use rewriter::translate::{
     CodeReader, CodeSegment, CodeSize, ExitKind, ExitStub, GuestEip, Refusal, SLOT_ECX, SLOT_EDX,
-    SLOT_EXIT, SLOT_PENDING, SLOT_TARGET, SLOT_VIF,
+    SLOT_EXIT, SLOT_PENDING, SLOT_TARGET, SLOT_VBITS, SLOT_VIF,
 };
 use rewriter::Class;
 use shadow_paging::Access;
@@ -221,6 +221,10 @@ impl Vm {
                 let vif = u8::from(self.cpu.state.eflags & eflags::IF != 0);
                 t.tc.set_slot_u8(SLOT_VIF, vif);
                 t.tc.set_slot_u8(SLOT_PENDING, u8::from(pending));
+                // What an inline PUSHFD adds to the host's image: the bits the host runs
+                // clear that the guest may have set.
+                let vbits = eflags::IOPL | eflags::NT | eflags::AC | eflags::TF;
+                t.tc.set_slot(SLOT_VBITS, self.cpu.state.eflags & vbits);
                 t.guest_tf = self.cpu.state.eflags & eflags::TF;
                 ctx.eflags &= !eflags::TF;
                 if let Some(seg) = t.bounce.take() {
