@@ -326,6 +326,7 @@ fn config() -> impl Strategy<Value = TranslateConfig> {
                 },
                 max_instructions: max,
                 inline_if,
+                selectors: inline_if.then_some([0x23, 0x1b, 0x23, 0x23, 0x3b, 0x33]),
                 exit_fpu,
             },
         )

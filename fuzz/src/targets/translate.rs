@@ -71,6 +71,7 @@ pub fn run(data: &[u8]) {
         },
         max_instructions: usize::from(max % 64) + 1,
         inline_if: flags & 8 != 0,
+        selectors: (flags & 16 != 0).then_some([0x23, 0x1b, 0x23, 0x23, 0x3b, 0x33]),
         ..TranslateConfig::default()
     };
 

@@ -316,7 +316,8 @@ fn exit_kind(instr: &Instruction, cfg: &TranslateConfig) -> Option<ExitKind> {
         || (class == Class::Fpu && !cfg.exit_fpu)
         || (cfg.inline_if
             && (matches!(class, Class::Cli | Class::Sti)
-                || (class == Class::Pushf && instr.code() == iced_x86::Code::Pushfd)));
+                || (class == Class::Pushf && instr.code() == iced_x86::Code::Pushfd)))
+        || (cfg.selectors.is_some() && super::inline::selector_read(instr).is_some());
     if !runs_natively {
         return Some(ExitKind::Sensitive(class));
     }

@@ -135,6 +135,12 @@ impl<'c> Emitter<'c> {
             super::inline::interrupt_flag(self, guest)?;
             return Ok(true);
         }
+        if let (Some(selectors), Some(reg)) =
+            (self.cfg.selectors, super::inline::selector_read(guest))
+        {
+            super::inline::selector(self, guest, reg, selectors)?;
+            return Ok(true);
+        }
         if self.cfg.inline_if && guest.code() == Code::Pushfd {
             super::inline::pushfd(self, guest)?;
             return Ok(true);

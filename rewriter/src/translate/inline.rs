@@ -130,6 +130,82 @@ pub(crate) fn pushfd(em: &mut Emitter, guest: &Instruction) -> Result<(), Refusa
     Ok(())
 }
 
+/// The segment register `instr` reads, if it is a PUSH Sreg or a MOV reg, Sreg (the
+/// forms the translator gives an immediate).
+pub(crate) fn selector_read(instr: &Instruction) -> Option<Register> {
+    use iced_x86::OpKind;
+    match instr.code() {
+        Code::Pushd_ES
+        | Code::Pushd_CS
+        | Code::Pushd_SS
+        | Code::Pushd_DS
+        | Code::Pushd_FS
+        | Code::Pushd_GS
+        | Code::Pushw_ES
+        | Code::Pushw_CS
+        | Code::Pushw_SS
+        | Code::Pushw_DS
+        | Code::Pushw_FS
+        | Code::Pushw_GS => Some(instr.op0_register()),
+        // A memory destination leaves for the monitor.
+        Code::Mov_r32m16_Sreg | Code::Mov_rm16_Sreg if instr.op0_kind() == OpKind::Register => {
+            Some(instr.op1_register())
+        }
+        _ => None,
+    }
+}
+
+/// Emits PUSH Sreg or MOV reg, Sreg with the guest's selector of `reg` as an immediate.
+pub(crate) fn selector(
+    em: &mut Emitter,
+    guest: &Instruction,
+    reg: Register,
+    selectors: [u16; 6],
+) -> Result<(), Refusal> {
+    let eip = u32::try_from(guest.ip()).unwrap_or(0);
+    let len = u8::try_from(guest.len()).unwrap_or(1);
+    let index = match reg {
+        Register::ES => 0,
+        Register::CS => 1,
+        Register::SS => 2,
+        Register::DS => 3,
+        Register::FS => 4,
+        _ => 5,
+    };
+    let sel = selectors[index];
+    let meta = Meta {
+        guest: GuestEip::At(eip),
+        restore_scratch: false,
+        can_fault: true,
+        origin: Origin::Inline { guest_len: len },
+    };
+    let out = match guest.code() {
+        // Zero-extended, as the monitor's emulation and QEMU push it.
+        Code::Pushd_ES
+        | Code::Pushd_CS
+        | Code::Pushd_SS
+        | Code::Pushd_DS
+        | Code::Pushd_FS
+        | Code::Pushd_GS => build!(with1, Code::Pushd_imm32, u32::from(sel))?,
+        // MOV r32, Sreg zero-extends (P6 and later).
+        Code::Mov_r32m16_Sreg => build!(
+            with2,
+            Code::Mov_r32_imm32,
+            guest.op0_register(),
+            u32::from(sel)
+        )?,
+        Code::Mov_rm16_Sreg => build!(
+            with2,
+            Code::Mov_r16_imm16,
+            guest.op0_register(),
+            u32::from(sel)
+        )?,
+        // PUSH Sreg with a 16-bit operand size.
+        _ => build!(with1, Code::Push_imm16, u32::from(sel))?,
+    };
+    em.emit(&out, meta)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +270,49 @@ mod tests {
         assert!(matches!(
             o16.side.exits[0].kind,
             ExitKind::Sensitive(crate::Class::Pushf)
+        ));
+    }
+
+    #[test]
+    fn selector_reads_become_immediates() {
+        let cfg = TranslateConfig {
+            selectors: Some([0x7b, 0x60, 0x68, 0x7b, 0xd8, 0]),
+            ..TranslateConfig::default()
+        };
+        // push ds; mov eax, fs; mov ax, cs; mov [eax], ds; ret
+        let block = translate_with(
+            32,
+            &[0x1E, 0x8C, 0xE0, 0x66, 0x8C, 0xC8, 0x8C, 0x18, 0xC3],
+            &cfg,
+        );
+        let rules = Rules::new(
+            &cfg,
+            u64::from(block.tc_address)..u64::from(block.tc_address) + 4096,
+        );
+        validate(&block.bytes, block.tc_address, &rules).unwrap();
+        let out = disasm(&block);
+        let imms: Vec<(Code, u64)> = out
+            .iter()
+            .filter(|i| {
+                matches!(
+                    i.code(),
+                    Code::Pushd_imm32 | Code::Mov_r32_imm32 | Code::Mov_r16_imm16
+                )
+            })
+            .map(|i| (i.code(), i.immediate(i.op_count() - 1)))
+            .collect();
+        assert_eq!(
+            imms,
+            [
+                (Code::Pushd_imm32, 0x7b),
+                (Code::Mov_r32_imm32, 0xd8),
+                (Code::Mov_r16_imm16, 0x60)
+            ]
+        );
+        // The store of a selector to memory leaves for the monitor.
+        assert!(matches!(
+            block.side.exits[0].kind,
+            ExitKind::Sensitive(crate::Class::MovFromSreg)
         ));
     }
 

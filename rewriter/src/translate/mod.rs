@@ -164,6 +164,11 @@ pub struct TranslateConfig {
     /// instruction, only when the pending slot ([`SLOT_PENDING`]) says an interrupt
     /// waits; PUSHFD pushes the host's image with the virtual IF and [`SLOT_VBITS`] in.
     pub inline_if: bool,
+    /// The guest's segment selectors (ES, CS, SS, DS, FS, GS), when MOV and PUSH from a
+    /// segment register are to be translated inline as immediates. A block translated
+    /// with them is valid only while the guest's selectors are these (segment loads leave
+    /// for the monitor, so the engine keys blocks by them).
+    pub selectors: Option<[u16; 6]>,
 }
 
 impl Default for TranslateConfig {
@@ -181,6 +186,7 @@ impl Default for TranslateConfig {
             max_instructions: 32,
             exit_fpu: true,
             inline_if: false,
+            selectors: None,
         }
     }
 }

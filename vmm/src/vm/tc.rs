@@ -107,6 +107,8 @@ pub struct Key {
     pub exit_fpu: bool,
     /// CLI and STI inline (CPL 0).
     pub inline_if: bool,
+    /// The guest's selectors (ES, CS, SS, DS, FS, GS): reads of them are immediates.
+    pub selectors: [u16; 6],
     /// One guest instruction only, never chained nor looked up.
     pub single: bool,
     /// Paging was on.
@@ -152,6 +154,7 @@ impl Key {
             },
             exit_fpu: self.exit_fpu,
             inline_if: self.inline_if,
+            selectors: Some(self.selectors),
         }
     }
 }
@@ -164,6 +167,7 @@ struct TableContext {
     stack32: bool,
     exit_fpu: bool,
     inline_if: bool,
+    selectors: [u16; 6],
     paging: bool,
 }
 
@@ -174,6 +178,7 @@ impl TableContext {
             stack32: key.stack32,
             exit_fpu: key.exit_fpu,
             inline_if: key.inline_if,
+            selectors: key.selectors,
             paging: key.paging,
         }
     }
