@@ -24,7 +24,7 @@ const READY: &str = "vmm-initramfs: shell ready";
 /// Guest memory in every virtual environment, as QEMU's `-m 256`.
 const MEM_MIB: u32 = 256;
 /// Console lines kept to explain a failure.
-const TAIL_LINES: usize = 12;
+const TAIL_LINES: usize = 16;
 
 /// One timed workload.
 struct Workload {
@@ -109,13 +109,14 @@ impl Environment {
 struct Measurement {
     /// Start to the readiness line; none natively (nothing boots).
     ready: Option<f64>,
-    /// The time and last output line of each workload that completed, in order.
-    workloads: Vec<(f64, String)>,
-    /// Why the run stopped early, if it did: the figures before it stand.
-    failure: Option<Failure>,
+    /// Each workload's time and last output line, in order; `None` for one that
+    /// failed (a guest that fails one is booted again for the next).
+    workloads: Vec<Option<(f64, String)>>,
+    /// What went wrong, in order.
+    failures: Vec<Failure>,
 }
 
-/// Why a run stopped early: what went wrong, and the last console lines before it.
+/// What went wrong in a run, and the last console lines before it.
 #[derive(Debug, Clone)]
 struct Failure {
     what: String,
@@ -202,10 +203,10 @@ impl Session {
                     )
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    let status = self.child.wait().ok().and_then(|s| s.code());
-                    return Err(self.failed(format!(
-                        "it ended (status {status:?}) before printing {want:?}"
-                    )));
+                    let status = self.child.wait().map_or("?".into(), |s| s.to_string());
+                    return Err(
+                        self.failed(format!("it ended ({status}) before printing {want:?}"))
+                    );
                 }
             }
         }
@@ -269,7 +270,8 @@ const SYNC_EVERY: Duration = Duration::from_secs(2);
 
 /// Waits for the shell to answer (characters the guest receives before its console is
 /// open are lost, as on a real UART, so the question is repeated), then runs the
-/// workloads one after another into `m`.
+/// workloads `m` has no entry for yet, one after another. A failed workload's entry is
+/// `None`.
 fn run_workloads(session: &mut Session, bin: &str, m: &mut Measurement) -> Result<(), Failure> {
     let deadline = Instant::now() + session.timeout;
     loop {
@@ -280,16 +282,28 @@ fn run_workloads(session: &mut Session, bin: &str, m: &mut Measurement) -> Resul
             Err(_) => {}
         }
     }
-    for w in &WORKLOADS {
+    while let Some(w) = WORKLOADS.get(m.workloads.len()) {
         let command = w.command.replace("{bin}", bin);
-        session.type_line(&format!(
-            "echo bench:{0}:begin; {command}; echo bench:{0}:end",
-            w.name
-        ))?;
-        let (begin, _) = session.wait_for(&format!("bench:{}:begin", w.name), false)?;
-        let (end, output) = session.wait_for(&format!("bench:{}:end", w.name), false)?;
-        let answer = output.last().cloned().unwrap_or_default();
-        m.workloads.push((seconds(begin, end), answer));
+        let mut timed = || {
+            session.type_line(&format!(
+                "echo bench:{0}:begin; {command}; echo bench:{0}:end",
+                w.name
+            ))?;
+            let (begin, _) = session.wait_for(&format!("bench:{}:begin", w.name), false)?;
+            let (end, output) = session.wait_for(&format!("bench:{}:end", w.name), false)?;
+            let answer = output.last().cloned().unwrap_or_default();
+            Ok::<_, Failure>((seconds(begin, end), answer))
+        };
+        match timed() {
+            Ok(figure) => m.workloads.push(Some(figure)),
+            Err(f) => {
+                m.workloads.push(None);
+                return Err(Failure {
+                    what: format!("{}: {}", w.name, f.what),
+                    console: f.console,
+                });
+            }
+        }
     }
     Ok(())
 }
@@ -298,7 +312,7 @@ fn run_workloads(session: &mut Session, bin: &str, m: &mut Measurement) -> Resul
 fn measure(env: Environment, args: &LinuxArgs, vmm: &Path) -> Measurement {
     let mut m = Measurement::default();
     if let Err(f) = measure_into(env, args, vmm, &mut m) {
-        m.failure = Some(f);
+        m.failures.push(f);
     }
     m
 }
@@ -321,15 +335,27 @@ fn measure_into(
         let _ = std::fs::remove_dir_all(&links);
         return ran;
     }
-    let cmd = match env {
-        Environment::Vmm(mode) => vmm_command(mode, args, vmm),
-        _ => qemu_command(args),
-    };
-    let mut session = Session::start(cmd, timeout)?;
-    let (ready, _) = session.wait_for(READY, true)?;
-    m.ready = Some(seconds(session.start, ready));
-    run_workloads(&mut session, "/bin", m)?;
-    session.finish("poweroff -f")
+    // A guest that fails a workload is booted again for the next one; the boot time is
+    // the first boot's.
+    loop {
+        let cmd = match env {
+            Environment::Vmm(mode) => vmm_command(mode, args, vmm),
+            _ => qemu_command(args),
+        };
+        let mut session = Session::start(cmd, timeout)?;
+        let (ready, _) = session.wait_for(READY, true)?;
+        m.ready.get_or_insert(seconds(session.start, ready));
+        let done = m.workloads.len();
+        match run_workloads(&mut session, "/bin", m) {
+            Ok(()) => return session.finish("poweroff -f"),
+            // Not even the shell answered: booting again would not help.
+            Err(f) if m.workloads.len() == done => return Err(f),
+            Err(f) => m.failures.push(f),
+        }
+        if m.workloads.len() == WORKLOADS.len() {
+            return Ok(());
+        }
+    }
 }
 
 /// `vmm run` in execution mode `mode`, the console on standard input and output.
@@ -397,26 +423,29 @@ struct Column {
     figures: Measurement,
 }
 
-/// The medians of `runs`: of each figure every run has. A failure of any run is the
-/// column's.
+/// The medians of `runs`: of each figure every run has. The failures are those of the
+/// runs.
 fn medians(runs: &[Measurement]) -> Measurement {
     let ready = runs
         .iter()
         .map(|m| m.ready)
         .collect::<Option<Vec<_>>>()
         .map(median);
-    let complete = runs.iter().map(|m| m.workloads.len()).min().unwrap_or(0);
-    let workloads = (0..complete)
+    let workloads = (0..WORKLOADS.len())
         .map(|i| {
-            let times = runs.iter().map(|m| m.workloads[i].0).collect();
-            (median(times), runs[0].workloads[i].1.clone())
+            let figures = runs
+                .iter()
+                .map(|m| m.workloads.get(i).cloned().flatten())
+                .collect::<Option<Vec<_>>>()?;
+            let times = figures.iter().map(|f| f.0).collect();
+            Some((median(times), figures.first()?.1.clone()))
         })
         .collect();
-    let failure = runs.iter().find_map(|m| m.failure.clone());
+    let failures = runs.iter().flat_map(|m| m.failures.clone()).collect();
     Measurement {
         ready,
         workloads,
-        failure,
+        failures,
     }
 }
 
@@ -455,7 +484,7 @@ pub fn run(args: &LinuxArgs, vmm: &Path, mut progress: impl FnMut(&str)) -> bool
         for rep in 1..=args.reps {
             progress(&format!("{} run {rep} of {}", env.name(), args.reps));
             let m = measure(env, args, vmm);
-            let failed = m.failure.is_some();
+            let failed = !m.failures.is_empty();
             runs.push(m);
             if failed {
                 break;
@@ -471,7 +500,7 @@ pub fn run(args: &LinuxArgs, vmm: &Path, mut progress: impl FnMut(&str)) -> bool
     ok
 }
 
-/// Cuts every column at the first workload whose output differs from the native one,
+/// Takes away every figure of a workload whose output differs from the native one,
 /// with a failure that says so: a figure counts only for the same work done.
 fn check_answers(columns: &mut [Column]) -> bool {
     let native = columns
@@ -481,24 +510,25 @@ fn check_answers(columns: &mut [Column]) -> bool {
         .unwrap_or_default();
     for column in columns.iter_mut() {
         let m = &mut column.figures;
-        let wrong = WORKLOADS
-            .iter()
-            .zip(native.iter().zip(&m.workloads))
-            .position(|(_, (n, g))| n.1 != g.1);
-        if let Some(i) = wrong {
-            let what = format!(
-                "{} printed {:?}, natively {:?}",
-                WORKLOADS[i].name, m.workloads[i].1, native[i].1
-            );
-            m.workloads.truncate(i);
-            m.failure = Some(failure(what, Vec::new()));
+        for (i, (mine, theirs)) in m.workloads.iter_mut().zip(&native).enumerate() {
+            let (Some(g), Some(n)) = (mine.as_ref(), theirs) else {
+                continue;
+            };
+            if g.1 != n.1 {
+                let what = format!(
+                    "{} printed {:?}, natively {:?}",
+                    WORKLOADS[i].name, g.1, n.1
+                );
+                m.failures.push(failure(what, Vec::new()));
+                *mine = None;
+            }
         }
     }
-    columns.iter().all(|c| c.figures.failure.is_none())
+    columns.iter().all(|c| c.figures.failures.is_empty())
 }
 
 /// The table: seconds per environment, ratios of each monitor mode to native and to
-/// QEMU, then why any environment stopped early. A figure a run did not reach reads
+/// QEMU, then what went wrong. A figure that failed reads
 /// `failed`; one that does not apply (native boot), `-`.
 fn render(args: &LinuxArgs, columns: &[Column], qemu: bool) -> String {
     let mut out = format!(
@@ -521,7 +551,7 @@ fn render(args: &LinuxArgs, columns: &[Column], qemu: bool) -> String {
     let figure = |c: &Column, row: usize| -> Option<f64> {
         match row {
             0 => c.figures.ready,
-            _ => c.figures.workloads.get(row - 1).map(|w| w.0),
+            _ => c.figures.workloads.get(row - 1)?.as_ref().map(|w| w.0),
         }
     };
     let cell = |c: &Column, row: usize| match figure(c, row) {
@@ -578,7 +608,7 @@ fn render(args: &LinuxArgs, columns: &[Column], qemu: bool) -> String {
         out.push('\n');
     }
     for c in columns {
-        if let Some(f) = &c.figures.failure {
+        for f in &c.figures.failures {
             out.push_str(&format!("{} failed: {}\n", c.env.name(), f.what));
             for line in &f.console {
                 out.push_str(&format!("  | {line}\n"));
