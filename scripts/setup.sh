@@ -3,13 +3,14 @@
 # before every build; fails loudly.
 #   scripts/setup.sh run    running the monitor and the guest kernels it boots:
 #                           gcc/binutils (the guest kernels are built with the host gcc
-#                           in 32-bit mode)
+#                           in 32-bit mode), and the Linux guest under target/debian/:
+#                           Debian's i386 686 and 686-pae kernels, busybox-static and the
+#                           initramfs built from it (scripts/debian-kernel.sh,
+#                           scripts/debian-initramfs.sh; they need xz-utils, dpkg, python3)
 #   scripts/setup.sh test   the above, plus what the tests need:
 #                           qemu-system-x86 (the guest suite runs side by side under
 #                           QEMU's TCG for comparison; no recommended packages),
-#                           gdb (the gdb stub is tested by real gdb in batch mode),
-#                           xz-utils/dpkg and Debian's i386 kernel (the rewriter's
-#                           reference input, target/debian/)
+#                           gdb (the gdb stub is tested by real gdb in batch mode)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 purpose=${1:-}
@@ -40,11 +41,12 @@ install() {
 need=()
 command -v gcc >/dev/null || need+=(gcc)
 command -v ld >/dev/null || need+=(binutils)
+command -v xz >/dev/null || need+=(xz-utils)
+command -v dpkg-deb >/dev/null || need+=(dpkg)
+command -v python3 >/dev/null || need+=(python3)
 if [ "$purpose" = test ]; then
-    command -v xz >/dev/null || need+=(xz-utils)
     command -v qemu-system-i386 >/dev/null || need+=(qemu-system-x86)
     command -v gdb >/dev/null || need+=(gdb)
-    command -v dpkg-deb >/dev/null || need+=(dpkg)
 fi
 install "${need[@]}"
 
@@ -57,7 +59,6 @@ if ! gcc -m32 -ffreestanding -nostdlib -c "$probe/t.c" -o "$probe/t.o" 2>"$probe
     exit 1
 fi
 rm -rf "$probe"
-if [ "$purpose" = test ]; then
-    "$root/scripts/debian-kernel.sh" >/dev/null
-fi
+"$root/scripts/debian-kernel.sh" >/dev/null
+"$root/scripts/debian-initramfs.sh" >/dev/null
 echo "setup ($purpose): ok"

@@ -15,6 +15,8 @@ use vmm_cli::kproxy;
 use vmm_cli::scan::{self, ScanError, ScanOptions};
 use vmm_cli::{bench, coverage, plot, EXIT_INPUT_ERROR, EXIT_MONITOR_ERROR, EXIT_USAGE_ERROR};
 
+mod bench_linux;
+
 /// Number of trap sites `--profile` draws.
 const PROFILE_TOP_SITES: usize = 15;
 /// Number of trap sites `--stats` lists.
@@ -104,6 +106,17 @@ struct BenchArgs {
     /// environment, log scale.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
+    #[command(subcommand)]
+    target: Option<BenchTarget>,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchTarget {
+    /// Debian's Linux with the busybox initramfs: start to shell ready and workloads
+    /// W1-W3, under vmm (each execution mode), QEMU's TCG and natively, in seconds from
+    /// host-side timestamps of console lines, with ratios. Exit status 1 if any
+    /// environment failed.
+    Linux(bench_linux::LinuxArgs),
 }
 
 #[derive(Debug, Args)]
@@ -338,6 +351,14 @@ fn bench_command(args: &BenchArgs) -> ExitCode {
             return ExitCode::from(EXIT_MONITOR_ERROR);
         }
     };
+    if let Some(BenchTarget::Linux(linux)) = &args.target {
+        let ok = bench_linux::run(linux, &vmm, |step| eprintln!("vmm bench linux: {step}"));
+        return if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     let options = bench::Options {
         reps: args.reps as usize,
         vmm,

@@ -1,0 +1,220 @@
+//! Debian's unmodified i386 kernels boot under `vmm run` with `console=ttyS0` and nothing
+//! else on their command line, to the busybox shell of the initramfs that
+//! `scripts/setup.sh run` builds (`target/debian/initramfs.cpio`, /init in
+//! `scripts/initramfs/init`). The test types commands into the guest's console (the
+//! monitor's standard input is COM1's receive side), checks what the shell answers, and
+//! powers the machine off, which ends the run with status 0.
+//!
+//! Without the Debian files the test is skipped with a message, except in CI (CI=true),
+//! where a missing file is a failure.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+/// The line /init prints before it starts the shell.
+const READY: &str = "vmm-initramfs: shell ready";
+/// Longest the boot to the readiness line may take (a debug monitor boots slowest).
+const BOOT: Duration = Duration::from_secs(300);
+/// Longest one command's answer may take.
+const STEP: Duration = Duration::from_secs(60);
+/// The whole run's limit, enforced by `timeout` around the monitor.
+const RUN_SECONDS: u32 = 600;
+
+/// The Debian file `name` under target/debian/, or `None` (the test is skipped) when it
+/// is missing outside CI.
+///
+/// # Panics
+/// When it is missing in CI.
+fn debian_file(name: &str) -> Option<PathBuf> {
+    let path = support::workspace_root().join("target/debian").join(name);
+    if path.is_file() {
+        return Some(path);
+    }
+    let msg = format!(
+        "{} is missing: `scripts/setup.sh run` fetches Debian's kernels and builds the \
+         initramfs",
+        path.display()
+    );
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
+    eprintln!("SKIP: {msg}");
+    None
+}
+
+/// The monitor to boot with: the optimised build when it is there and no older than the
+/// one of this test's profile (a Linux boot under the debug build is several times
+/// slower), else the one `cargo test` built.
+fn monitor() -> PathBuf {
+    let own = support::vmm_binary();
+    let release = support::workspace_root().join("target/release/vmm");
+    let modified = |p: &Path| p.metadata().and_then(|m| m.modified()).ok();
+    match (modified(&release), modified(own)) {
+        (Some(r), Some(o)) if r >= o => release,
+        _ => own.to_path_buf(),
+    }
+}
+
+/// The kernel release a bzImage announces (`uname -r`): the first word of the string
+/// its setup header's `kernel_version` field points at (boot protocol 2.00 and later).
+fn kernel_release(bzimage: &Path) -> String {
+    let image = std::fs::read(bzimage).expect("read the kernel");
+    let field = u16::from_le_bytes([image[0x20e], image[0x20f]]);
+    let start = usize::from(field) + 0x200;
+    let text = &image[start..start + 64];
+    let end = text.iter().position(|&b| b == b' ' || b == 0).unwrap();
+    String::from_utf8(text[..end].to_vec()).expect("ASCII version string")
+}
+
+/// A booted guest: the monitor's standard input, and its console lines as they come.
+struct Guest {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Guest {
+    fn boot(kernel: &Path, initrd: &Path) -> Self {
+        let mut child = std::process::Command::new("timeout")
+            .args(["--kill-after=5", &RUN_SECONDS.to_string()])
+            .arg(monitor())
+            .args(["run", "--kernel"])
+            .arg(kernel)
+            .arg("--initrd")
+            .arg(initrd)
+            .args(["--append", "console=ttyS0"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("vmm starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).split(b'\n') {
+                let Ok(line) = line else { return };
+                let line = String::from_utf8_lossy(&line).trim_end().to_string();
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        let stdin = child.stdin.take().expect("piped stdin");
+        Self {
+            child,
+            stdin,
+            lines,
+            seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    /// Waits up to `limit` for a console line that `want` accepts, and returns it.
+    fn wait_for(&mut self, what: &str, limit: Duration, want: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if want(&line) {
+                        return line;
+                    }
+                }
+                Err(e) => panic!(
+                    "no console line {what} ({e}); the console so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Types `command` and a newline at the shell.
+    fn type_line(&mut self, command: &str) {
+        self.stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .and_then(|()| self.stdin.flush())
+            .expect("write to the guest's console");
+    }
+
+    /// Types `command` and waits for an output line equal to `answer`.
+    fn expect(&mut self, command: &str, answer: &str) {
+        self.type_line(command);
+        self.wait_for(&format!("{answer:?} after `{command}`"), STEP, |l| {
+            l == answer
+        });
+    }
+
+    /// Types `poweroff -f` and returns the monitor's exit status, its standard error
+    /// and the whole console.
+    fn power_off(mut self) -> (Option<i32>, String, String) {
+        self.type_line("poweroff -f");
+        let status = self.child.wait().expect("vmm ends");
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(1)) {
+            self.seen.push(line);
+        }
+        let stderr = self.stderr.join().expect("stderr reader");
+        assert_ne!(
+            status.code(),
+            Some(support::TIMED_OUT),
+            "the guest did not power off; console:\n{}\nstderr:\n{stderr}",
+            self.seen.join("\n")
+        );
+        (status.code(), stderr, self.seen.join("\n"))
+    }
+}
+
+/// Boots `kernel` with the initramfs to its shell, runs commands, powers off.
+fn boots_to_a_shell(kernel: &str) {
+    let (Some(kernel), Some(initrd)) = (debian_file(kernel), debian_file("initramfs.cpio")) else {
+        return;
+    };
+    let release = kernel_release(&kernel);
+    let mut guest = Guest::boot(&kernel, &initrd);
+    let ready = guest.wait_for(READY, BOOT, |l| l.contains(READY));
+    assert!(ready.ends_with(&release), "{ready:?} names {release}");
+    // The shell's arithmetic, the kernel's /proc, its uname, and the controlling
+    // terminal setsid+cttyhack gave the shell.
+    guest.expect("echo $((6*7))", "42");
+    guest.expect("grep -c ^processor /proc/cpuinfo", "1");
+    guest.expect("uname -r", &release);
+    guest.expect("tty", "/dev/ttyS0");
+    guest.expect(
+        "case $- in *m*) echo job control on;; esac",
+        "job control on",
+    );
+    guest.type_line("sleep 2 & jobs");
+    guest.wait_for("a running background job", STEP, |l| {
+        l.starts_with("[1]+") && l.ends_with("Running                    sleep 2")
+    });
+    guest.expect("wait %1; echo waited $?", "waited 0");
+    let (status, stderr, console) = guest.power_off();
+    assert!(
+        !console.contains("job control turned off"),
+        "the shell has no controlling terminal:\n{console}"
+    );
+    assert_eq!(
+        status,
+        Some(0),
+        "poweroff -f ends the run with status 0; console:\n{console}\nstderr:\n{stderr}"
+    );
+}
+
+#[test]
+fn debian_686_boots_to_a_shell_and_powers_off() {
+    boots_to_a_shell("vmlinuz");
+}
+
+#[test]
+fn debian_686_pae_boots_to_a_shell_and_powers_off() {
+    boots_to_a_shell("vmlinuz-pae");
+}
