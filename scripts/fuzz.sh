@@ -6,7 +6,8 @@
 #
 # --smoke runs each target for 20 s (what CI runs); SECONDS sets the time per target
 # (default 60); TARGETs name some of: emulate translate scan multiboot elf bzimage
-# policy service_node (default: all). Findings stay in target/afl/out/<target>/default/
+# policy service_node (default: all). FUZZ_RESUME=1 continues each target from the queue
+# its last run left instead of starting from the seeds. Findings stay in target/afl/out/<target>/default/
 # {crashes,hangs}; the script prints executions per second, coverage and findings per
 # target and fails when a target found a crash or a hang.
 set -euo pipefail
@@ -40,10 +41,15 @@ failed=0
 printf '%-13s %8s %10s %12s %8s %6s\n' target seconds execs/s edges crashes hangs
 for t in "${targets[@]}"; do
     out=target/afl/out/$t
-    rm -rf "$out"
-    mkdir -p "$(dirname "$out")"
+    seeds=fuzz/corpus/$t
+    if [ "${FUZZ_RESUME:-0}" = 1 ] && [ -d "$out/default/queue" ]; then
+        seeds=-
+    else
+        rm -rf "$out"
+        mkdir -p "$(dirname "$out")"
+    fi
     # -V: stop after SECONDS; -t: a case running over 2 s is a hang.
-    cargo afl fuzz -V "$seconds" -t 2000 -i "fuzz/corpus/$t" -o "$out" \
+    cargo afl fuzz -V "$seconds" -t 2000 -i "$seeds" -o "$out" \
         "target/afl/release/fuzz_$t" >"target/afl/$t.log" 2>&1 || {
         echo "$t: afl-fuzz failed, see target/afl/$t.log" >&2
         failed=1

@@ -1,8 +1,9 @@
 //! The Linux i386 boot protocol loader (bzImage setup header, boot_params, command line,
 //! initrd).
 //!
-//! Input layout: a RAM-size byte, a flags byte (bit 0: an initrd), the command line's
-//! length (u16) and bytes, the initrd's length (u32, up to 1 MiB), then the image.
+//! Input layout: a RAM-size byte (2 to 9 MiB), a flags byte (bit 0: an initrd), the
+//! command line's length (u16) and bytes, the initrd's length (u32, below 256 KiB), then
+//! the image.
 //!
 //! Promises checked: no panic; a refused image leaves RAM untouched ("nothing is
 //! written unless everything fits"); a loaded kernel, its initrd and boot_params lie in
@@ -14,11 +15,11 @@ use vmm::loader::linux::{is_bzimage, load_linux, read_header, BOOT_PARAMS_BASE};
 /// Runs one case.
 pub fn run(data: &[u8]) {
     let mut input = Input::new(data);
-    let mib = usize::from(input.u8() % 16) + 2;
+    let mib = usize::from(input.u8() % 8) + 2;
     let flags = input.u8();
     let cmdline_len = usize::from(input.u16() % 2048);
     let cmdline = String::from_utf8_lossy(input.bytes(cmdline_len)).into_owned();
-    let initrd_len = usize::try_from(input.u32() % (1 << 20)).unwrap_or(0);
+    let initrd_len = usize::try_from(input.u32() % (256 << 10)).unwrap_or(0);
     let image = input.rest();
     let _ = is_bzimage(image);
     if let Ok(h) = read_header(image) {

@@ -4,7 +4,10 @@
 //! the kernel image.
 //!
 //! Promises checked: no panic, whatever the image and the RAM size; a loaded kernel
-//! and its boot information lie in RAM and do not overlap.
+//! and its boot information lie in RAM; the boot information reads back as written (the
+//! command line and the boot loader's name it points at), so no segment was loaded over
+//! it. (The boot information may lie in a gap between two segments: the kernel's range
+//! is only their hull.)
 
 use crate::input::Input;
 use vmm::loader::multiboot::load_multiboot;
@@ -31,9 +34,35 @@ pub fn run(data: &[u8]) {
         bs <= be && u64::from(be) <= size,
         "boot info {bs:#x}..{be:#x} outside RAM"
     );
-    assert!(
-        be <= ks || ke <= bs,
-        "boot info {bs:#x}..{be:#x} overlaps the kernel {ks:#x}..{ke:#x}"
+    assert!(bs <= boot.ebx && boot.ebx < be);
+    let at = usize::try_from(boot.ebx).expect("RAM is below 4 GiB");
+    let word = |off: usize| {
+        let b = &ram[at + off..at + off + 4];
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    };
+    let string = |addr: u32| {
+        let start = usize::try_from(addr).expect("RAM is below 4 GiB");
+        let len = ram[start..]
+            .iter()
+            .position(|&b| b == 0)
+            .expect("a NUL-terminated string");
+        ram[start..start + len].to_vec()
+    };
+    // MBI flags: memory, command line, memory map, boot loader name.
+    assert_eq!(word(0), 1 | (1 << 2) | (1 << 6) | (1 << 9));
+    assert_eq!(
+        string(word(16)),
+        cmdline.as_bytes(),
+        "the command line reads back"
     );
-    assert!(u64::from(boot.ebx) >= u64::from(bs) && boot.ebx < be.max(bs + 1));
+    assert_eq!(
+        string(word(64)),
+        b"vmm",
+        "the boot loader's name reads back"
+    );
+    let (mmap, mmap_len) = (word(48), word(44));
+    assert!(
+        bs <= mmap && mmap + mmap_len <= be,
+        "the memory map lies in the boot information"
+    );
 }
