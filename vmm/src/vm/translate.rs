@@ -98,10 +98,12 @@ pub struct Translation {
     generation: u64,
     /// The next entry runs one instruction with FPU instructions native (an FPU
     /// instruction that executes although CR0.TS or CR0.EM is set: WAIT without MP).
-    fpu_once: bool,
+    fpu_once: Option<u32>,
     /// The next entry runs one instruction with this segment register rebased to the
-    /// bounce pages ([`Vm::tc_window_access`]).
-    bounce: Option<SegReg>,
+    /// bounce pages ([`Vm::tc_window_access`]), if it enters the instruction that asked
+    /// for it: the one at this guest EIP and privilege level (an interrupt delivered in
+    /// between goes elsewhere, and the access is made again when its instruction runs).
+    bounce: Option<Bounce>,
     /// Pages a bounced instruction may have written behind the write protection of
     /// translated code: their blocks go once it ran.
     bounced_writes: Vec<GuestPhys>,
@@ -123,7 +125,7 @@ impl Translation {
             guest_tf: 0,
             pins: (0, 0),
             generation: 0,
-            fpu_once: false,
+            fpu_once: None,
             bounce: None,
             bounced_writes: Vec::new(),
             watched: None,
@@ -227,7 +229,10 @@ impl Vm {
                 t.tc.set_slot(SLOT_VBITS, self.cpu.state.eflags & vbits);
                 t.guest_tf = self.cpu.state.eflags & eflags::TF;
                 ctx.eflags &= !eflags::TF;
-                if let Some(seg) = t.bounce.take() {
+                let here = (self.cpu.state.eip, user);
+                if let Some(Bounce { seg, .. }) =
+                    t.bounce.take().filter(|b| (b.eip, b.user) == here)
+                {
                     let sel = BOUNCE_SELECTOR;
                     match seg {
                         SegReg::Ds => ctx.ds = sel,
@@ -286,10 +291,11 @@ impl Vm {
     /// The key of the block for the guest's state now, with the physical page of `phys`.
     fn tc_key(&self, phys: GuestPhys) -> Key {
         let s = &self.cpu.state;
-        let fpu_once = self
-            .tc
-            .as_ref()
-            .is_some_and(|t| t.fpu_once || t.bounce.is_some());
+        let fpu_once = self.tc.as_ref().is_some_and(|t| {
+            t.fpu_once == Some(s.eip)
+                || t.bounce
+                    .is_some_and(|b| (b.eip, b.user) == (s.eip, self.cpu.user()))
+        });
         Key {
             eip: s.eip,
             cs: self.code_segment(),
@@ -473,7 +479,7 @@ impl Vm {
             }
         }
         t.entered = Some(i);
-        t.fpu_once = false;
+        t.fpu_once = None;
         Ok(Entry::Run(t.tc.block(i).block.entry()))
     }
 
@@ -547,9 +553,20 @@ impl Vm {
                 }
             )
         {
+            let block = t.tc.at(rip).map_or(0, |(b, _)| b);
+            let key = t.tc.block(block).key;
             return Err(format!(
-                "translated code faulted at {rip:#010x} in an instruction that touches only monitor state ({:?})",
-                exit.kind
+                "translated code faulted at {rip:#010x} in an instruction that touches only monitor state ({:?}): {:?} of the block for guest EIP {:#010x} ({:?}); host CS {:#x} SS {:#x} DS {:#x} ES {:#x} FS {:#x} GS {:#x}",
+                exit.kind,
+                entry,
+                key.eip,
+                key,
+                ctx.cs,
+                ctx.ss,
+                ctx.ds,
+                ctx.es,
+                ctx.fs,
+                ctx.gs
             ));
         }
         if entry.restore_scratch {
@@ -718,7 +735,8 @@ impl Vm {
             Some(fault) => self.hand_to_vcpu(GuestExit::Exception(fault)),
             None => {
                 if let Some(t) = self.tc.as_mut() {
-                    t.fpu_once = self.cpu.state.cr0 & (cr0::TS | cr0::EM) != 0;
+                    t.fpu_once = (self.cpu.state.cr0 & (cr0::TS | cr0::EM) != 0)
+                        .then_some(self.cpu.state.eip);
                 }
                 Ok(None)
             }
@@ -878,7 +896,11 @@ impl Vm {
             .mirrors
             .set_bounce(rebased, a.write || a.seg == SegReg::Ss)?;
         if let Some(t) = self.tc.as_mut() {
-            t.bounce = Some(a.seg);
+            t.bounce = Some(Bounce {
+                seg: a.seg,
+                eip: self.cpu.state.eip,
+                user: self.cpu.user(),
+            });
             if a.write {
                 t.bounced_writes = pages;
             }
@@ -918,6 +940,14 @@ impl Vm {
             SegReg::Gs
         }
     }
+}
+
+/// A pending run of one instruction through the bounce segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Bounce {
+    seg: SegReg,
+    eip: u32,
+    user: bool,
 }
 
 /// One guest access to the monitor window: through `seg`, at `lin`, `size` bytes.
