@@ -327,6 +327,7 @@ fn config() -> impl Strategy<Value = TranslateConfig> {
                 max_instructions: max,
                 inline_if,
                 selectors: inline_if.then_some([0x23, 0x1b, 0x23, 0x23, 0x3b, 0x33]),
+                gs_rebase: (!inline_if && exit_fpu).then_some(0x0847_9380),
                 exit_fpu,
             },
         )

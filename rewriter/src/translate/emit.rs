@@ -141,6 +141,11 @@ impl<'c> Emitter<'c> {
             super::inline::selector(self, guest, reg, selectors)?;
             return Ok(true);
         }
+        if let Some(base) = self.cfg.gs_rebase {
+            if let Some(rebased) = gs_rebased(guest, base) {
+                return self.emit_checked(&rebased, eip, guest);
+            }
+        }
         if self.cfg.inline_if && guest.code() == Code::Pushfd {
             super::inline::pushfd(self, guest)?;
             return Ok(true);
@@ -164,6 +169,44 @@ impl<'c> Emitter<'c> {
         );
         let out = decoder.decode();
         if out.len() != self.bytes.len() - start || !same_instruction(guest, &out) {
+            self.bytes.truncate(start);
+            self.side.entries.pop();
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Emits `instr`, which stands for the guest instruction `guest` at `eip`, and checks
+    /// that it decodes back to itself. `false` (nothing emitted) when it does not.
+    fn emit_checked(
+        &mut self,
+        instr: &Instruction,
+        eip: u32,
+        guest: &Instruction,
+    ) -> Result<bool, Refusal> {
+        let start = self.bytes.len();
+        let meta = Meta {
+            guest: GuestEip::At(eip),
+            restore_scratch: false,
+            can_fault: true,
+            origin: Origin::Inline {
+                guest_len: u8::try_from(guest.len()).unwrap_or(u8::MAX),
+            },
+        };
+        if self.emit(instr, meta).is_err() {
+            return Ok(false);
+        }
+        let mut decoder = Decoder::with_ip(
+            32,
+            &self.bytes[start..],
+            u64::from(self.base.wrapping_add(offset_of(start))),
+            DecoderOptions::NONE,
+        );
+        let out = decoder.decode();
+        let mut expect = *instr;
+        expect.set_ip(out.ip());
+        expect.set_len(out.len());
+        if out.len() != self.bytes.len() - start || !same_instruction(&expect, &out) {
             self.bytes.truncate(start);
             self.side.entries.pop();
             return Ok(false);
@@ -238,6 +281,30 @@ pub(crate) fn encode_error(code: Code, e: &IcedError) -> Refusal {
 /// Whether `a` (decoded from the guest) and `b` (decoded from the TC) are the same
 /// instruction: same code, operands, prefixes and memory operand, whatever the code
 /// size they were decoded in and however long their displacement encodings are.
+/// `instr` with its explicit GS override dropped and `base` added to its displacement,
+/// when that is the same access through flat DS/SS: a 32-bit memory operand, not a
+/// string instruction, not LEA (whose result is the offset).
+fn gs_rebased(instr: &Instruction, base: u32) -> Option<Instruction> {
+    use iced_x86::{Mnemonic, OpKind};
+    if instr.segment_prefix() != Register::GS
+        || instr.is_string_instruction()
+        || instr.mnemonic() == Mnemonic::Lea
+        || !(0..instr.op_count()).any(|n| instr.op_kind(n) == OpKind::Memory)
+        || instr.memory_base().size() == 2
+        || instr.memory_index().size() == 2
+        || (instr.memory_base() == Register::None
+            && instr.memory_index() == Register::None
+            && instr.memory_displ_size() == 2)
+    {
+        return None;
+    }
+    let mut out = *instr;
+    out.set_segment_prefix(Register::None);
+    out.set_memory_displacement32(instr.memory_displacement32().wrapping_add(base));
+    out.set_memory_displ_size(4);
+    Some(out)
+}
+
 pub(crate) fn same_instruction(a: &Instruction, b: &Instruction) -> bool {
     let mut a = *a;
     let mut b = *b;

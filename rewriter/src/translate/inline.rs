@@ -317,6 +317,44 @@ mod tests {
     }
 
     #[test]
+    fn gs_operands_are_rebased_onto_flat_addressing() {
+        let cfg = TranslateConfig {
+            gs_rebase: Some(0x0847_9380),
+            scratch: crate::translate::Scratch {
+                segment: crate::translate::ScratchSegment::Fs,
+                base: 0xFFFF_E000,
+            },
+            ..TranslateConfig::default()
+        };
+        // push dword gs:[eax]; mov ecx, gs:[0xffffffb4]; lea edx, gs:[eax+4]; ret
+        let bytes = [
+            0x65, 0xFF, 0x30, 0x65, 0x8B, 0x0D, 0xB4, 0xFF, 0xFF, 0xFF, 0x65, 0x8D, 0x50, 0x04,
+            0xC3,
+        ];
+        let block = translate_with(32, &bytes, &cfg);
+        let out = disasm(&block);
+        let push = out.iter().find(|i| i.code() == Code::Push_rm32).unwrap();
+        assert_eq!(push.segment_prefix(), Register::None);
+        assert_eq!(push.memory_base(), Register::EAX);
+        assert_eq!(push.memory_displacement32(), 0x0847_9380);
+        let mov = out
+            .iter()
+            .find(|i| {
+                i.code() == Code::Mov_r32_rm32
+                    && i.op0_register() == Register::ECX
+                    && i.segment_prefix() == Register::None
+            })
+            .unwrap();
+        assert_eq!(
+            mov.memory_displacement32(),
+            0x0847_9334,
+            "wrapped past 4 GiB"
+        );
+        let lea = out.iter().find(|i| i.code() == Code::Lea_r32_m).unwrap();
+        assert_eq!(lea.memory_displacement32(), 4, "LEA keeps its offset");
+    }
+
+    #[test]
     fn without_inline_if_they_exit() {
         let block = translate_with(32, &[0xFA, 0x40], &TranslateConfig::default());
         assert!(matches!(

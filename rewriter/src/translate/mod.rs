@@ -169,6 +169,12 @@ pub struct TranslateConfig {
     /// with them is valid only while the guest's selectors are these (segment loads leave
     /// for the monitor, so the engine keys blocks by them).
     pub selectors: Option<[u16; 6]>,
+    /// The guest's GS base, when its data and stack segments are flat (base 0): memory
+    /// operands with an explicit GS override (i386 TLS, at offsets that wrap past 4 GiB)
+    /// are re-encoded without it, their displacement plus this base, so the 32-bit
+    /// address arithmetic wraps as the guest's segment would without leaving the
+    /// clamped flat segment.
+    pub gs_rebase: Option<u32>,
 }
 
 impl Default for TranslateConfig {
@@ -187,6 +193,7 @@ impl Default for TranslateConfig {
             exit_fpu: true,
             inline_if: false,
             selectors: None,
+            gs_rebase: None,
         }
     }
 }

@@ -109,6 +109,9 @@ pub struct Key {
     pub inline_if: bool,
     /// The guest's selectors (ES, CS, SS, DS, FS, GS): reads of them are immediates.
     pub selectors: [u16; 6],
+    /// The GS base GS-relative operands are rebased onto (user mode with flat DS and SS
+    /// and a 4 GiB GS).
+    pub gs_rebase: Option<u32>,
     /// One guest instruction only, never chained nor looked up.
     pub single: bool,
     /// Paging was on.
@@ -155,6 +158,7 @@ impl Key {
             exit_fpu: self.exit_fpu,
             inline_if: self.inline_if,
             selectors: Some(self.selectors),
+            gs_rebase: self.gs_rebase,
         }
     }
 }
@@ -168,6 +172,7 @@ struct TableContext {
     exit_fpu: bool,
     inline_if: bool,
     selectors: [u16; 6],
+    gs_rebase: Option<u32>,
     paging: bool,
 }
 
@@ -179,6 +184,7 @@ impl TableContext {
             exit_fpu: key.exit_fpu,
             inline_if: key.inline_if,
             selectors: key.selectors,
+            gs_rebase: key.gs_rebase,
             paging: key.paging,
         }
     }

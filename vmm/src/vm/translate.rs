@@ -304,6 +304,7 @@ impl Vm {
             exit_fpu: s.cr0 & (cr0::TS | cr0::EM) != 0 && !fpu_once,
             inline_if: s.cpl() == 0,
             selectors: crate::x86::SegReg::ALL.map(|r| s.sreg(r).selector),
+            gs_rebase: self.gs_rebase(),
             single: self.cpu.step.is_some()
                 || s.eflags & eflags::TF != 0
                 || fpu_once
@@ -311,6 +312,18 @@ impl Vm {
             paging: self.mem.paging.enabled(),
             phys: phys.page().raw(),
         }
+    }
+
+    /// The GS base GS-relative operands can be rebased onto: at CPL 3 with flat DS and SS
+    /// (base 0) and a present 4 GiB expand-up GS, where i386 C libraries keep their TLS
+    /// at negative offsets that wrap past 4 GiB (each such access would otherwise hit the
+    /// clamp of the user mirrors and be performed by the monitor).
+    fn gs_rebase(&self) -> Option<u32> {
+        let s = &self.cpu.state;
+        let (ds, ss, gs) = (s.sreg(SegReg::Ds), s.sreg(SegReg::Ss), s.sreg(SegReg::Gs));
+        let flat = |seg: &crate::vcpu::state::Segment| seg.present && seg.base == 0;
+        let whole = gs.present && gs.limit == u32::MAX && !gs.is_expand_down() && !gs.is_code();
+        (self.cpu.user() && flat(ds) && flat(ss) && whole).then_some(gs.base)
     }
 
     /// The fault an instruction fetch at `lin` raises, or a stop when it reaches no
