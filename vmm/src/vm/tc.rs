@@ -157,7 +157,10 @@ impl Key {
             },
             exit_fpu: self.exit_fpu,
             inline_if: self.inline_if,
-            selectors: Some(self.selectors),
+            // Selector reads as immediates stay off in the engine: with them on, Debian's
+            // init died intermittently with a null GS after a kernel entry; until that is
+            // understood, MOV and PUSH from segment registers leave for the monitor.
+            selectors: None,
             gs_rebase: self.gs_rebase,
         }
     }
@@ -581,6 +584,22 @@ impl TranslationCache {
             self.non_global[slot] = true;
         }
         self.stats.lookups_missed += 1;
+    }
+
+    /// Makes the lookup table block `i` reads hold only entries translated for the same
+    /// context (code and stack segments, selectors, FPU and inline settings): indirect
+    /// branches of the block are about to look targets up there.
+    pub fn prepare_table(&mut self, i: usize) {
+        let key = self.blocks[i].key;
+        let table = key.table();
+        if table == Table::Empty {
+            return;
+        }
+        let ctx = TableContext::of(&key);
+        if self.tables[table as usize] != Some(ctx) {
+            self.clear_table(table);
+            self.tables[table as usize] = Some(ctx);
+        }
     }
 
     fn clear_table(&mut self, table: Table) {

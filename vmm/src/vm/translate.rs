@@ -491,6 +491,7 @@ impl Vm {
                 }
             }
         }
+        t.tc.prepare_table(i);
         t.entered = Some(i);
         t.fpu_once = None;
         Ok(Entry::Run(t.tc.block(i).block.entry()))
