@@ -129,7 +129,6 @@ impl<'c> Emitter<'c> {
     /// nothing) when the encoding would not decode back to the same instruction, so the
     /// caller can end the block with an exit instead.
     pub fn ident(&mut self, guest: &Instruction) -> Result<bool, Refusal> {
-        let start = self.bytes.len();
         let eip = u32::try_from(guest.ip()).unwrap_or(0);
         if self.cfg.inline_if && matches!(guest.code(), Code::Cli | Code::Sti) {
             super::inline::interrupt_flag(self, guest)?;
@@ -143,7 +142,15 @@ impl<'c> Emitter<'c> {
         }
         if let Some(base) = self.cfg.gs_rebase {
             if let Some(rebased) = gs_rebased(guest, base) {
-                return self.emit_checked(&rebased, eip, guest);
+                let meta = Meta {
+                    guest: GuestEip::At(eip),
+                    restore_scratch: false,
+                    can_fault: true,
+                    origin: Origin::Inline {
+                        guest_len: u8::try_from(guest.len()).unwrap_or(u8::MAX),
+                    },
+                };
+                return self.emit_checked(&rebased, meta);
             }
         }
         if self.cfg.inline_if && guest.code() == Code::Pushfd {
@@ -158,41 +165,14 @@ impl<'c> Emitter<'c> {
                 guest_len: u8::try_from(guest.len()).unwrap_or(u8::MAX),
             },
         };
-        if self.emit(guest, meta).is_err() {
-            return Ok(false);
-        }
-        let mut decoder = Decoder::with_ip(
-            32,
-            &self.bytes[start..],
-            u64::from(self.base.wrapping_add(offset_of(start))),
-            DecoderOptions::NONE,
-        );
-        let out = decoder.decode();
-        if out.len() != self.bytes.len() - start || !same_instruction(guest, &out) {
-            self.bytes.truncate(start);
-            self.side.entries.pop();
-            return Ok(false);
-        }
-        Ok(true)
+        self.emit_checked(guest, meta)
     }
 
-    /// Emits `instr`, which stands for the guest instruction `guest` at `eip`, and checks
-    /// that it decodes back to itself. `false` (nothing emitted) when it does not.
-    fn emit_checked(
-        &mut self,
-        instr: &Instruction,
-        eip: u32,
-        guest: &Instruction,
-    ) -> Result<bool, Refusal> {
+    /// Emits `instr` with `meta` and checks that it decodes back to the same
+    /// instruction (`==` leaves the address and length out). `false` (nothing emitted)
+    /// when it does not, so the caller can end the block with an exit instead.
+    fn emit_checked(&mut self, instr: &Instruction, meta: Meta) -> Result<bool, Refusal> {
         let start = self.bytes.len();
-        let meta = Meta {
-            guest: GuestEip::At(eip),
-            restore_scratch: false,
-            can_fault: true,
-            origin: Origin::Inline {
-                guest_len: u8::try_from(guest.len()).unwrap_or(u8::MAX),
-            },
-        };
         if self.emit(instr, meta).is_err() {
             return Ok(false);
         }
@@ -203,10 +183,7 @@ impl<'c> Emitter<'c> {
             DecoderOptions::NONE,
         );
         let out = decoder.decode();
-        let mut expect = *instr;
-        expect.set_ip(out.ip());
-        expect.set_len(out.len());
-        if out.len() != self.bytes.len() - start || !same_instruction(&expect, &out) {
+        if out.len() != self.bytes.len() - start || !same_instruction(instr, &out) {
             self.bytes.truncate(start);
             self.side.entries.pop();
             return Ok(false);

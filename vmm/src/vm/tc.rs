@@ -369,11 +369,6 @@ impl TranslationCache {
         })
     }
 
-    /// The TC address range of the code area.
-    pub fn code_range() -> std::ops::Range<u64> {
-        u64::from(WINDOW_START + CODE_OFFSET)..(1 << 32)
-    }
-
     /// Reads a `u32` scratch slot of the vCPU page.
     pub fn slot(&self, offset: u32) -> u32 {
         let at = (VCPU_OFFSET + offset) as usize;
@@ -709,11 +704,6 @@ impl TranslationCache {
         self.mem.bytes_mut()[CODE_OFFSET as usize..used].fill(OP_INT3);
         self.next = CODE_OFFSET;
         self.stats.flushes += 1;
-    }
-
-    /// Whether the cache holds no block.
-    pub fn is_empty(&self) -> bool {
-        self.by_key.is_empty()
     }
 }
 

@@ -88,8 +88,6 @@ pub struct Translation {
     /// The cache.
     pub tc: TranslationCache,
     link: Option<Link>,
-    /// The block entered last.
-    entered: Option<usize>,
     /// The guest's TF, kept out of the host's EFLAGS while translated code runs.
     guest_tf: u32,
     /// The pinned entries (breakpoints, served entry points) the cache was built with.
@@ -121,7 +119,6 @@ impl Translation {
         Ok(Self {
             tc: TranslationCache::new(&mut mem.space)?,
             link: None,
-            entered: None,
             guest_tf: 0,
             pins: (0, 0),
             generation: 0,
@@ -492,7 +489,6 @@ impl Vm {
             }
         }
         t.tc.prepare_table(i);
-        t.entered = Some(i);
         t.fpu_once = None;
         Ok(Entry::Run(t.tc.block(i).block.entry()))
     }
