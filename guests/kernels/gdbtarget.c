@@ -5,6 +5,8 @@
 volatile u32 ticks;
 volatile u32 gate = 1;
 volatile u32 spins;
+/* Written with the value it already holds: an access watchpoint still stops there. */
+volatile u32 level = 5;
 
 /* A breakpoint target that is its own function. */
 __attribute__((noinline)) void tick(void)
@@ -22,6 +24,7 @@ int main(u32 magic, const void *mbi)
 {
 	for (int i = 0; i < 3; i++)
 		tick();
+	level = 5;
 	/* A debugger that wrote 7 interrupts this loop (it makes no exit) and sets gate back. */
 	while (gate == 7)
 		spins = spins + 1;

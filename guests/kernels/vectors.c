@@ -104,6 +104,27 @@ static void test_data_breakpoints(void)
 	       "[dr0 read/write] a byte read inside a watched dword traps after the instruction "
 	       "(hits %u, eip %x, expected %x, dr6 %x)",
 	       db_data_hits, db_data_eip, after, dr6);
+
+	/* An implicit write: PUSH onto a watched stack slot traps after it; LEA of the slot's
+	 * address and POP (a read) do not. */
+	db_data_hits = 0;
+	handle_exception(DB_VECTOR, db_data_handler);
+	asm volatile("xorl %%eax, %%eax; movl %%eax, %%dr6\n\t"
+		     "leal -4(%%esp), %%eax; movl %%eax, %%dr0\n\t"
+		     "movl %[dr7], %%eax; movl %%eax, %%dr7\n\t"
+		     "movl $8886f, %[after]\n\t"
+		     "leal -4(%%esp), %%eax\n\t"
+		     "pushl $7\n\t"
+		     "8886: popl %%eax\n\t"
+		     "xorl %%eax, %%eax; movl %%eax, %%dr7; movl %%dr6, %%eax; movl %%eax, %[dr6]"
+		     : [after] "=m"(after), [dr6] "=m"(dr6)
+		     : [dr7] "i"(DR7_DR0_WRITE4)
+		     : "eax", "memory");
+	handle_exception(DB_VECTOR, NULL);
+	report(db_data_hits == 1 && db_data_eip == after && (dr6 & 1),
+	       "[dr0 push] a PUSH onto a watched stack slot traps after it; LEA and POP do not "
+	       "(hits %u, eip %x, expected %x, dr6 %x)",
+	       db_data_hits, db_data_eip, after, dr6);
 }
 
 static void test_de_db_bp_of_br_ud(void)

@@ -200,6 +200,52 @@ fn break_read_step_watch_write_and_kill() {
 }
 
 #[test]
+fn access_and_read_watchpoints_and_control_registers() {
+    if !gdb_installed() {
+        return;
+    }
+    let vm = Debuggee::start();
+    let out = session(
+        vm.port,
+        &[
+            "awatch *(int *)&level",
+            "continue",
+            "print $pc",
+            "delete",
+            "rwatch *(int *)&gate",
+            "continue",
+            "print $pc",
+            "delete",
+            "print/x $cr0",
+            "info registers cr0 cr4",
+            "print $cr2 == 0",
+            "kill",
+        ],
+    );
+    let (status, _stdout, stderr) = vm.finish();
+    // `level = 5` writes the value already there: the access watchpoint stops after it.
+    assert_has(
+        &out,
+        "Hardware access (read/write) watchpoint 1: *(int *)&level",
+    );
+    assert_has(&out, "Value = 5");
+    // The loop's test of gate reads it.
+    assert_has(&out, "Hardware read watchpoint 2: *(int *)&gate");
+    assert_has(&out, "Value = 1");
+    assert_eq!(
+        out.matches("<main+").count(),
+        2,
+        "both stops in main:\n{out}"
+    );
+    // Control registers through the target description: protected mode, no paging.
+    assert_has(&out, "= 0x11");
+    assert_has(&out, "[ PE ET ]");
+    assert_has(&out, "$4 = 1");
+    assert_has(&stderr, "the debugger killed the guest");
+    assert_eq!(status, Some(0), "{stderr}");
+}
+
+#[test]
 fn ctrl_c_stops_a_spinning_guest_and_detach_lets_it_finish() {
     if !gdb_installed() {
         return;

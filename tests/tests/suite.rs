@@ -33,29 +33,14 @@ struct Gap {
 }
 
 /// Known monitor gaps: the suite's expected failures under vmm.
-const MONITOR_GAPS: &[Gap] = &[
-    Gap {
-        mode: "patch",
-        test: "forms",
-        check: "code: a data read of executed code sees its own bytes",
-        reason: "a data read of a patched far JMP reads the INT3 trap byte (cc), not the \
+const MONITOR_GAPS: &[Gap] = &[Gap {
+    mode: "patch",
+    test: "forms",
+    check: "code: a data read of executed code sees its own bytes",
+    reason: "a data read of a patched far JMP reads the INT3 trap byte (cc), not the \
                  original ea: serving reads of scanned code from the originals needs \
                  execute-only pages (protection keys), which this host does not have",
-    },
-    Gap {
-        mode: "patch",
-        test: "vectors",
-        check: "#DB: [dr0 write]",
-        reason: "patch mode does not arm the guest's data breakpoints: translate mode runs \
-                 one instruction per block while one is enabled and checks its accesses",
-    },
-    Gap {
-        mode: "patch",
-        test: "vectors",
-        check: "#DB: [dr0 read/write]",
-        reason: "patch mode does not arm the guest's data breakpoints",
-    },
-];
+}];
 
 /// The execution mode the suite runs the monitor in: `VMM_EXEC`, else the default.
 fn exec_mode() -> String {

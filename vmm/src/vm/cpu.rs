@@ -4,6 +4,7 @@
 
 use super::breakpoints::Breakpoints;
 use super::context;
+use super::data_breakpoints::Watched;
 use super::mirrors::Mirrors;
 use crate::addr::{GuestLinear, GuestPhys};
 use crate::hostcpu::ldt::LdtError;
@@ -33,6 +34,9 @@ pub enum Stepping {
     /// The instruction an interrupt shadow (STI) covers runs alone while an interrupt
     /// waits, so the interrupt is taken right after it, as on the CPU.
     Shadow,
+    /// One instruction while the guest's data breakpoints are enabled (patch mode): its
+    /// accesses are checked once it ran ([`super::data_breakpoints`]).
+    DataBreakpoints,
 }
 
 /// A single step of one guest instruction in progress.
@@ -57,6 +61,12 @@ pub struct Cpu {
     pub step: Option<SingleStep>,
     /// Guest instruction breakpoints (DR0–DR3).
     pub breakpoints: Breakpoints,
+    /// The guest's data breakpoints and the accesses of the instruction entered, while
+    /// any is enabled.
+    pub watched: Option<Watched>,
+    /// The instruction just stepped hit a guest data breakpoint (DR6 says which): its #DB
+    /// trap is due.
+    pub data_break: bool,
     /// The linear EIP of the last entry when it was made with EFLAGS.RF set: the first
     /// instruction there does not take an instruction breakpoint.
     pub entry_rf_at: Option<GuestLinear>,
@@ -71,6 +81,8 @@ impl Cpu {
             mirrors: Mirrors::default(),
             step: None,
             breakpoints: Breakpoints::default(),
+            watched: None,
+            data_break: false,
             entry_rf_at: None,
         }
     }

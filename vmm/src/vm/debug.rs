@@ -8,12 +8,14 @@
 //!   ([`super::breakpoints`]): the patch table keeps the original byte, guest reads of
 //!   code see the original, and no page is rescanned. Resuming from a breakpoint steps
 //!   the instruction with the trap lifted, then pins it again.
-//! - Watchpoints are write watchpoints by value: while any is set the guest runs one
-//!   instruction at a time (the monitor's TF) and the watched bytes are compared after
-//!   every instruction; a change stops the guest after the writing instruction, as a
-//!   hardware data breakpoint does. Slow (a host signal per instruction) but exact for
-//!   every writer: native stores, emulated instructions, the monitor's own writes (a
-//!   write of the value already there is not seen).
+//! - Watchpoints (write, read, access) work as hardware data breakpoints do, without
+//!   taking the guest's DR0–DR3: while any is set the guest runs one instruction at a
+//!   time (one-instruction blocks in translate mode, the monitor's TF in patch mode), the
+//!   accesses each instruction will make are recorded before it runs
+//!   ([`super::data_breakpoints`]), and one that touches a watched range stops the guest
+//!   after the instruction — a write of the value already there included. Writes the
+//!   monitor performs for the guest (emulated instructions, deliveries) are caught by
+//!   value: the watched bytes are also compared after every exit.
 //! - An interrupt request ([`DebugControl::interrupt`]) is a flag the run loop reads at
 //!   every exit; the requester kicks the vCPU so that an exit comes soon.
 
@@ -24,6 +26,7 @@ use shadow_paging::{peek, Access};
 
 use super::code::RamCode;
 use super::cpu::Stepping;
+use super::data_breakpoints::{self, Access as WatchedAccess};
 use super::guest_bus::MachineBus;
 use super::guest_memory::GuestMemory;
 use super::shadow_backend::RamPhys;
@@ -43,11 +46,34 @@ pub enum DebugStop {
     Breakpoint,
     /// One instruction ran (a single step).
     Step,
-    /// A watched location changed; EIP is after the instruction that wrote it.
+    /// A watched location was accessed; EIP is after the instruction that did it.
     Watch {
         /// The watchpoint's first byte.
         addr: GuestLinear,
+        /// The watchpoint's kind.
+        kind: WatchKind,
     },
+}
+
+/// Which accesses a watchpoint stops at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchKind {
+    /// Writes (gdb's `watch`).
+    Write,
+    /// Reads (gdb's `rwatch`).
+    Read,
+    /// Reads and writes (gdb's `awatch`).
+    Access,
+}
+
+impl WatchKind {
+    fn reads(self) -> bool {
+        self != Self::Write
+    }
+
+    fn writes(self) -> bool {
+        self != Self::Read
+    }
 }
 
 /// What the debugger wants when the guest resumes.
@@ -120,11 +146,18 @@ struct Break {
     owned: bool,
 }
 
-/// A write watchpoint and the bytes last seen there.
+/// A watchpoint and the bytes last seen there.
 #[derive(Debug, Clone)]
 struct Watch {
     lin: GuestLinear,
+    kind: WatchKind,
     last: Vec<u8>,
+}
+
+impl Watch {
+    fn len(&self) -> u32 {
+        u32::try_from(self.last.len()).unwrap_or(u32::MAX)
+    }
 }
 
 /// The debugger attached to a VM and what it set.
@@ -139,6 +172,8 @@ pub(super) struct DebugSession {
     step_from: Option<(u16, u32)>,
     /// Resumed at this breakpoint: its instruction runs once with the trap lifted.
     skip_at: Option<GuestLinear>,
+    /// With watchpoints set: the accesses of the instruction being stepped.
+    accesses: Vec<WatchedAccess>,
     /// A stop the last exit produced.
     pub(super) pending: Option<DebugStop>,
 }
@@ -254,25 +289,35 @@ impl DebugGuest<'_> {
         true
     }
 
-    /// Watches `len` bytes at `addr` for writes that change them.
+    /// Watches `len` bytes at `addr` for the accesses `kind` names.
     ///
     /// # Errors
     /// [`DebugError::Unmapped`] when they are not all in RAM now.
-    pub fn add_watchpoint(&mut self, addr: GuestLinear, len: usize) -> Result<(), DebugError> {
+    pub fn add_watchpoint(
+        &mut self,
+        addr: GuestLinear,
+        len: usize,
+        kind: WatchKind,
+    ) -> Result<(), DebugError> {
         let mut last = vec![0; len];
         self.read_memory(addr, &mut last)?;
         let session = self.vm.debug.as_mut().expect("a debugger is attached");
-        session.watches.push(Watch { lin: addr, last });
+        session.watches.push(Watch {
+            lin: addr,
+            kind,
+            last,
+        });
         Ok(())
     }
 
-    /// Removes the watchpoint of `len` bytes at `addr`; `false` when there was none.
-    pub fn remove_watchpoint(&mut self, addr: GuestLinear, len: usize) -> bool {
+    /// Removes the watchpoint of `kind` over `len` bytes at `addr`; `false` when there
+    /// was none.
+    pub fn remove_watchpoint(&mut self, addr: GuestLinear, len: usize, kind: WatchKind) -> bool {
         let session = self.vm.debug.as_mut().expect("a debugger is attached");
         let before = session.watches.len();
         session
             .watches
-            .retain(|w| !(w.lin == addr && w.last.len() == len));
+            .retain(|w| !(w.lin == addr && w.last.len() == len && w.kind == kind));
         session.watches.len() != before
     }
 }
@@ -348,6 +393,7 @@ impl Vm {
             watches: Vec::new(),
             step_from: None,
             skip_at: None,
+            accesses: Vec::new(),
             pending: None,
         });
         control
@@ -396,13 +442,49 @@ impl Vm {
         }
     }
 
-    /// Before an entry: arms the single step the debugger needs (its own step, a
-    /// watchpoint, or resuming over a breakpoint).
-    pub(super) fn debug_before_entry(&mut self) {
+    /// A single step (any: the debugger's, or one of the monitor's while watchpoints are
+    /// set) ended; `stepped`: its instruction ran. An access it made that a watchpoint
+    /// covers is a stop.
+    pub(super) fn debug_step_watches(&mut self, stepped: bool) {
         let Some(session) = self.debug.as_mut() else {
             return;
         };
-        // The monitor's own step goes first; ours is armed at the entry after it.
+        let accesses = std::mem::take(&mut session.accesses);
+        if !stepped {
+            return;
+        }
+        let hit = session.watches.iter().find(|w| {
+            data_breakpoints::touched(
+                w.lin.raw(),
+                w.len(),
+                w.kind.reads(),
+                w.kind.writes(),
+                &accesses,
+            )
+        });
+        if let Some(w) = hit {
+            session.pending = Some(DebugStop::Watch {
+                addr: w.lin,
+                kind: w.kind,
+            });
+        }
+    }
+
+    /// Before an entry: arms the single step the debugger needs (its own step, a
+    /// watchpoint, or resuming over a breakpoint).
+    pub(super) fn debug_before_entry(&mut self) {
+        let watching = self.debug.as_ref().is_some_and(|s| !s.watches.is_empty());
+        let accesses = if watching {
+            self.instruction_accesses(self.translating())
+        } else {
+            Vec::new()
+        };
+        let Some(session) = self.debug.as_mut() else {
+            return;
+        };
+        session.accesses = accesses;
+        // The monitor's own step goes first (its instruction is watched too); ours is
+        // armed at the entry after it.
         if self.cpu.step.is_some() {
             return;
         }
@@ -425,7 +507,9 @@ impl Vm {
         }
     }
 
-    /// After an exit was handled: a watched location that changed is a stop.
+    /// After an exit was handled: a location under a write or access watchpoint that
+    /// changed is a stop (the monitor's own writes for the guest; the guest's are seen
+    /// by their accesses too).
     pub(super) fn debug_check_watches(&mut self) {
         let Some(session) = self.debug.as_mut() else {
             return;
@@ -434,7 +518,12 @@ impl Vm {
             let mut now = vec![0; w.last.len()];
             if read_memory(&self.mem, &self.code.pages, w.lin, &mut now).is_ok() && now != w.last {
                 w.last = now;
-                session.pending = Some(DebugStop::Watch { addr: w.lin });
+                if w.kind.writes() {
+                    session.pending.get_or_insert(DebugStop::Watch {
+                        addr: w.lin,
+                        kind: w.kind,
+                    });
+                }
             }
         }
     }

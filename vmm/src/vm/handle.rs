@@ -43,7 +43,15 @@ impl Vm {
                 ..
             }
         );
-        if self.finish_step(stepped)? {
+        let finished = self.finish_step(stepped)?;
+        let data_break = std::mem::take(&mut self.cpu.data_break);
+        if finished {
+            // A data breakpoint the stepped instruction hit: the guest's #DB trap (with the
+            // guest's own TF, the step's #DB below carries it with BS).
+            if data_break {
+                self.stats.exit(ExitReason::GuestException);
+                return self.hand_to_vcpu(GuestExit::Exception(Fault::new(Exception::DB)));
+            }
             return Ok(None);
         }
         let class = self.classify(exit);
@@ -65,9 +73,15 @@ impl Vm {
                     .repin(phys, &self.mem.ram, &mut patches.patches);
             }
             Stepping::PatchSite(phys) => patches.relatch(&self.mem.ram, phys),
-            Stepping::Shadow => {}
-            Stepping::Debugger(_) => {}
+            Stepping::Shadow | Stepping::Debugger(_) | Stepping::DataBreakpoints => {}
         }
+        // The guest's data breakpoints the instruction hit, once it ran.
+        if let Some(watched) = self.cpu.watched.take().filter(|_| stepped) {
+            let dr6 = watched.hits();
+            self.cpu.state.dr[6] |= dr6;
+            self.cpu.data_break = dr6 != 0;
+        }
+        self.debug_step_watches(stepped);
         let s = &mut self.cpu.state;
         s.eflags = (s.eflags & !eflags::TF) | step.guest_tf;
         if let Stepping::Debugger(phys) = step.what {

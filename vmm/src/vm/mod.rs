@@ -526,6 +526,9 @@ impl Vm {
                 self.cpu.start_step(cpu::Stepping::Shadow);
             }
             self.debug_before_entry();
+            if !self.translating() {
+                self.patch_data_breakpoints();
+            }
             self.platform.arm_timer(&timer)?;
             let entry_eip = self.cpu.prepare_entry();
             if self.translating() {

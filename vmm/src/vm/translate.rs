@@ -22,7 +22,7 @@ use rewriter::Class;
 use shadow_paging::Access;
 
 use super::code::CodePages;
-use super::data_breakpoints::{self, Access as WatchedAccess, DataBreakpoint};
+use super::data_breakpoints;
 use super::guest_memory::GuestMemory;
 use super::handle::Step;
 use super::mirrors::{BOUNCE_SELECTOR, SCRATCH_SELECTOR, TC_CODE_SELECTOR};
@@ -105,9 +105,6 @@ pub struct Translation {
     /// Pages a bounced instruction may have written behind the write protection of
     /// translated code: their blocks go once it ran.
     bounced_writes: Vec<GuestPhys>,
-    /// The guest's enabled data breakpoints and the accesses the instruction entered
-    /// now will make ([`super::data_breakpoints`]).
-    watched: Option<(Vec<DataBreakpoint>, Vec<WatchedAccess>)>,
 }
 
 impl Translation {
@@ -125,7 +122,6 @@ impl Translation {
             fpu_once: None,
             bounce: None,
             bounced_writes: Vec::new(),
-            watched: None,
         })
     }
 
@@ -203,7 +199,7 @@ impl Vm {
             Entry::Run(tc_addr) => {
                 let user = self.cpu.user();
                 let pending = self.platform.interrupt_pending();
-                let watched = self.watched_accesses();
+                let watched = self.guest_watch();
                 let Some(t) = self.tc.as_mut() else {
                     return Ok(None);
                 };
@@ -215,7 +211,7 @@ impl Vm {
                 } else {
                     ctx.gs = SCRATCH_SELECTOR;
                 }
-                t.watched = watched;
+                self.cpu.watched = watched;
                 // The virtual IF inline CLI/STI work on, and whether an STI must exit.
                 let vif = u8::from(self.cpu.state.eflags & eflags::IF != 0);
                 t.tc.set_slot_u8(SLOT_VIF, vif);
@@ -611,17 +607,15 @@ impl Vm {
                 let stepping = self.cpu.step.is_some() || self.cpu.state.eflags & eflags::TF != 0;
                 // A data breakpoint the instruction's accesses hit: the #DB trap after it
                 // (with a single step's BS too when one is due).
-                let dr6 = self
-                    .tc
-                    .as_mut()
-                    .and_then(|t| t.watched.take())
-                    .map_or(0, |(bps, accesses)| data_breakpoints::hits(&bps, &accesses));
+                let dr6 = self.cpu.watched.take().map_or(0, |w| w.hits());
                 if single && dr6 != 0 {
                     self.cpu.state.dr[6] |= dr6;
                     if !stepping {
                         self.stats.exit(ExitReason::GuestException);
                         return self.hand_to_vcpu(GuestExit::Exception(Fault::new(Exception::DB)));
                     }
+                    // The step's trap ends the monitor's step first; the #DB follows.
+                    self.cpu.data_break = true;
                 }
                 if single && stepping {
                     // One guest instruction ran: that is the step's trap.
@@ -916,30 +910,6 @@ impl Vm {
             }
         }
         Ok(None)
-    }
-
-    /// With data breakpoints enabled: them, and the accesses the instruction at EIP will
-    /// make (its memory operands with the registers it starts with).
-    fn watched_accesses(&self) -> Option<(Vec<DataBreakpoint>, Vec<WatchedAccess>)> {
-        let bps = data_breakpoints::enabled(&self.cpu.state.dr);
-        if bps.is_empty() {
-            return None;
-        }
-        let instr = self.fetch().decode_at(self.cpu.state.eip)?;
-        let state = &self.cpu.state;
-        let accesses = self
-            .memory_operands(&instr)
-            .into_iter()
-            .map(|(seg, off, size, access)| WatchedAccess {
-                lin: GuestLinear(state.sreg(seg).base).wrapping_add(off),
-                size,
-                write: !matches!(
-                    access,
-                    iced_x86::OpAccess::Read | iced_x86::OpAccess::CondRead
-                ),
-            })
-            .collect();
-        Some((bps, accesses))
     }
 
     /// The segment register translations reserve at this privilege level.

@@ -10,8 +10,16 @@
 //! with syscalls the monitor's allowlist keeps.
 //!
 //! Registers: the general registers, EIP, EFLAGS (with the guest's virtual IF) and the
-//! segment selectors through gdb's i386 core registers; the x87 and SSE registers read as
-//! zero. `monitor cr` prints CR0, CR2, CR3, CR4 and the descriptor-table registers.
+//! segment selectors through gdb's i386 core registers, CR0, CR2, CR3 and CR4 after them
+//! ([`i386`]); the x87 and SSE registers read as zero. Writes change the general
+//! registers, EIP and EFLAGS only. `monitor cr` prints the control registers with the
+//! descriptor-table and debug registers.
+//!
+//! Watchpoints of every kind (`watch`, `rwatch`, `awatch`) are the engine's
+//! ([`vmm::vm::debug`]): they stop after the instruction that accessed the range, also
+//! when it wrote the value already there; the guest's own DR0–DR3 stay its own.
+
+mod i386;
 
 use std::io;
 use std::net::{TcpListener, TcpStream};
@@ -36,11 +44,13 @@ use gdbstub::target::ext::breakpoints::{
 use gdbstub::target::ext::monitor_cmd::{ConsoleOutput, MonitorCmd, MonitorCmdOps};
 use gdbstub::target::{Target, TargetError, TargetResult};
 use gdbstub_arch::x86::reg::{X86CoreRegs, X86SegmentRegs};
-use gdbstub_arch::x86::X86_SSE;
 use vmm::addr::GuestLinear;
 use vmm::hostcpu::timer::Kicker;
+use vmm::vm::debug::WatchKind as EngineWatch;
 use vmm::vm::debug::{DebugControl, DebugGuest, DebugResume, DebugStop, Debugger};
 use vmm::x86::SegReg;
+
+use i386::{I386System, SystemRegs};
 
 /// How often the stub looks at the connection while the guest runs.
 const POLL: Duration = Duration::from_millis(10);
@@ -67,13 +77,13 @@ pub fn parse_address(text: &str) -> Result<String, String> {
 #[derive(Debug)]
 enum Request {
     Registers,
-    SetRegisters(Box<X86CoreRegs>),
+    SetRegisters(Box<SystemRegs>),
     Read(u32, usize),
     Write(u32, Vec<u8>),
     AddBreak(u32),
     RemoveBreak(u32),
-    AddWatch(u32, usize),
-    RemoveWatch(u32, usize),
+    AddWatch(u32, usize, EngineWatch),
+    RemoveWatch(u32, usize, EngineWatch),
     Monitor,
     Resume(DebugResume),
 }
@@ -81,7 +91,7 @@ enum Request {
 /// The vCPU's answer.
 #[derive(Debug)]
 enum Reply {
-    Registers(Box<X86CoreRegs>),
+    Registers(Box<SystemRegs>),
     Bytes(Option<Vec<u8>>),
     Done(bool),
     Text(String),
@@ -101,10 +111,10 @@ struct VcpuSide {
     replies: Sender<Reply>,
 }
 
-fn core_registers(guest: &DebugGuest<'_>) -> X86CoreRegs {
+fn registers(guest: &DebugGuest<'_>) -> SystemRegs {
     let s = guest.state();
     let sel = |r: SegReg| u32::from(s.sreg(r).selector);
-    X86CoreRegs {
+    let core = X86CoreRegs {
         eax: s.gpr[0],
         ecx: s.gpr[1],
         edx: s.gpr[2],
@@ -124,6 +134,10 @@ fn core_registers(guest: &DebugGuest<'_>) -> X86CoreRegs {
             gs: sel(SegReg::Gs),
         },
         ..X86CoreRegs::default()
+    };
+    SystemRegs {
+        core,
+        control: [s.cr0, s.cr2, s.cr3, s.cr4],
     }
 }
 
@@ -158,8 +172,9 @@ impl Debugger for VcpuSide {
             };
             let reply = match request {
                 Request::Resume(how) => return how,
-                Request::Registers => Reply::Registers(Box::new(core_registers(guest))),
+                Request::Registers => Reply::Registers(Box::new(registers(guest))),
                 Request::SetRegisters(r) => {
+                    let r = &r.core;
                     let gpr = [r.eax, r.ecx, r.edx, r.ebx, r.esp, r.ebp, r.esi, r.edi];
                     guest.set_registers(gpr, r.eip, r.eflags);
                     Reply::Done(true)
@@ -182,11 +197,11 @@ impl Debugger for VcpuSide {
                 Request::RemoveBreak(addr) => {
                     Reply::Done(guest.remove_breakpoint(GuestLinear(addr)))
                 }
-                Request::AddWatch(addr, len) => {
-                    Reply::Done(guest.add_watchpoint(GuestLinear(addr), len).is_ok())
+                Request::AddWatch(addr, len, kind) => {
+                    Reply::Done(guest.add_watchpoint(GuestLinear(addr), len, kind).is_ok())
                 }
-                Request::RemoveWatch(addr, len) => {
-                    Reply::Done(guest.remove_watchpoint(GuestLinear(addr), len))
+                Request::RemoveWatch(addr, len, kind) => {
+                    Reply::Done(guest.remove_watchpoint(GuestLinear(addr), len, kind))
                 }
                 Request::Monitor => Reply::Text(control_registers(guest)),
             };
@@ -231,7 +246,7 @@ impl Remote {
 }
 
 impl Target for Remote {
-    type Arch = X86_SSE;
+    type Arch = I386System;
     type Error = String;
 
     fn base_ops(&mut self) -> BaseOps<'_, Self::Arch, Self::Error> {
@@ -248,7 +263,7 @@ impl Target for Remote {
 }
 
 impl SingleThreadBase for Remote {
-    fn read_registers(&mut self, regs: &mut X86CoreRegs) -> TargetResult<(), Self> {
+    fn read_registers(&mut self, regs: &mut SystemRegs) -> TargetResult<(), Self> {
         match self.ask(Request::Registers).map_err(TargetError::Fatal)? {
             Reply::Registers(r) => {
                 *regs = *r;
@@ -258,7 +273,7 @@ impl SingleThreadBase for Remote {
         }
     }
 
-    fn write_registers(&mut self, regs: &X86CoreRegs) -> TargetResult<(), Self> {
+    fn write_registers(&mut self, regs: &SystemRegs) -> TargetResult<(), Self> {
         self.done(Request::SetRegisters(Box::new(regs.clone())))
             .map(|_| ())
     }
@@ -346,8 +361,16 @@ impl HwBreakpoint for Remote {
     }
 }
 
-/// Write watchpoints (by value, see [`vmm::vm::debug`]); read and access watchpoints are
-/// refused, so gdb says so.
+/// The engine's kind for gdb's.
+fn engine_watch(kind: WatchKind) -> EngineWatch {
+    match kind {
+        WatchKind::Write => EngineWatch::Write,
+        WatchKind::Read => EngineWatch::Read,
+        WatchKind::ReadWrite => EngineWatch::Access,
+    }
+}
+
+/// Watchpoints of every kind, over up to a page.
 impl HwWatchpoint for Remote {
     fn add_hw_watchpoint(
         &mut self,
@@ -358,22 +381,22 @@ impl HwWatchpoint for Remote {
         let Ok(len) = usize::try_from(len) else {
             return Ok(false);
         };
-        if kind != WatchKind::Write || len == 0 || len > 4096 {
+        if len == 0 || len > 4096 {
             return Ok(false);
         }
-        self.done(Request::AddWatch(addr, len))
+        self.done(Request::AddWatch(addr, len, engine_watch(kind)))
     }
 
     fn remove_hw_watchpoint(
         &mut self,
         addr: u32,
         len: u32,
-        _kind: WatchKind,
+        kind: WatchKind,
     ) -> TargetResult<bool, Self> {
         let Ok(len) = usize::try_from(len) else {
             return Ok(false);
         };
-        self.done(Request::RemoveWatch(addr, len))
+        self.done(Request::RemoveWatch(addr, len, engine_watch(kind)))
     }
 }
 
@@ -402,9 +425,13 @@ fn stop_reason(event: Event) -> SingleThreadStopReason<u32> {
     match event {
         Event::Stopped(DebugStop::Breakpoint) => SingleThreadStopReason::SwBreak(()),
         Event::Stopped(DebugStop::Step) => SingleThreadStopReason::DoneStep,
-        Event::Stopped(DebugStop::Watch { addr }) => SingleThreadStopReason::Watch {
+        Event::Stopped(DebugStop::Watch { addr, kind }) => SingleThreadStopReason::Watch {
             tid: (),
-            kind: WatchKind::Write,
+            kind: match kind {
+                EngineWatch::Write => WatchKind::Write,
+                EngineWatch::Read => WatchKind::Read,
+                EngineWatch::Access => WatchKind::ReadWrite,
+            },
             addr: addr.raw(),
         },
         Event::Stopped(DebugStop::Start | DebugStop::Interrupted) => {
