@@ -92,6 +92,13 @@ fn table_address(t: Table) -> u32 {
     WINDOW_START + TABLES_OFFSET + (t as u32) * TABLE_SPAN
 }
 
+/// Whether MOV and PUSH from segment registers are translated as immediates of the
+/// guest's selectors (blocks are then keyed by them). Off: with it on, Debian's init died
+/// intermittently with a null GS after a kernel entry; until that is understood, those
+/// reads leave for the monitor, and blocks are not keyed by selectors (a kernel entered
+/// from processes with different TLS selectors shares its translations).
+pub const SELECTOR_IMMEDIATES: bool = false;
+
 /// Everything a block's translation depends on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Key {
@@ -107,7 +114,8 @@ pub struct Key {
     pub exit_fpu: bool,
     /// CLI and STI inline (CPL 0).
     pub inline_if: bool,
-    /// The guest's selectors (ES, CS, SS, DS, FS, GS): reads of them are immediates.
+    /// The guest's selectors (ES, CS, SS, DS, FS, GS) with [`SELECTOR_IMMEDIATES`]: reads
+    /// of them are immediates. Zeros without.
     pub selectors: [u16; 6],
     /// The GS base GS-relative operands are rebased onto (user mode with flat DS and SS
     /// and a 4 GiB GS).
@@ -157,10 +165,7 @@ impl Key {
             },
             exit_fpu: self.exit_fpu,
             inline_if: self.inline_if,
-            // Selector reads as immediates stay off in the engine: with them on, Debian's
-            // init died intermittently with a null GS after a kernel entry; until that is
-            // understood, MOV and PUSH from segment registers leave for the monitor.
-            selectors: None,
+            selectors: SELECTOR_IMMEDIATES.then_some(self.selectors),
             gs_rebase: self.gs_rebase,
         }
     }

@@ -296,7 +296,11 @@ impl Vm {
             user: self.cpu.user(),
             exit_fpu: s.cr0 & (cr0::TS | cr0::EM) != 0 && !fpu_once,
             inline_if: s.cpl() == 0,
-            selectors: crate::x86::SegReg::ALL.map(|r| s.sreg(r).selector),
+            selectors: if super::tc::SELECTOR_IMMEDIATES {
+                SegReg::ALL.map(|r| s.sreg(r).selector)
+            } else {
+                [0; 6]
+            },
             gs_rebase: self.gs_rebase(),
             single: self.cpu.step.is_some()
                 || s.eflags & eflags::TF != 0
