@@ -30,11 +30,13 @@ impl CodeMemoryMut for BufferMemory {
         else {
             return 0;
         };
-        if start >= self.bytes.len() {
+        let Some(dst) = self.bytes.get_mut(start..) else {
             return 0;
+        };
+        let n = data.len().min(dst.len());
+        for (d, s) in dst.iter_mut().zip(data) {
+            *d = *s;
         }
-        let n = data.len().min(self.bytes.len() - start);
-        self.bytes[start..start + n].copy_from_slice(&data[..n]);
         n
     }
 }
@@ -58,7 +60,9 @@ pub struct Patch {
 impl Patch {
     /// The original bytes of the instruction.
     pub fn original_bytes(&self) -> &[u8] {
-        &self.original[..usize::from(self.length)]
+        // `length` is 1–15: every patch is made from a decoded instruction.
+        let len = usize::from(self.length);
+        self.original.get(..len).unwrap_or(&self.original)
     }
 }
 
@@ -215,24 +219,21 @@ impl PatchTable {
         let length = site.length;
         let len = usize::from(length);
         let mut original = [0u8; MAX_INSTRUCTION_LEN];
-        if len == 0
-            || len > MAX_INSTRUCTION_LEN
-            || mem.read(site.address, &mut original[..len]) < len
-        {
-            return Err(PatchError::Unreadable {
-                address: site.address,
-                length,
-            });
+        let unreadable = PatchError::Unreadable {
+            address: site.address,
+            length,
+        };
+        let bytes = original
+            .get_mut(..len)
+            .filter(|b| !b.is_empty())
+            .ok_or(unreadable)?;
+        if mem.read(site.address, bytes) < len {
+            return Err(unreadable);
         }
         // A patch of an overlapping instruction may lie inside this one.
-        self.overlay_originals(site.address, &mut original[..len]);
-        let instruction = Decoder::with_ip(
-            32,
-            &original[..len],
-            u64::from(site.address),
-            DecoderOptions::NONE,
-        )
-        .decode();
+        self.overlay_originals(site.address, bytes);
+        let instruction =
+            Decoder::with_ip(32, bytes, u64::from(site.address), DecoderOptions::NONE).decode();
         if instruction.code() != site.instruction.code() || instruction.len() != len {
             return Err(PatchError::Stale {
                 address: site.address,
@@ -392,12 +393,17 @@ impl PatchTable {
         }
         let last = u64::from(addr) + buf.len() as u64 - 1;
         let last = u32::try_from(last).unwrap_or(u32::MAX);
+        // Every address in addr..=last is a byte of `buf`.
         for (&at, patch) in self.patches.range(addr..=last) {
-            buf[(at - addr) as usize] = patch.original[0];
+            if let Some(b) = buf.get_mut((at - addr) as usize) {
+                *b = patch.original[0];
+            }
         }
         for (&at, &original) in self.entries.range(addr..=last) {
-            if !self.patches.contains_key(&at) {
-                buf[(at - addr) as usize] = original;
+            if let Some(b) = buf.get_mut((at - addr) as usize) {
+                if !self.patches.contains_key(&at) {
+                    *b = original;
+                }
             }
         }
     }
@@ -475,7 +481,8 @@ pub struct Unpatched<'a, M> {
 impl<M: CodeMemory> CodeMemory for Unpatched<'_, M> {
     fn read(&self, addr: u32, buf: &mut [u8]) -> usize {
         let n = self.mem.read(addr, buf).min(buf.len());
-        self.table.overlay_originals(addr, &mut buf[..n]);
+        self.table
+            .overlay_originals(addr, buf.get_mut(..n).unwrap_or_default());
         n
     }
 }

@@ -70,14 +70,14 @@ impl BufferMemory {
 
 impl CodeMemory for BufferMemory {
     fn read(&self, addr: u32, buf: &mut [u8]) -> usize {
-        match self.range(addr, buf.len()) {
-            Some(r) => {
-                let n = r.len();
-                buf[..n].copy_from_slice(&self.bytes[r]);
-                n
-            }
-            None => 0,
-        }
+        let Some(src) = self.range(addr, buf.len()).and_then(|r| self.bytes.get(r)) else {
+            return 0;
+        };
+        let Some(dst) = buf.get_mut(..src.len()) else {
+            return 0;
+        };
+        dst.copy_from_slice(src);
+        src.len()
     }
 }
 
@@ -191,10 +191,16 @@ pub fn scan_page_after(
     // Code cannot run past 4 GiB (the flat segment's limit), so neither may a read.
     let room = (1u64 << 32) - u64::from(page);
     let want = BUF.min(usize::try_from(room).unwrap_or(BUF));
-    let got = mem.read(page, &mut buf[..want]).min(want);
+    let got = mem
+        .read(page, buf.get_mut(..want).unwrap_or_default())
+        .min(want);
     let limit = got.min(PAGE_SIZE as usize);
     let mut lengths = [0u8; PAGE_SIZE as usize];
-    let mut core = Core::new(&buf[..got], page, &mut lengths[..limit]);
+    let mut core = Core::new(
+        buf.get(..got).unwrap_or_default(),
+        page,
+        lengths.get_mut(..limit).unwrap_or_default(),
+    );
     core.carried_in = carried_in.min(MAX_INSTRUCTION_LEN - 1);
     core.data_gaps = true;
     core.run(entries);
@@ -216,7 +222,9 @@ pub fn scan_page_after(
 /// sweep. Bytes beyond 4 GiB are ignored. Instructions may not extend past the region.
 pub fn scan_region(bytes: &[u8], base: u32, entries: &[u32]) -> RegionScan {
     let room = (1u64 << 32) - u64::from(base);
-    let bytes = &bytes[..bytes.len().min(usize::try_from(room).unwrap_or(usize::MAX))];
+    let bytes = bytes
+        .get(..usize::try_from(room).unwrap_or(usize::MAX))
+        .unwrap_or(bytes);
     let mut lengths = vec![0u8; bytes.len()];
     let mut core = Core::new(bytes, base, &mut lengths);
     core.run(entries);
@@ -335,7 +343,9 @@ impl<'a> Core<'a> {
     fn record(&mut self, offset: usize, len: usize) -> Class {
         // Lengths are 1..=15, so they fit the byte.
         let length = u8::try_from(len).unwrap_or(u8::MAX);
-        self.lengths[offset] = length;
+        if let Some(l) = self.lengths.get_mut(offset) {
+            *l = length;
+        }
         self.max_end = self.max_end.max(offset + len);
         let class = classify(&self.instr);
         if class != Class::Innocuous {
@@ -352,11 +362,23 @@ impl<'a> Core<'a> {
     /// Whether a known instruction covers `offset` without starting there, or starts
     /// strictly inside `offset..offset + len`.
     fn overlaps_known(&self, offset: usize, len: usize) -> bool {
-        let inside =
-            (offset + 1..(offset + len).min(self.lengths.len())).any(|o| self.lengths[o] != 0);
-        inside
+        self.starts_within(offset + 1, offset + len)
             || (1..MAX_INSTRUCTION_LEN.min(offset + 1))
-                .any(|back| usize::from(self.lengths[offset - back]) > back)
+                .any(|back| self.known_len(offset - back) > back)
+    }
+
+    /// The length of the known instruction starting at `offset`, 0 if none (or past the
+    /// end).
+    fn known_len(&self, offset: usize) -> usize {
+        self.lengths.get(offset).map_or(0, |&l| usize::from(l))
+    }
+
+    /// Whether a known instruction starts in `from..to` (clipped to the buffer).
+    fn starts_within(&self, from: usize, to: usize) -> bool {
+        let to = to.min(self.lengths.len());
+        self.lengths
+            .get(from..to)
+            .is_some_and(|l| l.iter().any(|&l| l != 0))
     }
 
     fn exit(&mut self, offset: usize) {
@@ -381,7 +403,7 @@ impl<'a> Core<'a> {
                     self.exit(offset);
                     break;
                 }
-                if self.lengths[offset] != 0 {
+                if self.known_len(offset) != 0 {
                     break;
                 }
                 let Some(len) = self.decode_at(offset) else {
@@ -424,7 +446,7 @@ impl<'a> Core<'a> {
         let mut gap_start = 0;
         let mut gap_invalid = 0;
         while offset < self.lengths.len() {
-            let known = usize::from(self.lengths[offset]);
+            let known = self.known_len(offset);
             if known != 0 {
                 self.end_gap(gap_sites, offset.saturating_sub(gap_start), gap_invalid);
                 gap_sites = self.sites.len();
@@ -434,10 +456,10 @@ impl<'a> Core<'a> {
                 covered = covered.max(offset + known);
                 let end = (offset + known).min(self.lengths.len());
                 // Jump over the instruction unless another one starts inside it.
-                offset = if self.lengths[offset + 1..end].iter().all(|&l| l == 0) {
-                    end
-                } else {
+                offset = if self.starts_within(offset + 1, end) {
                     offset + 1
+                } else {
+                    end
                 };
                 continue;
             }
@@ -452,8 +474,7 @@ impl<'a> Core<'a> {
                     offset += 1;
                 }
                 Some(len) => {
-                    let end = (offset + len).min(self.lengths.len());
-                    if self.lengths[offset + 1..end].iter().any(|&l| l != 0) {
+                    if self.starts_within(offset + 1, offset + len) {
                         // Runs over a start the descent proved: this decode is out of
                         // step with the real instruction stream.
                         offset += 1;

@@ -2,6 +2,10 @@
 //! Linux's i386 entry, segment and CPU-setup code is made of, and the scan must be
 //! self-consistent on millions of real instructions.
 
+// reason: a test builds and checks its own fixtures; an index or unwrap that fails
+// stops it with the place, which is what it should do.
+#![allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "common/kernel.rs"]
 mod kernel;
 

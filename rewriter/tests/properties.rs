@@ -1,5 +1,9 @@
 //! Properties of scanning and patching on arbitrary code pages.
 
+// reason: a test builds and checks its own fixtures; an index or unwrap that fails
+// stops it with the place, which is what it should do.
+#![allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
+
 use iced_x86::{Decoder, DecoderOptions};
 use proptest::prelude::*;
 use rewriter::{

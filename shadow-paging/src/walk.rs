@@ -314,8 +314,11 @@ fn walk_pae<M: GuestPhysMemory + ?Sized>(
 ) -> Result<Walked, PageFault> {
     let not_present = || PageFault::new(lin, access, false, false, nxe);
     let reserved = || PageFault::new(lin, access, true, true, nxe);
-    // The PDPTEs were checked for reserved bits when they were loaded.
-    let pdpte = ctx.roots.0[linear::pdpte_index(lin.0)];
+    // The PDPTEs were checked for reserved bits when they were loaded; bits 31:30 of
+    // the address select one of the four.
+    let Some(&pdpte) = ctx.roots.0.get(linear::pdpte_index(lin.0)) else {
+        return Err(not_present());
+    };
     if !present(pdpte) {
         return Err(not_present());
     }
@@ -408,7 +411,7 @@ pub fn walk<M: GuestPhysMemory + ?Sized>(
     let mut ad_written = [None, None];
     let mut dirty = true;
     let last = if w.levels[1].is_some() { 1 } else { 0 };
-    for (i, level) in w.levels.iter().enumerate() {
+    for (i, (level, written)) in w.levels.iter().zip(&mut ad_written).enumerate() {
         let Some((gpa, value)) = *level else { continue };
         let mut new = value | entry::A;
         if i == last {
@@ -420,7 +423,7 @@ pub fn walk<M: GuestPhysMemory + ?Sized>(
         // A and D live in the low dword of both entry formats; writing only that dword
         // leaves the rest of the entry exactly as the guest wrote it.
         if new != value && mem.write_u32(gpa, entry::low_dword(new)) {
-            ad_written[i] = Some(gpa);
+            *written = Some(gpa);
         }
     }
     Ok(finish(lin, &w, dirty, ad_written))

@@ -563,18 +563,28 @@ impl LinearSpace {
 
     fn set_mapped(&mut self, lin: GuestLinear, len: u32, on: bool) {
         for p in Self::pages(lin, len) {
+            // The bitmap has a bit for every page of the 4 GiB.
+            let Some(word) = self.mapped.get_mut(p / 64) else {
+                continue;
+            };
             if on {
-                self.mapped[p / 64] |= 1 << (p % 64);
+                *word |= 1 << (p % 64);
             } else {
-                self.mapped[p / 64] &= !(1 << (p % 64));
+                *word &= !(1 << (p % 64));
             }
         }
     }
 
+    /// Whether linear page `p` currently maps guest RAM.
+    fn page_mapped(&self, p: usize) -> bool {
+        self.mapped
+            .get(p / 64)
+            .is_some_and(|word| word & (1 << (p % 64)) != 0)
+    }
+
     /// Whether the page holding `lin` currently maps guest RAM.
     pub fn is_mapped(&self, lin: GuestLinear) -> bool {
-        let p = (lin.raw() / PAGE_SIZE) as usize;
-        self.mapped[p / 64] & (1 << (p % 64)) != 0
+        self.page_mapped((lin.raw() / PAGE_SIZE) as usize)
     }
 
     /// Maps guest RAM `[gpa, gpa + len)` at `[lin, lin + len)` with one shared mmap,
@@ -620,7 +630,7 @@ impl LinearSpace {
         let Some((len, prot)) = self.guest_part(lin, len, prot) else {
             return Ok(());
         };
-        if !Self::pages(lin, len).all(|p| self.mapped[p / 64] & (1 << (p % 64)) != 0) {
+        if !Self::pages(lin, len).all(|p| self.page_mapped(p)) {
             return Err(MemoryError::NotMapped { lin, len });
         }
         // SAFETY: the range lies inside the reservation and only covers memfd mappings this

@@ -5,6 +5,10 @@
 //! [`World`] and take turns; everything per-thread (HostCpu, seccomp, CPUID faulting,
 //! timer) is set up by each test on its own thread.
 
+// reason: a test builds and checks its own fixtures; an index or unwrap that fails
+// stops it with the place, which is what it should do.
+#![allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard};

@@ -273,7 +273,7 @@ impl Window {
         loop {
             let mut decoder = Decoder::with_ip(
                 bitness,
-                &self.bytes[offset..],
+                self.bytes.get(offset..).unwrap_or_default(),
                 u64::from(at),
                 DecoderOptions::NONE,
             );

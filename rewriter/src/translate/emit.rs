@@ -178,7 +178,7 @@ impl<'c> Emitter<'c> {
         }
         let mut decoder = Decoder::with_ip(
             32,
-            &self.bytes[start..],
+            self.bytes.get(start..).unwrap_or_default(),
             u64::from(self.base.wrapping_add(offset_of(start))),
             DecoderOptions::NONE,
         );
@@ -210,7 +210,15 @@ impl<'c> Emitter<'c> {
             what: "rel8 label".to_string(),
             reason: format!("label {distance} bytes away"),
         })?;
-        self.bytes[fixup.disp] = disp.to_le_bytes()[0];
+        // A fixup is made by branch_forward for a byte it emitted, and the block only grows.
+        let byte = self
+            .bytes
+            .get_mut(fixup.disp)
+            .ok_or_else(|| Refusal::Encode {
+                what: "rel8 label".to_string(),
+                reason: format!("no branch displacement at offset {}", fixup.disp),
+            })?;
+        *byte = disp.to_le_bytes()[0];
         Ok(())
     }
 

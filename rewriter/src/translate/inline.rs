@@ -164,15 +164,15 @@ pub(crate) fn selector(
 ) -> Result<(), Refusal> {
     let eip = u32::try_from(guest.ip()).unwrap_or(0);
     let len = u8::try_from(guest.len()).unwrap_or(1);
-    let index = match reg {
-        Register::ES => 0,
-        Register::CS => 1,
-        Register::SS => 2,
-        Register::DS => 3,
-        Register::FS => 4,
-        _ => 5,
+    let [es, cs, ss, ds, fs, gs] = selectors;
+    let sel = match reg {
+        Register::ES => es,
+        Register::CS => cs,
+        Register::SS => ss,
+        Register::DS => ds,
+        Register::FS => fs,
+        _ => gs,
     };
-    let sel = selectors[index];
     let meta = Meta {
         guest: GuestEip::At(eip),
         restore_scratch: false,

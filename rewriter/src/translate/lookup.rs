@@ -46,6 +46,7 @@ pub const LOOKUP_ENTRIES: usize = 1 << LOOKUP_BITS;
 /// Size of one entry: the guest EIP, then the TC address of its block's lookup entry
 /// (both little-endian `u32`).
 pub const LOOKUP_ENTRY_SIZE: usize = 8;
+const _: () = assert!(LOOKUP_ENTRY_SIZE == 2 * 4);
 /// Size of the whole table in bytes.
 pub const LOOKUP_TABLE_SIZE: usize = LOOKUP_ENTRIES * LOOKUP_ENTRY_SIZE;
 
@@ -98,9 +99,7 @@ impl LookupTable {
     /// Makes `eip` jump to the TC address `lookup_entry` (a block's lookup entry),
     /// replacing whatever shared its index.
     pub fn insert(&mut self, eip: u32, lookup_entry: u32) {
-        let at = lookup_index(eip) * LOOKUP_ENTRY_SIZE;
-        self.bytes[at..at + 4].copy_from_slice(&eip.to_le_bytes());
-        self.bytes[at + 4..at + 8].copy_from_slice(&lookup_entry.to_le_bytes());
+        self.set_entry(lookup_index(eip), eip, lookup_entry);
     }
 
     /// Drops `eip`'s entry, if it holds `eip`.
@@ -112,28 +111,37 @@ impl LookupTable {
 
     /// The TC address `eip` jumps to, if it is in the table.
     pub fn get(&self, eip: u32) -> Option<u32> {
-        let at = lookup_index(eip) * LOOKUP_ENTRY_SIZE;
-        let word = |i: usize| {
-            let mut w = [0u8; 4];
-            w.copy_from_slice(&self.bytes[i..i + 4]);
-            u32::from_le_bytes(w)
-        };
-        (word(at) == eip).then(|| word(at + 4))
+        let (held, target) = self.entry(lookup_index(eip))?;
+        (held == eip).then_some(target)
     }
 
     /// Number of entries that hold a guest EIP.
     pub fn len(&self) -> usize {
         (0..LOOKUP_ENTRIES)
-            .filter(|&i| {
-                let at = i * LOOKUP_ENTRY_SIZE;
-                lookup_index(u32::from_le_bytes([
-                    self.bytes[at],
-                    self.bytes[at + 1],
-                    self.bytes[at + 2],
-                    self.bytes[at + 3],
-                ])) == i
-            })
+            .filter(|&i| self.entry(i).is_some_and(|(eip, _)| lookup_index(eip) == i))
             .count()
+    }
+
+    /// Entry `index`: the guest EIP it holds and its TC address (every `lookup_index`
+    /// names one).
+    fn entry(&self, index: usize) -> Option<(u32, u32)> {
+        let at = index * LOOKUP_ENTRY_SIZE;
+        let entry = self.bytes.get(at..at + LOOKUP_ENTRY_SIZE)?;
+        let [a, b, c, d, e, f, g, h] = <[u8; 8]>::try_from(entry).ok()?;
+        Some((
+            u32::from_le_bytes([a, b, c, d]),
+            u32::from_le_bytes([e, f, g, h]),
+        ))
+    }
+
+    fn set_entry(&mut self, index: usize, eip: u32, target: u32) {
+        let at = index * LOOKUP_ENTRY_SIZE;
+        if let Some(entry) = self.bytes.get_mut(at..at + LOOKUP_ENTRY_SIZE) {
+            let fields = eip.to_le_bytes().into_iter().chain(target.to_le_bytes());
+            for (byte, field) in entry.iter_mut().zip(fields) {
+                *byte = field;
+            }
+        }
     }
 
     /// Whether no entry holds a guest EIP.
@@ -144,9 +152,7 @@ impl LookupTable {
     fn clear_index(&mut self, index: usize) {
         // Index with its lowest bit flipped: never equal to a target with this index.
         let empty = u32::try_from(index ^ 1).unwrap_or(1);
-        let at = index * LOOKUP_ENTRY_SIZE;
-        self.bytes[at..at + 4].copy_from_slice(&empty.to_le_bytes());
-        self.bytes[at + 4..at + 8].copy_from_slice(&[0; 4]);
+        self.set_entry(index, empty, 0);
     }
 }
 

@@ -32,10 +32,15 @@ impl GuestPages {
             }
             let in_page = usize::try_from(at - page).unwrap_or(0);
             let n = rest.len().min(PAGE_SIZE as usize - in_page);
-            if let Some((_, data)) = pages.pages.get_mut(&page) {
-                data[in_page..in_page + n].copy_from_slice(&rest[..n]);
+            let (chunk, tail) = rest.split_at_checked(n).unwrap_or((rest, &[]));
+            let dst = pages
+                .pages
+                .get_mut(&page)
+                .and_then(|(_, data)| data.get_mut(in_page..in_page + chunk.len()));
+            if let Some(dst) = dst {
+                dst.copy_from_slice(chunk);
             }
-            rest = &rest[n..];
+            rest = tail;
             at = at.wrapping_add(u32::try_from(n).unwrap_or(0));
         }
         pages

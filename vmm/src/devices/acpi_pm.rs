@@ -104,7 +104,11 @@ impl<C: Clock> AcpiPm<C> {
     /// so a dword read is never torn across a carry).
     fn read_byte(&self, offset: u16, timer: u32) -> u8 {
         if (PM_TMR..PM_TMR + 4).contains(&offset) {
-            return timer.to_le_bytes()[usize::from(offset - PM_TMR)];
+            let byte = timer
+                .to_le_bytes()
+                .get(usize::from(offset - PM_TMR))
+                .copied();
+            return byte.unwrap_or(0xff);
         }
         match self.register(offset) {
             Some((value, shift)) => (value >> shift).to_le_bytes()[0],

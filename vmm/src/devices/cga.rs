@@ -47,7 +47,9 @@ impl CgaCrtc {
     /// The CRTC in 80×25 text mode.
     pub fn new() -> Self {
         let mut regs = [0; 256];
-        regs[..MODE3.len()].copy_from_slice(&MODE3);
+        for (r, m) in regs.iter_mut().zip(MODE3) {
+            *r = m;
+        }
         Self {
             index: 0,
             regs,
@@ -57,7 +59,8 @@ impl CgaCrtc {
 
     /// CRTC register `reg`.
     pub fn register(&self, reg: u8) -> u8 {
-        self.regs[usize::from(reg)]
+        // Every u8 index selects one of the 256.
+        self.regs.get(usize::from(reg)).copied().unwrap_or(0xff)
     }
 
     /// The cursor's position as a character offset from the start of text memory.
@@ -79,7 +82,7 @@ impl PortDevice for CgaCrtc {
     fn read(&mut self, offset: u16, _size: u8) -> u32 {
         u32::from(match offset {
             INDEX => self.index,
-            DATA => self.regs[usize::from(self.index)],
+            DATA => self.register(self.index),
             STATUS_OFFSET => {
                 self.retrace = !self.retrace;
                 if self.retrace {
@@ -98,7 +101,11 @@ impl PortDevice for CgaCrtc {
         let value = low8(value);
         match offset {
             INDEX => self.index = value,
-            DATA => self.regs[usize::from(self.index)] = value,
+            DATA => {
+                if let Some(r) = self.regs.get_mut(usize::from(self.index)) {
+                    *r = value;
+                }
+            }
             _ => {}
         }
         PortAction::Continue

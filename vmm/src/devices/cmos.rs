@@ -141,16 +141,25 @@ pub struct Cmos<W: WallClock> {
 impl<W: WallClock> Cmos<W> {
     /// CMOS RAM zeroed except for the RTC status registers, time from `clock`.
     pub fn new(clock: W) -> Self {
-        let mut ram = [0; CMOS_SIZE];
-        ram[usize::from(REG_A)] = REG_A_DEFAULT;
-        ram[usize::from(REG_B)] = REG_B_DEFAULT;
-        ram[usize::from(REG_D)] = REG_D_VRT;
-        Self {
+        let mut cmos = Self {
             clock,
             index: 0,
-            ram,
+            ram: [0; CMOS_SIZE],
             offset_secs: 0,
+        };
+        for (index, value) in [
+            (REG_A, REG_A_DEFAULT),
+            (REG_B, REG_B_DEFAULT),
+            (REG_D, REG_D_VRT),
+        ] {
+            cmos.set_ram(index, value);
         }
+        cmos
+    }
+
+    /// CMOS RAM byte `index` (every register index below is inside the RAM).
+    fn ram_byte(&self, index: u8) -> u8 {
+        self.ram.get(usize::from(index)).copied().unwrap_or(0)
     }
 
     /// Sets a CMOS RAM byte (for example the memory size bytes firmware would fill in).
@@ -185,7 +194,7 @@ impl<W: WallClock> Cmos<W> {
     }
 
     fn encode(&self, v: u8) -> u8 {
-        if self.ram[usize::from(REG_B)] & REG_B_BINARY != 0 {
+        if self.ram_byte(REG_B) & REG_B_BINARY != 0 {
             v
         } else {
             to_bcd(v)
@@ -193,7 +202,7 @@ impl<W: WallClock> Cmos<W> {
     }
 
     fn decode(&self, v: u8) -> u8 {
-        if self.ram[usize::from(REG_B)] & REG_B_BINARY != 0 {
+        if self.ram_byte(REG_B) & REG_B_BINARY != 0 {
             v
         } else {
             from_bcd(v)
@@ -201,7 +210,7 @@ impl<W: WallClock> Cmos<W> {
     }
 
     fn encode_hour(&self, hour: u8) -> u8 {
-        if self.ram[usize::from(REG_B)] & REG_B_24H != 0 {
+        if self.ram_byte(REG_B) & REG_B_24H != 0 {
             return self.encode(hour);
         }
         let h12 = match hour % 12 {
@@ -212,7 +221,7 @@ impl<W: WallClock> Cmos<W> {
     }
 
     fn decode_hour(&self, raw: u8) -> u8 {
-        if self.ram[usize::from(REG_B)] & REG_B_24H != 0 {
+        if self.ram_byte(REG_B) & REG_B_24H != 0 {
             return self.decode(raw);
         }
         let h12 = self.decode(raw & !HOUR_PM) % 12;
@@ -235,7 +244,10 @@ impl<W: WallClock> Cmos<W> {
             REG_YEAR => self.encode(field(t.year.rem_euclid(100))),
             REG_CENTURY => self.encode(field(t.year.div_euclid(100).clamp(0, 99))),
             // Register C (interrupt flags) reads and clears; no RTC interrupts are raised.
-            REG_C => std::mem::take(&mut self.ram[usize::from(REG_C)]),
+            REG_C => self
+                .ram
+                .get_mut(usize::from(REG_C))
+                .map_or(0, std::mem::take),
             _ => self.ram.get(usize::from(index)).copied().unwrap_or(0xff),
         }
     }
@@ -254,8 +266,9 @@ impl<W: WallClock> Cmos<W> {
             // The weekday is derived from the date.
             REG_WEEKDAY => return,
             REG_A => {
-                let a = &mut self.ram[usize::from(REG_A)];
-                *a = (*a & REG_A_UIP) | (value & !REG_A_UIP);
+                if let Some(a) = self.ram.get_mut(usize::from(REG_A)) {
+                    *a = (*a & REG_A_UIP) | (value & !REG_A_UIP);
+                }
                 return;
             }
             // C and D are read-only.

@@ -155,12 +155,16 @@ impl ImageFile {
 fn offset(lba: u64, len: usize, sectors: u64) -> io::Result<u64> {
     let count = u64::try_from(len / SECTOR_SIZE).unwrap_or(u64::MAX);
     if !len.is_multiple_of(SECTOR_SIZE) || lba.checked_add(count).is_none_or(|end| end > sectors) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{len} bytes at sector {lba} are not whole sectors inside the disk"),
-        ));
+        return Err(outside(lba, len));
     }
     Ok(lba * SECTOR_BYTES)
+}
+
+fn outside(lba: u64, len: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{len} bytes at sector {lba} are not whole sectors inside the disk"),
+    )
 }
 
 fn read_only_error() -> io::Error {
@@ -218,6 +222,15 @@ impl MemDisk {
             flushes: 0,
         }
     }
+
+    /// The bytes of `len` at sector `lba`: whole sectors inside the disk.
+    fn span(&self, lba: u64, len: usize) -> io::Result<std::ops::Range<usize>> {
+        let at = offset(lba, len, self.sectors())?;
+        usize::try_from(at)
+            .ok()
+            .and_then(|at| Some(at..at.checked_add(len)?))
+            .ok_or_else(|| outside(lba, len))
+    }
 }
 
 impl Disk for MemDisk {
@@ -230,9 +243,9 @@ impl Disk for MemDisk {
     }
 
     fn read_sectors(&mut self, lba: u64, buf: &mut [u8]) -> io::Result<()> {
-        let at = usize::try_from(offset(lba, buf.len(), self.sectors())?)
-            .map_err(|_| read_only_error())?;
-        buf.copy_from_slice(&self.data[at..at + buf.len()]);
+        let span = self.span(lba, buf.len())?;
+        let data = self.data.get(span).ok_or_else(|| outside(lba, buf.len()))?;
+        buf.copy_from_slice(data);
         Ok(())
     }
 
@@ -240,9 +253,12 @@ impl Disk for MemDisk {
         if self.read_only {
             return Err(read_only_error());
         }
-        let at = usize::try_from(offset(lba, buf.len(), self.sectors())?)
-            .map_err(|_| read_only_error())?;
-        self.data[at..at + buf.len()].copy_from_slice(buf);
+        let span = self.span(lba, buf.len())?;
+        let data = self
+            .data
+            .get_mut(span)
+            .ok_or_else(|| outside(lba, buf.len()))?;
+        data.copy_from_slice(buf);
         Ok(())
     }
 

@@ -121,7 +121,10 @@ impl FwCfg {
             d.extend_from_slice(&key.to_be_bytes());
             d.extend_from_slice(&[0, 0]);
             let mut field = [0u8; FW_CFG_FILE_NAME_LEN];
-            field[..name.len()].copy_from_slice(name.as_bytes());
+            // Names were checked to fit with their NUL when the file was added.
+            for (f, b) in field.iter_mut().zip(name.bytes()) {
+                *f = b;
+            }
             d.extend_from_slice(&field);
         }
         d

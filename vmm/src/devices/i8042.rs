@@ -126,7 +126,9 @@ impl Keyboard {
         if let Some(cmd) = self.awaiting.take() {
             return match cmd {
                 KBD_SCANCODE_SET if byte == 0 => {
-                    let (plain, xlated) = SCANCODE_SET_IDS[usize::from(self.scancode_set - 1)];
+                    // The set is 1, 2 or 3 (the command below takes no other).
+                    let set = usize::from(self.scancode_set.saturating_sub(1));
+                    let (plain, xlated) = SCANCODE_SET_IDS.get(set).copied().unwrap_or_default();
                     vec![KBD_ACK, if translated { xlated } else { plain }]
                 }
                 KBD_SCANCODE_SET if (1..=3).contains(&byte) => {
@@ -296,10 +298,10 @@ impl<L: IrqLine> I8042<L> {
         self.awaiting = None;
         let mut action = PortAction::Continue;
         match cmd {
-            CMD_READ_RAM..=0x3f => self.push(
-                self.ram[usize::from(cmd - CMD_READ_RAM)],
-                Source::Controller,
-            ),
+            CMD_READ_RAM..=0x3f => {
+                let byte = self.ram.get(usize::from(cmd - CMD_READ_RAM)).copied();
+                self.push(byte.unwrap_or(0), Source::Controller);
+            }
             CMD_WRITE_RAM..=0x7f
             | CMD_WRITE_OUTPUT
             | CMD_WRITE_KBD_OBUF
@@ -332,7 +334,9 @@ impl<L: IrqLine> I8042<L> {
         let mut action = PortAction::Continue;
         match self.awaiting.take() {
             Some(cmd @ CMD_WRITE_RAM..=0x7f) => {
-                self.ram[usize::from(cmd - CMD_WRITE_RAM)] = byte;
+                if let Some(b) = self.ram.get_mut(usize::from(cmd - CMD_WRITE_RAM)) {
+                    *b = byte;
+                }
                 if cmd == CMD_WRITE_RAM {
                     // The system flag follows the command byte's.
                     self.status = (self.status & !STS_SYS) | (byte & CTR_SYS);

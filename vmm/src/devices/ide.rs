@@ -184,6 +184,15 @@ impl Unit {
             Unit::Slave => 1,
         }
     }
+
+    /// The drive the device register's DEV bit selects.
+    fn selected_by(device: u8) -> Self {
+        if device & device::DEV == 0 {
+            Unit::Master
+        } else {
+            Unit::Slave
+        }
+    }
 }
 
 /// A CHS translation: cylinders, heads, sectors per track.
@@ -358,7 +367,7 @@ impl Slot {
 /// channel's interrupt line (IRQ 14).
 pub struct IdeChannel<L> {
     slots: [Slot; 2],
-    selected: usize,
+    selected: Unit,
     control: u8,
     /// The drive's INTRQ: set when a command or block completes, cleared by a read of the
     /// status register or a new command. The line shows it unless nIEN is set.
@@ -384,7 +393,7 @@ impl<L> std::fmt::Debug for IdeChannel<L> {
 /// the first in the high byte.
 fn put_string(block: &mut [u16; 256], first: usize, words: usize, text: &str) {
     let mut bytes = text.bytes().chain(std::iter::repeat(b' '));
-    for w in &mut block[first..first + words] {
+    for w in block.iter_mut().skip(first).take(words) {
         let hi = bytes.next().unwrap_or(b' ');
         let lo = bytes.next().unwrap_or(b' ');
         *w = u16::from_be_bytes([hi, lo]);
@@ -473,7 +482,7 @@ impl<L: IrqLine> IdeChannel<L> {
     pub fn new(irq: L) -> Self {
         Self {
             slots: [Slot::empty(), Slot::empty()],
-            selected: 0,
+            selected: Unit::Master,
             control: 0,
             intrq: false,
             irq,
@@ -483,7 +492,7 @@ impl<L: IrqLine> IdeChannel<L> {
 
     /// Puts a drive holding `disk` at `unit`, replacing any there, in its power-on state.
     pub fn attach(&mut self, unit: Unit, disk: Box<dyn Disk>) {
-        let slot = &mut self.slots[unit.index()];
+        let slot = self.slot_mut(unit);
         slot.drive = Some(Drive::new(disk, unit));
         slot.regs = TaskFile::after_reset(true);
         slot.transfer = Transfer::Idle;
@@ -491,7 +500,7 @@ impl<L: IrqLine> IdeChannel<L> {
 
     /// Whether a drive is attached at `unit`.
     pub fn has_drive(&self, unit: Unit) -> bool {
-        self.slots[unit.index()].drive.is_some()
+        self.slot(unit).drive.is_some()
     }
 
     /// What the drives have done so far.
@@ -501,7 +510,38 @@ impl<L: IrqLine> IdeChannel<L> {
 
     /// The registers of the drive at `unit`.
     pub fn task_file(&self, unit: Unit) -> TaskFile {
-        self.slots[unit.index()].regs
+        self.slot(unit).regs
+    }
+
+    /// The position at `unit`.
+    fn slot(&self, unit: Unit) -> &Slot {
+        let [master, slave] = &self.slots;
+        match unit {
+            Unit::Master => master,
+            Unit::Slave => slave,
+        }
+    }
+
+    fn slot_mut(&mut self, unit: Unit) -> &mut Slot {
+        let [master, slave] = &mut self.slots;
+        match unit {
+            Unit::Master => master,
+            Unit::Slave => slave,
+        }
+    }
+
+    /// The selected position.
+    fn current(&self) -> &Slot {
+        self.slot(self.selected)
+    }
+
+    fn current_mut(&mut self) -> &mut Slot {
+        self.slot_mut(self.selected)
+    }
+
+    /// The selected drive; `None` when the position is empty (commands to it abort).
+    fn drive(&mut self) -> Option<&mut Drive> {
+        self.current_mut().drive.as_mut()
     }
 
     fn no_drives(&self) -> bool {
@@ -511,7 +551,7 @@ impl<L: IrqLine> IdeChannel<L> {
     /// Whether the selected position answers status and error reads. An absent slave does
     /// not (the master does not answer for it on QEMU's channel either): they read 0.
     fn selected_answers(&self) -> bool {
-        !self.no_drives() && (self.selected == 0 || self.slots[self.selected].drive.is_some())
+        !self.no_drives() && (self.selected == Unit::Master || self.current().drive.is_some())
     }
 
     fn update_line(&self) {
@@ -535,7 +575,7 @@ impl<L: IrqLine> IdeChannel<L> {
         let hob = self.control & control::HOB != 0;
         let answers = self.selected_answers();
         let none = self.no_drives();
-        let r = &self.slots[self.selected].regs;
+        let r = self.current().regs;
         let pick = |cur: u8, prev: u8| {
             if none {
                 0
@@ -583,7 +623,7 @@ impl<L: IrqLine> IdeChannel<L> {
             return;
         }
         // The command block belongs to the drive while it is busy or moving data.
-        if self.slots[self.selected].regs.status & (status::BSY | status::DRQ) != 0 {
+        if self.current().regs.status & (status::BSY | status::DRQ) != 0 {
             return;
         }
         self.control &= !control::HOB;
@@ -601,14 +641,14 @@ impl<L: IrqLine> IdeChannel<L> {
             }
         }
         if offset == reg::DEVICE {
-            self.selected = usize::from(value & device::DEV != 0);
+            self.selected = Unit::selected_by(value);
         }
     }
 
     /// The alternate status register: the status without acknowledging the interrupt.
     pub fn read_alt_status(&self) -> u8 {
         if self.selected_answers() {
-            self.slots[self.selected].regs.status
+            self.current().regs.status
         } else {
             0
         }
@@ -630,7 +670,7 @@ impl<L: IrqLine> IdeChannel<L> {
                 slot.regs = TaskFile::after_reset(slot.drive.is_some());
                 slot.transfer = Transfer::Idle;
             }
-            self.selected = 0;
+            self.selected = Unit::Master;
         }
         self.update_line();
     }
@@ -640,7 +680,7 @@ impl<L: IrqLine> IdeChannel<L> {
     /// Reads `size` (2 or 4) bytes of a device-to-host transfer. Outside one, or past its
     /// end, the port reads 0 and nothing moves (as on QEMU).
     fn read_data(&mut self, size: usize) -> u32 {
-        let slot = &mut self.slots[self.selected];
+        let slot = self.current_mut();
         let Transfer::ToHost { pos, len, then } = slot.transfer else {
             return 0;
         };
@@ -648,7 +688,11 @@ impl<L: IrqLine> IdeChannel<L> {
             return 0;
         }
         let mut bytes = [0u8; 4];
-        bytes[..size].copy_from_slice(&slot.buffer[pos..pos + size]);
+        let (Some(to), Some(from)) = (bytes.get_mut(..size), slot.buffer.get(pos..pos + size))
+        else {
+            return 0;
+        };
+        to.copy_from_slice(from);
         let pos = pos + size;
         slot.transfer = Transfer::ToHost { pos, len, then };
         if pos == len {
@@ -663,14 +707,19 @@ impl<L: IrqLine> IdeChannel<L> {
 
     /// Writes `size` (2 or 4) bytes of a host-to-device transfer; ignored outside one.
     fn write_data(&mut self, size: usize, value: u32) {
-        let slot = &mut self.slots[self.selected];
+        let slot = self.current_mut();
         let Transfer::FromHost { pos, len, run } = slot.transfer else {
             return;
         };
         if slot.regs.status & status::DRQ == 0 || pos + size > len {
             return;
         }
-        slot.buffer[pos..pos + size].copy_from_slice(&value.to_le_bytes()[..size]);
+        let bytes = value.to_le_bytes();
+        let (Some(to), Some(from)) = (slot.buffer.get_mut(pos..pos + size), bytes.get(..size))
+        else {
+            return;
+        };
+        to.copy_from_slice(from);
         let pos = pos + size;
         slot.transfer = Transfer::FromHost { pos, len, run };
         if pos == len {
@@ -683,10 +732,10 @@ impl<L: IrqLine> IdeChannel<L> {
     // ---- Commands ----
 
     fn execute(&mut self, command: u8) {
-        let slot = &self.slots[self.selected];
+        let slot = self.current();
         let present = slot.drive.is_some();
         // Commands to an absent slave go nowhere: no drive answers them.
-        if self.selected == 1 && !present {
+        if self.selected == Unit::Slave && !present {
             return;
         }
         if slot.regs.status & (status::BSY | status::DRQ) != 0 {
@@ -714,7 +763,7 @@ impl<L: IrqLine> IdeChannel<L> {
             cmd::FLUSH_CACHE | cmd::FLUSH_CACHE_EXT => self.flush(),
             cmd::EXECUTE_DIAGNOSTIC => self.diagnostic(),
             cmd::CHECK_POWER_MODE | 0x98 => {
-                self.slots[self.selected].regs.count = 0xff; // active or idle
+                self.current_mut().regs.count = 0xff; // active or idle
                 self.complete();
             }
             cmd::STANDBY_IMMEDIATE
@@ -730,16 +779,9 @@ impl<L: IrqLine> IdeChannel<L> {
         }
     }
 
-    fn drive(&mut self) -> &mut Drive {
-        self.slots[self.selected]
-            .drive
-            .as_mut()
-            .expect("commands run only on a present drive")
-    }
-
     /// Ends a command without data: ready, no error, interrupt.
     fn complete(&mut self) {
-        let r = &mut self.slots[self.selected].regs;
+        let r = &mut self.current_mut().regs;
         r.status = status::DRDY | status::DSC;
         r.error = 0;
         self.raise();
@@ -747,7 +789,7 @@ impl<L: IrqLine> IdeChannel<L> {
 
     /// Ends a command with ERR and `bits` in the error register, and an interrupt.
     fn fail(&mut self, bits: u8, fault: bool) {
-        let slot = &mut self.slots[self.selected];
+        let slot = self.current_mut();
         slot.transfer = Transfer::Idle;
         slot.regs.status = status::DRDY | status::ERR | if fault { status::DF } else { 0 };
         slot.regs.error = bits;
@@ -760,13 +802,11 @@ impl<L: IrqLine> IdeChannel<L> {
     }
 
     fn identify(&mut self) {
-        let unit = if self.selected == 0 {
-            Unit::Master
-        } else {
-            Unit::Slave
+        let unit = self.selected;
+        let Some(words) = self.drive().map(|d| d.identify(unit)) else {
+            return self.abort();
         };
-        let words = self.drive().identify(unit);
-        let slot = &mut self.slots[self.selected];
+        let slot = self.current_mut();
         for (chunk, w) in slot.buffer.chunks_exact_mut(2).zip(words) {
             chunk.copy_from_slice(&w.to_le_bytes());
         }
@@ -775,7 +815,7 @@ impl<L: IrqLine> IdeChannel<L> {
 
     /// Makes `buffer[..len]` readable through the data port, with an interrupt.
     fn begin_to_host(&mut self, len: usize, then: Option<SectorRun>) {
-        let slot = &mut self.slots[self.selected];
+        let slot = self.current_mut();
         slot.transfer = Transfer::ToHost { pos: 0, len, then };
         slot.regs.status = status::DRDY | status::DSC | status::DRQ;
         slot.regs.error = 0;
@@ -785,7 +825,7 @@ impl<L: IrqLine> IdeChannel<L> {
     /// The sectors the registers name: the first one and how many, or `None` when a CHS
     /// address lies outside the translation.
     fn decode(&self, lba48: bool) -> (Option<u64>, u32, Addressing) {
-        let slot = &self.slots[self.selected];
+        let slot = self.current();
         let r = &slot.regs;
         if lba48 {
             let lba = u64::from_le_bytes([
@@ -833,7 +873,7 @@ impl<L: IrqLine> IdeChannel<L> {
     /// Writes `lba` back to the address registers in the command's form (after each block
     /// the registers name the next sector; after an error, the sector in error).
     fn set_address(&mut self, lba: u64, addressing: Addressing) {
-        let slot = &mut self.slots[self.selected];
+        let slot = self.current_mut();
         let g = slot
             .drive
             .as_ref()
@@ -864,7 +904,7 @@ impl<L: IrqLine> IdeChannel<L> {
     /// The run a READ/WRITE (MULTIPLE) command asks for, or the error that ends it.
     fn sector_run(&mut self, lba48: bool, multiple: bool) -> Option<SectorRun> {
         let per_block = if multiple {
-            match self.drive().multiple {
+            match self.drive().map_or(0, |d| d.multiple) {
                 0 => {
                     self.abort();
                     return None;
@@ -896,7 +936,10 @@ impl<L: IrqLine> IdeChannel<L> {
     /// Whether sectors `lba..lba + count` exist; if not the command fails with IDNF, the
     /// registers naming the first missing sector.
     fn in_range(&mut self, lba: u64, count: u32, addressing: Addressing) -> bool {
-        let total = self.drive().disk.sectors();
+        let Some(total) = self.drive().map(|d| d.disk.sectors()) else {
+            self.abort();
+            return false;
+        };
         if lba.saturating_add(u64::from(count)) <= total {
             return true;
         }
@@ -912,13 +955,11 @@ impl<L: IrqLine> IdeChannel<L> {
             return;
         }
         let len = n as usize * SECTOR_SIZE;
-        let slot = &mut self.slots[self.selected];
-        let drive = slot.drive.as_mut().expect("a present drive");
-        if drive
-            .disk
-            .read_sectors(run.next, &mut slot.buffer[..len])
-            .is_err()
-        {
+        let slot = self.current_mut();
+        let (Some(drive), Some(buffer)) = (slot.drive.as_mut(), slot.buffer.get_mut(..len)) else {
+            return self.abort();
+        };
+        if drive.disk.read_sectors(run.next, buffer).is_err() {
             self.set_address(run.next, run.addressing);
             return self.fail(error::UNC, false);
         }
@@ -929,12 +970,12 @@ impl<L: IrqLine> IdeChannel<L> {
             ..run
         };
         self.set_address(rest.next, run.addressing);
-        self.slots[self.selected].regs.count = rest.remaining.to_le_bytes()[0];
+        self.current_mut().regs.count = rest.remaining.to_le_bytes()[0];
         self.begin_to_host(len, (rest.remaining > 0).then_some(rest));
     }
 
     fn start_write(&mut self, lba48: bool, multiple: bool) {
-        if self.drive().disk.is_read_only() {
+        if self.drive().is_none_or(|d| d.disk.is_read_only()) {
             return self.abort();
         }
         if let Some(run) = self.sector_run(lba48, multiple) {
@@ -945,7 +986,7 @@ impl<L: IrqLine> IdeChannel<L> {
 
     /// Asks the guest for the next block of `run`.
     fn want_block(&mut self, run: SectorRun) {
-        let slot = &mut self.slots[self.selected];
+        let slot = self.current_mut();
         let len = run.block() as usize * SECTOR_SIZE;
         slot.transfer = Transfer::FromHost { pos: 0, len, run };
         slot.regs.status = status::DRDY | status::DSC | status::DRQ;
@@ -960,13 +1001,11 @@ impl<L: IrqLine> IdeChannel<L> {
             return;
         }
         let len = n as usize * SECTOR_SIZE;
-        let slot = &mut self.slots[self.selected];
-        let drive = slot.drive.as_mut().expect("a present drive");
-        if drive
-            .disk
-            .write_sectors(run.next, &slot.buffer[..len])
-            .is_err()
-        {
+        let slot = self.current_mut();
+        let (Some(drive), Some(buffer)) = (slot.drive.as_mut(), slot.buffer.get(..len)) else {
+            return self.abort();
+        };
+        if drive.disk.write_sectors(run.next, buffer).is_err() {
             self.set_address(run.next, run.addressing);
             return self.fail(error::ABRT, true);
         }
@@ -977,7 +1016,7 @@ impl<L: IrqLine> IdeChannel<L> {
             ..run
         };
         self.set_address(rest.next, run.addressing);
-        self.slots[self.selected].regs.count = rest.remaining.to_le_bytes()[0];
+        self.current_mut().regs.count = rest.remaining.to_le_bytes()[0];
         if rest.remaining > 0 {
             self.want_block(rest);
             self.raise();
@@ -1001,23 +1040,28 @@ impl<L: IrqLine> IdeChannel<L> {
     /// SET MULTIPLE MODE: a power of two up to [`MAX_MULTIPLE`]; 0 turns READ/WRITE
     /// MULTIPLE off.
     fn set_multiple(&mut self) {
-        let count = self.slots[self.selected].regs.count;
+        let count = self.current().regs.count;
         if count > MAX_MULTIPLE || (count != 0 && !count.is_power_of_two()) {
             return self.abort();
         }
-        self.drive().multiple = count;
+        let Some(drive) = self.drive() else {
+            return self.abort();
+        };
+        drive.multiple = count;
         self.complete();
     }
 
     /// INITIALIZE DEVICE PARAMETERS: the CHS translation is `count` sectors per track and
     /// `device.HEAD + 1` heads, with as many cylinders as the medium fills.
     fn initialize_parameters(&mut self) {
-        let r = self.slots[self.selected].regs;
+        let r = self.current().regs;
         if r.count == 0 {
             return self.abort();
         }
         let heads = (r.device & device::HEAD) + 1;
-        let drive = self.drive();
+        let Some(drive) = self.drive() else {
+            return self.abort();
+        };
         let cylinders = drive.disk.sectors() / (u64::from(heads) * u64::from(r.count));
         drive.geometry = Geometry {
             cylinders: u16::try_from(cylinders).unwrap_or(u16::MAX),
@@ -1031,7 +1075,7 @@ impl<L: IrqLine> IdeChannel<L> {
     /// power management and acoustics settings are accepted and change nothing; a PIO
     /// transfer mode is accepted, a DMA one is not (the drives have no DMA).
     fn set_features(&mut self) {
-        let r = self.slots[self.selected].regs;
+        let r = self.current().regs;
         let ok = match r.features {
             0x02 | 0x82 | 0x55 | 0xaa | 0x66 | 0xcc | 0x05 | 0x85 | 0x42 | 0xc2 => true,
             // Set transfer mode: PIO default (00000 xxx) or PIO flow control (00001 xxx).
@@ -1046,7 +1090,7 @@ impl<L: IrqLine> IdeChannel<L> {
     }
 
     fn flush(&mut self) {
-        if self.drive().disk.flush().is_ok() {
+        if self.drive().is_some_and(|d| d.disk.flush().is_ok()) {
             self.complete();
         } else {
             self.fail(error::ABRT, true);
@@ -1055,7 +1099,7 @@ impl<L: IrqLine> IdeChannel<L> {
 
     /// EXECUTE DEVICE DIAGNOSTIC: the signature and the diagnostic code, no ERR.
     fn diagnostic(&mut self) {
-        let slot = &mut self.slots[self.selected];
+        let slot = self.current_mut();
         slot.regs = TaskFile {
             features: slot.regs.features,
             ..TaskFile::after_reset(true)

@@ -16,6 +16,8 @@
 //!
 //! [`pc::IOAPIC_BASE`]: super::pc::IOAPIC_BASE
 
+use crate::bits::{high32, low32};
+
 use super::irq::InterruptPins;
 use super::lapic::{ApicBus, ApicMessage, DeliveryMode};
 use super::mmio::MmioDevice;
@@ -154,14 +156,9 @@ impl<B: ApicBus> IoApic<B> {
         match self.ioregsel {
             index::ID | index::ARBITRATION => u32::from(self.id) << 24,
             index::VERSION => IOAPIC_VERSION,
-            sel => match Self::entry_half(sel) {
-                Some((pin, high)) => {
-                    let bytes = self.entries[pin].to_le_bytes();
-                    let half = if high { &bytes[4..] } else { &bytes[..4] };
-                    u32::from_le_bytes([half[0], half[1], half[2], half[3]])
-                }
-                None => 0,
-            },
+            sel => Self::entry_half(sel)
+                .and_then(|(pin, high)| Some((*self.entries.get(pin)?, high)))
+                .map_or(0, |(e, high)| if high { high32(e) } else { low32(e) }),
         }
     }
 
@@ -170,10 +167,12 @@ impl<B: ApicBus> IoApic<B> {
             index::ID => self.id = (v >> 24).to_le_bytes()[0] & 0xf,
             index::VERSION | index::ARBITRATION => {}
             sel => {
-                let Some((pin, high)) = Self::entry_half(sel) else {
+                let Some((entry, high)) = Self::entry_half(sel)
+                    .and_then(|(pin, high)| Some((self.entries.get_mut(pin)?, high)))
+                else {
                     return;
                 };
-                let old = self.entries[pin];
+                let old = *entry;
                 let merged = if high {
                     (old & 0xffff_ffff) | (u64::from(v) << 32)
                 } else {
@@ -184,7 +183,7 @@ impl<B: ApicBus> IoApic<B> {
                     // An edge entry has no remote IRR (Linux clears a stuck one this way).
                     e &= !ENTRY_REMOTE_IRR;
                 }
-                self.entries[pin] = e;
+                *entry = e;
                 self.service();
             }
         }
@@ -224,8 +223,10 @@ impl<B: ApicBus> MmioDevice for IoApic<B> {
                     self.ioregsel = sel;
                 }
             }
-            IOWIN if data.len() == 4 => {
-                self.write_window(u32::from_le_bytes([data[0], data[1], data[2], data[3]]));
+            IOWIN => {
+                if let Ok(bytes) = <[u8; 4]>::try_from(data) {
+                    self.write_window(u32::from_le_bytes(bytes));
+                }
             }
             _ => {}
         }

@@ -206,20 +206,27 @@ impl VectorSet {
     }
     fn set(&mut self, vector: u8) {
         let (w, b) = Self::word_bit(vector);
-        self.0[w] |= b;
+        if let Some(word) = self.0.get_mut(w) {
+            *word |= b;
+        }
     }
     fn clear(&mut self, vector: u8) {
         let (w, b) = Self::word_bit(vector);
-        self.0[w] &= !b;
+        if let Some(word) = self.0.get_mut(w) {
+            *word &= !b;
+        }
     }
     fn contains(&self, vector: u8) -> bool {
         let (w, b) = Self::word_bit(vector);
-        self.0[w] & b != 0
+        self.word(w) & b != 0
+    }
+    /// Register `i` of the eight (a vector's `word_bit` is always one of them).
+    fn word(&self, i: usize) -> u32 {
+        self.0.get(i).copied().unwrap_or(0)
     }
     /// The highest vector in the set.
     fn highest(&self) -> Option<u8> {
-        (0u8..8).rev().find_map(|w| {
-            let word = self.0[usize::from(w)];
+        (0u8..8).zip(self.0).rev().find_map(|(w, word)| {
             // leading_zeros of a non-zero u32 is below 32.
             (word != 0).then(|| w * 32 + (31 - field8(word.leading_zeros(), 0)))
         })
@@ -549,13 +556,17 @@ impl<C: Clock + Clone> LocalApic<C> {
             reg::LDR => u32::from(self.ldr) << 24,
             reg::DFR => (u32::from(self.dfr_model) << 28) | 0x0fff_ffff,
             reg::SVR => self.svr,
-            0x100..=0x170 => self.isr.0[Self::word_index(reg - reg::ISR)],
-            0x180..=0x1f0 => self.tmr.0[Self::word_index(reg - reg::TMR)],
-            0x200..=0x270 => self.irr.0[Self::word_index(reg - reg::IRR)],
+            0x100..=0x170 => self.isr.word(Self::word_index(reg - reg::ISR)),
+            0x180..=0x1f0 => self.tmr.word(Self::word_index(reg - reg::TMR)),
+            0x200..=0x270 => self.irr.word(Self::word_index(reg - reg::IRR)),
             reg::ESR => self.esr,
             reg::ICR_LOW => self.icr_low,
             reg::ICR_HIGH => self.icr_high,
-            0x320..=0x370 => self.lvt[Self::word_index(reg - reg::LVT_TIMER)],
+            0x320..=0x370 => self
+                .lvt
+                .get(Self::word_index(reg - reg::LVT_TIMER))
+                .copied()
+                .unwrap_or(0),
             reg::TIMER_INITIAL => self.timer.initial,
             reg::TIMER_CURRENT => self
                 .timer
@@ -604,7 +615,9 @@ impl<C: Clock + Clone> LocalApic<C> {
                     LVT_MASKED
                 };
                 // Delivery status and LINT remote IRR are read-only (zero here).
-                self.lvt[i] = (v & LVT_WRITABLE[i]) | forced;
+                if let (Some(entry), Some(writable)) = (self.lvt.get_mut(i), LVT_WRITABLE.get(i)) {
+                    *entry = (v & writable) | forced;
+                }
             }
             reg::TIMER_INITIAL => {
                 self.timer.initial = v;
@@ -643,7 +656,7 @@ impl<C: Clock + Clone> MmioDevice for LocalApic<C> {
 
     /// Only aligned 32-bit writes reach a register (SDM §10.4.1); others are dropped.
     fn write(&mut self, offset: u32, data: &[u8]) {
-        let Ok(bytes) = <[u8; 4]>::try_from(&data[..data.len().min(4)]) else {
+        let Some(&bytes) = data.first_chunk::<4>() else {
             return;
         };
         if offset & 0xf != 0 {

@@ -87,7 +87,9 @@ impl HostBridge {
         let mut config = [0u8; CONFIG_SPACE];
         let mut writable = [0u8; CONFIG_SPACE];
         let put16 = |c: &mut [u8; CONFIG_SPACE], at: usize, v: u16| {
-            c[at..at + 2].copy_from_slice(&v.to_le_bytes());
+            if let Some(field) = c.get_mut(at..at + 2) {
+                field.copy_from_slice(&v.to_le_bytes());
+            }
         };
         put16(&mut config, VENDOR_ID, INTEL);
         put16(&mut config, DEVICE_ID, I440FX);
@@ -101,14 +103,15 @@ impl HostBridge {
         writable[INTERRUPT_LINE] = 0xff;
         for reg in PAM0..=PAM_LAST {
             let mask = if reg == PAM0 { PAM_RAM & 0xf0 } else { PAM_RAM };
-            config[reg] = mask;
-            writable[reg] = mask;
+            if let (Some(c), Some(w)) = (config.get_mut(reg), writable.get_mut(reg)) {
+                (*c, *w) = (mask, mask);
+            }
         }
         config[SMRAM] = SMRAM_RESET;
         writable[SMRAM] = SMRAM_WRITABLE;
-        for range in PLAIN_REGISTERS {
-            for reg in range {
-                writable[reg] = 0xff;
+        for reg in PLAIN_REGISTERS.into_iter().flatten() {
+            if let Some(w) = writable.get_mut(reg) {
+                *w = 0xff;
             }
         }
         Self { config, writable }
@@ -116,17 +119,27 @@ impl HostBridge {
 
     /// Configuration byte `reg`.
     pub fn config_byte(&self, reg: u8) -> u8 {
-        self.config[usize::from(reg)]
+        self.byte(usize::from(reg))
+    }
+
+    /// Configuration byte `reg`; past the space (which a `u8` register cannot reach), 0.
+    fn byte(&self, reg: usize) -> u8 {
+        self.config.get(reg).copied().unwrap_or(0)
     }
 
     fn write_byte(&mut self, reg: usize, value: u8) {
-        let mask = if reg == SMRAM && self.config[SMRAM] & SMRAM_D_LCK != 0 {
-            // Locked: D_OPEN is forced closed and D_LCK stays set until reset.
-            self.writable[reg] & !(SMRAM_D_OPEN | SMRAM_D_LCK)
-        } else {
-            self.writable[reg]
+        let locked = self.config[SMRAM] & SMRAM_D_LCK != 0;
+        let (Some(byte), Some(&writable)) = (self.config.get_mut(reg), self.writable.get(reg))
+        else {
+            return;
         };
-        self.config[reg] = (self.config[reg] & !mask) | (value & mask);
+        let mask = if reg == SMRAM && locked {
+            // Locked: D_OPEN is forced closed and D_LCK stays set until reset.
+            writable & !(SMRAM_D_OPEN | SMRAM_D_LCK)
+        } else {
+            writable
+        };
+        *byte = (*byte & !mask) | (value & mask);
         if reg == SMRAM && self.config[SMRAM] & SMRAM_D_LCK != 0 {
             self.config[SMRAM] &= !SMRAM_D_OPEN;
         }
@@ -176,7 +189,7 @@ impl PciHost {
         };
         let start = reg + usize::from(offset - DATA_OFFSET);
         (0..usize::from(size)).fold(0, |v, i| {
-            v | u32::from(self.bridge.config[start + i]) << (8 * i)
+            v | u32::from(self.bridge.byte(start + i)) << (8 * i)
         })
     }
 

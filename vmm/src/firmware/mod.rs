@@ -181,7 +181,10 @@ pub(crate) fn checksum(bytes: &[u8]) -> u8 {
 
 /// Stores the checksum of `bytes` at `at` (which must hold zero until then).
 pub(crate) fn seal(bytes: &mut [u8], at: usize) {
-    bytes[at] = checksum(bytes);
+    let sum = checksum(bytes);
+    if let Some(b) = bytes.get_mut(at) {
+        *b = sum;
+    }
 }
 
 /// Polarity and trigger mode of an interrupt input, encoded alike in the MP table's

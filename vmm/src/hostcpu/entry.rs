@@ -98,7 +98,10 @@ impl XsaveArea {
             return 0;
         }
         let off = XMM0_OFFSET + 16 * i;
-        u128::from_le_bytes(self.bytes[off..off + 16].try_into().unwrap_or_default())
+        self.bytes
+            .get(off..off + 16)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u128::from_le_bytes)
     }
 }
 

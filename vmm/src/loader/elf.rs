@@ -572,11 +572,15 @@ fn parse_header(bytes: &[u8]) -> Result<ElfHeader, ElfError> {
     };
     let machine_bytes = bytes
         .get(E_MACHINE_OFFSET..E_MACHINE_OFFSET + 2)
-        .ok_or_else(|| too_short.clone())?;
-    let (class, data) = (bytes[EI_CLASS], bytes[EI_DATA]);
+        .and_then(|m| <[u8; 2]>::try_from(m).ok());
+    let (Some(&class), Some(&data), Some(machine_bytes)) =
+        (bytes.get(EI_CLASS), bytes.get(EI_DATA), machine_bytes)
+    else {
+        return Err(too_short);
+    };
     let machine = match data {
-        ELFDATA2LSB => u16::from_le_bytes([machine_bytes[0], machine_bytes[1]]),
-        _ => u16::from_be_bytes([machine_bytes[0], machine_bytes[1]]),
+        ELFDATA2LSB => u16::from_le_bytes(machine_bytes),
+        _ => u16::from_be_bytes(machine_bytes),
     };
     if class != ELFCLASS32 || data != ELFDATA2LSB || machine != EM_386 {
         return Err(ElfError::NotI386 {
@@ -622,8 +626,10 @@ fn file_range(bytes: &[u8], offset: u64, len: u64) -> Option<&[u8]> {
 /// The NUL-terminated UTF-8 string at `offset` of a string table.
 fn string_at(table: &[u8], offset: u32) -> Option<&str> {
     let tail = table.get(usize::try_from(offset).ok()?..)?;
-    let len = tail.iter().position(|&b| b == 0)?;
-    std::str::from_utf8(&tail[..len]).ok()
+    std::ffi::CStr::from_bytes_until_nul(tail)
+        .ok()?
+        .to_str()
+        .ok()
 }
 
 #[cfg(test)]

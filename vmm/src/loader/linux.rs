@@ -237,20 +237,33 @@ pub fn is_bzimage(image: &[u8]) -> bool {
     image.get(HEADER_MAGIC_OFFSET..HEADER_MAGIC_OFFSET + 4) == Some(&HEADER_MAGIC[..])
 }
 
+// The header and zero-page accessors: callers read and write inside a length they checked
+// (the header's, the zero page's); past the end a read is 0 and a write is dropped.
+
 fn u16_at(b: &[u8], off: usize) -> u16 {
-    u16::from_le_bytes([b[off], b[off + 1]])
+    b.get(off..off + 2)
+        .and_then(|f| f.try_into().ok())
+        .map_or(0, u16::from_le_bytes)
 }
 
 fn u32_at(b: &[u8], off: usize) -> u32 {
-    u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
+    b.get(off..off + 4)
+        .and_then(|f| f.try_into().ok())
+        .map_or(0, u32::from_le_bytes)
+}
+
+fn put_bytes(b: &mut [u8], off: usize, v: &[u8]) {
+    if let Some(f) = b.get_mut(off..off + v.len()) {
+        f.copy_from_slice(v);
+    }
 }
 
 fn put_u16(b: &mut [u8], off: usize, v: u16) {
-    b[off..off + 2].copy_from_slice(&v.to_le_bytes());
+    put_bytes(b, off, &v.to_le_bytes());
 }
 
 fn put_u32(b: &mut [u8], off: usize, v: u32) {
-    b[off..off + 4].copy_from_slice(&v.to_le_bytes());
+    put_bytes(b, off, &v.to_le_bytes());
 }
 
 /// Reads and validates the setup header of `image` for booting: [`read_header`], and the
@@ -297,15 +310,17 @@ pub fn read_header(image: &[u8]) -> Result<SetupHeader, LinuxLoadError> {
         needed: needed as u64,
         len: image.len(),
     };
-    if image.len() < MIN_HEADER_END {
+    // Every field read below lies in these bytes (constant indices into the array are
+    // checked when compiling).
+    let Some(fixed) = image.first_chunk::<MIN_HEADER_END>() else {
         return Err(truncated("setup header", MIN_HEADER_END));
-    }
+    };
     let protocol = u16_at(image, VERSION);
     if protocol < MIN_PROTOCOL {
         let [minor, major] = protocol.to_le_bytes();
         return Err(LinuxLoadError::ProtocolTooOld { major, minor });
     }
-    let setup_sects = match image[SETUP_SECTS] {
+    let setup_sects = match fixed[SETUP_SECTS] {
         0 => DEFAULT_SETUP_SECTS,
         n => usize::from(n),
     };
@@ -314,19 +329,19 @@ pub fn read_header(image: &[u8]) -> Result<SetupHeader, LinuxLoadError> {
         protocol,
         setup_sects,
         syssize: u32_at(image, SYSSIZE),
-        loadflags: image[LOADFLAGS],
+        loadflags: fixed[LOADFLAGS],
         code32_start: u32_at(image, CODE32_START),
         initrd_addr_max: field(INITRD_ADDR_MAX, 0x0203).unwrap_or(OLD_INITRD_ADDR_MAX),
         cmdline_size: field(CMDLINE_SIZE, 0x0206).unwrap_or(OLD_CMDLINE_SIZE),
         kernel_alignment: field(KERNEL_ALIGNMENT, 0x0205).unwrap_or(0),
-        relocatable: protocol >= 0x0205 && image[RELOCATABLE_KERNEL] != 0,
+        relocatable: protocol >= 0x0205 && fixed[RELOCATABLE_KERNEL] != 0,
         payload_offset: field(PAYLOAD_OFFSET, 0x0208).unwrap_or(0),
         payload_length: field(PAYLOAD_LENGTH, 0x0208).unwrap_or(0),
         pref_address: field(PREF_ADDRESS, 0x020a).map_or(0, |lo| {
             u64::from(lo) | (u64::from(u32_at(image, PREF_ADDRESS + 4)) << 32)
         }),
         init_size: field(INIT_SIZE, 0x020a).unwrap_or(0),
-        header_end: HEADER_MAGIC_OFFSET + usize::from(image[JUMP_END]),
+        header_end: HEADER_MAGIC_OFFSET + usize::from(fixed[JUMP_END]),
     };
     if header.pm_offset() > image.len() {
         return Err(truncated("setup sectors (setup_sects)", header.pm_offset()));
@@ -371,12 +386,15 @@ fn boot_params(
     map: &[E820Entry],
     ram_size: u64,
     initrd: Option<(u64, u64)>,
-) -> Vec<u8> {
-    let mut zp = vec![0u8; BOOT_PARAMS_LEN];
+) -> [u8; BOOT_PARAMS_LEN] {
+    let mut zp = [0u8; BOOT_PARAMS_LEN];
     let end = header
         .header_end
-        .clamp(MIN_HEADER_END, image.len().min(E820_TABLE));
-    zp[SETUP_SECTS..end].copy_from_slice(&image[SETUP_SECTS..end]);
+        .min(image.len())
+        .clamp(MIN_HEADER_END, E820_TABLE);
+    if let Some(setup) = image.get(SETUP_SECTS..end) {
+        put_bytes(&mut zp, SETUP_SECTS, setup);
+    }
     zp[TYPE_OF_LOADER] = LOADER_TYPE_UNDEFINED;
     zp[LOADFLAGS] |= CAN_USE_HEAP;
     put_u16(&mut zp, HEAP_END_PTR, HEAP_END);
@@ -400,8 +418,8 @@ fn boot_params(
     zp[E820_ENTRIES] = u8::try_from(entries.len()).unwrap_or(u8::MAX);
     for (i, e) in entries.enumerate() {
         let at = E820_TABLE + i * E820_ENTRY_LEN;
-        zp[at..at + 8].copy_from_slice(&e.base.to_le_bytes());
-        zp[at + 8..at + 16].copy_from_slice(&e.len.to_le_bytes());
+        put_bytes(&mut zp, at, &e.base.to_le_bytes());
+        put_bytes(&mut zp, at + 8, &e.len.to_le_bytes());
         put_u32(&mut zp, at + 16, e.kind.code());
     }
     zp
@@ -438,10 +456,10 @@ pub fn load_linux(
         });
     }
     let ram_size = ram.len() as u64;
-    let pm = &image[header.pm_offset()..];
-    let pm = &pm[..usize::try_from(header.pm_len())
-        .unwrap_or(pm.len())
-        .min(pm.len())];
+    // parse_header checked that the code lies in the file.
+    let pm = image.get(header.pm_offset()..).unwrap_or_default();
+    let pm_len = usize::try_from(header.pm_len()).unwrap_or(usize::MAX);
+    let pm = pm.get(..pm_len).unwrap_or(pm);
     let base = u64::from(KERNEL_BASE);
     // The decompressor works from max(load address, pref_address) up to init_size.
     let kernel_end = (base + pm.len() as u64)

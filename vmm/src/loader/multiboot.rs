@@ -274,7 +274,7 @@ struct Header {
 
 fn read_u32(bytes: &[u8], offset: usize) -> Option<u32> {
     let b = bytes.get(offset..offset.checked_add(4)?)?;
-    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    b.try_into().ok().map(u32::from_le_bytes)
 }
 
 fn find_header(image: &[u8]) -> Result<Header, LoadError> {
@@ -545,10 +545,14 @@ fn boot_info_bytes(base: u32, map: &[E820Entry], cmdline: &str) -> Vec<u8> {
     let cmdline_off = mmap_off + map.len() * MMAP_ENTRY_LEN;
     let name_off = cmdline_off + cmdline.len() + 1;
     let total = name_off + BOOT_LOADER_NAME.len() + 1;
-    let mut b = vec![0u8; total];
+    let mut mbi = [0u8; MBI_SIZE];
     // Offsets within the block are small (the caller checked the block fits in RAM).
     let addr = |off: usize| base.saturating_add(u32::try_from(off).unwrap_or(u32::MAX));
-    let mut put = |off: usize, v: u32| b[off..off + 4].copy_from_slice(&v.to_le_bytes());
+    let mut put = |off: usize, v: u32| {
+        if let Some(field) = mbi.get_mut(off..off + 4) {
+            field.copy_from_slice(&v.to_le_bytes());
+        }
+    };
     put(
         MBI_FLAGS,
         MBI_FLAG_MEMORY | MBI_FLAG_CMDLINE | MBI_FLAG_MMAP | MBI_FLAG_BOOT_LOADER_NAME,
@@ -563,16 +567,20 @@ fn boot_info_bytes(base: u32, map: &[E820Entry], cmdline: &str) -> Vec<u8> {
     put(MBI_MMAP_LENGTH, mmap_len);
     put(MBI_MMAP_ADDR, addr(mmap_off));
     put(MBI_BOOT_LOADER_NAME, addr(name_off));
-    for (i, region) in map.iter().enumerate() {
-        let e = &mut b[mmap_off + i * MMAP_ENTRY_LEN..mmap_off + (i + 1) * MMAP_ENTRY_LEN];
-        let kind = region.kind.code();
-        e[0..4].copy_from_slice(&MMAP_ENTRY_SIZE_FIELD.to_le_bytes());
-        e[4..12].copy_from_slice(&region.base.to_le_bytes());
-        e[12..20].copy_from_slice(&region.len.to_le_bytes());
-        e[20..24].copy_from_slice(&kind.to_le_bytes());
+    // The MBI, then the memory map at mmap_off, the command line at cmdline_off and the
+    // loader's name at name_off, each string NUL-terminated.
+    let mut b = Vec::with_capacity(total);
+    b.extend_from_slice(&mbi);
+    for region in map {
+        b.extend(MMAP_ENTRY_SIZE_FIELD.to_le_bytes());
+        b.extend(region.base.to_le_bytes());
+        b.extend(region.len.to_le_bytes());
+        b.extend(region.kind.code().to_le_bytes());
     }
-    b[cmdline_off..cmdline_off + cmdline.len()].copy_from_slice(cmdline.as_bytes());
-    b[name_off..name_off + BOOT_LOADER_NAME.len()].copy_from_slice(BOOT_LOADER_NAME.as_bytes());
+    for text in [cmdline, BOOT_LOADER_NAME] {
+        b.extend(text.as_bytes());
+        b.push(0);
+    }
     b
 }
 

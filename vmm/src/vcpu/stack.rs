@@ -60,32 +60,59 @@ pub fn push_frame(
         slots.push((GuestLinear(ss.base.wrapping_add(off)), *v));
     }
     for (addr, v) in slots {
-        bus.write_linear(addr, &v.to_le_bytes()[..size as usize], user)?;
+        let bytes = v.to_le_bytes();
+        bus.write_linear(addr, slot(&bytes, size)?, user)?;
     }
     Ok(new_esp)
 }
 
-/// Reads `n` values of `size` bytes from the stack `ss`:`esp` without popping (the first
+/// The low `size` bytes of a stack slot's value: slots are 2 or 4 bytes; no instruction
+/// the emulator takes has wider ones (#UD).
+fn slot(bytes: &[u8; 4], size: u32) -> Result<&[u8], Fault> {
+    bytes.get(..size as usize).ok_or(Fault::ud())
+}
+
+fn slot_mut(bytes: &mut [u8; 4], size: u32) -> Result<&mut [u8], Fault> {
+    bytes.get_mut(..size as usize).ok_or(Fault::ud())
+}
+
+/// Reads `N` values of `size` bytes from the stack `ss`:`esp` without popping (the first
 /// value is the one at ESP); the caller moves ESP once every check has passed.
 ///
 /// # Errors
 /// `fault` when any slot lies outside SS; a #PF from the bus.
-pub fn peek_frame(
+pub fn peek_frame<const N: usize>(
     bus: &mut impl GuestBus,
     ss: &Segment,
     esp: u32,
-    n: usize,
     size: u32,
     user: bool,
     fault: Fault,
-) -> Result<Vec<u32>, Fault> {
+) -> Result<[u32; N], Fault> {
+    let mut out = [0; N];
+    peek_frame_into(bus, ss, esp, &mut out, size, user, fault)?;
+    Ok(out)
+}
+
+/// [`peek_frame`] for a count known only at run time: fills `out`.
+///
+/// # Errors
+/// `fault` when any slot lies outside SS; a #PF from the bus.
+pub fn peek_frame_into(
+    bus: &mut impl GuestBus,
+    ss: &Segment,
+    esp: u32,
+    out: &mut [u32],
+    size: u32,
+    user: bool,
+    fault: Fault,
+) -> Result<(), Fault> {
     let big = ss.db;
     if !ss.present {
         return Err(fault);
     }
-    let mut out = Vec::with_capacity(n);
     let mut sp = esp;
-    for _ in 0..n {
+    for value in out {
         let off = sp_offset(sp, big);
         if !ss.contains(off, size) {
             return Err(fault);
@@ -93,13 +120,13 @@ pub fn peek_frame(
         let mut b = [0u8; 4];
         bus.read_linear(
             GuestLinear(ss.base.wrapping_add(off)),
-            &mut b[..size as usize],
+            slot_mut(&mut b, size)?,
             user,
         )?;
-        out.push(u32::from_le_bytes(b));
+        *value = u32::from_le_bytes(b);
         sp = adjust_sp(sp, size, big);
     }
-    Ok(out)
+    Ok(())
 }
 
 /// SS:ESP for privilege level `pl` from the current TSS, for a stack switch to an inner
@@ -139,7 +166,7 @@ pub(crate) fn tss_stack(
     let mut esp = [0u8; 4];
     bus.read_linear(
         GuestLinear(tr.base.wrapping_add(esp_off)),
-        &mut esp[..esp_len],
+        slot_mut(&mut esp, esp_len)?,
         false,
     )?;
     let mut ss = [0u8; 2];
@@ -159,8 +186,8 @@ mod tests {
         let esp = push_frame(&mut bus, &ss, 0x9000, &[1, 2, 3], 4, false, Fault::ss(0)).unwrap();
         assert_eq!(esp, 0x9000 - 12);
         assert_eq!(bus.read_u32(0x9000 - 4), 1);
-        let v = peek_frame(&mut bus, &ss, esp, 3, 4, false, Fault::ss(0)).unwrap();
-        assert_eq!(v, vec![3, 2, 1]);
+        let v = peek_frame(&mut bus, &ss, esp, 4, false, Fault::ss(0)).unwrap();
+        assert_eq!(v, [3, 2, 1]);
         let mut small = ss;
         small.limit = 0x8ff8;
         assert_eq!(

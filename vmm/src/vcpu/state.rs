@@ -387,7 +387,7 @@ impl VcpuState {
         } else if self.eflags & eflags::VM != 0 {
             3
         } else {
-            self.seg[SegReg::Ss as usize].dpl
+            self.sreg(SegReg::Ss).dpl
         }
     }
 
@@ -397,23 +397,40 @@ impl VcpuState {
     }
 
     /// A segment register's cache.
-    pub fn sreg(&self, reg: SegReg) -> &Segment {
-        &self.seg[reg as usize]
+    pub const fn sreg(&self, reg: SegReg) -> &Segment {
+        // `seg` is in SegReg's encoding order.
+        let [es, cs, ss, ds, fs, gs] = &self.seg;
+        match reg {
+            SegReg::Es => es,
+            SegReg::Cs => cs,
+            SegReg::Ss => ss,
+            SegReg::Ds => ds,
+            SegReg::Fs => fs,
+            SegReg::Gs => gs,
+        }
     }
 
     /// A segment register's cache, mutably.
     pub fn sreg_mut(&mut self, reg: SegReg) -> &mut Segment {
-        &mut self.seg[reg as usize]
+        let [es, cs, ss, ds, fs, gs] = &mut self.seg;
+        match reg {
+            SegReg::Es => es,
+            SegReg::Cs => cs,
+            SegReg::Ss => ss,
+            SegReg::Ds => ds,
+            SegReg::Fs => fs,
+            SegReg::Gs => gs,
+        }
     }
 
     /// The stack pointer as the current stack's address size sees it (SS.B).
     pub const fn stack_32(&self) -> bool {
-        self.seg[SegReg::Ss as usize].db
+        self.sreg(SegReg::Ss).db
     }
 
     /// The code segment's default operand size is 32 bits (CS.D).
     pub const fn code_32(&self) -> bool {
-        self.seg[SegReg::Cs as usize].db
+        self.sreg(SegReg::Cs).db
     }
 
     /// Sets EFLAGS.ZF to `z`.

@@ -143,9 +143,8 @@ impl TestBus {
         b.write_u32(TSS + 4, KSTACK);
         b.write_u32(TSS + 8, 0x10);
         b.write_u32(TSS + 0x64, IOMAP << 16);
-        for i in 0..=0x2000 {
-            b.ram[(TSS + IOMAP + i) as usize] = 0xff;
-        }
+        let bitmap = (TSS + IOMAP) as usize;
+        b.ram_mut(bitmap, 0x2001).fill(0xff);
         b
     }
 
@@ -186,28 +185,45 @@ impl TestBus {
     }
 
     pub fn read_u64(&self, a: u32) -> u64 {
-        let a = a as usize;
-        u64::from_le_bytes(self.ram[a..a + 8].try_into().unwrap())
+        u64::from_le_bytes(self.ram_array(a))
     }
     pub fn read_u32(&self, a: u32) -> u32 {
-        let a = a as usize;
-        u32::from_le_bytes(self.ram[a..a + 4].try_into().unwrap())
+        u32::from_le_bytes(self.ram_array(a))
     }
     pub fn read_u16(&self, a: u32) -> u16 {
-        let a = a as usize;
-        u16::from_le_bytes(self.ram[a..a + 2].try_into().unwrap())
+        u16::from_le_bytes(self.ram_array(a))
     }
     pub fn write_u64(&mut self, a: u32, v: u64) {
-        let a = a as usize;
-        self.ram[a..a + 8].copy_from_slice(&v.to_le_bytes());
+        self.ram_mut(a as usize, 8)
+            .copy_from_slice(&v.to_le_bytes());
     }
     pub fn write_u32(&mut self, a: u32, v: u32) {
-        let a = a as usize;
-        self.ram[a..a + 4].copy_from_slice(&v.to_le_bytes());
+        self.ram_mut(a as usize, 4)
+            .copy_from_slice(&v.to_le_bytes());
     }
     pub fn write_u16(&mut self, a: u32, v: u16) {
-        let a = a as usize;
-        self.ram[a..a + 2].copy_from_slice(&v.to_le_bytes());
+        self.ram_mut(a as usize, 2)
+            .copy_from_slice(&v.to_le_bytes());
+    }
+
+    /// `N` bytes of RAM at `a`, for the tests' own set-up and checks.
+    fn ram_array<const N: usize>(&self, a: u32) -> [u8; N] {
+        let mut bytes = [0; N];
+        bytes.copy_from_slice(self.ram_ref(a as usize, N));
+        bytes
+    }
+
+    // reason: these set up and inspect the fixture at addresses the tests choose; one
+    // outside RAM is a broken test, which should stop there. Guest accesses go through
+    // the GuestBus methods below, which check.
+    #[allow(clippy::indexing_slicing)]
+    fn ram_ref(&self, a: usize, len: usize) -> &[u8] {
+        &self.ram[a..a + len]
+    }
+
+    #[allow(clippy::indexing_slicing)] // reason: as for ram_ref
+    fn ram_mut(&mut self, a: usize, len: usize) -> &mut [u8] {
+        &mut self.ram[a..a + len]
     }
 
     fn check(
@@ -222,23 +238,37 @@ impl TestBus {
             let x = a.wrapping_add(i);
             let bad = self.unmapped.iter().any(|&(s, e)| x >= s && x < e) || x as usize >= RAM;
             if bad {
-                let code = (u32::from(write) << 1) | (u32::from(user) << 2);
-                return Err(Fault::page_fault(GuestLinear(x), code));
+                return Err(outside(GuestLinear(x), write, user));
             }
         }
         Ok(a as usize)
     }
 }
 
+/// The page fault an access to `addr` outside the fixture's RAM (or in an unmapped range)
+/// takes.
+fn outside(addr: GuestLinear, write: bool, user: bool) -> Fault {
+    let code = (u32::from(write) << 1) | (u32::from(user) << 2);
+    Fault::page_fault(addr, code)
+}
+
 impl GuestBus for TestBus {
     fn read_linear(&mut self, addr: GuestLinear, buf: &mut [u8], user: bool) -> Result<(), Fault> {
         let a = self.check(addr, buf.len(), false, user)?;
-        buf.copy_from_slice(&self.ram[a..a + buf.len()]);
+        let bytes = self
+            .ram
+            .get(a..a + buf.len())
+            .ok_or(outside(addr, false, user))?;
+        buf.copy_from_slice(bytes);
         Ok(())
     }
     fn write_linear(&mut self, addr: GuestLinear, data: &[u8], user: bool) -> Result<(), Fault> {
         let a = self.check(addr, data.len(), true, user)?;
-        self.ram[a..a + data.len()].copy_from_slice(data);
+        let bytes = self
+            .ram
+            .get_mut(a..a + data.len())
+            .ok_or(outside(addr, true, user))?;
+        bytes.copy_from_slice(data);
         Ok(())
     }
     fn port_in(&mut self, port: u16, size: u8) -> u32 {

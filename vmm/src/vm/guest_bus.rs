@@ -157,11 +157,13 @@ impl GuestBus for MachineBus<'_> {
             } else {
                 Some(GuestPhys(lin.raw()))
             };
-            let dst = &mut buf[off..off + n];
+            let Some(dst) = buf.get_mut(off..off + n) else {
+                break;
+            };
             match phys {
                 Some(p) if self.is_ram(p) => {
                     let got = self.code.read_original(self.ram, p, dst);
-                    dst[got..].fill(0xff);
+                    dst.get_mut(got..).unwrap_or_default().fill(0xff);
                 }
                 Some(p) => self.mmio.read(p, dst),
                 None => dst.fill(0xff),
@@ -177,15 +179,21 @@ impl GuestBus for MachineBus<'_> {
                 self.translate(lin, Access::write(user))?;
             }
             for (lin, off, n) in Self::chunks(addr, data.len()) {
-                self.write_paged(lin, &data[off..off + n], user)?;
+                let Some(part) = data.get(off..off + n) else {
+                    break;
+                };
+                self.write_paged(lin, part, user)?;
             }
             return Ok(());
         }
         for (lin, off, n) in Self::chunks(addr, data.len()) {
             // Paging off: linear is physical.
             let phys = GuestPhys(lin.raw());
+            let Some(part) = data.get(off..off + n) else {
+                break;
+            };
             if !self.is_ram(phys) {
-                self.mmio.write(phys, &data[off..off + n]);
+                self.mmio.write(phys, part);
                 continue;
             }
             if self.code.is_armed(phys) {
@@ -193,11 +201,7 @@ impl GuestBus for MachineBus<'_> {
                     self.failure = Some(BusFailure::Map(e.to_string()));
                 }
             }
-            let _ = rewriter::CodeMemoryMut::write(
-                &mut RamCode(self.ram),
-                phys.raw(),
-                &data[off..off + n],
-            );
+            let _ = rewriter::CodeMemoryMut::write(&mut RamCode(self.ram), phys.raw(), part);
         }
         Ok(())
     }

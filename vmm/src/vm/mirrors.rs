@@ -112,7 +112,8 @@ impl Mirrors {
             (None, Some(w)) => (Some(w), 2),
             (Some(u), w) => (Some(w.map_or(u, |w| w.min(u))), 1),
         };
-        for reg in SegReg::ALL {
+        // `selectors` is in SegReg's encoding order, as ALL is.
+        for (reg, host_selector) in SegReg::ALL.into_iter().zip(&mut self.selectors) {
             if dirty & (1 << reg as u8) == 0 {
                 continue;
             }
@@ -120,17 +121,21 @@ impl Mirrors {
             let selector = if m.present || matches!(reg, SegReg::Cs | SegReg::Ss) {
                 let desc = host_descriptor(&m);
                 let n = slot_of(reg, bank);
-                let slot = &mut self.installed[usize::from(n - FIRST_SLOT)];
-                if *slot != Some(desc) {
+                // Every slot_of is one of the installed ones; one that were not would be
+                // written each time.
+                let installed = self.installed.get_mut(usize::from(n - FIRST_SLOT));
+                if installed.as_deref() != Some(&Some(desc)) {
                     ldt::set_ldt_entry(n, &desc)?;
-                    *slot = Some(desc);
+                    if let Some(slot) = installed {
+                        *slot = Some(desc);
+                    }
                     self.writes += 1;
                 }
                 ldt::ldt_selector(n)
             } else {
                 0
             };
-            self.selectors[reg as usize] = selector;
+            *host_selector = selector;
         }
         self.apply(ctx);
         Ok(())
@@ -178,13 +183,7 @@ impl Mirrors {
     /// Stores the host selectors of all six registers in `ctx`. Done before every entry:
     /// a segment load the rewriter missed must not outlive the exit that follows it.
     pub fn apply(&self, ctx: &mut GuestContext) {
-        let s = &self.selectors;
-        ctx.es = s[SegReg::Es as usize];
-        ctx.cs = s[SegReg::Cs as usize];
-        ctx.ss = s[SegReg::Ss as usize];
-        ctx.ds = s[SegReg::Ds as usize];
-        ctx.fs = s[SegReg::Fs as usize];
-        ctx.gs = s[SegReg::Gs as usize];
+        [ctx.es, ctx.cs, ctx.ss, ctx.ds, ctx.fs, ctx.gs] = self.selectors;
     }
 }
 

@@ -378,10 +378,10 @@ pub fn spawn_serial_reader(
                     Ok(0) | Err(_) => return,
                     Ok(n) => n,
                 };
-                let mut rest = &buf[..n];
+                let mut rest = buf.get(..n).unwrap_or_default();
                 while !rest.is_empty() {
                     let took = input.feed(rest);
-                    rest = &rest[took..];
+                    rest = rest.get(took..).unwrap_or_default();
                     let _ = vcpu.kick();
                     if took == 0 {
                         // The FIFO is full: the guest has not drained it yet.

@@ -198,6 +198,19 @@ impl TableContext {
     }
 }
 
+/// What the cache knows of one lookup table's contents.
+#[derive(Clone, Debug, Default)]
+struct TableState {
+    /// The context its entries were translated for, once it has any.
+    context: Option<TableContext>,
+    /// The entries written since it was last cleared (cleared one by one while few: a CR3
+    /// switch should not cost a 512 KiB copy).
+    filled: Vec<usize>,
+    /// It holds an entry for a block that is not global (its mapping may change with
+    /// CR3).
+    non_global: bool,
+}
+
 /// A block in the cache.
 #[derive(Debug)]
 pub struct TcBlock {
@@ -255,6 +268,9 @@ pub enum TcError {
     /// A block is larger than the whole code area (a translator bug).
     #[error("a translated block of {0} bytes does not fit the translation cache")]
     TooLarge(usize),
+    /// The gate page, tables and code area do not fit the window's memory (a monitor bug).
+    #[error("the monitor window's layout does not fit its {WINDOW_SIZE:#x} bytes")]
+    Layout,
 }
 
 /// The translation cache.
@@ -268,13 +284,8 @@ pub struct TranslationCache {
     by_page: HashMap<u64, Vec<usize>>,
     /// Chains that cross a linear page: undone when the address space changes.
     far_chains: Vec<(usize, usize)>,
-    tables: [Option<TableContext>; 2],
-    /// The entries written in each table since it was last cleared (cleared one by one
-    /// while few: a CR3 switch should not cost a 512 KiB copy).
-    filled: [Vec<usize>; 2],
-    /// Whether each table holds an entry for a block that is not global (its mapping
-    /// may change with CR3).
-    non_global: [bool; 2],
+    /// The kernel and user tables, by `Table` (the empty one has no state).
+    tables: [TableState; 2],
     empty_table: Vec<u8>,
     /// How exit stubs reach the monitor.
     gate: Gate,
@@ -301,24 +312,7 @@ impl TranslationCache {
     pub fn new(space: &mut LinearSpace) -> Result<Self, TcError> {
         let mut mem = WindowMemory::new(WINDOW_SIZE)?;
         let empty = LookupTable::new();
-        {
-            let bytes = mem.bytes_mut();
-            let gate = GATE_OFFSET as usize;
-            bytes[gate..gate + PAGE_SIZE as usize].fill(OP_INT3);
-            for t in 0..3 {
-                let at = TABLES_OFFSET as usize + t * LOOKUP_TABLE_SIZE;
-                bytes[at..at + LOOKUP_TABLE_SIZE].copy_from_slice(empty.as_bytes());
-            }
-            // Unused code space traps: a stray jump lands on INT3, which the monitor
-            // refuses as not a gate exit.
-            bytes[CODE_OFFSET as usize..].fill(OP_INT3);
-            let ptr = (GATE_POINTER - WINDOW_START) as usize;
-            bytes[ptr..ptr + 4].copy_from_slice(&GATE_TRAMPOLINE.to_le_bytes());
-            bytes[ptr + 4..ptr + 6].copy_from_slice(&crate::hostcpu::HOST_CS64.to_le_bytes());
-            let tramp = (GATE_TRAMPOLINE - WINDOW_START) as usize;
-            let code = crate::hostcpu::gate_trampoline();
-            bytes[tramp..tramp + code.len()].copy_from_slice(&code);
-        }
+        lay_out(mem.bytes_mut(), &empty).ok_or(TcError::Layout)?;
         crate::hostcpu::set_gate_trampoline(GATE_TRAMPOLINE);
         let gate = if std::env::var_os("VMM_TC_GATE").is_some_and(|v| v == "trap") {
             Gate::Near(GATE)
@@ -365,36 +359,50 @@ impl TranslationCache {
             by_key: HashMap::new(),
             by_page: HashMap::new(),
             far_chains: Vec::new(),
-            tables: [None, None],
-            filled: [Vec::new(), Vec::new()],
-            non_global: [false, false],
+            tables: Default::default(),
             empty_table: empty.as_bytes().to_vec(),
             gate,
             stats: TcStats::default(),
         })
     }
 
-    /// Reads a `u32` scratch slot of the vCPU page.
+    /// Reads a `u32` scratch slot of the vCPU page (0 for an offset past the page).
     pub fn slot(&self, offset: u32) -> u32 {
-        let at = (VCPU_OFFSET + offset) as usize;
-        let b = &self.mem.bytes()[at..at + 4];
-        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        self.vcpu_bytes(offset, 4)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u32::from_le_bytes)
     }
 
-    /// Writes a byte slot of the vCPU page.
+    /// Writes a byte slot of the vCPU page (nothing for an offset past the page).
     pub fn set_slot_u8(&mut self, offset: u32, value: u8) {
-        self.mem.bytes_mut()[(VCPU_OFFSET + offset) as usize] = value;
+        if let Some(b) = self.vcpu_bytes_mut(offset, 1) {
+            b.copy_from_slice(&[value]);
+        }
     }
 
-    /// Writes a dword slot of the vCPU page.
+    /// Writes a dword slot of the vCPU page (nothing for an offset past the page).
     pub fn set_slot(&mut self, offset: u32, value: u32) {
-        let at = (VCPU_OFFSET + offset) as usize;
-        self.mem.bytes_mut()[at..at + 4].copy_from_slice(&value.to_le_bytes());
+        if let Some(b) = self.vcpu_bytes_mut(offset, 4) {
+            b.copy_from_slice(&value.to_le_bytes());
+        }
     }
 
-    /// Reads a byte slot of the vCPU page.
+    /// Reads a byte slot of the vCPU page (0 for an offset past the page).
     pub fn slot_u8(&self, offset: u32) -> u8 {
-        self.mem.bytes()[(VCPU_OFFSET + offset) as usize]
+        self.vcpu_bytes(offset, 1)
+            .and_then(|b| b.first().copied())
+            .unwrap_or(0)
+    }
+
+    /// `len` bytes of the vCPU page at `offset`, if they lie inside it.
+    fn vcpu_bytes(&self, offset: u32, len: usize) -> Option<&[u8]> {
+        let at = vcpu_range(offset, len)?;
+        self.mem.bytes().get(at)
+    }
+
+    fn vcpu_bytes_mut(&mut self, offset: u32, len: usize) -> Option<&mut [u8]> {
+        let at = vcpu_range(offset, len)?;
+        self.mem.bytes_mut().get_mut(at)
     }
 
     /// Length of the vCPU page's segment.
@@ -410,6 +418,13 @@ impl TranslationCache {
     }
 
     /// A block by index.
+    ///
+    /// # Panics
+    /// If `i` is not an index this cache returned since its last flush.
+    // reason: indices come only from this cache (`translate`, `find`, `at`, `exit_for`),
+    // and the engine drops every one it holds when the cache flushes; a stale index is a
+    // monitor bug that no answer could hide.
+    #[allow(clippy::indexing_slicing)]
     pub fn block(&self, i: usize) -> &TcBlock {
         &self.blocks[i]
     }
@@ -417,7 +432,7 @@ impl TranslationCache {
     /// The block whose code contains TC address `addr`, and the side entry there.
     pub fn at(&self, addr: u32) -> Option<(usize, Option<&SideEntry>)> {
         let (&start, &i) = self.by_tc.range(..=addr).next_back()?;
-        let b = &self.blocks[i];
+        let b = self.blocks.get(i)?;
         let end = start.wrapping_add(u32::try_from(b.block.bytes.len()).ok()?);
         if addr >= end {
             return None;
@@ -428,10 +443,15 @@ impl TranslationCache {
     /// The exit stub whose address the exit slot holds, with its block.
     pub fn exit_for(&self, slot: u32) -> Option<(usize, usize, ExitStub)> {
         let (i, _) = self.at(slot)?;
-        let b = &self.blocks[i].block;
+        let b = &self.blocks.get(i)?.block;
         let offset = slot.wrapping_sub(b.tc_address);
-        let index = b.side.exits.iter().position(|e| e.offset == offset)?;
-        Some((i, index, b.side.exits[index]))
+        let (index, stub) = b
+            .side
+            .exits
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.offset == offset)?;
+        Some((i, index, *stub))
     }
 
     /// Translates the block `key` names from `reader` and places it in the cache
@@ -464,7 +484,10 @@ impl TranslationCache {
                 continue;
             }
             let off = self.next as usize;
-            self.mem.bytes_mut()[off..off + len].copy_from_slice(&block.bytes);
+            let Some(code) = self.mem.bytes_mut().get_mut(off..off + len) else {
+                return Err(TcError::TooLarge(len));
+            };
+            code.copy_from_slice(&block.bytes);
             let aligned = (end + u64::from(BLOCK_ALIGN) - 1) & !u64::from(BLOCK_ALIGN - 1);
             self.next = u32::try_from(aligned.min(u64::from(WINDOW_SIZE))).unwrap_or(WINDOW_SIZE);
             self.stats.blocks += 1;
@@ -491,17 +514,20 @@ impl TranslationCache {
 
     /// Marks block `i` as lying entirely in global pages.
     pub fn set_global(&mut self, i: usize) {
-        self.blocks[i].global = true;
+        if let Some(b) = self.blocks.get_mut(i) {
+            b.global = true;
+        }
     }
 
     /// The guest-physical pages (page addresses) block `i` came from.
     pub fn pages_of(&self, i: usize) -> Vec<GuestPhys> {
-        self.blocks[i]
-            .block
-            .pages
-            .iter()
-            .filter_map(|p| u32::try_from(page_of(p.phys)).ok().map(GuestPhys))
-            .collect()
+        self.blocks.get(i).map_or_else(Vec::new, |b| {
+            b.block
+                .pages
+                .iter()
+                .filter_map(|p| u32::try_from(page_of(p.phys)).ok().map(GuestPhys))
+                .collect()
+        })
     }
 
     /// Chains exit `exit` of block `from` to block `to` when that is sound: both are
@@ -509,50 +535,57 @@ impl TranslationCache {
     /// chainable. Chains that cross a linear page are remembered, so an address-space
     /// change can undo them.
     pub fn chain(&mut self, from: usize, exit: usize, to: usize) {
-        let (f, t) = (&self.blocks[from], &self.blocks[to]);
+        let (Some(f), Some(t)) = (self.blocks.get(from), self.blocks.get(to)) else {
+            return;
+        };
         if !f.alive || !t.alive || f.key.single || t.key.single {
             return;
         }
         if f.key.user != t.key.user || TableContext::of(&f.key) != TableContext::of(&t.key) {
             return;
         }
-        let same_page =
-            f.one_page() && t.one_page() && f.block.pages[0].linear == t.block.pages[0].linear;
+        let same_page = f.one_page()
+            && t.one_page()
+            && f.block.pages.first().map(|p| p.linear) == t.block.pages.first().map(|p| p.linear);
         let Ok(patch) = f.block.chain(exit, t.block.entry()) else {
             return;
         };
-        if self.apply_patch(from, &patch).is_err() {
+        let (paging, to_global) = (f.key.paging, t.global);
+        if !self.apply_patch(from, &patch) {
             return;
         }
-        self.blocks[to].incoming.push((from, exit));
-        if !same_page && self.blocks[from].key.paging {
+        if let Some(t) = self.blocks.get_mut(to) {
+            t.incoming.push((from, exit));
+        }
+        if !same_page && paging {
             self.far_chains.push((from, exit));
-            if self.blocks[to].global {
-                self.blocks[from].chained_global.push(exit);
+            if let Some(f) = self.blocks.get_mut(from).filter(|_| to_global) {
+                f.chained_global.push(exit);
             }
         }
         self.stats.chains += 1;
     }
 
-    fn apply_patch(
-        &mut self,
-        i: usize,
-        patch: &rewriter::translate::ChainPatch,
-    ) -> Result<(), rewriter::translate::ChainError> {
-        let b = &self.blocks[i].block;
-        let start = (b.tc_address - WINDOW_START) as usize;
+    /// Applies `patch` to block `i`'s code in the window; whether it was applied.
+    fn apply_patch(&mut self, i: usize, patch: &rewriter::translate::ChainPatch) -> bool {
+        let Some(b) = self.blocks.get(i).map(|b| &b.block) else {
+            return false;
+        };
+        let start = b.tc_address.wrapping_sub(WINDOW_START) as usize;
         let len = b.bytes.len();
-        let bytes = &mut self.mem.bytes_mut()[start..start + len];
-        patch.apply(bytes)
+        self.mem
+            .bytes_mut()
+            .get_mut(start..start + len)
+            .is_some_and(|bytes| patch.apply(bytes).is_ok())
     }
 
     fn unchain(&mut self, from: usize, exit: usize) {
-        if !self.blocks[from].alive {
+        let Some(f) = self.blocks.get_mut(from).filter(|f| f.alive) else {
             return;
-        }
-        self.blocks[from].chained_global.retain(|&e| e != exit);
-        if let Ok(patch) = self.blocks[from].block.unchain(exit) {
-            if self.apply_patch(from, &patch).is_ok() {
+        };
+        f.chained_global.retain(|&e| e != exit);
+        if let Ok(patch) = f.block.unchain(exit) {
+            if self.apply_patch(from, &patch) {
                 self.stats.unchains += 1;
             }
         }
@@ -562,26 +595,24 @@ impl TranslationCache {
     /// EIP (after a lookup miss), clearing the table first if it was filled for another
     /// code segment, stack size or FPU setting.
     pub fn enter_lookup(&mut self, i: usize) {
-        let key = self.blocks[i].key;
+        let Some(b) = self.blocks.get(i).filter(|b| b.alive) else {
+            return;
+        };
+        let (key, entry, global) = (b.key, b.block.lookup_entry(), b.global);
         let table = key.table();
-        if table == Table::Empty || !self.blocks[i].alive {
+        if table == Table::Empty {
             return;
         }
-        let ctx = TableContext::of(&key);
-        let slot = table as usize;
-        if self.tables[slot] != Some(ctx) {
-            self.clear_table(table);
-            self.tables[slot] = Some(ctx);
-        }
+        self.use_table(table, TableContext::of(&key));
         let index = rewriter::translate::lookup_index(key.eip);
-        let at = (table_address(table) - WINDOW_START) as usize + index * LOOKUP_ENTRY_SIZE;
-        let entry = self.blocks[i].block.lookup_entry();
-        let bytes = &mut self.mem.bytes_mut()[at..at + LOOKUP_ENTRY_SIZE];
-        bytes[..4].copy_from_slice(&key.eip.to_le_bytes());
-        bytes[4..].copy_from_slice(&entry.to_le_bytes());
-        self.filled[slot].push(index);
-        if !self.blocks[i].global {
-            self.non_global[slot] = true;
+        let at = table_offset(table) + index * LOOKUP_ENTRY_SIZE;
+        let Some(bytes) = self.mem.bytes_mut().get_mut(at..at + LOOKUP_ENTRY_SIZE) else {
+            return;
+        };
+        bytes.copy_from_slice(&lookup_entry_bytes(key.eip, entry));
+        if let Some(state) = self.tables.get_mut(table as usize) {
+            state.filled.push(index);
+            state.non_global |= !global;
         }
         self.stats.lookups_missed += 1;
     }
@@ -590,41 +621,46 @@ impl TranslationCache {
     /// context (code and stack segments, selectors, FPU and inline settings): indirect
     /// branches of the block are about to look targets up there.
     pub fn prepare_table(&mut self, i: usize) {
-        let key = self.blocks[i].key;
-        let table = key.table();
-        if table == Table::Empty {
-            return;
+        if let Some(key) = self.blocks.get(i).map(|b| b.key) {
+            self.use_table(key.table(), TableContext::of(&key));
         }
-        let ctx = TableContext::of(&key);
-        if self.tables[table as usize] != Some(ctx) {
+    }
+
+    /// Clears `table` unless its entries were made for `context`, which it holds from now
+    /// on.
+    fn use_table(&mut self, table: Table, context: TableContext) {
+        let stale = |s: &TableState| s.context != Some(context);
+        if self.tables.get(table as usize).is_some_and(stale) {
             self.clear_table(table);
-            self.tables[table as usize] = Some(ctx);
+            if let Some(state) = self.tables.get_mut(table as usize) {
+                state.context = Some(context);
+            }
         }
     }
 
     fn clear_table(&mut self, table: Table) {
-        let slot = table as usize;
-        let Some(filled) = self.filled.get_mut(slot) else {
+        let Some(state) = self.tables.get_mut(table as usize) else {
             return;
         };
-        let filled = std::mem::take(filled);
-        let at = (table_address(table) - WINDOW_START) as usize;
-        let empty = std::mem::take(&mut self.empty_table);
-        let bytes = &mut self.mem.bytes_mut()[at..at + LOOKUP_TABLE_SIZE];
-        if filled.len() < LOOKUP_TABLE_SIZE / LOOKUP_ENTRY_SIZE / 8 {
-            for index in filled.iter().map(|i| i * LOOKUP_ENTRY_SIZE) {
-                bytes[index..index + LOOKUP_ENTRY_SIZE]
-                    .copy_from_slice(&empty[index..index + LOOKUP_ENTRY_SIZE]);
+        let filled = std::mem::take(state).filled;
+        let at = table_offset(table);
+        let empty = &self.empty_table;
+        if let Some(bytes) = self.mem.bytes_mut().get_mut(at..at + LOOKUP_TABLE_SIZE) {
+            if filled.len() < LOOKUP_TABLE_SIZE / LOOKUP_ENTRY_SIZE / 8 {
+                for index in filled.iter().map(|i| i * LOOKUP_ENTRY_SIZE) {
+                    let entry = index..index + LOOKUP_ENTRY_SIZE;
+                    if let (Some(to), Some(from)) = (bytes.get_mut(entry.clone()), empty.get(entry))
+                    {
+                        to.copy_from_slice(from);
+                    }
+                }
+            } else if let Some(empty) = empty.get(..bytes.len()) {
+                bytes.copy_from_slice(empty);
             }
-        } else {
-            bytes.copy_from_slice(&empty);
         }
-        self.empty_table = empty;
-        self.non_global[slot] = false;
         if !filled.is_empty() {
             self.stats.table_clears += 1;
         }
-        self.tables[slot] = None;
     }
 
     /// The guest's linear→physical mapping may have changed: lookups and chains across
@@ -634,19 +670,22 @@ impl TranslationCache {
     /// `keep_global`.
     pub fn address_space_changed(&mut self, keep_global: bool) {
         for table in [Table::Kernel, Table::User] {
-            if !keep_global || self.non_global[table as usize] {
+            let non_global = self
+                .tables
+                .get(table as usize)
+                .is_some_and(|s| s.non_global);
+            if !keep_global || non_global {
                 self.clear_table(table);
             }
         }
         let chains = std::mem::take(&mut self.far_chains);
         for (from, exit) in chains {
-            let target_global = self.blocks[from]
-                .block
-                .side
-                .exits
-                .get(exit)
-                .is_some_and(|_| self.blocks[from].chained_global.contains(&exit));
-            if keep_global && self.blocks[from].global && target_global {
+            let global = self.blocks.get(from).is_some_and(|f| {
+                f.global
+                    && f.block.side.exits.get(exit).is_some()
+                    && f.chained_global.contains(&exit)
+            });
+            if keep_global && global {
                 self.far_chains.push((from, exit));
             } else {
                 self.unchain(from, exit);
@@ -660,7 +699,7 @@ impl TranslationCache {
             return;
         };
         for i in list {
-            if self.blocks[i].alive {
+            if self.blocks.get(i).is_some_and(|b| b.alive) {
                 self.stats.invalidations += 1;
                 self.drop_block(i);
             }
@@ -668,29 +707,31 @@ impl TranslationCache {
     }
 
     fn drop_block(&mut self, i: usize) {
-        if !self.blocks[i].alive {
+        let Some(b) = self.blocks.get_mut(i).filter(|b| b.alive) else {
             return;
-        }
-        for (from, exit) in std::mem::take(&mut self.blocks[i].incoming) {
+        };
+        let incoming = std::mem::take(&mut b.incoming);
+        let (key, entry) = (b.key, b.block.lookup_entry());
+        for (from, exit) in incoming {
             self.unchain(from, exit);
         }
-        self.blocks[i].alive = false;
-        let key = self.blocks[i].key;
+        if let Some(b) = self.blocks.get_mut(i) {
+            b.alive = false;
+        }
         if self.by_key.get(&key) == Some(&i) {
             self.by_key.remove(&key);
         }
         let table = key.table();
         if table != Table::Empty {
-            let at = (table_address(table) - WINDOW_START) as usize
-                + rewriter::translate::lookup_index(key.eip) * LOOKUP_ENTRY_SIZE;
-            let entry = self.blocks[i].block.lookup_entry();
-            let bytes = &self.mem.bytes()[at..at + LOOKUP_ENTRY_SIZE];
-            if bytes[4..] == entry.to_le_bytes() {
-                let empty = &self.empty_table
-                    [at - (table_address(table) - WINDOW_START) as usize..][..LOOKUP_ENTRY_SIZE];
-                let empty: [u8; LOOKUP_ENTRY_SIZE] =
-                    empty.try_into().unwrap_or([0; LOOKUP_ENTRY_SIZE]);
-                self.mem.bytes_mut()[at..at + LOOKUP_ENTRY_SIZE].copy_from_slice(&empty);
+            // Its lookup entry goes back to the empty table's, if it is still there.
+            let index = rewriter::translate::lookup_index(key.eip) * LOOKUP_ENTRY_SIZE;
+            let at = table_offset(table) + index;
+            let empty = self.empty_table.get(index..index + LOOKUP_ENTRY_SIZE);
+            let bytes = self.mem.bytes_mut().get_mut(at..at + LOOKUP_ENTRY_SIZE);
+            if let (Some(bytes), Some(empty)) = (bytes, empty) {
+                if bytes.get(4..) == Some(&entry.to_le_bytes()[..]) {
+                    bytes.copy_from_slice(empty);
+                }
             }
         }
     }
@@ -706,10 +747,58 @@ impl TranslationCache {
         self.clear_table(Table::Kernel);
         self.clear_table(Table::User);
         let used = self.next as usize;
-        self.mem.bytes_mut()[CODE_OFFSET as usize..used].fill(OP_INT3);
+        if let Some(code) = self.mem.bytes_mut().get_mut(CODE_OFFSET as usize..used) {
+            code.fill(OP_INT3);
+        }
         self.next = CODE_OFFSET;
         self.stats.flushes += 1;
     }
+}
+
+/// Offset of `table` in the window.
+fn table_offset(t: Table) -> usize {
+    (table_address(t) - WINDOW_START) as usize
+}
+
+/// A lookup entry: the guest EIP, then the TC address it jumps to.
+fn lookup_entry_bytes(eip: u32, tc: u32) -> [u8; LOOKUP_ENTRY_SIZE] {
+    let mut bytes = [0; LOOKUP_ENTRY_SIZE];
+    let fields = eip.to_le_bytes().into_iter().chain(tc.to_le_bytes());
+    for (b, f) in bytes.iter_mut().zip(fields) {
+        *b = f;
+    }
+    bytes
+}
+
+/// The window range of `len` bytes at `offset` in the vCPU page, if they lie inside it.
+fn vcpu_range(offset: u32, len: usize) -> Option<std::ops::Range<usize>> {
+    let end = usize::try_from(offset).ok()?.checked_add(len)?;
+    (end <= TranslationCache::vcpu_page_len() as usize)
+        .then(|| VCPU_OFFSET as usize + end - len..VCPU_OFFSET as usize + end)
+}
+
+/// Writes the window's fixed contents into `bytes` (its memory, zeroed): INT3 over the
+/// gate page and the code area, the far pointer and trampoline of the gate, and three
+/// empty lookup tables. `None` if the layout does not fit.
+fn lay_out(bytes: &mut [u8], empty: &LookupTable) -> Option<()> {
+    let mut put = |at: u32, src: &[u8]| -> Option<()> {
+        let at = (at - WINDOW_START) as usize;
+        bytes
+            .get_mut(at..at.checked_add(src.len())?)?
+            .copy_from_slice(src);
+        Some(())
+    };
+    put(GATE, &[OP_INT3; PAGE_SIZE as usize])?;
+    for t in [Table::Kernel, Table::User, Table::Empty] {
+        put(table_address(t), empty.as_bytes())?;
+    }
+    put(GATE_POINTER, &GATE_TRAMPOLINE.to_le_bytes())?;
+    put(GATE_POINTER + 4, &crate::hostcpu::HOST_CS64.to_le_bytes())?;
+    put(GATE_TRAMPOLINE, &crate::hostcpu::gate_trampoline())?;
+    // Unused code space traps: a stray jump lands on INT3, which the monitor refuses as
+    // not a gate exit.
+    bytes.get_mut(CODE_OFFSET as usize..)?.fill(OP_INT3);
+    Some(())
 }
 
 fn page_of(phys: u64) -> u64 {

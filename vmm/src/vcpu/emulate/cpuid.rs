@@ -93,8 +93,6 @@ impl CpuModel {
     /// EAX, EBX, ECX, EDX for `leaf` (the model has no sub-leaves). Leaves beyond the
     /// highest basic leaf answer like the highest basic leaf, as Intel processors do.
     pub fn query(&self, leaf: u32) -> [u32; 4] {
-        let word =
-            |i: usize| u32::from_le_bytes([BRAND[i], BRAND[i + 1], BRAND[i + 2], BRAND[i + 3]]);
         match leaf {
             // "GenuineIntel" in EBX, EDX, ECX.
             0 => [MAX_BASIC_LEAF, 0x756e_6547, 0x6c65_746e, 0x4965_6e69],
@@ -103,8 +101,16 @@ impl CpuModel {
             0x8000_0000 => [MAX_EXTENDED_LEAF, 0, 0, 0],
             0x8000_0001 => [0, 0, 0, EXT_EDX_NX],
             0x8000_0002..=0x8000_0004 => {
-                let b = ((leaf - 0x8000_0002) * 16) as usize;
-                [word(b), word(b + 4), word(b + 8), word(b + 12)]
+                // Sixteen bytes of the brand string per leaf, four per register.
+                let part = BRAND.chunks_exact(16).nth((leaf - 0x8000_0002) as usize);
+                let mut regs = [0; 4];
+                for (r, w) in regs
+                    .iter_mut()
+                    .zip(part.into_iter().flat_map(|p| p.chunks_exact(4)))
+                {
+                    *r = w.iter().rev().fold(0, |v, &b| (v << 8) | u32::from(b));
+                }
+                regs
             }
             _ => self.query(MAX_BASIC_LEAF),
         }

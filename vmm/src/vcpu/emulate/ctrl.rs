@@ -102,14 +102,16 @@ pub(crate) fn mov(s: &mut VcpuState, cx: &Ctx<'_>) -> Res {
         }
         n += 2;
     }
-    if n > 7 {
+    // There is no DR8 or above.
+    let v = read_gpr(s, gpr);
+    let Some(dr) = s.dr.get_mut(n) else {
         return Err(Fault::ud().into());
-    }
+    };
     if to_reg {
-        write_gpr(s, gpr, s.dr[n]);
+        let dr = *dr;
+        write_gpr(s, gpr, dr);
     } else {
-        let v = read_gpr(s, gpr);
-        s.dr[n] = match n {
+        *dr = match n {
             6 => (v & DR6_WRITABLE) | (DR6_INIT & !DR6_WRITABLE),
             7 => (v & DR7_WRITABLE) | DR7_INIT,
             _ => v,

@@ -2,7 +2,7 @@
 //! checks on a returned-to CS and SS that RET far and IRET share.
 
 use super::operands::{read_mem, rm_operand, Rm};
-use super::{peek, push, release, Ctx, Outcome, Res, Stop, Unsupported};
+use super::{peek, peek_into, push, release, Ctx, Outcome, Res, Stop, Unsupported};
 use crate::bits::low16;
 use crate::vcpu::descriptor::{selector, system_type, Gate, TYPE_ACCESSED};
 use crate::vcpu::segments::{fetch_descriptor, set_accessed, DescriptorRef};
@@ -207,7 +207,8 @@ fn through_gate(
         let mut ssd = ssd;
         ssd.typ |= TYPE_ACCESSED;
         let new_ss = Segment::from_descriptor(ss_sel, &ssd);
-        let params = peek(s, bus, 0, usize::from(gate.param_count), size)?;
+        let mut params = vec![0; usize::from(gate.param_count)];
+        peek_into(s, bus, 0, &mut params, size)?;
         let mut frame = vec![u32::from(s.sreg(SegReg::Ss).selector), s.gpr[gpr::ESP]];
         frame.extend(params.iter().rev());
         frame.push(old_cs);
@@ -248,9 +249,9 @@ pub(crate) fn retf(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> 
     } else {
         0
     };
-    let v = peek(s, bus, 0, 2, size)?;
-    let eip = if op32 { v[0] } else { v[0] & 0xffff };
-    let sel = low16(v[1]);
+    let [eip, sel] = peek(s, bus, 0, size)?;
+    let eip = if op32 { eip } else { eip & 0xffff };
+    let sel = low16(sel);
     if !s.protected() || s.v86() {
         let FarTarget::Direct(cs) = far_target(s, bus, sel, eip)? else {
             return Err(Fault::gp0().into());
@@ -265,8 +266,8 @@ pub(crate) fn retf(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> 
     let rpl = selector::rpl(sel);
     let mut effects = Effects::segment(SegReg::Cs);
     if rpl > cpl {
-        let w = peek(s, bus, 2 * size + imm, 2, size)?;
-        let (ss, ss_ref) = check_return_ss(s, bus, low16(w[1]), rpl)?;
+        let [esp, ss_sel] = peek(s, bus, 2 * size + imm, size)?;
+        let (ss, ss_ref) = check_return_ss(s, bus, low16(ss_sel), rpl)?;
         if eip > cs.limit {
             return Err(Fault::gp0().into());
         }
@@ -274,7 +275,7 @@ pub(crate) fn retf(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> 
         set_accessed(bus, &ss_ref)?;
         *s.sreg_mut(SegReg::Cs) = cs;
         *s.sreg_mut(SegReg::Ss) = ss;
-        let esp = if op32 { w[0] } else { w[0] & 0xffff };
+        let esp = if op32 { esp } else { esp & 0xffff };
         s.gpr[gpr::ESP] = adjust_sp(
             if ss.db {
                 esp

@@ -26,7 +26,7 @@ pub(crate) fn pushf(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) ->
 pub(crate) fn popf(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
     let op32 = cx.instr.mnemonic() == Mnemonic::Popfd;
     let size = if op32 { 4 } else { 2 };
-    let v = peek(s, bus, 0, 1, size)?[0];
+    let [v] = peek(s, bus, 0, size)?;
     // `allow_rf = false`: POPF changes neither RF nor, even at CPL 0, VIF/VIP.
     s.eflags = merge_eflags(s.eflags, v, s.cpl(), s.iopl(), op32, false);
     release(s, size);

@@ -97,10 +97,10 @@ fn string(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
     let size = access_size(m, Register::None);
     let a16 = matches!(i.op_kind(mem_op), OpKind::MemorySegSI | OpKind::MemoryESDI);
     let (idx, src_seg) = if input {
-        (gpr::EDI, SegReg::Es)
+        (Register::EDI, SegReg::Es)
     } else {
         (
-            gpr::ESI,
+            Register::ESI,
             SegReg::from_iced(i.memory_segment()).unwrap_or(SegReg::Ds),
         )
     };
@@ -119,7 +119,7 @@ fn string(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
     check_io(s, bus, port, size)?;
     let mut done = 0;
     while count > 0 {
-        let off = s.gpr[idx] & mask;
+        let off = read_gpr(s, idx) & mask;
         let r = if input {
             // Check the destination first so a bad segment does not swallow the input.
             linear(s, SegReg::Es, off, size, true).and_then(|_| {
@@ -137,7 +137,8 @@ fn string(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
                 Stop::Fault(f)
             });
         }
-        s.gpr[idx] = (s.gpr[idx] & !mask) | (off.wrapping_add(step) & mask);
+        let next = (read_gpr(s, idx) & !mask) | (off.wrapping_add(step) & mask);
+        write_gpr(s, idx, next);
         count -= 1;
         done += 1;
         if rep {

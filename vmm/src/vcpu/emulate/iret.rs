@@ -61,9 +61,9 @@ fn iret_frame(state: &mut VcpuState, bus: &mut impl GuestBus, op32: bool) -> Res
     let ss = *state.sreg(SegReg::Ss);
     let esp = state.gpr[gpr::ESP];
     if !state.protected() {
-        let v = peek_frame(bus, &ss, esp, 3, size, false, Fault::ss(0))?;
-        let cs = low16(v[1]);
-        let eip = if op32 { v[0] } else { v[0] & 0xffff };
+        let [eip, cs, flags] = peek_frame(bus, &ss, esp, size, false, Fault::ss(0))?;
+        let cs = low16(cs);
+        let eip = if op32 { eip } else { eip & 0xffff };
         if eip > state.sreg(SegReg::Cs).limit {
             return Err(Fault::gp0().into());
         }
@@ -77,7 +77,7 @@ fn iret_frame(state: &mut VcpuState, bus: &mut impl GuestBus, op32: bool) -> Res
             0xffff
         };
         state.eflags =
-            ((state.eflags & !mask) | (v[2] & mask)) & eflags::IMPLEMENTED | eflags::FIXED1;
+            ((state.eflags & !mask) | (flags & mask)) & eflags::IMPLEMENTED | eflags::FIXED1;
         state.gpr[gpr::ESP] = adjust_sp(esp, 3 * size, ss.db);
         return Ok(Effects::segment(SegReg::Cs));
     }
@@ -87,13 +87,12 @@ fn iret_frame(state: &mut VcpuState, bus: &mut impl GuestBus, op32: bool) -> Res
     if state.eflags & eflags::NT != 0 {
         return Err(task_return_link_fault(state, bus)?.into());
     }
-    let v = peek_frame(bus, &ss, esp, 3, size, user, Fault::ss(0))?;
-    let new_eip = v[0];
-    let cs_sel = low16(v[1]);
+    let [new_eip, cs_sel, flags] = peek_frame(bus, &ss, esp, size, user, Fault::ss(0))?;
+    let cs_sel = low16(cs_sel);
     let popped_flags = if op32 {
-        v[2]
+        flags
     } else {
-        (state.eflags & 0xffff_0000) | v[2]
+        (state.eflags & 0xffff_0000) | flags
     };
     if op32 && cpl == 0 && popped_flags & eflags::VM != 0 {
         return Err(Stop::Unsupported(Unsupported::Virtual8086));
@@ -103,17 +102,10 @@ fn iret_frame(state: &mut VcpuState, bus: &mut impl GuestBus, op32: bool) -> Res
     let mut effects = Effects::segment(SegReg::Cs);
     let mut outer = None;
     if rpl > cpl {
-        let w = peek_frame(
-            bus,
-            &ss,
-            adjust_sp(esp, 3 * size, ss.db),
-            2,
-            size,
-            user,
-            Fault::ss(0),
-        )?;
-        let new_ss = check_return_ss(state, bus, low16(w[1]), rpl)?;
-        outer = Some((new_ss, w[0]));
+        let outer_sp = adjust_sp(esp, 3 * size, ss.db);
+        let [new_esp, ss_sel] = peek_frame(bus, &ss, outer_sp, size, user, Fault::ss(0))?;
+        let new_ss = check_return_ss(state, bus, low16(ss_sel), rpl)?;
+        outer = Some((new_ss, new_esp));
     }
     if new_eip > new_cs.limit {
         return Err(Fault::gp0().into());

@@ -30,7 +30,7 @@ mod vectors;
 pub use mediated::{data_access, mediate, Mediated};
 
 use super::interrupts::{Event, SoftwareKind};
-use super::stack::{adjust_sp, peek_frame, push_frame};
+use super::stack::{adjust_sp, peek_frame_into, push_frame};
 use super::state::{gpr, VcpuState};
 use super::{Effects, Fault, GuestBus};
 use crate::x86::{eflags, Exception, SegReg};
@@ -262,17 +262,30 @@ pub(crate) fn push(
     Ok(())
 }
 
-/// Reads `n` values of `size` bytes from the top of the stack without popping them.
-pub(crate) fn peek(
+/// Reads `N` values of `size` bytes from the top of the stack, `skip` bytes in, without
+/// popping them.
+pub(crate) fn peek<const N: usize>(
     s: &VcpuState,
     bus: &mut impl GuestBus,
     skip: u32,
-    n: usize,
     size: u32,
-) -> Result<Vec<u32>, Fault> {
+) -> Result<[u32; N], Fault> {
+    let mut out = [0; N];
+    peek_into(s, bus, skip, &mut out, size)?;
+    Ok(out)
+}
+
+/// [`peek`] for a count known only at run time: fills `out`.
+pub(crate) fn peek_into(
+    s: &VcpuState,
+    bus: &mut impl GuestBus,
+    skip: u32,
+    out: &mut [u32],
+    size: u32,
+) -> Result<(), Fault> {
     let ss = *s.sreg(SegReg::Ss);
     let esp = adjust_sp(s.gpr[gpr::ESP], skip, ss.db);
-    peek_frame(bus, &ss, esp, n, size, s.cpl() == 3, Fault::ss(0))
+    peek_frame_into(bus, &ss, esp, out, size, s.cpl() == 3, Fault::ss(0))
 }
 
 /// Moves ESP (SP on a 16-bit stack) up by `bytes`.

@@ -66,6 +66,12 @@ fn fixed_mtrr_slot(msr: u32) -> Option<usize> {
     }
 }
 
+/// The slot of MSR `msr` in a bank of consecutive MSRs from `first` (looked up with
+/// `get`: a slot past the bank is an MSR the model does not have).
+fn slot(msr: u32, first: u32) -> usize {
+    usize::try_from(msr.wrapping_sub(first)).unwrap_or(usize::MAX)
+}
+
 /// Memory types valid in PAT entries and MTRRs (UC, WC, WT, WP, WB; PAT also UC-).
 fn valid_mem_type(t: u64, pat: bool) -> bool {
     matches!(t, 0 | 1 | 4 | 5 | 6) || (pat && t == 7)
@@ -79,19 +85,19 @@ pub fn read(s: &VcpuState, host_tsc: u64, msr: u32) -> Option<u64> {
         index::PLATFORM_ID | index::BIOS_SIGN_ID | index::MCG_CAP => 0,
         index::APIC_BASE => m.apic_base,
         index::FEATURE_CONTROL => FEATURE_CONTROL_VALUE,
-        0xc1 | 0xc2 => m.perf_ctr[(msr - index::PMC0) as usize],
+        0xc1 | 0xc2 => *m.perf_ctr.get(slot(msr, index::PMC0))?,
         index::MTRRCAP => MTRRCAP_VALUE,
         index::SYSENTER_CS => u64::from(m.sysenter_cs),
         index::SYSENTER_ESP => u64::from(m.sysenter_esp),
         index::SYSENTER_EIP => u64::from(m.sysenter_eip),
         index::MCG_STATUS => m.mcg_status,
-        0x186 | 0x187 => m.perf_evtsel[(msr - index::PERFEVTSEL0) as usize],
+        0x186 | 0x187 => *m.perf_evtsel.get(slot(msr, index::PERFEVTSEL0))?,
         index::MISC_ENABLE => m.misc_enable,
-        0x200..=0x20f => m.mtrr_var[(msr - index::MTRR_PHYSBASE0) as usize],
+        0x200..=0x20f => *m.mtrr_var.get(slot(msr, index::MTRR_PHYSBASE0))?,
         index::PAT => m.pat,
         index::MTRR_DEF_TYPE => m.mtrr_def_type,
         index::EFER => m.efer,
-        _ => fixed_mtrr_slot(msr).map(|i| m.mtrr_fixed[i])?,
+        _ => *m.mtrr_fixed.get(fixed_mtrr_slot(msr)?)?,
     })
 }
 
@@ -123,7 +129,11 @@ pub fn write(s: &mut VcpuState, host_tsc: u64, msr: u32, v: u64) -> Result<Effec
             let en = v & m.apic_base & APIC_BASE_EN;
             m.apic_base = (m.apic_base & !APIC_BASE_EN) | en;
         }
-        0xc1 | 0xc2 => m.perf_ctr[(msr - index::PMC0) as usize] = v & 0xff_ffff_ffff,
+        0xc1 | 0xc2 => {
+            *m.perf_ctr
+                .get_mut(slot(msr, index::PMC0))
+                .ok_or(Fault::gp0())? = v & 0xff_ffff_ffff;
+        }
         index::SYSENTER_CS => m.sysenter_cs = low32(v),
         index::SYSENTER_ESP => m.sysenter_esp = low32(v),
         index::SYSENTER_EIP => m.sysenter_eip = low32(v),
@@ -137,11 +147,13 @@ pub fn write(s: &mut VcpuState, host_tsc: u64, msr: u32, v: u64) -> Result<Effec
             if v >> 32 != 0 {
                 return gp;
             }
-            m.perf_evtsel[(msr - index::PERFEVTSEL0) as usize] = v;
+            *m.perf_evtsel
+                .get_mut(slot(msr, index::PERFEVTSEL0))
+                .ok_or(Fault::gp0())? = v;
         }
         index::MISC_ENABLE => m.misc_enable = v,
         0x200..=0x20f => {
-            let i = (msr - index::MTRR_PHYSBASE0) as usize;
+            let i = slot(msr, index::MTRR_PHYSBASE0);
             // PHYSBASE: type in bits 0..7, base 12..35; PHYSMASK: valid bit 11, mask 12..35.
             let bad = if i.is_multiple_of(2) {
                 v & !0xf_ffff_f0ff != 0 || !valid_mem_type(v & 0xff, false)
@@ -151,7 +163,7 @@ pub fn write(s: &mut VcpuState, host_tsc: u64, msr: u32, v: u64) -> Result<Effec
             if bad {
                 return gp;
             }
-            m.mtrr_var[i] = v;
+            *m.mtrr_var.get_mut(i).ok_or(Fault::gp0())? = v;
         }
         index::PAT => {
             if (0..8).any(|k| !valid_mem_type((v >> (8 * k)) & 0xff, true)) {
@@ -172,10 +184,8 @@ pub fn write(s: &mut VcpuState, host_tsc: u64, msr: u32, v: u64) -> Result<Effec
             }
             m.efer = v;
         }
-        _ => match fixed_mtrr_slot(msr) {
-            Some(i) if (0..8).all(|k| valid_mem_type((v >> (8 * k)) & 0xff, false)) => {
-                m.mtrr_fixed[i] = v
-            }
+        _ => match fixed_mtrr_slot(msr).and_then(|i| m.mtrr_fixed.get_mut(i)) {
+            Some(r) if (0..8).all(|k| valid_mem_type((v >> (8 * k)) & 0xff, false)) => *r = v,
             _ => return gp,
         },
     }
@@ -213,11 +223,11 @@ pub(crate) fn rdpmc(s: &mut VcpuState) -> Res {
     if s.protected() && s.cpl() != 0 && s.cr4 & cr4::PCE == 0 {
         return Err(Fault::gp0().into());
     }
+    // Counters 0 and 1; any other ECX is #GP(0).
     let n = s.gpr[gpr::ECX];
-    if n > 1 {
+    let Some(&v) = s.msr.perf_ctr.get(slot(n, 0)) else {
         return Err(Fault::gp0().into());
-    }
-    let v = s.msr.perf_ctr[n as usize];
+    };
     s.gpr[gpr::EAX] = low32(v);
     s.gpr[gpr::EDX] = high32(v) & 0xff;
     Ok(Outcome::Next(Effects::NONE))

@@ -29,7 +29,9 @@ pub fn read_gpr(s: &VcpuState, reg: Register) -> u32 {
     let Some((i, high)) = gpr_slot(reg) else {
         return 0;
     };
-    let v = s.gpr[i];
+    let Some(&v) = s.gpr.get(i) else {
+        return 0;
+    };
     match reg.size() {
         1 if high => (v >> 8) & 0xff,
         1 => v & 0xff,
@@ -43,7 +45,9 @@ pub fn write_gpr(s: &mut VcpuState, reg: Register, value: u32) {
     let Some((i, high)) = gpr_slot(reg) else {
         return;
     };
-    let v = &mut s.gpr[i];
+    let Some(v) = s.gpr.get_mut(i) else {
+        return;
+    };
     match reg.size() {
         1 if high => *v = (*v & !0xff00) | ((value & 0xff) << 8),
         1 => *v = (*v & !0xff) | (value & 0xff),
@@ -157,7 +161,9 @@ pub fn read_mem(
 ) -> Result<u32, Fault> {
     let a = linear(s, seg, off, size, false)?;
     let mut b = [0u8; 4];
-    bus.read_linear(a, &mut b[..size as usize], s.cpl() == 3)?;
+    // Operands are 1, 2 or 4 bytes; a wider one is no instruction the emulator takes.
+    let operand = b.get_mut(..size as usize).ok_or(Fault::ud())?;
+    bus.read_linear(a, operand, s.cpl() == 3)?;
     Ok(u32::from_le_bytes(b))
 }
 
@@ -174,7 +180,9 @@ pub fn write_mem(
     value: u32,
 ) -> Result<(), Fault> {
     let a = linear(s, seg, off, size, true)?;
-    bus.write_linear(a, &value.to_le_bytes()[..size as usize], s.cpl() == 3)
+    let bytes = value.to_le_bytes();
+    let operand = bytes.get(..size as usize).ok_or(Fault::ud())?;
+    bus.write_linear(a, operand, s.cpl() == 3)
 }
 
 /// Reads an r/m operand of `size` bytes.

@@ -91,7 +91,8 @@ pub(crate) fn push_pop(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>)
     if reg == SegReg::Cs {
         return Err(Fault::ud().into());
     }
-    let sel = low16(peek(s, bus, 0, 1, size)?[0]);
+    let [sel] = peek(s, bus, 0, size)?;
+    let sel = low16(sel);
     let e = load_segment(s, bus, reg, sel)?;
     release(s, size);
     if reg == SegReg::Ss {

@@ -46,9 +46,10 @@ impl Fetch<'_> {
             };
             let room = (PAGE_SIZE - at.page_offset()) as usize;
             let n = room.min(buf.len() - done);
-            let got = self
-                .pages
-                .read_original(&self.mem.ram, phys, &mut buf[done..done + n]);
+            let Some(chunk) = buf.get_mut(done..done + n) else {
+                break;
+            };
+            let got = self.pages.read_original(&self.mem.ram, phys, chunk);
             done += got;
             if got < n {
                 break;
@@ -61,12 +62,8 @@ impl Fetch<'_> {
     pub fn decode_at(&self, offset: u32) -> Option<Instruction> {
         let (bytes, n) = self.read(self.linear(offset));
         let bitness = if self.state.code_32() { 32 } else { 16 };
-        let mut decoder = Decoder::with_ip(
-            bitness,
-            &bytes[..n],
-            u64::from(offset),
-            DecoderOptions::NONE,
-        );
+        let code = bytes.get(..n).unwrap_or_default();
+        let mut decoder = Decoder::with_ip(bitness, code, u64::from(offset), DecoderOptions::NONE);
         let instr = decoder.decode();
         (!instr.is_invalid()).then_some(instr)
     }

@@ -32,7 +32,10 @@ impl CodeMemory for RamCode<'_> {
     fn read(&self, addr: u32, buf: &mut [u8]) -> usize {
         let avail = self.0.size().saturating_sub(u64::from(addr));
         let n = buf.len().min(usize::try_from(avail).unwrap_or(usize::MAX));
-        match self.0.read(GuestPhys(addr), &mut buf[..n]) {
+        let Some(buf) = buf.get_mut(..n) else {
+            return 0;
+        };
+        match self.0.read(GuestPhys(addr), buf) {
             Ok(()) => n,
             Err(_) => 0,
         }
@@ -43,7 +46,10 @@ impl CodeMemoryMut for RamCode<'_> {
     fn write(&mut self, addr: u32, data: &[u8]) -> usize {
         let avail = self.0.size().saturating_sub(u64::from(addr));
         let n = data.len().min(usize::try_from(avail).unwrap_or(usize::MAX));
-        match self.0.write(GuestPhys(addr), &data[..n]) {
+        let Some(data) = data.get(..n) else {
+            return 0;
+        };
+        match self.0.write(GuestPhys(addr), data) {
             Ok(()) => n,
             Err(_) => 0,
         }
@@ -113,6 +119,11 @@ impl Snapshot {
         let mut bytes = vec![0u8; len];
         let n = RamCode(ram).read(page, &mut bytes);
         bytes.truncate(n);
+        // The bytes of a run, as far as they were readable.
+        let snapshot = |s: u32, e: u32| -> Box<[u8]> {
+            let end = (e as usize).min(bytes.len());
+            bytes.get(s as usize..end).unwrap_or_default().into()
+        };
         let mut runs: Vec<(u32, Box<[u8]>)> = Vec::new();
         let mut run: Option<(u32, u32)> = None;
         for &start in starts {
@@ -121,15 +132,14 @@ impl Snapshot {
             match run {
                 Some((s, e)) if off <= e => run = Some((s, e.max(off + len))),
                 Some((s, e)) => {
-                    runs.push((s, bytes[s as usize..e as usize].into()));
+                    runs.push((s, snapshot(s, e)));
                     run = Some((off, off + len));
                 }
                 None => run = Some((off, off + len)),
             }
         }
         if let Some((s, e)) = run {
-            let e = e.min(u32::try_from(bytes.len()).unwrap_or(u32::MAX));
-            runs.push((s, bytes[s as usize..e as usize].into()));
+            runs.push((s, snapshot(s, e)));
         }
         let page_end = u64::from(page) + u64::from(PAGE_SIZE);
         Self {
@@ -151,7 +161,7 @@ impl Snapshot {
     fn unchanged(&self, ram: &GuestRam, page: u32) -> bool {
         self.runs.iter().all(|(off, bytes)| {
             let mut now = vec![0u8; bytes.len()];
-            RamCode(ram).read(page + off, &mut now) == bytes.len() && now[..] == bytes[..]
+            RamCode(ram).read(page + off, &mut now) == bytes.len() && *now == **bytes
         })
     }
 
@@ -178,13 +188,10 @@ impl Snapshot {
 fn fall_through_into_next(ram: &GuestRam, patches: &PatchTable, last: u32) -> Option<u32> {
     let mut bytes = [0u8; 15];
     let n = RamCode(ram).read(last, &mut bytes);
-    patches.overlay_originals(last, &mut bytes[..n]);
-    let mut decoder = iced_x86::Decoder::with_ip(
-        32,
-        &bytes[..n],
-        u64::from(last),
-        iced_x86::DecoderOptions::NONE,
-    );
+    let code = bytes.get_mut(..n).unwrap_or_default();
+    patches.overlay_originals(last, code);
+    let mut decoder =
+        iced_x86::Decoder::with_ip(32, code, u64::from(last), iced_x86::DecoderOptions::NONE);
     let instr = decoder.decode();
     let end = last.checked_add(insn_len(&instr))?;
     let falls_through = !instr.is_invalid() && rewriter::flow(&instr).falls_through();
@@ -231,9 +238,12 @@ impl CodeMemory for PagedCode<'_> {
             };
             let room = (PAGE_SIZE - (phys & (PAGE_SIZE - 1))) as usize;
             let n = room.min(buf.len() - done);
-            let got = RamCode(self.ram).read(phys, &mut buf[done..done + n]);
+            let Some(chunk) = buf.get_mut(done..done + n) else {
+                break;
+            };
+            let got = RamCode(self.ram).read(phys, chunk);
             self.patches
-                .overlay_originals(phys, &mut buf[done..done + got]);
+                .overlay_originals(phys, chunk.get_mut(..got).unwrap_or_default());
             done += got;
             if got < n {
                 break;
@@ -810,7 +820,8 @@ impl CodePages {
     /// the originals. Returns how many bytes were readable.
     pub fn read_original(&self, ram: &GuestRam, addr: GuestPhys, buf: &mut [u8]) -> usize {
         let n = RamCode(ram).read(addr.raw(), buf);
-        self.patches.overlay_originals(addr.raw(), &mut buf[..n]);
+        self.patches
+            .overlay_originals(addr.raw(), buf.get_mut(..n).unwrap_or_default());
         n
     }
 }
