@@ -603,6 +603,7 @@ fn run_command(mut args: RunArgs) -> ExitCode {
         RunOutcome::GuestFailure { reason, dump } => {
             eprintln!("vmm: guest stopped: {reason}\n{dump}");
         }
+        RunOutcome::Stopped => eprintln!("vmm: stopped by request"),
     }
     if args.stats {
         eprint!("{}", vm.stats().render(&vm.counters(), STATS_TOP_SITES));
