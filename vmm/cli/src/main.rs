@@ -57,7 +57,8 @@ enum Command {
     /// cannot run guests, 4 when the guest failed (triple fault, escape attempt,
     /// unsupported feature; a register dump is printed), 6 when the guest reset the
     /// machine (i8042 output port or pulse 0xFE, port 0xCF9, port 0x92): the run ends
-    /// there, as QEMU's does with -no-reboot.
+    /// there, as QEMU's does with -no-reboot; 8 when a stop request through the control
+    /// socket (--api-sock, `vmm stop`) ended it.
     Run(Box<RunArgs>),
     /// Nanobenchmarks: cycles per operation of sensitive and ordinary operations,
     /// natively, under the monitor in each execution mode and under QEMU's TCG.
@@ -86,6 +87,12 @@ enum Command {
     /// names the line and field) or could not be reached.
     #[cfg(feature = "kproxy")]
     Policy(kproxy::PolicyArgs),
+    /// Stop a running VM through its control socket (`vmm run --api-sock PATH`): the VM
+    /// answers, then its run ends at the next exit and `vmm run` exits with status 8.
+    ///
+    /// Exit status: 0 once the VM took the request, 1 when it could not be reached.
+    #[cfg(feature = "kproxy")]
+    Stop(kproxy::StopArgs),
     /// Run a service node: perform block and tty services for monitors over gRPC on
     /// loopback, and ship implementations (tty.write) for guests to run themselves.
     ///
@@ -335,6 +342,8 @@ fn main() -> ExitCode {
         Command::Coverage(args) => coverage_command(&args),
         #[cfg(feature = "kproxy")]
         Command::Policy(args) => kproxy::policy_command(&args),
+        #[cfg(feature = "kproxy")]
+        Command::Stop(args) => kproxy::stop_command(&args),
         #[cfg(feature = "kproxy")]
         Command::ServiceNode(args) => kproxy::service_node_command(&args),
     }
