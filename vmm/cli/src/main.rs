@@ -547,7 +547,7 @@ fn run_command(mut args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE_ERROR);
         }
     };
-    // Kernel proxy: bound before the guest runs.
+    // Kernel proxy and control socket: set up before the guest runs.
     #[cfg(feature = "kproxy")]
     let proxy = match kproxy::attach(&mut vm, &args.proxy, &kernel) {
         Ok(proxy) => proxy,
