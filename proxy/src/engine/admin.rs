@@ -1,4 +1,4 @@
-//! `vmm policy show|set`: the client of a running VM's control socket.
+//! `vmm policy show|set` and `vmm stop`: the client of a running VM's control socket.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -89,4 +89,12 @@ pub fn set(path: &Path, text: &str, origin: &str) -> Result<u64, AdminError> {
         &json!({ "op": "set", "policy": text, "origin": origin }),
     )?;
     Ok(answer["generation"].as_u64().unwrap_or_default())
+}
+
+/// Asks the VM behind `path` to stop: it answers, then its run ends at the next exit.
+///
+/// # Errors
+/// As for [`request`].
+pub fn stop(path: &Path) -> Result<(), AdminError> {
+    request(path, &json!({ "op": "stop" })).map(|_| ())
 }

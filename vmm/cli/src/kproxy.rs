@@ -1,5 +1,6 @@
 //! The kernel proxy's commands and options: `vmm run --policy`, `vmm policy`,
-//! `vmm service-node` (feature `kproxy`, on by default).
+//! `vmm service-node` (feature `kproxy`, on by default); and the control socket that
+//! serves them, which every run can have (`vmm run --api-sock`, `vmm stop`).
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -23,9 +24,10 @@ pub struct ProxyArgs {
     /// defaults for the types it names.
     #[arg(long, value_name = "FILE", requires = "policy")]
     pub defaults: Option<PathBuf>,
-    /// Serve the control socket here: one JSON request per line (`{"op":"show"}`,
-    /// `{"op":"set","policy":"<toml>"}`, `{"op":"stats"}`); see `vmm policy`.
-    #[arg(long, value_name = "PATH", requires = "policy")]
+    /// Serve the control socket here: one JSON request per line (`{"op":"stop"}`, and
+    /// with --policy `{"op":"show"}`, `{"op":"set","policy":"<toml>"}`,
+    /// `{"op":"stats"}`); see `vmm stop` and `vmm policy`.
+    #[arg(long, value_name = "PATH")]
     pub api_sock: Option<PathBuf>,
 }
 
@@ -51,6 +53,13 @@ pub enum PolicyAction {
         /// The new policy (TOML, the format of `vmm run --policy`).
         file: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// The VM's control socket.
+    #[arg(long, value_name = "PATH")]
+    api_sock: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -85,6 +94,19 @@ pub fn policy_command(args: &PolicyArgs) -> ExitCode {
     }
 }
 
+pub fn stop_command(args: &StopArgs) -> ExitCode {
+    match admin::stop(&args.api_sock) {
+        Ok(()) => {
+            println!("stop requested");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vmm: error: {e}");
+            ExitCode::from(EXIT_INPUT_ERROR)
+        }
+    }
+}
+
 pub fn service_node_command(args: &ServiceNodeArgs) -> ExitCode {
     match services::node::start(args.listen, &args.services) {
         Ok(node) => {
@@ -101,43 +123,59 @@ pub fn service_node_command(args: &ServiceNodeArgs) -> ExitCode {
     }
 }
 
-/// Sets up the kernel proxy of `vmm run`: loads the policy, attaches it to `vm` as its
-/// entry hook, and serves the control socket. `Ok(None)` without `--policy`.
+/// Sets up the kernel proxy of `vmm run` and its control socket: loads the policy and
+/// attaches it to `vm` as its entry hook (with `--policy`), and serves the control socket
+/// (with `--api-sock`, policy or not). `Ok(None)` with neither.
 ///
 /// # Errors
 /// What was wrong with the policy or the control socket, ready to print.
 pub fn attach(vm: &mut Vm, args: &ProxyArgs, kernel: &[u8]) -> Result<Option<Attached>, String> {
-    let Some(policy) = &args.policy else {
-        return Ok(None);
+    let shared = match &args.policy {
+        None => None,
+        Some(policy) => {
+            let runtime = ProxyRuntime::load(policy, args.defaults.as_deref(), kernel)
+                .map_err(|e| format!("kernel policy: {e}"))?;
+            let shared = Arc::clone(runtime.shared());
+            vm.attach_entry_hook(Box::new(runtime))
+                .map_err(|e| format!("kernel policy: {e}"))?;
+            Some(shared)
+        }
     };
-    let runtime = ProxyRuntime::load(policy, args.defaults.as_deref(), kernel)
-        .map_err(|e| format!("kernel policy: {e}"))?;
-    let shared = Arc::clone(runtime.shared());
-    vm.attach_entry_hook(Box::new(runtime))
-        .map_err(|e| format!("kernel policy: {e}"))?;
     let api = match &args.api_sock {
         None => None,
         Some(path) => {
             let socket_error = |e: io::Error| format!("control socket {}: {e}", path.display());
             let listener = api::bind(path).map_err(socket_error)?;
-            Some(api::spawn(listener, path.clone(), Arc::clone(&shared)).map_err(socket_error)?)
+            let control = api::Control {
+                policy: shared.clone(),
+                stop: vm.stop_handle(),
+            };
+            Some(api::spawn(listener, path.clone(), control).map_err(socket_error)?)
         }
     };
+    if shared.is_none() && api.is_none() {
+        return Ok(None);
+    }
     Ok(Some(Attached { shared, _api: api }))
 }
 
-/// The kernel proxy attached to a running VM.
+/// The kernel proxy and the control socket attached to a running VM.
 #[derive(Debug)]
 pub struct Attached {
-    shared: Arc<SharedPolicy>,
+    /// The kernel policy, with `--policy`.
+    shared: Option<Arc<SharedPolicy>>,
     /// The control socket's thread, when one serves.
     _api: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Attached {
-    /// Prints what the proxy did, after the exit statistics (`--stats`).
+    /// Prints what the proxy did, after the exit statistics (`--stats`); nothing without a
+    /// kernel policy.
     pub fn print_stats(&self) {
-        let c = self.shared.counters();
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let c = shared.counters();
         eprintln!("kernel proxy: {} calls, {} failed", c.calls, c.failed);
         for (service, n) in &c.served {
             eprintln!("  {n:>10}  {service}");
@@ -145,9 +183,12 @@ impl Attached {
     }
 
     /// Adds what the proxy did to the `--stats-json` object: its calls are exits too
-    /// (one trap each), counted by the proxy.
+    /// (one trap each), counted by the proxy. Nothing without a kernel policy.
     pub fn add_stats_json(&self, json: &mut serde_json::Value) {
-        let c = self.shared.counters();
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let c = shared.counters();
         json["kernel_proxy"] =
             serde_json::json!({ "calls": c.calls, "failed": c.failed, "served": c.served });
     }

@@ -57,7 +57,8 @@ enum Command {
     /// cannot run guests, 4 when the guest failed (triple fault, escape attempt,
     /// unsupported feature; a register dump is printed), 6 when the guest reset the
     /// machine (i8042 output port or pulse 0xFE, port 0xCF9, port 0x92): the run ends
-    /// there, as QEMU's does with -no-reboot.
+    /// there, as QEMU's does with -no-reboot; 8 when a stop request through the control
+    /// socket (--api-sock, `vmm stop`) ended it.
     Run(Box<RunArgs>),
     /// Nanobenchmarks: cycles per operation of sensitive and ordinary operations,
     /// natively, under the monitor in each execution mode and under QEMU's TCG.
@@ -86,6 +87,12 @@ enum Command {
     /// names the line and field) or could not be reached.
     #[cfg(feature = "kproxy")]
     Policy(kproxy::PolicyArgs),
+    /// Stop a running VM through its control socket (`vmm run --api-sock PATH`): the VM
+    /// answers, then its run ends at the next exit and `vmm run` exits with status 8.
+    ///
+    /// Exit status: 0 once the VM took the request, 1 when it could not be reached.
+    #[cfg(feature = "kproxy")]
+    Stop(kproxy::StopArgs),
     /// Run a service node: perform block and tty services for monitors over gRPC on
     /// loopback, and ship implementations (tty.write) for guests to run themselves.
     ///
@@ -336,6 +343,8 @@ fn main() -> ExitCode {
         #[cfg(feature = "kproxy")]
         Command::Policy(args) => kproxy::policy_command(&args),
         #[cfg(feature = "kproxy")]
+        Command::Stop(args) => kproxy::stop_command(&args),
+        #[cfg(feature = "kproxy")]
         Command::ServiceNode(args) => kproxy::service_node_command(&args),
     }
 }
@@ -538,7 +547,7 @@ fn run_command(mut args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE_ERROR);
         }
     };
-    // Kernel proxy: bound before the guest runs.
+    // Kernel proxy and control socket: set up before the guest runs.
     #[cfg(feature = "kproxy")]
     let proxy = match kproxy::attach(&mut vm, &args.proxy, &kernel) {
         Ok(proxy) => proxy,
@@ -603,6 +612,7 @@ fn run_command(mut args: RunArgs) -> ExitCode {
         RunOutcome::GuestFailure { reason, dump } => {
             eprintln!("vmm: guest stopped: {reason}\n{dump}");
         }
+        RunOutcome::Stopped => eprintln!("vmm: stopped by request"),
     }
     if args.stats {
         eprint!("{}", vm.stats().render(&vm.counters(), STATS_TOP_SITES));

@@ -34,6 +34,7 @@ mod page_fault;
 pub mod platform;
 pub mod shadow_backend;
 pub mod stats;
+pub mod stop;
 pub mod tc;
 mod translate;
 mod trap;
@@ -59,6 +60,7 @@ use stats::Stats;
 
 pub use code::{EntryHook, HookError};
 pub use platform::spawn_stdin_reader;
+pub use stop::{StopControl, STOPPED_EXIT_STATUS};
 pub use translate::ExecMode;
 
 /// Default guest RAM size.
@@ -194,18 +196,22 @@ pub enum RunOutcome {
         /// The vCPU registers at that point.
         dump: String,
     },
+    /// A stop request ([`Vm::stop_handle`], the control socket's `stop`) ended the run.
+    Stopped,
 }
 
 impl RunOutcome {
     /// The process exit status this outcome maps to: the debug-exit status as QEMU's
     /// isa-debug-exit gives it, 0 for an orderly shutdown, 4 for a guest failure (even, so
-    /// never confused with a debug-exit status).
+    /// never confused with a debug-exit status), [`STOPPED_EXIT_STATUS`] for a stop
+    /// request.
     pub fn exit_code(&self) -> i32 {
         match self {
             RunOutcome::DebugExit { status } => i32::from(status.to_le_bytes()[0]),
             RunOutcome::Shutdown { .. } => 0,
             RunOutcome::Reset => RESET_EXIT_STATUS,
             RunOutcome::GuestFailure { .. } => 4,
+            RunOutcome::Stopped => STOPPED_EXIT_STATUS,
         }
     }
 }
@@ -239,6 +245,8 @@ pub struct Vm {
     debug: Option<debug::DebugSession>,
     /// Translate mode's state (`None` in patch mode).
     tc: Option<translate::Translation>,
+    /// Ends the run when another thread asks ([`stop`]).
+    stop: StopControl,
 }
 
 impl std::fmt::Debug for Vm {
@@ -352,6 +360,7 @@ impl Vm {
             trace: std::env::var_os("VMM_TRACE").is_some_and(|v| v == "1"),
             debug: None,
             tc,
+            stop: StopControl::default(),
         })
     }
 
@@ -458,6 +467,12 @@ impl Vm {
         self.platform.serial_input()
     }
 
+    /// A handle that ends the run from another thread: the run returns
+    /// [`RunOutcome::Stopped`] at its next exit.
+    pub fn stop_handle(&self) -> StopControl {
+        self.stop.clone()
+    }
+
     /// Runs the guest on the calling thread until it stops.
     ///
     /// Before the first guest instruction the seccomp backstop is installed (it is never
@@ -483,6 +498,7 @@ impl Vm {
         // `vmm bench`, the SIGSYS path costs ~11,000 cycles more than an INT3 exit.
         self.code.pages.also_patch.push(rewriter::Class::Int);
         let timer = VcpuTimer::new(&host.kicker())?;
+        let _stop_aimed = self.stop.aim(host.kicker());
         on_start(host.kicker());
         if self.translating() {
             let (page, len) = Self::tc_vcpu_page();
@@ -492,6 +508,11 @@ impl Vm {
         confine::install_monitor_allowlist()?;
         self.cpu.sync_mirrors(ALL_SEGMENTS, None)?;
         loop {
+            // At every exit, and after every wait of a halted guest (a kick ends it).
+            if self.stop.requested() {
+                let _ = timer.disarm();
+                return Ok(RunOutcome::Stopped);
+            }
             if let Some(why) = self.debug_stop_due() {
                 if let Some(outcome) = self.debug_stop(why) {
                     let _ = timer.disarm();
