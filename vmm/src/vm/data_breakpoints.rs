@@ -59,7 +59,7 @@ pub fn enabled(dr: &[u32; 8]) -> Vec<DataBreakpoint> {
             };
             (on && (rw == 0b01 || rw == 0b11)).then(|| DataBreakpoint {
                 slot,
-                start: dr[slot] & !(len - 1),
+                start: dr.get(slot).copied().unwrap_or(0) & !(len - 1),
                 len,
                 reads: rw == 0b11,
             })

@@ -104,6 +104,9 @@ pub enum DebugError {
         /// The linear address.
         addr: GuestLinear,
     },
+    /// The debugger detached.
+    #[error("no debugger is attached")]
+    Detached,
     /// A breakpoint's trap could not be placed.
     #[error("no breakpoint can be placed at {addr}")]
     NoBreakpoint {
@@ -249,7 +252,7 @@ impl DebugGuest<'_> {
     /// # Errors
     /// [`DebugError`] when the address has no RAM behind it or the trap cannot be placed.
     pub fn add_breakpoint(&mut self, addr: GuestLinear) -> Result<(), DebugError> {
-        let session = self.vm.debug.as_mut().expect("a debugger is attached");
+        let session = self.vm.debug.as_mut().ok_or(DebugError::Detached)?;
         if session.breaks.iter().any(|b| b.lin == addr) {
             return Ok(());
         }
@@ -273,7 +276,9 @@ impl DebugGuest<'_> {
 
     /// Removes the breakpoint at `addr`; `false` when there was none.
     pub fn remove_breakpoint(&mut self, addr: GuestLinear) -> bool {
-        let session = self.vm.debug.as_mut().expect("a debugger is attached");
+        let Some(session) = self.vm.debug.as_mut() else {
+            return false;
+        };
         let Some(i) = session.breaks.iter().position(|b| b.lin == addr) else {
             return false;
         };
@@ -301,7 +306,7 @@ impl DebugGuest<'_> {
     ) -> Result<(), DebugError> {
         let mut last = vec![0; len];
         self.read_memory(addr, &mut last)?;
-        let session = self.vm.debug.as_mut().expect("a debugger is attached");
+        let session = self.vm.debug.as_mut().ok_or(DebugError::Detached)?;
         session.watches.push(Watch {
             lin: addr,
             kind,
@@ -313,7 +318,9 @@ impl DebugGuest<'_> {
     /// Removes the watchpoint of `kind` over `len` bytes at `addr`; `false` when there
     /// was none.
     pub fn remove_watchpoint(&mut self, addr: GuestLinear, len: usize, kind: WatchKind) -> bool {
-        let session = self.vm.debug.as_mut().expect("a debugger is attached");
+        let Some(session) = self.vm.debug.as_mut() else {
+            return false;
+        };
         let before = session.watches.len();
         session
             .watches
@@ -363,14 +370,15 @@ fn read_memory(
     addr: GuestLinear,
     buf: &mut [u8],
 ) -> Result<(), DebugError> {
-    let mut off = 0;
-    for (lin, n) in pages(addr, buf.len()) {
+    let mut rest = buf;
+    for (lin, n) in pages(addr, rest.len()) {
         let phys = phys_of(mem, lin)?;
-        let got = code.read_original(&mem.ram, phys, &mut buf[off..off + n]);
+        let (piece, tail) = std::mem::take(&mut rest).split_at_mut(n.min(rest.len()));
+        rest = tail;
+        let got = code.read_original(&mem.ram, phys, piece);
         if got != n {
             return Err(DebugError::Unmapped { addr: lin });
         }
-        off += n;
     }
     Ok(())
 }

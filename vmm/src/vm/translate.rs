@@ -539,7 +539,7 @@ impl Vm {
             };
             return Ok(TcExit::Gate { block, index, stub });
         }
-        let Some((_, entry)) = t.tc.at(rip) else {
+        let Some((block, entry)) = t.tc.at(rip) else {
             return Err(format!(
                 "the CPU stopped at {rip:#010x}, outside every translated block"
             ));
@@ -563,7 +563,6 @@ impl Vm {
                 }
             )
         {
-            let block = t.tc.at(rip).map_or(0, |(b, _)| b);
             let key = t.tc.block(block).key;
             return Err(format!(
                 "translated code faulted at {rip:#010x} in an instruction that touches only monitor state ({:?}): {:?} of the block for guest EIP {:#010x} ({:?}); host CS {:#x} SS {:#x} DS {:#x} ES {:#x} FS {:#x} GS {:#x}",
@@ -725,7 +724,7 @@ impl Vm {
     /// be (#GP rather than #UD).
     fn too_long(&self, site: GuestLinear) -> bool {
         let (bytes, n) = self.fetch().read(site);
-        bytes[..n].iter().all(|b| {
+        bytes.iter().take(n).all(|b| {
             matches!(
                 b,
                 0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x66 | 0x67 | 0xf0 | 0xf2 | 0xf3
