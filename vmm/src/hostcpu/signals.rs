@@ -21,7 +21,8 @@ use super::{cpuid, GATE_TRAMPOLINE_LEN, HOST_CS64, HOST_SS64};
 pub(crate) static GATE_TRAMPOLINE: std::sync::atomic::AtomicU64 =
     std::sync::atomic::AtomicU64::new(0);
 
-/// Size and alignment of a vCPU thread's altstack region (its lowest page is a guard).
+/// Size and alignment of a vCPU thread's altstack region (its lowest page is a guard; the
+/// page above the region is another).
 pub(crate) const ALTSTACK_SIZE: usize = 64 * 1024;
 /// `and rsp` with this aligns down to an altstack boundary (a sign-extended imm32).
 const ALTSTACK_ALIGN_MASK: i32 = -(1 << 16);
@@ -188,7 +189,9 @@ pub(crate) fn unblock_exit_signals() -> io::Result<()> {
     Ok(())
 }
 
-/// An altstack region aligned to its size, with a guard page at the bottom.
+/// An altstack region aligned to its size, between PROT_NONE guard pages: its own lowest
+/// page, and the page above it. A handler that overruns the stack faults instead of
+/// writing over whatever the host placed next to it.
 #[derive(Debug)]
 pub(crate) struct AltStack {
     base: usize,
@@ -229,13 +232,15 @@ impl Drop for AltStack {
         // thread that installed it); then the region is unused and can be unmapped.
         unsafe {
             libc::sigaltstack(&off, std::ptr::null_mut());
-            libc::munmap(self.base as *mut c_void, ALTSTACK_SIZE);
+            libc::munmap(self.base as *mut c_void, ALTSTACK_SIZE + GUARD_SIZE);
         }
     }
 }
 
+/// Maps an [`ALTSTACK_SIZE`]-aligned region of that size plus the guard page above it,
+/// and makes both guard pages PROT_NONE.
 fn map_aligned_region() -> io::Result<usize> {
-    let len = 2 * ALTSTACK_SIZE;
+    let len = 2 * ALTSTACK_SIZE + GUARD_SIZE;
     // SAFETY: a fresh anonymous mapping chosen by the kernel.
     let p = unsafe {
         libc::mmap(
@@ -252,17 +257,29 @@ fn map_aligned_region() -> io::Result<usize> {
     }
     let start = p as usize;
     let base = (start + ALTSTACK_SIZE - 1) & !(ALTSTACK_SIZE - 1);
-    // SAFETY: the head and tail trimmed here are parts of the mapping just made; the guard
-    // page lies inside the kept region.
-    unsafe {
+    let tail = base + ALTSTACK_SIZE + GUARD_SIZE;
+    // SAFETY: the head and tail trimmed here are parts of the mapping just made (`base` is at
+    // most ALTSTACK_SIZE - 1 past `start`, so `tail` lies inside it); both guard pages lie
+    // inside the kept region.
+    let guarded = unsafe {
         if base > start {
             libc::munmap(p, base - start);
         }
-        let tail = base + ALTSTACK_SIZE;
         if start + len > tail {
             libc::munmap(tail as *mut c_void, start + len - tail);
         }
-        libc::mprotect(base as *mut c_void, GUARD_SIZE, libc::PROT_NONE);
+        libc::mprotect(base as *mut c_void, GUARD_SIZE, libc::PROT_NONE) == 0
+            && libc::mprotect(
+                (base + ALTSTACK_SIZE) as *mut c_void,
+                GUARD_SIZE,
+                libc::PROT_NONE,
+            ) == 0
+    };
+    if !guarded {
+        let e = io::Error::last_os_error();
+        // SAFETY: the kept region, referenced by nothing yet.
+        unsafe { libc::munmap(base as *mut c_void, ALTSTACK_SIZE + GUARD_SIZE) };
+        return Err(e);
     }
     Ok(base)
 }
@@ -551,5 +568,62 @@ impl MsgBuf {
             let nib = (v >> (60 - 4 * i)) & 0xf;
             self.push(&[b"0123456789abcdef"[nib as usize]]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The mappings of this process: start, end, permissions.
+    fn maps() -> Vec<(usize, usize, String)> {
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut w = l.split_whitespace();
+                let (a, b) = w.next().unwrap().split_once('-').unwrap();
+                let perms = w.next().unwrap().to_string();
+                (
+                    usize::from_str_radix(a, 16).unwrap(),
+                    usize::from_str_radix(b, 16).unwrap(),
+                    perms,
+                )
+            })
+            .collect()
+    }
+
+    /// The permissions of the page at `addr`.
+    fn perms_at(maps: &[(usize, usize, String)], addr: usize) -> Option<String> {
+        maps.iter()
+            .find(|(a, b, _)| (*a..*b).contains(&addr))
+            .map(|m| m.2.clone())
+    }
+
+    #[test]
+    fn altstack_lies_between_guard_pages() {
+        let stack = AltStack::new().unwrap();
+        let base = stack.base();
+        assert_eq!(base % ALTSTACK_SIZE, 0);
+        let m = maps();
+        assert_eq!(perms_at(&m, base).as_deref(), Some("---p"), "lower guard");
+        assert_eq!(
+            perms_at(&m, base + ALTSTACK_SIZE).as_deref(),
+            Some("---p"),
+            "upper guard"
+        );
+        for page in (base + GUARD_SIZE..base + ALTSTACK_SIZE).step_by(GUARD_SIZE) {
+            assert_eq!(perms_at(&m, page).as_deref(), Some("rw-p"), "{page:#x}");
+        }
+        // The signal stack the kernel uses is the part between the guards.
+        let mut cur: libc::stack_t = libc::stack_t {
+            ss_sp: std::ptr::null_mut(),
+            ss_flags: 0,
+            ss_size: 0,
+        };
+        // SAFETY: queries the calling thread's altstack into a live local.
+        assert_eq!(unsafe { libc::sigaltstack(std::ptr::null(), &mut cur) }, 0);
+        assert_eq!(cur.ss_sp as usize, base + GUARD_SIZE);
+        assert_eq!(cur.ss_size, ALTSTACK_SIZE - GUARD_SIZE);
     }
 }
