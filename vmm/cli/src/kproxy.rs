@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 use proxy::engine::{admin, api, ProxyRuntime, SharedPolicy};
-use vmm::vm::Vm;
+use vmm::vm::{SyscallNeeds, Vm};
 
 use crate::{EXIT_INPUT_ERROR, EXIT_USAGE_ERROR};
 
@@ -102,11 +102,17 @@ pub fn service_node_command(args: &ServiceNodeArgs) -> ExitCode {
 }
 
 /// Sets up the kernel proxy of `vmm run`: loads the policy, attaches it to `vm` as its
-/// entry hook, and serves the control socket. `Ok(None)` without `--policy`.
+/// entry hook, and serves the control socket when `serve` is set. `Ok(None)` without
+/// `--policy`.
 ///
 /// # Errors
 /// What was wrong with the policy or the control socket, ready to print.
-pub fn attach(vm: &mut Vm, args: &ProxyArgs, kernel: &[u8]) -> Result<Option<Attached>, String> {
+pub fn attach(
+    vm: &mut Vm,
+    args: &ProxyArgs,
+    kernel: &[u8],
+    serve: bool,
+) -> Result<Option<Attached>, String> {
     let Some(policy) = &args.policy else {
         return Ok(None);
     };
@@ -115,7 +121,7 @@ pub fn attach(vm: &mut Vm, args: &ProxyArgs, kernel: &[u8]) -> Result<Option<Att
     let shared = Arc::clone(runtime.shared());
     vm.attach_entry_hook(Box::new(runtime))
         .map_err(|e| format!("kernel policy: {e}"))?;
-    let api = match &args.api_sock {
+    let api = match args.api_sock.as_ref().filter(|_| serve) {
         None => None,
         Some(path) => {
             let socket_error = |e: io::Error| format!("control socket {}: {e}", path.display());
@@ -123,18 +129,36 @@ pub fn attach(vm: &mut Vm, args: &ProxyArgs, kernel: &[u8]) -> Result<Option<Att
             Some(api::spawn(listener, path.clone(), Arc::clone(&shared)).map_err(socket_error)?)
         }
     };
-    Ok(Some(Attached { shared, _api: api }))
+    Ok(Some(Attached {
+        shared,
+        control_socket: args.api_sock.is_some(),
+        _api: api,
+    }))
 }
 
 /// The kernel proxy attached to a running VM.
 #[derive(Debug)]
 pub struct Attached {
     shared: Arc<SharedPolicy>,
+    /// Whether the run serves the control socket.
+    control_socket: bool,
     /// The control socket's thread, when one serves.
     _api: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Attached {
+    /// What the proxy needs once the guest runs: its services (files opened at their
+    /// first call), the control socket's clients, and gRPC when the policy or the default
+    /// table names a service node, or a policy set through the control socket could.
+    pub fn syscall_needs(&self) -> SyscallNeeds {
+        SyscallNeeds {
+            kernel_proxy: true,
+            control_socket: self.control_socket,
+            service_nodes: self.control_socket || self.shared.proxy.names_service_nodes(),
+            ..SyscallNeeds::default()
+        }
+    }
+
     /// Prints what the proxy did, after the exit statistics (`--stats`).
     pub fn print_stats(&self) {
         let c = self.shared.counters();

@@ -14,8 +14,11 @@ use std::sync::Mutex;
 
 use super::entry::{entry_window, landing_pad, CpuBlock, Landing, OFF_HOST_FSBASE, OFF_SEL_DS};
 use super::regs::{greg, low16, low32, low8, reg64, reg_index};
+use super::seccomp::{
+    record_refused, syscall_name, AUDIT_ARCH_X86_64, REFUSED_DATA, SYSCALL_REFUSED_EXIT_STATUS,
+};
 use super::timer::{kick_signal, timer_signal};
-use super::{cpuid, GATE_TRAMPOLINE_LEN, HOST_CS64, HOST_SS64};
+use super::{cpuid, GATE_TRAMPOLINE_LEN, HOST_CS64, HOST_SS64, SYS_SECCOMP};
 
 /// Where the gate trampoline lies in the monitor window (0: none).
 pub(crate) static GATE_TRAMPOLINE: std::sync::atomic::AtomicU64 =
@@ -370,6 +373,14 @@ unsafe extern "C" fn on_vcpu_signal(
             shared.pending.store(1, Ordering::Release);
             return;
         }
+        // SAFETY: `info` is the kernel's siginfo.
+        if let Some(nr) = unsafe { refused_syscall_nr(signo, si_code, info, rip) } {
+            // The syscall did not run: it fails with EPERM, and the run loop, seeing the
+            // refusal recorded, stops the VM with the diagnostic.
+            report_refused(nr, rip);
+            g[reg_index(libc::REG_RAX)] = -i64::from(libc::EPERM);
+            return;
+        }
         if signo == libc::SIGSEGV
             && g[reg_index(libc::REG_TRAPNO)] == TRAP_GP
             && is_cpuid_at(rip)
@@ -498,7 +509,65 @@ unsafe extern "C" fn on_foreign_signal(
             reg64((*uc.cast::<libc::ucontext_t>()).uc_mcontext.gregs[reg_index(libc::REG_RIP)]),
         )
     };
+    // SAFETY: `info` is the kernel's siginfo.
+    if let Some(nr) = unsafe { refused_syscall_nr(signo, si_code, info, rip) } {
+        // No run loop here to stop the VM in order: say why and end the process.
+        report_refused(nr, rip);
+        // SAFETY: exit_group ends the process; it is on every allowlist.
+        unsafe { libc::syscall(libc::SYS_exit_group, SYSCALL_REFUSED_EXIT_STATUS) };
+        return;
+    }
     die(signo, si_code, rip);
+}
+
+const SI_ERRNO_OFFSET: usize = 4;
+/// `_sigsys._arch` in the kernel's siginfo_t on x86-64.
+const SI_ARCH_OFFSET: usize = 28;
+
+/// The number of the monitor syscall this signal reports the wall refused: a seccomp
+/// SIGSYS carrying [`REFUSED_DATA`], for a 64-bit syscall made above 4 GiB. Guest
+/// syscalls trap with data 0, from below 4 GiB or with the 32-bit ABI.
+///
+/// # Safety
+/// `info` points to the kernel's siginfo_t for `signo`.
+unsafe fn refused_syscall_nr(
+    signo: libc::c_int,
+    si_code: i32,
+    info: *const libc::siginfo_t,
+    rip: u64,
+) -> Option<u32> {
+    if signo != libc::SIGSYS || si_code != SYS_SECCOMP || rip < 1 << 32 {
+        return None;
+    }
+    // SAFETY: a seccomp SIGSYS fills si_errno and the _sigsys fields.
+    let (data, nr, arch) = unsafe {
+        (
+            siginfo_i32(info, SI_ERRNO_OFFSET),
+            siginfo_i32(info, SI_SYSCALL_OFFSET),
+            siginfo_i32(info, SI_ARCH_OFFSET),
+        )
+    };
+    let arch = u32::from_ne_bytes(arch.to_ne_bytes());
+    if data != i32::from(REFUSED_DATA) || arch != AUDIT_ARCH_X86_64 {
+        return None;
+    }
+    u32::try_from(nr).ok()
+}
+
+/// Writes the one line that says which monitor syscall the wall refused, and records it
+/// for the run loop. Async-signal-safe: a stack buffer and a raw write.
+fn report_refused(nr: u32, rip: u64) {
+    record_refused(nr, rip);
+    let mut msg = MsgBuf::default();
+    msg.push(b"vmm: seccomp wall: refused monitor syscall ");
+    msg.push_dec(i64::from(nr));
+    msg.push(b" (");
+    msg.push(syscall_name(nr).unwrap_or("?").as_bytes());
+    msg.push(b") at 0x");
+    msg.push_hex(rip);
+    msg.push(b"\n");
+    // SAFETY: write is async-signal-safe; the message is a live local.
+    unsafe { libc::write(2, msg.buf.as_ptr().cast(), msg.len) };
 }
 
 /// A fault in monitor code is a monitor bug: say so, restore the default action and

@@ -20,7 +20,7 @@
 mod breakpoints;
 mod classify;
 pub mod code;
-mod confine;
+pub mod confine;
 pub mod context;
 pub mod cpu;
 pub mod data_breakpoints;
@@ -40,7 +40,7 @@ mod trap;
 
 use std::io::Write;
 
-use crate::devices::{lock, BusError, DiskError, ImageFile, Unit};
+use crate::devices::{lock, BusError, Disk, DiskError, ImageFile, Unit};
 use crate::firmware::{write_firmware, FirmwareError, MachineLayout};
 use crate::hostcpu::timer::{Kicker, TimerError, VcpuTimer};
 use crate::hostcpu::{self, ldt::LdtError, HostCpu, HostCpuError};
@@ -57,7 +57,9 @@ use guest_memory::GuestMemory;
 use platform::Platform;
 use stats::Stats;
 
+pub use crate::hostcpu::seccomp::{RefusedSyscall, SYSCALL_REFUSED_EXIT_STATUS};
 pub use code::{EntryHook, HookError};
+pub use confine::{MonitorAllowlist, SyscallNeeds};
 pub use platform::spawn_stdin_reader;
 pub use translate::ExecMode;
 
@@ -194,18 +196,23 @@ pub enum RunOutcome {
         /// The vCPU registers at that point.
         dump: String,
     },
+    /// The seccomp wall refused a syscall the monitor made ([`confine`]); the exit handler
+    /// has already written this diagnostic to stderr.
+    SyscallRefused(RefusedSyscall),
 }
 
 impl RunOutcome {
     /// The process exit status this outcome maps to: the debug-exit status as QEMU's
-    /// isa-debug-exit gives it, 0 for an orderly shutdown, 4 for a guest failure (even, so
-    /// never confused with a debug-exit status).
+    /// isa-debug-exit gives it, 0 for an orderly shutdown, 4 for a guest failure, 6 for a
+    /// reset, 8 for a refused monitor syscall (even, so never confused with a debug-exit
+    /// status).
     pub fn exit_code(&self) -> i32 {
         match self {
             RunOutcome::DebugExit { status } => i32::from(status.to_le_bytes()[0]),
             RunOutcome::Shutdown { .. } => 0,
             RunOutcome::Reset => RESET_EXIT_STATUS,
             RunOutcome::GuestFailure { .. } => 4,
+            RunOutcome::SyscallRefused(_) => SYSCALL_REFUSED_EXIT_STATUS,
         }
     }
 }
@@ -239,6 +246,8 @@ pub struct Vm {
     debug: Option<debug::DebugSession>,
     /// Translate mode's state (`None` in patch mode).
     tc: Option<translate::Translation>,
+    /// What the monitor may still do once the guest runs ([`confine`]).
+    syscall_needs: SyscallNeeds,
 }
 
 impl std::fmt::Debug for Vm {
@@ -322,9 +331,13 @@ impl Vm {
     pub fn new(config: VmConfig) -> Result<Self, VmError> {
         // Opened and checked now: once the guest runs, the monitor may only read and write.
         let mut disks = Vec::new();
+        let mut syscall_needs = SyscallNeeds::default();
         for (unit, image) in [Unit::Master, Unit::Slave].into_iter().zip(&config.disks) {
             if let Some(d) = image {
-                disks.push((unit, ImageFile::open(&d.path, d.read_only)?));
+                let file = ImageFile::open(&d.path, d.read_only)?;
+                syscall_needs.disk_reads = true;
+                syscall_needs.disk_writes |= !file.is_read_only();
+                disks.push((unit, file));
             }
         }
         let mut ram = GuestRam::new(config.mem_size)?;
@@ -352,6 +365,7 @@ impl Vm {
             trace: std::env::var_os("VMM_TRACE").is_some_and(|v| v == "1"),
             debug: None,
             tc,
+            syscall_needs,
         })
     }
 
@@ -463,7 +477,9 @@ impl Vm {
     /// Before the first guest instruction the seccomp backstop is installed (it is never
     /// lifted: every later thread of the process inherits it) and CPUID faulting is turned
     /// on where the host has it. `on_start` runs next (to start device threads); then every
-    /// thread of the process is held to the monitor's syscall allowlist for good.
+    /// thread of the process is held to the monitor's syscall allowlist for good
+    /// ([`Vm::monitor_allowlist`]); a syscall off it ends the run with
+    /// [`RunOutcome::SyscallRefused`].
     ///
     /// # Errors
     /// [`VmError`] for monitor-side failures; guest misbehaviour is a [`RunOutcome`].
@@ -489,9 +505,13 @@ impl Vm {
             self.cpu.mirrors.install_translation(page, len)?;
             self.cpu.mirrors.window = Some(tc::WINDOW_START);
         }
-        confine::install_monitor_allowlist()?;
+        self.monitor_allowlist().install()?;
         self.cpu.sync_mirrors(ALL_SEGMENTS, None)?;
         loop {
+            if let Some(refused) = hostcpu::seccomp::refused_syscall() {
+                let _ = timer.disarm();
+                return Ok(RunOutcome::SyscallRefused(refused));
+            }
             if let Some(why) = self.debug_stop_due() {
                 if let Some(outcome) = self.debug_stop(why) {
                     let _ = timer.disarm();
