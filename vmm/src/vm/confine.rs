@@ -604,6 +604,17 @@ mod tests {
     }
 
     #[test]
+    fn a_refusal_ends_the_run_with_its_own_status() {
+        let refused =
+            super::super::RunOutcome::SyscallRefused(crate::hostcpu::seccomp::RefusedSyscall {
+                nr: 41,
+                rip: 1 << 40,
+            });
+        assert_eq!(refused.exit_code(), SYSCALL_REFUSED_EXIT_STATUS);
+        assert_eq!(SYSCALL_REFUSED_EXIT_STATUS, 8);
+    }
+
+    #[test]
     fn every_list_fits_one_filter() {
         let all = SyscallNeeds {
             disk_reads: true,
