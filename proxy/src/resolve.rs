@@ -191,6 +191,19 @@ impl KernelProxy {
         *self.defaults.write() = Arc::new(defaults);
     }
 
+    /// Whether the policy in force or the default table names a service on a service
+    /// node (which the proxy reaches over gRPC when a call comes).
+    pub fn names_service_nodes(&self) -> bool {
+        let policy = self.policy.current();
+        let defaults = self.defaults();
+        ServiceType::ALL.into_iter().any(|ty| {
+            [policy.service(ty), defaults.service(ty)]
+                .into_iter()
+                .flatten()
+                .any(|spec| spec.node.is_some())
+        })
+    }
+
     /// Counters of how each type's calls were served.
     pub fn stats(&self) -> BTreeMap<ServiceType, TypeStats> {
         self.stats.lock().clone()

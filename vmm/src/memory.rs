@@ -116,7 +116,7 @@ pub enum MemoryError {
 }
 
 /// Guest physical memory: one memfd, seen by the monitor through a shared mapping above
-/// 4 GiB.
+/// 4 GiB, between PROT_NONE guard pages.
 ///
 /// The guest sees the same pages through linear mappings ([`LinearSpace::map`]), so the
 /// accessors copy through raw pointers and never hand out references that could be held
@@ -278,7 +278,8 @@ impl GuestRam {
 /// The monitor's own memory in the monitor window (the translation cache, its lookup
 /// tables, the gate, the vCPU page): one memfd, mapped into the window with the
 /// protections each part needs ([`LinearSpace::map_monitor`]) and written only through
-/// this value's view above 4 GiB, so no address is ever writable and executable at once.
+/// this value's view above 4 GiB (between PROT_NONE guard pages), so no address is ever
+/// writable and executable at once.
 pub struct WindowMemory {
     fd: OwnedFd,
     view: NonNull<u8>,
@@ -336,16 +337,16 @@ impl WindowMemory {
 
 impl Drop for WindowMemory {
     fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, referenced by nothing once `self` drops.
-        unsafe { libc::munmap(self.view.as_ptr().cast(), self.size) };
+        // SAFETY: the view made in `new`, referenced by nothing once `self` drops.
+        unsafe { unmap_view(self.view, self.size) };
     }
 }
 
 impl Drop for GuestRam {
     fn drop(&mut self) {
-        // SAFETY: `view`/`size` describe the mapping made in `new`, which nothing else
+        // SAFETY: `view`/`size` describe the view made in `new`, which nothing else
         // references once `self` is dropped.
-        unsafe { libc::munmap(self.view.as_ptr().cast(), self.size) };
+        unsafe { unmap_view(self.view, self.size) };
     }
 }
 
@@ -366,23 +367,60 @@ fn create_memfd(name: &std::ffi::CStr, size: u64) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// The PROT_NONE guard page on each side of a monitor view.
+pub const VIEW_GUARD: usize = 4096;
+
+/// Maps `size` bytes of `fd` shared and writable, between two PROT_NONE guard pages: a
+/// monitor access that runs off either end of the view faults instead of reaching
+/// whatever the host placed beside it. [`unmap_view`] takes all three back.
 fn map_view(fd: &OwnedFd, size: usize) -> io::Result<NonNull<u8>> {
-    // SAFETY: a fresh shared mapping chosen by the kernel (no MAP_FIXED), so it cannot
-    // replace any existing mapping.
-    let p = unsafe {
+    let total = size
+        .checked_add(2 * VIEW_GUARD)
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: a fresh anonymous reservation chosen by the kernel (no MAP_FIXED), so it
+    // cannot replace any existing mapping.
+    let reserve = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
+            total,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if reserve == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let view = reserve as usize + VIEW_GUARD;
+    // SAFETY: MAP_FIXED over the middle of the reservation just made, which nothing else
+    // references; the guard pages on either side stay PROT_NONE.
+    let p = unsafe {
+        libc::mmap(
+            view as *mut c_void,
             size,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
+            libc::MAP_SHARED | libc::MAP_FIXED,
             fd.as_raw_fd(),
             0,
         )
     };
     if p == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
+        let e = io::Error::last_os_error();
+        // SAFETY: the reservation made above, referenced by nothing.
+        unsafe { libc::munmap(reserve, total) };
+        return Err(e);
     }
     NonNull::new(p.cast()).ok_or_else(|| io::Error::from(io::ErrorKind::AddrNotAvailable))
+}
+
+/// Unmaps a view made by [`map_view`] with its guard pages.
+///
+/// # Safety
+/// `view` and `size` are those of a live [`map_view`] mapping that nothing references.
+unsafe fn unmap_view(view: NonNull<u8>, size: usize) {
+    // SAFETY: the caller's promise; the guard pages were reserved with the view.
+    unsafe { libc::munmap(view.as_ptr().sub(VIEW_GUARD).cast(), size + 2 * VIEW_GUARD) };
 }
 
 /// Host protection of a linear mapping.
@@ -764,6 +802,48 @@ mod tests {
                 "{msg}"
             );
         }
+    }
+
+    /// The permissions of the mapping holding `addr` in /proc/self/maps.
+    fn perms_at(addr: usize) -> Option<String> {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        maps.lines().find_map(|l| {
+            let mut w = l.split_whitespace();
+            let (a, b) = w.next()?.split_once('-')?;
+            let range = usize::from_str_radix(a, 16).ok()?..usize::from_str_radix(b, 16).ok()?;
+            range
+                .contains(&addr)
+                .then(|| w.next().unwrap_or("").to_string())
+        })
+    }
+
+    /// The view at `base` of `size` bytes is shared and writable, with a PROT_NONE page on
+    /// each side.
+    fn assert_guarded(base: usize, size: usize) {
+        assert_eq!(perms_at(base - 1).as_deref(), Some("---p"), "guard below");
+        assert_eq!(perms_at(base - VIEW_GUARD).as_deref(), Some("---p"));
+        assert_eq!(perms_at(base).as_deref(), Some("rw-s"), "the view");
+        assert_eq!(perms_at(base + size - 1).as_deref(), Some("rw-s"));
+        assert_eq!(
+            perms_at(base + size).as_deref(),
+            Some("---p"),
+            "guard above"
+        );
+        assert_eq!(
+            perms_at(base + size + VIEW_GUARD - 1).as_deref(),
+            Some("---p")
+        );
+    }
+
+    #[test]
+    fn monitor_views_lie_between_guard_pages() {
+        let ram = GuestRam::new(MIN_RAM_SIZE).unwrap();
+        assert_guarded(
+            usize::try_from(ram.host_base().raw()).unwrap(),
+            usize::try_from(MIN_RAM_SIZE).unwrap(),
+        );
+        let window = WindowMemory::new(64 << 10).unwrap();
+        assert_guarded(window.bytes().as_ptr() as usize, 64 << 10);
     }
 
     #[test]

@@ -7,15 +7,17 @@
 //! is dropped), Ctrl-A x, a panic (a panic hook), and SIGINT, SIGTERM, SIGHUP or SIGQUIT
 //! sent to the monitor (blocked in every thread and read from a signalfd by a thread of
 //! their own, which restores the terminal and then dies of the signal as it would have).
-//! Only SIGKILL, and the seccomp allowlist killing the process, leave it raw.
+//! Only SIGKILL, and the seccomp wall refusing a syscall outside the vCPU thread (the
+//! process exits at once), leave it raw.
 //!
 //! When standard input is no terminal (a pipe, a file) nothing changes: bytes pass to the
 //! guest as they are, and signals act as they always do.
 //!
 //! After start-up the monitor holds every thread to a seccomp allowlist
-//! (`vmm::vm::confine`). Restoring needs `ioctl` (TCSETS), `write` for the message and
-//! `rt_sigaction`, `rt_sigprocmask`, `getpid`/`gettid` and `tgkill` to die of the signal,
-//! or `exit_group`: all are on the list. The signalfd is made before the list applies.
+//! (`vmm::vm::confine`). Restoring needs `ioctl` (TCGETS and TCSETS, on the list when the
+//! terminal is raw: [`Console::is_raw`]), `write` for the message and `rt_sigaction`,
+//! `rt_sigprocmask`, `getpid`/`gettid` and `tgkill` to die of the signal, or `exit_group`:
+//! all are on the list. The signalfd is made before the list applies.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -162,6 +164,12 @@ impl Console {
             return Self { raw: false };
         }
         Self { raw: true }
+    }
+
+    /// Whether standard input is a terminal in raw mode (whose settings come back at the
+    /// end).
+    pub fn is_raw(&self) -> bool {
+        self.raw
     }
 
     /// Feeds standard input to the guest's COM1: through the escape keys when the

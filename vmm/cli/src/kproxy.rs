@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 use proxy::engine::{admin, api, ProxyRuntime, SharedPolicy};
-use vmm::vm::Vm;
+use vmm::vm::{SyscallNeeds, Vm};
 
 use crate::{EXIT_INPUT_ERROR, EXIT_USAGE_ERROR};
 
@@ -125,11 +125,16 @@ pub fn service_node_command(args: &ServiceNodeArgs) -> ExitCode {
 
 /// Sets up the kernel proxy of `vmm run` and its control socket: loads the policy and
 /// attaches it to `vm` as its entry hook (with `--policy`), and serves the control socket
-/// (with `--api-sock`, policy or not). `Ok(None)` with neither.
+/// (with `--api-sock`, policy or not) when `serve` is set. `Ok(None)` with neither.
 ///
 /// # Errors
 /// What was wrong with the policy or the control socket, ready to print.
-pub fn attach(vm: &mut Vm, args: &ProxyArgs, kernel: &[u8]) -> Result<Option<Attached>, String> {
+pub fn attach(
+    vm: &mut Vm,
+    args: &ProxyArgs,
+    kernel: &[u8],
+    serve: bool,
+) -> Result<Option<Attached>, String> {
     let shared = match &args.policy {
         None => None,
         Some(policy) => {
@@ -141,7 +146,7 @@ pub fn attach(vm: &mut Vm, args: &ProxyArgs, kernel: &[u8]) -> Result<Option<Att
             Some(shared)
         }
     };
-    let api = match &args.api_sock {
+    let api = match args.api_sock.as_ref().filter(|_| serve) {
         None => None,
         Some(path) => {
             let socket_error = |e: io::Error| format!("control socket {}: {e}", path.display());
@@ -153,10 +158,14 @@ pub fn attach(vm: &mut Vm, args: &ProxyArgs, kernel: &[u8]) -> Result<Option<Att
             Some(api::spawn(listener, path.clone(), control).map_err(socket_error)?)
         }
     };
-    if shared.is_none() && api.is_none() {
+    if shared.is_none() && args.api_sock.is_none() {
         return Ok(None);
     }
-    Ok(Some(Attached { shared, _api: api }))
+    Ok(Some(Attached {
+        shared,
+        control_socket: args.api_sock.is_some(),
+        _api: api,
+    }))
 }
 
 /// The kernel proxy and the control socket attached to a running VM.
@@ -164,11 +173,30 @@ pub fn attach(vm: &mut Vm, args: &ProxyArgs, kernel: &[u8]) -> Result<Option<Att
 pub struct Attached {
     /// The kernel policy, with `--policy`.
     shared: Option<Arc<SharedPolicy>>,
+    /// Whether the run serves the control socket.
+    control_socket: bool,
     /// The control socket's thread, when one serves.
     _api: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Attached {
+    /// What the proxy and the control socket need once the guest runs: the proxy's
+    /// services (files opened at their first call), the control socket's clients, and
+    /// gRPC when the policy or the default table names a service node, or a policy set
+    /// through the control socket could.
+    pub fn syscall_needs(&self) -> SyscallNeeds {
+        SyscallNeeds {
+            kernel_proxy: self.shared.is_some(),
+            control_socket: self.control_socket,
+            service_nodes: self.control_socket
+                || self
+                    .shared
+                    .as_ref()
+                    .is_some_and(|s| s.proxy.names_service_nodes()),
+            ..SyscallNeeds::default()
+        }
+    }
+
     /// Prints what the proxy did, after the exit statistics (`--stats`); nothing without a
     /// kernel policy.
     pub fn print_stats(&self) {

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use vmm::addr::GuestLinear;
 use vmm::memory::MAX_RAM_SIZE;
-use vmm::vm::{DiskImage, RunOutcome, Vm, VmConfig};
+use vmm::vm::{DiskImage, RunOutcome, SyscallNeeds, Vm, VmConfig};
 #[cfg(feature = "kproxy")]
 use vmm_cli::kproxy;
 use vmm_cli::scan::{self, ScanError, ScanOptions};
@@ -58,7 +58,8 @@ enum Command {
     /// unsupported feature; a register dump is printed), 6 when the guest reset the
     /// machine (i8042 output port or pulse 0xFE, port 0xCF9, port 0x92): the run ends
     /// there, as QEMU's does with -no-reboot; 8 when a stop request through the control
-    /// socket (--api-sock, `vmm stop`) ended it.
+    /// socket (--api-sock, `vmm stop`) ended it; 10 when the seccomp wall refused a syscall
+    /// the monitor made once the guest ran (a line on stderr names it).
     Run(Box<RunArgs>),
     /// Nanobenchmarks: cycles per operation of sensitive and ordinary operations,
     /// natively, under the monitor in each execution mode and under QEMU's TCG.
@@ -207,6 +208,11 @@ struct RunArgs {
     #[cfg(feature = "kproxy")]
     #[command(flatten)]
     proxy: kproxy::ProxyArgs,
+    /// Print the syscalls the monitor is held to once the guest runs with this
+    /// configuration (the seccomp wall), one per line with the parts that need them, and
+    /// exit without running the guest. The inputs are checked as for a run.
+    #[arg(long)]
+    print_syscalls: bool,
 }
 
 /// Parses a memory size: bytes, or a number with a K/M/G suffix (KiB, MiB, GiB).
@@ -528,8 +534,6 @@ fn run_command(mut args: RunArgs) -> ExitCode {
         },
         None => None,
     };
-    // Before any other thread starts: the console's signals are blocked in all of them.
-    let console = console::Console::attach();
     let config = VmConfig {
         mem_size: args.mem,
         kernel: kernel.clone(),
@@ -547,17 +551,8 @@ fn run_command(mut args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE_ERROR);
         }
     };
-    // Kernel proxy and control socket: set up before the guest runs.
-    #[cfg(feature = "kproxy")]
-    let proxy = match kproxy::attach(&mut vm, &args.proxy, &kernel) {
-        Ok(proxy) => proxy,
-        Err(e) => {
-            eprintln!("vmm: error: {e}");
-            return ExitCode::from(EXIT_USAGE_ERROR);
-        }
-    };
     #[cfg(feature = "gdb")]
-    let gdb_pending = {
+    let gdb_address = {
         let address = match (&args.gdb, args.gdb_default) {
             (Some(a), _) => Some(a.clone()),
             (None, true) => Some("0.0.0.0:1234".to_string()),
@@ -567,16 +562,63 @@ fn run_command(mut args: RunArgs) -> ExitCode {
             eprintln!("vmm: error: -S waits for gdb: give --gdb tcp::PORT or -s too");
             return ExitCode::from(EXIT_USAGE_ERROR);
         }
-        match address.map(|a| vmm_cli::gdb::attach(&mut vm, &a, args.gdb_wait).map_err(|e| (a, e)))
-        {
-            None => None,
-            Some(Ok(p)) => Some(p),
-            Some(Err((a, e))) => {
-                eprintln!("vmm: error: --gdb: cannot listen on {a}: {e}");
+        address
+    };
+    // What the parts around the engine need once the guest runs (the engine adds its
+    // own): the terminal, the gdb stub, the kernel proxy.
+    let mut needs = SyscallNeeds::default();
+    #[cfg(feature = "gdb")]
+    {
+        needs.gdb_stub = gdb_address.is_some();
+    }
+    if args.print_syscalls {
+        use std::io::IsTerminal;
+        needs.terminal = io::stdin().is_terminal();
+        // The policy is loaded and checked, its control socket not served.
+        #[cfg(feature = "kproxy")]
+        match kproxy::attach(&mut vm, &args.proxy, &kernel, false) {
+            Ok(proxy) => {
+                if let Some(proxy) = &proxy {
+                    needs = needs.union(proxy.syscall_needs());
+                }
+            }
+            Err(e) => {
+                eprintln!("vmm: error: {e}");
                 return ExitCode::from(EXIT_USAGE_ERROR);
             }
         }
+        vm.add_syscall_needs(needs);
+        print!("{}", vm.monitor_allowlist());
+        return ExitCode::SUCCESS;
+    }
+    // Before any other thread starts: the console's signals are blocked in all of them.
+    let console = console::Console::attach();
+    needs.terminal = console.is_raw();
+    // Kernel proxy: bound before the guest runs.
+    #[cfg(feature = "kproxy")]
+    let proxy = match kproxy::attach(&mut vm, &args.proxy, &kernel, true) {
+        Ok(proxy) => proxy,
+        Err(e) => {
+            eprintln!("vmm: error: {e}");
+            return ExitCode::from(EXIT_USAGE_ERROR);
+        }
     };
+    #[cfg(feature = "kproxy")]
+    if let Some(proxy) = &proxy {
+        needs = needs.union(proxy.syscall_needs());
+    }
+    #[cfg(feature = "gdb")]
+    let gdb_pending = match gdb_address
+        .map(|a| vmm_cli::gdb::attach(&mut vm, &a, args.gdb_wait).map_err(|e| (a, e)))
+    {
+        None => None,
+        Some(Ok(p)) => Some(p),
+        Some(Err((a, e))) => {
+            eprintln!("vmm: error: --gdb: cannot listen on {a}: {e}");
+            return ExitCode::from(EXIT_USAGE_ERROR);
+        }
+    };
+    vm.add_syscall_needs(needs);
     #[cfg(feature = "gdb")]
     let mut gdb_stub = None;
     let input = vm.serial_input();
@@ -613,6 +655,8 @@ fn run_command(mut args: RunArgs) -> ExitCode {
             eprintln!("vmm: guest stopped: {reason}\n{dump}");
         }
         RunOutcome::Stopped => eprintln!("vmm: stopped by request"),
+        // The exit handler wrote the diagnostic when the wall refused the syscall.
+        RunOutcome::SyscallRefused(_) => {}
     }
     if args.stats {
         eprint!("{}", vm.stats().render(&vm.counters(), STATS_TOP_SITES));

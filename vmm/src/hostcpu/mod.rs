@@ -38,6 +38,7 @@ pub mod ldt;
 mod regs;
 pub mod seccomp;
 mod signals;
+mod syscall_names;
 pub mod timer;
 
 use std::cell::Cell;

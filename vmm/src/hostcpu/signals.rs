@@ -14,14 +14,18 @@ use std::sync::Mutex;
 
 use super::entry::{entry_window, landing_pad, CpuBlock, Landing, OFF_HOST_FSBASE, OFF_SEL_DS};
 use super::regs::{greg, low16, low32, low8, reg64, reg_index};
+use super::seccomp::{
+    record_refused, syscall_name, AUDIT_ARCH_X86_64, REFUSED_DATA, SYSCALL_REFUSED_EXIT_STATUS,
+};
 use super::timer::{kick_signal, timer_signal};
-use super::{cpuid, GATE_TRAMPOLINE_LEN, HOST_CS64, HOST_SS64};
+use super::{cpuid, GATE_TRAMPOLINE_LEN, HOST_CS64, HOST_SS64, SYS_SECCOMP};
 
 /// Where the gate trampoline lies in the monitor window (0: none).
 pub(crate) static GATE_TRAMPOLINE: std::sync::atomic::AtomicU64 =
     std::sync::atomic::AtomicU64::new(0);
 
-/// Size and alignment of a vCPU thread's altstack region (its lowest page is a guard).
+/// Size and alignment of a vCPU thread's altstack region (its lowest page is a guard; the
+/// page above the region is another).
 pub(crate) const ALTSTACK_SIZE: usize = 64 * 1024;
 /// `and rsp` with this aligns down to an altstack boundary (a sign-extended imm32).
 const ALTSTACK_ALIGN_MASK: i32 = -(1 << 16);
@@ -188,7 +192,9 @@ pub(crate) fn unblock_exit_signals() -> io::Result<()> {
     Ok(())
 }
 
-/// An altstack region aligned to its size, with a guard page at the bottom.
+/// An altstack region aligned to its size, between PROT_NONE guard pages: its own lowest
+/// page, and the page above it. A handler that overruns the stack faults instead of
+/// writing over whatever the host placed next to it.
 #[derive(Debug)]
 pub(crate) struct AltStack {
     base: usize,
@@ -229,13 +235,15 @@ impl Drop for AltStack {
         // thread that installed it); then the region is unused and can be unmapped.
         unsafe {
             libc::sigaltstack(&off, std::ptr::null_mut());
-            libc::munmap(self.base as *mut c_void, ALTSTACK_SIZE);
+            libc::munmap(self.base as *mut c_void, ALTSTACK_SIZE + GUARD_SIZE);
         }
     }
 }
 
+/// Maps an [`ALTSTACK_SIZE`]-aligned region of that size plus the guard page above it,
+/// and makes both guard pages PROT_NONE.
 fn map_aligned_region() -> io::Result<usize> {
-    let len = 2 * ALTSTACK_SIZE;
+    let len = 2 * ALTSTACK_SIZE + GUARD_SIZE;
     // SAFETY: a fresh anonymous mapping chosen by the kernel.
     let p = unsafe {
         libc::mmap(
@@ -252,17 +260,29 @@ fn map_aligned_region() -> io::Result<usize> {
     }
     let start = p as usize;
     let base = (start + ALTSTACK_SIZE - 1) & !(ALTSTACK_SIZE - 1);
-    // SAFETY: the head and tail trimmed here are parts of the mapping just made; the guard
-    // page lies inside the kept region.
-    unsafe {
+    let tail = base + ALTSTACK_SIZE + GUARD_SIZE;
+    // SAFETY: the head and tail trimmed here are parts of the mapping just made (`base` is at
+    // most ALTSTACK_SIZE - 1 past `start`, so `tail` lies inside it); both guard pages lie
+    // inside the kept region.
+    let guarded = unsafe {
         if base > start {
             libc::munmap(p, base - start);
         }
-        let tail = base + ALTSTACK_SIZE;
         if start + len > tail {
             libc::munmap(tail as *mut c_void, start + len - tail);
         }
-        libc::mprotect(base as *mut c_void, GUARD_SIZE, libc::PROT_NONE);
+        libc::mprotect(base as *mut c_void, GUARD_SIZE, libc::PROT_NONE) == 0
+            && libc::mprotect(
+                (base + ALTSTACK_SIZE) as *mut c_void,
+                GUARD_SIZE,
+                libc::PROT_NONE,
+            ) == 0
+    };
+    if !guarded {
+        let e = io::Error::last_os_error();
+        // SAFETY: the kept region, referenced by nothing yet.
+        unsafe { libc::munmap(base as *mut c_void, ALTSTACK_SIZE + GUARD_SIZE) };
+        return Err(e);
     }
     Ok(base)
 }
@@ -351,6 +371,14 @@ unsafe extern "C" fn on_vcpu_signal(
         if is_async(signo) {
             shared.pending_signo.store(signo, Ordering::Relaxed);
             shared.pending.store(1, Ordering::Release);
+            return;
+        }
+        // SAFETY: `info` is the kernel's siginfo.
+        if let Some(nr) = unsafe { refused_syscall_nr(signo, si_code, info, rip) } {
+            // The syscall did not run: it fails with EPERM, and the run loop, seeing the
+            // refusal recorded, stops the VM with the diagnostic.
+            report_refused(nr, rip);
+            g[reg_index(libc::REG_RAX)] = -i64::from(libc::EPERM);
             return;
         }
         if signo == libc::SIGSEGV
@@ -481,7 +509,65 @@ unsafe extern "C" fn on_foreign_signal(
             reg64((*uc.cast::<libc::ucontext_t>()).uc_mcontext.gregs[reg_index(libc::REG_RIP)]),
         )
     };
+    // SAFETY: `info` is the kernel's siginfo.
+    if let Some(nr) = unsafe { refused_syscall_nr(signo, si_code, info, rip) } {
+        // No run loop here to stop the VM in order: say why and end the process.
+        report_refused(nr, rip);
+        // SAFETY: exit_group ends the process; it is on every allowlist.
+        unsafe { libc::syscall(libc::SYS_exit_group, SYSCALL_REFUSED_EXIT_STATUS) };
+        return;
+    }
     die(signo, si_code, rip);
+}
+
+const SI_ERRNO_OFFSET: usize = 4;
+/// `_sigsys._arch` in the kernel's siginfo_t on x86-64.
+const SI_ARCH_OFFSET: usize = 28;
+
+/// The number of the monitor syscall this signal reports the wall refused: a seccomp
+/// SIGSYS carrying [`REFUSED_DATA`], for a 64-bit syscall made above 4 GiB. Guest
+/// syscalls trap with data 0, from below 4 GiB or with the 32-bit ABI.
+///
+/// # Safety
+/// `info` points to the kernel's siginfo_t for `signo`.
+unsafe fn refused_syscall_nr(
+    signo: libc::c_int,
+    si_code: i32,
+    info: *const libc::siginfo_t,
+    rip: u64,
+) -> Option<u32> {
+    if signo != libc::SIGSYS || si_code != SYS_SECCOMP || rip < 1 << 32 {
+        return None;
+    }
+    // SAFETY: a seccomp SIGSYS fills si_errno and the _sigsys fields.
+    let (data, nr, arch) = unsafe {
+        (
+            siginfo_i32(info, SI_ERRNO_OFFSET),
+            siginfo_i32(info, SI_SYSCALL_OFFSET),
+            siginfo_i32(info, SI_ARCH_OFFSET),
+        )
+    };
+    let arch = u32::from_ne_bytes(arch.to_ne_bytes());
+    if data != i32::from(REFUSED_DATA) || arch != AUDIT_ARCH_X86_64 {
+        return None;
+    }
+    u32::try_from(nr).ok()
+}
+
+/// Writes the one line that says which monitor syscall the wall refused, and records it
+/// for the run loop. Async-signal-safe: a stack buffer and a raw write.
+fn report_refused(nr: u32, rip: u64) {
+    record_refused(nr, rip);
+    let mut msg = MsgBuf::default();
+    msg.push(b"vmm: seccomp wall: refused monitor syscall ");
+    msg.push_dec(i64::from(nr));
+    msg.push(b" (");
+    msg.push(syscall_name(nr).unwrap_or("?").as_bytes());
+    msg.push(b") at 0x");
+    msg.push_hex(rip);
+    msg.push(b"\n");
+    // SAFETY: write is async-signal-safe; the message is a live local.
+    unsafe { libc::write(2, msg.buf.as_ptr().cast(), msg.len) };
 }
 
 /// A fault in monitor code is a monitor bug: say so, restore the default action and
@@ -551,5 +637,62 @@ impl MsgBuf {
             let nib = (v >> (60 - 4 * i)) & 0xf;
             self.push(&[b"0123456789abcdef"[nib as usize]]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The mappings of this process: start, end, permissions.
+    fn maps() -> Vec<(usize, usize, String)> {
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut w = l.split_whitespace();
+                let (a, b) = w.next().unwrap().split_once('-').unwrap();
+                let perms = w.next().unwrap().to_string();
+                (
+                    usize::from_str_radix(a, 16).unwrap(),
+                    usize::from_str_radix(b, 16).unwrap(),
+                    perms,
+                )
+            })
+            .collect()
+    }
+
+    /// The permissions of the page at `addr`.
+    fn perms_at(maps: &[(usize, usize, String)], addr: usize) -> Option<String> {
+        maps.iter()
+            .find(|(a, b, _)| (*a..*b).contains(&addr))
+            .map(|m| m.2.clone())
+    }
+
+    #[test]
+    fn altstack_lies_between_guard_pages() {
+        let stack = AltStack::new().unwrap();
+        let base = stack.base();
+        assert_eq!(base % ALTSTACK_SIZE, 0);
+        let m = maps();
+        assert_eq!(perms_at(&m, base).as_deref(), Some("---p"), "lower guard");
+        assert_eq!(
+            perms_at(&m, base + ALTSTACK_SIZE).as_deref(),
+            Some("---p"),
+            "upper guard"
+        );
+        for page in (base + GUARD_SIZE..base + ALTSTACK_SIZE).step_by(GUARD_SIZE) {
+            assert_eq!(perms_at(&m, page).as_deref(), Some("rw-p"), "{page:#x}");
+        }
+        // The signal stack the kernel uses is the part between the guards.
+        let mut cur: libc::stack_t = libc::stack_t {
+            ss_sp: std::ptr::null_mut(),
+            ss_flags: 0,
+            ss_size: 0,
+        };
+        // SAFETY: queries the calling thread's altstack into a live local.
+        assert_eq!(unsafe { libc::sigaltstack(std::ptr::null(), &mut cur) }, 0);
+        assert_eq!(cur.ss_sp as usize, base + GUARD_SIZE);
+        assert_eq!(cur.ss_size, ALTSTACK_SIZE - GUARD_SIZE);
     }
 }

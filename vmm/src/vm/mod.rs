@@ -20,7 +20,7 @@
 mod breakpoints;
 mod classify;
 pub mod code;
-mod confine;
+pub mod confine;
 pub mod context;
 pub mod cpu;
 pub mod data_breakpoints;
@@ -41,7 +41,7 @@ mod trap;
 
 use std::io::Write;
 
-use crate::devices::{lock, BusError, DiskError, ImageFile, Unit};
+use crate::devices::{lock, BusError, Disk, DiskError, ImageFile, Unit};
 use crate::firmware::{write_firmware, FirmwareError, MachineLayout};
 use crate::hostcpu::timer::{Kicker, TimerError, VcpuTimer};
 use crate::hostcpu::{self, ldt::LdtError, HostCpu, HostCpuError};
@@ -58,7 +58,9 @@ use guest_memory::GuestMemory;
 use platform::Platform;
 use stats::Stats;
 
+pub use crate::hostcpu::seccomp::{RefusedSyscall, SYSCALL_REFUSED_EXIT_STATUS};
 pub use code::{EntryHook, HookError};
+pub use confine::{MonitorAllowlist, SyscallNeeds};
 pub use platform::spawn_stdin_reader;
 pub use stop::{StopControl, STOPPED_EXIT_STATUS};
 pub use translate::ExecMode;
@@ -198,13 +200,17 @@ pub enum RunOutcome {
     },
     /// A stop request ([`Vm::stop_handle`], the control socket's `stop`) ended the run.
     Stopped,
+    /// The seccomp wall refused a syscall the monitor made ([`confine`]); the exit handler
+    /// has already written this diagnostic to stderr.
+    SyscallRefused(RefusedSyscall),
 }
 
 impl RunOutcome {
     /// The process exit status this outcome maps to: the debug-exit status as QEMU's
-    /// isa-debug-exit gives it, 0 for an orderly shutdown, 4 for a guest failure (even, so
-    /// never confused with a debug-exit status), [`STOPPED_EXIT_STATUS`] for a stop
-    /// request.
+    /// isa-debug-exit gives it, 0 for an orderly shutdown, 4 for a guest failure, 6 for a
+    /// reset, [`STOPPED_EXIT_STATUS`] for a stop request, [`SYSCALL_REFUSED_EXIT_STATUS`]
+    /// for a refused monitor syscall (all even, so never confused with a debug-exit
+    /// status).
     pub fn exit_code(&self) -> i32 {
         match self {
             RunOutcome::DebugExit { status } => i32::from(status.to_le_bytes()[0]),
@@ -212,6 +218,7 @@ impl RunOutcome {
             RunOutcome::Reset => RESET_EXIT_STATUS,
             RunOutcome::GuestFailure { .. } => 4,
             RunOutcome::Stopped => STOPPED_EXIT_STATUS,
+            RunOutcome::SyscallRefused(_) => SYSCALL_REFUSED_EXIT_STATUS,
         }
     }
 }
@@ -247,6 +254,8 @@ pub struct Vm {
     tc: Option<translate::Translation>,
     /// Ends the run when another thread asks ([`stop`]).
     stop: StopControl,
+    /// What the monitor may still do once the guest runs ([`confine`]).
+    syscall_needs: SyscallNeeds,
 }
 
 impl std::fmt::Debug for Vm {
@@ -330,9 +339,13 @@ impl Vm {
     pub fn new(config: VmConfig) -> Result<Self, VmError> {
         // Opened and checked now: once the guest runs, the monitor may only read and write.
         let mut disks = Vec::new();
+        let mut syscall_needs = SyscallNeeds::default();
         for (unit, image) in [Unit::Master, Unit::Slave].into_iter().zip(&config.disks) {
             if let Some(d) = image {
-                disks.push((unit, ImageFile::open(&d.path, d.read_only)?));
+                let file = ImageFile::open(&d.path, d.read_only)?;
+                syscall_needs.disk_reads = true;
+                syscall_needs.disk_writes |= !file.is_read_only();
+                disks.push((unit, file));
             }
         }
         let mut ram = GuestRam::new(config.mem_size)?;
@@ -361,6 +374,7 @@ impl Vm {
             debug: None,
             tc,
             stop: StopControl::default(),
+            syscall_needs,
         })
     }
 
@@ -478,7 +492,9 @@ impl Vm {
     /// Before the first guest instruction the seccomp backstop is installed (it is never
     /// lifted: every later thread of the process inherits it) and CPUID faulting is turned
     /// on where the host has it. `on_start` runs next (to start device threads); then every
-    /// thread of the process is held to the monitor's syscall allowlist for good.
+    /// thread of the process is held to the monitor's syscall allowlist for good
+    /// ([`Vm::monitor_allowlist`]); a syscall off it ends the run with
+    /// [`RunOutcome::SyscallRefused`].
     ///
     /// # Errors
     /// [`VmError`] for monitor-side failures; guest misbehaviour is a [`RunOutcome`].
@@ -505,13 +521,17 @@ impl Vm {
             self.cpu.mirrors.install_translation(page, len)?;
             self.cpu.mirrors.window = Some(tc::WINDOW_START);
         }
-        confine::install_monitor_allowlist()?;
+        self.monitor_allowlist().install()?;
         self.cpu.sync_mirrors(ALL_SEGMENTS, None)?;
         loop {
             // At every exit, and after every wait of a halted guest (a kick ends it).
             if self.stop.requested() {
                 let _ = timer.disarm();
                 return Ok(RunOutcome::Stopped);
+            }
+            if let Some(refused) = hostcpu::seccomp::refused_syscall() {
+                let _ = timer.disarm();
+                return Ok(RunOutcome::SyscallRefused(refused));
             }
             if let Some(why) = self.debug_stop_due() {
                 if let Some(outcome) = self.debug_stop(why) {
