@@ -373,7 +373,8 @@ fn read_memory(
     let mut rest = buf;
     for (lin, n) in pages(addr, rest.len()) {
         let phys = phys_of(mem, lin)?;
-        let (piece, tail) = std::mem::take(&mut rest).split_at_mut(n.min(rest.len()));
+        let at = n.min(rest.len());
+        let (piece, tail) = std::mem::take(&mut rest).split_at_mut(at);
         rest = tail;
         let got = code.read_original(&mem.ram, phys, piece);
         if got != n {
