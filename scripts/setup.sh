@@ -3,7 +3,9 @@
 # before every build; fails loudly.
 #   scripts/setup.sh run    running the monitor and the guest kernels it boots:
 #                           gcc/binutils (the guest kernels are built with the host gcc
-#                           in 32-bit mode), and the Linux guest under target/debian/:
+#                           in 32-bit mode; gcc is also the Rust linker's driver, and
+#                           libc6-dev its C runtime, which gcc installed without
+#                           recommended packages lacks), and the Linux guest under target/debian/:
 #                           Debian's i386 686 and 686-pae kernels, busybox-static and the
 #                           initramfs built from it (scripts/debian-kernel.sh,
 #                           scripts/debian-initramfs.sh; they need xz-utils, dpkg, python3)
@@ -41,6 +43,7 @@ install() {
 need=()
 command -v gcc >/dev/null || need+=(gcc)
 command -v ld >/dev/null || need+=(binutils)
+dpkg-query -W -f='${Status}' libc6-dev 2>/dev/null | grep -q "ok installed" || need+=(libc6-dev)
 command -v xz >/dev/null || need+=(xz-utils)
 command -v dpkg-deb >/dev/null || need+=(dpkg)
 command -v python3 >/dev/null || need+=(python3)

@@ -40,8 +40,9 @@ pub fn all() -> &'static [Guest] {
 
 /// Kernels another program drives (input on their console, a debugger), so neither
 /// tests.cfg nor QEMU runs them unattended: an integration test drives each one (`echo`:
-/// tests/tests/console.rs; `gdbtarget`: tests/tests/gdb.rs).
-pub const INTERACTIVE: &[&str] = &["echo", "gdbtarget"];
+/// tests/tests/console.rs; `exitstorm`, which never ends by itself: tests/tests/exit_storm.rs;
+/// `gdbtarget`: tests/tests/gdb.rs).
+pub const INTERACTIVE: &[&str] = &["echo", "exitstorm", "gdbtarget"];
 
 /// The guest kernel called `name`.
 pub fn find(name: &str) -> Option<&'static Guest> {
