@@ -6,7 +6,7 @@
 
 use super::alu::{add_sub, set_status};
 use super::operands::{read_gpr, read_mem, write_gpr};
-use super::{Ctx, Outcome, Res, Stop, Unsupported};
+use super::{Ctx, Outcome, Res, Stop, Unsupported, REP_BATCH};
 use crate::vcpu::{Effects, GuestBus, VcpuState};
 use crate::x86::{eflags, SegReg};
 use iced_x86::{Code, OpKind, Register};
@@ -21,7 +21,9 @@ enum Kind {
 
 /// LODS/CMPS/SCAS. Each element is a separate access; ECX, ESI and EDI advance element
 /// by element, so a fault midway keeps the completed elements and the instruction
-/// restarts from there. REPE/REPNE stop on the comparison as the processor does.
+/// restarts from there. REPE/REPNE stop on the comparison as the processor does. A REP
+/// stops after [`REP_BATCH`] elements with EIP still on the instruction, as the stores
+/// do, so one exit stays short; the guest executes it again for the rest.
 pub(crate) fn load_compare(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
     let i = cx.instr;
     let (size, kind): (u32, Kind) = match i.code() {
@@ -58,7 +60,7 @@ pub(crate) fn load_compare(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<
     };
     let src_seg = SegReg::from_iced(i.memory_segment()).unwrap_or(SegReg::Ds);
     let bits = size * 8;
-    let mut done = false;
+    let mut done = 0;
     let mut count = if rep { read_gpr(s, cx_reg) } else { 1 };
     while count > 0 {
         let r = match kind {
@@ -72,14 +74,14 @@ pub(crate) fn load_compare(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<
         let (a, b) = match r {
             Ok(v) => v,
             Err(f) => {
-                return Err(if done {
+                return Err(if done > 0 {
                     Stop::FaultCommit(f)
                 } else {
                     Stop::Fault(f)
                 })
             }
         };
-        done = true;
+        done += 1;
         let mut equal = true;
         match b {
             None => write_gpr(s, acc, a),
@@ -100,6 +102,9 @@ pub(crate) fn load_compare(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<
             write_gpr(s, cx_reg, count);
             if kind != Kind::Lods && ((repe && !equal) || (repne && equal)) {
                 break;
+            }
+            if count > 0 && done == REP_BATCH {
+                return Ok(Outcome::Jumped(Effects::NONE));
             }
         }
     }
@@ -124,6 +129,33 @@ mod tests {
 
     fn decode(bytes: &[u8]) -> iced_x86::Instruction {
         Decoder::with_ip(32, bytes, 0x1000, DecoderOptions::NONE).decode()
+    }
+
+    #[test]
+    fn long_rep_reads_stop_after_a_batch_and_resume() {
+        let mut bus = TestBus::new();
+        let mut s = bus.protected_state();
+        let n = 2 * REP_BATCH + 5;
+        s.eip = 0x1000;
+        // REP LODSB, REPE CMPSB over equal bytes (the same buffer), REPNE SCASB for a
+        // byte that is not there: each runs a batch, leaves EIP on the instruction.
+        for bytes in [&[0xf3, 0xac][..], &[0xf3, 0xa6], &[0xf2, 0xae]] {
+            s.gpr[gpr::ESI] = 0x2_0000;
+            s.gpr[gpr::EDI] = 0x2_0000;
+            s.gpr[gpr::ECX] = n;
+            s.gpr[gpr::EAX] = 0xff;
+            let (esi, edi) = (s.gpr[gpr::ESI], s.gpr[gpr::EDI]);
+            let i = decode(bytes);
+            assert!(data_access(&mut s, &mut bus, &i).is_ok());
+            assert_eq!(s.eip, 0x1000, "{i}: EIP stays on the instruction");
+            assert_eq!(s.gpr[gpr::ECX], n - REP_BATCH, "{i}");
+            let moved = |after: u32, before: u32| after.wrapping_sub(before);
+            assert!(
+                moved(s.gpr[gpr::ESI], esi) == REP_BATCH
+                    || moved(s.gpr[gpr::EDI], edi) == REP_BATCH,
+                "{i}: the batch's elements are consumed"
+            );
+        }
     }
 
     #[test]
