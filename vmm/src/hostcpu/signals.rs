@@ -585,6 +585,12 @@ unsafe fn refused_syscall_nr(
 /// for the run loop. Async-signal-safe: a stack buffer and a raw write.
 fn report_refused(nr: u32, rip: u64) {
     record_refused(nr, rip);
+    write_stderr(refused_line(nr, rip).as_bytes());
+}
+
+/// The line [`report_refused`] writes: what [`super::seccomp::RefusedSyscall`] displays,
+/// with the `vmm: ` prefix and a newline.
+fn refused_line(nr: u32, rip: u64) -> MsgBuf {
     let mut msg = MsgBuf::default();
     msg.push(b"vmm: seccomp wall: refused monitor syscall ");
     msg.push_dec(i64::from(nr));
@@ -593,8 +599,7 @@ fn report_refused(nr: u32, rip: u64) {
     msg.push(b") at 0x");
     msg.push_hex(rip);
     msg.push(b"\n");
-    // SAFETY: write is async-signal-safe; the message is a live local.
-    unsafe { libc::write(2, msg.buf.as_ptr().cast(), msg.len) };
+    msg
 }
 
 /// A fault in monitor code is a monitor bug: say so, restore the default action and
@@ -608,12 +613,19 @@ fn die(signo: libc::c_int, si_code: i32, rip: u64) {
     msg.push(b") in monitor code at 0x");
     msg.push_hex(rip);
     msg.push(b"\n");
-    // SAFETY: async-signal-safe calls with valid arguments; the message is a live local.
+    write_stderr(msg.as_bytes());
+    // SAFETY: async-signal-safe calls with valid arguments.
     unsafe {
-        libc::write(2, msg.buf.as_ptr().cast(), msg.len);
         libc::signal(signo, libc::SIG_DFL);
         libc::syscall(libc::SYS_tgkill, libc::getpid(), libc::gettid(), signo);
     }
+}
+
+/// One raw write to stderr: async-signal-safe, and a short or failed write is left as it
+/// is (the handler has nowhere else to report).
+fn write_stderr(bytes: &[u8]) {
+    // SAFETY: `bytes` is a live slice of `bytes.len()` readable bytes.
+    unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
 }
 
 /// A fixed buffer for formatting without allocating (the handler must not allocate).
@@ -632,38 +644,52 @@ impl Default for MsgBuf {
 }
 
 impl MsgBuf {
+    /// Appends `s`, or as much of it as fits.
     fn push(&mut self, s: &[u8]) {
-        for &c in s {
-            if self.len < self.buf.len() {
-                self.buf[self.len] = c;
-                self.len += 1;
-            }
+        let room = self.buf.get_mut(self.len..).unwrap_or_default();
+        let n = room.len().min(s.len());
+        for (d, &c) in room.iter_mut().zip(s) {
+            *d = c;
         }
+        self.len += n;
     }
 
     fn push_dec(&mut self, v: i64) {
         if v < 0 {
             self.push(b"-");
         }
+        // u64::MAX has 20 digits: the loop always ends on `n == 0`.
         let mut digits = [0u8; 20];
         let mut n = v.unsigned_abs();
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + low8(n % 10);
+        let mut start = digits.len();
+        for d in digits.iter_mut().rev() {
+            *d = b'0' + low8(n % 10);
             n /= 10;
+            start -= 1;
             if n == 0 {
                 break;
             }
         }
-        self.push(&digits[i..]);
+        self.push(digits.get(start..).unwrap_or_default());
     }
 
     fn push_hex(&mut self, v: u64) {
-        for i in 0..16 {
-            let nib = (v >> (60 - 4 * i)) & 0xf;
-            self.push(&[b"0123456789abcdef"[nib as usize]]);
+        for byte in v.to_be_bytes() {
+            self.push(&[hex_digit(byte >> 4), hex_digit(byte & 0xf)]);
         }
+    }
+
+    /// What was written so far.
+    fn as_bytes(&self) -> &[u8] {
+        self.buf.get(..self.len).unwrap_or_default()
+    }
+}
+
+/// The lower-case hex digit for the low nibble of `nib`.
+fn hex_digit(nib: u8) -> u8 {
+    match nib & 0xf {
+        n @ 0..=9 => b'0' + n,
+        n => b'a' + (n - 10),
     }
 }
 
@@ -694,6 +720,62 @@ mod tests {
         maps.iter()
             .find(|(a, b, _)| (*a..*b).contains(&addr))
             .map(|m| m.2.clone())
+    }
+
+    fn formatted(f: impl FnOnce(&mut MsgBuf)) -> String {
+        let mut m = MsgBuf::default();
+        f(&mut m);
+        String::from_utf8(m.as_bytes().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn message_numbers_read_as_written() {
+        assert_eq!(formatted(|m| m.push_dec(0)), "0");
+        assert_eq!(formatted(|m| m.push_dec(11)), "11");
+        assert_eq!(formatted(|m| m.push_dec(-4)), "-4");
+        assert_eq!(formatted(|m| m.push_dec(i64::MAX)), i64::MAX.to_string());
+        assert_eq!(formatted(|m| m.push_dec(i64::MIN)), i64::MIN.to_string());
+        assert_eq!(formatted(|m| m.push_hex(0)), "0000000000000000");
+        assert_eq!(
+            formatted(|m| m.push_hex(0x7f12_3456_89ab_cdef)),
+            "7f12345689abcdef"
+        );
+        assert_eq!(formatted(|m| m.push_hex(u64::MAX)), "ffffffffffffffff");
+    }
+
+    #[test]
+    fn messages_longer_than_the_buffer_are_cut() {
+        let long = formatted(|m| {
+            for _ in 0..20 {
+                m.push(b"vmm: ");
+                m.push_hex(u64::MAX);
+            }
+        });
+        assert_eq!(long.len(), 128);
+        assert!(long.starts_with("vmm: ffffffffffffffffvmm: "));
+        let mut full = MsgBuf::default();
+        full.push(&[b'x'; 130]);
+        full.push_dec(-1);
+        assert_eq!(full.as_bytes(), &[b'x'; 128][..]);
+    }
+
+    #[test]
+    fn refusal_line_is_what_the_run_loop_reports() {
+        for (nr, rip) in [(257, 0x7f12_3456_789a), (u32::MAX, 1 << 32)] {
+            let r = crate::hostcpu::seccomp::RefusedSyscall { nr, rip };
+            let line = refused_line(nr, rip);
+            assert_eq!(line.as_bytes(), format!("vmm: {r}\n").as_bytes());
+        }
+    }
+
+    #[test]
+    fn slots_are_taken_and_given_back() {
+        // An unaligned base: the prologue compares aligned stack pointers, so no signal
+        // can ever match this slot while the test holds it.
+        let i = register(1, std::ptr::null_mut()).unwrap();
+        assert_eq!(VCPU_TABLE[i].altstack.load(Ordering::Acquire), 1);
+        unregister(i);
+        assert_eq!(VCPU_TABLE[i].altstack.load(Ordering::Acquire), 0);
     }
 
     #[test]
