@@ -122,23 +122,12 @@ struct Assembler {
 
 impl Assembler {
     fn stmt(&mut self, code: u16, k: u32) {
-        let insn = sock_filter {
-            code,
-            jt: 0,
-            jf: 0,
-            k,
-        };
-        self.code.push((insn, Target::Next, Target::Next));
+        self.code
+            .push((insn(code, 0, 0, k), Target::Next, Target::Next));
     }
 
     fn jump(&mut self, code: u16, k: u32, jt: Target, jf: Target) {
-        let insn = sock_filter {
-            code,
-            jt: 0,
-            jf: 0,
-            k,
-        };
-        self.code.push((insn, jt, jf));
+        self.code.push((insn(code, 0, 0, k), jt, jf));
     }
 
     fn label(&mut self, label: Label) {
@@ -185,15 +174,28 @@ fn guest_prefix(a: &mut Assembler) {
     a.jump(BPF_JSET_K, X32_SYSCALL_BIT, guest, Target::Next);
 }
 
+/// One classic-BPF instruction.
+const fn insn(code: u16, jt: u8, jf: u8, k: u32) -> sock_filter {
+    sock_filter { code, jt, jf, k }
+}
+
+/// The guest trap filter, written out rather than assembled so that building it cannot
+/// fail: [`guest_prefix`] (each jump to `Guest` counts the instructions it skips), then
+/// `RET ALLOW` and, at `Guest`, `RET TRAP`. A test checks it against the assembled form.
+const GUEST_TRAP_PROGRAM: [sock_filter; 8] = [
+    insn(BPF_LD_W_ABS, 0, 0, OFF_ARCH),
+    insn(BPF_JEQ_K, 0, 5, AUDIT_ARCH_X86_64),
+    insn(BPF_LD_W_ABS, 0, 0, OFF_IP_HIGH),
+    insn(BPF_JEQ_K, 3, 0, 0),
+    insn(BPF_LD_W_ABS, 0, 0, OFF_NR),
+    insn(BPF_JSET_K, 1, 0, X32_SYSCALL_BIT),
+    insn(BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
+    insn(BPF_RET_K, 0, 0, SECCOMP_RET_TRAP),
+];
+
 /// The guest trap filter: TRAP for guest syscalls, ALLOW for the monitor's.
 pub fn guest_syscall_trap_program() -> Vec<sock_filter> {
-    let mut a = Assembler::default();
-    guest_prefix(&mut a);
-    a.stmt(BPF_RET_K, SECCOMP_RET_ALLOW);
-    a.label(Label::Guest);
-    a.stmt(BPF_RET_K, SECCOMP_RET_TRAP);
-    a.finish()
-        .expect("the guest trap filter's jumps are short and forward")
+    GUEST_TRAP_PROGRAM.to_vec()
 }
 
 /// The monitor allowlist: guest syscalls TRAP as above; monitor syscalls that a rule
@@ -372,6 +374,16 @@ mod tests {
         );
         assert_eq!(r(1, AUDIT_ARCH_X86_64, 1 << 32), SECCOMP_RET_ALLOW);
         assert_eq!(r(231, AUDIT_ARCH_X86_64, HIGH), SECCOMP_RET_ALLOW);
+    }
+
+    #[test]
+    fn written_guest_filter_is_the_assembled_one() {
+        let mut a = Assembler::default();
+        guest_prefix(&mut a);
+        a.stmt(BPF_RET_K, SECCOMP_RET_ALLOW);
+        a.label(Label::Guest);
+        a.stmt(BPF_RET_K, SECCOMP_RET_TRAP);
+        assert_eq!(a.finish().unwrap(), guest_syscall_trap_program());
     }
 
     #[test]

@@ -54,22 +54,27 @@ static TABLE_LOCK: Mutex<()> = Mutex::new(());
 /// Registers a vCPU thread; returns its slot index, or `None` when the table is full.
 pub(crate) fn register(altstack: usize, block: *mut CpuBlock) -> Option<usize> {
     let _g = TABLE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let i = VCPU_TABLE
+    let (i, slot) = VCPU_TABLE
         .iter()
-        .position(|s| s.altstack.load(Ordering::Acquire) == 0)?;
+        .enumerate()
+        .find(|(_, s)| s.altstack.load(Ordering::Acquire) == 0)?;
     // Block first: the prologue trusts the block of a slot whose base matches.
-    VCPU_TABLE[i].block.store(block, Ordering::Release);
-    VCPU_TABLE[i].altstack.store(altstack, Ordering::Release);
+    slot.block.store(block, Ordering::Release);
+    slot.altstack.store(altstack, Ordering::Release);
     Some(i)
 }
 
 /// Forgets slot `i` (the thread's altstack must already be disabled).
+// reason: `i` is only ever an index `register` returned, found by searching this table.
+// Skipping an index out of range would leave the real slot naming a freed block, which the
+// prologue would trust as soon as a new altstack were mapped at the same base: a panic is
+// the safer end for that monitor bug.
+#[allow(clippy::indexing_slicing)]
 pub(crate) fn unregister(i: usize) {
     let _g = TABLE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    VCPU_TABLE[i].altstack.store(0, Ordering::Release);
-    VCPU_TABLE[i]
-        .block
-        .store(std::ptr::null_mut(), Ordering::Release);
+    let slot = &VCPU_TABLE[i];
+    slot.altstack.store(0, Ordering::Release);
+    slot.block.store(std::ptr::null_mut(), Ordering::Release);
 }
 
 std::arch::global_asm!(
@@ -317,6 +322,28 @@ fn is_fault_signal(signo: libc::c_int) -> bool {
     )
 }
 
+/// Where the handler's registers sit in `gregs`. Constants, so the compiler checks every
+/// access against the array's length: none can fail at run time, and none costs a check
+/// on the exit path.
+mod gr {
+    use super::reg_index;
+
+    pub(super) const RAX: usize = reg_index(libc::REG_RAX);
+    pub(super) const RBX: usize = reg_index(libc::REG_RBX);
+    pub(super) const RCX: usize = reg_index(libc::REG_RCX);
+    pub(super) const RDX: usize = reg_index(libc::REG_RDX);
+    pub(super) const RSI: usize = reg_index(libc::REG_RSI);
+    pub(super) const RDI: usize = reg_index(libc::REG_RDI);
+    pub(super) const RBP: usize = reg_index(libc::REG_RBP);
+    pub(super) const RSP: usize = reg_index(libc::REG_RSP);
+    pub(super) const RIP: usize = reg_index(libc::REG_RIP);
+    pub(super) const EFL: usize = reg_index(libc::REG_EFL);
+    /// CS in bits 0-15, SS in bits 48-63 (with UC_SIGCONTEXT_SS).
+    pub(super) const CSGSFS: usize = reg_index(libc::REG_CSGSFS);
+    pub(super) const ERR: usize = reg_index(libc::REG_ERR);
+    pub(super) const TRAPNO: usize = reg_index(libc::REG_TRAPNO);
+}
+
 const CPUID_OPCODE: [u8; 2] = [0x0f, 0xa2];
 const TRAP_GP: i64 = 13;
 
@@ -341,8 +368,8 @@ unsafe extern "C" fn on_vcpu_signal(
     // SAFETY: `info` is the kernel's siginfo.
     let si_code = unsafe { siginfo_i32(info, SI_CODE_OFFSET) };
     let g = &mut uc.uc_mcontext.gregs;
-    let rip = reg64(g[reg_index(libc::REG_RIP)]);
-    let cs = low16(reg64(g[reg_index(libc::REG_CSGSFS)]));
+    let rip = reg64(g[gr::RIP]);
+    let cs = low16(reg64(g[gr::CSGSFS]));
     let gate = GATE_TRAMPOLINE.load(Ordering::Relaxed);
     let in_gate = gate != 0 && (gate..gate + GATE_TRAMPOLINE_LEN as u64).contains(&rip);
     let in_monitor = cs == HOST_CS64 && (rip >= 1 << 32 || in_gate);
@@ -378,11 +405,11 @@ unsafe extern "C" fn on_vcpu_signal(
             // The syscall did not run: it fails with EPERM, and the run loop, seeing the
             // refusal recorded, stops the VM with the diagnostic.
             report_refused(nr, rip);
-            g[reg_index(libc::REG_RAX)] = -i64::from(libc::EPERM);
+            g[gr::RAX] = -i64::from(libc::EPERM);
             return;
         }
         if signo == libc::SIGSEGV
-            && g[reg_index(libc::REG_TRAPNO)] == TRAP_GP
+            && g[gr::TRAPNO] == TRAP_GP
             && is_cpuid_at(rip)
             && emulate_monitor_cpuid(g)
         {
@@ -406,18 +433,18 @@ unsafe extern "C" fn on_vcpu_signal(
     // SAFETY: while `running`, `ctx` is the context `HostCpu::run` entered with, borrowed
     // mutably for the whole run and not touched by the monitor until landing.
     let ctx = unsafe { &mut *b.ctx };
-    ctx.eax = low32(reg64(g[reg_index(libc::REG_RAX)]));
-    ctx.ebx = low32(reg64(g[reg_index(libc::REG_RBX)]));
-    ctx.ecx = low32(reg64(g[reg_index(libc::REG_RCX)]));
-    ctx.edx = low32(reg64(g[reg_index(libc::REG_RDX)]));
-    ctx.esi = low32(reg64(g[reg_index(libc::REG_RSI)]));
-    ctx.edi = low32(reg64(g[reg_index(libc::REG_RDI)]));
-    ctx.ebp = low32(reg64(g[reg_index(libc::REG_RBP)]));
-    ctx.esp = low32(reg64(g[reg_index(libc::REG_RSP)]));
+    ctx.eax = low32(reg64(g[gr::RAX]));
+    ctx.ebx = low32(reg64(g[gr::RBX]));
+    ctx.ecx = low32(reg64(g[gr::RCX]));
+    ctx.edx = low32(reg64(g[gr::RDX]));
+    ctx.esi = low32(reg64(g[gr::RSI]));
+    ctx.edi = low32(reg64(g[gr::RDI]));
+    ctx.ebp = low32(reg64(g[gr::RBP]));
+    ctx.esp = low32(reg64(g[gr::RSP]));
     ctx.eip = low32(rip);
-    ctx.eflags = low32(reg64(g[reg_index(libc::REG_EFL)]));
+    ctx.eflags = low32(reg64(g[gr::EFL]));
     ctx.cs = cs;
-    ctx.ss = low16(reg64(g[reg_index(libc::REG_CSGSFS)]) >> 48);
+    ctx.ss = low16(reg64(g[gr::CSGSFS]) >> 48);
     [ctx.ds, ctx.es, ctx.fs, ctx.gs] = b.guest_sel;
     record_raw(b, uc, info, signo, si_code);
     b.landing = Landing::Guest;
@@ -434,10 +461,10 @@ fn record_raw(
     let g = &uc.uc_mcontext.gregs;
     b.raw.signo = signo;
     b.raw.si_code = si_code;
-    b.raw.trapno = reg64(g[reg_index(libc::REG_TRAPNO)]);
-    b.raw.err = reg64(g[reg_index(libc::REG_ERR)]);
-    b.raw.rip = reg64(g[reg_index(libc::REG_RIP)]);
-    b.raw.cs = low16(reg64(g[reg_index(libc::REG_CSGSFS)]));
+    b.raw.trapno = reg64(g[gr::TRAPNO]);
+    b.raw.err = reg64(g[gr::ERR]);
+    b.raw.rip = reg64(g[gr::RIP]);
+    b.raw.cs = low16(reg64(g[gr::CSGSFS]));
     // SAFETY: `info` is the kernel's siginfo; si_addr and the SIGSYS syscall number are at
     // fixed offsets (meaningless but readable for other signals).
     unsafe {
@@ -456,10 +483,10 @@ const HOST_RFLAGS: i64 = 0x202;
 /// Rewrites the frame so that sigreturn lands on the landing pad on the monitor's stack.
 fn redirect(uc: &mut libc::ucontext_t, b: &CpuBlock) {
     let g = &mut uc.uc_mcontext.gregs;
-    g[reg_index(libc::REG_RIP)] = greg(landing_pad());
-    g[reg_index(libc::REG_RSP)] = greg(b.host_rsp);
-    g[reg_index(libc::REG_EFL)] = HOST_RFLAGS;
-    g[reg_index(libc::REG_CSGSFS)] = (i64::from(HOST_SS64) << 48) | i64::from(HOST_CS64);
+    g[gr::RIP] = greg(landing_pad());
+    g[gr::RSP] = greg(b.host_rsp);
+    g[gr::EFL] = HOST_RFLAGS;
+    g[gr::CSGSFS] = (i64::from(HOST_SS64) << 48) | i64::from(HOST_CS64);
     uc.uc_flags |= UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS;
 }
 
@@ -476,16 +503,16 @@ fn emulate_monitor_cpuid(g: &mut [libc::greg_t; 23]) -> bool {
     if cpuid::set_cpuid_faulting(false).is_err() {
         return false;
     }
-    let leaf = low32(reg64(g[reg_index(libc::REG_RAX)]));
-    let sub = low32(reg64(g[reg_index(libc::REG_RCX)]));
+    let leaf = low32(reg64(g[gr::RAX]));
+    let sub = low32(reg64(g[gr::RCX]));
     // CPUID is unprivileged and faulting is off for this thread right now.
     let r = std::arch::x86_64::__cpuid_count(leaf, sub);
     let restored = cpuid::set_cpuid_faulting(true).is_ok();
-    g[reg_index(libc::REG_RAX)] = i64::from(r.eax);
-    g[reg_index(libc::REG_RBX)] = i64::from(r.ebx);
-    g[reg_index(libc::REG_RCX)] = i64::from(r.ecx);
-    g[reg_index(libc::REG_RDX)] = i64::from(r.edx);
-    g[reg_index(libc::REG_RIP)] += 2;
+    g[gr::RAX] = i64::from(r.eax);
+    g[gr::RBX] = i64::from(r.ebx);
+    g[gr::RCX] = i64::from(r.ecx);
+    g[gr::RDX] = i64::from(r.edx);
+    g[gr::RIP] += 2;
     restored
 }
 
@@ -506,7 +533,7 @@ unsafe extern "C" fn on_foreign_signal(
     let (si_code, rip) = unsafe {
         (
             siginfo_i32(info, SI_CODE_OFFSET),
-            reg64((*uc.cast::<libc::ucontext_t>()).uc_mcontext.gregs[reg_index(libc::REG_RIP)]),
+            reg64((*uc.cast::<libc::ucontext_t>()).uc_mcontext.gregs[gr::RIP]),
         )
     };
     // SAFETY: `info` is the kernel's siginfo.
@@ -558,6 +585,12 @@ unsafe fn refused_syscall_nr(
 /// for the run loop. Async-signal-safe: a stack buffer and a raw write.
 fn report_refused(nr: u32, rip: u64) {
     record_refused(nr, rip);
+    write_stderr(refused_line(nr, rip).as_bytes());
+}
+
+/// The line [`report_refused`] writes: what [`super::seccomp::RefusedSyscall`] displays,
+/// with the `vmm: ` prefix and a newline.
+fn refused_line(nr: u32, rip: u64) -> MsgBuf {
     let mut msg = MsgBuf::default();
     msg.push(b"vmm: seccomp wall: refused monitor syscall ");
     msg.push_dec(i64::from(nr));
@@ -566,8 +599,7 @@ fn report_refused(nr: u32, rip: u64) {
     msg.push(b") at 0x");
     msg.push_hex(rip);
     msg.push(b"\n");
-    // SAFETY: write is async-signal-safe; the message is a live local.
-    unsafe { libc::write(2, msg.buf.as_ptr().cast(), msg.len) };
+    msg
 }
 
 /// A fault in monitor code is a monitor bug: say so, restore the default action and
@@ -581,12 +613,19 @@ fn die(signo: libc::c_int, si_code: i32, rip: u64) {
     msg.push(b") in monitor code at 0x");
     msg.push_hex(rip);
     msg.push(b"\n");
-    // SAFETY: async-signal-safe calls with valid arguments; the message is a live local.
+    write_stderr(msg.as_bytes());
+    // SAFETY: async-signal-safe calls with valid arguments.
     unsafe {
-        libc::write(2, msg.buf.as_ptr().cast(), msg.len);
         libc::signal(signo, libc::SIG_DFL);
         libc::syscall(libc::SYS_tgkill, libc::getpid(), libc::gettid(), signo);
     }
+}
+
+/// One raw write to stderr: async-signal-safe, and a short or failed write is left as it
+/// is (the handler has nowhere else to report).
+fn write_stderr(bytes: &[u8]) {
+    // SAFETY: `bytes` is a live slice of `bytes.len()` readable bytes.
+    unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
 }
 
 /// A fixed buffer for formatting without allocating (the handler must not allocate).
@@ -605,38 +644,52 @@ impl Default for MsgBuf {
 }
 
 impl MsgBuf {
+    /// Appends `s`, or as much of it as fits.
     fn push(&mut self, s: &[u8]) {
-        for &c in s {
-            if self.len < self.buf.len() {
-                self.buf[self.len] = c;
-                self.len += 1;
-            }
+        let room = self.buf.get_mut(self.len..).unwrap_or_default();
+        let n = room.len().min(s.len());
+        for (d, &c) in room.iter_mut().zip(s) {
+            *d = c;
         }
+        self.len += n;
     }
 
     fn push_dec(&mut self, v: i64) {
         if v < 0 {
             self.push(b"-");
         }
+        // u64::MAX has 20 digits: the loop always ends on `n == 0`.
         let mut digits = [0u8; 20];
         let mut n = v.unsigned_abs();
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + low8(n % 10);
+        let mut start = digits.len();
+        for d in digits.iter_mut().rev() {
+            *d = b'0' + low8(n % 10);
             n /= 10;
+            start -= 1;
             if n == 0 {
                 break;
             }
         }
-        self.push(&digits[i..]);
+        self.push(digits.get(start..).unwrap_or_default());
     }
 
     fn push_hex(&mut self, v: u64) {
-        for i in 0..16 {
-            let nib = (v >> (60 - 4 * i)) & 0xf;
-            self.push(&[b"0123456789abcdef"[nib as usize]]);
+        for byte in v.to_be_bytes() {
+            self.push(&[hex_digit(byte >> 4), hex_digit(byte & 0xf)]);
         }
+    }
+
+    /// What was written so far.
+    fn as_bytes(&self) -> &[u8] {
+        self.buf.get(..self.len).unwrap_or_default()
+    }
+}
+
+/// The lower-case hex digit for the low nibble of `nib`.
+fn hex_digit(nib: u8) -> u8 {
+    match nib & 0xf {
+        n @ 0..=9 => b'0' + n,
+        n => b'a' + (n - 10),
     }
 }
 
@@ -667,6 +720,62 @@ mod tests {
         maps.iter()
             .find(|(a, b, _)| (*a..*b).contains(&addr))
             .map(|m| m.2.clone())
+    }
+
+    fn formatted(f: impl FnOnce(&mut MsgBuf)) -> String {
+        let mut m = MsgBuf::default();
+        f(&mut m);
+        String::from_utf8(m.as_bytes().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn message_numbers_read_as_written() {
+        assert_eq!(formatted(|m| m.push_dec(0)), "0");
+        assert_eq!(formatted(|m| m.push_dec(11)), "11");
+        assert_eq!(formatted(|m| m.push_dec(-4)), "-4");
+        assert_eq!(formatted(|m| m.push_dec(i64::MAX)), i64::MAX.to_string());
+        assert_eq!(formatted(|m| m.push_dec(i64::MIN)), i64::MIN.to_string());
+        assert_eq!(formatted(|m| m.push_hex(0)), "0000000000000000");
+        assert_eq!(
+            formatted(|m| m.push_hex(0x7f12_3456_89ab_cdef)),
+            "7f12345689abcdef"
+        );
+        assert_eq!(formatted(|m| m.push_hex(u64::MAX)), "ffffffffffffffff");
+    }
+
+    #[test]
+    fn messages_longer_than_the_buffer_are_cut() {
+        let long = formatted(|m| {
+            for _ in 0..20 {
+                m.push(b"vmm: ");
+                m.push_hex(u64::MAX);
+            }
+        });
+        assert_eq!(long.len(), 128);
+        assert!(long.starts_with("vmm: ffffffffffffffffvmm: "));
+        let mut full = MsgBuf::default();
+        full.push(&[b'x'; 130]);
+        full.push_dec(-1);
+        assert_eq!(full.as_bytes(), &[b'x'; 128][..]);
+    }
+
+    #[test]
+    fn refusal_line_is_what_the_run_loop_reports() {
+        for (nr, rip) in [(257, 0x7f12_3456_789a), (u32::MAX, 1 << 32)] {
+            let r = crate::hostcpu::seccomp::RefusedSyscall { nr, rip };
+            let line = refused_line(nr, rip);
+            assert_eq!(line.as_bytes(), format!("vmm: {r}\n").as_bytes());
+        }
+    }
+
+    #[test]
+    fn slots_are_taken_and_given_back() {
+        // An unaligned base: the prologue compares aligned stack pointers, so no signal
+        // can ever match this slot while the test holds it.
+        let i = register(1, std::ptr::null_mut()).unwrap();
+        assert_eq!(VCPU_TABLE[i].altstack.load(Ordering::Acquire), 1);
+        unregister(i);
+        assert_eq!(VCPU_TABLE[i].altstack.load(Ordering::Acquire), 0);
     }
 
     #[test]

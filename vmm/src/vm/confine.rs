@@ -611,7 +611,7 @@ mod tests {
                 rip: 1 << 40,
             });
         assert_eq!(refused.exit_code(), SYSCALL_REFUSED_EXIT_STATUS);
-        assert_eq!(SYSCALL_REFUSED_EXIT_STATUS, 8);
+        assert_eq!(SYSCALL_REFUSED_EXIT_STATUS, 10);
     }
 
     #[test]
