@@ -1,8 +1,10 @@
 //! `vmm bench` as a user runs it: every operation gets a row with a figure from each of
 //! the monitor's execution modes, and one from QEMU where QEMU is installed (always on
-//! CI). Only the shape of the table and the presence and sign of figures are checked:
-//! timings on a shared machine prove nothing.
+//! CI), with the exits per operation through the gate and through a host signal; the bare
+//! round trips follow the table. Only the shape of the table, the presence and sign of
+//! figures and the exit counts are checked: timings on a shared machine prove nothing.
 
+use vmm::hostcpu::roundtrip::RoundTrip;
 use vmm_cli::bench::{Column, Table, OPERATIONS};
 
 /// QEMU figures are required where QEMU runs, and on CI, where a missing QEMU is a
@@ -62,15 +64,25 @@ fn the_table_has_every_operation_with_a_figure_per_execution_mode() {
             .filter(|c| !c.is_empty())
             .collect();
         assert_eq!(cells.len(), Table::HEADER.len() - 1, "{row}");
-        let [native, translate, patch, qemu, tr_native, pa_native, qemu_tr, exits_tr, exits_pa] =
+        let [native, translate, patch, qemu, tr_native, pa_native, qemu_tr, gate_tr, signal_tr, gate_pa, signal_pa] =
             cells[..]
         else {
-            unreachable!("nine cells")
+            unreachable!("eleven cells")
         };
         assert!(cycles(translate).is_some_and(|c| c > 0.0), "{row}");
         assert!(cycles(patch).is_some_and(|c| c > 0.0), "{row}");
-        assert!(number(exits_tr).is_some_and(|e| e >= 0.0), "{row}");
-        assert!(number(exits_pa).is_some_and(|e| e >= 0.0), "{row}");
+        for exits in [gate_tr, signal_tr, signal_pa] {
+            assert!(number(exits).is_some_and(|e| e >= 0.0), "{row}");
+        }
+        // Patch mode has no gate: every exit is a signal.
+        assert_eq!(gate_pa, "0.00", "{row}");
+        // A port read exits once in either mode: through the gate when translated, through
+        // the #GP signal when patched.
+        if op.name == "in_port" {
+            assert!(number(gate_tr).is_some_and(|e| e >= 0.99), "{row}");
+            assert!(number(signal_tr).is_some_and(|e| e < 0.1), "{row}");
+            assert!(number(signal_pa).is_some_and(|e| e >= 0.99), "{row}");
+        }
         if qemu_expected() {
             assert!(cycles(qemu).is_some_and(|c| c > 0.0), "{row}");
             assert!(number(qemu_tr).is_some_and(|r| r > 0.0), "{row}");
@@ -95,8 +107,30 @@ fn the_table_has_every_operation_with_a_figure_per_execution_mode() {
             op.name
         );
     }
+    // The bare round trips, each a figure, and the gate's ratio to the far call.
+    for trip in RoundTrip::ALL {
+        let line = lines
+            .iter()
+            .find(|l| l.trim_start().starts_with(trip.label()))
+            .unwrap_or_else(|| panic!("no {} line:\n{out}", trip.name()));
+        let cell = line.trim_start()[trip.label().len()..].trim();
+        assert!(cycles(cell).is_some_and(|c| c > 0.0), "{line}");
+    }
+    let ratios = lines
+        .iter()
+        .find(|l| l.trim_start().starts_with("gate / far call "))
+        .unwrap_or_else(|| panic!("no gate / far call ratio:\n{out}"));
+    let ratio = ratios.trim_start()["gate / far call ".len()..]
+        .split(',')
+        .next()
+        .and_then(|r| r.trim().parse::<f64>().ok());
+    assert!(ratio.is_some_and(|r| r > 0.0), "{ratios}");
     // The translation targets are read off the same run, whatever the verdict.
-    for target in ["compute, translate/native", "CALL+RET, translate/native"] {
+    for target in [
+        "compute, translate/native",
+        "CALL+RET, translate/native",
+        "empty gate exit <= 2 x bare far call/return",
+    ] {
         assert!(
             lines.iter().any(|l| l.trim_start().starts_with(target)
                 && (l.ends_with("met") || l.ends_with("MISSED"))),
@@ -133,7 +167,21 @@ fn json_has_the_same_rows() {
     assert_eq!(rows.len(), OPERATIONS.len());
     assert_eq!(v["reps"], 1);
     assert!(v["failures"].as_array().is_some_and(Vec::is_empty), "{out}");
-    assert_eq!(v["targets"].as_array().map(Vec::len), Some(3), "{out}");
+    assert_eq!(v["targets"].as_array().map(Vec::len), Some(4), "{out}");
+    let trips = v["round_trips"].as_array().expect("round_trips");
+    assert_eq!(trips.len(), RoundTrip::ALL.len(), "{out}");
+    for (trip, expected) in trips.iter().zip(RoundTrip::ALL) {
+        assert_eq!(trip["round_trip"], expected.name(), "{trip}");
+        assert_eq!(trip["status"], "ok", "{trip}");
+        assert!(
+            trip["cycles_per_op"].as_f64().is_some_and(|c| c > 0.0),
+            "{trip}"
+        );
+    }
+    assert!(
+        v["gate_over_far_call"].as_f64().is_some_and(|r| r > 0.0),
+        "{out}"
+    );
     for (row, op) in rows.iter().zip(OPERATIONS) {
         assert_eq!(row["operation"], op.name);
         for mode in Column::MODES {
@@ -146,9 +194,27 @@ fn json_has_the_same_rows() {
             let exits = &row["exits_per_op"][mode.name()];
             assert!(exits["per_op"].as_f64().is_some(), "{row}");
             assert!(exits["by_reason"].is_object(), "{row}");
+            for mechanism in ["gate", "signal", "none"] {
+                assert!(exits["by_mechanism"][mechanism].as_f64().is_some(), "{row}");
+            }
         }
         if qemu_expected() {
             assert_eq!(row[Column::Qemu.name()]["status"], "ok", "{row}");
         }
+    }
+}
+
+/// The child `vmm bench` runs for the round trips: one `BENCH` line each, which the
+/// parent reads like a benchmark kernel's.
+#[test]
+fn round_trips_child_prints_a_line_per_round_trip() {
+    let run = support::run(&mut support::vmm(120, &["bench", "round-trips"]));
+    assert_eq!(run.status, Some(0), "{}{}", run.stdout, run.stderr);
+    let samples = vmm_cli::bench::parse_output(&run.stdout).expect("well-formed lines");
+    assert_eq!(samples.len(), RoundTrip::ALL.len(), "{}", run.stdout);
+    for (sample, trip) in samples.iter().zip(RoundTrip::ALL) {
+        assert_eq!(sample.name, trip.name());
+        assert!(sample.iterations > 0 && sample.trials > 0, "{sample:?}");
+        assert!(sample.cycles_per_op() > 0.0, "{sample:?}");
     }
 }

@@ -125,6 +125,10 @@ enum BenchTarget {
     /// host-side timestamps of console lines, with ratios. Exit status 1 if any
     /// environment failed.
     Linux(bench_linux::LinuxArgs),
+    /// The bare round trips (empty gate exit, signal, far call/return), timed in this
+    /// process: one `BENCH` line each, for the `vmm bench` that runs it as a child.
+    #[command(hide = true)]
+    RoundTrips,
 }
 
 #[derive(Debug, Args)]
@@ -366,6 +370,16 @@ fn bench_command(args: &BenchArgs) -> ExitCode {
             return ExitCode::from(EXIT_MONITOR_ERROR);
         }
     };
+    if let Some(BenchTarget::RoundTrips) = &args.target {
+        let measured = bench::round_trips::measure(&mut std::io::stdout().lock());
+        return match measured {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vmm: error: cannot time the round trips: {e}");
+                ExitCode::from(EXIT_MONITOR_ERROR)
+            }
+        };
+    }
     if let Some(BenchTarget::Linux(linux)) = &args.target {
         let ok = bench_linux::run(linux, &vmm, |step| eprintln!("vmm bench linux: {step}"));
         return if ok {

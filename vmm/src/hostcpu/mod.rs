@@ -1,5 +1,6 @@
 //! Running guest code on the host CPU: LDT mirrors, entry into compat mode and the exit
-//! path through signals, the seccomp backstop, CPUID faulting and the vCPU timer.
+//! path through signals, the seccomp backstop, CPUID faulting and the vCPU timer; and the
+//! bare round trips an exit is measured against ([`roundtrip`]).
 //!
 //! # Using it from a run loop
 //! ```no_run
@@ -36,6 +37,7 @@ pub mod cpuid;
 mod entry;
 pub mod ldt;
 mod regs;
+pub mod roundtrip;
 pub mod seccomp;
 mod signals;
 mod syscall_names;

@@ -582,6 +582,7 @@ impl Vm {
                 }
             }
             let exit = host.run(&mut self.cpu.ctx);
+            self.stats.host_exit(&exit);
             let tc_exit = self.tc_exit(&exit);
             self.cpu.take_exit(&exit, entry_eip);
             let step = match tc_exit {

@@ -1,5 +1,7 @@
-//! Exit accounting for `--stats`: exits per reason and per trap site, so performance work
-//! starts from a profile (which sites are hot, of which class).
+//! Exit accounting for `--stats`: exits per reason, per mechanism and per trap site, so
+//! performance work starts from a profile (which sites are hot, of which class, and what
+//! each exit cost the host: a gate exit stays in the process, a signal exit goes through
+//! the host kernel twice).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -7,6 +9,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::addr::GuestLinear;
+use crate::hostcpu::{HostExit, HostExitKind};
 
 /// Why the guest left native execution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -70,6 +73,51 @@ impl ExitReason {
     }
 }
 
+/// How an exit reached the monitor: what it cost on the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitMechanism {
+    /// Translated code left through the gate: a far jump to the monitor, no host kernel.
+    Gate,
+    /// A host signal: a fault or trap in guest code (the trap bytes of patch mode and of
+    /// `VMM_TC_GATE=trap` among them), the vCPU timer or a kick, a seccomp SIGSYS.
+    Signal,
+    /// No host exit of its own: an exit the monitor found while preparing an entry (an
+    /// instruction fetch that faults, an entry point it serves before the code runs), or a
+    /// second exit one host exit raised (a data breakpoint after a single step).
+    NoHostExit,
+}
+
+impl ExitMechanism {
+    /// Every mechanism, in the order `--stats` prints them.
+    pub const ALL: [ExitMechanism; 3] = [Self::Gate, Self::Signal, Self::NoHostExit];
+
+    /// The mechanism of a host exit. A timer signal that arrived while the monitor ran
+    /// ends the next entry before the guest runs, and counts as the signal it was; an
+    /// entry the host refused is no exit.
+    pub fn of(exit: &HostExit) -> Self {
+        match exit.kind {
+            HostExitKind::Gate => Self::Gate,
+            HostExitKind::BadEntry(_) => Self::NoHostExit,
+            HostExitKind::Fault { .. }
+            | HostExitKind::PageFault { .. }
+            | HostExitKind::Syscall { .. }
+            | HostExitKind::Async { .. }
+            | HostExitKind::Escape { .. }
+            | HostExitKind::Signal => Self::Signal,
+        }
+    }
+
+    /// The name `--stats` prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Gate => "gate",
+            Self::Signal => "signal",
+            Self::NoHostExit => "none",
+        }
+    }
+}
+
 /// One trap site's count.
 #[derive(Clone, Debug, Serialize)]
 pub struct SiteCount {
@@ -85,13 +133,26 @@ pub struct SiteCount {
 #[derive(Debug, Default)]
 pub struct Stats {
     exits: BTreeMap<ExitReason, u64>,
+    mechanisms: BTreeMap<ExitMechanism, u64>,
+    /// The mechanism of the host exit being handled, until an exit is counted for it.
+    arrived: Option<ExitMechanism>,
     sites: HashMap<GuestLinear, (&'static str, u64)>,
 }
 
 impl Stats {
-    /// Counts one exit.
+    /// Notes how the host exit about to be handled arrived: the first exit counted after
+    /// it is put down to its mechanism.
+    pub fn host_exit(&mut self, exit: &HostExit) {
+        self.arrived = Some(ExitMechanism::of(exit));
+    }
+
+    /// Counts one exit, under the mechanism of the host exit that brought it
+    /// ([`Stats::host_exit`]); an exit without one of its own counts as
+    /// [`ExitMechanism::NoHostExit`]. The mechanisms therefore add up to the total.
     pub fn exit(&mut self, reason: ExitReason) {
         *self.exits.entry(reason).or_default() += 1;
+        let mechanism = self.arrived.take().unwrap_or(ExitMechanism::NoHostExit);
+        *self.mechanisms.entry(mechanism).or_default() += 1;
     }
 
     /// Counts one exit at a site of the given class.
@@ -107,6 +168,11 @@ impl Stats {
     /// Exits per reason.
     pub fn exits(&self) -> &BTreeMap<ExitReason, u64> {
         &self.exits
+    }
+
+    /// Exits through `mechanism`.
+    pub fn by_mechanism(&self, mechanism: ExitMechanism) -> u64 {
+        self.mechanisms.get(&mechanism).copied().unwrap_or(0)
     }
 
     /// The `n` sites with the most exits, most first (ties by address).
@@ -131,6 +197,11 @@ impl Stats {
             let _ = writeln!(s, "  {:<28}{count:>12}", reason.name());
         }
         let _ = writeln!(s, "  {:<28}{:>12}", "total", self.total());
+        let _ = writeln!(s, "exits by mechanism");
+        for mechanism in ExitMechanism::ALL {
+            let count = self.by_mechanism(mechanism);
+            let _ = writeln!(s, "  {:<28}{count:>12}", mechanism.name());
+        }
         if !extra.is_empty() {
             let _ = writeln!(s, "counters");
             for (name, value) in extra {
@@ -154,9 +225,14 @@ impl Stats {
     /// The same as JSON.
     pub fn to_json(&self, extra: &[(&str, u64)], top: usize) -> serde_json::Value {
         let exits: BTreeMap<&str, u64> = self.exits.iter().map(|(r, c)| (r.name(), *c)).collect();
+        let mechanisms: BTreeMap<&str, u64> = ExitMechanism::ALL
+            .iter()
+            .map(|m| (m.name(), self.by_mechanism(*m)))
+            .collect();
         let counters: BTreeMap<&str, u64> = extra.iter().copied().collect();
         serde_json::json!({
             "exits": exits,
+            "exits_by_mechanism": mechanisms,
             "total_exits": self.total(),
             "counters": counters,
             "top_sites": self.top_sites(top),
@@ -167,6 +243,7 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::addr::HostAddr;
 
     #[test]
     fn counts_and_ranks_sites() {
@@ -187,5 +264,86 @@ mod tests {
         assert!(text.contains("pages_scanned"));
         let json = s.to_json(&[], 10);
         assert_eq!(json["exits"]["privileged"], 4 - 3);
+    }
+
+    fn host_exit(kind: HostExitKind, signo: i32) -> HostExit {
+        HostExit {
+            kind,
+            signo,
+            si_code: 0,
+            trapno: 0,
+            err: 0,
+            addr: HostAddr(0),
+            cs: 0,
+            rip: HostAddr(0),
+        }
+    }
+
+    #[test]
+    fn each_exit_is_put_down_to_the_host_exit_that_brought_it() {
+        let mut s = Stats::default();
+        let gate = host_exit(HostExitKind::Gate, 0);
+        let trap = host_exit(
+            HostExitKind::Fault {
+                vector: 3,
+                error_code: 0,
+            },
+            libc::SIGTRAP,
+        );
+        let timer = host_exit(
+            HostExitKind::Async {
+                signo: libc::SIGALRM,
+            },
+            libc::SIGALRM,
+        );
+        s.host_exit(&gate);
+        s.exit(ExitReason::PortIo);
+        s.host_exit(&gate);
+        s.exit(ExitReason::TranslationExit);
+        // The #DB of a data breakpoint after the same gate exit: no host exit of its own.
+        s.exit(ExitReason::GuestException);
+        s.host_exit(&trap);
+        s.exit(ExitReason::RewriteTrap);
+        s.host_exit(&timer);
+        s.exit(ExitReason::Async);
+        // A fetch fault found while preparing the next entry.
+        s.exit(ExitReason::GuestPageFault);
+        // A host exit that counted nothing leaves nothing behind for the next one.
+        s.host_exit(&trap);
+        s.host_exit(&gate);
+        s.exit(ExitReason::PortIo);
+        assert_eq!(s.by_mechanism(ExitMechanism::Gate), 3);
+        assert_eq!(s.by_mechanism(ExitMechanism::Signal), 2);
+        assert_eq!(s.by_mechanism(ExitMechanism::NoHostExit), 2);
+        assert_eq!(s.total(), 7);
+        let refused = host_exit(
+            HostExitKind::BadEntry(crate::hostcpu::BadEntry::Faulted {
+                vector: 13,
+                error_code: 0,
+            }),
+            0,
+        );
+        assert_eq!(ExitMechanism::of(&refused), ExitMechanism::NoHostExit);
+
+        let text = s.render(&[], 10);
+        let after = text
+            .split("exits by mechanism\n")
+            .nth(1)
+            .expect("a mechanism table");
+        let rows: Vec<Vec<&str>> = after
+            .lines()
+            .take(3)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            rows,
+            [["gate", "3"], ["signal", "2"], ["none", "2"]],
+            "{text}"
+        );
+        let json = s.to_json(&[], 10);
+        assert_eq!(json["exits_by_mechanism"]["gate"], 3);
+        assert_eq!(json["exits_by_mechanism"]["signal"], 2);
+        assert_eq!(json["exits_by_mechanism"]["none"], 2);
+        assert_eq!(json["total_exits"], 7);
     }
 }

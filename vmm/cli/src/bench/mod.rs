@@ -3,10 +3,13 @@
 //! kernel runs under the monitor in each execution mode (`--exec translate`, `--exec
 //! patch`) and under QEMU's TCG, and the operations a 32-bit process can run are timed
 //! natively by the same measuring code. The table puts the four side by side, medians of
-//! several runs, with the exits per operation the monitor counted in each mode: the cost
-//! of virtualising each operation, and where it goes.
+//! several runs, with the exits per operation the monitor counted in each mode (through
+//! the gate and through a host signal): the cost of virtualising each operation, and
+//! where it goes. Beside the table, the bare round trips an exit is measured against
+//! ([`round_trips`]).
 
 pub mod line;
+pub mod round_trips;
 pub mod runner;
 pub mod table;
 
@@ -15,7 +18,9 @@ use std::time::Duration;
 
 pub use line::{parse_line, parse_output, LineError, Sample};
 pub use runner::{ExitCounts, RunError};
-pub use table::{Column, Exits, Figure, Results, Row, Runs, Table, Target};
+pub use table::{
+    Column, Exits, Figure, Mechanisms, Results, RoundTripRow, Row, Runs, Table, Target,
+};
 
 /// One row of the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,9 +77,9 @@ pub struct Options {
     pub timeout: Duration,
 }
 
-/// Runs every benchmark `options.reps` times in every environment and builds the
-/// table. A run that fails is recorded in its cell; the others still run. `progress` is
-/// told when each repetition starts.
+/// Runs every benchmark `options.reps` times in every environment, and the bare round
+/// trips as often, and builds the table. A run that fails is recorded in its cell; the
+/// others still run. `progress` is told when each repetition starts.
 pub fn run(options: &Options, mut progress: impl FnMut(&str)) -> Table {
     let mut results = Results::default();
     if !options.qemu {
@@ -105,6 +110,8 @@ pub fn run(options: &Options, mut progress: impl FnMut(&str)) -> Table {
                 record(&mut results, op, Column::Qemu, &qemu);
             }
         }
+        let trips = runner::round_trips(&options.vmm, options.timeout);
+        round_trips::record(&mut results, &trips);
     }
     Table::build(OPERATIONS, &results, not_applicable, tsc_hz, options.reps)
 }
@@ -143,6 +150,9 @@ fn record(
                 .map(|(reason, n)| (reason.clone(), *n as f64 / ops))
                 .collect(),
         );
+        if let Some(m) = Mechanisms::per_op(&exits.by_mechanism, ops) {
+            runs.exits_by_mechanism.push(m);
+        }
     }
 }
 
@@ -221,6 +231,9 @@ mod tests {
                 ]
                 .into_iter()
                 .collect(),
+                by_mechanism: [("signal".to_string(), 380), ("none".to_string(), 20)]
+                    .into_iter()
+                    .collect(),
             }),
         };
         record(&mut results, op, Column::Patch, &Ok(out));
@@ -229,6 +242,14 @@ mod tests {
         assert_eq!(runs.exits_per_op, [2.0]);
         assert_eq!(runs.exits_by_reason[0]["rewrite_trap"], 1.5);
         assert_eq!(runs.exits_by_reason[0]["async"], 0.5);
+        assert_eq!(
+            runs.exits_by_mechanism,
+            [Mechanisms {
+                gate: 0.0,
+                signal: 1.9,
+                none: 0.1
+            }]
+        );
         assert_eq!(runs.checksums, [5]);
     }
 }

@@ -59,21 +59,31 @@ pub struct ExitCounts {
     pub total: u64,
     /// Exits per reason, by the names `--stats` prints.
     pub by_reason: BTreeMap<String, u64>,
+    /// Exits per mechanism (`gate`, `signal`, `none`: what each cost the host), by the
+    /// names `--stats` prints; empty when the monitor did not say.
+    pub by_mechanism: BTreeMap<String, u64>,
 }
 
 impl ExitCounts {
-    /// Reads `total_exits` and `exits` of a `--stats-json` document; `None` without a total.
+    /// Reads `total_exits`, `exits` and `exits_by_mechanism` of a `--stats-json`
+    /// document; `None` without a total.
     pub fn from_stats_json(stats: &serde_json::Value) -> Option<Self> {
         let total = stats["total_exits"].as_u64()?;
-        let by_reason = stats["exits"]
-            .as_object()
-            .map(|o| {
-                o.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        Some(Self { total, by_reason })
+        let counts = |key: &str| -> BTreeMap<String, u64> {
+            stats[key]
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Some(Self {
+            total,
+            by_reason: counts("exits"),
+            by_mechanism: counts("exits_by_mechanism"),
+        })
     }
 }
 
@@ -162,6 +172,21 @@ pub fn under_qemu(kernel: &str, timeout: Duration) -> Result<RunOutput, RunError
     })
 }
 
+/// Runs `vmm bench round-trips` of the executable `vmm`: the bare round trips, timed in a
+/// process of their own (they take LDT entries, a seccomp filter and signal handlers for
+/// good).
+///
+/// # Errors
+/// The child cannot start, times out, fails or prints a malformed `BENCH` line.
+pub fn round_trips(vmm: &Path, timeout: Duration) -> Result<RunOutput, RunError> {
+    let mut cmd = Command::new(vmm);
+    cmd.args(["bench", "round-trips"]);
+    Ok(RunOutput {
+        samples: execute(cmd, "vmm bench round-trips", 0, timeout)?,
+        exits: None,
+    })
+}
+
 /// Runs the native program straight on the host.
 ///
 /// # Errors
@@ -206,6 +231,7 @@ mod tests {
     fn exit_counts_from_the_stats_file() {
         let stats = serde_json::json!({
             "exits": { "rewrite_trap": 40, "async": 2 },
+            "exits_by_mechanism": { "gate": 30, "signal": 12, "none": 0 },
             "total_exits": 42,
             "counters": { "tc_blocks_translated": 9 },
         });
@@ -213,6 +239,12 @@ mod tests {
         assert_eq!(counts.total, 42);
         assert_eq!(counts.by_reason["rewrite_trap"], 40);
         assert_eq!(counts.by_reason.len(), 2);
+        assert_eq!(counts.by_mechanism["gate"], 30);
+        assert_eq!(counts.by_mechanism["signal"], 12);
+        // A monitor that does not split its exits.
+        let old = serde_json::json!({ "exits": {}, "total_exits": 0 });
+        let counts = ExitCounts::from_stats_json(&old).expect("counts");
+        assert!(counts.by_mechanism.is_empty());
         assert_eq!(ExitCounts::from_stats_json(&serde_json::json!({})), None);
     }
 

@@ -1,11 +1,13 @@
 //! From the runs' samples to the table `vmm bench` prints: medians per operation and
 //! environment, ns next to cycles, the ratios, the exits per operation of each execution
-//! mode, the checksum agreement, and the targets the translation issues set.
+//! mode (through the gate and through a host signal), the checksum agreement, the bare
+//! round trips an exit is measured against, and the targets the translation issues set.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde_json::{json, Value};
+use vmm::hostcpu::roundtrip::RoundTrip;
 
 use super::Operation;
 
@@ -71,6 +73,8 @@ pub struct Runs {
     pub exits_per_op: Vec<f64>,
     /// The same per exit reason (`--stats` names), one map per run.
     pub exits_by_reason: Vec<BTreeMap<String, f64>>,
+    /// The same per mechanism, one per run whose monitor said.
+    pub exits_by_mechanism: Vec<Mechanisms>,
     /// Checksums the operation computed.
     pub checksums: Vec<u32>,
     /// Why runs failed.
@@ -84,6 +88,8 @@ pub struct Results {
     pub runs: BTreeMap<(&'static str, Column), Runs>,
     /// Why a column cannot have any figure (QEMU not installed).
     pub unavailable: BTreeMap<Column, String>,
+    /// Runs of each bare round trip (cycles per round trip).
+    pub round_trips: BTreeMap<RoundTrip, Runs>,
 }
 
 impl Results {
@@ -119,11 +125,41 @@ impl Figure {
     }
 }
 
+/// Exits per operation by how they reached the monitor (`--stats` mechanisms); they add
+/// up to all exits.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Mechanisms {
+    /// Through the gate: translated code far-jumped to the monitor, no host kernel.
+    pub gate: f64,
+    /// Through a host signal: a fault or trap in guest code, a timer tick, a SIGSYS.
+    pub signal: f64,
+    /// Without a host exit of their own (found while preparing an entry).
+    pub none: f64,
+}
+
+impl Mechanisms {
+    /// Per operation, from a run's counts by `--stats` name; `None` when the monitor did
+    /// not split its exits.
+    pub fn per_op(counts: &BTreeMap<String, u64>, ops: f64) -> Option<Self> {
+        if counts.is_empty() {
+            return None;
+        }
+        let per_op = |name: &str| counts.get(name).copied().unwrap_or(0) as f64 / ops;
+        Some(Self {
+            gate: per_op("gate"),
+            signal: per_op("signal"),
+            none: per_op("none"),
+        })
+    }
+}
+
 /// Exits per operation of one execution mode: medians over the runs.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Exits {
     /// All exits per operation.
     pub per_op: f64,
+    /// Split by mechanism (each the median of its own), when the monitor said.
+    pub by_mechanism: Option<Mechanisms>,
     /// Per exit reason; reasons under 0.005 per operation in every run are left out.
     pub by_reason: BTreeMap<String, f64>,
 }
@@ -164,6 +200,15 @@ impl Row {
     }
 }
 
+/// One bare round trip's figure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundTripRow {
+    /// Which round trip.
+    pub trip: RoundTrip,
+    /// Cycles per round trip.
+    pub figure: Figure,
+}
+
 /// A figure the translation issues ask for, read off one run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {
@@ -180,6 +225,8 @@ pub struct Target {
 pub struct Table {
     /// One row per operation, in [`super::OPERATIONS`] order.
     pub rows: Vec<Row>,
+    /// The bare round trips that were timed, in [`RoundTrip::ALL`] order.
+    pub round_trips: Vec<RoundTripRow>,
     /// The host TSC frequency, when it could be estimated.
     pub tsc_hz: Option<f64>,
     /// Runs per figure asked for.
@@ -227,7 +274,42 @@ fn exits_of(runs: Option<&Runs>) -> Option<Exits> {
             (v.iter().any(|x| *x >= 0.005)).then(|| (reason.to_string(), m))
         })
         .collect();
-    Some(Exits { per_op, by_reason })
+    let by_mechanism = (!runs.exits_by_mechanism.is_empty())
+        .then(|| {
+            let of = |f: fn(&Mechanisms) -> f64| {
+                median(&runs.exits_by_mechanism.iter().map(f).collect::<Vec<_>>())
+            };
+            Some(Mechanisms {
+                gate: of(|m| m.gate)?,
+                signal: of(|m| m.signal)?,
+                none: of(|m| m.none)?,
+            })
+        })
+        .flatten();
+    Some(Exits {
+        per_op,
+        by_mechanism,
+        by_reason,
+    })
+}
+
+/// The median figure of `runs`, or why there is none.
+fn figure_of(runs: &Runs) -> Figure {
+    if let Some(e) = runs.errors.first() {
+        return Figure::Failed(e.clone());
+    }
+    match median(&runs.cycles_per_op) {
+        Some(c) => Figure::Measured {
+            cycles_per_op: c,
+            best: runs
+                .cycles_per_op
+                .iter()
+                .copied()
+                .fold(f64::INFINITY, f64::min),
+            runs: runs.cycles_per_op.len(),
+        },
+        None => Figure::Failed("no run reported this operation".to_string()),
+    }
 }
 
 /// Compute-bound guest code must run at ≥ 0.95× native speed in translate mode: at most
@@ -235,6 +317,9 @@ fn exits_of(runs: Option<&Runs>) -> Option<Exits> {
 pub const COMPUTE_TARGET: f64 = 1.0 / 0.95;
 /// CALL+RET in translate mode at most 4× the native cycles (issue 11).
 pub const CALL_RET_TARGET: f64 = 4.0;
+/// An empty gate exit at most 2× a bare far call/return from 64-bit code into compat code
+/// (the issue on translate mode's exits without the host kernel).
+pub const GATE_TARGET: f64 = 2.0;
 /// Exits per operation in translate mode may exceed patch mode's by this fraction (and
 /// [`EXITS_SLACK`]) before an operation counts as needing more: timer exits land in
 /// either mode at random.
@@ -263,22 +348,7 @@ impl Table {
                     if let Some(reason) = results.unavailable.get(&column) {
                         return Figure::NotApplicable(reason.clone());
                     }
-                    let runs = results.runs.get(&(op.name, column)).unwrap_or(&empty);
-                    if let Some(e) = runs.errors.first() {
-                        return Figure::Failed(e.clone());
-                    }
-                    match median(&runs.cycles_per_op) {
-                        Some(c) => Figure::Measured {
-                            cycles_per_op: c,
-                            best: runs
-                                .cycles_per_op
-                                .iter()
-                                .copied()
-                                .fold(f64::INFINITY, f64::min),
-                            runs: runs.cycles_per_op.len(),
-                        },
-                        None => Figure::Failed("no run reported this operation".to_string()),
-                    }
+                    figure_of(results.runs.get(&(op.name, column)).unwrap_or(&empty))
                 });
                 let checksum = checksum_agreement(op.name, results);
                 let exits = Column::MODES.map(|mode| exits_of(results.runs.get(&(op.name, mode))));
@@ -296,7 +366,42 @@ impl Table {
                 }
             })
             .collect();
-        Table { rows, tsc_hz, reps }
+        let round_trips = RoundTrip::ALL
+            .iter()
+            .filter_map(|trip| {
+                let runs = results.round_trips.get(trip)?;
+                Some(RoundTripRow {
+                    trip: *trip,
+                    figure: figure_of(runs),
+                })
+            })
+            .collect();
+        Table {
+            rows,
+            round_trips,
+            tsc_hz,
+            reps,
+        }
+    }
+
+    /// The figure of a bare round trip, if it was timed.
+    pub fn round_trip(&self, trip: RoundTrip) -> Option<&Figure> {
+        self.round_trips
+            .iter()
+            .find(|r| r.trip == trip)
+            .map(|r| &r.figure)
+    }
+
+    /// An empty gate exit over a bare far call/return.
+    pub fn gate_over_far_call(&self) -> Option<f64> {
+        let cycles = |trip| self.round_trip(trip).and_then(Figure::cycles);
+        ratio(cycles(RoundTrip::Gate), cycles(RoundTrip::FarCall))
+    }
+
+    /// An empty gate exit over a bare signal round trip.
+    pub fn gate_over_signal(&self) -> Option<f64> {
+        let cycles = |trip| self.round_trip(trip).and_then(Figure::cycles);
+        ratio(cycles(RoundTrip::Gate), cycles(RoundTrip::Signal))
     }
 
     /// Every failure in the table: failed runs and checksums that disagree.
@@ -312,6 +417,11 @@ impl Table {
                 out.push(format!("{}: {e}", row.name));
             }
         }
+        for row in &self.round_trips {
+            if let Figure::Failed(e) = &row.figure {
+                out.push(format!("{}: {e}", row.trip.name()));
+            }
+        }
         out
     }
 
@@ -319,9 +429,10 @@ impl Table {
         self.rows.iter().find(|r| r.name == name)
     }
 
-    /// Issue 11's targets, as ratios of this run: compute-bound code at ≥ 0.95× native
+    /// The targets, as ratios of this run: issue 11's compute-bound code at ≥ 0.95× native
     /// speed and CALL+RET within 4× native in translate mode, and no operation needing
-    /// more exits in translate mode than in patch mode.
+    /// more exits in translate mode than in patch mode; and, when the round trips were
+    /// timed, an empty gate exit within [`GATE_TARGET`] bare far calls/returns.
     pub fn targets(&self) -> Vec<Target> {
         let mut out = Vec::new();
         for (name, limit, what) in [
@@ -365,6 +476,14 @@ impl Table {
             },
             met: (compared > 0).then_some(more.is_empty()),
         });
+        if !self.round_trips.is_empty() {
+            let r = self.gate_over_far_call();
+            out.push(Target {
+                what: format!("empty gate exit <= {GATE_TARGET} x bare far call/return"),
+                measured: r.map_or_else(|| "no figure".to_string(), |r| format!("{r:.2}")),
+                met: r.map(|r| r <= GATE_TARGET),
+            });
+        }
         out
     }
 
@@ -384,7 +503,7 @@ impl Table {
     }
 
     /// The table's header cells, in column order.
-    pub const HEADER: [&'static str; 10] = [
+    pub const HEADER: [&'static str; 12] = [
         "operation",
         "native",
         "vmm translate",
@@ -393,8 +512,10 @@ impl Table {
         "tr/native",
         "pa/native",
         "QEMU/tr",
-        "exits/op tr",
-        "exits/op pa",
+        "gate/op tr",
+        "signal/op tr",
+        "gate/op pa",
+        "signal/op pa",
     ];
 
     /// The table as text, with a header naming the units and notes below.
@@ -415,13 +536,23 @@ impl Table {
             self.reps,
             if self.reps == 1 { "" } else { "s" }
         );
-        let mut lines: Vec<[String; 10]> = vec![Self::HEADER.map(str::to_string)];
+        let _ = writeln!(
+            s,
+            "gate/op, signal/op: the monitor's exits per operation through the gate (no host \
+             kernel) and through a host signal"
+        );
+        let mut lines: Vec<[String; 12]> = vec![Self::HEADER.map(str::to_string)];
         for row in &self.rows {
             let optional = |v: Option<f64>, digits: usize| match v {
                 Some(x) => format!("{x:.digits$}"),
                 None => "-".to_string(),
             };
-            let exits = |mode| optional(row.exits(mode).map(|e| e.per_op), 2);
+            let exits = |mode, f: fn(&Mechanisms) -> f64| {
+                optional(
+                    row.exits(mode).and_then(|e| e.by_mechanism.as_ref()).map(f),
+                    2,
+                )
+            };
             lines.push([
                 row.label.to_string(),
                 self.cell_text(row.figure(Column::Native)),
@@ -434,8 +565,10 @@ impl Table {
                     .map_or_else(|| "-".to_string(), ratio_text),
                 row.qemu_over_translate
                     .map_or_else(|| "-".to_string(), ratio_text),
-                exits(Column::Translate),
-                exits(Column::Patch),
+                exits(Column::Translate, |m| m.gate),
+                exits(Column::Translate, |m| m.signal),
+                exits(Column::Patch, |m| m.gate),
+                exits(Column::Patch, |m| m.signal),
             ]);
         }
         let widths: Vec<usize> = (0..Self::HEADER.len())
@@ -489,7 +622,52 @@ impl Table {
                 reasons(Column::Patch)
             );
         }
-        let _ = writeln!(s, "targets (issue 11, translate mode)");
+        // Exits that cost no host exit of their own are in no column: name them.
+        for row in &self.rows {
+            let none = |mode| {
+                row.exits(mode)
+                    .and_then(|e| e.by_mechanism)
+                    .map_or(0.0, |m| m.none)
+            };
+            let (tr, pa) = (none(Column::Translate), none(Column::Patch));
+            if tr >= 0.005 || pa >= 0.005 {
+                let _ = writeln!(
+                    s,
+                    "  {:<12} without a host exit of their own: {tr:.2} | {pa:.2}",
+                    row.name
+                );
+            }
+        }
+        if !self.round_trips.is_empty() {
+            let _ = writeln!(
+                s,
+                "bare round trips, cycles per round trip (ns), median of {} run{}",
+                self.reps,
+                if self.reps == 1 { "" } else { "s" }
+            );
+            let width = self
+                .round_trips
+                .iter()
+                .map(|r| r.trip.label().len())
+                .max()
+                .unwrap_or(0);
+            for row in &self.round_trips {
+                let _ = writeln!(
+                    s,
+                    "  {:<width$}  {}",
+                    row.trip.label(),
+                    self.cell_text(&row.figure)
+                );
+            }
+            let optional = |v: Option<f64>| v.map_or_else(|| "-".to_string(), ratio_text);
+            let _ = writeln!(
+                s,
+                "  gate / far call {}, gate / signal {}",
+                optional(self.gate_over_far_call()),
+                optional(self.gate_over_signal())
+            );
+        }
+        let _ = writeln!(s, "targets (translate mode)");
         let targets = self.targets();
         let what = targets.iter().map(|t| t.what.len()).max().unwrap_or(0);
         let measured = targets.iter().map(|t| t.measured.len()).max().unwrap_or(0);
@@ -550,10 +728,14 @@ impl Table {
                 }
                 let mut exits = json!({});
                 for mode in Column::MODES {
-                    exits[mode.name()] = row.exits(mode).map_or(
-                        Value::Null,
-                        |e| json!({ "per_op": e.per_op, "by_reason": e.by_reason }),
-                    );
+                    exits[mode.name()] = row.exits(mode).map_or(Value::Null, |e| {
+                        let mut o = json!({ "per_op": e.per_op, "by_reason": e.by_reason });
+                        if let Some(m) = e.by_mechanism {
+                            o["by_mechanism"] =
+                                json!({ "gate": m.gate, "signal": m.signal, "none": m.none });
+                        }
+                        o
+                    });
                 }
                 o["exits_per_op"] = exits;
                 match &row.checksum {
@@ -569,10 +751,23 @@ impl Table {
             .into_iter()
             .map(|t| json!({ "target": t.what, "measured": t.measured, "met": t.met }))
             .collect();
+        let round_trips: Vec<Value> = self
+            .round_trips
+            .iter()
+            .map(|r| {
+                let mut o = figure(&r.figure);
+                o["round_trip"] = json!(r.trip.name());
+                o["label"] = json!(r.trip.label());
+                o
+            })
+            .collect();
         json!({
             "tsc_hz": self.tsc_hz,
             "reps": self.reps,
             "operations": rows,
+            "round_trips": round_trips,
+            "gate_over_far_call": self.gate_over_far_call(),
+            "gate_over_signal": self.gate_over_signal(),
             "targets": targets,
             "failures": self.failures(),
         })
@@ -652,6 +847,10 @@ mod tests {
         (column == Column::Native && !op.native).then(|| "not in a process".to_string())
     }
 
+    fn mechanisms(gate: f64, signal: f64, none: f64) -> Mechanisms {
+        Mechanisms { gate, signal, none }
+    }
+
     fn reasons(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
         pairs.iter().map(|(r, n)| ((*r).to_string(), *n)).collect()
     }
@@ -685,14 +884,31 @@ mod tests {
         r.entry("a", Column::Patch).cycles_per_op = vec![33.0];
         r.entry("a", Column::Patch).exits_per_op = vec![0.5];
         r.entry("a", Column::Patch).exits_by_reason = vec![reasons(&[("code_fetch", 0.5)])];
+        r.entry("a", Column::Patch).exits_by_mechanism = vec![mechanisms(0.0, 0.5, 0.0)];
         r.entry("a", Column::Qemu).cycles_per_op = vec![44.0, 44.0, 44.0];
         r.entry("b", Column::Translate).cycles_per_op = vec![1000.0];
         r.entry("b", Column::Translate).exits_per_op = vec![2.0];
         r.entry("b", Column::Translate).exits_by_reason =
             vec![reasons(&[("rewrite_trap", 2.0), ("async", 0.001)])];
+        // Each part is a median of its own.
+        r.entry("b", Column::Translate).exits_by_mechanism = vec![
+            mechanisms(1.5, 0.25, 0.25),
+            mechanisms(1.75, 0.5, 0.0),
+            mechanisms(1.0, 0.75, 0.25),
+        ];
         r.entry("b", Column::Patch).cycles_per_op = vec![3000.0];
         r.entry("b", Column::Patch).exits_per_op = vec![3.0];
         r.entry("b", Column::Qemu).errors = vec!["qemu exited with status 3".into()];
+        r.round_trips
+            .entry(RoundTrip::Gate)
+            .or_default()
+            .cycles_per_op = vec![600.0, 500.0];
+        r.round_trips
+            .entry(RoundTrip::FarCall)
+            .or_default()
+            .cycles_per_op = vec![150.0, 100.0];
+        r.round_trips.entry(RoundTrip::Signal).or_default().errors =
+            vec!["vmm bench round-trips exited with status 3".into()];
         let t = Table::build(OPS, &r, na, Some(2e9), 3);
 
         let a = &t.rows[0];
@@ -714,6 +930,15 @@ mod tests {
             Some(reasons(&[("code_fetch", 0.5)]))
         );
         assert_eq!(a.exits(Column::Native), None);
+        // A monitor that did not split its exits.
+        assert_eq!(
+            a.exits(Column::Translate).map(|e| e.by_mechanism),
+            Some(None)
+        );
+        assert_eq!(
+            a.exits(Column::Patch).and_then(|e| e.by_mechanism),
+            Some(mechanisms(0.0, 0.5, 0.0))
+        );
         assert_eq!(a.checksum, Some(Ok(7)));
 
         let b = &t.rows[1];
@@ -730,7 +955,27 @@ mod tests {
             b.exits(Column::Translate).map(|e| e.by_reason.clone()),
             Some(reasons(&[("rewrite_trap", 2.0)]))
         );
-        assert_eq!(t.failures(), ["b under qemu: qemu exited with status 3"]);
+        assert_eq!(
+            b.exits(Column::Translate).and_then(|e| e.by_mechanism),
+            Some(mechanisms(1.5, 0.5, 0.25))
+        );
+        assert_eq!(
+            t.failures(),
+            [
+                "b under qemu: qemu exited with status 3",
+                "signal_round_trip: vmm bench round-trips exited with status 3"
+            ]
+        );
+        assert_eq!(
+            t.round_trip(RoundTrip::Gate),
+            Some(&Figure::Measured {
+                cycles_per_op: 550.0,
+                best: 500.0,
+                runs: 2
+            })
+        );
+        assert_eq!(t.gate_over_far_call(), Some(550.0 / 125.0));
+        assert_eq!(t.gate_over_signal(), None);
 
         let text = t.render();
         assert!(text.contains("host TSC: 2.000 GHz"), "{text}");
@@ -743,11 +988,23 @@ mod tests {
         // 11 cycles at 2 GHz is 5.5 ns
         assert!(line_a.contains("11.0 (5.50 ns)"), "{line_a}");
         assert!(line_a.contains("33.0 (16.5 ns)"), "{line_a}");
-        let tail: Vec<&str> = line_a.split_whitespace().rev().take(5).collect();
-        assert_eq!(tail, ["0.50", "0.00", "2.00", "3.00", "2.00"], "{line_a}");
+        // gate/op and signal/op in translate mode (not split: -), then in patch mode.
+        let tail: Vec<&str> = line_a.split_whitespace().rev().take(7).collect();
+        assert_eq!(
+            tail,
+            ["0.50", "0.00", "-", "-", "2.00", "3.00", "2.00"],
+            "{line_a}"
+        );
         let line_b = text.lines().find(|l| l.starts_with("op b")).unwrap();
         assert!(line_b.contains("n/a (not in a process)"), "{line_b}");
         assert!(line_b.contains("FAILED"), "{line_b}");
+        let tail: Vec<&str> = line_b.split_whitespace().rev().take(4).collect();
+        assert_eq!(tail, ["-", "-", "0.50", "1.50"], "{line_b}");
+        assert!(
+            text.contains("  b            without a host exit of their own: 0.25 | 0.00"),
+            "{text}"
+        );
+        assert!(!text.contains("  a            without"), "{text}");
         assert!(
             text.contains("  a            none | code_fetch 0.50"),
             "{text}"
@@ -758,6 +1015,29 @@ mod tests {
         );
         assert!(text.contains("a: checksum 0x00000007 in every environment"));
         assert!(text.contains("FAILED: b under qemu"));
+        // 550 cycles at 2 GHz: 275 ns.
+        let gate = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(RoundTrip::Gate.label()))
+            .unwrap_or_else(|| panic!("no gate round trip:\n{text}"));
+        assert!(gate.ends_with(" 550 (275 ns)"), "{gate}");
+        let signal = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(RoundTrip::Signal.label()))
+            .unwrap();
+        assert!(signal.ends_with(" FAILED"), "{signal}");
+        assert!(
+            text.contains("  gate / far call 4.40, gate / signal -"),
+            "{text}"
+        );
+        assert!(
+            text.lines().any(
+                |l| l.contains("empty gate exit <= 2 x bare far call/return")
+                    && l.contains("4.40")
+                    && l.ends_with("MISSED")
+            ),
+            "{text}"
+        );
 
         let j = t.to_json();
         assert_eq!(j["operations"][0]["translate"]["cycles_per_op"], 22.0);
@@ -769,9 +1049,21 @@ mod tests {
             j["operations"][1]["exits_per_op"]["translate"]["by_reason"]["rewrite_trap"],
             2.0
         );
+        assert_eq!(
+            j["operations"][1]["exits_per_op"]["translate"]["by_mechanism"]["gate"],
+            1.5
+        );
+        assert_eq!(
+            j["operations"][0]["exits_per_op"]["translate"]["by_mechanism"],
+            Value::Null
+        );
         assert_eq!(j["operations"][1]["native"]["status"], "n/a");
         assert_eq!(j["operations"][1]["qemu"]["status"], "failed");
-        assert_eq!(j["failures"].as_array().unwrap().len(), 1);
+        assert_eq!(j["round_trips"][0]["round_trip"], "gate_round_trip");
+        assert_eq!(j["round_trips"][0]["cycles_per_op"], 550.0);
+        assert_eq!(j["round_trips"][1]["status"], "failed");
+        assert_eq!(j["gate_over_far_call"], 4.4);
+        assert_eq!(j["failures"].as_array().unwrap().len(), 2);
     }
 
     #[test]
@@ -807,9 +1099,37 @@ mod tests {
         assert!(targets[2].measured.contains("call_ret 1.00 > 0.00"));
         let text = t.render();
         assert!(text.contains("MISSED"), "{text}");
+        assert!(
+            !text.contains("bare round trips"),
+            "none were timed: {text}"
+        );
+
+        // The gate's target, once the round trips were timed.
+        r.round_trips
+            .entry(RoundTrip::Gate)
+            .or_default()
+            .cycles_per_op = vec![290.0];
+        r.round_trips
+            .entry(RoundTrip::FarCall)
+            .or_default()
+            .cycles_per_op = vec![150.0];
+        let t = Table::build(&ops, &r, |_, _| None, None, 1);
+        let targets = t.targets();
+        assert_eq!(targets.len(), 4);
+        assert_eq!(targets[3].measured, "1.93");
+        assert_eq!(targets[3].met, Some(true), "{targets:?}");
+        r.round_trips
+            .entry(RoundTrip::Gate)
+            .or_default()
+            .cycles_per_op = vec![310.0];
+        let t = Table::build(&ops, &r, |_, _| None, None, 1);
+        assert_eq!(t.targets()[3].met, Some(false));
 
         // Without figures a target is not measured rather than met.
-        let t = Table::build(&ops, &Results::default(), |_, _| None, None, 1);
+        let mut r = Results::default();
+        r.round_trips.entry(RoundTrip::Gate).or_default().errors = vec!["failed".into()];
+        let t = Table::build(&ops, &r, |_, _| None, None, 1);
+        assert_eq!(t.targets().len(), 4);
         assert!(t.targets().iter().all(|t| t.met.is_none()));
     }
 
