@@ -6,68 +6,32 @@
 //! QEMU's escape keys work (Ctrl-A x quits, Ctrl-A h helps, Ctrl-A Ctrl-A is one Ctrl-A)
 //! and the terminal's settings come back however the monitor ends.
 
-use std::io::{BufRead, BufReader, Write};
+mod console_support;
+
+use std::io::Write;
 use std::process::Stdio;
-use std::sync::mpsc;
 use std::time::Duration;
+
+use console_support::Console;
 
 /// How long any one step may take before the test gives up.
 const STEP: Duration = Duration::from_secs(20);
 
 #[test]
 fn typed_line_is_echoed_through_the_ioapic_routed_uart() {
-    let mut child = support::vmm(
+    let mut vm = Console::spawn(
         60,
         &["run", "--kernel", support::guest_kernel("echo"), "--stats"],
-    )
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("vmm starts");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let stderr_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
-        s
-    });
-    let mut seen = Vec::new();
-    let mut wait_for = |want: &str| loop {
-        match lines.recv_timeout(STEP) {
-            Ok(line) => {
-                let hit = line.trim_end() == want;
-                seen.push(line);
-                if hit {
-                    return;
-                }
-            }
-            Err(e) => panic!("no line {want:?} ({e}); output so far: {seen:#?}"),
-        }
-    };
-    wait_for("echo: ready");
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    stdin
-        .write_all(b"hello from the host\n")
-        .expect("write to vmm");
-    stdin.flush().expect("flush");
-    wait_for("hello from the host");
-    stdin.write_all(b"exit\n").expect("write to vmm");
-    wait_for("exit");
-    drop(stdin);
-    let status = child.wait().expect("vmm ends");
-    let stats = stderr_reader.join().expect("stderr reader");
+    );
+    vm.wait_for_line("echo: ready", STEP);
+    vm.send("hello from the host\n");
+    vm.wait_for_line("hello from the host", STEP);
+    vm.send("exit\n");
+    vm.wait_for_line("exit", STEP);
+    let ended = vm.finish();
+    let stats = ended.stderr;
     assert_eq!(
-        status.code(),
+        ended.status,
         Some(1),
         "debug-exit status 1; stderr:\n{stats}"
     );
