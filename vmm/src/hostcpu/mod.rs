@@ -247,7 +247,7 @@ impl HostExit {
         }
     }
 
-    fn not_entered(kind: HostExitKind, signo: i32) -> Self {
+    pub(crate) fn not_entered(kind: HostExitKind, signo: i32) -> Self {
         Self {
             kind,
             signo,

@@ -243,7 +243,6 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::addr::HostAddr;
 
     #[test]
     fn counts_and_ranks_sites() {
@@ -267,16 +266,7 @@ mod tests {
     }
 
     fn host_exit(kind: HostExitKind, signo: i32) -> HostExit {
-        HostExit {
-            kind,
-            signo,
-            si_code: 0,
-            trapno: 0,
-            err: 0,
-            addr: HostAddr(0),
-            cs: 0,
-            rip: HostAddr(0),
-        }
+        HostExit::not_entered(kind, signo)
     }
 
     #[test]
