@@ -117,6 +117,12 @@ fn write_u32(bus: &mut impl GuestBus, addr: u32, v: u32) -> Result<(), Fault> {
     bus.write_linear(GuestLinear(addr), &v.to_le_bytes(), false)
 }
 
+/// Selector fields (segment registers, the back link) are 16 bits; the upper half of
+/// their TSS dword is reserved and left as it is.
+fn write_u16(bus: &mut impl GuestBus, addr: u32, v: u16) -> Result<(), Fault> {
+    bus.write_linear(GuestLinear(addr), &v.to_le_bytes(), false)
+}
+
 /// Rewrites the type byte of the TSS descriptor at `addr` with the busy bit `busy`.
 fn set_busy(bus: &mut impl GuestBus, addr: GuestLinear, busy: bool) -> Result<(), Fault> {
     let mut d = Descriptor::decode(read_u64(bus, addr)?);
@@ -221,8 +227,8 @@ pub fn switch_task(
         write_u32(bus, old.wrapping_add(off::GPRS + 4 * i), *r)?;
     }
     for (i, reg) in (0u32..).zip(SegReg::ALL.iter()) {
-        let sel = u32::from(state.sreg(*reg).selector);
-        write_u32(bus, old.wrapping_add(off::SEGS + 4 * i), sel)?;
+        let sel = state.sreg(*reg).selector;
+        write_u16(bus, old.wrapping_add(off::SEGS + 4 * i), sel)?;
     }
     // Busy bits and the back link.
     if matches!(reason, TaskReason::Jmp | TaskReason::Iret) {
@@ -232,11 +238,7 @@ pub fn switch_task(
     }
     let mut new_flags = new.eflags;
     if reason.nests() {
-        write_u32(
-            bus,
-            base.wrapping_add(off::LINK),
-            u32::from(old_tr.selector),
-        )?;
+        write_u16(bus, base.wrapping_add(off::LINK), old_tr.selector)?;
         new_flags |= eflags::NT;
     }
     if !iret {
