@@ -2,8 +2,9 @@
 /* JMP and CALL to a TSS and to a task gate, IRET with NT=1 back through the back link, an
  * exception and a double fault through IDT task gates, the busy bits and back link as read
  * from the GDT and the TSSs, and the faults of bad targets (busy TSS, not present, limit
- * too small, IRET to an idle TSS). */
+ * too small, IRET to an idle TSS), and CR3 loaded from the new TSS with paging on. */
 #include "guest.h"
+#include "paging.h"
 
 #define SEL_A 0x30	/* TSS of task A (JMP) */
 #define SEL_B 0x38	/* TSS of task B (CALL, IRET) */
@@ -12,7 +13,9 @@
 #define SEL_DF 0x50	/* TSS of the double-fault task */
 #define SEL_NP 0x58	/* a TSS descriptor that is not present */
 #define SEL_SHORT 0x60	/* a TSS descriptor whose limit is 0x66 */
-#define GDT_ENTRIES 13
+#define SEL_E 0x68	/* TSS of task E, which runs in its own address space */
+#define GDT_ENTRIES 14
+#define WINDOW 0x40000000u /* 4 MiB that each address space maps elsewhere */
 
 #define DF_VECTOR 8
 #define TS_VECTOR 10
@@ -21,8 +24,12 @@
 #define TYPE_TSS_AVAILABLE 0x9
 #define TYPE_TSS_BUSY 0xb
 
-static struct tss32 tss_a, tss_b, tss_c, tss_df, tss_spare;
-static u32 stack_a[512], stack_b[512], stack_c[512], stack_df[512];
+static struct tss32 tss_a, tss_b, tss_c, tss_df, tss_e, tss_spare;
+static u32 stack_a[512], stack_b[512], stack_c[512], stack_df[512], stack_e[512];
+static u32 pd_main[1024] __attribute__((aligned(4096)));
+static u32 pd_e[1024] __attribute__((aligned(4096)));
+static volatile u32 window_marker;
+static volatile u32 seen_e_runs, seen_e_cr3, seen_e_window;
 
 static u32 tss_type(u16 sel) { return (gdt[sel >> 3].hi >> 8) & 0xf; }
 
@@ -101,7 +108,14 @@ void task_df_body(u32 eax, u32 esp, u32 error)
 		tss.eip = resume_main;
 }
 
-extern char task_a_entry[], task_b_entry[], task_c_entry[], task_df_entry[];
+void task_e_body(void)
+{
+	seen_e_runs++;
+	seen_e_cr3 = read_cr3();
+	seen_e_window = *(volatile u32 *)(WINDOW + (u32)&window_marker);
+}
+
+extern char task_a_entry[], task_b_entry[], task_c_entry[], task_df_entry[], task_e_entry[];
 asm(".text\n"
     /* Task A: entered by JMP, leaves by JMP back to the main task. */
     "task_a_entry:\n\t"
@@ -123,7 +137,12 @@ asm(".text\n"
     "movl %esp, %ecx\n\tpushl (%esp)\n\tpushl %ecx\n\tpushl %eax\n\t"
     "call task_df_body\n\taddl $16, %esp\n\t"
     "iret\n\t"
-    "jmp task_df_entry\n");
+    "jmp task_df_entry\n"
+    /* Task E: entered by CALL with its own CR3. */
+    "task_e_entry:\n\t"
+    "call task_e_body\n\t"
+    "iret\n\t"
+    "jmp task_e_entry\n");
 
 static void clear_ts(void) { asm volatile("clts"); }
 
@@ -322,6 +341,38 @@ static void test_bad_targets(void)
 	report_prefix_pop();
 }
 
+/* Two address spaces that identity-map 0..8 MiB and map WINDOW to physical 0 (the main
+ * task's) or 4 MiB (task E's); the word at WINDOW + &window_marker tells them apart. */
+static void test_cr3(void)
+{
+	report_prefix_push("cr3");
+	for (u32 i = 0; i < 2; i++)
+		pd_main[i] = pd_e[i] = (i << 22) | PTE_P | PTE_RW | PTE_PS;
+	pd_main[pde_index(WINDOW)] = 0x000000 | PTE_P | PTE_RW | PTE_PS;
+	pd_e[pde_index(WINDOW)] = 0x400000 | PTE_P | PTE_RW | PTE_PS;
+	window_marker = 0x1111;
+	*(volatile u32 *)(0x400000 + (u32)&window_marker) = 0x2222;
+	write_cr4(read_cr4() | CR4_PSE);
+	write_cr3((u32)pd_main);
+	write_cr0(read_cr0() | CR0_PG);
+	/* A task switch does not save CR3: the main task's comes back from its TSS. */
+	tss.cr3 = (u32)pd_main;
+	tss_setup(&tss_e, task_e_entry, &stack_e[512], 0);
+	tss_e.cr3 = (u32)pd_e;
+	asm volatile("lcall $0x68, $0" ::: "memory");
+	clear_ts();
+	u32 cr3_after = read_cr3();
+	u32 window_after = *(volatile u32 *)(WINDOW + (u32)&window_marker);
+	write_cr0(read_cr0() & ~CR0_PG);
+	report(seen_e_runs == 1 && seen_e_cr3 == (u32)pd_e && seen_e_window == 0x2222,
+	       "[tss] CALL loads the new task's CR3: its window shows its page (CR3 %x word %x)",
+	       seen_e_cr3, seen_e_window);
+	report(cr3_after == (u32)pd_main && window_after == 0x1111,
+	       "[nt] IRET back loads the caller's CR3 from its TSS (CR3 %x word %x)", cr3_after,
+	       window_after);
+	report_prefix_pop();
+}
+
 int main(u32 magic, const void *mbi)
 {
 	(void)magic;
@@ -334,11 +385,13 @@ int main(u32 magic, const void *mbi)
 	set_tss(SEL_NP, &tss_spare, sizeof(struct tss32) - 1);
 	gdt[SEL_NP >> 3].hi &= ~0x8000u;
 	set_tss(SEL_SHORT, &tss_spare, 0x66);
+	set_tss(SEL_E, &tss_e, sizeof(struct tss32) - 1);
 	gdt_load(GDT_ENTRIES);
 	test_jmp();
 	test_call_iret();
 	test_exception_gates();
 	test_double_fault();
 	test_bad_targets();
+	test_cr3();
 	return report_summary();
 }
