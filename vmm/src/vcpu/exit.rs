@@ -162,6 +162,7 @@ fn run_instruction(
     instr: &Instruction,
 ) -> ExitAction {
     let single_step = state.eflags & eflags::TF != 0;
+    let task = (state.tr, state.ldtr, state.seg);
     match emulate(state, bus, instr) {
         Ok(Emulated::Done(e)) => {
             // MOV SS / POP SS hold off debug traps too, for one instruction (SDM Vol. 3A
@@ -179,8 +180,28 @@ fn run_instruction(
         }
         Ok(Emulated::Deliver(ev)) => deliver_event(state, bus, ev, Effects::NONE),
         Ok(Emulated::Unsupported(u)) => ExitAction::Stop(u.into()),
-        Err(f) => deliver_event(state, bus, Event::Exception(f), Effects::NONE),
+        Err(f) => {
+            // A task switch that faulted after its commit point left the new task's
+            // registers: every segment mirror and the privilege view must follow.
+            let before = if (state.tr, state.ldtr, state.seg) == task {
+                Effects::NONE
+            } else {
+                task_switched()
+            };
+            deliver_event(state, bus, Event::Exception(f), before)
+        }
     }
+}
+
+/// The effects of a task switch that ended in a fault: all segments, the privilege
+/// level, the descriptor tables and CR3 may have changed.
+fn task_switched() -> Effects {
+    let mut e = Effects::NONE;
+    e.segments_dirty = 0x3f;
+    e.cpl_changed = true;
+    e.descriptor_tables_changed = true;
+    e.cr3_written = true;
+    e
 }
 
 fn deliver_event(
@@ -378,13 +399,13 @@ mod tests {
     fn unsupported_and_triple_fault_stop() {
         let (mut s, mut bus) = setup();
         s.eflags |= eflags::NT;
-        // IRET with NT=1 back to a busy TSS is a task switch, which is not emulated.
+        // IRET with NT=1 back to a busy 16-bit TSS: 16-bit task switches are not emulated.
         bus.set_gdt(
             0x58,
             crate::vcpu::testbus::system(
                 0x4000,
                 0x67,
-                crate::vcpu::descriptor::system_type::TSS32_BUSY,
+                crate::vcpu::descriptor::system_type::TSS16_BUSY,
             ),
         );
         bus.write_u16(s.tr.base, 0x58);

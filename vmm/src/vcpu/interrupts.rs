@@ -6,6 +6,7 @@ use super::descriptor::{selector, system_type, Gate, TYPE_ACCESSED};
 use super::segments::{fetch_descriptor, read_u64, set_accessed};
 use super::stack::{push_frame, tss_stack};
 use super::state::{gpr, Segment, VcpuState};
+use super::task::{switch_task, TaskError, TaskReason};
 use super::{Effects, Fault, GuestBus};
 use crate::addr::GuestLinear;
 use crate::x86::{eflags, Exception, SegReg};
@@ -101,9 +102,10 @@ pub enum DeliveryError {
         /// Which events led to the shutdown, for the register dump.
         description: String,
     },
-    /// The IDT entry is a task gate; hardware task switching is not emulated.
+    /// The IDT entry is a task gate to a 16-bit TSS or to a virtual-8086 task, which
+    /// the task switch does not emulate.
     #[error(
-        "vector {vector:#x} goes through a task gate; hardware task switching is not supported"
+        "vector {vector:#x} goes through a task gate to a 16-bit TSS or a virtual-8086 task, which is not supported"
     )]
     TaskGate {
         /// The vector.
@@ -119,6 +121,9 @@ pub enum DeliveryError {
 
 enum Fail {
     Fault(Fault),
+    /// A fault after a task switch's commit point: the state is the new task's, whose
+    /// effects must reach the run loop with those of the fault's delivery.
+    Committed(Effects, Fault),
     Error(DeliveryError),
 }
 
@@ -145,32 +150,36 @@ pub fn deliver(
 ) -> Result<Effects, DeliveryError> {
     let mut current = event;
     let mut history = Vec::new();
+    let mut switched = Effects::NONE;
     loop {
         history.push(describe(&current));
-        match deliver_once(state, bus, &current) {
-            Ok(e) => return Ok(e),
+        let f = match deliver_once(state, bus, &current) {
+            Ok(e) => return Ok(switched.merge(e)),
             Err(Fail::Error(e)) => return Err(e),
-            Err(Fail::Fault(f)) => {
-                let first = current.class();
-                let second = Event::Exception(f).class();
-                let escalate = matches!(
-                    (first, second),
-                    (Class::Contributory, Class::Contributory)
-                        | (Class::PageFault, Class::Contributory | Class::PageFault)
-                );
-                if first == Class::DoubleFault || history.len() > 8 {
-                    history.push(describe(&Event::Exception(f)));
-                    return Err(DeliveryError::TripleFault {
-                        description: history.join(" -> "),
-                    });
-                }
-                current = if escalate {
-                    Event::Exception(Fault::with_code(Exception::DF, 0))
-                } else {
-                    Event::Exception(f)
-                };
+            Err(Fail::Fault(f)) => f,
+            Err(Fail::Committed(e, f)) => {
+                switched = switched.merge(e);
+                f
             }
+        };
+        let first = current.class();
+        let second = Event::Exception(f).class();
+        let escalate = matches!(
+            (first, second),
+            (Class::Contributory, Class::Contributory)
+                | (Class::PageFault, Class::Contributory | Class::PageFault)
+        );
+        if first == Class::DoubleFault || history.len() > 8 {
+            history.push(describe(&Event::Exception(f)));
+            return Err(DeliveryError::TripleFault {
+                description: history.join(" -> "),
+            });
         }
+        current = if escalate {
+            Event::Exception(Fault::with_code(Exception::DF, 0))
+        } else {
+            Event::Exception(f)
+        };
     }
 }
 
@@ -218,14 +227,7 @@ fn deliver_once(
     let is_int_gate = match gate.typ {
         system_type::INT_GATE16 | system_type::INT_GATE32 => true,
         system_type::TRAP_GATE16 | system_type::TRAP_GATE32 => false,
-        system_type::TASK_GATE if !gate.s => {
-            // Checked like any gate before the task switch would happen.
-            return if !gate.present {
-                Err(Fault::np(idt_code).into())
-            } else {
-                Err(Fail::Error(DeliveryError::TaskGate { vector }))
-            };
-        }
+        system_type::TASK_GATE => false,
         _ => return Err(Fault::gp(idt_code).into()),
     };
     if gate.s {
@@ -243,6 +245,19 @@ fn deliver_once(
     }
     if !gate.present {
         return Err(Fault::np(idt_code).into());
+    }
+    if gate.typ == system_type::TASK_GATE {
+        let reason = TaskReason::Gate {
+            vector,
+            error_code,
+            ext,
+        };
+        return match switch_task(state, bus, gate.selector, reason, return_eip) {
+            Ok(e) => Ok(e),
+            Err(TaskError::Fault(f)) => Err(Fail::Fault(f)),
+            Err(TaskError::Committed(e, f)) => Err(Fail::Committed(e, f)),
+            Err(TaskError::Unsupported(_)) => Err(Fail::Error(DeliveryError::TaskGate { vector })),
+        };
     }
     let sel = gate.selector;
     if selector::is_null(sel) {
@@ -580,9 +595,20 @@ mod tests {
     }
 
     #[test]
-    fn task_gate_is_reported() {
+    fn task_gate_to_a_busy_tss_is_a_general_protection_fault() {
         let (mut s, mut bus) = setup();
-        bus.set_gate(8, int_gate(0x28, 0, system_type::TASK_GATE, 0));
+        // Vector 0x21 names the current (busy) TSS: #GP(0x28 + EXT) through vector 13.
+        bus.set_gate(0x21, int_gate(0x28, 0, system_type::TASK_GATE, 0));
+        deliver(&mut s, &mut bus, Event::External(0x21)).unwrap();
+        assert_eq!(s.eip, HANDLER + 13);
+        assert_eq!(bus.read_u32(KSTACK - 16), 0x29);
+        // A 16-bit TSS stops the VM with a diagnostic.
+        let (mut s, mut bus) = setup();
+        bus.set_gdt(
+            0x58,
+            crate::vcpu::testbus::system(0x4000, 0x67, system_type::TSS16_AVAILABLE),
+        );
+        bus.set_gate(8, int_gate(0x58, 0, system_type::TASK_GATE, 0));
         assert_eq!(
             deliver(&mut s, &mut bus, Event::Exception(Fault::with_code(8, 0))),
             Err(DeliveryError::TaskGate { vector: 8 })

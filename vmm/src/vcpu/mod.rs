@@ -12,15 +12,17 @@
 //! - [`deliver`] delivers an exception or interrupt through the guest IDT,
 //! - [`load_segment`] loads a data or stack segment register with all hardware checks,
 //! - [`mirror_of`] describes the host LDT entry that backs a guest segment,
-//! - [`exit::handle`] maps a classified exit to emulation or delivery.
+//! - [`exit::handle`] maps a classified exit to emulation or delivery,
+//! - [`task::switch_task`] performs a hardware task switch between 32-bit TSSs (far
+//!   JMP/CALL to a TSS or task gate, events through an IDT task gate, IRET with NT = 1).
 //!
 //! Faults are precise: a faulting instruction leaves the state as it was (REP string I/O
 //! keeps its completed iterations, as hardware does). Guest-controlled values never
 //! panic the monitor; what is not emulated is reported as [`Unsupported`] or
 //! [`DeliveryError`] so the run loop can stop the VM with a diagnostic.
 //!
-//! Not emulated: hardware task switching (task gates, far transfers to a TSS, IRET with
-//! NT = 1), virtual-8086 mode, the breakpoints DR0–DR3 describe (the registers are kept;
+//! Not emulated: task switches to or from a 16-bit TSS or into a virtual-8086 task, the
+//! TSS T flag's debug trap, virtual-8086 mode, the breakpoints DR0–DR3 describe (the registers are kept;
 //! triggering them is up to the run loop), counting performance counters (the PMC MSRs
 //! hold what was written), loading PAE PDPTEs on MOV CR3 (the shadow-paging code reads
 //! them from guest memory).
@@ -33,6 +35,7 @@ pub mod interrupts;
 pub mod segments;
 pub mod stack;
 pub mod state;
+pub mod task;
 
 /// A guest bus over a plain byte vector, for tests of the emulator and of parts that
 /// plug into the engine (feature `test-bus`).

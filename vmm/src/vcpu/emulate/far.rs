@@ -2,12 +2,13 @@
 //! checks on a returned-to CS and SS that RET far and IRET share.
 
 use super::operands::{read_mem, rm_operand, Rm};
-use super::{peek, peek_into, push, release, Ctx, Outcome, Res, Stop, Unsupported};
+use super::{peek, peek_into, push, release, Ctx, Outcome, Res, Stop};
 use crate::bits::low16;
 use crate::vcpu::descriptor::{selector, system_type, Gate, TYPE_ACCESSED};
 use crate::vcpu::segments::{fetch_descriptor, set_accessed, DescriptorRef};
 use crate::vcpu::stack::{adjust_sp, push_frame, tss_stack};
 use crate::vcpu::state::{gpr, Segment, VcpuState};
+use crate::vcpu::task::{switch_task, TaskError, TaskReason};
 use crate::vcpu::{Effects, Fault, GuestBus};
 use crate::x86::{eflags, SegReg};
 use iced_x86::{Code, Instruction, Mnemonic};
@@ -33,11 +34,14 @@ enum FarTarget {
     Direct(Segment),
     /// A call gate: handled by [`through_gate`].
     Gate(Gate),
+    /// A TSS, directly or through a task gate: a task switch to this TSS selector.
+    Task(u16),
 }
 
 /// Resolves the target of a far JMP/CALL (SDM Vol. 2A JMP/CALL): a code segment, checked
 /// for "far jump/call to a conforming or non-conforming code segment", or a call gate.
-/// TSS and task gates are reported as unsupported.
+/// A TSS descriptor or a task gate leads to a task switch (SDM Vol. 3A §7.3: DPL of
+/// the TSS or gate ≥ CPL and ≥ RPL, else #GP(selector); a gate not present is #NP).
 fn far_target(
     s: &VcpuState,
     bus: &mut impl GuestBus,
@@ -72,9 +76,23 @@ fn far_target(
                 }
                 Ok(FarTarget::Gate(gate))
             }
-            system_type::TASK_GATE
-            | system_type::TSS16_AVAILABLE
-            | system_type::TSS32_AVAILABLE => Err(Stop::Unsupported(Unsupported::TaskSwitch)),
+            system_type::TASK_GATE => {
+                let gate = Gate::decode(d.encode());
+                if gate.dpl < cpl || gate.dpl < selector::rpl(sel) {
+                    return Err(Fault::gp(code).into());
+                }
+                if !gate.present {
+                    return Err(Fault::np(code).into());
+                }
+                Ok(FarTarget::Task(gate.selector))
+            }
+            system_type::TSS16_AVAILABLE | system_type::TSS32_AVAILABLE => {
+                // TSS descriptors live in the GDT only.
+                if selector::ti(sel) || d.dpl < cpl || d.dpl < selector::rpl(sel) {
+                    return Err(Fault::gp(code).into());
+                }
+                Ok(FarTarget::Task(sel))
+            }
             _ => Err(Fault::gp(code).into()),
         };
     }
@@ -135,6 +153,14 @@ pub(crate) fn jmp_call(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>)
     let cs = match far_target(s, bus, sel, eip)? {
         FarTarget::Direct(cs) => cs,
         FarTarget::Gate(gate) => return through_gate(s, bus, cx, gate, call),
+        FarTarget::Task(tss) => {
+            let reason = if call {
+                TaskReason::Call
+            } else {
+                TaskReason::Jmp
+            };
+            return task_switch(s, bus, tss, reason, cx.next_eip);
+        }
     };
     if call {
         let old_cs = u32::from(s.sreg(SegReg::Cs).selector);
@@ -144,6 +170,27 @@ pub(crate) fn jmp_call(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>)
     s.eip = eip;
     s.eflags &= !eflags::RF;
     Ok(Outcome::Jumped(Effects::segment(SegReg::Cs)))
+}
+
+/// A task switch for an instruction (far JMP/CALL, IRET): a fault after the commit
+/// point is raised with the new task's state committed.
+pub(crate) fn task_switch(
+    s: &mut VcpuState,
+    bus: &mut impl GuestBus,
+    tss: u16,
+    reason: TaskReason,
+    next_eip: u32,
+) -> Res {
+    match switch_task(s, bus, tss, reason, next_eip) {
+        Ok(mut e) => {
+            s.eflags &= !eflags::RF;
+            e.halted = false;
+            Ok(Outcome::Jumped(e))
+        }
+        Err(TaskError::Fault(f)) => Err(f.into()),
+        Err(TaskError::Committed(_, f)) => Err(Stop::FaultCommit(f)),
+        Err(TaskError::Unsupported(u)) => Err(Stop::Unsupported(u)),
+    }
 }
 
 /// JMP or CALL through a call gate (SDM Vol. 2A CALL, "CALL-GATE"): the gate's code

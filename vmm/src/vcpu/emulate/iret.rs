@@ -1,17 +1,17 @@
 //! IRET/IRETD (SDM Vol. 2A IRET): return from an interrupt or exception handler in real
 //! mode, to the same privilege level, or to an outer one with every check on the popped
-//! CS and SS. Task returns (EFLAGS.NT = 1) are checked up to the task switch itself,
-//! which is not emulated.
+//! CS and SS, and task returns (EFLAGS.NT = 1) to the task the back link names.
 
-use super::far::{check_return_cs, check_return_ss, null_inaccessible_data_segments};
+use super::far::{check_return_cs, check_return_ss, null_inaccessible_data_segments, task_switch};
 use super::flags::merge_eflags;
 use super::{Ctx, Outcome, Res, Stop, Unsupported};
 use crate::addr::GuestLinear;
 use crate::bits::low16;
-use crate::vcpu::descriptor::{selector, system_type};
-use crate::vcpu::segments::{fetch_descriptor, set_accessed};
+use crate::vcpu::descriptor::selector;
+use crate::vcpu::segments::set_accessed;
 use crate::vcpu::stack::{adjust_sp, peek_frame};
 use crate::vcpu::state::{gpr, VcpuState};
+use crate::vcpu::task::TaskReason;
 use crate::vcpu::{Effects, Fault, GuestBus};
 use crate::x86::{eflags, SegReg};
 use iced_x86::Mnemonic;
@@ -20,9 +20,9 @@ use iced_x86::Mnemonic;
 /// with every check on the popped CS and SS. DS/ES/FS/GS whose DPL is below the new CPL
 /// are nulled (SDM Vol. 2A IRET, RETURN-TO-OUTER-PRIVILEGE-LEVEL).
 ///
-/// With EFLAGS.NT = 1 IRET is a task return; hardware task switching is not emulated and
-/// is reported as [`Unsupported::TaskSwitch`] rather than faked. A return to
-/// virtual-8086 mode is likewise [`Unsupported::Virtual8086`].
+/// With EFLAGS.NT = 1 IRET is a task return: a task switch to the TSS the current TSS's
+/// back link selects, which must be a busy TSS in the GDT (else #TS(link)). A return to
+/// virtual-8086 mode is reported as [`Unsupported::Virtual8086`].
 ///
 /// # Errors
 /// The faults the SDM lists: #SS(0) when the frame is outside SS, #GP(0) for a null CS
@@ -30,28 +30,21 @@ use iced_x86::Mnemonic;
 /// #SS(SS) for not-present segments, #PF from the bus.
 pub(crate) fn iret(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
     let op32 = cx.instr.mnemonic() == Mnemonic::Iretd;
+    if s.protected() && !s.v86() && s.eflags & eflags::NT != 0 {
+        return task_return(s, bus, cx.next_eip);
+    }
     let e = iret_frame(s, bus, op32)?;
     Ok(Outcome::Jumped(e))
 }
 
-/// The checks of an IRET task return (EFLAGS.NT = 1) that come before the task switch
-/// itself (SDM Vol. 2A IRET, TASK-RETURN): the back link in the current TSS must be a GDT
-/// selector of a busy TSS, else #TS(link). The fault is returned as `Ok` so the caller can
-/// raise it; a valid link is a real task switch, reported as [`Unsupported::TaskSwitch`].
-fn task_return_link_fault(state: &VcpuState, bus: &mut impl GuestBus) -> Result<Fault, Stop> {
+/// An IRET task return (SDM Vol. 2A IRET, TASK-RETURN): the back link in the current
+/// TSS names the task to resume; [`switch_task`] checks it (#TS(link) for an LDT
+/// selector or anything but a busy TSS) and switches, saving EIP past the IRET.
+fn task_return(s: &mut VcpuState, bus: &mut impl GuestBus, next_eip: u32) -> Res {
     let mut raw = [0u8; 2];
-    bus.read_linear(GuestLinear(state.tr.base), &mut raw, false)?;
+    bus.read_linear(GuestLinear(s.tr.base), &mut raw, false)?;
     let link = u16::from_le_bytes(raw);
-    let ts = Fault::ts(u32::from(link & 0xfffc));
-    if selector::ti(link) {
-        return Ok(ts);
-    }
-    match fetch_descriptor(state, bus, link)? {
-        Some(r) if !r.desc.s && r.desc.typ == system_type::TSS32_BUSY => {
-            Err(Stop::Unsupported(Unsupported::TaskSwitch))
-        }
-        _ => Ok(ts),
-    }
+    task_switch(s, bus, link, TaskReason::Iret, next_eip)
 }
 
 fn iret_frame(state: &mut VcpuState, bus: &mut impl GuestBus, op32: bool) -> Result<Effects, Stop> {
@@ -83,9 +76,6 @@ fn iret_frame(state: &mut VcpuState, bus: &mut impl GuestBus, op32: bool) -> Res
     }
     if state.v86() {
         return Err(Stop::Unsupported(Unsupported::Virtual8086));
-    }
-    if state.eflags & eflags::NT != 0 {
-        return Err(task_return_link_fault(state, bus)?.into());
     }
     let [new_eip, cs_sel, flags] = peek_frame(bus, &ss, esp, size, user, Fault::ss(0))?;
     let cs_sel = low16(cs_sel);
