@@ -35,7 +35,9 @@
 //!
 //! Only MOV, MOVZX, LEA, PUSH and POP: the guest's flags stay as they were. The only
 //! guest memory written is the dword the guest's PUSHFD writes, first by the host's
-//! PUSHFD (which faults exactly where the guest's would) and then by the commit.
+//! PUSHFD (which faults exactly where the guest's would) and then by the commit. Between
+//! the host's PUSHFD and its POP the stack holds a dword the guest has not pushed: a stop
+//! there takes ESP back up ([`GuestEip::AtPushed`]).
 
 use iced_x86::{Code, Instruction, MemoryOperand, Register};
 
@@ -87,9 +89,11 @@ pub(crate) fn pushfd(em: &mut Emitter, guest: &Instruction) -> Result<(), Refusa
     let spill_edx = build!(with2, Code::Mov_rm32_r32, em.slot(SLOT_EDX), Register::EDX)?;
     em.emit(&spill_edx, before(false, false))?;
     em.emit(&Instruction::with(Code::Pushfd), before(true, true))?;
+    // Stopped here (a timer signal), the host's image is on the stack and the guest has
+    // pushed nothing yet.
     em.emit(
         &build!(with1, Code::Pop_r32, Register::EDX)?,
-        before(true, false),
+        Meta::expansion(GuestEip::AtPushed(eip), true, false),
     )?;
     let vif = build!(with2, Code::Movzx_r32_rm8, Register::ECX, em.slot(SLOT_VIF))?;
     em.emit(&vif, before(true, false))?;
@@ -265,6 +269,22 @@ mod tests {
             .unwrap();
         assert_eq!(block.side.entries[commit].guest, GuestEip::At(0x1000));
         assert_eq!(block.side.entries[commit + 1].guest, GuestEip::At(0x1001));
+        // Stopped right after the host's PUSHFD, the guest is still at its PUSHFD with
+        // one dword to take off the stack.
+        let host = code.iter().position(|c| *c == Code::Pushfd).unwrap();
+        assert_eq!(code[host + 1], Code::Pop_r32);
+        let pop = &block.side.entries[host + 1];
+        assert_eq!(
+            (pop.guest, pop.restore_scratch),
+            (GuestEip::AtPushed(0x1000), true)
+        );
+        let before_and_after: Vec<_> = block.side.entries[..commit]
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != host + 1)
+            .map(|(_, e)| e.guest)
+            .collect();
+        assert!(before_and_after.iter().all(|g| *g == GuestEip::At(0x1000)));
         // A 16-bit PUSHF still exits.
         let o16 = translate_with(32, &[0x66, 0x9C], &cfg);
         assert!(matches!(

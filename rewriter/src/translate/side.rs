@@ -19,6 +19,10 @@ pub enum GuestEip {
     /// ([`super::SLOT_TARGET`]): an indirect branch has committed and the lookup of its
     /// target is under way.
     TargetSlot,
+    /// At this guest EIP, with one dword on the stack that the translation pushed and the
+    /// guest has not: the guest's ESP (SP with a 16-bit stack) is 4 above the host's
+    /// (inline PUSHFD between the host's PUSHFD and the POP that takes its image back).
+    AtPushed(u32),
 }
 
 /// What an emitted instruction is for.

@@ -534,7 +534,7 @@ impl Vm {
                 ));
             };
             ctx.eip = match stub.guest {
-                GuestEip::At(e) => e,
+                GuestEip::At(e) | GuestEip::AtPushed(e) => e,
                 GuestEip::TargetSlot => t.tc.slot(SLOT_TARGET),
             };
             return Ok(TcExit::Gate { block, index, stub });
@@ -585,6 +585,16 @@ impl Vm {
         ctx.eip = match entry.guest {
             GuestEip::At(e) => e,
             GuestEip::TargetSlot => t.tc.slot(SLOT_TARGET),
+            GuestEip::AtPushed(e) => {
+                // The translation's own push is taken back (SP alone with a 16-bit stack).
+                let stack32 = self.cpu.state.sreg(SegReg::Ss).db;
+                ctx.esp = if stack32 {
+                    ctx.esp.wrapping_add(4)
+                } else {
+                    (ctx.esp & 0xffff_0000) | (ctx.esp.wrapping_add(4) & 0xffff)
+                };
+                e
+            }
         };
         if let HostExitKind::PageFault { error_code, .. } = exit.kind {
             if error_code & crate::x86::pf_error::I != 0 {
