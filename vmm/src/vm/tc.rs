@@ -93,10 +93,9 @@ fn table_address(t: Table) -> u32 {
 }
 
 /// Whether MOV and PUSH from segment registers are translated as immediates of the
-/// guest's selectors (blocks are then keyed by them). Off: with it on, Debian's init died
-/// intermittently with a null GS after a kernel entry; until that is understood, those
-/// reads leave for the monitor, and blocks are not keyed by selectors (a kernel entered
-/// from processes with different TLS selectors shares its translations).
+/// guest's selectors (blocks are then keyed by them). Off: keyed by selectors, a kernel
+/// entered from processes with different TLS selectors shares no translation, which costs
+/// Linux more exits than the selector reads it saves (README, Known limits).
 pub const SELECTOR_IMMEDIATES: bool = false;
 
 /// Everything a block's translation depends on.
