@@ -174,6 +174,15 @@ pub(crate) struct RawExit {
     pub syscall_nr: i32,
 }
 
+/// Optional FPU-state instructions the host has.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct FpuFeatures {
+    /// VZEROUPPER (AVX enabled in XCR0).
+    pub avx: bool,
+    /// XSAVEOPT (CPUID.(EAX=0DH,ECX=1):EAX[0]).
+    pub xsaveopt: bool,
+}
+
 /// Per-vCPU-thread state shared by the entry assembly, the signal handler and `HostCpu`.
 /// The handler finds it through the altstack table, never through TLS.
 #[repr(C, align(64))]
@@ -196,6 +205,10 @@ pub(crate) struct CpuBlock {
     pub light_fpu: u8,
     /// 1: VZEROUPPER is available and used to leave no guest upper state behind.
     pub has_avx: u8,
+    /// 1: XSAVEOPT is available: the guest's state is saved with it, which skips the
+    /// components the guest left in their initial state or did not modify since the
+    /// entry's XRSTOR from the same area (most exits: the guest has no AVX state).
+    pub has_xsaveopt: u8,
     /// DS, ES, FS, GS as the handler prologue found them.
     pub guest_sel: [u16; 4],
     /// Set by an asynchronous signal that landed in monitor code.
@@ -209,7 +222,7 @@ pub(crate) struct CpuBlock {
 }
 
 impl CpuBlock {
-    pub fn new(xsave_mask: u64, host_fsbase: u64, light_fpu: bool, has_avx: bool) -> Self {
+    pub fn new(xsave_mask: u64, host_fsbase: u64, light_fpu: bool, features: FpuFeatures) -> Self {
         Self {
             host_xsave: XsaveArea::default(),
             host_rsp: 0,
@@ -221,7 +234,8 @@ impl CpuBlock {
             host_mxcsr: MXCSR_DEFAULT,
             host_fcw: FCW_DEFAULT,
             light_fpu: u8::from(light_fpu),
-            has_avx: u8::from(has_avx),
+            has_avx: u8::from(features.avx),
+            has_xsaveopt: u8::from(features.xsaveopt),
             guest_sel: [0; 4],
             pending: AtomicU8::new(0),
             pending_signo: AtomicI32::new(0),
@@ -350,7 +364,13 @@ std::arch::global_asm!(
     "mov rdi, [rsp + 8]",
     "mov eax, [rdi + {mask_lo}]",
     "mov edx, [rdi + {mask_hi}]",
+    "test byte ptr [rdi + {has_xsaveopt}], 1",
+    "jz 3f",
+    "xsaveopt64 [rsi + {fpu}]",
+    "jmp 4f",
+    "3:",
     "xsave64 [rsi + {fpu}]",
+    "4:",
     "test byte ptr [rdi + {light_fpu}], 1",
     "jz 1f",
     // An empty x87 stack with the caller's control words, as the ABI expects at return.
@@ -387,6 +407,7 @@ std::arch::global_asm!(
     host_fcw = const offset_of!(CpuBlock, host_fcw),
     light_fpu = const offset_of!(CpuBlock, light_fpu),
     has_avx = const offset_of!(CpuBlock, has_avx),
+    has_xsaveopt = const offset_of!(CpuBlock, has_xsaveopt),
     host_xsave = const offset_of!(CpuBlock, host_xsave),
     pending = const offset_of!(CpuBlock, pending),
     ldt_gen = sym super::ldt::LDT_GENERATION,

@@ -298,9 +298,13 @@ impl HostCpu {
         // PKRU is user-writable XSAVE state: where it exists the monitor's own value must
         // come back with a full XRSTOR rather than the light MXCSR/FCW path.
         let light_fpu = mask & XCR0_PKRU == 0;
-        let has_avx = mask & XCR0_AVX != 0;
+        let features = entry::FpuFeatures {
+            avx: mask & XCR0_AVX != 0,
+            // Leaf 0xD exists: xsave_mask checked OSXSAVE.
+            xsaveopt: std::arch::x86_64::__cpuid_count(0xd, 1).eax & 1 != 0,
+        };
         let block = NonNull::from(Box::leak(Box::new(CpuBlock::new(
-            mask, fsbase, light_fpu, has_avx,
+            mask, fsbase, light_fpu, features,
         ))));
         let altstack = match signals::AltStack::new() {
             Ok(a) => a,
