@@ -411,7 +411,13 @@ fn check_block(block: &Block, cfg: &TranslateConfig) -> Result<(), TestCaseError
     let mut eip = block.guest_eip;
     for entry in &block.side.entries {
         if let Origin::Ident { guest_len } | Origin::Inline { guest_len } = entry.origin {
-            prop_assert_eq!(entry.guest, rewriter::translate::GuestEip::At(eip));
+            use rewriter::translate::GuestEip;
+            // An inline commit may find the stack already moved (POPFD): still at `eip`.
+            let at = match entry.guest {
+                GuestEip::AtPopped(e) | GuestEip::AtPushed(e) => GuestEip::At(e),
+                g => g,
+            };
+            prop_assert_eq!(at, GuestEip::At(eip));
             eip += u32::from(guest_len);
         }
     }
@@ -568,6 +574,24 @@ const KNOWN: &[Known] = &[
                  opcode; the encoder puts 66/67/F0 in its canonical order. The bytes \
                  carry the same prefixes.",
         matches: |m| strip_hints(&m.want) == strip_hints(&m.got),
+    },
+    Known {
+        name: "LOCK and 66 before an HLE hint",
+        reason: "With F0 66 67 F2 in front of the opcode (the encoder's canonical order), \
+                 capstone drops the LOCK and the operand-size prefix it read before the \
+                 F2/F3 hint and prints a locked word CMPXCHG as an unlocked dword one. The \
+                 bytes carry the guest's prefixes; iced decodes them back to the guest's \
+                 instruction.",
+        matches: |m| {
+            let plain = |t: &str| {
+                strip_hints(t)
+                    .replace("lock ", "")
+                    .replace("dword ptr", "word ptr")
+            };
+            m.guest.contains(&0xF0)
+                && (m.guest.contains(&0xF2) || m.guest.contains(&0xF3))
+                && plain(&m.want) == plain(&m.got)
+        },
     },
     Known {
         name: "MPX in 16-bit code",

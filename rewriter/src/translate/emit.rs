@@ -37,6 +37,7 @@ pub(crate) use build;
 pub(crate) struct Meta {
     pub guest: GuestEip,
     pub restore_scratch: bool,
+    pub restore_eax: bool,
     pub can_fault: bool,
     pub origin: Origin,
 }
@@ -47,6 +48,7 @@ impl Meta {
         Meta {
             guest,
             restore_scratch,
+            restore_eax: false,
             can_fault,
             origin: Origin::Expansion,
         }
@@ -119,6 +121,7 @@ impl<'c> Emitter<'c> {
             len: u8::try_from(len).unwrap_or(u8::MAX),
             guest: meta.guest,
             restore_scratch: meta.restore_scratch,
+            restore_eax: meta.restore_eax,
             can_fault: meta.can_fault,
             origin: meta.origin,
         });
@@ -145,6 +148,7 @@ impl<'c> Emitter<'c> {
                 let meta = Meta {
                     guest: GuestEip::At(eip),
                     restore_scratch: false,
+                    restore_eax: false,
                     can_fault: true,
                     origin: Origin::Inline {
                         guest_len: u8::try_from(guest.len()).unwrap_or(u8::MAX),
@@ -157,9 +161,14 @@ impl<'c> Emitter<'c> {
             super::inline::pushfd(self, guest)?;
             return Ok(true);
         }
+        if super::inline::popfd_inline(self.cfg, guest) {
+            super::inline::popfd(self, guest)?;
+            return Ok(true);
+        }
         let meta = Meta {
             guest: GuestEip::At(eip),
             restore_scratch: false,
+            restore_eax: false,
             can_fault: true,
             origin: Origin::Ident {
                 guest_len: u8::try_from(guest.len()).unwrap_or(u8::MAX),

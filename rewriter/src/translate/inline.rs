@@ -1,5 +1,5 @@
-//! Sensitive instructions translated inline (ARCHITECTURE §5b): CLI, STI and PUSHFD at
-//! CPL 0.
+//! Sensitive instructions translated inline (ARCHITECTURE §5b): CLI, STI, PUSHFD and
+//! POPFD at CPL 0.
 //!
 //! ```text
 //! CLI:    mov  byte [seg:SLOT_VIF], 0
@@ -39,11 +39,40 @@
 //! the host's PUSHFD and its POP the stack holds a dword the guest has not pushed: a stop
 //! there takes ESP back up ([`GuestEip::AtPushed`]).
 
+//!
+//! ```text
+//! POPFD:  mov  [seg:SLOT_ECX], ecx
+//!         mov  [seg:SLOT_EDX], edx
+//!         mov  edx, [esp]                       ; the image: the guest's read, same fault
+//!         mov  ecx, edx
+//!         xor  ecx, [seg:SLOT_ID]
+//!         and  ecx, TF | ID                      ; TF set or ID changed: the monitor
+//!         jecxz inline
+//!         <reload, exit Sensitive(Popf)>
+//! inline: mov  [seg:SLOT_EAX], eax              ; SAHF needs AH
+//!         <IOPL, NT, AC of the image into SLOT_VBITS>
+//!         <AL = IF, AH = the image's low byte>
+//!         <STD or CLD from bit 10; OF from 0x7F + bit 11; SAHF>
+//!         lea  esp, [esp + 4]
+//!         mov  [seg:SLOT_VIF], al               ; the commit
+//!         <PENDING and IF: reload, exit InterruptDue>
+//!         <reload EAX, ECX, EDX>
+//! ```
+//!
+//! Up to the commit a stop leaves the guest at the POPFD (scratch registers restored;
+//! after the `lea`, ESP taken back: [`GuestEip::AtPopped`]); the flags, SLOT_VBITS and
+//! the stack pointer it already changed are what the POPFD sets again. The host's flags
+//! get only what the guest owns natively (status flags and DF); IF, IOPL, NT and AC stay
+//! virtual.
+
 use iced_x86::{Code, Instruction, MemoryOperand, Register};
 
 use super::emit::{build, Emitter, Meta};
 use super::side::{ExitKind, GuestEip, Origin};
-use super::{stub, Refusal, SLOT_ECX, SLOT_EDX, SLOT_PENDING, SLOT_VBITS, SLOT_VIF};
+use super::{
+    stub, Refusal, StackSize, TranslateConfig, SLOT_EAX, SLOT_ECX, SLOT_EDX, SLOT_ID, SLOT_PENDING,
+    SLOT_VBITS, SLOT_VIF,
+};
 
 /// Emits the inline form of `guest`, a CLI or STI.
 pub(crate) fn interrupt_flag(em: &mut Emitter, guest: &Instruction) -> Result<(), Refusal> {
@@ -53,6 +82,7 @@ pub(crate) fn interrupt_flag(em: &mut Emitter, guest: &Instruction) -> Result<()
     let commit = Meta {
         guest: GuestEip::At(eip),
         restore_scratch: false,
+        restore_eax: false,
         can_fault: false,
         origin: Origin::Inline {
             guest_len: u8::try_from(guest.len()).unwrap_or(1),
@@ -122,6 +152,7 @@ pub(crate) fn pushfd(em: &mut Emitter, guest: &Instruction) -> Result<(), Refusa
     let commit = Meta {
         guest: GuestEip::At(eip),
         restore_scratch: true,
+        restore_eax: false,
         can_fault: true,
         origin: Origin::Inline { guest_len: len },
     };
@@ -131,6 +162,185 @@ pub(crate) fn pushfd(em: &mut Emitter, guest: &Instruction) -> Result<(), Refusa
     em.emit(&reload_ecx, after)?;
     let reload_edx = build!(with2, Code::Mov_r32_rm32, Register::EDX, em.slot(SLOT_EDX))?;
     em.emit(&reload_edx, after)?;
+    Ok(())
+}
+
+/// Whether `instr` is a POPFD the translation performs inline: at CPL 0 with inline IF
+/// ([`TranslateConfig::inline_if`]), on a 32-bit stack, and not in a one-instruction
+/// block (those run while the guest single-steps or is watched: the monitor keeps the
+/// guest's TF and checks its accesses there).
+pub(crate) fn popfd_inline(cfg: &TranslateConfig, instr: &Instruction) -> bool {
+    cfg.inline_if
+        && instr.code() == Code::Popfd
+        && cfg.stack_size == StackSize::Bits32
+        && cfg.max_instructions > 1
+}
+
+/// EFLAGS bits a POPFD image gives the virtual flags rather than the host's: IOPL, NT, AC.
+const VIRTUAL_BITS: u32 = 0x3000 | 0x4000 | 0x4_0000;
+/// EFLAGS.TF.
+const TF: u32 = 1 << 8;
+/// EFLAGS.ID.
+const ID: u32 = 1 << 21;
+
+/// Emits the inline form of `guest`, a POPFD on a 32-bit stack.
+pub(crate) fn popfd(em: &mut Emitter, guest: &Instruction) -> Result<(), Refusal> {
+    let eip = u32::try_from(guest.ip()).unwrap_or(0);
+    let len = u8::try_from(guest.len()).unwrap_or(1);
+    let next = eip.wrapping_add(u32::from(len));
+    let at = |guest, restore_eax, can_fault| Meta {
+        guest,
+        restore_scratch: true,
+        restore_eax,
+        can_fault,
+        origin: Origin::Expansion,
+    };
+    let before = |restore_eax| at(GuestEip::At(eip), restore_eax, false);
+    let spill = |reg, slot| build!(with2, Code::Mov_rm32_r32, slot, reg);
+    let reload = |em: &Emitter, reg, slot| build!(with2, Code::Mov_r32_rm32, reg, em.slot(slot));
+    em.emit(
+        &spill(Register::ECX, em.slot(SLOT_ECX))?,
+        Meta::expansion(GuestEip::At(eip), false, false),
+    )?;
+    em.emit(
+        &spill(Register::EDX, em.slot(SLOT_EDX))?,
+        Meta::expansion(GuestEip::At(eip), false, false),
+    )?;
+    // The image, read where the guest's POPFD reads it (same fault).
+    let top = MemoryOperand::with_base(Register::ESP);
+    em.emit(
+        &build!(with2, Code::Mov_r32_rm32, Register::EDX, top)?,
+        at(GuestEip::At(eip), false, true),
+    )?;
+    // TF set (a single step starts after the next instruction) or ID changed (only POPF
+    // and IRET change it on the host): the monitor does those.
+    em.emit(
+        &build!(with2, Code::Mov_r32_rm32, Register::ECX, Register::EDX)?,
+        before(false),
+    )?;
+    let id = build!(with2, Code::Xor_r32_rm32, Register::ECX, em.slot(SLOT_ID))?;
+    em.emit(&id, before(false))?;
+    em.emit(
+        &build!(with2, Code::And_rm32_imm32, Register::ECX, TF | ID)?,
+        before(false),
+    )?;
+    let inline = em.branch_forward(Code::Jecxz_rel8_32, before(false))?;
+    em.emit(&reload(em, Register::ECX, SLOT_ECX)?, before(false))?;
+    em.emit(&reload(em, Register::EDX, SLOT_EDX)?, before(false))?;
+    stub::exit(
+        em,
+        ExitKind::Sensitive(crate::Class::Popf),
+        GuestEip::At(eip),
+    )?;
+    em.bind(inline)?;
+    em.emit(&spill(Register::EAX, em.slot(SLOT_EAX))?, before(false))?;
+    // The virtual bits (IOPL, NT, AC) into their slot.
+    em.emit(
+        &build!(with2, Code::Mov_r32_rm32, Register::ECX, Register::EDX)?,
+        before(true),
+    )?;
+    em.emit(
+        &build!(with2, Code::And_rm32_imm32, Register::ECX, VIRTUAL_BITS)?,
+        before(true),
+    )?;
+    em.emit(&spill(Register::ECX, em.slot(SLOT_VBITS))?, before(true))?;
+    // AL = IF, AH = the image's SF ZF AF PF CF for SAHF.
+    em.emit(
+        &build!(with2, Code::Mov_r32_rm32, Register::ECX, Register::EDX)?,
+        before(true),
+    )?;
+    em.emit(
+        &build!(with2, Code::Shr_rm32_imm8, Register::ECX, 9u32)?,
+        before(true),
+    )?;
+    em.emit(
+        &build!(with2, Code::And_rm32_imm8, Register::ECX, 1u32)?,
+        before(true),
+    )?;
+    em.emit(
+        &build!(with2, Code::Mov_r32_rm32, Register::EAX, Register::EDX)?,
+        before(true),
+    )?;
+    em.emit(
+        &build!(with2, Code::Shl_rm32_imm8, Register::EAX, 8u32)?,
+        before(true),
+    )?;
+    em.emit(
+        &build!(with2, Code::Or_rm8_r8, Register::AL, Register::CL)?,
+        before(true),
+    )?;
+    // DF.
+    em.emit(
+        &build!(with2, Code::Bt_rm32_imm8, Register::EDX, 10u32)?,
+        before(true),
+    )?;
+    let clear = em.branch_forward(Code::Jae_rel8_32, before(true))?;
+    em.emit(&Instruction::with(Code::Std), before(true))?;
+    let set = em.branch_forward(Code::Jmp_rel8_32, before(true))?;
+    em.bind(clear)?;
+    em.emit(&Instruction::with(Code::Cld), before(true))?;
+    em.bind(set)?;
+    // OF: 0x7F + bit 11 overflows exactly when the bit is set.
+    em.emit(
+        &build!(with2, Code::Mov_r32_rm32, Register::ECX, Register::EDX)?,
+        before(true),
+    )?;
+    em.emit(
+        &build!(with2, Code::Shr_rm32_imm8, Register::ECX, 11u32)?,
+        before(true),
+    )?;
+    em.emit(
+        &build!(with2, Code::And_rm32_imm8, Register::ECX, 1u32)?,
+        before(true),
+    )?;
+    em.emit(
+        &build!(with2, Code::Add_rm8_imm8, Register::CL, 0x7fu32)?,
+        before(true),
+    )?;
+    // SF ZF AF PF CF; OF and DF stay.
+    em.emit(&Instruction::with(Code::Sahf), before(true))?;
+    let popped = MemoryOperand::with_base_displ(Register::ESP, 4);
+    em.emit(
+        &build!(with2, Code::Lea_r32_m, Register::ESP, popped)?,
+        before(true),
+    )?;
+    // The commit: the virtual IF.
+    let commit = Meta {
+        origin: Origin::Inline { guest_len: len },
+        ..at(GuestEip::AtPopped(eip), true, false)
+    };
+    let vif = build!(with2, Code::Mov_rm8_r8, em.slot(SLOT_VIF), Register::AL)?;
+    em.emit(&vif, commit)?;
+    let after = at(GuestEip::At(next), true, false);
+    // IF now set with an interrupt waiting: it is taken after the POPFD.
+    let pending = build!(
+        with2,
+        Code::Movzx_r32_rm8,
+        Register::ECX,
+        em.slot(SLOT_PENDING)
+    )?;
+    em.emit(&pending, after)?;
+    let quiet = em.branch_forward(Code::Jecxz_rel8_32, after)?;
+    let enabled = build!(with2, Code::Movzx_r32_rm8, Register::ECX, em.slot(SLOT_VIF))?;
+    em.emit(&enabled, after)?;
+    let masked = em.branch_forward(Code::Jecxz_rel8_32, after)?;
+    for (reg, slot) in [
+        (Register::EAX, SLOT_EAX),
+        (Register::ECX, SLOT_ECX),
+        (Register::EDX, SLOT_EDX),
+    ] {
+        em.emit(&reload(em, reg, slot)?, after)?;
+    }
+    stub::exit(em, ExitKind::InterruptDue, GuestEip::At(next))?;
+    em.bind(quiet)?;
+    em.bind(masked)?;
+    for (reg, slot) in [
+        (Register::EAX, SLOT_EAX),
+        (Register::ECX, SLOT_ECX),
+        (Register::EDX, SLOT_EDX),
+    ] {
+        em.emit(&reload(em, reg, slot)?, after)?;
+    }
     Ok(())
 }
 
@@ -180,6 +390,7 @@ pub(crate) fn selector(
     let meta = Meta {
         guest: GuestEip::At(eip),
         restore_scratch: false,
+        restore_eax: false,
         can_fault: true,
         origin: Origin::Inline { guest_len: len },
     };
@@ -291,6 +502,63 @@ mod tests {
             o16.side.exits[0].kind,
             ExitKind::Sensitive(crate::Class::Pushf)
         ));
+    }
+
+    #[test]
+    fn popfd_inline_is_valid_and_commits_with_the_virtual_if() {
+        // popfd; inc eax; ret
+        let cfg = inline_cfg();
+        let block = translate_with(32, &[0x9D, 0x40, 0xC3], &cfg);
+        let rules = Rules::new(
+            &cfg,
+            u64::from(block.tc_address)..u64::from(block.tc_address) + 4096,
+        );
+        validate(&block.bytes, block.tc_address, &rules).unwrap();
+        let code: Vec<Code> = disasm(&block).iter().map(Instruction::code).collect();
+        assert!(!code.contains(&Code::Popfd), "no host POPFD");
+        assert!(code.contains(&Code::Sahf) && code.contains(&Code::Inc_r32));
+        let exits: Vec<_> = block.side.exits.iter().map(|e| e.kind).collect();
+        assert!(
+            exits.contains(&ExitKind::Sensitive(crate::Class::Popf)),
+            "TF set"
+        );
+        assert!(exits.contains(&ExitKind::InterruptDue));
+        let entries = &block.side.entries;
+        let commit = entries
+            .iter()
+            .position(|e| matches!(e.origin, Origin::Inline { .. }))
+            .unwrap();
+        assert_eq!(code[commit], Code::Mov_rm8_r8);
+        assert_eq!(code[commit - 1], Code::Lea_r32_m);
+        assert_eq!(entries[commit].guest, GuestEip::AtPopped(0x1000));
+        assert_eq!(entries[commit - 1].guest, GuestEip::At(0x1000));
+        assert!(entries[commit].restore_eax && entries[commit].restore_scratch);
+        assert_eq!(entries[commit + 1].guest, GuestEip::At(0x1001));
+        // Of the expansion, only the read of the image can fault.
+        let faulting = entries[..commit].iter().filter(|e| e.can_fault).count();
+        assert_eq!(faulting, 1, "the image read");
+        // A 16-bit stack, a 16-bit POPF or a one-instruction block exits.
+        let stack16 = TranslateConfig {
+            stack_size: StackSize::Bits16,
+            ..inline_cfg()
+        };
+        for (bytes, cfg) in [
+            (&[0x9D][..], stack16),
+            (&[0x66, 0x9D][..], inline_cfg()),
+            (
+                &[0x9D][..],
+                TranslateConfig {
+                    max_instructions: 1,
+                    ..inline_cfg()
+                },
+            ),
+        ] {
+            let b = translate_with(32, bytes, &cfg);
+            assert!(matches!(
+                b.side.exits[0].kind,
+                ExitKind::Sensitive(crate::Class::Popf)
+            ));
+        }
     }
 
     #[test]

@@ -162,6 +162,7 @@ pub(crate) fn prologue(em: &mut Emitter, entry_eip: u32) -> Result<(), Refusal> 
     let meta = Meta {
         guest: GuestEip::At(entry_eip),
         restore_scratch: true,
+        restore_eax: false,
         can_fault: false,
         origin: Origin::Prologue,
     };

@@ -88,8 +88,13 @@ pub const SLOT_PENDING: u32 = 20;
 /// Offset of the dword of virtual EFLAGS bits an inline PUSHFD adds to the host's image
 /// (IOPL, NT, AC, TF: bits the host image has clear), kept by the monitor.
 pub const SLOT_VBITS: u32 = 24;
+/// Offset of the slot that holds the guest's EAX during an inline POPFD (SAHF takes AH).
+pub const SLOT_EAX: u32 = 28;
+/// Offset of the dword holding the guest's EFLAGS.ID (bit 21, the host's at entry): an
+/// inline POPFD that would change it leaves for the monitor.
+pub const SLOT_ID: u32 = 32;
 /// Size of the scratch area.
-pub const SCRATCH_LEN: u32 = 28;
+pub const SCRATCH_LEN: u32 = 36;
 
 /// How translated code enters the monitor's gate (ARCHITECTURE §5b).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

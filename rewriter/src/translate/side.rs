@@ -23,6 +23,10 @@ pub enum GuestEip {
     /// guest has not: the guest's ESP (SP with a 16-bit stack) is 4 above the host's
     /// (inline PUSHFD between the host's PUSHFD and the POP that takes its image back).
     AtPushed(u32),
+    /// At this guest EIP, with one dword taken off the stack that the guest has not
+    /// popped yet: the guest's ESP is 4 below the host's (inline POPFD between its ESP
+    /// adjustment and the store of the virtual IF that commits it).
+    AtPopped(u32),
 }
 
 /// What an emitted instruction is for.
@@ -61,6 +65,8 @@ pub struct SideEntry {
     /// ECX and EDX must be reloaded from their scratch slots ([`super::SLOT_ECX`],
     /// [`super::SLOT_EDX`]) to get the guest's values.
     pub restore_scratch: bool,
+    /// EAX too must be reloaded, from [`super::SLOT_EAX`] (inline POPFD).
+    pub restore_eax: bool,
     /// The instruction can fault on guest state (a guest memory access, a guest stack
     /// push, an IDENT instruction); the others only touch the monitor's scratch slots
     /// and lookup table.
@@ -103,6 +109,9 @@ pub enum ExitKind {
     /// An inline STI found an interrupt pending: the guest is at the instruction after
     /// the STI, in its interrupt shadow, with IF set.
     InterruptWindow,
+    /// An inline POPFD set IF with an interrupt pending: the guest is at the instruction
+    /// after it, and the interrupt is taken there (POPF has no shadow).
+    InterruptDue,
 }
 
 impl ExitKind {
@@ -161,6 +170,7 @@ mod tests {
             len,
             guest: GuestEip::At(offset),
             restore_scratch: false,
+            restore_eax: false,
             can_fault: true,
             origin: Origin::Ident { guest_len: len },
         }

@@ -37,6 +37,7 @@ pub(crate) fn exit(em: &mut Emitter, kind: ExitKind, guest: GuestEip) -> Result<
     let meta = Meta {
         guest,
         restore_scratch: false,
+        restore_eax: false,
         can_fault: false,
         origin: Origin::Exit,
     };

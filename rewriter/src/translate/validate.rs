@@ -420,9 +420,9 @@ mod tests {
     #[test]
     fn segment_accesses_are_confined_to_the_table_and_the_slots() {
         assert_eq!(kind(&[0x2E, 0x8B, 0x00]), ViolationKind::CodeSegmentAccess);
-        // mov eax, gs:[scratch base + 28]: past the slots.
+        // mov eax, gs:[scratch base + 36]: past the slots.
         assert_eq!(
-            kind(&[0x65, 0xA1, 0x1C, 0xE0, 0xFF, 0xFF]),
+            kind(&[0x65, 0xA1, 0x24, 0xE0, 0xFF, 0xFF]),
             ViolationKind::ScratchAccess
         );
         // mov eax, gs:[eax]

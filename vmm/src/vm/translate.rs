@@ -15,8 +15,8 @@
 
 use iced_x86::Instruction;
 use rewriter::translate::{
-    CodeReader, CodeSegment, CodeSize, ExitKind, ExitStub, GuestEip, Refusal, SLOT_ECX, SLOT_EDX,
-    SLOT_EXIT, SLOT_PENDING, SLOT_TARGET, SLOT_VBITS, SLOT_VIF,
+    CodeReader, CodeSegment, CodeSize, ExitKind, ExitStub, GuestEip, Refusal, SLOT_EAX, SLOT_ECX,
+    SLOT_EDX, SLOT_EXIT, SLOT_ID, SLOT_PENDING, SLOT_TARGET, SLOT_VBITS, SLOT_VIF,
 };
 use rewriter::Class;
 use shadow_paging::Access;
@@ -220,6 +220,8 @@ impl Vm {
                 // clear that the guest may have set.
                 let vbits = eflags::IOPL | eflags::NT | eflags::AC | eflags::TF;
                 t.tc.set_slot(SLOT_VBITS, self.cpu.state.eflags & vbits);
+                // What an inline POPFD compares the image's ID with.
+                t.tc.set_slot(SLOT_ID, self.cpu.state.eflags & eflags::ID);
                 t.guest_tf = self.cpu.state.eflags & eflags::TF;
                 ctx.eflags &= !eflags::TF;
                 let here = (self.cpu.state.eip, user);
@@ -506,13 +508,15 @@ impl Vm {
         ) {
             return Ok(TcExit::Guest);
         }
-        // Inline CLI/STI may have changed the virtual IF.
+        // Inline CLI/STI/POPFD may have changed the virtual IF, and POPFD IOPL, NT and AC.
         let s = &mut self.cpu.state;
         if t.tc.slot_u8(SLOT_VIF) != 0 {
             s.eflags |= eflags::IF;
         } else {
             s.eflags &= !eflags::IF;
         }
+        let popped = eflags::IOPL | eflags::NT | eflags::AC;
+        s.eflags = (s.eflags & !popped) | (t.tc.slot(SLOT_VBITS) & popped);
         let ctx = &mut self.cpu.ctx;
         // Not entered at all (a pending timer): the context still holds the entry.
         if let HostExitKind::Async { .. } = exit.kind {
@@ -534,7 +538,7 @@ impl Vm {
                 ));
             };
             ctx.eip = match stub.guest {
-                GuestEip::At(e) | GuestEip::AtPushed(e) => e,
+                GuestEip::At(e) | GuestEip::AtPushed(e) | GuestEip::AtPopped(e) => e,
                 GuestEip::TargetSlot => t.tc.slot(SLOT_TARGET),
             };
             return Ok(TcExit::Gate { block, index, stub });
@@ -582,6 +586,9 @@ impl Vm {
             ctx.ecx = t.tc.slot(SLOT_ECX);
             ctx.edx = t.tc.slot(SLOT_EDX);
         }
+        if entry.restore_eax {
+            ctx.eax = t.tc.slot(SLOT_EAX);
+        }
         ctx.eip = match entry.guest {
             GuestEip::At(e) => e,
             GuestEip::TargetSlot => t.tc.slot(SLOT_TARGET),
@@ -593,6 +600,11 @@ impl Vm {
                 } else {
                     (ctx.esp & 0xffff_0000) | (ctx.esp.wrapping_add(4) & 0xffff)
                 };
+                e
+            }
+            GuestEip::AtPopped(e) => {
+                // The POPFD's stack adjustment is taken back (inline only on 32-bit stacks).
+                ctx.esp = ctx.esp.wrapping_sub(4);
                 e
             }
         };
@@ -657,6 +669,17 @@ impl Vm {
                 let site = self.cpu.code_linear(self.cpu.state.eip);
                 self.stats.site(site, Class::Sti.name());
                 self.cpu.state.interrupt_shadow = true;
+                Ok(None)
+            }
+            ExitKind::InterruptDue => {
+                // An inline POPFD set IF with an interrupt waiting: the loop delivers it
+                // before the next instruction.
+                if self.finish_step(false)? {
+                    return Ok(None);
+                }
+                self.stats.exit(ExitReason::RewriteTrap);
+                let site = self.cpu.code_linear(self.cpu.state.eip);
+                self.stats.site(site, Class::Popf.name());
                 Ok(None)
             }
             kind => {
@@ -724,9 +747,10 @@ impl Vm {
                 self.stats.exit(ExitReason::GuestException);
                 self.hand_to_vcpu(GuestExit::Exception(Fault::new(Exception::UD)))
             }
-            ExitKind::Direct { .. } | ExitKind::IndirectMiss | ExitKind::InterruptWindow => {
-                Ok(None)
-            }
+            ExitKind::Direct { .. }
+            | ExitKind::IndirectMiss
+            | ExitKind::InterruptWindow
+            | ExitKind::InterruptDue => Ok(None),
         }
     }
 
