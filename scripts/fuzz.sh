@@ -58,7 +58,9 @@ for t in "${targets[@]}"; do
     }
     stats=$out/default/fuzzer_stats
     get() { awk -F' *: *' -v k="$1" '$1==k {print $2}' "$stats"; }
-    crashes=$(get saved_crashes)
+    # Crash files of this run (AFL++'s counter also counts those a resumed run moved
+    # aside into crashes.<date>/).
+    crashes=$(find "$out/default/crashes" -name 'id*' 2>/dev/null | wc -l)
     # AFL++ saves an input as a hang when one run took over 2 s, which a load spike on a
     # shared machine can cause: each is run again with 20 s, and only those that still do
     # not finish count.
