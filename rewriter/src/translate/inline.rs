@@ -245,18 +245,7 @@ pub(crate) fn popfd(em: &mut Emitter, guest: &Instruction) -> Result<(), Refusal
     )?;
     em.emit(&spill(Register::ECX, em.slot(SLOT_VBITS))?, before(true))?;
     // AL = IF, AH = the image's SF ZF AF PF CF for SAHF.
-    em.emit(
-        &build!(with2, Code::Mov_r32_rm32, Register::ECX, Register::EDX)?,
-        before(true),
-    )?;
-    em.emit(
-        &build!(with2, Code::Shr_rm32_imm8, Register::ECX, 9u32)?,
-        before(true),
-    )?;
-    em.emit(
-        &build!(with2, Code::And_rm32_imm8, Register::ECX, 1u32)?,
-        before(true),
-    )?;
+    emit_all(em, &edx_bit_to_ecx(9)?, before(true))?;
     em.emit(
         &build!(with2, Code::Mov_r32_rm32, Register::EAX, Register::EDX)?,
         before(true),
@@ -281,18 +270,7 @@ pub(crate) fn popfd(em: &mut Emitter, guest: &Instruction) -> Result<(), Refusal
     em.emit(&Instruction::with(Code::Cld), before(true))?;
     em.bind(set)?;
     // OF: 0x7F + bit 11 overflows exactly when the bit is set.
-    em.emit(
-        &build!(with2, Code::Mov_r32_rm32, Register::ECX, Register::EDX)?,
-        before(true),
-    )?;
-    em.emit(
-        &build!(with2, Code::Shr_rm32_imm8, Register::ECX, 11u32)?,
-        before(true),
-    )?;
-    em.emit(
-        &build!(with2, Code::And_rm32_imm8, Register::ECX, 1u32)?,
-        before(true),
-    )?;
+    emit_all(em, &edx_bit_to_ecx(11)?, before(true))?;
     em.emit(
         &build!(with2, Code::Add_rm8_imm8, Register::CL, 0x7fu32)?,
         before(true),
@@ -342,6 +320,20 @@ pub(crate) fn popfd(em: &mut Emitter, guest: &Instruction) -> Result<(), Refusal
         em.emit(&reload(em, reg, slot)?, after)?;
     }
     Ok(())
+}
+
+/// Emits `instrs` in order, each with `meta`.
+fn emit_all(em: &mut Emitter, instrs: &[Instruction], meta: Meta) -> Result<(), Refusal> {
+    instrs.iter().try_for_each(|i| em.emit(i, meta))
+}
+
+/// ECX = bit `bit` of EDX (0 or 1); writes the flags.
+fn edx_bit_to_ecx(bit: u32) -> Result<[Instruction; 3], Refusal> {
+    Ok([
+        build!(with2, Code::Mov_r32_rm32, Register::ECX, Register::EDX)?,
+        build!(with2, Code::Shr_rm32_imm8, Register::ECX, bit)?,
+        build!(with2, Code::And_rm32_imm8, Register::ECX, 1u32)?,
+    ])
 }
 
 /// The segment register `instr` reads, if it is a PUSH Sreg or a MOV reg, Sreg (the
