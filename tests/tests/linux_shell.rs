@@ -8,11 +8,12 @@
 //! Without the Debian files the test is skipped with a message, except in CI (CI=true),
 //! where a missing file is a failure.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod console_support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use console_support::Console;
 
 /// The line /init prints before it starts the shell.
 const READY: &str = "vmm-initramfs: shell ready";
@@ -67,83 +68,34 @@ fn kernel_release(bzimage: &Path) -> String {
     String::from_utf8(text[..end].to_vec()).expect("ASCII version string")
 }
 
-/// A booted guest: the monitor's standard input, and its console lines as they come.
+/// A booted guest: the monitor's console, driven as a user drives it.
 struct Guest {
-    child: Child,
-    stdin: ChildStdin,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-    stderr: std::thread::JoinHandle<String>,
+    console: Console,
 }
 
 impl Guest {
     fn boot(kernel: &Path, initrd: &Path) -> Self {
-        let mut child = std::process::Command::new("timeout")
-            .args(["--kill-after=5", &RUN_SECONDS.to_string()])
+        let mut cmd = std::process::Command::new("timeout");
+        cmd.args(["--kill-after=5", &RUN_SECONDS.to_string()])
             .arg(monitor())
             .args(["run", "--kernel"])
             .arg(kernel)
             .arg("--initrd")
             .arg(initrd)
-            .args(["--append", "console=ttyS0"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("vmm starts");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut stderr = child.stderr.take().expect("piped stderr");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).split(b'\n') {
-                let Ok(line) = line else { return };
-                let line = String::from_utf8_lossy(&line).trim_end().to_string();
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s);
-            s
-        });
-        let stdin = child.stdin.take().expect("piped stdin");
+            .args(["--append", "console=ttyS0"]);
         Self {
-            child,
-            stdin,
-            lines,
-            seen: Vec::new(),
-            stderr,
+            console: Console::spawn_command(&mut cmd),
         }
     }
 
     /// Waits up to `limit` for a console line that `want` accepts, and returns it.
     fn wait_for(&mut self, what: &str, limit: Duration, want: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if want(&line) {
-                        return line;
-                    }
-                }
-                Err(e) => panic!(
-                    "no console line {what} ({e}); the console so far:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
+        self.console.wait_for(what, limit, want)
     }
 
     /// Types `command` and a newline at the shell.
     fn type_line(&mut self, command: &str) {
-        self.stdin
-            .write_all(format!("{command}\n").as_bytes())
-            .and_then(|()| self.stdin.flush())
-            .expect("write to the guest's console");
+        self.console.send(&format!("{command}\n"));
     }
 
     /// Types `command` and waits for an output line equal to `answer`.
@@ -158,18 +110,15 @@ impl Guest {
     /// and the whole console.
     fn power_off(mut self) -> (Option<i32>, String, String) {
         self.type_line("poweroff -f");
-        let status = self.child.wait().expect("vmm ends");
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(1)) {
-            self.seen.push(line);
-        }
-        let stderr = self.stderr.join().expect("stderr reader");
+        let ended = self.console.finish();
         assert_ne!(
-            status.code(),
+            ended.status,
             Some(support::TIMED_OUT),
-            "the guest did not power off; console:\n{}\nstderr:\n{stderr}",
-            self.seen.join("\n")
+            "the guest did not power off; console:\n{}\nstderr:\n{}",
+            ended.stdout,
+            ended.stderr
         );
-        (status.code(), stderr, self.seen.join("\n"))
+        (ended.status, ended.stderr, ended.stdout)
     }
 }
 

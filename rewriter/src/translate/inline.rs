@@ -302,23 +302,16 @@ pub(crate) fn popfd(em: &mut Emitter, guest: &Instruction) -> Result<(), Refusal
     let enabled = build!(with2, Code::Movzx_r32_rm8, Register::ECX, em.slot(SLOT_VIF))?;
     em.emit(&enabled, after)?;
     let masked = em.branch_forward(Code::Jecxz_rel8_32, after)?;
-    for (reg, slot) in [
-        (Register::EAX, SLOT_EAX),
-        (Register::ECX, SLOT_ECX),
-        (Register::EDX, SLOT_EDX),
-    ] {
-        em.emit(&reload(em, reg, slot)?, after)?;
-    }
+    let restore = [
+        reload(em, Register::EAX, SLOT_EAX)?,
+        reload(em, Register::ECX, SLOT_ECX)?,
+        reload(em, Register::EDX, SLOT_EDX)?,
+    ];
+    emit_all(em, &restore, after)?;
     stub::exit(em, ExitKind::InterruptDue, GuestEip::At(next))?;
     em.bind(quiet)?;
     em.bind(masked)?;
-    for (reg, slot) in [
-        (Register::EAX, SLOT_EAX),
-        (Register::ECX, SLOT_ECX),
-        (Register::EDX, SLOT_EDX),
-    ] {
-        em.emit(&reload(em, reg, slot)?, after)?;
-    }
+    emit_all(em, &restore, after)?;
     Ok(())
 }
 

@@ -34,7 +34,12 @@ pub struct Ended {
 impl Console {
     /// Starts `vmm ARGS…`, killed after `seconds`.
     pub fn spawn(seconds: u32, args: &[&str]) -> Self {
-        let mut child = support::vmm(seconds, args)
+        Self::spawn_command(&mut support::vmm(seconds, args))
+    }
+
+    /// Starts `cmd` (a `vmm` run under `timeout`) with its standard streams piped.
+    pub fn spawn_command(cmd: &mut std::process::Command) -> Self {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -44,10 +49,12 @@ impl Console {
         let mut stderr = child.stderr.take().expect("piped stderr");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                // The guest ends its lines with "\r\n", as a serial console does.
+            // The guest ends its lines with "\r\n", as a serial console does, and not all
+            // of what a kernel prints is UTF-8.
+            for line in BufReader::new(stdout).split(b'\n') {
                 let Ok(line) = line else { return };
-                if tx.send(line.trim_end_matches('\r').to_owned()).is_err() {
+                let line = String::from_utf8_lossy(&line).trim_end().to_owned();
+                if tx.send(line).is_err() {
                     return;
                 }
             }

@@ -16,6 +16,7 @@
 use super::cpu::Stepping;
 use super::Vm;
 use crate::addr::GuestLinear;
+use crate::vcpu::emulate::operands::{read_gpr, string_registers};
 use crate::x86::eflags;
 
 /// One enabled data breakpoint.
@@ -115,18 +116,8 @@ fn rep_elements(instr: &iced_x86::Instruction, state: &crate::vcpu::VcpuState) -
     if !repeated || !counted {
         return 1;
     }
-    let addr16 = (0..instr.op_count()).any(|i| {
-        matches!(
-            instr.op_kind(i),
-            iced_x86::OpKind::MemorySegSI | iced_x86::OpKind::MemoryESDI
-        )
-    });
-    let ecx = state.gpr[1];
-    if addr16 {
-        ecx & 0xffff
-    } else {
-        ecx
-    }
+    let (_, _, count) = string_registers(instr);
+    read_gpr(state, count)
 }
 
 /// The guest's enabled data breakpoints and the accesses of the instruction about to run,

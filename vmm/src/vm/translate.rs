@@ -32,6 +32,7 @@ use super::{Vm, VmError};
 use crate::addr::{GuestLinear, GuestPhys};
 use crate::hostcpu::{HostExit, HostExitKind};
 use crate::vcpu::exit::GuestExit;
+use crate::vcpu::stack::adjust_sp;
 use crate::vcpu::Fault;
 use crate::x86::{cr0, eflags, Exception, SegReg};
 
@@ -589,22 +590,18 @@ impl Vm {
         if entry.restore_eax {
             ctx.eax = t.tc.slot(SLOT_EAX);
         }
+        let stack32 = self.cpu.state.sreg(SegReg::Ss).db;
         ctx.eip = match entry.guest {
             GuestEip::At(e) => e,
             GuestEip::TargetSlot => t.tc.slot(SLOT_TARGET),
+            // The translation's own push is taken back ...
             GuestEip::AtPushed(e) => {
-                // The translation's own push is taken back (SP alone with a 16-bit stack).
-                let stack32 = self.cpu.state.sreg(SegReg::Ss).db;
-                ctx.esp = if stack32 {
-                    ctx.esp.wrapping_add(4)
-                } else {
-                    (ctx.esp & 0xffff_0000) | (ctx.esp.wrapping_add(4) & 0xffff)
-                };
+                ctx.esp = adjust_sp(ctx.esp, 4, stack32);
                 e
             }
+            // ... and so is the POPFD's stack adjustment.
             GuestEip::AtPopped(e) => {
-                // The POPFD's stack adjustment is taken back (inline only on 32-bit stacks).
-                ctx.esp = ctx.esp.wrapping_sub(4);
+                ctx.esp = adjust_sp(ctx.esp, 4u32.wrapping_neg(), stack32);
                 e
             }
         };

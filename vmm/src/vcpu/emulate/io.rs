@@ -1,7 +1,7 @@
 //! Port I/O: IN/OUT with immediate or DX port, 8/16/32 bits, and INS/OUTS with REP,
 //! DF, the address size of the string operand and the segment override of OUTS.
 
-use super::operands::{linear, read_gpr, read_mem, write_gpr, write_mem};
+use super::operands::{linear, read_gpr, read_mem, string_addr16, write_gpr, write_mem};
 use super::{Ctx, Outcome, Res, Stop, REP_BATCH};
 use crate::addr::GuestLinear;
 use crate::bits::low16;
@@ -93,9 +93,8 @@ fn string(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
     let i = cx.instr;
     let m = i.mnemonic();
     let input = matches!(m, Mnemonic::Insb | Mnemonic::Insw | Mnemonic::Insd);
-    let mem_op = if input { 0 } else { 1 };
     let size = access_size(m, Register::None);
-    let a16 = matches!(i.op_kind(mem_op), OpKind::MemorySegSI | OpKind::MemoryESDI);
+    let a16 = string_addr16(i);
     let (idx, src_seg) = if input {
         (Register::EDI, SegReg::Es)
     } else {

@@ -24,6 +24,23 @@ fn gpr_slot(reg: Register) -> Option<(usize, bool)> {
     }
 }
 
+/// Whether a string instruction addresses with SI/DI (16-bit addressing) rather than
+/// ESI/EDI: its string operands say so.
+pub fn string_addr16(instr: &Instruction) -> bool {
+    (0..instr.op_count())
+        .any(|n| matches!(instr.op_kind(n), OpKind::MemorySegSI | OpKind::MemoryESDI))
+}
+
+/// The destination index, source index and count registers of a string instruction, by
+/// its address size: DI, SI, CX or EDI, ESI, ECX.
+pub fn string_registers(instr: &Instruction) -> (Register, Register, Register) {
+    if string_addr16(instr) {
+        (Register::DI, Register::SI, Register::CX)
+    } else {
+        (Register::EDI, Register::ESI, Register::ECX)
+    }
+}
+
 /// Reads a general-purpose register (8, 16 or 32 bits), zero-extended.
 pub fn read_gpr(s: &VcpuState, reg: Register) -> u32 {
     let Some((i, high)) = gpr_slot(reg) else {

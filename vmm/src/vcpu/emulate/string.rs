@@ -3,11 +3,11 @@
 //! (SDM Vol. 2B). Kernels clear and copy page tables with them, so write mediation runs
 //! them. Port string I/O (INS/OUTS) is in `io`.
 
-use super::operands::{read_gpr, read_mem, write_gpr, write_mem};
+use super::operands::{read_gpr, read_mem, string_registers, write_gpr, write_mem};
 use super::{Ctx, Outcome, Res, Stop, Unsupported, REP_BATCH};
 use crate::vcpu::{Effects, GuestBus, VcpuState};
 use crate::x86::{eflags, SegReg};
-use iced_x86::{Code, OpKind, Register};
+use iced_x86::{Code, Register};
 
 /// STOS/MOVS. Each element is a separate access and ECX, ESI and EDI advance element by
 /// element, so a fault midway keeps the completed elements (as the processor does) and
@@ -26,10 +26,7 @@ pub(crate) fn store(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) ->
         Code::Movsd_m32_m32 => (4, true),
         _ => return Err(Stop::Unsupported(Unsupported::Instruction(i.mnemonic()))),
     };
-    let (di, si, cx_reg) = match i.op0_kind() {
-        OpKind::MemoryESDI => (Register::DI, Register::SI, Register::CX),
-        _ => (Register::EDI, Register::ESI, Register::ECX),
-    };
+    let (di, si, cx_reg) = string_registers(i);
     let rep = i.has_rep_prefix() || i.has_repe_prefix() || i.has_repne_prefix();
     let step = if s.eflags & eflags::DF != 0 {
         size.wrapping_neg()

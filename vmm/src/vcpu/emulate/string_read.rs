@@ -5,11 +5,11 @@
 //! early boot parses firmware tables there with `lodsb` and `repe cmpsb`).
 
 use super::alu::{add_sub, set_status};
-use super::operands::{read_gpr, read_mem, write_gpr};
+use super::operands::{read_gpr, read_mem, string_registers, write_gpr};
 use super::{Ctx, Outcome, Res, Stop, Unsupported, REP_BATCH};
 use crate::vcpu::{Effects, GuestBus, VcpuState};
 use crate::x86::{eflags, SegReg};
-use iced_x86::{Code, OpKind, Register};
+use iced_x86::{Code, Register};
 
 /// Which string read.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -38,13 +38,7 @@ pub(crate) fn load_compare(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<
         Code::Scasd_EAX_m32 => (4, Kind::Scas),
         _ => return Err(Stop::Unsupported(Unsupported::Instruction(i.mnemonic()))),
     };
-    let a16 =
-        (0..i.op_count()).any(|n| matches!(i.op_kind(n), OpKind::MemorySegSI | OpKind::MemoryESDI));
-    let (di, si, cx_reg) = if a16 {
-        (Register::DI, Register::SI, Register::CX)
-    } else {
-        (Register::EDI, Register::ESI, Register::ECX)
-    };
+    let (di, si, cx_reg) = string_registers(i);
     let acc = match size {
         1 => Register::AL,
         2 => Register::AX,
