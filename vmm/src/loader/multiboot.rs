@@ -611,6 +611,18 @@ fn place_boot_info(segments: &[Segment], size: u64, map: &[E820Entry]) -> Option
     clear(above).then_some(above)
 }
 
+/// The segments to load and the entry point, from the Multiboot header's address fields
+/// (the a.out kludge) or else from the ELF program headers.
+fn layout(image: &[u8], ram_size: usize) -> Result<(Vec<Segment>, u64), LoadError> {
+    let header = find_header(image)?;
+    check_flags(header.flags)?;
+    if header.flags & FLAG_AOUT_KLUDGE != 0 {
+        aout_layout(image, header, ram_size)
+    } else {
+        elf_layout(image, ram_size)
+    }
+}
+
 /// Loads a Multiboot v1 kernel `image` into guest `ram` (index = guest-physical address)
 /// with the command line `cmdline`, and writes the Multiboot information structure.
 ///
@@ -636,13 +648,7 @@ pub fn load_multiboot(ram: &mut [u8], image: &[u8], cmdline: &str) -> Result<Boo
     if let Some(position) = cmdline.bytes().position(|b| b == 0) {
         return Err(LoadError::CmdlineContainsNul { position });
     }
-    let header = find_header(image)?;
-    check_flags(header.flags)?;
-    let (segments, entry) = if header.flags & FLAG_AOUT_KLUDGE != 0 {
-        aout_layout(image, header, ram_size)?
-    } else {
-        elf_layout(image, ram_size)?
-    };
+    let (segments, entry) = layout(image, ram_size)?;
     if !segments.iter().any(|s| (s.paddr..s.end()).contains(&entry)) {
         return Err(LoadError::EntryOutsideImage { entry });
     }
@@ -900,6 +906,37 @@ mod tests {
         assert_eq!(start, mbi);
         assert!(end <= pc::EBDA_BASE.raw());
         assert_eq!(end, mbi + 116 + 6 * 24 + 20 + 4);
+    }
+
+    #[test]
+    fn boot_information_may_sit_between_two_segments() {
+        let image = elf_image(
+            &[
+                Seg {
+                    paddr: 0x1000,
+                    vaddr: 0x1000,
+                    data: vec![0xaa; 16],
+                    memsz: 0x2000,
+                },
+                Seg {
+                    paddr: KERNEL_BASE,
+                    vaddr: KERNEL_BASE,
+                    data: text(),
+                    memsz: 200,
+                },
+            ],
+            KERNEL_BASE,
+            0,
+        );
+        let mut ram = ram();
+        let info = load_multiboot(&mut ram, &image, "").unwrap();
+        assert_eq!(info.kernel_range, (0x1000, KERNEL_BASE + 200));
+        assert_eq!(info.ebx, BOOT_INFO_LOW_BASE);
+        let (start, end) = info.boot_info_range;
+        assert!(0x3000 <= start && end <= KERNEL_BASE);
+        assert_eq!(ram[0x1000..0x1010], [0xaa; 16]);
+        assert!(ram[0x1010..0x3000].iter().all(|&b| b == 0), "bss zeroed");
+        assert_eq!(ram[KERNEL_BASE as usize..][..200], text()[..]);
     }
 
     #[test]
@@ -1268,7 +1305,8 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
         /// Corrupting any bytes of a valid image gives an error or a load, never a panic,
-        /// and a successful load stays inside RAM and clear of the boot information.
+        /// and a successful load stays inside RAM, with the boot information clear of
+        /// every segment (it may sit in a gap between two of them, as GRUB puts it).
         #[test]
         fn mutated_images_never_panic(
             aout in any::<bool>(),
@@ -1289,7 +1327,11 @@ mod tests {
                 let (ks, ke) = info.kernel_range;
                 let (bs, be) = info.boot_info_range;
                 prop_assert!(ke as usize <= ram.len() && be as usize <= ram.len());
-                prop_assert!(be <= ks || bs >= ke);
+                let (segments, _) = layout(&image, ram.len()).unwrap();
+                prop_assert!(segments
+                    .iter()
+                    .all(|s| s.end() <= u64::from(bs) || s.paddr >= u64::from(be)));
+                prop_assert!(segments.iter().all(|s| u64::from(ks) <= s.paddr && s.end() <= u64::from(ke)));
                 prop_assert!(info.entry >= ks && info.entry < ke);
             }
         }
