@@ -1,10 +1,14 @@
 //! The local APIC in xAPIC mode: a register page at [`pc::LAPIC_BASE`] (SDM Vol. 3A
 //! ch. 10, "Advanced Programmable Interrupt Controller").
 //!
-//! The model is the one local APIC of a one-CPU PC as firmware hands it to an OS (SeaBIOS
-//! under QEMU): globally enabled in IA32_APIC_BASE, software-enabled with spurious vector
-//! 0xFF, LINT0 in ExtINT mode and LINT1 as NMI — the MP specification's virtual-wire
-//! mode, so a guest that only programs the 8259 keeps receiving its interrupts.
+//! The bootstrap processor's APIC is as firmware hands it to an OS (SeaBIOS under QEMU):
+//! globally enabled in IA32_APIC_BASE, software-enabled with spurious vector 0xFF, LINT0
+//! in ExtINT mode and LINT1 as NMI — the MP specification's virtual-wire mode, so a guest
+//! that only programs the 8259 keeps receiving its interrupts. An application processor's
+//! is in its power-up state ([`LocalApic::new_ap`]). IPIs to other processors leave
+//! through [`LocalApic::take_outbox`] (the APICs of a machine are in `lapics.rs`); what an
+//! IPI asks of the processor itself (NMI, INIT, start-up) waits in
+//! [`LocalApic::take_signals`].
 //!
 //! What the run loop asks of it:
 //! - [`LocalApic::accept`]: a fixed interrupt arrives (IOAPIC, self-IPI, timer);
@@ -133,6 +137,9 @@ const ICR_LOW_WRITABLE: u32 = 0x000c_cfff;
 /// Delivery mode field values (LVT, ICR, IOAPIC redirection entries).
 const MODE_FIXED: u8 = 0;
 const MODE_LOWEST_PRIORITY: u8 = 1;
+const MODE_NMI: u8 = 4;
+const MODE_INIT: u8 = 5;
+const MODE_STARTUP: u8 = 6;
 const MODE_EXTINT: u8 = 7;
 /// The reset state firmware leaves: LINT0 ExtINT, LINT1 NMI, both level-triggered
 /// (SeaBIOS writes 0x8700 and 0x8400).
@@ -318,6 +325,63 @@ pub struct LocalApic<C> {
     timer: Timer,
     /// Level-triggered vectors the guest sent an EOI for, not yet taken by the run loop.
     level_eois: VectorSet,
+    /// IPIs sent to other processors, not yet routed.
+    outbox: Vec<Ipi>,
+    /// What IPIs asked of this processor, not yet taken by the run loop.
+    signals: CpuSignals,
+}
+
+/// An interprocessor interrupt's delivery mode (ICR bits 10:8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpiKind {
+    /// A vector, at every destination.
+    Fixed,
+    /// A vector, at one destination (the lowest-priority one).
+    LowestPriority,
+    /// A non-maskable interrupt.
+    Nmi,
+    /// INIT (asserted): the processor resets and waits for a start-up IPI.
+    Init,
+    /// Start-up: a processor waiting after INIT starts in real mode at vector × 4 KiB.
+    Startup,
+}
+
+/// Where an IPI goes, besides its sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpiDest {
+    /// The ICR's destination field: an APIC ID (0xFF broadcast), or a logical destination.
+    Field {
+        /// The destination field.
+        dest: u8,
+        /// Logical (else physical) destination mode.
+        logical: bool,
+    },
+    /// The "all excluding self" shorthand (and the others of "all including self").
+    AllOthers,
+}
+
+/// An IPI sent to other processors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipi {
+    /// The delivery mode.
+    pub kind: IpiKind,
+    /// The vector (fixed, lowest priority) or the start-up page number.
+    pub vector: u8,
+    /// Level-triggered (fixed and lowest priority).
+    pub level: bool,
+    /// The destinations.
+    pub dest: IpiDest,
+}
+
+/// What IPIs asked of the processor this APIC belongs to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuSignals {
+    /// An NMI is due.
+    pub nmi: bool,
+    /// INIT arrived: the processor resets and waits for a start-up IPI.
+    pub init: bool,
+    /// The vector of the last start-up IPI.
+    pub startup: Option<u8>,
 }
 
 impl<C: Clock + Clone> LocalApic<C> {
@@ -351,6 +415,63 @@ impl<C: Clock + Clone> LocalApic<C> {
             lvt: [LVT_MASKED; LVT_ENTRIES],
             timer: Timer::default(),
             level_eois: VectorSet::default(),
+            outbox: Vec::new(),
+            signals: CpuSignals::default(),
+        }
+    }
+
+    /// An application processor's APIC at power-up (software-disabled, every LVT
+    /// masked), with the local APIC ID `id`.
+    pub fn new_ap(clock: C, id: u8) -> Self {
+        let mut apic = Self::power_up(clock);
+        apic.id = id;
+        apic
+    }
+
+    /// The local APIC ID.
+    pub fn id(&self) -> u8 {
+        self.id
+    }
+
+    /// IPIs sent to other processors since the last call, oldest first.
+    pub fn take_outbox(&mut self) -> Vec<Ipi> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// What IPIs asked of this processor since the last call.
+    pub fn take_signals(&mut self) -> CpuSignals {
+        std::mem::take(&mut self.signals)
+    }
+
+    /// Whether an NMI, INIT or start-up IPI waits for the processor.
+    pub fn has_signals(&self) -> bool {
+        self.signals != CpuSignals::default()
+    }
+
+    /// An IPI another processor sent arrives here (its addressing is the sender's
+    /// business: see `lapics.rs`). INIT resets the APIC to its power-up state, keeping
+    /// its ID (SDM Vol. 3A §10.4.7.3).
+    pub fn receive_ipi(&mut self, ipi: &Ipi) {
+        if !self.globally_enabled {
+            return;
+        }
+        match ipi.kind {
+            IpiKind::Fixed | IpiKind::LowestPriority => {
+                if ipi.vector < 16 {
+                    self.error(ESR_RECEIVE_ILLEGAL_VECTOR);
+                } else {
+                    self.accept(ipi.vector, ipi.level);
+                }
+            }
+            IpiKind::Nmi => self.signals.nmi = true,
+            IpiKind::Init => {
+                let (id, outbox) = (self.id, std::mem::take(&mut self.outbox));
+                *self = Self::power_up(self.clock.clone());
+                self.id = id;
+                self.outbox = outbox;
+                self.signals.init = true;
+            }
+            IpiKind::Startup => self.signals.startup = Some(ipi.vector),
         }
     }
 
@@ -399,7 +520,8 @@ impl<C: Clock + Clone> LocalApic<C> {
         self.accept(msg.vector, msg.level);
     }
 
-    fn addressed_by(&self, dest: u8, logical: bool) -> bool {
+    /// Whether a message with destination field `dest` reaches this APIC.
+    pub fn addressed_by(&self, dest: u8, logical: bool) -> bool {
         if !logical {
             return dest == self.id || dest == 0xff;
         }
@@ -515,31 +637,58 @@ impl<C: Clock + Clone> LocalApic<C> {
         }
     }
 
-    /// ICR low written: the IPI is sent at once (its delivery status never stays pending).
+    /// ICR low written: the IPI is sent at once (its delivery status never stays
+    /// pending). What reaches this processor is taken here; what goes to others waits in
+    /// the outbox. INIT level de-assert, SMI and the reserved modes do nothing.
     fn send_ipi(&mut self) {
         let icr = self.icr_low;
         let vector = field8(icr, 0);
-        let mode = DeliveryMode::from_bits(icr);
         let level = icr & (1 << 15) != 0;
-        let to_self = match (icr >> 18) & 3 {
-            0 => self.addressed_by(field8(self.icr_high, 24), icr & (1 << 11) != 0),
-            // Self, or all including self; all excluding self reaches no other CPU.
-            1 | 2 => true,
-            _ => false,
+        let assert = icr & (1 << 14) != 0;
+        let dest_field = field8(self.icr_high, 24);
+        let logical = icr & (1 << 11) != 0;
+        let (to_self, others) = match (icr >> 18) & 3 {
+            0 => (
+                self.addressed_by(dest_field, logical),
+                Some(IpiDest::Field {
+                    dest: dest_field,
+                    logical,
+                }),
+            ),
+            1 => (true, None),
+            2 => (true, Some(IpiDest::AllOthers)),
+            _ => (false, Some(IpiDest::AllOthers)),
         };
-        match mode {
-            DeliveryMode::Fixed | DeliveryMode::LowestPriority => {
-                if vector < 16 {
-                    self.error(ESR_SEND_ILLEGAL_VECTOR);
-                    if to_self {
-                        self.error(ESR_RECEIVE_ILLEGAL_VECTOR);
-                    }
-                } else if to_self {
-                    self.accept(vector, level);
-                }
+        let kind = match field8(icr, 8) & 7 {
+            MODE_FIXED => IpiKind::Fixed,
+            MODE_LOWEST_PRIORITY => IpiKind::LowestPriority,
+            MODE_NMI => IpiKind::Nmi,
+            MODE_INIT if assert || !level => IpiKind::Init,
+            MODE_STARTUP => IpiKind::Startup,
+            _ => return,
+        };
+        if matches!(kind, IpiKind::Fixed | IpiKind::LowestPriority) && vector < 16 {
+            self.error(ESR_SEND_ILLEGAL_VECTOR);
+            if to_self {
+                self.error(ESR_RECEIVE_ILLEGAL_VECTOR);
             }
-            // INIT and start-up to CPUs that do not exist, NMI and SMI: nothing to do.
-            DeliveryMode::Other(_) => {}
+            return;
+        }
+        if to_self {
+            match kind {
+                IpiKind::Fixed | IpiKind::LowestPriority => self.accept(vector, level),
+                IpiKind::Nmi => self.signals.nmi = true,
+                // A processor does not INIT or start itself up this way.
+                IpiKind::Init | IpiKind::Startup => {}
+            }
+        }
+        if let Some(dest) = others {
+            self.outbox.push(Ipi {
+                kind,
+                vector,
+                level,
+                dest,
+            });
         }
     }
 
@@ -549,7 +698,7 @@ impl<C: Clock + Clone> LocalApic<C> {
             reg::ID => u32::from(self.id) << 24,
             reg::VERSION => LAPIC_VERSION,
             reg::TPR => u32::from(self.tpr),
-            // No arbitration between APICs: one CPU.
+            // No arbitration cycles on a bus this model does not have.
             reg::APR => 0,
             reg::PPR => u32::from(self.ppr()),
             reg::EOI | reg::RRD => 0,

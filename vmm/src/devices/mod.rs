@@ -62,6 +62,7 @@ pub mod ide;
 pub mod ioapic;
 mod irq;
 pub mod lapic;
+pub mod lapics;
 mod mmio;
 pub mod pc;
 mod pci;
@@ -83,7 +84,11 @@ pub use i8042::{I8042Port, I8042};
 pub use ide::{register_ide, IdeChannel, IdeStats, Unit};
 pub use ioapic::IoApic;
 pub use irq::{InterruptPins, IrqLine, IsaLine, PicLine, SharedPins};
-pub use lapic::{ApicBus, ApicMessage, DeliveryMode, LocalApic, APIC_BASE_ENABLE, LAPIC_TIMER_HZ};
+pub use lapic::{
+    ApicBus, ApicMessage, CpuSignals, DeliveryMode, Ipi, IpiDest, IpiKind, LocalApic,
+    APIC_BASE_ENABLE, LAPIC_TIMER_HZ,
+};
+pub use lapics::{LapicWindow, Lapics};
 pub use mmio::{MmioBus, MmioDevice, MmioStats, SharedMmioDevice};
 pub use pci::{HostBridge, PciHost, PCI_PORT_LEN};
 pub use pic::{
