@@ -10,7 +10,11 @@
 //! timeout = 30
 //! expect_exit = 1
 //! disks = 4M 130G
+//! smp = 2
 //! ```
+//!
+//! `smp` gives the machine that many processors (`--smp` for the monitor, `-smp` for
+//! QEMU), as kvm-unit-tests' key does.
 //!
 //! `disks` gives the kernel IDE drives: one raw image per size (bytes, or with a K, M or G
 //! suffix; whole 512-byte sectors), the first the primary channel's master, the second its
@@ -36,6 +40,8 @@ pub struct TestEntry {
     pub expect_exit: i32,
     /// Sizes in bytes of the IDE disk images the kernel gets: master, then slave.
     pub disks: Vec<u64>,
+    /// Processors (1 unless `smp` says).
+    pub smp: u8,
 }
 
 /// Drives on the primary IDE channel, the most `disks` may list.
@@ -125,6 +131,7 @@ pub fn parse_config(text: &str) -> Result<Vec<TestEntry>, ConfigError> {
                     timeout: DEFAULT_TIMEOUT,
                     expect_exit: DEFAULT_EXPECT_EXIT,
                     disks: Vec::new(),
+                    smp: 1,
                 },
             });
             continue;
@@ -179,6 +186,12 @@ pub fn parse_config(text: &str) -> Result<Vec<TestEntry>, ConfigError> {
                 }
                 p.entry.disks = sizes;
             }
+            "smp" => {
+                p.entry.smp = u8::try_from(number(value)?)
+                    .ok()
+                    .filter(|&n| n >= 1)
+                    .ok_or_else(|| bad(value))?;
+            }
             "expect_exit" => {
                 p.entry.expect_exit = i32::try_from(number(value)?).map_err(|_| bad(value))?;
             }
@@ -232,6 +245,18 @@ mod tests {
         assert_eq!(e[1].expect_exit, 3);
         assert_eq!(e[1].extra_params, "-m 64");
         assert!(e[0].disks.is_empty());
+    }
+
+    #[test]
+    fn smp_is_a_processor_count() {
+        let e = parse_config("[a]\nfile = a.elf\nsmp = 4\n[b]\nfile = b.elf\n").unwrap();
+        assert_eq!((e[0].smp, e[1].smp), (4, 1));
+        for bad in ["0", "300", "two"] {
+            assert!(
+                parse_config(&format!("[a]\nfile = a.elf\nsmp = {bad}\n")).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -96,10 +96,11 @@ fn every_test_kernel_passes_under_qemu() {
         .map(|entry| {
             thread::spawn(move || {
                 let name = entry.file.strip_suffix(".elf").unwrap_or(&entry.file);
+                let extra = format!("{} -smp {}", entry.extra_params, entry.smp);
                 let run = run_with_disks(
                     kernel_path(name),
                     &qemu::with_quirks(&entry.append),
-                    &entry.extra_params,
+                    &extra,
                     entry.timeout,
                     &entry.name,
                     &entry.disks,

@@ -76,8 +76,9 @@ impl Run {
     }
 }
 
-fn run_vmm(kernel: &str, append: &str, timeout: u32, disks: &[PathBuf]) -> Run {
-    let mut args = vec!["run", "--kernel", kernel, "--append", append];
+fn run_vmm(kernel: &str, append: &str, timeout: u32, disks: &[PathBuf], smp: u8) -> Run {
+    let smp = smp.to_string();
+    let mut args = vec!["run", "--kernel", kernel, "--append", append, "--smp", &smp];
     for d in disks {
         args.extend(["--disk", d.to_str().expect("scratch paths are UTF-8")]);
     }
@@ -89,9 +90,17 @@ fn run_vmm(kernel: &str, append: &str, timeout: u32, disks: &[PathBuf]) -> Run {
     }
 }
 
-fn run_qemu(kernel: &str, append: &str, extra: &str, timeout: u32, disks: &[PathBuf]) -> Run {
+fn run_qemu(
+    kernel: &str,
+    append: &str,
+    extra: &str,
+    timeout: u32,
+    disks: &[PathBuf],
+    smp: u8,
+) -> Run {
     let mut cmd = qemu::command(kernel, &qemu::with_quirks(append), extra);
     cmd.args(qemu::drive_args(disks));
+    cmd.args(["-smp", &smp.to_string()]);
     let run = qemu::run(cmd, Duration::from_secs(timeout.into()))
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", qemu::QEMU));
     Run {
@@ -301,10 +310,11 @@ fn main() -> ExitCode {
                         &entry.extra_params,
                         entry.timeout,
                         &qemu_disks,
+                        entry.smp,
                     )
                 })
             });
-            let v = run_vmm(kernel, &entry.append, entry.timeout, &vmm_disks);
+            let v = run_vmm(kernel, &entry.append, entry.timeout, &vmm_disks, entry.smp);
             (v, q.map(|h| h.join().expect("QEMU runner thread")))
         });
         for image in vmm_disks.iter().chain(&qemu_disks) {

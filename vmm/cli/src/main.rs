@@ -158,6 +158,11 @@ struct RunArgs {
     /// QEMU's -m: a size in MiB, or with a K, M or G suffix; overrides --mem.
     #[arg(long = "qemu-m", hide = true, value_parser = parse_qemu_mem)]
     qemu_mem: Option<u64>,
+    /// Processors: N, or QEMU's spelling cpus=N (also -smp N). 1 to 32; the others than
+    /// the first wait for INIT and start-up IPIs, as on a PC, and share the monitor's
+    /// vCPU thread.
+    #[arg(long, value_name = "N", value_parser = parse_smp, default_value = "1")]
+    smp: u8,
     /// QEMU's -nographic and -no-reboot: accepted, nothing to change.
     #[arg(long = "qemu-no-op", hide = true, action = clap::ArgAction::Count)]
     qemu_no_op: u8,
@@ -248,6 +253,19 @@ fn parse_qemu_mem(text: &str) -> Result<u64, String> {
     parse_size(t)
 }
 
+/// Parses `--smp`: N or `cpus=N` (QEMU's spelling; its other keys name topology this
+/// machine does not have), 1 to the most the firmware tables describe.
+fn parse_smp(text: &str) -> Result<u8, String> {
+    let t = text.strip_prefix("cpus=").unwrap_or(text);
+    let max = vmm::firmware::MAX_CPUS;
+    match t.parse::<u8>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "expected a processor count from 1 to {max}, not {text:?}"
+        )),
+    }
+}
+
 /// Parses a disk image argument: a path, with `,ro` appended for a read-only drive.
 fn parse_disk(text: &str) -> Result<DiskImage, String> {
     let (path, read_only) = match text.strip_suffix(",ro") {
@@ -294,6 +312,7 @@ fn qemu_spellings(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ff
             Some("-kernel") => "--kernel",
             Some("-initrd") => "--initrd",
             Some("-m") => "--qemu-m",
+            Some("-smp") => "--smp",
             Some("-nographic" | "-no-reboot") => "--qemu-no-op",
             Some("-append" | "--append") => {
                 // Joined, so a value that starts with a dash stays the value.
@@ -557,6 +576,7 @@ fn run_command(mut args: RunArgs) -> ExitCode {
         serial_out: Box::new(io::stdout()),
         disks,
         exec: args.exec,
+        cpus: args.smp,
     };
     let mut vm = match Vm::new(config) {
         Ok(vm) => vm,

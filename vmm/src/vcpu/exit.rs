@@ -52,6 +52,9 @@ pub enum GuestExit {
     /// An exception the guest raised that it must see as is (#DE, #UD, #NM, #MF, #XM,
     /// #AC, a true #PF with CR2 and the guest error code...), at `state.eip`.
     Exception(Fault),
+    /// A non-maskable interrupt (an NMI IPI): delivered through vector 2 whatever IF says.
+    /// NMI blocking until the next IRET is not modelled.
+    Nmi,
     /// A virtual hardware interrupt is pending.
     Interrupt {
         /// The vector.
@@ -145,6 +148,7 @@ pub fn handle(state: &mut VcpuState, bus: &mut impl GuestBus, exit: &GuestExit) 
             )
         }
         GuestExit::Exception(f) => deliver_event(state, bus, Event::Exception(*f), Effects::NONE),
+        GuestExit::Nmi => deliver_event(state, bus, Event::Nmi, Effects::NONE),
         GuestExit::Interrupt { vector } => {
             if state.eflags & eflags::IF == 0 || state.interrupt_shadow {
                 return ExitAction::InterruptBlocked;

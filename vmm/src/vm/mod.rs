@@ -33,6 +33,7 @@ pub mod mirrors;
 mod page_fault;
 pub mod platform;
 pub mod shadow_backend;
+mod smp;
 pub mod stats;
 pub mod stop;
 pub mod tc;
@@ -92,6 +93,9 @@ pub struct VmConfig {
     pub disks: [Option<DiskImage>; 2],
     /// How guest code is executed.
     pub exec: ExecMode,
+    /// Processors (`--smp`): 1 to [`crate::firmware::MAX_CPUS`]; the others wait for
+    /// INIT and start-up IPIs from the first.
+    pub cpus: u8,
 }
 
 /// A disk image file a drive is attached to.
@@ -111,6 +115,7 @@ impl std::fmt::Debug for VmConfig {
             .field("append", &self.append)
             .field("disks", &self.disks)
             .field("exec", &self.exec)
+            .field("cpus", &self.cpus)
             .finish_non_exhaustive()
     }
 }
@@ -232,10 +237,13 @@ pub enum Boot {
     Linux(LinuxBoot),
 }
 
-/// A virtual machine with one vCPU, composed of its parts.
+/// A virtual machine, composed of its parts.
 pub struct Vm {
-    /// The vCPU and what the monitor keeps beside it.
+    /// The running vCPU and what the monitor keeps beside it.
     cpu: Cpu,
+    /// Every vCPU's state while it does not run, and how the vCPUs share the thread
+    /// ([`smp`]).
+    vcpus: smp::Vcpus,
     /// Guest RAM, the linear space and shadow paging.
     mem: GuestMemory,
     /// Guest code: scan state, patches, the entry hook.
@@ -349,7 +357,10 @@ impl Vm {
             }
         }
         let mut ram = GuestRam::new(config.mem_size)?;
-        let layout = MachineLayout::pc(ram.size());
+        let layout = MachineLayout {
+            cpus: config.cpus,
+            ..MachineLayout::pc(ram.size())
+        };
         write_firmware(ram.as_mut_slice(), &layout)?;
         let (boot, state) = load_kernel(ram.as_mut_slice(), &config)?;
         // Probed here: CPUID faults in this process once the guest runs.
@@ -363,6 +374,7 @@ impl Vm {
             lock(&platform.ide).attach(unit, Box::new(disk));
         }
         Ok(Self {
+            vcpus: smp::Vcpus::new(&state, layout.cpus),
             cpu: Cpu::new(state),
             mem,
             code: Code::default(),
@@ -434,6 +446,8 @@ impl Vm {
             ("unknown_port_accesses", unknown),
             ("unknown_mmio_accesses", unknown_mmio),
             ("cpuid_faulting", u64::from(self.cpuid_faulting)),
+            ("vcpus", self.vcpus.len() as u64),
+            ("vcpu_switches", self.vcpus.switches),
             ("ide_commands", ide.commands),
             ("ide_sectors_read", ide.sectors_read),
             ("ide_sectors_written", ide.sectors_written),
@@ -541,6 +555,16 @@ impl Vm {
             }
             self.platform.sync_apic_base(self.cpu.state.msr.apic_base);
             self.platform.poll();
+            if self.vcpus.len() > 1 {
+                match self.schedule(&host)? {
+                    smp::Scheduled::Run => {}
+                    smp::Scheduled::Again => continue,
+                    smp::Scheduled::Stop(outcome) => {
+                        let _ = timer.disarm();
+                        return Ok(outcome);
+                    }
+                }
+            }
             if let Some(outcome) = self.inject_interrupt() {
                 return Ok(outcome);
             }
@@ -553,7 +577,9 @@ impl Vm {
                         ),
                     });
                 }
-                self.platform.wait_for_event(&host);
+                let cpu = self.vcpus.current();
+                self.platform
+                    .wait_for_event(&host, |p| p.wants_cpu(cpu, true));
                 continue;
             }
             let s = &self.cpu.state;

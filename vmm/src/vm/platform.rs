@@ -1,17 +1,18 @@
 //! The platform part of a VM: the port and MMIO buses and the devices on them, the clock
-//! and the host timer deadline that drive the PIT and the local APIC timer, interrupt
-//! acknowledgement (local APIC first, the 8259 through LINT0), and serial input from the
-//! host.
+//! and the host timer deadline that drive the PIT and the local APIC timers, interrupt
+//! acknowledgement (the running processor's local APIC first, the 8259 through LINT0),
+//! and serial input from the host.
 
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::devices::{
-    lock, pc, register_ide, register_pic, register_pit, BusError, Clock, Cmos, DebugExit, DualPic,
-    IdeChannel, IoApic, IsaLine, LocalApic, MmioBus, MonotonicClock, Pit, PortBus, PostPort,
-    SerialPort, SharedPins, SystemWallClock, CMOS_BASE, CMOS_PORT_LEN, COM1_BASE, COM1_IRQ,
-    DEBUG_EXIT_BASE, DEBUG_EXIT_LEN, PIT_IRQ, POST_PORT, SERIAL_PORT_LEN,
+    lock, pc, register_ide, register_pic, register_pit, BusError, Clock, Cmos, CpuSignals,
+    DebugExit, DualPic, IdeChannel, IoApic, IsaLine, LapicWindow, Lapics, LocalApic, MmioBus,
+    MonotonicClock, Pit, PortBus, PostPort, SerialPort, SharedPins, SystemWallClock, CMOS_BASE,
+    CMOS_PORT_LEN, COM1_BASE, COM1_IRQ, DEBUG_EXIT_BASE, DEBUG_EXIT_LEN, PIT_IRQ, POST_PORT,
+    SERIAL_PORT_LEN,
 };
 use crate::devices::{
     A20Line, AcpiPm, CgaCrtc, I8042Port, PciHost, Port92, CGA_PORT_LEN, I8042, PCI_PORT_LEN,
@@ -34,8 +35,10 @@ pub type SystemPit = Pit<MonotonicClock, IsaLine>;
 pub type Com1 = SerialPort<IsaLine, Box<dyn Write + Send>>;
 /// The local APIC, its timer counting host monotonic time.
 pub type SystemLapic = LocalApic<MonotonicClock>;
-/// The IOAPIC, delivering to the local APIC.
-pub type SystemIoApic = IoApic<Arc<Mutex<SystemLapic>>>;
+/// The local APICs of every processor.
+pub type SystemLapics = Lapics<MonotonicClock>;
+/// The IOAPIC, delivering to the local APICs.
+pub type SystemIoApic = IoApic<Arc<SystemLapics>>;
 
 /// The names the MMIO devices have on the bus and in `--stats`.
 pub const LAPIC_MMIO_NAME: &str = "mmio_lapic_accesses";
@@ -82,16 +85,18 @@ pub struct Platform {
     pub serial: Arc<Mutex<Com1>>,
     /// The primary IDE channel (drives are attached before the guest runs).
     pub ide: Arc<Mutex<PrimaryIde>>,
-    /// The local APIC.
-    pub lapic: Arc<Mutex<SystemLapic>>,
+    /// The local APICs, one per processor.
+    pub lapics: Arc<SystemLapics>,
     /// The IOAPIC.
     pub ioapic: Arc<Mutex<SystemIoApic>>,
     /// The host monotonic time the PIT and the APIC timer count.
     clock: MonotonicClock,
     /// The timer deadline the host timer is armed for.
     armed: Option<u64>,
-    /// IA32_APIC_BASE as the local APIC last saw it.
-    apic_base: u64,
+    /// IA32_APIC_BASE as each local APIC last saw it.
+    apic_base: Vec<u64>,
+    /// When the running vCPU's time slice ends, when others wait for the thread.
+    slice_deadline: Option<u64>,
 }
 
 impl std::fmt::Debug for Platform {
@@ -107,8 +112,9 @@ impl Platform {
     /// Builds the PC devices: PIC pair, local APIC and IOAPIC, PIT (with port B), COM1,
     /// CMOS/RTC, the primary IDE channel (no drives yet), the debug-exit port at 0xF4, the
     /// POST port, QEMU's fw_cfg and the legacy devices (i8042, port 0x92, CGA CRTC, PCI
-    /// host bridge and reset control, ACPI PM block). `apic_base` is the vCPU's
-    /// IA32_APIC_BASE at reset.
+    /// host bridge and reset control, ACPI PM block), with a local APIC for each of the
+    /// layout's processors. `apic_base` is the bootstrap processor's IA32_APIC_BASE at
+    /// reset.
     ///
     /// # Errors
     /// [`BusError`] if two devices claim the same ports or addresses (a monitor bug).
@@ -119,8 +125,8 @@ impl Platform {
     ) -> Result<Self, BusError> {
         let clock = MonotonicClock::new();
         let pic = Arc::new(Mutex::new(DualPic::new()));
-        let lapic = Arc::new(Mutex::new(LocalApic::new(clock)));
-        let ioapic = Arc::new(Mutex::new(IoApic::new(lapic.clone())));
+        let lapics = Arc::new(Lapics::new(&clock, layout.cpus));
+        let ioapic = Arc::new(Mutex::new(IoApic::new(lapics.clone())));
         let pins: SharedPins = ioapic.clone();
         let pit = Arc::new(Mutex::new(Pit::new(
             clock,
@@ -161,7 +167,7 @@ impl Platform {
             pc::LAPIC_BASE,
             pc::LAPIC_LEN,
             LAPIC_MMIO_NAME,
-            lapic.clone(),
+            Arc::new(Mutex::new(LapicWindow(lapics.clone()))),
         )?;
         mmio.insert(
             pc::IOAPIC_BASE,
@@ -176,36 +182,87 @@ impl Platform {
             pit,
             serial,
             ide,
-            lapic,
+            apic_base: vec![apic_base; lapics.len()],
+            lapics,
             ioapic,
             clock,
             armed: None,
-            apic_base,
+            slice_deadline: None,
         })
     }
 
-    /// Advances the PIT and the APIC timer to the clock's present (raising their
+    /// Advances the PIT and the APIC timers to the clock's present (raising their
     /// interrupts), and hands the IOAPIC the EOIs of level-triggered vectors the guest
-    /// wrote to the local APIC since the last poll.
+    /// wrote to a local APIC since the last poll.
     pub fn poll(&self) {
         let now = self.clock.now_ns();
         lock(&self.pit).poll(now);
-        let eois = {
-            let mut lapic = lock(&self.lapic);
-            lapic.poll(now);
-            lapic.take_level_eois()
-        };
-        // The APIC's lock is released: the IOAPIC locks it to deliver.
-        for vector in eois {
-            lock(&self.ioapic).eoi(vector);
+        for apic in self.lapics.iter() {
+            let eois = {
+                let mut apic = lock(apic);
+                apic.poll(now);
+                apic.take_level_eois()
+            };
+            // The APIC's lock is released: the IOAPIC locks it to deliver.
+            for vector in eois {
+                lock(&self.ioapic).eoi(vector);
+            }
         }
+    }
+
+    /// The clock's present, in nanoseconds.
+    pub fn now_ns(&self) -> u64 {
+        self.clock.now_ns()
+    }
+
+    /// The host timer also fires at `deadline` (the end of a vCPU's time slice).
+    pub fn set_slice_deadline(&mut self, deadline: Option<u64>) {
+        self.slice_deadline = deadline;
+    }
+
+    /// Processor `index` runs from now on: the APIC page is its APIC.
+    pub fn set_current_cpu(&self, index: usize) {
+        self.lapics.set_current(index);
+    }
+
+    /// What IPIs asked of processor `index` (NMI, INIT, start-up) since the last call.
+    pub fn take_signals(&self, index: usize) -> CpuSignals {
+        self.lapics
+            .get(index)
+            .map(|apic| lock(apic).take_signals())
+            .unwrap_or_default()
+    }
+
+    /// Whether processor `index` has an interrupt waiting (once its IF allows it), or an
+    /// NMI, INIT or start-up IPI.
+    pub fn wants_cpu(&self, index: usize, if_set: bool) -> bool {
+        let Some(apic) = self.lapics.get(index) else {
+            return false;
+        };
+        let accepts_pic = {
+            let apic = lock(apic);
+            if apic.has_signals() {
+                return true;
+            }
+            if !if_set {
+                return false;
+            }
+            if apic.pending_vector().is_some() {
+                return true;
+            }
+            apic.accepts_pic()
+        };
+        accepts_pic && lock(&self.pic).has_pending()
     }
 
     /// The guest wrote IA32_APIC_BASE (or may have): the local APIC follows its EN bit.
     pub fn sync_apic_base(&mut self, apic_base: u64) {
-        if apic_base != self.apic_base {
-            self.apic_base = apic_base;
-            lock(&self.lapic).set_apic_base(apic_base);
+        let cpu = self.lapics.current_index();
+        if let Some(seen) = self.apic_base.get_mut(cpu) {
+            if *seen != apic_base {
+                *seen = apic_base;
+                lock(self.lapics.current()).set_apic_base(apic_base);
+            }
         }
     }
 
@@ -213,7 +270,7 @@ impl Platform {
     /// the 8259's if LINT0 lets it through (virtual-wire mode).
     pub fn acknowledge_interrupt(&self) -> Option<u8> {
         let accepts_pic = {
-            let mut lapic = lock(&self.lapic);
+            let mut lapic = lock(self.lapics.current());
             if let Some(v) = lapic.acknowledge() {
                 return Some(v);
             }
@@ -225,7 +282,7 @@ impl Platform {
     /// Whether an interrupt waits for the CPU (once its IF allows it).
     pub fn interrupt_pending(&self) -> bool {
         let accepts_pic = {
-            let lapic = lock(&self.lapic);
+            let lapic = lock(self.lapics.current());
             if lapic.pending_vector().is_some() {
                 return true;
             }
@@ -237,18 +294,22 @@ impl Platform {
     /// The earliest time a timer (the PIT's channel 0, the APIC timer) needs a poll.
     fn next_deadline_ns(&self) -> Option<u64> {
         let pit = lock(&self.pit).next_deadline_ns();
-        let apic = lock(&self.lapic).next_deadline_ns();
-        match (pit, apic) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let apics = self
+            .lapics
+            .iter()
+            .filter_map(|a| lock(a).next_deadline_ns());
+        pit.into_iter()
+            .chain(apics)
+            .chain(self.slice_deadline)
+            .min()
     }
 
-    /// Sleeps until the next timer deadline or an interrupt request, without spinning.
-    pub fn wait_for_event(&self, cpu: &HostCpu) {
+    /// Sleeps until the next timer deadline or until `ready` (asked after every poll)
+    /// says a processor has work, without spinning.
+    pub fn wait_for_event(&self, cpu: &HostCpu, ready: impl Fn(&Self) -> bool) {
         loop {
             self.poll();
-            if self.interrupt_pending() || cpu.take_pending() {
+            if ready(self) || cpu.take_pending() {
                 return;
             }
             let now = self.clock.now_ns();

@@ -245,6 +245,14 @@ impl Vm {
         }
     }
 
+    /// Another vCPU runs from now on: what was arranged for the last one's next entry
+    /// (a bounced access) is dropped; it is arranged again if that vCPU faults again.
+    pub(super) fn tc_vcpu_switched(&mut self) {
+        if let Some(t) = self.tc.as_mut() {
+            t.bounce = None;
+        }
+    }
+
     /// Drops blocks of pages written since the last entry, and the whole cache when the
     /// pinned entries changed (blocks must stop before every one of them).
     fn tc_sync(&mut self) -> Result<(), VmError> {

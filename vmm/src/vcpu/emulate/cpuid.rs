@@ -70,6 +70,8 @@ pub struct CpuModel {
     pub leaf1_ecx: u32,
     /// CPUID.1:EDX.
     pub leaf1_edx: u32,
+    /// The initial APIC ID, CPUID.1:EBX[31:24].
+    pub apic_id: u8,
 }
 
 impl Default for CpuModel {
@@ -77,6 +79,7 @@ impl Default for CpuModel {
         Self {
             leaf1_ecx: 0,
             leaf1_edx: LEAF1_EDX,
+            apic_id: 0,
         }
     }
 }
@@ -96,8 +99,13 @@ impl CpuModel {
         match leaf {
             // "GenuineIntel" in EBX, EDX, ECX.
             0 => [MAX_BASIC_LEAF, 0x756e_6547, 0x6c65_746e, 0x4965_6e69],
-            // CLFLUSH line size 8 × 8 bytes in EBX[15:8]; APIC ID 0.
-            1 => [SIGNATURE, 8 << 8, self.leaf1_ecx, self.leaf1_edx],
+            // CLFLUSH line size 8 × 8 bytes in EBX[15:8], the initial APIC ID in EBX[31:24].
+            1 => [
+                SIGNATURE,
+                (u32::from(self.apic_id) << 24) | (8 << 8),
+                self.leaf1_ecx,
+                self.leaf1_edx,
+            ],
             0x8000_0000 => [MAX_EXTENDED_LEAF, 0, 0, 0],
             0x8000_0001 => [0, 0, 0, EXT_EDX_NX],
             0x8000_0002..=0x8000_0004 => {
