@@ -41,10 +41,12 @@ static u32 page_b[1024] __attribute__((aligned(4096)));
 void ap_main(void);
 extern char ap_tramp_start[], ap_tramp_end[], ap_tramp_gdt[];
 
-/* The trampoline: real mode at 0700:0000, copied to TRAMPOLINE. It loads the kernel's GDT
+/* The trampoline: real mode at 0700:0000, copied to TRAMPOLINE from the read-only data
+ * (in patch mode a read of a scanned code page can see trap bytes, which a copy would
+ * carry along). It loads the kernel's GDT
  * (its pseudo-descriptor is stored at ap_tramp_gdt by the BSP), sets CR0.PE and jumps to
  * 32-bit code, which takes the next stack and calls ap_main. */
-asm(".text\n"
+asm(".section .rodata\n"
     ".globl ap_tramp_start, ap_tramp_end, ap_tramp_gdt\n"
     ".p2align 4\n"
     "ap_tramp_start:\n"
@@ -63,6 +65,7 @@ asm(".text\n"
     ".long 0\n"
     "ap_tramp_end:\n"
     ".code32\n"
+    ".text\n"
     "ap_pm32:\n\t"
     "movw $0x10, %ax\n\t"
     "movw %ax, %ds\n\t"

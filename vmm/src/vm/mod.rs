@@ -256,6 +256,8 @@ pub struct Vm {
     cpuid_faulting: bool,
     /// Print every exit to stderr (`VMM_TRACE=1`).
     trace: bool,
+    /// Print vCPU switches and IPI signals to stderr (`VMM_TRACE_SMP=1`).
+    trace_smp: bool,
     /// The attached debugger ([`debug`]).
     debug: Option<debug::DebugSession>,
     /// Translate mode's state (`None` in patch mode).
@@ -383,6 +385,7 @@ impl Vm {
             boot,
             cpuid_faulting: false,
             trace: std::env::var_os("VMM_TRACE").is_some_and(|v| v == "1"),
+            trace_smp: std::env::var_os("VMM_TRACE_SMP").is_some_and(|v| v == "1"),
             debug: None,
             tc,
             stop: StopControl::default(),

@@ -162,6 +162,9 @@ impl Vm {
                     *n = false;
                 }
             }
+            if self.trace_smp && (signals.init || signals.startup.is_some() || signals.nmi) {
+                eprintln!("vmm: smp: vcpu {i} signals {signals:?}");
+            }
             if let Some(vector) = signals.startup {
                 if self.vcpus.waiting_for_sipi.get(i) == Some(&true) {
                     if let Some(s) = self.vcpu_state(i) {
@@ -218,6 +221,12 @@ impl Vm {
         let Some(next) = next else {
             return self.idle(host);
         };
+        if self.trace_smp && next != cur {
+            eprintln!(
+                "vmm: smp: vcpu {cur} eip {:#x} -> vcpu {next}",
+                self.cpu.state.eip
+            );
+        }
         if next != cur {
             if let Some(stop) = self.switch_to(next)? {
                 return Ok(Scheduled::Stop(stop));
