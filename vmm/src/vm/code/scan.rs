@@ -10,7 +10,7 @@
 //!
 //! A scan holds for the code size it was made with ([`CodeSize`]: 16-bit code decodes to
 //! other instructions than 32-bit code). Each page records its size; when the code
-//! segment changes size ([`CodePages::follow_code_segment`]), the pages scanned for the
+//! segment changes size ([`CodePages::other_size_pages`]), the pages scanned for the
 //! other size stop being executable, and their next fetch treats them like changed
 //! code: patches reverted, page rescanned with the new size (or armed again at once
 //! when it comes back to the size it was scanned with, its code unchanged).
