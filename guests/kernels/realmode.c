@@ -72,7 +72,9 @@ asm(".text\n"
     "ret\n"
 
     /* The blob: position-independent within its segment (every address is an offset
-       from rm_blob_start), copied to RM_CODE. */
+       from rm_blob_start), copied to RM_CODE. It is data to the kernel, which copies it,
+       so it lives with the read-only data, not on a page the kernel executes. */
+    ".pushsection .rodata\n"
     ".globl rm_blob_start, rm_blob_end\n"
     ".p2align 4\n"
     "rm_blob_start:\n"
@@ -229,7 +231,8 @@ asm(".text\n"
     ".word 0x3ff\n\t"
     ".long 0\n"
     "rm_blob_end:\n"
-    ".code32\n");
+    ".code32\n"
+    ".popsection\n");
 
 /* The offsets of two labels inside the blob, for the checks of the frames. */
 extern char rm_int50_ret[], rm_div[];

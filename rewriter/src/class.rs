@@ -585,7 +585,8 @@ fn classify_mov(code: Code) -> Class {
 }
 
 /// Where execution may continue after an instruction, as far as the scanner can tell
-/// from the instruction alone.
+/// from the instruction alone. Targets are in the decoder's IP space: the address in
+/// 32-bit code decoded at its address, the offset in CS in 16-bit code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Flow {
     /// Continues with the next instruction.
@@ -644,9 +645,9 @@ pub(crate) fn flow_of(instr: &Instruction, class: Class) -> Flow {
         | Class::Ud => return Flow::Stop,
         _ => {}
     }
-    // Near branch targets wrap at 4 GiB in 32-bit code (and at 64 KiB for 16-bit operand
-    // size), which iced already applies; only 64-bit code has wider ones, and it gets
-    // iced's "no branch" target.
+    // Near branch targets are in the decoder's IP space: they wrap at 4 GiB in 32-bit
+    // code and at 64 KiB for 16-bit operand size, which iced already applies; only
+    // 64-bit code has wider ones, and it gets iced's "no branch" target.
     let target = u32::try_from(instr.near_branch_target()).unwrap_or(0);
     match instr.flow_control() {
         FlowControl::Next | FlowControl::Interrupt => Flow::Sequential,

@@ -50,6 +50,6 @@ pub use class::{
 };
 pub use patch::{CodeMemoryMut, Patch, PatchError, PatchTable, Unpatched};
 pub use scan::{
-    scan_page, scan_page_after, scan_region, BufferMemory, Census, CodeMemory, PageScan,
+    scan_page, scan_page_after, scan_region, BufferMemory, Census, CodeMemory, CodeSize, PageScan,
     RegionScan, Site, MAX_INSTRUCTION_LEN,
 };

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use iced_x86::{Decoder, DecoderOptions, Instruction};
+use iced_x86::{CodeSize as IcedCodeSize, Decoder, DecoderOptions, Instruction};
 use thiserror::Error;
 
 use crate::class::{Action, Class, TRAP_BYTE};
@@ -53,7 +53,9 @@ pub struct Patch {
     /// Its class: one whose action is [`Action::Patch`], or a class the caller asked for
     /// besides ([`PatchTable::patch_with`]).
     pub class: Class,
-    /// The original instruction decoded at `address`: what the monitor emulates.
+    /// The original instruction as the scan decoded it (with the page's code size; its IP
+    /// is `address` in 32-bit code, the offset in CS in 16-bit code): what the monitor
+    /// emulates.
     pub instruction: Instruction,
 }
 
@@ -232,8 +234,13 @@ impl PatchTable {
         }
         // A patch of an overlapping instruction may lie inside this one.
         self.overlay_originals(site.address, bytes);
+        // Decoded as the scan decoded it: same code size, same IP.
+        let bitness = match site.instruction.code_size() {
+            IcedCodeSize::Code16 => 16,
+            _ => 32,
+        };
         let instruction =
-            Decoder::with_ip(32, bytes, u64::from(site.address), DecoderOptions::NONE).decode();
+            Decoder::with_ip(bitness, bytes, site.instruction.ip(), DecoderOptions::NONE).decode();
         if instruction.code() != site.instruction.code() || instruction.len() != len {
             return Err(PatchError::Stale {
                 address: site.address,
@@ -528,6 +535,27 @@ mod tests {
         assert_eq!(table.revert_page(&mut mem, BASE), 3);
         assert_eq!(mem, before);
         assert!(table.is_empty() && !table.is_patched(BASE));
+    }
+
+    #[test]
+    fn a_16_bit_scan_is_patched_and_its_originals_decode_as_16_bit_code() {
+        use crate::scan::{scan_page_after, CodeSize};
+        // mov ax, 0x38; mov ds, ax; pushf; ret in 16-bit code at IP 0x100 of its page.
+        let code = [0xB8, 0x38, 0x00, 0x8E, 0xD8, 0x9C, 0xC3];
+        let mut mem = memory(&code);
+        let size = CodeSize::Bits16 { page_ip: 0x100 };
+        let scan = scan_page_after(&mem, BASE, &[BASE], 0, size);
+        let mut table = PatchTable::new();
+        assert_eq!(table.patch(&mut mem, &scan), Ok(2));
+        assert_eq!(&mem.bytes[..7], &[0xB8, 0x38, 0x00, 0xCC, 0xD8, 0xCC, 0xC3]);
+        let p = table.lookup(BASE + 3).expect("mov ds, ax is patched");
+        assert_eq!(p.class, Class::MovToSreg);
+        assert_eq!(p.instruction.code(), iced_x86::Code::Mov_Sreg_rm16);
+        assert_eq!((p.instruction.ip(), p.instruction.len()), (0x103, 2));
+        // Through the unpatched view the page scans as it did, and patches nothing new.
+        let rescan = scan_page_after(&table.unpatched(&mem), BASE, &[BASE], 0, size);
+        assert_eq!(rescan, scan);
+        assert_eq!(table.patch(&mut mem, &rescan), Ok(0));
     }
 
     #[test]

@@ -30,6 +30,50 @@ pub const DATA_GAP_INVALID_SPACING: usize = 256;
 /// Longest IA-32 instruction, in bytes; longer encodings raise #GP.
 pub const MAX_INSTRUCTION_LEN: usize = 15;
 
+/// The size of the code segment a page is executed through: what decoding its bytes
+/// depends on besides the bytes (SDM Vol. 3A §3.4.5, the D flag; real mode is 16-bit).
+///
+/// The same bytes decode to other instructions, with other boundaries, in 16-bit and in
+/// 32-bit code (`B8 38 00 8E D8` is `mov eax, 0xd88e0038` in one and `mov ax, 0x38;
+/// mov ds, ax` in the other), so a scan holds only for the size it was made with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum CodeSize {
+    /// 32-bit code (CS.D = 1): EIP wraps at 4 GiB, so a page decodes the same whatever
+    /// the segment's base.
+    #[default]
+    Bits32,
+    /// 16-bit code (CS.D = 0, and real mode): 16-bit default operand and address sizes,
+    /// and near branches wrap IP at 64 KiB.
+    Bits16 {
+        /// The IP (offset in CS) of the page's first byte, modulo 64 KiB: the page's
+        /// linear address minus the CS base. Where IP wraps depends on it.
+        page_ip: u16,
+    },
+}
+
+impl CodeSize {
+    /// The size of code at linear `page` run through a code segment with D flag
+    /// `code_32` and linear base `cs_base`.
+    pub fn of_segment(code_32: bool, cs_base: u32, page: u32) -> Self {
+        if code_32 {
+            CodeSize::Bits32
+        } else {
+            let page_ip = page.wrapping_sub(cs_base) & 0xffff;
+            CodeSize::Bits16 {
+                page_ip: u16::try_from(page_ip).unwrap_or(0),
+            }
+        }
+    }
+
+    /// The decoder's bitness: 16 or 32.
+    pub fn bitness(self) -> u32 {
+        match self {
+            CodeSize::Bits32 => 32,
+            CodeSize::Bits16 { .. } => 16,
+        }
+    }
+}
+
 /// Reads guest code.
 pub trait CodeMemory {
     /// Copies up to `buf.len()` bytes at `addr` into `buf` and returns how many were
@@ -90,7 +134,8 @@ pub struct Site {
     pub length: u8,
     /// Its class.
     pub class: Class,
-    /// The decoded instruction (IP = `address`).
+    /// The decoded instruction. Its IP is `address` in 32-bit code and the offset in CS
+    /// (IP) in 16-bit code; its code size says which.
     pub instruction: Instruction,
 }
 
@@ -99,6 +144,8 @@ pub struct Site {
 pub struct PageScan {
     /// Address of the page (4 KiB aligned).
     pub page: u32,
+    /// The code size the page was decoded with.
+    pub size: CodeSize,
     /// Instruction starts inside the page, sorted.
     pub starts: Vec<u32>,
     /// The instructions inside the page that are not innocuous, sorted by address; those
@@ -171,19 +218,26 @@ pub struct RegionScan {
 /// page in the guest's *linear* view, so an engine's `CodeMemory` maps
 /// `page + 4096 ..` to the physical page that follows linearly, or reports them
 /// unreadable when that page is not mapped.
+///
+/// The page is decoded as 32-bit code; [`scan_page_after`] takes the code size.
 pub fn scan_page(mem: &impl CodeMemory, page: u32, entries: &[u32]) -> PageScan {
-    scan_page_after(mem, page, entries, 0)
+    scan_page_after(mem, page, entries, 0, CodeSize::Bits32)
 }
 
-/// [`scan_page`] for a page whose first `carried_in` bytes are the tail of an
-/// instruction that starts in the previous page: the sweep never starts an instruction
-/// there (decoding that tail as code would put a trap byte inside the previous page's
-/// instruction). An entry point inside the tail is still followed.
+/// [`scan_page`] for code of `size`, in a page whose first `carried_in` bytes are the
+/// tail of an instruction that starts in the previous page: the sweep never starts an
+/// instruction there (decoding that tail as code would put a trap byte inside the
+/// previous page's instruction). An entry point inside the tail is still followed.
+///
+/// In 16-bit code, branch targets are computed in IP space and mapped back to
+/// addresses through the page's IP ([`CodeSize::Bits16`]), so a near branch that wraps
+/// IP at 64 KiB lands where the CPU lands.
 pub fn scan_page_after(
     mem: &impl CodeMemory,
     page: u32,
     entries: &[u32],
     carried_in: usize,
+    size: CodeSize,
 ) -> PageScan {
     let page = page & !(PAGE_SIZE - 1);
     const BUF: usize = PAGE_SIZE as usize + MAX_INSTRUCTION_LEN - 1;
@@ -200,6 +254,7 @@ pub fn scan_page_after(
         buf.get(..got).unwrap_or_default(),
         page,
         lengths.get_mut(..limit).unwrap_or_default(),
+        size,
     );
     core.carried_in = carried_in.min(MAX_INSTRUCTION_LEN - 1);
     core.data_gaps = true;
@@ -208,6 +263,7 @@ pub fn scan_page_after(
     let out = core.finish();
     PageScan {
         page,
+        size,
         starts: out.starts,
         sites: out.sites,
         exits: out.exits,
@@ -226,7 +282,7 @@ pub fn scan_region(bytes: &[u8], base: u32, entries: &[u32]) -> RegionScan {
         .get(..usize::try_from(room).unwrap_or(usize::MAX))
         .unwrap_or(bytes);
     let mut lengths = vec![0u8; bytes.len()];
-    let mut core = Core::new(bytes, base, &mut lengths);
+    let mut core = Core::new(bytes, base, &mut lengths, CodeSize::Bits32);
     core.run(entries);
     let out = core.finish();
     RegionScan {
@@ -254,6 +310,9 @@ struct CoreOutput {
 /// below `lengths.len()` but may read into the rest (the next page's first bytes).
 struct Core<'a> {
     base: u32,
+    /// The decoder's IP at `base`: `base` itself in 32-bit code, the page's IP in 16-bit
+    /// code. Branch targets come back in IP space and are mapped to addresses through it.
+    ip_base: u32,
     /// Length of the instruction starting at each offset, 0 where none is known. Doubles
     /// as the start bitmap and lets the sweep step over known instructions.
     lengths: &'a mut [u8],
@@ -276,12 +335,22 @@ struct Core<'a> {
 }
 
 impl<'a> Core<'a> {
-    fn new(bytes: &'a [u8], base: u32, lengths: &'a mut [u8]) -> Self {
+    fn new(bytes: &'a [u8], base: u32, lengths: &'a mut [u8], size: CodeSize) -> Self {
         let expected_starts = lengths.len() / 3;
+        let ip_base = match size {
+            CodeSize::Bits32 => base,
+            CodeSize::Bits16 { page_ip } => u32::from(page_ip),
+        };
         Self {
             base,
+            ip_base,
             lengths,
-            decoder: Decoder::with_ip(32, bytes, u64::from(base), DecoderOptions::NONE),
+            decoder: Decoder::with_ip(
+                size.bitness(),
+                bytes,
+                u64::from(ip_base),
+                DecoderOptions::NONE,
+            ),
             instr: Instruction::default(),
             // Compiled IA-32 code averages three to four bytes per instruction.
             starts: Vec::with_capacity(expected_starts),
@@ -322,7 +391,7 @@ impl<'a> Core<'a> {
         if self.decoder.position() != offset {
             // `offset` < lengths.len() <= bytes.len(), so repositioning cannot fail.
             self.decoder.set_position(offset).ok()?;
-            self.decoder.set_ip(u64::from(self.base) + offset as u64);
+            self.decoder.set_ip(u64::from(self.ip_base) + offset as u64);
         }
         self.decoder.decode_out(&mut self.instr);
         if self.instr.code() == Code::INVALID {
@@ -350,7 +419,7 @@ impl<'a> Core<'a> {
         let class = classify(&self.instr);
         if class != Class::Innocuous {
             self.sites.push(Site {
-                address: self.instr.ip32(),
+                address: self.address(offset),
                 length,
                 class,
                 instruction: self.instr,
@@ -387,7 +456,10 @@ impl<'a> Core<'a> {
         }
     }
 
-    fn target(&mut self, target: u32) -> Option<usize> {
+    /// A branch target (in IP space): its offset when an instruction may start there,
+    /// else it is recorded as an exit.
+    fn target(&mut self, target_ip: u32) -> Option<usize> {
+        let target = self.base.wrapping_add(target_ip.wrapping_sub(self.ip_base));
         let t = self.offset_of(target);
         if t.is_none() {
             self.exits.push(target);
@@ -671,7 +743,7 @@ mod tests {
         let mem = BufferMemory::new(0x10_1000, bytes);
         let swept = scan_page(&mem, 0x10_1000, &[]);
         assert!(swept.sites.iter().any(|s| s.address == 0x10_1000));
-        let after = scan_page_after(&mem, 0x10_1000, &[], 4);
+        let after = scan_page_after(&mem, 0x10_1000, &[], 4, CodeSize::Bits32);
         assert!(
             after.sites.iter().all(|s| s.address != 0x10_1000),
             "{after:?}"
@@ -753,6 +825,84 @@ mod tests {
         assert_eq!(scan.starts.len(), PAGE_SIZE as usize);
         assert_eq!(scan.straddle_end, 1 << 32);
         assert!(scan.exits.is_empty());
+    }
+
+    #[test]
+    fn a_16_bit_scan_patches_16_bit_instruction_boundaries() {
+        // mov ax, 0x38; mov ds, ax; mov es, ax; int 0x50; ret in 16-bit code. As 32-bit
+        // code the first five bytes are one `mov eax, 0xd88e0038`, and the trap bytes
+        // would land at 5 (mov es, eax) instead of 3 and 5.
+        let code = [0xB8, 0x38, 0x00, 0x8E, 0xD8, 0x8E, 0xC0, 0xCD, 0x50, 0xC3];
+        let mem = page_with(&[(0x1000, &code)], 0x90);
+        let size = CodeSize::of_segment(false, 0x10_1000, 0x10_1000);
+        assert_eq!(size, CodeSize::Bits16 { page_ip: 0 });
+        let scan = scan_page_after(&mem, 0x10_1000, &[0x10_1000], 0, size);
+        assert_eq!(scan.size, size);
+        let sites: Vec<_> = scan.sites.iter().map(|s| (s.address, s.class)).collect();
+        assert_eq!(
+            sites,
+            [
+                (0x10_1003, Class::MovToSreg),
+                (0x10_1005, Class::MovToSreg),
+                (0x10_1007, Class::Int)
+            ]
+        );
+        assert_eq!(
+            &scan.starts[..5],
+            [0x10_1000, 0x10_1003, 0x10_1005, 0x10_1007, 0x10_1009]
+        );
+        // The instructions are 16-bit ones, their IP the offset in CS.
+        let site = scan.sites[0].instruction;
+        assert_eq!(site.code(), Code::Mov_Sreg_rm16);
+        assert_eq!(site.ip(), 3);
+        let as_32 = scan_page(&mem, 0x10_1000, &[0x10_1000]);
+        assert_eq!(as_32.size, CodeSize::Bits32);
+        assert!(!as_32.is_start(0x10_1003));
+        assert_eq!(as_32.sites[0].address, 0x10_1005);
+    }
+
+    #[test]
+    fn a_16_bit_scan_follows_branches_in_ip_space() {
+        // jmp short +0x1e to a pushf at 0x20; before it, at 0x1e, 66 B8 (mov eax, imm32 in
+        // 16-bit code) that a sweep from the page start would run over the pushf with.
+        let mem = page_with(
+            &[(0x1000, &[0xEB, 0x1E]), (0x101E, &[0x66, 0xB8, 0x9C, 0xC3])],
+            0x90,
+        );
+        // The page at linear 0x10_1000 is IP 0x1000 of its segment (base 0x10_0000).
+        let size = CodeSize::of_segment(false, 0x10_0000, 0x10_1000);
+        assert_eq!(size, CodeSize::Bits16 { page_ip: 0x1000 });
+        let scan = scan_page_after(&mem, 0x10_1000, &[0x10_1000], 0, size);
+        assert!(scan.is_start(0x10_1020));
+        let patch: Vec<_> = scan.patch_sites().map(|s| (s.address, s.class)).collect();
+        assert_eq!(patch, [(0x10_1020, Class::Pushf)]);
+        assert!(scan.exits.is_empty(), "{:x?}", scan.exits);
+        // The same page at IP 0xfff0 (CS base 0xf_1010): the jmp targets IP 0x10010, which
+        // wraps to 0x10, linear 0xf_1020 outside the page; the pushf is only swept, inside
+        // the mov.
+        let size = CodeSize::of_segment(false, 0xf_1010, 0x10_1000);
+        assert_eq!(size, CodeSize::Bits16 { page_ip: 0xfff0 });
+        let wrapped = scan_page_after(&mem, 0x10_1000, &[0x10_1000], 0, size);
+        assert_eq!(wrapped.exits, [0xf_1020]);
+        assert!(!wrapped.is_start(0x10_1020));
+        assert_eq!(wrapped.patch_sites().count(), 0);
+    }
+
+    #[test]
+    fn operand_size_prefixes_follow_the_code_size() {
+        // 66 B8 imm: `mov eax, imm32` (6 bytes) in 16-bit code, `mov ax, imm16` (4) in
+        // 32-bit code; the pushf after it starts at 6 in the one and is an immediate
+        // byte in the other.
+        let code = [0x66, 0xB8, 0x01, 0x02, 0x03, 0x04, 0x9C, 0xC3];
+        let mem = page_with(&[(0x1000, &code)], 0x90);
+        let bits16 = CodeSize::Bits16 { page_ip: 0 };
+        let scan = scan_page_after(&mem, 0x10_1000, &[0x10_1000], 0, bits16);
+        assert_eq!(
+            scan.patch_sites().map(|s| s.address).collect::<Vec<_>>(),
+            [0x10_1006]
+        );
+        let scan = scan_page(&mem, 0x10_1000, &[0x10_1000]);
+        assert!(scan.is_start(0x10_1004) && !scan.is_start(0x10_1006));
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The in-place engine's page scanner and patch table.
 //!
-//! Input layout: a flags byte (page near the top of the address space, bytes carried
-//! in from the previous page), up to four entry offsets, then the page's bytes (and up
-//! to 14 that follow it).
+//! Input layout: a flags byte (page near the top of the address space, 16-bit code whose
+//! IP wraps inside the page, bytes carried in from the previous page), up to four entry
+//! offsets, then the page's bytes (and up to 14 that follow it).
 //!
 //! Promises checked: no panic; the scan's starts and sites are sorted and inside the
 //! page; patching a fresh table succeeds; a scan through [`PatchTable::unpatched`] of
@@ -13,7 +13,7 @@
 
 use crate::input::Input;
 use rewriter::patch::{CodeMemoryMut, PatchTable};
-use rewriter::scan::{scan_page_after, scan_region, BufferMemory, CodeMemory};
+use rewriter::scan::{scan_page_after, scan_region, BufferMemory, CodeMemory, CodeSize};
 
 const PAGE_LEN: usize = 4096;
 const READ_LEN: usize = PAGE_LEN + 14;
@@ -26,6 +26,11 @@ pub fn run(data: &[u8]) {
         0xFFFF_F000
     } else {
         0x0010_0000
+    };
+    let size = if flags & 8 != 0 {
+        CodeSize::Bits16 { page_ip: 0xf800 }
+    } else {
+        CodeSize::Bits32
     };
     let carried_in = usize::from(flags >> 4) % 15;
     let count = usize::from((flags >> 1) & 3) + 1;
@@ -40,7 +45,7 @@ pub fn run(data: &[u8]) {
     }
     let original = BufferMemory::new(page, bytes.clone());
 
-    let scan = scan_page_after(&original, page, &entries, carried_in);
+    let scan = scan_page_after(&original, page, &entries, carried_in, size);
     assert_eq!(scan.page, page);
     let in_page = |a: u32| a & !0xfff == page;
     assert!(scan.starts.windows(2).all(|w| w[0] < w[1]));
@@ -64,7 +69,7 @@ pub fn run(data: &[u8]) {
         .expect("a fresh table patches the scan of the bytes it patches");
     assert_eq!(patched, scan.patch_sites().count());
 
-    let rescan = scan_page_after(&table.unpatched(&mem), page, &entries, carried_in);
+    let rescan = scan_page_after(&table.unpatched(&mem), page, &entries, carried_in, size);
     assert_eq!(rescan, scan, "the unpatched view scans as the original");
     assert_eq!(
         table.patch(&mut mem, &rescan),

@@ -59,6 +59,8 @@ impl Vm {
             let clamp = self.mem.paging.user_clamp;
             self.cpu.sync_mirrors(dirty, clamp)?;
         }
+        // Scanned code runs only with the code size it was scanned for.
+        self.follow_code_segment()?;
         Ok(None)
     }
 

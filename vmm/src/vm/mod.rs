@@ -436,6 +436,7 @@ impl Vm {
             ("rescans", c.rescans),
             ("code_pages_parked", c.parks),
             ("code_pages_rearmed", c.rearms),
+            ("code_size_switches", c.size_switches),
             ("fpu_trap_switches", c.conditional_switches),
             ("fpu_sites_switched", c.conditional_sites),
             ("hidden_page_faults", p.hidden_faults),

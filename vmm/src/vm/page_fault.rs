@@ -12,16 +12,17 @@ use iced_x86::Instruction;
 use shadow_paging::{Decision, EmulateReason, HostAccess};
 
 use super::code::fetch::insn_len;
+use super::code::PagedFetch;
 use super::cpu::Stepping;
 use super::guest_bus::MachineBus;
 use super::handle::Step;
 use super::stats::ExitReason;
-use super::Vm;
+use super::{Vm, VmError};
 use crate::addr::{GuestLinear, GuestPhys, PAGE_SIZE};
 use crate::vcpu::emulate::{data_access, mediate, Mediated};
 use crate::vcpu::exit::GuestExit;
 use crate::vcpu::Fault;
-use crate::x86::pf_error;
+use crate::x86::{pf_error, SegReg};
 
 /// Host page-fault error code bit: protection-key violation (an execute-only page read).
 const PF_PK: u32 = 1 << 5;
@@ -42,10 +43,16 @@ impl Vm {
                 ));
             }
             self.stats.exit(ExitReason::CodeFetch);
+            self.follow_code_segment()?;
             let entry = self.fetch_entry(lin).map(|e| GuestPhys(e.raw()));
-            self.code
-                .pages
-                .on_fetch(&self.mem.ram, &mut self.mem.space, phys.page(), entry)?;
+            let size = self.fetch().code_size(lin);
+            self.code.pages.on_fetch(
+                &self.mem.ram,
+                &mut self.mem.space,
+                phys.page(),
+                entry,
+                size,
+            )?;
             return Ok(None);
         }
         if error_code & pf_error::W != 0 && in_ram && self.code.pages.is_armed(phys) {
@@ -176,6 +183,7 @@ impl Vm {
     /// Scans guest-physical page `gpa` for a fetch at linear `lin` (the page the guest
     /// reaches it through is `page_lin`), then marks it as code.
     fn scan_paged(&mut self, lin: GuestLinear, gpa: GuestPhys, page_lin: GuestLinear) -> Step {
+        self.follow_code_segment()?;
         let user = self.cpu.user();
         let entry = self
             .fetch_entry(lin)
@@ -189,10 +197,14 @@ impl Vm {
             .checked_sub(PAGE_SIZE)
             .and_then(|p| self.mem.code_neighbour_phys(GuestLinear(p), user))
             .map(GuestPhys::page);
-        let scan = self
-            .code
-            .pages
-            .scan_physical(&self.mem.ram, gpa, entry, prev, next)?;
+        let fetch = PagedFetch {
+            entry,
+            prev,
+            next,
+            linear: page_lin,
+            size: self.fetch().code_size(page_lin),
+        };
+        let scan = self.code.pages.scan_physical(&self.mem.ram, gpa, fetch)?;
         let exec_only = scan.patched && self.mem.paging.exec_only;
         self.mem
             .with_host(|shadow, host, _| shadow.mark_code(host, gpa, exec_only))?;
@@ -202,6 +214,34 @@ impl Vm {
                 .with_host(|shadow, host, _| shadow.unmark_code(host, stale))?;
         }
         Ok(None)
+    }
+
+    /// Keeps scanned code executable only for the code size it was scanned with: called
+    /// whenever the code segment may have changed (every emulated instruction and
+    /// delivered event, every fetch fault). When CS changed size (or, in 16-bit code, the
+    /// IP its base gives a page), pages scanned for the other size stop being executable,
+    /// so their next fetch faults and rescans them for the size that runs them.
+    pub(super) fn follow_code_segment(&mut self) -> Result<(), VmError> {
+        if self.translating() {
+            return Ok(());
+        }
+        let cs = self.cpu.state.sreg(SegReg::Cs);
+        let pages = self.code.pages.other_size_pages(cs.db, cs.base);
+        if pages.is_empty() {
+            return Ok(());
+        }
+        if !self.mem.paging.enabled() {
+            return Ok(self.code.pages.park_for_size(&mut self.mem.space, &pages)?);
+        }
+        for &page in &pages {
+            self.code.pages.revert_physical(&self.mem.ram, page);
+        }
+        self.mem.with_host(|shadow, host, _| {
+            for &page in &pages {
+                shadow.unmark_code(host, page);
+            }
+        })?;
+        Ok(())
     }
 
     /// Decodes the instruction at EIP and performs its write through the bus (write

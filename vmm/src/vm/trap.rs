@@ -46,18 +46,17 @@ impl Vm {
         self.stats.site(site, class.name());
         let s = &mut self.cpu.state;
         s.eip = s.eip.wrapping_sub(1);
+        // The patch table keeps the instruction as the scan decoded it, at its physical
+        // address (16-bit code: its offset in the segment it was scanned for). Decode it
+        // again where the guest runs it, with the code segment's size and offset: that is
+        // the instruction the CPU would execute.
+        let original = self
+            .fetch()
+            .decode_at(self.cpu.state.eip)
+            .unwrap_or(original);
         if class == Class::Fpu {
             return self.fpu_site(phys, &original);
         }
-        // The patch table keeps the instruction decoded at its physical address; with
-        // paging on, decode it again where the guest runs it.
-        let original = if self.mem.paging.enabled() {
-            self.fetch()
-                .decode_at(self.cpu.state.eip)
-                .unwrap_or(original)
-        } else {
-            original
-        };
         self.hand_to_vcpu(GuestExit::Patched { original })
     }
 

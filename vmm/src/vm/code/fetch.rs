@@ -4,6 +4,7 @@
 //! operand size.
 
 use iced_x86::{Decoder, DecoderOptions, Instruction};
+use rewriter::CodeSize;
 
 use super::CodePages;
 use crate::addr::{GuestLinear, PAGE_SIZE};
@@ -58,7 +59,16 @@ impl Fetch<'_> {
         (buf, done)
     }
 
-    /// The original guest instruction at CS:`offset`, if it decodes.
+    /// The size of the code at linear `page` as the code segment executes it (16-bit
+    /// code when CS.D is clear, in real mode too): what a scan of the page must decode
+    /// with.
+    pub fn code_size(&self, page: GuestLinear) -> CodeSize {
+        let cs = self.state.sreg(SegReg::Cs);
+        CodeSize::of_segment(cs.db, cs.base, page.page().raw())
+    }
+
+    /// The original guest instruction at CS:`offset`, decoded with the code segment's
+    /// size, if it decodes.
     pub fn decode_at(&self, offset: u32) -> Option<Instruction> {
         let (bytes, n) = self.read(self.linear(offset));
         let bitness = if self.state.code_32() { 32 } else { 16 };

@@ -10,7 +10,7 @@ pub mod fetch;
 pub mod scan;
 
 pub use entry_hook::{EntryHook, HookError};
-pub use scan::{CodeError, CodePages, CodeStats, PhysicalScan, RamCode};
+pub use scan::{CodeError, CodePages, CodeStats, PagedFetch, PhysicalScan, RamCode};
 
 /// Guest code: its scan state and patches, and the hook serving bound entry points.
 #[derive(Default)]

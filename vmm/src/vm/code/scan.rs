@@ -8,6 +8,13 @@
 //! scanned: changed code (loaded or self-modifying) is rescanned, and a page that only
 //! had data written next to its code is made executable again without a rescan.
 //!
+//! A scan holds for the code size it was made with ([`CodeSize`]: 16-bit code decodes to
+//! other instructions than 32-bit code). Each page records its size; when the code
+//! segment changes size ([`CodePages::other_size_pages`]), the pages scanned for the
+//! other size stop being executable, and their next fetch treats them like changed
+//! code: patches reverted, page rescanned with the new size (or armed again at once
+//! when it comes back to the size it was scanned with, its code unchanged).
+//!
 //! Addresses here are guest-physical: with paging off they equal the linear addresses
 //! the host mapping uses. With paging on, pages are scanned by guest-physical frame
 //! ([`CodePages::scan_physical`]), so every linear alias of a frame shares one scan and
@@ -16,8 +23,8 @@
 use std::collections::{HashMap, HashSet};
 
 use rewriter::{
-    scan_page_after, Action, Class, CodeMemory, CodeMemoryMut, PageScan, PatchError, PatchTable,
-    Site, TRAP_BYTE,
+    scan_page_after, Action, Class, CodeMemory, CodeMemoryMut, CodeSize, PageScan, PatchError,
+    PatchTable, Site, TRAP_BYTE,
 };
 
 use super::fetch::insn_len;
@@ -84,8 +91,12 @@ pub enum CodeError {
 pub struct CodeStats {
     /// Pages scanned for the first time.
     pub pages_scanned: u64,
-    /// Scans of pages that had been scanned before and whose code changed since.
+    /// Scans of pages that had been scanned before and whose code changed since, or that
+    /// were entered with another code size than they were scanned with.
     pub rescans: u64,
+    /// Scanned pages that stopped being executable because the code segment changed size
+    /// (16-bit and 32-bit code).
+    pub size_switches: u64,
     /// Scanned pages parked (made writable) because the guest wrote to them.
     pub parks: u64,
     /// Parked pages made executable again without a rescan: the write did not touch
@@ -109,12 +120,19 @@ struct Snapshot {
     starts: Vec<u32>,
     /// How many bytes of the next page the page's last instruction takes.
     carried: usize,
+    /// The code size the page was scanned with.
+    size: CodeSize,
+    /// The linear page the scan was made for (the physical page itself with paging off):
+    /// where a 16-bit page's IP comes from.
+    linear: u32,
 }
 
 impl Snapshot {
     /// `end` bounds the bytes kept (contiguous RAM from `page`); `straddle_end` is where
-    /// the scan's last instruction ends, possibly in the next page.
-    fn take(ram: &GuestRam, page: u32, starts: &[u32], end: u64, straddle_end: u64) -> Self {
+    /// the scan's last instruction ends, possibly in the next page; `linear` is the linear
+    /// page the scan was made for.
+    fn take(ram: &GuestRam, scan: &PageScan, end: u64, linear: u32) -> Self {
+        let (page, starts, straddle_end) = (scan.page, &scan.starts, scan.straddle_end);
         let len = usize::try_from(end.saturating_sub(u64::from(page))).unwrap_or(0);
         let mut bytes = vec![0u8; len];
         let n = RamCode(ram).read(page, &mut bytes);
@@ -128,7 +146,7 @@ impl Snapshot {
         let mut run: Option<(u32, u32)> = None;
         for &start in starts {
             let off = start - page;
-            let len = instruction_len(&bytes, off);
+            let len = instruction_len(&bytes, off, scan.size);
             match run {
                 Some((s, e)) if off <= e => run = Some((s, e.max(off + len))),
                 Some((s, e)) => {
@@ -146,6 +164,8 @@ impl Snapshot {
             runs,
             starts: starts.to_vec(),
             carried: usize::try_from(straddle_end.saturating_sub(page_end)).unwrap_or(0),
+            size: scan.size,
+            linear,
         }
     }
 
@@ -156,6 +176,11 @@ impl Snapshot {
     /// How many bytes of the next page the last instruction of this page takes.
     fn carried_out(&self) -> usize {
         self.carried
+    }
+
+    /// Whether the page holds the code it was scanned from, for code of `size`.
+    fn holds(&self, ram: &GuestRam, page: u32, size: CodeSize) -> bool {
+        self.size == size && self.unchanged(ram, page)
     }
 
     fn unchanged(&self, ram: &GuestRam, page: u32) -> bool {
@@ -183,26 +208,35 @@ impl Snapshot {
     }
 }
 
-/// Where the instruction at `last` (the last one of its page) continues, if it runs into
-/// the next page and falls through to the instruction after it.
-fn fall_through_into_next(ram: &GuestRam, patches: &PatchTable, last: u32) -> Option<u32> {
+/// Where the instruction at `last` (the last one of its page, code of `size`) continues,
+/// if it runs into the next page and falls through to the instruction after it.
+fn fall_through_into_next(
+    ram: &GuestRam,
+    patches: &PatchTable,
+    last: u32,
+    size: CodeSize,
+) -> Option<u32> {
     let mut bytes = [0u8; 15];
     let n = RamCode(ram).read(last, &mut bytes);
     let code = bytes.get_mut(..n).unwrap_or_default();
     patches.overlay_originals(last, code);
-    let mut decoder =
-        iced_x86::Decoder::with_ip(32, code, u64::from(last), iced_x86::DecoderOptions::NONE);
+    let mut decoder = iced_x86::Decoder::with_ip(
+        size.bitness(),
+        code,
+        u64::from(last),
+        iced_x86::DecoderOptions::NONE,
+    );
     let instr = decoder.decode();
     let end = last.checked_add(insn_len(&instr))?;
     let falls_through = !instr.is_invalid() && rewriter::flow(&instr).falls_through();
     (falls_through && page_of(end) != page_of(last)).then_some(end)
 }
 
-/// The length of the instruction at `off` in `bytes` (1 if it does not decode: the scan
-/// only reports starts it decoded, so that does not happen in practice).
-fn instruction_len(bytes: &[u8], off: u32) -> u32 {
+/// The length of the instruction of code of `size` at `off` in `bytes` (1 if it does not
+/// decode: the scan only reports starts it decoded, so that does not happen in practice).
+fn instruction_len(bytes: &[u8], off: u32, size: CodeSize) -> u32 {
     let tail = bytes.get(off as usize..).unwrap_or(&[]);
-    let mut decoder = iced_x86::Decoder::new(32, tail, iced_x86::DecoderOptions::NONE);
+    let mut decoder = iced_x86::Decoder::new(size.bitness(), tail, iced_x86::DecoderOptions::NONE);
     let instr = decoder.decode();
     if instr.is_invalid() {
         1
@@ -253,6 +287,23 @@ impl CodeMemory for PagedCode<'_> {
     }
 }
 
+/// How a fetch under paging reaches the guest-physical page it scans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PagedFetch {
+    /// The physical instruction start the fetch reaches in the page, if known.
+    pub entry: Option<GuestPhys>,
+    /// The physical page the linear page before this one maps to: the tail of an
+    /// instruction straddling in from it is not code of this page.
+    pub prev: Option<GuestPhys>,
+    /// The physical page the linear page after this one maps to: an instruction
+    /// straddling out into it is decoded from the bytes the CPU will fetch.
+    pub next: Option<GuestPhys>,
+    /// The linear page the guest reaches the page through.
+    pub linear: GuestLinear,
+    /// The code size the guest executes it with.
+    pub size: CodeSize,
+}
+
 /// What a scan under paging found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PhysicalScan {
@@ -279,8 +330,13 @@ pub struct CodePages {
     /// Pages that have ever been scanned (to tell rescans from first scans).
     ever_scanned: HashSet<u32>,
     /// Entry points learnt for each page: fetch addresses and direct branch targets from
-    /// other pages. A rescan starts from all of them.
-    entries: HashMap<u32, Vec<u32>>,
+    /// other pages, with the code size they were learnt in. A rescan starts from all of
+    /// them of its size (an entry of 32-bit code says nothing of 16-bit code).
+    entries: HashMap<u32, Vec<(u32, CodeSize)>>,
+    /// The code segment armed pages were made executable for: its D flag, and for 16-bit
+    /// code its base modulo 64 KiB (what a 16-bit page's IP depends on). `None` before
+    /// the first fetch.
+    segment: Option<(bool, u32)>,
     /// The patches in force, keyed by guest-physical address.
     pub patches: PatchTable,
     /// Classes patched besides the [`rewriter::Action::Patch`] ones: CPUID, where the
@@ -412,17 +468,71 @@ impl CodePages {
         Ok(pages.into_iter().map(GuestPhys).collect())
     }
 
-    fn learn_entry(&mut self, addr: u32) {
+    fn learn_entry(&mut self, addr: u32, size: CodeSize) {
         let list = self.entries.entry(page_of(addr)).or_default();
-        if !list.contains(&addr) {
-            list.push(addr);
+        if !list.contains(&(addr, size)) {
+            list.push((addr, size));
         }
     }
 
-    /// A fetch from `page`, which is not executable: arm it again if it is parked and its
-    /// code is unchanged; otherwise scan it, patch it, and map it execute + read-only.
-    /// `entry` is the instruction start the fetch is known to reach (none when it is not
-    /// known, e.g. a fetch that only continued an instruction from the previous page).
+    /// The entry points learnt for `page` in code of `size`.
+    fn entries_of(&self, page: u32, size: CodeSize) -> Vec<u32> {
+        self.entries.get(&page).map_or_else(Vec::new, |list| {
+            list.iter()
+                .filter(|&&(_, s)| s == size)
+                .map(|&(addr, _)| addr)
+                .collect()
+        })
+    }
+
+    /// The guest now executes through a code segment with D flag `code_32` and base
+    /// `cs_base`: the armed pages scanned for another code size (or, in 16-bit code, for
+    /// another IP of their first byte), which must not run with the traps placed for
+    /// it. Empty when the segment is the one the pages were last checked against.
+    ///
+    /// With paging off the caller parks them ([`CodePages::park_for_size`]): the next
+    /// fetch rescans each, or arms it again at once if it comes back to its size
+    /// unchanged. With paging on it reverts them ([`CodePages::revert_physical`]) and
+    /// takes them out of the shadow state's code pages, so the next fetch scans them.
+    pub fn other_size_pages(&mut self, code_32: bool, cs_base: u32) -> Vec<GuestPhys> {
+        let key = (code_32, if code_32 { 0 } else { cs_base & 0xffff });
+        if self.segment == Some(key) {
+            return Vec::new();
+        }
+        self.segment = Some(key);
+        let mut other: Vec<u32> = self
+            .armed
+            .iter()
+            .filter(|(_, s)| s.size != CodeSize::of_segment(code_32, cs_base, s.linear))
+            .map(|(&page, _)| page)
+            .collect();
+        other.sort_unstable();
+        self.stats.size_switches += other.len() as u64;
+        other.into_iter().map(GuestPhys).collect()
+    }
+
+    /// Parks armed `pages` (paging off) because the code segment changed size: they stay
+    /// patched but are no longer executable, until a fetch checks them against the size
+    /// that runs them.
+    ///
+    /// # Errors
+    /// [`CodeError::Map`] when the host mapping could not be changed.
+    pub fn park_for_size(
+        &mut self,
+        space: &mut LinearSpace,
+        pages: &[GuestPhys],
+    ) -> Result<(), CodeError> {
+        for page in pages {
+            self.park(space, page_of(page.raw()), Prot::RW)?;
+        }
+        Ok(())
+    }
+
+    /// A fetch from `page`, which is not executable, in code of `size`: arm it again if it
+    /// is parked and its code is unchanged and was scanned for `size`; otherwise scan it,
+    /// patch it, and map it execute + read-only. `entry` is the instruction start the fetch
+    /// is known to reach (none when it is not known, e.g. a fetch that only continued an
+    /// instruction from the previous page).
     ///
     /// # Errors
     /// [`CodeError`] when patching or remapping failed (a monitor-side failure).
@@ -432,13 +542,14 @@ impl CodePages {
         space: &mut LinearSpace,
         page: GuestPhys,
         entry: Option<GuestPhys>,
+        size: CodeSize,
     ) -> Result<(), CodeError> {
         let page = page_of(page.raw());
         if let Some(entry) = entry {
-            self.learn_entry(entry.raw());
+            self.learn_entry(entry.raw(), size);
         }
         if let Some(snapshot) = self.parked.remove(&page) {
-            if snapshot.unchanged(ram, page) {
+            if snapshot.holds(ram, page, size) {
                 self.stats.rearms += 1;
                 self.armed.insert(page, snapshot);
                 // Conditional classes that came into force while the page was parked.
@@ -455,7 +566,7 @@ impl CodePages {
             };
             self.patches.revert_page(&mut reconcile, page);
         }
-        let targets = self.scan_and_patch(ram, page)?;
+        let targets = self.scan_and_patch(ram, page, size)?;
         space
             .protect(identity(page), PAGE_SIZE, Prot::RX)
             .map_err(map_err(page))?;
@@ -474,31 +585,45 @@ impl CodePages {
                     .get(&page)
                     .is_some_and(|s| s.carried_out() == (target - other) as usize);
             let stale = self.armed.get(&other).is_some_and(|s| {
-                s.starts.binary_search(&target).is_err()
-                    || (tail && s.starts.first().is_some_and(|&first| first < target))
+                s.size == size
+                    && (s.starts.binary_search(&target).is_err()
+                        || (tail && s.starts.first().is_some_and(|&first| first < target)))
             });
             if stale {
                 self.patches.revert_page(&mut RamCode(ram), other);
                 self.armed.remove(&other);
-                self.scan_and_patch(ram, other)?;
+                self.scan_and_patch(ram, other, size)?;
             }
         }
         Ok(())
     }
 
-    /// Scans `page` from its known entries, patches it and records it armed (the caller
-    /// maps it). Returns the instruction starts it found in other pages: direct branch
-    /// targets, and the end of an instruction that straddles into the next page.
-    fn scan_and_patch(&mut self, ram: &GuestRam, page: u32) -> Result<Vec<u32>, CodeError> {
-        let entries = self.entries.get(&page).cloned().unwrap_or_default();
+    /// Scans `page` as code of `size` from its known entries, patches it and records it
+    /// armed (the caller maps it). Returns the instruction starts it found in other pages:
+    /// direct branch targets, and the end of an instruction that straddles into the next
+    /// page.
+    fn scan_and_patch(
+        &mut self,
+        ram: &GuestRam,
+        page: u32,
+        size: CodeSize,
+    ) -> Result<Vec<u32>, CodeError> {
+        let entries = self.entries_of(page, size);
         // The tail of the previous page's last instruction is not code of this page.
         let carried_in = page
             .checked_sub(PAGE_SIZE)
             .and_then(|prev| self.armed.get(&prev))
+            .filter(|prev| prev.size == size)
             .map_or(0, Snapshot::carried_out);
         let scan = {
             let mem = RamCode(ram);
-            scan_page_after(&self.patches.unpatched(&mem), page, &entries, carried_in)
+            scan_page_after(
+                &self.patches.unpatched(&mem),
+                page,
+                &entries,
+                carried_in,
+                size,
+            )
         };
         self.patches
             .patch_with(&mut RamCode(ram), &scan, &self.also_patch)
@@ -512,21 +637,15 @@ impl CodePages {
         if let Some(next) = scan
             .starts
             .last()
-            .and_then(|&last| fall_through_into_next(ram, &self.patches, last))
+            .and_then(|&last| fall_through_into_next(ram, &self.patches, last, size))
         {
             targets.push(next);
         }
         for &t in &targets {
-            self.learn_entry(t);
+            self.learn_entry(t, size);
         }
         self.record_scan(page, &scan);
-        let snapshot = Snapshot::take(
-            ram,
-            page,
-            &scan.starts,
-            scan.straddle_end,
-            scan.straddle_end,
-        );
+        let snapshot = Snapshot::take(ram, &scan, scan.straddle_end, page);
         self.armed.insert(page, snapshot);
         Ok(targets)
     }
@@ -739,13 +858,9 @@ impl CodePages {
         self.entries.clear();
     }
 
-    /// Scans and patches guest-physical `page` under paging, from `entry` (a physical
-    /// instruction start in it) and the entries learnt before. `prev` and `next` are the
-    /// physical pages the *linear* pages before and after this one map to: the tail of an
-    /// instruction straddling in from `prev` is not code of this page, and one straddling
-    /// out into `next` is decoded from the bytes the CPU will fetch. Branch targets in
-    /// other pages are not learnt: their physical addresses depend on mappings this page
-    /// does not know.
+    /// Scans and patches guest-physical `page` under paging for `fetch`, from its entry
+    /// and the entries learnt before for its code size. Branch targets in other pages are
+    /// not learnt: their physical addresses depend on mappings this page does not know.
     ///
     /// # Errors
     /// [`CodeError::Patch`] when the patcher refused a site.
@@ -753,20 +868,21 @@ impl CodePages {
         &mut self,
         ram: &GuestRam,
         page: GuestPhys,
-        entry: Option<GuestPhys>,
-        prev: Option<GuestPhys>,
-        next: Option<GuestPhys>,
+        fetch: PagedFetch,
     ) -> Result<PhysicalScan, CodeError> {
         let page = page_of(page.raw());
-        if let Some(entry) = entry {
-            self.learn_entry(entry.raw());
+        let size = fetch.size;
+        if let Some(entry) = fetch.entry {
+            self.learn_entry(entry.raw(), size);
         }
-        let (prev, next) = (prev.map(GuestPhys::raw), next.map(GuestPhys::raw));
-        let entries = self.entries.get(&page).cloned().unwrap_or_default();
+        let prev = fetch.prev.map(GuestPhys::raw);
+        let next = fetch.next.map(GuestPhys::raw);
+        let entries = self.entries_of(page, size);
         let carried_in = prev
             .map(page_of)
             .filter(|&q| q != page)
             .and_then(|q| self.armed.get(&q))
+            .filter(|q| q.size == size)
             .map_or(0, Snapshot::carried_out);
         let scan = {
             let mem = PagedCode {
@@ -775,14 +891,14 @@ impl CodePages {
                 page,
                 next,
             };
-            scan_page_after(&mem, page, &entries, carried_in)
+            scan_page_after(&mem, page, &entries, carried_in, size)
         };
         self.patches
             .patch_with(&mut RamCode(ram), &scan, &self.also_patch)
             .map_err(patch_err(page))?;
         self.record_scan(page, &scan);
         let page_end = u64::from(page) + u64::from(PAGE_SIZE);
-        let snapshot = Snapshot::take(ram, page, &scan.starts, page_end, scan.straddle_end);
+        let snapshot = Snapshot::take(ram, &scan, page_end, page_of(fetch.linear.raw()));
         let carried = snapshot.carried_out();
         self.armed.insert(page, snapshot);
         // A successor scanned before this page started its code inside the tail of this
@@ -830,6 +946,17 @@ impl CodePages {
 mod tests {
     use super::*;
 
+    /// A 32-bit fetch of physical `page`, reached through the same linear page.
+    fn paged(page: u32, entry: Option<u32>, prev: Option<u32>, next: Option<u32>) -> PagedFetch {
+        PagedFetch {
+            entry: entry.map(GuestPhys),
+            prev: prev.map(GuestPhys),
+            next: next.map(GuestPhys),
+            linear: GuestLinear(page),
+            size: CodeSize::Bits32,
+        }
+    }
+
     #[test]
     fn paged_code_continues_in_the_frame_the_next_linear_page_maps() {
         let ram = GuestRam::new(1 << 20).unwrap();
@@ -864,8 +991,12 @@ mod tests {
             .unwrap();
         let mut code = CodePages::default();
         // Frame 0x2000 first, entered after the tail: its sweep may take the tail for code.
-        code.scan_physical(&ram, GuestPhys(0x2000), Some(GuestPhys(0x2004)), None, None)
-            .unwrap();
+        code.scan_physical(
+            &ram,
+            GuestPhys(0x2000),
+            paged(0x2000, Some(0x2004), None, None),
+        )
+        .unwrap();
         let mut bytes = [0u8; 6];
         RamCode(&ram).read(0x2000, &mut bytes);
         assert_eq!(
@@ -875,14 +1006,16 @@ mod tests {
         let first = code.scan_physical(
             &ram,
             GuestPhys(0x5000),
-            Some(GuestPhys(0x5fff)),
-            None,
-            Some(GuestPhys(0x2000)),
+            paged(0x5000, Some(0x5fff), None, Some(0x2000)),
         );
         assert_eq!(first.unwrap().stale_next, Some(GuestPhys(0x2000)));
         code.revert_physical(&ram, GuestPhys(0x2000));
         let again = code
-            .scan_physical(&ram, GuestPhys(0x2000), None, Some(GuestPhys(0x5000)), None)
+            .scan_physical(
+                &ram,
+                GuestPhys(0x2000),
+                paged(0x2000, None, Some(0x5000), None),
+            )
             .unwrap();
         assert!(again.patched && again.stale_next.is_none());
         RamCode(&ram).read(0x2000, &mut bytes);
@@ -900,21 +1033,74 @@ mod tests {
         let pred = code.scan_physical(
             &ram,
             GuestPhys(0x5000),
-            Some(GuestPhys(0x5fff)),
-            None,
-            Some(GuestPhys(0x2000)),
+            paged(0x5000, Some(0x5fff), None, Some(0x2000)),
         );
         assert_eq!(pred.unwrap().stale_next, None);
         code.scan_physical(
             &ram,
             GuestPhys(0x2000),
-            Some(GuestPhys(0x2004)),
-            Some(GuestPhys(0x5000)),
-            None,
+            paged(0x2000, Some(0x2004), Some(0x5000), None),
         )
         .unwrap();
         RamCode(&ram).read(0x2000, &mut bytes);
         assert_eq!(bytes, [6, 6, 6, 6, TRAP_BYTE, 0xc3]);
+    }
+
+    #[test]
+    fn a_page_entered_with_the_other_code_size_is_rescanned_for_it() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        // mov ax, 0x38; mov ds, ax; mov es, ax; ret as 16-bit code. As 32-bit code it is
+        // `mov eax, 0xd88e0038; mov es, eax; ret`: one site, at 5.
+        let code = [0xb8, 0x38, 0x00, 0x8e, 0xd8, 0x8e, 0xc0, 0xc3];
+        ram.write(GuestPhys(0x6000), &code).unwrap();
+        let mut pages = CodePages::default();
+        assert!(
+            pages.other_size_pages(true, 0).is_empty(),
+            "nothing armed yet"
+        );
+        pages
+            .scan_physical(
+                &ram,
+                GuestPhys(0x6000),
+                paged(0x6000, Some(0x6000), None, None),
+            )
+            .unwrap();
+        let mut now = [0u8; 8];
+        RamCode(&ram).read(0x6000, &mut now);
+        assert_eq!(now, [0xb8, 0x38, 0x00, 0x8e, 0xd8, TRAP_BYTE, 0xc0, 0xc3]);
+        // Entered as 16-bit code (CS base 0x6000, the page is IP 0): the page was scanned
+        // for the other size.
+        assert_eq!(pages.other_size_pages(false, 0x6000), [GuestPhys(0x6000)]);
+        // Asked again for the same segment, or one whose base gives the page the same IP:
+        // nothing new.
+        assert!(pages.other_size_pages(false, 0x6000).is_empty());
+        assert!(pages.other_size_pages(false, 0x1_6000).is_empty());
+        pages.revert_physical(&ram, GuestPhys(0x6000));
+        RamCode(&ram).read(0x6000, &mut now);
+        assert_eq!(now, code, "the 32-bit traps are gone");
+        let bits16 = PagedFetch {
+            size: CodeSize::of_segment(false, 0x6000, 0x6000),
+            ..paged(0x6000, Some(0x6000), None, None)
+        };
+        let scan = pages
+            .scan_physical(&ram, GuestPhys(0x6000), bits16)
+            .unwrap();
+        assert!(scan.patched);
+        RamCode(&ram).read(0x6000, &mut now);
+        assert_eq!(
+            now,
+            [0xb8, 0x38, 0x00, TRAP_BYTE, 0xd8, TRAP_BYTE, 0xc0, 0xc3],
+            "traps on the 16-bit instruction starts"
+        );
+        let mov_ds = pages.patches.lookup(0x6003).unwrap();
+        assert_eq!(mov_ds.class, Class::MovToSreg);
+        assert_eq!(mov_ds.instruction.code(), iced_x86::Code::Mov_Sreg_rm16);
+        assert_eq!((pages.stats.pages_scanned, pages.stats.rescans), (1, 1));
+        // Back in 32-bit code the page is of the other size again; a 16-bit segment whose
+        // base puts the page at another IP is too.
+        assert_eq!(pages.other_size_pages(true, 0), [GuestPhys(0x6000)]);
+        assert_eq!(pages.other_size_pages(false, 0x5ff0), [GuestPhys(0x6000)]);
+        assert_eq!(pages.stats.size_switches, 3);
     }
 
     #[test]
@@ -924,9 +1110,13 @@ mod tests {
         ram.write(GuestPhys(0x3000), &[0x9c, 0x58, 0xc3]).unwrap();
         let mut code = CodePages::default();
         assert!(
-            code.scan_physical(&ram, GuestPhys(0x3000), Some(GuestPhys(0x3000)), None, None)
-                .unwrap()
-                .patched
+            code.scan_physical(
+                &ram,
+                GuestPhys(0x3000),
+                paged(0x3000, Some(0x3000), None, None)
+            )
+            .unwrap()
+            .patched
         );
         assert_eq!(ram.read_u8(GuestPhys(0x3000)).unwrap(), TRAP_BYTE);
         let mut orig = [0u8; 3];
@@ -936,7 +1126,7 @@ mod tests {
         assert_eq!(ram.read_u8(GuestPhys(0x3000)).unwrap(), 0x9c);
         assert!(!code.patches.is_patched(0x3000));
         // The second scan of the page counts as a rescan.
-        code.scan_physical(&ram, GuestPhys(0x3000), None, None, None)
+        code.scan_physical(&ram, GuestPhys(0x3000), paged(0x3000, None, None, None))
             .unwrap();
         assert_eq!((code.stats.pages_scanned, code.stats.rescans), (1, 1));
     }
