@@ -306,9 +306,10 @@ fn config() -> impl Strategy<Value = TranslateConfig> {
         any::<bool>(),
         1usize..40,
         any::<bool>(),
+        any::<bool>(),
     )
         .prop_map(
-            |(near, fs, stack16, exit_fpu, max, inline_if)| TranslateConfig {
+            |(near, fs, stack16, exit_fpu, max, inline_if, exit_pause)| TranslateConfig {
                 gate: if near {
                     Gate::Near(0xFFFF_8000)
                 } else {
@@ -333,6 +334,7 @@ fn config() -> impl Strategy<Value = TranslateConfig> {
                 selectors: inline_if.then_some([0x23, 0x1b, 0x23, 0x23, 0x3b, 0x33]),
                 gs_rebase: (!inline_if && exit_fpu).then_some(0x0847_9380),
                 exit_fpu,
+                exit_pause,
             },
         )
 }

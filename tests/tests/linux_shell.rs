@@ -74,7 +74,7 @@ struct Guest {
 }
 
 impl Guest {
-    fn boot(kernel: &Path, initrd: &Path) -> Self {
+    fn boot(kernel: &Path, initrd: &Path, cpus: u8) -> Self {
         let mut cmd = std::process::Command::new("timeout");
         cmd.args(["--kill-after=5", &RUN_SECONDS.to_string()])
             .arg(monitor())
@@ -82,7 +82,7 @@ impl Guest {
             .arg(kernel)
             .arg("--initrd")
             .arg(initrd)
-            .args(["--append", "console=ttyS0"]);
+            .args(["--append", "console=ttyS0", "--smp", &cpus.to_string()]);
         Self {
             console: Console::spawn_command(&mut cmd),
         }
@@ -122,19 +122,21 @@ impl Guest {
     }
 }
 
-/// Boots `kernel` with the initramfs to its shell, runs commands, powers off.
-fn boots_to_a_shell(kernel: &str) {
+/// Boots `kernel` with the initramfs on `cpus` processors to its shell, runs commands,
+/// powers off.
+fn boots_to_a_shell(kernel: &str, cpus: u8) {
     let (Some(kernel), Some(initrd)) = (debian_file(kernel), debian_file("initramfs.cpio")) else {
         return;
     };
     let release = kernel_release(&kernel);
-    let mut guest = Guest::boot(&kernel, &initrd);
+    let mut guest = Guest::boot(&kernel, &initrd, cpus);
     let ready = guest.wait_for(READY, BOOT, |l| l.contains(READY));
     assert!(ready.ends_with(&release), "{ready:?} names {release}");
     // The shell's arithmetic, the kernel's /proc, its uname, and the controlling
     // terminal setsid+cttyhack gave the shell.
     guest.expect("echo $((6*7))", "42");
-    guest.expect("grep -c ^processor /proc/cpuinfo", "1");
+    guest.expect("grep -c ^processor /proc/cpuinfo", &cpus.to_string());
+    guest.expect("nproc", &cpus.to_string());
     guest.expect("uname -r", &release);
     guest.expect("tty", "/dev/ttyS0");
     guest.expect(
@@ -160,10 +162,20 @@ fn boots_to_a_shell(kernel: &str) {
 
 #[test]
 fn debian_686_boots_to_a_shell_and_powers_off() {
-    boots_to_a_shell("vmlinuz");
+    boots_to_a_shell("vmlinuz", 1);
+}
+
+#[test]
+fn debian_686_boots_with_two_processors() {
+    boots_to_a_shell("vmlinuz", 2);
+}
+
+#[test]
+fn debian_686_boots_with_four_processors() {
+    boots_to_a_shell("vmlinuz", 4);
 }
 
 #[test]
 fn debian_686_pae_boots_to_a_shell_and_powers_off() {
-    boots_to_a_shell("vmlinuz-pae");
+    boots_to_a_shell("vmlinuz-pae", 1);
 }

@@ -311,6 +311,9 @@ fn end_of(instr: &Instruction) -> u32 {
 
 /// Why `instr` must leave for the monitor instead of running from the TC, if it must.
 fn exit_kind(instr: &Instruction, cfg: &TranslateConfig) -> Option<ExitKind> {
+    if cfg.exit_pause && instr.mnemonic() == iced_x86::Mnemonic::Pause {
+        return Some(ExitKind::Pause);
+    }
     let class = classify(instr);
     let runs_natively = class == Class::Innocuous
         || (class == Class::Fpu && !cfg.exit_fpu)
@@ -728,6 +731,29 @@ mod tests {
         let block = decode_block(&code, EIP, CodeSegment::FLAT32, &native).unwrap();
         assert_eq!(block.ident.len(), 1);
         assert!(matches!(block.end, End::Branch(_)));
+    }
+
+    #[test]
+    fn pause_exits_only_when_vcpus_share_the_thread() {
+        // inc eax; pause; jmp $-3
+        let code = GuestPages::flat(EIP, &[0x40, 0xF3, 0x90, 0xEB, 0xFB]);
+        let alone = TranslateConfig::default();
+        let block = decode_block(&code, EIP, CodeSegment::FLAT32, &alone).unwrap();
+        assert_eq!(block.ident.len(), 2, "PAUSE is copied");
+        assert!(matches!(block.end, End::Branch(_)));
+        let shared = TranslateConfig {
+            exit_pause: true,
+            ..alone
+        };
+        let block = decode_block(&code, EIP, CodeSegment::FLAT32, &shared).unwrap();
+        assert_eq!(block.ident.len(), 1);
+        assert_eq!(
+            block.end,
+            End::Exit {
+                eip: EIP + 1,
+                kind: ExitKind::Pause
+            }
+        );
     }
 
     #[test]

@@ -164,6 +164,9 @@ pub struct TranslateConfig {
     /// guest's CR0.TS/EM say); the engine may clear it while both are clear and must
     /// then drop those translations when either is set.
     pub exit_fpu: bool,
+    /// PAUSE ends the block in an exit ([`ExitKind::Pause`]): several vCPUs share one
+    /// thread, and a vCPU spinning on a lock should let the holder run.
+    pub exit_pause: bool,
     /// CLI, STI and PUSHFD are translated inline (CPL 0, where they never fault): CLI and
     /// STI store to the virtual IF slot ([`SLOT_VIF`]), STI then exits, at the next
     /// instruction, only when the pending slot ([`SLOT_PENDING`]) says an interrupt
@@ -196,6 +199,7 @@ impl Default for TranslateConfig {
             stack_size: StackSize::Bits32,
             max_instructions: 32,
             exit_fpu: true,
+            exit_pause: false,
             inline_if: false,
             selectors: None,
             gs_rebase: None,

@@ -112,6 +112,10 @@ pub enum ExitKind {
     /// An inline POPFD set IF with an interrupt pending: the guest is at the instruction
     /// after it, and the interrupt is taken there (POPF has no shadow).
     InterruptDue,
+    /// PAUSE, while several vCPUs share the thread ([`super::TranslateConfig::exit_pause`]):
+    /// the guest spins on something another vCPU holds, so the monitor runs another
+    /// vCPU, as pause-loop exiting does on hardware. The guest is at the PAUSE.
+    Pause,
 }
 
 impl ExitKind {

@@ -12,8 +12,16 @@ use super::{Vm, VmError};
 use crate::addr::GuestLinear;
 use crate::vcpu::exit::GuestExit;
 use crate::vcpu::{Effects, Fault, VcpuState};
-use crate::x86::cr0;
+use crate::x86::{cr0, cr4};
 use shadow_paging::PdpteFault;
+
+/// The CR0 and CR4 bits that change how linear addresses translate (the paging mode,
+/// write protection, large and global pages): translations made under other values are
+/// dropped. The others (TS and EM are in a block's key; TSD, PCE, OSFXSR... do not
+/// change a translation) leave them, so a vCPU switch or a task switch that toggles one
+/// does not retranslate the guest.
+const TRANSLATION_CR0: u32 = cr0::PE | cr0::PG | cr0::WP;
+const TRANSLATION_CR4: u32 = cr4::PSE | cr4::PAE | cr4::PGE;
 
 /// The registers an emulated instruction may change that a refused PDPTE load must put
 /// back (the instruction then faults with #GP(0) instead of completing).
@@ -95,8 +103,8 @@ impl Vm {
         let now_on = self.mem.paging.enabled();
         let new_ctx = *self.mem.paging.shadow.context();
         if now_on != was_on
-            || new_ctx.cr0 != ctx.cr0
-            || new_ctx.cr4 != ctx.cr4
+            || (new_ctx.cr0 ^ ctx.cr0) & TRANSLATION_CR0 != 0
+            || (new_ctx.cr4 ^ ctx.cr4) & TRANSLATION_CR4 != 0
             || new_ctx.efer != ctx.efer
         {
             // Translations were made for the old paging mode.

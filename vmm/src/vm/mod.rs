@@ -452,6 +452,7 @@ impl Vm {
             ("cpuid_faulting", u64::from(self.cpuid_faulting)),
             ("vcpus", self.vcpus.len() as u64),
             ("vcpu_switches", self.vcpus.switches),
+            ("vcpu_pause_yields", self.vcpus.pauses),
             ("ide_commands", ide.commands),
             ("ide_sectors_read", ide.sectors_read),
             ("ide_sectors_written", ide.sectors_written),

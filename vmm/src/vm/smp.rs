@@ -8,8 +8,10 @@
 //! state in and brings them in step the way an emulated instruction's effects do, so a
 //! switch between vCPUs with different CR3 costs what a guest CR3 switch costs.
 //!
-//! A vCPU runs until it halts, waits for a start-up IPI, or its time slice ends (the host
-//! timer is armed for the slice's end). Application processors start in the state INIT
+//! A vCPU runs until it halts, waits for a start-up IPI, executes PAUSE (translate mode:
+//! it spins on something another vCPU holds, as pause-loop exiting detects on hardware),
+//! or its time slice ends (the host timer is armed for the slice's end); a vCPU an
+//! interrupt waits for runs at once, so timer ticks are not lost while it is parked. Application processors start in the state INIT
 //! leaves (wait-for-SIPI); a start-up IPI starts one in real mode at vector × 4 KiB.
 //!
 //! Memory ordering between vCPUs is trivially sequential: one host thread runs them all,
@@ -60,6 +62,10 @@ pub struct Vcpus {
     slice_end: Option<u64>,
     /// vCPU switches so far.
     pub switches: u64,
+    /// The running vCPU executed PAUSE: it spins on something another vCPU may hold.
+    yield_requested: bool,
+    /// PAUSE exits so far.
+    pub pauses: u64,
 }
 
 /// What the scheduler decided at the top of the run loop.
@@ -96,6 +102,8 @@ impl Vcpus {
             current: 0,
             slice_end: None,
             switches: 0,
+            yield_requested: false,
+            pauses: 0,
         }
     }
 
@@ -107,6 +115,13 @@ impl Vcpus {
     /// The running vCPU (its APIC ID).
     pub fn current(&self) -> usize {
         self.current
+    }
+
+    /// The running vCPU executed PAUSE: at the next scheduling point another runnable
+    /// vCPU runs, as if its slice had ended.
+    pub fn yield_now(&mut self) {
+        self.yield_requested = true;
+        self.pauses += 1;
     }
 }
 
@@ -198,6 +213,21 @@ impl Vm {
         !halted || self.platform.wants_cpu(i, if_set)
     }
 
+    /// Whether vCPU `i` is started, has interrupts enabled and an interrupt (or an NMI)
+    /// waits for it.
+    fn interrupt_waits(&mut self, i: usize) -> bool {
+        if self.vcpus.waiting_for_sipi.get(i) != Some(&false) {
+            return false;
+        }
+        if self.vcpus.nmi.get(i) == Some(&true) {
+            return true;
+        }
+        let if_set = self
+            .vcpu_state(i)
+            .is_some_and(|s| s.eflags & eflags::IF != 0 && !s.interrupt_shadow);
+        if_set && self.platform.wants_cpu(i, true)
+    }
+
     /// Chooses the vCPU to run next, switching to it, at the top of the run loop: the
     /// running one while it can run and its slice lasts, else the next runnable one in
     /// turn. When none can run the loop waits for an interrupt; when none ever can again
@@ -212,8 +242,17 @@ impl Vm {
         let n = self.vcpus.len();
         let cur = self.vcpus.current;
         let now = self.platform.now_ns();
-        let expired = self.vcpus.slice_end.is_some_and(|end| now >= end);
-        let next = if self.runnable(cur) && !expired {
+        let expired = self.vcpus.slice_end.is_some_and(|end| now >= end)
+            || std::mem::take(&mut self.vcpus.yield_requested);
+        // A vCPU an interrupt waits for runs at once (the boost of credit schedulers):
+        // parked, it would miss timer ticks, which merge in its APIC's IRR, and its
+        // clock would fall behind the TSC.
+        let boosted = (1..n)
+            .map(|k| (cur + k) % n)
+            .find(|&i| self.interrupt_waits(i));
+        let next = if boosted.is_some() {
+            boosted
+        } else if self.runnable(cur) && !expired {
             Some(cur)
         } else {
             (1..=n).map(|k| (cur + k) % n).find(|&i| self.runnable(i))

@@ -113,6 +113,8 @@ pub struct Key {
     pub exit_fpu: bool,
     /// CLI and STI inline (CPL 0).
     pub inline_if: bool,
+    /// PAUSE exits (several vCPUs share the thread).
+    pub exit_pause: bool,
     /// The guest's selectors (ES, CS, SS, DS, FS, GS) with [`SELECTOR_IMMEDIATES`]: reads
     /// of them are immediates. Zeros without.
     pub selectors: [u16; 6],
@@ -163,6 +165,7 @@ impl Key {
                 MAX_BLOCK_INSTRUCTIONS
             },
             exit_fpu: self.exit_fpu,
+            exit_pause: self.exit_pause,
             inline_if: self.inline_if,
             selectors: SELECTOR_IMMEDIATES.then_some(self.selectors),
             gs_rebase: self.gs_rebase,

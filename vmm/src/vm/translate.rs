@@ -307,6 +307,7 @@ impl Vm {
             user: self.cpu.user(),
             exit_fpu: s.cr0 & (cr0::TS | cr0::EM) != 0 && !fpu_once,
             inline_if: s.cpl() == 0,
+            exit_pause: self.vcpus.len() > 1,
             selectors: if super::tc::SELECTOR_IMMEDIATES {
                 SegReg::ALL.map(|r| s.sreg(r).selector)
             } else {
@@ -751,6 +752,15 @@ impl Vm {
                 // outside SMM, SMX and RTM, as on this vCPU, which has none of them.
                 self.stats.exit(ExitReason::GuestException);
                 self.hand_to_vcpu(GuestExit::Exception(Fault::new(Exception::UD)))
+            }
+            ExitKind::Pause => {
+                // The spin-wait hint: past it, and another vCPU runs if one can.
+                self.stats.exit(ExitReason::RewriteTrap);
+                self.stats.site(site, "pause");
+                let len = instr.map_or(2, |i| u32::try_from(i.len()).unwrap_or(2));
+                self.cpu.state.eip = self.cpu.state.eip.wrapping_add(len);
+                self.vcpus.yield_now();
+                Ok(None)
             }
             ExitKind::Direct { .. }
             | ExitKind::IndirectMiss
