@@ -1,7 +1,7 @@
 /* Several processors: INIT/SIPI start-up, IPIs of each kind, a spinlock, a TLB shootdown */
-/* The bootstrap processor counts the processors of the MP table, starts the others with
- * INIT, SIPI, SIPI into a real-mode trampoline (which enters protected mode and calls
- * ap_main on a stack of its own), then drives them through commands woken by IPIs:
+/* The bootstrap processor counts the processors of the MADT, starts the others with
+ * INIT, SIPI, SIPI into the real-mode trampoline of lib/smp.c (which enters protected
+ * mode and calls ap_main on a stack of its own), then drives them through commands woken by IPIs:
  * fixed IPIs by physical ID, logical destination and the all-excluding-self shorthand,
  * an NMI, an IPI from an AP to the BSP, a spinlock every processor contends for, a TLB
  * shootdown (a PTE changed, INVLPG on every processor, no stale translation), and
@@ -9,8 +9,7 @@
 #include "guest.h"
 #include "paging.h"
 
-#define MAX_CPUS 8
-#define TRAMPOLINE 0x7000u /* start-up vector 0x07 */
+#define MAX_CPUS SMP_MAX_CPUS
 #define WAKE_VECTOR 0x60   /* an AP is woken to look at the command */
 #define COUNT_VECTOR 0x61  /* counted by the processor that takes it */
 #define BSP_VECTOR 0x62	   /* sent by an AP to the BSP */
@@ -26,88 +25,13 @@ struct percpu {
 };
 
 static struct percpu cpus[MAX_CPUS];
-u8 ap_stacks[MAX_CPUS][4096] __attribute__((aligned(16)));
-volatile u32 ap_next_stack;
-static volatile u32 ap_count;
 static volatile u32 command, command_arg, command_seq;
 static volatile u32 lock_word, lock_counter;
 static volatile u32 bsp_ipis;
-static struct pseudo_descriptor ap_idtr;
 static u32 page_dir[1024] __attribute__((aligned(4096)));
 static u32 page_table[1024] __attribute__((aligned(4096)));
 static u32 page_a[1024] __attribute__((aligned(4096)));
 static u32 page_b[1024] __attribute__((aligned(4096)));
-
-void ap_main(void);
-extern char ap_tramp_start[], ap_tramp_end[], ap_tramp_gdt[];
-
-/* The trampoline: real mode at 0700:0000, copied to TRAMPOLINE from the read-only data
- * (in patch mode a read of a scanned code page can see trap bytes, which a copy would
- * carry along). It loads the kernel's GDT
- * (its pseudo-descriptor is stored at ap_tramp_gdt by the BSP), sets CR0.PE and jumps to
- * 32-bit code, which takes the next stack and calls ap_main. */
-asm(".section .rodata\n"
-    ".globl ap_tramp_start, ap_tramp_end, ap_tramp_gdt\n"
-    ".p2align 4\n"
-    "ap_tramp_start:\n"
-    ".code16\n\t"
-    "cli\n\t"
-    "movw %cs, %ax\n\t"
-    "movw %ax, %ds\n\t"
-    "lgdtl (ap_tramp_gdt - ap_tramp_start)\n\t"
-    "movl %cr0, %eax\n\t"
-    "orl $1, %eax\n\t"
-    "movl %eax, %cr0\n\t"
-    "ljmpl $0x08, $ap_pm32\n"
-    ".p2align 2\n"
-    "ap_tramp_gdt:\n\t"
-    ".word 0\n\t"
-    ".long 0\n"
-    "ap_tramp_end:\n"
-    ".code32\n"
-    ".text\n"
-    "ap_pm32:\n\t"
-    "movw $0x10, %ax\n\t"
-    "movw %ax, %ds\n\t"
-    "movw %ax, %es\n\t"
-    "movw %ax, %fs\n\t"
-    "movw %ax, %gs\n\t"
-    "movw %ax, %ss\n\t"
-    "movl $1, %eax\n\t"
-    "lock xaddl %eax, ap_next_stack\n\t"
-    "incl %eax\n\t"
-    "shll $12, %eax\n\t"
-    "leal ap_stacks(%eax), %esp\n\t"
-    "call ap_main\n"
-    "1:\n\t"
-    "cli\n\t"
-    "hlt\n\t"
-    "jmp 1b\n");
-
-/* Enabled processor entries of the ACPI MADT (QEMU's through SeaBIOS, the monitor's own),
- * the table an OS takes its processors from. */
-static u32 madt_processors(void)
-{
-	for (u32 a = 0xe0000; a < 0x100000; a += 16) {
-		if (memcmp((const void *)a, "RSD PTR ", 8))
-			continue;
-		const u32 *rsdt = (const u32 *)*(const u32 *)(a + 16);
-		u32 entries = (rsdt[1] - 36) / 4;
-		for (u32 i = 0; i < entries; i++) {
-			const u8 *t = (const u8 *)rsdt[9 + i];
-			if (memcmp(t, "APIC", 4))
-				continue;
-			u32 len = *(const u32 *)(t + 4), n = 0;
-			for (const u8 *e = t + 44; e + 2 <= t + len && e[1] >= 2; e += e[1])
-				if (e[0] == 0)
-					n += *(const u32 *)(e + 4) & 1;
-			return n;
-		}
-	}
-	return 0;
-}
-
-static u32 my_apic_id(void) { return lapic_read(LAPIC_ID) >> 24; }
 
 static u32 cpuid_apic_id(void)
 {
@@ -152,7 +76,7 @@ static void on_wake(struct frame *f)
 static void on_count(struct frame *f)
 {
 	(void)f;
-	__atomic_fetch_add(&cpus[my_apic_id() % MAX_CPUS].ipis, 1, __ATOMIC_SEQ_CST);
+	__atomic_fetch_add(&cpus[smp_apic_id() % MAX_CPUS].ipis, 1, __ATOMIC_SEQ_CST);
 	lapic_eoi();
 }
 
@@ -166,7 +90,7 @@ static void on_bsp(struct frame *f)
 static void on_nmi(struct frame *f)
 {
 	(void)f;
-	__atomic_fetch_add(&cpus[my_apic_id() % MAX_CPUS].nmis, 1, __ATOMIC_SEQ_CST);
+	__atomic_fetch_add(&cpus[smp_apic_id() % MAX_CPUS].nmis, 1, __ATOMIC_SEQ_CST);
 }
 
 static void run_command(struct percpu *me, u32 cmd)
@@ -201,19 +125,12 @@ static void run_command(struct percpu *me, u32 cmd)
 	}
 }
 
-void ap_main(void)
+static void ap_main(u32 id)
 {
-	asm volatile("lidt %0" ::"m"(ap_idtr));
-	u32 id = my_apic_id();
 	struct percpu *me = &cpus[id % MAX_CPUS];
-	lapic_write(LAPIC_SVR, APIC_SVR_ENABLE | 0xff);
-	lapic_write(LAPIC_DFR, 0xffffffffu);
-	lapic_write(LAPIC_LDR, (1u << id) << 24);
-	lapic_write(LAPIC_TPR, 0);
 	me->apic_id = id;
 	me->cpuid_id = cpuid_apic_id();
 	me->started = 1;
-	__atomic_fetch_add(&ap_count, 1, __ATOMIC_SEQ_CST);
 	u32 seen = 0;
 	for (;;) {
 		asm volatile("cli");
@@ -229,22 +146,7 @@ void ap_main(void)
 	}
 }
 
-/* Spins until `cond` holds or about a second of PIT-free spinning has passed. */
-#define WAIT_FOR(cond)                                                                              \
-	({                                                                                         \
-		u32 spins_ = 0;                                                                    \
-		while (!(cond) && ++spins_ < 20000000u)                                           \
-			asm volatile("pause" ::: "memory");                                        \
-		(cond);                                                                            \
-	})
-
 static u32 ncpus;
-
-static void send_ipi(u32 dest, u32 low)
-{
-	lapic_write(LAPIC_ICR_HIGH, dest << 24);
-	lapic_write(LAPIC_ICR_LOW, low);
-}
 
 /* Every AP runs `cmd` (woken by a fixed IPI to all others); true when all finished. */
 static bool all_run(u32 cmd, u32 arg)
@@ -252,10 +154,10 @@ static bool all_run(u32 cmd, u32 arg)
 	command = cmd;
 	command_arg = arg;
 	u32 seq = ++command_seq;
-	send_ipi(0, (3u << 18) | WAKE_VECTOR);
+	smp_send_ipi(0, (3u << 18) | WAKE_VECTOR);
 	bool ok = true;
 	for (u32 i = 1; i < ncpus; i++)
-		ok &= WAIT_FOR(cpus[i].done_seq == seq);
+		ok &= SMP_WAIT_FOR(cpus[i].done_seq == seq);
 	return ok;
 }
 
@@ -264,14 +166,8 @@ static bool one_runs(u32 id, u32 cmd)
 {
 	command = cmd;
 	u32 seq = ++command_seq;
-	send_ipi(id, WAKE_VECTOR);
-	return WAIT_FOR(cpus[id].done_seq == seq);
-}
-
-static void delay(void)
-{
-	for (volatile int i = 0; i < 100000; i++)
-		;
+	smp_send_ipi(id, WAKE_VECTOR);
+	return SMP_WAIT_FOR(cpus[id].done_seq == seq);
 }
 
 int main(u32 magic, const void *mbi)
@@ -288,26 +184,10 @@ int main(u32 magic, const void *mbi)
 	handle_exception(COUNT_VECTOR, on_count);
 	handle_exception(BSP_VECTOR, on_bsp);
 	handle_exception(NMI_VECTOR, on_nmi);
-	lapic_write(LAPIC_SVR, APIC_SVR_ENABLE | 0xff);
-	lapic_write(LAPIC_DFR, 0xffffffffu);
-	lapic_write(LAPIC_LDR, 1u << 24);
 	asm volatile("sti");
-
-	u32 len = (u32)(ap_tramp_end - ap_tramp_start);
-	memcpy((void *)TRAMPOLINE, ap_tramp_start, len);
-	asm volatile("sidt %0" : "=m"(ap_idtr));
-	asm volatile("sgdt %0" : "=m"(*(struct pseudo_descriptor *)(TRAMPOLINE + (ap_tramp_gdt - ap_tramp_start))));
-
-	/* INIT, then two start-up IPIs, to every other processor by ID. */
-	for (u32 id = 1; id < ncpus; id++) {
-		send_ipi(id, 0x4500);
-		delay();
-		send_ipi(id, 0x4600 | (TRAMPOLINE >> 12));
-		delay();
-		send_ipi(id, 0x4600 | (TRAMPOLINE >> 12));
-	}
-	bool up = WAIT_FOR(ap_count == ncpus - 1);
-	report(up, "smp: every AP reports in after INIT and start-up IPIs (%u of %u)", ap_count,
+	u32 reported = smp_boot_aps(ncpus, ap_main);
+	bool up = reported == ncpus - 1;
+	report(up, "smp: every AP reports in after INIT and start-up IPIs (%u of %u)", reported,
 	       ncpus - 1);
 	if (!up)
 		return report_summary();
@@ -315,44 +195,44 @@ int main(u32 magic, const void *mbi)
 	bool ids = true;
 	for (u32 i = 1; i < ncpus; i++)
 		ids &= cpus[i].started && cpus[i].apic_id == i && cpus[i].cpuid_id == i;
-	report(ids && my_apic_id() == 0 && cpuid_apic_id() == 0,
+	report(ids && smp_apic_id() == 0 && cpuid_apic_id() == 0,
 	       "smp: each processor reads its own APIC ID, and CPUID agrees");
 
 	bool ok = true;
 	for (u32 i = 1; i < ncpus; i++) {
-		send_ipi(i, COUNT_VECTOR);
-		ok &= WAIT_FOR(cpus[i].ipis == 1);
+		smp_send_ipi(i, COUNT_VECTOR);
+		ok &= SMP_WAIT_FOR(cpus[i].ipis == 1);
 	}
 	report(ok && cpus[0].ipis == 0, "smp: a fixed IPI by physical ID reaches that AP only");
 
-	send_ipi(0, (3u << 18) | COUNT_VECTOR);
+	smp_send_ipi(0, (3u << 18) | COUNT_VECTOR);
 	ok = true;
 	for (u32 i = 1; i < ncpus; i++)
-		ok &= WAIT_FOR(cpus[i].ipis == 2);
+		ok &= SMP_WAIT_FOR(cpus[i].ipis == 2);
 	report(ok && cpus[0].ipis == 0, "smp: all-excluding-self reaches every AP, not the sender");
 
 	u32 mask = ((1u << ncpus) - 1) & ~1u;
-	send_ipi(mask, (1u << 11) | COUNT_VECTOR);
+	smp_send_ipi(mask, (1u << 11) | COUNT_VECTOR);
 	ok = true;
 	for (u32 i = 1; i < ncpus; i++)
-		ok &= WAIT_FOR(cpus[i].ipis == 3);
+		ok &= SMP_WAIT_FOR(cpus[i].ipis == 3);
 	report(ok && cpus[0].ipis == 0, "smp: a logical destination (flat model) reaches the APs it names");
 
-	send_ipi(ncpus - 1, 0x400);
-	ok = WAIT_FOR(cpus[ncpus - 1].nmis == 1);
+	smp_send_ipi(ncpus - 1, 0x400);
+	ok = SMP_WAIT_FOR(cpus[ncpus - 1].nmis == 1);
 	report(ok && cpus[0].nmis == 0, "smp: an NMI IPI reaches its AP");
 
-	ok = one_runs(1, CMD_SEND_TO_BSP) && WAIT_FOR(bsp_ipis == 1);
+	ok = one_runs(1, CMD_SEND_TO_BSP) && SMP_WAIT_FOR(bsp_ipis == 1);
 	report(ok, "smp: an AP's IPI reaches the BSP");
 
 	lock_counter = 0;
 	command = CMD_COUNT_LOCK;
 	u32 seq = ++command_seq;
-	send_ipi(0, (3u << 18) | WAKE_VECTOR);
+	smp_send_ipi(0, (3u << 18) | WAKE_VECTOR);
 	count_under_lock();
 	ok = true;
 	for (u32 i = 1; i < ncpus; i++)
-		ok &= WAIT_FOR(cpus[i].done_seq == seq);
+		ok &= SMP_WAIT_FOR(cpus[i].done_seq == seq);
 	report(ok && lock_counter == ncpus * LOCK_ROUNDS,
 	       "smp: a spinlock contended by every processor keeps the count exact (%u)",
 	       lock_counter);

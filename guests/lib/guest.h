@@ -240,6 +240,24 @@ void ioapic_set_entry(int pin, u64 entry);
  * mask...). */
 void ioapic_route(int pin, u8 vector, u32 flags);
 
+/* Application processors (lib/smp.c). */
+#define SMP_MAX_CPUS 8
+/* Spins (with PAUSE) until `cond` holds or a long while has passed; gives `cond`. */
+#define SMP_WAIT_FOR(cond)                                                                     \
+	({                                                                                     \
+		u32 spins_ = 0;                                                                \
+		while (!(cond) && ++spins_ < 20000000u)                                        \
+			asm volatile("pause" ::: "memory");                                    \
+		(cond);                                                                        \
+	})
+/* Enabled processors of the ACPI MADT (0 without one). */
+u32 madt_processors(void);
+/* Starts processors 1 .. ncpus-1 (INIT, SIPI, SIPI; APIC IDs = indexes); each enables its
+ * APIC (flat logical ID 1 << id) and calls entry(id). Gives how many reported in. */
+u32 smp_boot_aps(u32 ncpus, void (*entry)(u32 id));
+u32 smp_apic_id(void);
+void smp_send_ipi(u32 dest, u32 icr_low);
+
 /* instructions */
 static inline void outb(u8 v, u16 port) { asm volatile("outb %0, %1" ::"a"(v), "Nd"(port)); }
 static inline void outw(u16 v, u16 port) { asm volatile("outw %0, %1" ::"a"(v), "Nd"(port)); }

@@ -31,6 +31,8 @@ pub struct Operation {
     pub label: &'static str,
     /// True if the native program times it: it runs unchanged in a 32-bit process.
     pub native: bool,
+    /// Processors the kernel runs with (`--smp`, QEMU's `-smp`).
+    pub cpus: u8,
 }
 
 const fn op(name: &'static str, label: &'static str, native: bool) -> Operation {
@@ -38,6 +40,17 @@ const fn op(name: &'static str, label: &'static str, native: bool) -> Operation 
         name,
         label,
         native,
+        cpus: 1,
+    }
+}
+
+/// An operation between two processors.
+const fn op2(name: &'static str, label: &'static str) -> Operation {
+    Operation {
+        name,
+        label,
+        native: false,
+        cpus: 2,
     }
 }
 
@@ -54,6 +67,8 @@ pub const OPERATIONS: &[Operation] = &[
     op("paging_fault", "page fault handled by the guest", false),
     op("paging_pte", "PTE update + touch", false),
     op("paging_cr3", "CR3 switch", false),
+    op2("ipi_round_trip", "IPI round trip BSP->AP->BSP"),
+    op2("vcpu_switch", "hand-off between 2 CPUs (CR3 each)"),
 ];
 
 /// Why `op` has no figure in `column`, if it has none by design.
@@ -102,11 +117,12 @@ pub fn run(options: &Options, mut progress: impl FnMut(&str)) -> Table {
             };
             for mode in Column::MODES {
                 let exec = mode.exec_mode().expect("a monitor column");
-                let vmm = runner::under_vmm(&options.vmm, kernel.path, exec, options.timeout);
+                let vmm =
+                    runner::under_vmm(&options.vmm, kernel.path, exec, op.cpus, options.timeout);
                 record(&mut results, op, mode, &vmm);
             }
             if options.qemu {
-                let qemu = runner::under_qemu(kernel.path, options.timeout);
+                let qemu = runner::under_qemu(kernel.path, op.cpus, options.timeout);
                 record(&mut results, op, Column::Qemu, &qemu);
             }
         }

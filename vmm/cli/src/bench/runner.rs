@@ -123,8 +123,8 @@ fn execute(
     })
 }
 
-/// Runs `kernel` under `vmm run --exec EXEC` of the executable `vmm`, asking it for its
-/// statistics.
+/// Runs `kernel` under `vmm run --exec EXEC --smp CPUS` of the executable `vmm`, asking
+/// it for its statistics.
 ///
 /// # Errors
 /// The child cannot start, times out, fails or prints a malformed `BENCH` line.
@@ -132,6 +132,7 @@ pub fn under_vmm(
     vmm: &Path,
     kernel: &str,
     exec: &str,
+    cpus: u8,
     timeout: Duration,
 ) -> Result<RunOutput, RunError> {
     let stats = std::env::temp_dir().join(format!(
@@ -144,7 +145,8 @@ pub fn under_vmm(
     ));
     let mut cmd = Command::new(vmm);
     cmd.args(["run", "--exec", exec, "--kernel", kernel, "--stats-json"])
-        .arg(&stats);
+        .arg(&stats)
+        .args(["--smp", &cpus.to_string()]);
     let what = format!("vmm run --exec {exec} --kernel {kernel}");
     let samples = execute(cmd, &what, KERNEL_SUCCESS_STATUS, timeout);
     // The statistics only add the exit counts; a run without them still has its timings.
@@ -159,12 +161,13 @@ pub fn under_vmm(
     })
 }
 
-/// Runs `kernel` under QEMU's TCG with the reference command line of the test kernels.
+/// Runs `kernel` under QEMU's TCG with the reference command line of the test kernels
+/// and `cpus` processors.
 ///
 /// # Errors
 /// QEMU cannot start, times out, fails or prints a malformed `BENCH` line.
-pub fn under_qemu(kernel: &str, timeout: Duration) -> Result<RunOutput, RunError> {
-    let cmd = guests::qemu::command(kernel, "", "");
+pub fn under_qemu(kernel: &str, cpus: u8, timeout: Duration) -> Result<RunOutput, RunError> {
+    let cmd = guests::qemu::command(kernel, "", &format!("-smp {cpus}"));
     let what = format!("{} -kernel {kernel}", guests::qemu::QEMU);
     Ok(RunOutput {
         samples: execute(cmd, &what, KERNEL_SUCCESS_STATUS, timeout)?,

@@ -835,11 +835,13 @@ mod tests {
             name: "a",
             label: "op a",
             native: true,
+            cpus: 1,
         },
         Operation {
             name: "b",
             label: "op b",
             native: false,
+            cpus: 1,
         },
     ];
 
@@ -1073,11 +1075,13 @@ mod tests {
                 name: "compute",
                 label: "compute",
                 native: true,
+                cpus: 1,
             },
             Operation {
                 name: "call_ret",
                 label: "CALL+RET",
                 native: true,
+                cpus: 1,
             },
         ];
         let mut r = Results::default();
