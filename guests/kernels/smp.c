@@ -234,7 +234,7 @@ int main(u32 magic, const void *mbi)
 	for (u32 i = 1; i < ncpus; i++)
 		ok &= SMP_WAIT_FOR(cpus[i].done_seq == seq);
 	report(ok && lock_counter == ncpus * LOCK_ROUNDS,
-	       "smp: a spinlock contended by every processor keeps the count exact (%u)",
+	       "pause: a spinlock contended by every processor (PAUSE while it waits) keeps the count exact (%u)",
 	       lock_counter);
 
 	/* Paging on every processor: 4 MiB pages 1:1, and WINDOW through a page table. */

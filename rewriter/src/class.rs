@@ -186,6 +186,8 @@ class_table! {
     /// x87, WAIT/FWAIT, MMX, SSE through SSE4, AVX, FXSAVE/FXRSTOR and XSAVE/XRSTOR: every
     /// instruction whose behaviour depends on CR0.TS, CR0.EM or CR0.MP ([`fpu_kind`]).
     Fpu, "fpu", Conditional, "SDM 3A §2.5 (CR0.EM, MP, TS) and Table 2-2; SDM 2 per instruction (#NM, #UD)", "The host FPU never sees the guest's virtual CR0.TS and CR0.EM: patched while either is set, so the instruction raises #NM (or #UD) as the guest expects.";
+    /// PAUSE.
+    Pause, "pause", Conditional, "SDM 2B PAUSE; SDM 3C §25.1.3 (PAUSE-loop exiting)", "A spin-wait hint with nothing to emulate: patched (translated to an exit) while several vCPUs share the monitor's thread, so a spinner lets the vCPU it waits for run, as pause-loop exiting does on hardware.";
 
     // --- Privileged or faulting at CPL 3: the CPU traps them already. ---
     /// CLI.
@@ -419,6 +421,7 @@ pub fn class_of_code(code: Code) -> Class {
         M::Sysret | M::Sysretq => Class::Sysret,
         M::Rdpmc => Class::Rdpmc,
         M::Cpuid => Class::Cpuid,
+        M::Pause => Class::Pause,
         M::Int => Class::Int,
         M::Int3 => Class::Int3,
         M::Into => Class::Into,

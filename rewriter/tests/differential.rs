@@ -373,6 +373,7 @@ fn capstone_class(text: &str) -> Option<Class> {
         "sysret" => Class::Sysret,
         "rdpmc" => Class::Rdpmc,
         "cpuid" => Class::Cpuid,
+        "pause" => Class::Pause,
         "int" => Class::Int,
         "int3" => Class::Int3,
         "into" => Class::Into,

@@ -316,6 +316,7 @@ fn exit_kind(instr: &Instruction, cfg: &TranslateConfig) -> Option<ExitKind> {
     }
     let class = classify(instr);
     let runs_natively = class == Class::Innocuous
+        || class == Class::Pause
         || (class == Class::Fpu && !cfg.exit_fpu)
         || (cfg.inline_if
             && (matches!(class, Class::Cli | Class::Sti)

@@ -81,6 +81,10 @@ pub struct LinuxArgs {
     /// Longest the boot to the shell, or one workload, may take in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     timeout: u64,
+    /// Processors of the guest under vmm (`--smp`) and QEMU (`-smp`); the native runs
+    /// are whatever the host gives.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=32))]
+    smp: u8,
 }
 
 /// Where the workloads run.
@@ -370,7 +374,8 @@ fn vmm_command(mode: &str, args: &LinuxArgs, vmm: &Path) -> Command {
         .arg(&args.append)
         .arg("--mem")
         .arg(format!("{MEM_MIB}M"))
-        .args(["--exec", mode]);
+        .args(["--exec", mode])
+        .args(["--smp", &args.smp.to_string()]);
     cmd
 }
 
@@ -385,6 +390,7 @@ fn qemu_command(args: &LinuxArgs) -> Command {
         .arg("-append")
         .arg(&args.append)
         .args(["-serial", "stdio", "-display", "none", "-monitor", "none"])
+        .args(["-smp", &args.smp.to_string()])
         .arg("-no-reboot");
     cmd
 }

@@ -532,6 +532,10 @@ impl Vm {
         // SIGSYS for INT 0x80), but a trap byte is the cheapest exit: measured with
         // `vmm bench`, the SIGSYS path costs ~11,000 cycles more than an INT3 exit.
         self.code.pages.also_patch.push(rewriter::Class::Int);
+        if self.vcpus.len() > 1 {
+            // A spinner yields to the vCPU it waits for (translate mode exits at PAUSE).
+            self.code.pages.also_patch.push(rewriter::Class::Pause);
+        }
         let timer = VcpuTimer::new(&host.kicker())?;
         let _stop_aimed = self.stop.aim(host.kicker());
         on_start(host.kicker());
