@@ -758,6 +758,15 @@ mod tests {
     }
 
     #[test]
+    fn a_copied_pause_passes_the_validator() {
+        // inc eax; pause; ret: translated whole (the validator runs on every block).
+        let block = super::super::testing::translate(32, &[0x40, 0xF3, 0x90, 0xC3]);
+        assert_eq!(block.guest_end, EIP + 4);
+        let bytes = &block.bytes;
+        assert!(bytes.windows(2).any(|w| w == [0xF3, 0x90]), "PAUSE copied");
+    }
+
+    #[test]
     fn rtm_is_unsupported() {
         // xbegin rel32
         assert_eq!(

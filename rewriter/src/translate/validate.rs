@@ -195,7 +195,11 @@ fn check(
     // PUSHF): it only reads the host's flags, whose IF and IOPL the translation replaces
     // before the guest sees the image.
     let own_pushfd = class == Class::Pushf && instr.code() == iced_x86::Code::Pushfd;
-    if class != Class::Innocuous && class != Class::Fpu && !own_pushfd {
+    // FPU instructions and PAUSE are conditional: natively they give the guest's result,
+    // and they leave for the monitor only while its state asks (CR0.TS/EM, several
+    // vCPUs on one thread).
+    let conditional = matches!(class, Class::Fpu | Class::Pause);
+    if class != Class::Innocuous && !conditional && !own_pushfd {
         return Err(ViolationKind::Sensitive(class));
     }
     check_memory(instr, rules)?;
