@@ -98,18 +98,26 @@ impl<C: Clock + Clone> Lapics<C> {
                         .filter(|(_, apic)| lock(apic).addressed_by(dest, logical))
                         .map(|(_, apic)| apic)
                         .collect();
-                    if ipi.kind == IpiKind::LowestPriority {
-                        if let Some(apic) = lowest_priority(&addressed) {
-                            lock(apic).receive_ipi(ipi);
-                        }
-                    } else {
-                        for apic in addressed {
-                            lock(apic).receive_ipi(ipi);
-                        }
+                    let lowest = ipi.kind == IpiKind::LowestPriority;
+                    for apic in arbitrate(&addressed, lowest) {
+                        lock(apic).receive_ipi(ipi);
                     }
                 }
             }
         }
+    }
+}
+
+/// Who takes a message `addressed` APICs match: all of them, or (`lowest`) the first
+/// with the lowest processor priority.
+fn arbitrate<'a, C: Clock + Clone>(
+    addressed: &[&'a Arc<Mutex<LocalApic<C>>>],
+    lowest: bool,
+) -> Vec<&'a Arc<Mutex<LocalApic<C>>>> {
+    if lowest {
+        lowest_priority(addressed).into_iter().collect()
+    } else {
+        addressed.to_vec()
     }
 }
 
@@ -127,14 +135,9 @@ impl<C: Clock + Clone> ApicBus for Arc<Lapics<C>> {
             .iter()
             .filter(|apic| lock(apic).addressed_by(msg.dest, msg.logical))
             .collect();
-        if msg.mode == DeliveryMode::LowestPriority {
-            if let Some(apic) = lowest_priority(&addressed) {
-                lock(apic).receive(msg);
-            }
-        } else {
-            for apic in addressed {
-                lock(apic).receive(msg);
-            }
+        let lowest = msg.mode == DeliveryMode::LowestPriority;
+        for apic in arbitrate(&addressed, lowest) {
+            lock(apic).receive(msg);
         }
     }
 }
