@@ -412,6 +412,16 @@ mod tests {
     use crate::translate::testing::{disasm, translate_with};
     use crate::translate::{validate, Rules, TranslateConfig};
 
+    /// `bytes` translated as 32-bit code with `cfg`, the block checked by the validator
+    /// (which only debug builds run inside the translator).
+    fn translate_valid(cfg: &TranslateConfig, bytes: &[u8]) -> crate::translate::Block {
+        let block = translate_with(32, bytes, cfg);
+        let start = u64::from(block.tc_address);
+        let rules = Rules::new(cfg, start..start + 4096);
+        validate(&block.bytes, block.tc_address, &rules).unwrap();
+        block
+    }
+
     fn inline_cfg() -> TranslateConfig {
         TranslateConfig {
             inline_if: true,
@@ -423,12 +433,7 @@ mod tests {
     fn cli_and_sti_stay_in_the_block() {
         // cli; inc eax; sti; inc eax; ret
         let cfg = inline_cfg();
-        let block = translate_with(32, &[0xFA, 0x40, 0xFB, 0x40, 0xC3], &cfg);
-        let rules = Rules::new(
-            &cfg,
-            u64::from(block.tc_address)..u64::from(block.tc_address) + 4096,
-        );
-        validate(&block.bytes, block.tc_address, &rules).unwrap();
+        let block = translate_valid(&cfg, &[0xFA, 0x40, 0xFB, 0x40, 0xC3]);
         let code: Vec<Code> = disasm(&block).iter().map(Instruction::code).collect();
         assert!(!code.contains(&Code::Cli) && !code.contains(&Code::Sti));
         assert_eq!(code.iter().filter(|c| **c == Code::Inc_r32).count(), 2);
@@ -447,12 +452,7 @@ mod tests {
     fn pushfd_inline_is_valid_and_keeps_the_block_going() {
         // pushfd; inc eax; ret
         let cfg = inline_cfg();
-        let block = translate_with(32, &[0x9C, 0x40, 0xC3], &cfg);
-        let rules = Rules::new(
-            &cfg,
-            u64::from(block.tc_address)..u64::from(block.tc_address) + 4096,
-        );
-        validate(&block.bytes, block.tc_address, &rules).unwrap();
+        let block = translate_valid(&cfg, &[0x9C, 0x40, 0xC3]);
         let code: Vec<Code> = disasm(&block).iter().map(Instruction::code).collect();
         assert_eq!(code.iter().filter(|c| **c == Code::Pushfd).count(), 1);
         assert!(code.contains(&Code::Inc_r32));
@@ -493,12 +493,7 @@ mod tests {
     fn popfd_inline_is_valid_and_commits_with_the_virtual_if() {
         // popfd; inc eax; ret
         let cfg = inline_cfg();
-        let block = translate_with(32, &[0x9D, 0x40, 0xC3], &cfg);
-        let rules = Rules::new(
-            &cfg,
-            u64::from(block.tc_address)..u64::from(block.tc_address) + 4096,
-        );
-        validate(&block.bytes, block.tc_address, &rules).unwrap();
+        let block = translate_valid(&cfg, &[0x9D, 0x40, 0xC3]);
         let code: Vec<Code> = disasm(&block).iter().map(Instruction::code).collect();
         assert!(!code.contains(&Code::Popfd), "no host POPFD");
         assert!(code.contains(&Code::Sahf) && code.contains(&Code::Inc_r32));
@@ -553,16 +548,10 @@ mod tests {
             ..TranslateConfig::default()
         };
         // push ds; mov eax, fs; mov ax, cs; mov [eax], ds; ret
-        let block = translate_with(
-            32,
+        let block = translate_valid(
+            &cfg,
             &[0x1E, 0x8C, 0xE0, 0x66, 0x8C, 0xC8, 0x8C, 0x18, 0xC3],
-            &cfg,
         );
-        let rules = Rules::new(
-            &cfg,
-            u64::from(block.tc_address)..u64::from(block.tc_address) + 4096,
-        );
-        validate(&block.bytes, block.tc_address, &rules).unwrap();
         let out = disasm(&block);
         let imms: Vec<(Code, u64)> = out
             .iter()

@@ -239,14 +239,17 @@ impl Platform {
         let Some(apic) = self.lapics.get(index) else {
             return false;
         };
+        if lock(apic).has_signals() {
+            return true;
+        }
+        if_set && self.interrupt_waits(apic)
+    }
+
+    /// Whether an interrupt waits at `apic`'s processor: the APIC's own, or the 8259's
+    /// through LINT0.
+    fn interrupt_waits(&self, apic: &Mutex<SystemLapic>) -> bool {
         let accepts_pic = {
             let apic = lock(apic);
-            if apic.has_signals() {
-                return true;
-            }
-            if !if_set {
-                return false;
-            }
             if apic.pending_vector().is_some() {
                 return true;
             }
@@ -281,14 +284,7 @@ impl Platform {
 
     /// Whether an interrupt waits for the CPU (once its IF allows it).
     pub fn interrupt_pending(&self) -> bool {
-        let accepts_pic = {
-            let lapic = lock(self.lapics.current());
-            if lapic.pending_vector().is_some() {
-                return true;
-            }
-            lapic.accepts_pic()
-        };
-        accepts_pic && lock(&self.pic).has_pending()
+        self.interrupt_waits(self.lapics.current())
     }
 
     /// The earliest time a timer (the PIT's channel 0, the APIC timer) needs a poll.

@@ -161,6 +161,15 @@ impl Vm {
         }
     }
 
+    /// The running vCPU executed PAUSE (`len` bytes; an exit in translate mode, a patch
+    /// in patch mode): it goes past it, and at the next scheduling point another
+    /// runnable vCPU runs.
+    pub(super) fn pause_yield(&mut self, len: usize) {
+        let len = u32::try_from(len).unwrap_or(2);
+        self.cpu.state.eip = self.cpu.state.eip.wrapping_add(len);
+        self.vcpus.yield_now();
+    }
+
     /// Applies what IPIs asked of every vCPU: INIT resets it to wait for a start-up IPI,
     /// a start-up IPI starts a waiting one, an NMI is noted for delivery.
     fn take_signals(&mut self) {
@@ -183,7 +192,7 @@ impl Vm {
                 eprintln!("vmm: smp: vcpu {i} signals {signals:?}");
             }
             if let Some(vector) = signals.startup {
-                if self.vcpus.waiting_for_sipi.get(i) == Some(&true) {
+                if !self.started(i) {
                     if let Some(s) = self.vcpu_state(i) {
                         startup(s, vector);
                     }
@@ -200,12 +209,22 @@ impl Vm {
         }
     }
 
+    /// Whether vCPU `i` has been started (it does not wait for a start-up IPI).
+    fn started(&self, i: usize) -> bool {
+        self.vcpus.waiting_for_sipi.get(i) == Some(&false)
+    }
+
+    /// Whether an NMI is due on vCPU `i`.
+    fn nmi_due(&self, i: usize) -> bool {
+        self.vcpus.nmi.get(i) == Some(&true)
+    }
+
     /// Whether vCPU `i` can run now: started, and not halted unless something wakes it.
     fn runnable(&mut self, i: usize) -> bool {
-        if self.vcpus.waiting_for_sipi.get(i) != Some(&false) {
+        if !self.started(i) {
             return false;
         }
-        if self.vcpus.nmi.get(i) == Some(&true) {
+        if self.nmi_due(i) {
             return true;
         }
         let Some(s) = self.vcpu_state(i) else {
@@ -218,10 +237,10 @@ impl Vm {
     /// Whether vCPU `i` is started, has interrupts enabled and an interrupt (or an NMI)
     /// waits for it.
     fn interrupt_waits(&mut self, i: usize) -> bool {
-        if self.vcpus.waiting_for_sipi.get(i) != Some(&false) {
+        if !self.started(i) {
             return false;
         }
-        if self.vcpus.nmi.get(i) == Some(&true) {
+        if self.nmi_due(i) {
             return true;
         }
         let if_set = self
@@ -282,7 +301,7 @@ impl Vm {
             self.vcpus.slice_end = Some(now.saturating_add(SLICE_NS));
         }
         self.platform.set_slice_deadline(self.vcpus.slice_end);
-        if self.vcpus.nmi.get(next) == Some(&true) {
+        if self.nmi_due(next) {
             if let Some(n) = self.vcpus.nmi.get_mut(next) {
                 *n = false;
             }
@@ -303,7 +322,7 @@ impl Vm {
         let n = self.vcpus.len();
         let mut wakeable = Vec::new();
         for i in 0..n {
-            let started = self.vcpus.waiting_for_sipi.get(i) == Some(&false);
+            let started = self.started(i);
             let if_set = self
                 .vcpu_state(i)
                 .is_some_and(|s| s.eflags & eflags::IF != 0);

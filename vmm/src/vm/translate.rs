@@ -665,27 +665,21 @@ impl Vm {
                 }
                 Ok(None)
             }
-            ExitKind::InterruptWindow => {
-                // An inline STI found an interrupt waiting: it is taken after the
-                // instruction the STI's shadow covers.
+            ExitKind::InterruptWindow | ExitKind::InterruptDue => {
+                // An inline STI or POPFD set IF with an interrupt waiting. After STI it is
+                // taken after the instruction the STI's shadow covers; after POPFD (no
+                // shadow) the loop delivers it before the next instruction.
                 if self.finish_step(false)? {
                     return Ok(None);
                 }
+                let sti = stub.kind == ExitKind::InterruptWindow;
                 self.stats.exit(ExitReason::RewriteTrap);
                 let site = self.cpu.code_linear(self.cpu.state.eip);
-                self.stats.site(site, Class::Sti.name());
-                self.cpu.state.interrupt_shadow = true;
-                Ok(None)
-            }
-            ExitKind::InterruptDue => {
-                // An inline POPFD set IF with an interrupt waiting: the loop delivers it
-                // before the next instruction.
-                if self.finish_step(false)? {
-                    return Ok(None);
+                let class = if sti { Class::Sti } else { Class::Popf };
+                self.stats.site(site, class.name());
+                if sti {
+                    self.cpu.state.interrupt_shadow = true;
                 }
-                self.stats.exit(ExitReason::RewriteTrap);
-                let site = self.cpu.code_linear(self.cpu.state.eip);
-                self.stats.site(site, Class::Popf.name());
                 Ok(None)
             }
             kind => {
@@ -756,10 +750,8 @@ impl Vm {
             ExitKind::Pause => {
                 // The spin-wait hint: past it, and another vCPU runs if one can.
                 self.stats.exit(ExitReason::RewriteTrap);
-                self.stats.site(site, "pause");
-                let len = instr.map_or(2, |i| u32::try_from(i.len()).unwrap_or(2));
-                self.cpu.state.eip = self.cpu.state.eip.wrapping_add(len);
-                self.vcpus.yield_now();
+                self.stats.site(site, Class::Pause.name());
+                self.pause_yield(instr.map_or(2, |i| i.len()));
                 Ok(None)
             }
             ExitKind::Direct { .. }

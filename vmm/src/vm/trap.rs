@@ -59,9 +59,7 @@ impl Vm {
         }
         if class == Class::Pause {
             // Patched while several vCPUs share the thread: past it, another runs.
-            let len = u32::try_from(original.len()).unwrap_or(2);
-            self.cpu.state.eip = self.cpu.state.eip.wrapping_add(len);
-            self.vcpus.yield_now();
+            self.pause_yield(original.len());
             return Ok(None);
         }
         self.hand_to_vcpu(GuestExit::Patched { original })
