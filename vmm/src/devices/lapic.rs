@@ -114,6 +114,11 @@ pub const ESR_ILLEGAL_REGISTER: u32 = 1 << 7;
 /// IA32_APIC_BASE bit 11: the APIC is globally enabled.
 pub const APIC_BASE_ENABLE: u64 = 1 << 11;
 
+/// How much time a periodic timer's owed periods may cover (see [`LocalApic::poll`]).
+const BACKLOG_NS: u64 = 1_000_000_000;
+/// The most periods a periodic timer may owe.
+const MAX_BACKLOG: u64 = 1000;
+
 const LVT_ENTRIES: usize = 6;
 const LVT_TIMER: usize = 0;
 const LVT_LINT0: usize = 3;
@@ -252,6 +257,9 @@ struct Timer {
     divide_config: u32,
     /// When the count reaches zero next; `None` when stopped or a one-shot has fired.
     next_zero_ns: Option<u64>,
+    /// Periods of a periodic timer that reached zero while its vector was already
+    /// requested, each still owed to the processor (see [`LocalApic::poll`]).
+    backlog: u64,
 }
 
 impl Timer {
@@ -281,6 +289,12 @@ impl Timer {
 
     fn period_ns(&self) -> u64 {
         self.ns(u64::from(self.initial)).max(1)
+    }
+
+    /// The most periods owed at once: a second's worth, and never more than
+    /// [`MAX_BACKLOG`] (a very short period is not worth replaying).
+    fn max_backlog(&self) -> u64 {
+        (BACKLOG_NS / self.period_ns()).min(MAX_BACKLOG)
     }
 
     /// The current-count register at `now`.
@@ -544,10 +558,17 @@ impl<C: Clock + Clone> LocalApic<C> {
     }
 
     /// The interrupt-acknowledge cycle: the pending vector moves from IRR to ISR.
+    /// A periodic timer that owes periods requests its vector again at once; it is
+    /// delivered after this one's EOI.
     pub fn acknowledge(&mut self) -> Option<u8> {
         let v = self.pending_vector()?;
         self.irr.clear(v);
         self.isr.set(v);
+        let timer = self.lvt[LVT_TIMER];
+        if self.timer.backlog > 0 && field8(timer, 0) == v && timer & LVT_MASKED == 0 {
+            self.timer.backlog -= 1;
+            self.irr.set(v);
+        }
         Some(v)
     }
 
@@ -573,8 +594,16 @@ impl<C: Clock + Clone> LocalApic<C> {
     }
 
     /// Advances the timer to `now_ns`: a count that reached zero raises the timer vector
-    /// (unless masked; several periods between polls are one request, as the IRR merges
-    /// them) and a periodic count reloads. Returns how many times it reached zero.
+    /// (unless masked) and a periodic count reloads. Returns how many times it reached
+    /// zero.
+    ///
+    /// A period that ends while the timer's vector is still requested would merge into
+    /// the same IRR bit and be lost. A kernel counts its ticks (Linux's jiffies), and its
+    /// clocksource watchdog compares that count with the TSC, which runs on while the
+    /// host does not run this processor (a loaded host, another vCPU's slice): lose
+    /// enough ticks and the kernel declares the TSC unstable. So each such period is
+    /// owed and requested again as soon as the previous one is acknowledged (the
+    /// "delay" lost-tick policy of KVM's and QEMU's timers), up to a second's worth.
     pub fn poll(&mut self, now_ns: u64) -> u64 {
         let Some(zero) = self.timer.next_zero_ns else {
             return 0;
@@ -583,7 +612,8 @@ impl<C: Clock + Clone> LocalApic<C> {
             return 0;
         }
         let lvt = self.lvt[LVT_TIMER];
-        let expiries = if lvt & TIMER_PERIODIC != 0 && self.timer.initial != 0 {
+        let periodic = lvt & TIMER_PERIODIC != 0 && self.timer.initial != 0;
+        let expiries = if periodic {
             let period = self.timer.period_ns();
             let n = 1 + (now_ns - zero) / period;
             self.timer.next_zero_ns = Some(zero.saturating_add(n.saturating_mul(period)));
@@ -593,9 +623,27 @@ impl<C: Clock + Clone> LocalApic<C> {
             1
         };
         if lvt & LVT_MASKED == 0 {
-            self.accept(field8(lvt, 0), false);
+            let vector = field8(lvt, 0);
+            let merged = if self.irr.contains(vector) {
+                expiries
+            } else {
+                expiries - 1
+            };
+            if periodic {
+                self.timer.backlog = self
+                    .timer
+                    .backlog
+                    .saturating_add(merged)
+                    .min(self.timer.max_backlog());
+            }
+            self.accept(vector, false);
         }
         expiries
+    }
+
+    /// Timer periods owed to the processor (see [`LocalApic::poll`]).
+    pub fn timer_backlog(&self) -> u64 {
+        self.timer.backlog
     }
 
     /// IA32_APIC_BASE was written: clearing EN removes the APIC until reset (the P6
@@ -745,6 +793,7 @@ impl<C: Clock + Clone> LocalApic<C> {
                 if !self.software_enabled() {
                     // Software-disabled: every LVT entry is masked (SDM §10.4.7.2).
                     self.lvt.iter_mut().for_each(|e| *e |= LVT_MASKED);
+                    self.timer.backlog = 0;
                 }
             }
             reg::ESR => {
@@ -767,9 +816,14 @@ impl<C: Clock + Clone> LocalApic<C> {
                 if let (Some(entry), Some(writable)) = (self.lvt.get_mut(i), LVT_WRITABLE.get(i)) {
                     *entry = (v & writable) | forced;
                 }
+                if i == LVT_TIMER {
+                    // Owed periods belong to the timer as it was programmed.
+                    self.timer.backlog = 0;
+                }
             }
             reg::TIMER_INITIAL => {
                 self.timer.initial = v;
+                self.timer.backlog = 0;
                 self.timer.next_zero_ns =
                     (v != 0).then(|| now.saturating_add(self.timer.ns(u64::from(v))));
             }
@@ -1029,7 +1083,7 @@ mod tests {
     }
 
     #[test]
-    fn periodic_timer_reloads_and_merges_late_periods() {
+    fn periodic_timer_reloads_and_replays_late_periods() {
         let (mut a, clock) = apic();
         wr(&mut a, reg::TIMER_DIVIDE, 0x1); // by 4
         wr(&mut a, reg::LVT_TIMER, TIMER_PERIODIC | 0xe1);
@@ -1037,14 +1091,56 @@ mod tests {
         assert_eq!(a.next_deadline_ns(), Some(1000));
         assert_eq!(a.poll(1000), 1);
         assert_eq!(a.next_deadline_ns(), Some(2000));
+        assert_eq!(a.timer_backlog(), 0);
         clock.set(2500);
         assert_eq!(rd(&mut a, reg::TIMER_CURRENT), 125);
+        // Three more periods end before the first is taken: each is owed.
         assert_eq!(a.poll(4500), 3);
         assert_eq!(a.next_deadline_ns(), Some(5000));
+        assert_eq!(a.timer_backlog(), 3);
+        // Each acknowledge requests the next; it waits for the EOI of the one in service.
+        for owed in (0..3).rev() {
+            assert_eq!(a.acknowledge(), Some(0xe1));
+            assert_eq!(a.timer_backlog(), owed);
+            assert_eq!(a.acknowledge(), None, "held back by the vector in service");
+            wr(&mut a, reg::EOI, 0);
+        }
         assert_eq!(a.acknowledge(), Some(0xe1));
+        wr(&mut a, reg::EOI, 0);
         assert_eq!(a.acknowledge(), None);
         wr(&mut a, reg::TIMER_INITIAL, 0);
         assert_eq!(a.next_deadline_ns(), None);
+    }
+
+    #[test]
+    fn owed_periods_are_bounded_and_dropped_on_reprogramming() {
+        let (mut a, _clock) = apic();
+        wr(&mut a, reg::TIMER_DIVIDE, 0xb); // by 1: the count is in nanoseconds
+        wr(&mut a, reg::LVT_TIMER, TIMER_PERIODIC | 0xe2);
+        // A 4 ms period (HZ=250).
+        wr(&mut a, reg::TIMER_INITIAL, 4_000_000);
+        // Ten seconds without a poll (the host stopped the monitor): a second is owed.
+        assert_eq!(a.poll(10_000_000_000), 2500);
+        assert_eq!(a.timer_backlog(), 250);
+        // A 1 µs period owes at most a thousand.
+        wr(&mut a, reg::TIMER_INITIAL, 1000);
+        assert_eq!(a.timer_backlog(), 0);
+        a.poll(20_000_000_000);
+        assert_eq!(a.timer_backlog(), 1000);
+        // Reprogramming the LVT, or masking it, drops what the old timer owed.
+        wr(&mut a, reg::LVT_TIMER, TIMER_PERIODIC | 0xe2);
+        assert_eq!(a.timer_backlog(), 0);
+        a.poll(30_000_000_000);
+        wr(&mut a, reg::SVR, 0xff);
+        assert_eq!(a.timer_backlog(), 0);
+        // One-shot expiries are never owed.
+        wr(&mut a, reg::SVR, SVR_ENABLE | 0xff);
+        wr(&mut a, reg::LVT_TIMER, 0xe2);
+        wr(&mut a, reg::TIMER_INITIAL, 1000);
+        a.poll(40_000_000_000);
+        wr(&mut a, reg::TIMER_INITIAL, 1000);
+        a.poll(50_000_000_000);
+        assert_eq!(a.timer_backlog(), 0);
     }
 
     #[test]
