@@ -82,7 +82,7 @@ pub use disk::{Disk, DiskError, ImageFile, MemDisk, SECTOR_SIZE};
 pub use fw_cfg::{FwCfg, FwCfgError, FW_CFG_PORT_LEN};
 pub use i8042::{I8042Port, I8042};
 pub use ide::{register_ide, IdeChannel, IdeStats, Unit};
-pub use ioapic::IoApic;
+pub use ioapic::{IoApic, ENTRY_LEVEL, ENTRY_MASKED};
 pub use irq::{InterruptPins, IrqLine, IsaLine, PicLine, SharedPins};
 pub use lapic::{
     ApicBus, ApicMessage, CpuSignals, DeliveryMode, Ipi, IpiDest, IpiKind, LocalApic,

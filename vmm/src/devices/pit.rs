@@ -382,6 +382,9 @@ pub struct Pit<C: Clock, L: IrqLine> {
     /// Channel 0 edges from before a reprogramming, not reported yet.
     pending_edges: u64,
     last_poll_ns: u64,
+    /// Channel 0 edges raised on IRQ 0 that no interrupt-acknowledge has taken yet
+    /// (see [`Pit::acknowledged`]).
+    unacked: u64,
     /// Port B enables (gate 2, speaker, parity/IOCHK enables).
     port_b: u8,
 }
@@ -401,13 +404,21 @@ impl<C: Clock, L: IrqLine> Pit<C, L> {
             polled_ticks: 0,
             pending_edges: 0,
             last_poll_ns: 0,
+            unacked: 0,
             port_b: 0,
         }
     }
 
     /// Raises IRQ 0 for the rising edges of channel 0's OUT since the previous poll and
-    /// returns how many there were. Several edges between polls are one interrupt, as the
-    /// PIC's request latch would merge them anyway.
+    /// returns how many there were.
+    ///
+    /// Several edges between polls, or an edge while the previous one still waits in the
+    /// PIC's or the APIC's request register, are one request there; a kernel that counts
+    /// its ticks would lose the others (see `lapic.rs` for why that matters). So every
+    /// edge is counted until an interrupt-acknowledge takes it ([`Pit::acknowledged`]),
+    /// which raises the next one owed: the "reinject" policy of KVM's PIT. At most a
+    /// second's worth is owed, and nothing is while IRQ 0 reaches no processor
+    /// ([`Pit::drop_owed`]).
     pub fn poll(&mut self, now_ns: u64) -> u64 {
         let ch = &self.channels[0];
         let d = ch.ticks(now_ns);
@@ -420,8 +431,36 @@ impl<C: Clock, L: IrqLine> Pit<C, L> {
             // is what the PIC sees of OUT0 rising; programming the counter, which moves OUT0
             // to its initial state, is not an interrupt.
             self.irq.pulse();
+            self.unacked = self.unacked.saturating_add(edges).min(self.max_unacked());
         }
         edges
+    }
+
+    /// The most edges owed at once: a second of channel 0's periods, at most 1000.
+    fn max_unacked(&self) -> u64 {
+        let period = ns_for(self.channels[0].count).max(1);
+        (NS_PER_SEC / period).clamp(1, 1000)
+    }
+
+    /// A processor acknowledged IRQ 0 (through the PIC or the IOAPIC): one edge is taken,
+    /// and the next one owed is raised at once. It waits in the request register until
+    /// the guest ends the one in service.
+    pub fn acknowledged(&mut self) {
+        self.unacked = self.unacked.saturating_sub(1);
+        if self.unacked > 0 {
+            self.irq.pulse();
+        }
+    }
+
+    /// IRQ 0 reaches no processor (masked at the PIC and the IOAPIC): its edges are
+    /// lost, as on the hardware, and none is owed.
+    pub fn drop_owed(&mut self) {
+        self.unacked = 0;
+    }
+
+    /// Edges raised and not yet acknowledged (see [`Pit::poll`]).
+    pub fn owed(&self) -> u64 {
+        self.unacked
     }
 
     /// When channel 0's OUT next rises, in the clock's nanoseconds: the run loop arms its
@@ -450,6 +489,8 @@ impl<C: Clock, L: IrqLine> Pit<C, L> {
 
     /// Channel 0 is being reprogrammed: keep its edges so far for the next poll.
     fn retire_channel0(&mut self, now: u64) {
+        // What the old programming owed goes with it.
+        self.unacked = 0;
         let ch = &self.channels[0];
         self.pending_edges += ch.rising_edges(self.polled_ticks, ch.ticks(now));
         self.polled_ticks = 0;
@@ -627,6 +668,42 @@ mod tests {
     fn read16(bus: &mut PortBus, port: u16) -> u32 {
         let lo = bus.read(port, 1);
         lo | bus.read(port, 1) << 8
+    }
+
+    #[test]
+    fn late_ticks_are_owed_and_raised_one_per_acknowledge() {
+        let mut r = rig();
+        r.bus.write(CTRL, 1, 0x34);
+        r.bus.write(CH0, 1, 11932 & 0xff);
+        r.bus.write(CH0, 1, 11932 >> 8);
+        let period = ns_for(11932);
+        let mut pit = r.pit.lock().unwrap();
+        // Three periods before the CPU takes any: one edge on the line, three owed.
+        assert_eq!(pit.poll(3 * period), 3);
+        assert_eq!(r.line.rising_edges(), 1);
+        assert_eq!(pit.owed(), 3);
+        // Each acknowledge raises the next; the last one raises nothing more.
+        pit.acknowledged();
+        assert_eq!(r.line.rising_edges(), 2);
+        pit.acknowledged();
+        assert_eq!(r.line.rising_edges(), 3);
+        pit.acknowledged();
+        assert_eq!(r.line.rising_edges(), 3);
+        assert_eq!(pit.owed(), 0);
+        // An edge while the last one waits is owed too.
+        assert_eq!(pit.poll(4 * period), 1);
+        assert_eq!(pit.poll(5 * period), 1);
+        assert_eq!(pit.owed(), 2);
+        // IRQ 0 masked everywhere: what was owed is lost, as the hardware loses it.
+        pit.drop_owed();
+        assert_eq!(pit.owed(), 0);
+        // A second's worth at most (whole periods of 10.00015 ms: 99), and nothing once
+        // reprogrammed.
+        assert_eq!(pit.poll(1000 * period), 995);
+        assert_eq!(pit.owed(), 99);
+        drop(pit);
+        r.bus.write(CTRL, 1, 0x34);
+        assert_eq!(r.pit.lock().unwrap().owed(), 0);
     }
 
     #[test]

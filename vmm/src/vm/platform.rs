@@ -11,8 +11,8 @@ use crate::devices::{
     lock, pc, register_ide, register_pic, register_pit, BusError, Clock, Cmos, CpuSignals,
     DebugExit, DualPic, IdeChannel, IoApic, IsaLine, LapicWindow, Lapics, LocalApic, MmioBus,
     MonotonicClock, Pit, PortBus, PostPort, SerialPort, SharedPins, SystemWallClock, CMOS_BASE,
-    CMOS_PORT_LEN, COM1_BASE, COM1_IRQ, DEBUG_EXIT_BASE, DEBUG_EXIT_LEN, PIT_IRQ, POST_PORT,
-    SERIAL_PORT_LEN,
+    CMOS_PORT_LEN, COM1_BASE, COM1_IRQ, DEBUG_EXIT_BASE, DEBUG_EXIT_LEN, ENTRY_LEVEL, ENTRY_MASKED,
+    PIT_IRQ, POST_PORT, SERIAL_PORT_LEN,
 };
 use crate::devices::{
     A20Line, AcpiPm, CgaCrtc, I8042Port, PciHost, Port92, CGA_PORT_LEN, I8042, PCI_PORT_LEN,
@@ -196,6 +196,10 @@ impl Platform {
     /// wrote to a local APIC since the last poll.
     pub fn poll(&self) {
         let now = self.clock.now_ns();
+        let pit_owes = lock(&self.pit).owed() > 0;
+        if pit_owes && self.irq0_vectors() == (None, None) {
+            lock(&self.pit).drop_owed();
+        }
         lock(&self.pit).poll(now);
         for apic in self.lapics.iter() {
             let eois = {
@@ -271,15 +275,47 @@ impl Platform {
 
     /// The vector to deliver, acknowledged: the local APIC's highest deliverable one, else
     /// the 8259's if LINT0 lets it through (virtual-wire mode).
+    ///
+    /// When that is IRQ 0's, the PIT raises the next tick it owes (see `Pit::poll`).
     pub fn acknowledge_interrupt(&self) -> Option<u8> {
-        let accepts_pic = {
-            let mut lapic = lock(self.lapics.current());
-            if let Some(v) = lapic.acknowledge() {
-                return Some(v);
-            }
-            lapic.accepts_pic()
+        let pit_owes = lock(&self.pit).owed() > 0;
+        let (pic_irq0, ioapic_irq0) = if pit_owes {
+            self.irq0_vectors()
+        } else {
+            (None, None)
         };
-        accepts_pic.then(|| lock(&self.pic).acknowledge()).flatten()
+        let from_apic = {
+            let mut lapic = lock(self.lapics.current());
+            lapic.acknowledge().ok_or_else(|| lapic.accepts_pic())
+        };
+        let (vector, irq0) = match from_apic {
+            Ok(v) => (v, ioapic_irq0 == Some(v)),
+            Err(true) => {
+                let v = lock(&self.pic).acknowledge()?;
+                (v, pic_irq0 == Some(v))
+            }
+            Err(false) => return None,
+        };
+        if irq0 {
+            lock(&self.pit).acknowledged();
+        }
+        Some(vector)
+    }
+
+    /// The vectors IRQ 0 (the PIT) arrives with: through the 8259 (unmasked there, and
+    /// some APIC lets the 8259 through), and through IOAPIC pin 2 (unmasked,
+    /// edge-triggered).
+    fn irq0_vectors(&self) -> (Option<u8>, Option<u8>) {
+        let pic = {
+            let pic = lock(&self.pic);
+            (pic.master.imr & 1 == 0).then_some(pic.master.vector_base)
+        };
+        let pic = pic.filter(|_| self.lapics.iter().any(|a| lock(a).accepts_pic()));
+        let ioapic = lock(&self.ioapic)
+            .entry(pc::isa_irq_to_gsi(0))
+            .filter(|e| e & (ENTRY_MASKED | ENTRY_LEVEL) == 0)
+            .map(|e| e.to_le_bytes()[0]);
+        (pic, ioapic)
     }
 
     /// Whether an interrupt waits for the CPU (once its IF allows it).
