@@ -11,8 +11,10 @@
 //! A vCPU runs until it halts, waits for a start-up IPI, executes PAUSE (translate mode:
 //! it spins on something another vCPU holds, as pause-loop exiting detects on hardware),
 //! or its time slice ends (the host timer is armed for the slice's end); a vCPU an
-//! interrupt waits for runs at once, so timer ticks are not lost while it is parked. Application processors start in the state INIT
-//! leaves (wait-for-SIPI); a start-up IPI starts one in real mode at vector × 4 KiB.
+//! interrupt waits for runs at once, so its timer ticks do not wait for the others'
+//! slices (ticks that end while one still waits are owed, not lost: see `lapic.rs`).
+//! Application processors start in the state INIT leaves (wait-for-SIPI); a start-up IPI
+//! starts one in real mode at vector × 4 KiB.
 //!
 //! Memory ordering between vCPUs is trivially sequential: one host thread runs them all,
 //! so every store is seen by every vCPU in program order. The per-vCPU state (this
@@ -266,8 +268,8 @@ impl Vm {
         let expired = self.vcpus.slice_end.is_some_and(|end| now >= end)
             || std::mem::take(&mut self.vcpus.yield_requested);
         // A vCPU an interrupt waits for runs at once (the boost of credit schedulers):
-        // parked, it would miss timer ticks, which merge in its APIC's IRR, and its
-        // clock would fall behind the TSC.
+        // parked, its ticks would wait for the others' slices, and the tick count other
+        // vCPUs read would lag the TSC.
         let boosted = (1..n)
             .map(|k| (cur + k) % n)
             .find(|&i| self.interrupt_waits(i));
