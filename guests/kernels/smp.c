@@ -3,9 +3,9 @@
  * INIT, SIPI, SIPI into the real-mode trampoline of lib/smp.c (which enters protected
  * mode and calls ap_main on a stack of its own), then drives them through commands woken by IPIs:
  * fixed IPIs by physical ID, logical destination and the all-excluding-self shorthand,
- * an NMI, an IPI from an AP to the BSP, a spinlock every processor contends for, a TLB
- * shootdown (a PTE changed, INVLPG on every processor, no stale translation), and
- * control-register state that stays each processor's own. */
+ * an NMI, NMI blocking until IRET, an IPI from an AP to the BSP, a spinlock every
+ * processor contends for, a TLB shootdown (a PTE changed, INVLPG on every processor, no
+ * stale translation), and control-register state that stays each processor's own. */
 #include "guest.h"
 #include "paging.h"
 
@@ -87,10 +87,25 @@ static void on_bsp(struct frame *f)
 	lapic_eoi();
 }
 
+/* The BSP's NMIs: how many arrived, whether one arrived inside the handler of another. */
+static volatile u32 bsp_nmi_depth, bsp_nmi_nested;
+
 static void on_nmi(struct frame *f)
 {
 	(void)f;
-	__atomic_fetch_add(&cpus[smp_apic_id() % MAX_CPUS].nmis, 1, __ATOMIC_SEQ_CST);
+	u32 id = smp_apic_id();
+	u32 n = __atomic_add_fetch(&cpus[id % MAX_CPUS].nmis, 1, __ATOMIC_SEQ_CST);
+	if (id != 0)
+		return;
+	if (bsp_nmi_depth++)
+		bsp_nmi_nested = 1;
+	else if (n == 1) {
+		/* A second NMI to itself, sent from the handler: held until this IRET. */
+		smp_send_ipi(0, 0x400);
+		for (volatile u32 i = 0; i < 100000; i++)
+			;
+	}
+	bsp_nmi_depth--;
 }
 
 static void run_command(struct percpu *me, u32 cmd)
@@ -221,6 +236,12 @@ int main(u32 magic, const void *mbi)
 	smp_send_ipi(ncpus - 1, 0x400);
 	ok = SMP_WAIT_FOR(cpus[ncpus - 1].nmis == 1);
 	report(ok && cpus[0].nmis == 0, "smp: an NMI IPI reaches its AP");
+
+	smp_send_ipi(0, 0x400);
+	ok = SMP_WAIT_FOR(cpus[0].nmis == 2);
+	report(ok && !bsp_nmi_nested,
+	       "smp: an NMI sent from the NMI handler arrives after its IRET, not inside it (%u)",
+	       cpus[0].nmis);
 
 	ok = one_runs(1, CMD_SEND_TO_BSP) && SMP_WAIT_FOR(bsp_ipis == 1);
 	report(ok, "smp: an AP's IPI reaches the BSP");

@@ -148,7 +148,11 @@ pub fn handle(state: &mut VcpuState, bus: &mut impl GuestBus, exit: &GuestExit) 
             )
         }
         GuestExit::Exception(f) => deliver_event(state, bus, Event::Exception(*f), Effects::NONE),
-        GuestExit::Nmi => deliver_event(state, bus, Event::Nmi, Effects::NONE),
+        GuestExit::Nmi => {
+            // NMIs are blocked from the start of the delivery until the next IRET.
+            state.nmi_blocked = true;
+            deliver_event(state, bus, Event::Nmi, Effects::NONE)
+        }
         GuestExit::Interrupt { vector } => {
             if state.eflags & eflags::IF == 0 || state.interrupt_shadow {
                 return ExitAction::InterruptBlocked;

@@ -262,6 +262,9 @@ pub struct VcpuState {
     /// Interrupts are inhibited until after the next instruction (after STI with IF
     /// previously 0, MOV SS, POP SS).
     pub interrupt_shadow: bool,
+    /// An NMI was delivered and no IRET has run since: further NMIs wait (SDM Vol. 3A
+    /// §6.7.1).
+    pub nmi_blocked: bool,
     /// The CPU model CPUID reports.
     pub cpu_model: crate::vcpu::emulate::cpuid::CpuModel,
 }
@@ -310,6 +313,7 @@ impl VcpuState {
             msr: Msrs::default(),
             halted: false,
             interrupt_shadow: false,
+            nmi_blocked: false,
             cpu_model: crate::vcpu::emulate::cpuid::CpuModel::default(),
         }
     }

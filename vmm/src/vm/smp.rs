@@ -216,9 +216,18 @@ impl Vm {
         self.vcpus.waiting_for_sipi.get(i) == Some(&false)
     }
 
-    /// Whether an NMI is due on vCPU `i`.
+    /// Whether an NMI is due on vCPU `i`: one was sent, and it is not in an NMI handler
+    /// (NMIs are blocked until the handler's IRET; one more waits meanwhile).
     fn nmi_due(&self, i: usize) -> bool {
-        self.vcpus.nmi.get(i) == Some(&true)
+        let blocked = if i == self.vcpus.current {
+            self.cpu.state.nmi_blocked
+        } else {
+            self.vcpus
+                .parked
+                .get(i)
+                .is_some_and(|p| p.state.nmi_blocked)
+        };
+        self.vcpus.nmi.get(i) == Some(&true) && !blocked
     }
 
     /// Whether vCPU `i` can run now: started, and not halted unless something wakes it.

@@ -30,6 +30,9 @@ use iced_x86::Mnemonic;
 /// #SS(SS) for not-present segments, #PF from the bus.
 pub(crate) fn iret(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
     let op32 = cx.instr.mnemonic() == Mnemonic::Iretd;
+    // Any IRET ends NMI blocking (SDM Vol. 3A §6.7.1), even one that faults, as the
+    // SDM's VMX chapter spells out.
+    s.nmi_blocked = false;
     if s.protected() && !s.v86() && s.eflags & eflags::NT != 0 {
         return task_return(s, bus, cx.next_eip);
     }
