@@ -196,11 +196,14 @@ impl Platform {
     /// wrote to a local APIC since the last poll.
     pub fn poll(&self) {
         let now = self.clock.now_ns();
-        let pit_owes = lock(&self.pit).owed() > 0;
+        let pit_owes = {
+            let mut pit = lock(&self.pit);
+            pit.poll(now);
+            pit.owed() > 0
+        };
         if pit_owes && self.irq0_vectors() == (None, None) {
             lock(&self.pit).drop_owed();
         }
-        lock(&self.pit).poll(now);
         for apic in self.lapics.iter() {
             let eois = {
                 let mut apic = lock(apic);
@@ -484,4 +487,80 @@ pub fn spawn_serial_reader(
             }
         })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::GuestPhys;
+
+    /// A one-processor PC whose 8259 pair is initialised at vectors 0x20/0x28 with every
+    /// input masked, and whose PIT interrupts every 20 ms (mode 2).
+    fn pc_with_pit() -> Platform {
+        let mut p = Platform::new(Box::new(std::io::sink()), &MachineLayout::pc(1 << 20), 0)
+            .expect("the PC's devices fit");
+        for (port, v) in [
+            (0x20, 0x11),
+            (0x21, 0x20),
+            (0x21, 0x04),
+            (0x21, 0x01),
+            (0x21, 0xff),
+        ] {
+            p.ports.write(port, 1, v);
+        }
+        let count: u32 = 23_864; // 20 ms at 1.193182 MHz
+        p.ports.write(0x43, 1, 0x34);
+        p.ports.write(0x40, 1, count & 0xff);
+        p.ports.write(0x40, 1, count >> 8);
+        p
+    }
+
+    /// Ticks the platform polled too late to deliver one by one are taken one per
+    /// acknowledge, each after the previous one's EOI.
+    fn owed_ticks_are_taken(p: &mut Platform, vector: u8, eoi: impl Fn(&mut Platform)) {
+        std::thread::sleep(Duration::from_millis(110));
+        p.poll();
+        let owed = lock(&p.pit).owed();
+        assert!(owed >= 5, "five periods went by: {owed} owed");
+        for left in (0..owed).rev() {
+            assert_eq!(p.acknowledge_interrupt(), Some(vector));
+            assert_eq!(p.acknowledge_interrupt(), None, "in service until its EOI");
+            assert_eq!(lock(&p.pit).owed(), left);
+            eoi(p);
+        }
+        assert_eq!(p.acknowledge_interrupt(), None, "nothing more is owed");
+    }
+
+    #[test]
+    fn owed_pit_ticks_come_through_the_8259() {
+        let mut p = pc_with_pit();
+        p.ports.write(0x21, 1, 0xfe);
+        let eoi = |p: &mut Platform| {
+            p.ports.write(0x20, 1, 0x20);
+        };
+        owed_ticks_are_taken(&mut p, 0x20, eoi);
+    }
+
+    #[test]
+    fn owed_pit_ticks_come_through_the_ioapic() {
+        let mut p = pc_with_pit();
+        // IOAPIC pin 2 to vector 0x30, edge-triggered, physical destination 0.
+        let (sel, win) = (pc::IOAPIC_BASE, GuestPhys(pc::IOAPIC_BASE.raw() + 0x10));
+        p.mmio.write(sel, &0x14u32.to_le_bytes());
+        p.mmio.write(win, &0x30u32.to_le_bytes());
+        let eoi = |p: &mut Platform| {
+            p.mmio
+                .write(GuestPhys(pc::LAPIC_BASE.raw() + 0xb0), &0u32.to_le_bytes());
+        };
+        owed_ticks_are_taken(&mut p, 0x30, eoi);
+    }
+
+    #[test]
+    fn nothing_is_owed_while_irq0_reaches_no_processor() {
+        let p = pc_with_pit();
+        std::thread::sleep(Duration::from_millis(50));
+        p.poll();
+        assert_eq!(lock(&p.pit).owed(), 0);
+        assert_eq!(p.acknowledge_interrupt(), None);
+    }
 }
