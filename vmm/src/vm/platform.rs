@@ -311,11 +311,11 @@ impl Platform {
     fn irq0_vectors(&self) -> (Option<u8>, Option<u8>) {
         let pic = {
             let pic = lock(&self.pic);
-            (pic.master.imr & 1 == 0).then_some(pic.master.vector_base)
+            (pic.master.imr & (1 << PIT_IRQ) == 0).then_some(pic.master.vector_base | PIT_IRQ)
         };
         let pic = pic.filter(|_| self.lapics.iter().any(|a| lock(a).accepts_pic()));
         let ioapic = lock(&self.ioapic)
-            .entry(pc::isa_irq_to_gsi(0))
+            .entry(pc::isa_irq_to_gsi(PIT_IRQ))
             .filter(|e| e & (ENTRY_MASKED | ENTRY_LEVEL) == 0)
             .map(|e| e.to_le_bytes()[0]);
         (pic, ioapic)

@@ -155,6 +155,15 @@ fn startup(state: &mut VcpuState, vector: u8) {
 
 impl Vm {
     /// The architectural state of vCPU `i`, running or parked.
+    fn vcpu(&self, i: usize) -> Option<&VcpuState> {
+        if i == self.vcpus.current {
+            Some(&self.cpu.state)
+        } else {
+            self.vcpus.parked.get(i).map(|p| &p.state)
+        }
+    }
+
+    /// [`Vm::vcpu`], to change.
     fn vcpu_state(&mut self, i: usize) -> Option<&mut VcpuState> {
         if i == self.vcpus.current {
             Some(&mut self.cpu.state)
@@ -179,7 +188,7 @@ impl Vm {
             let signals = self.platform.take_signals(i);
             if signals.init {
                 let model = self.cpu.state.clone();
-                let id = self.vcpu_state(i).map_or(0, |s| s.cpu_model.apic_id);
+                let id = self.vcpu(i).map_or(0, |s| s.cpu_model.apic_id);
                 if let Some(s) = self.vcpu_state(i) {
                     *s = ap_reset_state(&model, id);
                 }
@@ -219,14 +228,7 @@ impl Vm {
     /// Whether an NMI is due on vCPU `i`: one was sent, and it is not in an NMI handler
     /// (NMIs are blocked until the handler's IRET; one more waits meanwhile).
     fn nmi_due(&self, i: usize) -> bool {
-        let blocked = if i == self.vcpus.current {
-            self.cpu.state.nmi_blocked
-        } else {
-            self.vcpus
-                .parked
-                .get(i)
-                .is_some_and(|p| p.state.nmi_blocked)
-        };
+        let blocked = self.vcpu(i).is_some_and(|s| s.nmi_blocked);
         self.vcpus.nmi.get(i) == Some(&true) && !blocked
     }
 
@@ -238,7 +240,7 @@ impl Vm {
         if self.nmi_due(i) {
             return true;
         }
-        let Some(s) = self.vcpu_state(i) else {
+        let Some(s) = self.vcpu(i) else {
             return false;
         };
         let (halted, if_set) = (s.halted, s.eflags & eflags::IF != 0);
@@ -255,7 +257,7 @@ impl Vm {
             return true;
         }
         let if_set = self
-            .vcpu_state(i)
+            .vcpu(i)
             .is_some_and(|s| s.eflags & eflags::IF != 0 && !s.interrupt_shadow);
         if_set && self.platform.wants_cpu(i, true)
     }
@@ -334,9 +336,7 @@ impl Vm {
         let mut wakeable = Vec::new();
         for i in 0..n {
             let started = self.started(i);
-            let if_set = self
-                .vcpu_state(i)
-                .is_some_and(|s| s.eflags & eflags::IF != 0);
+            let if_set = self.vcpu(i).is_some_and(|s| s.eflags & eflags::IF != 0);
             wakeable.push((started, if_set));
         }
         if !wakeable.iter().any(|&(started, if_set)| started && if_set) {
