@@ -23,6 +23,16 @@ typedef _Bool bool;
 #define GDT_BASE_ENTRIES 6
 #define GDT_MAX_ENTRIES 16
 
+/* Assembly text: every data segment register and SS loaded with KERNEL_DS (0x10), as
+ * code arriving in 32-bit protected mode from real mode does first. Clobbers AX. */
+#define ASM_LOAD_KERNEL_DATA_SEGMENTS \
+	"movw $0x10, %ax\n\t"            \
+	"movw %ax, %ds\n\t"              \
+	"movw %ax, %es\n\t"              \
+	"movw %ax, %fs\n\t"              \
+	"movw %ax, %gs\n\t"              \
+	"movw %ax, %ss\n\t"
+
 #define EFLAGS_CF (1u << 0)
 #define EFLAGS_FIXED1 (1u << 1)
 #define EFLAGS_TF (1u << 8)
