@@ -91,6 +91,9 @@ pub struct ShadowState {
     code: BTreeMap<u32, bool>,
     /// Linear pages whose protections exceed what user mode may have.
     beyond_user: BTreeSet<u32>,
+    /// Linear pages mapped through entries without G: what a CR3 write must look at
+    /// under CR4.PGE.
+    non_global: BTreeSet<u32>,
     /// While the virtual CPL is 3: the linear address below which user code can reach.
     user_limit: Option<GuestLinear>,
 }
@@ -125,6 +128,7 @@ impl ShadowState {
             aliases: BTreeMap::new(),
             code: BTreeMap::new(),
             beyond_user: BTreeSet::new(),
+            non_global: BTreeSet::new(),
             user_limit: None,
         }
     }
@@ -415,6 +419,9 @@ impl ShadowState {
         if Self::exceeds_user(&page) {
             self.beyond_user.insert(n);
         }
+        if !page.global {
+            self.non_global.insert(n);
+        }
         self.maps.insert(n, page);
     }
 
@@ -440,6 +447,7 @@ impl ShadowState {
             }
         }
         self.beyond_user.remove(&n);
+        self.non_global.remove(&n);
         Some(page)
     }
 
@@ -469,7 +477,14 @@ impl ShadowState {
                 continue;
             }
             page.for_user = as_user;
-            if prot == page.prot {
+            // A right the mapping gains (write, when the frame stops being a page table)
+            // is left to the hidden fault of the first access that needs it: a frame
+            // that is a page table in one address space and not in the next would
+            // otherwise be re-protected at every switch between them.
+            let gains_only = (!page.prot.read || prot.read)
+                && (!page.prot.write || prot.write)
+                && (!page.prot.exec || prot.exec);
+            if prot == page.prot || gains_only {
                 continue;
             }
             page.prot = prot;
@@ -687,10 +702,15 @@ impl ShadowState {
         let pge = self.ctx.pge();
         let mut stale = Vec::new();
         let mut relink = Vec::new();
-        for (&n, p) in &self.maps {
-            if pge && p.global {
+        let candidates: Vec<u32> = if pge {
+            self.non_global.iter().copied().collect()
+        } else {
+            self.maps.keys().copied().collect()
+        };
+        for n in candidates {
+            let Some(p) = self.maps.get(&n) else {
                 continue;
-            }
+            };
             let access = Access {
                 write: p.prot.write,
                 user: p.for_user,
@@ -958,7 +978,7 @@ mod tests {
             other => panic!("expected mediation, got {other:?}"),
         }
         // A frame stops being a page table when the last mapping derived through it
-        // goes; its aliases then regain write. PDE 2 (0x0080_0000..) → PT2 at 0x3000,
+        // goes; its aliases regain write at the first write. PDE 2 (0x0080_0000..) → PT2 at 0x3000,
         // whose entry 0 maps the first page table, PT.
         let (mut mem, mut s, mut m) = setup(|i| (i == 2).then_some(0x3000 | P | RW | A | D));
         mem.set32(PD + 8, 0x3000 | P | RW);
@@ -983,9 +1003,16 @@ mod tests {
         assert!(!s.is_page_table(GuestPhys(PT)) && s.is_page_table(GuestPhys(0x3000)));
         assert_eq!(
             m.at(data.0),
-            Some((GuestPhys(PT), RW_PROT)),
-            "write restored"
+            Some((GuestPhys(PT), Prot::READ)),
+            "write is not restored ahead of a write"
         );
+        let d = mapped(s.on_host_fault(&mut mem, &mut m, data, HostAccess::Write, false));
+        assert_eq!(
+            (d.gpa, d.prot),
+            (GuestPhys(PT), RW_PROT),
+            "the write restores it"
+        );
+        assert_eq!(m.at(data.0), Some((GuestPhys(PT), RW_PROT)));
     }
 
     #[test]

@@ -163,18 +163,25 @@ pub fn host_has_exec_only() -> bool {
     r.ecx & (PKU | OSPKE) == PKU | OSPKE
 }
 
-/// PDE bits the user limit looks at.
+/// Entry bits the user limit looks at.
 const PDE_P: u64 = 1;
 const PDE_US: u64 = 1 << 2;
-/// Address bits of a PAE PDPTE/PDE (MAXPHYADDR 36).
+const PDE_PS: u64 = 1 << 7;
+/// Address bits of a PAE entry (MAXPHYADDR 36) and of a 32-bit one.
 const PAE_ADDR: u64 = 0x0000_000f_ffff_f000;
+const LEGACY_ADDR: u64 = 0xffff_f000;
 
 /// The linear address the user-mode segment mirrors are clamped below (ARCHITECTURE §4):
-/// the end of the highest page-directory entry user mode may use. Everything above it is
-/// supervisor-only at the directory level, so cutting the segments there costs user code
-/// nothing; supervisor pages below it are handled page by page (dropped on the way to
-/// user mode, and user faults there are walked as user accesses). `None`: user mode may
-/// use the top directory entry, no clamp. Guest RAM outside RAM reads as not present.
+/// the end of the highest page user mode may use, its directory entry and its table entry
+/// both present and user. Everything above it is out of user mode's reach, so cutting the
+/// segments there costs user code nothing, and the kernel's mappings there stay while user
+/// code runs; supervisor pages below it are handled page by page (dropped on the way to
+/// user mode, and user faults there are walked as user accesses). Kernels commonly mark
+/// their own directory entries user (32-bit Linux does, for every kernel page table) and
+/// leave the rights to the table entries: looking at the directory alone would put the
+/// limit at the top and drop every kernel mapping at each return to user mode. Any limit
+/// is safe: a user access above it is emulated. `None`: user mode may use the top page,
+/// no clamp. Guest RAM outside RAM reads as not present.
 pub fn user_limit(ram: &GuestRam, ctx: &PagingContext) -> Option<GuestLinear> {
     let mem = RamPhys(ram);
     let read = |gpa: u64, pae: bool| -> u64 {
@@ -187,34 +194,49 @@ pub fn user_limit(ram: &GuestRam, ctx: &PagingContext) -> Option<GuestLinear> {
             shadow_paging::GuestPhysMemory::read_u32(&mem, GuestPhys(gpa)).map_or(0, u64::from)
         }
     };
-    let mut end: u64 = 0;
-    match ctx.mode {
+    let user = |e: u64| e & (PDE_P | PDE_US) == PDE_P | PDE_US;
+    // The directories, highest first: (linear base, table address, entries, span of one
+    // entry, PAE).
+    let mut directories: Vec<(u64, u64, u64, u64, bool)> = Vec::new();
+    let large = match ctx.mode {
         PagingMode::Off => return None,
         PagingMode::Pae { .. } => {
-            for (i, pdpte) in (0u8..).zip(ctx.roots.0.iter()) {
-                if pdpte & PDE_P == 0 {
-                    continue;
-                }
-                let pd = pdpte & PAE_ADDR;
-                for j in 0..512u64 {
-                    let pde = read(pd + j * 8, true);
-                    if pde & (PDE_P | PDE_US) == PDE_P | PDE_US {
-                        end = end.max((u64::from(i) << 30) + ((j + 1) << 21));
-                    }
+            for (i, pdpte) in ctx.roots.0.iter().enumerate().rev() {
+                if pdpte & PDE_P != 0 {
+                    let base = (i as u64) << 30;
+                    directories.push((base, pdpte & PAE_ADDR, 512, 1 << 21, true));
                 }
             }
+            true
         }
-        PagingMode::TwoLevel { .. } => {
-            let pd = u64::from(ctx.cr3 & !0xfff);
-            for j in 0..1024u64 {
-                let pde = read(pd + j * 4, false);
-                if pde & (PDE_P | PDE_US) == PDE_P | PDE_US {
-                    end = (j + 1) << 22;
+        PagingMode::TwoLevel { pse } => {
+            let pd = u64::from(ctx.cr3) & LEGACY_ADDR;
+            directories.push((0, pd, 1024, 1 << 22, false));
+            pse
+        }
+    };
+    let end = directories
+        .into_iter()
+        .find_map(|(base, pd, n, span, pae)| {
+            let size = if pae { 8 } else { 4 };
+            let addr = if pae { PAE_ADDR } else { LEGACY_ADDR };
+            (0..n).rev().find_map(|j| {
+                let pde = read(pd + j * size, pae);
+                if !user(pde) {
+                    return None;
                 }
-            }
-        }
-    }
-    u32::try_from(end).ok().map(GuestLinear)
+                let start = base + j * span;
+                if large && pde & PDE_PS != 0 {
+                    return Some(start + span);
+                }
+                let pt = pde & addr;
+                (0..span / u64::from(PAGE_SIZE))
+                    .rev()
+                    .find(|&k| user(read(pt + k * size, pae)))
+                    .map(|k| start + (k + 1) * u64::from(PAGE_SIZE))
+            })
+        });
+    u32::try_from(end.unwrap_or(0)).ok().map(GuestLinear)
 }
 
 #[cfg(test)]
@@ -281,5 +303,46 @@ mod tests {
         ram.write_u32(GuestPhys(pd + 0x3ff * 4), 0x0000_0087)
             .unwrap();
         assert_eq!(user_limit(&ram, &ctx), None);
+    }
+
+    #[test]
+    fn user_limit_looks_through_user_directory_entries_at_their_tables() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        let (pd, pt_top, pt_user) = (0x1000u32, 0x2000u32, 0x3000u32);
+        // As 32-bit Linux builds them: the top directory entry is user, its table maps
+        // supervisor pages only; below, a user table with user pages up to entry 0x1ff.
+        ram.write_u32(GuestPhys(pd + 0x3fe * 4), pt_top | 0x67)
+            .unwrap();
+        for k in 0..1024 {
+            ram.write_u32(GuestPhys(pt_top + k * 4), 0x5000 | 0x63)
+                .unwrap();
+        }
+        ram.write_u32(GuestPhys(pd + 0x2ff * 4), pt_user | 0x67)
+            .unwrap();
+        for k in 0..0x200 {
+            ram.write_u32(GuestPhys(pt_user + k * 4), 0x6000 | 0x67)
+                .unwrap();
+        }
+        let mem = RamPhys(&ram);
+        let ctx = PagingContext::new(&mem, 0x8000_0011, pd, 0x10, 0).unwrap();
+        assert_eq!(user_limit(&ram, &ctx), Some(GuestLinear(0xbfe0_0000)));
+        // One user page in the top table: the limit is its end.
+        ram.write_u32(GuestPhys(pt_top + 0x10 * 4), 0x5000 | 0x67)
+            .unwrap();
+        assert_eq!(user_limit(&ram, &ctx), Some(GuestLinear(0xff81_1000)));
+        // Under PAE: the same shape in the last directory, entries of 8 bytes.
+        let (pdpt, pd3, pt3) = (0x8000u32, 0x9000u32, 0xa000u32);
+        ram.write_u32(GuestPhys(pdpt + 3 * 8), pd3 | 1).unwrap();
+        ram.write_u32(GuestPhys(pd3 + 0x1ff * 8), pt3 | 0x67)
+            .unwrap();
+        ram.write_u32(GuestPhys(pt3 + 8), 0x5000 | 0x63).unwrap();
+        ram.write_u32(GuestPhys(pd3 + 0x100 * 8), pt3 | 0x67)
+            .unwrap();
+        let pae = PagingContext::new(&mem, 0x8000_0011, pdpt, 0x30, 0).unwrap();
+        // No user page at all: nothing is reachable.
+        assert_eq!(user_limit(&ram, &pae), Some(GuestLinear(0)));
+        ram.write_u32(GuestPhys(pt3 + 0x20 * 8), 0x5000 | 0x67)
+            .unwrap();
+        assert_eq!(user_limit(&ram, &pae), Some(GuestLinear(0xffe2_1000)));
     }
 }
