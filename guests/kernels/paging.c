@@ -15,6 +15,11 @@ static u8 straddle_frames[3][4096] __attribute__((aligned(4096)));
 static u32 straddle_table[1024] __attribute__((aligned(4096)));
 
 #define STRADDLE_BASE 0x00c00000u /* PDE 3: two pages on frames in reverse order */
+#define SPACES_BASE 0x01400000u /* PDE 5: code whose second page differs per address space */
+
+static u32 page_dir2[1024] __attribute__((aligned(4096)));
+static u32 spaces_tables[2][1024] __attribute__((aligned(4096)));
+static u8 spaces_frames[3][4096] __attribute__((aligned(4096)));
 
 /* The CPU sets A and D in the tables behind the compiler's back: read entries through this. */
 #define LIVE(table, i) (((volatile u32 *)(table))[i])
@@ -370,6 +375,63 @@ static void test_read_own_code(void)
 	report_prefix_pop();
 }
 
+/* Two address spaces share the first page of SPACES_BASE (a JMP to the second page) and
+ * map the second page to different frames, each returning its own value. Whatever was
+ * entered or chained in one space, the other runs its own code after a CR3 write, and a
+ * PTE changed and invalidated takes effect at once. */
+static void test_code_across_spaces(void)
+{
+	report_prefix_push("spaces");
+	u8 *jmp = spaces_frames[0];
+	u32 target = SPACES_BASE + PAGE_SIZE;
+	jmp[0] = 0xe9; /* jmp rel32 to the second page */
+	u32 rel = target - (SPACES_BASE + 5);
+	memcpy(jmp + 1, &rel, 4);
+	static const u8 one[] = { 0xb8, 0x11, 0x11, 0x11, 0x11, 0xc3 };
+	static const u8 two[] = { 0xb8, 0x22, 0x22, 0x22, 0x22, 0xc3 };
+	memcpy(spaces_frames[1], one, sizeof(one));
+	memcpy(spaces_frames[2], two, sizeof(two));
+	for (u32 s = 0; s < 2; s++) {
+		spaces_tables[s][0] = phys(spaces_frames[0]) | PTE_P | PTE_RW;
+		spaces_tables[s][1] = phys(spaces_frames[1 + s]) | PTE_P | PTE_RW;
+	}
+	page_dir[pde_index(SPACES_BASE)] = phys(spaces_tables[0]) | PTE_P | PTE_RW;
+	flush_tlb();
+	for (u32 i = 0; i < 1024; i++)
+		page_dir2[i] = page_dir[i];
+	page_dir2[pde_index(SPACES_BASE)] = phys(spaces_tables[1]) | PTE_P | PTE_RW;
+
+	code_fn through_jmp = (code_fn)SPACES_BASE, direct = (code_fn)target;
+	u32 dirs[2] = { phys(page_dir), phys(page_dir2) };
+	u32 want[2] = { 0x11111111, 0x22222222 };
+	int jumped = 1, called = 1;
+	for (u32 round = 0; round < 6; round++) {
+		u32 s = round & 1;
+		write_cr3(dirs[s]);
+		/* Twice each: the second run takes what the first chained and looked up. */
+		for (int k = 0; k < 2; k++) {
+			jumped &= through_jmp() == want[s];
+			called &= direct() == want[s];
+		}
+	}
+	write_cr3(dirs[0]);
+	report(jumped, "a jump into a page mapped differently per space runs that space's code");
+	report(called, "an indirect call there runs that space's code");
+
+	/* Same space: the PTE moves to the other frame; INVLPG makes it seen. */
+	u32 before_jmp = through_jmp(), before_call = direct();
+	spaces_tables[0][1] = phys(spaces_frames[2]) | PTE_P | PTE_RW;
+	invlpg((void *)target);
+	u32 after_jmp = through_jmp(), after_call = direct();
+	spaces_tables[0][1] = phys(spaces_frames[1]) | PTE_P | PTE_RW;
+	invlpg((void *)target);
+	u32 back = through_jmp();
+	report(before_jmp == 0x11111111 && before_call == 0x11111111 && after_jmp == 0x22222222 && after_call == 0x22222222 &&
+		       back == 0x11111111,
+	       "a code PTE changed and invalidated runs the new frame's code at once");
+	report_prefix_pop();
+}
+
 int main(u32 magic, const void *mbi)
 {
 	(void)magic;
@@ -384,5 +446,6 @@ int main(u32 magic, const void *mbi)
 	test_straddle_second_first();
 	test_lazy_fpu();
 	test_read_own_code();
+	test_code_across_spaces();
 	return report_summary();
 }

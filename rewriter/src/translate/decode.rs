@@ -45,6 +45,15 @@ pub trait CodeReader {
         let _ = linear;
         false
     }
+
+    /// Whether the monitor performs the instruction at `linear` itself
+    /// ([`ExitKind::Mediated`]): it keeps writing to pages whose writes the monitor
+    /// mediates (page tables), so an exit through the gate is cheaper than the host
+    /// fault each of its writes would take.
+    fn mediated(&self, linear: u32) -> bool {
+        let _ = linear;
+        false
+    }
 }
 
 impl<R: CodeReader + ?Sized> CodeReader for &R {
@@ -54,6 +63,10 @@ impl<R: CodeReader + ?Sized> CodeReader for &R {
 
     fn stop_before(&self, linear: u32) -> bool {
         (**self).stop_before(linear)
+    }
+
+    fn mediated(&self, linear: u32) -> bool {
+        (**self).mediated(linear)
     }
 }
 
@@ -243,6 +256,12 @@ pub(crate) fn decode_block(
         guest_end = next;
         if let Some(kind) = exit_kind(&instr, cfg) {
             break End::Exit { eip: at, kind };
+        }
+        if reader.mediated(cs.base.wrapping_add(at)) {
+            break End::Exit {
+                eip: at,
+                kind: ExitKind::Mediated,
+            };
         }
         if instr.flow_control() != FlowControl::Next {
             break End::Branch(instr);

@@ -70,6 +70,8 @@ pub(crate) struct Emitter<'c> {
     pub bytes: Vec<u8>,
     pub side: SideTable,
     pub cfg: &'c TranslateConfig,
+    /// Some instruction was rebased onto `cfg.gs_rebase`: the code depends on that base.
+    pub gs_rebased: bool,
     encoder: Encoder,
 }
 
@@ -94,6 +96,7 @@ impl<'c> Emitter<'c> {
             bytes: Vec::with_capacity(256),
             side: SideTable::default(),
             cfg,
+            gs_rebased: false,
             encoder: Encoder::new(32),
         }
     }
@@ -154,7 +157,9 @@ impl<'c> Emitter<'c> {
                         guest_len: u8::try_from(guest.len()).unwrap_or(u8::MAX),
                     },
                 };
-                return self.emit_checked(&rebased, meta);
+                let emitted = self.emit_checked(&rebased, meta)?;
+                self.gs_rebased |= emitted;
+                return Ok(emitted);
             }
         }
         if self.cfg.inline_if && guest.code() == Code::Pushfd {

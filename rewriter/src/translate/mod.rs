@@ -261,6 +261,9 @@ pub struct Block {
     pub entry_offset: u32,
     /// TC offsets back to guest state, and the exits.
     pub side: SideTable,
+    /// Some GS-relative operand was rebased onto [`TranslateConfig::gs_rebase`]: the code
+    /// is right only for that GS base. Without, the block is the same whatever the base.
+    pub gs_rebased: bool,
 }
 
 impl Block {
@@ -353,6 +356,7 @@ pub fn translate_block(
         code: cs,
         pages: decoded.pages,
         entry_offset,
+        gs_rebased: em.gs_rebased,
         side: em.side,
     };
     if cfg!(debug_assertions) {

@@ -100,6 +100,9 @@ pub enum ExitKind {
     /// translation reserves for its scratch slots: inside the TC those segments are not
     /// the guest's, so the monitor emulates it.
     SegmentOverride,
+    /// An instruction the monitor performs with its write mediation
+    /// ([`super::CodeReader::mediated`]).
+    Mediated,
     /// Bytes that do not decode: the monitor raises what the CPU would (#UD, or #GP for
     /// an encoding longer than 15 bytes).
     Undefined,

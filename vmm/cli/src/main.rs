@@ -20,7 +20,7 @@ mod bench_linux;
 /// Number of trap sites `--profile` draws.
 const PROFILE_TOP_SITES: usize = 15;
 /// Number of trap sites `--stats` lists.
-const STATS_TOP_SITES: usize = 10;
+const STATS_TOP_SITES: usize = 20;
 /// The smallest guest RAM `vmm run` accepts: a kernel loads at 1 MiB.
 const MIN_MEM_SIZE: u64 = 2 << 20;
 

@@ -108,11 +108,11 @@ impl Vm {
             || new_ctx.efer != ctx.efer
         {
             // Translations were made for the old paging mode.
-            self.tc_address_space_changed(true, false)?;
+            self.tc_address_space_changed(true, None)?;
         } else if now_on
             && (new_ctx.cr3 != ctx.cr3 || effects.cr3_written || effects.invlpg.is_some())
         {
-            self.tc_address_space_changed(false, effects.invlpg.is_none())?;
+            self.tc_address_space_changed(false, effects.invlpg)?;
         }
         if now_on && !was_on {
             self.enter_paging()?;

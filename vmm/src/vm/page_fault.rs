@@ -120,6 +120,8 @@ impl Vm {
             Decision::HiddenFault(_) => {
                 self.mem.paging.stats.hidden_faults += 1;
                 self.stats.exit(ExitReason::HiddenPageFault);
+                let site = self.cpu.code_linear(self.cpu.state.eip);
+                self.stats.site(site, ExitReason::HiddenPageFault.name());
                 Ok(None)
             }
             Decision::TrueFault(pf) => {
@@ -130,6 +132,8 @@ impl Vm {
             }
             Decision::Mediate { .. } => {
                 self.stats.exit(ExitReason::TableWrite);
+                let site = self.cpu.code_linear(self.cpu.state.eip);
+                self.stats.site(site, ExitReason::TableWrite.name());
                 self.emulate_write(lin, "a page-table page")
             }
             Decision::CodeWrite { gpa, .. } => {
@@ -250,15 +254,13 @@ impl Vm {
         let Some(instr) = self.fetch().decode_at(self.cpu.state.eip) else {
             return self.failure(format!("undecodable instruction writing {lin}"));
         };
-        let mut bus = MachineBus::new(
-            &mut self.mem,
-            &mut self.code.pages,
-            &mut self.platform.ports,
-            &mut self.platform.mmio,
-        );
-        let result = mediate(&mut self.cpu.state, &mut bus, &instr);
-        if let Some(f) = bus.failure.take() {
-            return self.failure(format!("monitor failure during a mediated write: {f:?}"));
+        let site = self.cpu.code_linear(self.cpu.state.eip);
+        let result = match self.mediate_write(&instr) {
+            Ok(r) => r,
+            Err(e) => return self.failure(e),
+        };
+        if matches!(result, Ok(Mediated::Done)) {
+            self.tc_mediated_write(site);
         }
         match result {
             Ok(Mediated::Done) => Ok(None),
@@ -267,6 +269,25 @@ impl Vm {
             )),
             Err(fault) => self.hand_to_vcpu(GuestExit::Exception(fault)),
         }
+    }
+
+    /// Performs `instr`, at EIP, through the bus: its writes are mediated. `Err` is a
+    /// monitor failure.
+    pub(super) fn mediate_write(
+        &mut self,
+        instr: &Instruction,
+    ) -> Result<Result<Mediated, Fault>, String> {
+        let mut bus = MachineBus::new(
+            &mut self.mem,
+            &mut self.code.pages,
+            &mut self.platform.ports,
+            &mut self.platform.mmio,
+        );
+        let result = mediate(&mut self.cpu.state, &mut bus, instr);
+        if let Some(f) = bus.failure.take() {
+            return Err(format!("monitor failure during a mediated write: {f:?}"));
+        }
+        Ok(result)
     }
 
     /// Emulates the access of `instr` to linear `lin`, which has no host mapping.

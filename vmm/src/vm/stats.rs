@@ -3,7 +3,9 @@
 //! each exit cost the host: a gate exit stays in the process, a signal exit goes through
 //! the host kernel twice).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
@@ -136,7 +138,8 @@ pub struct Stats {
     mechanisms: BTreeMap<ExitMechanism, u64>,
     /// The mechanism of the host exit being handled, until an exit is counted for it.
     arrived: Option<ExitMechanism>,
-    sites: HashMap<GuestLinear, (&'static str, u64)>,
+    /// Exits by site and class (one address may exit for several reasons).
+    sites: HashMap<(GuestLinear, &'static str), u64>,
 }
 
 impl Stats {
@@ -157,7 +160,7 @@ impl Stats {
 
     /// Counts one exit at a site of the given class.
     pub fn site(&mut self, address: GuestLinear, class: &'static str) {
-        self.sites.entry(address).or_insert((class, 0)).1 += 1;
+        *self.sites.entry((address, class)).or_default() += 1;
     }
 
     /// Total exits.
@@ -178,10 +181,10 @@ impl Stats {
     /// The `n` sites with the most exits, most first (ties by address).
     pub fn top_sites(&self, n: usize) -> Vec<SiteCount> {
         let mut v: Vec<_> = self.sites.iter().collect();
-        v.sort_by(|a, b| b.1 .1.cmp(&a.1 .1).then(a.0.cmp(b.0)));
+        v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         v.into_iter()
             .take(n)
-            .map(|(addr, (class, count))| SiteCount {
+            .map(|((addr, class), count)| SiteCount {
                 address: addr.to_string(),
                 class,
                 count: *count,

@@ -29,7 +29,9 @@
 //! have changed; blocks themselves stay, keyed by the physical page they came from. When
 //! the code area is full the whole cache is flushed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::HashMap;
 
 use rewriter::translate::{
     translate_block, Block, CodeReader, CodeSegment, ExitStub, Gate, LookupTable, Refusal, Scratch,
@@ -98,6 +100,44 @@ fn table_address(t: Table) -> u32 {
 /// Linux more exits than the selector reads it saves (README, Known limits).
 pub const SELECTOR_IMMEDIATES: bool = false;
 
+/// What changed in the guest's address space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpaceChange {
+    /// CR3 was written.
+    Cr3,
+    /// The linear pages from `first` to `last` (page addresses, inclusive) may map
+    /// elsewhere (INVLPG).
+    Pages {
+        /// The first page.
+        first: u32,
+        /// The last page.
+        last: u32,
+    },
+}
+
+/// Something in the cache that leads to a block without the monitor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reliant {
+    /// Exit `exit` of block `from` chained to block `to`.
+    Chain { from: usize, exit: usize, to: usize },
+    /// Entry `index` of `table`, for `block`.
+    Entry {
+        table: Table,
+        index: usize,
+        block: usize,
+    },
+}
+
+impl Reliant {
+    /// The block it leads to.
+    fn block(self) -> usize {
+        match self {
+            Self::Chain { to, .. } => to,
+            Self::Entry { block, .. } => block,
+        }
+    }
+}
+
 /// Everything a block's translation depends on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Key {
@@ -119,7 +159,8 @@ pub struct Key {
     /// of them are immediates. Zeros without.
     pub selectors: [u16; 6],
     /// The GS base GS-relative operands are rebased onto (user mode with flat DS and SS
-    /// and a 4 GiB GS).
+    /// and a 4 GiB GS). A block with no such operand is kept under `None`: it serves every
+    /// GS base, so processes whose TLS lies elsewhere share it.
     pub gs_rebase: Option<u32>,
     /// One guest instruction only, never chained nor looked up.
     pub single: bool,
@@ -205,12 +246,10 @@ impl TableContext {
 struct TableState {
     /// The context its entries were translated for, once it has any.
     context: Option<TableContext>,
-    /// The entries written since it was last cleared (cleared one by one while few: a CR3
-    /// switch should not cost a 512 KiB copy).
-    filled: Vec<usize>,
-    /// It holds an entry for a block that is not global (its mapping may change with
-    /// CR3).
-    non_global: bool,
+    /// The entries written since it was last cleared, by index, with the block each
+    /// leads to (cleared one by one while few: a context change should not cost a
+    /// 512 KiB copy).
+    filled: HashMap<usize, usize>,
 }
 
 /// A block in the cache.
@@ -224,10 +263,12 @@ pub struct TcBlock {
     pub alive: bool,
     /// Chained exits into it: (source block, exit index).
     incoming: Vec<(usize, usize)>,
-    /// Every page it came from is mapped global (CR4.PGE and PTE.G).
+    /// Every page it came from was mapped global (CR4.PGE and PTE.G) when it was
+    /// translated.
     pub global: bool,
-    /// Its exits chained to global blocks.
-    chained_global: Vec<usize>,
+    /// Translated for a GS rebase without using it: kept under the key without one, it
+    /// is what every GS base would get.
+    any_gs_base: bool,
 }
 
 impl TcBlock {
@@ -284,8 +325,13 @@ pub struct TranslationCache {
     by_tc: BTreeMap<u32, usize>,
     by_key: HashMap<Key, usize>,
     by_page: HashMap<u64, Vec<usize>>,
-    /// Chains that cross a linear page: undone when the address space changes.
-    far_chains: Vec<(usize, usize)>,
+    /// Chains across linear pages and lookup entries made under paging, by each linear
+    /// page of the block they lead to: undone when the address space changes that
+    /// page's mapping.
+    relying: BTreeMap<u32, Vec<Reliant>>,
+    /// The pages in `relying` with something that leads to a block not translated from
+    /// global pages: what a CR3 write must look at.
+    local: BTreeSet<u32>,
     /// The kernel and user tables, by `Table` (the empty one has no state).
     tables: [TableState; 2],
     empty_table: Vec<u8>,
@@ -358,9 +404,10 @@ impl TranslationCache {
             next: CODE_OFFSET,
             blocks: Vec::new(),
             by_tc: BTreeMap::new(),
-            by_key: HashMap::new(),
-            by_page: HashMap::new(),
-            far_chains: Vec::new(),
+            by_key: HashMap::default(),
+            by_page: HashMap::default(),
+            relying: BTreeMap::new(),
+            local: BTreeSet::new(),
             tables: Default::default(),
             empty_table: empty.as_bytes().to_vec(),
             gate,
@@ -412,9 +459,20 @@ impl TranslationCache {
         SCRATCH_LEN.max(PAGE_SIZE)
     }
 
-    /// The live block `key` names, if any.
+    /// The live block that runs `key`'s guest code in `key`'s context, if any: the one
+    /// translated for that key, or for a GS rebase, one translated without any GS base
+    /// in its code.
     pub fn find(&mut self, key: &Key) -> Option<usize> {
-        let i = *self.by_key.get(key)?;
+        let exact = self.by_key.get(key).copied();
+        let i = exact.or_else(|| {
+            key.gs_rebase?;
+            let any_base = Key {
+                gs_rebase: None,
+                ..*key
+            };
+            let i = *self.by_key.get(&any_base)?;
+            self.blocks.get(i).filter(|b| b.any_gs_base).map(|_| i)
+        })?;
         self.stats.hits += 1;
         Some(i)
     }
@@ -494,6 +552,15 @@ impl TranslationCache {
             self.next = u32::try_from(aligned.min(u64::from(WINDOW_SIZE))).unwrap_or(WINDOW_SIZE);
             self.stats.blocks += 1;
             self.stats.bytes += len as u64;
+            let any_gs_base = key.gs_rebase.is_some() && !block.gs_rebased;
+            let key = if any_gs_base {
+                Key {
+                    gs_rebase: None,
+                    ..key
+                }
+            } else {
+                key
+            };
             let i = self.blocks.len();
             for page in &block.pages {
                 self.by_page.entry(page_of(page.phys)).or_default().push(i);
@@ -508,7 +575,7 @@ impl TranslationCache {
                 alive: true,
                 incoming: Vec::new(),
                 global: false,
-                chained_global: Vec::new(),
+                any_gs_base,
             });
             return Ok(Ok(i));
         }
@@ -543,7 +610,14 @@ impl TranslationCache {
         if !f.alive || !t.alive || f.key.single || t.key.single {
             return;
         }
-        if f.key.user != t.key.user || TableContext::of(&f.key) != TableContext::of(&t.key) {
+        // The target must be right wherever the source may run: for the same context,
+        // and for the source's GS base unless it serves every one.
+        let base_fits = t.key.gs_rebase.is_none() || t.key.gs_rebase == f.key.gs_rebase;
+        let context = |k: &Key| TableContext {
+            gs_rebase: None,
+            ..TableContext::of(k)
+        };
+        if f.key.user != t.key.user || context(&f.key) != context(&t.key) || !base_fits {
             return;
         }
         let same_page = f.one_page()
@@ -552,7 +626,7 @@ impl TranslationCache {
         let Ok(patch) = f.block.chain(exit, t.block.entry()) else {
             return;
         };
-        let (paging, to_global) = (f.key.paging, t.global);
+        let paging = f.key.paging;
         if !self.apply_patch(from, &patch) {
             return;
         }
@@ -560,10 +634,7 @@ impl TranslationCache {
             t.incoming.push((from, exit));
         }
         if !same_page && paging {
-            self.far_chains.push((from, exit));
-            if let Some(f) = self.blocks.get_mut(from).filter(|_| to_global) {
-                f.chained_global.push(exit);
-            }
+            self.relies(to, Reliant::Chain { from, exit, to });
         }
         self.stats.chains += 1;
     }
@@ -581,11 +652,24 @@ impl TranslationCache {
             .is_some_and(|bytes| patch.apply(bytes).is_ok())
     }
 
-    fn unchain(&mut self, from: usize, exit: usize) {
-        let Some(f) = self.blocks.get_mut(from).filter(|f| f.alive) else {
+    /// Notes that `what` leads to block `to`, so relies on the mapping of its pages.
+    fn relies(&mut self, to: usize, what: Reliant) {
+        let Some(t) = self.blocks.get(to) else {
             return;
         };
-        f.chained_global.retain(|&e| e != exit);
+        for p in &t.block.pages {
+            let page = p.linear & !(PAGE_SIZE - 1);
+            self.relying.entry(page).or_default().push(what);
+            if !t.global {
+                self.local.insert(page);
+            }
+        }
+    }
+
+    fn unchain(&mut self, from: usize, exit: usize) {
+        let Some(f) = self.blocks.get(from).filter(|f| f.alive) else {
+            return;
+        };
         if let Ok(patch) = f.block.unchain(exit) {
             if self.apply_patch(from, &patch) {
                 self.stats.unchains += 1;
@@ -594,18 +678,19 @@ impl TranslationCache {
     }
 
     /// Makes indirect branches of `i`'s privilege level find block `i` for its guest
-    /// EIP (after a lookup miss), clearing the table first if it was filled for another
-    /// code segment, stack size or FPU setting.
-    pub fn enter_lookup(&mut self, i: usize) {
+    /// EIP (after a lookup miss) while the guest runs in the context `now` (the key it
+    /// was found by), clearing the table first if it was filled for another code
+    /// segment, stack size, GS base or FPU setting.
+    pub fn enter_lookup(&mut self, i: usize, now: &Key) {
         let Some(b) = self.blocks.get(i).filter(|b| b.alive) else {
             return;
         };
-        let (key, entry, global) = (b.key, b.block.lookup_entry(), b.global);
+        let (key, entry) = (b.key, b.block.lookup_entry());
         let table = key.table();
         if table == Table::Empty {
             return;
         }
-        self.use_table(table, TableContext::of(&key));
+        self.use_table(table, TableContext::of(now));
         let index = rewriter::translate::lookup_index(key.eip);
         let at = table_offset(table) + index * LOOKUP_ENTRY_SIZE;
         let Some(bytes) = self.mem.bytes_mut().get_mut(at..at + LOOKUP_ENTRY_SIZE) else {
@@ -613,30 +698,68 @@ impl TranslationCache {
         };
         bytes.copy_from_slice(&lookup_entry_bytes(key.eip, entry));
         if let Some(state) = self.tables.get_mut(table as usize) {
-            state.filled.push(index);
-            state.non_global |= !global;
+            state.filled.insert(index, i);
+        }
+        if key.paging {
+            self.relies(
+                i,
+                Reliant::Entry {
+                    table,
+                    index,
+                    block: i,
+                },
+            );
         }
         self.stats.lookups_missed += 1;
     }
 
-    /// Makes the lookup table block `i` reads hold only entries translated for the same
-    /// context (code and stack segments, selectors, FPU and inline settings): indirect
-    /// branches of the block are about to look targets up there.
-    pub fn prepare_table(&mut self, i: usize) {
+    /// Makes the lookup table block `i` reads hold only entries right for the context
+    /// `now` it is entered in (code and stack segments, selectors, GS base, FPU and
+    /// inline settings): indirect branches of the block are about to look targets up
+    /// there.
+    pub fn prepare_table(&mut self, i: usize, now: &Key) {
         if let Some(key) = self.blocks.get(i).map(|b| b.key) {
-            self.use_table(key.table(), TableContext::of(&key));
+            self.use_table(key.table(), TableContext::of(now));
         }
     }
 
-    /// Clears `table` unless its entries were made for `context`, which it holds from now
-    /// on.
+    /// Makes `table` hold only entries right for `context`, which it holds from now on:
+    /// after a change of GS base alone, the entries of blocks that serve every base
+    /// stay; after any other change, none.
     fn use_table(&mut self, table: Table, context: TableContext) {
-        let stale = |s: &TableState| s.context != Some(context);
-        if self.tables.get(table as usize).is_some_and(stale) {
-            self.clear_table(table);
-            if let Some(state) = self.tables.get_mut(table as usize) {
-                state.context = Some(context);
+        let Some(old) = self.tables.get(table as usize).map(|s| s.context) else {
+            return;
+        };
+        if old == Some(context) {
+            return;
+        }
+        let base_only = old.is_some_and(|old| {
+            TableContext {
+                gs_rebase: None,
+                ..old
+            } == TableContext {
+                gs_rebase: None,
+                ..context
             }
+        });
+        if base_only {
+            let blocks = &self.blocks;
+            if let Some(state) = self.tables.get_mut(table as usize) {
+                let stale = |i: usize| blocks.get(i).is_none_or(|b| b.key.gs_rebase.is_some());
+                drop_entries(
+                    state,
+                    table,
+                    self.mem.bytes_mut(),
+                    &self.empty_table,
+                    stale,
+                    None,
+                );
+            }
+        } else {
+            self.clear_table(table);
+        }
+        if let Some(state) = self.tables.get_mut(table as usize) {
+            state.context = Some(context);
         }
     }
 
@@ -649,7 +772,7 @@ impl TranslationCache {
         let empty = &self.empty_table;
         if let Some(bytes) = self.mem.bytes_mut().get_mut(at..at + LOOKUP_TABLE_SIZE) {
             if filled.len() < LOOKUP_TABLE_SIZE / LOOKUP_ENTRY_SIZE / 8 {
-                for index in filled.iter().map(|i| i * LOOKUP_ENTRY_SIZE) {
+                for index in filled.keys().map(|i| i * LOOKUP_ENTRY_SIZE) {
                     let entry = index..index + LOOKUP_ENTRY_SIZE;
                     if let (Some(to), Some(from)) = (bytes.get_mut(entry.clone()), empty.get(entry))
                     {
@@ -665,33 +788,104 @@ impl TranslationCache {
         }
     }
 
-    /// The guest's linear→physical mapping may have changed: lookups and chains across
-    /// linear pages are undone. A CR3 switch (`keep_global`) leaves what lies entirely
-    /// in global pages (CR4.PGE): the CPU keeps those translations across CR3 writes too,
-    /// and the guest must INVLPG or toggle PGE to change them, which comes here without
-    /// `keep_global`.
-    pub fn address_space_changed(&mut self, keep_global: bool) {
-        for table in [Table::Kernel, Table::User] {
-            let non_global = self
-                .tables
-                .get(table as usize)
-                .is_some_and(|s| s.non_global);
-            if !keep_global || non_global {
-                self.clear_table(table);
+    /// The guest's linear→physical mapping may have changed (`change`): lookup entries
+    /// and chains across linear pages that lead to a block it may concern are undone,
+    /// unless `still_mapped(linear, phys, user)` says every linear page of the block
+    /// still maps the physical page it came from, for a fetch at its privilege level and
+    /// with its accessed bits already set (a fresh walk would find the same code). A CR3
+    /// write concerns no block translated from global pages (CR4.PGE): the CPU keeps
+    /// those translations across CR3 writes too, and the guest must INVLPG or toggle PGE
+    /// to change them.
+    pub fn address_space_changed(
+        &mut self,
+        change: SpaceChange,
+        mut still_mapped: impl FnMut(u32, u64, bool) -> bool,
+    ) {
+        let pages: Vec<u32> = match change {
+            SpaceChange::Cr3 => self.local.iter().copied().collect(),
+            SpaceChange::Pages { first, last } => {
+                self.relying.range(first..=last).map(|(&p, _)| p).collect()
+            }
+        };
+        // Page verdicts: (linear, physical, user) → still mapped.
+        let mut known: HashMap<(u32, u64, bool), bool> = HashMap::default();
+        let mut undo = Vec::new();
+        let mut cleared = false;
+        for page in pages {
+            let Some(list) = self.relying.remove(&page) else {
+                continue;
+            };
+            let mut keep = Vec::with_capacity(list.len());
+            let mut local = false;
+            for what in list {
+                let Some(b) = self.blocks.get(what.block()).filter(|b| b.alive) else {
+                    undo.push(what);
+                    continue;
+                };
+                let current = match what {
+                    Reliant::Chain { .. } => true,
+                    Reliant::Entry {
+                        table,
+                        index,
+                        block,
+                    } => self
+                        .tables
+                        .get(table as usize)
+                        .is_some_and(|s| s.filled.get(&index) == Some(&block)),
+                };
+                if !current {
+                    continue;
+                }
+                let valid = (change == SpaceChange::Cr3 && b.global)
+                    || b.block.pages.iter().all(|p| {
+                        let page = (p.linear & !(PAGE_SIZE - 1), page_of(p.phys), b.key.user);
+                        *known
+                            .entry(page)
+                            .or_insert_with(|| still_mapped(page.0, page.1, page.2))
+                    });
+                if valid {
+                    local |= !b.global;
+                    keep.push(what);
+                } else {
+                    undo.push(what);
+                }
+            }
+            if !keep.is_empty() {
+                self.relying.insert(page, keep);
+            }
+            if local {
+                self.local.insert(page);
+            } else {
+                self.local.remove(&page);
             }
         }
-        let chains = std::mem::take(&mut self.far_chains);
-        for (from, exit) in chains {
-            let global = self.blocks.get(from).is_some_and(|f| {
-                f.global
-                    && f.block.side.exits.get(exit).is_some()
-                    && f.chained_global.contains(&exit)
-            });
-            if keep_global && global {
-                self.far_chains.push((from, exit));
-            } else {
-                self.unchain(from, exit);
+        for what in undo {
+            match what {
+                Reliant::Chain { from, exit, .. } => self.unchain(from, exit),
+                Reliant::Entry {
+                    table,
+                    index,
+                    block,
+                } => {
+                    let Some(state) = self.tables.get_mut(table as usize) else {
+                        continue;
+                    };
+                    if state.filled.get(&index) == Some(&block) {
+                        drop_entries(
+                            state,
+                            table,
+                            self.mem.bytes_mut(),
+                            &self.empty_table,
+                            |_| true,
+                            Some(index),
+                        );
+                        cleared = true;
+                    }
+                }
             }
+        }
+        if cleared {
+            self.stats.table_clears += 1;
         }
     }
 
@@ -735,6 +929,12 @@ impl TranslationCache {
                     bytes.copy_from_slice(empty);
                 }
             }
+            if let Some(state) = self.tables.get_mut(table as usize) {
+                let index = rewriter::translate::lookup_index(key.eip);
+                if state.filled.get(&index) == Some(&i) {
+                    state.filled.remove(&index);
+                }
+            }
         }
     }
 
@@ -745,7 +945,8 @@ impl TranslationCache {
         self.by_tc.clear();
         self.by_key.clear();
         self.by_page.clear();
-        self.far_chains.clear();
+        self.relying.clear();
+        self.local.clear();
         self.clear_table(Table::Kernel);
         self.clear_table(Table::User);
         let used = self.next as usize;
@@ -755,6 +956,40 @@ impl TranslationCache {
         self.next = CODE_OFFSET;
         self.stats.flushes += 1;
     }
+}
+
+/// Empties the entries of `table` (whose state is `state`, in the window's `bytes`) that
+/// lead to a block `stale` names.
+fn drop_entries(
+    state: &mut TableState,
+    table: Table,
+    bytes: &mut [u8],
+    empty: &[u8],
+    mut stale: impl FnMut(usize) -> bool,
+    only: Option<usize>,
+) {
+    let at = table_offset(table);
+    let mut reset = |index: usize| {
+        let entry = index * LOOKUP_ENTRY_SIZE..(index + 1) * LOOKUP_ENTRY_SIZE;
+        let to = bytes.get_mut(at + entry.start..at + entry.end);
+        if let (Some(to), Some(from)) = (to, empty.get(entry)) {
+            to.copy_from_slice(from);
+        }
+    };
+    if let Some(index) = only {
+        if state.filled.get(&index).is_some_and(|&b| stale(b)) {
+            state.filled.remove(&index);
+            reset(index);
+        }
+        return;
+    }
+    state.filled.retain(|&index, &mut block| {
+        if !stale(block) {
+            return true;
+        }
+        reset(index);
+        false
+    });
 }
 
 /// Offset of `table` in the window.

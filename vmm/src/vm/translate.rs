@@ -27,10 +27,13 @@ use super::guest_memory::GuestMemory;
 use super::handle::Step;
 use super::mirrors::{BOUNCE_SELECTOR, SCRATCH_SELECTOR, TC_CODE_SELECTOR};
 use super::stats::ExitReason;
-use super::tc::{Key, TcError, TranslationCache, BOUNCE, GATE, VCPU_PAGE, WINDOW_START};
+use super::tc::{
+    Key, SpaceChange, TcError, TranslationCache, BOUNCE, GATE, VCPU_PAGE, WINDOW_START,
+};
 use super::{Vm, VmError};
-use crate::addr::{GuestLinear, GuestPhys};
+use crate::addr::{GuestLinear, GuestPhys, PAGE_SIZE};
 use crate::hostcpu::{HostExit, HostExitKind};
+use crate::vcpu::emulate::Mediated;
 use crate::vcpu::exit::GuestExit;
 use crate::vcpu::stack::adjust_sp;
 use crate::vcpu::Fault;
@@ -106,6 +109,8 @@ pub struct Translation {
     /// Pages a bounced instruction may have written behind the write protection of
     /// translated code: their blocks go once it ran.
     bounced_writes: Vec<GuestPhys>,
+    /// Instructions retranslated to perform their page-table writes in the monitor.
+    mediated: MediatedSites,
 }
 
 impl Translation {
@@ -123,6 +128,7 @@ impl Translation {
             fpu_once: None,
             bounce: None,
             bounced_writes: Vec::new(),
+            mediated: MediatedSites::default(),
         })
     }
 
@@ -139,6 +145,8 @@ struct Reader<'a> {
     mem: &'a GuestMemory,
     pages: &'a CodePages,
     user: bool,
+    /// Guest-physical addresses of the instructions the monitor performs.
+    mediated: &'a MediatedSites,
 }
 
 impl Reader<'_> {
@@ -161,7 +169,36 @@ impl CodeReader for Reader<'_> {
         self.phys(linear)
             .is_some_and(|p| self.pages.patches.is_entry(p.raw()))
     }
+
+    fn mediated(&self, linear: u32) -> bool {
+        !self.mediated.marked.is_empty()
+            && self
+                .phys(linear)
+                .is_some_and(|p| self.mediated.marked.contains_key(&p.raw()))
+    }
 }
+
+/// Adaptive retranslation of page-table writers (ARCHITECTURE §5b): an instruction whose
+/// writes keep landing on pages the monitor mediates takes a host fault for each; after
+/// [`MEDIATED_AFTER`] of them it is retranslated into an exit through the gate, where the
+/// monitor performs the write and its mediation. One that then mostly writes other pages
+/// (a memset or copy that sometimes fills a page table) runs natively again, for good.
+#[derive(Debug, Default)]
+pub(super) struct MediatedSites {
+    /// Mediated writes by instruction (guest-physical address), until marked.
+    faults: foldhash::HashMap<u32, u32>,
+    /// The instructions the translator turns into exits, with how many of their exits
+    /// wrote a page table and how many did not.
+    marked: foldhash::HashMap<u32, (u32, u32)>,
+    /// Instructions marked once that mostly wrote other pages: never marked again.
+    declined: foldhash::HashSet<u32>,
+}
+
+/// Mediated host faults an instruction takes before it is retranslated.
+const MEDIATED_AFTER: u32 = 4;
+/// Exits of a marked instruction that write no page table, beyond those that do, after
+/// which it runs natively again.
+const MEDIATED_PLAIN_SLACK: u32 = 8;
 
 /// Where an entry goes.
 enum Entry {
@@ -432,6 +469,7 @@ impl Vm {
                     mem: &self.mem,
                     pages: &self.code.pages,
                     user,
+                    mediated: &t.mediated,
                 };
                 let before = t.tc.stats.flushes;
                 let result = t.tc.translate(&reader, key);
@@ -494,13 +532,13 @@ impl Vm {
         if let Some(link) = t.link.take() {
             if link.generation == t.generation && link.target == eip && !pinned && !key.single {
                 if link.lookup {
-                    t.tc.enter_lookup(i);
+                    t.tc.enter_lookup(i, &key);
                 } else {
                     t.tc.chain(link.from, link.exit, i);
                 }
             }
         }
-        t.tc.prepare_table(i);
+        t.tc.prepare_table(i, &key);
         t.fpu_once = None;
         Ok(Entry::Run(t.tc.block(i).block.entry()))
     }
@@ -712,6 +750,29 @@ impl Vm {
                 };
                 self.hand_to_vcpu(GuestExit::Exception(fault))
             }
+            ExitKind::Mediated => {
+                self.stats.exit(ExitReason::TableWrite);
+                self.stats.site(site, ExitReason::TableWrite.name());
+                let Some(instr) = instr else {
+                    return self.hand_to_vcpu(GuestExit::Exception(Fault::new(Exception::UD)));
+                };
+                let tables_before = self.mem.paging.stats.table_writes;
+                match self.mediate_write(&instr) {
+                    Err(e) => self.failure(e),
+                    Ok(Ok(Mediated::Done)) => {
+                        let table = self.mem.paging.stats.table_writes != tables_before;
+                        self.tc_mediated_exit(site, table);
+                        Ok(None)
+                    }
+                    Ok(Err(fault)) => self.hand_to_vcpu(GuestExit::Exception(fault)),
+                    Ok(Ok(Mediated::Unsupported)) => {
+                        // Other code now lies there (the page was rewritten): it runs
+                        // translated again, and its writes fault as before.
+                        self.tc_unmark_mediated(site, false);
+                        Ok(None)
+                    }
+                }
+            }
             ExitKind::SegmentOverride => {
                 self.stats.exit(ExitReason::EmulatedAccess);
                 let Some(instr) = instr else {
@@ -809,12 +870,12 @@ impl Vm {
         })
     }
 
-    /// Translate mode: paging or the address space changed. `cr3_only`: a CR3 write
-    /// alone (translations of global pages stay).
+    /// Translate mode: paging or the address space changed: the paging mode
+    /// (`mode_changed`: every translation goes), CR3, or the page holding `invlpg`.
     pub(super) fn tc_address_space_changed(
         &mut self,
         mode_changed: bool,
-        cr3_only: bool,
+        invlpg: Option<GuestLinear>,
     ) -> Result<(), VmError> {
         let Some(t) = self.tc.as_mut() else {
             return Ok(());
@@ -824,11 +885,93 @@ impl Vm {
             self.code
                 .pages
                 .forget_translated(&mut self.mem.space, true)?;
-        } else {
-            t.tc.address_space_changed(cr3_only);
-            t.link = None;
+            return Ok(());
         }
+        let ctx = *self.mem.paging.shadow.context();
+        let change = match invlpg {
+            // INVLPG also drops the large page that covers the address.
+            Some(lin) => {
+                let span = ctx.mode.pde_span();
+                let first = lin.raw() & !(span - 1);
+                SpaceChange::Pages {
+                    first,
+                    last: first + (span - PAGE_SIZE),
+                }
+            }
+            None => SpaceChange::Cr3,
+        };
+        let ram = super::shadow_backend::RamPhys(&self.mem.ram);
+        t.tc.address_space_changed(change, |linear, phys, user| {
+            shadow_paging::peek(&ram, &ctx, GuestLinear(linear), Access::fetch(user))
+                .is_some_and(|tr| tr.frame().raw() == phys)
+        });
+        t.link = None;
         Ok(())
+    }
+
+    /// A host fault's write by the instruction at `site` was mediated: after
+    /// [`MEDIATED_AFTER`] of them the instruction is retranslated into an exit through
+    /// the gate.
+    pub(super) fn tc_mediated_write(&mut self, site: GuestLinear) {
+        let Some(phys) = self.mem.code_phys(site, self.cpu.user()) else {
+            return;
+        };
+        let Some(t) = self.tc.as_mut() else {
+            return;
+        };
+        let sites = &mut t.mediated;
+        if sites.declined.contains(&phys.raw()) {
+            return;
+        }
+        let count = sites.faults.entry(phys.raw()).or_default();
+        *count += 1;
+        if *count < MEDIATED_AFTER {
+            return;
+        }
+        sites.faults.remove(&phys.raw());
+        sites.marked.insert(phys.raw(), (0, 0));
+        // The blocks holding it go; the next entry there translates it as an exit.
+        t.tc.invalidate_page(phys.page());
+        t.link = None;
+    }
+
+    /// The monitor performed the marked instruction at `site`; `table`: it wrote a page
+    /// table.
+    fn tc_mediated_exit(&mut self, site: GuestLinear, table: bool) {
+        let Some(phys) = self.mem.code_phys(site, self.cpu.user()) else {
+            return;
+        };
+        let Some(t) = self.tc.as_mut() else {
+            return;
+        };
+        let Some(counts) = t.mediated.marked.get_mut(&phys.raw()) else {
+            return;
+        };
+        if table {
+            counts.0 += 1;
+        } else {
+            counts.1 += 1;
+        }
+        if counts.1 > counts.0.saturating_add(MEDIATED_PLAIN_SLACK) {
+            self.tc_unmark_mediated(site, true);
+        }
+    }
+
+    /// The instruction at `site` is no longer one the monitor performs; `for_good`: nor
+    /// will it be again.
+    fn tc_unmark_mediated(&mut self, site: GuestLinear, for_good: bool) {
+        let Some(phys) = self.mem.code_phys(site, self.cpu.user()) else {
+            return;
+        };
+        if let Some(t) = self.tc.as_mut() {
+            if t.mediated.marked.remove(&phys.raw()).is_some() {
+                t.tc.invalidate_page(phys.page());
+                t.link = None;
+            }
+            if for_good {
+                t.mediated.declined.insert(phys.raw());
+            }
+        }
     }
 
     /// Counters of the translation cache for `--stats`.
@@ -847,6 +990,7 @@ impl Vm {
             ("tc_invalidations", s.invalidations),
             ("tc_flushes", s.flushes),
             ("tc_table_clears", s.table_clears),
+            ("tc_sites_mediated", t.mediated.marked.len() as u64),
         ]
     }
 
