@@ -375,6 +375,39 @@ static void test_read_own_code(void)
 	report_prefix_pop();
 }
 
+/* One store instruction, as a kernel's set_pte is. */
+static void __attribute__((noinline)) store32(volatile u32 *where, u32 value) { *where = value; }
+
+/* The same instruction writes a live PTE again and again (the monitor may come to perform
+ * it itself), then ordinary memory: every store lands and every new mapping is seen. */
+static void test_repeated_writers(void)
+{
+	report_prefix_push("repeated writers");
+	volatile u32 *p = TEST_PAGE(0);
+	volatile u32 *pte = &test_table[0];
+	u32 frame[2] = { phys(frames[0]), phys(frames[1]) };
+	u32 want[2] = { 0xaaaa0000, 0xbbbb0000 };
+	frames[0][3] = want[0];
+	frames[1][3] = want[1];
+	int seen = 1;
+	for (u32 i = 0; i < 40; i++) {
+		store32(pte, frame[i & 1] | PTE_P | PTE_RW);
+		invlpg(p);
+		seen &= p[3] == want[i & 1];
+	}
+	store32(pte, frame[0] | PTE_P | PTE_RW);
+	invlpg(p);
+	report(seen && p[3] == want[0], "one store rewriting a PTE 40 times: each new frame is seen");
+	static u32 plain[64];
+	for (u32 i = 0; i < 64; i++)
+		store32(&plain[i], i * 3 + 1);
+	int stored = 1;
+	for (u32 i = 0; i < 64; i++)
+		stored &= plain[i] == i * 3 + 1;
+	report(stored, "the same store then writing ordinary memory: every store lands");
+	report_prefix_pop();
+}
+
 /* Two address spaces share the first page of SPACES_BASE (a JMP to the second page) and
  * map the second page to different frames, each returning its own value. Whatever was
  * entered or chained in one space, the other runs its own code after a CR3 write, and a
@@ -447,5 +480,6 @@ int main(u32 magic, const void *mbi)
 	test_lazy_fpu();
 	test_read_own_code();
 	test_code_across_spaces();
+	test_repeated_writers();
 	return report_summary();
 }

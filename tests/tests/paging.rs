@@ -68,6 +68,24 @@ fn paging_guest_passes_and_stats_count_shadow_paging_work() {
 }
 
 #[test]
+fn translate_mode_retranslates_page_table_writers() {
+    // The repeated writers: one store rewrites a live PTE forty times, then writes
+    // ordinary memory. It is retranslated into a gate exit, then declined again.
+    let (status, out) = run("paging", &["--exec", "translate", "--stats"]);
+    let report = parse_report(&out);
+    assert_eq!(status, Some(1), "{out}");
+    assert!(report.all_passed() && report.passed >= 20, "{out}");
+    assert!(
+        support::stats_counter(&out, "tc_sites_mediated") >= 1,
+        "{out}"
+    );
+    assert!(
+        support::stats_counter(&out, "tc_sites_declined") >= 1,
+        "{out}"
+    );
+}
+
+#[test]
 fn pae_guest_passes_with_pdpte_checks_at_cr3_load() {
     let (status, out) = run("paging_pae", &["--append", "pdpte-load-check"]);
     let report = parse_report(&out);

@@ -140,10 +140,8 @@ impl<'c> Emitter<'c> {
             super::inline::interrupt_flag(self, guest)?;
             return Ok(true);
         }
-        if let (Some(selectors), Some(reg)) =
-            (self.cfg.selectors, super::inline::selector_read(guest))
-        {
-            super::inline::selector(self, guest, reg, selectors)?;
+        if let Some(reg) = super::inline::selector_read(guest) {
+            super::inline::selector(self, guest, reg, self.cfg.selectors)?;
             return Ok(true);
         }
         if let Some(base) = self.cfg.gs_rebase {

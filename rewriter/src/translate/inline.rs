@@ -354,23 +354,24 @@ pub(crate) fn selector_read(instr: &Instruction) -> Option<Register> {
     }
 }
 
-/// Emits PUSH Sreg or MOV reg, Sreg with the guest's selector of `reg` as an immediate.
+/// Emits PUSH Sreg or MOV reg, Sreg: with `selectors`, the guest's selector of `reg` as
+/// an immediate; without, read from its slot ([`super::SLOT_SELECTORS`]), which the
+/// monitor keeps (every change of a segment register is the monitor's).
 pub(crate) fn selector(
     em: &mut Emitter,
     guest: &Instruction,
     reg: Register,
-    selectors: [u16; 6],
+    selectors: Option<[u16; 6]>,
 ) -> Result<(), Refusal> {
     let eip = u32::try_from(guest.ip()).unwrap_or(0);
     let len = u8::try_from(guest.len()).unwrap_or(1);
-    let [es, cs, ss, ds, fs, gs] = selectors;
-    let sel = match reg {
-        Register::ES => es,
-        Register::CS => cs,
-        Register::SS => ss,
-        Register::DS => ds,
-        Register::FS => fs,
-        _ => gs,
+    let index: u32 = match reg {
+        Register::ES => 0,
+        Register::CS => 1,
+        Register::SS => 2,
+        Register::DS => 3,
+        Register::FS => 4,
+        _ => 5,
     };
     let meta = Meta {
         guest: GuestEip::At(eip),
@@ -379,29 +380,35 @@ pub(crate) fn selector(
         can_fault: true,
         origin: Origin::Inline { guest_len: len },
     };
-    let out = match guest.code() {
-        // Zero-extended, as the monitor's emulation and QEMU push it.
+    let pushd = matches!(
+        guest.code(),
         Code::Pushd_ES
-        | Code::Pushd_CS
-        | Code::Pushd_SS
-        | Code::Pushd_DS
-        | Code::Pushd_FS
-        | Code::Pushd_GS => build!(with1, Code::Pushd_imm32, u32::from(sel))?,
-        // MOV r32, Sreg zero-extends (P6 and later).
-        Code::Mov_r32m16_Sreg => build!(
-            with2,
-            Code::Mov_r32_imm32,
-            guest.op0_register(),
-            u32::from(sel)
-        )?,
-        Code::Mov_rm16_Sreg => build!(
-            with2,
-            Code::Mov_r16_imm16,
-            guest.op0_register(),
-            u32::from(sel)
-        )?,
-        // PUSH Sreg with a 16-bit operand size.
-        _ => build!(with1, Code::Push_imm16, u32::from(sel))?,
+            | Code::Pushd_CS
+            | Code::Pushd_SS
+            | Code::Pushd_DS
+            | Code::Pushd_FS
+            | Code::Pushd_GS
+    );
+    let out = if let Some(selectors) = selectors {
+        let at = usize::try_from(index).unwrap_or(usize::MAX);
+        let sel = u32::from(selectors.get(at).copied().unwrap_or(0));
+        match guest.code() {
+            // Zero-extended, as the monitor's emulation and QEMU push it.
+            _ if pushd => build!(with1, Code::Pushd_imm32, sel)?,
+            // MOV r32, Sreg zero-extends (P6 and later).
+            Code::Mov_r32m16_Sreg => build!(with2, Code::Mov_r32_imm32, guest.op0_register(), sel)?,
+            Code::Mov_rm16_Sreg => build!(with2, Code::Mov_r16_imm16, guest.op0_register(), sel)?,
+            // PUSH Sreg with a 16-bit operand size.
+            _ => build!(with1, Code::Push_imm16, sel)?,
+        }
+    } else {
+        let slot = em.slot(super::SLOT_SELECTORS + 4 * index);
+        match guest.code() {
+            _ if pushd => build!(with1, Code::Push_rm32, slot)?,
+            Code::Mov_r32m16_Sreg => build!(with2, Code::Mov_r32_rm32, guest.op0_register(), slot)?,
+            Code::Mov_rm16_Sreg => build!(with2, Code::Mov_r16_rm16, guest.op0_register(), slot)?,
+            _ => build!(with1, Code::Push_rm16, slot)?,
+        }
     };
     em.emit(&out, meta)
 }
@@ -572,6 +579,40 @@ mod tests {
             ]
         );
         // The store of a selector to memory leaves for the monitor.
+        assert!(matches!(
+            block.side.exits[0].kind,
+            ExitKind::Sensitive(crate::Class::MovFromSreg)
+        ));
+    }
+
+    #[test]
+    fn selector_reads_read_the_monitors_slots() {
+        let cfg = TranslateConfig::default();
+        // push ds; mov eax, fs; mov ax, cs; push gs (the reserved register); mov [eax], ds
+        let block = translate_valid(
+            &cfg,
+            &[
+                0x1E, 0x8C, 0xE0, 0x66, 0x8C, 0xC8, 0x0F, 0xA8, 0x8C, 0x18, 0xC3,
+            ],
+        );
+        let out = disasm(&block);
+        let scratch = cfg.scratch.segment.register();
+        let slot = |n: u32| crate::translate::SLOT_SELECTORS + 4 * n;
+        let reads: Vec<(Code, u32)> = out
+            .iter()
+            .filter(|i| i.op_count() > 0 && i.memory_segment() == scratch)
+            .map(|i| (i.code(), i.memory_displacement32() - cfg.scratch.base))
+            .filter(|&(_, at)| (slot(0)..slot(6)).contains(&at))
+            .collect();
+        assert_eq!(
+            reads,
+            [
+                (Code::Push_rm32, slot(3)),
+                (Code::Mov_r32_rm32, slot(4)),
+                (Code::Mov_r16_rm16, slot(1)),
+                (Code::Push_rm32, slot(5)),
+            ]
+        );
         assert!(matches!(
             block.side.exits[0].kind,
             ExitKind::Sensitive(crate::Class::MovFromSreg)

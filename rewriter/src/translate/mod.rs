@@ -93,8 +93,11 @@ pub const SLOT_EAX: u32 = 28;
 /// Offset of the dword holding the guest's EFLAGS.ID (bit 21, the host's at entry): an
 /// inline POPFD that would change it leaves for the monitor.
 pub const SLOT_ID: u32 = 32;
+/// Offset of the guest's six selectors (ES, CS, SS, DS, FS, GS; a dword each,
+/// zero-extended), kept by the monitor: reads of segment registers read them.
+pub const SLOT_SELECTORS: u32 = 36;
 /// Size of the scratch area.
-pub const SCRATCH_LEN: u32 = 36;
+pub const SCRATCH_LEN: u32 = 60;
 
 /// How translated code enters the monitor's gate (ARCHITECTURE §5b).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -16,7 +16,7 @@
 use iced_x86::Instruction;
 use rewriter::translate::{
     CodeReader, CodeSegment, CodeSize, ExitKind, ExitStub, GuestEip, Refusal, SLOT_EAX, SLOT_ECX,
-    SLOT_EDX, SLOT_EXIT, SLOT_ID, SLOT_PENDING, SLOT_TARGET, SLOT_VBITS, SLOT_VIF,
+    SLOT_EDX, SLOT_EXIT, SLOT_ID, SLOT_PENDING, SLOT_SELECTORS, SLOT_TARGET, SLOT_VBITS, SLOT_VIF,
 };
 use rewriter::Class;
 use shadow_paging::Access;
@@ -192,6 +192,8 @@ pub(super) struct MediatedSites {
     marked: foldhash::HashMap<u32, (u32, u32)>,
     /// Instructions marked once that mostly wrote other pages: never marked again.
     declined: foldhash::HashSet<u32>,
+    /// Instructions marked so far.
+    retranslated: u64,
 }
 
 /// Mediated host faults an instruction takes before it is retranslated.
@@ -260,6 +262,10 @@ impl Vm {
                 t.tc.set_slot(SLOT_VBITS, self.cpu.state.eflags & vbits);
                 // What an inline POPFD compares the image's ID with.
                 t.tc.set_slot(SLOT_ID, self.cpu.state.eflags & eflags::ID);
+                // What reads of segment registers read.
+                for (slot, reg) in (SLOT_SELECTORS..).step_by(4).zip(SegReg::ALL) {
+                    t.tc.set_slot(slot, u32::from(self.cpu.state.sreg(reg).selector));
+                }
                 t.guest_tf = self.cpu.state.eflags & eflags::TF;
                 ctx.eflags &= !eflags::TF;
                 let here = (self.cpu.state.eip, user);
@@ -930,6 +936,7 @@ impl Vm {
         }
         sites.faults.remove(&phys.raw());
         sites.marked.insert(phys.raw(), (0, 0));
+        sites.retranslated += 1;
         // The blocks holding it go; the next entry there translates it as an exit.
         t.tc.invalidate_page(phys.page());
         t.link = None;
@@ -990,7 +997,8 @@ impl Vm {
             ("tc_invalidations", s.invalidations),
             ("tc_flushes", s.flushes),
             ("tc_table_clears", s.table_clears),
-            ("tc_sites_mediated", t.mediated.marked.len() as u64),
+            ("tc_sites_mediated", t.mediated.retranslated),
+            ("tc_sites_declined", t.mediated.declined.len() as u64),
         ]
     }
 
