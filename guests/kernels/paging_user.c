@@ -62,8 +62,25 @@ asm(".section .rodata\n"
     "incl 0x40001000\n\t"
     "jmp 2b\n"
     "spin_blob_end:\n"
+    ".globl gs_blob, gs_blob_end\n"
+    "gs_blob:\n\t"
+    "movl $0x3b, %eax\n\t" /* TLS_SEL */
+    "movw %ax, %gs\n"
+    "3:\n\t"
+    "incl 0x40001000\n\t"
+    "jmp 4f\n"
+    "4:\n\t"
+    "movl %gs:-0x54, %eax\n\t"
+    "movl %eax, 0x4000100c\n\t" /* DATA_TLS */
+    "movl $3, %eax\n\t"         /* SYS_GS_BASE: the kernel moves the TLS segment */
+    "int $0x80\n\t"
+    "jmp 3b\n"
+    "gs_blob_end:\n"
     ".text\n");
-extern const u8 spin_blob[], spin_blob_end[];
+extern const u8 spin_blob[], spin_blob_end[], gs_blob[], gs_blob_end[];
+#define GS_OFFSET 0x200u /* where the TLS-reading program lies in the code page */
+#define GS_ROUNDS 8u
+#define SYS_GS_BASE 3
 #define SPIN_OFFSET 0x100u /* where the spinning program lies in the code page */
 #define PREEMPT_TICKS 20u
 
@@ -112,8 +129,24 @@ static void switch_to(struct frame *f, int next)
 	*f = saved[next];
 }
 
+/* The TLS bases the kernel alternates between, and what the program read at each. */
+static u32 gs_reads[GS_ROUNDS], gs_rounds;
+
+static u32 tls_base(u32 round) { return TLS_BASE + (round & 1) * 0x100u; }
+
 static void syscall(struct frame *f)
 {
+	if (f->eax == SYS_GS_BASE) {
+		gs_reads[gs_rounds++] = data_frames[current][DATA_TLS];
+		if (gs_rounds == GS_ROUNDS) {
+			write_cr3((u32)page_dirs[0]);
+			return_to_kernel(0);
+		}
+		/* The TLS descriptor moves; the return to user mode reloads GS from it. */
+		gdt[TLS_ENTRY] = make_segment(tls_base(gs_rounds), 0xfffff, ACC_DATA3, FLAGS_4K_32);
+		f->gs = TLS_SEL;
+		return;
+	}
 	if (f->eax == SYS_YIELD) {
 		yields[current]++;
 		if (alive[current ^ 1])
@@ -169,6 +202,27 @@ static void preempt(struct frame *f)
 	}
 	preempt_switches++;
 	switch_to(f, current ^ 1);
+}
+
+/* The same user code reads gs:-0x54 while the kernel moves the TLS segment between
+ * runs: each run reads through the base GS holds then. */
+static void test_gs_bases(void)
+{
+	report_prefix_push("TLS");
+	memcpy(code_frame + GS_OFFSET, gs_blob, (unsigned long)(gs_blob_end - gs_blob));
+	for (u32 r = 0; r < 2; r++)
+		data_frames[0][(tls_base(r) - USER_DATA - TLS_OFFSET) / 4] = TLS_MARK + 0x10 + r;
+	gdt[TLS_ENTRY] = make_segment(tls_base(0), 0xfffff, ACC_DATA3, FLAGS_4K_32);
+	current = 0;
+	write_cr3((u32)page_dirs[0]);
+	run_user((void (*)(void))(USER_CODE + GS_OFFSET), EFLAGS_FIXED1);
+	int each = gs_rounds == GS_ROUNDS;
+	for (u32 r = 0; r < gs_rounds; r++)
+		each &= gs_reads[r] == TLS_MARK + 0x10 + (r & 1);
+	report(each, "gs:-0x%x read %u times while the TLS base alternates: each through the base of the moment",
+	       TLS_OFFSET, GS_ROUNDS);
+	gdt[TLS_ENTRY] = make_segment(TLS_BASE, 0xfffff, ACC_DATA3, FLAGS_4K_32);
+	report_prefix_pop();
 }
 
 static void test_preemption(void)
@@ -257,6 +311,7 @@ int main(u32 magic, const void *mbi)
 
 	/* Back in the kernel: the kernel still reaches every page, supervisor or user. */
 	test_preemption();
+	test_gs_bases();
 
 	report_prefix_push("kernel");
 	report(*(volatile u32 *)(USER_DATA) == data_frames[0][DATA_COUNTER],

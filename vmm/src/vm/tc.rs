@@ -332,6 +332,10 @@ pub struct TranslationCache {
     /// The pages in `relying` with something that leads to a block not translated from
     /// global pages: what a CR3 write must look at.
     local: BTreeSet<u32>,
+    /// Chains from blocks that serve every GS base into blocks made for one, right
+    /// while user code runs with `base_context`.
+    base_chains: Vec<(usize, usize)>,
+    base_context: Option<u32>,
     /// The kernel and user tables, by `Table` (the empty one has no state).
     tables: [TableState; 2],
     empty_table: Vec<u8>,
@@ -408,6 +412,8 @@ impl TranslationCache {
             by_page: HashMap::default(),
             relying: BTreeMap::new(),
             local: BTreeSet::new(),
+            base_chains: Vec::new(),
+            base_context: None,
             tables: Default::default(),
             empty_table: empty.as_bytes().to_vec(),
             gate,
@@ -599,11 +605,13 @@ impl TranslationCache {
         })
     }
 
-    /// Chains exit `exit` of block `from` to block `to` when that is sound: both are
-    /// ordinary blocks of the same privilege level and context, alive, and the exit is
-    /// chainable. Chains that cross a linear page are remembered, so an address-space
-    /// change can undo them.
-    pub fn chain(&mut self, from: usize, exit: usize, to: usize) {
+    /// Chains exit `exit` of block `from` to block `to`, while the guest runs in the
+    /// context `now`, when that is sound: both are ordinary blocks of the same privilege
+    /// level and context, alive, and the exit is chainable. Chains that cross a linear
+    /// page are remembered, so an address-space change can undo them; so are chains from
+    /// a block that serves every GS base into one made for the current base, undone when
+    /// the base changes.
+    pub fn chain(&mut self, from: usize, exit: usize, to: usize, now: &Key) {
         let (Some(f), Some(t)) = (self.blocks.get(from), self.blocks.get(to)) else {
             return;
         };
@@ -611,15 +619,18 @@ impl TranslationCache {
             return;
         }
         // The target must be right wherever the source may run: for the same context,
-        // and for the source's GS base unless it serves every one.
+        // and for the source's GS base, or while the base is the one it was made for.
         let base_fits = t.key.gs_rebase.is_none() || t.key.gs_rebase == f.key.gs_rebase;
+        let for_now = f.key.gs_rebase.is_none() && t.key.gs_rebase == now.gs_rebase;
         let context = |k: &Key| TableContext {
             gs_rebase: None,
             ..TableContext::of(k)
         };
-        if f.key.user != t.key.user || context(&f.key) != context(&t.key) || !base_fits {
+        if f.key.user != t.key.user || context(&f.key) != context(&t.key) || !(base_fits || for_now)
+        {
             return;
         }
+        let for_base = !base_fits;
         let same_page = f.one_page()
             && t.one_page()
             && f.block.pages.first().map(|p| p.linear) == t.block.pages.first().map(|p| p.linear);
@@ -632,6 +643,9 @@ impl TranslationCache {
         }
         if let Some(t) = self.blocks.get_mut(to) {
             t.incoming.push((from, exit));
+        }
+        if for_base {
+            self.base_chains.push((from, exit));
         }
         if !same_page && paging {
             self.relies(to, Reliant::Chain { from, exit, to });
@@ -720,6 +734,13 @@ impl TranslationCache {
     pub fn prepare_table(&mut self, i: usize, now: &Key) {
         if let Some(key) = self.blocks.get(i).map(|b| b.key) {
             self.use_table(key.table(), TableContext::of(now));
+        }
+        // User code runs with another GS base: chains made for the last one go.
+        if now.user && now.gs_rebase != self.base_context {
+            for (from, exit) in std::mem::take(&mut self.base_chains) {
+                self.unchain(from, exit);
+            }
+            self.base_context = now.gs_rebase;
         }
     }
 
@@ -947,6 +968,7 @@ impl TranslationCache {
         self.by_page.clear();
         self.relying.clear();
         self.local.clear();
+        self.base_chains.clear();
         self.clear_table(Table::Kernel);
         self.clear_table(Table::User);
         let used = self.next as usize;

@@ -535,16 +535,16 @@ impl Vm {
         let Some(t) = self.tc.as_mut() else {
             return Ok(Entry::Handled(Ok(None)));
         };
+        t.tc.prepare_table(i, &key);
         if let Some(link) = t.link.take() {
             if link.generation == t.generation && link.target == eip && !pinned && !key.single {
                 if link.lookup {
                     t.tc.enter_lookup(i, &key);
                 } else {
-                    t.tc.chain(link.from, link.exit, i);
+                    t.tc.chain(link.from, link.exit, i, &key);
                 }
             }
         }
-        t.tc.prepare_table(i, &key);
         t.fpu_once = None;
         Ok(Entry::Run(t.tc.block(i).block.entry()))
     }
