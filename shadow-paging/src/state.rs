@@ -781,9 +781,8 @@ impl ShadowState {
         self.user_limit = Some(user_limit);
         let below: Vec<u32> = self
             .beyond_user
-            .iter()
+            .range(..page_no(user_limit.0.saturating_add(PAGE_SIZE - 1)))
             .copied()
-            .filter(|&n| u64::from(page_addr(n)) < u64::from(user_limit.0))
             .collect();
         let wp = self.ctx.wp();
         let mut gone = Vec::new();

@@ -7,7 +7,6 @@ use rewriter::Class;
 
 use super::cpu::ALL_SEGMENTS;
 use super::handle::Step;
-use super::shadow_backend::user_limit;
 use super::{Vm, VmError};
 use crate::addr::GuestLinear;
 use crate::vcpu::exit::GuestExit;
@@ -163,7 +162,7 @@ impl Vm {
     fn privilege_changed(&mut self) -> Result<(), VmError> {
         let user = self.cpu.user() && self.mem.paging.enabled();
         let clamp = if user {
-            let limit = user_limit(&self.mem.ram, self.mem.paging.shadow.context());
+            let limit = self.mem.paging.user_limit(&self.mem.ram);
             let lin = limit.unwrap_or(GuestLinear(u32::MAX));
             self.mem
                 .with_host(|shadow, host, _| shadow.enter_user_mode(host, lin))?;

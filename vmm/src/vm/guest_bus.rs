@@ -136,6 +136,7 @@ impl MachineBus<'_> {
                 .with_host(self.ram, self.space, |s, h| s.table_written(h, phys, len));
             self.keep(err);
             self.paging.stats.table_writes += 1;
+            self.paging.table_written(page);
         }
         Ok(())
     }

@@ -112,6 +112,10 @@ pub struct Paging {
     /// While the guest runs at CPL 3 with paging on: the limit its segment mirrors are
     /// clamped below.
     pub user_clamp: Option<GuestLinear>,
+    /// User limits computed lately, by paging context, with the frames of the tables
+    /// each was read from (a return to user mode would otherwise read the directory, and
+    /// tables, each time).
+    limits: Vec<(PagingContext, Vec<u32>, Option<GuestLinear>)>,
 }
 
 impl Paging {
@@ -125,7 +129,36 @@ impl Paging {
             stats: PagingStats::default(),
             exec_only,
             user_clamp: None,
+            limits: Vec::new(),
         }
+    }
+
+    /// [`user_limit`] for the current paging context, from the cache while none of the
+    /// tables it was read from was written. A table the monitor does not mediate (no
+    /// mapping derives from it) can change unseen: the limit is then too low or too high
+    /// until the next mediated write to it or the cache's turnover, which costs speed
+    /// (accesses above it are emulated, mappings below it dropped at each return to user
+    /// mode), never isolation.
+    pub fn user_limit(&mut self, ram: &GuestRam) -> Option<GuestLinear> {
+        const KEPT: usize = 8;
+        let ctx = *self.shadow.context();
+        if let Some((_, _, limit)) = self.limits.iter().find(|(c, _, _)| *c == ctx) {
+            return *limit;
+        }
+        let (limit, frames) = user_limit_and_tables(ram, &ctx);
+        if self.limits.len() >= KEPT {
+            self.limits.remove(0);
+        }
+        self.limits.push((ctx, frames, limit));
+        limit
+    }
+
+    /// The guest wrote the page table in frame `frame` (through mediation): limits read
+    /// from it go.
+    pub fn table_written(&mut self, frame: GuestPhys) {
+        let frame = frame.page().raw();
+        self.limits
+            .retain(|(_, frames, _)| !frames.contains(&frame));
     }
 
     /// Runs `f` on the shadow state with the host mapper over `space`; returns its result
@@ -183,60 +216,77 @@ const LEGACY_ADDR: u64 = 0xffff_f000;
 /// is safe: a user access above it is emulated. `None`: user mode may use the top page,
 /// no clamp. Guest RAM outside RAM reads as not present.
 pub fn user_limit(ram: &GuestRam, ctx: &PagingContext) -> Option<GuestLinear> {
-    let mem = RamPhys(ram);
-    let read = |gpa: u64, pae: bool| -> u64 {
-        let Ok(gpa) = u32::try_from(gpa) else {
-            return 0;
-        };
+    user_limit_and_tables(ram, ctx).0
+}
+
+/// [`user_limit`], with the guest-physical frames of the tables it read.
+fn user_limit_and_tables(ram: &GuestRam, ctx: &PagingContext) -> (Option<GuestLinear>, Vec<u32>) {
+    let mut frames = Vec::new();
+    // One table page, its entries as u64 (zeros outside RAM).
+    let mut table = |addr: u64, pae: bool| -> Vec<u64> {
+        let mut page = [0u8; PAGE_SIZE as usize];
+        let frame = u32::try_from(addr & !u64::from(PAGE_SIZE - 1)).ok();
+        if let Some(frame) = frame {
+            frames.push(frame);
+            if ram.read(GuestPhys(frame), &mut page).is_err() {
+                page.fill(0);
+            }
+        }
         if pae {
-            shadow_paging::GuestPhysMemory::read_u64(&mem, GuestPhys(gpa)).unwrap_or(0)
+            page.chunks_exact(8)
+                .map(|c| c.try_into().map_or(0, u64::from_le_bytes))
+                .collect()
         } else {
-            shadow_paging::GuestPhysMemory::read_u32(&mem, GuestPhys(gpa)).map_or(0, u64::from)
+            page.chunks_exact(4)
+                .map(|c| c.try_into().map_or(0, |b| u64::from(u32::from_le_bytes(b))))
+                .collect()
         }
     };
     let user = |e: u64| e & (PDE_P | PDE_US) == PDE_P | PDE_US;
-    // The directories, highest first: (linear base, table address, entries, span of one
-    // entry, PAE).
-    let mut directories: Vec<(u64, u64, u64, u64, bool)> = Vec::new();
+    // The directories, highest first: (linear base, table address, span of one entry,
+    // PAE). A PAE directory is the first 512 entries of its page (the PDPTE's address is
+    // page-aligned).
+    let mut directories: Vec<(u64, u64, u64, bool)> = Vec::new();
     let large = match ctx.mode {
-        PagingMode::Off => return None,
+        PagingMode::Off => return (None, frames),
         PagingMode::Pae { .. } => {
             for (i, pdpte) in ctx.roots.0.iter().enumerate().rev() {
                 if pdpte & PDE_P != 0 {
                     let base = (i as u64) << 30;
-                    directories.push((base, pdpte & PAE_ADDR, 512, 1 << 21, true));
+                    directories.push((base, pdpte & PAE_ADDR, 1 << 21, true));
                 }
             }
             true
         }
         PagingMode::TwoLevel { pse } => {
             let pd = u64::from(ctx.cr3) & LEGACY_ADDR;
-            directories.push((0, pd, 1024, 1 << 22, false));
+            directories.push((0, pd, 1 << 22, false));
             pse
         }
     };
-    let end = directories
-        .into_iter()
-        .find_map(|(base, pd, n, span, pae)| {
-            let size = if pae { 8 } else { 4 };
-            let addr = if pae { PAE_ADDR } else { LEGACY_ADDR };
-            (0..n).rev().find_map(|j| {
-                let pde = read(pd + j * size, pae);
-                if !user(pde) {
-                    return None;
-                }
-                let start = base + j * span;
-                if large && pde & PDE_PS != 0 {
-                    return Some(start + span);
-                }
-                let pt = pde & addr;
-                (0..span / u64::from(PAGE_SIZE))
-                    .rev()
-                    .find(|&k| user(read(pt + k * size, pae)))
-                    .map(|k| start + (k + 1) * u64::from(PAGE_SIZE))
-            })
-        });
-    u32::try_from(end.unwrap_or(0)).ok().map(GuestLinear)
+    let mut end = None;
+    'search: for (base, pd, span, pae) in directories {
+        let addr = if pae { PAE_ADDR } else { LEGACY_ADDR };
+        let pdes = table(pd, pae);
+        for (j, &pde) in pdes.iter().enumerate().rev() {
+            let j = j as u64;
+            if !user(pde) {
+                continue;
+            }
+            let start = base + j * span;
+            if large && pde & PDE_PS != 0 {
+                end = Some(start + span);
+                break 'search;
+            }
+            let ptes = table(pde & addr, pae);
+            if let Some(k) = ptes.iter().rposition(|&e| user(e)) {
+                end = Some(start + (k as u64 + 1) * u64::from(PAGE_SIZE));
+                break 'search;
+            }
+        }
+    }
+    let limit = u32::try_from(end.unwrap_or(0)).ok().map(GuestLinear);
+    (limit, frames)
 }
 
 #[cfg(test)]
