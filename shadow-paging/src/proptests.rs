@@ -467,7 +467,13 @@ proptest! {
                             Decision::Mediate { translation } => {
                                 let at = u32::try_from(translation.phys.0).expect("below 4 GiB") & !3;
                                 mem.set32(at, entry::low_dword(value));
-                                s.table_written(&mut mapper, GuestPhys(at), 4);
+                                // Either drop what the entry gave, or drop it and map
+                                // again what the new entry gives already accessed.
+                                if value & 4 == 0 {
+                                    s.table_written(&mut mapper, GuestPhys(at), 4);
+                                } else {
+                                    s.table_updated(&mem, &mut mapper, GuestPhys(at), 4);
+                                }
                                 break;
                             }
                             _ => break,
@@ -481,7 +487,11 @@ proptest! {
                     // A store to a page no mapping depends on needs no invalidation;
                     // the check below catches any page the state failed to track.
                     if s.is_page_table(GuestPhys(at)) {
-                        s.table_written(&mut mapper, GuestPhys(at), len);
+                        if value & 4 == 0 {
+                            s.table_written(&mut mapper, GuestPhys(at), len);
+                        } else {
+                            s.table_updated(&mem, &mut mapper, GuestPhys(at), len);
+                        }
                     }
                 }
                 Op::Cr3 { frame, slot } => {

@@ -538,8 +538,14 @@ impl ShadowState {
         gpa: GuestPhys,
         len: u32,
     ) -> usize {
+        let stale = self.derived_through(gpa, len);
+        self.drop_pages(mapper, stale)
+    }
+
+    /// The linear pages mapped through an entry in the `len` bytes at `gpa`.
+    fn derived_through(&self, gpa: GuestPhys, len: u32) -> Vec<u32> {
         if len == 0 {
-            return 0;
+            return Vec::new();
         }
         let size = self.ctx.mode.entry_size();
         let last = page_no(gpa.0.saturating_add(len - 1));
@@ -555,7 +561,73 @@ impl ShadowState {
                 }
             }
         }
-        self.drop_pages(mapper, stale)
+        stale
+    }
+
+    /// [`Self::table_written`], then maps again each dropped page that the guest's
+    /// tables now give already accessed (a walk would set no A or D bit), plain RAM, as a
+    /// hidden read fault at the current privilege level would: a PTE changed under a
+    /// live mapping (copy-on-write set up or broken, rights changed) costs no hidden
+    /// fault at the next touch. Returns how many pages were dropped and how many mapped.
+    pub fn table_updated<M: GuestPhysMemory + ?Sized, H: HostMapper + ?Sized>(
+        &mut self,
+        mem: &M,
+        mapper: &mut H,
+        gpa: GuestPhys,
+        len: u32,
+    ) -> (usize, usize) {
+        let stale = self.derived_through(gpa, len);
+        let dropped = self.drop_pages(mapper, stale.clone());
+        let user = self.user_limit.is_some();
+        let mapped = stale
+            .into_iter()
+            .filter(|&n| self.refill(mem, mapper, GuestLinear(page_addr(n)), user))
+            .count();
+        (dropped, mapped)
+    }
+
+    /// Maps linear page `lin` from what a walk gives now, if that is plain RAM already
+    /// accessed: what a hidden read fault by `user` (or the kernel) would map, without
+    /// the run around it. Whether it mapped.
+    fn refill<M: GuestPhysMemory + ?Sized, H: HostMapper + ?Sized>(
+        &mut self,
+        mem: &M,
+        mapper: &mut H,
+        lin: GuestLinear,
+        user: bool,
+    ) -> bool {
+        if lin < self.config.min_linear || self.maps.contains_key(&page_no(lin.0)) {
+            return false;
+        }
+        let Some(t) = peek(mem, &self.ctx, lin, Access::read(user)) else {
+            return false;
+        };
+        let Some(gpa) = self.ram_frame(mem, &t) else {
+            return false;
+        };
+        let page_use = self.page_use_with(gpa, &t.entries);
+        if page_use != PageUse::Plain {
+            return false;
+        }
+        let prot = grant(t.perms, t.dirty, page_use, user, self.ctx.wp());
+        if prot == Prot::NONE || (user && !t.perms.user) {
+            return false;
+        }
+        let d = MapDecision {
+            lin: lin.page(),
+            gpa,
+            len: PAGE_SIZE,
+            prot,
+            perms: t.perms,
+            dirty: t.dirty,
+            global: t.global,
+            for_user: user,
+            size: t.size,
+            entries: t.entries,
+            entry_stride: self.ctx.mode.entry_size(),
+        };
+        self.apply(mapper, &d);
+        true
     }
 
     /// INVLPG: drops the mapping of the page holding `lin` and every mapping derived
@@ -1415,6 +1487,28 @@ mod tests {
         s.leave_user_mode();
         let d = mapped(s.on_host_fault(&mut mem, &mut m, lin(0), HostAccess::Write, false));
         assert_eq!(d.prot, RW_PROT, "back in ring 0 with the table role gone");
+    }
+
+    #[test]
+    fn an_updated_entry_is_mapped_again_only_when_already_accessed() {
+        // lin(0) → 0x7000, read by the kernel; its PTE then moves to 0x8000.
+        let (mut mem, mut s, mut m) = setup(|i| (i == 0).then_some(0x7000 | P | RW | A));
+        mapped(s.on_host_fault(&mut mem, &mut m, lin(0), HostAccess::Read, false));
+        assert_eq!(m.at(lin(0).0).map(|p| p.0), Some(GuestPhys(0x7000)));
+        // Accessed, not dirty: mapped again at once, read-only (a write must set D).
+        mem.set32(PT, 0x8000 | P | RW | A);
+        assert_eq!(s.table_updated(&mem, &mut m, GuestPhys(PT), 4), (1, 1));
+        assert_eq!(m.at(lin(0).0), Some((GuestPhys(0x8000), Prot::READ)));
+        assert_eq!(mem.get32(PT), 0x8000 | P | RW | A, "no A or D bit set");
+        // Not accessed: dropped, left to the next touch (whose walk sets A).
+        mem.set32(PT, 0x9000 | P | RW);
+        assert_eq!(s.table_updated(&mem, &mut m, GuestPhys(PT), 4), (1, 0));
+        assert_eq!(m.at(lin(0).0), None);
+        // Not present: dropped.
+        mapped(s.on_host_fault(&mut mem, &mut m, lin(0), HostAccess::Read, false));
+        mem.set32(PT, 0);
+        assert_eq!(s.table_updated(&mem, &mut m, GuestPhys(PT), 4), (1, 0));
+        assert_eq!(m.at(lin(0).0), None);
     }
 
     #[test]

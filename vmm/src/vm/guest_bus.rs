@@ -131,9 +131,10 @@ impl MachineBus<'_> {
         if self.paging.shadow.is_page_table(page) {
             // At most a page (a chunk of one access).
             let len = u32::try_from(data.len()).unwrap_or(PAGE_SIZE);
-            let (_, err) = self
-                .paging
-                .with_host(self.ram, self.space, |s, h| s.table_written(h, phys, len));
+            let ram = self.ram;
+            let (_, err) = self.paging.with_host(ram, self.space, |s, h| {
+                s.table_updated(&RamPhys(ram), h, phys, len)
+            });
             self.keep(err);
             self.paging.stats.table_writes += 1;
             self.paging.table_written(page);
