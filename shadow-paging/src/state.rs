@@ -783,6 +783,14 @@ impl ShadowState {
             let Some(p) = self.maps.get(&n) else {
                 continue;
             };
+            // Read through the same directory entry (a directory shared by both
+            // address spaces, as page-table isolation's kernel half is): the same
+            // translation, whose tables' every change was mediated.
+            if p.entries.pde.is_some()
+                && self.ctx.pde_address(GuestLinear(page_addr(n))) == p.entries.pde
+            {
+                continue;
+            }
             let access = Access {
                 write: p.prot.write,
                 user: p.for_user,
