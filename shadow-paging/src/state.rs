@@ -106,6 +106,34 @@ const fn page_addr(no: u32) -> u32 {
     no << 12
 }
 
+/// The mapping of `pages` pages from `lin` to `gpa` with `prot`, derived from translation
+/// `t` (its rights, dirty and global state, page size) through `entries` for `user`.
+#[allow(clippy::too_many_arguments)] // the run's place and the translation it comes from
+fn map_from(
+    t: &Translation,
+    lin: GuestLinear,
+    gpa: GuestPhys,
+    pages: u32,
+    prot: Prot,
+    user: bool,
+    entries: TableEntries,
+    entry_stride: u32,
+) -> MapDecision {
+    MapDecision {
+        lin,
+        gpa,
+        len: pages * PAGE_SIZE,
+        prot,
+        perms: t.perms,
+        dirty: t.dirty,
+        global: t.global,
+        for_user: user,
+        size: t.size,
+        entries,
+        entry_stride,
+    }
+}
+
 /// Whether `[a, a + alen)` and `[b, b + blen)` intersect.
 fn overlaps(a: u32, alen: u32, b: u32, blen: u32) -> bool {
     let (a, b) = (u64::from(a), u64::from(b));
@@ -256,19 +284,16 @@ impl ShadowState {
             pde: t.entries.pde,
             pte: t.entries.pte.map(|p| GuestPhys(p.0 - back * stride)),
         };
-        Decision::HiddenFault(MapDecision {
-            lin: GuestLinear(page_addr(first)),
-            gpa: GuestPhys(gpa.0 - back * PAGE_SIZE),
-            len: pages * PAGE_SIZE,
+        Decision::HiddenFault(map_from(
+            &t,
+            GuestLinear(page_addr(first)),
+            GuestPhys(gpa.0 - back * PAGE_SIZE),
+            pages,
             prot,
-            perms: t.perms,
-            dirty: t.dirty,
-            global: t.global,
-            for_user: user,
-            size: t.size,
+            user,
             entries,
-            entry_stride: stride,
-        })
+            stride,
+        ))
     }
 
     /// The translation's frame if the whole frame is RAM.
@@ -613,19 +638,8 @@ impl ShadowState {
         if prot == Prot::NONE || (user && !t.perms.user) {
             return false;
         }
-        let d = MapDecision {
-            lin: lin.page(),
-            gpa,
-            len: PAGE_SIZE,
-            prot,
-            perms: t.perms,
-            dirty: t.dirty,
-            global: t.global,
-            for_user: user,
-            size: t.size,
-            entries: t.entries,
-            entry_stride: self.ctx.mode.entry_size(),
-        };
+        let stride = self.ctx.mode.entry_size();
+        let d = map_from(&t, lin.page(), gpa, 1, prot, user, t.entries, stride);
         self.apply(mapper, &d);
         true
     }
