@@ -424,11 +424,18 @@ mod tests {
     #[test]
     fn segment_accesses_are_confined_to_the_table_and_the_slots() {
         assert_eq!(kind(&[0x2E, 0x8B, 0x00]), ViolationKind::CodeSegmentAccess);
-        // mov eax, gs:[scratch base + 36]: past the slots.
+        // mov eax, gs:[scratch base + 60]: past the slots.
         assert_eq!(
-            kind(&[0x65, 0xA1, 0x24, 0xE0, 0xFF, 0xFF]),
+            kind(&[0x65, 0xA1, 0x3C, 0xE0, 0xFF, 0xFF]),
             ViolationKind::ScratchAccess
         );
+        // mov eax, gs:[scratch base + 58]: straddles the end.
+        assert_eq!(
+            kind(&[0x65, 0xA1, 0x3A, 0xE0, 0xFF, 0xFF]),
+            ViolationKind::ScratchAccess
+        );
+        // mov eax, gs:[scratch base + 56]: the last selector slot.
+        check_bytes(&[0x65, 0xA1, 0x38, 0xE0, 0xFF, 0xFF]).unwrap();
         // mov eax, gs:[eax]
         assert_eq!(kind(&[0x65, 0x8B, 0x00]), ViolationKind::ScratchAccess);
         // mov eax, gs:[scratch base + 12]: the exit slot.
