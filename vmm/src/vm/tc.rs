@@ -72,6 +72,8 @@ pub const BOUNCE: u32 = WINDOW_START + BOUNCE_OFFSET;
 const OP_INT3: u8 = 0xCC;
 /// Most guest instructions in one block.
 const MAX_BLOCK_INSTRUCTIONS: usize = 64;
+/// Items `relying` holds before the first compaction (then twice what the last kept).
+const RELIANTS_COMPACT: usize = 1 << 16;
 /// Blocks start on this alignment.
 const BLOCK_ALIGN: u32 = 16;
 
@@ -336,6 +338,9 @@ pub struct TranslationCache {
     /// while user code runs with `base_context`.
     base_chains: Vec<(usize, usize)>,
     base_context: Option<u32>,
+    /// Items in `relying`, and how many the last compaction kept.
+    reliants: usize,
+    reliants_kept: usize,
     /// The kernel and user tables, by `Table` (the empty one has no state).
     tables: [TableState; 2],
     empty_table: Vec<u8>,
@@ -414,6 +419,8 @@ impl TranslationCache {
             local: BTreeSet::new(),
             base_chains: Vec::new(),
             base_context: None,
+            reliants: 0,
+            reliants_kept: 0,
             tables: Default::default(),
             empty_table: empty.as_bytes().to_vec(),
             gate,
@@ -674,10 +681,53 @@ impl TranslationCache {
         for p in &t.block.pages {
             let page = p.linear & !(PAGE_SIZE - 1);
             self.relying.entry(page).or_default().push(what);
+            self.reliants += 1;
             if !t.global {
                 self.local.insert(page);
             }
         }
+        if self.reliants > self.reliants_kept.saturating_mul(2).max(RELIANTS_COMPACT) {
+            self.compact_reliants();
+        }
+    }
+
+    /// Forgets what no longer leads anywhere: entries of dead blocks, lookup entries
+    /// overwritten since, chains out of or into dead blocks (the pages of global blocks
+    /// are otherwise looked at only by INVLPG, so these would pile up).
+    fn compact_reliants(&mut self) {
+        let (blocks, tables) = (&self.blocks, &self.tables);
+        let alive = |i: usize| blocks.get(i).is_some_and(|b| b.alive);
+        let mut kept = 0;
+        self.relying.retain(|_, list| {
+            list.retain(|what| match *what {
+                Reliant::Chain { from, to, .. } => alive(from) && alive(to),
+                Reliant::Entry {
+                    table,
+                    index,
+                    block,
+                } => {
+                    alive(block)
+                        && tables
+                            .get(table as usize)
+                            .is_some_and(|s| s.filled.get(&index) == Some(&block))
+                }
+            });
+            list.sort_unstable_by_key(|w| match *w {
+                Reliant::Chain { from, exit, to } => (0, from, exit, to),
+                Reliant::Entry {
+                    table,
+                    index,
+                    block,
+                } => (1, table as usize, index, block),
+            });
+            list.dedup();
+            kept += list.len();
+            !list.is_empty()
+        });
+        let relying = &self.relying;
+        self.local.retain(|page| relying.contains_key(page));
+        self.reliants = kept;
+        self.reliants_kept = kept;
     }
 
     fn unchain(&mut self, from: usize, exit: usize) {
@@ -836,6 +886,7 @@ impl TranslationCache {
             let Some(list) = self.relying.remove(&page) else {
                 continue;
             };
+            let before = list.len();
             let mut keep = Vec::with_capacity(list.len());
             let mut local = false;
             for what in list {
@@ -871,6 +922,7 @@ impl TranslationCache {
                     undo.push(what);
                 }
             }
+            self.reliants = self.reliants.saturating_sub(before) + keep.len();
             if !keep.is_empty() {
                 self.relying.insert(page, keep);
             }
@@ -969,6 +1021,8 @@ impl TranslationCache {
         self.relying.clear();
         self.local.clear();
         self.base_chains.clear();
+        self.reliants = 0;
+        self.reliants_kept = 0;
         self.clear_table(Table::Kernel);
         self.clear_table(Table::User);
         let used = self.next as usize;
