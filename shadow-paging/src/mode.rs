@@ -175,28 +175,6 @@ impl PagingContext {
         self.cr4 & CR4_PGE != 0
     }
 
-    /// The guest-physical address of the page-directory entry a walk of `lin` reads
-    /// (`None` with paging off, under a not-present PDPTE, or above 4 GiB). Two contexts
-    /// that read the same entry for `lin` translate it alike: the entries below it are
-    /// the same memory.
-    pub fn pde_address(&self, lin: crate::GuestLinear) -> Option<crate::GuestPhys> {
-        let lin = lin.0;
-        match self.mode {
-            PagingMode::Off => None,
-            PagingMode::TwoLevel { .. } => Some(crate::GuestPhys(
-                (self.cr3 & !0xfff).wrapping_add((lin >> 22) * 4),
-            )),
-            PagingMode::Pae { .. } => {
-                let pdpte = *self.roots.0.get(usize::try_from(lin >> 30).ok()?)?;
-                if pdpte & 1 == 0 {
-                    return None;
-                }
-                let pd = u32::try_from(pdpte & 0x000f_ffff_ffff_f000).ok()?;
-                Some(crate::GuestPhys(pd.wrapping_add(((lin >> 21) & 0x1ff) * 8)))
-            }
-        }
-    }
-
     /// Whether a CR0/CR4 change from `old` to `self` makes the CPU reload the PDPTEs
     /// (SDM §4.4.1: PAE paging in use after a MOV that changes CR0.CD/NW/PG or
     /// CR4.PAE/PGE/PSE).

@@ -9,7 +9,7 @@ use crate::bits::{CR0_PG, CR0_WP, CR4_PAE, CR4_PGE, CR4_PSE, EFER_NXE};
 use crate::decision::{grant, Decision, EmulateReason, HostAccess, MapDecision, PageUse, Prot};
 use crate::memory::GuestPhysMemory;
 use crate::mode::{PaeRoots, PagingContext, PagingMode, PdpteFault};
-use crate::walk::{peek, walk, Access, PageSize, Perms, TableEntries, Translation};
+use crate::walk::{pde_address, peek, walk, Access, PageSize, Perms, TableEntries, Translation};
 
 /// The host side of shadow mappings: `mmap` of the guest-RAM memfd, `munmap` and
 /// `mprotect` in the engine, a recording fake in tests. Lengths are multiples of 4 KiB.
@@ -476,9 +476,10 @@ impl ShadowState {
         Some(page)
     }
 
-    /// Brings every alias of `frame` to the protections its current use allows:
-    /// write-protects aliases of a new page table or code page, restores write (and
-    /// exec) when that use ends.
+    /// Brings every alias of `frame` within the protections its current use allows:
+    /// write-protects aliases of a new page table or code page, and takes away what an
+    /// ended use no longer allows (exec of code). Rights an alias only gains are left
+    /// to the hidden fault of the first access that needs them.
     fn reclassify<H: HostMapper + ?Sized>(&mut self, mapper: &mut H, frame: u32) {
         let Some(lins) = self.aliases.get(&frame).cloned() else {
             return;
@@ -509,7 +510,7 @@ impl ShadowState {
             let gains_only = (!page.prot.read || prot.read)
                 && (!page.prot.write || prot.write)
                 && (!page.prot.exec || prot.exec);
-            if prot == page.prot || gains_only {
+            if gains_only {
                 continue;
             }
             page.prot = prot;
@@ -788,10 +789,10 @@ impl ShadowState {
         let pge = self.ctx.pge();
         let mut stale = Vec::new();
         let mut relink = Vec::new();
-        let candidates: Vec<u32> = if pge {
-            self.non_global.iter().copied().collect()
+        let candidates: Box<dyn Iterator<Item = u32> + '_> = if pge {
+            Box::new(self.non_global.iter().copied())
         } else {
-            self.maps.keys().copied().collect()
+            Box::new(self.maps.keys().copied())
         };
         for n in candidates {
             let Some(p) = self.maps.get(&n) else {
@@ -801,7 +802,7 @@ impl ShadowState {
             // address spaces, as page-table isolation's kernel half is): the same
             // translation, whose tables' every change was mediated.
             if p.entries.pde.is_some()
-                && self.ctx.pde_address(GuestLinear(page_addr(n))) == p.entries.pde
+                && pde_address(&self.ctx, GuestLinear(page_addr(n))) == p.entries.pde
             {
                 continue;
             }

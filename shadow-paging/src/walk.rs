@@ -249,6 +249,36 @@ fn translate<M: GuestPhysMemory + ?Sized>(
     Ok(walked)
 }
 
+/// The address of the 32-bit PDE for `lin` in the directory CR3 names.
+fn legacy_pde_address(cr3: u32, lin: u32) -> GuestPhys {
+    GuestPhys(
+        legacy_directory_base(cr3) + linear::legacy_pde_index(lin) * linear::LEGACY_ENTRY_BYTES,
+    )
+}
+
+/// The address of the PAE PDE for `lin` in the directory `pdpte` names.
+fn pae_pde_address(pdpte: u64, lin: u32) -> u64 {
+    entry::pae_addr_4k(pdpte) + u64::from(linear::pae_pde_index(lin) * linear::PAE_ENTRY_BYTES)
+}
+
+/// The guest-physical address of the page-directory entry a walk of `lin` reads
+/// (`None` with paging off, under a not-present PDPTE, or above 4 GiB). Two contexts that
+/// read the same entry for `lin` translate it alike: the entries below it are the same
+/// memory.
+pub fn pde_address(ctx: &PagingContext, lin: GuestLinear) -> Option<GuestPhys> {
+    match ctx.mode {
+        PagingMode::Off => None,
+        PagingMode::TwoLevel { .. } => Some(legacy_pde_address(ctx.cr3, lin.0)),
+        PagingMode::Pae { .. } => {
+            let pdpte = *ctx.roots.0.get(linear::pdpte_index(lin.0))?;
+            if !present(pdpte) {
+                return None;
+            }
+            GuestPhys64(pae_pde_address(pdpte, lin.0)).below_4g()
+        }
+    }
+}
+
 fn walk_legacy<M: GuestPhysMemory + ?Sized>(
     mem: &M,
     cr3: u32,
@@ -258,9 +288,7 @@ fn walk_legacy<M: GuestPhysMemory + ?Sized>(
 ) -> Result<Walked, PageFault> {
     let l = lin.0;
     let not_present = || PageFault::new(lin, access, false, false, false);
-    let pde_gpa = GuestPhys(
-        legacy_directory_base(cr3) + linear::legacy_pde_index(l) * linear::LEGACY_ENTRY_BYTES,
-    );
+    let pde_gpa = legacy_pde_address(cr3, l);
     let pde = read_legacy(mem, pde_gpa);
     if !present(pde) {
         return Err(not_present());
@@ -322,11 +350,7 @@ fn walk_pae<M: GuestPhysMemory + ?Sized>(
     if !present(pdpte) {
         return Err(not_present());
     }
-    let (pde_gpa, pde) = read_pae(
-        mem,
-        entry::pae_addr_4k(pdpte)
-            + u64::from(linear::pae_pde_index(lin.0) * linear::PAE_ENTRY_BYTES),
-    );
+    let (pde_gpa, pde) = read_pae(mem, pae_pde_address(pdpte, lin.0));
     let pde_gpa = match pde_gpa {
         Some(g) if present(pde) => g,
         _ => return Err(not_present()),
