@@ -137,7 +137,7 @@ impl MachineBus<'_> {
             });
             self.keep(err);
             self.paging.stats.table_writes += 1;
-            self.paging.table_written(page);
+            self.paging.forget_limits_read_from(page);
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 //! shows. The policy itself (what to map, what to drop) is the `shadow-paging` crate;
 //! acting on its decisions at a host page fault is `page_fault.rs`.
 
+use shadow_paging::bits::entry;
 use shadow_paging::{
     HostMapper, PagingContext, PagingMode, Prot as SpProt, ShadowConfig, ShadowState,
 };
@@ -145,7 +146,7 @@ impl Paging {
         if let Some((_, _, limit)) = self.limits.iter().find(|(c, _, _)| *c == ctx) {
             return *limit;
         }
-        let (limit, frames) = user_limit_and_tables(ram, &ctx);
+        let (limit, frames) = user_limit(ram, &ctx);
         if self.limits.len() >= KEPT {
             self.limits.remove(0);
         }
@@ -153,9 +154,9 @@ impl Paging {
         limit
     }
 
-    /// The guest wrote the page table in frame `frame` (through mediation): limits read
-    /// from it go.
-    pub fn table_written(&mut self, frame: GuestPhys) {
+    /// The guest wrote the page table in frame `frame` (through mediation): the user
+    /// limits read from it go.
+    pub fn forget_limits_read_from(&mut self, frame: GuestPhys) {
         let frame = frame.page().raw();
         self.limits
             .retain(|(_, frames, _)| !frames.contains(&frame));
@@ -196,14 +197,6 @@ pub fn host_has_exec_only() -> bool {
     r.ecx & (PKU | OSPKE) == PKU | OSPKE
 }
 
-/// Entry bits the user limit looks at.
-const PDE_P: u64 = 1;
-const PDE_US: u64 = 1 << 2;
-const PDE_PS: u64 = 1 << 7;
-/// Address bits of a PAE entry (MAXPHYADDR 36) and of a 32-bit one.
-const PAE_ADDR: u64 = 0x0000_000f_ffff_f000;
-const LEGACY_ADDR: u64 = 0xffff_f000;
-
 /// The linear address the user-mode segment mirrors are clamped below (ARCHITECTURE §4):
 /// the end of the highest page user mode may use, its directory entry and its table entry
 /// both present and user. Everything above it is out of user mode's reach, so cutting the
@@ -214,13 +207,10 @@ const LEGACY_ADDR: u64 = 0xffff_f000;
 /// leave the rights to the table entries: looking at the directory alone would put the
 /// limit at the top and drop every kernel mapping at each return to user mode. Any limit
 /// is safe: a user access above it is emulated. `None`: user mode may use the top page,
-/// no clamp. Guest RAM outside RAM reads as not present.
-pub fn user_limit(ram: &GuestRam, ctx: &PagingContext) -> Option<GuestLinear> {
-    user_limit_and_tables(ram, ctx).0
-}
-
-/// [`user_limit`], with the guest-physical frames of the tables it read.
-fn user_limit_and_tables(ram: &GuestRam, ctx: &PagingContext) -> (Option<GuestLinear>, Vec<u32>) {
+/// no clamp. Guest RAM outside RAM reads as not present. Returned with the
+/// guest-physical frames of the tables it read ([`Paging::user_limit`] caches it until
+/// one of them is written).
+pub fn user_limit(ram: &GuestRam, ctx: &PagingContext) -> (Option<GuestLinear>, Vec<u32>) {
     let mut frames = Vec::new();
     // One table page, its entries as u64 (zeros outside RAM).
     let mut table = |addr: u64, pae: bool| -> Vec<u64> {
@@ -242,7 +232,14 @@ fn user_limit_and_tables(ram: &GuestRam, ctx: &PagingContext) -> (Option<GuestLi
                 .collect()
         }
     };
-    let user = |e: u64| e & (PDE_P | PDE_US) == PDE_P | PDE_US;
+    let user = |e: u64| e & (entry::P | entry::US) == entry::P | entry::US;
+    let next_table = |e: u64, pae: bool| {
+        if pae {
+            entry::pae_addr_4k(e)
+        } else {
+            u64::from(entry::legacy_addr_4k(entry::low_dword(e)))
+        }
+    };
     // The directories, highest first: (linear base, table address, span of one entry,
     // PAE). A PAE directory is the first 512 entries of its page (the PDPTE's address is
     // page-aligned).
@@ -251,22 +248,21 @@ fn user_limit_and_tables(ram: &GuestRam, ctx: &PagingContext) -> (Option<GuestLi
         PagingMode::Off => return (None, frames),
         PagingMode::Pae { .. } => {
             for (i, pdpte) in ctx.roots.0.iter().enumerate().rev() {
-                if pdpte & PDE_P != 0 {
+                if pdpte & entry::P != 0 {
                     let base = (i as u64) << 30;
-                    directories.push((base, pdpte & PAE_ADDR, 1 << 21, true));
+                    directories.push((base, next_table(*pdpte, true), 1 << 21, true));
                 }
             }
             true
         }
         PagingMode::TwoLevel { pse } => {
-            let pd = u64::from(ctx.cr3) & LEGACY_ADDR;
+            let pd = u64::from(shadow_paging::mode::legacy_directory_base(ctx.cr3));
             directories.push((0, pd, 1 << 22, false));
             pse
         }
     };
     let mut end = None;
     'search: for (base, pd, span, pae) in directories {
-        let addr = if pae { PAE_ADDR } else { LEGACY_ADDR };
         let pdes = table(pd, pae);
         for (j, &pde) in pdes.iter().enumerate().rev() {
             let j = j as u64;
@@ -274,11 +270,11 @@ fn user_limit_and_tables(ram: &GuestRam, ctx: &PagingContext) -> (Option<GuestLi
                 continue;
             }
             let start = base + j * span;
-            if large && pde & PDE_PS != 0 {
+            if large && pde & entry::PS != 0 {
                 end = Some(start + span);
                 break 'search;
             }
-            let ptes = table(pde & addr, pae);
+            let ptes = table(next_table(pde, pae), pae);
             if let Some(k) = ptes.iter().rposition(|&e| user(e)) {
                 end = Some(start + (k as u64 + 1) * u64::from(PAGE_SIZE));
                 break 'search;
@@ -348,11 +344,11 @@ mod tests {
             .unwrap();
         let mem = RamPhys(&ram);
         let ctx = PagingContext::new(&mem, 0x8000_0011, pd, 0x10, 0).unwrap();
-        assert_eq!(user_limit(&ram, &ctx), Some(GuestLinear(0x4040_0000)));
+        assert_eq!(user_limit(&ram, &ctx).0, Some(GuestLinear(0x4040_0000)));
         // A user entry at the very top: no clamp.
         ram.write_u32(GuestPhys(pd + 0x3ff * 4), 0x0000_0087)
             .unwrap();
-        assert_eq!(user_limit(&ram, &ctx), None);
+        assert_eq!(user_limit(&ram, &ctx).0, None);
     }
 
     #[test]
@@ -375,11 +371,11 @@ mod tests {
         }
         let mem = RamPhys(&ram);
         let ctx = PagingContext::new(&mem, 0x8000_0011, pd, 0x10, 0).unwrap();
-        assert_eq!(user_limit(&ram, &ctx), Some(GuestLinear(0xbfe0_0000)));
+        assert_eq!(user_limit(&ram, &ctx).0, Some(GuestLinear(0xbfe0_0000)));
         // One user page in the top table: the limit is its end.
         ram.write_u32(GuestPhys(pt_top + 0x10 * 4), 0x5000 | 0x67)
             .unwrap();
-        assert_eq!(user_limit(&ram, &ctx), Some(GuestLinear(0xff81_1000)));
+        assert_eq!(user_limit(&ram, &ctx).0, Some(GuestLinear(0xff81_1000)));
         // Under PAE: the same shape in the last directory, entries of 8 bytes.
         let (pdpt, pd3, pt3) = (0x8000u32, 0x9000u32, 0xa000u32);
         ram.write_u32(GuestPhys(pdpt + 3 * 8), pd3 | 1).unwrap();
@@ -390,9 +386,9 @@ mod tests {
             .unwrap();
         let pae = PagingContext::new(&mem, 0x8000_0011, pdpt, 0x30, 0).unwrap();
         // No user page at all: nothing is reachable.
-        assert_eq!(user_limit(&ram, &pae), Some(GuestLinear(0)));
+        assert_eq!(user_limit(&ram, &pae).0, Some(GuestLinear(0)));
         ram.write_u32(GuestPhys(pt3 + 0x20 * 8), 0x5000 | 0x67)
             .unwrap();
-        assert_eq!(user_limit(&ram, &pae), Some(GuestLinear(0xffe2_1000)));
+        assert_eq!(user_limit(&ram, &pae).0, Some(GuestLinear(0xffe2_1000)));
     }
 }
