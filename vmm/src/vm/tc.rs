@@ -78,7 +78,7 @@ const RELIANTS_COMPACT: usize = 1 << 16;
 const BLOCK_ALIGN: u32 = 16;
 
 /// The lookup tables, by use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Table {
     Kernel = 0,
     User = 1,
@@ -118,7 +118,7 @@ pub enum SpaceChange {
 }
 
 /// Something in the cache that leads to a block without the monitor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Reliant {
     /// Exit `exit` of block `from` chained to block `to`.
     Chain { from: usize, exit: usize, to: usize },
@@ -230,6 +230,14 @@ struct TableContext {
 }
 
 impl TableContext {
+    /// The same context whatever the GS base.
+    fn any_base(self) -> Self {
+        Self {
+            gs_rebase: None,
+            ..self
+        }
+    }
+
     fn of(key: &Key) -> Self {
         Self {
             cs: key.cs,
@@ -252,6 +260,13 @@ struct TableState {
     /// leads to (cleared one by one while few: a context change should not cost a
     /// 512 KiB copy).
     filled: HashMap<usize, usize>,
+}
+
+impl TableState {
+    /// Whether entry `index` leads to block `block`.
+    fn holds(&self, index: usize, block: usize) -> bool {
+        self.filled.get(&index) == Some(&block)
+    }
 }
 
 /// A block in the cache.
@@ -629,10 +644,7 @@ impl TranslationCache {
         // and for the source's GS base, or while the base is the one it was made for.
         let base_fits = t.key.gs_rebase.is_none() || t.key.gs_rebase == f.key.gs_rebase;
         let for_now = f.key.gs_rebase.is_none() && t.key.gs_rebase == now.gs_rebase;
-        let context = |k: &Key| TableContext {
-            gs_rebase: None,
-            ..TableContext::of(k)
-        };
+        let context = |k: &Key| TableContext::of(k).any_base();
         if f.key.user != t.key.user || context(&f.key) != context(&t.key) || !(base_fits || for_now)
         {
             return;
@@ -709,17 +721,10 @@ impl TranslationCache {
                     alive(block)
                         && tables
                             .get(table as usize)
-                            .is_some_and(|s| s.filled.get(&index) == Some(&block))
+                            .is_some_and(|s| s.holds(index, block))
                 }
             });
-            list.sort_unstable_by_key(|w| match *w {
-                Reliant::Chain { from, exit, to } => (0, from, exit, to),
-                Reliant::Entry {
-                    table,
-                    index,
-                    block,
-                } => (1, table as usize, index, block),
-            });
+            list.sort_unstable();
             list.dedup();
             kept += list.len();
             !list.is_empty()
@@ -804,27 +809,12 @@ impl TranslationCache {
         if old == Some(context) {
             return;
         }
-        let base_only = old.is_some_and(|old| {
-            TableContext {
-                gs_rebase: None,
-                ..old
-            } == TableContext {
-                gs_rebase: None,
-                ..context
-            }
-        });
+        let base_only = old.is_some_and(|old| old.any_base() == context.any_base());
         if base_only {
             let blocks = &self.blocks;
             if let Some(state) = self.tables.get_mut(table as usize) {
                 let stale = |i: usize| blocks.get(i).is_none_or(|b| b.key.gs_rebase.is_some());
-                drop_entries(
-                    state,
-                    table,
-                    self.mem.bytes_mut(),
-                    &self.empty_table,
-                    stale,
-                    None,
-                );
+                drop_entries(state, table, self.mem.bytes_mut(), &self.empty_table, stale);
             }
         } else {
             self.clear_table(table);
@@ -839,19 +829,16 @@ impl TranslationCache {
             return;
         };
         let filled = std::mem::take(state).filled;
-        let at = table_offset(table);
-        let empty = &self.empty_table;
-        if let Some(bytes) = self.mem.bytes_mut().get_mut(at..at + LOOKUP_TABLE_SIZE) {
-            if filled.len() < LOOKUP_TABLE_SIZE / LOOKUP_ENTRY_SIZE / 8 {
-                for index in filled.keys().map(|i| i * LOOKUP_ENTRY_SIZE) {
-                    let entry = index..index + LOOKUP_ENTRY_SIZE;
-                    if let (Some(to), Some(from)) = (bytes.get_mut(entry.clone()), empty.get(entry))
-                    {
-                        to.copy_from_slice(from);
-                    }
-                }
-            } else if let Some(empty) = empty.get(..bytes.len()) {
-                bytes.copy_from_slice(empty);
+        let (bytes, empty) = (self.mem.bytes_mut(), &self.empty_table);
+        if filled.len() < LOOKUP_TABLE_SIZE / LOOKUP_ENTRY_SIZE / 8 {
+            for &index in filled.keys() {
+                reset_entry(bytes, empty, table, index);
+            }
+        } else {
+            let at = table_offset(table);
+            let whole = bytes.get_mut(at..at + LOOKUP_TABLE_SIZE);
+            if let (Some(to), Some(from)) = (whole, empty.get(..LOOKUP_TABLE_SIZE)) {
+                to.copy_from_slice(from);
             }
         }
         if !filled.is_empty() {
@@ -903,7 +890,7 @@ impl TranslationCache {
                     } => self
                         .tables
                         .get(table as usize)
-                        .is_some_and(|s| s.filled.get(&index) == Some(&block)),
+                        .is_some_and(|s| s.holds(index, block)),
                 };
                 if !current {
                     continue;
@@ -939,22 +926,7 @@ impl TranslationCache {
                     table,
                     index,
                     block,
-                } => {
-                    let Some(state) = self.tables.get_mut(table as usize) else {
-                        continue;
-                    };
-                    if state.filled.get(&index) == Some(&block) {
-                        drop_entries(
-                            state,
-                            table,
-                            self.mem.bytes_mut(),
-                            &self.empty_table,
-                            |_| true,
-                            Some(index),
-                        );
-                        cleared = true;
-                    }
-                }
+                } => cleared |= self.drop_entry(table, index, block),
             }
         }
         if cleared {
@@ -980,7 +952,7 @@ impl TranslationCache {
             return;
         };
         let incoming = std::mem::take(&mut b.incoming);
-        let (key, entry) = (b.key, b.block.lookup_entry());
+        let key = b.key;
         for (from, exit) in incoming {
             self.unchain(from, exit);
         }
@@ -990,25 +962,24 @@ impl TranslationCache {
         if self.by_key.get(&key) == Some(&i) {
             self.by_key.remove(&key);
         }
-        let table = key.table();
-        if table != Table::Empty {
-            // Its lookup entry goes back to the empty table's, if it is still there.
-            let index = rewriter::translate::lookup_index(key.eip) * LOOKUP_ENTRY_SIZE;
-            let at = table_offset(table) + index;
-            let empty = self.empty_table.get(index..index + LOOKUP_ENTRY_SIZE);
-            let bytes = self.mem.bytes_mut().get_mut(at..at + LOOKUP_ENTRY_SIZE);
-            if let (Some(bytes), Some(empty)) = (bytes, empty) {
-                if bytes.get(4..) == Some(&entry.to_le_bytes()[..]) {
-                    bytes.copy_from_slice(empty);
-                }
-            }
-            if let Some(state) = self.tables.get_mut(table as usize) {
-                let index = rewriter::translate::lookup_index(key.eip);
-                if state.filled.get(&index) == Some(&i) {
-                    state.filled.remove(&index);
-                }
-            }
-        }
+        // Its lookup entry goes back to the empty table's, if it is still there.
+        let index = rewriter::translate::lookup_index(key.eip);
+        self.drop_entry(key.table(), index, i);
+    }
+
+    /// Puts entry `index` of `table` back to the empty table's if it leads to `block`;
+    /// whether it did.
+    fn drop_entry(&mut self, table: Table, index: usize, block: usize) -> bool {
+        let Some(state) = self
+            .tables
+            .get_mut(table as usize)
+            .filter(|s| s.holds(index, block))
+        else {
+            return false;
+        };
+        state.filled.remove(&index);
+        reset_entry(self.mem.bytes_mut(), &self.empty_table, table, index);
+        true
     }
 
     /// Empties the cache: every block, table entry and chain goes; translated code is
@@ -1042,30 +1013,24 @@ fn drop_entries(
     bytes: &mut [u8],
     empty: &[u8],
     mut stale: impl FnMut(usize) -> bool,
-    only: Option<usize>,
 ) {
-    let at = table_offset(table);
-    let mut reset = |index: usize| {
-        let entry = index * LOOKUP_ENTRY_SIZE..(index + 1) * LOOKUP_ENTRY_SIZE;
-        let to = bytes.get_mut(at + entry.start..at + entry.end);
-        if let (Some(to), Some(from)) = (to, empty.get(entry)) {
-            to.copy_from_slice(from);
-        }
-    };
-    if let Some(index) = only {
-        if state.filled.get(&index).is_some_and(|&b| stale(b)) {
-            state.filled.remove(&index);
-            reset(index);
-        }
-        return;
-    }
     state.filled.retain(|&index, &mut block| {
         if !stale(block) {
             return true;
         }
-        reset(index);
+        reset_entry(bytes, empty, table, index);
         false
     });
+}
+
+/// Puts entry `index` of `table`, in the window's `bytes`, back to the empty table's.
+fn reset_entry(bytes: &mut [u8], empty: &[u8], table: Table, index: usize) {
+    let entry = index * LOOKUP_ENTRY_SIZE..(index + 1) * LOOKUP_ENTRY_SIZE;
+    let at = table_offset(table);
+    let to = bytes.get_mut(at + entry.start..at + entry.end);
+    if let (Some(to), Some(from)) = (to, empty.get(entry)) {
+        to.copy_from_slice(from);
+    }
 }
 
 /// Offset of `table` in the window.
