@@ -196,6 +196,48 @@ pub(super) struct MediatedSites {
     retranslated: u64,
 }
 
+impl MediatedSites {
+    /// A host fault's write by the instruction at guest-physical `at` was mediated:
+    /// whether that made it one the monitor performs.
+    fn faulted(&mut self, at: u32) -> bool {
+        if self.declined.contains(&at) {
+            return false;
+        }
+        let count = self.faults.entry(at).or_default();
+        *count += 1;
+        if *count < MEDIATED_AFTER {
+            return false;
+        }
+        self.faults.remove(&at);
+        self.marked.insert(at, (0, 0));
+        self.retranslated += 1;
+        true
+    }
+
+    /// The monitor performed the instruction at `at`; `table`: it wrote a page table.
+    /// Whether it now mostly writes other pages and was put back to native code.
+    fn performed(&mut self, at: u32, table: bool) -> bool {
+        let Some(counts) = self.marked.get_mut(&at) else {
+            return false;
+        };
+        if table {
+            counts.0 += 1;
+        } else {
+            counts.1 += 1;
+        }
+        counts.1 > counts.0.saturating_add(MEDIATED_PLAIN_SLACK) && self.unmark(at, true)
+    }
+
+    /// The instruction at `at` is no longer one the monitor performs; `for_good`: nor
+    /// will it be again. Whether it was one.
+    fn unmark(&mut self, at: u32, for_good: bool) -> bool {
+        if for_good {
+            self.declined.insert(at);
+        }
+        self.marked.remove(&at).is_some()
+    }
+}
+
 /// Mediated host faults an instruction takes before it is retranslated.
 const MEDIATED_AFTER: u32 = 4;
 /// Exits of a marked instruction that write no page table, beyond those that do, after
@@ -763,18 +805,20 @@ impl Vm {
                     return self.hand_to_vcpu(GuestExit::Exception(Fault::new(Exception::UD)));
                 };
                 let tables_before = self.mem.paging.stats.table_writes;
-                match self.mediate_write(&instr) {
+                let result = self.mediate_write(&instr);
+                let table = self.mem.paging.stats.table_writes != tables_before;
+                let phys = self.mem.code_phys(site, self.cpu.user());
+                match result {
                     Err(e) => self.failure(e),
                     Ok(Ok(Mediated::Done)) => {
-                        let table = self.mem.paging.stats.table_writes != tables_before;
-                        self.tc_mediated_exit(site, table);
+                        self.tc_mediated(phys, |m, at| m.performed(at, table));
                         Ok(None)
                     }
                     Ok(Err(fault)) => self.hand_to_vcpu(GuestExit::Exception(fault)),
                     Ok(Ok(Mediated::Unsupported)) => {
                         // Other code now lies there (the page was rewritten): it runs
                         // translated again, and its writes fault as before.
-                        self.tc_unmark_mediated(site, false);
+                        self.tc_mediated(phys, |m, at| m.unmark(at, false));
                         Ok(None)
                     }
                 }
@@ -919,65 +963,24 @@ impl Vm {
     /// [`MEDIATED_AFTER`] of them the instruction is retranslated into an exit through
     /// the gate.
     pub(super) fn tc_mediated_write(&mut self, site: GuestLinear) {
-        let Some(phys) = self.mem.code_phys(site, self.cpu.user()) else {
-            return;
-        };
-        let Some(t) = self.tc.as_mut() else {
-            return;
-        };
-        let sites = &mut t.mediated;
-        if sites.declined.contains(&phys.raw()) {
-            return;
-        }
-        let count = sites.faults.entry(phys.raw()).or_default();
-        *count += 1;
-        if *count < MEDIATED_AFTER {
-            return;
-        }
-        sites.faults.remove(&phys.raw());
-        sites.marked.insert(phys.raw(), (0, 0));
-        sites.retranslated += 1;
-        // The blocks holding it go; the next entry there translates it as an exit.
-        t.tc.invalidate_page(phys.page());
-        t.link = None;
+        let phys = self.mem.code_phys(site, self.cpu.user());
+        self.tc_mediated(phys, MediatedSites::faulted);
     }
 
-    /// The monitor performed the marked instruction at `site`; `table`: it wrote a page
-    /// table.
-    fn tc_mediated_exit(&mut self, site: GuestLinear, table: bool) {
-        let Some(phys) = self.mem.code_phys(site, self.cpu.user()) else {
+    /// Applies `change` to the mediated sites for the instruction at guest-physical
+    /// `phys`; when it says the instruction changed hands (native code to monitor, or
+    /// back), the blocks holding it go, and the next entry there translates it anew.
+    fn tc_mediated(
+        &mut self,
+        phys: Option<GuestPhys>,
+        change: impl FnOnce(&mut MediatedSites, u32) -> bool,
+    ) {
+        let (Some(phys), Some(t)) = (phys, self.tc.as_mut()) else {
             return;
         };
-        let Some(t) = self.tc.as_mut() else {
-            return;
-        };
-        let Some(counts) = t.mediated.marked.get_mut(&phys.raw()) else {
-            return;
-        };
-        if table {
-            counts.0 += 1;
-        } else {
-            counts.1 += 1;
-        }
-        if counts.1 > counts.0.saturating_add(MEDIATED_PLAIN_SLACK) {
-            self.tc_unmark_mediated(site, true);
-        }
-    }
-
-    /// The instruction at `site` is no longer one the monitor performs; `for_good`: nor
-    /// will it be again.
-    fn tc_unmark_mediated(&mut self, site: GuestLinear, for_good: bool) {
-        let Some(phys) = self.mem.code_phys(site, self.cpu.user()) else {
-            return;
-        };
-        if let Some(t) = self.tc.as_mut() {
-            if t.mediated.marked.remove(&phys.raw()).is_some() {
-                t.tc.invalidate_page(phys.page());
-                t.link = None;
-            }
-            if for_good {
-                t.mediated.declined.insert(phys.raw());
-            }
+        if change(&mut t.mediated, phys.raw()) {
+            t.tc.invalidate_page(phys.page());
+            t.link = None;
         }
     }
 
