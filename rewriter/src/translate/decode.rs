@@ -46,12 +46,12 @@ pub trait CodeReader {
         false
     }
 
-    /// Whether the monitor performs the instruction at `linear` itself
+    /// Whether the monitor performs the instruction at guest-physical `phys` itself
     /// ([`ExitKind::Mediated`]): it keeps writing to pages whose writes the monitor
     /// mediates (page tables), so an exit through the gate is cheaper than the host
     /// fault each of its writes would take.
-    fn mediated(&self, linear: u32) -> bool {
-        let _ = linear;
+    fn mediated(&self, phys: u64) -> bool {
+        let _ = phys;
         false
     }
 }
@@ -65,8 +65,8 @@ impl<R: CodeReader + ?Sized> CodeReader for &R {
         (**self).stop_before(linear)
     }
 
-    fn mediated(&self, linear: u32) -> bool {
-        (**self).mediated(linear)
+    fn mediated(&self, phys: u64) -> bool {
+        (**self).mediated(phys)
     }
 }
 
@@ -257,7 +257,8 @@ pub(crate) fn decode_block(
         if let Some(kind) = exit_kind(&instr, cfg) {
             break End::Exit { eip: at, kind };
         }
-        if reader.mediated(cs.base.wrapping_add(at)) {
+        // Every instruction starts in the entry's page (`offset` stays below its end).
+        if reader.mediated(phys + offset as u64 + in_page as u64) {
             break End::Exit {
                 eip: at,
                 kind: ExitKind::Mediated,
@@ -537,6 +538,45 @@ mod tests {
 
     fn decode_at(code: &GuestPages, eip: u32, cs: CodeSegment) -> DecodedBlock {
         decode_block(code, eip, cs, &TranslateConfig::default()).expect("decodes")
+    }
+
+    /// Code whose instruction at one guest-physical address the monitor performs.
+    struct Mediating(GuestPages, u64);
+
+    impl CodeReader for Mediating {
+        fn fetch(&self, linear: u32, buf: &mut [u8]) -> Option<u64> {
+            self.0.fetch(linear, buf)
+        }
+
+        fn mediated(&self, phys: u64) -> bool {
+            phys == self.1
+        }
+    }
+
+    #[test]
+    fn a_mediated_instruction_ends_the_block_by_its_physical_address() {
+        // At linear 0x7ff8, in a page mapped from physical 0x3000: inc eax; mov [ebx],
+        // eax; ret. The store (physical 0x3ff9) is the monitor's.
+        let mut code = GuestPages::new();
+        let mut page = vec![0u8; 0xff8];
+        page.extend([0x40, 0x89, 0x03, 0xC3]);
+        code.map(0x7000, 0x3000, &page);
+        let cfg = TranslateConfig::default();
+        let reader = Mediating(code, 0x3ff9);
+        let block = decode_block(&reader, 0x7ff8, CodeSegment::FLAT32, &cfg).expect("decodes");
+        assert_eq!(block.ident.len(), 1);
+        assert_eq!(
+            block.end,
+            End::Exit {
+                eip: 0x7ff9,
+                kind: ExitKind::Mediated
+            }
+        );
+        // Marked by its linear address instead, nothing is the monitor's.
+        let reader = Mediating(reader.0, 0x7ff9);
+        let block = decode_block(&reader, 0x7ff8, CodeSegment::FLAT32, &cfg).expect("decodes");
+        assert_eq!(block.ident.len(), 2);
+        assert!(matches!(block.end, End::Branch(_)));
     }
 
     #[test]

@@ -170,11 +170,8 @@ impl CodeReader for Reader<'_> {
             .is_some_and(|p| self.pages.patches.is_entry(p.raw()))
     }
 
-    fn mediated(&self, linear: u32) -> bool {
-        !self.mediated.marked.is_empty()
-            && self
-                .phys(linear)
-                .is_some_and(|p| self.mediated.marked.contains_key(&p.raw()))
+    fn mediated(&self, phys: u64) -> bool {
+        u32::try_from(phys).is_ok_and(|p| self.mediated.marked.contains_key(&p))
     }
 }
 
