@@ -97,9 +97,10 @@ fn table_address(t: Table) -> u32 {
 }
 
 /// Whether MOV and PUSH from segment registers are translated as immediates of the
-/// guest's selectors (blocks are then keyed by them). Off: keyed by selectors, a kernel
-/// entered from processes with different TLS selectors shares no translation, which costs
-/// Linux more exits than the selector reads it saves (README, Known limits).
+/// guest's selectors (blocks are then keyed by them). Off: they read the vCPU page's
+/// selector slots, which costs no exit either, while immediates would leave a kernel
+/// entered from processes with different TLS selectors sharing no translation (README,
+/// Known limits).
 pub const SELECTOR_IMMEDIATES: bool = false;
 
 /// What changed in the guest's address space.
