@@ -13,6 +13,7 @@ static u32 frames[3][1024] __attribute__((aligned(4096)));
 static u8 smc_page[4096] __attribute__((aligned(4096)));
 static u8 straddle_frames[3][4096] __attribute__((aligned(4096)));
 static u32 straddle_table[1024] __attribute__((aligned(4096)));
+static u8 thunk_frames[2][4096] __attribute__((aligned(4096)));
 
 #define STRADDLE_BASE 0x00c00000u /* PDE 3: two pages on frames in reverse order */
 #define SPACES_BASE 0x01400000u /* PDE 5: code whose second page differs per address space */
@@ -325,6 +326,65 @@ static void test_straddle_second_first(void)
 	report_prefix_pop();
 }
 
+/* i386 position-independent code finds its address by calling a thunk, MOV EBX,[ESP]
+ * then RET. The thunk lies on another page (STRADDLE_BASE's sixth, mapped to one of two
+ * frames); the callers (in smc_page) keep EBX and return what the thunk gave, or what it
+ * left below ESP. The thunk is then rewritten in place, and its page remapped: callers run
+ * what the thunk's bytes now say. */
+#define THUNK_PAGE 5
+static void test_pic_thunks(void)
+{
+	report_prefix_push("thunks");
+	u32 thunk = STRADDLE_BASE + THUNK_PAGE * PAGE_SIZE;
+	static const u8 plain[] = { 0x8b, 0x1c, 0x24, 0xc3 }; /* mov ebx,[esp]; ret */
+	static const u8 plus_one[] = { 0x8b, 0x1c, 0x24, 0x43, 0xc3 }; /* ...; inc ebx; ret */
+	memcpy(thunk_frames[0], plain, sizeof(plain));
+	memcpy(thunk_frames[1], plus_one, sizeof(plus_one));
+	straddle_table[THUNK_PAGE] = phys(thunk_frames[0]) | PTE_P | PTE_RW;
+	page_dir[pde_index(STRADDLE_BASE)] = phys(straddle_table) | PTE_P | PTE_RW;
+	invlpg((void *)thunk);
+	/* push ebx; call thunk; mov eax,ebx (or mov eax,[esp-4]); pop ebx; ret */
+	u8 *callers[2] = { smc_page + 256, smc_page + 320 };
+	static const u8 tails[2][5] = { { 0x89, 0xd8, 0x5b, 0xc3 }, { 0x8b, 0x44, 0x24, 0xfc, 0x5b } };
+	for (u32 c = 0; c < 2; c++) {
+		u8 *code = callers[c];
+		code[0] = 0x53;
+		code[1] = 0xe8;
+		u32 rel = thunk - ((u32)code + 6);
+		memcpy(code + 2, &rel, 4);
+		memcpy(code + 6, tails[c], 5);
+		code[11] = 0xc3;
+	}
+	code_fn in_ebx = (code_fn)callers[0], below_esp = (code_fn)callers[1];
+	u32 ret[2] = { (u32)callers[0] + 6, (u32)callers[1] + 6 };
+	int same = 1;
+	for (int k = 0; k < 3; k++)
+		same &= in_ebx() == ret[0] && below_esp() == ret[1];
+	report(same, "a call of a PIC thunk gives its return address in EBX and below ESP");
+
+	volatile u8 *bytes = thunk_frames[0];
+	bytes[4] = 0xc3;
+	bytes[3] = 0x43;
+	u32 rewritten = in_ebx(), rewritten_again = in_ebx();
+	bytes[3] = 0xc3;
+	u32 restored = in_ebx(), restored_again = in_ebx();
+	report(rewritten == ret[0] + 1 && rewritten_again == ret[0] + 1 && restored == ret[0] &&
+		       restored_again == ret[0],
+	       "the thunk rewritten in place: its callers run the new code (got %x, then %x)", rewritten,
+	       restored);
+
+	straddle_table[THUNK_PAGE] = phys(thunk_frames[1]) | PTE_P | PTE_RW;
+	invlpg((void *)thunk);
+	u32 remapped = in_ebx(), remapped_again = in_ebx();
+	straddle_table[THUNK_PAGE] = phys(thunk_frames[0]) | PTE_P | PTE_RW;
+	invlpg((void *)thunk);
+	u32 back = in_ebx();
+	report(remapped == ret[0] + 1 && remapped_again == ret[0] + 1 && back == ret[0],
+	       "the thunk's page remapped: its callers run the new frame's code (got %x, then %x)",
+	       remapped, back);
+	report_prefix_pop();
+}
+
 /* Lazy FPU switching under paging: #NM, CLTS in the handler, the instruction again. */
 #define NM_VECTOR 7
 static volatile u32 nm_faults;
@@ -477,6 +537,7 @@ int main(u32 magic, const void *mbi)
 	test_self_modifying();
 	test_straddle();
 	test_straddle_second_first();
+	test_pic_thunks();
 	test_lazy_fpu();
 	test_read_own_code();
 	test_code_across_spaces();

@@ -141,6 +141,17 @@ pub(crate) enum End {
     },
     /// Continue at this guest EIP in another block.
     FallThrough(u32),
+    /// A direct CALL of a position-independent-code thunk (`mov reg, [esp]` then `ret`,
+    /// how i386 PIC finds its own address): the call, the thunk and its return are one
+    /// step that leaves the return address below ESP and in `reg`, and goes on at `ret`.
+    Thunk {
+        /// The CALL's guest EIP.
+        eip: u32,
+        /// The register the thunk loads.
+        reg: Register,
+        /// The return address (the CALL's end).
+        ret: u32,
+    },
 }
 
 /// A decoded guest basic block.
@@ -271,6 +282,12 @@ pub(crate) fn decode_block(
         at = next;
         offset += len;
     };
+    let end = match end {
+        End::Branch(call) => {
+            pic_thunk(reader, &call, cs, cfg, &mut pages).unwrap_or(End::Branch(call))
+        }
+        other => other,
+    };
     Ok(DecodedBlock {
         ident,
         end,
@@ -322,6 +339,68 @@ impl Window {
             }
         }
     }
+}
+
+/// [`End::Thunk`] for `call` when it is a direct 32-bit CALL of a PIC thunk that the
+/// translation may take as one step: 32-bit code and stack, not single-stepped or watched
+/// (one-instruction blocks), the thunk's four bytes (`8B /r` with `[esp]`, then `C3`)
+/// inside the code segment, in one page, with no breakpoint or served entry on them,
+/// and the return address inside the segment (else the thunk's RET faults). The thunk's
+/// page joins the block's pages: a write to it, or a new mapping of it, undoes the block.
+fn pic_thunk(
+    reader: &impl CodeReader,
+    call: &Instruction,
+    cs: CodeSegment,
+    cfg: &TranslateConfig,
+    pages: &mut Vec<GuestPage>,
+) -> Option<End> {
+    const LEN: u32 = 4;
+    if call.code() != Code::Call_rel32_32
+        || cs.size != CodeSize::Bits32
+        || cfg.stack_size != super::StackSize::Bits32
+        || cfg.max_instructions <= 1
+    {
+        return None;
+    }
+    let target = u32::try_from(call.near_branch_target()).ok()?;
+    let ret = end_of(call);
+    if target > cs.limit.checked_sub(LEN - 1)? || ret > cs.limit {
+        return None;
+    }
+    let linear = cs.base.checked_add(target)?;
+    let page = linear & !(PAGE_SIZE - 1);
+    if linear - page > PAGE_SIZE - LEN || (0..LEN).any(|i| reader.stop_before(linear + i)) {
+        return None;
+    }
+    let mut bytes = [0u8; LEN as usize];
+    let phys = reader.fetch(linear, &mut bytes)?;
+    let [0x8B, modrm, 0x24, 0xC3] = bytes else {
+        return None;
+    };
+    // mod 00, r/m 100 (a SIB byte, here [esp]); any register but ESP itself.
+    let reg = (modrm >> 3) & 7;
+    if modrm & 0xC7 != 0x04 || reg == 4 {
+        return None;
+    }
+    let reg = *[
+        Register::EAX,
+        Register::ECX,
+        Register::EDX,
+        Register::EBX,
+        Register::ESP,
+        Register::EBP,
+        Register::ESI,
+        Register::EDI,
+    ]
+    .get(usize::from(reg))?;
+    if !pages.iter().any(|p| p.linear == page) {
+        pages.push(GuestPage { linear: page, phys });
+    }
+    Some(End::Thunk {
+        eip: u32::try_from(call.ip()).ok()?,
+        reg,
+        ret,
+    })
 }
 
 fn end_of(instr: &Instruction) -> u32 {
@@ -835,5 +914,104 @@ mod tests {
                 kind: ExitKind::Unsupported
             }
         );
+    }
+
+    /// A breakpoint at one linear address.
+    struct Breakpoint(GuestPages, u32);
+
+    impl CodeReader for Breakpoint {
+        fn fetch(&self, linear: u32, buf: &mut [u8]) -> Option<u64> {
+            self.0.fetch(linear, buf)
+        }
+
+        fn stop_before(&self, linear: u32) -> bool {
+            linear == self.1
+        }
+    }
+
+    /// `call` at 0x1000 of a thunk (`thunk` bytes) at 0x3000, on another page.
+    fn thunk_code(thunk: &[u8]) -> GuestPages {
+        let mut code = GuestPages::new();
+        let rel = 0x3000u32 - 0x1005;
+        code.map(
+            0x1000,
+            0x7_7000,
+            &[&[0xE8][..], &rel.to_le_bytes()].concat(),
+        );
+        code.map(0x3000, 0x9_9000, thunk);
+        code
+    }
+
+    #[test]
+    fn a_call_of_a_pic_thunk_is_one_step_depending_on_the_thunk_page() {
+        for (modrm, reg) in [
+            (0x1C, Register::EBX),
+            (0x04, Register::EAX),
+            (0x3C, Register::EDI),
+        ] {
+            let code = thunk_code(&[0x8B, modrm, 0x24, 0xC3]);
+            let block = decode_at(&code, 0x1000, CodeSegment::FLAT32);
+            assert_eq!(
+                block.end,
+                End::Thunk {
+                    eip: 0x1000,
+                    reg,
+                    ret: 0x1005
+                }
+            );
+            assert_eq!(
+                block.pages,
+                [
+                    GuestPage {
+                        linear: 0x1000,
+                        phys: 0x7_7000
+                    },
+                    GuestPage {
+                        linear: 0x3000,
+                        phys: 0x9_9000
+                    }
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn calls_of_anything_else_stay_calls() {
+        let is_call = |block: &DecodedBlock| matches!(block.end, End::Branch(_));
+        // mov esp, [esp]; mov ebx, [esp+0]; mov ebx, [esp] then inc ebx; ret imm16.
+        for thunk in [
+            &[0x8B, 0x24, 0x24, 0xC3][..],
+            &[0x8B, 0x5C, 0x24, 0x00, 0xC3],
+            &[0x8B, 0x1C, 0x24, 0x43, 0xC3],
+            &[0x8B, 0x1C, 0x24, 0xC2, 0x00, 0x00],
+        ] {
+            let block = decode_at(&thunk_code(thunk), 0x1000, CodeSegment::FLAT32);
+            assert!(is_call(&block), "{thunk:02x?}");
+            assert_eq!(block.pages.len(), 1);
+        }
+        let thunk = thunk_code(&[0x8B, 0x1C, 0x24, 0xC3]);
+        // A breakpoint on the thunk's RET: the thunk runs as the guest's code.
+        let watched = Breakpoint(thunk.clone(), 0x3003);
+        let cfg = TranslateConfig::default();
+        let block = decode_block(&watched, 0x1000, CodeSegment::FLAT32, &cfg).unwrap();
+        assert!(is_call(&block));
+        // Single steps, 16-bit stacks, a limit that cuts the thunk.
+        let single = TranslateConfig {
+            max_instructions: 1,
+            ..TranslateConfig::default()
+        };
+        let stack16 = TranslateConfig {
+            stack_size: super::super::StackSize::Bits16,
+            ..TranslateConfig::default()
+        };
+        for cfg in [single, stack16] {
+            let block = decode_block(&thunk, 0x1000, CodeSegment::FLAT32, &cfg).unwrap();
+            assert!(is_call(&block));
+        }
+        let short = CodeSegment {
+            limit: 0x3002,
+            ..CodeSegment::FLAT32
+        };
+        assert!(is_call(&decode_at(&thunk, 0x1000, short)));
     }
 }

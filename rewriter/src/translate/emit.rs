@@ -215,6 +215,29 @@ impl<'c> Emitter<'c> {
         })
     }
 
+    /// Emits a `jcc rel32` (`code`) whose displacement is 4-byte aligned as a TC address
+    /// (NOPs in front), pointing at its own end until [`super::stub::taken_exit`] gives
+    /// it its stub: returns the jump's offset.
+    pub fn aligned_jcc(&mut self, code: Code, meta: Meta) -> Result<u32, Refusal> {
+        // 0F 8x and the displacement.
+        const LEN: u32 = 6;
+        while self.here().wrapping_add(LEN - 4) & 3 != 0 {
+            self.emit(&Instruction::with(Code::Nopd), meta)?;
+        }
+        let at = self.offset();
+        let next = self.here().wrapping_add(LEN);
+        let instr =
+            Instruction::with_branch(code, u64::from(next)).map_err(|e| encode_error(code, &e))?;
+        self.emit(&instr, meta)?;
+        if self.offset() != at + LEN {
+            return Err(Refusal::Encode {
+                what: format!("{code:?}"),
+                reason: "not a 6-byte jcc rel32".to_string(),
+            });
+        }
+        Ok(at)
+    }
+
     /// Points `fixup`'s branch at the current offset.
     pub fn bind(&mut self, fixup: Fixup) -> Result<(), Refusal> {
         let distance = self.bytes.len() - (fixup.disp + 1);

@@ -378,6 +378,29 @@ pub(crate) fn call_push(em: &mut Emitter, eip: u32, ret: u32, op16: bool) -> Res
     )
 }
 
+/// A direct CALL of a PIC thunk at `eip` (`mov reg, [esp]; ret`, [`super::decode`]),
+/// done in one step: the return address `ret` written where the CALL pushes it (below
+/// ESP, where the thunk's RET leaves it) and loaded into `reg`. No lookup: the thunk's
+/// RET is a single indirect branch for every caller, the one the CPU predicts worst.
+/// A fault on the store is the CALL's push faulting; an interrupt between the two
+/// restarts the CALL, whose push writes the same value again.
+pub(crate) fn thunk_call(
+    em: &mut Emitter,
+    eip: u32,
+    reg: Register,
+    ret: u32,
+) -> Result<(), Refusal> {
+    let below = MemoryOperand::with_base_displ(Register::ESP, -4);
+    em.emit(
+        &build!(with2, Code::Mov_rm32_imm32, below, ret)?,
+        Meta::expansion(GuestEip::At(eip), false, true),
+    )?;
+    em.emit(
+        &build!(with2, Code::Mov_r32_imm32, reg, ret)?,
+        Meta::expansion(GuestEip::At(eip), false, false),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use iced_x86::{Formatter, IntelFormatter};

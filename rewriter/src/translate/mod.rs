@@ -19,8 +19,9 @@
 //! * the side table ([`SideTable`]): `side.rs`;
 //! * the validator ([`validate()`]): `validate.rs`.
 //!
-//! Direct branches end in two chainable exits (taken, fall-through) behind one `rel8`
-//! conditional jump; LOOP and JCXZ keep their counter size (`67` in the TC when the
+//! Direct branches end in two chainable exits (fall-through, taken): a conditional jump
+//! is a `jcc rel32` that chaining points straight at the taken target's block; LOOP and
+//! JCXZ (which have only `rel8` forms) jump to their taken stub. LOOP and JCXZ keep their counter size (`67` in the TC when the
 //! guest's address size is 16) but lose any `66`, which in 32-bit code would truncate
 //! the TC address. CALL pushes the guest's return address.
 //!
@@ -63,7 +64,7 @@ pub use lookup::{
     lookup_index, LookupTable, LOOKUP_BITS, LOOKUP_ENTRIES, LOOKUP_ENTRY_SIZE, LOOKUP_TABLE_SIZE,
 };
 pub use memory::GuestPages;
-pub use side::{ExitKind, ExitStub, GuestEip, Origin, SideEntry, SideTable};
+pub use side::{ChainSlot, ExitKind, ExitStub, GuestEip, Origin, SideEntry, SideTable};
 pub use stub::{ChainError, ChainPatch, CHAIN_SLOT_LEN};
 pub use validate::{validate, Rules, Violation, ViolationKind};
 
@@ -350,6 +351,10 @@ pub fn translate_block(
         End::Branch(instr) => branch(&mut em, &instr)?,
         End::Exit { eip, kind } => stub::exit(&mut em, kind, GuestEip::At(eip))?,
         End::FallThrough(next) => direct(&mut em, next)?,
+        End::Thunk { eip, reg, ret } => {
+            lookup::thunk_call(&mut em, eip, reg, ret)?;
+            direct(&mut em, ret)?;
+        }
     }
     let block = Block {
         tc_address,
@@ -388,7 +393,13 @@ fn branch(em: &mut Emitter, instr: &iced_x86::Instruction) -> Result<(), Refusal
     };
     match form {
         BranchForm::Jump { target } => direct(em, target),
-        BranchForm::Conditional { code, target } | BranchForm::Counted { code, target } => {
+        BranchForm::Conditional { code, target } => {
+            let meta = Meta::expansion(GuestEip::At(eip), false, false);
+            let jcc = em.aligned_jcc(code.as_near_branch(), meta)?;
+            direct(em, next)?;
+            stub::taken_exit(em, jcc, ExitKind::Direct { target }, GuestEip::At(target))
+        }
+        BranchForm::Counted { code, target } => {
             let taken =
                 em.branch_forward(code, Meta::expansion(GuestEip::At(eip), false, false))?;
             direct(em, next)?;

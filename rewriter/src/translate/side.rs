@@ -128,6 +128,21 @@ impl ExitKind {
     }
 }
 
+/// The patchable jump of a chainable exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ChainSlot {
+    /// Offset of the jump: the stub's own 5-byte `jmp rel32` (at the stub's offset), or
+    /// the 6-byte `jcc rel32` of the conditional branch whose taken exit the stub is (a
+    /// chained taken branch then reaches its target in one jump).
+    pub jump: u32,
+    /// Offset of the jump's rel32, which ends the jump. It is 4-byte aligned as a TC
+    /// address, so a patch is one aligned store and another thread of execution sees
+    /// either the old or the new target.
+    pub rel32: u32,
+    /// The rel32 that sends the jump into its own stub's exit (unchained).
+    pub unchained: u32,
+}
+
 /// One exit stub of a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ExitStub {
@@ -135,9 +150,8 @@ pub struct ExitStub {
     /// `tc_address + offset` in the exit slot ([`super::SLOT_EXIT`]) before it enters
     /// the gate: that value names the stub.
     pub offset: u32,
-    /// Offset of the 5-byte `jmp rel32` chaining slot (always `offset` for chainable
-    /// stubs), whose rel32 is 4-byte aligned so that a patch is one aligned store.
-    pub chain_slot: Option<u32>,
+    /// The jump a chain patch points at another block (chainable stubs only).
+    pub chain_slot: Option<ChainSlot>,
     /// Why the block exits here.
     pub kind: ExitKind,
     /// Where the guest is when this exit reaches the monitor.

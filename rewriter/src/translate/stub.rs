@@ -17,13 +17,16 @@
 //! `jmp rel32` slot whose displacement is 0 while unchained, so it falls into its own
 //! exit; chaining points it at the target block's entry. The displacement is 4-byte
 //! aligned (NOP padding in front of the stub), so a patch is one aligned 32-bit store
-//! and another thread of execution sees either the old or the new target.
+//! and another thread of execution sees either the old or the new target. The taken
+//! exit of a conditional branch has no slot of its own: the branch is a `jcc rel32`
+//! with an aligned displacement that enters the stub while unchained and goes straight
+//! to the target block once chained (one taken jump instead of two).
 
 use iced_x86::{Code, Instruction, MemoryOperand, Register};
 use thiserror::Error;
 
 use super::emit::{absolute, encode_error, Emitter, Meta};
-use super::side::{ExitKind, ExitStub, GuestEip, Origin};
+use super::side::{ChainSlot, ExitKind, ExitStub, GuestEip, Origin};
 use super::{Gate, Refusal, SLOT_EXIT};
 
 /// Length of a chaining slot: `E9` and a rel32.
@@ -34,13 +37,7 @@ const JMP_REL32: u8 = 0xE9;
 
 /// Emits an exit stub of `kind` for a guest at `guest` and records it.
 pub(crate) fn exit(em: &mut Emitter, kind: ExitKind, guest: GuestEip) -> Result<(), Refusal> {
-    let meta = Meta {
-        guest,
-        restore_scratch: false,
-        restore_eax: false,
-        can_fault: false,
-        origin: Origin::Exit,
-    };
+    let meta = stub_meta(guest);
     let chainable = kind.chainable();
     if chainable {
         while em.here().wrapping_add(1) & 3 != 0 {
@@ -54,6 +51,62 @@ pub(crate) fn exit(em: &mut Emitter, kind: ExitKind, guest: GuestEip) -> Result<
             .map_err(|e| encode_error(Code::Jmp_rel32_32, &e))?;
         em.emit(&slot, meta)?;
     }
+    let slot = chainable.then_some(ChainSlot {
+        jump: offset,
+        rel32: offset + 1,
+        unchained: 0,
+    });
+    exit_body(em, offset, slot, kind, guest)
+}
+
+/// Emits the stub of a conditional branch's taken exit (`kind`, chainable): the
+/// `jcc rel32` at block offset `jcc` ([`Emitter::aligned_jcc`]) is its chaining slot, and
+/// enters the stub while unchained.
+pub(crate) fn taken_exit(
+    em: &mut Emitter,
+    jcc: u32,
+    kind: ExitKind,
+    guest: GuestEip,
+) -> Result<(), Refusal> {
+    let offset = em.offset();
+    let rel32 = jcc + 2;
+    let unchained = offset.wrapping_sub(rel32 + 4);
+    let field = usize::try_from(rel32)
+        .ok()
+        .and_then(|at| em.bytes.get_mut(at..at + 4))
+        .ok_or_else(|| Refusal::Encode {
+            what: "taken exit".to_string(),
+            reason: format!("no jcc rel32 at block offset {rel32}"),
+        })?;
+    field.copy_from_slice(&unchained.to_le_bytes());
+    let slot = ChainSlot {
+        jump: jcc,
+        rel32,
+        unchained,
+    };
+    exit_body(em, offset, Some(slot), kind, guest)
+}
+
+fn stub_meta(guest: GuestEip) -> Meta {
+    Meta {
+        guest,
+        restore_scratch: false,
+        restore_eax: false,
+        can_fault: false,
+        origin: Origin::Exit,
+    }
+}
+
+/// The store of the stub's name (its TC address, `offset` in the block) into the exit
+/// slot, the gate jump, and the stub's record.
+fn exit_body(
+    em: &mut Emitter,
+    offset: u32,
+    chain_slot: Option<ChainSlot>,
+    kind: ExitKind,
+    guest: GuestEip,
+) -> Result<(), Refusal> {
+    let meta = stub_meta(guest);
     let record = em.base.wrapping_add(offset);
     let store = Instruction::with2(Code::Mov_rm32_imm32, em.slot(SLOT_EXIT), record)
         .map_err(|e| encode_error(Code::Mov_rm32_imm32, &e))?;
@@ -62,7 +115,7 @@ pub(crate) fn exit(em: &mut Emitter, kind: ExitKind, guest: GuestEip) -> Result<
     em.emit(&gate, meta)?;
     em.side.exits.push(ExitStub {
         offset,
-        chain_slot: chainable.then_some(offset),
+        chain_slot,
         kind,
         guest,
     });
@@ -131,16 +184,14 @@ impl ChainPatch {
         let slot = stub.chain_slot.ok_or(ChainError::NotChainable {
             offset: stub.offset,
         })?;
-        let next = block_address
-            .wrapping_add(slot)
-            .wrapping_add(CHAIN_SLOT_LEN);
+        let next = block_address.wrapping_add(slot.rel32).wrapping_add(4);
         Ok(Self {
-            offset: slot + 1,
+            offset: slot.rel32,
             rel32: target.wrapping_sub(next).to_le_bytes(),
         })
     }
 
-    /// The patch that returns `stub` to its unchained state (falling into its exit).
+    /// The patch that returns `stub` to its unchained state (jumping into its exit).
     ///
     /// # Errors
     ///
@@ -150,8 +201,8 @@ impl ChainPatch {
             offset: stub.offset,
         })?;
         Ok(Self {
-            offset: slot + 1,
-            rel32: [0; 4],
+            offset: slot.rel32,
+            rel32: slot.unchained.to_le_bytes(),
         })
     }
 
@@ -159,13 +210,17 @@ impl ChainPatch {
     ///
     /// # Errors
     ///
-    /// [`ChainError::NotASlot`] when the bytes there are not a `jmp rel32`.
+    /// [`ChainError::NotASlot`] when the bytes there are not the rel32 of a `jmp rel32`
+    /// or a `jcc rel32`.
     pub fn apply(&self, block: &mut [u8]) -> Result<(), ChainError> {
+        let at = usize::try_from(self.offset).unwrap_or(usize::MAX);
+        let opcode = |back: usize| at.checked_sub(back).and_then(|i| block.get(i).copied());
+        let jmp = opcode(1) == Some(JMP_REL32);
+        let jcc = opcode(2) == Some(0x0F) && opcode(1).is_some_and(|b| b & 0xF0 == 0x80);
         let not_a_slot = ChainError::NotASlot {
             offset: self.offset.wrapping_sub(1),
         };
-        let at = usize::try_from(self.offset).map_err(|_| not_a_slot)?;
-        if at == 0 || block.get(at - 1) != Some(&JMP_REL32) {
+        if !jmp && !jcc {
             return Err(not_a_slot);
         }
         let field = block.get_mut(at..at + 4).ok_or(not_a_slot)?;
@@ -192,7 +247,8 @@ mod tests {
 
     /// The exit slot store and gate jump that follow a stub's (optional) chaining slot.
     fn tail(block: &Block, stub: &ExitStub) -> (Instruction, Instruction) {
-        let start = stub.offset + if stub.chain_slot.is_some() { 5 } else { 0 };
+        let own_slot = stub.chain_slot.is_some_and(|s| s.jump == stub.offset);
+        let start = stub.offset + if own_slot { 5 } else { 0 };
         let store = at(block, start);
         let jump = at(block, start + u32::try_from(store.len()).unwrap());
         (store, jump)
@@ -241,17 +297,53 @@ mod tests {
 
     #[test]
     fn chainable_slots_are_aligned_jumps_to_their_own_exit() {
-        // A conditional branch: fall-through and taken stubs.
+        // A conditional branch: the fall-through stub has its own slot, the taken stub
+        // is entered by the branch itself.
         let block = translate(32, &[0x40, 0x75, 0xFD]);
         assert_eq!(block.side.exits.len(), 2);
         for stub in &block.side.exits {
             let slot = stub.chain_slot.expect("chainable");
-            assert_eq!((TC + slot + 1) % 4, 0, "rel32 aligned");
-            let jump = at(&block, slot);
-            assert_eq!(jump.code(), Code::Jmp_rel32_32);
-            assert_eq!(jump.near_branch_target(), jump.next_ip(), "unchained");
-            assert_eq!(block.bytes[usize::try_from(slot).unwrap()], JMP_REL32);
+            assert_eq!((TC + slot.rel32) % 4, 0, "rel32 aligned");
+            let jump = at(&block, slot.jump);
+            assert_eq!(
+                jump.next_ip(),
+                u64::from(TC + slot.rel32 + 4),
+                "rel32 ends it"
+            );
+            if slot.jump == stub.offset {
+                assert_eq!(jump.code(), Code::Jmp_rel32_32);
+                assert_eq!(jump.near_branch_target(), jump.next_ip(), "unchained");
+                assert_eq!(block.bytes[usize::try_from(slot.jump).unwrap()], JMP_REL32);
+            } else {
+                assert_eq!(jump.code(), Code::Jne_rel32_32);
+                assert_eq!(jump.near_branch_target(), u64::from(TC + stub.offset));
+                assert!(slot.jump < stub.offset);
+            }
         }
+    }
+
+    #[test]
+    fn a_chained_conditional_branch_jumps_straight_to_its_target() {
+        let mut block = translate(32, &[0x40, 0x75, 0xFD]);
+        let original = block.bytes.clone();
+        let taken = block.side.exits[1];
+        let slot = taken.chain_slot.unwrap();
+        let target = 0xF000_4000;
+        block
+            .chain(1, target)
+            .unwrap()
+            .apply(&mut block.bytes)
+            .unwrap();
+        let jump = at(&block, slot.jump);
+        assert_eq!(jump.code(), Code::Jne_rel32_32);
+        assert_eq!(jump.near_branch_target(), u64::from(target));
+        let changed: Vec<usize> = (0..original.len())
+            .filter(|&i| original[i] != block.bytes[i])
+            .collect();
+        let field = slot.rel32 as usize..slot.rel32 as usize + 4;
+        assert!(changed.iter().all(|i| field.contains(i)));
+        block.unchain(1).unwrap().apply(&mut block.bytes).unwrap();
+        assert_eq!(block.bytes, original);
     }
 
     #[test]
@@ -262,7 +354,7 @@ mod tests {
         let patch = block.chain(0, target).unwrap();
         patch.apply(&mut block.bytes).unwrap();
         let slot = block.side.exits[0].chain_slot.unwrap();
-        let jump = at(&block, slot);
+        let jump = at(&block, slot.jump);
         assert_eq!(jump.code(), Code::Jmp_rel32_32);
         assert_eq!(jump.near_branch_target(), u64::from(target));
         // Only the four displacement bytes changed.
@@ -271,13 +363,13 @@ mod tests {
             .collect();
         assert!(changed
             .iter()
-            .all(|&i| (slot as usize + 1..slot as usize + 5).contains(&i)));
+            .all(|&i| (slot.rel32 as usize..slot.rel32 as usize + 4).contains(&i)));
 
         // The validator accepts the chained block only when the target is an entry.
         let cfg = TranslateConfig::default();
         let rules = Rules::new(&cfg, u64::from(TC)..u64::from(TC) + 0x10_0000);
         let err = validate(&block.bytes, TC, &rules).unwrap_err();
-        assert_eq!(err.offset, slot);
+        assert_eq!(err.offset, slot.jump);
         let entries = [target];
         validate(&block.bytes, TC, &rules.with_entries(&entries)).unwrap();
 
