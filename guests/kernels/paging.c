@@ -14,6 +14,7 @@ static u8 smc_page[4096] __attribute__((aligned(4096)));
 static u8 straddle_frames[3][4096] __attribute__((aligned(4096)));
 static u32 straddle_table[1024] __attribute__((aligned(4096)));
 static u8 thunk_frames[2][4096] __attribute__((aligned(4096)));
+static u32 data_frames[3][1024] __attribute__((aligned(4096)));
 
 #define STRADDLE_BASE 0x00c00000u /* PDE 3: two pages on frames in reverse order */
 #define SPACES_BASE 0x01400000u /* PDE 5: code whose second page differs per address space */
@@ -525,6 +526,42 @@ static void test_code_across_spaces(void)
 	report_prefix_pop();
 }
 
+/* Data pages under two address spaces (after test_code_across_spaces, whose directories
+ * they reuse): the third page of SPACES_BASE maps a frame of its own in each. Every
+ * switch reads the loaded space's data; a PTE of the space not loaded, changed to another
+ * frame and left without its accessed bit, is followed at the next switch, and its
+ * accessed bit is set by the access, not before. */
+static void test_data_across_spaces(void)
+{
+	report_prefix_push("spaces");
+	volatile u32 *p = (volatile u32 *)(SPACES_BASE + 2 * PAGE_SIZE);
+	for (u32 f = 0; f < 3; f++)
+		data_frames[f][0] = 0x1000 + f;
+	for (u32 s = 0; s < 2; s++)
+		spaces_tables[s][2] = phys(data_frames[s]) | PTE_P | PTE_RW;
+	u32 dirs[2] = { phys(page_dir), phys(page_dir2) };
+	int seen = 1;
+	for (u32 round = 0; round < 8; round++) {
+		u32 s = round & 1;
+		write_cr3(dirs[s]);
+		seen &= p[0] == 0x1000 + s;
+		p[1] = round;
+	}
+	report(seen && data_frames[0][1] == 6 && data_frames[1][1] == 7,
+	       "each address space reads and writes its own data page at every switch");
+	write_cr3(dirs[1]);
+	(void)p[0];
+	spaces_tables[0][2] = phys(data_frames[2]) | PTE_P | PTE_RW;
+	write_cr3(dirs[0]);
+	u32 before = LIVE(spaces_tables[0], 2) & PTE_A;
+	u32 got = p[0];
+	u32 after = LIVE(spaces_tables[0], 2) & PTE_A;
+	report(before == 0 && got == 0x1002 && after,
+	       "a PTE changed while its space was not loaded is followed, accessed only when used (got %x)",
+	       got);
+	report_prefix_pop();
+}
+
 int main(u32 magic, const void *mbi)
 {
 	(void)magic;
@@ -541,6 +578,7 @@ int main(u32 magic, const void *mbi)
 	test_lazy_fpu();
 	test_read_own_code();
 	test_code_across_spaces();
+	test_data_across_spaces();
 	test_repeated_writers();
 	return report_summary();
 }

@@ -2,7 +2,7 @@
 //! guest entries; and what to drop or re-protect when the guest changes its tables or
 //! its control registers.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::addr::{GuestLinear, GuestPhys, PAGE_SIZE};
 use crate::bits::{CR0_PG, CR0_WP, CR4_PAE, CR4_PGE, CR4_PSE, EFER_NXE};
@@ -96,7 +96,18 @@ pub struct ShadowState {
     non_global: BTreeSet<u32>,
     /// While the virtual CPL is 3: the linear address below which user code can reach.
     user_limit: Option<GuestLinear>,
+    /// CR3 value → the pages (numbers) the CR3 write that left it dropped: what that
+    /// address space used last, mapped again when it is loaded next (see
+    /// [`Self::prefill`]).
+    working_sets: HashMap<u32, Vec<u32>>,
+    /// Pages mapped ahead at CR3 writes.
+    prefilled: u64,
 }
+
+/// Most pages remembered for an address space left by a CR3 write.
+const WORKING_SET_PAGES: usize = 128;
+/// Most address spaces whose pages are remembered; past it the memory starts afresh.
+const WORKING_SETS: usize = 256;
 
 const fn page_no(addr: u32) -> u32 {
     addr >> 12
@@ -158,7 +169,14 @@ impl ShadowState {
             beyond_user: BTreeSet::new(),
             non_global: BTreeSet::new(),
             user_limit: None,
+            working_sets: HashMap::new(),
+            prefilled: 0,
         }
+    }
+
+    /// How many pages CR3 writes have mapped ahead ([`Self::write_cr3`]).
+    pub fn prefilled(&self) -> u64 {
+        self.prefilled
     }
 
     /// The control registers and roots walks use.
@@ -767,11 +785,50 @@ impl ShadowState {
             || (reload && !cr3_written);
         self.ctx = next;
         if everything {
+            self.working_sets.clear();
             self.flush_all(mapper);
         } else if cr3_written && mode != PagingMode::Off {
-            self.revalidate(mem, mapper);
+            let left = self.revalidate(mem, mapper);
+            if old.cr3 != cr3 {
+                self.prefill(mem, mapper, old.cr3, left);
+            }
         }
         Ok(())
+    }
+
+    /// After a CR3 write from `old_cr3` that dropped `left` (the old address space's
+    /// own pages): remembers them for `old_cr3`, and maps again what the new address
+    /// space used when it was left, where its tables still give those pages already
+    /// accessed (a walk would set no A or D bit), plain RAM, as a hidden read fault would
+    /// ([`Self::refill`]). The CPU may cache such translations ahead of use as well; a
+    /// process switched back to then takes no hidden fault for each page it touches
+    /// again, the cost that dominates a pipe between two processes.
+    fn prefill<M: GuestPhysMemory + ?Sized, H: HostMapper + ?Sized>(
+        &mut self,
+        mem: &M,
+        mapper: &mut H,
+        old_cr3: u32,
+        mut left: Vec<u32>,
+    ) {
+        if self.working_sets.len() >= WORKING_SETS {
+            self.working_sets.clear();
+        }
+        if left.len() > WORKING_SET_PAGES {
+            // The lowest and the highest pages: a process's data and its stack.
+            left.drain(WORKING_SET_PAGES / 2..left.len() - WORKING_SET_PAGES / 2);
+        }
+        if !left.is_empty() {
+            self.working_sets.insert(old_cr3, left);
+        }
+        let Some(pages) = self.working_sets.remove(&self.ctx.cr3) else {
+            return;
+        };
+        let user = self.user_limit.is_some();
+        for n in pages {
+            if self.refill(mem, mapper, GuestLinear(page_addr(n)), user) {
+                self.prefilled += 1;
+            }
+        }
     }
 
     /// After a CR3 write: keeps the non-global mappings the new tables give exactly as
@@ -781,11 +838,12 @@ impl ShadowState {
     /// would install. Every write to a table a mapping depends on is mediated, so no
     /// mapping can be stale before the switch. Kernel mappings shared by all address
     /// spaces then survive a process switch instead of faulting back in one by one.
+    /// Returns the pages dropped.
     fn revalidate<M: GuestPhysMemory + ?Sized, H: HostMapper + ?Sized>(
         &mut self,
         mem: &M,
         mapper: &mut H,
-    ) {
+    ) -> Vec<u32> {
         let pge = self.ctx.pge();
         let mut stale = Vec::new();
         let mut relink = Vec::new();
@@ -833,7 +891,8 @@ impl ShadowState {
         for frame in touched {
             self.reclassify(mapper, frame);
         }
-        self.drop_pages(mapper, stale);
+        self.drop_pages(mapper, stale.clone());
+        stale
     }
 
     /// The frame holding `gpa` was scanned and patched: write-protect (and, if
@@ -874,9 +933,12 @@ impl ShadowState {
         user_limit: GuestLinear,
     ) {
         self.user_limit = Some(user_limit);
+        // Pages that start below the limit, the top page too when the limit is the last
+        // byte of the address space.
+        let end = (u64::from(user_limit.0) + u64::from(PAGE_SIZE) - 1) / u64::from(PAGE_SIZE);
         let below: Vec<u32> = self
             .beyond_user
-            .range(..page_no(user_limit.0.saturating_add(PAGE_SIZE - 1)))
+            .range(..u32::try_from(end).unwrap_or(u32::MAX))
             .copied()
             .collect();
         let wp = self.ctx.wp();
@@ -1178,6 +1240,51 @@ mod tests {
         assert!(m.pages.is_empty());
         mapped(s.on_host_fault(&mut mem, &mut m, lin(0), HostAccess::Read, false));
         s.write_cr3(&mem, &mut m, PD2).unwrap();
+        assert!(m.pages.is_empty());
+    }
+
+    #[test]
+    fn an_address_space_loaded_again_gets_back_what_it_used_still_accessed() {
+        let (mut mem, mut s, mut m) = setup(|i| match i {
+            0 => Some(0x9000 | P | RW | A | D),
+            1 => Some(0xa000 | P | RW | A),
+            2 => Some(0xb000 | P | RW | A | D),
+            _ => None,
+        });
+        s.config.max_run_pages = 1;
+        mapped(s.on_host_fault(&mut mem, &mut m, lin(0), HostAccess::Write, false));
+        mapped(s.on_host_fault(&mut mem, &mut m, lin(1), HostAccess::Read, false));
+        // Another address space maps nothing there: both pages go, remembered.
+        const PD2: u32 = 0x3000;
+        s.write_cr3(&mem, &mut m, PD2).unwrap();
+        assert!(m.pages.is_empty());
+        // While away, page 0 moves to another frame and page 1 loses its accessed bit.
+        mem.set32(PT, 0xd000 | P | RW | A | D);
+        mem.set32(PT + 4, 0xa000 | P | RW);
+        s.write_cr3(&mem, &mut m, PD).unwrap();
+        assert_eq!(
+            m.at(lin(0).0),
+            Some((GuestPhys(0xd000), RW_PROT)),
+            "what a walk gives now"
+        );
+        assert_eq!(
+            m.at(lin(1).0),
+            None,
+            "a walk would set A: left to the first touch"
+        );
+        assert_eq!(m.at(lin(2).0), None, "never used");
+        assert_eq!(mem.get32(PT + 4) & A, 0, "no accessed bit set ahead of use");
+        assert_eq!(s.prefilled(), 1);
+        // A page written while mapped read-only is mapped read-only again until dirty.
+        mem.set32(PT + 4, 0xa000 | P | RW | A);
+        mapped(s.on_host_fault(&mut mem, &mut m, lin(1), HostAccess::Read, false));
+        s.write_cr3(&mem, &mut m, PD2).unwrap();
+        s.write_cr3(&mem, &mut m, PD).unwrap();
+        assert_eq!(m.at(lin(1).0), Some((GuestPhys(0xa000), Prot::READ)));
+        // A paging-mode change forgets every address space.
+        s.write_cr3(&mem, &mut m, PD2).unwrap();
+        s.write_cr4(&mem, &mut m, CR4_PSE).unwrap();
+        s.write_cr3(&mem, &mut m, PD).unwrap();
         assert!(m.pages.is_empty());
     }
 

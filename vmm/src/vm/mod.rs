@@ -440,6 +440,7 @@ impl Vm {
             ("fpu_trap_switches", c.conditional_switches),
             ("fpu_sites_switched", c.conditional_sites),
             ("hidden_page_faults", p.hidden_faults),
+            ("pages_prefilled", self.mem.paging.shadow.prefilled()),
             ("true_page_faults", p.true_faults),
             ("page_table_writes_mediated", p.table_writes),
             ("paged_accesses_emulated", p.emulated),
