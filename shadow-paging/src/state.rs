@@ -935,7 +935,7 @@ impl ShadowState {
         self.user_limit = Some(user_limit);
         // Pages that start below the limit, the top page too when the limit is the last
         // byte of the address space.
-        let end = (u64::from(user_limit.0) + u64::from(PAGE_SIZE) - 1) / u64::from(PAGE_SIZE);
+        let end = u64::from(user_limit.0).div_ceil(u64::from(PAGE_SIZE));
         let below: Vec<u32> = self
             .beyond_user
             .range(..u32::try_from(end).unwrap_or(u32::MAX))
