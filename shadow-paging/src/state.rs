@@ -111,6 +111,8 @@ pub struct ShadowState {
 /// cost a map and an unmap at every switch for nothing; a 300-fork+exec loop, whose
 /// processes each run once, loses up to a tenth with 128 and nothing measurable with 16.
 const WORKING_SET_PAGES: usize = 16;
+/// Most pages nothing maps that a run of dropped pages spans ([`ShadowState::drop_pages`]).
+const MAX_DROP_GAP: u32 = 256;
 /// Most address spaces whose pages are remembered; past it the memory starts afresh.
 const WORKING_SETS: usize = 256;
 
@@ -548,20 +550,24 @@ impl ShadowState {
         self.drop_pages(mapper, gone);
     }
 
-    /// Drops the mappings of linear pages `pages`, unmapping contiguous runs at once.
+    /// Drops the mappings of linear pages `pages`, unmapping runs at once: a run goes on
+    /// over pages nothing maps (unmapping them changes nothing), so a process's pages
+    /// dropped together cost one host call per stretch between the mappings that stay.
     fn drop_pages<H: HostMapper + ?Sized>(&mut self, mapper: &mut H, mut pages: Vec<u32>) -> usize {
         pages.sort_unstable();
         pages.dedup();
         let mut touched = BTreeSet::new();
+        pages.retain(|&n| self.unlink(n, &mut touched).is_some());
         let mut run: Option<(u32, u32)> = None;
-        let mut dropped = 0;
+        let dropped = pages.len();
         for n in pages {
-            if self.unlink(n, &mut touched).is_none() {
-                continue;
-            }
-            dropped += 1;
             run = match run {
-                Some((start, count)) if start + count == n => Some((start, count + 1)),
+                Some((start, count))
+                    if n - (start + count) <= MAX_DROP_GAP
+                        && self.maps.range(start + count..n).next().is_none() =>
+                {
+                    Some((start, n - start + 1))
+                }
                 Some((start, count)) => {
                     mapper.unmap(GuestLinear(page_addr(start)), count * PAGE_SIZE);
                     Some((n, 1))
