@@ -1300,6 +1300,32 @@ mod tests {
     }
 
     #[test]
+    fn dropped_pages_are_unmapped_in_runs_over_what_nothing_maps() {
+        let (mut mem, mut s, mut m) =
+            setup(|i| (i < 8).then_some((0x10 + i) << 12 | P | RW | A | D));
+        s.config.max_run_pages = 1;
+        for i in [0, 2, 3, 5, 7] {
+            mapped(s.on_host_fault(&mut mem, &mut m, lin(i), HostAccess::Read, false));
+        }
+        let before = m.unmaps;
+        // 0, 2 and 3 go, 5 stays: one call over 0..=3 (1 was never mapped).
+        s.drop_pages(&mut m, vec![lin(3).0 >> 12, lin(0).0 >> 12, lin(2).0 >> 12]);
+        assert_eq!(m.unmaps, before + 1);
+        assert!(m.at(lin(5).0).is_some() && m.at(lin(7).0).is_some());
+        // 5 and 7 go with 6 between them never mapped: one call.
+        s.drop_pages(&mut m, vec![lin(5).0 >> 12, lin(7).0 >> 12]);
+        assert_eq!(m.unmaps, before + 2);
+        assert!(m.pages.is_empty());
+        // Two pages around one that stays: two calls.
+        for i in [0, 1, 2] {
+            mapped(s.on_host_fault(&mut mem, &mut m, lin(i), HostAccess::Read, false));
+        }
+        s.drop_pages(&mut m, vec![lin(0).0 >> 12, lin(2).0 >> 12]);
+        assert_eq!(m.unmaps, before + 4);
+        assert!(m.at(lin(1).0).is_some());
+    }
+
+    #[test]
     fn paging_mode_changes_drop_everything() {
         let (mut mem, mut s, mut m) = setup(|i| (i == 0).then_some(0x9000 | P | RW | A | D | G));
         let cr0 = s.context().cr0;
