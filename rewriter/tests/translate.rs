@@ -12,7 +12,7 @@
 
 use capstone::arch::x86::ArchMode;
 use capstone::prelude::*;
-use iced_x86::{Code, Decoder, DecoderOptions, Instruction};
+use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic};
 use proptest::prelude::*;
 use rewriter::translate::{
     translate_block, validate, Block, CodeSegment, CodeSize, ExitKind, Gate, GuestPage, GuestPages,
@@ -49,13 +49,16 @@ fn disasm(block: &Block) -> Vec<Instruction> {
     .collect()
 }
 
+/// The targets of the block's direct exits, in address order (its other exits are
+/// left out: the HLT a test puts after a branch).
 fn direct_targets(block: &Block) -> Vec<u32> {
     block
         .side
         .exits
         .iter()
-        .map(|e| match e.kind {
-            ExitKind::Direct { target } => target,
+        .filter_map(|e| match e.kind {
+            ExitKind::Direct { target } => Some(target),
+            ExitKind::Sensitive(_) => None,
             other => panic!("unexpected exit {other:?}"),
         })
         .collect()
@@ -119,8 +122,9 @@ const RELOCATIONS: &[(u32, &[u8], Expect)] = &[
 fn near_branches_are_relocated_to_chainable_exits() {
     for (bitness, bytes, expect) in RELOCATIONS {
         let what = format!("{bytes:02x?} in {bitness}-bit code");
-        // A NOP first, so that the branch is not the entry.
-        let guest = [&[0x90][..], bytes].concat();
+        // A NOP first, so that the branch is not the entry; a HLT after, where a block
+        // that goes on past a conditional jump ends.
+        let guest = [&[0x90][..], bytes, &[0xF4]].concat();
         let block = translate(*bitness, &guest);
         let body: Vec<Instruction> = disasm(&block)
             .into_iter()
@@ -135,25 +139,49 @@ fn near_branches_are_relocated_to_chainable_exits() {
                 assert_eq!(direct_targets(&block), [target + 1], "{what}");
             }
             Expect::Branch { code, taken, fall } => {
-                assert_eq!(direct_targets(&block), [fall + 1, taken + 1], "{what}");
                 // Past the NOPs that align a jcc rel32's displacement.
                 let branch = *body.iter().find(|i| i.code() != Code::Nopd).unwrap();
                 assert_eq!(branch.code(), *code, "{what}");
-                // The conditional jumps past the fall-through stub, to the taken one.
-                let fall_stub = block.side.exits[0];
-                let taken_stub = block.side.exits[1];
                 let target = u32::try_from(branch.near_branch_target()).unwrap() - TC;
-                assert!(
-                    target > fall_stub.offset && target <= taken_stub.offset,
-                    "{what}"
+                let counted = matches!(
+                    code.mnemonic(),
+                    Mnemonic::Loop
+                        | Mnemonic::Loope
+                        | Mnemonic::Loopne
+                        | Mnemonic::Jcxz
+                        | Mnemonic::Jecxz
                 );
-                assert!(
-                    block.bytes[usize::try_from(target).unwrap()
-                        ..usize::try_from(taken_stub.offset).unwrap()]
-                        .iter()
-                        .all(|&b| b == 0x90),
-                    "{what}: only padding before the taken stub"
-                );
+                if counted {
+                    assert_eq!(direct_targets(&block), [fall + 1, taken + 1], "{what}");
+                    // The conditional jumps past the fall-through stub, to the taken one.
+                    let fall_stub = block.side.exits[0];
+                    let taken_stub = block.side.exits[1];
+                    assert!(
+                        target > fall_stub.offset && target <= taken_stub.offset,
+                        "{what}"
+                    );
+                    assert!(
+                        block.bytes[usize::try_from(target).unwrap()
+                            ..usize::try_from(taken_stub.offset).unwrap()]
+                            .iter()
+                            .all(|&b| b == 0x90),
+                        "{what}: only padding before the taken stub"
+                    );
+                } else {
+                    // A side exit: the block goes on at the fall-through (to the HLT);
+                    // the jump enters the taken stub, after the block's end.
+                    assert_eq!(direct_targets(&block), [taken + 1], "{what}");
+                    let hlt = block.side.exits[0];
+                    assert_eq!(
+                        hlt.guest,
+                        rewriter::translate::GuestEip::At(fall + 1),
+                        "{what}"
+                    );
+                    assert!(matches!(hlt.kind, ExitKind::Sensitive(_)), "{what}");
+                    let taken_stub = block.side.exits[1];
+                    assert_eq!(target, taken_stub.offset, "{what}");
+                    assert!(taken_stub.offset > hlt.offset, "{what}");
+                }
             }
             Expect::Call { push, ret, target } => {
                 let push_instr = body[0];

@@ -3,7 +3,9 @@
 //! The block is decoded with the code segment's own size (16-bit code is never decoded
 //! as 32-bit) from exactly the entry EIP, one instruction after the other, and ends:
 //!
-//! * at a control transfer (the last instruction is then a branch the emitter expands);
+//! * at a control transfer other than a conditional jump (the last instruction is then a
+//!   branch the emitter expands; a conditional jump is a side exit and decoding goes on
+//!   with its fall-through);
 //! * at an instruction the translation may not run natively (its class is in the
 //!   rewriter's table, it reads through CS or the reserved scratch segment, or it is
 //!   unsupported): it becomes an exit;
@@ -275,7 +277,9 @@ pub(crate) fn decode_block(
                 kind: ExitKind::Mediated,
             };
         }
-        if instr.flow_control() != FlowControl::Next {
+        // A conditional jump leaves the block only when taken: the block goes on with its
+        // fall-through (a side exit), so the common path runs without a jump of its own.
+        if instr.flow_control() != FlowControl::Next && side_exit(&instr).is_none() {
             break End::Branch(instr);
         }
         ident.push(instr);
@@ -401,6 +405,18 @@ fn pic_thunk(
         reg,
         ret,
     })
+}
+
+/// For a conditional jump (not LOOP or JCXZ, which keep ending blocks): its `rel8`
+/// 32-bit-operand code and its target, taken as a side exit mid-block.
+pub(crate) fn side_exit(instr: &Instruction) -> Option<(Code, u32)> {
+    if instr.flow_control() != FlowControl::ConditionalBranch {
+        return None;
+    }
+    match branch_form(instr)? {
+        BranchForm::Conditional { code, target } => Some((code, target)),
+        _ => None,
+    }
 }
 
 fn end_of(instr: &Instruction) -> u32 {
@@ -914,6 +930,21 @@ mod tests {
                 kind: ExitKind::Unsupported
             }
         );
+    }
+
+    #[test]
+    fn a_conditional_jump_is_a_side_exit_and_decoding_goes_on() {
+        // jne +1; nop; loop -3; (never reached)
+        let block = decode(32, &[0x75, 0x01, 0x90, 0xE2, 0xFB, 0x90]);
+        assert_eq!(block.ident.len(), 2);
+        assert_eq!(
+            side_exit(&block.ident[0]),
+            Some((Code::Jne_rel8_32, EIP + 3))
+        );
+        assert_eq!(side_exit(&block.ident[1]), None);
+        // LOOP still ends the block.
+        assert!(matches!(&block.end, End::Branch(i) if i.mnemonic() == Mnemonic::Loop));
+        assert_eq!(block.guest_end, EIP + 5);
     }
 
     /// A breakpoint at one linear address.

@@ -215,14 +215,14 @@ impl<'c> Emitter<'c> {
         })
     }
 
-    /// Emits a `jcc rel32` (`code`) whose displacement is 4-byte aligned as a TC address
-    /// (NOPs in front), pointing at its own end until [`super::stub::taken_exit`] gives
-    /// it its stub: returns the jump's offset.
-    pub fn aligned_jcc(&mut self, code: Code, meta: Meta) -> Result<u32, Refusal> {
+    /// Emits a `jcc rel32` (`code`, with `meta`) whose displacement is 4-byte aligned as
+    /// a TC address (NOPs with `pad` in front), pointing at its own end until
+    /// [`super::stub::taken_exit`] gives it its stub: returns the jump's offset.
+    pub fn aligned_jcc(&mut self, code: Code, pad: Meta, meta: Meta) -> Result<u32, Refusal> {
         // 0F 8x and the displacement.
         const LEN: u32 = 6;
         while self.here().wrapping_add(LEN - 4) & 3 != 0 {
-            self.emit(&Instruction::with(Code::Nopd), meta)?;
+            self.emit(&Instruction::with(Code::Nopd), pad)?;
         }
         let at = self.offset();
         let next = self.here().wrapping_add(LEN);

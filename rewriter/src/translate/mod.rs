@@ -7,9 +7,11 @@
 //! ```text
 //! lookup entry:  mov ecx, [seg:SLOT_ECX]      ; what the lookup table points at
 //!                mov edx, [seg:SLOT_EDX]
-//! entry:         IDENT instructions           ; guest instructions, re-encoded
+//! entry:         IDENT instructions           ; guest instructions, re-encoded, and
+//!                jcc rel32 <taken stub>       ; conditional jumps as side exits
 //!                <end>                        ; chainable exit, branch expansion,
 //!                                             ; indirect lookup, or exit
+//!                <taken stubs>                ; one per side exit, out of the way
 //! ```
 //!
 //! * decoding from the real entry with the right code size: `decode.rs`;
@@ -19,11 +21,14 @@
 //! * the side table ([`SideTable`]): `side.rs`;
 //! * the validator ([`validate()`]): `validate.rs`.
 //!
-//! Direct branches end in two chainable exits (fall-through, taken): a conditional jump
-//! is a `jcc rel32` that chaining points straight at the taken target's block; LOOP and
-//! JCXZ (which have only `rel8` forms) jump to their taken stub. LOOP and JCXZ keep their counter size (`67` in the TC when the
-//! guest's address size is 16) but lose any `66`, which in 32-bit code would truncate
-//! the TC address. CALL pushes the guest's return address.
+//! A conditional jump does not end its block: it becomes a `jcc rel32` side exit to a
+//! chainable stub after the block's end, which chaining replaces with the taken target's
+//! block, and the block goes on with the fall-through (the common path runs without a
+//! jump of its own). LOOP and JCXZ (which have only `rel8` forms) end their block in two
+//! chainable exits, fall-through and taken; they keep their counter size (`67` in the TC
+//! when the guest's address size is 16) but lose any `66`, which in 32-bit code would
+//! truncate the TC address. CALL pushes the guest's return address; a CALL of a PIC
+//! thunk (`mov reg, [esp]; ret`) is done in one step.
 //!
 //! The translation depends on more than the guest bytes: on the code segment (base,
 //! limit, D bit), on the stack size (SS.B, for RET) and on whether FPU instructions
@@ -34,14 +39,18 @@
 //!     translate_block, validate, CodeSegment, ExitKind, GuestPages, Rules, TranslateConfig,
 //! };
 //!
-//! // inc eax; cmp eax, 10; jne 0x1000
-//! let code = GuestPages::flat(0x1000, &[0x40, 0x83, 0xF8, 0x0A, 0x75, 0xFA]);
+//! // inc eax; cmp eax, 10; jne 0x1000; jmp 0x2000
+//! let code = GuestPages::flat(
+//!     0x1000,
+//!     &[0x40, 0x83, 0xF8, 0x0A, 0x75, 0xFA, 0xE9, 0xF5, 0x0F, 0x00, 0x00],
+//! );
 //! let cfg = TranslateConfig::default();
 //! let block = translate_block(&code, 0x1000, CodeSegment::FLAT32, 0xF000_0000, &cfg)?;
 //! let targets: Vec<_> = block.side.exits.iter().map(|e| e.kind).collect();
+//! // The block's end (the JMP), then the JNE's side exit.
 //! assert_eq!(
 //!     targets,
-//!     [ExitKind::Direct { target: 0x1006 }, ExitKind::Direct { target: 0x1000 }]
+//!     [ExitKind::Direct { target: 0x2000 }, ExitKind::Direct { target: 0x1000 }]
 //! );
 //! let rules = Rules::new(&cfg, 0xF000_0000..0xF100_0000);
 //! validate(&block.bytes, block.tc_address, &rules)?;
@@ -336,7 +345,20 @@ pub fn translate_block(
     let entry_offset = em.offset();
     let mut end = decoded.end;
     let mut guest_end = decoded.guest_end;
+    let mut side_exits = Vec::new();
     for instr in &decoded.ident {
+        if let Some((code, target)) = decode::side_exit(instr) {
+            let eip = eip_of(instr);
+            let pad = Meta::expansion(GuestEip::At(eip), false, false);
+            let jump = Meta {
+                origin: Origin::Inline {
+                    guest_len: u8::try_from(instr.len()).unwrap_or(u8::MAX),
+                },
+                ..pad
+            };
+            side_exits.push((em.aligned_jcc(code.as_near_branch(), pad, jump)?, target));
+            continue;
+        }
         if !em.ident(instr)? {
             let eip = eip_of(instr);
             end = End::Exit {
@@ -355,6 +377,15 @@ pub fn translate_block(
             lookup::thunk_call(&mut em, eip, reg, ret)?;
             direct(&mut em, ret)?;
         }
+    }
+    // The side exits' stubs, out of the way of the path that falls through.
+    for (jcc, target) in side_exits {
+        stub::taken_exit(
+            &mut em,
+            jcc,
+            ExitKind::Direct { target },
+            GuestEip::At(target),
+        )?;
     }
     let block = Block {
         tc_address,
@@ -395,7 +426,7 @@ fn branch(em: &mut Emitter, instr: &iced_x86::Instruction) -> Result<(), Refusal
         BranchForm::Jump { target } => direct(em, target),
         BranchForm::Conditional { code, target } => {
             let meta = Meta::expansion(GuestEip::At(eip), false, false);
-            let jcc = em.aligned_jcc(code.as_near_branch(), meta)?;
+            let jcc = em.aligned_jcc(code.as_near_branch(), meta, meta)?;
             direct(em, next)?;
             stub::taken_exit(em, jcc, ExitKind::Direct { target }, GuestEip::At(target))
         }
