@@ -139,8 +139,8 @@ fn near_branches_are_relocated_to_chainable_exits() {
                 assert_eq!(direct_targets(&block), [target + 1], "{what}");
             }
             Expect::Branch { code, taken, fall } => {
-                // Past the NOPs that align a jcc rel32's displacement.
-                let branch = *body.iter().find(|i| i.code() != Code::Nopd).unwrap();
+                // Past the NOP that aligns a jcc rel32's displacement.
+                let branch = *body.iter().find(|i| i.mnemonic() != Mnemonic::Nop).unwrap();
                 assert_eq!(branch.code(), *code, "{what}");
                 let target = u32::try_from(branch.near_branch_target()).unwrap() - TC;
                 let counted = matches!(
@@ -160,11 +160,12 @@ fn near_branches_are_relocated_to_chainable_exits() {
                         target > fall_stub.offset && target <= taken_stub.offset,
                         "{what}"
                     );
+                    let padding = &block.bytes[usize::try_from(target).unwrap()
+                        ..usize::try_from(taken_stub.offset).unwrap()];
                     assert!(
-                        block.bytes[usize::try_from(target).unwrap()
-                            ..usize::try_from(taken_stub.offset).unwrap()]
-                            .iter()
-                            .all(|&b| b == 0x90),
+                        Decoder::new(32, padding, DecoderOptions::NONE)
+                            .into_iter()
+                            .all(|i| i.mnemonic() == Mnemonic::Nop),
                         "{what}: only padding before the taken stub"
                     );
                 } else {

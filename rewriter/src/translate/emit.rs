@@ -215,15 +215,40 @@ impl<'c> Emitter<'c> {
         })
     }
 
+    /// Pads with one NOP (of 1 to 3 bytes: the padding runs on the path that falls
+    /// through) so that the instruction emitted next has its byte `at` 4-byte aligned
+    /// as a TC address.
+    pub fn align(&mut self, at: u32, meta: Meta) -> Result<(), Refusal> {
+        let nop = match self.here().wrapping_add(at) & 3 {
+            0 => return Ok(()),
+            3 => Instruction::with(Code::Nopd),
+            // 66 90
+            2 => Instruction::with(Code::Nopw),
+            // 0F 1F 00: nop dword [eax], which accesses nothing.
+            _ => build!(
+                with1,
+                Code::Nop_rm32,
+                MemoryOperand::with_base(Register::EAX)
+            )?,
+        };
+        let start = self.offset();
+        self.emit(&nop, meta)?;
+        if self.here().wrapping_add(at) & 3 != 0 {
+            return Err(Refusal::Encode {
+                what: "alignment".to_string(),
+                reason: format!("a NOP of {} bytes", self.offset() - start),
+            });
+        }
+        Ok(())
+    }
+
     /// Emits a `jcc rel32` (`code`, with `meta`) whose displacement is 4-byte aligned as
     /// a TC address (NOPs with `pad` in front), pointing at its own end until
     /// [`super::stub::taken_exit`] gives it its stub: returns the jump's offset.
     pub fn aligned_jcc(&mut self, code: Code, pad: Meta, meta: Meta) -> Result<u32, Refusal> {
         // 0F 8x and the displacement.
         const LEN: u32 = 6;
-        while self.here().wrapping_add(LEN - 4) & 3 != 0 {
-            self.emit(&Instruction::with(Code::Nopd), pad)?;
-        }
+        self.align(LEN - 4, pad)?;
         let at = self.offset();
         let next = self.here().wrapping_add(LEN);
         let instr =

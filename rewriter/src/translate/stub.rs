@@ -40,9 +40,7 @@ pub(crate) fn exit(em: &mut Emitter, kind: ExitKind, guest: GuestEip) -> Result<
     let meta = stub_meta(guest);
     let chainable = kind.chainable();
     if chainable {
-        while em.here().wrapping_add(1) & 3 != 0 {
-            em.emit(&Instruction::with(Code::Nopd), meta)?;
-        }
+        em.align(1, meta)?;
     }
     let offset = em.offset();
     if chainable {
