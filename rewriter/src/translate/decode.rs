@@ -635,16 +635,34 @@ mod tests {
         decode_block(code, eip, cs, &TranslateConfig::default()).expect("decodes")
     }
 
-    /// Code whose instruction at one guest-physical address the monitor performs.
-    struct Mediating(GuestPages, u64);
+    /// Code with an instruction the monitor performs (at a guest-physical address) or a
+    /// breakpoint (at a linear address).
+    struct Watched {
+        code: GuestPages,
+        mediated: Option<u64>,
+        breakpoint: Option<u32>,
+    }
 
-    impl CodeReader for Mediating {
+    impl CodeReader for Watched {
         fn fetch(&self, linear: u32, buf: &mut [u8]) -> Option<u64> {
-            self.0.fetch(linear, buf)
+            self.code.fetch(linear, buf)
+        }
+
+        fn stop_before(&self, linear: u32) -> bool {
+            self.breakpoint == Some(linear)
         }
 
         fn mediated(&self, phys: u64) -> bool {
-            phys == self.1
+            self.mediated == Some(phys)
+        }
+    }
+
+    /// The code, with the monitor performing the instruction at guest-physical `phys`.
+    fn mediating(code: GuestPages, phys: u64) -> Watched {
+        Watched {
+            code,
+            mediated: Some(phys),
+            breakpoint: None,
         }
     }
 
@@ -657,7 +675,7 @@ mod tests {
         page.extend([0x40, 0x89, 0x03, 0xC3]);
         code.map(0x7000, 0x3000, &page);
         let cfg = TranslateConfig::default();
-        let reader = Mediating(code, 0x3ff9);
+        let reader = mediating(code, 0x3ff9);
         let block = decode_block(&reader, 0x7ff8, CodeSegment::FLAT32, &cfg).expect("decodes");
         assert_eq!(block.ident.len(), 1);
         assert_eq!(
@@ -668,7 +686,7 @@ mod tests {
             }
         );
         // Marked by its linear address instead, nothing is the monitor's.
-        let reader = Mediating(reader.0, 0x7ff9);
+        let reader = mediating(reader.code, 0x7ff9);
         let block = decode_block(&reader, 0x7ff8, CodeSegment::FLAT32, &cfg).expect("decodes");
         assert_eq!(block.ident.len(), 2);
         assert!(matches!(block.end, End::Branch(_)));
@@ -947,19 +965,6 @@ mod tests {
         assert_eq!(block.guest_end, EIP + 5);
     }
 
-    /// A breakpoint at one linear address.
-    struct Breakpoint(GuestPages, u32);
-
-    impl CodeReader for Breakpoint {
-        fn fetch(&self, linear: u32, buf: &mut [u8]) -> Option<u64> {
-            self.0.fetch(linear, buf)
-        }
-
-        fn stop_before(&self, linear: u32) -> bool {
-            linear == self.1
-        }
-    }
-
     /// `call` at 0x1000 of a thunk (`thunk` bytes) at 0x3000, on another page.
     fn thunk_code(thunk: &[u8]) -> GuestPages {
         let mut code = GuestPages::new();
@@ -1022,7 +1027,11 @@ mod tests {
         }
         let thunk = thunk_code(&[0x8B, 0x1C, 0x24, 0xC3]);
         // A breakpoint on the thunk's RET: the thunk runs as the guest's code.
-        let watched = Breakpoint(thunk.clone(), 0x3003);
+        let watched = Watched {
+            code: thunk.clone(),
+            mediated: None,
+            breakpoint: Some(0x3003),
+        };
         let cfg = TranslateConfig::default();
         let block = decode_block(&watched, 0x1000, CodeSegment::FLAT32, &cfg).unwrap();
         assert!(is_call(&block));
