@@ -631,6 +631,10 @@ mod tests {
         decode_at(&GuestPages::flat(EIP, bytes), EIP, segment(bitness))
     }
 
+    fn page(linear: u32, phys: u64) -> GuestPage {
+        GuestPage { linear, phys }
+    }
+
     fn decode_at(code: &GuestPages, eip: u32, cs: CodeSegment) -> DecodedBlock {
         decode_block(code, eip, cs, &TranslateConfig::default()).expect("decodes")
     }
@@ -806,16 +810,7 @@ mod tests {
         assert_eq!(block.end, End::FallThrough(0x2003));
         assert_eq!(
             block.pages,
-            [
-                GuestPage {
-                    linear: 0x1000,
-                    phys: 0x7_7000
-                },
-                GuestPage {
-                    linear: 0x2000,
-                    phys: 0x5_5000
-                }
-            ]
+            [page(0x1000, 0x7_7000), page(0x2000, 0x5_5000)]
         );
     }
 
@@ -997,16 +992,7 @@ mod tests {
             );
             assert_eq!(
                 block.pages,
-                [
-                    GuestPage {
-                        linear: 0x1000,
-                        phys: 0x7_7000
-                    },
-                    GuestPage {
-                        linear: 0x3000,
-                        phys: 0x9_9000
-                    }
-                ]
+                [page(0x1000, 0x7_7000), page(0x3000, 0x9_9000)]
             );
         }
     }
