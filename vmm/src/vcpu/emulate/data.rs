@@ -1,5 +1,5 @@
 //! Data moves between general-purpose registers, memory and immediates: MOV, MOVZX,
-//! MOVSX and XCHG (SDM Vol. 2). The monitor performs them itself for accesses the host
+//! MOVSX, XCHG and PUSH of memory (SDM Vol. 2). The monitor performs them itself for accesses the host
 //! mapping cannot serve (linear page 0, physical addresses without RAM) and for writes
 //! to mediated pages; flags are never touched.
 
@@ -44,6 +44,18 @@ pub(crate) fn mov_extend(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_
     Ok(Outcome::Next(Effects::NONE))
 }
 
+/// PUSH m16/m32: the operand is read (its address formed with ESP as it was before the
+/// push, SDM Vol. 2 PUSH), then pushed; a fault on either leaves everything as it was.
+pub(crate) fn push_memory(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
+    let i = cx.instr;
+    let (Some(src), Some(size)) = (rm_operand(s, i, 0), operand_size(i, 0)) else {
+        return Err(unsupported(cx));
+    };
+    let value = read_rm(s, bus, src, size)?;
+    super::push(s, bus, &[value], size)?;
+    Ok(Outcome::Next(Effects::NONE))
+}
+
 /// XCHG r/m, r: memory is read, then written with the register, then the register gets
 /// the old value (a fault on the write leaves the register as it was).
 pub(crate) fn xchg(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
@@ -64,4 +76,33 @@ pub(crate) fn xchg(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> 
     write_rm(s, bus, mem, size, v)?;
     write_rm(s, bus, reg, size, old)?;
     Ok(Outcome::Next(Effects::NONE))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::vcpu::emulate::mediated::data_access;
+    use crate::vcpu::state::gpr;
+    use crate::vcpu::testbus::TestBus;
+    use iced_x86::{Decoder, DecoderOptions};
+
+    #[test]
+    fn push_of_memory_reads_then_pushes() {
+        let mut bus = TestBus::new();
+        let mut s = bus.protected_state();
+        bus.write_u32(0x2000, 0x1234_5678);
+        s.gpr[gpr::EAX] = 0x2000;
+        s.gpr[gpr::ESP] = 0x8000;
+        s.eip = 0x1000;
+        // push dword [eax]
+        let i = Decoder::with_ip(32, &[0xff, 0x30], 0x1000, DecoderOptions::NONE).decode();
+        assert!(data_access(&mut s, &mut bus, &i).is_ok());
+        assert_eq!(s.gpr[gpr::ESP], 0x7ffc);
+        assert_eq!(bus.read_u32(0x7ffc), 0x1234_5678);
+        assert_eq!(s.eip, 0x1002);
+        // push dword [esp]: the address is ESP before the push.
+        let i = Decoder::with_ip(32, &[0xff, 0x34, 0x24], 0x1002, DecoderOptions::NONE).decode();
+        assert!(data_access(&mut s, &mut bus, &i).is_ok());
+        assert_eq!(s.gpr[gpr::ESP], 0x7ff8);
+        assert_eq!(bus.read_u32(0x7ff8), 0x1234_5678);
+    }
 }

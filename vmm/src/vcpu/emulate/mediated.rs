@@ -30,6 +30,7 @@ fn dispatch(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> Res {
         M::Mov => data::mov(s, bus, cx),
         M::Movzx | M::Movsx => data::mov_extend(s, bus, cx),
         M::Xchg => data::xchg(s, bus, cx),
+        M::Push if cx.instr.op0_kind() == OpKind::Memory => data::push_memory(s, bus, cx),
         M::Add | M::Sub | M::And | M::Or | M::Xor | M::Inc | M::Dec | M::Cmp | M::Test => {
             alu::arith(s, bus, cx)
         }
@@ -82,8 +83,8 @@ pub fn mediate(
 
 /// Performs `instr`, an access to memory the host does not map: the writes [`mediate`]
 /// performs, the reads of MOV, MOVZX and MOVSX into a register, ADD, SUB, AND, OR, XOR,
-/// CMP and TEST with a memory source (a stack-protector check reads its canary so), and
-/// CMP and TEST of memory.
+/// CMP and TEST with a memory source (a stack-protector check reads its canary so), CMP
+/// and TEST of memory, and PUSH of memory.
 ///
 /// # Errors
 /// The guest fault an access raised (#PF, #GP, #SS).
@@ -110,6 +111,8 @@ pub fn data_access(
                 | M::Test
         );
     let compare = instr.op0_kind() == OpKind::Memory && matches!(m, M::Cmp | M::Test);
+    // i386 C libraries push TLS words (GS-relative, at offsets that wrap past 4 GiB).
+    let push = instr.op0_kind() == OpKind::Memory && m == M::Push;
     let string_read = matches!(
         m,
         M::Lodsb
@@ -122,7 +125,7 @@ pub fn data_access(
             | M::Scasw
             | M::Scasd
     );
-    if into_register || compare || string_read {
+    if into_register || compare || string_read || push {
         return run(s, bus, instr);
     }
     mediate(s, bus, instr)
