@@ -258,6 +258,7 @@ pub fn scan_page_after(
     );
     core.carried_in = carried_in.min(MAX_INSTRUCTION_LEN - 1);
     core.data_gaps = true;
+    core.data_prefix = elf_tables_end(buf.get(..limit).unwrap_or_default());
     core.run(entries);
     let straddle_end = u64::from(page) + core.max_end.max(PAGE_SIZE as usize) as u64;
     let out = core.finish();
@@ -271,6 +272,44 @@ pub fn scan_page_after(
         invalid_bytes: out.invalid_bytes,
         overlaps: out.overlaps,
     }
+}
+
+/// Where the code of an ELF image that starts a page may begin: 0 for a page that does
+/// not start with a 32-bit ELF header. A page that does (a shared object mapped whole,
+/// such as the kernel's vDSO) holds the ELF and program headers and, before its text, the
+/// dynamic symbol tables, which a C library reads as data to look symbols up; patching
+/// what the sweep takes for instructions there would corrupt them. For a shared object
+/// linked at 0 whose entry point lies in the page past the headers, everything before
+/// the entry is taken for headers and tables; otherwise the headers alone.
+pub fn elf_tables_end(page: &[u8]) -> usize {
+    /// The ELF header's size (ELFCLASS32).
+    const EHDR: usize = 52;
+    const ET_DYN: u16 = 3;
+    let u16_at = |at: usize| {
+        page.get(at..at + 2)
+            .and_then(|b| <[u8; 2]>::try_from(b).ok())
+            .map_or(0, u16::from_le_bytes)
+    };
+    let u32_at = |at: usize| {
+        page.get(at..at + 4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map_or(0, u32::from_le_bytes)
+    };
+    // Magic, ELFCLASS32, ELFDATA2LSB.
+    if page.len() < EHDR || page.get(..6) != Some(&[0x7f, b'E', b'L', b'F', 1, 1][..]) {
+        return 0;
+    }
+    let program_headers = usize::try_from(u32_at(28)).unwrap_or(usize::MAX);
+    let headers = program_headers
+        .saturating_add(usize::from(u16_at(42)) * usize::from(u16_at(44)))
+        .max(EHDR);
+    let entry = usize::try_from(u32_at(24)).unwrap_or(usize::MAX);
+    let end = if u16_at(16) == ET_DYN && entry > headers && entry < page.len() {
+        entry
+    } else {
+        headers
+    };
+    end.min(page.len())
 }
 
 /// Scans a whole region of code at `base` with the same algorithm as [`scan_page`]:
@@ -332,6 +371,9 @@ struct Core<'a> {
     /// Treat a swept gap that holds an undecodable byte as data: its sites are dropped
     /// (page scans, whose sites are patched in place; see [`scan_page_after`]).
     data_gaps: bool,
+    /// Leading bytes the sweep takes for data (an ELF image's headers and tables, see
+    /// [`elf_tables_end`]); instructions the descent proves there still count.
+    data_prefix: usize,
 }
 
 impl<'a> Core<'a> {
@@ -362,6 +404,7 @@ impl<'a> Core<'a> {
             work: Vec::new(),
             carried_in: 0,
             data_gaps: false,
+            data_prefix: 0,
         }
     }
 
@@ -535,7 +578,7 @@ impl<'a> Core<'a> {
                 };
                 continue;
             }
-            if offset < covered {
+            if offset < covered || offset < self.data_prefix {
                 offset += 1;
                 continue;
             }
@@ -705,6 +748,38 @@ mod tests {
         assert!(scan.is_start(0x10_1001) && scan.is_start(0x10_1006));
         assert_eq!(scan.straddle_end, 0x10_2000);
         assert!(scan.exits.is_empty());
+    }
+
+    #[test]
+    fn an_elf_image_s_headers_and_tables_are_data() {
+        // A shared object linked at 0 (a vDSO): the header, then "tables" whose bytes
+        // look like CLI and INT 0x80, then its entry at 0x100 with a real CLI.
+        let mut page = vec![0x90u8; 0x1000];
+        page[..6].copy_from_slice(&[0x7f, b'E', b'L', b'F', 1, 1]);
+        page[16..18].copy_from_slice(&3u16.to_le_bytes());
+        page[24..28].copy_from_slice(&0x100u32.to_le_bytes());
+        page[28..32].copy_from_slice(&52u32.to_le_bytes());
+        page[42..44].copy_from_slice(&32u16.to_le_bytes());
+        page[44..46].copy_from_slice(&1u16.to_le_bytes());
+        page[0x80] = 0xfa;
+        page[0xa0..0xa2].copy_from_slice(&[0xcd, 0x80]);
+        page[0x100] = 0xfa;
+        assert_eq!(elf_tables_end(&page), 0x100);
+        let base = 0x10_0000;
+        let mem = BufferMemory::new(base, page.clone());
+        let scan = scan_page(&mem, base, &[base + 0x100]);
+        let sites: Vec<u32> = scan.sites.iter().map(|s| s.address - base).collect();
+        assert!(sites.contains(&0x100), "{sites:x?}");
+        assert!(sites.iter().all(|&a| a >= 0x100), "{sites:x?}");
+        // An entry the descent proves inside the tables still counts.
+        let scan = scan_page(&mem, base, &[base + 0x80]);
+        assert!(scan.sites.iter().any(|s| s.address == base + 0x80));
+        // Without the ELF magic the same bytes are swept as code.
+        page[0] = 0;
+        assert_eq!(elf_tables_end(&page), 0);
+        let mem = BufferMemory::new(base, page);
+        let scan = scan_page(&mem, base, &[base + 0x100]);
+        assert!(scan.sites.iter().any(|s| s.address == base + 0x80));
     }
 
     #[test]
