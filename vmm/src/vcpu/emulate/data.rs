@@ -77,32 +77,3 @@ pub(crate) fn xchg(s: &mut VcpuState, bus: &mut impl GuestBus, cx: &Ctx<'_>) -> 
     write_rm(s, bus, reg, size, old)?;
     Ok(Outcome::Next(Effects::NONE))
 }
-
-#[cfg(test)]
-mod tests {
-    use crate::vcpu::emulate::mediated::data_access;
-    use crate::vcpu::state::gpr;
-    use crate::vcpu::testbus::TestBus;
-    use iced_x86::{Decoder, DecoderOptions};
-
-    #[test]
-    fn push_of_memory_reads_then_pushes() {
-        let mut bus = TestBus::new();
-        let mut s = bus.protected_state();
-        bus.write_u32(0x2000, 0x1234_5678);
-        s.gpr[gpr::EAX] = 0x2000;
-        s.gpr[gpr::ESP] = 0x8000;
-        s.eip = 0x1000;
-        // push dword [eax]
-        let i = Decoder::with_ip(32, &[0xff, 0x30], 0x1000, DecoderOptions::NONE).decode();
-        assert!(data_access(&mut s, &mut bus, &i).is_ok());
-        assert_eq!(s.gpr[gpr::ESP], 0x7ffc);
-        assert_eq!(bus.read_u32(0x7ffc), 0x1234_5678);
-        assert_eq!(s.eip, 0x1002);
-        // push dword [esp]: the address is ESP before the push.
-        let i = Decoder::with_ip(32, &[0xff, 0x34, 0x24], 0x1002, DecoderOptions::NONE).decode();
-        assert!(data_access(&mut s, &mut bus, &i).is_ok());
-        assert_eq!(s.gpr[gpr::ESP], 0x7ff8);
-        assert_eq!(bus.read_u32(0x7ff8), 0x1234_5678);
-    }
-}
