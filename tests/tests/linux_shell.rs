@@ -155,7 +155,9 @@ fn boots_to_a_shell(kernel: &str, cpus: u8, exec: &str) {
     };
     // One boot at a time: on a small host, boots sharing its cores lose timer ticks, and
     // a kernel whose watchdog then finds the TSC unstable is not what this test is about.
-    let _one_at_a_time = ONE_BOOT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one_at_a_time = ONE_BOOT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let release = kernel_release(&kernel);
     let mut guest = Guest::boot(&kernel, &initrd, cpus, exec);
     let ready = guest.wait_for(READY, BOOT, |l| l.contains(READY));
