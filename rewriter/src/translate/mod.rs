@@ -348,15 +348,7 @@ pub fn translate_block(
     let mut side_exits = Vec::new();
     for instr in &decoded.ident {
         if let Some((code, target)) = decode::side_exit(instr) {
-            let eip = eip_of(instr);
-            let pad = Meta::expansion(GuestEip::At(eip), false, false);
-            let jump = Meta {
-                origin: Origin::Inline {
-                    guest_len: u8::try_from(instr.len()).unwrap_or(u8::MAX),
-                },
-                ..pad
-            };
-            side_exits.push((em.aligned_jcc(code.as_near_branch(), pad, jump)?, target));
+            side_exits.push((side_exit_jump(&mut em, instr, code)?, target));
             continue;
         }
         if !em.ident(instr)? {
@@ -415,6 +407,23 @@ fn direct(em: &mut Emitter, target: u32) -> Result<(), Refusal> {
     stub::exit(em, ExitKind::Direct { target }, GuestEip::At(target))
 }
 
+/// The conditional jump `instr` (`code`, its `rel8` form) as a side exit: a `jcc rel32`
+/// whose stub [`stub::taken_exit`] emits later. Returns the jump's offset.
+fn side_exit_jump(
+    em: &mut Emitter,
+    instr: &iced_x86::Instruction,
+    code: iced_x86::Code,
+) -> Result<u32, Refusal> {
+    let pad = Meta::expansion(GuestEip::At(eip_of(instr)), false, false);
+    let jump = Meta {
+        origin: Origin::Inline {
+            guest_len: u8::try_from(instr.len()).unwrap_or(u8::MAX),
+        },
+        ..pad
+    };
+    em.aligned_jcc(code.as_near_branch(), pad, jump)
+}
+
 /// Expands the block's final near control transfer.
 fn branch(em: &mut Emitter, instr: &iced_x86::Instruction) -> Result<(), Refusal> {
     let eip = eip_of(instr);
@@ -425,8 +434,7 @@ fn branch(em: &mut Emitter, instr: &iced_x86::Instruction) -> Result<(), Refusal
     match form {
         BranchForm::Jump { target } => direct(em, target),
         BranchForm::Conditional { code, target } => {
-            let meta = Meta::expansion(GuestEip::At(eip), false, false);
-            let jcc = em.aligned_jcc(code.as_near_branch(), meta, meta)?;
+            let jcc = side_exit_jump(em, instr, code)?;
             direct(em, next)?;
             stub::taken_exit(em, jcc, ExitKind::Direct { target }, GuestEip::At(target))
         }
