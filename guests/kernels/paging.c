@@ -562,6 +562,103 @@ static void test_data_across_spaces(void)
 	report_prefix_pop();
 }
 
+
+/* Loads of data segment registers under paging, which translate mode performs without
+ * an exit once the monitor has checked the selector: each load must still see the
+ * descriptor as the GDT holds it at that moment, however often it was loaded before. */
+#define SEG_ENTRY 10
+#define SEG_SEL (SEG_ENTRY * 8)
+#define SEG_NEIGHBOUR 11
+/* QEMU TCG checks neither data segment limits nor the use of a null data selector. */
+#define QUIRK_NO_LIMITS "quirk-no-segment-limit-checks"
+#define QUIRK_NULL_USABLE "quirk-null-segment-usable"
+
+static u32 seg_cell = 0x5e65e600u;
+
+/* Loads FS with SEG_SEL and reads FS:offset. FS keeps the selector: every call loads the
+ * selector FS already holds, the load translate mode makes without an exit. */
+static u32 fs_read(u32 offset)
+{
+	u32 v;
+	asm volatile("movw %w1, %%fs\n\t"
+		     "movl %%fs:(%2), %0"
+		     : "=&r"(v)
+		     : "r"(SEG_SEL), "r"(offset)
+		     : "memory");
+	return v;
+}
+
+static void test_segment_loads(void)
+{
+	report_prefix_push("segment loads");
+	gdt_load(SEG_NEIGHBOUR + 1);
+	u32 ok = 0;
+	for (int i = 0; i < 1000; i++) {
+		u32 v;
+		asm volatile("movw %w1, %%ds\n\tmovl (%2), %0" : "=r"(v) : "r"(KERNEL_DS), "r"(&seg_cell) : "memory");
+		ok += v == seg_cell && READ_SREG(ds) == KERNEL_DS;
+	}
+	report(ok == 1000, "a thousand reloads of DS keep the kernel's data segment");
+
+	gdt[SEG_ENTRY] = make_segment(0, 0xfffff, ACC_DATA0, FLAGS_4K_32);
+	ok = 0;
+	for (int i = 0; i < 100; i++)
+		ok += fs_read((u32)&seg_cell) == seg_cell;
+	report(ok == 100, "a hundred loads of a second selector into FS read through it");
+
+	gdt[SEG_ENTRY] = make_segment(0x1000, 0xffffe, ACC_DATA0, FLAGS_4K_32);
+	report(fs_read((u32)&seg_cell - 0x1000) == seg_cell,
+	       "a load after its descriptor's base changed uses the new base");
+
+	gdt[SEG_NEIGHBOUR] = make_segment(0x2000, 0xfffff, ACC_DATA0, FLAGS_4K_32);
+	report(fs_read((u32)&seg_cell - 0x1000) == seg_cell,
+	       "a write to the neighbouring descriptor leaves it as it was");
+
+	/* FS back to the kernel's: a fault's handler saves and restores it. */
+	asm volatile("movw %w0, %%fs" ::"r"(KERNEL_DS));
+	gdt[SEG_ENTRY] = make_segment(0, 0xfff, ACC_DATA0, 0x4);
+	if (cmdline_has(QUIRK_NO_LIMITS)) {
+		report_skip("a load after its limit shrank to 4 KiB faults past it: skipped by " QUIRK_NO_LIMITS);
+	} else {
+		asm volatile("movw %w0, %%fs" ::"r"(SEG_SEL));
+		catch_begin(GP_VECTOR);
+		asm volatile(FAULT_ASM("movl %%fs:0x1000, %%eax") ::: "eax", "memory");
+		bool limit = catch_end(GP_VECTOR, 0);
+		asm volatile("movw %w0, %%fs" ::"r"(KERNEL_DS));
+		report(limit, "a load after its limit shrank to 4 KiB faults past it");
+	}
+
+	gdt[SEG_ENTRY].hi &= ~(1u << 15); /* P */
+	catch_begin(NP_VECTOR);
+	asm volatile(FAULT_ASM("movw %w0, %%fs") ::"r"(SEG_SEL) : "memory");
+	report(catch_end(NP_VECTOR, SEG_SEL) && READ_SREG(fs) == KERNEL_DS,
+	       "a load after it was marked not present raises #NP(selector)");
+	gdt[SEG_ENTRY] = make_segment(0, 0xfffff, ACC_DATA0, FLAGS_4K_32);
+
+	u16 es_after, ds_after;
+	asm volatile("pushl %2\n\tpopl %%es\n\tmovw %%es, %0\n\t"
+		     "pushl %3\n\tpopl %%ds\n\tmovw %%ds, %1\n\t"
+		     "movw %w3, %%es"
+		     : "=r"(es_after), "=r"(ds_after)
+		     : "r"(SEG_SEL), "r"(KERNEL_DS)
+		     : "memory");
+	report(es_after == SEG_SEL && ds_after == KERNEL_DS, "POP to ES and DS");
+
+	u16 fs_null;
+	asm volatile("movw %w1, %%fs\n\tmovw %%fs, %0" : "=r"(fs_null) : "r"(0));
+	report(fs_null == 0, "FS loaded with the null selector reads 0");
+	if (cmdline_has(QUIRK_NULL_USABLE)) {
+		report_skip("an access through the null FS raises #GP(0): skipped by " QUIRK_NULL_USABLE);
+	} else {
+		catch_begin(GP_VECTOR);
+		asm volatile(FAULT_ASM("movl %%fs:0, %%eax") ::: "eax", "memory");
+		report(catch_end(GP_VECTOR, 0), "an access through the null FS raises #GP(0)");
+	}
+	asm volatile("movw %w0, %%fs" ::"r"(KERNEL_DS));
+	gdt_load(GDT_BASE_ENTRIES);
+	report_prefix_pop();
+}
+
 int main(u32 magic, const void *mbi)
 {
 	(void)magic;
@@ -580,5 +677,6 @@ int main(u32 magic, const void *mbi)
 	test_code_across_spaces();
 	test_data_across_spaces();
 	test_repeated_writers();
+	test_segment_loads();
 	return report_summary();
 }

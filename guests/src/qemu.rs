@@ -22,9 +22,12 @@ pub const QUIRKS: &[&str] = &[
     "quirk-unknown-msr-ignored",
     // sensitive, privileged: RDPMC is unimplemented and raises #UD
     "quirk-rdpmc-ud",
-    // hostile, vectors: data accesses past a segment limit are not checked and wrap instead of
-    // #GP(0) / #SS(0)
+    // hostile, vectors, paging: data accesses past a segment limit are not checked and wrap
+    // instead of #GP(0) / #SS(0)
     "quirk-no-segment-limit-checks",
+    // paging: an access through a data segment register holding the null selector is made
+    // instead of raising #GP(0)
+    "quirk-null-segment-usable",
     // privileged, vectors: INT1 (ICEBP, F1) raises #UD instead of a #DB trap
     "quirk-int1-ud",
     // vectors: LTR of the null selector loads an invalid TR instead of raising #GP(0)
@@ -95,6 +98,20 @@ pub const DEVIATIONS: &[Deviation] = &[
         check: "wrap: access straddling the segment limit",
         quirk: "quirk-no-segment-limit-checks",
         reason: "QEMU TCG does not check data segment limits: no #GP(0)",
+    },
+    Deviation {
+        test: "paging",
+        check: "segment loads: a load after its limit shrank to 4 KiB faults past it",
+        quirk: "quirk-no-segment-limit-checks",
+        reason: "QEMU TCG does not check data segment limits: no #GP(0)",
+    },
+    Deviation {
+        test: "paging",
+        check: "segment loads: an access through the null FS raises #GP(0)",
+        quirk: "quirk-null-segment-usable",
+        reason: "QEMU TCG makes an access through a null data selector instead of raising \
+                 #GP(0) (SDM Vol. 3A §3.4.2: a null selector in DS, ES, FS or GS faults when \
+                 used)",
     },
     Deviation {
         test: "privileged",

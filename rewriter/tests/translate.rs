@@ -278,6 +278,12 @@ fn a_block_records_the_pages_its_straddling_instruction_came_from() {
 /// random bytes.
 const PIECES: &[&[u8]] = &[
     &[0x90],
+    // Segment loads: MOV DS, AX; POP ES; MOV FS, [EBX+8]; MOV GS, CX; 16-bit addressing.
+    &[0x8E, 0xD8],
+    &[0x07],
+    &[0x8E, 0x63, 0x08],
+    &[0x8E, 0xE9],
+    &[0x67, 0x8E, 0x1F],
     &[0x55],
     &[0x89, 0xE5],
     &[0x8B, 0x45, 0x08],
@@ -337,9 +343,10 @@ fn config() -> impl Strategy<Value = TranslateConfig> {
         1usize..40,
         any::<bool>(),
         any::<bool>(),
+        any::<bool>(),
     )
         .prop_map(
-            |(near, fs, stack16, exit_fpu, max, inline_if, exit_pause)| TranslateConfig {
+            |(near, fs, stack16, exit_fpu, max, inline_if, exit_pause, segments)| TranslateConfig {
                 gate: if near {
                     Gate::Near(0xFFFF_8000)
                 } else {
@@ -365,6 +372,7 @@ fn config() -> impl Strategy<Value = TranslateConfig> {
                 gs_rebase: (!inline_if && exit_fpu).then_some(0x0847_9380),
                 exit_fpu,
                 exit_pause,
+                inline_segment_loads: segments,
             },
         )
 }

@@ -89,6 +89,9 @@ pub struct ShadowState {
     aliases: BTreeMap<u32, BTreeSet<u32>>,
     /// Frame number → scanned code (value: execute-only).
     code: BTreeMap<u32, bool>,
+    /// Frame numbers whose writes are mediated like a page table's although no mapping
+    /// derives from them: descriptor tables the monitor relies on ([`Self::watch`]).
+    watched: BTreeSet<u32>,
     /// Linear pages whose protections exceed what user mode may have.
     beyond_user: BTreeSet<u32>,
     /// Linear pages mapped through entries without G: what a CR3 write must look at
@@ -173,6 +176,7 @@ impl ShadowState {
             by_table: BTreeMap::new(),
             aliases: BTreeMap::new(),
             code: BTreeMap::new(),
+            watched: BTreeSet::new(),
             beyond_user: BTreeSet::new(),
             non_global: BTreeSet::new(),
             user_limit: None,
@@ -234,9 +238,34 @@ impl ShadowState {
             PageUse::PageTable
         } else if let Some(&exec_only) = self.code.get(&frame) {
             PageUse::Code { exec_only }
+        } else if self.watched.contains(&frame) {
+            PageUse::PageTable
         } else {
             PageUse::Plain
         }
+    }
+
+    /// Mediates every guest write to the frame holding `gpa` from now on, as if it held
+    /// a page table (its aliases lose write): the monitor relies on what it holds (the
+    /// descriptors behind inline segment loads) and must see each change. Scanned code
+    /// stays code: its writes revert the scan first, then are mediated.
+    pub fn watch<H: HostMapper + ?Sized>(&mut self, mapper: &mut H, gpa: GuestPhys) {
+        if self.watched.insert(page_no(gpa.0)) {
+            self.reclassify(mapper, page_no(gpa.0));
+        }
+    }
+
+    /// Stops [`Self::watch`]ing the frame holding `gpa`; its aliases regain write at
+    /// their next write fault.
+    pub fn unwatch<H: HostMapper + ?Sized>(&mut self, mapper: &mut H, gpa: GuestPhys) {
+        if self.watched.remove(&page_no(gpa.0)) {
+            self.reclassify(mapper, page_no(gpa.0));
+        }
+    }
+
+    /// Whether the frame holding `gpa` is [`Self::watch`]ed.
+    pub fn is_watched(&self, gpa: GuestPhys) -> bool {
+        self.watched.contains(&page_no(gpa.0))
     }
 
     /// Decides what a host page fault at `lin` means, walking the guest's tables (which
@@ -1417,6 +1446,40 @@ mod tests {
         mem.set64(0x3000, entry::P | (1 << 5));
         assert!(s.write_cr3(&mem, &mut m, 0x3000).is_err());
         assert_eq!(s.context().cr3, pdpt);
+    }
+
+    #[test]
+    fn watched_frames_are_mediated_until_unwatched() {
+        // Two linear pages alias frame 0x9000, written already (D set).
+        let (mut mem, mut s, mut m) = setup(|i| match i {
+            0 | 1 => Some(0x9000 | P | RW | A | D),
+            _ => None,
+        });
+        s.config.max_run_pages = 1;
+        for page in [0, 1] {
+            let d = mapped(s.on_host_fault(&mut mem, &mut m, lin(page), HostAccess::Write, false));
+            assert_eq!(d.prot, RW_PROT);
+        }
+        s.watch(&mut m, GuestPhys(0x9008));
+        assert!(s.is_watched(GuestPhys(0x9ff0)));
+        for page in [0, 1] {
+            assert_eq!(m.at(lin(page).0).unwrap().1, Prot::READ, "every alias");
+            assert!(matches!(
+                s.on_host_fault(&mut mem, &mut m, lin(page), HostAccess::Write, false),
+                Decision::Mediate { .. }
+            ));
+        }
+        // Code in a watched frame is still code: a write reverts it first.
+        s.mark_code(&mut m, GuestPhys(0x9000), false);
+        assert!(matches!(
+            s.on_host_fault(&mut mem, &mut m, lin(0), HostAccess::Write, false),
+            Decision::CodeWrite { .. }
+        ));
+        s.unmark_code(&mut m, GuestPhys(0x9000));
+        s.unwatch(&mut m, GuestPhys(0x9000));
+        assert!(!s.is_watched(GuestPhys(0x9000)));
+        let d = mapped(s.on_host_fault(&mut mem, &mut m, lin(0), HostAccess::Write, false));
+        assert_eq!(d.prot, RW_PROT);
     }
 
     #[test]

@@ -64,14 +64,46 @@
 //! the stack pointer it already changed are what the POPFD sets again. The host's flags
 //! get only what the guest owns natively (status flags and DF); IF, IOPL, NT and AC stay
 //! virtual.
+//!
+//! ```text
+//! MOV Sreg, src / POP Sreg (DS, ES, FS, GS; not the scratch segment):
+//!         mov  [seg:SLOT_ECX], ecx
+//!         mov  [seg:SLOT_EDX], edx
+//!         movzx ecx, src16                      ; POP: mov ecx, [esp]; movzx ecx, cx
+//!         jecxz null
+//!         mov  edx, [seg:RELOAD]                ; minus the selector a reload loads
+//!         lea  ecx, [ecx + edx]
+//!         jecxz reload
+//!         <reload ECX, EDX, exit Sensitive>     ; any other selector: the monitor
+//! null:   mov  [seg:SELECTOR], ecx              ; 0
+//!         mov  byte [seg:LOADED], 1
+//!         mov  sreg, [seg:SLOT_NULL_SELECTOR]   ; the host's null selector
+//!         jmp  done
+//! reload: movzx ecx, word [seg:RELOAD + 6]      ; the guest's selector
+//!         mov  [seg:SELECTOR], ecx
+//!         mov  byte [seg:LOADED], 1
+//!         <SLOT_RELOAD_HITS + 1, through ECX>
+//!         mov  sreg, [seg:RELOAD + 4]           ; the mirror's host selector
+//! done:   lea  esp, [esp + 4]                   ; POP only
+//!         <reload ECX, EDX>
+//! ```
+//!
+//! A null selector needs no check (DS, ES, FS and GS take it at any privilege); the
+//! reload record names the one other selector the monitor has checked for the current
+//! privilege level, whose descriptor it watches for writes and whose mirror is installed
+//! in the register's host slot. Up to the segment load (POP: up to the `lea`) a stop
+//! leaves the guest at the instruction, which loads the same selector again; the monitor
+//! takes the new state of every register whose LOADED byte is set. Only MOV, MOVZX, LEA
+//! and JECXZ: the guest's flags stay as they were.
 
-use iced_x86::{Code, Instruction, MemoryOperand, Register};
+use iced_x86::{Code, Instruction, MemoryOperand, OpKind, Register};
 
 use super::emit::{build, Emitter, Meta};
 use super::side::{ExitKind, GuestEip, Origin};
 use super::{
-    stub, Refusal, StackSize, TranslateConfig, SLOT_EAX, SLOT_ECX, SLOT_EDX, SLOT_ID, SLOT_PENDING,
-    SLOT_VBITS, SLOT_VIF,
+    stub, Refusal, StackSize, TranslateConfig, SLOT_EAX, SLOT_ECX, SLOT_EDX, SLOT_ID, SLOT_LOADED,
+    SLOT_NULL_SELECTOR, SLOT_PENDING, SLOT_RELOADS, SLOT_RELOAD_HITS, SLOT_SELECTORS, SLOT_VBITS,
+    SLOT_VIF,
 };
 
 /// Emits the inline form of `guest`, a CLI or STI.
@@ -329,6 +361,247 @@ fn edx_bit_to_ecx(bit: u32) -> Result<[Instruction; 3], Refusal> {
     ])
 }
 
+/// The index of a data segment register in the selector and reload slots (ES, CS, SS,
+/// DS, FS, GS order).
+fn data_segment_index(reg: Register) -> Option<u32> {
+    match reg {
+        Register::ES => Some(0),
+        Register::DS => Some(3),
+        Register::FS => Some(4),
+        Register::GS => Some(5),
+        _ => None,
+    }
+}
+
+/// The register `instr` loads, if it is a MOV or POP to a segment register the
+/// translation performs inline ([`TranslateConfig::inline_segment_loads`]): DS, ES, FS
+/// or GS but the scratch segment; a register source, a memory source through DS, ES or
+/// SS with 32-bit addressing, or a 32-bit POP from a 32-bit stack; never in a
+/// one-instruction block (the monitor steps those).
+pub(crate) fn segment_load(cfg: &TranslateConfig, instr: &Instruction) -> Option<Register> {
+    if !cfg.inline_segment_loads || cfg.max_instructions <= 1 {
+        return None;
+    }
+    let reg = match instr.code() {
+        Code::Mov_Sreg_rm16 | Code::Mov_Sreg_r32m16 => {
+            let source_ok = match instr.op1_kind() {
+                OpKind::Register => {
+                    instr.op1_register().is_gpr16() || instr.op1_register().is_gpr32()
+                }
+                OpKind::Memory => {
+                    matches!(
+                        instr.memory_segment(),
+                        Register::DS | Register::ES | Register::SS
+                    ) && !instr.memory_base().is_gpr16()
+                        && !instr.memory_index().is_gpr16()
+                }
+                _ => false,
+            };
+            source_ok.then(|| instr.op0_register())?
+        }
+        Code::Popd_DS | Code::Popd_ES | Code::Popd_FS | Code::Popd_GS
+            if cfg.stack_size == StackSize::Bits32 =>
+        {
+            instr.op0_register()
+        }
+        _ => return None,
+    };
+    (data_segment_index(reg).is_some() && reg != cfg.scratch.segment.register()).then_some(reg)
+}
+
+/// The 16-bit register of a 16- or 32-bit general register.
+fn low_word(reg: Register) -> Register {
+    const WORDS: [Register; 8] = [
+        Register::AX,
+        Register::CX,
+        Register::DX,
+        Register::BX,
+        Register::SP,
+        Register::BP,
+        Register::SI,
+        Register::DI,
+    ];
+    WORDS.get(reg.number() % 8).copied().unwrap_or(Register::AX)
+}
+
+/// Emits the inline form of `guest`, a MOV or POP to `reg` ([`segment_load`]).
+pub(crate) fn load_segment(
+    em: &mut Emitter,
+    guest: &Instruction,
+    reg: Register,
+) -> Result<(), Refusal> {
+    let eip = u32::try_from(guest.ip()).unwrap_or(0);
+    let len = u8::try_from(guest.len()).unwrap_or(1);
+    let next = eip.wrapping_add(u32::from(len));
+    let index = data_segment_index(reg).unwrap_or(3);
+    let record = SLOT_RELOADS + 8 * index;
+    let pop = guest.code() != Code::Mov_Sreg_rm16 && guest.code() != Code::Mov_Sreg_r32m16;
+    let before = |restore, can_fault| Meta::expansion(GuestEip::At(eip), restore, can_fault);
+    let reload = |em: &Emitter, r, slot| build!(with2, Code::Mov_r32_rm32, r, em.slot(slot));
+    em.emit(
+        &build!(with2, Code::Mov_rm32_r32, em.slot(SLOT_ECX), Register::ECX)?,
+        before(false, false),
+    )?;
+    em.emit(
+        &build!(with2, Code::Mov_rm32_r32, em.slot(SLOT_EDX), Register::EDX)?,
+        before(true, false),
+    )?;
+    // The selector, read as the guest's instruction reads it (same fault).
+    if pop {
+        let top = MemoryOperand::with_base(Register::ESP);
+        em.emit(
+            &build!(with2, Code::Mov_r32_rm32, Register::ECX, top)?,
+            before(true, true),
+        )?;
+        em.emit(
+            &build!(with2, Code::Movzx_r32_rm16, Register::ECX, Register::CX)?,
+            before(true, false),
+        )?;
+    } else if guest.op1_kind() == OpKind::Register {
+        let source = low_word(guest.op1_register());
+        em.emit(
+            &build!(with2, Code::Movzx_r32_rm16, Register::ECX, source)?,
+            before(true, false),
+        )?;
+    } else {
+        let source = MemoryOperand::new(
+            guest.memory_base(),
+            guest.memory_index(),
+            guest.memory_index_scale(),
+            i64::from(guest.memory_displacement32().cast_signed()),
+            if guest.memory_base() == Register::None && guest.memory_index() == Register::None {
+                4
+            } else {
+                guest.memory_displ_size().min(4)
+            },
+            false,
+            guest.segment_prefix(),
+        );
+        em.emit(
+            &build!(with2, Code::Movzx_r32_rm16, Register::ECX, source)?,
+            before(true, true),
+        )?;
+    }
+    let null = em.branch_forward(Code::Jecxz_rel8_32, before(true, false))?;
+    em.emit(&reload(em, Register::EDX, record)?, before(true, false))?;
+    let sum = MemoryOperand::with_base_index(Register::ECX, Register::EDX);
+    em.emit(
+        &build!(with2, Code::Lea_r32_m, Register::ECX, sum)?,
+        before(true, false),
+    )?;
+    let recorded = em.branch_forward(Code::Jecxz_rel8_32, before(true, false))?;
+    em.emit(&reload(em, Register::ECX, SLOT_ECX)?, before(true, false))?;
+    em.emit(&reload(em, Register::EDX, SLOT_EDX)?, before(true, false))?;
+    stub::exit(
+        em,
+        ExitKind::Sensitive(crate::class::classify(guest)),
+        GuestEip::At(eip),
+    )?;
+    let selector_slot = SLOT_SELECTORS + 4 * index;
+    let loaded = build!(
+        with2,
+        Code::Mov_rm8_imm8,
+        em.slot(SLOT_LOADED + index),
+        1u32
+    )?;
+    // After the segment load, a MOV is done; a POP is done once ESP moves.
+    let commit = Meta {
+        guest: GuestEip::At(eip),
+        restore_scratch: true,
+        restore_eax: false,
+        can_fault: false,
+        origin: Origin::Inline { guest_len: len },
+    };
+    let (load_meta, pop_meta) = if pop {
+        (before(true, false), commit)
+    } else {
+        (commit, commit)
+    };
+    em.bind(null)?;
+    em.emit(
+        &build!(
+            with2,
+            Code::Mov_rm32_r32,
+            em.slot(selector_slot),
+            Register::ECX
+        )?,
+        before(true, false),
+    )?;
+    em.emit(&loaded, before(true, false))?;
+    em.emit(
+        &build!(
+            with2,
+            Code::Mov_Sreg_r32m16,
+            reg,
+            em.slot(SLOT_NULL_SELECTOR)
+        )?,
+        // One entry per guest instruction carries its length: the reload path's.
+        before(true, false),
+    )?;
+    let done = em.branch_forward(Code::Jmp_rel8_32, after_load(eip, next, pop))?;
+    em.bind(recorded)?;
+    em.emit(
+        &build!(
+            with2,
+            Code::Movzx_r32_rm16,
+            Register::ECX,
+            em.slot(record + 6)
+        )?,
+        before(true, false),
+    )?;
+    em.emit(
+        &build!(
+            with2,
+            Code::Mov_rm32_r32,
+            em.slot(selector_slot),
+            Register::ECX
+        )?,
+        before(true, false),
+    )?;
+    em.emit(&loaded, before(true, false))?;
+    // Counted for the monitor (a stop before the load counts it again: no harm).
+    em.emit(
+        &reload(em, Register::ECX, SLOT_RELOAD_HITS)?,
+        before(true, false),
+    )?;
+    let one_more = MemoryOperand::with_base_displ(Register::ECX, 1);
+    em.emit(
+        &build!(with2, Code::Lea_r32_m, Register::ECX, one_more)?,
+        before(true, false),
+    )?;
+    em.emit(
+        &build!(
+            with2,
+            Code::Mov_rm32_r32,
+            em.slot(SLOT_RELOAD_HITS),
+            Register::ECX
+        )?,
+        before(true, false),
+    )?;
+    em.emit(
+        &build!(with2, Code::Mov_Sreg_r32m16, reg, em.slot(record + 4))?,
+        load_meta,
+    )?;
+    em.bind(done)?;
+    if pop {
+        let popped = MemoryOperand::with_base_displ(Register::ESP, 4);
+        em.emit(
+            &build!(with2, Code::Lea_r32_m, Register::ESP, popped)?,
+            pop_meta,
+        )?;
+    }
+    let after = Meta::expansion(GuestEip::At(next), true, false);
+    em.emit(&reload(em, Register::ECX, SLOT_ECX)?, after)?;
+    em.emit(&reload(em, Register::EDX, SLOT_EDX)?, after)?;
+    Ok(())
+}
+
+/// Where the guest is right after an inline segment load's host load: a MOV is done, a
+/// POP has yet to move ESP.
+fn after_load(eip: u32, next: u32, pop: bool) -> Meta {
+    Meta::expansion(GuestEip::At(if pop { eip } else { next }), true, false)
+}
+
 /// The segment register `instr` reads, if it is a PUSH Sreg or a MOV reg, Sreg (the
 /// forms the translator gives an immediate).
 pub(crate) fn selector_read(instr: &Instruction) -> Option<Register> {
@@ -453,6 +726,105 @@ mod tests {
             .find(|e| e.kind == ExitKind::InterruptWindow)
             .unwrap();
         assert_eq!(window.guest, GuestEip::At(0x1003), "after the STI");
+    }
+
+    fn segment_cfg() -> TranslateConfig {
+        TranslateConfig {
+            inline_segment_loads: true,
+            ..TranslateConfig::default()
+        }
+    }
+
+    #[test]
+    fn segment_loads_stay_in_the_block() {
+        // mov ds, ax; inc eax; pop es; inc eax; mov fs, [ebx+8]; ret
+        let cfg = segment_cfg();
+        let bytes = [0x8E, 0xD8, 0x40, 0x07, 0x40, 0x8E, 0x63, 0x08, 0xC3];
+        let block = translate_valid(&cfg, &bytes);
+        let code: Vec<Code> = disasm(&block).iter().map(Instruction::code).collect();
+        assert_eq!(code.iter().filter(|c| **c == Code::Inc_r32).count(), 2);
+        // Each load has its null and its reload path; no other segment load.
+        let loads: Vec<Register> = disasm(&block)
+            .iter()
+            .filter(|i| i.code() == Code::Mov_Sreg_r32m16)
+            .map(Instruction::op0_register)
+            .collect();
+        use Register::{DS, ES, FS};
+        assert_eq!(loads, [DS, DS, ES, ES, FS, FS]);
+        // Any other selector leaves for the monitor, at the load.
+        let exits: Vec<(ExitKind, GuestEip)> =
+            block.side.exits.iter().map(|e| (e.kind, e.guest)).collect();
+        for (class, eip) in [
+            (crate::Class::MovToSreg, 0x1000),
+            (crate::Class::PopSreg, 0x1003),
+            (crate::Class::MovToSreg, 0x1005),
+        ] {
+            assert!(
+                exits.contains(&(ExitKind::Sensitive(class), GuestEip::At(eip))),
+                "{exits:?}"
+            );
+        }
+        // The guest's flags are never written.
+        assert!(disasm(&block)
+            .iter()
+            .all(|i| i.rflags_modified() == 0 || i.code() == Code::Inc_r32));
+    }
+
+    #[test]
+    fn a_pop_is_done_when_esp_moves() {
+        // pop ds; ret
+        let block = translate_valid(&segment_cfg(), &[0x1F, 0xC3]);
+        let instrs = disasm(&block);
+        let lea = instrs
+            .iter()
+            .position(|i| i.code() == Code::Lea_r32_m && i.op0_register() == Register::ESP)
+            .unwrap();
+        assert_eq!(block.side.entries[lea].guest, GuestEip::At(0x1000));
+        assert_eq!(block.side.entries[lea + 1].guest, GuestEip::At(0x1001));
+        // Every segment load is still at the POP: it is done again after a stop.
+        for (i, instr) in instrs.iter().enumerate() {
+            if instr.code() == Code::Mov_Sreg_r32m16 {
+                assert_eq!(block.side.entries[i].guest, GuestEip::At(0x1000));
+            }
+        }
+    }
+
+    #[test]
+    fn segment_loads_the_translation_keeps_for_the_monitor() {
+        let cfg = segment_cfg();
+        let exits_at_once = |cfg: &TranslateConfig, bytes: &[u8]| {
+            let block = translate_with(32, bytes, cfg);
+            !disasm(&block)
+                .iter()
+                .any(|i| i.code() == Code::Mov_Sreg_r32m16)
+        };
+        // The scratch segment (GS here), SS, a source through GS, 16-bit POP.
+        assert!(exits_at_once(&cfg, &[0x8E, 0xE8]));
+        assert!(exits_at_once(&cfg, &[0x8E, 0xD0]));
+        assert!(exits_at_once(&cfg, &[0x65, 0x8E, 0x18]));
+        assert!(exits_at_once(&cfg, &[0x66, 0x1F]));
+        // A 16-bit stack, a one-instruction block, the setting off.
+        let stack16 = TranslateConfig {
+            stack_size: StackSize::Bits16,
+            ..cfg
+        };
+        assert!(exits_at_once(&stack16, &[0x1F]));
+        let single = TranslateConfig {
+            max_instructions: 1,
+            ..cfg
+        };
+        assert!(exits_at_once(&single, &[0x8E, 0xD8]));
+        assert!(exits_at_once(&TranslateConfig::default(), &[0x8E, 0xD8]));
+        // FS is the scratch segment in user mode: GS loads inline there.
+        let user = TranslateConfig {
+            scratch: crate::translate::Scratch {
+                segment: crate::translate::ScratchSegment::Fs,
+                ..cfg.scratch
+            },
+            ..cfg
+        };
+        assert!(exits_at_once(&user, &[0x8E, 0xE0]));
+        assert!(!exits_at_once(&user, &[0x8E, 0xE8]));
     }
 
     #[test]

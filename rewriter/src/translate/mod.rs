@@ -106,8 +106,28 @@ pub const SLOT_ID: u32 = 32;
 /// Offset of the guest's six selectors (ES, CS, SS, DS, FS, GS; a dword each,
 /// zero-extended), kept by the monitor: reads of segment registers read them.
 pub const SLOT_SELECTORS: u32 = 36;
+/// Offset of the reload records, 8 bytes per segment register (ES, CS, SS, DS, FS, GS
+/// order; CS and SS unused), kept by the monitor before each entry: at +0 the negated
+/// selector a load may perform inline ([`RELOAD_NONE`] when none), at +4 the host
+/// selector of the mirror that load installs, at +6 the guest's selector it gives
+/// ([`TranslateConfig::inline_segment_loads`]).
+pub const SLOT_RELOADS: u32 = 60;
+/// What a reload record's first dword holds when no load is inline: no 16-bit selector
+/// added to it gives zero.
+pub const RELOAD_NONE: u32 = 0x8000_0000;
+/// Offset of a word the monitor keeps zero: the host selector an inline load of a null
+/// selector loads.
+pub const SLOT_NULL_SELECTOR: u32 = 108;
+/// Offset of six bytes, one per segment register in [`SLOT_RELOADS`] order, that an
+/// inline segment load sets: the monitor then takes the register's new state from the
+/// selector slot ([`SLOT_SELECTORS`]) and clears them.
+pub const SLOT_LOADED: u32 = 112;
+/// Offset of the count of inline reloads (loads through a reload record) translated code
+/// made; the monitor reads and clears it to weigh them against the writes that keep the
+/// records valid.
+pub const SLOT_RELOAD_HITS: u32 = 120;
 /// Size of the scratch area.
-pub const SCRATCH_LEN: u32 = 60;
+pub const SCRATCH_LEN: u32 = 124;
 
 /// How translated code enters the monitor's gate (ARCHITECTURE §5b).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -196,6 +216,12 @@ pub struct TranslateConfig {
     /// address arithmetic wraps as the guest's segment would without leaving the
     /// clamped flat segment.
     pub gs_rebase: Option<u32>,
+    /// MOV and POP to DS, ES, FS and GS (but the scratch segment) are translated inline
+    /// (protected mode, paging on): a null selector, or the selector of the register's
+    /// reload record ([`SLOT_RELOADS`]), is loaded without an exit; any other leaves for
+    /// the monitor. The monitor keeps the records valid: the descriptor each names is
+    /// unchanged in memory (its page is write-mediated) and its mirror installed.
+    pub inline_segment_loads: bool,
 }
 
 impl Default for TranslateConfig {
@@ -216,6 +242,7 @@ impl Default for TranslateConfig {
             inline_if: false,
             selectors: None,
             gs_rebase: None,
+            inline_segment_loads: false,
         }
     }
 }

@@ -128,6 +128,11 @@ impl MachineBus<'_> {
             self.paging.stats.code_writes += 1;
         }
         let _ = rewriter::CodeMemoryMut::write(&mut RamCode(self.ram), phys.raw(), data);
+        if self.paging.shadow.is_watched(page) {
+            // At most a page (a chunk of one access).
+            let len = u32::try_from(data.len()).unwrap_or(PAGE_SIZE);
+            self.paging.descriptor_writes.push((phys, len));
+        }
         if self.paging.shadow.is_page_table(page) {
             // At most a page (a chunk of one access).
             let len = u32::try_from(data.len()).unwrap_or(PAGE_SIZE);

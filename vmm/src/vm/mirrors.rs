@@ -104,14 +104,7 @@ impl Mirrors {
         user_clamp: Option<GuestLinear>,
         ctx: &mut GuestContext,
     ) -> Result<(), LdtError> {
-        let user_clamp = user_clamp
-            .map(GuestLinear::raw)
-            .filter(|_| state.cpl() == 3);
-        let (clamp, bank) = match (user_clamp, self.window) {
-            (None, None) => (None, 0),
-            (None, Some(w)) => (Some(w), 2),
-            (Some(u), w) => (Some(w.map_or(u, |w| w.min(u))), 1),
-        };
+        let (clamp, bank) = self.bank(state.cpl(), user_clamp);
         // `selectors` is in SegReg's encoding order, as ALL is.
         for (reg, host_selector) in SegReg::ALL.into_iter().zip(&mut self.selectors) {
             if dirty & (1 << reg as u8) == 0 {
@@ -139,6 +132,36 @@ impl Mirrors {
         }
         self.apply(ctx);
         Ok(())
+    }
+
+    /// The clamp the mirrors of a guest at `cpl` get and the bank of slots they live in.
+    fn bank(&self, cpl: u8, user_clamp: Option<GuestLinear>) -> (Option<u32>, u16) {
+        let user_clamp = user_clamp.map(GuestLinear::raw).filter(|_| cpl == 3);
+        match (user_clamp, self.window) {
+            (None, None) => (None, 0),
+            (None, Some(w)) => (Some(w), 2),
+            (Some(u), w) => (Some(w.map_or(u, |w| w.min(u))), 1),
+        }
+    }
+
+    /// The host selector that gives data register `reg` the segment `seg` for a guest at
+    /// `cpl`, when the mirror [`Self::sync`] would install for it is the one installed in
+    /// `reg`'s slot now (loading that selector then needs no LDT write).
+    pub fn installed_selector(
+        &self,
+        reg: SegReg,
+        seg: &crate::vcpu::Segment,
+        cpl: u8,
+        user_clamp: Option<GuestLinear>,
+    ) -> Option<u16> {
+        let (clamp, bank) = self.bank(cpl, user_clamp);
+        let m = mirror_below(seg, clamp);
+        if !m.present {
+            return None;
+        }
+        let n = slot_of(reg, bank);
+        let installed = self.installed.get(usize::from(n - FIRST_SLOT))?;
+        (*installed == Some(host_descriptor(&m))).then(|| ldt::ldt_selector(n))
     }
 
     /// Installs the translate-mode segments: the TC's flat 32-bit code segment (the

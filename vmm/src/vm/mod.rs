@@ -32,6 +32,7 @@ mod handle;
 pub mod mirrors;
 mod page_fault;
 pub mod platform;
+pub mod reloads;
 pub mod shadow_backend;
 mod smp;
 pub mod stats;

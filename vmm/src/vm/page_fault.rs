@@ -130,7 +130,18 @@ impl Vm {
                 let fault = Fault::page_fault(pf.cr2, pf.error_code.0);
                 self.hand_to_vcpu(GuestExit::Exception(fault))
             }
-            Decision::Mediate { .. } => {
+            Decision::Mediate { translation } => {
+                let frame = translation
+                    .frame()
+                    .below_4g()
+                    .unwrap_or(GuestPhys(u32::MAX));
+                let shadow = &self.mem.paging.shadow;
+                if shadow.is_watched(frame) && !shadow.is_page_table(frame) {
+                    self.stats.exit(ExitReason::DescriptorWrite);
+                    let site = self.cpu.code_linear(self.cpu.state.eip);
+                    self.stats.site(site, ExitReason::DescriptorWrite.name());
+                    return self.descriptor_table_write(frame);
+                }
                 self.stats.exit(ExitReason::TableWrite);
                 let site = self.cpu.code_linear(self.cpu.state.eip);
                 self.stats.site(site, ExitReason::TableWrite.name());

@@ -117,6 +117,9 @@ pub struct Paging {
     /// each was read from (a return to user mode would otherwise read the directory, and
     /// tables, each time).
     limits: Vec<(PagingContext, Vec<u32>, Option<GuestLinear>)>,
+    /// Guest-physical ranges written in frames the shadow state watches (descriptor
+    /// tables behind inline segment loads), since the monitor last looked.
+    pub descriptor_writes: Vec<(GuestPhys, u32)>,
 }
 
 impl Paging {
@@ -131,6 +134,7 @@ impl Paging {
             exec_only,
             user_clamp: None,
             limits: Vec::new(),
+            descriptor_writes: Vec::new(),
         }
     }
 

@@ -46,6 +46,9 @@ pub enum ExitReason {
     HiddenPageFault,
     /// A guest write to one of its page-table pages, applied by the monitor.
     TableWrite,
+    /// A guest write to a descriptor table the inline segment loads rely on: their
+    /// records go and the write runs natively.
+    DescriptorWrite,
     /// Translate mode: a block ended in an exit that is not chained yet (a direct
     /// branch or fall-through) or an indirect branch whose target was not in the lookup
     /// table; the target's block is found or translated.
@@ -70,6 +73,7 @@ impl ExitReason {
             Self::EmulatedAccess => "emulated_access",
             Self::HiddenPageFault => "hidden_page_fault",
             Self::TableWrite => "table_write",
+            Self::DescriptorWrite => "descriptor_write",
             Self::TranslationExit => "translation_exit",
         }
     }

@@ -169,6 +169,9 @@ pub struct Key {
     pub single: bool,
     /// Paging was on.
     pub paging: bool,
+    /// Loads of data segment registers are inline (protected mode with paging on, not
+    /// virtual-8086: [`rewriter::translate::TranslateConfig::inline_segment_loads`]).
+    pub segment_loads: bool,
     /// The guest-physical page of the entry.
     pub phys: u32,
 }
@@ -213,6 +216,7 @@ impl Key {
             inline_if: self.inline_if,
             selectors: SELECTOR_IMMEDIATES.then_some(self.selectors),
             gs_rebase: self.gs_rebase,
+            inline_segment_loads: self.segment_loads,
         }
     }
 }
@@ -228,6 +232,7 @@ struct TableContext {
     selectors: [u16; 6],
     gs_rebase: Option<u32>,
     paging: bool,
+    segment_loads: bool,
 }
 
 impl TableContext {
@@ -248,6 +253,7 @@ impl TableContext {
             selectors: key.selectors,
             gs_rebase: key.gs_rebase,
             paging: key.paging,
+            segment_loads: key.segment_loads,
         }
     }
 }

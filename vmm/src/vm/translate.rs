@@ -16,7 +16,8 @@
 use iced_x86::Instruction;
 use rewriter::translate::{
     CodeReader, CodeSegment, CodeSize, ExitKind, ExitStub, GuestEip, Refusal, SLOT_EAX, SLOT_ECX,
-    SLOT_EDX, SLOT_EXIT, SLOT_ID, SLOT_PENDING, SLOT_SELECTORS, SLOT_TARGET, SLOT_VBITS, SLOT_VIF,
+    SLOT_EDX, SLOT_EXIT, SLOT_ID, SLOT_LOADED, SLOT_NULL_SELECTOR, SLOT_PENDING, SLOT_RELOADS,
+    SLOT_SELECTORS, SLOT_TARGET, SLOT_VBITS, SLOT_VIF,
 };
 use rewriter::Class;
 use shadow_paging::Access;
@@ -26,6 +27,7 @@ use super::data_breakpoints;
 use super::guest_memory::GuestMemory;
 use super::handle::Step;
 use super::mirrors::{BOUNCE_SELECTOR, SCRATCH_SELECTOR, TC_CODE_SELECTOR};
+use super::reloads::Reloads;
 use super::stats::ExitReason;
 use super::tc::{
     Key, SpaceChange, TcError, TranslationCache, BOUNCE, GATE, VCPU_PAGE, WINDOW_START,
@@ -111,6 +113,8 @@ pub struct Translation {
     bounced_writes: Vec<GuestPhys>,
     /// Instructions retranslated to perform their page-table writes in the monitor.
     mediated: MediatedSites,
+    /// The loads of data segment registers translated code may perform inline.
+    pub reloads: Reloads,
 }
 
 impl Translation {
@@ -129,6 +133,7 @@ impl Translation {
             bounce: None,
             bounced_writes: Vec::new(),
             mediated: MediatedSites::default(),
+            reloads: Reloads::default(),
         })
     }
 
@@ -279,6 +284,7 @@ impl Vm {
                 let user = self.cpu.user();
                 let pending = self.platform.interrupt_pending();
                 let watched = self.guest_watch();
+                let reloads = self.publish_reloads()?;
                 let Some(t) = self.tc.as_mut() else {
                     return Ok(None);
                 };
@@ -305,6 +311,14 @@ impl Vm {
                 for (slot, reg) in (SLOT_SELECTORS..).step_by(4).zip(SegReg::ALL) {
                     t.tc.set_slot(slot, u32::from(self.cpu.state.sreg(reg).selector));
                 }
+                // The loads of data segment registers that need no exit.
+                for (slot, (neg, host)) in (SLOT_RELOADS..).step_by(8).zip(reloads) {
+                    t.tc.set_slot(slot, neg);
+                    t.tc.set_slot(slot + 4, host);
+                }
+                t.tc.set_slot(SLOT_NULL_SELECTOR, 0);
+                t.tc.set_slot(SLOT_LOADED, 0);
+                t.tc.set_slot(SLOT_LOADED + 4, 0);
                 t.guest_tf = self.cpu.state.eflags & eflags::TF;
                 ctx.eflags &= !eflags::TF;
                 let here = (self.cpu.state.eip, user);
@@ -332,6 +346,7 @@ impl Vm {
     pub(super) fn tc_vcpu_switched(&mut self) {
         if let Some(t) = self.tc.as_mut() {
             t.bounce = None;
+            t.reloads.forget();
         }
     }
 
@@ -401,6 +416,7 @@ impl Vm {
                 || fpu_once
                 || !data_breakpoints::enabled(&s.dr).is_empty(),
             paging: self.mem.paging.enabled(),
+            segment_loads: self.mem.paging.enabled() && s.protected() && !s.v86(),
             phys: phys.page().raw(),
         }
     }
@@ -592,6 +608,7 @@ impl Vm {
     /// Returns the exit to handle: unchanged, or `None` for a gate exit (handled by
     /// [`Vm::tc_gate_exit`], whose stub is returned).
     pub(super) fn tc_exit(&mut self, exit: &HostExit) -> Result<TcExit, String> {
+        self.take_inline_loads()?;
         let Some(t) = self.tc.as_mut() else {
             return Ok(TcExit::Guest);
         };
@@ -802,8 +819,11 @@ impl Vm {
                     return self.hand_to_vcpu(GuestExit::Exception(Fault::new(Exception::UD)));
                 };
                 let tables_before = self.mem.paging.stats.table_writes;
+                let descriptors_before = self.mem.paging.descriptor_writes.len();
                 let result = self.mediate_write(&instr);
-                let table = self.mem.paging.stats.table_writes != tables_before;
+                // Writes to watched descriptor tables count as page-table writes here.
+                let table = self.mem.paging.stats.table_writes != tables_before
+                    || self.mem.paging.descriptor_writes.len() != descriptors_before;
                 let phys = self.mem.code_phys(site, self.cpu.user());
                 match result {
                     Err(e) => self.failure(e),
@@ -924,6 +944,8 @@ impl Vm {
         mode_changed: bool,
         invlpg: Option<GuestLinear>,
     ) -> Result<(), VmError> {
+        // The descriptors behind the reload records may map elsewhere now.
+        self.reloads_after_space_change(mode_changed);
         let Some(t) = self.tc.as_mut() else {
             return Ok(());
         };
@@ -999,6 +1021,15 @@ impl Vm {
             ("tc_table_clears", s.table_clears),
             ("tc_sites_mediated", t.mediated.retranslated),
             ("tc_sites_declined", t.mediated.declined.len() as u64),
+            ("segment_reload_records", t.reloads.stats.recorded),
+            ("segment_reloads_written", t.reloads.stats.written),
+            ("segment_loads_inline_seen", t.reloads.stats.inline_loads),
+            ("segment_reloads_inline", t.reloads.stats.hits),
+            ("descriptor_frame_writes", t.reloads.stats.frame_writes),
+            (
+                "descriptor_frames_given_up",
+                t.reloads.stats.frames_given_up,
+            ),
         ]
     }
 
