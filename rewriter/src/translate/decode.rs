@@ -438,7 +438,8 @@ fn exit_kind(instr: &Instruction, cfg: &TranslateConfig) -> Option<ExitKind> {
                 || (class == Class::Pushf && instr.code() == iced_x86::Code::Pushfd)))
         || super::inline::popfd_inline(cfg, instr)
         || super::inline::selector_read(instr).is_some()
-        || super::inline::segment_load(cfg, instr).is_some();
+        || super::inline::segment_load(cfg, instr).is_some()
+        || super::inline::control_read(cfg, instr).is_some();
     if !runs_natively {
         return Some(ExitKind::Sensitive(class));
     }

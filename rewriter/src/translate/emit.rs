@@ -144,6 +144,10 @@ impl<'c> Emitter<'c> {
             super::inline::selector(self, guest, reg, self.cfg.selectors)?;
             return Ok(true);
         }
+        if let Some(slot) = super::inline::control_read(self.cfg, guest) {
+            super::inline::read_control(self, guest, slot)?;
+            return Ok(true);
+        }
         if let Some(reg) = super::inline::segment_load(self.cfg, guest) {
             super::inline::load_segment(self, guest, reg)?;
             return Ok(true);

@@ -101,9 +101,9 @@ use iced_x86::{Code, Instruction, MemoryOperand, OpKind, Register};
 use super::emit::{build, Emitter, Meta};
 use super::side::{ExitKind, GuestEip, Origin};
 use super::{
-    stub, Refusal, StackSize, TranslateConfig, SLOT_EAX, SLOT_ECX, SLOT_EDX, SLOT_ID, SLOT_LOADED,
-    SLOT_NULL_SELECTOR, SLOT_PENDING, SLOT_RELOADS, SLOT_RELOAD_HITS, SLOT_SELECTORS, SLOT_VBITS,
-    SLOT_VIF,
+    stub, Refusal, StackSize, TranslateConfig, SLOT_CONTROL, SLOT_EAX, SLOT_ECX, SLOT_EDX, SLOT_ID,
+    SLOT_LOADED, SLOT_NULL_SELECTOR, SLOT_PENDING, SLOT_RELOADS, SLOT_RELOAD_HITS, SLOT_SELECTORS,
+    SLOT_VBITS, SLOT_VIF,
 };
 
 /// Emits the inline form of `guest`, a CLI or STI.
@@ -602,6 +602,47 @@ fn after_load(eip: u32, next: u32, pop: bool) -> Meta {
     Meta::expansion(GuestEip::At(if pop { eip } else { next }), true, false)
 }
 
+/// The slot of the control register `instr` reads, if it is a MOV r32, CRn the
+/// translation performs inline: CR0, CR2, CR3 or CR4 at CPL 0 ([`TranslateConfig::inline_if`];
+/// at CPL 1 to 3 it raises #GP, and the other CRs #UD: the monitor does those).
+pub(crate) fn control_read(cfg: &TranslateConfig, instr: &Instruction) -> Option<u32> {
+    if !cfg.inline_if || instr.code() != Code::Mov_r32_cr {
+        return None;
+    }
+    let index = match instr.op1_register() {
+        Register::CR0 => 0,
+        Register::CR2 => 1,
+        Register::CR3 => 2,
+        Register::CR4 => 3,
+        _ => return None,
+    };
+    Some(SLOT_CONTROL + 4 * index)
+}
+
+/// Emits MOV r32, CRn as a load of the register's slot ([`control_read`]).
+pub(crate) fn read_control(
+    em: &mut Emitter,
+    guest: &Instruction,
+    slot: u32,
+) -> Result<(), Refusal> {
+    let meta = Meta {
+        guest: GuestEip::At(u32::try_from(guest.ip()).unwrap_or(0)),
+        restore_scratch: false,
+        restore_eax: false,
+        can_fault: false,
+        origin: Origin::Inline {
+            guest_len: u8::try_from(guest.len()).unwrap_or(3),
+        },
+    };
+    let load = build!(
+        with2,
+        Code::Mov_r32_rm32,
+        guest.op0_register(),
+        em.slot(slot)
+    )?;
+    em.emit(&load, meta)
+}
+
 /// The segment register `instr` reads, if it is a PUSH Sreg or a MOV reg, Sreg (the
 /// forms the translator gives an immediate).
 pub(crate) fn selector_read(instr: &Instruction) -> Option<Register> {
@@ -726,6 +767,51 @@ mod tests {
             .find(|e| e.kind == ExitKind::InterruptWindow)
             .unwrap();
         assert_eq!(window.guest, GuestEip::At(0x1003), "after the STI");
+    }
+
+    #[test]
+    fn control_register_reads_at_cpl0_read_their_slots() {
+        // mov eax, cr2; mov ebx, cr0; mov ecx, cr3; mov edx, cr4; ret
+        let bytes = [
+            0x0F, 0x20, 0xD0, 0x0F, 0x20, 0xC3, 0x0F, 0x20, 0xD9, 0x0F, 0x20, 0xE2, 0xC3,
+        ];
+        let block = translate_valid(&inline_cfg(), &bytes);
+        let loads: Vec<(Register, u32)> = disasm(&block)
+            .iter()
+            .filter(|i| i.code() == Code::Mov_r32_rm32 && i.memory_segment() == Register::GS)
+            .map(|i| {
+                (
+                    i.op0_register(),
+                    i.memory_displacement32().wrapping_sub(0xFFFF_E000),
+                )
+            })
+            .filter(|&(_, offset)| offset >= SLOT_CONTROL)
+            .collect();
+        assert_eq!(
+            loads,
+            [
+                (Register::EAX, SLOT_CONTROL + 4),
+                (Register::EBX, SLOT_CONTROL),
+                (Register::ECX, SLOT_CONTROL + 8),
+                (Register::EDX, SLOT_CONTROL + 12)
+            ]
+        );
+        assert!(!block
+            .side
+            .exits
+            .iter()
+            .any(|e| e.kind == ExitKind::Sensitive(crate::Class::MovCr)));
+        // Above CPL 0 (#GP), and CR8 (#UD), the monitor does them.
+        let user = translate_with(32, &[0x0F, 0x20, 0xD0], &TranslateConfig::default());
+        assert_eq!(
+            user.side.exits[0].kind,
+            ExitKind::Sensitive(crate::Class::MovCr)
+        );
+        let cr8 = translate_with(32, &[0xF0, 0x0F, 0x20, 0xC0], &inline_cfg());
+        assert!(matches!(
+            cr8.side.exits[0].kind,
+            ExitKind::Undefined | ExitKind::Sensitive(crate::Class::MovCr)
+        ));
     }
 
     fn segment_cfg() -> TranslateConfig {

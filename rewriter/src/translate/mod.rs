@@ -126,8 +126,11 @@ pub const SLOT_LOADED: u32 = 112;
 /// made; the monitor reads and clears it to weigh them against the writes that keep the
 /// records valid.
 pub const SLOT_RELOAD_HITS: u32 = 120;
+/// Offset of the guest's CR0, CR2, CR3 and CR4 (a dword each), kept by the monitor:
+/// reads of them at CPL 0 read these ([`TranslateConfig::inline_if`]).
+pub const SLOT_CONTROL: u32 = 124;
 /// Size of the scratch area.
-pub const SCRATCH_LEN: u32 = 124;
+pub const SCRATCH_LEN: u32 = 140;
 
 /// How translated code enters the monitor's gate (ARCHITECTURE §5b).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

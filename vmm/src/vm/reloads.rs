@@ -38,6 +38,7 @@ use rewriter::translate::{RELOAD_NONE, SLOT_LOADED, SLOT_RELOAD_HITS, SLOT_SELEC
 use shadow_paging::{peek, Access, PagingContext};
 
 use super::handle::Step;
+use super::mirrors::Mirrors;
 use super::shadow_backend::RamPhys;
 use super::{Vm, VmError};
 use crate::addr::{GuestLinear, GuestPhys, PAGE_SIZE};
@@ -162,8 +163,24 @@ pub struct Reloads {
     window_start: u64,
     /// Inline reloads in the current window.
     hits: u64,
+    /// Bumped whenever a record or a refusal changes.
+    generation: u64,
+    /// What the last entry published, and for what.
+    published: Option<(Published, [(u32, u32); 6])>,
     /// Counters.
     pub stats: ReloadStats,
+}
+
+/// Everything the slots published before an entry depend on: an entry with the same
+/// publishes the same (the records' generation stands for the records).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Published {
+    generation: u64,
+    ldt_writes: u64,
+    cpl: u8,
+    clamp: Option<GuestLinear>,
+    segments: [Segment; 4],
+    tables: Tables,
 }
 
 /// What a record needs read from guest memory: the physical address of the descriptor of
@@ -179,6 +196,7 @@ impl Reloads {
     pub fn forget(&mut self) {
         self.records = [None; 6];
         self.unmatched = [None; 6];
+        self.generation += 1;
     }
 
     /// Keeps the records whose descriptors are still where they were read and what they
@@ -188,6 +206,7 @@ impl Reloads {
             if let Some(r) = *slot {
                 if mem.descriptor_at(r.lin) != Some((r.phys, r.raw)) {
                     *slot = None;
+                    self.generation += 1;
                 }
             }
         }
@@ -201,6 +220,7 @@ impl Reloads {
                 if r.is_some_and(|r| r.overlaps(at, len)) {
                     *r = None;
                     self.stats.written += 1;
+                    self.generation += 1;
                 }
             }
             self.count_write(at, len);
@@ -215,6 +235,7 @@ impl Reloads {
             if r.is_some_and(|r| r.phys.page() == frame) {
                 *r = None;
                 self.stats.written += 1;
+                self.generation += 1;
             }
         }
         self.stats.frame_writes += 1;
@@ -274,6 +295,7 @@ impl Reloads {
     }
 
     fn give_up(&mut self, frame: GuestPhys) {
+        self.generation += 1;
         self.watched.retain(|w| w.frame != frame);
         for r in &mut self.records {
             if r.is_some_and(|r| r.phys.page() == frame) {
@@ -301,6 +323,7 @@ impl Reloads {
         if self.given_up.len() != given_up {
             // Contents refused for a frame given up may be recorded now.
             self.unmatched = [None; 6];
+            self.generation += 1;
         }
         let i = reg as usize;
         let cur = *s.sreg(reg);
@@ -314,6 +337,7 @@ impl Reloads {
         {
             return None;
         }
+        self.generation += 1;
         let Some(record) = read_record(s, cur, mem) else {
             if let Some(u) = self.unmatched.get_mut(i) {
                 *u = Some(cur);
@@ -352,6 +376,29 @@ impl Reloads {
     }
 
     /// Counts an entry (the clock of write rates).
+    /// What an entry in `s` depends on.
+    fn key(&self, s: &VcpuState, mirrors: &Mirrors, clamp: Option<GuestLinear>) -> Published {
+        Published {
+            generation: self.generation,
+            ldt_writes: mirrors.writes,
+            cpl: s.cpl(),
+            clamp,
+            segments: REGISTERS.map(|r| *s.sreg(r)),
+            tables: Tables::of(s),
+        }
+    }
+
+    /// The slots the last entry published, when nothing they depend on changed since.
+    fn unchanged(
+        &self,
+        s: &VcpuState,
+        mirrors: &Mirrors,
+        clamp: Option<GuestLinear>,
+    ) -> Option<[(u32, u32); 6]> {
+        let (key, out) = self.published?;
+        (key == self.key(s, mirrors, clamp)).then_some(out)
+    }
+
     /// The record of `reg` a guest in `s` may load inline, if any.
     pub fn usable(&self, s: &VcpuState, reg: SegReg) -> Option<&Reload> {
         self.records
@@ -429,7 +476,14 @@ impl Vm {
         let give_up = t.reloads.entered(hits);
         let s = &self.cpu.state;
         let mut watch = Vec::new();
-        if self.mem.paging.enabled() && s.protected() && !s.v86() {
+        if !(self.mem.paging.enabled() && s.protected() && !s.v86()) {
+            t.reloads.published = None;
+        } else if let Some(out) =
+            t.reloads
+                .unchanged(s, &self.cpu.mirrors, self.mem.paging.user_clamp)
+        {
+            return Ok(out);
+        } else {
             // The translation keeps the scratch segment's loads for the monitor.
             let reserved = if s.cpl() == 3 { SegReg::Fs } else { SegReg::Gs };
             let mut reader = RamDescriptors {
@@ -454,6 +508,10 @@ impl Vm {
                     *slot = (sel.wrapping_neg(), u32::from(host) | (sel << 16));
                 }
             }
+            let key = t
+                .reloads
+                .key(s, &self.cpu.mirrors, self.mem.paging.user_clamp);
+            t.reloads.published = Some((key, out));
         }
         if !watch.is_empty() || !give_up.is_empty() {
             self.mem.with_host(|shadow, host, _| {

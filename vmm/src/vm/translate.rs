@@ -15,9 +15,9 @@
 
 use iced_x86::Instruction;
 use rewriter::translate::{
-    CodeReader, CodeSegment, CodeSize, ExitKind, ExitStub, GuestEip, Refusal, SLOT_EAX, SLOT_ECX,
-    SLOT_EDX, SLOT_EXIT, SLOT_ID, SLOT_LOADED, SLOT_NULL_SELECTOR, SLOT_PENDING, SLOT_RELOADS,
-    SLOT_SELECTORS, SLOT_TARGET, SLOT_VBITS, SLOT_VIF,
+    CodeReader, CodeSegment, CodeSize, ExitKind, ExitStub, GuestEip, Refusal, SLOT_CONTROL,
+    SLOT_EAX, SLOT_ECX, SLOT_EDX, SLOT_EXIT, SLOT_ID, SLOT_LOADED, SLOT_NULL_SELECTOR,
+    SLOT_PENDING, SLOT_RELOADS, SLOT_SELECTORS, SLOT_TARGET, SLOT_VBITS, SLOT_VIF,
 };
 use rewriter::Class;
 use shadow_paging::Access;
@@ -317,6 +317,14 @@ impl Vm {
                     t.tc.set_slot(slot + 4, host);
                 }
                 t.tc.set_slot(SLOT_NULL_SELECTOR, 0);
+                // What reads of control registers read (CPL 0).
+                let s = &self.cpu.state;
+                for (slot, value) in (SLOT_CONTROL..)
+                    .step_by(4)
+                    .zip([s.cr0, s.cr2, s.cr3, s.cr4])
+                {
+                    t.tc.set_slot(slot, value);
+                }
                 t.tc.set_slot(SLOT_LOADED, 0);
                 t.tc.set_slot(SLOT_LOADED + 4, 0);
                 t.guest_tf = self.cpu.state.eflags & eflags::TF;
