@@ -118,7 +118,12 @@ impl<'c> Emitter<'c> {
             .encoder
             .encode(instr, u64::from(self.here()))
             .map_err(|e| encode_error(instr.code(), &e))?;
-        self.bytes.extend_from_slice(&self.encoder.take_buffer());
+        // The encoder's buffer goes back to it emptied: one allocation per block, not
+        // one per instruction.
+        let mut encoded = self.encoder.take_buffer();
+        self.bytes.extend_from_slice(&encoded);
+        encoded.clear();
+        self.encoder.set_buffer(encoded);
         self.side.entries.push(SideEntry {
             offset: offset_of(start),
             len: u8::try_from(len).unwrap_or(u8::MAX),

@@ -526,18 +526,22 @@ impl TranslationCache {
 
     /// The block whose code contains TC address `addr`, and the side entry there.
     pub fn at(&self, addr: u32) -> Option<(usize, Option<&SideEntry>)> {
+        let i = self.block_at(addr)?;
+        let b = self.blocks.get(i)?;
+        Some((i, b.block.side.at(addr.wrapping_sub(b.block.tc_address))))
+    }
+
+    /// The block whose bytes hold TC address `addr`.
+    fn block_at(&self, addr: u32) -> Option<usize> {
         let (&start, &i) = self.by_tc.range(..=addr).next_back()?;
         let b = self.blocks.get(i)?;
         let end = start.wrapping_add(u32::try_from(b.block.bytes.len()).ok()?);
-        if addr >= end {
-            return None;
-        }
-        Some((i, b.block.side.at(addr - start)))
+        (addr < end).then_some(i)
     }
 
     /// The exit stub whose address the exit slot holds, with its block.
     pub fn exit_for(&self, slot: u32) -> Option<(usize, usize, ExitStub)> {
-        let (i, _) = self.at(slot)?;
+        let i = self.block_at(slot)?;
         let b = &self.blocks.get(i)?.block;
         let offset = slot.wrapping_sub(b.tc_address);
         let (index, stub) = b
