@@ -498,12 +498,6 @@ pub(crate) fn load_segment(
         GuestEip::At(eip),
     )?;
     let selector_slot = SLOT_SELECTORS + 4 * index;
-    let loaded = build!(
-        with2,
-        Code::Mov_rm8_imm8,
-        em.slot(SLOT_LOADED + index),
-        1u32
-    )?;
     // After the segment load, a MOV is done; a POP is done once ESP moves.
     let commit = Meta {
         guest: GuestEip::At(eip),
@@ -517,48 +511,32 @@ pub(crate) fn load_segment(
     } else {
         (commit, commit)
     };
-    em.bind(null)?;
-    em.emit(
-        &build!(
+    // ECX holds the guest's selector: into its slot, marked loaded, then the host's.
+    let load = |em: &mut Emitter, host_slot: u32, meta: Meta| -> Result<(), Refusal> {
+        let store = build!(
             with2,
             Code::Mov_rm32_r32,
             em.slot(selector_slot),
             Register::ECX
-        )?,
-        before(true, false),
-    )?;
-    em.emit(&loaded, before(true, false))?;
-    em.emit(
-        &build!(
+        )?;
+        em.emit(&store, before(true, false))?;
+        let loaded = build!(
             with2,
-            Code::Mov_Sreg_r32m16,
-            reg,
-            em.slot(SLOT_NULL_SELECTOR)
-        )?,
-        // One entry per guest instruction carries its length: the reload path's.
-        before(true, false),
-    )?;
+            Code::Mov_rm8_imm8,
+            em.slot(SLOT_LOADED + index),
+            1u32
+        )?;
+        em.emit(&loaded, before(true, false))?;
+        em.emit(
+            &build!(with2, Code::Mov_Sreg_r32m16, reg, em.slot(host_slot))?,
+            meta,
+        )
+    };
+    em.bind(null)?;
+    // One entry per guest instruction carries its length: the reload path's.
+    load(em, SLOT_NULL_SELECTOR, before(true, false))?;
     let done = em.branch_forward(Code::Jmp_rel8_32, after_load(eip, next, pop))?;
     em.bind(recorded)?;
-    em.emit(
-        &build!(
-            with2,
-            Code::Movzx_r32_rm16,
-            Register::ECX,
-            em.slot(record + 6)
-        )?,
-        before(true, false),
-    )?;
-    em.emit(
-        &build!(
-            with2,
-            Code::Mov_rm32_r32,
-            em.slot(selector_slot),
-            Register::ECX
-        )?,
-        before(true, false),
-    )?;
-    em.emit(&loaded, before(true, false))?;
     // Counted for the monitor (a stop before the load counts it again: no harm).
     em.emit(
         &reload(em, Register::ECX, SLOT_RELOAD_HITS)?,
@@ -569,19 +547,21 @@ pub(crate) fn load_segment(
         &build!(with2, Code::Lea_r32_m, Register::ECX, one_more)?,
         before(true, false),
     )?;
-    em.emit(
-        &build!(
-            with2,
-            Code::Mov_rm32_r32,
-            em.slot(SLOT_RELOAD_HITS),
-            Register::ECX
-        )?,
-        before(true, false),
+    let count = build!(
+        with2,
+        Code::Mov_rm32_r32,
+        em.slot(SLOT_RELOAD_HITS),
+        Register::ECX
     )?;
-    em.emit(
-        &build!(with2, Code::Mov_Sreg_r32m16, reg, em.slot(record + 4))?,
-        load_meta,
+    em.emit(&count, before(true, false))?;
+    let selector = build!(
+        with2,
+        Code::Movzx_r32_rm16,
+        Register::ECX,
+        em.slot(record + 6)
     )?;
+    em.emit(&selector, before(true, false))?;
+    load(em, record + 4, load_meta)?;
     em.bind(done)?;
     if pop {
         let popped = MemoryOperand::with_base_displ(Register::ESP, 4);
