@@ -15,6 +15,7 @@ static u8 straddle_frames[3][4096] __attribute__((aligned(4096)));
 static u32 straddle_table[1024] __attribute__((aligned(4096)));
 static u8 thunk_frames[2][4096] __attribute__((aligned(4096)));
 static u32 data_frames[3][1024] __attribute__((aligned(4096)));
+static u8 pge_frames[2][4096] __attribute__((aligned(4096)));
 
 #define STRADDLE_BASE 0x00c00000u /* PDE 3: two pages on frames in reverse order */
 #define SPACES_BASE 0x01400000u /* PDE 5: code whose second page differs per address space */
@@ -563,6 +564,47 @@ static void test_data_across_spaces(void)
 }
 
 
+/* CR4.PGE toggled, as Linux flushes its global TLB entries: code in a global page runs
+ * what its frame holds through every toggle, CR3 reload and INVLPG. */
+#define PGE_PAGE 8
+
+static u32 __attribute__((noinline)) call_at(u32 addr)
+{
+	u32 (*volatile f)(void) = (u32 (*)(void))addr;
+	return f();
+}
+
+static void test_global_toggle(void)
+{
+	report_prefix_push("PGE");
+	static const u8 code[2][6] = { { 0xb8, 1, 0, 0, 0, 0xc3 }, { 0xb8, 2, 0, 0, 0, 0xc3 } };
+	for (int f = 0; f < 2; f++)
+		memcpy(pge_frames[f], code[f], sizeof(code[f]));
+	u32 page = TEST_BASE + PGE_PAGE * PAGE_SIZE;
+	test_table[PGE_PAGE] = phys(pge_frames[0]) | PTE_P | PTE_RW | PTE_G;
+	invlpg((void *)page);
+	write_cr4(read_cr4() | CR4_PGE);
+	u32 first = call_at(page) + call_at(page);
+	write_cr3(read_cr3());
+	u32 kept = call_at(page);
+	/* PGE cleared: the whole TLB goes, and the page is global no more. */
+	write_cr4(read_cr4() & ~CR4_PGE);
+	test_table[PGE_PAGE] = phys(pge_frames[1]) | PTE_P | PTE_RW | PTE_G;
+	write_cr3(read_cr3());
+	u32 second = call_at(page);
+	write_cr4(read_cr4() | CR4_PGE);
+	u32 third = call_at(page);
+	test_table[PGE_PAGE] = phys(pge_frames[0]) | PTE_P | PTE_RW | PTE_G;
+	invlpg((void *)page);
+	u32 fourth = call_at(page);
+	write_cr4(read_cr4() & ~CR4_PGE);
+	report(first == 2 && kept == 1, "code in a global page runs, and again after a CR3 reload");
+	report(second == 2, "with PGE cleared, a CR3 reload drops the global page's old frame");
+	report(third == 2 && fourth == 1,
+	       "with PGE set again the page runs its frame's code, then the one INVLPG gives");
+	report_prefix_pop();
+}
+
 /* Loads of data segment registers under paging, which translate mode performs without
  * an exit once the monitor has checked the selector: each load must still see the
  * descriptor as the GDT holds it at that moment, however often it was loaded before. */
@@ -678,5 +720,6 @@ int main(u32 magic, const void *mbi)
 	test_data_across_spaces();
 	test_repeated_writers();
 	test_segment_loads();
+	test_global_toggle();
 	return report_summary();
 }

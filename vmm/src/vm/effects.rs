@@ -101,7 +101,15 @@ impl Vm {
         }
         let now_on = self.mem.paging.enabled();
         let new_ctx = *self.mem.paging.shadow.context();
-        if now_on != was_on
+        let pge_only = now_on
+            && was_on
+            && (new_ctx.cr0 ^ ctx.cr0) & TRANSLATION_CR0 == 0
+            && (new_ctx.cr4 ^ ctx.cr4) & TRANSLATION_CR4 == cr4::PGE
+            && new_ctx.efer == ctx.efer;
+        if pge_only {
+            // The whole TLB goes, global entries too; the translations stay right.
+            self.tc_global_pages_changed()?;
+        } else if now_on != was_on
             || (new_ctx.cr0 ^ ctx.cr0) & TRANSLATION_CR0 != 0
             || (new_ctx.cr4 ^ ctx.cr4) & TRANSLATION_CR4 != 0
             || new_ctx.efer != ctx.efer

@@ -116,6 +116,9 @@ pub enum SpaceChange {
         /// The last page.
         last: u32,
     },
+    /// Every page may map elsewhere, global ones included (CR4.PGE toggled: the TLB is
+    /// flushed whole).
+    All,
 }
 
 /// Something in the cache that leads to a block without the monitor.
@@ -627,6 +630,19 @@ impl TranslationCache {
         }
     }
 
+    /// Marks each live block global or not as `global` says of its linear pages
+    /// (address, user) — after CR4.PGE changed, which makes pages global or not.
+    pub fn reassess_global(&mut self, mut global: impl FnMut(u32, bool) -> bool) {
+        for b in self.blocks.iter_mut().filter(|b| b.alive) {
+            let user = b.key.user;
+            b.global = b
+                .block
+                .pages
+                .iter()
+                .all(|p| global(p.linear & !(PAGE_SIZE - 1), user));
+        }
+    }
+
     /// The guest-physical pages (page addresses) block `i` came from.
     pub fn pages_of(&self, i: usize) -> Vec<GuestPhys> {
         self.blocks.get(i).map_or_else(Vec::new, |b| {
@@ -875,6 +891,7 @@ impl TranslationCache {
             SpaceChange::Pages { first, last } => {
                 self.relying.range(first..=last).map(|(&p, _)| p).collect()
             }
+            SpaceChange::All => self.relying.keys().copied().collect(),
         };
         // Page verdicts: (linear, physical, user) → still mapped.
         let mut known: HashMap<(u32, u64, bool), bool> = HashMap::default();

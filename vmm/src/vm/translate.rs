@@ -986,6 +986,33 @@ impl Vm {
         Ok(())
     }
 
+    /// Translate mode: CR4.PGE was toggled, the rest of the paging mode unchanged (Linux
+    /// flushes its global TLB entries so). Translations stay; blocks are global or not as
+    /// their pages now are, and every chain and lookup entry, global ones included, stays
+    /// only where its target's pages still map the same frames.
+    pub(super) fn tc_global_pages_changed(&mut self) -> Result<(), VmError> {
+        self.reloads_after_space_change(false);
+        let Some(t) = self.tc.as_mut() else {
+            return Ok(());
+        };
+        let ctx = *self.mem.paging.shadow.context();
+        let ram = super::shadow_backend::RamPhys(&self.mem.ram);
+        let mut global: foldhash::HashMap<(u32, bool), bool> = foldhash::HashMap::default();
+        t.tc.reassess_global(|linear, user| {
+            ctx.pge()
+                && *global.entry((linear, user)).or_insert_with(|| {
+                    shadow_paging::resolve(&ram, &ctx, GuestLinear(linear), Access::fetch(user))
+                        .is_some_and(|tr| tr.global)
+                })
+        });
+        t.tc.address_space_changed(SpaceChange::All, |linear, phys, user| {
+            shadow_paging::peek(&ram, &ctx, GuestLinear(linear), Access::fetch(user))
+                .is_some_and(|tr| tr.frame().raw() == phys)
+        });
+        t.link = None;
+        Ok(())
+    }
+
     /// A host fault's write by the instruction at `site` was mediated: after
     /// [`MEDIATED_AFTER`] of them the instruction is retranslated into an exit through
     /// the gate.
