@@ -117,7 +117,8 @@ pub enum SpaceChange {
         last: u32,
     },
     /// Every page may map elsewhere, global ones included (CR4.PGE toggled: the TLB is
-    /// flushed whole).
+    /// flushed whole). Every chain and lookup entry is undone without a walk (a check of
+    /// each would cost more than the exits that redo them), the translations stay.
     All,
 }
 
@@ -293,6 +294,9 @@ pub struct TcBlock {
     /// Every page it came from was mapped global (CR4.PGE and PTE.G) when it was
     /// translated.
     pub global: bool,
+    /// Every page it came from was mapped with PTE.G when it was translated (global
+    /// whenever CR4.PGE is set).
+    pub g_pages: bool,
     /// Translated for a GS rebase without using it: kept under the key without one, it
     /// is what every GS base would get.
     any_gs_base: bool,
@@ -617,29 +621,26 @@ impl TranslationCache {
                 alive: true,
                 incoming: Vec::new(),
                 global: false,
+                g_pages: false,
                 any_gs_base,
             });
             return Ok(Ok(i));
         }
     }
 
-    /// Marks block `i` as lying entirely in global pages.
-    pub fn set_global(&mut self, i: usize) {
+    /// Marks block `i` as lying entirely in pages mapped with PTE.G, global now if
+    /// CR4.PGE is set (`pge`).
+    pub fn set_global(&mut self, i: usize, pge: bool) {
         if let Some(b) = self.blocks.get_mut(i) {
-            b.global = true;
+            b.g_pages = true;
+            b.global = pge;
         }
     }
 
-    /// Marks each live block global or not as `global` says of its linear pages
-    /// (address, user) — after CR4.PGE changed, which makes pages global or not.
-    pub fn reassess_global(&mut self, mut global: impl FnMut(u32, bool) -> bool) {
-        for b in self.blocks.iter_mut().filter(|b| b.alive) {
-            let user = b.key.user;
-            b.global = b
-                .block
-                .pages
-                .iter()
-                .all(|p| global(p.linear & !(PAGE_SIZE - 1), user));
+    /// CR4.PGE became `pge`: the blocks of G pages are global or not with it.
+    pub fn reassess_global(&mut self, pge: bool) {
+        for b in &mut self.blocks {
+            b.global = b.g_pages && pge;
         }
     }
 
@@ -924,12 +925,13 @@ impl TranslationCache {
                     continue;
                 }
                 let valid = (change == SpaceChange::Cr3 && b.global)
-                    || b.block.pages.iter().all(|p| {
-                        let page = (p.linear & !(PAGE_SIZE - 1), page_of(p.phys), b.key.user);
-                        *known
-                            .entry(page)
-                            .or_insert_with(|| still_mapped(page.0, page.1, page.2))
-                    });
+                    || change != SpaceChange::All
+                        && b.block.pages.iter().all(|p| {
+                            let page = (p.linear & !(PAGE_SIZE - 1), page_of(p.phys), b.key.user);
+                            *known
+                                .entry(page)
+                                .or_insert_with(|| still_mapped(page.0, page.1, page.2))
+                        });
                 if valid {
                     local |= !b.global;
                     keep.push(what);

@@ -551,9 +551,10 @@ impl Vm {
                 }
                 match result {
                     Ok(Ok(i)) => {
-                        if self.block_is_global(i) {
+                        if self.block_in_g_pages(i) {
+                            let pge = self.mem.paging.shadow.context().pge();
                             if let Some(t) = self.tc.as_mut() {
-                                t.tc.set_global(i);
+                                t.tc.set_global(i, pge);
                             }
                         }
                         let Some(t) = self.tc.as_mut() else {
@@ -927,14 +928,14 @@ impl Vm {
         }
     }
 
-    /// Whether every linear page block `i` came from is mapped global (CR4.PGE and the
-    /// mapping's G bit): such translations survive CR3 writes, as the TLB's do.
-    fn block_is_global(&self, i: usize) -> bool {
+    /// Whether every linear page block `i` came from is mapped with PTE.G (global while
+    /// CR4.PGE is set).
+    fn block_in_g_pages(&self, i: usize) -> bool {
         let Some(t) = self.tc.as_ref() else {
             return false;
         };
         let ctx = *self.mem.paging.shadow.context();
-        if !self.mem.paging.enabled() || !ctx.pge() {
+        if !self.mem.paging.enabled() {
             return false;
         }
         let user = self.cpu.user();
@@ -987,28 +988,17 @@ impl Vm {
     }
 
     /// Translate mode: CR4.PGE was toggled, the rest of the paging mode unchanged (Linux
-    /// flushes its global TLB entries so). Translations stay; blocks are global or not as
-    /// their pages now are, and every chain and lookup entry, global ones included, stays
-    /// only where its target's pages still map the same frames.
+    /// flushes its global TLB entries so). Translations stay; blocks of G pages are global
+    /// or not with PGE, and every chain and lookup entry, global ones included, is undone
+    /// (the next exit at each redoes it).
     pub(super) fn tc_global_pages_changed(&mut self) -> Result<(), VmError> {
         self.reloads_after_space_change(false);
+        let pge = self.mem.paging.shadow.context().pge();
         let Some(t) = self.tc.as_mut() else {
             return Ok(());
         };
-        let ctx = *self.mem.paging.shadow.context();
-        let ram = super::shadow_backend::RamPhys(&self.mem.ram);
-        let mut global: foldhash::HashMap<(u32, bool), bool> = foldhash::HashMap::default();
-        t.tc.reassess_global(|linear, user| {
-            ctx.pge()
-                && *global.entry((linear, user)).or_insert_with(|| {
-                    shadow_paging::resolve(&ram, &ctx, GuestLinear(linear), Access::fetch(user))
-                        .is_some_and(|tr| tr.global)
-                })
-        });
-        t.tc.address_space_changed(SpaceChange::All, |linear, phys, user| {
-            shadow_paging::peek(&ram, &ctx, GuestLinear(linear), Access::fetch(user))
-                .is_some_and(|tr| tr.frame().raw() == phys)
-        });
+        t.tc.reassess_global(pge);
+        t.tc.address_space_changed(SpaceChange::All, |_, _, _| false);
         t.link = None;
         Ok(())
     }
