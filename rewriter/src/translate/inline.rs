@@ -361,11 +361,13 @@ fn edx_bit_to_ecx(bit: u32) -> Result<[Instruction; 3], Refusal> {
     ])
 }
 
-/// The index of a data segment register in the selector and reload slots (ES, CS, SS,
-/// DS, FS, GS order).
-fn data_segment_index(reg: Register) -> Option<u32> {
+/// The index of a segment register in the selector and reload slots (ES, CS, SS, DS,
+/// FS, GS: the order of their encodings).
+fn segment_index(reg: Register) -> Option<u32> {
     match reg {
         Register::ES => Some(0),
+        Register::CS => Some(1),
+        Register::SS => Some(2),
         Register::DS => Some(3),
         Register::FS => Some(4),
         Register::GS => Some(5),
@@ -406,7 +408,11 @@ pub(crate) fn segment_load(cfg: &TranslateConfig, instr: &Instruction) -> Option
         }
         _ => return None,
     };
-    (data_segment_index(reg).is_some() && reg != cfg.scratch.segment.register()).then_some(reg)
+    let data = matches!(
+        reg,
+        Register::ES | Register::DS | Register::FS | Register::GS
+    );
+    (data && reg != cfg.scratch.segment.register()).then_some(reg)
 }
 
 /// The 16-bit register of a 16- or 32-bit general register.
@@ -433,7 +439,7 @@ pub(crate) fn load_segment(
     let eip = u32::try_from(guest.ip()).unwrap_or(0);
     let len = u8::try_from(guest.len()).unwrap_or(1);
     let next = eip.wrapping_add(u32::from(len));
-    let index = data_segment_index(reg).unwrap_or(3);
+    let index = segment_index(reg).unwrap_or(3);
     let record = SLOT_RELOADS + 8 * index;
     let pop = guest.code() != Code::Mov_Sreg_rm16 && guest.code() != Code::Mov_Sreg_r32m16;
     let before = |restore, can_fault| Meta::expansion(GuestEip::At(eip), restore, can_fault);
@@ -506,11 +512,7 @@ pub(crate) fn load_segment(
         can_fault: false,
         origin: Origin::Inline { guest_len: len },
     };
-    let (load_meta, pop_meta) = if pop {
-        (before(true, false), commit)
-    } else {
-        (commit, commit)
-    };
+    let load_meta = if pop { before(true, false) } else { commit };
     // ECX holds the guest's selector: into its slot, marked loaded, then the host's.
     let load = |em: &mut Emitter, host_slot: u32, meta: Meta| -> Result<(), Refusal> {
         let store = build!(
@@ -567,7 +569,7 @@ pub(crate) fn load_segment(
         let popped = MemoryOperand::with_base_displ(Register::ESP, 4);
         em.emit(
             &build!(with2, Code::Lea_r32_m, Register::ESP, popped)?,
-            pop_meta,
+            commit,
         )?;
     }
     let after = Meta::expansion(GuestEip::At(next), true, false);
@@ -659,14 +661,7 @@ pub(crate) fn selector(
 ) -> Result<(), Refusal> {
     let eip = u32::try_from(guest.ip()).unwrap_or(0);
     let len = u8::try_from(guest.len()).unwrap_or(1);
-    let index: u32 = match reg {
-        Register::ES => 0,
-        Register::CS => 1,
-        Register::SS => 2,
-        Register::DS => 3,
-        Register::FS => 4,
-        _ => 5,
-    };
+    let index = segment_index(reg).unwrap_or(5);
     let meta = Meta {
         guest: GuestEip::At(eip),
         restore_scratch: false,

@@ -86,15 +86,13 @@ impl Tables {
 pub struct Reload {
     /// The selector.
     pub selector: u16,
-    /// The descriptor, as in the table (accessed bit set).
-    desc: Descriptor,
     /// The cache the load gives.
     pub segment: Segment,
     /// Guest-physical address of the descriptor's 8 bytes (within one page).
     phys: GuestPhys,
     /// Their linear address.
     lin: u32,
-    /// The 8 bytes.
+    /// The descriptor's 8 bytes, as in the table (accessed bit set).
     raw: u64,
     tables: Tables,
 }
@@ -103,7 +101,7 @@ impl Reload {
     /// Whether a guest at `cpl` may load it into a data segment register (the checks of
     /// `check_segment_load` for DS, ES, FS and GS).
     fn allowed_at(&self, cpl: u8) -> bool {
-        let d = &self.desc;
+        let d = Descriptor::decode(self.raw);
         let rpl = selector::rpl(self.selector);
         (d.is_data() || d.is_readable_code())
             && (d.is_conforming_code() || (rpl <= d.dpl && cpl <= d.dpl))
@@ -375,7 +373,6 @@ impl Reloads {
         }
     }
 
-    /// Counts an entry (the clock of write rates).
     /// What an entry in `s` depends on.
     fn key(&self, s: &VcpuState, mirrors: &Mirrors, clamp: Option<GuestLinear>) -> Published {
         Published {
@@ -642,7 +639,6 @@ fn read_record(s: &VcpuState, cur: Segment, mem: &mut impl DescriptorReader) -> 
     }
     Some(Reload {
         selector: sel,
-        desc,
         segment: cur,
         phys,
         lin,
