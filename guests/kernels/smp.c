@@ -5,7 +5,7 @@
  * fixed IPIs by physical ID, logical destination and the all-excluding-self shorthand,
  * an NMI, NMI blocking until IRET, an IPI from an AP to the BSP, a spinlock every
  * processor contends for, a TLB shootdown (a PTE changed, INVLPG on every processor, no
- * stale translation), and control-register state that stays each processor's own. */
+ * stale translation), and control-register and FPU state that stays each processor's own. */
 #include "guest.h"
 #include "paging.h"
 
@@ -18,10 +18,10 @@
 #define WINDOW 0x00800000u /* a linear page whose mapping changes under the APs */
 #define CR4_PCE_BIT (1u << 8)
 
-enum command { CMD_NONE, CMD_COUNT_LOCK, CMD_PAGING_ON, CMD_READ_WINDOW, CMD_SHOOTDOWN, CMD_SEND_TO_BSP, CMD_CR4, CMD_READ_CR4 };
+enum command { CMD_NONE, CMD_COUNT_LOCK, CMD_PAGING_ON, CMD_READ_WINDOW, CMD_SHOOTDOWN, CMD_SEND_TO_BSP, CMD_CR4, CMD_READ_CR4, CMD_FPU };
 
 struct percpu {
-	volatile u32 started, apic_id, cpuid_id, ipis, nmis, done_seq, window_value, cr4;
+	volatile u32 started, apic_id, cpuid_id, ipis, nmis, done_seq, window_value, cr4, fpu_ok;
 };
 
 static struct percpu cpus[MAX_CPUS];
@@ -108,6 +108,20 @@ static void on_nmi(struct frame *f)
 	bsp_nmi_depth--;
 }
 
+/* Each processor loads an x87/SSE state of its own, then exits to the monitor (port reads,
+ * PAUSE, which hands the host thread to another vCPU) while the others do the same. */
+#define FPU_ROUNDS 3000
+static void fpu_own_state(struct percpu *me)
+{
+	u32 id = (u32)(me - cpus);
+	fpu_state_load(id, 0x1000u + 77u * id);
+	for (u32 i = 0; i < FPU_ROUNDS; i++) {
+		(void)inb(0x21);
+		asm volatile("pause");
+	}
+	me->fpu_ok = fpu_state_intact(id);
+}
+
 static void run_command(struct percpu *me, u32 cmd)
 {
 	switch (cmd) {
@@ -130,6 +144,9 @@ static void run_command(struct percpu *me, u32 cmd)
 		break;
 	case CMD_READ_CR4:
 		me->cr4 = read_cr4();
+		break;
+	case CMD_FPU:
+		fpu_own_state(me);
 		break;
 	case CMD_CR4:
 		if (command_arg & (1u << (me - cpus)))
@@ -289,5 +306,15 @@ int main(u32 magic, const void *mbi)
 		ok &= ((cpus[i].cr4 & CR4_PCE_BIT) != 0) == ((i & 1) != 0);
 	report(ok && !(read_cr4() & CR4_PCE_BIT),
 	       "smp: CR4 is each processor's own (PCE set on the odd ones only)");
+
+	command = CMD_FPU;
+	seq = ++command_seq;
+	smp_send_ipi(0, (3u << 18) | WAKE_VECTOR);
+	fpu_own_state(&cpus[0]);
+	ok = cpus[0].fpu_ok;
+	for (u32 i = 1; i < ncpus; i++)
+		ok &= SMP_WAIT_FOR(cpus[i].done_seq == seq) && cpus[i].fpu_ok;
+	report(ok, "smp: x87 and SSE registers are each processor's own through %u exits each",
+	       2 * FPU_ROUNDS);
 	return report_summary();
 }

@@ -268,6 +268,13 @@ u32 smp_boot_aps(u32 ncpus, void (*entry)(u32 id));
 u32 smp_apic_id(void);
 void smp_send_ipi(u32 dest, u32 icr_low);
 
+/* A recognisable x87/SSE state (lib/fpustate.c): fpu_state_load turns the FPU on (CR0.MP
+ * and NE, EM and TS clear, CR4.OSFXSR) and loads processor `cpu`'s state made from `seed`
+ * (x87 registers, control words, MXCSR rounding toward zero, XMM0-7); fpu_state_intact
+ * tells whether the registers still hold it. Code between the two must not touch the FPU. */
+void fpu_state_load(u32 cpu, u32 seed);
+bool fpu_state_intact(u32 cpu);
+
 /* instructions */
 static inline void outb(u8 v, u16 port) { asm volatile("outb %0, %1" ::"a"(v), "Nd"(port)); }
 static inline void outw(u16 v, u16 port) { asm volatile("outw %0, %1" ::"a"(v), "Nd"(port)); }

@@ -98,6 +98,8 @@ pub const FORCED_EFLAGS: u32 = 0x0000_0202;
 const XCR0_EXCLUDED: u64 = (1 << 17) | (1 << 18);
 /// XCR0 bit of the AVX upper halves.
 const XCR0_AVX: u64 = 1 << 2;
+/// XCR0 bit of the AVX-512 opmask registers.
+const XCR0_OPMASK: u64 = 1 << 5;
 /// XCR0 bit of the protection-key rights register.
 const XCR0_PKRU: u64 = 1 << 9;
 /// `AT_HWCAP2` bit for a kernel that lets user code use RD/WRFSBASE.
@@ -300,6 +302,7 @@ impl HostCpu {
         let light_fpu = mask & XCR0_PKRU == 0;
         let features = entry::FpuFeatures {
             avx: mask & XCR0_AVX != 0,
+            opmask: mask & XCR0_OPMASK != 0,
             // Leaf 0xD exists: xsave_mask checked OSXSAVE.
             xsaveopt: std::arch::x86_64::__cpuid_count(0xd, 1).eax & 1 != 0,
         };
@@ -349,8 +352,28 @@ impl HostCpu {
         unsafe { self.block.as_ref() }
     }
 
+    /// Completes `ctx`'s extended state in [`GuestContext::fpu`] if a gate exit left it in
+    /// the CPU (see [`HostCpu::run`]). Call it before reading `ctx.fpu`, before running
+    /// another context whose state should not replace this one's unsaved (a vCPU
+    /// switch), and before dropping the `HostCpu` if `ctx` is to run again.
+    pub fn save_fpu(&self, ctx: &mut GuestContext) {
+        let block = self.block.as_ptr();
+        // SAFETY: this thread's live block, not inside a run (`run` holds `&mut self`);
+        // the state in the CPU is `ctx`'s, whose exclusive borrow we hold.
+        unsafe {
+            if (*block).fpu_live == ctx as *mut GuestContext as usize as u64 {
+                entry::spill_fpu(block, Some(&mut ctx.fpu));
+            }
+        }
+    }
+
     /// Runs the guest from `ctx` until the next exit and stores the guest's registers,
-    /// selectors and extended state back into `ctx` (for a guest exit). Resuming is calling
+    /// selectors and extended state back into `ctx` (for a guest exit).
+    ///
+    /// After a gate exit the extended state stays in the CPU (the monitor's code changes
+    /// only XMM0-7 and MXCSR, which are put aside) and `ctx.fpu` is stale until
+    /// [`HostCpu::save_fpu`]. Running another context first drops that state: call
+    /// `save_fpu` before switching contexts. Resuming is calling
     /// `run` again, with `ctx.eip` wherever the monitor wants the guest to continue.
     ///
     /// Returns at once with [`HostExitKind::Async`] if a timer or kick arrived since the last
@@ -373,6 +396,15 @@ impl HostCpu {
         ctx.eflags = (ctx.eflags & GUEST_EFLAGS_MASK) | FORCED_EFLAGS;
         let ctx_ptr: *mut GuestContext = ctx;
         let block = self.block.as_ptr();
+        // SAFETY: this thread's live block, outside a run. State another context left in
+        // the CPU was not saved: it is dropped, and this context's comes in whole.
+        unsafe {
+            let live = (*block).fpu_live;
+            if live != 0 && live != ctx_ptr as usize as u64 {
+                debug_assert!(false, "a context's extended state was left in the CPU");
+                entry::spill_fpu(block, None);
+            }
+        }
         entry::GATE_BLOCK.store(block as usize as u64, Ordering::Release);
         // SAFETY: `block` is this thread's live block; the handler writes it only during
         // `enter`, which we are about to call with `&mut self` held.
@@ -442,8 +474,12 @@ impl Drop for HostCpu {
     fn drop(&mut self) {
         signals::unregister(self.slot);
         HOSTCPU_ON_THREAD.with(|c| c.set(false));
-        // SAFETY: reading our own block; no run is in progress (`&mut self`).
-        let fsbase = unsafe { self.block.as_ref().host_fsbase };
+        // SAFETY: our own block; no run is in progress (`&mut self`). A context's state
+        // still in the CPU is dropped (its owner had `save_fpu` to keep it).
+        let fsbase = unsafe {
+            entry::spill_fpu(self.block.as_ptr(), None);
+            self.block.as_ref().host_fsbase
+        };
         entry::reset_data_segments(fsbase);
         // The handler can no longer find the block (unregistered above); the altstack field
         // is disabled and unmapped when the fields drop after this body.

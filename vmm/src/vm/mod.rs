@@ -548,6 +548,15 @@ impl Vm {
         }
         self.monitor_allowlist().install()?;
         self.cpu.sync_mirrors(ALL_SEGMENTS, None)?;
+        let outcome = self.run_loop(&mut host, &timer);
+        // A gate exit leaves the vCPU's extended state in the host CPU: the context takes
+        // it back for whatever reads it or runs it next.
+        host.save_fpu(&mut self.cpu.ctx);
+        outcome
+    }
+
+    /// The exits and entries of [`Vm::run`], until the run ends.
+    fn run_loop(&mut self, host: &mut HostCpu, timer: &VcpuTimer) -> Result<RunOutcome, VmError> {
         loop {
             // At every exit, and after every wait of a halted guest (a kick ends it).
             if self.stop.requested() {
@@ -567,7 +576,7 @@ impl Vm {
             self.platform.sync_apic_base(self.cpu.state.msr.apic_base);
             self.platform.poll();
             if self.vcpus.len() > 1 {
-                match self.schedule(&host)? {
+                match self.schedule(host)? {
                     smp::Scheduled::Run => {}
                     smp::Scheduled::Again => continue,
                     smp::Scheduled::Stop(outcome) => {
@@ -590,7 +599,7 @@ impl Vm {
                 }
                 let cpu = self.vcpus.current();
                 self.platform
-                    .wait_for_event(&host, |p| p.wants_cpu(cpu, true));
+                    .wait_for_event(host, |p| p.wants_cpu(cpu, true));
                 continue;
             }
             let s = &self.cpu.state;
@@ -607,7 +616,7 @@ impl Vm {
             if !self.translating() {
                 self.patch_data_breakpoints();
             }
-            self.platform.arm_timer(&timer)?;
+            self.platform.arm_timer(timer)?;
             let entry_eip = self.cpu.prepare_entry();
             if self.translating() {
                 if let Some(step) = self.tc_enter()? {

@@ -301,7 +301,7 @@ impl Vm {
             );
         }
         if next != cur {
-            if let Some(stop) = self.switch_to(next)? {
+            if let Some(stop) = self.switch_to(next, host)? {
                 return Ok(Scheduled::Stop(stop));
             }
             self.vcpus.slice_end = None;
@@ -362,8 +362,10 @@ impl Vm {
     /// the APIC page becomes its APIC, and the host (mirrors, shadow paging, the
     /// translation cache's view of the address space) is brought in step as after an
     /// instruction that changed every control and segment register.
-    fn switch_to(&mut self, next: usize) -> Result<Option<RunOutcome>, VmError> {
+    fn switch_to(&mut self, next: usize, host: &HostCpu) -> Result<Option<RunOutcome>, VmError> {
         let cur = self.vcpus.current;
+        // A gate exit leaves the vCPU's extended state in the host CPU.
+        host.save_fpu(&mut self.cpu.ctx);
         let before = Before::of(&self.cpu.state);
         let Some(out) = self.vcpus.parked.get_mut(cur) else {
             return Ok(None);
