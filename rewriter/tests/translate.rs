@@ -194,6 +194,53 @@ fn near_branches_are_relocated_to_chainable_exits() {
     }
 }
 
+/// A block translated for one GS base, its rebased displacements moved by the difference,
+/// is the block translated for another: the engine moves blocks from one process's TLS
+/// base to the next that way.
+#[test]
+fn gs_sites_move_a_block_onto_another_base() {
+    // mov eax, gs:[0xfffffff8]; mov ecx, gs:[ebx+0x14]; add gs:[esi*4+0x100], edx; hlt
+    let bytes = [
+        0x65, 0xA1, 0xF8, 0xFF, 0xFF, 0xFF, 0x65, 0x8B, 0x4B, 0x14, 0x65, 0x01, 0x14, 0xB5, 0x00,
+        0x01, 0x00, 0x00, 0xF4,
+    ];
+    let code = GuestPages::flat(EIP, &bytes);
+    let at = |base: u32| {
+        let default = TranslateConfig::default();
+        // User code: FS is the scratch segment and GS the guest's.
+        let cfg = TranslateConfig {
+            gs_rebase: Some(base),
+            scratch: Scratch {
+                segment: ScratchSegment::Fs,
+                ..default.scratch
+            },
+            ..default
+        };
+        let block = translate_block(&code, EIP, CodeSegment::FLAT32, TC, &cfg).expect("translates");
+        validate(&block.bytes, TC, &Rules::new(&cfg, u64::from(TC)..TC_END)).expect("valid");
+        block
+    };
+    let from = at(0x0847_9380);
+    assert_eq!(from.gs_sites.len(), 3, "every GS operand is rebased");
+    let displacement = |bytes: &[u8], site: u32| {
+        let s = site as usize;
+        u32::from_le_bytes(bytes[s..s + 4].try_into().unwrap())
+    };
+    assert_eq!(displacement(&from.bytes, from.gs_sites[0]), 0x0847_9378);
+    // Base 8 wraps the first displacement to 0: it must stay a 32-bit field.
+    for base in [0xB7F0_1000u32, 8] {
+        let to = at(base);
+        assert_eq!(to.gs_sites, from.gs_sites);
+        let mut moved = from.bytes.clone();
+        for &site in &from.gs_sites {
+            let v = displacement(&moved, site).wrapping_add(base.wrapping_sub(0x0847_9380));
+            let s = site as usize;
+            moved[s..s + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        assert_eq!(moved, to.bytes, "base {base:#x}");
+    }
+}
+
 #[test]
 fn far_pointer_immediates_are_exits_and_never_reach_the_output() {
     for (bitness, bytes) in [

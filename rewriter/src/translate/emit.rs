@@ -70,8 +70,9 @@ pub(crate) struct Emitter<'c> {
     pub bytes: Vec<u8>,
     pub side: SideTable,
     pub cfg: &'c TranslateConfig,
-    /// Some instruction was rebased onto `cfg.gs_rebase`: the code depends on that base.
-    pub gs_rebased: bool,
+    /// Offsets of the 32-bit displacements rebased onto `cfg.gs_rebase`: the code
+    /// depends on that base there.
+    pub gs_sites: Vec<u32>,
     encoder: Encoder,
 }
 
@@ -96,7 +97,7 @@ impl<'c> Emitter<'c> {
             bytes: Vec::with_capacity(256),
             side: SideTable::default(),
             cfg,
-            gs_rebased: false,
+            gs_sites: Vec::new(),
             encoder: Encoder::new(32),
         }
     }
@@ -168,9 +169,27 @@ impl<'c> Emitter<'c> {
                         guest_len: u8::try_from(guest.len()).unwrap_or(u8::MAX),
                     },
                 };
-                let emitted = self.emit_checked(&rebased, meta)?;
-                self.gs_rebased |= emitted;
-                return Ok(emitted);
+                let start = self.bytes.len();
+                if !self.emit_checked(&rebased, meta)? {
+                    return Ok(false);
+                }
+                // The displacement's place, for the engine to move the code onto another
+                // base; an encoding without a 32-bit one (none seen) is not emitted.
+                let mut decoder = Decoder::new(
+                    32,
+                    self.bytes.get(start..).unwrap_or_default(),
+                    DecoderOptions::NONE,
+                );
+                let out = decoder.decode();
+                let offsets = decoder.get_constant_offsets(&out);
+                if !offsets.has_displacement() || offsets.displacement_size() != 4 {
+                    self.bytes.truncate(start);
+                    self.side.entries.pop();
+                    return Ok(false);
+                }
+                self.gs_sites
+                    .push(offset_of(start + offsets.displacement_offset()));
+                return Ok(true);
             }
         }
         if self.cfg.inline_if && guest.code() == Code::Pushfd {

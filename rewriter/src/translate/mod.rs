@@ -304,9 +304,11 @@ pub struct Block {
     pub entry_offset: u32,
     /// TC offsets back to guest state, and the exits.
     pub side: SideTable,
-    /// Some GS-relative operand was rebased onto [`TranslateConfig::gs_rebase`]: the code
-    /// is right only for that GS base. Without, the block is the same whatever the base.
-    pub gs_rebased: bool,
+    /// Offsets in `bytes` of the 32-bit displacements of the GS-relative operands rebased
+    /// onto [`TranslateConfig::gs_rebase`]: each holds the guest's displacement plus that
+    /// base, and adding the difference to another base moves the block onto it. Without
+    /// any, the block is the same whatever the base.
+    pub gs_sites: Vec<u32>,
 }
 
 impl Block {
@@ -417,7 +419,7 @@ pub fn translate_block(
         code: cs,
         pages: decoded.pages,
         entry_offset,
-        gs_rebased: em.gs_rebased,
+        gs_sites: em.gs_sites,
         side: em.side,
     };
     if cfg!(debug_assertions) {

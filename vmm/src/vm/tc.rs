@@ -175,10 +175,11 @@ pub struct Key {
     /// The guest's selectors (ES, CS, SS, DS, FS, GS) with [`SELECTOR_IMMEDIATES`]: reads
     /// of them are immediates. Zeros without.
     pub selectors: [u16; 6],
-    /// The GS base GS-relative operands are rebased onto (user mode with flat DS and SS
-    /// and a 4 GiB GS). A block with no such operand is kept under `None`: it serves every
-    /// GS base, so processes whose TLS lies elsewhere share it.
-    pub gs_rebase: Option<u32>,
+    /// GS-relative operands are rebased onto the cache's GS base (user mode with flat DS
+    /// and SS and a 4 GiB GS; [`TranslationCache::rebase_gs`] moves every such block onto
+    /// the base of the moment, so processes whose TLS lies elsewhere share them). A block
+    /// with no such operand is kept under `false`: it serves both.
+    pub gs_rebase: bool,
     /// One guest instruction only, never chained nor looked up.
     pub single: bool,
     /// Paging was on.
@@ -202,8 +203,9 @@ impl Key {
         }
     }
 
-    /// The translator's configuration for this key, leaving through `gate`.
-    pub fn config(&self, gate: Gate) -> TranslateConfig {
+    /// The translator's configuration for this key, leaving through `gate`, with GS
+    /// operands rebased onto `gs_base` if at all.
+    pub fn config(&self, gate: Gate, gs_base: u32) -> TranslateConfig {
         TranslateConfig {
             gate,
             scratch: Scratch {
@@ -229,7 +231,7 @@ impl Key {
             exit_pause: self.exit_pause,
             inline_if: self.inline_if,
             selectors: SELECTOR_IMMEDIATES.then_some(self.selectors),
-            gs_rebase: self.gs_rebase,
+            gs_rebase: self.gs_rebase.then_some(gs_base),
             inline_segment_loads: self.segment_loads,
         }
     }
@@ -244,16 +246,16 @@ struct TableContext {
     exit_fpu: bool,
     inline_if: bool,
     selectors: [u16; 6],
-    gs_rebase: Option<u32>,
+    gs_rebase: bool,
     paging: bool,
     segment_loads: bool,
 }
 
 impl TableContext {
-    /// The same context whatever the GS base.
+    /// The same context with GS operands left as they are.
     fn any_base(self) -> Self {
         Self {
-            gs_rebase: None,
+            gs_rebase: false,
             ..self
         }
     }
@@ -307,8 +309,8 @@ pub struct TcBlock {
     /// Every page it came from was mapped with PTE.G when it was translated (global
     /// whenever CR4.PGE is set).
     pub g_pages: bool,
-    /// Translated for a GS rebase without using it: kept under the key without one, it
-    /// is what every GS base would get.
+    /// Translated with GS operands to rebase, without any: kept under the key that
+    /// rebases none, it serves both.
     any_gs_base: bool,
 }
 
@@ -341,6 +343,8 @@ pub struct TcStats {
     pub flushes: u64,
     /// Lookup-table clears (address space or context changes).
     pub table_clears: u64,
+    /// Moves of the blocks that rebase GS operands onto another GS base.
+    pub gs_moves: u64,
 }
 
 /// Why the cache could not take a block.
@@ -381,10 +385,14 @@ pub struct TranslationCache {
     /// The pages in `relying` with something that leads to a block not translated from
     /// global pages: what a CR3 write must look at.
     local: BTreeSet<u32>,
-    /// Chains from blocks that serve every GS base into blocks made for one, right
-    /// while user code runs with `base_context`.
+    /// Chains from blocks that leave GS operands as they are into blocks that rebase
+    /// them, right while user code runs with `base_context`.
     base_chains: Vec<(usize, usize)>,
-    base_context: Option<u32>,
+    base_context: bool,
+    /// The GS base every rebased GS operand holds now, and where they are (window
+    /// offsets of their 32-bit displacements, dead blocks' included until the flush).
+    gs_base: u32,
+    gs_sites: Vec<u32>,
     /// Items in `relying`, and how many the last compaction kept.
     reliants: usize,
     reliants_kept: usize,
@@ -467,7 +475,9 @@ impl TranslationCache {
             relying: BTreeMap::new(),
             local: BTreeSet::new(),
             base_chains: Vec::new(),
-            base_context: None,
+            base_context: false,
+            gs_base: 0,
+            gs_sites: Vec::new(),
             reliants: 0,
             reliants_kept: 0,
             tables: Default::default(),
@@ -522,8 +532,8 @@ impl TranslationCache {
     }
 
     /// The live block that runs `key`'s guest code in `key`'s context, if any: the one
-    /// translated for that key, or for a GS rebase, one translated without any GS base
-    /// in its code.
+    /// translated for that key, or for a key that rebases GS operands, one translated
+    /// without any.
     pub fn find(&mut self, key: &Key) -> Option<usize> {
         let slot = recent_slot(key);
         if let Some(&Some((k, i))) = self.recent.get(slot) {
@@ -534,9 +544,11 @@ impl TranslationCache {
         }
         let exact = self.by_key.get(key).copied();
         let i = exact.or_else(|| {
-            key.gs_rebase?;
+            if !key.gs_rebase {
+                return None;
+            }
             let any_base = Key {
-                gs_rebase: None,
+                gs_rebase: false,
                 ..*key
             };
             let i = *self.by_key.get(&any_base)?;
@@ -576,6 +588,27 @@ impl TranslationCache {
         (addr < end).then_some(i)
     }
 
+    /// Moves every block that rebases GS operands onto `base` (user code is about to run
+    /// with that GS base): each rebased displacement gets the difference added. Blocks
+    /// are then shared by processes whose TLS lies at different places (where keyed by
+    /// the base, about 70 of them were translated again for each new process).
+    pub fn rebase_gs(&mut self, base: u32) {
+        if base == self.gs_base {
+            return;
+        }
+        let delta = base.wrapping_sub(self.gs_base);
+        let bytes = self.mem.bytes_mut();
+        for &site in &self.gs_sites {
+            let at = site as usize;
+            if let Some(field) = bytes.get_mut(at..at + 4) {
+                let held = <[u8; 4]>::try_from(&*field).map_or(0, u32::from_le_bytes);
+                field.copy_from_slice(&held.wrapping_add(delta).to_le_bytes());
+            }
+        }
+        self.gs_base = base;
+        self.stats.gs_moves += 1;
+    }
+
     /// The exit stub whose address the exit slot holds, with its block.
     pub fn exit_for(&self, slot: u32) -> Option<(usize, usize, ExitStub)> {
         let &(i, index) = self.by_stub.get(&slot)?;
@@ -594,7 +627,7 @@ impl TranslationCache {
         reader: &impl CodeReader,
         key: Key,
     ) -> Result<Result<usize, Refusal>, TcError> {
-        let cfg = key.config(self.gate);
+        let cfg = key.config(self.gate, self.gs_base);
         let mut flushed = false;
         loop {
             let at = WINDOW_START + self.next;
@@ -621,11 +654,11 @@ impl TranslationCache {
             self.next = u32::try_from(aligned.min(u64::from(WINDOW_SIZE))).unwrap_or(WINDOW_SIZE);
             self.stats.blocks += 1;
             self.stats.bytes += len as u64;
-            let any_gs_base = key.gs_rebase.is_some() && !block.gs_rebased;
+            let any_gs_base = key.gs_rebase && block.gs_sites.is_empty();
             let asked = key;
             let key = if any_gs_base {
                 Key {
-                    gs_rebase: None,
+                    gs_rebase: false,
                     ..key
                 }
             } else {
@@ -636,6 +669,9 @@ impl TranslationCache {
                 self.by_page.entry(page_of(page.phys)).or_default().push(i);
             }
             self.by_tc.insert(block.tc_address, i);
+            let at = block.tc_address.wrapping_sub(WINDOW_START);
+            self.gs_sites
+                .extend(block.gs_sites.iter().map(|&site| at.wrapping_add(site)));
             for (index, stub) in block.side.exits.iter().enumerate() {
                 let at = block.tc_address.wrapping_add(stub.offset);
                 self.by_stub.insert(at, (i, index));
@@ -690,8 +726,8 @@ impl TranslationCache {
     /// context `now`, when that is sound: both are ordinary blocks of the same privilege
     /// level and context, alive, and the exit is chainable. Chains that cross a linear
     /// page are remembered, so an address-space change can undo them; so are chains from
-    /// a block that serves every GS base into one made for the current base, undone when
-    /// the base changes.
+    /// a block that rebases no GS operand into one that does, undone when user code runs
+    /// without the rebase.
     pub fn chain(&mut self, from: usize, exit: usize, to: usize, now: &Key) {
         let (Some(f), Some(t)) = (self.blocks.get(from), self.blocks.get(to)) else {
             return;
@@ -700,9 +736,9 @@ impl TranslationCache {
             return;
         }
         // The target must be right wherever the source may run: for the same context,
-        // and for the source's GS base, or while the base is the one it was made for.
-        let base_fits = t.key.gs_rebase.is_none() || t.key.gs_rebase == f.key.gs_rebase;
-        let for_now = f.key.gs_rebase.is_none() && t.key.gs_rebase == now.gs_rebase;
+        // with GS operands rebased wherever the source runs, or while they are.
+        let base_fits = !t.key.gs_rebase || f.key.gs_rebase;
+        let for_now = !f.key.gs_rebase && t.key.gs_rebase == now.gs_rebase;
         let context = |k: &Key| TableContext::of(k).any_base();
         if f.key.user != t.key.user || context(&f.key) != context(&t.key) || !(base_fits || for_now)
         {
@@ -808,7 +844,7 @@ impl TranslationCache {
     /// Makes indirect branches of `i`'s privilege level find block `i` for its guest
     /// EIP (after a lookup miss) while the guest runs in the context `now` (the key it
     /// was found by), clearing the table first if it was filled for another code
-    /// segment, stack size, GS base or FPU setting.
+    /// segment, stack size, GS rebase or FPU setting.
     pub fn enter_lookup(&mut self, i: usize, now: &Key) {
         let Some(b) = self.blocks.get(i).filter(|b| b.alive) else {
             return;
@@ -842,14 +878,15 @@ impl TranslationCache {
     }
 
     /// Makes the lookup table block `i` reads hold only entries right for the context
-    /// `now` it is entered in (code and stack segments, selectors, GS base, FPU and
+    /// `now` it is entered in (code and stack segments, selectors, GS rebase, FPU and
     /// inline settings): indirect branches of the block are about to look targets up
     /// there.
     pub fn prepare_table(&mut self, i: usize, now: &Key) {
         if let Some(key) = self.blocks.get(i).map(|b| b.key) {
             self.use_table(key.table(), TableContext::of(now));
         }
-        // User code runs with another GS base: chains made for the last one go.
+        // User code runs with GS operands rebased or not, as it did not: chains made for
+        // the other way go.
         if now.user && now.gs_rebase != self.base_context {
             for (from, exit) in std::mem::take(&mut self.base_chains) {
                 self.unchain(from, exit);
@@ -859,7 +896,7 @@ impl TranslationCache {
     }
 
     /// Makes `table` hold only entries right for `context`, which it holds from now on:
-    /// after a change of GS base alone, the entries of blocks that serve every base
+    /// after a change of GS rebase alone, the entries of blocks that serve both ways
     /// stay; after any other change, none.
     fn use_table(&mut self, table: Table, context: TableContext) {
         let Some(old) = self.tables.get(table as usize).map(|s| s.context) else {
@@ -872,7 +909,7 @@ impl TranslationCache {
         if base_only {
             let blocks = &self.blocks;
             if let Some(state) = self.tables.get_mut(table as usize) {
-                let stale = |i: usize| blocks.get(i).is_none_or(|b| b.key.gs_rebase.is_some());
+                let stale = |i: usize| blocks.get(i).is_none_or(|b| b.key.gs_rebase);
                 drop_entries(state, table, self.mem.bytes_mut(), &self.empty_table, stale);
             }
         } else {
@@ -1049,6 +1086,7 @@ impl TranslationCache {
         self.blocks.clear();
         self.by_tc.clear();
         self.by_stub.clear();
+        self.gs_sites.clear();
         self.by_key.clear();
         self.recent.fill(None);
         self.by_page.clear();

@@ -418,7 +418,7 @@ impl Vm {
             } else {
                 [0; 6]
             },
-            gs_rebase: self.gs_rebase(),
+            gs_rebase: self.gs_rebase().is_some(),
             single: self.cpu.step.is_some()
                 || s.eflags & eflags::TF != 0
                 || fpu_once
@@ -514,10 +514,14 @@ impl Vm {
             }
         }
         let key = self.tc_key(phys);
+        let gs_base = self.gs_rebase();
         let paging = key.paging;
         let Some(t) = self.tc.as_mut() else {
             return Ok(Entry::Handled(Ok(None)));
         };
+        if let Some(base) = gs_base {
+            t.tc.rebase_gs(base);
+        }
         let mut found = t.tc.find(&key);
         if let Some(i) = found {
             // A block straddling into the next linear page depends on that page's
@@ -1044,6 +1048,7 @@ impl Vm {
             ("tc_invalidations", s.invalidations),
             ("tc_flushes", s.flushes),
             ("tc_table_clears", s.table_clears),
+            ("tc_gs_moves", s.gs_moves),
             ("tc_sites_mediated", t.mediated.retranslated),
             ("tc_sites_declined", t.mediated.declined.len() as u64),
             ("segment_reload_records", t.reloads.stats.recorded),
