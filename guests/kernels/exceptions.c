@@ -129,6 +129,78 @@ static void timer_probe(struct frame *f)
 	pic_eoi(0);
 }
 
+/* Each of these is one DIV site, run again and again: a site that keeps raising #DE may be
+ * translated behind a check of its divisor, which must raise the same #DE and divide as
+ * before. Gives the quotient and remainder (EAX, EDX unchanged on #DE) and whether
+ * exactly one #DE came from the DIV. */
+struct division {
+	u32 quotient, remainder;
+	bool faulted;
+};
+
+static __attribute__((noinline)) struct division div_reg(u32 dividend, u32 divisor)
+{
+	struct division d;
+	catch_begin(DE_VECTOR);
+	asm volatile("xorl %%edx, %%edx;" FAULT_ASM("divl %2")
+		     : "=a"(d.quotient), "=&d"(d.remainder)
+		     : "c"(divisor), "0"(dividend));
+	d.faulted = catch_end(DE_VECTOR, 0);
+	return d;
+}
+
+static volatile u32 divisor_word;
+static __attribute__((noinline)) struct division div_mem(u32 dividend, u32 divisor)
+{
+	struct division d;
+	divisor_word = divisor;
+	catch_begin(DE_VECTOR);
+	asm volatile("xorl %%edx, %%edx;" FAULT_ASM("divl divisor_word")
+		     : "=a"(d.quotient), "=&d"(d.remainder)
+		     : "0"(dividend));
+	d.faulted = catch_end(DE_VECTOR, 0);
+	return d;
+}
+
+/* AX / BH: AL the quotient, AH the remainder. */
+static __attribute__((noinline)) struct division div_byte(u32 dividend, u32 divisor)
+{
+	struct division d;
+	u32 ax = dividend & 0xffff;
+	catch_begin(DE_VECTOR);
+	asm volatile(FAULT_ASM("divb %%bh") : "+a"(ax) : "b"(divisor << 8));
+	d.faulted = catch_end(DE_VECTOR, 0);
+	d.quotient = ax & 0xff;
+	d.remainder = (ax >> 8) & 0xff;
+	if (d.faulted)
+		d.quotient = ax;
+	return d;
+}
+
+static void test_repeated_divide_error(void)
+{
+	struct division (*const sites[])(u32, u32) = { div_reg, div_mem, div_byte };
+	static const char *const names[] = { "DIV ECX", "DIV [mem]", "DIV BH" };
+	for (u32 s = 0; s < 3; s++) {
+		u32 faults = 0, right = 0, rounds = 24;
+		for (u32 i = 0; i < rounds; i++) {
+			u32 dividend = 200 + i, divisor = i % 3 == 0 ? 0 : i % 7 + 1;
+			struct division d = sites[s](dividend, divisor);
+			if (divisor == 0) {
+				faults += d.faulted;
+				right += d.faulted && d.quotient == dividend;
+			} else {
+				right += !d.faulted && d.quotient == dividend / divisor &&
+					 d.remainder == dividend % divisor;
+			}
+		}
+		report(right == rounds && faults == rounds / 3,
+		       "#DE from the same %s %u times between divisions that do not fault: each at "
+		       "the DIV, every quotient right (%u of %u)",
+		       names[s], rounds / 3, right, rounds);
+	}
+}
+
 static void test_irq(void)
 {
 	report_prefix_push("irq");
@@ -269,6 +341,9 @@ int main(u32 magic, const void *mbi)
 	gdt[NOT_PRESENT_DS >> 3] = make_segment(0, 0xfffff, 0x13, 0xc); /* P=0 */
 	gdt_load(GDT_ENTRIES);
 	test_faults();
+	report_prefix_push("cpl0");
+	test_repeated_divide_error();
+	report_prefix_pop();
 	test_irq();
 	test_user();
 	test_user_irq();

@@ -15,8 +15,8 @@ use capstone::prelude::*;
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic};
 use proptest::prelude::*;
 use rewriter::translate::{
-    translate_block, validate, Block, CodeSegment, CodeSize, ExitKind, Gate, GuestPage, GuestPages,
-    Origin, Refusal, Rules, Scratch, ScratchSegment, StackSize, TranslateConfig,
+    translate_block, validate, Block, CodeReader, CodeSegment, CodeSize, ExitKind, Gate, GuestPage,
+    GuestPages, Origin, Refusal, Rules, Scratch, ScratchSegment, StackSize, TranslateConfig,
 };
 
 const TC: u32 = 0xE000_0000;
@@ -368,6 +368,11 @@ const PIECES: &[&[u8]] = &[
     &[0x8E, 0xD8],
     &[0xD9, 0xE8],
     &[0x0F, 0x0B],
+    &[0xF7, 0xF1],
+    &[0xF7, 0x73, 0x08],
+    &[0xF6, 0xFF],
+    &[0x66, 0xF7, 0x7D, 0x08],
+    &[0x67, 0xF7, 0x37],
     &[
         0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66, 0x90,
     ],
@@ -422,6 +427,22 @@ fn config() -> impl Strategy<Value = TranslateConfig> {
                 inline_segment_loads: segments,
             },
         )
+}
+
+/// Guest code whose divisions are all translated behind a divisor check, or none.
+struct Divides<'a> {
+    pages: &'a GuestPages,
+    checked: bool,
+}
+
+impl CodeReader for Divides<'_> {
+    fn fetch(&self, linear: u32, buf: &mut [u8]) -> Option<u64> {
+        self.pages.fetch(linear, buf)
+    }
+
+    fn divide_checked(&self, _phys: u64) -> bool {
+        self.checked
+    }
 }
 
 /// Guest code placed so that it may cross a page end: `start` bytes into the page at
@@ -537,10 +558,12 @@ proptest! {
     fn random_code_translates_to_valid_blocks_or_faults(
         (bitness, start, bytes, second, entry) in placement(),
         cfg in config(),
+        checked in any::<bool>(),
     ) {
         let p = placed(bitness, start, bytes, second);
         let entry = p.eip + u32::try_from(entry % p.bytes.len()).unwrap();
-        match translate_block(&p.pages, entry, p.cs, TC, &cfg) {
+        let reader = Divides { pages: &p.pages, checked };
+        match translate_block(&reader, entry, p.cs, TC, &cfg) {
             Ok(block) => check_block(&block, &cfg)?,
             // The entry or a straddle into it lies in the unmapped second page.
             Err(Refusal::Fetch { linear }) => {

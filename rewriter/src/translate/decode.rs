@@ -56,6 +56,14 @@ pub trait CodeReader {
         let _ = phys;
         false
     }
+
+    /// Whether the DIV or IDIV at guest-physical `phys` is translated behind a check
+    /// of its divisor ([`ExitKind::DivideError`]): it kept raising #DE, which each
+    /// cost a host signal.
+    fn divide_checked(&self, phys: u64) -> bool {
+        let _ = phys;
+        false
+    }
 }
 
 impl<R: CodeReader + ?Sized> CodeReader for &R {
@@ -69,6 +77,10 @@ impl<R: CodeReader + ?Sized> CodeReader for &R {
 
     fn mediated(&self, phys: u64) -> bool {
         (**self).mediated(phys)
+    }
+
+    fn divide_checked(&self, phys: u64) -> bool {
+        (**self).divide_checked(phys)
     }
 }
 
@@ -169,6 +181,9 @@ pub(crate) struct DecodedBlock {
     /// One past the last guest byte of the decoded instructions, the ending branch or
     /// exit instruction included (as a guest EIP).
     pub guest_end: u32,
+    /// The guest EIPs of the DIV and IDIV instructions in `ident` to translate behind a
+    /// divisor check ([`CodeReader::divide_checked`]).
+    pub checked: Vec<u32>,
 }
 
 const PAGE: usize = PAGE_SIZE as usize;
@@ -227,6 +242,7 @@ pub(crate) fn decode_block(
 
     let bitness = cs.size.bitness();
     let mut ident = Vec::new();
+    let mut checked = Vec::new();
     let mut at = eip;
     let mut guest_end = eip;
     let mut offset = 0usize;
@@ -271,11 +287,16 @@ pub(crate) fn decode_block(
             break End::Exit { eip: at, kind };
         }
         // Every instruction starts in the entry's page (`offset` stays below its end).
-        if reader.mediated(phys + offset as u64 + in_page as u64) {
+        let here = phys + offset as u64 + in_page as u64;
+        if reader.mediated(here) {
             break End::Exit {
                 eip: at,
                 kind: ExitKind::Mediated,
             };
+        }
+        if matches!(instr.mnemonic(), Mnemonic::Div | Mnemonic::Idiv) && reader.divide_checked(here)
+        {
+            checked.push(at);
         }
         // A conditional jump leaves the block only when taken: the block goes on with its
         // fall-through (a side exit), so the common path runs without a jump of its own.
@@ -297,6 +318,7 @@ pub(crate) fn decode_block(
         end,
         pages,
         guest_end,
+        checked,
     })
 }
 

@@ -5,6 +5,7 @@
 //! CLI:    mov  byte [seg:SLOT_VIF], 0
 //! STI:    mov  byte [seg:SLOT_VIF], 1           ; the commit
 //!         mov  [seg:SLOT_ECX], ecx
+//!         mov  [seg:SLOT_EDX], edx
 //!         movzx ecx, byte [seg:SLOT_PENDING]
 //!         jecxz  quiet
 //!         mov  ecx, [seg:SLOT_ECX]
@@ -88,6 +89,24 @@
 //!         <reload ECX, EDX>
 //! ```
 //!
+//! ```text
+//! DIV, IDIV src with a divisor check (a site that kept raising #DE):
+//!         mov  [seg:SLOT_ECX], ecx
+//!         mov  [seg:SLOT_EDX], edx
+//!         mov  ecx, src                          ; MOVZX for 8- and 16-bit: same fault
+//!         jecxz zero
+//!         mov  ecx, [seg:SLOT_ECX]
+//!         div  src                               ; the guest's instruction
+//!         jmp  done
+//! zero:   mov  ecx, [seg:SLOT_ECX]
+//!         <exit DivideError>                     ; the monitor raises #DE there
+//! done:
+//! ```
+//!
+//! The check reads the divisor as the instruction does (a #PF there is the one the
+//! instruction raises first) and changes no flag. An IDIV whose quotient overflows still
+//! faults natively.
+//!
 //! A null selector needs no check (DS, ES, FS and GS take it at any privilege); the
 //! reload record names the one other selector the monitor has checked for the current
 //! privilege level, whose descriptor it watches for writes and whose mirror is installed
@@ -96,7 +115,9 @@
 //! takes the new state of every register whose LOADED byte is set. Only MOV, MOVZX, LEA
 //! and JECXZ: the guest's flags stay as they were.
 
-use iced_x86::{Code, Instruction, MemoryOperand, OpKind, Register};
+use iced_x86::{
+    Code, Decoder, DecoderOptions, Encoder, Instruction, MemoryOperand, OpKind, Register,
+};
 
 use super::emit::{build, Emitter, Meta};
 use super::side::{ExitKind, GuestEip, Origin};
@@ -126,7 +147,10 @@ pub(crate) fn interrupt_flag(em: &mut Emitter, guest: &Instruction) -> Result<()
         return Ok(());
     }
     let after = |restore| Meta::expansion(GuestEip::At(next), restore, false);
+    // Both scratch registers into their slots: a stop in what follows takes both back.
     let spill = build!(with2, Code::Mov_rm32_r32, em.slot(SLOT_ECX), Register::ECX)?;
+    em.emit(&spill, after(false))?;
+    let spill = build!(with2, Code::Mov_rm32_r32, em.slot(SLOT_EDX), Register::EDX)?;
     em.emit(&spill, after(false))?;
     let pending: MemoryOperand = em.slot(SLOT_PENDING);
     let load = build!(with2, Code::Movzx_r32_rm8, Register::ECX, pending)?;
@@ -450,7 +474,7 @@ pub(crate) fn load_segment(
     )?;
     em.emit(
         &build!(with2, Code::Mov_rm32_r32, em.slot(SLOT_EDX), Register::EDX)?,
-        before(true, false),
+        before(false, false),
     )?;
     // The selector, read as the guest's instruction reads it (same fault).
     if pop {
@@ -702,6 +726,99 @@ pub(crate) fn selector(
     em.emit(&out, meta)
 }
 
+/// Emits `guest`, a DIV or IDIV, behind a check that leaves for the monitor with
+/// [`ExitKind::DivideError`] when its divisor is zero (module docs). `false`, with
+/// nothing emitted, for a form the check does not read as the instruction does (a
+/// segment other than DS, ES and SS, 16-bit addressing) or one that does not encode
+/// back: the caller emits it as it is.
+pub(crate) fn divide_check(em: &mut Emitter, guest: &Instruction) -> Result<bool, Refusal> {
+    let load = match guest.code() {
+        Code::Div_rm8 | Code::Idiv_rm8 => Code::Movzx_r32_rm8,
+        Code::Div_rm16 | Code::Idiv_rm16 => Code::Movzx_r32_rm16,
+        Code::Div_rm32 | Code::Idiv_rm32 => Code::Mov_r32_rm32,
+        _ => return Ok(false),
+    };
+    let source = match guest.op0_kind() {
+        OpKind::Register => None,
+        OpKind::Memory if read_as_is(guest) => Some(MemoryOperand::new(
+            guest.memory_base(),
+            guest.memory_index(),
+            guest.memory_index_scale(),
+            i64::from(guest.memory_displacement32().cast_signed()),
+            if guest.memory_base() == Register::None && guest.memory_index() == Register::None {
+                4
+            } else {
+                guest.memory_displ_size().min(4)
+            },
+            false,
+            guest.segment_prefix(),
+        )),
+        _ => return Ok(false),
+    };
+    if !reencodes(guest) {
+        return Ok(false);
+    }
+    let eip = u32::try_from(guest.ip()).unwrap_or(0);
+    let next = eip.wrapping_add(u32::try_from(guest.len()).unwrap_or(1));
+    let before = |restore, can_fault| Meta::expansion(GuestEip::At(eip), restore, can_fault);
+    em.emit(
+        &build!(with2, Code::Mov_rm32_r32, em.slot(SLOT_ECX), Register::ECX)?,
+        before(false, false),
+    )?;
+    em.emit(
+        &build!(with2, Code::Mov_rm32_r32, em.slot(SLOT_EDX), Register::EDX)?,
+        before(false, false),
+    )?;
+    let read = match source {
+        Some(memory) => build!(with2, load, Register::ECX, memory)?,
+        None => build!(with2, load, Register::ECX, guest.op0_register())?,
+    };
+    em.emit(&read, before(true, source.is_some()))?;
+    let zero = em.branch_forward(Code::Jecxz_rel8_32, before(true, false))?;
+    let reload = build!(with2, Code::Mov_r32_rm32, Register::ECX, em.slot(SLOT_ECX))?;
+    em.emit(&reload, before(true, false))?;
+    if !em.ident(guest)? {
+        return Err(Refusal::Encode {
+            what: format!("{:?}", guest.code()),
+            reason: "encoded once, not twice".to_string(),
+        });
+    }
+    let done = em.branch_forward(
+        Code::Jmp_rel8_32,
+        Meta::expansion(GuestEip::At(next), false, false),
+    )?;
+    em.bind(zero)?;
+    em.emit(&reload, before(true, false))?;
+    stub::exit(em, ExitKind::DivideError, GuestEip::At(eip))?;
+    em.bind(done)?;
+    Ok(true)
+}
+
+/// Whether `instr` encodes in 32-bit code to bytes that decode back to it.
+fn reencodes(instr: &Instruction) -> bool {
+    let mut encoder = Encoder::new(32);
+    if encoder.encode(instr, instr.ip()).is_err() {
+        return false;
+    }
+    let bytes = encoder.take_buffer();
+    let out = Decoder::with_ip(32, &bytes, instr.ip(), DecoderOptions::NONE).decode();
+    out.len() == bytes.len() && super::emit::same_instruction(instr, &out)
+}
+
+/// Whether `guest`'s memory operand can be read by another instruction as it reads it:
+/// through DS, ES or SS, with 32-bit addressing.
+fn read_as_is(guest: &Instruction) -> bool {
+    let (base, index) = (guest.memory_base(), guest.memory_index());
+    let absolute16 =
+        base == Register::None && index == Register::None && guest.memory_displ_size() == 2;
+    matches!(
+        guest.memory_segment(),
+        Register::DS | Register::ES | Register::SS
+    ) && !base.is_gpr16()
+        && !index.is_gpr16()
+        && !absolute16
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -716,6 +833,30 @@ mod tests {
         let rules = Rules::new(cfg, start..start + 4096);
         validate(&block.bytes, block.tc_address, &rules).unwrap();
         block
+    }
+
+    /// Every instruction whose stop takes ECX and EDX back from their slots comes after
+    /// both were stored there since the last guest instruction that ran as it is (which
+    /// may change them), for expansions laid out in one piece.
+    fn assert_spilled_before_restored(block: &crate::translate::Block) {
+        let code = disasm(block);
+        let (mut ecx, mut edx) = (false, false);
+        for (entry, instr) in block.side.entries.iter().zip(&code) {
+            if matches!(entry.origin, Origin::Ident { .. }) {
+                (ecx, edx) = (false, false);
+            }
+            if entry.restore_scratch && entry.origin != Origin::Prologue {
+                assert!(
+                    ecx && edx,
+                    "{instr} at {:#x} restores an unsaved slot",
+                    entry.offset
+                );
+            }
+            if instr.code() == Code::Mov_rm32_r32 && instr.op0_kind() == OpKind::Memory {
+                ecx |= instr.op1_register() == Register::ECX;
+                edx |= instr.op1_register() == Register::EDX;
+            }
+        }
     }
 
     fn inline_cfg() -> TranslateConfig {
@@ -742,6 +883,7 @@ mod tests {
             .find(|e| e.kind == ExitKind::InterruptWindow)
             .unwrap();
         assert_eq!(window.guest, GuestEip::At(0x1003), "after the STI");
+        assert_spilled_before_restored(&block);
     }
 
     #[test]
@@ -789,6 +931,85 @@ mod tests {
         ));
     }
 
+    /// Code whose every DIV and IDIV is to be checked.
+    struct Checking(crate::translate::GuestPages);
+
+    impl crate::translate::CodeReader for Checking {
+        fn fetch(&self, linear: u32, buf: &mut [u8]) -> Option<u64> {
+            self.0.fetch(linear, buf)
+        }
+
+        fn divide_checked(&self, _phys: u64) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn checked_divisions_exit_only_for_a_zero_divisor() {
+        use crate::translate::testing::{EIP, TC};
+        use crate::translate::{translate_block, CodeSegment, GuestPages};
+        // div ecx; div dword [ebx+8]; idiv bh; div word fs:[0]; ret
+        let bytes = [
+            0xF7, 0xF1, 0xF7, 0x73, 0x08, 0xF6, 0xFF, 0x64, 0x66, 0xF7, 0x35, 0, 0, 0, 0, 0xC3,
+        ];
+        let cfg = TranslateConfig::default();
+        let code = Checking(GuestPages::flat(EIP, &bytes));
+        let block = translate_block(&code, EIP, CodeSegment::FLAT32, TC, &cfg).unwrap();
+        let start = u64::from(block.tc_address);
+        validate(
+            &block.bytes,
+            block.tc_address,
+            &Rules::new(&cfg, start..start + 4096),
+        )
+        .unwrap();
+        let code: Vec<Code> = disasm(&block).iter().map(Instruction::code).collect();
+        // Three checks (the FS operand is not read through DS, ES or SS: left as it is)
+        // and the RET's lookup.
+        assert_eq!(
+            code.iter().filter(|c| **c == Code::Jecxz_rel8_32).count(),
+            4
+        );
+        let loads = [Code::Mov_r32_rm32, Code::Movzx_r32_rm8];
+        assert!(loads.iter().all(|l| code.contains(l)));
+        let divisions = [
+            Code::Div_rm32,
+            Code::Div_rm32,
+            Code::Idiv_rm8,
+            Code::Div_rm16,
+        ];
+        let found: Vec<Code> = code
+            .iter()
+            .copied()
+            .filter(|c| divisions.contains(c))
+            .collect();
+        assert_eq!(found, divisions);
+        let exits: Vec<GuestEip> = block
+            .side
+            .exits
+            .iter()
+            .filter(|e| e.kind == ExitKind::DivideError)
+            .map(|e| e.guest)
+            .collect();
+        assert_eq!(
+            exits,
+            [EIP, EIP + 2, EIP + 5].map(GuestEip::At).to_vec(),
+            "each check raises #DE at its own instruction"
+        );
+        // The divisor's read from memory is the one place the check can fault, with the
+        // guest at the DIV and ECX and EDX in their slots.
+        let reads: Vec<_> = block
+            .side
+            .entries
+            .iter()
+            .filter(|e| e.origin == Origin::Expansion && e.can_fault)
+            // The RET's read of its target, at EIP + 15, is not the checks'.
+            .filter(|e| matches!(e.guest, GuestEip::At(at) if at < EIP + 15))
+            .collect();
+        assert_eq!(reads.len(), 1);
+        assert_eq!(reads[0].guest, GuestEip::At(EIP + 2));
+        assert!(reads[0].restore_scratch);
+    }
+
     fn segment_cfg() -> TranslateConfig {
         TranslateConfig {
             inline_segment_loads: true,
@@ -802,6 +1023,7 @@ mod tests {
         let cfg = segment_cfg();
         let bytes = [0x8E, 0xD8, 0x40, 0x07, 0x40, 0x8E, 0x63, 0x08, 0xC3];
         let block = translate_valid(&cfg, &bytes);
+        assert_spilled_before_restored(&block);
         let code: Vec<Code> = disasm(&block).iter().map(Instruction::code).collect();
         assert_eq!(code.iter().filter(|c| **c == Code::Inc_r32).count(), 2);
         // Each load has its null and its reload path; no other segment load.
@@ -893,6 +1115,7 @@ mod tests {
         // pushfd; inc eax; ret
         let cfg = inline_cfg();
         let block = translate_valid(&cfg, &[0x9C, 0x40, 0xC3]);
+        assert_spilled_before_restored(&block);
         let code: Vec<Code> = disasm(&block).iter().map(Instruction::code).collect();
         assert_eq!(code.iter().filter(|c| **c == Code::Pushfd).count(), 1);
         assert!(code.contains(&Code::Inc_r32));
@@ -934,6 +1157,7 @@ mod tests {
         // popfd; inc eax; ret
         let cfg = inline_cfg();
         let block = translate_valid(&cfg, &[0x9D, 0x40, 0xC3]);
+        assert_spilled_before_restored(&block);
         let code: Vec<Code> = disasm(&block).iter().map(Instruction::code).collect();
         assert!(!code.contains(&Code::Popfd), "no host POPFD");
         assert!(code.contains(&Code::Sahf) && code.contains(&Code::Inc_r32));

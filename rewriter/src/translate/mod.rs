@@ -383,6 +383,9 @@ pub fn translate_block(
             side_exits.push((side_exit_jump(&mut em, instr, code)?, target));
             continue;
         }
+        if decoded.checked.contains(&eip_of(instr)) && inline::divide_check(&mut em, instr)? {
+            continue;
+        }
         if !em.ident(instr)? {
             let eip = eip_of(instr);
             end = End::Exit {

@@ -115,6 +115,11 @@ pub enum ExitKind {
     /// An inline POPFD set IF with an interrupt pending: the guest is at the instruction
     /// after it, and the interrupt is taken there (POPF has no shadow).
     InterruptDue,
+    /// A DIV or IDIV translated with a divisor check found its divisor zero: the monitor
+    /// raises #DE at it (the guest is at the instruction). Sites that kept faulting get
+    /// the check ([`super::CodeReader::divide_checked`]), so the fault costs an exit
+    /// through the gate rather than a host signal.
+    DivideError,
     /// PAUSE, while several vCPUs share the thread ([`super::TranslateConfig::exit_pause`]):
     /// the guest spins on something another vCPU holds, so the monitor runs another
     /// vCPU, as pause-loop exiting does on hardware. The guest is at the PAUSE.

@@ -632,7 +632,16 @@ impl Vm {
             let tc_exit = self.tc_exit(&exit);
             self.cpu.take_exit(&exit, entry_eip);
             let step = match tc_exit {
-                Ok(translate::TcExit::Guest) => self.handle(&exit),
+                Ok(translate::TcExit::Guest) => {
+                    if let hostcpu::HostExitKind::Fault {
+                        vector: crate::x86::Exception::DE,
+                        ..
+                    } = exit.kind
+                    {
+                        self.tc_divide_fault();
+                    }
+                    self.handle(&exit)
+                }
                 Ok(translate::TcExit::Gate {
                     block, index, stub, ..
                 }) => self.tc_gate_exit(block, index, stub),

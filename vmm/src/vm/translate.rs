@@ -113,6 +113,8 @@ pub struct Translation {
     bounced_writes: Vec<GuestPhys>,
     /// Instructions retranslated to perform their page-table writes in the monitor.
     mediated: MediatedSites,
+    /// Divisions retranslated behind a check of their divisor.
+    divides: DivideSites,
     /// The loads of data segment registers translated code may perform inline.
     pub reloads: Reloads,
 }
@@ -133,6 +135,7 @@ impl Translation {
             bounce: None,
             bounced_writes: Vec::new(),
             mediated: MediatedSites::default(),
+            divides: DivideSites::default(),
             reloads: Reloads::default(),
         })
     }
@@ -152,6 +155,8 @@ struct Reader<'a> {
     user: bool,
     /// Guest-physical addresses of the instructions the monitor performs.
     mediated: &'a MediatedSites,
+    /// And of the divisions translated behind a divisor check.
+    divides: &'a DivideSites,
 }
 
 impl Reader<'_> {
@@ -178,7 +183,44 @@ impl CodeReader for Reader<'_> {
     fn mediated(&self, phys: u64) -> bool {
         u32::try_from(phys).is_ok_and(|p| self.mediated.marked.contains_key(&p))
     }
+
+    fn divide_checked(&self, phys: u64) -> bool {
+        u32::try_from(phys).is_ok_and(|p| self.divides.checked.contains(&p))
+    }
 }
+
+/// Adaptive retranslation of divisions by zero (ARCHITECTURE §5b): a DIV or IDIV that
+/// keeps raising #DE costs a host signal each time; after [`DIVIDE_AFTER`] of them it is
+/// translated behind an inline check of its divisor, which leaves through the gate for
+/// the monitor to raise the #DE. The check costs a few instructions where the divisor is
+/// not zero, so a site keeps it.
+#[derive(Debug, Default)]
+pub(super) struct DivideSites {
+    /// #DE raised natively, by instruction (guest-physical address), until checked.
+    faults: foldhash::HashMap<u32, u32>,
+    /// The instructions translated with the check.
+    checked: foldhash::HashSet<u32>,
+}
+
+impl DivideSites {
+    /// The instruction at guest-physical `at` raised #DE natively: whether that made it
+    /// one to check.
+    fn faulted(&mut self, at: u32) -> bool {
+        if self.checked.contains(&at) {
+            return false;
+        }
+        let count = self.faults.entry(at).or_default();
+        *count += 1;
+        if *count < DIVIDE_AFTER {
+            return false;
+        }
+        self.faults.remove(&at);
+        self.checked.insert(at)
+    }
+}
+
+/// Native #DE an instruction raises before it is translated behind a divisor check.
+const DIVIDE_AFTER: u32 = 4;
 
 /// Adaptive retranslation of page-table writers (ARCHITECTURE §5b): an instruction whose
 /// writes keep landing on pages the monitor mediates takes a host fault for each; after
@@ -543,6 +585,7 @@ impl Vm {
                     pages: &self.code.pages,
                     user,
                     mediated: &t.mediated,
+                    divides: &t.divides,
                 };
                 let before = t.tc.stats.flushes;
                 let result = t.tc.translate(&reader, key);
@@ -881,6 +924,12 @@ impl Vm {
                 }
                 self.hand_to_vcpu(GuestExit::Patched { original })
             }
+            ExitKind::DivideError => {
+                // The inline check found the divisor zero: what the DIV raises.
+                self.stats.exit(ExitReason::GuestException);
+                self.stats.site(site, "divide_check");
+                self.hand_to_vcpu(GuestExit::Exception(Fault::new(Exception::DE)))
+            }
             ExitKind::Unsupported => {
                 // What the translator does not reproduce (RSM, GETSEC, MOV from a test
                 // register, transactional memory) raises #UD at the host's CPL 3 and
@@ -1007,6 +1056,20 @@ impl Vm {
         Ok(())
     }
 
+    /// The guest instruction at EIP raised #DE natively in translated code: after
+    /// [`DIVIDE_AFTER`] of them it is translated behind a check of its divisor.
+    pub(super) fn tc_divide_fault(&mut self) {
+        let site = self.cpu.code_linear(self.cpu.state.eip);
+        let phys = self.mem.code_phys(site, self.cpu.user());
+        let (Some(phys), Some(t)) = (phys, self.tc.as_mut()) else {
+            return;
+        };
+        if t.divides.faulted(phys.raw()) {
+            t.tc.invalidate_page(phys.page());
+            t.link = None;
+        }
+    }
+
     /// A host fault's write by the instruction at `site` was mediated: after
     /// [`MEDIATED_AFTER`] of them the instruction is retranslated into an exit through
     /// the gate.
@@ -1051,6 +1114,7 @@ impl Vm {
             ("tc_gs_moves", s.gs_moves),
             ("tc_sites_mediated", t.mediated.retranslated),
             ("tc_sites_declined", t.mediated.declined.len() as u64),
+            ("tc_divisions_checked", t.divides.checked.len() as u64),
             ("segment_reload_records", t.reloads.stats.recorded),
             ("segment_reloads_written", t.reloads.stats.written),
             ("segment_loads_inline_seen", t.reloads.stats.inline_loads),
