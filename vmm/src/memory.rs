@@ -568,6 +568,42 @@ impl LinearSpace {
         })
     }
 
+    /// Changes the protection of part of what [`LinearSpace::map_monitor`] mapped.
+    ///
+    /// # Errors
+    /// [`MemoryError::BadLinearRange`] for a range that is not page-aligned or not in
+    /// the monitor window; [`MemoryError::Host`] if mprotect fails.
+    pub fn protect_monitor(
+        &mut self,
+        lin: GuestLinear,
+        len: u32,
+        prot: Prot,
+    ) -> Result<(), MemoryError> {
+        Self::check_linear(lin, len)?;
+        if u64::from(lin.raw()) < self.guest_top {
+            return Err(MemoryError::BadLinearRange { lin, len });
+        }
+        // SAFETY: the range is page-aligned and lies in the monitor window above the
+        // guest's part, where only map_monitor's memfd mappings and the reservation are;
+        // no Rust object lives there.
+        let rc = unsafe {
+            libc::mprotect(
+                lin.raw() as usize as *mut c_void,
+                len as usize,
+                prot.to_host(),
+            )
+        };
+        if rc != 0 {
+            return Err(MemoryError::Host {
+                op: "mprotect(monitor window)",
+                lin,
+                len,
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
     /// The part of a guest range below the monitor window, with the protection guest
     /// mappings may have; `None` when nothing of it is the guest's.
     fn guest_part(&self, lin: GuestLinear, len: u32, prot: Prot) -> Option<(u32, Prot)> {

@@ -103,6 +103,12 @@ fn table_address(t: Table) -> u32 {
 /// Known limits).
 pub const SELECTOR_IMMEDIATES: bool = false;
 
+/// Code area [`TranslationCache::make_room`] keeps open past the next free byte: more
+/// than any block takes.
+const CODE_ROOM: u32 = 0x1_0000;
+/// How much of the code area opens at a time.
+const OPEN_CHUNK: u32 = 0x10_0000;
+
 /// Entries of [`TranslationCache::recent`]: a power of two.
 const RECENT_FINDS: usize = 2048;
 
@@ -366,6 +372,10 @@ pub struct TranslationCache {
     mem: WindowMemory,
     /// Next free offset in the code area (relative to the window).
     next: u32,
+    /// End of the code area's open part (relative to the window): INT3 or translated
+    /// code, and executable. The rest is inaccessible and never touched: filling the
+    /// whole area up front took 60 ms and 62 MiB of memory for every VM (measured).
+    open_to: u32,
     blocks: Vec<TcBlock>,
     by_tc: BTreeMap<u32, usize>,
     /// Every exit stub by its TC address (the value of the exit slot), with its block
@@ -456,16 +466,18 @@ impl TranslationCache {
             fd,
             u64::from(TABLES_OFFSET),
         )?;
+        // The code area opens (INT3 written, then executable) as translations reach it.
         space.map_monitor(
             at(CODE_OFFSET),
             WINDOW_SIZE - CODE_OFFSET,
-            Prot::RX,
+            Prot::NONE,
             fd,
             u64::from(CODE_OFFSET),
         )?;
         Ok(Self {
             mem,
             next: CODE_OFFSET,
+            open_to: CODE_OFFSET,
             blocks: Vec::new(),
             by_tc: BTreeMap::new(),
             by_stub: HashMap::default(),
@@ -485,6 +497,30 @@ impl TranslationCache {
             gate,
             stats: TcStats::default(),
         })
+    }
+
+    /// Opens the code area far enough past the next free byte for any block
+    /// ([`CODE_ROOM`]), a chunk at a time: INT3 written, then made executable. Call it
+    /// before [`Self::translate`].
+    ///
+    /// # Errors
+    /// The host refused the protection change.
+    pub fn make_room(&mut self, space: &mut LinearSpace) -> Result<(), MemoryError> {
+        let want = self.next.saturating_add(CODE_ROOM).min(WINDOW_SIZE);
+        while self.open_to < want {
+            let end = self.open_to.saturating_add(OPEN_CHUNK).min(WINDOW_SIZE);
+            let (from, to) = (self.open_to as usize, end as usize);
+            if let Some(chunk) = self.mem.bytes_mut().get_mut(from..to) {
+                chunk.fill(OP_INT3);
+            }
+            space.protect_monitor(
+                GuestLinear(WINDOW_START + self.open_to),
+                end - self.open_to,
+                Prot::RX,
+            )?;
+            self.open_to = end;
+        }
+        Ok(())
     }
 
     /// Reads a `u32` scratch slot of the vCPU page (0 for an offset past the page).
@@ -644,6 +680,10 @@ impl TranslationCache {
                 self.flush();
                 flushed = true;
                 continue;
+            }
+            if end > u64::from(self.open_to) {
+                // Past the room make_room keeps open: no block is that large.
+                return Err(TcError::TooLarge(len));
             }
             let off = self.next as usize;
             let Some(code) = self.mem.bytes_mut().get_mut(off..off + len) else {
@@ -1157,8 +1197,8 @@ fn vcpu_range(offset: u32, len: usize) -> Option<std::ops::Range<usize>> {
 }
 
 /// Writes the window's fixed contents into `bytes` (its memory, zeroed): INT3 over the
-/// gate page and the code area, the far pointer and trampoline of the gate, and three
-/// empty lookup tables. `None` if the layout does not fit.
+/// gate page, the far pointer and trampoline of the gate, and three empty lookup
+/// tables. `None` if the layout does not fit.
 fn lay_out(bytes: &mut [u8], empty: &LookupTable) -> Option<()> {
     let mut put = |at: u32, src: &[u8]| -> Option<()> {
         let at = (at - WINDOW_START) as usize;
@@ -1174,9 +1214,9 @@ fn lay_out(bytes: &mut [u8], empty: &LookupTable) -> Option<()> {
     put(GATE_POINTER, &GATE_TRAMPOLINE.to_le_bytes())?;
     put(GATE_POINTER + 4, &crate::hostcpu::HOST_CS64.to_le_bytes())?;
     put(GATE_TRAMPOLINE, &crate::hostcpu::gate_trampoline())?;
-    // Unused code space traps: a stray jump lands on INT3, which the monitor refuses as
-    // not a gate exit.
-    bytes.get_mut(CODE_OFFSET as usize..)?.fill(OP_INT3);
+    // The code area is written as it opens (TranslationCache::make_room): unused code
+    // space traps, on INT3 (which the monitor refuses as not a gate exit) or on its
+    // protection past the open part.
     Some(())
 }
 

@@ -580,6 +580,7 @@ impl Vm {
         let i = match found {
             Some(i) => i,
             None => {
+                t.tc.make_room(&mut self.mem.space)?;
                 let reader = Reader {
                     mem: &self.mem,
                     pages: &self.code.pages,
