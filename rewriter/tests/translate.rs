@@ -508,11 +508,17 @@ fn check_block(block: &Block, cfg: &TranslateConfig) -> Result<(), TestCaseError
         at = entry.end();
     }
     prop_assert_eq!(at as usize, block.bytes.len());
-    // Each exit names itself and its slot is aligned.
+    // Each exit names itself and its slot is aligned; one that keeps its instruction
+    // leaves with the guest at that instruction, and no chainable one keeps any.
     for stub in &block.side.exits {
         prop_assert_eq!(block.exit_for(TC + stub.offset), Some(stub));
         if let Some(slot) = stub.chain_slot {
             prop_assert_eq!((TC + slot.rel32) % 4, 0);
+        }
+        if let Some(instr) = stub.instruction {
+            use rewriter::translate::GuestEip;
+            prop_assert_eq!(stub.guest, GuestEip::At(u32::try_from(instr.ip()).unwrap()));
+            prop_assert!(stub.chain_slot.is_none());
         }
     }
     // IDENT instructions are the guest's, in order from the entry.

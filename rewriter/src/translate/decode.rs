@@ -184,6 +184,8 @@ pub(crate) struct DecodedBlock {
     /// The guest EIPs of the DIV and IDIV instructions in `ident` to translate behind a
     /// divisor check ([`CodeReader::divide_checked`]).
     pub checked: Vec<u32>,
+    /// The instruction an [`End::Exit`] for one instruction leaves at.
+    pub exit_instruction: Option<Instruction>,
 }
 
 const PAGE: usize = PAGE_SIZE as usize;
@@ -243,6 +245,7 @@ pub(crate) fn decode_block(
     let bitness = cs.size.bitness();
     let mut ident = Vec::new();
     let mut checked = Vec::new();
+    let mut exit_instruction = None;
     let mut at = eip;
     let mut guest_end = eip;
     let mut offset = 0usize;
@@ -284,11 +287,13 @@ pub(crate) fn decode_block(
         let next = u32::try_from(last + 1).unwrap_or(u32::MAX);
         guest_end = next;
         if let Some(kind) = exit_kind(&instr, cfg) {
+            exit_instruction = Some(instr);
             break End::Exit { eip: at, kind };
         }
         // Every instruction starts in the entry's page (`offset` stays below its end).
         let here = phys + offset as u64 + in_page as u64;
         if reader.mediated(here) {
+            exit_instruction = Some(instr);
             break End::Exit {
                 eip: at,
                 kind: ExitKind::Mediated,
@@ -319,6 +324,7 @@ pub(crate) fn decode_block(
         pages,
         guest_end,
         checked,
+        exit_instruction,
     })
 }
 

@@ -283,10 +283,11 @@ pub(crate) fn popfd(em: &mut Emitter, guest: &Instruction) -> Result<(), Refusal
     let inline = em.branch_forward(Code::Jecxz_rel8_32, before(false))?;
     em.emit(&reload(em, Register::ECX, SLOT_ECX)?, before(false))?;
     em.emit(&reload(em, Register::EDX, SLOT_EDX)?, before(false))?;
-    stub::exit(
+    stub::exit_at(
         em,
         ExitKind::Sensitive(crate::Class::Popf),
         GuestEip::At(eip),
+        guest,
     )?;
     em.bind(inline)?;
     em.emit(&spill(Register::EAX, em.slot(SLOT_EAX))?, before(false))?;
@@ -522,10 +523,11 @@ pub(crate) fn load_segment(
     let recorded = em.branch_forward(Code::Jecxz_rel8_32, before(true, false))?;
     em.emit(&reload(em, Register::ECX, SLOT_ECX)?, before(true, false))?;
     em.emit(&reload(em, Register::EDX, SLOT_EDX)?, before(true, false))?;
-    stub::exit(
+    stub::exit_at(
         em,
         ExitKind::Sensitive(crate::class::classify(guest)),
         GuestEip::At(eip),
+        guest,
     )?;
     let selector_slot = SLOT_SELECTORS + 4 * index;
     // After the segment load, a MOV is done; a POP is done once ESP moves.
@@ -789,7 +791,7 @@ pub(crate) fn divide_check(em: &mut Emitter, guest: &Instruction) -> Result<bool
     )?;
     em.bind(zero)?;
     em.emit(&reload, before(true, false))?;
-    stub::exit(em, ExitKind::DivideError, GuestEip::At(eip))?;
+    stub::exit_at(em, ExitKind::DivideError, GuestEip::At(eip), guest)?;
     em.bind(done)?;
     Ok(true)
 }
@@ -995,6 +997,15 @@ mod tests {
             [EIP, EIP + 2, EIP + 5].map(GuestEip::At).to_vec(),
             "each check raises #DE at its own instruction"
         );
+        // The stubs keep the divisions, so the monitor need not decode them again.
+        let kept: Vec<Code> = block
+            .side
+            .exits
+            .iter()
+            .filter(|e| e.kind == ExitKind::DivideError)
+            .filter_map(|e| e.instruction.map(|i| i.code()))
+            .collect();
+        assert_eq!(kept, [Code::Div_rm32, Code::Div_rm32, Code::Idiv_rm8]);
         // The divisor's read from memory is the one place the check can fault, with the
         // guest at the DIV and ECX and EDX in their slots.
         let reads: Vec<_> = block

@@ -398,7 +398,10 @@ pub fn translate_block(
     }
     match end {
         End::Branch(instr) => branch(&mut em, &instr)?,
-        End::Exit { eip, kind } => stub::exit(&mut em, kind, GuestEip::At(eip))?,
+        End::Exit { eip, kind } => match decoded.exit_instruction.filter(|i| eip_of(i) == eip) {
+            Some(instr) => stub::exit_at(&mut em, kind, GuestEip::At(eip), &instr)?,
+            None => stub::exit(&mut em, kind, GuestEip::At(eip))?,
+        },
         End::FallThrough(next) => direct(&mut em, next)?,
         End::Thunk { eip, reg, ret } => {
             lookup::thunk_call(&mut em, eip, reg, ret)?;

@@ -161,6 +161,12 @@ pub struct ExitStub {
     pub kind: ExitKind,
     /// Where the guest is when this exit reaches the monitor.
     pub guest: GuestEip,
+    /// The guest instruction the exit leaves at, as the translator decoded it (an exit
+    /// for one instruction: sensitive, mediated, a segment override, a divisor check),
+    /// so the monitor need not fetch and decode it again. It is what runs there while
+    /// the block lives: a write to the block's pages ends the block before the guest
+    /// runs on.
+    pub instruction: Option<iced_x86::Instruction>,
 }
 
 /// The side table of one block.

@@ -54,7 +54,22 @@ pub(crate) fn exit(em: &mut Emitter, kind: ExitKind, guest: GuestEip) -> Result<
         rel32: offset + 1,
         unchained: 0,
     });
-    exit_body(em, offset, slot, kind, guest)
+    exit_body(em, offset, slot, kind, guest, None)
+}
+
+/// Emits the exit stub of `kind` for the guest instruction `instruction` (the guest at
+/// `guest`), which the stub's record keeps for the monitor. Not chainable.
+pub(crate) fn exit_at(
+    em: &mut Emitter,
+    kind: ExitKind,
+    guest: GuestEip,
+    instruction: &Instruction,
+) -> Result<(), Refusal> {
+    if kind.chainable() {
+        return exit(em, kind, guest);
+    }
+    let offset = em.offset();
+    exit_body(em, offset, None, kind, guest, Some(*instruction))
 }
 
 /// Emits the stub of a conditional branch's taken exit (`kind`, chainable): the
@@ -82,7 +97,7 @@ pub(crate) fn taken_exit(
         rel32,
         unchained,
     };
-    exit_body(em, offset, Some(slot), kind, guest)
+    exit_body(em, offset, Some(slot), kind, guest, None)
 }
 
 fn stub_meta(guest: GuestEip) -> Meta {
@@ -103,6 +118,7 @@ fn exit_body(
     chain_slot: Option<ChainSlot>,
     kind: ExitKind,
     guest: GuestEip,
+    instruction: Option<Instruction>,
 ) -> Result<(), Refusal> {
     let meta = stub_meta(guest);
     let record = em.base.wrapping_add(offset);
@@ -116,6 +132,7 @@ fn exit_body(
         chain_slot,
         kind,
         guest,
+        instruction,
     });
     Ok(())
 }

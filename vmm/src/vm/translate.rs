@@ -843,17 +843,20 @@ impl Vm {
                 if self.finish_step(false)? {
                     return Ok(None);
                 }
-                self.tc_emulate(kind)
+                self.tc_emulate(kind, stub.instruction)
             }
         }
     }
 
     /// An exit for an instruction that may not run from the TC: emulate it, or raise
     /// what the CPU would.
-    fn tc_emulate(&mut self, kind: ExitKind) -> Step {
+    /// `decoded` is the instruction as the translator decoded it, when the stub kept it.
+    fn tc_emulate(&mut self, kind: ExitKind, decoded: Option<Instruction>) -> Step {
         let eip = self.cpu.state.eip;
         let site = self.cpu.code_linear(eip);
-        let instr = self.fetch().decode_at(eip);
+        let instr = decoded
+            .filter(|i| i.ip() == u64::from(eip))
+            .or_else(|| self.fetch().decode_at(eip));
         match kind {
             ExitKind::Undefined => {
                 self.stats.exit(ExitReason::GuestException);
