@@ -515,7 +515,7 @@ fn check_block(block: &Block, cfg: &TranslateConfig) -> Result<(), TestCaseError
         if let Some(slot) = stub.chain_slot {
             prop_assert_eq!((TC + slot.rel32) % 4, 0);
         }
-        if let Some(instr) = stub.instruction {
+        if let Some(instr) = block.side.instruction(stub) {
             use rewriter::translate::GuestEip;
             prop_assert_eq!(stub.guest, GuestEip::At(u32::try_from(instr.ip()).unwrap()));
             prop_assert!(stub.chain_slot.is_none());

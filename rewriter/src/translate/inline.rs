@@ -1003,7 +1003,7 @@ mod tests {
             .exits
             .iter()
             .filter(|e| e.kind == ExitKind::DivideError)
-            .filter_map(|e| e.instruction.map(|i| i.code()))
+            .filter_map(|e| block.side.instruction(e).map(Instruction::code))
             .collect();
         assert_eq!(kept, [Code::Div_rm32, Code::Div_rm32, Code::Idiv_rm8]);
         // The divisor's read from memory is the one place the check can fault, with the

@@ -165,8 +165,9 @@ pub struct ExitStub {
     /// for one instruction: sensitive, mediated, a segment override, a divisor check),
     /// so the monitor need not fetch and decode it again. It is what runs there while
     /// the block lives: a write to the block's pages ends the block before the guest
-    /// runs on.
-    pub instruction: Option<iced_x86::Instruction>,
+    /// runs on. An index into [`SideTable::instructions`], which keeps the stubs small:
+    /// the monitor looks one up at every exit.
+    pub instruction: Option<u16>,
 }
 
 /// The side table of one block.
@@ -176,6 +177,8 @@ pub struct SideTable {
     pub entries: Vec<SideEntry>,
     /// The exit stubs, in address order.
     pub exits: Vec<ExitStub>,
+    /// The guest instructions exit stubs keep ([`ExitStub::instruction`]).
+    pub instructions: Vec<iced_x86::Instruction>,
 }
 
 impl SideTable {
@@ -183,6 +186,11 @@ impl SideTable {
     pub fn at(&self, offset: u32) -> Option<&SideEntry> {
         let i = self.entries.partition_point(|e| e.end() <= offset);
         self.entries.get(i).filter(|e| e.offset <= offset)
+    }
+
+    /// The guest instruction `stub` keeps, if any.
+    pub fn instruction(&self, stub: &ExitStub) -> Option<&iced_x86::Instruction> {
+        self.instructions.get(usize::from(stub.instruction?))
     }
 
     /// The exit stub that starts at block offset `offset` (what the exit slot names,
@@ -213,6 +221,7 @@ mod tests {
         let table = SideTable {
             entries: vec![entry(0, 2), entry(2, 5), entry(7, 1)],
             exits: Vec::new(),
+            instructions: Vec::new(),
         };
         assert_eq!(table.at(0).map(|e| e.offset), Some(0));
         assert_eq!(table.at(1).map(|e| e.offset), Some(0));

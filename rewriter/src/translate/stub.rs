@@ -127,6 +127,13 @@ fn exit_body(
     em.emit(&store, meta)?;
     let gate = gate_jump(em.cfg.gate)?;
     em.emit(&gate, meta)?;
+    let instruction = match instruction {
+        Some(i) => {
+            em.side.instructions.push(i);
+            u16::try_from(em.side.instructions.len() - 1).ok()
+        }
+        None => None,
+    };
     em.side.exits.push(ExitStub {
         offset,
         chain_slot,

@@ -843,7 +843,11 @@ impl Vm {
                 if self.finish_step(false)? {
                     return Ok(None);
                 }
-                self.tc_emulate(kind, stub.instruction)
+                let decoded = self
+                    .tc
+                    .as_ref()
+                    .and_then(|t| t.tc.block(block).block.side.instruction(&stub).copied());
+                self.tc_emulate(kind, decoded)
             }
         }
     }
