@@ -583,25 +583,9 @@ impl LinearSpace {
         if u64::from(lin.raw()) < self.guest_top {
             return Err(MemoryError::BadLinearRange { lin, len });
         }
-        // SAFETY: the range is page-aligned and lies in the monitor window above the
-        // guest's part, where only map_monitor's memfd mappings and the reservation are;
-        // no Rust object lives there.
-        let rc = unsafe {
-            libc::mprotect(
-                lin.raw() as usize as *mut c_void,
-                len as usize,
-                prot.to_host(),
-            )
-        };
-        if rc != 0 {
-            return Err(MemoryError::Host {
-                op: "mprotect(monitor window)",
-                lin,
-                len,
-                source: io::Error::last_os_error(),
-            });
-        }
-        Ok(())
+        // The range is page-aligned and lies in the monitor window above the guest's
+        // part, where only map_monitor's memfd mappings and the reservation are.
+        mprotect_low(lin, len, prot, "mprotect(monitor window)")
     }
 
     /// The part of a guest range below the monitor window, with the protection guest
@@ -707,23 +691,9 @@ impl LinearSpace {
         if !Self::pages(lin, len).all(|p| self.page_mapped(p)) {
             return Err(MemoryError::NotMapped { lin, len });
         }
-        // SAFETY: the range lies inside the reservation and only covers memfd mappings this
-        // value made; the monitor holds no references into the low 4 GiB.
-        let rc = unsafe {
-            libc::mprotect(
-                lin.raw() as usize as *mut c_void,
-                len as usize,
-                prot.to_host(),
-            )
-        };
-        if rc != 0 {
-            return Err(MemoryError::Host {
-                op: "mprotect",
-                lin,
-                len,
-                source: io::Error::last_os_error(),
-            });
-        }
+        // The range lies inside the reservation and only covers memfd mappings this
+        // value made.
+        mprotect_low(lin, len, prot, "mprotect")?;
         Ok(())
     }
 
@@ -785,6 +755,35 @@ fn reserve_fixed(addr: usize, len: usize, fixed: libc::c_int) -> io::Result<()> 
 }
 
 /// Maps `len` bytes of `fd` at `offset` at linear `lin`, replacing what was there.
+/// Changes the protection of `len` bytes at `lin`, which the caller checked lie in
+/// the low 4 GiB reservation over mappings this process made there (`op` names the
+/// call in errors).
+fn mprotect_low(
+    lin: GuestLinear,
+    len: u32,
+    prot: Prot,
+    op: &'static str,
+) -> Result<(), MemoryError> {
+    // SAFETY: the caller checked the range as above; the monitor holds no references
+    // into the low 4 GiB, so no Rust object loses access.
+    let rc = unsafe {
+        libc::mprotect(
+            lin.raw() as usize as *mut c_void,
+            len as usize,
+            prot.to_host(),
+        )
+    };
+    if rc != 0 {
+        return Err(MemoryError::Host {
+            op,
+            lin,
+            len,
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
 fn map_fixed_shared(
     lin: GuestLinear,
     len: u32,

@@ -469,14 +469,7 @@ pub(crate) fn load_segment(
     let pop = guest.code() != Code::Mov_Sreg_rm16 && guest.code() != Code::Mov_Sreg_r32m16;
     let before = |restore, can_fault| Meta::expansion(GuestEip::At(eip), restore, can_fault);
     let reload = |em: &Emitter, r, slot| build!(with2, Code::Mov_r32_rm32, r, em.slot(slot));
-    em.emit(
-        &build!(with2, Code::Mov_rm32_r32, em.slot(SLOT_ECX), Register::ECX)?,
-        before(false, false),
-    )?;
-    em.emit(
-        &build!(with2, Code::Mov_rm32_r32, em.slot(SLOT_EDX), Register::EDX)?,
-        before(false, false),
-    )?;
+    spill_scratch(em, before(false, false))?;
     // The selector, read as the guest's instruction reads it (same fault).
     if pop {
         let top = MemoryOperand::with_base(Register::ESP);
@@ -495,19 +488,7 @@ pub(crate) fn load_segment(
             before(true, false),
         )?;
     } else {
-        let source = MemoryOperand::new(
-            guest.memory_base(),
-            guest.memory_index(),
-            guest.memory_index_scale(),
-            i64::from(guest.memory_displacement32().cast_signed()),
-            if guest.memory_base() == Register::None && guest.memory_index() == Register::None {
-                4
-            } else {
-                guest.memory_displ_size().min(4)
-            },
-            false,
-            guest.segment_prefix(),
-        );
+        let source = guest_operand(guest);
         em.emit(
             &build!(with2, Code::Movzx_r32_rm16, Register::ECX, source)?,
             before(true, true),
@@ -742,19 +723,7 @@ pub(crate) fn divide_check(em: &mut Emitter, guest: &Instruction) -> Result<bool
     };
     let source = match guest.op0_kind() {
         OpKind::Register => None,
-        OpKind::Memory if read_as_is(guest) => Some(MemoryOperand::new(
-            guest.memory_base(),
-            guest.memory_index(),
-            guest.memory_index_scale(),
-            i64::from(guest.memory_displacement32().cast_signed()),
-            if guest.memory_base() == Register::None && guest.memory_index() == Register::None {
-                4
-            } else {
-                guest.memory_displ_size().min(4)
-            },
-            false,
-            guest.segment_prefix(),
-        )),
+        OpKind::Memory if read_as_is(guest) => Some(guest_operand(guest)),
         _ => return Ok(false),
     };
     if !reencodes(guest) {
@@ -763,14 +732,7 @@ pub(crate) fn divide_check(em: &mut Emitter, guest: &Instruction) -> Result<bool
     let eip = u32::try_from(guest.ip()).unwrap_or(0);
     let next = eip.wrapping_add(u32::try_from(guest.len()).unwrap_or(1));
     let before = |restore, can_fault| Meta::expansion(GuestEip::At(eip), restore, can_fault);
-    em.emit(
-        &build!(with2, Code::Mov_rm32_r32, em.slot(SLOT_ECX), Register::ECX)?,
-        before(false, false),
-    )?;
-    em.emit(
-        &build!(with2, Code::Mov_rm32_r32, em.slot(SLOT_EDX), Register::EDX)?,
-        before(false, false),
-    )?;
+    spill_scratch(em, before(false, false))?;
     let read = match source {
         Some(memory) => build!(with2, load, Register::ECX, memory)?,
         None => build!(with2, load, Register::ECX, guest.op0_register())?,
@@ -805,6 +767,37 @@ fn reencodes(instr: &Instruction) -> bool {
     let bytes = encoder.take_buffer();
     let out = Decoder::with_ip(32, &bytes, instr.ip(), DecoderOptions::NONE).decode();
     out.len() == bytes.len() && super::emit::same_instruction(instr, &out)
+}
+
+/// Stores ECX and EDX in their slots, each instruction with `meta` (the guest is where it
+/// was: nothing changed yet).
+fn spill_scratch(em: &mut Emitter, meta: Meta) -> Result<(), Refusal> {
+    for (slot, reg) in [(SLOT_ECX, Register::ECX), (SLOT_EDX, Register::EDX)] {
+        em.emit(
+            &build!(with2, Code::Mov_rm32_r32, em.slot(slot), reg)?,
+            meta,
+        )?;
+    }
+    Ok(())
+}
+
+/// `guest`'s memory operand, for another instruction to read what it reads (an
+/// absolute address keeps its 32-bit displacement).
+fn guest_operand(guest: &Instruction) -> MemoryOperand {
+    let absolute = guest.memory_base() == Register::None && guest.memory_index() == Register::None;
+    MemoryOperand::new(
+        guest.memory_base(),
+        guest.memory_index(),
+        guest.memory_index_scale(),
+        i64::from(guest.memory_displacement32().cast_signed()),
+        if absolute {
+            4
+        } else {
+            guest.memory_displ_size().min(4)
+        },
+        false,
+        guest.segment_prefix(),
+    )
 }
 
 /// Whether `guest`'s memory operand can be read by another instruction as it reads it:

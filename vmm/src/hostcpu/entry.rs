@@ -282,6 +282,49 @@ const _: () = assert!(offset_of!(CpuBlock, live_xmm) % 16 == 0);
 pub(crate) const OFF_SEL_DS: usize = offset_of!(CpuBlock, guest_sel);
 pub(crate) const OFF_HOST_FSBASE: usize = offset_of!(CpuBlock, host_fsbase);
 
+/// The guest's XMM0-7 and MXCSR back from where a gate landing put them (rdi = the
+/// `CpuBlock`), and XMM8-15 cleared of the monitor's values: the light entry and
+/// `vmm_hostcpu_fpu_spill` both start so.
+macro_rules! load_live_xmm {
+    () => {
+        concat!(
+            "movaps xmm0, [rdi + {live_xmm}]\n",
+            "movaps xmm1, [rdi + {live_xmm} + 16]\n",
+            "movaps xmm2, [rdi + {live_xmm} + 32]\n",
+            "movaps xmm3, [rdi + {live_xmm} + 48]\n",
+            "movaps xmm4, [rdi + {live_xmm} + 64]\n",
+            "movaps xmm5, [rdi + {live_xmm} + 80]\n",
+            "movaps xmm6, [rdi + {live_xmm} + 96]\n",
+            "movaps xmm7, [rdi + {live_xmm} + 112]\n",
+            "xorps xmm8, xmm8\n",
+            "xorps xmm9, xmm9\n",
+            "xorps xmm10, xmm10\n",
+            "xorps xmm11, xmm11\n",
+            "xorps xmm12, xmm12\n",
+            "xorps xmm13, xmm13\n",
+            "xorps xmm14, xmm14\n",
+            "xorps xmm15, xmm15\n",
+            "ldmxcsr [rdi + {live_mxcsr}]",
+        )
+    };
+}
+
+/// The monitor's FPU as the ABI expects it at a return (rdi = the `CpuBlock`): an empty
+/// x87 stack with the caller's control words, and no upper AVX state left behind.
+macro_rules! monitor_fpu {
+    () => {
+        concat!(
+            "fninit\n",
+            "fldcw [rdi + {host_fcw}]\n",
+            "ldmxcsr [rdi + {host_mxcsr}]\n",
+            "test byte ptr [rdi + {has_avx}], 1\n",
+            "jz 7f\n",
+            "vzeroupper\n",
+            "7:",
+        )
+    };
+}
+
 std::arch::global_asm!(
     ".text",
     ".p2align 4",
@@ -309,23 +352,7 @@ std::arch::global_asm!(
     "cmp [rdi + {fpu_live}], rsi",
     "jne 9f",
     "stmxcsr [rdi + {host_mxcsr}]",
-    "movaps xmm0, [rdi + {live_xmm}]",
-    "movaps xmm1, [rdi + {live_xmm} + 16]",
-    "movaps xmm2, [rdi + {live_xmm} + 32]",
-    "movaps xmm3, [rdi + {live_xmm} + 48]",
-    "movaps xmm4, [rdi + {live_xmm} + 64]",
-    "movaps xmm5, [rdi + {live_xmm} + 80]",
-    "movaps xmm6, [rdi + {live_xmm} + 96]",
-    "movaps xmm7, [rdi + {live_xmm} + 112]",
-    "xorps xmm8, xmm8",
-    "xorps xmm9, xmm9",
-    "xorps xmm10, xmm10",
-    "xorps xmm11, xmm11",
-    "xorps xmm12, xmm12",
-    "xorps xmm13, xmm13",
-    "xorps xmm14, xmm14",
-    "xorps xmm15, xmm15",
-    "ldmxcsr [rdi + {live_mxcsr}]",
+    load_live_xmm!(),
     "test byte ptr [rdi + {has_opmask}], 1",
     "jz vmm_hostcpu_window_begin",
     "kxorw k0, k0, k0",
@@ -442,13 +469,7 @@ std::arch::global_asm!(
     "4:",
     "test byte ptr [rdi + {light_fpu}], 1",
     "jz 1f",
-    // An empty x87 stack with the caller's control words, as the ABI expects at return.
-    "fninit",
-    "fldcw [rdi + {host_fcw}]",
-    "ldmxcsr [rdi + {host_mxcsr}]",
-    "test byte ptr [rdi + {has_avx}], 1",
-    "jz 2f",
-    "vzeroupper",
+    monitor_fpu!(),
     "jmp 2f",
     "1:",
     "xrstor64 [rdi + {host_xsave}]",
@@ -510,33 +531,12 @@ std::arch::global_asm!(
     "mov qword ptr [rdi + {fpu_live}], 0",
     "test rsi, rsi",
     "jz 1f",
-    "movaps xmm0, [rdi + {live_xmm}]",
-    "movaps xmm1, [rdi + {live_xmm} + 16]",
-    "movaps xmm2, [rdi + {live_xmm} + 32]",
-    "movaps xmm3, [rdi + {live_xmm} + 48]",
-    "movaps xmm4, [rdi + {live_xmm} + 64]",
-    "movaps xmm5, [rdi + {live_xmm} + 80]",
-    "movaps xmm6, [rdi + {live_xmm} + 96]",
-    "movaps xmm7, [rdi + {live_xmm} + 112]",
-    "xorps xmm8, xmm8",
-    "xorps xmm9, xmm9",
-    "xorps xmm10, xmm10",
-    "xorps xmm11, xmm11",
-    "xorps xmm12, xmm12",
-    "xorps xmm13, xmm13",
-    "xorps xmm14, xmm14",
-    "xorps xmm15, xmm15",
-    "ldmxcsr [rdi + {live_mxcsr}]",
+    load_live_xmm!(),
     "mov eax, [rdi + {mask_lo}]",
     "mov edx, [rdi + {mask_hi}]",
     "xsave64 [rsi]",
     "1:",
-    "fninit",
-    "fldcw [rdi + {host_fcw}]",
-    "ldmxcsr [rdi + {host_mxcsr}]",
-    "test byte ptr [rdi + {has_avx}], 1",
-    "jz 2f",
-    "vzeroupper",
+    monitor_fpu!(),
     "2:",
     "ret",
     ".size vmm_hostcpu_fpu_spill, . - vmm_hostcpu_fpu_spill",
