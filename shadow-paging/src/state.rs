@@ -85,10 +85,6 @@ pub struct ShadowState {
     maps: BTreeMap<u32, ShadowPage>,
     /// Page-table frame number → linear pages derived through entries in it.
     by_table: BTreeMap<u32, BTreeSet<u32>>,
-    /// Entry address → linear pages derived through that entry: what a write of a few
-    /// bytes to a page table concerns, found without looking at every page mapped
-    /// through the table (that scan was 5% of the monitor's time in fork+exec).
-    by_entry: BTreeMap<u32, Vec<u32>>,
     /// Frame number → linear pages mapping it.
     aliases: BTreeMap<u32, BTreeSet<u32>>,
     /// Frame number → scanned code (value: execute-only).
@@ -178,7 +174,6 @@ impl ShadowState {
             },
             maps: BTreeMap::new(),
             by_table: BTreeMap::new(),
-            by_entry: BTreeMap::new(),
             aliases: BTreeMap::new(),
             code: BTreeMap::new(),
             watched: BTreeSet::new(),
@@ -499,7 +494,6 @@ impl ShadowState {
                 touched.insert(page_no(e.0));
             }
             users.insert(n);
-            self.by_entry.entry(e.0).or_default().push(n);
         }
         if Self::exceeds_user(&page) {
             self.beyond_user.insert(n);
@@ -528,12 +522,6 @@ impl ShadowState {
                 if set.is_empty() {
                     self.by_table.remove(&table);
                     touched.insert(table);
-                }
-            }
-            if let Some(users) = self.by_entry.get_mut(&e.0) {
-                users.retain(|&u| u != n);
-                if users.is_empty() {
-                    self.by_entry.remove(&e.0);
                 }
             }
         }
@@ -644,16 +632,19 @@ impl ShadowState {
             return Vec::new();
         }
         let size = self.ctx.mode.entry_size();
-        let first = gpa.0.saturating_sub(size - 1);
-        let last = gpa.0.saturating_add(len - 1);
-        let mut stale: Vec<u32> = self
-            .by_entry
-            .range(first..=last)
-            .filter(|&(&at, _)| overlaps(at, size, gpa.0, len))
-            .flat_map(|(_, users)| users.iter().copied())
-            .collect();
-        stale.sort_unstable();
-        stale.dedup();
+        let last = page_no(gpa.0.saturating_add(len - 1));
+        let mut stale = Vec::new();
+        for (_, users) in self.by_table.range(page_no(gpa.0)..=last) {
+            for n in users {
+                let hit = self
+                    .maps
+                    .get(n)
+                    .is_some_and(|p| p.entries.iter().any(|e| overlaps(e.0, size, gpa.0, len)));
+                if hit {
+                    stale.push(*n);
+                }
+            }
+        }
         stale
     }
 
