@@ -17,12 +17,13 @@ use console_support::Console;
 
 /// The line /init prints before it starts the shell.
 const READY: &str = "vmm-initramfs: shell ready";
-/// Longest the boot to the readiness line may take (a debug monitor boots slowest).
-const BOOT: Duration = Duration::from_secs(300);
+/// Longest the boot to the readiness line may take (a debug monitor boots slowest: the
+/// 686-pae kernel took 200–250 s in debug builds on the 2-core test host, measured).
+const BOOT: Duration = Duration::from_secs(480);
 /// Longest one command's answer may take.
 const STEP: Duration = Duration::from_secs(60);
 /// The whole run's limit, enforced by `timeout` around the monitor.
-const RUN_SECONDS: u32 = 600;
+const RUN_SECONDS: u32 = 900;
 /// Held by the test that is booting a kernel.
 static ONE_BOOT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
