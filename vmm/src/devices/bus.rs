@@ -126,8 +126,6 @@ pub struct PortBus {
     ranges: BTreeMap<u16, Entry>,
     stats: BTreeMap<u16, PortStats>,
     invalid_size_accesses: u64,
-    /// Every access, claimed or not.
-    accesses: u64,
 }
 
 impl fmt::Debug for PortBus {
@@ -200,12 +198,6 @@ impl PortBus {
         Ok(())
     }
 
-    /// How many reads and writes the bus has had: unchanged, no device behind it can
-    /// have changed through it.
-    pub fn accesses(&self) -> u64 {
-        self.accesses
-    }
-
     /// The device claiming `port`, with its base.
     fn find(&self, port: u16) -> Option<(u16, &Entry)> {
         let (&base, e) = self.ranges.range(..=port).next_back()?;
@@ -217,7 +209,6 @@ impl PortBus {
     /// Unclaimed ports read as all ones and are counted in [`PortBus::stats`]. An access
     /// that straddles devices is split into byte accesses, like on the ISA bus.
     pub fn read(&mut self, port: u16, size: u8) -> u32 {
-        self.accesses += 1;
         let Some(mask) = size_mask(size) else {
             self.invalid_size_accesses += 1;
             return u32::MAX;
@@ -262,7 +253,6 @@ impl PortBus {
     /// Writes to unclaimed ports are dropped and counted in [`PortBus::stats`]. The result
     /// says whether a device asked the VM to stop.
     pub fn write(&mut self, port: u16, size: u8, value: u32) -> PortAction {
-        self.accesses += 1;
         let Some(mask) = size_mask(size) else {
             self.invalid_size_accesses += 1;
             return PortAction::Continue;

@@ -51,8 +51,6 @@ pub struct MmioBus {
     ranges: BTreeMap<u32, Entry>,
     /// Unclaimed accesses, per address.
     unknown: BTreeMap<u32, MmioStats>,
-    /// Every access, claimed or not.
-    accesses: u64,
 }
 
 impl fmt::Debug for MmioBus {
@@ -129,7 +127,6 @@ impl MmioBus {
     /// Reads `data.len()` bytes at `addr`. An access no single device claims whole
     /// reads as all ones and is counted by address.
     pub fn read(&mut self, addr: GuestPhys, data: &mut [u8]) {
-        self.accesses += 1;
         let addr = addr.raw();
         match self.claim(addr, data.len()) {
             Some((e, offset)) => lock(&e.device).read(offset, data),
@@ -143,18 +140,11 @@ impl MmioBus {
     /// Writes `data` at `addr`. An access no single device claims whole is dropped and
     /// counted by address.
     pub fn write(&mut self, addr: GuestPhys, data: &[u8]) {
-        self.accesses += 1;
         let addr = addr.raw();
         match self.claim(addr, data.len()) {
             Some((e, offset)) => lock(&e.device).write(offset, data),
             None => self.unknown.entry(addr).or_default().unhandled_writes += 1,
         }
-    }
-
-    /// How many reads and writes the bus has had: unchanged, no device behind it can
-    /// have changed through it.
-    pub fn accesses(&self) -> u64 {
-        self.accesses
     }
 
     /// Accesses per device name.

@@ -3,7 +3,6 @@
 //! acknowledgement (the running processor's local APIC first, the 8259 through LINT0),
 //! and serial input from the host.
 
-use std::cell::Cell;
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -98,15 +97,6 @@ pub struct Platform {
     apic_base: Vec<u64>,
     /// When the running vCPU's time slice ends, when others wait for the thread.
     slice_deadline: Option<u64>,
-    /// Changes to device state made other than through the buses (interrupts
-    /// acknowledged, APIC base writes): with the buses' access counts, what tells
-    /// whether a poll or the timer's deadline can have anything new to find.
-    events: Cell<u64>,
-    /// The device events the last full poll saw, and how many full polls there were.
-    polled_at: Cell<u64>,
-    full_polls: Cell<u64>,
-    /// The device events, slice deadline and full polls `armed` was worked out for.
-    armed_for: Option<(u64, Option<u64>, u64)>,
 }
 
 impl std::fmt::Debug for Platform {
@@ -198,28 +188,14 @@ impl Platform {
             clock,
             armed: None,
             slice_deadline: None,
-            events: Cell::new(0),
-            polled_at: Cell::new(0),
-            full_polls: Cell::new(0),
-            armed_for: None,
         })
     }
 
     /// Advances the PIT and the APIC timers to the clock's present (raising their
     /// interrupts), and hands the IOAPIC the EOIs of level-triggered vectors the guest
     /// wrote to a local APIC since the last poll.
-    ///
-    /// Skipped (each costs a lock of every timer device, measured at a tenth of an exit's
-    /// monitor time) while no timer deadline has passed and no device was touched since
-    /// the last: the devices then have nothing new.
     pub fn poll(&self) {
         let now = self.clock.now_ns();
-        let events = self.device_events();
-        if events == self.polled_at.get() && self.armed.is_none_or(|d| now < d) {
-            return;
-        }
-        self.polled_at.set(events);
-        self.full_polls.set(self.full_polls.get() + 1);
         let pit_owes = {
             let mut pit = lock(&self.pit);
             pit.poll(now);
@@ -239,15 +215,6 @@ impl Platform {
                 lock(&self.ioapic).eoi(vector);
             }
         }
-    }
-
-    /// A count that changes whenever a device may have changed: bus accesses and the
-    /// other device events.
-    fn device_events(&self) -> u64 {
-        self.ports
-            .accesses()
-            .wrapping_add(self.mmio.accesses())
-            .wrapping_add(self.events.get())
     }
 
     /// The clock's present, in nanoseconds.
@@ -305,7 +272,6 @@ impl Platform {
             if *seen != apic_base {
                 *seen = apic_base;
                 lock(self.lapics.current()).set_apic_base(apic_base);
-                self.events.set(self.events.get() + 1);
             }
         }
     }
@@ -315,7 +281,6 @@ impl Platform {
     ///
     /// When that is IRQ 0's, the PIT raises the next tick it owes (see `Pit::poll`).
     pub fn acknowledge_interrupt(&self) -> Option<u8> {
-        self.events.set(self.events.get() + 1);
         let pit_owes = lock(&self.pit).owed() > 0;
         let (pic_irq0, ioapic_irq0) = if pit_owes {
             self.irq0_vectors()
@@ -398,16 +363,6 @@ impl Platform {
     /// # Errors
     /// The host refused the timer.
     pub fn arm_timer(&mut self, timer: &VcpuTimer) -> Result<(), TimerError> {
-        // Nothing the deadline depends on changed: it is the one armed.
-        let now_for = (
-            self.device_events(),
-            self.slice_deadline,
-            self.full_polls.get(),
-        );
-        if self.armed_for == Some(now_for) {
-            return Ok(());
-        }
-        self.armed_for = Some(now_for);
         let deadline = self.next_deadline_ns();
         if deadline == self.armed {
             return Ok(());
