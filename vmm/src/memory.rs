@@ -693,8 +693,7 @@ impl LinearSpace {
         }
         // The range lies inside the reservation and only covers memfd mappings this
         // value made.
-        mprotect_low(lin, len, prot, "mprotect")?;
-        Ok(())
+        mprotect_low(lin, len, prot, "mprotect")
     }
 
     /// Returns a linear range to the PROT_NONE reservation (never leaving a hole another
@@ -754,7 +753,6 @@ fn reserve_fixed(addr: usize, len: usize, fixed: libc::c_int) -> io::Result<()> 
     Ok(())
 }
 
-/// Maps `len` bytes of `fd` at `offset` at linear `lin`, replacing what was there.
 /// Changes the protection of `len` bytes at `lin`, which the caller checked lie in
 /// the low 4 GiB reservation over mappings this process made there (`op` names the
 /// call in errors).
@@ -784,6 +782,7 @@ fn mprotect_low(
     Ok(())
 }
 
+/// Maps `len` bytes of `fd` at `offset` at linear `lin`, replacing what was there.
 fn map_fixed_shared(
     lin: GuestLinear,
     len: u32,

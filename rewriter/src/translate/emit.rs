@@ -15,7 +15,8 @@
 //! as soon as it is emitted.
 
 use iced_x86::{
-    Code, Decoder, DecoderOptions, Encoder, IcedError, Instruction, MemoryOperand, Register,
+    Code, ConstantOffsets, Decoder, DecoderOptions, Encoder, IcedError, Instruction, MemoryOperand,
+    Register,
 };
 
 use super::side::{GuestEip, Origin, SideEntry, SideTable};
@@ -170,18 +171,11 @@ impl<'c> Emitter<'c> {
                     },
                 };
                 let start = self.bytes.len();
-                if !self.emit_checked(&rebased, meta)? {
+                let Some(offsets) = self.emit_checked_offsets(&rebased, meta)? else {
                     return Ok(false);
-                }
+                };
                 // The displacement's place, for the engine to move the code onto another
                 // base; an encoding without a 32-bit one (none seen) is not emitted.
-                let mut decoder = Decoder::new(
-                    32,
-                    self.bytes.get(start..).unwrap_or_default(),
-                    DecoderOptions::NONE,
-                );
-                let out = decoder.decode();
-                let offsets = decoder.get_constant_offsets(&out);
                 if !offsets.has_displacement() || offsets.displacement_size() != 4 {
                     self.bytes.truncate(start);
                     self.side.entries.pop();
@@ -216,9 +210,19 @@ impl<'c> Emitter<'c> {
     /// instruction (`==` leaves the address and length out). `false` (nothing emitted)
     /// when it does not, so the caller can end the block with an exit instead.
     fn emit_checked(&mut self, instr: &Instruction, meta: Meta) -> Result<bool, Refusal> {
+        Ok(self.emit_checked_offsets(instr, meta)?.is_some())
+    }
+
+    /// [`Emitter::emit_checked`], giving where the emitted instruction's displacement and
+    /// immediates lie (`None`: nothing emitted).
+    fn emit_checked_offsets(
+        &mut self,
+        instr: &Instruction,
+        meta: Meta,
+    ) -> Result<Option<ConstantOffsets>, Refusal> {
         let start = self.bytes.len();
         if self.emit(instr, meta).is_err() {
-            return Ok(false);
+            return Ok(None);
         }
         let mut decoder = Decoder::with_ip(
             32,
@@ -230,9 +234,9 @@ impl<'c> Emitter<'c> {
         if out.len() != self.bytes.len() - start || !same_instruction(instr, &out) {
             self.bytes.truncate(start);
             self.side.entries.pop();
-            return Ok(false);
+            return Ok(None);
         }
-        Ok(true)
+        Ok(Some(decoder.get_constant_offsets(&out)))
     }
 
     /// Emits a `rel8` branch (`code`) to a label bound later with [`Emitter::bind`].

@@ -206,17 +206,22 @@ impl DivideSites {
     /// The instruction at guest-physical `at` raised #DE natively: whether that made it
     /// one to check.
     fn faulted(&mut self, at: u32) -> bool {
-        if self.checked.contains(&at) {
-            return false;
-        }
-        let count = self.faults.entry(at).or_default();
-        *count += 1;
-        if *count < DIVIDE_AFTER {
-            return false;
-        }
-        self.faults.remove(&at);
-        self.checked.insert(at)
+        !self.checked.contains(&at)
+            && counted_to(&mut self.faults, at, DIVIDE_AFTER)
+            && self.checked.insert(at)
     }
+}
+
+/// Counts one more fault of the instruction at `at` in `faults`: whether that makes
+/// `after` of them (the count is then forgotten).
+fn counted_to(faults: &mut foldhash::HashMap<u32, u32>, at: u32, after: u32) -> bool {
+    let count = faults.entry(at).or_default();
+    *count += 1;
+    if *count < after {
+        return false;
+    }
+    faults.remove(&at);
+    true
 }
 
 /// Native #DE an instruction raises before it is translated behind a divisor check.
@@ -244,15 +249,9 @@ impl MediatedSites {
     /// A host fault's write by the instruction at guest-physical `at` was mediated:
     /// whether that made it one the monitor performs.
     fn faulted(&mut self, at: u32) -> bool {
-        if self.declined.contains(&at) {
+        if self.declined.contains(&at) || !counted_to(&mut self.faults, at, MEDIATED_AFTER) {
             return false;
         }
-        let count = self.faults.entry(at).or_default();
-        *count += 1;
-        if *count < MEDIATED_AFTER {
-            return false;
-        }
-        self.faults.remove(&at);
         self.marked.insert(at, (0, 0));
         self.retranslated += 1;
         true
@@ -892,14 +891,14 @@ impl Vm {
                 match result {
                     Err(e) => self.failure(e),
                     Ok(Ok(Mediated::Done)) => {
-                        self.tc_mediated(phys, |m, at| m.performed(at, table));
+                        self.tc_sites(phys, |t, at| t.mediated.performed(at, table));
                         Ok(None)
                     }
                     Ok(Err(fault)) => self.hand_to_vcpu(GuestExit::Exception(fault)),
                     Ok(Ok(Mediated::Unsupported)) => {
                         // Other code now lies there (the page was rewritten): it runs
                         // translated again, and its writes fault as before.
-                        self.tc_mediated(phys, |m, at| m.unmark(at, false));
+                        self.tc_sites(phys, |t, at| t.mediated.unmark(at, false));
                         Ok(None)
                     }
                 }
@@ -1069,13 +1068,7 @@ impl Vm {
     pub(super) fn tc_divide_fault(&mut self) {
         let site = self.cpu.code_linear(self.cpu.state.eip);
         let phys = self.mem.code_phys(site, self.cpu.user());
-        let (Some(phys), Some(t)) = (phys, self.tc.as_mut()) else {
-            return;
-        };
-        if t.divides.faulted(phys.raw()) {
-            t.tc.invalidate_page(phys.page());
-            t.link = None;
-        }
+        self.tc_sites(phys, |t, at| t.divides.faulted(at));
     }
 
     /// A host fault's write by the instruction at `site` was mediated: after
@@ -1083,21 +1076,22 @@ impl Vm {
     /// the gate.
     pub(super) fn tc_mediated_write(&mut self, site: GuestLinear) {
         let phys = self.mem.code_phys(site, self.cpu.user());
-        self.tc_mediated(phys, MediatedSites::faulted);
+        self.tc_sites(phys, |t, at| t.mediated.faulted(at));
     }
 
-    /// Applies `change` to the mediated sites for the instruction at guest-physical
-    /// `phys`; when it says the instruction changed hands (native code to monitor, or
-    /// back), the blocks holding it go, and the next entry there translates it anew.
-    fn tc_mediated(
+    /// Applies `change` to the adaptively retranslated sites (mediated writes, divisor
+    /// checks) for the instruction at guest-physical `phys`; when it says the
+    /// instruction is to be translated otherwise (native code to monitor, or back), the
+    /// blocks holding it go, and the next entry there translates it anew.
+    fn tc_sites(
         &mut self,
         phys: Option<GuestPhys>,
-        change: impl FnOnce(&mut MediatedSites, u32) -> bool,
+        change: impl FnOnce(&mut Translation, u32) -> bool,
     ) {
         let (Some(phys), Some(t)) = (phys, self.tc.as_mut()) else {
             return;
         };
-        if change(&mut t.mediated, phys.raw()) {
+        if change(t, phys.raw()) {
             t.tc.invalidate_page(phys.page());
             t.link = None;
         }
