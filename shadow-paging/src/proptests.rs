@@ -284,6 +284,12 @@ enum Op {
         frame: u32,
         slot: u32,
     },
+    /// A new address space from a copy of the current directory (under PAE, of the
+    /// directory one PDPTE names), loaded at once: Linux's kernel half of each process.
+    Fork {
+        to: u32,
+        slot: u32,
+    },
     Invlpg {
         sel: (usize, usize, usize, u32),
     },
@@ -305,6 +311,7 @@ fn op() -> impl Strategy<Value = Op> {
         8 => (lin_sel(), 0u8..3, benign_entry()).prop_map(|(sel, kind, value)| Op::Fault { sel, kind, value }),
         3 => (0..(FRAMES as usize) * INDICES.len(), benign_entry()).prop_map(|(slot, value)| Op::Store { slot, value }),
         1 => (0..FRAMES, 0u32..4).prop_map(|(frame, slot)| Op::Cr3 { frame, slot }),
+        1 => (0..FRAMES, 0u32..4).prop_map(|(to, slot)| Op::Fork { to, slot }),
         1 => lin_sel().prop_map(|sel| Op::Invlpg { sel }),
         1 => (0u8..6).prop_map(|cr| Op::Toggle { cr }),
         1 => (0..FRAMES + 2, any::<bool>(), any::<bool>()).prop_map(|(frame, on, exec_only)| Op::Code { frame, on, exec_only }),
@@ -422,6 +429,36 @@ fn check_consistent(
     Ok(())
 }
 
+/// MOV to CR3. With paging off CR3 translates nothing, so every mapping stays exact. A
+/// non-global survivor must be exactly what the new tables give (the check walks it); a
+/// global one may be what the old tables gave, and goes into `stale`.
+fn switch_cr3(
+    mem: &FakeMemory,
+    s: &mut ShadowState,
+    mapper: &mut FakeMapper,
+    stale: &mut BTreeMap<u32, GuestPhys>,
+    cr3: u32,
+) {
+    let c = *s.context();
+    let old = Regs {
+        cr0: c.cr0,
+        cr3: c.cr3,
+        cr4: c.cr4,
+        efer: c.efer,
+    };
+    if s.write_cr3(mem, mapper, cr3).is_ok() && old.paging() {
+        for (&n, &(gpa, _)) in &mapper.pages {
+            if stale.get(&n) == Some(&gpa) {
+                continue;
+            }
+            let before = reference::translate(mem, old, c.roots.0, n << 12, false, false, false);
+            if before.is_ok_and(|f| f.global) && old.pge() {
+                stale.insert(n, gpa);
+            }
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
 
@@ -494,24 +531,43 @@ proptest! {
                         }
                     }
                 }
-                Op::Cr3 { frame, slot } => {
+                Op::Fork { to, slot } => {
                     let c = *s.context();
-                    let old = Regs { cr0: c.cr0, cr3: c.cr3, cr4: c.cr4, efer: c.efer };
-                    let cr3 = frame * PAGE_SIZE + 0x20 * (8 + slot);
-                    // With paging off CR3 translates nothing, so every mapping stays exact.
-                    // A non-global survivor must be exactly what the new tables give (the
-                    // check below walks it); a global one may be what the old tables gave.
-                    if s.write_cr3(&mem, &mut mapper, cr3).is_ok() && old.paging() {
-                        for (&n, &(gpa, _)) in &mapper.pages {
-                            if stale.get(&n) == Some(&gpa) {
-                                continue;
-                            }
-                            let before = reference::translate(&mem, old, c.roots.0, n << 12, false, false, false);
-                            if before.is_ok_and(|f| f.global) && old.pge() {
-                                stale.insert(n, gpa);
-                            }
+                    let mut store = |mem: &mut FakeMemory, s: &mut ShadowState, at: u32, value: u64, len: u32| {
+                        if len == 8 {
+                            mem.set64(at, value);
+                        } else {
+                            mem.set32(at, entry::low_dword(value));
+                        }
+                        if s.is_page_table(GuestPhys(at)) {
+                            s.table_written(&mut mapper, GuestPhys(at), len);
+                        }
+                    };
+                    let len = if mach.pae { 8 } else { 4 };
+                    let (from, cr3) = if mach.pae {
+                        let pdpt = c.cr3 & !0x1f;
+                        let named = mem.get64(pdpt + 8 * slot);
+                        let new_pdpt = to * PAGE_SIZE + 0x20 * (8 + (slot + 1) % 4);
+                        for i in 0..4 {
+                            let e = mem.get64(pdpt + 8 * i);
+                            let e = if i == slot { e & !0xf_ffff_f000 | u64::from(to) << 12 } else { e };
+                            store(&mut mem, &mut s, new_pdpt + 8 * i, e, 8);
+                        }
+                        (u32::try_from(named >> 12 & 0xffff).unwrap_or(u32::MAX), new_pdpt)
+                    } else {
+                        (c.cr3 >> 12, to * PAGE_SIZE)
+                    };
+                    if from < FRAMES && from != to {
+                        for &index in &INDICES {
+                            let (src, dst) = (from * PAGE_SIZE + index * len, to * PAGE_SIZE + index * len);
+                            let value = if mach.pae { mem.get64(src) } else { u64::from(mem.get32(src)) };
+                            store(&mut mem, &mut s, dst, value, len);
                         }
                     }
+                    switch_cr3(&mem, &mut s, &mut mapper, &mut stale, cr3);
+                }
+                Op::Cr3 { frame, slot } => {
+                    switch_cr3(&mem, &mut s, &mut mapper, &mut stale, frame * PAGE_SIZE + 0x20 * (8 + slot));
                 }
                 Op::Invlpg { sel } => {
                     s.invlpg(&mut mapper, GuestLinear(mach.lin(sel)));

@@ -155,6 +155,21 @@ fn map_from(
     }
 }
 
+/// Whether the paging-structure entries at `a` and `b` hold the same value under `mode`
+/// (both readable).
+fn same_entry<M: GuestPhysMemory + ?Sized>(
+    mem: &M,
+    mode: PagingMode,
+    a: GuestPhys,
+    b: GuestPhys,
+) -> bool {
+    match mode {
+        PagingMode::Pae { .. } => mem.read_u64(a).is_some_and(|v| Some(v) == mem.read_u64(b)),
+        PagingMode::TwoLevel { .. } => mem.read_u32(a).is_some_and(|v| Some(v) == mem.read_u32(b)),
+        PagingMode::Off => false,
+    }
+}
+
 /// Whether `[a, a + alen)` and `[b, b + blen)` intersect.
 fn overlaps(a: u32, alen: u32, b: u32, blen: u32) -> bool {
     let (a, b) = (u64::from(a), u64::from(b));
@@ -887,22 +902,50 @@ impl ShadowState {
         let pge = self.ctx.pge();
         let mut stale = Vec::new();
         let mut relink = Vec::new();
-        let candidates: Box<dyn Iterator<Item = u32> + '_> = if pge {
-            Box::new(self.non_global.iter().copied())
-        } else {
-            Box::new(self.maps.keys().copied())
-        };
-        for n in candidates {
-            let Some(p) = self.maps.get(&n) else {
-                continue;
+        let mut repoint = Vec::new();
+        let mut last_pair = None;
+        // The non-global pages, looked up one by one when they are few beside the
+        // global ones (a kernel mapped global, a process's pages not), else in one pass
+        // over every mapping.
+        let candidates: Box<dyn Iterator<Item = (u32, &ShadowPage)> + '_> =
+            if pge && self.non_global.len() * 4 < self.maps.len() {
+                let maps = &self.maps;
+                Box::new(
+                    self.non_global
+                        .iter()
+                        .filter_map(move |&n| maps.get(&n).map(|p| (n, p))),
+                )
+            } else {
+                Box::new(
+                    self.maps
+                        .iter()
+                        .map(|(&n, p)| (n, p))
+                        .filter(move |(_, p)| !(pge && p.global)),
+                )
             };
+        for (n, p) in candidates {
             // Read through the same directory entry (a directory shared by both
             // address spaces, as page-table isolation's kernel half is): the same
             // translation, whose tables' every change was mediated.
-            if p.entries.pde.is_some()
-                && pde_address(&self.ctx, GuestLinear(page_addr(n))) == p.entries.pde
-            {
+            let pde = pde_address(&self.ctx, GuestLinear(page_addr(n)));
+            if p.entries.pde.is_some() && pde == p.entries.pde {
                 continue;
+            }
+            // Read through another directory entry that holds the same value (the
+            // kernel's half of a directory copied into each address space, as Linux's
+            // PAE directories are under page-table isolation): the same translation too,
+            // through the same lower tables; only what it depends on moves.
+            if let (Some(old), Some(new)) = (p.entries.pde, pde) {
+                // Neighbours share their entries: one comparison for each pair.
+                let same = match last_pair {
+                    Some((o, w, same)) if (o, w) == (old, new) => same,
+                    _ => same_entry(mem, self.ctx.mode, old, new),
+                };
+                last_pair = Some((old, new, same));
+                if same {
+                    repoint.push((n, new));
+                    continue;
+                }
             }
             let access = Access {
                 write: p.prot.write,
@@ -923,6 +966,7 @@ impl ShadowState {
             }
         }
         let mut touched = BTreeSet::new();
+        self.repoint(repoint, &mut touched);
         for (n, entries) in relink {
             if let Some(page) = self.unlink(n, &mut touched) {
                 self.link(n, ShadowPage { entries, ..page }, &mut touched);
@@ -933,6 +977,92 @@ impl ShadowState {
         }
         self.drop_pages(mapper, stale.clone());
         stale
+    }
+
+    /// Moves each mapping of `moves` (linear page, ascending, and the directory entry
+    /// it now depends on instead of its own, holding the same value) to that entry. A
+    /// directory whose every dependant moves to one fresh directory hands over its set
+    /// whole: a switch between address spaces that copy the kernel's directory costs a
+    /// pass over the moved pages instead of an unlink and a link each.
+    fn repoint(&mut self, moves: Vec<(u32, GuestPhys)>, touched: &mut BTreeSet<u32>) {
+        let (Some(&(first, _)), Some(&(last, _))) = (moves.first(), moves.last()) else {
+            return;
+        };
+        // (from, to) directory frames → the pages moved, and whether one of them has
+        // its PTE in either (a table that also holds a page's PTE stays its table).
+        let mut groups: HashMap<(u32, u32), (Vec<u32>, bool)> = HashMap::new();
+        let mut run: Option<((u32, u32), Vec<u32>, bool)> = None;
+        let mut next = moves.iter().peekable();
+        for (&n, page) in self.maps.range_mut(first..=last) {
+            let Some(&&(m, new)) = next.peek() else {
+                break;
+            };
+            if m != n {
+                continue;
+            }
+            next.next();
+            let Some(old) = page.entries.pde.replace(new) else {
+                continue;
+            };
+            let key = (page_no(old.0), page_no(new.0));
+            let entangled = page
+                .entries
+                .pte
+                .is_some_and(|e| page_no(e.0) == key.0 || page_no(e.0) == key.1);
+            match &mut run {
+                Some((k, pages, e)) if *k == key => {
+                    pages.push(n);
+                    *e |= entangled;
+                }
+                _ => {
+                    if let Some((k, pages, e)) = run.replace((key, vec![n], entangled)) {
+                        let group = groups.entry(k).or_default();
+                        group.0.extend(pages);
+                        group.1 |= e;
+                    }
+                }
+            }
+        }
+        if let Some((k, pages, e)) = run {
+            let group = groups.entry(k).or_default();
+            group.0.extend(pages);
+            group.1 |= e;
+        }
+        for ((from, to), (pages, entangled)) in groups {
+            let whole = !entangled
+                && !self.by_table.contains_key(&to)
+                && self
+                    .by_table
+                    .get(&from)
+                    .is_some_and(|s| s.len() == pages.len());
+            if whole {
+                if let Some(set) = self.by_table.remove(&from) {
+                    self.by_table.insert(to, set);
+                    touched.extend([from, to]);
+                }
+                continue;
+            }
+            // Sets rebuilt in bulk from sorted pages: thousands of pages move at once.
+            let keeps_from = |p: &ShadowPage| p.entries.pte.is_some_and(|e| page_no(e.0) == from);
+            let leaving: BTreeSet<u32> = pages
+                .iter()
+                .copied()
+                .filter(|n| !entangled || !self.maps.get(n).is_some_and(keeps_from))
+                .collect();
+            if let Some(set) = self.by_table.get_mut(&from) {
+                *set = set.difference(&leaving).copied().collect();
+                if set.is_empty() {
+                    self.by_table.remove(&from);
+                    touched.insert(from);
+                }
+            }
+            let mut arriving: BTreeSet<u32> = pages.into_iter().collect();
+            let users = self.by_table.entry(to).or_default();
+            if users.is_empty() {
+                touched.insert(to);
+            }
+            users.append(&mut arriving);
+        }
     }
 
     /// The frame holding `gpa` was scanned and patched: write-protect (and, if
@@ -1281,6 +1411,51 @@ mod tests {
         mapped(s.on_host_fault(&mut mem, &mut m, lin(0), HostAccess::Read, false));
         s.write_cr3(&mem, &mut m, PD2).unwrap();
         assert!(m.pages.is_empty());
+    }
+
+    #[test]
+    fn a_copied_directory_keeps_the_mappings_and_takes_their_mediation() {
+        let (mut mem, mut s, mut m) =
+            setup(|i| (i < 3).then_some((0x9000 + (i << 12)) | P | RW | A | D));
+        s.config.max_run_pages = 1;
+        for i in 0..3 {
+            mapped(s.on_host_fault(&mut mem, &mut m, lin(i), HostAccess::Write, false));
+        }
+        // Another address space whose directory is a copy: page-table isolation's
+        // kernel half, or any process's under PAE without a shared kernel directory.
+        const PD2: u32 = 0x3000;
+        mem.set32(PD2 + 4, mem.get32(PD + 4));
+        s.write_cr3(&mem, &mut m, PD2).unwrap();
+        for i in 0..3 {
+            assert_eq!(
+                m.at(lin(i).0),
+                Some((GuestPhys(0x9000 + (i << 12)), RW_PROT))
+            );
+            assert_eq!(
+                s.mapping(lin(i)).unwrap().entries.pde,
+                Some(GuestPhys(PD2 + 4))
+            );
+        }
+        assert!(s.is_page_table(GuestPhys(PD2)));
+        assert!(
+            !s.is_page_table(GuestPhys(PD)),
+            "nothing derives through it now"
+        );
+        assert_eq!(s.table_written(&mut m, GuestPhys(PD + 4), 4), 0);
+        // The new directory's entry is what the pages now depend on.
+        assert_eq!(s.table_written(&mut m, GuestPhys(PD2 + 4), 4), 3);
+        assert!(m.pages.is_empty());
+        // A copy that differs drops what it changes and keeps the rest.
+        s.write_cr3(&mem, &mut m, PD).unwrap();
+        for i in 0..3 {
+            mapped(s.on_host_fault(&mut mem, &mut m, lin(i), HostAccess::Write, false));
+        }
+        mem.set32(PD2 + 4, mem.get32(PD + 4) & !RW);
+        s.write_cr3(&mem, &mut m, PD2).unwrap();
+        assert!(
+            m.pages.is_empty(),
+            "another entry value: walked again, and dropped"
+        );
     }
 
     #[test]
