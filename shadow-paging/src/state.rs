@@ -1029,39 +1029,59 @@ impl ShadowState {
             group.1 |= e;
         }
         for ((from, to), (pages, entangled)) in groups {
-            let whole = !entangled
-                && !self.by_table.contains_key(&to)
-                && self
-                    .by_table
-                    .get(&from)
-                    .is_some_and(|s| s.len() == pages.len());
-            if whole {
-                if let Some(set) = self.by_table.remove(&from) {
-                    self.by_table.insert(to, set);
-                    touched.extend([from, to]);
-                }
-                continue;
-            }
-            // Sets rebuilt in bulk from sorted pages: thousands of pages move at once.
             let keeps_from = |p: &ShadowPage| p.entries.pte.is_some_and(|e| page_no(e.0) == from);
-            let leaving: BTreeSet<u32> = pages
+            let (leaving, kept): (Vec<u32>, Vec<u32>) = if entangled {
+                pages
+                    .iter()
+                    .partition(|&n| !self.maps.get(n).is_some_and(keeps_from))
+            } else {
+                (pages, Vec::new())
+            };
+            // The sets are split and joined by moving their smaller parts: the thousands
+            // of pages of a kernel's directory move whole, a few others stay or join.
+            let mut set = self.by_table.remove(&from).unwrap_or_default();
+            let mut goes = leaving.iter().peekable();
+            let stays: Vec<u32> = set
                 .iter()
                 .copied()
-                .filter(|n| !entangled || !self.maps.get(n).is_some_and(keeps_from))
+                .filter(|&n| {
+                    while goes.next_if(|&&m| m < n).is_some() {}
+                    goes.peek() != Some(&&n)
+                })
                 .collect();
-            if let Some(set) = self.by_table.get_mut(&from) {
-                *set = set.difference(&leaving).copied().collect();
-                if set.is_empty() {
-                    self.by_table.remove(&from);
-                    touched.insert(from);
+            let (mut moving, staying) = if stays.len() <= leaving.len() {
+                for n in &stays {
+                    set.remove(n);
+                }
+                if set.len() != leaving.len() {
+                    // Pages the set lacked (it holds every dependant): now it does.
+                    set.extend(&leaving);
+                }
+                (set, stays.into_iter().collect::<BTreeSet<u32>>())
+            } else {
+                for n in &leaving {
+                    set.remove(n);
+                }
+                (leaving.into_iter().collect(), set)
+            };
+            moving.extend(kept);
+            if staying.is_empty() {
+                touched.insert(from);
+            } else {
+                self.by_table.insert(from, staying);
+            }
+            match self.by_table.get_mut(&to) {
+                Some(users) if !users.is_empty() => {
+                    if users.len() < moving.len() {
+                        std::mem::swap(users, &mut moving);
+                    }
+                    users.extend(moving);
+                }
+                _ => {
+                    touched.insert(to);
+                    self.by_table.insert(to, moving);
                 }
             }
-            let mut arriving: BTreeSet<u32> = pages.into_iter().collect();
-            let users = self.by_table.entry(to).or_default();
-            if users.is_empty() {
-                touched.insert(to);
-            }
-            users.append(&mut arriving);
         }
     }
 

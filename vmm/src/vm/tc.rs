@@ -1080,13 +1080,24 @@ impl TranslationCache {
             };
             let before = list.len();
             let mut local = false;
+            // The reliants of one page mostly ask about the same page: the last answer
+            // first, then the map.
+            let mut last: Option<((u32, u64, bool), bool)> = None;
             list.retain(|r| {
                 let valid = (change == SpaceChange::Cr3 && r.global)
                     || change != SpaceChange::All
                         && r.pages.iter().all(|&(linear, phys)| {
-                            *known
-                                .entry((linear, phys, r.user))
-                                .or_insert_with(|| still_mapped(linear, phys, r.user))
+                            let page = (linear, phys, r.user);
+                            match last {
+                                Some((p, verdict)) if p == page => verdict,
+                                _ => {
+                                    let verdict = *known
+                                        .entry(page)
+                                        .or_insert_with(|| still_mapped(linear, phys, r.user));
+                                    last = Some((page, verdict));
+                                    verdict
+                                }
+                            }
                         });
                 if valid {
                     local |= !r.global;
