@@ -980,18 +980,18 @@ impl ShadowState {
     }
 
     /// Moves each mapping of `moves` (linear page, ascending, and the directory entry
-    /// it now depends on instead of its own, holding the same value) to that entry. A
-    /// directory whose every dependant moves to one fresh directory hands over its set
-    /// whole: a switch between address spaces that copy the kernel's directory costs a
-    /// pass over the moved pages instead of an unlink and a link each.
+    /// it now depends on instead of its own, holding the same value) to that entry. The
+    /// dependency sets of the two directories change by their smaller parts: a switch
+    /// between address spaces that copy the kernel's directory costs a pass over the
+    /// moved pages instead of an unlink and a link each.
     fn repoint(&mut self, moves: Vec<(u32, GuestPhys)>, touched: &mut BTreeSet<u32>) {
         let (Some(&(first, _)), Some(&(last, _))) = (moves.first(), moves.last()) else {
             return;
         };
-        // (from, to) directory frames → the pages moved, and whether one of them has
-        // its PTE in either (a table that also holds a page's PTE stays its table).
-        let mut groups: HashMap<(u32, u32), (Vec<u32>, bool)> = HashMap::new();
-        let mut run: Option<((u32, u32), Vec<u32>, bool)> = None;
+        // By (from, to) directory frames (a few, neighbours alike): the pages moved,
+        // ascending, and whether one of them has its PTE in either (a table that also
+        // holds a page's PTE stays its table).
+        let mut groups: Vec<((u32, u32), Vec<u32>, bool)> = Vec::new();
         let mut next = moves.iter().peekable();
         for (&n, page) in self.maps.range_mut(first..=last) {
             let Some(&&(m, new)) = next.peek() else {
@@ -1009,26 +1009,19 @@ impl ShadowState {
                 .entries
                 .pte
                 .is_some_and(|e| page_no(e.0) == key.0 || page_no(e.0) == key.1);
-            match &mut run {
-                Some((k, pages, e)) if *k == key => {
-                    pages.push(n);
-                    *e |= entangled;
+            let at = match groups.iter().rposition(|g| g.0 == key) {
+                Some(at) => at,
+                None => {
+                    groups.push((key, Vec::new(), false));
+                    groups.len() - 1
                 }
-                _ => {
-                    if let Some((k, pages, e)) = run.replace((key, vec![n], entangled)) {
-                        let group = groups.entry(k).or_default();
-                        group.0.extend(pages);
-                        group.1 |= e;
-                    }
-                }
+            };
+            if let Some((_, pages, e)) = groups.get_mut(at) {
+                pages.push(n);
+                *e |= entangled;
             }
         }
-        if let Some((k, pages, e)) = run {
-            let group = groups.entry(k).or_default();
-            group.0.extend(pages);
-            group.1 |= e;
-        }
-        for ((from, to), (pages, entangled)) in groups {
+        for ((from, to), pages, entangled) in groups {
             let keeps_from = |p: &ShadowPage| p.entries.pte.is_some_and(|e| page_no(e.0) == from);
             let (leaving, kept): (Vec<u32>, Vec<u32>) = if entangled {
                 pages
