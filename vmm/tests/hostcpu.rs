@@ -789,6 +789,95 @@ fn linear_space_validates_ranges() {
     assert_eq!(p, libc::MAP_FAILED);
 }
 
+/// The host mappings of `[start, end)` in this process, as `/proc/self/maps` shows
+/// them: (start, end, permissions).
+fn host_mappings(start: usize, end: usize) -> Vec<(usize, usize, String)> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    maps.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (a, b) = f.next()?.split_once('-')?;
+            let (a, b) = (
+                usize::from_str_radix(a, 16).ok()?,
+                usize::from_str_radix(b, 16).ok()?,
+            );
+            let perms = f.next()?.to_string();
+            (a < end && b > start).then_some((a, b, perms))
+        })
+        .collect()
+}
+
+#[test]
+fn linear_space_drops_to_prot_none_and_bounds_what_it_keeps() {
+    let (mut w, _cpu) = setup();
+    let world = w.as_mut().unwrap();
+    let lin = &mut world.lin;
+    let ram = &world.ram;
+    const BASE: u32 = 0x1000_0000;
+    ram.write_u32(GuestPhys(DATA), 0xaaaa_0001).unwrap();
+    ram.write_u32(GuestPhys(DATA + 0x1000), 0xbbbb_0002)
+        .unwrap();
+    let read = |at: u32| {
+        // SAFETY: callers read pages they just mapped readable in the reservation.
+        unsafe { std::ptr::read_volatile(at as usize as *const u32) }
+    };
+    // Dropped, mapped again with the same frame, then with another.
+    lin.map(GuestLinear(BASE), ram, GuestPhys(DATA), 0x1000, Prot::R)
+        .unwrap();
+    assert_eq!(read(BASE), 0xaaaa_0001);
+    lin.unmap(GuestLinear(BASE), 0x1000).unwrap();
+    assert!(!lin.is_mapped(GuestLinear(BASE)));
+    let none = |at: u32| {
+        host_mappings(at as usize, at as usize + 0x1000)
+            .iter()
+            .all(|(_, _, perms)| perms.starts_with("---"))
+    };
+    assert!(none(BASE), "a dropped page is inaccessible");
+    assert!(
+        matches!(
+            lin.protect(GuestLinear(BASE), 0x1000, Prot::R),
+            Err(MemoryError::NotMapped { .. })
+        ),
+        "a kept frame comes back only through map"
+    );
+    lin.map(GuestLinear(BASE), ram, GuestPhys(DATA), 0x1000, Prot::R)
+        .unwrap();
+    assert_eq!(read(BASE), 0xaaaa_0001);
+    lin.unmap(GuestLinear(BASE), 0x1000).unwrap();
+    lin.map(
+        GuestLinear(BASE),
+        ram,
+        GuestPhys(DATA + 0x1000),
+        0x1000,
+        Prot::R,
+    )
+    .unwrap();
+    assert_eq!(read(BASE), 0xbbbb_0002);
+    lin.unmap(GuestLinear(BASE), 0x1000).unwrap();
+    // Pages dropped one by one, each its own host mapping: past the limit they go back
+    // to the reservation, so the process stays far from vm.max_map_count.
+    const PAGES: u32 = 9000;
+    let page = |i: u32| GuestLinear(BASE + 0x2000 * i);
+    for i in 0..PAGES {
+        lin.map(page(i), ram, GuestPhys(DATA), 0x1000, Prot::R)
+            .unwrap();
+    }
+    let span = (BASE as usize, BASE as usize + 0x2000 * PAGES as usize);
+    assert!(host_mappings(span.0, span.1).len() >= PAGES as usize);
+    for i in 0..PAGES {
+        lin.unmap(page(i), 0x1000).unwrap();
+    }
+    let left = host_mappings(span.0, span.1);
+    assert!(
+        left.len() < PAGES as usize / 4,
+        "{} host mappings left",
+        left.len()
+    );
+    assert!(left.iter().all(|(_, _, perms)| perms.starts_with("---")));
+    // And still no hole.
+    assert!(left.first().unwrap().0 <= span.0 && left.last().unwrap().1 >= span.1);
+}
+
 #[test]
 fn signal_storm_anywhere_in_entry_and_exit_keeps_guest_state_exact() {
     let (w, mut cpu) = setup();
