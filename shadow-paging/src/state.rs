@@ -119,6 +119,40 @@ const MAX_DROP_GAP: u32 = 256;
 /// Most address spaces whose pages are remembered; past it the memory starts afresh.
 const WORKING_SETS: usize = 256;
 
+/// Most users of a table page looked at one by one when a write to it is mediated;
+/// past it, only those whose walk can have gone through the entries written. (Low in
+/// tests, so the property tests' small address spaces take the arithmetic path.)
+const SCANNED_USERS: usize = if cfg!(test) { 2 } else { 16 };
+
+/// The ranges of linear page numbers among `users` (the pages derived through one table
+/// page) that a walk takes through entry `first..=last` of that page: as a page table,
+/// pages with those low index bits in every page-table span that has users; as a page
+/// directory, the spans those entries cover in every directory span that has users.
+/// (PDPTEs are loaded at CR3 writes and never recorded as entries.)
+fn candidate_ranges(
+    users: &BTreeSet<u32>,
+    entry_size: u32,
+    first: u32,
+    last: u32,
+) -> Vec<(u32, u32)> {
+    // Index bits per level: 10 with 4-byte entries, 9 with 8-byte (PAE) ones.
+    let bits = if entry_size == 8 { 9 } else { 10 };
+    let mut ranges = Vec::new();
+    for shift in [0, bits] {
+        let span = shift + bits;
+        let mut from = 0u32;
+        while let Some(&n) = users.range(from..).next() {
+            let base = (n >> span) << span;
+            ranges.push((base + (first << shift), base + ((last + 1) << shift)));
+            match base.checked_add(1 << span) {
+                Some(next) => from = next,
+                None => break,
+            }
+        }
+    }
+    ranges
+}
+
 const fn page_no(addr: u32) -> u32 {
     addr >> 12
 }
@@ -647,19 +681,27 @@ impl ShadowState {
             return Vec::new();
         }
         let size = self.ctx.mode.entry_size();
-        let last = page_no(gpa.0.saturating_add(len - 1));
+        let end = gpa.0.saturating_add(len - 1);
         let mut stale = Vec::new();
-        for (_, users) in self.by_table.range(page_no(gpa.0)..=last) {
-            for n in users {
-                let hit = self
-                    .maps
+        for (&table, users) in self.by_table.range(page_no(gpa.0)..=page_no(end)) {
+            let derived = |n: &u32| {
+                self.maps
                     .get(n)
-                    .is_some_and(|p| p.entries.iter().any(|e| overlaps(e.0, size, gpa.0, len)));
-                if hit {
-                    stale.push(*n);
-                }
+                    .is_some_and(|p| p.entries.iter().any(|e| overlaps(e.0, size, gpa.0, len)))
+            };
+            if users.len() <= SCANNED_USERS {
+                stale.extend(users.iter().copied().filter(|n| derived(n)));
+                continue;
+            }
+            // The entries written, as indices into this table page.
+            let first = gpa.0.max(page_addr(table)) % PAGE_SIZE / size;
+            let last = end.min(page_addr(table) + (PAGE_SIZE - 1)) % PAGE_SIZE / size;
+            for (lo, hi) in candidate_ranges(users, size, first, last) {
+                stale.extend(users.range(lo..hi).copied().filter(|n| derived(n)));
             }
         }
+        stale.sort_unstable();
+        stale.dedup();
         stale
     }
 
@@ -1424,6 +1466,65 @@ mod tests {
         mapped(s.on_host_fault(&mut mem, &mut m, lin(0), HostAccess::Read, false));
         s.write_cr3(&mem, &mut m, PD2).unwrap();
         assert!(m.pages.is_empty());
+    }
+
+    #[test]
+    fn a_table_write_finds_its_pages_among_many_users() {
+        let (mut mem, mut s, mut m) =
+            setup(|i| (i < 64).then_some((0x1_0000 + (i << 12)) | P | RW | A | D));
+        // The same page table behind a second directory entry, and another table behind
+        // a third: the table and the directory each have well over SCANNED_USERS users.
+        const PT2: u32 = 0x6000;
+        mem.set32(PD + 12, PT | P | RW | US | A);
+        mem.set32(PD + 8, PT2 | P | RW | US | A);
+        for i in 0..64 {
+            mem.set32(PT2 + 4 * i, (0x6_0000 + (i << 12)) | P | RW | A | D);
+        }
+        let region = |pde: u32, i: u32| GuestLinear((pde << 22) + i * PAGE_SIZE);
+        for pde in 1..4 {
+            for i in 0..64 {
+                if s.mapping(region(pde, i)).is_none() {
+                    mapped(s.on_host_fault(
+                        &mut mem,
+                        &mut m,
+                        region(pde, i),
+                        HostAccess::Read,
+                        false,
+                    ));
+                }
+            }
+        }
+        assert_eq!(s.mappings().count(), 192);
+        // (the write, the pages it must drop): one PTE of the shared table, a write
+        // straddling two of its entries, a directory entry, the next table's first PTE.
+        let cases = [
+            ((PT + 4 * 5, 4), vec![region(1, 5), region(3, 5)]),
+            (
+                (PT + 4 * 9 + 2, 4),
+                vec![region(1, 9), region(3, 9), region(1, 10), region(3, 10)],
+            ),
+            ((PD + 8, 4), (0..64).map(|i| region(2, i)).collect()),
+            ((PT + 4 * 63, 8), vec![region(1, 63), region(3, 63)]),
+        ];
+        for ((gpa, len), gone) in cases {
+            let before = s.mappings().count();
+            assert_eq!(
+                s.table_written(&mut m, GuestPhys(gpa), len),
+                gone.len(),
+                "{gpa:#x}"
+            );
+            for g in &gone {
+                assert!(
+                    s.mapping(*g).is_none() && m.at(g.0).is_none(),
+                    "{gpa:#x}: {g:?} kept"
+                );
+            }
+            assert_eq!(
+                s.mappings().count(),
+                before - gone.len(),
+                "{gpa:#x}: others dropped"
+            );
+        }
     }
 
     #[test]
