@@ -51,6 +51,11 @@ pub struct HostSpace<'a> {
     pub exec_only: bool,
     /// The first host call that failed.
     pub error: Option<MemoryError>,
+    /// Linear ranges `[start, end)` unmapped but not yet carried out: a mapping made over
+    /// one in the same pass replaces it without the unmap (a PTE pointed at another
+    /// frame, a CR3 switch between spaces that map a page differently), the rest is
+    /// carried out by [`HostSpace::flush`] before the guest runs again.
+    pending: Vec<(u64, u64)>,
 }
 
 impl HostSpace<'_> {
@@ -65,19 +70,59 @@ impl HostSpace<'_> {
             self.error.get_or_insert(e);
         }
     }
+
+    /// Takes `[start, end)` out of the pending unmaps.
+    fn trim(&mut self, start: u64, end: u64) {
+        if self.pending.iter().all(|&(a, b)| b <= start || a >= end) {
+            return;
+        }
+        let mut kept = Vec::with_capacity(self.pending.len() + 1);
+        for &(a, b) in &self.pending {
+            if b <= start || a >= end {
+                kept.push((a, b));
+                continue;
+            }
+            if a < start {
+                kept.push((a, start));
+            }
+            if b > end {
+                kept.push((end, b));
+            }
+        }
+        self.pending = kept;
+    }
+
+    /// Carries out the pending unmaps.
+    pub fn flush(&mut self) {
+        for (start, end) in std::mem::take(&mut self.pending) {
+            // Ranges of the 4 GiB linear space the shadow state asked to unmap.
+            let (Ok(lin), Ok(len)) = (u32::try_from(start), u32::try_from(end - start)) else {
+                continue;
+            };
+            let r = self.space.unmap(GuestLinear(lin), len);
+            self.keep(r);
+        }
+    }
 }
 
 impl HostMapper for HostSpace<'_> {
     fn map(&mut self, lin: GuestLinear, gpa: GuestPhys, len: u32, prot: SpProt) {
+        let start = u64::from(lin.raw());
+        self.trim(start, start + u64::from(len));
         let prot = self.prot(prot);
         let r = self.space.map(lin, self.ram, gpa, len, prot);
         self.keep(r);
     }
     fn unmap(&mut self, lin: GuestLinear, len: u32) {
-        let r = self.space.unmap(lin, len);
-        self.keep(r);
+        let start = u64::from(lin.raw());
+        match self.pending.last_mut() {
+            Some((_, end)) if *end == start => *end += u64::from(len),
+            _ => self.pending.push((start, start + u64::from(len))),
+        }
     }
     fn protect(&mut self, lin: GuestLinear, len: u32, prot: SpProt) {
+        // Protections apply to what is mapped: the pending unmaps first.
+        self.flush();
         let prot = self.prot(prot);
         let r = self.space.protect(lin, len, prot);
         self.keep(r);
@@ -179,8 +224,10 @@ impl Paging {
             space,
             exec_only: self.exec_only,
             error: None,
+            pending: Vec::new(),
         };
         let out = f(&mut self.shadow, &mut host);
+        host.flush();
         (out, host.error)
     }
 
@@ -307,6 +354,7 @@ mod tests {
             space: &mut space,
             exec_only: true,
             error: None,
+            pending: Vec::new(),
         };
         assert_eq!(with_pku.prot(x), Prot::X);
         assert_eq!(with_pku.prot(SpProt::READ), Prot::R);
@@ -322,6 +370,7 @@ mod tests {
             space: &mut space,
             exec_only: false,
             error: None,
+            pending: Vec::new(),
         };
         host.map(GuestLinear(0x1000), GuestPhys(0x1000), 0x2000, SpProt::READ);
         assert!(host.error.is_none());
@@ -332,7 +381,22 @@ mod tests {
             SpProt::READ,
         );
         assert!(matches!(host.error, Some(MemoryError::BadPhysRange { .. })));
-        host.unmap(GuestLinear(0x1000), 0x2000);
+        host.error = None;
+        // Unmaps wait for the end of the pass; a mapping over one replaces it.
+        host.map(GuestLinear(0x4000), GuestPhys(0x4000), 0x4000, SpProt::READ);
+        host.unmap(GuestLinear(0x4000), 0x2000);
+        host.unmap(GuestLinear(0x6000), 0x2000);
+        assert!(host.space.is_mapped(GuestLinear(0x4000)), "not yet");
+        host.map(GuestLinear(0x5000), GuestPhys(0x9000), 0x2000, SpProt::READ);
+        host.flush();
+        let mapped: Vec<bool> = (4..8)
+            .map(|p| host.space.is_mapped(GuestLinear(p << 12)))
+            .collect();
+        assert_eq!(mapped, [false, true, true, false]);
+        assert!(host.error.is_none());
+        host.unmap(GuestLinear(0x1000), 0x7000);
+        host.flush();
+        assert!(!host.space.is_mapped(GuestLinear(0x5000)));
     }
 
     #[test]
