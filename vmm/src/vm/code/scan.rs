@@ -20,7 +20,7 @@
 //! ([`CodePages::scan_physical`]), so every linear alias of a frame shares one scan and
 //! one patch table entry; the shadow state (vm/shadow_backend.rs) owns their host protections.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet};
 
 use rewriter::{
     scan_page_after, Action, Class, CodeMemory, CodeMemoryMut, CodeSize, PageScan, PatchError,
