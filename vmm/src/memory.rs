@@ -528,22 +528,19 @@ impl Backing {
 
     fn set(&mut self, page: usize, frame: Option<u32>) {
         let dir = page >> 10;
+        if frame.is_none() && self.tables.get(dir).is_none_or(Option::is_none) {
+            // Nothing is recorded in that 4 MiB: nothing to clear.
+            return;
+        }
         if dir >= self.tables.len() {
-            if frame.is_none() {
-                return;
-            }
             self.tables.resize_with(dir + 1, || None);
         }
         let Some(slot) = self.tables.get_mut(dir) else {
             return;
         };
-        let table = match (slot, frame) {
-            (Some(t), _) => t,
-            (slot @ None, Some(_)) => slot.insert(Box::new([0; 1024])),
-            (None, None) => return,
-        };
-        if let Some(slot) = table.get_mut(page & 1023) {
-            *slot = frame.map_or(0, |f| f + 1);
+        let table = slot.get_or_insert_with(|| Box::new([0; 1024]));
+        if let Some(entry) = table.get_mut(page & 1023) {
+            *entry = frame.map_or(0, |f| f + 1);
         }
     }
 }
