@@ -726,8 +726,8 @@ fn run_command(mut args: RunArgs) -> ExitCode {
         let reasons: Vec<(&str, u64)> = vm
             .stats()
             .exits()
-            .iter()
-            .map(|(reason, count)| (reason.name(), *count))
+            .into_iter()
+            .map(|(reason, count)| (reason.name(), count))
             .collect();
         let sites = vm.stats().top_sites(PROFILE_TOP_SITES);
         if let Err(e) = write_svg(path, file, plot::profile_svg(&reasons, &sites)) {

@@ -56,6 +56,26 @@ pub enum ExitReason {
 }
 
 impl ExitReason {
+    /// Every reason, in declaration order (the order `--stats` prints them).
+    pub const ALL: [ExitReason; 16] = [
+        Self::RewriteTrap,
+        Self::Privileged,
+        Self::PortIo,
+        Self::Cpuid,
+        Self::SoftwareInterrupt,
+        Self::SyscallTrap,
+        Self::CodeFetch,
+        Self::CodeWrite,
+        Self::GuestPageFault,
+        Self::GuestException,
+        Self::Async,
+        Self::EmulatedAccess,
+        Self::HiddenPageFault,
+        Self::TableWrite,
+        Self::DescriptorWrite,
+        Self::TranslationExit,
+    ];
+
     /// The name `--stats` prints.
     pub fn name(self) -> &'static str {
         match self {
@@ -135,15 +155,20 @@ pub struct SiteCount {
     pub count: u64,
 }
 
-/// Counters of one VM run.
+/// Counters of one VM run. Every exit counts here, so counting stays cheap: arrays
+/// indexed by reason and mechanism, and sites hashed by address and the class name's
+/// pointer (class names are static strings) rather than by the name's bytes.
 #[derive(Debug, Default)]
 pub struct Stats {
-    exits: BTreeMap<ExitReason, u64>,
-    mechanisms: BTreeMap<ExitMechanism, u64>,
+    /// By `ExitReason as usize`.
+    exits: [u64; ExitReason::ALL.len()],
+    /// By `ExitMechanism as usize`.
+    mechanisms: [u64; ExitMechanism::ALL.len()],
     /// The mechanism of the host exit being handled, until an exit is counted for it.
     arrived: Option<ExitMechanism>,
-    /// Exits by site and class (one address may exit for several reasons).
-    sites: HashMap<(GuestLinear, &'static str), u64>,
+    /// Exits by site and class (one address may exit for several reasons). Two copies
+    /// of one name at different addresses make two entries, merged when read.
+    sites: HashMap<(GuestLinear, usize), (&'static str, u64)>,
 }
 
 impl Stats {
@@ -157,41 +182,50 @@ impl Stats {
     /// ([`Stats::host_exit`]); an exit without one of its own counts as
     /// [`ExitMechanism::NoHostExit`]. The mechanisms therefore add up to the total.
     pub fn exit(&mut self, reason: ExitReason) {
-        *self.exits.entry(reason).or_default() += 1;
+        self.exits[reason as usize] += 1;
         let mechanism = self.arrived.take().unwrap_or(ExitMechanism::NoHostExit);
-        *self.mechanisms.entry(mechanism).or_default() += 1;
+        self.mechanisms[mechanism as usize] += 1;
     }
 
     /// Counts one exit at a site of the given class.
     pub fn site(&mut self, address: GuestLinear, class: &'static str) {
-        *self.sites.entry((address, class)).or_default() += 1;
+        let key = (address, class.as_ptr() as usize);
+        self.sites.entry(key).or_insert((class, 0)).1 += 1;
     }
 
     /// Total exits.
     pub fn total(&self) -> u64 {
-        self.exits.values().sum()
+        self.exits.iter().sum()
     }
 
-    /// Exits per reason.
-    pub fn exits(&self) -> &BTreeMap<ExitReason, u64> {
-        &self.exits
+    /// Exits per reason, for the reasons that had any.
+    pub fn exits(&self) -> BTreeMap<ExitReason, u64> {
+        ExitReason::ALL
+            .into_iter()
+            .map(|r| (r, self.exits[r as usize]))
+            .filter(|(_, count)| *count > 0)
+            .collect()
     }
 
     /// Exits through `mechanism`.
     pub fn by_mechanism(&self, mechanism: ExitMechanism) -> u64 {
-        self.mechanisms.get(&mechanism).copied().unwrap_or(0)
+        self.mechanisms[mechanism as usize]
     }
 
     /// The `n` sites with the most exits, most first (ties by address).
     pub fn top_sites(&self, n: usize) -> Vec<SiteCount> {
-        let mut v: Vec<_> = self.sites.iter().collect();
-        v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let mut all: HashMap<(GuestLinear, &'static str), u64> = HashMap::default();
+        for ((addr, _), (class, count)) in &self.sites {
+            *all.entry((*addr, *class)).or_default() += count;
+        }
+        let mut v: Vec<_> = all.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         v.into_iter()
             .take(n)
             .map(|((addr, class), count)| SiteCount {
                 address: addr.to_string(),
                 class,
-                count: *count,
+                count,
             })
             .collect()
     }
@@ -200,7 +234,7 @@ impl Stats {
     pub fn render(&self, extra: &[(&str, u64)], top: usize) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "exits by reason");
-        for (reason, count) in &self.exits {
+        for (reason, count) in self.exits() {
             let _ = writeln!(s, "  {:<28}{count:>12}", reason.name());
         }
         let _ = writeln!(s, "  {:<28}{:>12}", "total", self.total());
@@ -231,7 +265,11 @@ impl Stats {
 
     /// The same as JSON.
     pub fn to_json(&self, extra: &[(&str, u64)], top: usize) -> serde_json::Value {
-        let exits: BTreeMap<&str, u64> = self.exits.iter().map(|(r, c)| (r.name(), *c)).collect();
+        let exits: BTreeMap<&str, u64> = self
+            .exits()
+            .into_iter()
+            .map(|(r, c)| (r.name(), c))
+            .collect();
         let mechanisms: BTreeMap<&str, u64> = ExitMechanism::ALL
             .iter()
             .map(|m| (m.name(), self.by_mechanism(*m)))
@@ -270,6 +308,42 @@ mod tests {
         assert!(text.contains("pages_scanned"));
         let json = s.to_json(&[], 10);
         assert_eq!(json["exits"]["privileged"], 4 - 3);
+    }
+
+    #[test]
+    fn every_reason_counts_under_its_own_name() {
+        let mut s = Stats::default();
+        for (i, reason) in ExitReason::ALL.into_iter().enumerate() {
+            for _ in 0..=i {
+                s.exit(reason);
+            }
+        }
+        let exits = s.exits();
+        assert_eq!(exits.len(), ExitReason::ALL.len());
+        for (i, reason) in ExitReason::ALL.into_iter().enumerate() {
+            assert_eq!(exits[&reason], i as u64 + 1, "{}", reason.name());
+        }
+        // Names are unique, so the JSON keeps every reason.
+        let json = s.to_json(&[], 0);
+        assert_eq!(
+            json["exits"].as_object().map(|o| o.len()),
+            Some(ExitReason::ALL.len())
+        );
+        assert_eq!(json["exits"]["translation_exit"], 16);
+    }
+
+    #[test]
+    fn one_site_and_class_is_one_entry_whatever_copy_of_the_name() {
+        let mut s = Stats::default();
+        // The same name from another allocation: the bytes decide, not the pointer.
+        let other: &'static str = String::from("pushf").leak();
+        s.site(GuestLinear(0x1000), "pushf");
+        s.site(GuestLinear(0x1000), other);
+        s.site(GuestLinear(0x1000), "popf");
+        let top = s.top_sites(10);
+        assert_eq!(top.len(), 2);
+        assert_eq!((top[0].class, top[0].count), ("pushf", 2));
+        assert_eq!((top[1].class, top[1].count), ("popf", 1));
     }
 
     fn host_exit(kind: HostExitKind, signo: i32) -> HostExit {
