@@ -122,8 +122,14 @@ struct Entry {
 /// Maps port ranges to devices.
 #[derive(Default)]
 pub struct PortBus {
-    /// Keyed by base port; ranges never overlap.
-    ranges: BTreeMap<u16, Entry>,
+    /// Index into `entries` keyed by base port; ranges never overlap.
+    ranges: BTreeMap<u16, usize>,
+    /// The devices with their base ports, in insertion order.
+    entries: Vec<(u16, Entry)>,
+    /// Per port, 1 + the index into `entries` of the device claiming it, 0 for none:
+    /// every IN and OUT finds its device with one load (empty until a device is
+    /// inserted).
+    by_port: Vec<u16>,
     stats: BTreeMap<u16, PortStats>,
     invalid_size_accesses: u64,
 }
@@ -133,7 +139,7 @@ impl fmt::Debug for PortBus {
         let ranges: Vec<_> = self
             .ranges
             .iter()
-            .map(|(base, e)| format!("{base:#06x}+{:#x}", e.len))
+            .map(|(base, &i)| format!("{base:#06x}+{:#x}", self.entries[i].1.len))
             .collect();
         f.debug_struct("PortBus")
             .field("ranges", &ranges)
@@ -177,31 +183,44 @@ impl PortBus {
         let end = u32::from(base) + u32::from(len);
         // The only candidates are the last range starting at or before the new end.
         let last = u16::try_from(end - 1).unwrap_or(u16::MAX);
-        if let Some((&eb, e)) = self.ranges.range(..=last).next_back() {
-            if u32::from(eb) + u32::from(e.len) > u32::from(base) {
+        if let Some((&eb, &i)) = self.ranges.range(..=last).next_back() {
+            let existing_len = self.entries[i].1.len;
+            if u32::from(eb) + u32::from(existing_len) > u32::from(base) {
                 return Err(BusError::Overlap {
                     base,
                     len,
                     existing_base: eb,
-                    existing_len: e.len,
+                    existing_len,
                 });
             }
         }
-        self.ranges.insert(
+        let Ok(tag) = u16::try_from(self.entries.len() + 1) else {
+            // Every port claimed by a device of its own is 65,536 entries: one more
+            // cannot be told apart, and cannot fit without overlapping.
+            return Err(BusError::InvalidRange { base, len });
+        };
+        self.ranges.insert(base, self.entries.len());
+        self.entries.push((
             base,
             Entry {
                 len,
                 device,
                 accesses: std::cell::Cell::new(0),
             },
-        );
+        ));
+        if self.by_port.is_empty() {
+            self.by_port = vec![0; PORT_SPACE as usize];
+        }
+        let start = usize::from(base);
+        self.by_port[start..start + usize::from(len)].fill(tag);
         Ok(())
     }
 
     /// The device claiming `port`, with its base.
     fn find(&self, port: u16) -> Option<(u16, &Entry)> {
-        let (&base, e) = self.ranges.range(..=port).next_back()?;
-        (u32::from(port) < u32::from(base) + u32::from(e.len)).then_some((base, e))
+        let tag = *self.by_port.get(usize::from(port))?;
+        let (base, e) = self.entries.get(usize::from(tag).checked_sub(1)?)?;
+        Some((*base, e))
     }
 
     /// Handles `IN` of `size` bytes (1, 2 or 4) from `port`.
@@ -297,9 +316,10 @@ impl PortBus {
 
     /// Guest accesses per device range, as `(base, length, accesses)`.
     pub fn device_accesses(&self) -> impl Iterator<Item = (u16, u16, u64)> + '_ {
-        self.ranges
-            .iter()
-            .map(|(&base, e)| (base, e.len, e.accesses.get()))
+        self.ranges.iter().map(|(&base, &i)| {
+            let e = &self.entries[i].1;
+            (base, e.len, e.accesses.get())
+        })
     }
 
     /// Accesses to unclaimed ports, per port (ports never touched are absent).
