@@ -149,10 +149,14 @@ pub fn deliver(
     event: Event,
 ) -> Result<Effects, DeliveryError> {
     let mut current = event;
-    let mut history = Vec::new();
+    // The events tried, described only if they end in a triple fault: a delivery is
+    // on every interrupt's and exception's path, so nothing is allocated.
+    let mut history = [event; MAX_TRIED + 1];
+    let mut tried = 0;
     let mut switched = Effects::NONE;
     loop {
-        history.push(describe(&current));
+        history[tried] = current;
+        tried += 1;
         let f = match deliver_once(state, bus, &current) {
             Ok(e) => return Ok(switched.merge(e)),
             Err(Fail::Error(e)) => return Err(e),
@@ -169,10 +173,11 @@ pub fn deliver(
             (Class::Contributory, Class::Contributory)
                 | (Class::PageFault, Class::Contributory | Class::PageFault)
         );
-        if first == Class::DoubleFault || history.len() > 8 {
-            history.push(describe(&Event::Exception(f)));
+        if first == Class::DoubleFault || tried >= MAX_TRIED {
+            history[tried] = Event::Exception(f);
+            let described: Vec<String> = history[..=tried].iter().map(describe).collect();
             return Err(DeliveryError::TripleFault {
-                description: history.join(" -> "),
+                description: described.join(" -> "),
             });
         }
         current = if escalate {
@@ -182,6 +187,10 @@ pub fn deliver(
         };
     }
 }
+
+/// Events one delivery tries before it gives up as a triple fault: past the double
+/// fault's escalation, only a guest whose handlers keep faulting benignly gets here.
+const MAX_TRIED: usize = 9;
 
 fn describe(e: &Event) -> String {
     match e {
@@ -285,7 +294,13 @@ fn deliver_once(
     if target > new_cs.limit {
         return Err(Fault::gp(ext).into());
     }
-    let mut frame = Vec::with_capacity(6);
+    // SS, ESP, EFLAGS, CS, EIP and an error code at most.
+    let mut frame = [0u32; 6];
+    let mut len = 0;
+    let mut push = |v: u32| {
+        frame[len] = v;
+        len += 1;
+    };
     let old_ss = *state.sreg(SegReg::Ss);
     let old_esp = state.gpr[gpr::ESP];
     let user = new_cpl == 3;
@@ -306,30 +321,31 @@ fn deliver_once(
         }
         let mut cache = Segment::from_descriptor(ss_sel, &ssd);
         cache.typ |= TYPE_ACCESSED;
-        frame.push(u32::from(old_ss.selector));
-        frame.push(old_esp);
+        push(u32::from(old_ss.selector));
+        push(old_esp);
         effects = effects.merge(Effects::segment(SegReg::Ss));
         effects.cpl_changed = true;
         (cache, Some((ss_ref, ss_code)), esp)
     } else {
         (old_ss, None, old_esp)
     };
-    frame.push(state.eflags);
-    frame.push(u32::from(state.sreg(SegReg::Cs).selector));
-    frame.push(return_eip);
+    push(state.eflags);
+    push(u32::from(state.sreg(SegReg::Cs).selector));
+    push(return_eip);
     if let Some(code) = error_code {
-        frame.push(code);
+        push(code);
     }
+    let frame = &mut frame[..len];
     let stack_fault = match ss_ref {
         Some((_, code)) => Fault::ss(code),
         None => Fault::ss(ext),
     };
     if size == 2 {
-        for v in &mut frame {
+        for v in frame.iter_mut() {
             *v &= 0xffff;
         }
     }
-    let new_esp = push_frame(bus, &ss_cache, esp, &frame, size, user, stack_fault)?;
+    let new_esp = push_frame(bus, &ss_cache, esp, frame, size, user, stack_fault)?;
     set_accessed(bus, &cs_ref)?;
     if let Some((r, _)) = ss_ref {
         set_accessed(bus, &r)?;

@@ -50,16 +50,17 @@ pub fn push_frame(
     if !ss.present {
         return Err(fault);
     }
-    let mut slots = Vec::with_capacity(values.len());
-    for v in values {
+    // Every slot is checked against the limit before the first is written.
+    for _ in values {
         new_esp = adjust_sp(new_esp, size.wrapping_neg(), big);
-        let off = sp_offset(new_esp, big);
-        if !ss.contains(off, size) {
+        if !ss.contains(sp_offset(new_esp, big), size) {
             return Err(fault);
         }
-        slots.push((GuestLinear(ss.base.wrapping_add(off)), *v));
     }
-    for (addr, v) in slots {
+    let mut at = esp;
+    for v in values {
+        at = adjust_sp(at, size.wrapping_neg(), big);
+        let addr = GuestLinear(ss.base.wrapping_add(sp_offset(at, big)));
         let bytes = v.to_le_bytes();
         bus.write_linear(addr, slot(&bytes, size)?, user)?;
     }
