@@ -45,12 +45,25 @@ pub struct Access {
     pub write: bool,
 }
 
+/// Whether DR7 enables any data breakpoint: what every entry asks, without building
+/// the list [`enabled`] gives.
+pub fn any_enabled(dr: &[u32; 8]) -> bool {
+    let dr7 = dr[7];
+    (0..4).any(|slot| slot_watches_data(dr7, slot))
+}
+
+/// Slot `slot` is enabled (L or G) with R/W = 01 (writes) or 11 (reads and writes).
+fn slot_watches_data(dr7: u32, slot: usize) -> bool {
+    let on = dr7 & (0b11 << (2 * slot)) != 0;
+    let rw = (dr7 >> (16 + 4 * slot)) & 0b11;
+    on && (rw == 0b01 || rw == 0b11)
+}
+
 /// The data breakpoints DR7 enables over addresses `dr[0..4]`.
 pub fn enabled(dr: &[u32; 8]) -> Vec<DataBreakpoint> {
     let dr7 = dr[7];
     (0..4)
         .filter_map(|slot| {
-            let on = dr7 & (0b11 << (2 * slot)) != 0;
             let rw = (dr7 >> (16 + 4 * slot)) & 0b11;
             let len = match (dr7 >> (18 + 4 * slot)) & 0b11 {
                 0b00 => 1,
@@ -58,7 +71,7 @@ pub fn enabled(dr: &[u32; 8]) -> Vec<DataBreakpoint> {
                 0b10 => 8,
                 _ => 4,
             };
-            (on && (rw == 0b01 || rw == 0b11)).then(|| DataBreakpoint {
+            slot_watches_data(dr7, slot).then(|| DataBreakpoint {
                 slot,
                 start: dr.get(slot).copied().unwrap_or(0) & !(len - 1),
                 len,
@@ -199,6 +212,9 @@ impl Vm {
     /// With the guest's data breakpoints enabled: them and the accesses of the
     /// instruction at EIP.
     pub(super) fn guest_watch(&self) -> Option<Watched> {
+        if !any_enabled(&self.cpu.state.dr) {
+            return None;
+        }
         let breakpoints = enabled(&self.cpu.state.dr);
         (!breakpoints.is_empty()).then(|| Watched {
             breakpoints,

@@ -463,7 +463,7 @@ impl Vm {
             single: self.cpu.step.is_some()
                 || s.eflags & eflags::TF != 0
                 || fpu_once
-                || !data_breakpoints::enabled(&s.dr).is_empty(),
+                || data_breakpoints::any_enabled(&s.dr),
             paging: self.mem.paging.enabled(),
             segment_loads: self.mem.paging.enabled() && s.protected() && !s.v86(),
             phys: phys.page().raw(),
