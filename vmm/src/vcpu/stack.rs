@@ -29,6 +29,29 @@ const fn sp_offset(esp: u32, big: bool) -> u32 {
     }
 }
 
+/// The largest frame handled as one access: nine 4-byte slots (an IRET to
+/// virtual-8086 mode) and then some.
+const FRAME_BYTES: usize = 64;
+
+/// `count` slots of `size` bytes from the stack pointer `low` upwards, as a slice of
+/// `buf`, when they lie at consecutive offsets (SP does not wrap inside the frame) and
+/// fit in `buf`.
+fn contiguous(
+    buf: &mut [u8; FRAME_BYTES],
+    low: u32,
+    count: usize,
+    size: u32,
+    big: bool,
+) -> Option<&mut [u8]> {
+    let total = u32::try_from(count).ok()?.checked_mul(size)?;
+    let first = u64::from(sp_offset(low, big));
+    let end = if big { 1u64 << 32 } else { 1 << 16 };
+    if size == 0 || first + u64::from(total) > end {
+        return None;
+    }
+    buf.get_mut(..total as usize)
+}
+
 /// Pushes `values` (first value at the highest address, as successive PUSHes would) of
 /// `size` bytes each on the stack `ss`:`esp`; returns the new ESP. `fault` is what a
 /// segment-limit violation raises (#SS(0) for an instruction, #SS(selector + EXT) for a
@@ -56,6 +79,18 @@ pub fn push_frame(
         if !ss.contains(sp_offset(new_esp, big), size) {
             return Err(fault);
         }
+    }
+    // A frame that does not wrap around the stack's offsets is one write (one page
+    // walk, not one per slot); its first value is at the highest address.
+    let mut frame = [0u8; FRAME_BYTES];
+    if let Some(bytes) = contiguous(&mut frame, new_esp, values.len(), size, big) {
+        let n = size as usize;
+        for (chunk, v) in bytes.chunks_exact_mut(n).rev().zip(values) {
+            chunk.copy_from_slice(slot(&v.to_le_bytes(), size)?);
+        }
+        let addr = GuestLinear(ss.base.wrapping_add(sp_offset(new_esp, big)));
+        bus.write_linear(addr, bytes, user)?;
+        return Ok(new_esp);
     }
     let mut at = esp;
     for v in values {
@@ -111,6 +146,25 @@ pub fn peek_frame_into(
     let big = ss.db;
     if !ss.present {
         return Err(fault);
+    }
+    let mut frame = [0u8; FRAME_BYTES];
+    if let Some(bytes) = contiguous(&mut frame, esp, out.len(), size, big) {
+        // Every slot is inside SS before the frame is read, in one access.
+        let mut sp = esp;
+        for _ in 0..out.len() {
+            if !ss.contains(sp_offset(sp, big), size) {
+                return Err(fault);
+            }
+            sp = adjust_sp(sp, size, big);
+        }
+        let addr = GuestLinear(ss.base.wrapping_add(sp_offset(esp, big)));
+        bus.read_linear(addr, bytes, user)?;
+        for (value, chunk) in out.iter_mut().zip(bytes.chunks_exact(size as usize)) {
+            let mut b = [0u8; 4];
+            slot_mut(&mut b, size)?.copy_from_slice(chunk);
+            *value = u32::from_le_bytes(b);
+        }
+        return Ok(());
     }
     let mut sp = esp;
     for value in out {
