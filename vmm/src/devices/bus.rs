@@ -139,7 +139,10 @@ impl fmt::Debug for PortBus {
         let ranges: Vec<_> = self
             .ranges
             .iter()
-            .map(|(base, &i)| format!("{base:#06x}+{:#x}", self.entries[i].1.len))
+            .filter_map(|(base, &i)| {
+                let (_, e) = self.entries.get(i)?;
+                Some(format!("{base:#06x}+{:#x}", e.len))
+            })
             .collect();
         f.debug_struct("PortBus")
             .field("ranges", &ranges)
@@ -183,8 +186,9 @@ impl PortBus {
         let end = u32::from(base) + u32::from(len);
         // The only candidates are the last range starting at or before the new end.
         let last = u16::try_from(end - 1).unwrap_or(u16::MAX);
-        if let Some((&eb, &i)) = self.ranges.range(..=last).next_back() {
-            let existing_len = self.entries[i].1.len;
+        let before = self.ranges.range(..=last).next_back();
+        if let Some((&eb, (_, e))) = before.and_then(|(b, &i)| Some((b, self.entries.get(i)?))) {
+            let existing_len = e.len;
             if u32::from(eb) + u32::from(existing_len) > u32::from(base) {
                 return Err(BusError::Overlap {
                     base,
@@ -212,7 +216,9 @@ impl PortBus {
             self.by_port = vec![0; PORT_SPACE as usize];
         }
         let start = usize::from(base);
-        self.by_port[start..start + usize::from(len)].fill(tag);
+        if let Some(ports) = self.by_port.get_mut(start..start + usize::from(len)) {
+            ports.fill(tag);
+        }
         Ok(())
     }
 
@@ -316,9 +322,9 @@ impl PortBus {
 
     /// Guest accesses per device range, as `(base, length, accesses)`.
     pub fn device_accesses(&self) -> impl Iterator<Item = (u16, u16, u64)> + '_ {
-        self.ranges.iter().map(|(&base, &i)| {
-            let e = &self.entries[i].1;
-            (base, e.len, e.accesses.get())
+        self.ranges.iter().filter_map(|(&base, &i)| {
+            let (_, e) = self.entries.get(i)?;
+            Some((base, e.len, e.accesses.get()))
         })
     }
 

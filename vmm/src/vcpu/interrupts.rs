@@ -155,7 +155,9 @@ pub fn deliver(
     let mut tried = 0;
     let mut switched = Effects::NONE;
     loop {
-        history[tried] = current;
+        if let Some(h) = history.get_mut(tried) {
+            *h = current;
+        }
         tried += 1;
         let f = match deliver_once(state, bus, &current) {
             Ok(e) => return Ok(switched.merge(e)),
@@ -174,8 +176,11 @@ pub fn deliver(
                 | (Class::PageFault, Class::Contributory | Class::PageFault)
         );
         if first == Class::DoubleFault || tried >= MAX_TRIED {
-            history[tried] = Event::Exception(f);
-            let described: Vec<String> = history[..=tried].iter().map(describe).collect();
+            if let Some(h) = history.get_mut(tried) {
+                *h = Event::Exception(f);
+            }
+            let tried = history.get(..=tried).unwrap_or(&history);
+            let described: Vec<String> = tried.iter().map(describe).collect();
             return Err(DeliveryError::TripleFault {
                 description: described.join(" -> "),
             });
@@ -298,8 +303,10 @@ fn deliver_once(
     let mut frame = [0u32; 6];
     let mut len = 0;
     let mut push = |v: u32| {
-        frame[len] = v;
-        len += 1;
+        if let Some(slot) = frame.get_mut(len) {
+            *slot = v;
+            len += 1;
+        }
     };
     let old_ss = *state.sreg(SegReg::Ss);
     let old_esp = state.gpr[gpr::ESP];
@@ -335,7 +342,7 @@ fn deliver_once(
     if let Some(code) = error_code {
         push(code);
     }
-    let frame = &mut frame[..len];
+    let frame = frame.get_mut(..len).unwrap_or_default();
     let stack_fault = match ss_ref {
         Some((_, code)) => Fault::ss(code),
         None => Fault::ss(ext),

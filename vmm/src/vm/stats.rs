@@ -182,9 +182,13 @@ impl Stats {
     /// ([`Stats::host_exit`]); an exit without one of its own counts as
     /// [`ExitMechanism::NoHostExit`]. The mechanisms therefore add up to the total.
     pub fn exit(&mut self, reason: ExitReason) {
-        self.exits[reason as usize] += 1;
+        if let Some(count) = self.exits.get_mut(reason as usize) {
+            *count += 1;
+        }
         let mechanism = self.arrived.take().unwrap_or(ExitMechanism::NoHostExit);
-        self.mechanisms[mechanism as usize] += 1;
+        if let Some(count) = self.mechanisms.get_mut(mechanism as usize) {
+            *count += 1;
+        }
     }
 
     /// Counts one exit at a site of the given class.
@@ -202,14 +206,17 @@ impl Stats {
     pub fn exits(&self) -> BTreeMap<ExitReason, u64> {
         ExitReason::ALL
             .into_iter()
-            .map(|r| (r, self.exits[r as usize]))
+            .map(|r| (r, self.exits.get(r as usize).copied().unwrap_or(0)))
             .filter(|(_, count)| *count > 0)
             .collect()
     }
 
     /// Exits through `mechanism`.
     pub fn by_mechanism(&self, mechanism: ExitMechanism) -> u64 {
-        self.mechanisms[mechanism as usize]
+        self.mechanisms
+            .get(mechanism as usize)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The `n` sites with the most exits, most first (ties by address).
