@@ -201,6 +201,81 @@ static void test_repeated_divide_error(void)
 	}
 }
 
+/* Each of these is one BOUND site, run again and again: a site that keeps raising #BR may
+ * be translated behind a check of its bounds, which must raise the same #BR, at the
+ * BOUND, exactly for the indices outside the bounds. Gives whether exactly one #BR came
+ * from the BOUND. */
+static volatile s32 bounds_pair[2];
+
+/* Index in EAX, the bounds through DS. */
+static __attribute__((noinline)) bool bound_eax(s32 index, s32 lower, s32 upper)
+{
+	bounds_pair[0] = lower;
+	bounds_pair[1] = upper;
+	catch_begin(BR_VECTOR);
+	asm volatile(FAULT_ASM("boundl %%eax, bounds_pair") : : "a"(index) : "memory");
+	return catch_end(BR_VECTOR, 0);
+}
+
+/* Index in ECX, the bounds at [EBX]. */
+static __attribute__((noinline)) bool bound_ecx(s32 index, s32 lower, s32 upper)
+{
+	bounds_pair[0] = lower;
+	bounds_pair[1] = upper;
+	catch_begin(BR_VECTOR);
+	asm volatile(FAULT_ASM("boundl %%ecx, (%%ebx)")
+		     :
+		     : "c"(index), "b"(bounds_pair)
+		     : "memory");
+	return catch_end(BR_VECTOR, 0);
+}
+
+/* Index in EDX, the bounds on the stack (through SS). */
+static __attribute__((noinline)) bool bound_edx(s32 index, s32 lower, s32 upper)
+{
+	catch_begin(BR_VECTOR);
+	asm volatile("pushl %2\n\tpushl %1\n\t" FAULT_ASM("boundl %%edx, (%%esp)") "addl $8, %%esp"
+		     :
+		     : "d"(index), "r"(lower), "r"(upper)
+		     : "memory");
+	return catch_end(BR_VECTOR, 0);
+}
+
+static void test_repeated_bound_range(void)
+{
+	bool (*const sites[])(s32, s32, s32) = { bound_eax, bound_ecx, bound_edx };
+	static const char *const names[] = { "BOUND EAX, [mem]", "BOUND ECX, [EBX]",
+					     "BOUND EDX, [ESP]" };
+	/* Bounds and indices where the halves of the distances differ and agree, and where
+	 * signed and unsigned order disagree. */
+	static const s32 cases[][3] = {
+		{ 0, 9, 5 },	     { 0, 9, 10 },	    { 0, 9, -1 },
+		{ -100, 100, -5 },   { -100, 100, 0x7fffffff }, { -100, 100, (s32)0x80000000 },
+		{ 1, 0x10000, 0x10000 }, { 1, 0x10000, 0x10001 }, { 0x12345, 0x20000, 0x12344 },
+		{ (s32)0x80000000, 0x7fffffff, 0 }, { (s32)0x80000000, -1, 0 },
+		{ 7, 7, 7 },
+	};
+	const u32 n = sizeof(cases) / sizeof(cases[0]);
+	for (u32 s = 0; s < 3; s++) {
+		u32 faults = 0, expected = 0, right = 0, rounds = 0;
+		for (u32 pass = 0; pass < 4; pass++) {
+			for (u32 c = 0; c < n; c++) {
+				s32 lower = cases[c][0], upper = cases[c][1], index = cases[c][2];
+				bool outside = index < lower || index > upper;
+				bool faulted = sites[s](index, lower, upper);
+				faults += faulted;
+				expected += outside;
+				right += faulted == outside;
+				rounds++;
+			}
+		}
+		report(right == rounds && faults == expected,
+		       "#BR from the same %s %u times among BOUNDs in range: each at the BOUND, "
+		       "exactly for the indices outside (%u of %u right)",
+		       names[s], expected, right, rounds);
+	}
+}
+
 static void test_irq(void)
 {
 	report_prefix_push("irq");
@@ -343,6 +418,7 @@ int main(u32 magic, const void *mbi)
 	test_faults();
 	report_prefix_push("cpl0");
 	test_repeated_divide_error();
+	test_repeated_bound_range();
 	report_prefix_pop();
 	test_irq();
 	test_user();

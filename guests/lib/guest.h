@@ -53,6 +53,7 @@ typedef _Bool bool;
 #define DE_VECTOR 0
 #define DB_VECTOR 1
 #define BP_VECTOR 3
+#define BR_VECTOR 5
 #define UD_VECTOR 6
 #define NP_VECTOR 11
 #define GP_VECTOR 13

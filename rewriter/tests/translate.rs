@@ -429,18 +429,19 @@ fn config() -> impl Strategy<Value = TranslateConfig> {
         )
 }
 
-/// Guest code whose divisions are all translated behind a divisor check, or none.
-struct Divides<'a> {
+/// Guest code whose divisions and BOUNDs are all translated behind their check (of the
+/// divisor, of the bounds), or none.
+struct Checked<'a> {
     pages: &'a GuestPages,
     checked: bool,
 }
 
-impl CodeReader for Divides<'_> {
+impl CodeReader for Checked<'_> {
     fn fetch(&self, linear: u32, buf: &mut [u8]) -> Option<u64> {
         self.pages.fetch(linear, buf)
     }
 
-    fn divide_checked(&self, _phys: u64) -> bool {
+    fn fault_checked(&self, _phys: u64) -> bool {
         self.checked
     }
 }
@@ -568,7 +569,7 @@ proptest! {
     ) {
         let p = placed(bitness, start, bytes, second);
         let entry = p.eip + u32::try_from(entry % p.bytes.len()).unwrap();
-        let reader = Divides { pages: &p.pages, checked };
+        let reader = Checked { pages: &p.pages, checked };
         match translate_block(&reader, entry, p.cs, TC, &cfg) {
             Ok(block) => check_block(&block, &cfg)?,
             // The entry or a straddle into it lies in the unmapped second page.

@@ -57,10 +57,11 @@ pub trait CodeReader {
         false
     }
 
-    /// Whether the DIV or IDIV at guest-physical `phys` is translated behind a check
-    /// of its divisor ([`ExitKind::DivideError`]): it kept raising #DE, which each
+    /// Whether the DIV, IDIV or BOUND at guest-physical `phys` is translated behind an
+    /// inline check of what makes it fault, its divisor ([`ExitKind::DivideError`]) or
+    /// its bounds ([`ExitKind::BoundRange`]): it kept raising #DE or #BR, which each
     /// cost a host signal.
-    fn divide_checked(&self, phys: u64) -> bool {
+    fn fault_checked(&self, phys: u64) -> bool {
         let _ = phys;
         false
     }
@@ -79,8 +80,8 @@ impl<R: CodeReader + ?Sized> CodeReader for &R {
         (**self).mediated(phys)
     }
 
-    fn divide_checked(&self, phys: u64) -> bool {
-        (**self).divide_checked(phys)
+    fn fault_checked(&self, phys: u64) -> bool {
+        (**self).fault_checked(phys)
     }
 }
 
@@ -182,7 +183,7 @@ pub(crate) struct DecodedBlock {
     /// exit instruction included (as a guest EIP).
     pub guest_end: u32,
     /// The guest EIPs of the DIV and IDIV instructions in `ident` to translate behind a
-    /// divisor check ([`CodeReader::divide_checked`]).
+    /// divisor check ([`CodeReader::fault_checked`]).
     pub checked: Vec<u32>,
     /// The instruction an [`End::Exit`] for one instruction leaves at.
     pub exit_instruction: Option<Instruction>,
@@ -299,7 +300,10 @@ pub(crate) fn decode_block(
                 kind: ExitKind::Mediated,
             };
         }
-        if matches!(instr.mnemonic(), Mnemonic::Div | Mnemonic::Idiv) && reader.divide_checked(here)
+        if matches!(
+            instr.mnemonic(),
+            Mnemonic::Div | Mnemonic::Idiv | Mnemonic::Bound
+        ) && reader.fault_checked(here)
         {
             checked.push(at);
         }

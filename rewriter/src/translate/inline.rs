@@ -107,6 +107,43 @@
 //! instruction raises first) and changes no flag. An IDIV whose quotient overflows still
 //! faults natively.
 //!
+//! ```text
+//! BOUND r32, m32&32 with a check of its bounds (a site that kept raising #BR):
+//!         mov  [seg:SLOT_ECX], ecx
+//!         mov  [seg:SLOT_EDX], edx
+//!         lea  ecx, m                            ; the bounds' offset
+//!         mov  [seg:T0], ecx
+//!         mov  edx, s:[ecx]                      ; lower (s: the operand's segment)
+//!         not  edx
+//!         lea  ecx, [r + edx + 1]                ; d = r - lower (r from its slot if
+//!         mov  [seg:T1], ecx                     ;     it is ECX or EDX)
+//!         mov  ecx, [seg:T0]
+//!         mov  ecx, s:[ecx + 4]                  ; upper
+//!         lea  ecx, [ecx + edx + 1]              ; w = upper - lower
+//!         mov  [seg:T0], ecx
+//!         movzx ecx, word [seg:T0 + 2]           ; w and d compared unsigned, high
+//!         movzx edx, word [seg:T1 + 2]           ; halves first: x = w.hi - d.hi
+//!         not  edx
+//!         lea  ecx, [ecx + edx + 1]
+//!         jecxz low
+//!         mov  [seg:T2], ecx                     ; x's sign: its top byte
+//!         movzx ecx, byte [seg:T2 + 3]
+//!         jecxz in
+//!         jmp  out
+//! low:    <the same for the low halves>
+//!         jecxz in
+//! out:    <reload ECX, EDX>
+//!         <exit BoundRange>                      ; the monitor raises #BR there
+//! in:     <reload ECX, EDX>
+//!         bound r, m                             ; the guest's instruction
+//! ```
+//!
+//! With lower <= upper, r lies in the bounds exactly when d <= w as unsigned numbers, so
+//! an exit is a #BR the BOUND raises. When lower > upper (no index is inside) the check
+//! may let an index through, and the BOUND faults natively, as before the check. The
+//! bounds are read as the instruction reads them (a fault there is its own) and no flag
+//! changes.
+//!
 //! A null selector needs no check (DS, ES, FS and GS take it at any privilege); the
 //! reload record names the one other selector the monitor has checked for the current
 //! privilege level, whose descriptor it watches for writes and whose mirror is installed
@@ -122,9 +159,9 @@ use iced_x86::{
 use super::emit::{build, Emitter, Meta};
 use super::side::{ExitKind, GuestEip, Origin};
 use super::{
-    stub, Refusal, StackSize, TranslateConfig, SLOT_CONTROL, SLOT_EAX, SLOT_ECX, SLOT_EDX, SLOT_ID,
-    SLOT_LOADED, SLOT_NULL_SELECTOR, SLOT_PENDING, SLOT_RELOADS, SLOT_RELOAD_HITS, SLOT_SELECTORS,
-    SLOT_VBITS, SLOT_VIF,
+    stub, Refusal, StackSize, TranslateConfig, SLOT_CHECK, SLOT_CONTROL, SLOT_EAX, SLOT_ECX,
+    SLOT_EDX, SLOT_ID, SLOT_LOADED, SLOT_NULL_SELECTOR, SLOT_PENDING, SLOT_RELOADS,
+    SLOT_RELOAD_HITS, SLOT_SELECTORS, SLOT_VBITS, SLOT_VIF,
 };
 
 /// Emits the inline form of `guest`, a CLI or STI.
@@ -758,6 +795,156 @@ pub(crate) fn divide_check(em: &mut Emitter, guest: &Instruction) -> Result<bool
     Ok(true)
 }
 
+/// Emits `guest`, a DIV, IDIV or BOUND, behind the check of what makes it fault:
+/// [`divide_check`] or [`bound_check`]. `false`, with nothing emitted, when the form has
+/// no check.
+pub(crate) fn fault_check(em: &mut Emitter, guest: &Instruction) -> Result<bool, Refusal> {
+    if guest.mnemonic() == iced_x86::Mnemonic::Bound {
+        bound_check(em, guest)
+    } else {
+        divide_check(em, guest)
+    }
+}
+
+/// Emits `guest`, a 32-bit BOUND, behind a check that leaves for the monitor with
+/// [`ExitKind::BoundRange`] when its index lies outside its bounds (module docs).
+/// `false`, with nothing emitted, for a form the check does not read as the instruction
+/// does (16-bit operands, a segment other than DS, ES and SS, 16-bit addressing) or one
+/// that does not encode back: the caller emits it as it is.
+pub(crate) fn bound_check(em: &mut Emitter, guest: &Instruction) -> Result<bool, Refusal> {
+    if guest.code() != Code::Bound_r32_m3232
+        || guest.op1_kind() != OpKind::Memory
+        || !read_as_is(guest)
+        || !reencodes(guest)
+    {
+        return Ok(false);
+    }
+    let eip = u32::try_from(guest.ip()).unwrap_or(0);
+    let before = |restore, can_fault| Meta::expansion(GuestEip::At(eip), restore, can_fault);
+    let checking = before(true, false);
+    let (t0, t1, t2) = (SLOT_CHECK, SLOT_CHECK + 4, SLOT_CHECK + 8);
+    let mov_to = |em: &Emitter, slot: u32, reg: Register| {
+        build!(with2, Code::Mov_rm32_r32, em.slot(slot), reg)
+    };
+    let mov_from = |em: &Emitter, reg: Register, slot: u32| {
+        build!(with2, Code::Mov_r32_rm32, reg, em.slot(slot))
+    };
+    // ECX = ECX + EDX + 1: with EDX = NOT b, a - b without touching the flags.
+    let minus = |a: Register, out: Register| {
+        build!(
+            with2,
+            Code::Lea_r32_m,
+            out,
+            MemoryOperand::new(a, Register::EDX, 1, 1, 1, false, Register::None)
+        )
+    };
+    spill_scratch(em, before(false, false))?;
+    // The bounds' offset, as the instruction computes it (guest registers intact).
+    let bounds = guest_operand(guest);
+    let offset = MemoryOperand::new(
+        bounds.base,
+        bounds.index,
+        bounds.scale,
+        bounds.displacement,
+        bounds.displ_size,
+        false,
+        Register::None,
+    );
+    em.emit(
+        &build!(with2, Code::Lea_r32_m, Register::ECX, offset)?,
+        checking,
+    )?;
+    em.emit(&mov_to(em, t0, Register::ECX)?, checking)?;
+    let segment = guest.memory_segment();
+    let at = |displacement: i64| {
+        MemoryOperand::new(
+            Register::ECX,
+            Register::None,
+            1,
+            displacement,
+            1,
+            false,
+            segment,
+        )
+    };
+    em.emit(
+        &build!(with2, Code::Mov_r32_rm32, Register::EDX, at(0))?,
+        before(true, true),
+    )?;
+    em.emit(&build!(with1, Code::Not_rm32, Register::EDX)?, checking)?;
+    // d = r - lower, with the guest's r (its slot when the check took its register).
+    let index = guest.op0_register();
+    let r = match index {
+        Register::ECX | Register::EDX => {
+            let slot = if index == Register::ECX {
+                SLOT_ECX
+            } else {
+                SLOT_EDX
+            };
+            em.emit(&mov_from(em, Register::ECX, slot)?, checking)?;
+            Register::ECX
+        }
+        other => other,
+    };
+    em.emit(&minus(r, Register::ECX)?, checking)?;
+    em.emit(&mov_to(em, t1, Register::ECX)?, checking)?;
+    // w = upper - lower.
+    em.emit(&mov_from(em, Register::ECX, t0)?, checking)?;
+    em.emit(
+        &build!(with2, Code::Mov_r32_rm32, Register::ECX, at(4))?,
+        before(true, true),
+    )?;
+    em.emit(&minus(Register::ECX, Register::ECX)?, checking)?;
+    em.emit(&mov_to(em, t0, Register::ECX)?, checking)?;
+    // One half of w minus the same half of d, in ECX, and its sign's byte tested: the
+    // branch is taken when the difference is not negative.
+    let half = |em: &mut Emitter, at: u32| -> Result<(), Refusal> {
+        em.emit(
+            &build!(with2, Code::Movzx_r32_rm16, Register::ECX, em.slot(t0 + at))?,
+            checking,
+        )?;
+        em.emit(
+            &build!(with2, Code::Movzx_r32_rm16, Register::EDX, em.slot(t1 + at))?,
+            checking,
+        )?;
+        em.emit(&build!(with1, Code::Not_rm32, Register::EDX)?, checking)?;
+        em.emit(&minus(Register::ECX, Register::ECX)?, checking)
+    };
+    let sign = |em: &mut Emitter| -> Result<(), Refusal> {
+        em.emit(&mov_to(em, t2, Register::ECX)?, checking)?;
+        em.emit(
+            &build!(with2, Code::Movzx_r32_rm8, Register::ECX, em.slot(t2 + 3))?,
+            checking,
+        )
+    };
+    half(em, 2)?;
+    let high_equal = em.branch_forward(Code::Jecxz_rel8_32, checking)?;
+    sign(em)?;
+    let in_high = em.branch_forward(Code::Jecxz_rel8_32, checking)?;
+    let out_high = em.branch_forward(Code::Jmp_rel8_32, checking)?;
+    em.bind(high_equal)?;
+    half(em, 0)?;
+    sign(em)?;
+    let in_low = em.branch_forward(Code::Jecxz_rel8_32, checking)?;
+    em.bind(out_high)?;
+    let reload = [
+        mov_from(em, Register::ECX, SLOT_ECX)?,
+        mov_from(em, Register::EDX, SLOT_EDX)?,
+    ];
+    emit_all(em, &reload, checking)?;
+    stub::exit_at(em, ExitKind::BoundRange, GuestEip::At(eip), guest)?;
+    em.bind(in_high)?;
+    em.bind(in_low)?;
+    emit_all(em, &reload, checking)?;
+    if !em.ident(guest)? {
+        return Err(Refusal::Encode {
+            what: format!("{:?}", guest.code()),
+            reason: "encoded once, not twice".to_string(),
+        });
+    }
+    Ok(true)
+}
+
 /// Whether `instr` encodes in 32-bit code to bytes that decode back to it.
 fn reencodes(instr: &Instruction) -> bool {
     let mut encoder = Encoder::new(32);
@@ -926,7 +1113,7 @@ mod tests {
         ));
     }
 
-    /// Code whose every DIV and IDIV is to be checked.
+    /// Code whose every DIV, IDIV and BOUND is to be checked.
     struct Checking(crate::translate::GuestPages);
 
     impl crate::translate::CodeReader for Checking {
@@ -934,8 +1121,233 @@ mod tests {
             self.0.fetch(linear, buf)
         }
 
-        fn divide_checked(&self, _phys: u64) -> bool {
+        fn fault_checked(&self, _phys: u64) -> bool {
             true
+        }
+    }
+
+    /// What a checked BOUND's translation decides, run on a model of the CPU that knows
+    /// the instructions a check may contain: `Some(true)` when it reaches the BOUND,
+    /// `Some(false)` when it leaves through the gate, `None` on anything else.
+    fn run_bound_check(
+        block: &crate::translate::Block,
+        cfg: &TranslateConfig,
+        regs: &mut [u32; 8],
+        guest: &std::collections::HashMap<u32, u8>,
+    ) -> Option<bool> {
+        use iced_x86::Mnemonic;
+        let scratch = cfg.scratch.segment.register();
+        let mut slots = vec![0u8; 4096];
+        let code = disasm(block);
+        let reg = |r: Register| r.full_register32().number() - Register::EAX.number();
+        let addr = |i: &Instruction, regs: &[u32; 8]| {
+            let base = match i.memory_base() {
+                Register::None => 0,
+                b => regs[reg(b)],
+            };
+            let index = match i.memory_index() {
+                Register::None => 0,
+                x => regs[reg(x)].wrapping_mul(i.memory_index_scale()),
+            };
+            base.wrapping_add(index)
+                .wrapping_add(i.memory_displacement32())
+        };
+        // From the block's entry (past the lookup entry's reload of ECX and EDX).
+        let mut pc = code
+            .iter()
+            .position(|t| t.ip() == u64::from(block.entry()))?;
+        for _ in 0..200 {
+            let i = code.get(pc)?;
+            let mem = |i: &Instruction| i.memory_segment() == scratch;
+            let load = |i: &Instruction, regs: &[u32; 8], slots: &[u8], n: usize| -> u32 {
+                let a = addr(i, regs);
+                (0..n)
+                    .map(|k| {
+                        let at = a.wrapping_add(u32::try_from(k).unwrap());
+                        let b = if mem(i) {
+                            slots[(at as usize) % 4096]
+                        } else {
+                            guest.get(&at).copied().unwrap_or(0)
+                        };
+                        u32::from(b) << (8 * k)
+                    })
+                    .fold(0, |x, y| x | y)
+            };
+            match i.mnemonic() {
+                Mnemonic::Bound => return Some(true),
+                Mnemonic::Jmp if i.op0_kind() == OpKind::Memory => return Some(false),
+                Mnemonic::Mov if i.op0_kind() == OpKind::Memory => {
+                    assert!(mem(i), "a check writes only its slots: {i}");
+                    let a = addr(i, regs) as usize;
+                    let v = regs[reg(i.op1_register())].to_le_bytes();
+                    slots[a % 4096..a % 4096 + 4].copy_from_slice(&v);
+                }
+                Mnemonic::Mov => regs[reg(i.op0_register())] = load(i, regs, &slots, 4),
+                Mnemonic::Movzx => {
+                    let n = if i.code() == Code::Movzx_r32_rm8 {
+                        1
+                    } else {
+                        2
+                    };
+                    regs[reg(i.op0_register())] = load(i, regs, &slots, n);
+                }
+                Mnemonic::Lea => regs[reg(i.op0_register())] = addr(i, regs),
+                Mnemonic::Not => regs[reg(i.op0_register())] ^= u32::MAX,
+                Mnemonic::Jecxz | Mnemonic::Jmp => {
+                    if i.mnemonic() == Mnemonic::Jmp || regs[1] == 0 {
+                        pc = code.iter().position(|t| t.ip() == i.near_branch_target())?;
+                        continue;
+                    }
+                }
+                _ => return None,
+            }
+            pc += 1;
+        }
+        None
+    }
+
+    #[test]
+    fn checked_bounds_exit_exactly_for_an_index_outside_them() {
+        use crate::translate::testing::{EIP, TC};
+        use crate::translate::{translate_block, CodeSegment, GuestPages};
+        let cfg = TranslateConfig::default();
+        // bound eax, [ebx+8]; bound ecx, [ecx]; bound edx, [esp+4]; bound esi, fs:[0]; ret
+        let bytes = [
+            0x62, 0x43, 0x08, 0x62, 0x09, 0x62, 0x54, 0x24, 0x04, 0x64, 0x62, 0x35, 0, 0, 0, 0,
+            0xC3,
+        ];
+        let code = Checking(GuestPages::flat(EIP, &bytes));
+        let block = translate_block(&code, EIP, CodeSegment::FLAT32, TC, &cfg).unwrap();
+        let start = u64::from(block.tc_address);
+        validate(
+            &block.bytes,
+            block.tc_address,
+            &Rules::new(&cfg, start..start + 4096),
+        )
+        .unwrap();
+        let all = disasm(&block);
+        // No flag changes: the guest's flags are live across a BOUND.
+        for i in all
+            .iter()
+            .filter(|i| i.mnemonic() != iced_x86::Mnemonic::Bound)
+        {
+            assert_eq!(i.rflags_modified(), 0, "{i} writes flags");
+        }
+        let exits: Vec<GuestEip> = block
+            .side
+            .exits
+            .iter()
+            .filter(|e| e.kind == ExitKind::BoundRange)
+            .map(|e| e.guest)
+            .collect();
+        // The FS-relative BOUND is left as it is.
+        assert_eq!(exits, [EIP, EIP + 3, EIP + 5].map(GuestEip::At).to_vec());
+        let bounds = all
+            .iter()
+            .filter(|i| i.mnemonic() == iced_x86::Mnemonic::Bound)
+            .count();
+        assert_eq!(bounds, 4);
+        // Each check reads the two bounds, where the BOUND's own fault would come from.
+        let reads = block
+            .side
+            .entries
+            .iter()
+            .filter(|e| e.origin == Origin::Expansion && e.can_fault && e.restore_scratch)
+            .filter(|e| matches!(e.guest, GuestEip::At(at) if at < EIP + 9))
+            .count();
+        assert_eq!(reads, 6);
+
+        // The first check's decisions, run: an exit exactly when EAX is outside
+        // [lower, upper]; with lower > upper every index is outside, and the check may
+        // let one through to the BOUND, which then faults natively.
+        let first = translate_block(
+            &Checking(GuestPages::flat(EIP, &bytes[..3])),
+            EIP,
+            CodeSegment::FLAT32,
+            TC,
+            &cfg,
+        )
+        .unwrap();
+        let values: [i32; 12] = [
+            i32::MIN,
+            i32::MIN + 1,
+            -65536,
+            -65535,
+            -1,
+            0,
+            1,
+            65535,
+            65536,
+            0x1234_5678,
+            -0x1234_5678,
+            i32::MAX,
+        ];
+        for lower in values {
+            for upper in values {
+                let mut guest = std::collections::HashMap::new();
+                for (k, b) in lower.to_le_bytes().into_iter().enumerate() {
+                    guest.insert(0x5008 + u32::try_from(k).unwrap(), b);
+                }
+                for (k, b) in upper.to_le_bytes().into_iter().enumerate() {
+                    guest.insert(0x500c + u32::try_from(k).unwrap(), b);
+                }
+                for r in values.into_iter().chain([lower, upper]) {
+                    let mut regs = [0u32; 8];
+                    regs[0] = r.cast_unsigned();
+                    regs[3] = 0x5000;
+                    let inside = lower <= r && r <= upper;
+                    let ran = run_bound_check(&first, &cfg, &mut regs, &guest);
+                    if lower <= upper {
+                        assert_eq!(ran, Some(inside), "r {r} in [{lower}, {upper}]");
+                    } else {
+                        assert!(ran.is_some(), "r {r} in [{lower}, {upper}]");
+                    }
+                    assert_eq!(
+                        (regs[0], regs[3]),
+                        (r.cast_unsigned(), 0x5000),
+                        "guest registers kept"
+                    );
+                }
+            }
+        }
+        // The index in a scratch register (ECX, EDX) is read from its slot; an operand
+        // based on ESP reads through SS as the BOUND does.
+        let second = |at: usize, len: usize| {
+            translate_block(
+                &Checking(GuestPages::flat(EIP, &bytes[at..at + len])),
+                EIP,
+                CodeSegment::FLAT32,
+                TC,
+                &cfg,
+            )
+            .unwrap()
+        };
+        let (ecx_form, edx_form) = (second(3, 2), second(5, 4));
+        for (lower, upper, inside) in [(0x4000, 0x6000, true), (0x5001, 0x6000, false)] {
+            let mut guest = std::collections::HashMap::new();
+            for (k, b) in [lower, upper]
+                .iter()
+                .flat_map(|v: &u32| v.to_le_bytes())
+                .enumerate()
+            {
+                guest.insert(0x5000 + u32::try_from(k).unwrap(), b);
+                guest.insert(0x6004 + u32::try_from(k).unwrap(), b);
+            }
+            let mut regs = [0u32; 8];
+            regs[1] = 0x5000;
+            assert_eq!(
+                run_bound_check(&ecx_form, &cfg, &mut regs, &guest),
+                Some(inside)
+            );
+            assert_eq!(regs[1], 0x5000);
+            let mut regs = [0u32; 8];
+            regs[2] = 0x5000;
+            regs[4] = 0x6000;
+            assert_eq!(
+                run_bound_check(&edx_form, &cfg, &mut regs, &guest),
+                Some(inside)
+            );
+            assert_eq!((regs[2], regs[4]), (0x5000, 0x6000));
         }
     }
 

@@ -129,8 +129,10 @@ pub const SLOT_RELOAD_HITS: u32 = 120;
 /// Offset of the guest's CR0, CR2, CR3 and CR4 (a dword each), kept by the monitor:
 /// reads of them at CPL 0 read these ([`TranslateConfig::inline_if`]).
 pub const SLOT_CONTROL: u32 = 124;
+/// Offset of three dwords an inline BOUND check works in (the distances it compares).
+pub const SLOT_CHECK: u32 = 140;
 /// Size of the scratch area.
-pub const SCRATCH_LEN: u32 = 140;
+pub const SCRATCH_LEN: u32 = 152;
 
 /// How translated code enters the monitor's gate (ARCHITECTURE §5b).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -383,7 +385,7 @@ pub fn translate_block(
             side_exits.push((side_exit_jump(&mut em, instr, code)?, target));
             continue;
         }
-        if decoded.checked.contains(&eip_of(instr)) && inline::divide_check(&mut em, instr)? {
+        if decoded.checked.contains(&eip_of(instr)) && inline::fault_check(&mut em, instr)? {
             continue;
         }
         if !em.ident(instr)? {

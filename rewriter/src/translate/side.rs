@@ -117,9 +117,13 @@ pub enum ExitKind {
     InterruptDue,
     /// A DIV or IDIV translated with a divisor check found its divisor zero: the monitor
     /// raises #DE at it (the guest is at the instruction). Sites that kept faulting get
-    /// the check ([`super::CodeReader::divide_checked`]), so the fault costs an exit
+    /// the check ([`super::CodeReader::fault_checked`]), so the fault costs an exit
     /// through the gate rather than a host signal.
     DivideError,
+    /// A BOUND translated with a check of its bounds found its index outside them: the
+    /// monitor raises #BR at it (the guest is at the instruction). As for
+    /// [`Self::DivideError`], only sites that kept faulting get the check.
+    BoundRange,
     /// PAUSE, while several vCPUs share the thread ([`super::TranslateConfig::exit_pause`]):
     /// the guest spins on something another vCPU holds, so the monitor runs another
     /// vCPU, as pause-loop exiting does on hardware. The guest is at the PAUSE.

@@ -484,18 +484,18 @@ mod tests {
     #[test]
     fn segment_accesses_are_confined_to_the_table_and_the_slots() {
         assert_eq!(kind(&[0x2E, 0x8B, 0x00]), ViolationKind::CodeSegmentAccess);
-        // mov eax, gs:[scratch base + 140]: past the slots.
-        assert_eq!(
-            kind(&[0x65, 0xA1, 0x8C, 0xE0, 0xFF, 0xFF]),
-            ViolationKind::ScratchAccess
-        );
-        // mov eax, gs:[scratch base + 138]: straddles the end.
-        assert_eq!(
-            kind(&[0x65, 0xA1, 0x8A, 0xE0, 0xFF, 0xFF]),
-            ViolationKind::ScratchAccess
-        );
-        // mov eax, gs:[scratch base + 136]: the last dword of the slots.
-        check_bytes(&[0x65, 0xA1, 0x88, 0xE0, 0xFF, 0xFF]).unwrap();
+        // mov eax, gs:[scratch base + offset]
+        let load = |offset: u32| {
+            let mut bytes = vec![0x65, 0xA1];
+            bytes.extend_from_slice(&0xFFFF_E000u32.wrapping_add(offset).to_le_bytes());
+            bytes
+        };
+        // Past the slots.
+        assert_eq!(kind(&load(SCRATCH_LEN)), ViolationKind::ScratchAccess);
+        // Straddling the end.
+        assert_eq!(kind(&load(SCRATCH_LEN - 2)), ViolationKind::ScratchAccess);
+        // The last dword of the slots.
+        check_bytes(&load(SCRATCH_LEN - 4)).unwrap();
         // mov eax, gs:[eax]
         assert_eq!(kind(&[0x65, 0x8B, 0x00]), ViolationKind::ScratchAccess);
         // mov eax, gs:[scratch base + 12]: the exit slot.

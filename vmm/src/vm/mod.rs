@@ -637,12 +637,16 @@ impl Vm {
             self.cpu.take_exit(&exit, entry_eip);
             let step = match tc_exit {
                 Ok(translate::TcExit::Guest) => {
-                    if let hostcpu::HostExitKind::Fault {
-                        vector: crate::x86::Exception::DE,
-                        ..
-                    } = exit.kind
-                    {
-                        self.tc_divide_fault();
+                    if let hostcpu::HostExitKind::Fault { vector, .. } = exit.kind {
+                        match vector {
+                            crate::x86::Exception::DE => {
+                                self.tc_checkable_fault(translate::CheckedFault::Divide)
+                            }
+                            crate::x86::Exception::BR => {
+                                self.tc_checkable_fault(translate::CheckedFault::Bound)
+                            }
+                            _ => {}
+                        }
                     }
                     self.handle(&exit)
                 }

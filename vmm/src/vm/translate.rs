@@ -114,7 +114,7 @@ pub struct Translation {
     /// Instructions retranslated to perform their page-table writes in the monitor.
     mediated: MediatedSites,
     /// Divisions retranslated behind a check of their divisor.
-    divides: DivideSites,
+    checks: FaultSites,
     /// The loads of data segment registers translated code may perform inline.
     pub reloads: Reloads,
 }
@@ -135,7 +135,7 @@ impl Translation {
             bounce: None,
             bounced_writes: Vec::new(),
             mediated: MediatedSites::default(),
-            divides: DivideSites::default(),
+            checks: FaultSites::default(),
             reloads: Reloads::default(),
         })
     }
@@ -155,8 +155,8 @@ struct Reader<'a> {
     user: bool,
     /// Guest-physical addresses of the instructions the monitor performs.
     mediated: &'a MediatedSites,
-    /// And of the divisions translated behind a divisor check.
-    divides: &'a DivideSites,
+    /// And of the divisions and BOUNDs translated behind a check.
+    checks: &'a FaultSites,
 }
 
 impl Reader<'_> {
@@ -184,31 +184,49 @@ impl CodeReader for Reader<'_> {
         u32::try_from(phys).is_ok_and(|p| self.mediated.marked.contains_key(&p))
     }
 
-    fn divide_checked(&self, phys: u64) -> bool {
-        u32::try_from(phys).is_ok_and(|p| self.divides.checked.contains(&p))
+    fn fault_checked(&self, phys: u64) -> bool {
+        u32::try_from(phys).is_ok_and(|p| self.checks.checked.contains_key(&p))
     }
 }
 
-/// Adaptive retranslation of divisions by zero (ARCHITECTURE §5b): a DIV or IDIV that
-/// keeps raising #DE costs a host signal each time; after [`DIVIDE_AFTER`] of them it is
-/// translated behind an inline check of its divisor, which leaves through the gate for
-/// the monitor to raise the #DE. The check costs a few instructions where the divisor is
-/// not zero, so a site keeps it.
+/// Adaptive retranslation of instructions that keep faulting (ARCHITECTURE §5b): a DIV
+/// or IDIV that keeps raising #DE, or a BOUND that keeps raising #BR, costs a host signal
+/// each time; after [`CHECK_AFTER`] of them it is translated behind an inline check of
+/// its divisor or its bounds, which leaves through the gate for the monitor to raise the
+/// exception. The check costs a few instructions where nothing faults, so a site keeps
+/// it.
 #[derive(Debug, Default)]
-pub(super) struct DivideSites {
-    /// #DE raised natively, by instruction (guest-physical address), until checked.
+pub(super) struct FaultSites {
+    /// #DE or #BR raised natively, by instruction (guest-physical address), until
+    /// checked.
     faults: foldhash::HashMap<u32, u32>,
-    /// The instructions translated with the check.
-    checked: foldhash::HashSet<u32>,
+    /// The instructions translated with the check, and what they raised.
+    checked: foldhash::HashMap<u32, CheckedFault>,
 }
 
-impl DivideSites {
-    /// The instruction at guest-physical `at` raised #DE natively: whether that made it
-    /// one to check.
-    fn faulted(&mut self, at: u32) -> bool {
-        !self.checked.contains(&at)
-            && counted_to(&mut self.faults, at, DIVIDE_AFTER)
-            && self.checked.insert(at)
+/// What a checked instruction raised before it was checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum CheckedFault {
+    /// #DE: a DIV or IDIV.
+    Divide,
+    /// #BR: a BOUND.
+    Bound,
+}
+
+impl FaultSites {
+    /// The instruction at guest-physical `at` raised `fault` natively: whether that made
+    /// it one to check.
+    fn faulted(&mut self, at: u32, fault: CheckedFault) -> bool {
+        if self.checked.contains_key(&at) || !counted_to(&mut self.faults, at, CHECK_AFTER) {
+            return false;
+        }
+        self.checked.insert(at, fault);
+        true
+    }
+
+    /// How many instructions are checked for `fault`.
+    fn count(&self, fault: CheckedFault) -> u64 {
+        self.checked.values().filter(|f| **f == fault).count() as u64
     }
 }
 
@@ -224,8 +242,8 @@ fn counted_to(faults: &mut foldhash::HashMap<u32, u32>, at: u32, after: u32) -> 
     true
 }
 
-/// Native #DE an instruction raises before it is translated behind a divisor check.
-const DIVIDE_AFTER: u32 = 4;
+/// Native #DE or #BR an instruction raises before it is translated behind a check.
+const CHECK_AFTER: u32 = 4;
 
 /// Adaptive retranslation of page-table writers (ARCHITECTURE §5b): an instruction whose
 /// writes keep landing on pages the monitor mediates takes a host fault for each; after
@@ -585,7 +603,7 @@ impl Vm {
                     pages: &self.code.pages,
                     user,
                     mediated: &t.mediated,
-                    divides: &t.divides,
+                    checks: &t.checks,
                 };
                 let before = t.tc.stats.flushes;
                 let result = t.tc.translate(&reader, key);
@@ -937,6 +955,13 @@ impl Vm {
                 self.stats.site(site, "divide_check");
                 self.hand_to_vcpu(GuestExit::Exception(Fault::new(Exception::DE)))
             }
+            ExitKind::BoundRange => {
+                // The inline check found the index outside the bounds: what the BOUND
+                // raises.
+                self.stats.exit(ExitReason::GuestException);
+                self.stats.site(site, "bound_check");
+                self.hand_to_vcpu(GuestExit::Exception(Fault::new(Exception::BR)))
+            }
             ExitKind::Unsupported => {
                 // What the translator does not reproduce (RSM, GETSEC, MOV from a test
                 // register, transactional memory) raises #UD at the host's CPL 3 and
@@ -1063,12 +1088,13 @@ impl Vm {
         Ok(())
     }
 
-    /// The guest instruction at EIP raised #DE natively in translated code: after
-    /// [`DIVIDE_AFTER`] of them it is translated behind a check of its divisor.
-    pub(super) fn tc_divide_fault(&mut self) {
+    /// The guest instruction at EIP raised #DE or #BR natively in translated code:
+    /// after [`CHECK_AFTER`] of them it is translated behind a check of its divisor or
+    /// its bounds.
+    pub(super) fn tc_checkable_fault(&mut self, fault: CheckedFault) {
         let site = self.cpu.code_linear(self.cpu.state.eip);
         let phys = self.mem.code_phys(site, self.cpu.user());
-        self.tc_sites(phys, |t, at| t.divides.faulted(at));
+        self.tc_sites(phys, |t, at| t.checks.faulted(at, fault));
     }
 
     /// A host fault's write by the instruction at `site` was mediated: after
@@ -1116,7 +1142,8 @@ impl Vm {
             ("tc_gs_moves", s.gs_moves),
             ("tc_sites_mediated", t.mediated.retranslated),
             ("tc_sites_declined", t.mediated.declined.len() as u64),
-            ("tc_divisions_checked", t.divides.checked.len() as u64),
+            ("tc_divisions_checked", t.checks.count(CheckedFault::Divide)),
+            ("tc_bounds_checked", t.checks.count(CheckedFault::Bound)),
             ("segment_reload_records", t.reloads.stats.recorded),
             ("segment_reloads_written", t.reloads.stats.written),
             ("segment_loads_inline_seen", t.reloads.stats.inline_loads),

@@ -62,6 +62,7 @@ pub const OPERATIONS: &[Operation] = &[
     op("pushf_popf", "PUSHF+POPF", true),
     op("sreg_load", "segment load: MOV to DS", true),
     op("divide_error", "#DE through the guest IDT", false),
+    op("bound_range", "#BR through the guest IDT", false),
     op("call_ret", "CALL+RET", true),
     op("compute", "compute: FNV-1a, per KiB", true),
     op("paging_fault", "page fault handled by the guest", false),
