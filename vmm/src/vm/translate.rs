@@ -341,7 +341,14 @@ impl Vm {
         match self.tc_entry()? {
             Entry::Run(tc_addr) => {
                 let user = self.cpu.user();
-                let pending = self.platform.interrupt_pending();
+                // The run loop offered the interrupts just before this entry: with IF
+                // set, outside an interrupt shadow and a step, whatever was deliverable
+                // was delivered (clearing IF), so none is pending; the devices' locks
+                // need not be taken to say so.
+                let s = &self.cpu.state;
+                let offered =
+                    s.eflags & eflags::IF != 0 && !s.interrupt_shadow && self.cpu.step.is_none();
+                let pending = !offered && self.platform.interrupt_pending();
                 let watched = self.guest_watch();
                 let reloads = self.publish_reloads()?;
                 let Some(t) = self.tc.as_mut() else {
