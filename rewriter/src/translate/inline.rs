@@ -1126,6 +1126,22 @@ mod tests {
         }
     }
 
+    /// `bytes` at EIP translated with every DIV, IDIV and BOUND checked, validated.
+    fn checked_block(bytes: &[u8], cfg: &TranslateConfig) -> crate::translate::Block {
+        use crate::translate::testing::{EIP, TC};
+        use crate::translate::{translate_block, CodeSegment, GuestPages};
+        let code = Checking(GuestPages::flat(EIP, bytes));
+        let block = translate_block(&code, EIP, CodeSegment::FLAT32, TC, cfg).unwrap();
+        let start = u64::from(block.tc_address);
+        validate(
+            &block.bytes,
+            block.tc_address,
+            &Rules::new(cfg, start..start + 4096),
+        )
+        .unwrap();
+        block
+    }
+
     /// What a checked BOUND's translation decides, run on a model of the CPU that knows
     /// the instructions a check may contain: `Some(true)` when it reaches the BOUND,
     /// `Some(false)` when it leaves through the gate, `None` on anything else.
@@ -1208,23 +1224,14 @@ mod tests {
 
     #[test]
     fn checked_bounds_exit_exactly_for_an_index_outside_them() {
-        use crate::translate::testing::{EIP, TC};
-        use crate::translate::{translate_block, CodeSegment, GuestPages};
+        use crate::translate::testing::EIP;
         let cfg = TranslateConfig::default();
         // bound eax, [ebx+8]; bound ecx, [ecx]; bound edx, [esp+4]; bound esi, fs:[0]; ret
         let bytes = [
             0x62, 0x43, 0x08, 0x62, 0x09, 0x62, 0x54, 0x24, 0x04, 0x64, 0x62, 0x35, 0, 0, 0, 0,
             0xC3,
         ];
-        let code = Checking(GuestPages::flat(EIP, &bytes));
-        let block = translate_block(&code, EIP, CodeSegment::FLAT32, TC, &cfg).unwrap();
-        let start = u64::from(block.tc_address);
-        validate(
-            &block.bytes,
-            block.tc_address,
-            &Rules::new(&cfg, start..start + 4096),
-        )
-        .unwrap();
+        let block = checked_block(&bytes, &cfg);
         let all = disasm(&block);
         // No flag changes: the guest's flags are live across a BOUND.
         for i in all
@@ -1260,14 +1267,7 @@ mod tests {
         // The first check's decisions, run: an exit exactly when EAX is outside
         // [lower, upper]; with lower > upper every index is outside, and the check may
         // let one through to the BOUND, which then faults natively.
-        let first = translate_block(
-            &Checking(GuestPages::flat(EIP, &bytes[..3])),
-            EIP,
-            CodeSegment::FLAT32,
-            TC,
-            &cfg,
-        )
-        .unwrap();
+        let first = checked_block(&bytes[..3], &cfg);
         let values: [i32; 12] = [
             i32::MIN,
             i32::MIN + 1,
@@ -1312,17 +1312,10 @@ mod tests {
         }
         // The index in a scratch register (ECX, EDX) is read from its slot; an operand
         // based on ESP reads through SS as the BOUND does.
-        let second = |at: usize, len: usize| {
-            translate_block(
-                &Checking(GuestPages::flat(EIP, &bytes[at..at + len])),
-                EIP,
-                CodeSegment::FLAT32,
-                TC,
-                &cfg,
-            )
-            .unwrap()
-        };
-        let (ecx_form, edx_form) = (second(3, 2), second(5, 4));
+        let (ecx_form, edx_form) = (
+            checked_block(&bytes[3..5], &cfg),
+            checked_block(&bytes[5..9], &cfg),
+        );
         for (lower, upper, inside) in [(0x4000, 0x6000, true), (0x5001, 0x6000, false)] {
             let mut guest = std::collections::HashMap::new();
             for (k, b) in [lower, upper]
@@ -1353,22 +1346,12 @@ mod tests {
 
     #[test]
     fn checked_divisions_exit_only_for_a_zero_divisor() {
-        use crate::translate::testing::{EIP, TC};
-        use crate::translate::{translate_block, CodeSegment, GuestPages};
+        use crate::translate::testing::EIP;
         // div ecx; div dword [ebx+8]; idiv bh; div word fs:[0]; ret
         let bytes = [
             0xF7, 0xF1, 0xF7, 0x73, 0x08, 0xF6, 0xFF, 0x64, 0x66, 0xF7, 0x35, 0, 0, 0, 0, 0xC3,
         ];
-        let cfg = TranslateConfig::default();
-        let code = Checking(GuestPages::flat(EIP, &bytes));
-        let block = translate_block(&code, EIP, CodeSegment::FLAT32, TC, &cfg).unwrap();
-        let start = u64::from(block.tc_address);
-        validate(
-            &block.bytes,
-            block.tc_address,
-            &Rules::new(&cfg, start..start + 4096),
-        )
-        .unwrap();
+        let block = checked_block(&bytes, &TranslateConfig::default());
         let code: Vec<Code> = disasm(&block).iter().map(Instruction::code).collect();
         // Three checks (the FS operand is not read through DS, ES or SS: left as it is)
         // and the RET's lookup.
