@@ -80,10 +80,17 @@ pub fn push_frame(
             return Err(fault);
         }
     }
-    // A frame that does not wrap around the stack's offsets is one write (one page
-    // walk, not one per slot); its first value is at the highest address.
+    // A frame that does not wrap around the stack's offsets and lies in one page is one
+    // write (one page walk, not one per slot); its first value is at the highest
+    // address. Across a page end the slots are written one by one, highest first as the
+    // processor pushes them, so a fault on both pages reports the upper one.
     let mut frame = [0u8; FRAME_BYTES];
-    if let Some(bytes) = contiguous(&mut frame, new_esp, values.len(), size, big) {
+    let low = ss.base.wrapping_add(sp_offset(new_esp, big));
+    let high = ss.base.wrapping_add(sp_offset(esp, big).wrapping_sub(1));
+    let one_page = low >> 12 == high >> 12;
+    if let Some(bytes) =
+        contiguous(&mut frame, new_esp, values.len(), size, big).filter(|_| one_page)
+    {
         let n = size as usize;
         for (chunk, v) in bytes.chunks_exact_mut(n).rev().zip(values) {
             chunk.copy_from_slice(slot(&v.to_le_bytes(), size)?);
