@@ -600,8 +600,6 @@ proptest! {
                 Op::User { on } => {
                     if on && !user {
                         s.enter_user_mode(&mut mapper, GuestLinear(u32::MAX));
-                        // As the monitor does on the way back to user mode.
-                        s.map_awaited(&mem, &mut mapper);
                     } else if !on && user {
                         s.leave_user_mode();
                     }

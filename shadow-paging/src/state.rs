@@ -105,13 +105,6 @@ pub struct ShadowState {
     working_sets: HashMap<u32, Vec<u32>>,
     /// Pages mapped ahead at CR3 writes.
     prefilled: u64,
-    /// The linear page (number) of the last true fault, until it is mapped: the page
-    /// the guest's fault handler is about to map and its faulting instruction to touch
-    /// again. A table write that makes it reachable maps it ([`Self::table_updated`]),
-    /// so the retried access takes no hidden fault.
-    awaited: Option<u32>,
-    /// Pages mapped that way.
-    awaited_mapped: u64,
 }
 
 /// Most pages remembered for an address space left by a CR3 write: the lowest and the
@@ -238,15 +231,7 @@ impl ShadowState {
             user_limit: None,
             working_sets: HashMap::new(),
             prefilled: 0,
-            awaited: None,
-            awaited_mapped: 0,
         }
-    }
-
-    /// How many pages of a true fault a table write mapped before the faulting access
-    /// was retried ([`Self::table_updated`]).
-    pub fn awaited_mapped(&self) -> u64 {
-        self.awaited_mapped
     }
 
     /// How many pages CR3 writes have mapped ahead ([`Self::write_cr3`]).
@@ -537,15 +522,8 @@ impl ShadowState {
         user: bool,
     ) -> Decision {
         let d = self.decide(mem, lin, access, user);
-        match &d {
-            Decision::HiddenFault(m) => {
-                self.apply(mapper, m);
-                if self.awaited == Some(page_no(lin.0)) {
-                    self.awaited = None;
-                }
-            }
-            Decision::TrueFault(_) => self.awaited = Some(page_no(lin.0)),
-            _ => {}
+        if let Decision::HiddenFault(m) = &d {
+            self.apply(mapper, m);
         }
         d
     }
@@ -742,25 +720,10 @@ impl ShadowState {
         let stale = self.derived_through(gpa, len);
         let dropped = self.drop_pages(mapper, stale.clone());
         let user = self.user_limit.is_some();
-        let awaited = self.awaited.filter(|n| !stale.contains(n));
-        let mut mapped = stale
+        let mapped = stale
             .into_iter()
             .filter(|&n| self.refill(mem, mapper, GuestLinear(page_addr(n)), user))
             .count();
-        // The page of the last true fault, if this write made it reachable with its
-        // accessed bit already set (the guest's handler wrote the entry; x86 kernels
-        // write new entries with A): mapped now, as the hidden read fault of the retried
-        // access would map it. Any other page stays for its own hidden fault: a handler
-        // that maps pages around the fault may never see them touched.
-        if let Some(n) = awaited {
-            if self.maps.contains_key(&n) {
-                self.awaited = None;
-            } else if self.refill(mem, mapper, GuestLinear(page_addr(n)), user) {
-                self.awaited = None;
-                self.awaited_mapped += 1;
-                mapped += 1;
-            }
-        }
         (dropped, mapped)
     }
 
@@ -844,8 +807,6 @@ impl ShadowState {
         cr3: u32,
     ) -> Result<(), PdpteFault> {
         let c = self.ctx;
-        // The awaited page was another address space's.
-        self.awaited = None;
         self.set_control(mem, mapper, c.cr0, cr3, c.cr4, c.efer, true)
     }
 
@@ -1184,31 +1145,6 @@ impl ShadowState {
     /// hidden faults.
     pub fn leave_user_mode(&mut self) {
         self.user_limit = None;
-    }
-
-    /// Maps the page of the last true fault if the guest's tables now give it already
-    /// accessed, as the hidden read fault of the retried access would (see
-    /// [`Self::table_updated`], which does the same when a mediated write makes it
-    /// reachable): for the return to user mode from the fault's handler, which may have
-    /// written the entry without a mediated write (a page table new since the fault).
-    /// Asked once per fault: whether it mapped.
-    pub fn map_awaited<M: GuestPhysMemory + ?Sized, H: HostMapper + ?Sized>(
-        &mut self,
-        mem: &M,
-        mapper: &mut H,
-    ) -> bool {
-        let Some(n) = self.awaited.take() else {
-            return false;
-        };
-        if self.maps.contains_key(&n) {
-            return false;
-        }
-        let user = self.user_limit.is_some();
-        let mapped = self.refill(mem, mapper, GuestLinear(page_addr(n)), user);
-        if mapped {
-            self.awaited_mapped += 1;
-        }
-        mapped
     }
 
     /// The virtual CPL becomes 3: mappings below `user_limit` that give more than user
@@ -2092,86 +2028,6 @@ mod tests {
         mem.set32(PT, 0);
         assert_eq!(s.table_updated(&mem, &mut m, GuestPhys(PT), 4), (1, 0));
         assert_eq!(m.at(lin(0).0), None);
-    }
-
-    #[test]
-    fn the_page_of_a_true_fault_is_mapped_by_the_write_that_makes_it_reachable() {
-        // lin(0) is mapped through the page table; lin(3) and lin(4) are not present.
-        let (mut mem, mut s, mut m) = setup(|i| (i == 0).then_some(0x7000 | P | RW | A));
-        mapped(s.on_host_fault(&mut mem, &mut m, lin(0), HostAccess::Read, false));
-        assert!(matches!(
-            s.on_host_fault(&mut mem, &mut m, lin(3), HostAccess::Write, false),
-            Decision::TrueFault(_)
-        ));
-        // A neighbour the handler maps around the fault stays for its own touch.
-        mem.set32(PT + 4 * 4, 0x9000 | P | RW | A | D);
-        assert_eq!(s.table_updated(&mem, &mut m, GuestPhys(PT + 16), 4), (0, 0));
-        assert_eq!(m.at(lin(4).0), None);
-        // Not accessed yet: the retried access's walk must set A, so nothing is mapped;
-        // neither at the return to user mode, where it is asked once.
-        mem.set32(PT + 3 * 4, 0x8000 | P | RW);
-        assert_eq!(s.table_updated(&mem, &mut m, GuestPhys(PT + 12), 4), (0, 0));
-        assert_eq!(m.at(lin(3).0), None);
-        // Accessed and dirty: mapped writable at once, with no bit of the entry changed.
-        mem.set32(PT + 3 * 4, 0x8000 | P | RW | A | D);
-        assert_eq!(s.table_updated(&mem, &mut m, GuestPhys(PT + 12), 4), (0, 1));
-        assert_eq!(m.at(lin(3).0), Some((GuestPhys(0x8000), RW_PROT)));
-        assert_eq!(mem.get32(PT + 12), 0x8000 | P | RW | A | D);
-        assert_eq!(s.awaited_mapped(), 1);
-        // Once mapped it is no longer awaited: a later write to its entry is an update.
-        mem.set32(PT + 3 * 4, 0);
-        assert_eq!(s.table_updated(&mem, &mut m, GuestPhys(PT + 12), 4), (1, 0));
-        mem.set32(PT + 3 * 4, 0x8000 | P | RW | A | D);
-        assert_eq!(s.table_updated(&mem, &mut m, GuestPhys(PT + 12), 4), (0, 0));
-        assert_eq!(s.awaited_mapped(), 1);
-        // A fault in one address space is not awaited in the next.
-        assert!(matches!(
-            s.on_host_fault(&mut mem, &mut m, lin(5), HostAccess::Read, false),
-            Decision::TrueFault(_)
-        ));
-        s.write_cr3(&mem, &mut m, PD).expect("CR3 write");
-        mem.set32(PT + 5 * 4, 0xa000 | P | RW | A);
-        s.table_updated(&mem, &mut m, GuestPhys(PT + 20), 4);
-        assert_eq!(m.at(lin(5).0), None);
-        assert_eq!(s.awaited_mapped(), 1);
-    }
-
-    #[test]
-    fn the_page_of_a_true_fault_is_mapped_on_the_return_to_user_mode() {
-        // lin(0) maps through the page table; lin(2) faults from user mode, and its entry
-        // is then written where no mediation sees it (a page table new to the shadow).
-        let (mut mem, mut s, mut m) = setup(|i| (i == 0).then_some(0x7000 | P | RW | US | A));
-        mapped(s.on_host_fault(&mut mem, &mut m, lin(0), HostAccess::Read, true));
-        assert!(matches!(
-            s.on_host_fault(&mut mem, &mut m, lin(2), HostAccess::Read, true),
-            Decision::TrueFault(_)
-        ));
-        s.leave_user_mode();
-        mem.set32(PT + 2 * 4, 0x8000 | P | RW | US | A);
-        s.enter_user_mode(&mut m, GuestLinear(0xc000_0000));
-        assert!(s.map_awaited(&mem, &mut m));
-        // Not dirty: read-only, for user mode.
-        assert_eq!(m.at(lin(2).0), Some((GuestPhys(0x8000), Prot::READ)));
-        assert_eq!(s.awaited_mapped(), 1);
-        assert_eq!(mem.get32(PT + 8), 0x8000 | P | RW | US | A, "no bit set");
-        // Asked once: a fault whose entry is still not accessed maps nothing, then or later.
-        assert!(matches!(
-            s.on_host_fault(&mut mem, &mut m, lin(3), HostAccess::Read, true),
-            Decision::TrueFault(_)
-        ));
-        mem.set32(PT + 3 * 4, 0x9000 | P | RW | US);
-        assert!(!s.map_awaited(&mem, &mut m));
-        mem.set32(PT + 3 * 4, 0x9000 | P | RW | US | A);
-        assert!(!s.map_awaited(&mem, &mut m));
-        assert_eq!(m.at(lin(3).0), None);
-        // A supervisor page is not mapped for user mode.
-        assert!(matches!(
-            s.on_host_fault(&mut mem, &mut m, lin(4), HostAccess::Read, true),
-            Decision::TrueFault(_)
-        ));
-        mem.set32(PT + 4 * 4, 0xa000 | P | RW | A);
-        assert!(!s.map_awaited(&mem, &mut m));
-        assert_eq!(m.at(lin(4).0), None);
     }
 
     #[test]

@@ -172,11 +172,8 @@ impl Vm {
         let clamp = if user {
             let limit = self.mem.paging.user_limit(&self.mem.ram);
             let lin = limit.unwrap_or(GuestLinear(u32::MAX));
-            self.mem.with_host(|shadow, host, ram| {
-                shadow.enter_user_mode(host, lin);
-                // Back from a page fault's handler, most likely: the faulting page.
-                shadow.map_awaited(ram, host);
-            })?;
+            self.mem
+                .with_host(|shadow, host, _| shadow.enter_user_mode(host, lin))?;
             limit
         } else {
             self.mem.paging.shadow.leave_user_mode();

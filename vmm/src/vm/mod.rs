@@ -442,10 +442,6 @@ impl Vm {
             ("fpu_sites_switched", c.conditional_sites),
             ("hidden_page_faults", p.hidden_faults),
             ("pages_prefilled", self.mem.paging.shadow.prefilled()),
-            (
-                "fault_pages_mapped_by_table_writes",
-                self.mem.paging.shadow.awaited_mapped(),
-            ),
             ("true_page_faults", p.true_faults),
             ("page_table_writes_mediated", p.table_writes),
             ("paged_accesses_emulated", p.emulated),
