@@ -185,15 +185,12 @@ pub(crate) fn interrupt_flag(em: &mut Emitter, guest: &Instruction) -> Result<()
     }
     let after = |restore| Meta::expansion(GuestEip::At(next), restore, false);
     // Both scratch registers into their slots: a stop in what follows takes both back.
-    let spill = build!(with2, Code::Mov_rm32_r32, em.slot(SLOT_ECX), Register::ECX)?;
-    em.emit(&spill, after(false))?;
-    let spill = build!(with2, Code::Mov_rm32_r32, em.slot(SLOT_EDX), Register::EDX)?;
-    em.emit(&spill, after(false))?;
+    spill_scratch(em, after(false))?;
     let pending: MemoryOperand = em.slot(SLOT_PENDING);
     let load = build!(with2, Code::Movzx_r32_rm8, Register::ECX, pending)?;
     em.emit(&load, after(true))?;
     let quiet = em.branch_forward(Code::Jecxz_rel8_32, after(true))?;
-    let reload = build!(with2, Code::Mov_r32_rm32, Register::ECX, em.slot(SLOT_ECX))?;
+    let reload = load_slot(em, Register::ECX, SLOT_ECX)?;
     em.emit(&reload, after(true))?;
     stub::exit(em, ExitKind::InterruptWindow, GuestEip::At(next))?;
     em.bind(quiet)?;
@@ -289,14 +286,12 @@ pub(crate) fn popfd(em: &mut Emitter, guest: &Instruction) -> Result<(), Refusal
         origin: Origin::Expansion,
     };
     let before = |restore_eax| at(GuestEip::At(eip), restore_eax, false);
-    let spill = |reg, slot| build!(with2, Code::Mov_rm32_r32, slot, reg);
-    let reload = |em: &Emitter, reg, slot| build!(with2, Code::Mov_r32_rm32, reg, em.slot(slot));
     em.emit(
-        &spill(Register::ECX, em.slot(SLOT_ECX))?,
+        &store_slot(em, SLOT_ECX, Register::ECX)?,
         Meta::expansion(GuestEip::At(eip), false, false),
     )?;
     em.emit(
-        &spill(Register::EDX, em.slot(SLOT_EDX))?,
+        &store_slot(em, SLOT_EDX, Register::EDX)?,
         Meta::expansion(GuestEip::At(eip), false, false),
     )?;
     // The image, read where the guest's POPFD reads it (same fault).
@@ -318,8 +313,8 @@ pub(crate) fn popfd(em: &mut Emitter, guest: &Instruction) -> Result<(), Refusal
         before(false),
     )?;
     let inline = em.branch_forward(Code::Jecxz_rel8_32, before(false))?;
-    em.emit(&reload(em, Register::ECX, SLOT_ECX)?, before(false))?;
-    em.emit(&reload(em, Register::EDX, SLOT_EDX)?, before(false))?;
+    em.emit(&load_slot(em, Register::ECX, SLOT_ECX)?, before(false))?;
+    em.emit(&load_slot(em, Register::EDX, SLOT_EDX)?, before(false))?;
     stub::exit_at(
         em,
         ExitKind::Sensitive(crate::Class::Popf),
@@ -327,7 +322,7 @@ pub(crate) fn popfd(em: &mut Emitter, guest: &Instruction) -> Result<(), Refusal
         guest,
     )?;
     em.bind(inline)?;
-    em.emit(&spill(Register::EAX, em.slot(SLOT_EAX))?, before(false))?;
+    em.emit(&store_slot(em, SLOT_EAX, Register::EAX)?, before(false))?;
     // The virtual bits (IOPL, NT, AC) into their slot.
     em.emit(
         &build!(with2, Code::Mov_r32_rm32, Register::ECX, Register::EDX)?,
@@ -337,7 +332,7 @@ pub(crate) fn popfd(em: &mut Emitter, guest: &Instruction) -> Result<(), Refusal
         &build!(with2, Code::And_rm32_imm32, Register::ECX, VIRTUAL_BITS)?,
         before(true),
     )?;
-    em.emit(&spill(Register::ECX, em.slot(SLOT_VBITS))?, before(true))?;
+    em.emit(&store_slot(em, SLOT_VBITS, Register::ECX)?, before(true))?;
     // AL = IF, AH = the image's SF ZF AF PF CF for SAHF.
     emit_all(em, &edx_bit_to_ecx(9)?, before(true))?;
     em.emit(
@@ -397,9 +392,9 @@ pub(crate) fn popfd(em: &mut Emitter, guest: &Instruction) -> Result<(), Refusal
     em.emit(&enabled, after)?;
     let masked = em.branch_forward(Code::Jecxz_rel8_32, after)?;
     let restore = [
-        reload(em, Register::EAX, SLOT_EAX)?,
-        reload(em, Register::ECX, SLOT_ECX)?,
-        reload(em, Register::EDX, SLOT_EDX)?,
+        load_slot(em, Register::EAX, SLOT_EAX)?,
+        load_slot(em, Register::ECX, SLOT_ECX)?,
+        load_slot(em, Register::EDX, SLOT_EDX)?,
     ];
     emit_all(em, &restore, after)?;
     stub::exit(em, ExitKind::InterruptDue, GuestEip::At(next))?;
@@ -505,7 +500,6 @@ pub(crate) fn load_segment(
     let record = SLOT_RELOADS + 8 * index;
     let pop = guest.code() != Code::Mov_Sreg_rm16 && guest.code() != Code::Mov_Sreg_r32m16;
     let before = |restore, can_fault| Meta::expansion(GuestEip::At(eip), restore, can_fault);
-    let reload = |em: &Emitter, r, slot| build!(with2, Code::Mov_r32_rm32, r, em.slot(slot));
     spill_scratch(em, before(false, false))?;
     // The selector, read as the guest's instruction reads it (same fault).
     if pop {
@@ -532,15 +526,21 @@ pub(crate) fn load_segment(
         )?;
     }
     let null = em.branch_forward(Code::Jecxz_rel8_32, before(true, false))?;
-    em.emit(&reload(em, Register::EDX, record)?, before(true, false))?;
+    em.emit(&load_slot(em, Register::EDX, record)?, before(true, false))?;
     let sum = MemoryOperand::with_base_index(Register::ECX, Register::EDX);
     em.emit(
         &build!(with2, Code::Lea_r32_m, Register::ECX, sum)?,
         before(true, false),
     )?;
     let recorded = em.branch_forward(Code::Jecxz_rel8_32, before(true, false))?;
-    em.emit(&reload(em, Register::ECX, SLOT_ECX)?, before(true, false))?;
-    em.emit(&reload(em, Register::EDX, SLOT_EDX)?, before(true, false))?;
+    em.emit(
+        &load_slot(em, Register::ECX, SLOT_ECX)?,
+        before(true, false),
+    )?;
+    em.emit(
+        &load_slot(em, Register::EDX, SLOT_EDX)?,
+        before(true, false),
+    )?;
     stub::exit_at(
         em,
         ExitKind::Sensitive(crate::class::classify(guest)),
@@ -585,7 +585,7 @@ pub(crate) fn load_segment(
     em.bind(recorded)?;
     // Counted for the monitor (a stop before the load counts it again: no harm).
     em.emit(
-        &reload(em, Register::ECX, SLOT_RELOAD_HITS)?,
+        &load_slot(em, Register::ECX, SLOT_RELOAD_HITS)?,
         before(true, false),
     )?;
     let one_more = MemoryOperand::with_base_displ(Register::ECX, 1);
@@ -617,8 +617,8 @@ pub(crate) fn load_segment(
         )?;
     }
     let after = Meta::expansion(GuestEip::At(next), true, false);
-    em.emit(&reload(em, Register::ECX, SLOT_ECX)?, after)?;
-    em.emit(&reload(em, Register::EDX, SLOT_EDX)?, after)?;
+    em.emit(&load_slot(em, Register::ECX, SLOT_ECX)?, after)?;
+    em.emit(&load_slot(em, Register::EDX, SLOT_EDX)?, after)?;
     Ok(())
 }
 
@@ -776,7 +776,7 @@ pub(crate) fn divide_check(em: &mut Emitter, guest: &Instruction) -> Result<bool
     };
     em.emit(&read, before(true, source.is_some()))?;
     let zero = em.branch_forward(Code::Jecxz_rel8_32, before(true, false))?;
-    let reload = build!(with2, Code::Mov_r32_rm32, Register::ECX, em.slot(SLOT_ECX))?;
+    let reload = load_slot(em, Register::ECX, SLOT_ECX)?;
     em.emit(&reload, before(true, false))?;
     if !em.ident(guest)? {
         return Err(Refusal::Encode {
@@ -823,12 +823,6 @@ pub(crate) fn bound_check(em: &mut Emitter, guest: &Instruction) -> Result<bool,
     let before = |restore, can_fault| Meta::expansion(GuestEip::At(eip), restore, can_fault);
     let checking = before(true, false);
     let (t0, t1, t2) = (SLOT_CHECK, SLOT_CHECK + 4, SLOT_CHECK + 8);
-    let mov_to = |em: &Emitter, slot: u32, reg: Register| {
-        build!(with2, Code::Mov_rm32_r32, em.slot(slot), reg)
-    };
-    let mov_from = |em: &Emitter, reg: Register, slot: u32| {
-        build!(with2, Code::Mov_r32_rm32, reg, em.slot(slot))
-    };
     // ECX = ECX + EDX + 1: with EDX = NOT b, a - b without touching the flags.
     let minus = |a: Register, out: Register| {
         build!(
@@ -854,7 +848,7 @@ pub(crate) fn bound_check(em: &mut Emitter, guest: &Instruction) -> Result<bool,
         &build!(with2, Code::Lea_r32_m, Register::ECX, offset)?,
         checking,
     )?;
-    em.emit(&mov_to(em, t0, Register::ECX)?, checking)?;
+    em.emit(&store_slot(em, t0, Register::ECX)?, checking)?;
     let segment = guest.memory_segment();
     let at = |displacement: i64| {
         MemoryOperand::new(
@@ -881,21 +875,21 @@ pub(crate) fn bound_check(em: &mut Emitter, guest: &Instruction) -> Result<bool,
             } else {
                 SLOT_EDX
             };
-            em.emit(&mov_from(em, Register::ECX, slot)?, checking)?;
+            em.emit(&load_slot(em, Register::ECX, slot)?, checking)?;
             Register::ECX
         }
         other => other,
     };
     em.emit(&minus(r, Register::ECX)?, checking)?;
-    em.emit(&mov_to(em, t1, Register::ECX)?, checking)?;
+    em.emit(&store_slot(em, t1, Register::ECX)?, checking)?;
     // w = upper - lower.
-    em.emit(&mov_from(em, Register::ECX, t0)?, checking)?;
+    em.emit(&load_slot(em, Register::ECX, t0)?, checking)?;
     em.emit(
         &build!(with2, Code::Mov_r32_rm32, Register::ECX, at(4))?,
         before(true, true),
     )?;
     em.emit(&minus(Register::ECX, Register::ECX)?, checking)?;
-    em.emit(&mov_to(em, t0, Register::ECX)?, checking)?;
+    em.emit(&store_slot(em, t0, Register::ECX)?, checking)?;
     // One half of w minus the same half of d, in ECX, and its sign's byte tested: the
     // branch is taken when the difference is not negative.
     let half = |em: &mut Emitter, at: u32| -> Result<(), Refusal> {
@@ -911,7 +905,7 @@ pub(crate) fn bound_check(em: &mut Emitter, guest: &Instruction) -> Result<bool,
         em.emit(&minus(Register::ECX, Register::ECX)?, checking)
     };
     let sign = |em: &mut Emitter| -> Result<(), Refusal> {
-        em.emit(&mov_to(em, t2, Register::ECX)?, checking)?;
+        em.emit(&store_slot(em, t2, Register::ECX)?, checking)?;
         em.emit(
             &build!(with2, Code::Movzx_r32_rm8, Register::ECX, em.slot(t2 + 3))?,
             checking,
@@ -928,8 +922,8 @@ pub(crate) fn bound_check(em: &mut Emitter, guest: &Instruction) -> Result<bool,
     let in_low = em.branch_forward(Code::Jecxz_rel8_32, checking)?;
     em.bind(out_high)?;
     let reload = [
-        mov_from(em, Register::ECX, SLOT_ECX)?,
-        mov_from(em, Register::EDX, SLOT_EDX)?,
+        load_slot(em, Register::ECX, SLOT_ECX)?,
+        load_slot(em, Register::EDX, SLOT_EDX)?,
     ];
     emit_all(em, &reload, checking)?;
     stub::exit_at(em, ExitKind::BoundRange, GuestEip::At(eip), guest)?;
@@ -956,14 +950,21 @@ fn reencodes(instr: &Instruction) -> bool {
     out.len() == bytes.len() && super::emit::same_instruction(instr, &out)
 }
 
+/// `mov [seg:slot], reg`: a register into its slot of the vCPU page.
+fn store_slot(em: &Emitter, slot: u32, reg: Register) -> Result<Instruction, Refusal> {
+    build!(with2, Code::Mov_rm32_r32, em.slot(slot), reg)
+}
+
+/// `mov reg, [seg:slot]`: a slot of the vCPU page into a register.
+fn load_slot(em: &Emitter, reg: Register, slot: u32) -> Result<Instruction, Refusal> {
+    build!(with2, Code::Mov_r32_rm32, reg, em.slot(slot))
+}
+
 /// Stores ECX and EDX in their slots, each instruction with `meta` (the guest is where it
 /// was: nothing changed yet).
 fn spill_scratch(em: &mut Emitter, meta: Meta) -> Result<(), Refusal> {
     for (slot, reg) in [(SLOT_ECX, Register::ECX), (SLOT_EDX, Register::EDX)] {
-        em.emit(
-            &build!(with2, Code::Mov_rm32_r32, em.slot(slot), reg)?,
-            meta,
-        )?;
+        em.emit(&store_slot(em, slot, reg)?, meta)?;
     }
     Ok(())
 }
