@@ -122,9 +122,7 @@ struct Entry {
 /// Maps port ranges to devices.
 #[derive(Default)]
 pub struct PortBus {
-    /// Index into `entries` keyed by base port; ranges never overlap.
-    ranges: BTreeMap<u16, usize>,
-    /// The devices with their base ports, in insertion order.
+    /// The devices with their base ports, in insertion order; ranges never overlap.
     entries: Vec<(u16, Entry)>,
     /// Per port, 1 + the index into `entries` of the device claiming it, 0 for none:
     /// every IN and OUT finds its device with one load (empty until a device is
@@ -137,12 +135,9 @@ pub struct PortBus {
 impl fmt::Debug for PortBus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ranges: Vec<_> = self
-            .ranges
-            .iter()
-            .filter_map(|(base, &i)| {
-                let (_, e) = self.entries.get(i)?;
-                Some(format!("{base:#06x}+{:#x}", e.len))
-            })
+            .by_base()
+            .into_iter()
+            .map(|(base, e)| format!("{base:#06x}+{:#x}", e.len))
             .collect();
         f.debug_struct("PortBus")
             .field("ranges", &ranges)
@@ -184,26 +179,22 @@ impl PortBus {
             return Err(BusError::InvalidRange { base, len });
         }
         let end = u32::from(base) + u32::from(len);
-        // The only candidates are the last range starting at or before the new end.
         let last = u16::try_from(end - 1).unwrap_or(u16::MAX);
-        let before = self.ranges.range(..=last).next_back();
-        if let Some((&eb, (_, e))) = before.and_then(|(b, &i)| Some((b, self.entries.get(i)?))) {
-            let existing_len = e.len;
-            if u32::from(eb) + u32::from(existing_len) > u32::from(base) {
-                return Err(BusError::Overlap {
-                    base,
-                    len,
-                    existing_base: eb,
-                    existing_len,
-                });
-            }
+        // The range claiming the highest port of the new one, if any: of the ranges it
+        // overlaps, the one starting last.
+        if let Some((existing_base, e)) = (base..=last).rev().find_map(|p| self.find(p)) {
+            return Err(BusError::Overlap {
+                base,
+                len,
+                existing_base,
+                existing_len: e.len,
+            });
         }
         let Ok(tag) = u16::try_from(self.entries.len() + 1) else {
             // Every port claimed by a device of its own is 65,536 entries: one more
             // cannot be told apart, and cannot fit without overlapping.
             return Err(BusError::InvalidRange { base, len });
         };
-        self.ranges.insert(base, self.entries.len());
         self.entries.push((
             base,
             Entry {
@@ -320,12 +311,18 @@ impl PortBus {
         }
     }
 
-    /// Guest accesses per device range, as `(base, length, accesses)`.
+    /// Guest accesses per device range, as `(base, length, accesses)`, by base port.
     pub fn device_accesses(&self) -> impl Iterator<Item = (u16, u16, u64)> + '_ {
-        self.ranges.iter().filter_map(|(&base, &i)| {
-            let (_, e) = self.entries.get(i)?;
-            Some((base, e.len, e.accesses.get()))
-        })
+        self.by_base()
+            .into_iter()
+            .map(|(base, e)| (base, e.len, e.accesses.get()))
+    }
+
+    /// The devices with their base ports, lowest first.
+    fn by_base(&self) -> Vec<(u16, &Entry)> {
+        let mut all: Vec<_> = self.entries.iter().map(|(base, e)| (*base, e)).collect();
+        all.sort_unstable_by_key(|(base, _)| *base);
+        all
     }
 
     /// Accesses to unclaimed ports, per port (ports never touched are absent).
