@@ -95,8 +95,7 @@ pub fn push_frame(
         for (chunk, v) in bytes.chunks_exact_mut(n).rev().zip(values) {
             chunk.copy_from_slice(slot(&v.to_le_bytes(), size)?);
         }
-        let addr = GuestLinear(ss.base.wrapping_add(sp_offset(new_esp, big)));
-        bus.write_linear(addr, bytes, user)?;
+        bus.write_linear(GuestLinear(low), bytes, user)?;
         return Ok(new_esp);
     }
     let mut at = esp;

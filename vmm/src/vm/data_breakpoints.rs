@@ -212,12 +212,8 @@ impl Vm {
     /// With the guest's data breakpoints enabled: them and the accesses of the
     /// instruction at EIP.
     pub(super) fn guest_watch(&self) -> Option<Watched> {
-        if !any_enabled(&self.cpu.state.dr) {
-            return None;
-        }
-        let breakpoints = enabled(&self.cpu.state.dr);
-        (!breakpoints.is_empty()).then(|| Watched {
-            breakpoints,
+        any_enabled(&self.cpu.state.dr).then(|| Watched {
+            breakpoints: enabled(&self.cpu.state.dr),
             accesses: self.instruction_accesses(self.translating()),
         })
     }
